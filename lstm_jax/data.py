@@ -1,0 +1,587 @@
+"""Dataset loaders: local files first, TFDS when online; plain Python/NumPy out, clear errors in.
+
+Every loader returns `(data, info)`: `data` is plain Python (str, lists, dicts) or NumPy, `info` a
+small JSON-serialisable dict (`source`: the path read or `"tfds:<name>"`, plus counts) for
+results.json.
+
+Where the data comes from (same preprocessing for every source):
+  1. an explicit path (`--config.data.path=...`),
+  2. the copy under `$LSTM_JAX_DATA` (see `/work/shared/data/README.md` for the layout),
+  3. TFDS (`tiny_shakespeare`, `imdb_reviews` only), after a 3-second reachability check, because an
+     offline `tfds.load` retries for minutes before failing.
+With none of them a `UserError` names both fixes.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import io
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstm_jax.errors import UserError
+
+DATA_ENV = "LSTM_JAX_DATA"
+TFDS_HOST = ("storage.googleapis.com", 443)  # TFDS downloads prepared datasets from GCS first
+
+# LIAR's six PolitiFact verdicts, ordered from least to most true (index = 6-way class id).
+LIAR_LABELS: tuple[str, ...] = (
+    "pants-fire",
+    "false",
+    "barely-true",
+    "half-true",
+    "mostly-true",
+    "true",
+)
+# Binary LIAR label: 1 = fake for {pants-fire, false, barely-true}, 0 = real (the staged CSV's
+# `binary_label` convention; same 1 = fake coding as the Kaggle fake-news `label`).
+LIAR_FAKE = frozenset(LIAR_LABELS[:3])
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------------
+
+
+def data_root() -> Path | None:
+    """`$LSTM_JAX_DATA` as a Path, or None when unset/empty."""
+    root = os.environ.get(DATA_ENV)
+    return Path(root) if root else None
+
+
+def _missing_message(what: str, default_relative: str, tfds_name: str | None) -> str:
+    msg = (
+        f"no {what} found (looked for $LSTM_JAX_DATA/{default_relative}); "
+        f"pass --config.data.path=/path/to/{default_relative} "
+        f"or export LSTM_JAX_DATA=/path/to/data (the folder that holds {default_relative})"
+    )
+    if tfds_name:
+        msg += f"; TFDS '{tfds_name}' needs network access, which is not available"
+    return msg
+
+
+def resolve_path(
+    configured_path: str | os.PathLike | None,
+    default_relative: str,
+    *,
+    what: str = "dataset",
+    tfds_name: str | None = None,
+) -> Path:
+    """The file/folder to read: `configured_path` if given, else
+    `$LSTM_JAX_DATA/<default_relative>`.
+
+    An explicit path that does not exist is an error naming it; with no explicit path and no copy
+    under `$LSTM_JAX_DATA`, the error names both fixes (and that TFDS needs network access, when
+    `tfds_name` says the set is TFDS-backed).
+    """
+    if configured_path:
+        p = Path(configured_path).expanduser()
+        if not p.exists():
+            raise UserError(
+                f"{p}: {what} not found; fix --config.data.path or leave it empty to use "
+                f"$LSTM_JAX_DATA/{default_relative}"
+            )
+        return p
+    root = data_root()
+    if root is not None and (root / default_relative).exists():
+        return root / default_relative
+    raise UserError(_missing_message(what, default_relative, tfds_name))
+
+
+def _local_or_none(configured_path: str | os.PathLike | None, default_relative: str) -> Path | None:
+    """Like `resolve_path` but None (instead of an error) when nothing local exists."""
+    if configured_path:
+        return resolve_path(configured_path, default_relative)
+    root = data_root()
+    if root is not None and (root / default_relative).exists():
+        return root / default_relative
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found; check the path")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a {what} file; pass the file inside it")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        msg = f"{path}: cannot read ({e.strerror}); check the file's permissions"
+        raise UserError(msg) from None
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            msg = f"{path}: not a valid gzip file ({e}); re-download or gunzip it"
+            raise UserError(msg) from None
+    return data
+
+
+def _decode_utf8(data: bytes, path: Path) -> str:
+    """UTF-8 text of `data` (a leading BOM dropped); NUL bytes or bad UTF-8 -> UserError + line."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise UserError(
+            f"{path}: binary file (NUL byte at line {line}, byte {nul}); pass a UTF-8 text file"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        bad = data[e.start : e.end]
+        raise UserError(
+            f"{path}: undecodable bytes at line {line} (byte {e.start}: {bad!r}), not UTF-8; "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def load_text(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """A whole UTF-8 text file (Macbeth, tiny-shakespeare), unmodified; `.gz` is decompressed.
+
+    Missing, empty (or whitespace-only), binary (NUL bytes) and non-UTF-8 files raise `UserError`.
+    Returns `(text, {"source", "chars", "distinct_chars"})`.
+    """
+    path = Path(path)
+    text = _decode_utf8(_read_bytes(path, "text"), path)
+    if not text.strip():
+        raise UserError(f"{path}: file is empty; pass a text file with some text in it")
+    return text, {"source": str(path), "chars": len(text), "distinct_chars": len(set(text))}
+
+
+def _set_csv_field_limit() -> None:
+    # Articles and reviews can exceed csv's default 131,072-char field limit; a C long caps it.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def _read_csv(
+    path: Path, required: Sequence[str], what: str = "CSV"
+) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and `(line number, row dict)` pairs of a UTF-8 CSV (`.csv` or `.csv.gz`).
+
+    Errors (UserError): missing/empty/binary/undecodable file, missing columns (names the columns
+    found), a malformed row (names the line).
+    """
+    _set_csv_field_limit()
+    text = _decode_utf8(_read_bytes(path, what), path)
+    if not text.strip():
+        raise UserError(f"{path}: file is empty; pass a CSV with a header row and data rows")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except csv.Error as e:
+        raise UserError(f"{path}: malformed CSV header ({e}); fix the first line") from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; columns found: "
+            f"{', '.join(repr(h) for h in header)}; rename the column or configure the right one"
+        )
+    rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        for fields in reader:
+            if not fields:  # a blank line
+                continue
+            line = reader.line_num
+            if len(fields) != len(header):
+                raise UserError(
+                    f"{path}: line {line} has {len(fields)} fields but the header has "
+                    f"{len(header)}; fix the quoting of that row"
+                )
+            rows.append((line, dict(zip(header, fields, strict=True))))
+    except csv.Error as e:
+        raise UserError(
+            f"{path}: malformed CSV near line {reader.line_num} ({e}); fix the quoting of that row"
+        ) from None
+    return header, rows
+
+
+def load_csv_texts(path: str | os.PathLike, text_column: str) -> tuple[list[str], dict[str, Any]]:
+    """The non-empty texts of one column of any CSV (e.g. the Myntra catalogue's `Description`).
+
+    Empty (or whitespace-only) cells are skipped and counted in `info["skipped_empty"]`. A missing
+    column raises `UserError` naming the file, the column and the columns found.
+    """
+    path = Path(path)
+    _, rows = _read_csv(path, [text_column])
+    texts = [r[text_column] for _, r in rows if r[text_column].strip()]
+    if not texts:
+        raise UserError(
+            f"{path}: column {text_column!r} has no non-empty texts in {len(rows)} rows; "
+            "configure a text column that holds the texts"
+        )
+    info = {
+        "source": str(path),
+        "column": text_column,
+        "rows": len(rows),
+        "texts": len(texts),
+        "skipped_empty": len(rows) - len(texts),
+    }
+    return texts, info
+
+
+# --------------------------------------------------------------------------------------------------
+# TFDS
+# --------------------------------------------------------------------------------------------------
+
+
+def _tfds_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def _tfds_prepared(name: str, data_dir: str) -> bool:
+    """Whether some version of `name` is already prepared in `data_dir` (cheap: no TF import)."""
+    d = Path(data_dir) / name
+    return d.is_dir() and any(True for _ in d.rglob("dataset_info.json"))
+
+
+def _network_reachable(host: tuple[str, int] = TFDS_HOST, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tfds_load(name: str, splits: Sequence[str], what: str, default_relative: str) -> list[Any]:
+    """`tfds.load(name, split=splits)` as NumPy iterables, or an immediate UserError offline."""
+    data_dir = _tfds_data_dir()
+    if not _tfds_prepared(name, data_dir) and not _network_reachable():
+        raise UserError(_missing_message(what, default_relative, name))
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # importing TF must not pin Keras to TF
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerator JAX uses
+    try:
+        ds = tfds.load(name, split=list(splits), data_dir=data_dir)
+    except Exception as e:  # download/prepare failures: network, disk, checksum
+        raise UserError(
+            f"TFDS '{name}' could not be loaded ({type(e).__name__}: {e}); "
+            + _missing_message(what, default_relative, None)
+        ) from None
+    return [tfds.as_numpy(d) for d in ds]
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny-shakespeare
+# --------------------------------------------------------------------------------------------------
+
+
+def split_tiny_shakespeare(text: str) -> dict[str, str]:
+    """TFDS/nanoGPT split: the first `int(0.9 * len(text))` characters train, the rest validate.
+
+    TFDS cuts train at `int(0.9 n)` and the rest 50/50 into validation and test; its
+    validation + test is exactly our validation (and nanoGPT's `val.bin`).
+    """
+    i = int(len(text) * 0.9)
+    return {"train": text[:i], "validation": text[i:]}
+
+
+def load_tiny_shakespeare(
+    path: str | os.PathLike | None = None,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """`{"train": str, "validation": str}` of tiny-shakespeare (90/10 by characters, see above).
+
+    Source order: `path` > `$LSTM_JAX_DATA/shakespeare/tinyshakespeare.txt` > TFDS
+    `tiny_shakespeare` (train vs. validation + test, decoded to str). Any text file works as `path`.
+    """
+    rel = "shakespeare/tinyshakespeare.txt"
+    local = _local_or_none(path, rel)
+    if local is not None:
+        text, info = load_text(local)
+        splits = split_tiny_shakespeare(text)
+    else:
+        parts = _tfds_load(
+            "tiny_shakespeare", ["train", "validation", "test"], "tiny-shakespeare text", rel
+        )
+        train, valid, test = ("".join(ex["text"].decode("utf-8") for ex in p) for p in parts)
+        splits = {"train": train, "validation": valid + test}
+        full = train + valid + test
+        info = {
+            "source": "tfds:tiny_shakespeare",
+            "chars": len(full),
+            "distinct_chars": len(set(full)),
+        }
+    info["train_chars"] = len(splits["train"])
+    info["validation_chars"] = len(splits["validation"])
+    return splits, info
+
+
+# --------------------------------------------------------------------------------------------------
+# IMDB
+# --------------------------------------------------------------------------------------------------
+
+_IMDB_LABELS = {"pos": 1, "neg": 0, "1": 1, "0": 0, "positive": 1, "negative": 0}
+
+
+def _load_acl_imdb(root: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:
+    data: dict[str, list[tuple[str, int]]] = {}
+    skipped = 0
+    for split in ("train", "test"):
+        items: list[tuple[str, int]] = []
+        for label_name, label in (("pos", 1), ("neg", 0)):
+            d = root / split / label_name
+            if not d.is_dir():
+                raise UserError(
+                    f"{d}: folder missing; an aclImdb/ folder needs train/pos, train/neg, "
+                    "test/pos and test/neg with one .txt review per file"
+                )
+            for f in sorted(d.glob("*.txt")):
+                text = _decode_utf8(_read_bytes(f, "review"), f)
+                if not text.strip():
+                    skipped += 1
+                    continue
+                items.append((text, label))
+        if not items:
+            raise UserError(f"{root / split}: no .txt reviews found; check the aclImdb/ folder")
+        data[split] = items
+    return data, {"source": str(root), "skipped_empty": skipped}
+
+
+def _load_imdb_csv(path: Path) -> tuple[list[tuple[str, int]], int]:
+    _, rows = _read_csv(path, ["label", "text"])
+    items: list[tuple[str, int]] = []
+    skipped = 0
+    for line, row in rows:
+        raw = row["label"].strip().lower()
+        if raw not in _IMDB_LABELS:
+            raise UserError(
+                f"{path}: line {line}: label {row['label']!r} is not pos/neg (or 1/0); fix that row"
+            )
+        if not row["text"].strip():
+            skipped += 1
+            continue
+        items.append((row["text"], _IMDB_LABELS[raw]))
+    if not items:
+        raise UserError(f"{path}: no reviews in the file; pass a CSV with label,text rows")
+    return items, skipped
+
+
+def _find_imdb_csv(folder: Path, split: str) -> Path | None:
+    for name in (f"imdb_{split}.csv.gz", f"imdb_{split}.csv", f"{split}.csv.gz", f"{split}.csv"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_imdb_local(p: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:
+    if not p.is_dir():
+        raise UserError(
+            f"{p}: is a file; point to an aclImdb/ folder or a folder with imdb_train.csv(.gz) "
+            "and imdb_test.csv(.gz)"
+        )
+    for root in (p, p / "aclImdb"):
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return _load_acl_imdb(root)
+    train, test = _find_imdb_csv(p, "train"), _find_imdb_csv(p, "test")
+    if train is None or test is None:
+        raise UserError(
+            f"{p}: no IMDB data found; point to an aclImdb/ folder (train/pos, train/neg, "
+            "test/pos, test/neg) or a folder with imdb_train.csv(.gz) and imdb_test.csv(.gz)"
+        )
+    (tr, s1), (te, s2) = _load_imdb_csv(train), _load_imdb_csv(test)
+    return {"train": tr, "test": te}, {"source": str(p), "skipped_empty": s1 + s2}
+
+
+def load_imdb(
+    path: str | os.PathLike | None = None,
+) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:
+    """`{"train": [(text, label)], "test": [...]}` of IMDB reviews; label 1 = positive, 0 =
+    negative.
+
+    Texts are raw (with `<br />`), as the tutorial feeds TextVectorization. `path` may be an
+    `aclImdb/` folder (or its parent), or a folder with `imdb_{train,test}.csv(.gz)` (columns
+    `label` pos/neg or 1/0 and `text`). Source order: `path` > `$LSTM_JAX_DATA/imdb` > TFDS
+    `imdb_reviews`. Empty reviews are skipped and counted; bad labels name file and line.
+    """
+    rel = "imdb"
+    local = _local_or_none(path, rel)
+    if local is not None:
+        data, info = _load_imdb_local(local)
+    else:
+        parts = _tfds_load("imdb_reviews", ["train", "test"], "IMDB reviews", rel)
+        data = {
+            split: [(ex["text"].decode("utf-8"), int(ex["label"])) for ex in part]
+            for split, part in zip(("train", "test"), parts, strict=True)
+        }
+        info = {"source": "tfds:imdb_reviews", "skipped_empty": 0}
+    for split, items in data.items():
+        pos = sum(label for _, label in items)
+        info[split] = {"examples": len(items), "pos": pos, "neg": len(items) - pos}
+    return data, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Fake news (Kaggle columns) and LIAR
+# --------------------------------------------------------------------------------------------------
+
+
+def _normalise_author(raw: str) -> str:
+    """Kaggle's `author` is a plain name; the staged articles CSV stores a Python list literal
+    (`"['A', 'B']"`, `"[]"`). Lists become `"A, B"` (empty list -> ""); other values pass through.
+    """
+    s = raw.strip()
+    if s.startswith("[") and s.endswith("]"):
+        try:
+            names = ast.literal_eval(s)
+        except (ValueError, SyntaxError):
+            return raw
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return ", ".join(n.strip() for n in names if n.strip())
+    return raw
+
+
+def _parse_binary_label(raw: str, path: Path, line: int, allowed: str) -> int:
+    s = raw.strip()
+    if s in ("0", "1", "0.0", "1.0"):
+        return int(float(s))
+    raise UserError(f"{path}: line {line}: label {raw!r} is not {allowed}; fix or remove that row")
+
+
+def load_fake_news_csv(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A fake-news CSV with the Kaggle columns `title, author, text, label` (1 = fake, 0 = real).
+
+    Returns columns `{"id", "title", "author", "text": list[str], "label": int32 [n]}`; missing
+    cells stay "" (the tutorial's `fillna(' ')` happens in `text.fake_news_text`). An `author`
+    written as a Python list literal (the staged `fake_real_articles.csv`: `"['A', 'B']"`, `"[]"`)
+    becomes `"A, B"` / `""`; after the tutorial's letters-only cleaning both forms give the same
+    words. Rows with empty title, author and text are skipped and counted; a label other than 0/1
+    names file and line. `info` counts labels, empty texts and `dup_text` rows when that column
+    exists (the staged copy marks 15 repeated texts; they are kept, as the tutorial keeps all).
+    """
+    path = Path(path)
+    header, rows = _read_csv(path, ["title", "author", "text", "label"])
+    out: dict[str, list[Any]] = {"id": [], "title": [], "author": [], "text": [], "label": []}
+    skipped = empty_text = dups = 0
+    for line, row in rows:
+        label = _parse_binary_label(row["label"], path, line, "0 (real) or 1 (fake)")
+        title, author, text = row["title"], _normalise_author(row["author"]), row["text"]
+        if not (title.strip() or author.strip() or text.strip()):
+            skipped += 1
+            continue
+        empty_text += not text.strip()
+        dups += row.get("dup_text", "0").strip() == "1"
+        out["id"].append(row.get("id", str(line)))
+        out["title"].append(title)
+        out["author"].append(author)
+        out["text"].append(text)
+        out["label"].append(label)
+    if not out["label"]:
+        raise UserError(f"{path}: no articles in the file; pass a CSV with title,author,text,label")
+    labels = np.asarray(out["label"], dtype=np.int32)
+    data = {**out, "label": labels}
+    info = {
+        "source": str(path),
+        "rows": len(rows),
+        "examples": len(labels),
+        "fake": int(labels.sum()),
+        "real": int(len(labels) - labels.sum()),
+        "skipped_empty": skipped,
+        "empty_text": empty_text,
+    }
+    if "dup_text" in header:
+        info["dup_text"] = dups
+    return data, info
+
+
+LIAR_META = (
+    "subject",
+    "speaker",
+    "speaker_job_title",
+    "state_info",
+    "party_affiliation",
+    "context",
+)
+
+
+def load_liar(
+    directory: str | os.PathLike | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """LIAR (Wang 2017) with its official split: `{"train"|"valid"|"test": columns}`.
+
+    Reads `liar_{train,valid,test}.csv` (the staged CSVs; `directory` defaults to
+    `$LSTM_JAX_DATA/fake_news/liar`). Columns per split: `id`, `statement` and the metadata
+    `LIAR_META` as lists of str, `label` int32 [n] (index into `LIAR_LABELS`: 0 = pants-fire ..
+    5 = true), `binary_label` int32 [n] (1 = fake = pants-fire/false/barely-true, 0 = real). A
+    verdict outside `LIAR_LABELS` names file and line; empty statements are skipped and counted.
+    """
+    root = resolve_path(directory, "fake_news/liar", what="LIAR folder")
+    data: dict[str, dict[str, Any]] = {}
+    info: dict[str, Any] = {"source": str(root), "skipped_empty": 0}
+    for split in ("train", "valid", "test"):
+        path = root / f"liar_{split}.csv"
+        if not path.is_file():
+            raise UserError(
+                f"{path}: LIAR split file not found; the folder needs liar_train.csv, "
+                "liar_valid.csv and liar_test.csv"
+            )
+        _, rows = _read_csv(path, ["label", "statement"])
+        cols: dict[str, list[Any]] = {k: [] for k in ("id", "statement", *LIAR_META, "label")}
+        for line, row in rows:
+            verdict = row["label"].strip().lower()
+            if verdict not in LIAR_LABELS:
+                raise UserError(
+                    f"{path}: line {line}: label {row['label']!r} is not one of "
+                    f"{', '.join(LIAR_LABELS)}; fix that row"
+                )
+            if not row["statement"].strip():
+                info["skipped_empty"] += 1
+                continue
+            cols["id"].append(row.get("id", str(line)))
+            cols["statement"].append(row["statement"])
+            for k in LIAR_META:
+                cols[k].append(row.get(k, ""))
+            cols["label"].append(LIAR_LABELS.index(verdict))
+        labels = np.asarray(cols["label"], dtype=np.int32)
+        binary = np.isin(labels, [LIAR_LABELS.index(v) for v in LIAR_FAKE]).astype(np.int32)
+        data[split] = {**cols, "label": labels, "binary_label": binary}
+        info[split] = {
+            "examples": len(labels),
+            "label_counts": {name: int((labels == i).sum()) for i, name in enumerate(LIAR_LABELS)},
+            "fake": int(binary.sum()),
+            "real": int(len(binary) - binary.sum()),
+        }
+    return data, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------------
+
+
+def train_test_split(
+    n: int, test_fraction: float, seed: int, stratify: Sequence[int] | np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices `(train_idx, test_idx)` of sklearn's `train_test_split(..., random_state=seed)`.
+
+    sklearn's shuffle depends only on `n` and the seed, so `X[train_idx]` equals the `X_train` that
+    the tutorials' `train_test_split(X, y, test_size=test_fraction, random_state=seed)` returns.
+    """
+    from sklearn.model_selection import train_test_split as sk_split
+
+    if n < 2:
+        raise UserError(f"cannot split {n} example(s) into train and test; provide more data")
+    if not 0.0 < test_fraction < 1.0:
+        raise UserError(f"test fraction {test_fraction} is not in (0, 1); use e.g. 0.2")
+    try:
+        train_idx, test_idx = sk_split(
+            np.arange(n), test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+    except ValueError as e:
+        msg = f"cannot split {n} examples with test fraction {test_fraction}: {e}"
+        raise UserError(msg) from None
+    return np.asarray(train_idx), np.asarray(test_idx)
