@@ -1,0 +1,39 @@
+# Every README command is a target here. `make run` and `make test` work on a fresh machine with only
+# Python 3.11 and pip: they create .venv/ and install the project into it first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+WORKDIR ?= runs/char_quick
+# Real data: ../shared/data when it is there (override with LSTM_JAX_DATA=/path/to/data).
+export LSTM_JAX_DATA ?= $(wildcard $(abspath ../shared/data))
+
+.PHONY: run test lint format bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job: train a short char-level model and print generated text.
+run: $(STAMP)
+	$(PY) -m experiments.char_textgen.main --config=experiments/char_textgen/configs/quick.py --workdir=$(WORKDIR)
+
+## The whole test suite (fast; real-data tests run when LSTM_JAX_DATA points at the data).
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

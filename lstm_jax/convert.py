@@ -1,0 +1,112 @@
+"""Weight import from Keras and PyTorch into the core layout.
+
+Our layout is Keras': `kernel [in, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`, gates i, f, c, o.
+
+* Keras `LSTM.get_weights()` is `[kernel, recurrent_kernel, bias]` in exactly this layout.
+* PyTorch `nn.LSTM` stores `weight_ih_l{k}[_reverse] [4H, in]`, `weight_hh_l{k}[_reverse] [4H, H]` and two
+  biases `bias_ih`, `bias_hh` (each `[4H]`), gates i, f, g, o (the same order). We transpose the matrices and
+  add the biases: `b = b_ih + b_hh`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax.core import Params
+
+__all__ = ["from_keras", "to_keras", "from_torch", "from_torch_lstm"]
+
+
+def _np(x: Any) -> np.ndarray:
+    """Converts an array-like (NumPy, JAX, or a torch tensor) to NumPy without importing torch."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def from_keras(weights: Sequence[Any]) -> Params:
+    """`keras.layers.LSTM(...).get_weights()` -> core params.
+
+    Args:
+      weights: `[kernel [in, 4H], recurrent_kernel [H, 4H], bias [4H]]` (a layer built with `use_bias=True`).
+    """
+    if len(weights) != 3:
+        raise ValueError(
+            f"from_keras: expected [kernel, recurrent_kernel, bias] (3 arrays), got {len(weights)}; "
+            "build the Keras LSTM with use_bias=True"
+        )
+    kernel, rk, bias = (_np(w) for w in weights)
+    h = rk.shape[0]
+    if rk.shape != (h, 4 * h) or kernel.shape[1] != 4 * h or bias.shape != (4 * h,):
+        raise ValueError(
+            f"from_keras: inconsistent shapes kernel {kernel.shape}, recurrent_kernel {rk.shape}, "
+            f"bias {bias.shape}"
+        )
+    return {
+        "kernel": jnp.asarray(kernel),
+        "recurrent_kernel": jnp.asarray(rk),
+        "bias": jnp.asarray(bias),
+    }
+
+
+def to_keras(params: Params) -> list[np.ndarray]:
+    """Core params -> the list `keras.layers.LSTM.set_weights` expects."""
+    return [np.asarray(params[k]) for k in ("kernel", "recurrent_kernel", "bias")]
+
+
+def from_torch(state_dict: Mapping[str, Any], layer: int = 0, reverse: bool = False) -> Params:
+    """One layer (one direction) of a PyTorch `nn.LSTM` state dict -> core params.
+
+    Args:
+      state_dict: `torch.nn.LSTM(...).state_dict()` or any mapping with the same keys (tensors or arrays).
+      layer: layer index `k` of `weight_ih_l{k}`.
+      reverse: take the `_reverse` direction of a bidirectional LSTM.
+    """
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    try:
+        w_ih = _np(state_dict[f"weight_ih{suffix}"])
+        w_hh = _np(state_dict[f"weight_hh{suffix}"])
+    except KeyError as e:
+        raise KeyError(
+            f"from_torch: {e.args[0]!r} not in the state dict (keys: {sorted(state_dict)})"
+        ) from None
+    if f"weight_hr{suffix}" in state_dict:
+        raise ValueError("from_torch: LSTMs with proj_size > 0 are not supported")
+    four_h, h = w_hh.shape
+    if four_h != 4 * h or w_ih.shape[0] != four_h:
+        raise ValueError(
+            f"from_torch: inconsistent shapes weight_ih {w_ih.shape}, weight_hh {w_hh.shape}"
+        )
+    bias = np.zeros((four_h,), np.float32)
+    for name in (f"bias_ih{suffix}", f"bias_hh{suffix}"):
+        if name in state_dict:  # absent when the torch LSTM was built with bias=False
+            bias = bias + _np(state_dict[name])
+    return {
+        "kernel": jnp.asarray(w_ih.T),
+        "recurrent_kernel": jnp.asarray(w_hh.T),
+        "bias": jnp.asarray(bias),
+    }
+
+
+def from_torch_lstm(
+    state_dict: Mapping[str, Any],
+) -> list[Params] | list[tuple[Params, Params]]:
+    """Every layer of a PyTorch `nn.LSTM` state dict.
+
+    Returns a list of core params per layer, or of `(forward, backward)` pairs when the LSTM is bidirectional.
+    """
+    layers = sorted(
+        {int(k.split("_l")[1].split("_")[0]) for k in state_dict if k.startswith("weight_ih_l")}
+    )
+    if not layers:
+        raise ValueError("from_torch_lstm: no weight_ih_l* keys; is this an nn.LSTM state dict?")
+    bidir = any(k.endswith("_reverse") for k in state_dict)
+    if bidir:
+        return [
+            (from_torch(state_dict, k), from_torch(state_dict, k, reverse=True)) for k in layers
+        ]
+    return [from_torch(state_dict, k) for k in layers]

@@ -1,0 +1,564 @@
+"""The functional LSTM core: pure functions of parameters, state and input.
+
+Layout and gate order follow Keras (and PyTorch / cuDNN): one fused weight matrix per input with the four
+gates side by side in the order **input, forget, cell candidate, output**::
+
+    params = {"kernel": [in, 4H], "recurrent_kernel": [H, 4H], "bias": [4H]}
+
+One step computes exactly::
+
+    i = σ(x·Ui + h·Wi + bi)      f = σ(x·Uf + h·Wf + bf)
+    c̃ = tanh(x·Uc + h·Wc + bc)   o = σ(x·Uo + h·Wo + bo)
+    c = f ⊙ c_prev + i ⊙ c̃        h = o ⊙ tanh(c)
+
+`lstm_layer` runs the step over `[batch, time, features]` with `jax.lax.scan`. The input projection of all
+timesteps is one matmul outside the loop (the "hoisted" layout), so the loop body is `h @ recurrent_kernel`
+plus elementwise gate math. Three arrangements of the same computation exist, all parity-tested:
+
+* ``"scan"``: hoisted projection, `lax.scan`, gradients by JAX autodiff (the reference; what GPUs/TPUs want).
+* ``"fused"``: hoisted projection, `lax.scan`, and a custom VJP whose backward scan only propagates the
+  state; the weight gradient of the recurrent kernel is then one `[H, B·T] @ [B·T, 4H]` matmul after the
+  loop instead of T small accumulations inside it. Faster on XLA:CPU (see README, "Speed").
+* ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop (for parity tests only).
+
+``impl="auto"`` picks ``"fused"`` on CPU and ``"scan"`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Params = dict[str, Array]
+Impl = Literal["auto", "scan", "fused", "per_step"]
+MergeMode = Literal["concat", "sum", "ave", "mul"] | None
+
+__all__ = [
+    "LSTMState",
+    "Gates",
+    "init_lstm",
+    "lstm_step",
+    "lstm_layer",
+    "bidirectional",
+    "stacked_lstm",
+    "init_stacked_lstm",
+    "variational_dropout_masks",
+    "zero_state",
+]
+
+
+class LSTMState(NamedTuple):
+    """The recurrent state. Both fields are `[batch, hidden]`."""
+
+    h: Array
+    c: Array
+
+
+class Gates(NamedTuple):
+    """Per-step activations returned by `lstm_layer(..., return_gates=True)`; each `[batch, time, hidden]`.
+
+    Masked (padded) steps hold zeros in the gates and the carried cell state in `c`.
+    """
+
+    i: Array
+    f: Array
+    g: Array
+    o: Array
+    c: Array
+
+
+def zero_state(batch_size: int, hidden_size: int, dtype: Any = jnp.float32) -> LSTMState:
+    """An all-zeros `LSTMState` of shape `[batch_size, hidden_size]`."""
+    z = jnp.zeros((batch_size, hidden_size), dtype)
+    return LSTMState(z, z)
+
+
+def _orthogonal(key: Array, shape: tuple[int, int], dtype: Any) -> Array:
+    return jax.nn.initializers.orthogonal()(key, shape, dtype)
+
+
+def init_lstm(
+    key: Array,
+    input_size: int,
+    hidden_size: int,
+    *,
+    forget_bias: float = 1.0,
+    kernel_init: Callable[..., Array] | None = None,
+    recurrent_init: Callable[..., Array] | None = None,
+    dtype: Any = jnp.float32,
+) -> Params:
+    """Initialises one LSTM layer with Keras' defaults.
+
+    Args:
+      key: PRNG key.
+      input_size: features per timestep, `in`.
+      hidden_size: units, `H`.
+      forget_bias: initial forget-gate bias (Keras' `unit_forget_bias=True` is 1.0; 0.0 turns it off).
+      kernel_init: initializer for `kernel [in, 4H]`; default glorot-uniform (Keras).
+      recurrent_init: initializer for `recurrent_kernel [H, 4H]`; default orthogonal (Keras).
+      dtype: parameter dtype.
+
+    Returns:
+      `{"kernel": [in, 4H], "recurrent_kernel": [H, 4H], "bias": [4H]}`, gates ordered i, f, c, o.
+    """
+    if input_size <= 0 or hidden_size <= 0:
+        raise ValueError(
+            f"init_lstm: input_size and hidden_size must be positive, got {input_size}, {hidden_size}"
+        )
+    k1, k2 = jax.random.split(key)
+    kernel_init = kernel_init or jax.nn.initializers.glorot_uniform()
+    recurrent_init = recurrent_init or _orthogonal
+    h = hidden_size
+    bias = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(forget_bias)
+    return {
+        "kernel": kernel_init(k1, (input_size, 4 * h), dtype),
+        "recurrent_kernel": recurrent_init(k2, (h, 4 * h), dtype),
+        "bias": bias,
+    }
+
+
+def _gates(z: Array) -> tuple[Array, Array, Array, Array]:
+    """Splits pre-activations `[..., 4H]` into activated gates i, f, g (candidate), o."""
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+
+
+def lstm_step(params: Params, state: LSTMState, x: Array) -> tuple[LSTMState, Array]:
+    """One LSTM step.
+
+    Args:
+      params: layer parameters (see `init_lstm`).
+      state: `LSTMState(h, c)`, each `[batch, H]`.
+      x: input `[batch, in]`.
+
+    Returns:
+      `(new_state, h)` with `h: [batch, H]`.
+    """
+    z = x @ params["kernel"] + state.h @ params["recurrent_kernel"] + params["bias"]
+    i, f, g, o = _gates(z)
+    c = f * state.c + i * g
+    h = o * jnp.tanh(c)
+    return LSTMState(h, c), h
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recurrence over pre-projected inputs. Everything below works time-major: zx [T, B, 4H].
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _low_precision_dot(a: Array, b: Array, dtype: Any, spec: str = "bh,hg->bg") -> Array:
+    """A matmul with both operands in `dtype` (e.g. bfloat16), returned in float32.
+
+    GPUs/TPUs accumulate in float32 via `preferred_element_type`; XLA:CPU has no bf16 x bf16 -> f32 dot,
+    so there the product is formed in `dtype` and then cast.
+    """
+    a, b = a.astype(dtype), b.astype(dtype)
+    if jax.default_backend() == "cpu":
+        return jnp.einsum(spec, a, b).astype(jnp.float32)
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _cell_from_z(z: Array, c_prev: Array) -> tuple[Array, Array, tuple[Array, ...]]:
+    i, f, g, o = _gates(z)
+    c = f * c_prev + i * g
+    h = o * jnp.tanh(c)
+    return h, c, (i, f, g, o)
+
+
+def _recurrence_scan(
+    rk: Array,
+    zx: Array,
+    mask: Array | None,
+    h0: Array,
+    c0: Array,
+    rmask: Array | None,
+    *,
+    reverse: bool,
+    unroll: int,
+    remat: bool,
+    compute_dtype: Any,
+    return_gates: bool,
+) -> tuple[Array, tuple[Array, Array], Gates | None]:
+    """Reference recurrence: `lax.scan` over `zx [T, B, 4H]`; gradients by autodiff."""
+    state_dtype = h0.dtype
+
+    def step(carry, inputs):
+        h_prev, c_prev = carry
+        zx_t, m_t = inputs
+        hr = h_prev if rmask is None else h_prev * rmask
+        if compute_dtype is not None:
+            rec = _low_precision_dot(hr, rk, compute_dtype)
+        else:
+            rec = hr @ rk
+        z = zx_t.astype(state_dtype) + rec.astype(state_dtype)
+        h_new, c_new, gates = _cell_from_z(z, c_prev)
+        if m_t is None:
+            h, c, out = h_new, c_new, h_new
+        else:
+            m = m_t[:, None]
+            h = jnp.where(m, h_new, h_prev)
+            c = jnp.where(m, c_new, c_prev)
+            out = jnp.where(m, h_new, jnp.zeros_like(h_new))
+            if return_gates:
+                gates = tuple(jnp.where(m, gt, jnp.zeros_like(gt)) for gt in gates)
+        ys = (out, Gates(*gates, c)) if return_gates else out
+        return (h, c), ys
+
+    if remat:
+        step = jax.checkpoint(step)
+    (h, c), ys = jax.lax.scan(step, (h0, c0), (zx, mask), reverse=reverse, unroll=unroll)
+    if return_gates:
+        return ys[0], (h, c), ys[1]
+    return ys, (h, c), None
+
+
+def _fused_forward(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
+    """Forward scan; returns outputs, final state and what the backward pass needs."""
+
+    def step(carry, inputs):
+        h_prev, c_prev = carry
+        zx_t, m_t = inputs
+        hr = h_prev if rmask is None else h_prev * rmask
+        z = zx_t + hr @ rk
+        h_new, c_new, gates = _cell_from_z(z, c_prev)
+        if m_t is None:
+            h, c, out = h_new, c_new, h_new
+        else:
+            m = m_t[:, None]
+            h = jnp.where(m, h_new, h_prev)
+            c = jnp.where(m, c_new, c_prev)
+            out = jnp.where(m, h_new, jnp.zeros_like(h_new))
+        saved = (h_prev, c_prev) if remat else (h_prev, c_prev, jnp.concatenate(gates, -1))
+        return (h, c), (out, saved)
+
+    (h, c), (outs, saved) = jax.lax.scan(step, (h0, c0), (zx, mask), reverse=reverse, unroll=unroll)
+    return outs, (h, c), saved
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def _recurrence_fused(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
+    outs, final, _ = _fused_forward(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat)
+    return outs, final
+
+
+def _recurrence_fused_fwd(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
+    outs, final, saved = _fused_forward(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat)
+    return (outs, final), (rk, zx, mask, rmask, saved)
+
+
+def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
+    rk, zx, mask, rmask, saved = res
+    d_outs, (dh_final, dc_final) = cotangents
+    rk_t = rk.T
+
+    def step(carry, inputs):
+        dh, dc = carry
+        if remat:
+            (h_prev, c_prev), zx_t, m_t, dout = inputs
+            hr = h_prev if rmask is None else h_prev * rmask
+            i, f, g, o = _gates(zx_t + hr @ rk)
+        else:
+            (h_prev, c_prev, acts), m_t, dout = inputs
+            i, f, g, o = jnp.split(acts, 4, axis=-1)
+        c_new = f * c_prev + i * g
+        tc = jnp.tanh(c_new)
+        if m_t is None:
+            dh_new = dh + dout
+            dc_new = dc + dh_new * o * (1.0 - tc * tc)
+            dh_pass = dc_pass = 0.0
+        else:
+            m = m_t[:, None].astype(dh.dtype)
+            dh_new = m * (dh + dout)
+            dc_new = m * dc + dh_new * o * (1.0 - tc * tc)
+            dh_pass, dc_pass = (1.0 - m) * dh, (1.0 - m) * dc
+        dzi = dc_new * g * i * (1.0 - i)
+        dzf = dc_new * c_prev * f * (1.0 - f)
+        dzg = dc_new * i * (1.0 - g * g)
+        dzo = dh_new * tc * o * (1.0 - o)
+        dz = jnp.concatenate([dzi, dzf, dzg, dzo], axis=-1)
+        dhr = dz @ rk_t
+        dh_prev = (dhr if rmask is None else dhr * rmask) + dh_pass
+        dc_prev = dc_new * f + dc_pass
+        return (dh_prev, dc_prev), dz
+
+    xs = (saved, zx, mask, d_outs) if remat else (saved, mask, d_outs)
+    (dh0, dc0), dz = jax.lax.scan(
+        step, (dh_final, dc_final), xs, reverse=not reverse, unroll=unroll
+    )
+    h_prev_all = saved[0]
+    hr_all = h_prev_all if rmask is None else h_prev_all * rmask
+    t, b, hsz = hr_all.shape
+    # The recurrent weight gradient as one matmul over all timesteps.
+    d_rk = hr_all.reshape(t * b, hsz).T @ dz.reshape(t * b, 4 * hsz)
+    if rmask is None:
+        d_rmask = None
+    else:
+        d_rmask = jnp.einsum("tbg,hg,tbh->bh", dz, rk, h_prev_all)
+    d_mask = None if mask is None else np.zeros(mask.shape, dtype=jax.dtypes.float0)
+    return d_rk, dz, d_mask, dh0, dc0, d_rmask
+
+
+_recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd)
+
+
+def _resolve_impl(impl: Impl, compute_dtype: Any, return_gates: bool) -> str:
+    if impl == "auto":
+        if compute_dtype is not None or return_gates:
+            return "scan"
+        return "fused" if jax.default_backend() == "cpu" else "scan"
+    if impl not in ("scan", "fused", "per_step"):
+        raise ValueError(
+            f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused' or 'per_step'"
+        )
+    if impl == "fused" and (compute_dtype is not None or return_gates):
+        return "scan"  # the fused VJP is float32-only and does not emit gates
+    return impl
+
+
+def lstm_layer(
+    params: Params,
+    xs: Array,
+    *,
+    mask: Array | None = None,
+    initial_state: LSTMState | None = None,
+    reverse: bool = False,
+    unroll: int = 1,
+    remat: bool = False,
+    input_dropout_mask: Array | None = None,
+    recurrent_dropout_mask: Array | None = None,
+    compute_dtype: Any = None,
+    return_gates: bool = False,
+    impl: Impl = "auto",
+) -> tuple[Array, LSTMState] | tuple[Array, LSTMState, Gates]:
+    """Runs an LSTM layer over a batch of sequences.
+
+    Args:
+      params: `{"kernel": [F, 4H], "recurrent_kernel": [H, 4H], "bias": [4H]}`.
+      xs: inputs `[batch, time, F]`.
+      mask: optional bool `[batch, time]`, True at real tokens (Keras semantics). A masked step leaves h and c
+        unchanged and outputs zeros, so pre- and post-padded sequences give the same final state as the
+        unpadded sequence.
+      initial_state: optional `LSTMState`, each `[batch, H]`; zeros by default.
+      reverse: walk time backwards; outputs stay aligned with input positions.
+      unroll: `lax.scan` unroll factor (int).
+      remat: recompute the step in the backward pass instead of storing its activations (long sequences).
+      input_dropout_mask: optional `[batch, F]` multiplier applied to every timestep's input (variational
+        dropout; already scaled by 1/keep). See `variational_dropout_masks`.
+      recurrent_dropout_mask: optional `[batch, H]` multiplier applied to `h_{t-1}` in the recurrent matmul.
+      compute_dtype: e.g. `jnp.bfloat16` to run the matmuls in that dtype; state and gate math stay in the
+        parameters' dtype (float32).
+      return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
+      impl: "auto", "scan", "fused" or "per_step" (see module docstring).
+
+    Returns:
+      `(outputs [batch, time, H], final_state)`, plus `Gates` when `return_gates`.
+    """
+    if xs.ndim != 3:
+        raise ValueError(f"lstm_layer: xs must be [batch, time, features], got shape {xs.shape}")
+    kernel, rk, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
+    b, t, f = xs.shape
+    hsz = rk.shape[0]
+    if kernel.shape != (f, 4 * hsz):
+        raise ValueError(
+            f"lstm_layer: kernel has shape {kernel.shape} but inputs have {f} features and H={hsz}; "
+            f"expected {(f, 4 * hsz)}"
+        )
+    if mask is not None and mask.shape != (b, t):
+        raise ValueError(f"lstm_layer: mask must be [batch, time] = {(b, t)}, got {mask.shape}")
+    if not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"lstm_layer: unroll must be a positive int, got {unroll!r}")
+    impl = _resolve_impl(impl, compute_dtype, return_gates)
+
+    state_dtype = rk.dtype
+    if initial_state is None:
+        initial_state = zero_state(b, hsz, state_dtype)
+    h0, c0 = (jnp.asarray(s, state_dtype) for s in initial_state)
+    if input_dropout_mask is not None:
+        xs = xs * input_dropout_mask[:, None, :].astype(xs.dtype)
+    mask_tm = None if mask is None else jnp.asarray(mask, bool).T  # [T, B]
+
+    if impl == "per_step":
+        return _per_step_layer(params, xs, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll)
+
+    # The hoisted input projection: one [B*T, F] @ [F, 4H] matmul, emitted time-major.
+    if compute_dtype is not None:
+        zx = _low_precision_dot(xs, kernel, compute_dtype, "btf,fg->tbg").astype(state_dtype)
+    else:
+        zx = jnp.einsum("btf,fg->tbg", xs.astype(state_dtype), kernel)
+    zx = zx + bias
+
+    gates = None
+    if impl == "fused":
+        outs, (h, c) = _recurrence_fused(
+            rk, zx, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll, remat
+        )
+    else:
+        outs, (h, c), gates = _recurrence_scan(
+            rk,
+            zx,
+            mask_tm,
+            h0,
+            c0,
+            recurrent_dropout_mask,
+            reverse=reverse,
+            unroll=unroll,
+            remat=remat,
+            compute_dtype=compute_dtype,
+            return_gates=return_gates,
+        )
+    outputs = jnp.swapaxes(outs, 0, 1)
+    if return_gates:
+        gates = Gates(*(jnp.swapaxes(a, 0, 1) for a in gates))
+        return outputs, LSTMState(h, c), gates
+    return outputs, LSTMState(h, c)
+
+
+def _per_step_layer(params, xs, mask_tm, h0, c0, rmask, reverse, unroll):
+    """Textbook arrangement: `x_t @ kernel` inside the loop. Used to test the hoisted projection."""
+
+    def step(carry, inputs):
+        x_t, m_t = inputs
+        state = LSTMState(*carry)
+        if rmask is not None:
+            state_in = LSTMState(state.h * rmask, state.c)
+            new, _ = lstm_step(params, state_in, x_t)
+        else:
+            new, _ = lstm_step(params, state, x_t)
+        if m_t is None:
+            return tuple(new), new.h
+        m = m_t[:, None]
+        h = jnp.where(m, new.h, state.h)
+        c = jnp.where(m, new.c, state.c)
+        return (h, c), jnp.where(m, new.h, jnp.zeros_like(new.h))
+
+    (h, c), outs = jax.lax.scan(
+        step, (h0, c0), (jnp.swapaxes(xs, 0, 1), mask_tm), reverse=reverse, unroll=unroll
+    )
+    return jnp.swapaxes(outs, 0, 1), LSTMState(h, c)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dropout, bidirectional and stacked layers.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def variational_dropout_masks(
+    key: Array,
+    batch_size: int,
+    input_size: int,
+    hidden_size: int,
+    *,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    dtype: Any = jnp.float32,
+) -> tuple[Array | None, Array | None]:
+    """Draws Keras-style variational dropout masks, one per sequence, outside the scan.
+
+    Returns `(input_mask [batch, input_size] or None, recurrent_mask [batch, hidden_size] or None)`, already
+    scaled by `1 / (1 - rate)`, constant over time within a sequence and independent across sequences.
+    """
+    for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {rate}")
+    k1, k2 = jax.random.split(key)
+
+    def draw(k, rate, n):
+        if rate == 0.0:
+            return None
+        keep = jax.random.bernoulli(k, 1.0 - rate, (batch_size, n))
+        return keep.astype(dtype) / (1.0 - rate)
+
+    return draw(k1, dropout, input_size), draw(k2, recurrent_dropout, hidden_size)
+
+
+def _merge(a: Array, b: Array, merge: MergeMode) -> Array | tuple[Array, Array]:
+    if merge == "concat":
+        return jnp.concatenate([a, b], axis=-1)
+    if merge == "sum":
+        return a + b
+    if merge == "ave":
+        return (a + b) / 2
+    if merge == "mul":
+        return a * b
+    if merge is None:
+        return a, b
+    raise ValueError(f"unknown merge mode {merge!r}; use 'concat', 'sum', 'ave', 'mul' or None")
+
+
+def bidirectional(
+    params_fw: Params,
+    params_bw: Params,
+    xs: Array,
+    *,
+    mask: Array | None = None,
+    merge: MergeMode = "concat",
+    **layer_kwargs: Any,
+) -> tuple[Array | tuple[Array, Array], tuple[LSTMState, LSTMState]]:
+    """A forward and a backward LSTM (separate parameters) over `xs [batch, time, F]`.
+
+    Outputs are aligned with input positions; with `merge="concat"` they are `[batch, time, 2H]`
+    (Keras' `Bidirectional(merge_mode=...)`: concat, sum, ave, mul, or None for the pair). Returns
+    `(merged_outputs, (forward_final_state, backward_final_state))`.
+    """
+    if "reverse" in layer_kwargs:
+        raise ValueError("bidirectional: do not pass reverse; the wrapper runs both directions")
+    out_f, st_f = lstm_layer(params_fw, xs, mask=mask, reverse=False, **layer_kwargs)
+    out_b, st_b = lstm_layer(params_bw, xs, mask=mask, reverse=True, **layer_kwargs)
+    return _merge(out_f, out_b, merge), (st_f, st_b)
+
+
+def init_stacked_lstm(
+    key: Array, input_size: int, hidden_sizes: Sequence[int], **init_kwargs: Any
+) -> list[Params]:
+    """Parameters for a stack of LSTM layers with the given hidden sizes."""
+    keys = jax.random.split(key, len(hidden_sizes))
+    sizes = [input_size, *hidden_sizes]
+    return [init_lstm(k, sizes[n], sizes[n + 1], **init_kwargs) for n, k in enumerate(keys)]
+
+
+def stacked_lstm(
+    params: Sequence[Params],
+    xs: Array,
+    *,
+    mask: Array | None = None,
+    initial_states: Sequence[LSTMState] | None = None,
+    dropout_rate: float = 0.0,
+    key: Array | None = None,
+    deterministic: bool = True,
+    **layer_kwargs: Any,
+) -> tuple[Array, list[LSTMState]]:
+    """A stack of LSTM layers with (standard, per-element) dropout between layers.
+
+    Args:
+      params: one parameter dict per layer.
+      xs: `[batch, time, F]`.
+      mask: optional `[batch, time]` bool.
+      initial_states: optional list of `LSTMState`, one per layer.
+      dropout_rate: dropout on each layer's outputs before the next layer (not after the last).
+      key: PRNG key for dropout (required when `dropout_rate > 0` and not `deterministic`).
+      deterministic: True disables dropout (evaluation).
+
+    Returns:
+      `(outputs of the last layer [batch, time, H_last], list of final states)`.
+    """
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"stacked_lstm: dropout_rate must be in [0, 1), got {dropout_rate}")
+    use_dropout = dropout_rate > 0.0 and not deterministic
+    if use_dropout and key is None:
+        raise ValueError("stacked_lstm: a PRNG key is required for dropout in training mode")
+    states = []
+    h = xs
+    for n, p in enumerate(params):
+        init = None if initial_states is None else initial_states[n]
+        h, st = lstm_layer(p, h, mask=mask, initial_state=init, **layer_kwargs)
+        states.append(st)
+        if use_dropout and n < len(params) - 1:
+            keep = jax.random.bernoulli(jax.random.fold_in(key, n), 1.0 - dropout_rate, h.shape)
+            h = jnp.where(keep, h / (1.0 - dropout_rate), 0.0)
+    return h, states

@@ -1,0 +1,262 @@
+"""Flax NNX modules built on the functional core (`lstm_jax.core`).
+
+Each module holds its parameters as `nnx.Param`s in the core's Keras layout, so
+`lstm_jax.core.lstm_layer(layer.params_dict(), xs)` and `layer(xs)` compute the same thing. Randomness is
+explicit: modules never hold RNG state; training code passes `key=` and `deterministic=False`.
+
+Call convention shared by every module here::
+
+    outputs, final_state = layer(xs, *, mask=None, initial_state=None, deterministic=True, key=None)
+
+with `xs: [batch, time, features]`, `mask: [batch, time]` bool, `outputs: [batch, time, H]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lstm_jax import core
+from lstm_jax.core import Impl, LSTMState, MergeMode
+
+Array = jax.Array
+
+__all__ = ["LSTM", "Bidirectional", "StackedLSTM"]
+
+
+class LSTM(nnx.Module):
+    """One LSTM layer (Keras' `LSTM(units, return_sequences=True, return_state=True)`).
+
+    Args:
+      in_features: features per timestep.
+      hidden_size: units `H`.
+      rngs: `nnx.Rngs` used once, for initialisation (stream `params`).
+      forget_bias: initial forget-gate bias (Keras `unit_forget_bias`).
+      dropout: variational input dropout rate (Keras `dropout`): one mask per sequence.
+      recurrent_dropout: variational dropout on `h_{t-1}` (Keras `recurrent_dropout`): one mask per sequence.
+      reverse: walk time backwards (outputs stay aligned with inputs).
+      unroll: `lax.scan` unroll factor.
+      remat: rematerialise the step in the backward pass.
+      compute_dtype: matmul dtype (e.g. `jnp.bfloat16`); state stays float32.
+      impl: core arrangement ("auto", "scan", "fused", "per_step").
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int,
+        *,
+        rngs: nnx.Rngs,
+        forget_bias: float = 1.0,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        reverse: bool = False,
+        unroll: int = 1,
+        remat: bool = False,
+        compute_dtype: Any = None,
+        impl: Impl = "auto",
+        param_dtype: Any = jnp.float32,
+    ):
+        for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"LSTM: {name} must be in [0, 1), got {rate}")
+        p = core.init_lstm(
+            rngs.params(), in_features, hidden_size, forget_bias=forget_bias, dtype=param_dtype
+        )
+        self.kernel = nnx.Param(p["kernel"])
+        self.recurrent_kernel = nnx.Param(p["recurrent_kernel"])
+        self.bias = nnx.Param(p["bias"])
+        self.in_features = in_features
+        self.hidden_size = hidden_size
+        self.dropout = dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.reverse = reverse
+        self.unroll = unroll
+        self.remat = remat
+        self.compute_dtype = compute_dtype
+        self.impl = impl
+
+    def params_dict(self) -> core.Params:
+        """The parameters as the core's plain dict `{"kernel", "recurrent_kernel", "bias"}`."""
+        return {
+            "kernel": self.kernel[...],
+            "recurrent_kernel": self.recurrent_kernel[...],
+            "bias": self.bias[...],
+        }
+
+    def load_params(self, params: core.Params) -> None:
+        """Sets the weights from a core dict (e.g. from `lstm_jax.convert.from_keras`)."""
+        for name in ("kernel", "recurrent_kernel", "bias"):
+            current = getattr(self, name)
+            value = jnp.asarray(params[name], current[...].dtype)
+            if value.shape != current[...].shape:
+                raise ValueError(
+                    f"LSTM.load_params: {name} has shape {value.shape}, expected {current[...].shape}"
+                )
+            current[...] = value
+
+    def __call__(
+        self,
+        xs: Array,
+        *,
+        mask: Array | None = None,
+        initial_state: LSTMState | None = None,
+        deterministic: bool = True,
+        key: Array | None = None,
+        return_gates: bool = False,
+    ):
+        """`xs [batch, time, in_features]` -> `(outputs [batch, time, H], LSTMState)` (+ `Gates`)."""
+        in_mask = rec_mask = None
+        if not deterministic and (self.dropout > 0 or self.recurrent_dropout > 0):
+            if key is None:
+                raise ValueError("LSTM: dropout in training mode needs key=")
+            in_mask, rec_mask = core.variational_dropout_masks(
+                key,
+                xs.shape[0],
+                self.in_features,
+                self.hidden_size,
+                dropout=self.dropout,
+                recurrent_dropout=self.recurrent_dropout,
+                dtype=self.kernel[...].dtype,
+            )
+        return core.lstm_layer(
+            self.params_dict(),
+            xs,
+            mask=mask,
+            initial_state=initial_state,
+            reverse=self.reverse,
+            unroll=self.unroll,
+            remat=self.remat,
+            input_dropout_mask=in_mask,
+            recurrent_dropout_mask=rec_mask,
+            compute_dtype=self.compute_dtype,
+            return_gates=return_gates,
+            impl=self.impl,
+        )
+
+
+class Bidirectional(nnx.Module):
+    """Forward and backward `LSTM`s with separate parameters (Keras `Bidirectional`).
+
+    `merge` is Keras' `merge_mode`: "concat" (outputs `[batch, time, 2H]`), "sum", "ave", "mul", or None
+    (returns the pair). The backward layer's outputs are aligned with input positions; with a mask, padded
+    positions are zeros in both directions. The final state is `(forward_state, backward_state)`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_size: int,
+        *,
+        rngs: nnx.Rngs,
+        merge: MergeMode = "concat",
+        **lstm_kwargs: Any,
+    ):
+        if merge not in ("concat", "sum", "ave", "mul", None):
+            raise ValueError(
+                f"Bidirectional: unknown merge {merge!r}; use concat, sum, ave, mul or None"
+            )
+        if "reverse" in lstm_kwargs:
+            raise ValueError("Bidirectional: do not pass reverse; the wrapper runs both directions")
+        self.forward = LSTM(in_features, hidden_size, rngs=rngs, **lstm_kwargs)
+        self.backward = LSTM(in_features, hidden_size, rngs=rngs, reverse=True, **lstm_kwargs)
+        self.merge = merge
+        self.hidden_size = hidden_size
+
+    @property
+    def out_features(self) -> int:
+        return 2 * self.hidden_size if self.merge == "concat" else self.hidden_size
+
+    def __call__(
+        self,
+        xs: Array,
+        *,
+        mask: Array | None = None,
+        initial_state: tuple[LSTMState, LSTMState] | None = None,
+        deterministic: bool = True,
+        key: Array | None = None,
+    ):
+        """`xs [batch, time, F]` -> `(merged outputs, (forward_state, backward_state))`."""
+        kf = kb = None
+        if key is not None:
+            kf, kb = jax.random.split(key)
+        init_f, init_b = (None, None) if initial_state is None else initial_state
+        out_f, st_f = self.forward(
+            xs, mask=mask, initial_state=init_f, deterministic=deterministic, key=kf
+        )
+        out_b, st_b = self.backward(
+            xs, mask=mask, initial_state=init_b, deterministic=deterministic, key=kb
+        )
+        return core._merge(out_f, out_b, self.merge), (st_f, st_b)
+
+
+class StackedLSTM(nnx.Module):
+    """A stack of `LSTM` (or `Bidirectional`) layers with dropout between layers.
+
+    Args:
+      in_features: input features.
+      hidden_sizes: units of each layer, e.g. `(300, 300)`.
+      rngs: initialisation RNGs.
+      dropout_between: per-element dropout on each layer's outputs before the next layer (as the tutorials'
+        `Dropout` layers between LSTMs); not applied after the last layer.
+      bidirectional: make every layer a `Bidirectional` (concat).
+      **lstm_kwargs: passed to each `LSTM` (variational dropout, unroll, remat, impl, ...).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_sizes: tuple[int, ...] | list[int],
+        *,
+        rngs: nnx.Rngs,
+        dropout_between: float = 0.0,
+        bidirectional: bool = False,
+        **lstm_kwargs: Any,
+    ):
+        if not hidden_sizes:
+            raise ValueError("StackedLSTM: hidden_sizes must name at least one layer")
+        if not 0.0 <= dropout_between < 1.0:
+            raise ValueError(
+                f"StackedLSTM: dropout_between must be in [0, 1), got {dropout_between}"
+            )
+        layers = []
+        size = in_features
+        for h in hidden_sizes:
+            if bidirectional:
+                layer = Bidirectional(size, h, rngs=rngs, **lstm_kwargs)
+                size = layer.out_features
+            else:
+                layer = LSTM(size, h, rngs=rngs, **lstm_kwargs)
+                size = h
+            layers.append(layer)
+        self.layers = nnx.List(layers)
+        self.dropout = nnx.Dropout(dropout_between)
+        self.out_features = size
+
+    def __call__(
+        self,
+        xs: Array,
+        *,
+        mask: Array | None = None,
+        initial_state: list | None = None,
+        deterministic: bool = True,
+        key: Array | None = None,
+    ):
+        """`xs [batch, time, F]` -> `(last layer outputs [batch, time, H_last], [state per layer])`."""
+        keys = [None] * (2 * len(self.layers))
+        if key is not None:
+            keys = list(jax.random.split(key, 2 * len(self.layers)))
+        states = []
+        h = xs
+        for n, layer in enumerate(self.layers):
+            init = None if initial_state is None else initial_state[n]
+            h, st = layer(
+                h, mask=mask, initial_state=init, deterministic=deterministic, key=keys[2 * n]
+            )
+            states.append(st)
+            if n < len(self.layers) - 1:
+                h = self.dropout(h, deterministic=deterministic, rngs=keys[2 * n + 1])
+        return h, states

@@ -1,0 +1,152 @@
+"""Numerical parity with Keras 3's LSTM (JAX backend) and the PyTorch-layout importer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax import from_keras, from_torch, from_torch_lstm, lstm_layer, lstm_step, to_keras
+from lstm_jax.core import LSTMState
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _jax_backend():
+    assert keras.backend.backend() == "jax", "tests/conftest.py must select KERAS_BACKEND=jax"
+
+
+def _keras_lstm(units, in_dim, t, **kwargs):
+    layer = keras.layers.LSTM(units, return_sequences=True, return_state=True, **kwargs)
+    layer.build((None, t, in_dim))
+    return layer
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_keras_parity(masked, go_backwards):
+    rng = np.random.default_rng(0)
+    b, t, f, h = 4, 9, 5, 7
+    x = rng.normal(size=(b, t, f)).astype(np.float32)
+    layer = _keras_lstm(h, f, t, zero_output_for_mask=True, go_backwards=go_backwards)
+    # Random weights (not just the initialiser's) with a non-trivial bias.
+    layer.set_weights(
+        [w + 0.1 * rng.normal(size=w.shape).astype(np.float32) for w in layer.get_weights()]
+    )
+    params = from_keras(layer.get_weights())
+    mask = None
+    if masked:
+        lengths = np.array([9, 6, 3, 1])
+        mask = np.arange(t)[None, :] < lengths[:, None]  # post-padding, as Keras' Masking expects
+    k_seq, k_h, k_c = (np.asarray(a) for a in layer(x, mask=mask))
+    outs, st = lstm_layer(
+        params,
+        jnp.asarray(x),
+        mask=None if mask is None else jnp.asarray(mask),
+        reverse=go_backwards,
+    )
+    np.testing.assert_allclose(st.h, k_h, atol=1e-5)
+    np.testing.assert_allclose(st.c, k_c, atol=1e-5)
+    # Keras' go_backwards returns the sequence in reversed time order; ours stays aligned with the input.
+    ours = np.asarray(outs)[:, ::-1] if go_backwards else np.asarray(outs)
+    if mask is None:
+        np.testing.assert_allclose(ours, k_seq, atol=1e-5)
+    else:
+        m = mask[:, ::-1] if go_backwards else mask
+        np.testing.assert_allclose(ours[m], k_seq[m], atol=1e-5)
+        np.testing.assert_array_equal(ours[~m], 0.0)
+        np.testing.assert_allclose(k_seq[~m], 0.0, atol=1e-7)
+
+
+def test_keras_parity_default_init_and_round_trip():
+    layer = _keras_lstm(6, 3, 4)
+    params = from_keras(layer.get_weights())
+    # Keras' default unit_forget_bias: ones on the forget gate only.
+    np.testing.assert_array_equal(params["bias"], np.r_[np.zeros(6), np.ones(6), np.zeros(12)])
+    for a, b in zip(to_keras(params), layer.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(1).normal(size=(2, 4, 3)).astype(np.float32)
+    k_seq, _, _ = layer(x)
+    np.testing.assert_allclose(lstm_layer(params, jnp.asarray(x))[0], k_seq, atol=1e-5)
+
+
+def test_from_keras_rejects_missing_bias():
+    with pytest.raises(ValueError, match="use_bias"):
+        from_keras([np.zeros((3, 8)), np.zeros((2, 8))])
+
+
+def _torch_reference(sd, x, layer=0, reverse=False):
+    """PyTorch's LSTM equations written out for one direction in NumPy (gate order i, f, g, o)."""
+    sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    w_ih, w_hh = sd[f"weight_ih{sfx}"], sd[f"weight_hh{sfx}"]
+    b = sd[f"bias_ih{sfx}"] + sd[f"bias_hh{sfx}"]
+    n = w_hh.shape[1]
+    h = np.zeros((x.shape[0], n))
+    c = np.zeros((x.shape[0], n))
+    outs = [None] * x.shape[1]
+    order = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    for t in order:
+        z = x[:, t] @ w_ih.T + h @ w_hh.T + b
+        i, f, g, o = (
+            sig(z[:, :n]),
+            sig(z[:, n : 2 * n]),
+            np.tanh(z[:, 2 * n : 3 * n]),
+            sig(z[:, 3 * n :]),
+        )
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        outs[t] = h
+    return np.stack(outs, 1), h, c
+
+
+def _torch_state_dict(rng, in_dim, h, layers=1, bidirectional=False):
+    sd = {}
+    for k in range(layers):
+        for sfx in [f"_l{k}"] + ([f"_l{k}_reverse"] if bidirectional else []):
+            d = in_dim if k == 0 else h * (2 if bidirectional else 1)
+            sd[f"weight_ih{sfx}"] = rng.normal(size=(4 * h, d)).astype(np.float32) * 0.4
+            sd[f"weight_hh{sfx}"] = rng.normal(size=(4 * h, h)).astype(np.float32) * 0.4
+            sd[f"bias_ih{sfx}"] = rng.normal(size=(4 * h,)).astype(np.float32) * 0.2
+            sd[f"bias_hh{sfx}"] = rng.normal(size=(4 * h,)).astype(np.float32) * 0.2
+    return sd
+
+
+def test_torch_importer_matches_torch_equations():
+    rng = np.random.default_rng(0)
+    sd = _torch_state_dict(rng, 4, 5, layers=2)
+    x = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    layers = from_torch_lstm(sd)
+    assert len(layers) == 2
+    h = jnp.asarray(x)
+    ref = x.astype(np.float64)
+    for k, p in enumerate(layers):
+        h, st = lstm_layer(p, h)
+        ref, ref_h, ref_c = _torch_reference(sd, ref, layer=k)
+        np.testing.assert_allclose(h, ref, atol=1e-5)
+        np.testing.assert_allclose(st.c, ref_c, atol=1e-5)
+    # A single step agrees too (the importer's bias is b_ih + b_hh).
+    p0 = from_torch(sd, 0)
+    st, _ = lstm_step(p0, LSTMState(jnp.zeros((3, 5)), jnp.zeros((3, 5))), jnp.asarray(x[:, 0]))
+    np.testing.assert_allclose(st.h, _torch_reference(sd, x[:, :1])[1], atol=1e-5)
+
+
+def test_torch_importer_bidirectional():
+    rng = np.random.default_rng(1)
+    sd = _torch_state_dict(rng, 3, 4, bidirectional=True)
+    ((pf, pb),) = from_torch_lstm(sd)
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    out_b, _ = lstm_layer(pb, jnp.asarray(x), reverse=True)
+    ref_b, _, _ = _torch_reference(sd, x, reverse=True)
+    np.testing.assert_allclose(out_b, ref_b, atol=1e-5)
+    with pytest.raises(KeyError, match="weight_ih_l3"):
+        from_torch(sd, layer=3)
+
+
+def test_torch_importer_accepts_jax_arrays():
+    rng = np.random.default_rng(2)
+    sd = {k: jax.numpy.asarray(v) for k, v in _torch_state_dict(rng, 2, 3).items()}
+    p = from_torch(sd)
+    assert p["kernel"].shape == (2, 12) and p["recurrent_kernel"].shape == (3, 12)

@@ -1,0 +1,323 @@
+"""Tests of the functional LSTM core against independent references."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from lstm_jax import core
+from lstm_jax.core import LSTMState, init_lstm, lstm_layer, lstm_step
+
+IMPLS = ("scan", "fused", "per_step")
+B, T, F, H = 3, 7, 5, 6
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_step(params, h, c, x):
+    """The six LSTM equations, written independently of the library, per gate."""
+    k = np.asarray(params["kernel"], np.float64)
+    r = np.asarray(params["recurrent_kernel"], np.float64)
+    b = np.asarray(params["bias"], np.float64)
+    n = r.shape[0]
+    u = {g: k[:, j * n : (j + 1) * n] for j, g in enumerate("ifco")}
+    w = {g: r[:, j * n : (j + 1) * n] for j, g in enumerate("ifco")}
+    bb = {g: b[j * n : (j + 1) * n] for j, g in enumerate("ifco")}
+    f = _sigmoid(x @ u["f"] + h @ w["f"] + bb["f"])
+    i = _sigmoid(x @ u["i"] + h @ w["i"] + bb["i"])
+    c_tilde = np.tanh(x @ u["c"] + h @ w["c"] + bb["c"])
+    c_new = f * c + i * c_tilde
+    o = _sigmoid(x @ u["o"] + h @ w["o"] + bb["o"])
+    h_new = o * np.tanh(c_new)
+    return h_new, c_new
+
+
+def numpy_layer(params, xs, h=None, c=None):
+    """Runs `numpy_step` over `xs [T, F]` for a single sequence; returns outputs [T, H] and (h, c)."""
+    n = params["recurrent_kernel"].shape[0]
+    h = np.zeros(n) if h is None else h
+    c = np.zeros(n) if c is None else c
+    outs = []
+    for x in np.asarray(xs, np.float64):
+        h, c = numpy_step(params, h, c, x)
+        outs.append(h)
+    return np.stack(outs) if outs else np.zeros((0, n)), (h, c)
+
+
+@pytest.fixture
+def params():
+    p = init_lstm(jax.random.key(0), F, H)
+    # Non-trivial biases so every gate term is exercised.
+    return {**p, "bias": p["bias"] + 0.1 * jax.random.normal(jax.random.key(9), p["bias"].shape)}
+
+
+@pytest.fixture
+def xs():
+    return jax.random.normal(jax.random.key(1), (B, T, F))
+
+
+def lengths_mask(lengths, t, padding):
+    """Bool mask [B, t] with `lengths` real tokens, padded at the start ("pre") or end ("post")."""
+    pos = np.arange(t)[None, :]
+    ln = np.asarray(lengths)[:, None]
+    return jnp.asarray(pos >= t - ln if padding == "pre" else pos < ln)
+
+
+# 1. The step against the six equations.
+def test_step_matches_numpy_equations(params):
+    x = np.random.default_rng(0).normal(size=(B, F)).astype(np.float32)
+    h = np.random.default_rng(1).normal(size=(B, H)).astype(np.float32)
+    c = np.random.default_rng(2).normal(size=(B, H)).astype(np.float32)
+    (h1, c1), out = lstm_step(params, LSTMState(jnp.asarray(h), jnp.asarray(c)), jnp.asarray(x))
+    h_ref, c_ref = numpy_step(params, h.astype(np.float64), c.astype(np.float64), x)
+    np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c1, c_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out, h1)
+
+
+def test_init_matches_keras_defaults():
+    p = init_lstm(jax.random.key(3), 10, 8)
+    assert p["kernel"].shape == (10, 32)
+    assert p["recurrent_kernel"].shape == (8, 32)
+    assert p["bias"].shape == (32,)
+    np.testing.assert_array_equal(p["bias"], np.r_[np.zeros(8), np.ones(8), np.zeros(16)])
+    # Glorot uniform: |w| <= sqrt(6 / (fan_in + fan_out)).
+    assert np.abs(p["kernel"]).max() <= np.sqrt(6 / (10 + 32)) + 1e-6
+    # Orthogonal recurrent kernel [8, 32]: its rows are orthonormal.
+    r = np.asarray(p["recurrent_kernel"])
+    np.testing.assert_allclose(r @ r.T, np.eye(8), atol=1e-5)
+    p0 = init_lstm(jax.random.key(3), 10, 8, forget_bias=0.0)
+    np.testing.assert_array_equal(p0["bias"], np.zeros(32))
+
+
+# 2. The scanned layer against a Python loop, for every arrangement.
+@pytest.mark.parametrize("impl", IMPLS)
+def test_layer_matches_python_loop(params, xs, impl):
+    h0 = LSTMState(
+        jax.random.normal(jax.random.key(4), (B, H)), jax.random.normal(jax.random.key(5), (B, H))
+    )
+    outs, final = lstm_layer(params, xs, initial_state=h0, impl=impl)
+    state, ref = h0, []
+    for t in range(T):
+        state, h = lstm_step(params, state, xs[:, t])
+        ref.append(h)
+    np.testing.assert_allclose(outs, jnp.stack(ref, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(final.h, state.h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(final.c, state.c, rtol=1e-5, atol=1e-6)
+    ref_np, (h_np, c_np) = numpy_layer(params, xs[0], np.asarray(h0.h[0]), np.asarray(h0.c[0]))
+    np.testing.assert_allclose(outs[0], ref_np, rtol=1e-4, atol=1e-5)
+
+
+def test_hoisted_projection_equals_per_step(params, xs):
+    a = lstm_layer(params, xs, impl="scan")
+    b = lstm_layer(params, xs, impl="per_step")
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+# 3. Masks: every example of a padded batch equals that example run alone.
+@pytest.mark.parametrize(
+    "impl,padding,reverse", list(itertools.product(IMPLS, ("pre", "post"), (False, True)))
+)
+def test_padded_batch_matches_each_example_alone(params, xs, impl, padding, reverse):
+    lengths = [T, 4, 1]
+    mask = lengths_mask(lengths, T, padding)
+    outs, final = lstm_layer(params, xs, mask=mask, reverse=reverse, impl=impl)
+    for n, ln in enumerate(lengths):
+        real = np.nonzero(np.asarray(mask[n]))[0]
+        alone_out, alone = lstm_layer(params, xs[n : n + 1, real], reverse=reverse, impl=impl)
+        np.testing.assert_allclose(final.h[n], alone.h[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(final.c[n], alone.c[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(outs[n, real], alone_out[0], rtol=1e-5, atol=1e-6)
+        pad = np.nonzero(~np.asarray(mask[n]))[0]
+        np.testing.assert_array_equal(outs[n, pad], 0.0)
+        assert len(real) == ln
+
+
+def test_reverse_is_flipped_forward(params, xs):
+    out_r, st_r = lstm_layer(params, xs, reverse=True)
+    out_f, st_f = lstm_layer(params, xs[:, ::-1])
+    np.testing.assert_allclose(out_r, out_f[:, ::-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st_r.h, st_f.h, rtol=1e-5, atol=1e-6)
+
+
+# 4. Gradients against finite differences.
+@pytest.mark.parametrize("impl,masked", list(itertools.product(IMPLS, (False, True))))
+def test_gradients_match_finite_differences(impl, masked):
+    p = init_lstm(jax.random.key(0), 3, 4)
+    p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    x = np.random.default_rng(0).normal(size=(2, 5, 3))
+    mask = lengths_mask([5, 3], 5, "pre") if masked else None
+    h0 = LSTMState(np.full((2, 4), 0.1), np.full((2, 4), -0.2))
+    rmask = np.array([[1.0, 0.0, 2.0, 1.0], [2.0, 2.0, 0.0, 1.0]])
+
+    def f(params, x, h, c):
+        outs, st = lstm_layer(
+            params,
+            x,
+            mask=mask,
+            initial_state=LSTMState(h, c),
+            recurrent_dropout_mask=jnp.asarray(rmask),
+            impl=impl,
+        )
+        return jnp.sum(jnp.sin(outs)) + jnp.sum(st.h * st.c) + jnp.sum(st.c)
+
+    with jax.enable_x64(True):
+        check_grads(f, (p64, x, h0.h, h0.c), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+
+
+# 5. unroll and remat do not change results (values and gradients).
+@pytest.mark.parametrize(
+    "impl,unroll,remat",
+    list(itertools.product(("scan", "fused"), (1, 2, 4, 8), (False, True))),
+)
+def test_unroll_and_remat_agree(params, xs, impl, unroll, remat):
+    mask = lengths_mask([T, 5, 2], T, "pre")
+
+    def loss(p, x):
+        outs, st = lstm_layer(p, x, mask=mask, unroll=unroll, remat=remat, impl=impl)
+        return jnp.sum(outs**2) + jnp.sum(st.c)
+
+    def ref(p, x):
+        outs, st = lstm_layer(p, x, mask=mask, impl="scan")
+        return jnp.sum(outs**2) + jnp.sum(st.c)
+
+    v, g = jax.value_and_grad(loss, argnums=(0, 1))(params, xs)
+    v0, g0 = jax.value_and_grad(ref, argnums=(0, 1))(params, xs)
+    np.testing.assert_allclose(v, v0, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
+    """The custom VJP against autodiff, for every differentiable input."""
+    in_mask, rec_mask = core.variational_dropout_masks(
+        jax.random.key(2), B, F, H, dropout=0.3, recurrent_dropout=0.4
+    )
+    mask = lengths_mask([T, 3, 5], T, "post")
+    h0 = LSTMState(jnp.full((B, H), 0.3), jnp.full((B, H), -0.1))
+
+    def loss(p, x, st, impl, reverse):
+        outs, fin = lstm_layer(
+            p,
+            x,
+            mask=mask,
+            initial_state=st,
+            input_dropout_mask=in_mask,
+            recurrent_dropout_mask=rec_mask,
+            reverse=reverse,
+            impl=impl,
+        )
+        return jnp.sum(jnp.tanh(outs) * 1.3) + jnp.sum(fin.h**2) + jnp.sum(fin.c)
+
+    for reverse in (False, True):
+        ga = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, "fused", reverse)
+        gb = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, "scan", reverse)
+        for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_jit_and_auto_impl(params, xs):
+    f = jax.jit(lambda p, x: lstm_layer(p, x)[0])
+    np.testing.assert_allclose(f(params, xs), lstm_layer(params, xs, impl="scan")[0], atol=1e-6)
+
+
+def test_bfloat16_compute_is_close_and_state_stays_float32(params, xs):
+    outs, st = lstm_layer(params, xs, compute_dtype=jnp.bfloat16)
+    ref, _ = lstm_layer(params, xs)
+    assert st.h.dtype == jnp.float32 and st.c.dtype == jnp.float32
+    np.testing.assert_allclose(outs, ref, atol=3e-2)
+    assert not np.allclose(outs, ref, atol=1e-7)  # it really ran in bfloat16
+
+
+def test_return_gates_reconstructs_the_outputs(params, xs):
+    mask = lengths_mask([T, 4, 2], T, "pre")
+    outs, st, gates = lstm_layer(params, xs, mask=mask, return_gates=True)
+    ref, st_ref = lstm_layer(params, xs, mask=mask)
+    np.testing.assert_allclose(outs, ref, atol=1e-6)
+    np.testing.assert_allclose(st.c, st_ref.c, atol=1e-6)
+    for g in gates:
+        assert g.shape == (B, T, H)
+    m = np.asarray(mask)[..., None]
+    np.testing.assert_allclose(np.where(m, gates.o * np.tanh(gates.c), 0.0), outs, atol=1e-6)
+    assert float(jnp.min(gates.f)) >= 0.0 and float(jnp.max(gates.f)) <= 1.0
+    np.testing.assert_allclose(gates.c[:, -1], st.c, atol=1e-6)
+
+
+def test_bad_shapes_raise_clear_errors(params):
+    with pytest.raises(ValueError, match="features"):
+        lstm_layer(params, jnp.ones((2, 3, F + 1)))
+    with pytest.raises(ValueError, match=r"\[batch, time, features\]"):
+        lstm_layer(params, jnp.ones((3, F)))
+    with pytest.raises(ValueError, match="mask"):
+        lstm_layer(params, jnp.ones((2, 3, F)), mask=jnp.ones((2, 4), bool))
+    with pytest.raises(ValueError, match="unroll"):
+        lstm_layer(params, jnp.ones((2, 3, F)), unroll=0)
+
+
+# 7. Bidirectional, stacked, dropout.
+@pytest.mark.parametrize("merge", ["concat", "sum", "ave", "mul", None])
+def test_bidirectional_merges(params, xs, merge):
+    pb = init_lstm(jax.random.key(7), F, H)
+    mask = lengths_mask([T, 5, 3], T, "post")
+    out, (sf, sb) = core.bidirectional(params, pb, xs, mask=mask, merge=merge)
+    of, stf = lstm_layer(params, xs, mask=mask)
+    ob, stb = lstm_layer(pb, xs, mask=mask, reverse=True)
+    expected = {
+        "concat": jnp.concatenate([of, ob], -1),
+        "sum": of + ob,
+        "ave": (of + ob) / 2,
+        "mul": of * ob,
+        None: (of, ob),
+    }[merge]
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(sb.h, stb.h, atol=1e-6)
+    np.testing.assert_allclose(sf.h, stf.h, atol=1e-6)
+
+
+def test_stacked_matches_layer_by_layer(xs):
+    ps = core.init_stacked_lstm(jax.random.key(0), F, [H, 4])
+    out, states = core.stacked_lstm(ps, xs)
+    h1, s1 = lstm_layer(ps[0], xs)
+    h2, s2 = lstm_layer(ps[1], h1)
+    assert out.shape == (B, T, 4) and len(states) == 2
+    np.testing.assert_allclose(out, h2, atol=1e-6)
+    np.testing.assert_allclose(states[0].c, s1.c, atol=1e-6)
+    # Dropout between layers is active only in training mode and needs a key.
+    out_d, _ = core.stacked_lstm(
+        ps, xs, dropout_rate=0.5, key=jax.random.key(1), deterministic=False
+    )
+    assert not np.allclose(out_d, out)
+    out_e, _ = core.stacked_lstm(ps, xs, dropout_rate=0.5, key=jax.random.key(1))
+    np.testing.assert_allclose(out_e, out, atol=1e-6)
+    with pytest.raises(ValueError, match="key"):
+        core.stacked_lstm(ps, xs, dropout_rate=0.5, deterministic=False)
+
+
+def test_variational_masks_constant_over_time_and_differ_across_sequences(params):
+    in_mask, rec_mask = core.variational_dropout_masks(
+        jax.random.key(0), 64, F, H, dropout=0.5, recurrent_dropout=0.5
+    )
+    assert in_mask.shape == (64, F) and rec_mask.shape == (64, H)
+    assert set(np.unique(np.asarray(in_mask))) <= {0.0, 2.0}
+    assert len({tuple(r) for r in np.asarray(in_mask)}) > 1  # different across sequences
+    # Constant over time: with zero recurrent weights and the input mask applied once per sequence, a
+    # constant input sequence gives the same pre-activation at every step, so the dropped features stay
+    # dropped at every step. Check it through the layer: zeroing an input feature everywhere is equivalent.
+    xs = jnp.ones((64, 5, F))
+    p = {**params, "recurrent_kernel": jnp.zeros_like(params["recurrent_kernel"])}
+    out_masked, _ = lstm_layer(p, xs, input_dropout_mask=in_mask)
+    out_manual, _ = lstm_layer(p, xs * in_mask[:, None, :])
+    np.testing.assert_allclose(out_masked, out_manual, atol=1e-6)
+    none = core.variational_dropout_masks(jax.random.key(0), 4, F, H)
+    assert none == (None, None)
+    with pytest.raises(ValueError, match="dropout"):
+        core.variational_dropout_masks(jax.random.key(0), 4, F, H, dropout=1.0)

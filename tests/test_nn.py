@@ -1,0 +1,102 @@
+"""The Flax NNX modules compute what the functional core computes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lstm_jax import core
+from lstm_jax.nn import LSTM, Bidirectional, StackedLSTM
+
+
+@pytest.fixture
+def xs():
+    return jax.random.normal(jax.random.key(0), (4, 6, 3))
+
+
+def test_lstm_module_equals_core(xs):
+    layer = LSTM(3, 5, rngs=nnx.Rngs(0))
+    mask = jnp.asarray(np.arange(6)[None, :] >= np.array([[0], [2], [4], [5]]))
+    out, st = layer(xs, mask=mask)
+    ref, st_ref = core.lstm_layer(layer.params_dict(), xs, mask=mask)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    np.testing.assert_allclose(st.c, st_ref.c, atol=1e-6)
+    assert out.shape == (4, 6, 5)
+    params = nnx.state(layer, nnx.Param)
+    assert {k for k in params} == {"kernel", "recurrent_kernel", "bias"}
+
+
+def test_load_params_and_shape_check(xs):
+    layer = LSTM(3, 5, rngs=nnx.Rngs(0))
+    p = core.init_lstm(jax.random.key(42), 3, 5)
+    layer.load_params(p)
+    np.testing.assert_allclose(layer(xs)[0], core.lstm_layer(p, xs)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="kernel"):
+        layer.load_params(core.init_lstm(jax.random.key(1), 4, 5))
+
+
+def test_variational_dropout_only_in_training(xs):
+    layer = LSTM(3, 5, rngs=nnx.Rngs(0), dropout=0.5, recurrent_dropout=0.5)
+    eval_out, _ = layer(xs)
+    np.testing.assert_allclose(eval_out, core.lstm_layer(layer.params_dict(), xs)[0], atol=1e-6)
+    a, _ = layer(xs, deterministic=False, key=jax.random.key(1))
+    b, _ = layer(xs, deterministic=False, key=jax.random.key(1))
+    c, _ = layer(xs, deterministic=False, key=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)  # same key, same masks
+    assert not np.allclose(a, c)
+    assert not np.allclose(a, eval_out)
+    with pytest.raises(ValueError, match="key"):
+        layer(xs, deterministic=False)
+
+
+def test_recurrent_mask_is_per_sequence_and_constant_over_time(xs):
+    """Within a training call the dropped recurrent units are the same at every step."""
+    layer = LSTM(3, 5, rngs=nnx.Rngs(0), recurrent_dropout=0.5)
+    key = jax.random.key(3)
+    _, rec_mask = core.variational_dropout_masks(key, 4, 3, 5, recurrent_dropout=0.5)
+    ref, _ = core.lstm_layer(layer.params_dict(), xs, recurrent_dropout_mask=rec_mask)
+    out, _ = layer(xs, deterministic=False, key=key)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    rows = {tuple(r) for r in np.asarray(rec_mask)}
+    assert len(rows) > 1  # differs across sequences
+
+
+def test_bidirectional_module(xs):
+    bi = Bidirectional(3, 5, rngs=nnx.Rngs(0))
+    out, (sf, sb) = bi(xs)
+    assert out.shape == (4, 6, 10) and bi.out_features == 10
+    of, _ = core.lstm_layer(bi.forward.params_dict(), xs)
+    ob, _ = core.lstm_layer(bi.backward.params_dict(), xs, reverse=True)
+    np.testing.assert_allclose(out, jnp.concatenate([of, ob], -1), atol=1e-6)
+    assert not np.allclose(bi.forward.kernel[...], bi.backward.kernel[...])  # separate parameters
+    s = Bidirectional(3, 5, rngs=nnx.Rngs(0), merge="sum")
+    assert s(xs)[0].shape == (4, 6, 5) and s.out_features == 5
+    with pytest.raises(ValueError, match="merge"):
+        Bidirectional(3, 5, rngs=nnx.Rngs(0), merge="max")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_module(xs, bidirectional):
+    m = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), dropout_between=0.3, bidirectional=bidirectional)
+    out, states = m(xs)
+    assert out.shape == (4, 6, 8 if bidirectional else 4) and len(states) == 2
+    if not bidirectional:
+        h1, _ = m.layers[0](xs)
+        h2, _ = m.layers[1](h1)
+        np.testing.assert_allclose(out, h2, atol=1e-6)
+    train_out, _ = m(xs, deterministic=False, key=jax.random.key(0))
+    assert not np.allclose(train_out, out)
+
+
+def test_module_jits_through_split_merge(xs):
+    m = StackedLSTM(3, (5,), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(m)
+
+    @jax.jit
+    def f(state, x):
+        return nnx.merge(graphdef, state)(x)[0]
+
+    np.testing.assert_allclose(f(state, xs), m(xs)[0], atol=1e-6)
