@@ -1,0 +1,202 @@
+"""Orbax checkpoints of the training state, plus the JSON artefacts kept next to them in the workdir.
+
+Layout of a workdir::
+
+    <workdir>/config.json            the config actually used (lstm_jax.config_utils.save_config)
+    <workdir>/<artefact>.json        experiment artefacts (vocabulary, preprocessing settings, ...)
+    <workdir>/checkpoints/<step>/    state/ (params, opt_state, step, rng, carry: Orbax StandardSave)
+                                     meta/  (data position, history, early-stopping state: JSON)
+    <workdir>/corrupt_checkpoints/   checkpoints that failed to restore, moved aside (never deleted)
+
+`CheckpointStore` keeps the last ``keep`` checkpoints plus the best one. "Best" follows Keras' EarlyStopping
+rule (an improvement must beat the best by ``min_delta``): the engine passes each save an ``improvement``
+index (how many improvements so far, or -1 when this evaluation was not one), and Orbax keeps the checkpoint
+with the highest index. Restores take their target from ``jax.eval_shape`` of the initialiser, never pickles.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers
+
+from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import read_json, write_json
+
+__all__ = ["CheckpointStore", "save_artefacts", "load_artefact"]
+
+IMPROVEMENT = "improvement"
+
+
+def _improvement(metrics: Mapping[str, Any]) -> float:
+    return float(metrics.get(IMPROVEMENT, -1))
+
+
+class CheckpointStore:
+    """Saves and restores `(state pytree, meta JSON)` pairs under ``<workdir>/checkpoints``.
+
+    Args:
+      workdir: the run directory.
+      keep: number of most recent checkpoints to keep (the best is kept in addition).
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 3) -> None:
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(n=keep),
+                checkpoint_managers.BestN(
+                    get_metric_fn=_improvement,
+                    reverse=False,
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            best_fn=_improvement,
+            best_mode="max",
+            enable_async_checkpointing=False,  # the train step donates its buffers right after a save
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step of the last improvement of the monitored metric (None before any save)."""
+        return self._manager.best_step()
+
+    def save(
+        self, step: int, state: Any, meta: Mapping[str, Any], *, improvement: int = -1
+    ) -> None:
+        """Writes checkpoint `step` (blocking; the directory appears atomically when complete).
+
+        Args:
+          step: the number of updates done.
+          state: pytree of arrays (params, opt_state, step, rng, carry).
+          meta: JSON-serialisable dict (data position, history, early-stopping state, ...).
+          improvement: index of this improvement of the monitored metric, -1 if it was none.
+        """
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+            ),
+            metrics={IMPROVEMENT: int(improvement)},
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restores checkpoint `step` into arrays shaped (and sharded) like `abstract_state`."""
+        out = self._manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        state = out["state"]
+        if jax.tree.structure(state) != jax.tree.structure(abstract_state):
+            raise ValueError(
+                "checkpoint tree structure does not match the model built from the config"
+            )
+        return state, dict(out["meta"])
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """Restores the newest checkpoint that reads back correctly.
+
+        A checkpoint that fails to restore (truncated or corrupted files) is reported with a warning and
+        moved to ``<workdir>/corrupt_checkpoints/`` (kept for inspection, out of the manager's way), and the
+        previous one is tried. Returns `(step, state, meta)`, or None when there is no usable checkpoint.
+        """
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                state, meta = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 (any read/decode failure means "unusable")
+                moved = self._quarantine(step)
+                logging.warning(
+                    "checkpoint at step %d in %s could not be restored (%s: %s); moved it to %s and"
+                    " falling back to the previous checkpoint",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:300] if str(e) else "",
+                    moved,
+                )
+                continue
+            return step, state, meta
+        return None
+
+    def _quarantine(self, step: int) -> str:
+        src = os.path.join(self.directory, str(step))
+        dst_dir = os.path.join(self.workdir, "corrupt_checkpoints")
+        os.makedirs(dst_dir, exist_ok=True)
+        dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
+        if jax.process_index() == 0 and os.path.exists(src):
+            shutil.move(src, dst)
+        self._manager.reload()
+        return dst
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def save_artefacts(workdir: str, artefacts: Mapping[str, Any]) -> list[str]:
+    """Writes experiment artefacts into the workdir next to the checkpoints.
+
+    Args:
+      workdir: the run directory.
+      artefacts: ``{file name: content}``; a dict/list is written as JSON, a str as text, an existing
+        file path (``os.PathLike``) is copied.
+
+    Returns:
+      The written paths.
+    """
+    written = []
+    for name, content in artefacts.items():
+        if os.path.basename(name) != name:
+            raise UserError(
+                f"artefact name {name!r} must be a plain file name; drop the directory part"
+            )
+        path = os.path.join(workdir, name)
+        if isinstance(content, os.PathLike):
+            shutil.copyfile(os.fspath(content), path + ".tmp")
+            os.replace(path + ".tmp", path)
+        elif isinstance(content, str):
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(content)
+            os.replace(path + ".tmp", path)
+        else:
+            write_json(path, content)
+        written.append(path)
+    return written
+
+
+def load_artefact(workdir: str, name: str) -> Any:
+    """Reads an artefact written by `save_artefacts` (JSON is parsed, other files returned as text)."""
+    path = os.path.join(workdir, name)
+    if not os.path.exists(path):
+        raise UserError(
+            f"{path} is missing; the workdir was not written by a finished training run"
+        )
+    if name.endswith(".json"):
+        return read_json(path)
+    with open(path, encoding="utf-8") as f:
+        return f.read()

@@ -1,0 +1,240 @@
+"""Engine configuration: defaults, validation with one-line errors, and the config JSON in the workdir.
+
+Every experiment config is an `ml_collections.ConfigDict` that starts from `engine_defaults()` and adds its own
+`model` and `data` fields. The engine reads these sections:
+
+* ``seed``: one integer; parameters, dropout keys and data shuffling all derive from it.
+* ``optimizer``: ``name`` (adam, adamw, rmsprop, sgd), ``learning_rate``, ``schedule`` (constant, cosine,
+  warmup_cosine, warmup_constant), ``warmup_steps``, ``min_lr_ratio``, ``clip_norm`` (0 = no clipping),
+  ``b1``, ``b2``, ``eps``, ``rho``, ``momentum``, ``nesterov``, ``weight_decay``.
+* ``train``: ``batch_size``, ``eval_batch_size`` (0 = batch_size), ``num_epochs``, ``num_steps`` (0 = epochs
+  times steps per epoch), ``eval_every_steps`` (0 = once per epoch), ``log_every_steps``, ``checkpoint_keep``,
+  ``monitor`` (``val_<metric>`` or a train ``<metric>``), ``monitor_mode`` (auto, min, max), ``prefetch``.
+* ``early_stopping``: ``enabled``, ``patience``, ``min_delta``, ``restore_best_weights`` (Keras semantics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ml_collections
+
+from lstm_jax.errors import UserError
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "engine_defaults",
+    "validate_config",
+    "save_config",
+    "load_config",
+    "config_to_dict",
+    "config_diff",
+    "monitor_mode",
+]
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
+CONFIG_FILE = "config.json"
+
+
+def engine_defaults() -> ml_collections.ConfigDict:
+    """The engine's sections with Keras-compatible defaults; experiments add `model` and `data`."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = ml_collections.ConfigDict()
+    config.data.path = ""  # a file or directory; empty = the default source (TFDS or LSTM_JAX_DATA)
+    config.model = ml_collections.ConfigDict()
+
+    config.optimizer = ml_collections.ConfigDict()
+    opt = config.optimizer
+    opt.name = "adam"
+    opt.learning_rate = 1e-3  # Keras' default for Adam and RMSprop
+    opt.schedule = "constant"
+    opt.warmup_steps = 0
+    opt.min_lr_ratio = 0.0  # cosine decays to learning_rate * min_lr_ratio
+    opt.clip_norm = 0.0  # global-norm clipping threshold; 0 disables it
+    opt.b1 = 0.9
+    opt.b2 = 0.999
+    opt.eps = 1e-7  # Keras' epsilon (Adam: outside the sqrt; RMSprop: inside)
+    opt.rho = 0.9  # RMSprop decay
+    opt.momentum = 0.0  # sgd and rmsprop
+    opt.nesterov = False
+    opt.weight_decay = 0.0  # adamw (decoupled), Keras' AdamW default is 0.004
+
+    config.train = ml_collections.ConfigDict()
+    tr = config.train
+    tr.batch_size = 32
+    tr.eval_batch_size = 0  # 0 = batch_size
+    tr.num_epochs = 10
+    tr.num_steps = 0  # 0 = num_epochs * steps_per_epoch
+    tr.eval_every_steps = 0  # 0 = evaluate (and checkpoint) at the end of every epoch only
+    tr.log_every_steps = 50
+    tr.checkpoint_keep = 3  # the last N checkpoints; the best one is always kept as well
+    tr.monitor = "val_loss"  # metric for the best checkpoint and early stopping
+    tr.monitor_mode = "auto"  # auto: max for accuracy-like names, min otherwise (Keras)
+    tr.prefetch = 2  # host batches prepared ahead in a background thread; 0 disables
+
+    config.early_stopping = ml_collections.ConfigDict()
+    es = config.early_stopping
+    es.enabled = False
+    es.patience = 3
+    es.min_delta = 0.0
+    es.restore_best_weights = True
+    return config
+
+
+def _get(config: Any, dotted: str) -> Any:
+    node = config
+    parts = dotted.split(".")
+    for n, part in enumerate(parts):
+        if not isinstance(node, Mapping | ml_collections.ConfigDict) or part not in node:
+            missing = "config." + ".".join(parts[: n + 1])
+            raise UserError(
+                f"{missing} is missing; start the config from lstm_jax.config_utils.engine_defaults()"
+                f" or add the field"
+            )
+        node = node[part]
+    return node
+
+
+def _fail(field: str, requirement: str, value: Any) -> None:
+    raise UserError(
+        f"config.{field} must be {requirement}, got {value!r}; fix the config file or pass"
+        f" --config.{field}=<value>"
+    )
+
+
+def _number(config: Any, field: str, *, integer: bool = False) -> float:
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(field, "an integer" if integer else "a number", value)
+    if integer and not isinstance(value, int):
+        if not float(value).is_integer():
+            _fail(field, "an integer", value)
+    if not math.isfinite(value):
+        _fail(field, "finite", value)
+    return value
+
+
+def _check(config: Any, field: str, ok: Any, requirement: str, *, integer: bool = False) -> None:
+    value = _number(config, field, integer=integer)
+    if not ok(value):
+        _fail(field, requirement, value)
+
+
+def _choice(config: Any, field: str, choices: tuple[str, ...]) -> None:
+    value = _get(config, field)
+    if value not in choices:
+        _fail(field, "one of " + ", ".join(choices), value)
+
+
+def validate_config(config: Any) -> None:
+    """Checks every engine field; raises `UserError` naming the first bad field and how to fix it."""
+    _check(config, "seed", lambda v: v >= 0, "an integer >= 0", integer=True)
+    _choice(config, "optimizer.name", OPTIMIZERS)
+    _check(config, "optimizer.learning_rate", lambda v: v > 0, "> 0")
+    _choice(config, "optimizer.schedule", SCHEDULES)
+    _check(config, "optimizer.warmup_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
+    _check(config, "optimizer.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]")
+    _check(config, "optimizer.clip_norm", lambda v: v >= 0, ">= 0 (0 disables clipping)")
+    _check(config, "optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)")
+    _check(config, "optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)")
+    _check(config, "optimizer.eps", lambda v: v >= 0, ">= 0")
+    _check(config, "optimizer.rho", lambda v: 0 <= v < 1, "in [0, 1)")
+    _check(config, "optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+    _check(config, "optimizer.weight_decay", lambda v: v >= 0, ">= 0")
+    if not isinstance(_get(config, "optimizer.nesterov"), bool):
+        _fail("optimizer.nesterov", "True or False", _get(config, "optimizer.nesterov"))
+    if (
+        _get(config, "optimizer.schedule").startswith("warmup")
+        and config.optimizer.warmup_steps < 1
+    ):
+        _fail("optimizer.warmup_steps", "> 0 for a warmup schedule", config.optimizer.warmup_steps)
+
+    _check(config, "train.batch_size", lambda v: v > 0, "an integer > 0", integer=True)
+    _check(config, "train.eval_batch_size", lambda v: v >= 0, "an integer >= 0", integer=True)
+    _check(config, "train.num_epochs", lambda v: v >= 0, "an integer >= 0", integer=True)
+    _check(config, "train.num_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
+    if config.train.num_epochs == 0 and config.train.num_steps == 0:
+        _fail("train.num_epochs", "> 0 (or set train.num_steps)", 0)
+    _check(config, "train.eval_every_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
+    _check(config, "train.log_every_steps", lambda v: v > 0, "an integer > 0", integer=True)
+    _check(config, "train.checkpoint_keep", lambda v: v >= 1, "an integer >= 1", integer=True)
+    _check(config, "train.prefetch", lambda v: v >= 0, "an integer >= 0", integer=True)
+    monitor = _get(config, "train.monitor")
+    if not isinstance(monitor, str) or not monitor.strip():
+        _fail("train.monitor", "a metric name such as 'val_loss' or 'val_accuracy'", monitor)
+    _choice(config, "train.monitor_mode", ("auto", "min", "max"))
+
+    for flag in ("enabled", "restore_best_weights"):
+        value = _get(config, f"early_stopping.{flag}")
+        if not isinstance(value, bool):
+            _fail(f"early_stopping.{flag}", "True or False", value)
+    _check(config, "early_stopping.patience", lambda v: v >= 0, "an integer >= 0", integer=True)
+    _check(config, "early_stopping.min_delta", lambda v: v >= 0, ">= 0")
+
+
+def monitor_mode(monitor: str, mode: str) -> str:
+    """'min' or 'max' for a monitored metric; 'auto' is 'max' for accuracy-like names (Keras' rule)."""
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_")
+    return (
+        "max" if ("acc" in name or name.startswith("fmeasure") or name.startswith("auc")) else "min"
+    )
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready plain dict of the config (tuples become lists)."""
+    if isinstance(config, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
+        return json.loads(config.to_json_best_effort(sort_keys=True))
+    return json.loads(json.dumps(config, default=str))
+
+
+def save_config(config: Any, workdir: str | os.PathLike) -> str:
+    """Writes `<workdir>/config.json` atomically and returns its path."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Reads `<workdir>/config.json` back into a `ConfigDict`; `UserError` if absent or unreadable."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    if not os.path.exists(path):
+        raise UserError(
+            f"{path} does not exist; train first with --workdir={workdir} or pass --config=<config file>"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"{path} is not readable JSON ({e}); restore it or train in a new workdir"
+        ) from e
+    return ml_collections.ConfigDict(data)
+
+
+def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(tree, Mapping):
+        for key in sorted(tree):
+            yield from _flatten(tree[key], f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], tree
+
+
+def config_diff(old: Any, new: Any) -> list[str]:
+    """Dotted names of the fields that differ between two configs (added, removed or changed)."""
+    a = dict(_flatten(config_to_dict(old)))
+    b = dict(_flatten(config_to_dict(new)))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))

@@ -1,0 +1,344 @@
+"""What a run leaves in its workdir and shows while it runs.
+
+* `MetricsLogger`: one JSON line per logged train interval / evaluation in ``metrics.jsonl`` and the same
+  scalars in TensorBoard event files under ``<workdir>/tensorboard`` (written by `EventFileWriter`, a
+  dependency-free writer of the TFRecord/Event format, so a run does not pay TensorFlow's import time).
+* `Progress`: a tqdm bar per epoch on a terminal (step, loss, metrics, examples/s, ETA), otherwise one absl
+  log line per logging interval.
+* `write_json` / `read_json`: atomic JSON files (``results.json``, vocabularies).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from absl import logging
+
+__all__ = [
+    "EventFileWriter",
+    "read_event_scalars",
+    "MetricsLogger",
+    "Progress",
+    "write_json",
+    "read_json",
+    "read_jsonl",
+    "format_metrics",
+]
+
+# ---------------------------------------------------------------------------------------------------------
+# TensorBoard event files: TFRecord framing (length, masked CRC-32C) around serialized `tensorflow.Event`
+# protos. Only the fields a scalar summary needs are encoded.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        bits = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _field_bytes(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _event(wall_time: float, step: int, *, file_version: str | None = None, scalars=None) -> bytes:
+    msg = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
+    if file_version is not None:
+        msg += _field_bytes(3, file_version.encode())
+    if scalars:
+        values = b"".join(
+            _field_bytes(1, _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
+            for tag, value in scalars.items()
+        )
+        msg += _field_bytes(5, values)
+    return msg
+
+
+class EventFileWriter:
+    """Appends scalar summaries to a TensorBoard event file in `logdir` (created if needed)."""
+
+    def __init__(self, logdir: str) -> None:
+        os.makedirs(logdir, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self.path = os.path.join(logdir, name)
+        self._file = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+        self._write(_event(time.time(), 0, file_version="brain.Event:2"))
+
+    def _write(self, record: bytes) -> None:
+        header = struct.pack("<Q", len(record))
+        self._file.write(header + struct.pack("<I", _masked_crc(header)))
+        self._file.write(record + struct.pack("<I", _masked_crc(record)))
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Writes `{tag: value}` at `step` (non-finite values are written as they are)."""
+        self._write(
+            _event(time.time(), int(step), scalars={k: float(v) for k, v in values.items()})
+        )
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def _parse_fields(buf: bytes) -> Iterator[tuple[int, Any]]:
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 5:
+            value, pos = buf[pos : pos + 4], pos + 4
+        elif wire == 2:
+            n, pos = _read_varint(buf, pos)
+            value, pos = buf[pos : pos + n], pos + n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, value
+
+
+def read_event_scalars(path: str) -> list[tuple[int, str, float]]:
+    """Reads `(step, tag, value)` scalars back from an event file, checking every CRC."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos, out = 0, []
+    while pos < len(data):
+        header = data[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (crc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+        if crc != _masked_crc(header):
+            raise ValueError(f"{path}: corrupt record header at byte {pos}")
+        record = data[pos + 12 : pos + 12 + length]
+        (crc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
+        if crc != _masked_crc(record):
+            raise ValueError(f"{path}: corrupt record at byte {pos}")
+        pos += 16 + length
+        step = 0
+        for number, value in _parse_fields(record):
+            if number == 2:
+                step = value
+            elif number == 5:
+                for _, v in _parse_fields(value):
+                    fields = dict(_parse_fields(v))
+                    out.append((step, fields[1].decode(), struct.unpack("<f", fields[2])[0]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics.jsonl + TensorBoard
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf; keep the lines parseable by strict readers
+    return v
+
+
+class MetricsLogger:
+    """Writes logged scalars to ``<workdir>/metrics.jsonl`` and TensorBoard (only on process 0).
+
+    Each call to `write` appends one line ``{"kind": kind, "step": step, "time": unix_seconds, ...}``;
+    TensorBoard gets every numeric value as tag ``<kind>/<name>``.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        line = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
+        line.update({k: _json_value(v) for k, v in values.items()})
+        self._jsonl.write(json.dumps(line) + "\n")
+        self._jsonl.flush()
+        numeric = {
+            f"{kind}/{k}": float(v)
+            for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        if numeric:
+            self._tb.scalars(step, numeric)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """All lines of a JSONL file as dicts (empty list if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(v: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(v, np.generic | np.ndarray):
+            return v.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(v)
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def format_metrics(values: Mapping[str, float], digits: int = 4) -> str:
+    """``loss=0.1234 accuracy=0.9000`` (count excluded)."""
+    return " ".join(f"{k}={v:.{digits}g}" for k, v in values.items() if k != "count")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Progress: tqdm on a terminal, log lines otherwise.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Per-epoch progress: a tqdm bar when stderr is a terminal, else absl log lines at log intervals."""
+
+    def __init__(
+        self,
+        *,
+        total_steps: int,
+        steps_per_epoch: int,
+        num_epochs: int,
+        enabled: bool = True,
+        use_bar: bool | None = None,
+    ) -> None:
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.num_epochs = num_epochs
+        self.enabled = enabled
+        self.use_bar = enabled and (sys.stderr.isatty() if use_bar is None else use_bar)
+        self._bar = None
+        self._start_time = time.time()
+        self._start_step = 0
+
+    def start_epoch(self, epoch: int, batch_index: int, step: int) -> None:
+        self._start_time, self._start_step = time.time(), step
+        if self.use_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=batch_index,
+                desc=f"epoch {epoch + 1}/{self.num_epochs}",
+                unit="step",
+                dynamic_ncols=True,
+                leave=True,
+            )
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def report(self, step: int, values: Mapping[str, float], examples_per_s: float) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            post = {k: f"{v:.4g}" for k, v in values.items() if k != "count"}
+            post["ex/s"] = f"{examples_per_s:.0f}"
+            self._bar.set_postfix(post, refresh=False)
+            return
+        done = step - self._start_step
+        elapsed = time.time() - self._start_time
+        eta = (self.total_steps - step) * elapsed / done if done > 0 else float("nan")
+        logging.info(
+            "step %d/%d: %s, %.0f examples/s, ETA %s",
+            step,
+            self.total_steps,
+            format_metrics(values),
+            examples_per_s,
+            _hms(eta),
+        )
+
+    def end_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,106 @@
+"""Losses and their metric sums: masked softmax cross-entropy and sigmoid binary cross-entropy.
+
+Every ``*_metric_sums`` function returns the sums-plus-count dict of `lstm_jax.metrics`; a loss function for
+the engine typically returns ``(sums["loss"] / max(sums["count"], 1e-9), sums)``, see `weighted_mean`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lstm_jax.metrics import MetricSums
+
+__all__ = [
+    "softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "weighted_mean",
+    "softmax_metric_sums",
+    "binary_metric_sums",
+]
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Cross-entropy with integer targets.
+
+    Args:
+      logits: `[..., classes]` unnormalised scores.
+      labels: `[...]` integer class ids in `[0, classes)`.
+
+    Returns:
+      `[...]` per-position loss in nats, computed in float32 with a stable log-softmax.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Binary cross-entropy from logits, stable for large |logits|.
+
+    Uses `max(x, 0) - x·z + log1p(exp(-|x|))`, which equals `-z·log σ(x) - (1-z)·log(1-σ(x))`.
+
+    Args:
+      logits: `[...]` scores (the pre-sigmoid output of the model).
+      labels: `[...]` targets in {0, 1} (or soft targets in [0, 1]).
+
+    Returns:
+      `[...]` per-example loss in nats.
+    """
+    x = logits.astype(jnp.float32)
+    z = labels.astype(jnp.float32)
+    return jnp.maximum(x, 0.0) - x * z + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """`Σ values·weights / Σ weights` (0 when every weight is 0, never NaN)."""
+    values = values.astype(jnp.float32)
+    if weights is None:
+        return jnp.mean(values)
+    w = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)
+    return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1e-9)
+
+
+def _weights(shape: tuple[int, ...], weights: jax.Array | None) -> jax.Array:
+    if weights is None:
+        return jnp.ones(shape, jnp.float32)
+    return jnp.broadcast_to(weights.astype(jnp.float32), shape)
+
+
+def softmax_metric_sums(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> MetricSums:
+    """Weighted sums for integer-target classification or language modelling.
+
+    Args:
+      logits: `[..., classes]`.
+      labels: `[...]` integer targets.
+      weights: optional `[...]` (or broadcastable) weights; 0 drops a position (padding, masked tokens).
+
+    Returns:
+      `{"loss": Σ w·CE, "accuracy": Σ w·[argmax = label], "count": Σ w}`.
+    """
+    w = _weights(labels.shape, weights)
+    ce = softmax_cross_entropy(logits, labels)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return {"loss": jnp.sum(ce * w), "accuracy": jnp.sum(correct * w), "count": jnp.sum(w)}
+
+
+def binary_metric_sums(
+    logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None
+) -> MetricSums:
+    """Weighted sums for binary classification from logits (prediction: logit > 0, i.e. p > 0.5).
+
+    Args:
+      logits: `[batch]` (or `[batch, 1]`, squeezed) pre-sigmoid scores.
+      labels: `[batch]` in {0, 1}.
+      weights: optional `[batch]`; 0 for padded examples.
+
+    Returns:
+      `{"loss": Σ w·BCE, "accuracy": Σ w·[pred = label], "count": Σ w}`.
+    """
+    if logits.ndim == labels.ndim + 1 and logits.shape[-1] == 1:
+        logits = logits[..., 0]
+    w = _weights(labels.shape, weights)
+    bce = sigmoid_binary_cross_entropy(logits, labels)
+    correct = ((logits > 0).astype(jnp.float32) == labels.astype(jnp.float32)).astype(jnp.float32)
+    return {"loss": jnp.sum(bce * w), "accuracy": jnp.sum(correct * w), "count": jnp.sum(w)}

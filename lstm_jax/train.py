@@ -1,0 +1,860 @@
+"""The one training engine: `train_and_evaluate(config, workdir, task)`.
+
+An experiment supplies a `Task` (model, data, loss); the engine does everything else: the device mesh,
+jitted train/eval steps over a plain pytree of parameters, Optax, Orbax checkpoints with exact resume, early
+stopping, NaN/Inf detection, logging (metrics.jsonl, TensorBoard, progress) and the results in the workdir.
+
+The train state is a dict pytree, saved as is::
+
+    {"step": int32[], "params": {...pure dict of nnx.Param values...}, "opt_state": ...,
+     "rng": uint32[2], "carry": <task pytree, only if the task uses one>}
+
+Dropout keys are ``jax.random.fold_in(rng, step)``, passed to the loss function as ``key=``; nothing random is
+hidden in module state, so a resumed run is bit-identical to an uninterrupted one.
+
+Data parallelism: one `jax.sharding.Mesh` over all devices with axis ``data``. Batches (and the carry) are
+sharded along their leading axis, everything else is replicated. A batch whose size is not a multiple of the
+device count is padded with weight-0 examples (``batch["weight"]``), which the loss must honour.
+
+Multi-host: call `initialize_distributed()` first (the `lstm_jax.cli` entry point does); each process then
+feeds its own slice of every global batch (its task data should be sharded by `jax.process_index()`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lstm_jax import config_utils, metrics, optim
+from lstm_jax.checkpoint import CheckpointStore, save_artefacts
+from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import MetricsLogger, Progress, format_metrics, read_json, write_json
+from lstm_jax.plots import plot_training_curves
+
+__all__ = [
+    "Batch",
+    "LossFn",
+    "Task",
+    "TrainingStopped",
+    "train_and_evaluate",
+    "initialize_distributed",
+    "make_mesh",
+    "pad_batch",
+    "steps_per_epoch",
+    "epoch_permutation",
+    "shuffled_batches",
+    "padded_batches",
+    "restore_model",
+]
+
+Batch = Mapping[str, np.ndarray]
+RESULTS_FILE = "results.json"
+CURVES_FILE = "training_curves.png"
+
+
+class LossFn(Protocol):
+    """``loss_fn(model, batch, *, key, train, carry) -> (loss, (metric_sums, new_carry))``.
+
+    Args:
+      model: the NNX module (merged from the current parameters inside the jitted step).
+      batch: dict of arrays, leading axis = batch; always holds ``weight [batch]`` (0 for padding rows).
+      key: PRNG key for dropout, different for every step (unused when ``train`` is False).
+      train: True in the train step (dropout on), False in evaluation.
+      carry: the pytree the engine keeps across consecutive steps (truncated BPTT states), or None.
+
+    Returns:
+      ``loss``: the scalar to minimise (a weighted mean, so padding does not change it);
+      ``metric_sums``: dict of weighted sums plus ``count`` (see `lstm_jax.metrics`);
+      ``new_carry``: the carry for the next batch (None if unused).
+    """
+
+    def __call__(
+        self, model: Any, batch: Batch, *, key: jax.Array, train: bool, carry: Any
+    ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]: ...
+
+
+@dataclasses.dataclass
+class Task:
+    """What an experiment supplies to the engine.
+
+    Attributes:
+      build_model: ``(config, rngs: nnx.Rngs) -> nnx.Module``. Must be deterministic given the rngs; it is
+        also traced under `jax.eval_shape` to build restore targets.
+      loss_fn: see `LossFn`.
+      train_batches: ``(epoch, start) -> iterable of batches`` for that epoch, starting at batch index
+        ``start`` (resume). Shuffling must be a function of (seed, epoch) only (see `shuffled_batches`).
+        Every batch has the same shape (compile once).
+      steps_per_epoch: number of batches ``train_batches`` yields for a whole epoch.
+      eval_batches: ``{split: () -> iterable of batches}``; together the batches cover every example of the
+        split exactly once; the last batch is padded to the full shape with ``weight`` 0 rows.
+      periodic_eval: the splits evaluated at every evaluation during training (others, e.g. "test", only
+        once at the end, on the final or best weights). Monitor names ``val_<metric>`` refer to "validation".
+      init_carry: ``batch_size -> pytree`` of arrays ``[batch_size, ...]`` (zeros), for tasks that carry
+        state across consecutive batches; reset at every epoch start and at the start of every evaluation.
+      eval_loss_fn: a different loss for evaluation (default: ``loss_fn`` with ``train=False``).
+      artefacts: ``{file name: dict | str | os.PathLike}`` written into the workdir (vocabulary JSON, ...).
+      data_info: what was loaded, from where, examples per split; copied into results.json["data"].
+      derive_metrics: ``averages -> averages`` adding derived values (e.g. bits per character).
+      extra_results: ``(model, results) -> dict`` of extra results.json keys, called once at the end with
+        the final model (classification reports, confusion matrices, samples).
+    """
+
+    build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+    loss_fn: LossFn
+    train_batches: Callable[[int, int], Iterable[Batch]]
+    steps_per_epoch: int
+    eval_batches: Mapping[str, Callable[[], Iterable[Batch]]] = dataclasses.field(
+        default_factory=dict
+    )
+    periodic_eval: Sequence[str] = ("validation",)
+    init_carry: Callable[[int], Any] | None = None
+    eval_loss_fn: LossFn | None = None
+    artefacts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    data_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    derive_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None
+    extra_results: Callable[[nnx.Module, dict[str, Any]], Mapping[str, Any]] | None = None
+
+
+class TrainingStopped(Exception):
+    """Raised by a task's iterator to simulate an interruption (tests); propagates like any error."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Devices.
+# ---------------------------------------------------------------------------------------------------------
+
+_DISTRIBUTED_DONE = False
+
+
+def initialize_distributed() -> bool:
+    """Calls `jax.distributed.initialize` once when a multi-process launch is detected.
+
+    Triggers: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` (explicit), or a
+    SLURM / Open MPI job with more than one task (JAX auto-detects the rest). Returns True if it initialised.
+    """
+    global _DISTRIBUTED_DONE
+    if _DISTRIBUTED_DONE:
+        return False
+    env = os.environ
+    explicit = all(
+        k in env for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+    )
+    if explicit:
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env["JAX_PROCESS_ID"]),
+        )
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        jax.distributed.initialize()
+    else:
+        return False
+    _DISTRIBUTED_DONE = True
+    return True
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over all devices (every process), axis name ``data``."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def pad_batch(batch: Batch, multiple: int) -> dict[str, np.ndarray]:
+    """Adds ``weight [batch]`` (ones) if absent and zero-pads every array's leading axis to a multiple.
+
+    Padded rows have weight 0, so they change no loss or metric sum.
+    """
+    out = {k: np.asarray(v) for k, v in batch.items()}
+    sizes = {k: v.shape[0] for k, v in out.items() if v.ndim > 0}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"batch arrays disagree on the batch size: {sizes}")
+    size = next(iter(sizes.values()))
+    if "weight" not in out:
+        out["weight"] = np.ones((size,), np.float32)
+    target = -(-size // multiple) * multiple
+    if target != size:
+        out = {
+            k: np.concatenate([v, np.zeros((target - size, *v.shape[1:]), v.dtype)])
+            for k, v in out.items()
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data helpers for tasks: resumable, seeded per-epoch shuffling and padded evaluation batches.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per epoch (the remainder of a shuffled epoch is dropped, as `drop_remainder`)."""
+    return num_examples // batch_size
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The example order of `epoch`: a permutation of `n` that depends only on (seed, epoch)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def shuffled_batches(
+    arrays: Mapping[str, np.ndarray],
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start: int = 0,
+    shuffle: bool = True,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Training batches of epoch `epoch` from in-memory arrays (all `[examples, ...]`), from batch `start`.
+
+    Yields ``steps_per_epoch(n, batch_size)`` full batches; the order is `epoch_permutation(seed, epoch)`,
+    so resuming at ``start`` gives exactly the batches an uninterrupted epoch would have.
+    """
+    n = len(next(iter(arrays.values())))
+    order = epoch_permutation(seed, epoch, n) if shuffle else np.arange(n)
+    for b in range(start, steps_per_epoch(n, batch_size)):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        yield {k: np.asarray(v)[idx] for k, v in arrays.items()}
+
+
+def padded_batches(
+    arrays: Mapping[str, np.ndarray], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Evaluation batches covering every example once, in order; the last is padded with weight 0 rows."""
+    n = len(next(iter(arrays.values())))
+    for lo in range(0, n, batch_size):
+        chunk = {k: np.asarray(v)[lo : lo + batch_size] for k, v in arrays.items()}
+        real = len(next(iter(chunk.values())))
+        weight = np.asarray(chunk.pop("weight"), np.float32) if "weight" in chunk else np.ones(real)
+        chunk = {
+            k: np.concatenate([v, np.zeros((batch_size - real, *v.shape[1:]), v.dtype)])
+            for k, v in chunk.items()
+        }
+        chunk["weight"] = np.concatenate([weight, np.zeros(batch_size - real)]).astype(np.float32)
+        yield chunk
+
+
+class _Prefetcher:
+    """Runs `transform` over `iterable` in a background thread, `size` items ahead (0: inline)."""
+
+    def __init__(self, iterable: Iterable[Any], transform: Callable[[Any], Any], size: int) -> None:
+        self._size = size
+        self._stop = threading.Event()
+        if size == 0:
+            self._inline = (transform(b) for b in iterable)
+            return
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._thread = threading.Thread(
+            target=self._run, args=(iterable, transform), daemon=True, name="batch-prefetch"
+        )
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, iterable: Iterable[Any], transform: Callable[[Any], Any]) -> None:
+        try:
+            for b in iterable:
+                if not self._put(("item", transform(b))):
+                    return
+            self._put(("end", None))
+        except BaseException as e:  # noqa: BLE001 (re-raised in the consuming thread)
+            self._put(("error", e))
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._size == 0:
+            yield from self._inline
+            return
+        while True:
+            kind, value = self._queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._size:
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The engine.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _monitor_value(record: Mapping[str, Any], monitor: str) -> float | None:
+    if monitor.startswith("val_"):
+        return record.get("validation", {}).get(monitor[4:])
+    return record.get("train", {}).get(monitor)
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class _Engine:
+    """One run of `train_and_evaluate`; holds the mesh, jitted steps and bookkeeping."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, task: Task) -> None:
+        self.config, self.workdir, self.task = config, os.path.abspath(workdir), task
+        self.is_main = jax.process_index() == 0
+        if task.steps_per_epoch < 1:
+            raise UserError(
+                f"the training data gives {task.steps_per_epoch} batches per epoch; use a smaller"
+                f" config.train.batch_size (now {config.train.batch_size}) or more training data"
+            )
+        tr = config.train
+        self.steps_per_epoch = int(task.steps_per_epoch)
+        self.total_steps = int(tr.num_steps) or int(tr.num_epochs) * self.steps_per_epoch
+        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.monitor = tr.monitor
+        self.mode = config_utils.monitor_mode(tr.monitor, tr.monitor_mode)
+
+        self.mesh = make_mesh()
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.local_devices = jax.local_device_count()
+        # Global train batch: every process pads its batch to a multiple of its local devices.
+        self.train_batch_size = (
+            _padded_size(int(tr.batch_size), self.local_devices) * jax.process_count()
+        )
+
+        self.schedule = optim.make_schedule(config.optimizer, self.total_steps)
+        self.tx = optim.make_optimizer(config.optimizer, self.total_steps)
+        model = task.build_model(config, nnx.Rngs(config.seed))
+        self.graphdef, params, self.others = nnx.split(model, nnx.Param, ...)
+        self.params_template = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params
+        )
+        self.eval_loss = task.eval_loss_fn or task.loss_fn
+        self._build_steps()
+
+    # -- model <-> pure params ------------------------------------------------------------------------------
+
+    def merge(self, params: Any) -> nnx.Module:
+        state = jax.tree.map(
+            lambda x: x, self.params_template
+        )  # fresh containers; never mutate the template
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state, self.others)
+
+    def init_state(self) -> dict[str, Any]:
+        model = self.task.build_model(self.config, nnx.Rngs(self.config.seed))
+        params = nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[1])
+        state = {
+            "step": jnp.zeros([], jnp.int32),
+            "params": params,
+            "opt_state": self.tx.init(params),
+            "rng": jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 1),
+        }
+        if self.task.init_carry is not None:
+            state["carry"] = self.task.init_carry(self.train_batch_size)
+        return state
+
+    def state_shardings(self, abstract: Any) -> Any:
+        shardings = jax.tree.map(lambda _: self.replicated, abstract)
+        if "carry" in abstract:
+            shardings["carry"] = jax.tree.map(lambda _: self.batch_sharding, abstract["carry"])
+        return shardings
+
+    def make_carry(self, batch_size: int) -> Any:
+        shape = jax.eval_shape(lambda: self.task.init_carry(batch_size))
+        shardings = jax.tree.map(lambda _: self.batch_sharding, shape)
+        return jax.jit(lambda: self.task.init_carry(batch_size), out_shardings=shardings)()
+
+    # -- jitted steps -------------------------------------------------------------------------------------
+
+    def _build_steps(self) -> None:
+        task, tx = self.task, self.tx
+
+        def train_step(state, batch, acc):
+            step = state["step"]
+            key = jax.random.fold_in(state["rng"], step)
+            carry = state.get("carry")
+
+            def objective(params):
+                model = self.merge(params)
+                return task.loss_fn(model, batch, key=key, train=True, carry=carry)
+
+            (loss, (sums, new_carry)), grads = jax.value_and_grad(objective, has_aux=True)(
+                state["params"]
+            )
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            new_state = dict(state, step=step + 1, params=params, opt_state=opt_state)
+            if "carry" in state:
+                new_state["carry"] = jax.lax.stop_gradient(new_carry)
+            finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+            first_bad = jnp.where((acc["first_bad"] == 0) & ~finite, step + 1, acc["first_bad"])
+            new_acc = {
+                "sums": metrics.merge(acc["sums"], sums),
+                "first_bad": first_bad,
+                "last_loss": loss.astype(jnp.float32),
+            }
+            return new_state, new_acc
+
+        def eval_step(params, batch, carry, acc):
+            model = self.merge(params)
+            _, (sums, new_carry) = self.eval_loss(
+                model, batch, key=jax.random.PRNGKey(0), train=False, carry=carry
+            )
+            return metrics.merge(acc, sums), new_carry
+
+        self._train_step_fn = train_step
+        self.train_step = None  # compiled lazily with the state's shardings
+        self.eval_step = jax.jit(eval_step)
+
+    def compile_train_step(self, state: Any) -> None:
+        shardings = self.state_shardings(state)
+        self.train_step = jax.jit(
+            self._train_step_fn,
+            out_shardings=(shardings, self.replicated),
+            donate_argnums=(0, 2),
+        )
+
+    def zero_acc(self, sums_shape: Mapping[str, Any]) -> dict[str, Any]:
+        return jax.device_put(
+            {
+                "sums": {k: np.zeros((), np.float32) for k in sums_shape},
+                "first_bad": np.zeros((), np.int32),
+                "last_loss": np.zeros((), np.float32),
+            },
+            self.replicated,
+        )
+
+    def sums_shape(self, state: Any, batch: Any, train: bool) -> Any:
+        def f(params, batch, carry):
+            loss_fn = self.task.loss_fn if train else self.eval_loss
+            _, (sums, _) = loss_fn(
+                self.merge(params), batch, key=jax.random.PRNGKey(0), train=train, carry=carry
+            )
+            return sums
+
+        return jax.eval_shape(f, state["params"], batch, state.get("carry"))
+
+    # -- data --------------------------------------------------------------------------------------------
+
+    def put_batch(self, batch: Batch) -> dict[str, jax.Array]:
+        padded = pad_batch(batch, self.local_devices)
+        return {
+            k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+            for k, v in padded.items()
+        }
+
+    def prefetch(self, iterable: Iterable[Batch]) -> _Prefetcher:
+        return _Prefetcher(iterable, self.put_batch, int(self.config.train.prefetch))
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+
+    def evaluate(self, params: Any, split: str) -> dict[str, float]:
+        acc = carry = None
+        batches = self.prefetch(self.task.eval_batches[split]())
+        try:
+            for batch in batches:
+                if acc is None:
+                    if self.task.init_carry is not None:
+                        carry = self.make_carry(batch["weight"].shape[0])
+                    shape = self.sums_shape({"params": params, "carry": carry}, batch, train=False)
+                    acc = self.zero_acc(shape)["sums"]
+                acc, carry = self.eval_step(params, batch, carry, acc)
+        finally:
+            batches.close()
+        if acc is None:
+            raise UserError(
+                f"the {split!r} split gave no evaluation batches; check config.data.path and the split"
+                " sizes in the config"
+            )
+        result = metrics.compute(acc)
+        if self.task.derive_metrics is not None:
+            result = dict(self.task.derive_metrics(result))
+        return result
+
+
+def _devices_info() -> dict[str, Any]:
+    devs = jax.devices()
+    return {
+        "count": len(devs),
+        "local_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        "platform": devs[0].platform,
+        "kind": devs[0].device_kind,
+    }
+
+
+def restore_model(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task_build_model: Callable[..., nnx.Module],
+    *,
+    which: str = "best",
+) -> tuple[nnx.Module, int]:
+    """Rebuilds the model from the config and loads parameters from a checkpoint in `workdir`.
+
+    For evaluation, generation and prediction modes. `which` is "best" (the best checkpoint by the monitored
+    metric, the latest if none was tracked) or "latest". Returns `(model, step)`.
+    """
+    model = task_build_model(config, nnx.Rngs(config.seed))
+    graphdef, params, others = nnx.split(model, nnx.Param, ...)
+    pure = nnx.to_pure_dict(params)
+    store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
+    try:
+        step = store.best_step() if which == "best" else store.latest_step()
+        if step is None:
+            raise UserError(
+                f"no checkpoint in {store.directory}; train first with --workdir={workdir}"
+            )
+        # Restore params only: the optimizer's state is not needed, so build a minimal target.
+        import orbax.checkpoint as ocp
+
+        item = os.path.join(store.directory, str(step), "state")
+        abstract = jax.eval_shape(lambda: pure)
+        restored = ocp.PyTreeCheckpointer().restore(
+            item,
+            args=ocp.args.PyTreeRestore(
+                item={"params": abstract},
+                restore_args={"params": jax.tree.map(lambda _: ocp.RestoreArgs(), abstract)},
+                partial_restore=True,
+            ),
+        )
+    finally:
+        store.close()
+    nnx.replace_by_pure_dict(params, restored["params"])
+    return nnx.merge(graphdef, params, others), int(step)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, task: Task
+) -> dict[str, Any]:
+    """Trains `task` under `config`, checkpointing in `workdir`; resumes if `workdir` has a checkpoint.
+
+    Args:
+      config: an `engine_defaults()`-based config (validated here; `UserError` names a bad field).
+      workdir: run directory (created). Re-running with the same workdir resumes exactly; a finished run
+        returns its saved results without training.
+      task: the experiment's `Task`.
+
+    Returns:
+      The results dict also written to ``<workdir>/results.json``.
+    """
+    t_start = time.time()
+    config_utils.validate_config(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _check_saved_config(config, workdir)
+
+    eng = _Engine(config, workdir, task)
+    is_main = eng.is_main
+    store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
+    logger = MetricsLogger(workdir, enabled=is_main)
+    try:
+        return _run(eng, store, logger, t_start)
+    finally:
+        logger.close()
+        store.close()
+
+
+def _check_saved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    path = os.path.join(workdir, config_utils.CONFIG_FILE)
+    if os.path.exists(path):
+        saved = config_utils.load_config(workdir)
+        diff = config_utils.config_diff(saved, config)
+        model_diff = [d for d in diff if d.startswith("model.") or d == "model"]
+        if model_diff:
+            raise UserError(
+                f"config.{model_diff[0]} differs from the run saved in {workdir}; use a new --workdir or"
+                " the saved model settings"
+            )
+        if diff:
+            logging.warning("config differs from the saved run in %s: %s", workdir, ", ".join(diff))
+    if jax.process_index() == 0:
+        config_utils.save_config(config, workdir)
+
+
+def _run(
+    eng: _Engine, store: CheckpointStore, logger: MetricsLogger, t_start: float
+) -> dict[str, Any]:
+    config, task, workdir = eng.config, eng.task, eng.workdir
+    es_cfg = config.early_stopping
+    if eng.is_main and task.artefacts:
+        save_artefacts(workdir, task.artefacts)
+
+    abstract = jax.eval_shape(eng.init_state)
+    restored = store.restore_latest(_with_shardings(abstract, eng.state_shardings(abstract)))
+    if restored is None:
+        state = jax.jit(eng.init_state, out_shardings=eng.state_shardings(abstract))()
+        meta: dict[str, Any] = {}
+        step = 0
+    else:
+        step, state, meta = restored
+        logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
+        logger.write("resume", step, {"from_step": step})
+
+    history: list[dict[str, Any]] = list(meta.get("history", []))
+    es = dict(
+        meta.get("early_stopping", {"best": None, "best_step": None, "wait": 0, "improvements": 0})
+    )
+    position = meta.get("position", {"epoch": 0, "batch": 0})
+    epoch, index = int(position["epoch"]), int(position["batch"])
+    wall_before = float(meta.get("wall_time_s", 0.0))
+    stopped_early = bool(meta.get("stopped_early", False))
+    since_eval: dict[str, float] | None = meta.get("since_eval")
+
+    results_path = os.path.join(workdir, RESULTS_FILE)
+    finished = stopped_early or step >= eng.total_steps
+    if finished and os.path.exists(results_path):
+        saved = read_json(results_path)
+        if saved.get("steps") == step:
+            logging.info(
+                "the run in %s finished at step %d; returning its saved results", workdir, step
+            )
+            return saved
+
+    batch_size = int(config.train.batch_size)
+    if not finished:
+        eng.compile_train_step(state)
+    progress = Progress(
+        total_steps=eng.total_steps,
+        steps_per_epoch=eng.steps_per_epoch,
+        num_epochs=eng.num_epochs,
+        enabled=eng.is_main,
+    )
+    acc = None
+    interval_start, interval_examples = time.time(), 0
+
+    def flush() -> None:
+        """Fetches the device accumulator (the only per-interval host sync) and logs train metrics."""
+        nonlocal acc, since_eval, interval_start, interval_examples
+        host = jax.device_get(acc)
+        first_bad = int(host["first_bad"])
+        if first_bad:
+            last = store.latest_step()
+            kept = (
+                "no checkpoint had been written yet"
+                if last is None
+                else f"the last good checkpoint (step {last}) in {store.directory} is intact"
+            )
+            raise UserError(
+                f"non-finite loss or gradient at step {first_bad} (epoch {epoch + 1}, last loss"
+                f" {float(host['last_loss'])}); training stopped and {kept}; lower"
+                " config.optimizer.learning_rate"
+                f" (now {config.optimizer.learning_rate}) or set config.optimizer.clip_norm (e.g. 1.0)"
+            )
+        sums = {k: float(v) for k, v in host["sums"].items()}
+        since_eval = sums if since_eval is None else metrics.merge(since_eval, sums)
+        elapsed = max(time.time() - interval_start, 1e-9)
+        rate = interval_examples / elapsed
+        values = metrics.compute(sums)
+        if task.derive_metrics is not None:
+            values = dict(task.derive_metrics(values))
+        logger.write(
+            "train",
+            step,
+            {**values, "learning_rate": float(eng.schedule(step - 1)), "examples_per_s": rate},
+        )
+        progress.report(step, values, rate)
+        acc = eng.zero_acc(host["sums"])
+        interval_start, interval_examples = time.time(), 0
+
+    def evaluate_and_save() -> bool:
+        """Evaluates the periodic splits, updates early stopping, saves a checkpoint; True = stop."""
+        nonlocal since_eval, stopped_early
+        record: dict[str, Any] = {"epoch": round(step / eng.steps_per_epoch, 4), "step": step}
+        train_avg = metrics.compute(since_eval) if since_eval else {}
+        if task.derive_metrics is not None and train_avg:
+            train_avg = dict(task.derive_metrics(train_avg))
+        record["train"] = train_avg
+        for split in task.periodic_eval:
+            if split in task.eval_batches:
+                record[split] = eng.evaluate(state["params"], split)
+                logger.write(split, step, record[split])
+        history.append(record)
+        since_eval = None
+        value = _monitor_value(record, eng.monitor)
+        if value is None and es_cfg.enabled:
+            raise UserError(
+                f"config.train.monitor={eng.monitor!r} is not a reported metric (train:"
+                f" {sorted(record['train'])}, validation: {sorted(record.get('validation', {}))});"
+                " set it to val_<metric> or <metric>"
+            )
+        improvement = -1
+        if _improved(value, es["best"], eng.mode, float(es_cfg.min_delta)):
+            es["best"], es["best_step"], es["wait"] = value, step, 0
+            es["improvements"] += 1
+            improvement = es["improvements"]
+        else:
+            es["wait"] += 1
+        stop = bool(es_cfg.enabled and es["wait"] >= int(es_cfg.patience))
+        if stop:
+            stopped_early = True
+            logging.info(
+                "early stopping at step %d: %s has not improved on %.6g (step %s) for %d evaluations",
+                step,
+                eng.monitor,
+                es["best"],
+                es["best_step"],
+                es["wait"],
+            )
+        logging.info(
+            "epoch %.2f (step %d): train %s | %s",
+            record["epoch"],
+            step,
+            format_metrics(record["train"]),
+            " | ".join(
+                f"{s} {format_metrics(record[s])}" for s in task.periodic_eval if s in record
+            ),
+        )
+        meta_out = {
+            "position": {"epoch": epoch, "batch": index},
+            "history": history,
+            "early_stopping": es,
+            "stopped_early": stopped_early,
+            "since_eval": None,
+            "wall_time_s": wall_before + time.time() - t_start,
+            "total_steps": eng.total_steps,
+            "steps_per_epoch": eng.steps_per_epoch,
+        }
+        store.save(step, state, meta_out, improvement=improvement)
+        return stop
+
+    while not finished:
+        if index >= eng.steps_per_epoch:
+            epoch, index = epoch + 1, 0
+        if index == 0 and "carry" in state:
+            state["carry"] = eng.make_carry(eng.train_batch_size)
+        progress.start_epoch(epoch, index, step)
+        batches = eng.prefetch(task.train_batches(epoch, index))
+        try:
+            for batch in batches:
+                if acc is None:
+                    acc = eng.zero_acc(eng.sums_shape(state, batch, train=True))
+                state, acc = eng.train_step(state, batch, acc)
+                step, index = step + 1, index + 1
+                interval_examples += batch_size
+                progress.advance()
+                end_of_epoch = index >= eng.steps_per_epoch
+                every = int(config.train.eval_every_steps)
+                do_eval = end_of_epoch or step >= eng.total_steps or (every and step % every == 0)
+                if do_eval or step % int(config.train.log_every_steps) == 0:
+                    flush()
+                if do_eval and evaluate_and_save():
+                    finished = True
+                    break
+                if step >= eng.total_steps:
+                    finished = True
+                    break
+                if end_of_epoch:
+                    break
+            else:
+                if index < eng.steps_per_epoch:
+                    raise UserError(
+                        f"the training data of epoch {epoch + 1} ended after {index} batches but the"
+                        f" task declared steps_per_epoch={eng.steps_per_epoch}; fix the task's"
+                        " train_batches"
+                    )
+        finally:
+            batches.close()
+            progress.end_epoch()
+
+    # -- the end: restore best, final evaluation, results ------------------------------------------------
+    final_params = state["params"]
+    restored_best = False
+    best_step = es.get("best_step")
+    if (
+        es_cfg.enabled
+        and es_cfg.restore_best_weights
+        and best_step is not None
+        and best_step != step
+    ):
+        target = _with_shardings(abstract, eng.state_shardings(abstract))
+        best_state, _ = store.restore(best_step, target)
+        final_params = best_state["params"]
+        restored_best = True
+        logging.info(
+            "restored the best weights (step %d, %s=%.6g)", best_step, eng.monitor, es["best"]
+        )
+
+    final: dict[str, dict[str, float]] = {}
+    last = history[-1] if history else {}
+    for split in task.eval_batches:
+        if not restored_best and last.get("step") == step and split in last:
+            final[split] = last[split]
+        else:
+            final[split] = eng.evaluate(final_params, split)
+            logger.write(f"final_{split}", step, final[split])
+    best_record = next((r for r in history if r["step"] == best_step), None)
+    results: dict[str, Any] = {
+        "status": "finished",
+        "metrics": {
+            "final": final,
+            "best": None
+            if best_record is None
+            else {"monitor": eng.monitor, "value": es["best"], **best_record},
+            "evaluated_weights": "best" if restored_best else "last",
+        },
+        "history": history,
+        "config": config_utils.config_to_dict(config),
+        "wall_time_s": round(wall_before + time.time() - t_start, 3),
+        "steps": step,
+        "epochs": round(step / eng.steps_per_epoch, 4),
+        "stopped_early": stopped_early,
+        "best_step": best_step,
+        "devices": _devices_info(),
+        "data": dict(task.data_info),
+        "workdir": workdir,
+    }
+    if eng.is_main:
+        curves = plot_training_curves(
+            history, os.path.join(workdir, CURVES_FILE), title=os.path.basename(workdir)
+        )
+        results["plots"] = [os.path.basename(curves)] if curves else []
+    if task.extra_results is not None:
+        results.update(task.extra_results(eng.merge(final_params), results))
+    if eng.is_main:
+        write_json(os.path.join(workdir, RESULTS_FILE), results)
+    logging.info(
+        "finished at step %d: %s",
+        step,
+        " | ".join(f"{s} {format_metrics(m)}" for s, m in final.items()),
+    )
+    return results
+
+
+def _padded_size(batch_size: int, multiple: int) -> int:
+    return -(-batch_size // multiple) * multiple
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
