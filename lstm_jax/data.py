@@ -19,7 +19,6 @@ import csv
 import gzip
 import io
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 from lstm_jax.errors import UserError
 
 DATA_ENV = "LSTM_JAX_DATA"
-TFDS_HOST = ("storage.googleapis.com", 443)  # TFDS downloads prepared datasets from GCS first
+TFDS_PROBE_URL = "https://storage.googleapis.com/tfds-data/"  # TFDS tries GCS before the source
 
 # LIAR's six PolitiFact verdicts, ordered from least to most true (index = 6-way class id).
 LIAR_LABELS: tuple[str, ...] = (
@@ -75,8 +74,7 @@ def resolve_path(
     what: str = "dataset",
     tfds_name: str | None = None,
 ) -> Path:
-    """The file/folder to read: `configured_path` if given, else
-    `$LSTM_JAX_DATA/<default_relative>`.
+    """The path to read: `configured_path` if given, else `$LSTM_JAX_DATA/<default_relative>`.
 
     An explicit path that does not exist is an error naming it; with no explicit path and no copy
     under `$LSTM_JAX_DATA`, the error names both fixes (and that TFDS needs network access, when
@@ -248,11 +246,21 @@ def _tfds_prepared(name: str, data_dir: str) -> bool:
     return d.is_dir() and any(True for _ in d.rglob("dataset_info.json"))
 
 
-def _network_reachable(host: tuple[str, int] = TFDS_HOST, timeout: float = 3.0) -> bool:
+def _network_reachable(url: str = TFDS_PROBE_URL, timeout: float = 3.0) -> bool:
+    """Whether an HTTPS request to `url` gets any HTTP answer within `timeout` seconds.
+
+    A full request (not a bare TCP connect): sandboxes that accept every connection and then reset
+    it must count as offline. Honours the usual `https_proxy` variables, as TFDS does.
+    """
+    import urllib.error
+    import urllib.request
+
     try:
-        with socket.create_connection(host, timeout=timeout):
+        with urllib.request.urlopen(url, timeout=timeout):
             return True
-    except OSError:
+    except urllib.error.HTTPError:  # an HTTP status (403, 404...) still proves the host answers
+        return True
+    except (OSError, ValueError):  # URLError, resets, timeouts, DNS failures, bad URL
         return False
 
 
@@ -400,8 +408,7 @@ def _load_imdb_local(p: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[st
 def load_imdb(
     path: str | os.PathLike | None = None,
 ) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:
-    """`{"train": [(text, label)], "test": [...]}` of IMDB reviews; label 1 = positive, 0 =
-    negative.
+    """`{"train": [(text, label)], "test": [...]}` of IMDB reviews; label 1 = pos, 0 = neg.
 
     Texts are raw (with `<br />`), as the tutorial feeds TextVectorization. `path` may be an
     `aclImdb/` folder (or its parent), or a folder with `imdb_{train,test}.csv(.gz)` (columns

@@ -1,0 +1,480 @@
+"""Tests of lstm_jax.data on fixture files built in tmp_path (real data only where marked)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lstm_jax import data as D
+from lstm_jax.errors import UserError
+from tests.fixtures_text import (
+    FAKE_NEWS_ROWS,
+    IMDB_REVIEWS,
+    make_acl_imdb,
+    make_fake_news_csv,
+    make_imdb_csv_dir,
+    make_liar_dir,
+    write_csv,
+)
+
+
+@pytest.fixture
+def no_data_env(monkeypatch, tmp_path):
+    """No $LSTM_JAX_DATA, an empty TFDS data_dir and no network: only explicit paths work."""
+    monkeypatch.delenv("LSTM_JAX_DATA", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds_empty"))
+    monkeypatch.setattr(D, "_network_reachable", lambda *a, **k: False)
+
+
+def _named(path: Path) -> str:
+    return re.escape(str(path))
+
+
+# ---- paths ---------------------------------------------------------------------------------------
+
+
+def test_data_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path))
+    assert D.data_root() == tmp_path
+    monkeypatch.setenv("LSTM_JAX_DATA", "")
+    assert D.data_root() is None
+
+
+def test_resolve_path_explicit_wins(monkeypatch, tmp_path):
+    (tmp_path / "env" / "x.txt").parent.mkdir()
+    (tmp_path / "env" / "x.txt").write_text("env")
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine")
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path / "env"))
+    assert D.resolve_path(mine, "x.txt") == mine
+    assert D.resolve_path(None, "x.txt") == tmp_path / "env" / "x.txt"
+    with pytest.raises(UserError, match=_named(tmp_path / "nope.txt")):
+        D.resolve_path(tmp_path / "nope.txt", "x.txt")
+
+
+def test_resolve_path_missing_names_both_fixes(no_data_env):
+    with pytest.raises(UserError) as e:
+        D.resolve_path(None, "imdb", what="IMDB reviews", tfds_name="imdb_reviews")
+    msg = str(e.value)
+    assert "--config.data.path=" in msg and "export LSTM_JAX_DATA=" in msg
+    assert "TFDS 'imdb_reviews' needs network access" in msg
+    assert "\n" not in msg
+
+
+# ---- text files ----------------------------------------------------------------------------------
+
+
+def test_load_text_plain_and_gz(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("To be,\nor not.\n", encoding="utf-8")
+    text, info = D.load_text(f)
+    assert text == "To be,\nor not.\n"
+    assert info == {"source": str(f), "chars": 15, "distinct_chars": 11}
+    g = tmp_path / "t.txt.gz"
+    g.write_bytes(gzip.compress("über".encode()))
+    assert D.load_text(g)[0] == "über"
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (b"", "file is empty"),
+        (b"  \n\t\n", "file is empty"),
+        (b"abc\n\x00\x01", r"binary file \(NUL byte at line 2"),
+        (b"abc\ndef\n\xff\xfeok", r"undecodable bytes at line 3 .*not UTF-8"),
+    ],
+)
+def test_load_text_bad_files_name_the_file(tmp_path, content, pattern):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(content)
+    with pytest.raises(UserError, match=_named(f) + ".*" + pattern):
+        D.load_text(f)
+
+
+def test_load_text_missing_and_directory(tmp_path):
+    with pytest.raises(UserError, match=_named(tmp_path / "gone.txt") + ".*not found"):
+        D.load_text(tmp_path / "gone.txt")
+    with pytest.raises(UserError, match="is a directory"):
+        D.load_text(tmp_path)
+
+
+def test_load_text_bad_gzip(tmp_path):
+    f = tmp_path / "t.txt.gz"
+    f.write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match=_named(f) + ".*not a valid gzip"):
+        D.load_text(f)
+
+
+# ---- tiny-shakespeare ----------------------------------------------------------------------------
+
+
+def test_tiny_shakespeare_split_90_10(tmp_path, no_data_env):
+    f = tmp_path / "shake.txt"
+    text = "abcdefghij" * 10 + "xyz"  # 103 chars: int(0.9 * 103) = 92
+    f.write_text(text, encoding="utf-8")
+    splits, info = D.load_tiny_shakespeare(f)
+    assert splits["train"] == text[:92] and splits["validation"] == text[92:]
+    assert info["train_chars"] == 92 and info["validation_chars"] == 11
+    assert info["source"] == str(f)
+
+
+def test_tiny_shakespeare_from_data_root(monkeypatch, tmp_path):
+    f = tmp_path / "shakespeare" / "tinyshakespeare.txt"
+    f.parent.mkdir()
+    f.write_text("First Citizen:\nBefore we proceed\n", encoding="utf-8")
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path))
+    splits, info = D.load_tiny_shakespeare()
+    assert info["source"] == str(f)
+    assert splits["train"] + splits["validation"] == f.read_text()
+
+
+def test_tiny_shakespeare_offline_fails_fast_with_both_fixes(no_data_env):
+    t0 = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        D.load_tiny_shakespeare()
+    assert time.perf_counter() - t0 < 2.0  # never reaches tfds.load's minutes of retries
+    msg = str(e.value)
+    assert "--config.data.path=" in msg and "LSTM_JAX_DATA" in msg and "network" in msg
+
+
+def test_network_check_is_bounded():
+    t0 = time.perf_counter()
+    assert D._network_reachable("https://nonexistent.invalid/", timeout=0.5) is False
+    assert D._network_reachable("https://10.255.255.1:9/", timeout=0.5) is False
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_tfds_prepared_detection(tmp_path):
+    assert not D._tfds_prepared("imdb_reviews", str(tmp_path))
+    d = tmp_path / "imdb_reviews" / "plain_text" / "1.0.0"
+    d.mkdir(parents=True)
+    (d / "dataset_info.json").write_text("{}")
+    assert D._tfds_prepared("imdb_reviews", str(tmp_path))
+
+
+# ---- CSV texts -----------------------------------------------------------------------------------
+
+
+def test_load_csv_texts_skips_and_counts_empty_and_handles_big_fields(tmp_path):
+    big = "long " * 40_000  # 200k chars > csv's default 131,072 field limit
+    f = write_csv(
+        tmp_path / "cat.csv",
+        ["ProductID", "Description", "Price"],
+        [[1, "Red cotton shirt,\nslim fit", 10], [2, "", 5], [3, "  ", 6], [4, big, 7]],
+    )
+    texts, info = D.load_csv_texts(f, "Description")
+    assert texts == ["Red cotton shirt,\nslim fit", big]
+    assert info == {
+        "source": str(f),
+        "column": "Description",
+        "rows": 4,
+        "texts": 2,
+        "skipped_empty": 2,
+    }
+
+
+def test_load_csv_texts_missing_column_names_file_column_and_columns(tmp_path):
+    f = write_csv(tmp_path / "cat.csv", ["ProductID", "description"], [[1, "x"]])
+    with pytest.raises(UserError) as e:
+        D.load_csv_texts(f, "Description")
+    msg = str(e.value)
+    assert str(f) in msg and "'Description'" in msg and "'ProductID', 'description'" in msg
+
+
+def test_load_csv_texts_bad_files(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=_named(empty) + ".*empty"):
+        D.load_csv_texts(empty, "text")
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("text\nok\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=_named(latin) + ".*line 3"):
+        D.load_csv_texts(latin, "text")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,text\n1,x\n2,y,extra\n", encoding="utf-8")
+    with pytest.raises(UserError, match=_named(ragged) + ".*line 3 has 3 fields"):
+        D.load_csv_texts(ragged, "text")
+    blank = write_csv(tmp_path / "blank.csv", ["text"], [[""], [" "]])
+    with pytest.raises(UserError, match="no non-empty texts"):
+        D.load_csv_texts(blank, "text")
+
+
+# ---- IMDB ----------------------------------------------------------------------------------------
+
+
+def _expected_imdb(split: str) -> list[tuple[str, int]]:
+    by_label = IMDB_REVIEWS[split]
+    return [(t, 1) for t in by_label["pos"]] + [(t, 0) for t in by_label["neg"]]
+
+
+def test_load_imdb_acl_tree(tmp_path, no_data_env):
+    acl = make_acl_imdb(tmp_path)
+    for p in (acl, tmp_path):  # the aclImdb/ folder itself or its parent
+        data, info = D.load_imdb(p)
+        assert data["train"] == _expected_imdb("train")
+        assert data["test"] == _expected_imdb("test")
+        assert info["train"] == {"examples": 4, "pos": 2, "neg": 2}
+        assert info["test"] == {"examples": 3, "pos": 1, "neg": 2}
+        assert info["source"] == str(acl)
+
+
+def test_load_imdb_csv_gz_and_plain_csv_match_acl(tmp_path, no_data_env):
+    acl_data, _ = D.load_imdb(make_acl_imdb(tmp_path / "a"))
+    for gz in (True, False):
+        data, info = D.load_imdb(make_imdb_csv_dir(tmp_path / f"csv{gz}", gz=gz))
+        assert data == acl_data
+        assert info["skipped_empty"] == 0
+
+
+def test_load_imdb_from_data_root(monkeypatch, tmp_path):
+    make_imdb_csv_dir(tmp_path / "imdb")
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path))
+    data, info = D.load_imdb()
+    assert info["source"] == str(tmp_path / "imdb") and len(data["train"]) == 4
+
+
+def test_load_imdb_bad_label_names_file_and_line(tmp_path):
+    write_csv(
+        tmp_path / "imdb_train.csv", ["id", "label", "text"], [[0, "pos", "ok"], [1, "meh", "x"]]
+    )
+    write_csv(tmp_path / "imdb_test.csv", ["id", "label", "text"], [[0, "neg", "ok"]])
+    with pytest.raises(
+        UserError, match=_named(tmp_path / "imdb_train.csv") + ": line 3: label 'meh'"
+    ):
+        D.load_imdb(tmp_path)
+
+
+def test_load_imdb_missing_column_and_empty_text_skipped(tmp_path):
+    write_csv(tmp_path / "imdb_train.csv", ["id", "label", "review"], [[0, "pos", "ok"]])
+    write_csv(tmp_path / "imdb_test.csv", ["id", "label", "text"], [[0, "neg", "ok"]])
+    with pytest.raises(
+        UserError, match="missing column.*'text'.*columns found: 'id', 'label', 'review'"
+    ):
+        D.load_imdb(tmp_path)
+    write_csv(tmp_path / "imdb_train.csv", ["label", "text"], [["pos", "good"], ["neg", " "]])
+    data, info = D.load_imdb(tmp_path)
+    assert data["train"] == [("good", 1)] and info["skipped_empty"] == 1
+
+
+def test_load_imdb_undecodable_review_names_the_file(tmp_path):
+    acl = make_acl_imdb(tmp_path)
+    bad = acl / "test" / "neg" / "7_1.txt"
+    bad.write_bytes(b"Bad \xff bytes")
+    with pytest.raises(UserError, match=_named(bad) + ".*undecodable"):
+        D.load_imdb(acl)
+
+
+def test_load_imdb_incomplete_tree_and_wrong_folder(tmp_path):
+    acl = make_acl_imdb(tmp_path)
+    for f in (acl / "test" / "neg").iterdir():
+        f.unlink()
+    (acl / "test" / "neg").rmdir()
+    with pytest.raises(UserError, match=_named(acl / "test" / "neg") + ": folder missing"):
+        D.load_imdb(acl)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UserError, match="no IMDB data found"):
+        D.load_imdb(tmp_path / "other")
+
+
+def test_load_imdb_offline_without_data(no_data_env):
+    with pytest.raises(UserError, match="TFDS 'imdb_reviews' needs network access"):
+        D.load_imdb()
+
+
+# ---- fake news -----------------------------------------------------------------------------------
+
+
+def test_load_fake_news_csv(tmp_path):
+    f = make_fake_news_csv(tmp_path / "news.csv")
+    data, info = D.load_fake_news_csv(f)
+    assert data["author"] == ["Jane Roe, Max Mustermann", "John Smith", "", ""]
+    assert data["title"][2] == "" and data["text"][2] == "Miracle cure found by doctors"
+    np.testing.assert_array_equal(data["label"], [r[4] for r in FAKE_NEWS_ROWS])
+    assert data["label"].dtype == np.int32
+    assert info["fake"] == 2 and info["real"] == 2 and info["examples"] == 4
+    assert "dup_text" not in info
+
+
+def test_load_fake_news_csv_skips_all_empty_rows_and_counts_dups(tmp_path):
+    f = write_csv(
+        tmp_path / "n.csv",
+        ["id", "title", "author", "text", "label", "dup_text"],
+        [[0, "T", "A", "x", 1, 0], [1, "", "", " ", 0, 0], [2, "T", "A", "x", 1, 1]],
+    )
+    data, info = D.load_fake_news_csv(f)
+    assert len(data["label"]) == 2
+    assert info["skipped_empty"] == 1 and info["dup_text"] == 1 and info["rows"] == 3
+
+
+@pytest.mark.parametrize("bad_label", ["2", "fake", ""])
+def test_load_fake_news_csv_bad_label_names_file_and_line(tmp_path, bad_label):
+    rows = [list(r) for r in FAKE_NEWS_ROWS]
+    rows[1][4] = bad_label
+    f = make_fake_news_csv(tmp_path / "news.csv", rows)
+    with pytest.raises(UserError, match=_named(f) + f": line 3: label '{bad_label}' is not 0"):
+        D.load_fake_news_csv(f)
+
+
+def test_load_fake_news_csv_missing_label_column(tmp_path):
+    f = write_csv(tmp_path / "test.csv", ["id", "title", "author", "text"], [[0, "t", "a", "x"]])
+    with pytest.raises(UserError, match=_named(f) + r": missing column\(s\) 'label'"):
+        D.load_fake_news_csv(f)
+
+
+# ---- LIAR ----------------------------------------------------------------------------------------
+
+
+def test_load_liar(tmp_path, no_data_env):
+    root = make_liar_dir(tmp_path / "liar")
+    data, info = D.load_liar(root)
+    np.testing.assert_array_equal(data["train"]["label"], [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(data["train"]["binary_label"], [1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(data["valid"]["label"], [5, 1])
+    np.testing.assert_array_equal(data["test"]["binary_label"], [0, 1])
+    assert data["valid"]["statement"] == ["Water is wet.", "Cats can fly."]
+    assert data["train"]["state_info"][0] == "Texas"
+    assert info["train"]["label_counts"]["half-true"] == 1
+    assert (info["test"]["fake"], info["test"]["real"]) == (1, 1)
+
+
+def test_load_liar_bad_label_and_missing_split(tmp_path):
+    root = make_liar_dir(tmp_path / "liar")
+    text = (root / "liar_valid.csv").read_text().replace("true,Water", "maybe,Water")
+    (root / "liar_valid.csv").write_text(text)
+    with pytest.raises(
+        UserError, match=_named(root / "liar_valid.csv") + ": line 2: label 'maybe'"
+    ):
+        D.load_liar(root)
+    (root / "liar_test.csv").unlink()
+    (root / "liar_valid.csv").unlink()
+    with pytest.raises(UserError, match=_named(root / "liar_valid.csv") + ".*not found"):
+        D.load_liar(root)
+
+
+def test_load_liar_without_data_names_both_fixes(no_data_env):
+    with pytest.raises(UserError, match="fake_news/liar.*LSTM_JAX_DATA"):
+        D.load_liar()
+
+
+# ---- splits --------------------------------------------------------------------------------------
+
+
+def test_train_test_split_matches_sklearn_on_data():
+    from sklearn.model_selection import train_test_split as sk
+
+    x = np.arange(50) * 10
+    y = np.arange(50) % 2
+    x_tr, x_te, y_tr, _ = sk(x, y, test_size=0.33, random_state=42)
+    tr, te = D.train_test_split(50, 0.33, seed=42)
+    np.testing.assert_array_equal(x[tr], x_tr)
+    np.testing.assert_array_equal(x[te], x_te)
+    np.testing.assert_array_equal(y[tr], y_tr)
+    assert len(te) == 17 and sorted(np.concatenate([tr, te]).tolist()) == list(range(50))
+    tr2, _ = D.train_test_split(50, 0.33, seed=100)
+    assert not np.array_equal(tr, tr2)
+
+
+def test_train_test_split_stratified_and_bad_input():
+    y = np.array([0] * 8 + [1] * 4)
+    tr, te = D.train_test_split(12, 0.25, seed=0, stratify=y)
+    assert y[te].tolist().count(1) == 1 and len(te) == 3
+    with pytest.raises(UserError, match="test fraction 1.5"):
+        D.train_test_split(10, 1.5, seed=0)
+    with pytest.raises(UserError, match="cannot split 1 example"):
+        D.train_test_split(1, 0.5, seed=0)
+
+
+# ---- TFDS path (real code, mocked data) ----------------------------------------------------------
+
+
+def _fake_tfds_load(name, splits, what, default_relative):
+    """What `tfds.as_numpy` yields: dicts of numpy bytes / int64 (no TF import, milliseconds)."""
+    if name == "tiny_shakespeare":
+        return [[{"text": np.bytes_(t.encode())}] for t in ("First Citizen:\n", "Be", "fore")]
+    return [
+        [{"text": np.bytes_(b"Great <br />film"), "label": np.int64(1)}],
+        [{"text": np.bytes_(b"Dull"), "label": np.int64(0)}],
+    ]
+
+
+def test_tfds_branch_converts_to_the_local_types(monkeypatch, tmp_path):
+    monkeypatch.delenv("LSTM_JAX_DATA", raising=False)
+    monkeypatch.setattr(D, "_tfds_load", _fake_tfds_load)
+    splits, info = D.load_tiny_shakespeare()
+    assert splits == {"train": "First Citizen:\n", "validation": "Before"}  # valid + test
+    assert info["source"] == "tfds:tiny_shakespeare" and info["chars"] == 21
+    data, info = D.load_imdb()
+    assert data == {"train": [("Great <br />film", 1)], "test": [("Dull", 0)]}
+    assert type(data["train"][0][0]) is str and type(data["train"][0][1]) is int
+    assert info["source"] == "tfds:imdb_reviews"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LSTM_JAX_TFDS_TESTS"),
+    reason="imports TensorFlow (~15 s on 2 cores); set LSTM_JAX_TFDS_TESTS=1 to run",
+)
+def test_tfds_path_with_mock_data_returns_the_local_types(monkeypatch, tmp_path):
+    monkeypatch.delenv("LSTM_JAX_DATA", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(D, "_network_reachable", lambda *a, **k: True)
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=3, data_dir=str(tmp_path)):
+        splits, info = D.load_tiny_shakespeare()
+        data, imdb_info = D.load_imdb()
+    assert info["source"] == "tfds:tiny_shakespeare"
+    assert isinstance(splits["train"], str) and isinstance(splits["validation"], str)
+    assert imdb_info["source"] == "tfds:imdb_reviews" and len(data["train"]) == 3
+    text, label = data["test"][0]
+    assert isinstance(text, str) and label in (0, 1) and isinstance(label, int)
+
+
+# ---- real data (skipped without LSTM_JAX_DATA) ----------------------------------------------------
+
+
+def _real(rel: str) -> Path:
+    root = os.environ.get("LSTM_JAX_DATA")
+    if not root or not (Path(root) / rel).exists():
+        pytest.skip(f"real data $LSTM_JAX_DATA/{rel} not available")
+    return Path(root) / rel
+
+
+def test_real_tiny_shakespeare_matches_nanogpt_split():
+    _real("shakespeare/tinyshakespeare.txt")
+    splits, info = D.load_tiny_shakespeare()
+    assert info["chars"] == 1_115_394 and info["distinct_chars"] == 65
+    assert len(splits["train"]) == 1_003_854 and len(splits["validation"]) == 111_540
+
+
+def test_real_macbeth_and_fashion():
+    text, info = D.load_text(_real("shakespeare/macbeth_gutenberg_nltk.txt"))
+    assert info["distinct_chars"] == 67 and text.count("\n") == 3286
+    texts, info = D.load_csv_texts(_real("fashion/myntra_products_catalog.csv"), "Description")
+    assert info["rows"] == info["texts"] == 12_491
+
+
+def test_real_imdb_counts():
+    _real("imdb/imdb_train.csv.gz")
+    data, info = D.load_imdb()
+    for split in ("train", "test"):
+        assert info[split] == {"examples": 25_000, "pos": 12_500, "neg": 12_500}
+    assert sum("<br />" in t for t, _ in data["train"] + data["test"]) == 29_200  # README
+
+
+def test_real_fake_news_and_liar_counts():
+    data, info = D.load_fake_news_csv(_real("fake_news/articles/fake_real_articles.csv"))
+    assert (info["examples"], info["fake"], info["real"], info["dup_text"]) == (1651, 822, 829, 15)
+    assert data["author"][0] == "Wendy Gittleson"
+    liar, info = D.load_liar()
+    assert [info[s]["examples"] for s in ("train", "valid", "test")] == [10_269, 1_284, 1_283]
+    assert [(info[s]["fake"], info[s]["real"]) for s in ("train", "valid", "test")] == [
+        (4497, 5772),
+        (616, 668),
+        (556, 727),
+    ]
+    assert info["train"]["label_counts"]["pants-fire"] == 842
