@@ -1,0 +1,258 @@
+"""The experiments' models: Flax NNX modules built from `lstm_jax.nn` and Flax's own Embed/Linear/Dropout.
+
+Two families cover the four tutorials:
+
+* `LanguageModel`: token ids `[batch, time]` -> next-token logits, either at every position
+  (`[batch, time, vocab]`, char-rnn style) or from the last state only (`[batch, vocab]`, the Keras tutorials'
+  "window -> next token" form).
+* `TextClassifier`: token ids `[batch, time]` -> one logit `[batch]` (binary, sigmoid) or class logits
+  `[batch, classes]` (softmax).
+
+Both take int32 ids, an optional bool `mask [batch, time]` (True at real tokens) and the shared call keywords
+`deterministic` and `key` (dropout randomness is explicit, never stored in the module).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lstm_jax.core import LSTMState
+from lstm_jax.nn import StackedLSTM
+
+Array = jax.Array
+InputMode = Literal["embed", "scalar", "onehot"]
+
+__all__ = ["LanguageModel", "TextClassifier", "DenseStack"]
+
+# Keras' defaults, which the tutorials rely on: Dense is glorot-uniform with zero bias, Embedding is
+# uniform(-0.05, 0.05) (Flax's own defaults are lecun-normal and a unit-variance normal).
+_DENSE_INIT = jax.nn.initializers.glorot_uniform()
+_EMBED_INIT = jax.nn.initializers.uniform(0.1)  # [0, 0.1) shifted to [-0.05, 0.05) below
+_ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "linear": lambda x: x}
+
+
+def _embed_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+    return _EMBED_INIT(key, shape, dtype) - 0.05
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, kernel_init=_DENSE_INIT, rngs=rngs)
+
+
+def _embed(vocab_size: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(vocab_size, dim, embedding_init=_embed_init, rngs=rngs)
+
+
+class DenseStack(nnx.Module):
+    """Dense layers with an activation (Keras `Dense(units, activation=...)` repeated).
+
+    `layers` is a sequence of `(units, activation)` with activation one of "relu", "tanh", "linear".
+    """
+
+    def __init__(self, in_features: int, layers: list[tuple[int, str]], *, rngs: nnx.Rngs):
+        mods, fns = [], []
+        size = in_features
+        for units, act in layers:
+            if act not in _ACTIVATIONS:
+                raise ValueError(
+                    f"DenseStack: unknown activation {act!r}; use relu, tanh or linear"
+                )
+            mods.append(_linear(size, units, rngs))
+            fns.append(act)
+            size = units
+        self.layers = nnx.List(mods)
+        self.activations = tuple(fns)
+        self.out_features = size
+
+    def __call__(self, x: Array) -> Array:
+        for layer, act in zip(self.layers, self.activations, strict=True):
+            x = _ACTIVATIONS[act](layer(x))
+        return x
+
+
+def _encode_inputs(mode: InputMode, embed: nnx.Embed | None, ids: Array, vocab_size: int) -> Array:
+    if mode == "embed":
+        return embed(ids)
+    if mode == "scalar":  # the Macbeth tutorial: each character as one feature, index / vocab_size
+        return (ids.astype(jnp.float32) / vocab_size)[..., None]
+    if mode == "onehot":
+        return jax.nn.one_hot(ids, vocab_size, dtype=jnp.float32)
+    raise ValueError(f"unknown input mode {mode!r}; use embed, scalar or onehot")
+
+
+class LanguageModel(nnx.Module):
+    """Embedding (or scalar / one-hot input) -> stacked LSTM -> optional dense layers -> vocab logits.
+
+    Args:
+      vocab_size: number of token ids (logits size).
+      hidden_sizes: LSTM units per layer, e.g. `(300, 300)` (Macbeth) or `(128, 64)` (fashion).
+      rngs: initialisation RNGs.
+      input_mode: "embed" (Embedding `embed_dim`), "scalar" (`id / vocab_size` as one feature, as the
+        Macbeth tutorial) or "onehot".
+      embed_dim: embedding size when `input_mode="embed"`.
+      dropout: dropout between LSTM layers and after the last one (the tutorials' `Dropout` layers).
+      dense_layers: `(units, activation)` layers between the LSTM and the output layer
+        (fashion: `[(64, "relu")]`).
+      predict: "last" (logits from the last state, `[batch, vocab]`) or "all" (every position,
+        `[batch, time, vocab]`).
+      **lstm_kwargs: passed to every `lstm_jax.nn.LSTM` (recurrent_dropout, unroll, remat, impl, ...).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_sizes: tuple[int, ...] | list[int],
+        *,
+        rngs: nnx.Rngs,
+        input_mode: InputMode = "embed",
+        embed_dim: int = 64,
+        dropout: float = 0.0,
+        dense_layers: list[tuple[int, str]] | tuple = (),
+        predict: Literal["last", "all"] = "all",
+        **lstm_kwargs: Any,
+    ):
+        if predict not in ("last", "all"):
+            raise ValueError(f"LanguageModel: predict must be 'last' or 'all', got {predict!r}")
+        if input_mode not in ("embed", "scalar", "onehot"):
+            raise ValueError(f"LanguageModel: unknown input_mode {input_mode!r}")
+        self.vocab_size = vocab_size
+        self.input_mode = input_mode
+        self.predict = predict
+        self.embed = _embed(vocab_size, embed_dim, rngs) if input_mode == "embed" else None
+        in_features = {"embed": embed_dim, "scalar": 1, "onehot": vocab_size}[input_mode]
+        self.lstm = StackedLSTM(
+            in_features, tuple(hidden_sizes), rngs=rngs, dropout_between=dropout, **lstm_kwargs
+        )
+        self.dropout = nnx.Dropout(dropout)
+        self.dense = DenseStack(self.lstm.out_features, list(dense_layers), rngs=rngs)
+        self.head = _linear(self.dense.out_features, vocab_size, rngs)
+
+    def __call__(
+        self,
+        ids: Array,
+        *,
+        mask: Array | None = None,
+        initial_state: list[LSTMState] | None = None,
+        deterministic: bool = True,
+        key: Array | None = None,
+    ) -> tuple[Array, list[LSTMState]]:
+        """`ids [batch, time]` -> `(logits, final states per layer)`.
+
+        Logits are `[batch, vocab]` with `predict="last"` and `[batch, time, vocab]` with `predict="all"`.
+        """
+        k_lstm = k_drop = None
+        if key is not None:
+            k_lstm, k_drop = jax.random.split(key)
+        x = _encode_inputs(self.input_mode, self.embed, ids, self.vocab_size)
+        outs, states = self.lstm(
+            x, mask=mask, initial_state=initial_state, deterministic=deterministic, key=k_lstm
+        )
+        h = states[-1].h if self.predict == "last" else outs
+        h = self.dropout(h, deterministic=deterministic, rngs=k_drop)
+        return self.head(self.dense(h)), states
+
+
+class TextClassifier(nnx.Module):
+    """Embedding -> dropout -> (Bi)LSTM stack -> pooling -> dropout -> dense layers -> logits.
+
+    Args:
+      vocab_size: embedding rows (ids >= vocab_size are an error upstream).
+      embed_dim: embedding size (IMDB tutorial 16, fake news 300).
+      hidden_sizes: LSTM units per layer (IMDB `(32,)`, fake news `(199,)`).
+      num_outputs: 1 for a binary classifier (one sigmoid logit), else the number of classes (softmax).
+      rngs: initialisation RNGs.
+      embed_dropout: dropout on the embeddings (fake news 0.5).
+      dropout: dropout on the pooled LSTM features (fake news 0.4), and between stacked LSTM layers.
+      bidirectional: Bidirectional LSTM layers (concat).
+      pool: "last" (final state of the last layer; with `bidirectional` both directions' final states),
+        "mean", "max" or "mean_max" over real tokens.
+      dense_layers: `(units, activation)` layers before the output (fake news `[(399, "relu"), (43, "relu")]`).
+      **lstm_kwargs: passed to every `lstm_jax.nn.LSTM`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int,
+        hidden_sizes: tuple[int, ...] | list[int],
+        *,
+        num_outputs: int = 1,
+        rngs: nnx.Rngs,
+        embed_dropout: float = 0.0,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        pool: Literal["last", "mean", "max", "mean_max"] = "last",
+        dense_layers: list[tuple[int, str]] | tuple = (),
+        **lstm_kwargs: Any,
+    ):
+        if pool not in ("last", "mean", "max", "mean_max"):
+            raise ValueError(
+                f"TextClassifier: unknown pool {pool!r}; use last, mean, max or mean_max"
+            )
+        if num_outputs < 1:
+            raise ValueError(f"TextClassifier: num_outputs must be >= 1, got {num_outputs}")
+        self.embed = _embed(vocab_size, embed_dim, rngs)
+        self.embed_dropout = nnx.Dropout(embed_dropout)
+        self.lstm = StackedLSTM(
+            embed_dim,
+            tuple(hidden_sizes),
+            rngs=rngs,
+            dropout_between=dropout,
+            bidirectional=bidirectional,
+            **lstm_kwargs,
+        )
+        self.pool = pool
+        self.bidirectional = bidirectional
+        feat = self.lstm.out_features * (2 if pool == "mean_max" else 1)
+        self.dropout = nnx.Dropout(dropout)
+        self.dense = DenseStack(feat, list(dense_layers), rngs=rngs)
+        self.head = _linear(self.dense.out_features, num_outputs, rngs)
+        self.num_outputs = num_outputs
+
+    def features(
+        self,
+        ids: Array,
+        *,
+        mask: Array | None = None,
+        deterministic: bool = True,
+        key: Array | None = None,
+    ) -> Array:
+        """The pooled sequence representation `[batch, features]` (before the dense head)."""
+        k_emb = k_lstm = None
+        if key is not None:
+            k_emb, k_lstm = jax.random.split(key)
+        x = self.embed_dropout(self.embed(ids), deterministic=deterministic, rngs=k_emb)
+        outs, states = self.lstm(x, mask=mask, deterministic=deterministic, key=k_lstm)
+        if self.pool == "last":
+            last = states[-1]
+            if self.bidirectional:
+                return jnp.concatenate([last[0].h, last[1].h], axis=-1)
+            return last.h
+        m = jnp.ones(outs.shape[:2], bool) if mask is None else mask
+        mf = m[..., None].astype(outs.dtype)
+        count = jnp.maximum(mf.sum(axis=1), 1.0)
+        mean = (outs * mf).sum(axis=1) / count
+        mx = jnp.where(m[..., None], outs, -jnp.inf).max(axis=1)
+        mx = jnp.where(jnp.isfinite(mx), mx, 0.0)  # an all-padding row pools to zeros
+        return {"mean": mean, "max": mx, "mean_max": jnp.concatenate([mean, mx], -1)}[self.pool]
+
+    def __call__(
+        self,
+        ids: Array,
+        *,
+        mask: Array | None = None,
+        deterministic: bool = True,
+        key: Array | None = None,
+    ) -> Array:
+        """`ids [batch, time]` -> logits `[batch]` (binary) or `[batch, num_outputs]`."""
+        k_feat = k_drop = None
+        if key is not None:
+            k_feat, k_drop = jax.random.split(key)
+        h = self.features(ids, mask=mask, deterministic=deterministic, key=k_feat)
+        h = self.dropout(h, deterministic=deterministic, rngs=k_drop)
+        logits = self.head(self.dense(h))
+        return logits[:, 0] if self.num_outputs == 1 else logits
