@@ -10,10 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from lstm_jax import data as D
-from lstm_jax.errors import UserError
-from tests.fixtures_text import (
+from fixtures_text import (
     FAKE_NEWS_ROWS,
     IMDB_REVIEWS,
     make_acl_imdb,
@@ -22,6 +19,9 @@ from tests.fixtures_text import (
     make_liar_dir,
     write_csv,
 )
+
+from lstm_jax import data as D
+from lstm_jax.errors import UserError
 
 
 @pytest.fixture
