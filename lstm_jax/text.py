@@ -36,6 +36,9 @@ KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 # Names of standardisers a Vocabulary can carry in its JSON (so predict mode re-applies the same
 # one).
 STANDARDIZERS = ("keras", "imdb", "none")
+# Token orders: Keras Tokenizer (count desc, ties by first occurrence), sorted(), and Keras
+# TextVectorization (count desc, ties by token desc: `np.lexsort((tokens, counts))[::-1]`).
+ORDERS = ("frequency", "sorted", "textvectorization")
 _FORMAT = "lstm_jax.Vocabulary/1"
 
 
@@ -56,6 +59,9 @@ def standardize_imdb(text: str) -> str:
     """
     text = text.lower().replace("<br />", " ")
     return _IMDB_PUNCT.sub("", text)
+
+
+_ASCII_WS = re.compile("[ \t\n\r\v\f]+")  # tf.strings.split(sep=None) splits on ASCII whitespace
 
 
 def text_to_word_sequence(
@@ -80,8 +86,9 @@ class Vocabulary:
 
     Ids: the first id is `start` (1 by default: 0 is reserved for padding, as Keras); with an
     `oov_token` that token gets `start` and the real tokens follow. Tokens are ordered by descending
-    count, ties in first-occurrence order (`order="frequency"`, Keras), or by `sorted()` order
-    (`order="sorted"`, the char-level Macbeth tutorial's `sorted(set(text))`). `num_words` caps
+    count, ties in first-occurrence order (`order="frequency"`, Keras `Tokenizer`), or ties by
+    token descending (`order="textvectorization"`, Keras `TextVectorization`), or by `sorted()`
+    order (`order="sorted"`, the char-level Macbeth tutorial's `sorted(set(text))`). `num_words` caps
     encoding as Keras does: ids `>= num_words` become the OOV id, or are dropped without an OOV
     token.
 
@@ -108,8 +115,8 @@ class Vocabulary:
         start: int = 1,
         standardize: str = "keras",
     ) -> None:
-        if order not in ("frequency", "sorted"):
-            raise UserError(f"Vocabulary order={order!r} is unknown; use 'frequency' or 'sorted'")
+        if order not in ORDERS:
+            raise UserError(f"Vocabulary order={order!r} is unknown; use one of {ORDERS}")
         if standardize not in STANDARDIZERS:
             raise UserError(
                 f"Vocabulary standardize={standardize!r} is unknown; use one of {STANDARDIZERS}"
@@ -151,7 +158,7 @@ class Vocabulary:
         if self.char_level:
             return list(text.lower() if self.lower else text)
         if self.standardize == "imdb":
-            return standardize_imdb(text).split()
+            return [t for t in _ASCII_WS.split(standardize_imdb(text)) if t]
         if self.standardize == "none":
             return [t for t in text.split(self.split) if t]
         return text_to_word_sequence(text, self.filters, self.lower, self.split)
@@ -167,10 +174,11 @@ class Vocabulary:
 
     def _rebuild(self) -> None:
         items = [t for t in self.counts if t != self.oov_token]
-        if self.order == "frequency":
-            items.sort(
-                key=lambda t: self.counts[t], reverse=True
-            )  # stable: ties keep first occurrence
+        counts = self.counts
+        if self.order == "frequency":  # list.sort is stable: ties keep first occurrence
+            items.sort(key=counts.__getitem__, reverse=True)
+        elif self.order == "textvectorization":  # ties by token, descending
+            items.sort(key=lambda t: (counts[t], t), reverse=True)
         else:
             items.sort()
         self.tokens = ([self.oov_token] if self.oov_token is not None else []) + items

@@ -416,8 +416,8 @@ def test_tfds_branch_converts_to_the_local_types(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(
-    not os.environ.get("LSTM_JAX_TFDS_TESTS"),
-    reason="imports TensorFlow (~15 s on 2 cores); set LSTM_JAX_TFDS_TESTS=1 to run",
+    not os.environ.get("LSTM_JAX_TF_TESTS"),
+    reason="imports TensorFlow (~15 s on 2 cores); set LSTM_JAX_TF_TESTS=1 to run",
 )
 def test_tfds_path_with_mock_data_returns_the_local_types(monkeypatch, tmp_path):
     monkeypatch.delenv("LSTM_JAX_DATA", raising=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 import subprocess
 import sys
 import zipfile
@@ -155,6 +156,50 @@ def test_imdb_vocabulary_padding_oov_and_total_size():
     assert v.encode("Great, dont stop<br />movie") == [2, 1, 1, 3]
 
 
+def test_textvectorization_order_breaks_ties_by_token_descending():
+    texts = ["apple banana", "cherry cherry"]
+    assert Vocabulary.from_texts(texts).tokens == ["cherry", "apple", "banana"]
+    v = Vocabulary.from_texts(texts, order="textvectorization", oov_token="[UNK]")
+    assert v.tokens == ["[UNK]", "cherry", "banana", "apple"]
+
+
+def test_imdb_tokens_split_on_ascii_whitespace_only():
+    v = Vocabulary.from_texts(["a\u00a0b c\td\n"], standardize="imdb")
+    assert v.tokens == ["a\u00a0b", "c", "d"]  # tf.strings.split keeps the no-break space
+
+
+TF_TESTS = pytest.mark.skipif(
+    not os.environ.get("LSTM_JAX_TF_TESTS"),
+    reason="imports TensorFlow (~15 s on 2 cores); set LSTM_JAX_TF_TESTS=1 to run",
+)
+
+
+@TF_TESTS
+def test_imdb_vocabulary_matches_keras_textvectorization():
+    tf = pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    texts = [
+        "Great movie!<br /><br />Great fun, don't miss it.",
+        "Don't watch this movie: dull, dull, DULL.",
+        "A fun cast; a dull plot.\tThe end\u00a0credits were fun",
+    ] * 3 + ["café naïve fun"]
+
+    def custom_standardization(x):  # the tutorial's function
+        x = tf.strings.regex_replace(tf.strings.lower(x), "<br />", " ")
+        return tf.strings.regex_replace(x, f"[{re.escape(string.punctuation)}]", "")
+
+    tv = keras.layers.TextVectorization(
+        standardize=custom_standardization, max_tokens=12, output_sequence_length=9
+    )
+    tv.adapt(texts)
+    v = Vocabulary.from_texts(
+        texts, standardize="imdb", oov_token="[UNK]", num_words=12, order="textvectorization"
+    )
+    assert tv.get_vocabulary() == [""] + v.tokens[: v.size - 1]
+    ours = pad_sequences(v.encode_batch(texts), 9, padding="post", truncating="post")
+    np.testing.assert_array_equal(np.asarray(tv(texts)), ours)
+
+
 # ---- Vocabulary: JSON -------------------------------------------------------------------------------
 
 
@@ -302,13 +347,17 @@ def test_fake_news_hash_is_stable_across_processes():
         "from lstm_jax.text import FakeNewsPreprocessor, BUILTIN_NLTK_ENGLISH_STOPWORDS as S;"
         f"print(FakeNewsPreprocessor(S).encode({text!r}), hash('budget'))"
     )
-    outs = []
-    for seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        res = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    procs = [  # both at once: each start imports lstm_jax (seconds)
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        outs.append(res.stdout.split("] "))
+        for seed in ("1", "2")
+    ]
+    outs = [p.communicate()[0].split("] ") for p in procs]
+    assert all(p.returncode == 0 for p in procs)
     (ids1, h1), (ids2, h2) = outs
     assert h1 != h2  # Python's salted hash (Keras one_hot) differs between the processes ...
     assert ids1 == ids2 == str(FakeNewsPreprocessor(STOP).encode(text))[:-1]  # ... ours does not
