@@ -57,8 +57,10 @@ def data_root() -> Path | None:
 
 
 def _missing_message(what: str, default_relative: str, tfds_name: str | None) -> str:
+    root = data_root()
+    looked = f"{root / default_relative}" if root else f"$LSTM_JAX_DATA/{default_relative}, unset"
     msg = (
-        f"no {what} found (looked for $LSTM_JAX_DATA/{default_relative}); "
+        f"no {what} found (looked for {looked}); "
         f"pass --config.data.path=/path/to/{default_relative} "
         f"or export LSTM_JAX_DATA=/path/to/data (the folder that holds {default_relative})"
     )

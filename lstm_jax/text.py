@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -143,6 +144,7 @@ class Vocabulary:
         )  # insertion = first occurrence
         self.tokens: list[str] = []  # tokens[i] has id start + i (OOV token first if any)
         self.token_to_id: dict[str, int] = {}
+        self._enc_cache: tuple[dict[str, int], dict[str, int]] | None = None
 
     # ---- construction ---------------------------------------------------------------------------
 
@@ -158,7 +160,10 @@ class Vocabulary:
         if self.char_level:
             return list(text.lower() if self.lower else text)
         if self.standardize == "imdb":
-            return [t for t in _ASCII_WS.split(standardize_imdb(text)) if t]
+            text = standardize_imdb(text)
+            if text.isascii():  # str.split() == ASCII-whitespace split here, and C-fast
+                return text.split()
+            return [t for t in _ASCII_WS.split(text) if t]
         if self.standardize == "none":
             return [t for t in text.split(self.split) if t]
         return text_to_word_sequence(text, self.filters, self.lower, self.split)
@@ -213,36 +218,37 @@ class Vocabulary:
         With `strict=True`, unknown tokens raise `UserError` naming them (char generation's priming
         text).
         """
-        ids: list[int] = []
-        unknown: list[str] = []
+        toks = self.tokenize(text)
+        lookup = self._encodable()
+        if strict:
+            unknown = [t for t in toks if t not in lookup]
+            if unknown:
+                shown = ", ".join(repr(t) for t in dict.fromkeys(unknown))
+                kind = "characters" if self.char_level else "words"
+                raise UserError(
+                    f"unknown {kind} {shown} not in the vocabulary of {self.size} ids; "
+                    f"remove them from the text or use {kind} seen in training"
+                )
         oov = self.oov_id
-        cap = self.num_words
-        lookup = self.token_to_id
-        for tok in self.tokenize(text):
-            i = lookup.get(tok)
-            if i is None or (cap is not None and i >= cap):
-                if strict:
-                    unknown.append(tok)
-                elif oov is not None:
-                    ids.append(oov)
-            else:
-                ids.append(i)
-        if unknown:
-            shown = ", ".join(repr(t) for t in dict.fromkeys(unknown))
-            kind = "characters" if self.char_level else "words"
-            raise UserError(
-                f"unknown {kind} {shown} not in the vocabulary of {self.size} ids; "
-                f"remove them from the text or use {kind} seen in training"
-            )
-        return ids
+        if oov is not None:  # C-level loop: dict.get(token, oov) per token
+            return list(map(lookup.get, toks, itertools.repeat(oov, len(toks))))
+        return [i for i in map(lookup.get, toks) if i is not None]
+
+    def _encodable(self) -> dict[str, int]:
+        """token -> id for the ids that survive the `num_words` cap (cached per mapping)."""
+        cached = self._enc_cache
+        if cached is None or cached[0] is not self.token_to_id:
+            cap = self.num_words
+            enc = {t: i for t, i in self.token_to_id.items() if cap is None or i < cap}
+            cached = self._enc_cache = (self.token_to_id, enc)
+        return cached[1]
 
     def encode_batch(self, texts: Iterable[str], *, strict: bool = False) -> list[list[int]]:
         """`encode` for each text (Keras `texts_to_sequences`)."""
         return [self.encode(t, strict=strict) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`: padding (0 with `start=1`) and unknown ids are dropped, capped ids become
-        OOV.
+        """Text of `ids`: padding and unknown ids are dropped, capped ids become the OOV token.
 
         Words are joined with a space, characters with nothing.
         """
