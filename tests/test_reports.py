@@ -1,0 +1,103 @@
+"""Classification reports against hand-computed numbers and scikit-learn, plus the written files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from lstm_jax import reports
+
+# 3 classes, 6 examples. Confusion matrix (rows true, columns predicted):
+#   [[1, 1, 0],
+#    [1, 2, 0],
+#    [0, 0, 1]]
+Y_TRUE = [0, 0, 1, 1, 1, 2]
+Y_PRED = [0, 1, 1, 1, 0, 2]
+NAMES = ["a", "b", "c"]
+
+
+def test_confusion_matrix_by_hand():
+    cm = reports.confusion_matrix(Y_TRUE, Y_PRED, 3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [1, 2, 0], [0, 0, 1]])
+    # A class absent from both arrays still gets its row and column.
+    np.testing.assert_array_equal(reports.confusion_matrix([0, 0], [0, 1], 3).shape, (3, 3))
+
+
+def test_confusion_matrix_rejects_bad_labels():
+    with pytest.raises(ValueError, match="outside"):
+        reports.confusion_matrix([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match="labels"):
+        reports.confusion_matrix([0, 1], [0], 2)
+
+
+def test_report_by_hand():
+    r = reports.classification_report(Y_TRUE, Y_PRED, NAMES)
+    # precision = tp / predicted: a 1/2, b 2/3, c 1/1; recall = tp / support: a 1/2, b 2/3, c 1/1.
+    assert r["classes"]["a"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    )
+    assert r["classes"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert r["classes"]["b"]["f1"] == pytest.approx(2 / 3)
+    assert r["classes"]["c"]["recall"] == 1.0
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    assert r["macro avg"]["precision"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    # weighted by support 2, 3, 1: (2*0.5 + 3*2/3 + 1*1) / 6 = 4/6
+    assert r["weighted avg"]["f1"] == pytest.approx(4 / 6)
+    assert r["macro avg"]["support"] == 6
+    assert r["confusion_matrix"] == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert r["labels"] == NAMES
+
+
+def test_zero_division_is_zero():
+    # Class 1 is never predicted: precision 0 (sklearn zero_division=0), not NaN.
+    r = reports.classification_report([0, 1, 1], [0, 0, 0], ["x", "y"])
+    assert r["classes"]["y"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
+    assert r["classes"]["x"]["precision"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("k", [2, 6])
+def test_matches_sklearn(k):
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, k, 500)
+    p = np.where(rng.random(500) < 0.6, y, rng.integers(0, k, 500))
+    names = [f"c{i}" for i in range(k)]
+    ours = reports.classification_report(y, p, names)
+    theirs = skm.classification_report(
+        y, p, labels=list(range(k)), target_names=names, output_dict=True, zero_division=0
+    )
+    for name in names:
+        for key, sk_key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            assert ours["classes"][name][key] == pytest.approx(theirs[name][sk_key])
+        assert ours["classes"][name]["support"] == theirs[name]["support"]
+    for avg in ("macro avg", "weighted avg"):
+        assert ours[avg]["f1"] == pytest.approx(theirs[avg]["f1-score"])
+        assert ours[avg]["precision"] == pytest.approx(theirs[avg]["precision"])
+    assert ours["accuracy"] == pytest.approx(theirs["accuracy"])
+    np.testing.assert_array_equal(
+        ours["confusion_matrix"], skm.confusion_matrix(y, p, labels=list(range(k)))
+    )
+
+
+def test_format_report_layout():
+    text = reports.format_report(reports.classification_report(Y_TRUE, Y_PRED, NAMES))
+    lines = text.splitlines()
+    assert lines[0].split() == ["precision", "recall", "f1-score", "support"]
+    row_b = next(line for line in lines if line.strip().startswith("b "))
+    assert row_b.split() == ["b", "0.6667", "0.6667", "0.6667", "3"]
+    acc = next(line for line in lines if "accuracy" in line)
+    assert acc.split() == ["accuracy", "0.6667", "6"]
+    assert any(line.strip().startswith("weighted avg") for line in lines)
+
+
+def test_write_report_files(tmp_path):
+    r = reports.classification_report(Y_TRUE, Y_PRED, NAMES)
+    files = reports.write_report(r, str(tmp_path), "test")
+    assert files == {
+        "text": "classification_report_test.txt",
+        "heatmap": "confusion_matrix_test.png",
+    }
+    assert (tmp_path / files["text"]).read_text().startswith(" " * 5)
+    png = (tmp_path / files["heatmap"]).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert not list(tmp_path.glob("*.tmp"))
