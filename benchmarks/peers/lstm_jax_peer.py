@@ -1,0 +1,202 @@
+"""lstm_jax: `lstm_jax.nn` LSTMs with `flax.nnx` Embed/Linear and optax, one jitted, donated train step."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from benchmarks.shapes import Shape
+from lstm_jax import core
+from lstm_jax import nn as lnn
+
+
+def available() -> str | None:
+    return None
+
+
+class Model(nnx.Module):
+    """Embedding (or 1 scalar feature) -> stacked LSTMs (last returns its final h) -> dense head."""
+
+    def __init__(self, shape: Shape, *, rngs: nnx.Rngs, impl: str = "auto"):
+        self.shape = shape
+        self.embed = nnx.Embed(shape.vocab, shape.embed, rngs=rngs) if shape.vocab else None
+        self.lstm = lnn.StackedLSTM(shape.in_features, shape.lstm, rngs=rngs, impl=impl)
+        size = shape.lstm[-1]
+        dense = []
+        for units, _ in shape.dense:
+            dense.append(nnx.Linear(size, units, rngs=rngs))
+            size = units
+        self.dense = nnx.List(dense)
+        self.acts = tuple(act for _, act in shape.dense)
+        self.out = nnx.Linear(size, shape.classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`x [B, T]` tokens or `[B, T, 1]` floats -> logits `[B, classes]`."""
+        h = self.embed(x) if self.embed is not None else x
+        _, states = self.lstm(h)
+        z = states[-1].h
+        for layer, act in zip(self.dense, self.acts, strict=True):
+            z = getattr(jax.nn, act)(layer(z))
+        return self.out(z)
+
+
+def loss_fn(shape: Shape, logits: jax.Array, y: jax.Array) -> jax.Array:
+    if shape.classes == 1:
+        return optax.sigmoid_binary_cross_entropy(logits[:, 0], y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def make_optimizer(shape: Shape) -> optax.GradientTransformation:
+    if shape.optimizer == "rmsprop":
+        return optax.rmsprop(1e-3, decay=0.9, eps=1e-7)
+    return optax.adam(1e-3, eps=1e-7)
+
+
+class Bench:
+    def __init__(self, shape: Shape, seed: int = 0, impl: str = "auto"):
+        self.shape = shape
+        model = Model(shape, rngs=nnx.Rngs(seed), impl=impl)
+        self.graphdef, self.params = nnx.split(model, nnx.Param)
+        self.param_count = int(sum(np.size(a) for a in jax.tree.leaves(self.params)))
+        tx = make_optimizer(shape)
+        self.opt_state = tx.init(self.params)
+        x, y = shape.data(seed)
+        self.x, self.y = jnp.asarray(x), jnp.asarray(y)
+        graphdef = self.graphdef
+
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def train_step(params, opt_state, x, y):
+            def loss(p):
+                return loss_fn(shape, nnx.merge(graphdef, p)(x), y)
+
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, value
+
+        self._train_step = train_step
+        self.loss = None
+
+    def step(self) -> None:
+        self.params, self.opt_state, self.loss = self._train_step(
+            self.params, self.opt_state, self.x, self.y
+        )
+        self.loss.block_until_ready()
+
+    def memory_bytes(self) -> int | None:
+        """XLA's own account of the step's temporaries plus arguments and outputs (bytes)."""
+        lowered = self._train_step.lower(self.params, self.opt_state, self.x, self.y)
+        m = lowered.compile().memory_analysis()
+        if m is None:
+            return None
+        return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+
+
+def build(shape: Shape, seed: int = 0) -> Bench:
+    return Bench(shape, seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation with the char model (shape A): the tutorial's loop feeds a window of the last T characters to
+# `model.predict` once per generated character. The same computation compiled: one `lax.scan` over the
+# generated characters whose body runs the LSTMs over the current window and samples the next character.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_generator(shape: Shape, bench: Bench, streams: int, length: int):
+    """Returns `gen(key) -> chars [streams, length]`, jitted, for the char model's window semantics."""
+    graphdef, params = bench.graphdef, bench.params
+    vocab = shape.classes
+
+    @jax.jit
+    def gen(params, seed_window, key):
+        model = nnx.merge(graphdef, params)
+
+        def body(window, k):
+            logits = model(window[..., None].astype(jnp.float32) / vocab)
+            nxt = jax.random.categorical(k, logits, axis=-1)
+            window = jnp.concatenate([window[:, 1:], nxt[:, None]], axis=1)
+            return window, nxt
+
+        _, chars = jax.lax.scan(body, seed_window, jax.random.split(key, length))
+        return chars.T
+
+    seed_window = jnp.asarray(
+        np.random.default_rng(0).integers(0, vocab, (streams, shape.time)), jnp.int32
+    )
+
+    def run(key):
+        return gen(params, seed_window, key).block_until_ready()
+
+    return run
+
+
+def generation_speed(shape: Shape, streams: int, length: int, repeats: int = 3) -> dict:
+    """Characters per second of compiled window generation (`streams` sequences at once)."""
+    bench = Bench(shape)
+    run = make_generator(shape, bench, streams, length)
+    t0 = time.perf_counter()
+    run(jax.random.key(0))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        run(jax.random.key(r + 1))
+        times.append(time.perf_counter() - t0)
+    best = float(np.median(times))
+    return {
+        "streams": streams,
+        "length": length,
+        "first_call_s": compile_s,
+        "median_s": best,
+        "chars_per_s": streams * length / best,
+    }
+
+
+def stateful_generation_speed(shape: Shape, streams: int, length: int, repeats: int = 3) -> dict:
+    """Characters per second when the state is carried (one LSTM step per character, no window)."""
+    bench = Bench(shape)
+    model = nnx.merge(bench.graphdef, bench.params)
+    layers = [layer.params_dict() for layer in model.lstm.layers]
+    head = nnx.merge(*nnx.split(model.out))
+    vocab = shape.classes
+
+    @jax.jit
+    def gen(key):
+        states = [core.zero_state(streams, p["recurrent_kernel"].shape[0]) for p in layers]
+        x0 = jnp.zeros((streams,), jnp.int32)
+
+        def body(carry, k):
+            states, x = carry
+            h = x[:, None].astype(jnp.float32) / vocab
+            new = []
+            for p, st in zip(layers, states, strict=True):
+                st, h = core.lstm_step(p, st, h)
+                new.append(st)
+            nxt = jax.random.categorical(k, head(h), axis=-1)
+            return (new, nxt), nxt
+
+        _, chars = jax.lax.scan(body, (states, x0), jax.random.split(key, length))
+        return chars.T
+
+    t0 = time.perf_counter()
+    gen(jax.random.key(0)).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        gen(jax.random.key(r + 1)).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    return {
+        "streams": streams,
+        "length": length,
+        "first_call_s": compile_s,
+        "median_s": med,
+        "chars_per_s": streams * length / med,
+    }

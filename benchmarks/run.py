@@ -1,0 +1,308 @@
+"""The benchmark: lstm_jax's training step against Flax, Keras 3 (JAX, TensorFlow) and PyTorch.
+
+    python -m benchmarks.run [--shapes A,B,C,D] [--peers ...] [--rounds 5] [--out PATH]
+
+For each shape (see `benchmarks/shapes.py`) it starts one worker process per framework (`worker.py`),
+measures the first step (trace + compile + run), then times the frameworks interleaved, round-robin, for
+`--rounds` rounds of about `--round-seconds` each, and reports the median and spread of the per-step times.
+It also measures the machine's fp32 matmul ceiling (`ceiling.py`), each run's fraction of it, peak memory
+per worker, and on the char model (shape A) the speed of compiled generation against the tutorial's loop of
+one `predict` per character. Prints a markdown table and writes the raw numbers as JSON (default
+`benchmarks/results/<UTC date and time>.json`).
+
+`OPENBLAS_CORETYPE` is removed from the workers' environment (it halves numpy's matmul speed here).
+A framework that is not installed is reported as missing; one that fails on a shape is reported as failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.shapes import get_shape
+from benchmarks.worker import PEERS, PREFIX
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = {
+    "lstm_jax": "lstm_jax",
+    "flax": "Flax nnx.RNN(OptimizedLSTMCell)",
+    "keras_jax": "Keras 3 (JAX)",
+    "keras_tf": "Keras 3 (TensorFlow)",
+    "keras_tf_xla": "Keras 3 (TensorFlow, XLA)",
+    "torch": "PyTorch eager",
+    "torch_compile": "torch.compile",
+}
+
+
+def child_env(peer: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if peer is not None and peer.startswith("keras"):
+        env["KERAS_BACKEND"] = "jax" if peer == "keras_jax" else "tensorflow"
+    return env
+
+
+class Worker:
+    """A running `benchmarks.worker` process and its replies."""
+
+    def __init__(self, peer: str, shape: str, timeout: float):
+        self.peer, self.timeout = peer, timeout
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker", peer, shape],
+            cwd=ROOT,
+            env=child_env(peer),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            bufsize=1,
+        )
+
+    def read(self) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                return {"status": "failed", "reason": f"worker exited: {self.stderr_tail()}"}
+            if line.startswith(PREFIX):
+                return json.loads(line[len(PREFIX) :])
+        return {"status": "failed", "reason": "timed out"}
+
+    def ask(self, cmd: dict) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def stderr_tail(self, n: int = 600) -> str:
+        self.log.seek(0)
+        return self.log.read()[-n:].replace("\n", " | ")
+
+    def close(self) -> dict:
+        reply = {}
+        if self.proc.poll() is None:
+            try:
+                reply = self.ask({"cmd": "quit"})
+            except (BrokenPipeError, OSError):
+                reply = {}
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        return reply
+
+
+def run_child_json(args: list[str], timeout: float = 600) -> dict:
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith(PREFIX):
+            return json.loads(line[len(PREFIX) :])
+    raise RuntimeError(f"{args} printed no result: {out.stderr[-800:]}")
+
+
+def summarize(times: list[float]) -> dict:
+    ts = sorted(times)
+    q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) >= 2 else [ts[0]] * 3
+    return {
+        "median_ms": 1e3 * statistics.median(ts),
+        "p25_ms": 1e3 * q[0],
+        "p75_ms": 1e3 * q[2],
+        "min_ms": 1e3 * ts[0],
+        "max_ms": 1e3 * ts[-1],
+        "n": len(ts),
+    }
+
+
+def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> dict:
+    """Times every peer on one shape, interleaved; returns `{peer: result}`."""
+    results: dict[str, dict] = {}
+    workers: dict[str, Worker] = {}
+    for peer in peers:  # start and compile one at a time, so compile times are not contended
+        w = Worker(peer, shape_name, args.timeout)
+        reply = w.read()
+        if reply.get("status") != "ready":
+            results[peer] = reply
+            w.close()
+            print(
+                f"  {shape_name} {peer}: {reply.get('status')}: {reply.get('reason')}", flush=True
+            )
+            continue
+        workers[peer] = w
+        results[peer] = {**reply, "times": []}
+        print(
+            f"  {shape_name} {peer}: {reply['param_count']:,} params, "
+            f"first step {reply['first_step_s']:.2f} s",
+            flush=True,
+        )
+    steps = {
+        p: max(1, min(50, round(args.round_seconds / max(results[p]["second_step_s"], 1e-4))))
+        for p in workers
+    }
+    order = list(workers)
+    for rnd in range(args.rounds + 1):  # round 0 is a discarded warm-up
+        for peer in order[rnd % len(order) :] + order[: rnd % len(order)]:
+            reply = workers[peer].ask({"cmd": "time", "steps": steps[peer]})
+            if "times" not in reply:
+                results[peer] = reply
+                workers.pop(peer).close()
+                order.remove(peer)
+                continue
+            if rnd > 0:
+                results[peer]["times"].extend(reply["times"])
+            time.sleep(0.05)  # let the previous framework's worker threads go idle
+        if not order:
+            break
+    if shape_name == "A" and args.generate:
+        gen = {
+            "streams": [1, 64],
+            "length": args.gen_length,
+            "tutorial_length": args.tutorial_length,
+        }
+        for peer in ("lstm_jax", "keras_jax", "keras_tf"):
+            if peer in workers:
+                results[peer]["generation"] = workers[peer].ask({"cmd": "generate", **gen})
+    for peer, w in workers.items():
+        results[peer].update(w.close())
+        results[peer].update(summarize(results[peer]["times"]))
+    return results
+
+
+def markdown(report: dict) -> str:
+    ceiling = report["ceiling"]["ceiling_gflops"]
+    lines = [
+        f"Machine: {report['machine']}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
+        f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX {report['ceiling']['jax_gflops']:.0f}, "
+        f"{report['ceiling']['n']}^3). Per-step times: median [p25-p75] over "
+        f"{report['args']['rounds']} interleaved rounds.",
+        "",
+        "| shape | framework | params | ms/step | seq/s | vs fastest peer | GFLOP/s | % ceiling "
+        "| first step s | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in report["shapes"].items():
+        shape = get_shape(name)
+        ok = {p: r for p, r in res.items() if "median_ms" in r}
+        peer_ms = [r["median_ms"] for p, r in ok.items() if p != "lstm_jax"]
+        fastest = min(peer_ms) if peer_ms else None
+        for peer, r in res.items():
+            label = LABELS.get(peer, peer)
+            if "median_ms" not in r:
+                lines.append(
+                    f"| {name} | {label} | | {r.get('status', 'failed')}: "
+                    f"{str(r.get('reason', ''))[:80]} | | | | | | |"
+                )
+                continue
+            ms = r["median_ms"]
+            gflops = shape.train_flops() / (ms / 1e3) / 1e9
+            ratio = f"{fastest / ms:.2f}x" if fastest else "-"
+            lines.append(
+                f"| {name} {shape.title} | {label} | {r['param_count']:,} | {ms:.1f} "
+                f"[{r['p25_ms']:.1f}-{r['p75_ms']:.1f}] | {shape.batch / (ms / 1e3):.0f} | {ratio} "
+                f"| {gflops:.0f} | {100 * gflops / ceiling:.0f}% | {r['first_step_s']:.2f} "
+                f"| {r.get('peak_rss_mb', float('nan')):.0f} |"
+            )
+    gen_lines = []
+    for res in report["shapes"].values():
+        for peer, r in res.items():
+            for kind, g in (r.get("generation") or {}).items():
+                gen_lines.append(
+                    f"| {LABELS[peer]} | {kind} | {g['streams']} | {g['chars_per_s']:.0f} "
+                    f"| {g['first_call_s']:.2f} |"
+                )
+    if gen_lines:
+        lines += [
+            "",
+            "Generation with the char model (A): `window` runs the LSTMs over the last "
+            f"{get_shape('A').time} characters for every new one (the tutorial's semantics), compiled "
+            "into one scan; `stateful` carries the state (one step per character); `tutorial` is one "
+            "`model.predict` per character.",
+            "",
+            "| framework | mode | streams | chars/s | first call s |",
+            "|---|---|---:|---:|---:|",
+            *gen_lines,
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="A,B,C,D", help="comma-separated shape names (A-D, or tiny)")
+    p.add_argument("--peers", default=",".join(PEERS), help="comma-separated frameworks")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--round-seconds", type=float, default=1.0, help="time per peer per round")
+    p.add_argument("--timeout", type=float, default=900, help="seconds to wait for one reply")
+    p.add_argument("--no-generate", dest="generate", action="store_false")
+    p.add_argument("--gen-length", type=int, default=200, help="compiled generation length")
+    p.add_argument("--tutorial-length", type=int, default=20, help="predict-loop characters")
+    p.add_argument("--ceiling-n", type=int, default=2048, help="matmul size for the ceiling")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    for p in peers:
+        if p not in PEERS:
+            print(f"error: unknown peer {p!r}; use some of {','.join(PEERS)}", file=sys.stderr)
+            return 2
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    for s in shapes:
+        try:
+            get_shape(s)
+        except KeyError:
+            print(f"error: unknown shape {s!r}; use A, B, C, D or tiny", file=sys.stderr)
+            return 2
+    now = dt.datetime.now(dt.UTC)
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "benchmarks" / "results" / f"{now:%Y-%m-%dT%H%M}.json"
+    )
+    print("measuring the fp32 matmul ceiling ...", flush=True)
+    ceiling = run_child_json(["-m", "benchmarks.ceiling", str(args.ceiling_n)])
+    report = {
+        "date": now.isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.system()}",
+        "python": platform.python_version(),
+        "args": vars(args),
+        "ceiling": ceiling,
+        "shapes": {},
+    }
+    for s in shapes:
+        print(f"shape {s}:", flush=True)
+        report["shapes"][s] = bench_shape(s, peers, args)
+    report["flops"] = {s: get_shape(s).train_flops() for s in shapes}
+    table = markdown(report)
+    report["markdown"] = table
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(out)
+    print(table)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

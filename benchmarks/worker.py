@@ -1,0 +1,140 @@
+"""One benchmark process: builds one framework's model for one shape and times training steps on request.
+
+The driver (`benchmarks/run.py`) starts one worker per (framework, shape) so that each framework keeps its
+own process (Keras' backend is fixed at import) and peak memory is per model. Protocol: the worker prints
+lines starting with `@@BENCH ` followed by JSON on stdout (anything else is framework chatter) and reads one
+JSON command per line on stdin:
+
+    {"cmd": "time", "steps": n}        -> {"times": [seconds per step, ...]}
+    {"cmd": "generate", ...}           -> generation speed (char model only)
+    {"cmd": "quit"}                    -> {"peak_rss_mb": ..., "xla_bytes": ...} and exit
+
+Usage (normally only through the driver): `python -m benchmarks.worker PEER SHAPE`.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+
+PEERS = ("lstm_jax", "flax", "keras_jax", "keras_tf", "keras_tf_xla", "torch", "torch_compile")
+PREFIX = "@@BENCH "
+
+
+def _send(obj: dict) -> None:
+    sys.stdout.write(PREFIX + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load(peer: str):
+    """Returns `(module, build_kwargs)` for a peer name. The Keras backend must already be set."""
+    if peer == "lstm_jax":
+        from benchmarks.peers import lstm_jax_peer as mod
+
+        return mod, {}
+    if peer == "flax":
+        from benchmarks.peers import flax_peer as mod
+
+        return mod, {}
+    if peer.startswith("keras"):
+        from benchmarks.peers import keras_peer as mod
+
+        return mod, ({"jit_compile": True} if peer == "keras_tf_xla" else {"jit_compile": False})
+    if peer.startswith("torch"):
+        from benchmarks.peers import torch_peer as mod
+
+        return mod, {"compile": peer == "torch_compile"}
+    raise ValueError(f"unknown peer {peer!r}; one of {', '.join(PEERS)}")
+
+
+def main(peer: str, shape_name: str) -> int:
+    from benchmarks.shapes import get_shape
+
+    shape = get_shape(shape_name)
+    try:
+        mod, kwargs = load(peer)
+        missing = mod.available()
+    except ImportError as e:
+        missing = str(e)
+    if missing:
+        _send({"status": "missing", "reason": missing})
+        return 0
+    if peer == "keras_jax":
+        kwargs = {}  # the JAX backend always jits the train function
+    base_rss = _rss_mb()
+    try:
+        bench = mod.build(shape, **kwargs)
+        t0 = time.perf_counter()
+        bench.step()
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bench.step()
+        second = time.perf_counter() - t0
+    except Exception as e:  # a peer that does not work here is reported, not fatal
+        _send({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500]})
+        traceback.print_exc()
+        return 0
+    _send(
+        {
+            "status": "ready",
+            "param_count": bench.param_count,
+            "first_step_s": first,
+            "second_step_s": second,
+            "base_rss_mb": base_rss,
+        }
+    )
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "time":
+            times = []
+            for _ in range(int(cmd["steps"])):
+                t0 = time.perf_counter()
+                bench.step()
+                times.append(time.perf_counter() - t0)
+            _send({"times": times})
+        elif cmd["cmd"] == "generate":
+            _send(_generate(peer, shape, cmd))
+        elif cmd["cmd"] == "quit":
+            try:
+                xla = bench.memory_bytes()
+            except Exception:  # memory analysis is best-effort
+                xla = None
+            _send({"peak_rss_mb": _peak_rss_mb(), "xla_bytes": xla})
+            return 0
+    return 0
+
+
+def _generate(peer: str, shape, cmd: dict) -> dict:
+    out = {}
+    if peer == "lstm_jax":
+        from benchmarks.peers import lstm_jax_peer
+
+        for streams in cmd["streams"]:
+            out[f"window_{streams}"] = lstm_jax_peer.generation_speed(shape, streams, cmd["length"])
+            out[f"stateful_{streams}"] = lstm_jax_peer.stateful_generation_speed(
+                shape, streams, cmd["length"]
+            )
+    elif peer.startswith("keras"):
+        from benchmarks.peers import keras_peer
+
+        out["tutorial_1"] = keras_peer.tutorial_generation_speed(shape, 1, cmd["tutorial_length"])
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))

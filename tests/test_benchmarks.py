@@ -1,0 +1,112 @@
+"""Smoke test of the benchmark harness on a tiny shape with lstm_jax only (the peers are optional)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# `benchmarks/` is not an installed package; run from the repository root like `python -m benchmarks.run`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import run  # noqa: E402
+from benchmarks.shapes import SHAPES, TINY, Shape  # noqa: E402
+
+
+def test_train_flops_counts_every_matmul():
+    s = Shape(
+        "x",
+        "x",
+        batch=2,
+        time=3,
+        vocab=0,
+        embed=0,
+        lstm=(4,),
+        dense=(),
+        classes=5,
+        optimizer="adam",
+    )
+    bt = 6
+    lstm = 3 * (2 * bt * 4 * 16) + 2 * (2 * bt * 1 * 16)  # recurrent: fwd+dh+dW; input: fwd+dW
+    head = 3 * (2 * 2 * 4 * 5)
+    assert s.train_flops() == lstm + head
+    # The char model is dominated by its recurrent matmuls: ~13 GFLOP per step.
+    assert 12e9 < SHAPES["A"].train_flops() < 14e9
+
+
+def test_shape_data_is_fixed_and_typed():
+    x, y = SHAPES["B"].data(0)
+    x2, _ = SHAPES["B"].data(0)
+    assert x.shape == (128, 30) and x.dtype == np.int32 and y.shape == (128,)
+    np.testing.assert_array_equal(x, x2)
+    xa, ya = SHAPES["A"].data(0)
+    assert xa.shape == (40, 50, 1) and xa.dtype == np.float32 and ya.max() < 60
+
+
+def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax", "--rounds", "2", "--round-seconds", "0.02"]
+    argv += ["--ceiling-n", "128", "--timeout", "300", "--out", str(out)]
+    assert run.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["ceiling"]["ceiling_gflops"] > 0
+    assert report["ceiling"]["openblas_coretype"] is None  # removed inside the benchmark's command
+    res = report["shapes"]["tiny"]["lstm_jax"]
+    assert res["status"] == "ready"
+    assert res["param_count"] == 1605
+    assert res["n"] >= 2 and len(res["times"]) == res["n"]
+    assert 0 < res["min_ms"] <= res["median_ms"] <= res["max_ms"]
+    assert res["first_step_s"] > 0 and res["peak_rss_mb"] > res["base_rss_mb"] > 0
+    assert res["xla_bytes"] > 0
+    assert report["flops"]["tiny"] == TINY.train_flops()
+    printed = capsys.readouterr().out
+    assert "| tiny smoke | lstm_jax | 1,605 |" in printed
+    assert report["markdown"] in printed
+
+
+def test_markdown_reports_missing_and_failed_peers():
+    report = {
+        "machine": "m",
+        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
+        "args": {"rounds": 3},
+        "shapes": {
+            "C": {
+                "lstm_jax": {
+                    "param_count": 10,
+                    "median_ms": 10.0,
+                    "p25_ms": 9.0,
+                    "p75_ms": 11.0,
+                    "first_step_s": 1.0,
+                    "peak_rss_mb": 100.0,
+                },
+                "torch": {
+                    "param_count": 12,
+                    "median_ms": 20.0,
+                    "p25_ms": 19.0,
+                    "p75_ms": 21.0,
+                    "first_step_s": 0.5,
+                    "peak_rss_mb": 90.0,
+                },
+                "keras_jax": {"status": "missing", "reason": "keras not installed"},
+                "torch_compile": {"status": "failed", "reason": "RuntimeError: boom"},
+            }
+        },
+    }
+    table = run.markdown(report)
+    assert "| C imdb | lstm_jax | 10 | 10.0 [9.0-11.0] | 10000 | 2.00x |" in table
+    assert "| C imdb | PyTorch eager | 12 | 20.0 [19.0-21.0] | 5000 | 1.00x |" in table
+    assert "missing: keras not installed" in table
+    assert "failed: RuntimeError: boom" in table
+
+
+def test_unknown_names_are_user_errors(capsys):
+    assert run.main(["--peers", "lstm_jax,caffe"]) == 2
+    assert "unknown peer 'caffe'" in capsys.readouterr().err
+    assert run.main(["--shapes", "Z"]) == 2
+    with pytest.raises(ValueError, match="unknown peer"):
+        from benchmarks.worker import load
+
+        load("caffe")
