@@ -170,7 +170,7 @@ def _set_csv_field_limit() -> None:
 def _read_csv(
     path: Path, required: Sequence[str], what: str = "CSV"
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and `(line number, row dict)` pairs of a UTF-8 CSV (`.csv` or `.csv.gz`).
+    """Header and `(first line number, row dict)` pairs of a UTF-8 CSV (`.csv` or `.csv.gz`).
 
     Errors (UserError): missing/empty/binary/undecodable file, missing columns (names the columns
     found), a malformed row (names the line).
@@ -191,11 +191,12 @@ def _read_csv(
             f"{', '.join(repr(h) for h in header)}; rename the column or configure the right one"
         )
     rows: list[tuple[int, dict[str, str]]] = []
+    end = reader.line_num  # physical lines consumed so far; a record may span several lines
     try:
         for fields in reader:
+            line, end = end + 1, reader.line_num  # the record's FIRST line, as an editor shows it
             if not fields:  # a blank line
                 continue
-            line = reader.line_num
             if len(fields) != len(header):
                 raise UserError(
                     f"{path}: line {line} has {len(fields)} fields but the header has "

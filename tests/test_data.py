@@ -312,6 +312,13 @@ def test_load_fake_news_csv_skips_all_empty_rows_and_counts_dups(tmp_path):
     assert info["skipped_empty"] == 1 and info["dup_text"] == 1 and info["rows"] == 3
 
 
+def test_csv_errors_name_the_first_line_of_a_multiline_row(tmp_path):
+    rows = [[0, "T", "A", "line one\nline two\nline three", 1], [1, "T", "A", "x", 7]]
+    f = make_fake_news_csv(tmp_path / "news.csv", rows)
+    with pytest.raises(UserError, match=_named(f) + ": line 5: label '7'"):
+        D.load_fake_news_csv(f)
+
+
 @pytest.mark.parametrize("bad_label", ["2", "fake", ""])
 def test_load_fake_news_csv_bad_label_names_file_and_line(tmp_path, bad_label):
     rows = [list(r) for r in FAKE_NEWS_ROWS]
