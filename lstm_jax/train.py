@@ -352,11 +352,8 @@ class _Engine:
 
         self.schedule = optim.make_schedule(config.optimizer, self.total_steps)
         self.tx = optim.make_optimizer(config.optimizer, self.total_steps)
-        model = task.build_model(config, nnx.Rngs(config.seed))
-        self.graphdef, params, self.others = nnx.split(model, nnx.Param, ...)
-        self.params_template = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params
-        )
+        self.graphdef, self.params_template, self.others = _split_model(task.build_model, config)
+        self._carry_fns: dict[int, Callable[[], Any]] = {}
         self.eval_loss = task.eval_loss_fn or task.loss_fn
         self._build_steps()
 
@@ -389,9 +386,14 @@ class _Engine:
         return shardings
 
     def make_carry(self, batch_size: int) -> Any:
-        shape = jax.eval_shape(lambda: self.task.init_carry(batch_size))
-        shardings = jax.tree.map(lambda _: self.batch_sharding, shape)
-        return jax.jit(lambda: self.task.init_carry(batch_size), out_shardings=shardings)()
+        """A fresh (zero) carry for `batch_size` rows, sharded on the data axis; compiled once per size."""
+        if batch_size not in self._carry_fns:
+            shape = jax.eval_shape(lambda: self.task.init_carry(batch_size))
+            shardings = jax.tree.map(lambda _: self.batch_sharding, shape)
+            self._carry_fns[batch_size] = jax.jit(
+                lambda: self.task.init_carry(batch_size), out_shardings=shardings
+            )
+        return self._carry_fns[batch_size]()
 
     # -- jitted steps -------------------------------------------------------------------------------------
 
@@ -501,6 +503,23 @@ class _Engine:
         return result
 
 
+def _split_model(
+    build_model: Callable[..., nnx.Module], config: ml_collections.ConfigDict
+) -> tuple[Any, Any, Any]:
+    """`(graphdef, abstract Param state, non-Param state)` without running the initialisers eagerly.
+
+    The non-Param state (e.g. RNG streams some modules keep) is materialised by one compiled call, only if
+    the model has any.
+    """
+    abstract = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(config.seed)))
+    graphdef, params, others = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(others):
+        others = jax.jit(
+            lambda: nnx.split(build_model(config, nnx.Rngs(config.seed)), nnx.Param, ...)[2]
+        )()
+    return graphdef, params, others
+
+
 def _devices_info() -> dict[str, Any]:
     devs = jax.devices()
     return {
@@ -515,42 +534,45 @@ def _devices_info() -> dict[str, Any]:
 def restore_model(
     config: ml_collections.ConfigDict,
     workdir: str,
-    task_build_model: Callable[..., nnx.Module],
+    build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module],
     *,
     which: str = "best",
 ) -> tuple[nnx.Module, int]:
-    """Rebuilds the model from the config and loads parameters from a checkpoint in `workdir`.
+    """Rebuilds the model from the config and loads its parameters from a checkpoint in `workdir`.
 
-    For evaluation, generation and prediction modes. `which` is "best" (the best checkpoint by the monitored
-    metric, the latest if none was tracked) or "latest". Returns `(model, step)`.
+    For evaluation, generation and prediction modes. `which` is "best" (the checkpoint of the last
+    improvement of the monitored metric; the latest if none was tracked) or "latest". Only the parameters
+    are read (not the optimizer state). Returns `(model, step)`.
     """
-    model = task_build_model(config, nnx.Rngs(config.seed))
-    graphdef, params, others = nnx.split(model, nnx.Param, ...)
-    pure = nnx.to_pure_dict(params)
+    import orbax.checkpoint as ocp
+
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    graphdef, params, others = _split_model(build_model, config)
     store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
     try:
         step = store.best_step() if which == "best" else store.latest_step()
-        if step is None:
-            raise UserError(
-                f"no checkpoint in {store.directory}; train first with --workdir={workdir}"
-            )
-        # Restore params only: the optimizer's state is not needed, so build a minimal target.
-        import orbax.checkpoint as ocp
-
-        item = os.path.join(store.directory, str(step), "state")
-        abstract = jax.eval_shape(lambda: pure)
-        restored = ocp.PyTreeCheckpointer().restore(
-            item,
-            args=ocp.args.PyTreeRestore(
-                item={"params": abstract},
-                restore_args={"params": jax.tree.map(lambda _: ocp.RestoreArgs(), abstract)},
-                partial_restore=True,
-            ),
-        )
     finally:
         store.close()
-    nnx.replace_by_pure_dict(params, restored["params"])
-    return nnx.merge(graphdef, params, others), int(step)
+    if step is None:
+        raise UserError(f"no checkpoint in {store.directory}; train first with --workdir={workdir}")
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
+    )
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(store.directory, str(step), "state"),
+        args=ocp.args.PyTreeRestore(
+            item={"params": abstract},
+            restore_args={
+                "params": jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
+            },
+            partial_restore=True,
+        ),
+    )
+    state = jax.tree.map(lambda x: x, params)
+    nnx.replace_by_pure_dict(state, restored["params"])
+    return nnx.merge(graphdef, state, others), int(step)
 
 
 def train_and_evaluate(
@@ -617,8 +639,6 @@ def _run(
         step = 0
     else:
         step, state, meta = restored
-        logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
-        logger.write("resume", step, {"from_step": step})
 
     history: list[dict[str, Any]] = list(meta.get("history", []))
     es = dict(
@@ -641,6 +661,9 @@ def _run(
             return saved
 
     batch_size = int(config.train.batch_size)
+    if restored is not None and not finished:
+        logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
+        logger.write("resume", step, {"from_step": step})
     if not finished:
         eng.compile_train_step(state)
     progress = Progress(

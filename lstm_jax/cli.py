@@ -1,0 +1,113 @@
+"""The shared absl entry point: every ``experiments/<name>/main.py`` is a few lines around `run`.
+
+Example ``experiments/imdb_sentiment/main.py``::
+
+    from lstm_jax import cli
+    from experiments.imdb_sentiment import train
+
+    if __name__ == "__main__":
+        cli.run({"train": train.train, "eval": train.evaluate, "predict": train.predict})
+
+Flags: ``--config`` (an ml_collections config file, fields overridable as ``--config.train.batch_size=64``),
+``--workdir`` (required), ``--mode`` (one of the registered handlers; default the first). A handler is called
+as ``handler(config, workdir)``; ``config`` is the ``--config`` file when given, else the config saved in the
+workdir (so eval/generate/predict need only ``--workdir``). Extra flags for a mode (``--seed_text``) are
+defined with absl in the experiment's main.py before calling `run`; positional arguments after the flags are
+available as `positional_args()`.
+
+A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from lstm_jax import config_utils
+from lstm_jax.errors import UserError
+
+__all__ = ["run", "main", "define_flags", "positional_args", "Handler"]
+
+Handler = Callable[[ml_collections.ConfigDict, str], Any]
+FLAGS = flags.FLAGS
+_POSITIONAL: list[str] = []
+
+
+def define_flags(modes: Sequence[str]) -> None:
+    """Defines --config, --workdir and --mode once per process."""
+    if "workdir" not in FLAGS:
+        config_flags.DEFINE_config_file(
+            "config",
+            None,
+            "Experiment config file (fields overridable: --config.x.y=value).",
+            lock_config=True,
+        )
+        flags.DEFINE_string(
+            "workdir", None, "Run directory: checkpoints, config, logs and results."
+        )
+        flags.DEFINE_string("mode", modes[0], f"What to do: {', '.join(modes)}.")
+
+
+def positional_args() -> list[str]:
+    """Arguments left after flag parsing (e.g. texts for predict mode)."""
+    return list(_POSITIONAL)
+
+
+class _QuietOrbax(py_logging.Filter):
+    """Drops Orbax's and absl-internal INFO chatter from the console; warnings still pass."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.levelno >= py_logging.WARNING:
+            return True
+        return "orbax" not in record.pathname
+
+
+def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
+    """Runs the selected handler; returns the exit status (0, or 2 for a `UserError`)."""
+    _POSITIONAL[:] = list(argv[1:])
+    try:
+        from lstm_jax.train import initialize_distributed
+
+        initialize_distributed()
+        if "tensorflow" in sys.modules:  # keep TF (tf.data, TFDS) off any accelerator JAX needs
+            sys.modules["tensorflow"].config.set_visible_devices([], "GPU")
+        mode = FLAGS.mode
+        if mode not in modes:
+            raise UserError(f"--mode={mode} is not one of {', '.join(modes)}; pick one of those")
+        workdir = FLAGS.workdir
+        if not workdir:
+            raise UserError("--workdir is required; pass --workdir=<run directory>")
+        config = FLAGS.config
+        if config is None:
+            if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+                raise UserError(
+                    f"no --config given and {workdir} has no saved config.json; pass"
+                    " --config=experiments/<name>/configs/<config>.py"
+                )
+            config = config_utils.load_config(workdir)
+        modes[mode](config, workdir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None:
+    """Parses flags and runs `modes[--mode](config, workdir)`; exits with 0 or 2 (`UserError`)."""
+    if not modes:
+        raise ValueError("cli.run needs at least one mode handler")
+    define_flags(list(modes))
+    logging.get_absl_handler().addFilter(_QuietOrbax())
+    logging.set_verbosity(logging.INFO)
+
+    def _main(args: Sequence[str]) -> None:
+        sys.exit(main(args, modes))
+
+    app.run(_main, argv=None if argv is None else list(argv))

@@ -1,0 +1,153 @@
+"""Tiny models and tasks for the engine tests (shared by tests/test_train.py, test_checkpoint.py, ...).
+
+The model is built directly on `lstm_jax.core`: an embedding, one LSTM layer whose weights are `nnx.Param`s
+from `init_lstm`, and a linear read-out. Two tasks: sequence classification (last state -> class) and a
+next-token language model that carries the LSTM state across consecutive batches (truncated BPTT).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lstm_jax import config_utils, losses
+from lstm_jax.core import LSTMState, init_lstm, lstm_layer
+from lstm_jax.train import Task, padded_batches, shuffled_batches, steps_per_epoch
+
+
+class TinyLSTM(nnx.Module):
+    """Embed [B, T] -> LSTM -> logits: `[B, classes]` (last state) or `[B, T, classes]` (every step)."""
+
+    def __init__(self, vocab: int, hidden: int, classes: int, dropout: float, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab, 8, rngs=rngs)
+        p = init_lstm(rngs.params(), 8, hidden)
+        self.kernel = nnx.Param(p["kernel"])
+        self.recurrent_kernel = nnx.Param(p["recurrent_kernel"])
+        self.bias = nnx.Param(p["bias"])
+        self.out = nnx.Linear(hidden, classes, rngs=rngs)
+        self.dropout = dropout
+
+    def __call__(self, tokens, *, mask=None, initial_state=None, deterministic=True, key=None):
+        x = self.embed(tokens)
+        if not deterministic and self.dropout > 0:
+            keep = jax.random.bernoulli(key, 1 - self.dropout, x.shape)
+            x = jnp.where(keep, x / (1 - self.dropout), 0.0)
+        params = {
+            "kernel": self.kernel[...],
+            "recurrent_kernel": self.recurrent_kernel[...],
+            "bias": self.bias[...],
+        }
+        ys, state = lstm_layer(params, x, mask=mask, initial_state=initial_state)
+        return ys, state
+
+    def classify(self, tokens, **kw):
+        _, state = self(tokens, **kw)
+        return self.out(state.h)
+
+
+def base_config(**train):
+    config = config_utils.engine_defaults()
+    config.model.vocab = 12
+    config.model.hidden = 16
+    config.model.classes = 3
+    config.model.dropout = 0.1
+    config.optimizer.learning_rate = 0.02
+    config.train.batch_size = 8
+    config.train.num_epochs = 2
+    config.train.log_every_steps = 2
+    config.train.prefetch = 0
+    config.train.update(train)
+    return config
+
+
+def build_model(config, rngs):
+    m = config.model
+    return TinyLSTM(m.vocab, m.hidden, m.classes, m.dropout, rngs=rngs)
+
+
+def classification_data(n: int = 40, t: int = 6, vocab: int = 12, seed: int = 0):
+    """Label = (first token) mod 3, so the task is learnable."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, vocab, size=(n, t)).astype(np.int32)
+    return {"tokens": tokens, "label": (tokens[:, 0] % 3).astype(np.int32)}
+
+
+def classifier_loss(model, batch, *, key, train, carry):
+    logits = model.classify(batch["tokens"], deterministic=not train, key=key)
+    sums = losses.softmax_metric_sums(logits, batch["label"], batch["weight"])
+    return sums["loss"] / jnp.maximum(sums["count"], 1e-9), (sums, None)
+
+
+def classification_task(config, train=None, valid=None, *, stop_at=None, eval_bs=6, **kw) -> Task:
+    train = train if train is not None else classification_data(40)
+    valid = valid if valid is not None else classification_data(15, seed=1)
+    bs = config.train.batch_size
+
+    def train_batches(epoch, start):
+        for n, b in enumerate(
+            shuffled_batches(train, bs, seed=config.seed, epoch=epoch, start=start), start=start
+        ):
+            if (
+                stop_at is not None
+                and epoch * steps_per_epoch(len(train["label"]), bs) + n >= stop_at
+            ):
+                raise KeyboardInterrupt("simulated interruption")
+            yield b
+
+    return Task(
+        build_model=build_model,
+        loss_fn=classifier_loss,
+        train_batches=train_batches,
+        steps_per_epoch=steps_per_epoch(len(train["label"]), bs),
+        eval_batches={
+            "validation": lambda: padded_batches(valid, eval_bs),
+            "test": lambda: padded_batches(valid, eval_bs),
+        },
+        data_info={"source": "fixture", "train_examples": len(train["label"])},
+        **kw,
+    )
+
+
+def lm_loss(model, batch, *, key, train, carry):
+    ys, state = model(
+        batch["inputs"], initial_state=LSTMState(*carry), deterministic=not train, key=key
+    )
+    logits = model.out(ys)
+    w = batch["weight"][:, None] * jnp.ones(batch["targets"].shape)
+    sums = losses.softmax_metric_sums(logits, batch["targets"], w)
+    return sums["loss"] / jnp.maximum(sums["count"], 1e-9), (sums, tuple(state))
+
+
+def lm_task(config, *, length: int = 2000, seq: int = 5) -> Task:
+    """Char-rnn layout: the stream is cut into `batch` parallel rows, consecutive batches continue them."""
+    text = (np.arange(length) * 7 % 11 + 1).astype(np.int32)  # a periodic, learnable stream
+    bs, hidden = config.train.batch_size, config.model.hidden
+    rows = text[: (length - 1) // bs * bs].reshape(bs, -1)
+    targets = text[1 : (length - 1) // bs * bs + 1].reshape(bs, -1)
+    steps = rows.shape[1] // seq
+
+    def train_batches(epoch, start):
+        for b in range(start, steps):
+            sl = slice(b * seq, (b + 1) * seq)
+            yield {"inputs": rows[:, sl], "targets": targets[:, sl]}
+
+    def eval_batches():
+        for b in range(min(steps, 4)):
+            sl = slice(b * seq, (b + 1) * seq)
+            yield {"inputs": rows[:, sl], "targets": targets[:, sl]}
+
+    def init_carry(batch_size):
+        z = jnp.zeros((batch_size, hidden), jnp.float32)
+        return (z, z)
+
+    return Task(
+        build_model=build_model,
+        loss_fn=lm_loss,
+        train_batches=train_batches,
+        steps_per_epoch=steps,
+        eval_batches={"validation": eval_batches},
+        init_carry=init_carry,
+        derive_metrics=lambda m: {**m, "bits_per_token": m["loss"] / np.log(2)},
+    )

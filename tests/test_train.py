@@ -1,0 +1,319 @@
+"""The training engine: learning, exact resume, determinism, NaN stop, early stopping, outputs, optimizers."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import engine_fixtures as ef
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lstm_jax import config_utils, optim
+from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import read_event_scalars, read_jsonl
+from lstm_jax.train import (
+    epoch_permutation,
+    pad_batch,
+    padded_batches,
+    restore_model,
+    shuffled_batches,
+    train_and_evaluate,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+    """Tiny models: XLA's optimisation passes cost more than they save here."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def _params(workdir, config, which="latest"):
+    model, step = restore_model(config, str(workdir), ef.build_model, which=which)
+    leaves = jax.tree.leaves(jax.tree.map(np.asarray, __import__("flax").nnx.state(model)))
+    return leaves, step
+
+
+def test_tiny_model_overfits_a_tiny_batch(tmp_path):
+    config = ef.base_config(num_epochs=1, log_every_steps=10)
+    config.model.dropout = 0.0
+    config.optimizer.learning_rate = 0.05
+    data = ef.classification_data(8)
+    data["label"] = np.array(
+        [0, 1, 2, 0, 1, 2, 0, 1], np.int32
+    )  # arbitrary: only memorisation fits it
+    repeated = {k: np.tile(v, (40,) + (1,) * (v.ndim - 1)) for k, v in data.items()}  # 40 steps
+    task = ef.classification_task(config, train=repeated, valid=data)
+    results = train_and_evaluate(config, str(tmp_path), task)
+    train_lines = [x for x in read_jsonl(str(tmp_path / "metrics.jsonl")) if x["kind"] == "train"]
+    assert train_lines[0]["loss"] > 0.5 and train_lines[-1]["loss"] < 0.05
+    assert results["metrics"]["final"]["validation"]["accuracy"] == 1.0
+    assert results["metrics"]["final"]["validation"]["loss"] < 0.05
+    assert results["steps"] == 40
+
+
+def test_resume_is_exact(tmp_path):
+    config = ef.base_config(num_epochs=2)  # 5 steps per epoch, dropout on
+    straight = train_and_evaluate(config, str(tmp_path / "a"), ef.classification_task(config))
+    with pytest.raises(KeyboardInterrupt):  # stops during epoch 2, after the checkpoint at step 5
+        train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config, stop_at=7))
+    assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["5"]
+    resumed = train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
+    assert straight["history"] == resumed["history"]
+    a, step_a = _params(tmp_path / "a", config)
+    b, step_b = _params(tmp_path / "b", config)
+    assert step_a == step_b == 10
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    kinds = [line["kind"] for line in read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))]
+    assert "resume" in kinds
+
+
+def test_resume_mid_epoch_restores_the_carried_state(tmp_path):
+    config = ef.base_config(num_steps=12, eval_every_steps=4)
+    config.model.classes = 12
+
+    def run(workdir, stop_at=None):
+        task = ef.lm_task(config)
+        if stop_at is not None:
+            inner = task.train_batches
+
+            def train_batches(epoch, start):
+                for n, b in enumerate(inner(epoch, start), start=start):
+                    if n >= stop_at:
+                        raise KeyboardInterrupt
+                    yield b
+
+            task.train_batches = train_batches
+        return train_and_evaluate(config, str(workdir), task)
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_at=10)  # checkpoints at 4 and 8, both mid-epoch
+    resumed = run(tmp_path / "b")
+    assert straight["history"] == resumed["history"]
+    assert straight["history"][-1]["validation"]["bits_per_token"] > 0
+    a, _ = _params(tmp_path / "a", config)
+    b, _ = _params(tmp_path / "b", config)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_same_seed_gives_identical_runs(tmp_path):
+    config = ef.base_config(num_epochs=1)
+    r1 = train_and_evaluate(config, str(tmp_path / "1"), ef.classification_task(config))
+    r2 = train_and_evaluate(config, str(tmp_path / "2"), ef.classification_task(config))
+    assert r1["history"] == r2["history"]
+    a, _ = _params(tmp_path / "1", config)
+    b, _ = _params(tmp_path / "2", config)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def _poisoned_task(config, poison_from_step):
+    task = ef.classification_task(config)
+    inner_batches, inner_loss = task.train_batches, task.loss_fn
+
+    def train_batches(epoch, start):
+        for n, b in enumerate(inner_batches(epoch, start), start=start):
+            step = epoch * task.steps_per_epoch + n + 1
+            yield dict(b, poison=np.full(len(b["label"]), step >= poison_from_step, np.float32))
+
+    def loss_fn(model, batch, *, key, train, carry):
+        loss, aux = inner_loss(model, batch, key=key, train=train, carry=carry)
+        if "poison" not in batch:  # evaluation batches
+            return loss, aux
+        return loss + jnp.where(batch["poison"][0] > 0, jnp.nan, 0.0), aux
+
+    task.train_batches, task.loss_fn = train_batches, loss_fn
+    return task
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
+    config = ef.base_config(num_epochs=3)
+    with pytest.raises(UserError) as err:
+        train_and_evaluate(config, str(tmp_path), _poisoned_task(config, poison_from_step=8))
+    message = str(err.value)
+    assert "step 8" in message and "learning_rate" in message and "clip_norm" in message
+    assert "\n" not in message
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
+    assert not (tmp_path / "results.json").exists()
+    params, step = _params(tmp_path, config)
+    assert step == 5 and all(np.isfinite(p).all() for p in params)
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    config = ef.base_config(num_epochs=8)
+    config.model.dropout = 0.0
+    config.early_stopping.enabled = True
+    config.early_stopping.patience = 1
+    train = ef.classification_data(40)
+    valid = dict(train, label=(train["label"] + 1) % 3)  # learning the train rule hurts validation
+    task = ef.classification_task(config, train=train, valid=valid)
+    results = train_and_evaluate(config, str(tmp_path), task)
+    assert results["stopped_early"] and results["steps"] < 40
+    best = results["metrics"]["best"]
+    val_losses = [r["validation"]["loss"] for r in results["history"]]
+    assert best["value"] == min(val_losses) and best["step"] == results["best_step"]
+    assert results["metrics"]["evaluated_weights"] == "best"
+    final = results["metrics"]["final"]["validation"]
+    assert final["loss"] == pytest.approx(best["validation"]["loss"], rel=1e-5)
+    # The best checkpoint survives even with checkpoint_keep=3 later saves.
+    assert str(results["best_step"]) in os.listdir(tmp_path / "checkpoints")
+
+
+def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
+    config = ef.base_config(num_epochs=2)
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    for key in ("metrics", "config", "wall_time_s", "steps", "devices", "data", "history"):
+        assert key in results
+    assert results["data"]["train_examples"] == 40
+    assert results["devices"]["count"] == jax.device_count()
+    assert set(results["metrics"]["final"]) == {"validation", "test"}
+    assert (
+        results["metrics"]["final"]["test"]["count"] == 15
+    )  # every example once, padding excluded
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["steps"] == 10 and on_disk["config"]["train"]["batch_size"] == 8
+    lines = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert {"train", "validation", "final_test"} <= {line["kind"] for line in lines}
+    assert all("loss" in line for line in lines if line["kind"] == "train")
+    (event_file,) = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    tags = {tag for _, tag, _ in read_event_scalars(event_file)}
+    assert {"train/loss", "validation/accuracy"} <= tags
+    png = (tmp_path / "training_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert again == on_disk
+    assert len(read_jsonl(str(tmp_path / "metrics.jsonl"))) == len(lines)
+
+
+def test_changing_the_model_in_an_existing_workdir_is_a_user_error(tmp_path):
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.model.hidden = 32
+    with pytest.raises(UserError, match="config.model.hidden differs"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+
+
+def test_more_epochs_continue_a_finished_run(tmp_path):
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.train.num_epochs = 2
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 10 and len(results["history"]) == 2
+
+
+# -- data helpers ---------------------------------------------------------------------------------------
+
+
+def test_shuffled_batches_resume_and_depend_only_on_seed_and_epoch():
+    data = {"x": np.arange(23)}
+    full = list(shuffled_batches(data, 5, seed=3, epoch=2))
+    assert len(full) == 4 and all(len(b["x"]) == 5 for b in full)
+    tail = list(shuffled_batches(data, 5, seed=3, epoch=2, start=2))
+    for a, b in zip(full[2:], tail, strict=True):
+        np.testing.assert_array_equal(a["x"], b["x"])
+    np.testing.assert_array_equal(epoch_permutation(3, 2, 23), epoch_permutation(3, 2, 23))
+    assert not np.array_equal(epoch_permutation(3, 2, 23), epoch_permutation(3, 3, 23))
+
+
+def test_padded_batches_cover_every_example_once():
+    data = {"x": np.arange(13), "y": np.arange(13) * 2}
+    batches = list(padded_batches(data, 5))
+    assert [b["x"].shape[0] for b in batches] == [5, 5, 5]
+    weights = np.concatenate([b["weight"] for b in batches])
+    xs = np.concatenate([b["x"] for b in batches])
+    np.testing.assert_array_equal(xs[weights > 0], np.arange(13))
+    assert weights.sum() == 13
+
+
+def test_pad_batch_adds_weight_zero_rows():
+    out = pad_batch({"x": np.ones((6, 2))}, 8)
+    assert out["x"].shape == (8, 2) and out["weight"].tolist() == [1] * 6 + [0] * 2
+
+
+# -- optimizers against Keras' formulas (computed by hand in NumPy) --------------------------------------
+
+
+def _run_optimizer(name, grads, **overrides):
+    opt = config_utils.engine_defaults().optimizer
+    opt.name = name
+    opt.update(overrides)
+    tx = optim.make_optimizer(opt, total_steps=100)
+    params = {"w": jnp.array([0.5, -1.0, 2.0], jnp.float32)}
+    state = tx.init(params)
+    for g in grads:
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = optax.apply_updates(params, updates)
+    return np.asarray(params["w"], np.float64)
+
+
+GRADS = [np.array([0.1, -2.0, 3e-4]), np.array([0.3, 1.0, -1e-4]), np.array([-0.2, 0.5, 2e-4])]
+
+
+def test_rmsprop_matches_keras_formula():
+    w, v = np.array([0.5, -1.0, 2.0]), np.zeros(3)
+    lr, rho, eps = 1e-3, 0.9, 1e-7
+    for g in GRADS:
+        v = rho * v + (1 - rho) * g * g
+        w = w - lr * g / np.sqrt(v + eps)  # Keras: epsilon inside the square root
+    np.testing.assert_allclose(_run_optimizer("rmsprop", GRADS), w, rtol=1e-6, atol=1e-8)
+
+
+def test_adam_matches_keras_formula():
+    w, m, v = np.array([0.5, -1.0, 2.0]), np.zeros(3), np.zeros(3)
+    lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-7
+    for t, g in enumerate(GRADS, start=1):
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        m += (g - m) * (1 - b1)
+        v += (g * g - v) * (1 - b2)
+        w = w - alpha * m / (
+            np.sqrt(v) + eps
+        )  # Keras: epsilon outside sqrt(v), v not bias-corrected
+    np.testing.assert_allclose(_run_optimizer("adam", GRADS), w, rtol=1e-6, atol=1e-8)
+
+
+def test_sgd_momentum_adamw_and_clipping():
+    w, vel = np.array([0.5, -1.0, 2.0]), np.zeros(3)
+    for g in GRADS:
+        vel = 0.9 * vel - 0.1 * g
+        w = w + vel
+    got = _run_optimizer("sgd", GRADS, learning_rate=0.1, momentum=0.9)
+    np.testing.assert_allclose(got, w, rtol=1e-6)
+    plain = _run_optimizer("adam", GRADS[:1])
+    decayed = _run_optimizer("adamw", GRADS[:1], weight_decay=0.1)
+    np.testing.assert_allclose(decayed, plain - 1e-3 * 0.1 * np.array([0.5, -1.0, 2.0]), rtol=1e-6)
+    clipped = _run_optimizer("sgd", [np.array([30.0, 40.0, 0.0])], learning_rate=1.0, clip_norm=5.0)
+    np.testing.assert_allclose(clipped, [0.5 - 3.0, -1.0 - 4.0, 2.0], rtol=1e-6)
+
+
+def test_schedules():
+    opt = config_utils.engine_defaults().optimizer
+    opt.learning_rate, opt.schedule, opt.warmup_steps, opt.min_lr_ratio = (
+        1.0,
+        "warmup_cosine",
+        10,
+        0.1,
+    )
+    s = optim.make_schedule(opt, 110)
+    assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5)
+    assert float(s(10)) == pytest.approx(1.0) and float(s(110)) == pytest.approx(0.1)
+    opt.schedule = "cosine"
+    s = optim.make_schedule(opt, 100)
+    assert (
+        float(s(0)) == 1.0
+        and float(s(50)) == pytest.approx(0.55)
+        and float(s(100)) == pytest.approx(0.1)
+    )
+    opt.schedule = "warmup_constant"
+    s = optim.make_schedule(opt, 100)
+    assert float(s(5)) == pytest.approx(0.5) and float(s(60)) == 1.0
