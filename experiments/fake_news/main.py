@@ -1,0 +1,27 @@
+"""Fake-news detection: Kaggle-style article CSVs (binary) and the LIAR benchmark (6-way or binary).
+
+Usage:
+  python -m experiments.fake_news.main --config=experiments/fake_news/configs/fake_news.py \
+      --workdir=/tmp/fake_news                              # train, then reports in the workdir
+  python -m experiments.fake_news.main --config=experiments/fake_news/configs/liar.py --workdir=/tmp/liar
+  python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=eval
+  python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=predict "Some article text"
+  python -m experiments.fake_news.main --config=... --workdir=/tmp/fn_tfidf --mode=baseline
+
+Data: any CSV with the columns title, author, text, label (1 = fake) via --config.data.path, default
+$LSTM_JAX_DATA/fake_news/articles/fake_real_articles.csv; LIAR from $LSTM_JAX_DATA/fake_news/liar.
+All logic lives in `lstm_jax.tasks.classification`.
+"""
+
+from lstm_jax import cli
+from lstm_jax.tasks import classification
+
+MODES = {
+    "train": classification.train,
+    "eval": classification.evaluate,
+    "predict": classification.predict,
+    "baseline": classification.baseline,
+}
+
+if __name__ == "__main__":
+    cli.run(MODES)

@@ -1,0 +1,784 @@
+"""Text classification task shared by IMDB sentiment, fake-news articles and LIAR statements.
+
+One module turns any of the three datasets into padded id arrays with masks, builds the `TextClassifier`,
+defines the loss (sigmoid BCE for binary labels, softmax CE for LIAR's six verdicts) and provides the modes
+of the experiments' entry points:
+
+* ``train``: `train_and_evaluate` with the engine, then reports (classification report per split, confusion
+  heatmaps, optional TF-IDF baseline) in ``results.json``;
+* ``eval``: reports of the best checkpoint again, into ``eval.json`` (results.json is left as it is);
+* ``predict``: label and probability for texts given as arguments or one per line on stdin, using only
+  the workdir (saved config, preprocessing artefact and checkpoint);
+* ``baseline``: the TF-IDF + logistic-regression baseline alone, into ``baseline.json``.
+
+Config (``config.data``):
+  dataset: "imdb", "fake_news" or "liar".
+  path: the data (IMDB: an aclImdb/ folder or a folder with imdb_{train,test}.csv(.gz); fake news: a CSV
+    with the Kaggle columns; LIAR: the folder with liar_{train,valid,test}.csv); "" = $LSTM_JAX_DATA.
+  maxlen, padding, truncating, mask: sequence length, Keras `pad_sequences` sides, masked padding.
+  IMDB/LIAR: vocab_size (ids incl. 0 = padding and 1 = OOV). Fake news: num_buckets (hashing).
+  IMDB: validation_fraction, split_seed (a split of the official training set; test = official test).
+  Fake news: test_fraction, split_seed, validation_fraction (the tail of the training part, Keras'
+    `validation_split`).
+  LIAR: label ("six" or "binary"), metadata (columns added as tokens), meta_vocab_size.
+  max_train_examples: 0 = all; else a prefix of the shuffled training split (quick experiments).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from lstm_jax import data as data_lib
+from lstm_jax import losses, reports, text
+from lstm_jax.baselines import tfidf_logreg
+from lstm_jax.checkpoint import load_artefact
+from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import read_json, write_json
+from lstm_jax.models import TextClassifier
+from lstm_jax.train import (
+    Task,
+    padded_batches,
+    restore_model,
+    shuffled_batches,
+    steps_per_epoch,
+    train_and_evaluate,
+)
+
+__all__ = [
+    "DATASETS",
+    "PREPROCESS_FILE",
+    "TextEncoder",
+    "PreparedData",
+    "prepare_data",
+    "build_model",
+    "num_outputs",
+    "embedding_rows",
+    "make_loss_fn",
+    "make_task",
+    "predict_proba",
+    "evaluate_reports",
+    "train",
+    "evaluate",
+    "predict",
+    "predict_texts",
+    "baseline",
+]
+
+DATASETS = ("imdb", "fake_news", "liar")
+PREPROCESS_FILE = "preprocess.json"
+IMDB_CLASSES = ("neg", "pos")  # label 1 = positive review
+FAKE_CLASSES = ("real", "fake")  # label 1 = fake (Kaggle's convention; LIAR's binary label too)
+_META_SEP = "\x1f"  # joins metadata tokens; never occurs in a CSV cell after our normalisation
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preprocessing: raw text -> ids [T] + mask, identical at training and prediction time.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _meta_tokens(row: Mapping[str, str], fields: Sequence[str]) -> list[str]:
+    """LIAR metadata as tokens ``field=value`` (lowercased; `subject` split on commas)."""
+    out = []
+    for field in fields:
+        raw = (row.get(field) or "").strip().lower()
+        values = raw.split(",") if field == "subject" else [raw]
+        for v in values:
+            v = " ".join(v.split())
+            if v:
+                out.append(f"{field}={v}")
+    return out
+
+
+class TextEncoder:
+    """Turns raw texts into `(ids [n, maxlen] int32, mask [n, maxlen] bool)` the way training did.
+
+    Kinds:
+      * ``vocab`` (IMDB, LIAR): a `text.Vocabulary` (IMDB standardisation), plus for LIAR an optional
+        metadata vocabulary whose ids follow the text ids (``text vocab_size + meta id``); metadata tokens
+        come first, then the statement.
+      * ``hash`` (fake news): `text.FakeNewsPreprocessor` (letters only, stopwords, Porter stems, stable
+        md5 buckets) with the stopword list saved alongside, so prediction uses the same words.
+
+    `to_dict`/`from_dict` round-trip through the ``preprocess.json`` artefact.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        class_names: Sequence[str],
+        maxlen: int,
+        padding: str,
+        truncating: str,
+        vocab: text.Vocabulary | None = None,
+        vocab_size: int = 0,
+        meta_vocab: text.Vocabulary | None = None,
+        meta_fields: Sequence[str] = (),
+        stopwords: Iterable[str] | None = None,
+        stopwords_source: str = "",
+        num_buckets: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.class_names = tuple(class_names)
+        self.maxlen = int(maxlen)
+        self.padding, self.truncating = padding, truncating
+        self.vocab, self.vocab_size = vocab, int(vocab_size)
+        self.meta_vocab, self.meta_fields = meta_vocab, tuple(meta_fields)
+        self.stopwords = sorted(stopwords) if stopwords is not None else None
+        self.stopwords_source = stopwords_source
+        self.num_buckets = int(num_buckets)
+        self._hasher = (
+            text.FakeNewsPreprocessor(self.stopwords, num_buckets, maxlen)
+            if dataset == "fake_news"
+            else None
+        )
+
+    def token_ids(self, texts: Sequence[str], meta: Sequence[Sequence[str]] | None = None) -> list:
+        """Unpadded id lists, one per text (`meta`: metadata token lists per text, LIAR only)."""
+        if self._hasher is not None:
+            return [self._hasher.encode(t) for t in texts]
+        assert self.vocab is not None
+        seqs = self.vocab.encode_batch(texts)
+        if self.meta_vocab is not None and meta is not None:
+            offset = self.vocab_size
+            seqs = [
+                [offset + i for i in self.meta_vocab.encode(_META_SEP.join(m))] + s
+                for m, s in zip(meta, seqs, strict=True)
+            ]
+        return seqs
+
+    def __call__(
+        self, texts: Sequence[str], meta: Sequence[Sequence[str]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`(ids [n, maxlen] int32, mask [n, maxlen] bool)`; mask is True at real tokens."""
+        seqs = self.token_ids(texts, meta)
+        return text.pad_sequences_with_mask(seqs, self.maxlen, self.padding, self.truncating)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "lstm_jax.TextEncoder/1",
+            "dataset": self.dataset,
+            "class_names": list(self.class_names),
+            "maxlen": self.maxlen,
+            "padding": self.padding,
+            "truncating": self.truncating,
+            "vocab": None if self.vocab is None else json.loads(self.vocab.to_json()),
+            "vocab_size": self.vocab_size,
+            "meta_vocab": None
+            if self.meta_vocab is None
+            else json.loads(self.meta_vocab.to_json()),
+            "meta_fields": list(self.meta_fields),
+            "stopwords": self.stopwords,
+            "stopwords_source": self.stopwords_source,
+            "num_buckets": self.num_buckets,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = PREPROCESS_FILE) -> TextEncoder:
+        if not isinstance(d, Mapping) or d.get("format") != "lstm_jax.TextEncoder/1":
+            raise UserError(
+                f"{source}: not a preprocessing file written by lstm_jax.tasks.classification;"
+                " pass the workdir of a classification run"
+            )
+
+        def vocab(key: str) -> text.Vocabulary | None:
+            v = d.get(key)
+            return None if v is None else text.Vocabulary.from_json(json.dumps(v), source)
+
+        return cls(
+            dataset=d["dataset"],
+            class_names=d["class_names"],
+            maxlen=d["maxlen"],
+            padding=d["padding"],
+            truncating=d["truncating"],
+            vocab=vocab("vocab"),
+            vocab_size=d["vocab_size"],
+            meta_vocab=vocab("meta_vocab"),
+            meta_fields=d["meta_fields"],
+            stopwords=d["stopwords"],
+            stopwords_source=d["stopwords_source"],
+            num_buckets=d["num_buckets"],
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: load, split, encode.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class PreparedData:
+    """Encoded splits and what produced them.
+
+    Attributes:
+      arrays: ``{split: {"ids": int32 [n, T], "mask": bool [n, T], "label": int32 [n]}}`` for
+        "train", "validation" and "test".
+      texts: ``{split: list of the raw texts}`` (for the TF-IDF baseline).
+      encoder: the `TextEncoder` (saved as ``preprocess.json``).
+      info: data provenance and counts for results.json.
+    """
+
+    def __init__(self, arrays, texts, encoder, info):
+        self.arrays: dict[str, dict[str, np.ndarray]] = arrays
+        self.texts: dict[str, list[str]] = texts
+        self.encoder: TextEncoder = encoder
+        self.info: dict[str, Any] = info
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.encoder.class_names
+
+
+def _check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UserError(
+            f"config.{field}={value!r} is not one of {', '.join(choices)}; pass"
+            f" --config.{field}=<one of them>"
+        )
+
+
+def _check_data_config(d: ml_collections.ConfigDict) -> None:
+    _check_choice("data.dataset", d.dataset, DATASETS)
+    _check_choice("data.padding", d.padding, ("pre", "post"))
+    _check_choice("data.truncating", d.truncating, ("pre", "post"))
+    if int(d.maxlen) < 1:
+        raise UserError(
+            f"config.data.maxlen={d.maxlen} must be >= 1; pass e.g. --config.data.maxlen=228"
+        )
+    if d.dataset == "liar":
+        _check_choice("data.label", d.label, ("six", "binary"))
+        unknown = [f for f in d.metadata if f not in data_lib.LIAR_META]
+        if unknown:
+            raise UserError(
+                f"config.data.metadata has unknown LIAR column(s) {unknown}; use some of"
+                f" {', '.join(data_lib.LIAR_META)}"
+            )
+
+
+def _take(columns: Mapping[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    return {
+        k: (np.asarray(v)[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
+        for k, v in columns.items()
+    }
+
+
+def _limit(n: int, d: ml_collections.ConfigDict) -> int:
+    m = int(d.get("max_train_examples", 0))
+    return n if m <= 0 else min(n, m)
+
+
+def _encode_split(encoder: TextEncoder, texts, labels, meta=None) -> dict[str, np.ndarray]:
+    ids, mask = encoder(texts, meta)
+    return {"ids": ids, "mask": mask, "label": np.asarray(labels, np.int32)}
+
+
+def _prepare_imdb(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
+    raw, info = data_lib.load_imdb(d.path or None)
+    train_items, test_items = raw["train"], raw["test"]
+    tr_idx, va_idx = data_lib.train_test_split(
+        len(train_items), float(d.validation_fraction), int(d.split_seed)
+    )
+    tr_idx = tr_idx[: _limit(len(tr_idx), d)]
+    split_items = {
+        "train": [train_items[i] for i in tr_idx],
+        "validation": [train_items[i] for i in va_idx],
+        "test": test_items,
+    }
+    t0 = time.time()
+    # The tutorial's TextVectorization: adapted on the training texts only, 0 = pad, 1 = OOV.
+    vocab = text.Vocabulary(
+        num_words=int(d.vocab_size), oov_token="[UNK]", standardize="imdb", lower=True
+    )
+    vocab.fit(t for t, _ in split_items["train"])
+    encoder = TextEncoder(
+        dataset="imdb",
+        class_names=IMDB_CLASSES,
+        maxlen=d.maxlen,
+        padding=d.padding,
+        truncating=d.truncating,
+        vocab=vocab,
+        vocab_size=int(d.vocab_size),
+    )
+    texts = {s: [t for t, _ in items] for s, items in split_items.items()}
+    arrays = {
+        s: _encode_split(encoder, texts[s], [y for _, y in items])
+        for s, items in split_items.items()
+    }
+    info = dict(info)
+    info["split"] = {
+        "validation": f"{d.validation_fraction} of the official training set (sklearn"
+        f" train_test_split, random_state={d.split_seed})",
+        "test": "official test set",
+    }
+    info["vocabulary"] = {"tokens_seen": len(vocab.tokens), "size": vocab.size}
+    info["encode_seconds"] = round(time.time() - t0, 2)
+    return PreparedData(arrays, texts, encoder, info)
+
+
+def _prepare_fake_news(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
+    path = data_lib.resolve_path(
+        d.path or None, "fake_news/articles/fake_real_articles.csv", what="fake-news CSV"
+    )
+    cols, info = data_lib.load_fake_news_csv(path)
+    n = len(cols["label"])
+    train_full, test_idx = data_lib.train_test_split(n, float(d.test_fraction), int(d.split_seed))
+    # Keras `fit(validation_split=f)`: the last f of the (already shuffled) training part.
+    n_val = int(len(train_full) * float(d.validation_fraction))
+    if n_val < 1 or n_val >= len(train_full):
+        raise UserError(
+            f"{path}: {len(train_full)} training rows leave no validation or no training rows with"
+            f" config.data.validation_fraction={d.validation_fraction}; use more rows or another fraction"
+        )
+    tr_idx, va_idx = train_full[: len(train_full) - n_val], train_full[len(train_full) - n_val :]
+    tr_idx = tr_idx[: _limit(len(tr_idx), d)]
+    stopwords, source = text.load_stopwords()
+    encoder = TextEncoder(
+        dataset="fake_news",
+        class_names=FAKE_CLASSES,
+        maxlen=d.maxlen,
+        padding=d.padding,
+        truncating=d.truncating,
+        stopwords=stopwords,
+        stopwords_source=source,
+        num_buckets=int(d.num_buckets),
+    )
+    docs = [
+        text.fake_news_text(t, a, x)
+        for t, a, x in zip(cols["title"], cols["author"], cols["text"], strict=True)
+    ]
+    t0 = time.time()
+    arrays, texts = {}, {}
+    for split, idx in (("train", tr_idx), ("validation", va_idx), ("test", test_idx)):
+        texts[split] = [docs[i] for i in idx]
+        arrays[split] = _encode_split(encoder, texts[split], cols["label"][idx])
+    info = dict(info)
+    info["stopwords_source"] = source
+    info["stopwords"] = len(stopwords)
+    info["split"] = {
+        "test": f"{d.test_fraction} (sklearn train_test_split, random_state={d.split_seed})",
+        "validation": f"the last {d.validation_fraction} of the rest (Keras validation_split)",
+    }
+    info["encode_seconds"] = round(time.time() - t0, 2)
+    return PreparedData(arrays, texts, encoder, info)
+
+
+def _prepare_liar(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
+    raw, info = data_lib.load_liar(d.path or None)
+    label_key = "label" if d.label == "six" else "binary_label"
+    class_names = data_lib.LIAR_LABELS if d.label == "six" else FAKE_CLASSES
+    fields = tuple(d.metadata)
+    splits = {"train": raw["train"], "validation": raw["valid"], "test": raw["test"]}
+    keep = _limit(len(splits["train"]["label"]), d)
+    splits["train"] = _take(splits["train"], np.arange(keep))
+
+    def meta_of(cols: Mapping[str, Any]) -> list[list[str]]:
+        n = len(cols["statement"])
+        return [_meta_tokens({f: cols[f][i] for f in fields}, fields) for i in range(n)]
+
+    metas = {s: meta_of(c) for s, c in splits.items()}
+    vocab = text.Vocabulary(
+        num_words=int(d.vocab_size), oov_token="[UNK]", standardize="imdb", lower=True
+    )
+    vocab.fit(splits["train"]["statement"])
+    meta_vocab = None
+    if fields:
+        meta_vocab = text.Vocabulary(
+            num_words=int(d.meta_vocab_size), oov_token="[UNK]", standardize="none", split=_META_SEP
+        )
+        meta_vocab.fit(_META_SEP.join(m) for m in metas["train"])
+    encoder = TextEncoder(
+        dataset="liar",
+        class_names=class_names,
+        maxlen=d.maxlen,
+        padding=d.padding,
+        truncating=d.truncating,
+        vocab=vocab,
+        vocab_size=int(d.vocab_size),
+        meta_vocab=meta_vocab,
+        meta_fields=fields,
+    )
+    arrays = {
+        s: _encode_split(encoder, c["statement"], c[label_key], metas[s]) for s, c in splits.items()
+    }
+    texts = {
+        s: [" ".join([*m, st]) for m, st in zip(metas[s], c["statement"], strict=True)]
+        for s, c in splits.items()
+    }
+    info = dict(info)
+    info["label"] = d.label
+    info["metadata"] = list(fields)
+    info["split"] = "official LIAR train/valid/test"
+    info["vocabulary"] = {
+        "tokens_seen": len(vocab.tokens),
+        "size": vocab.size,
+        "meta_tokens_seen": 0 if meta_vocab is None else len(meta_vocab.tokens),
+    }
+    return PreparedData(arrays, texts, encoder, info)
+
+
+def prepare_data(config: ml_collections.ConfigDict) -> PreparedData:
+    """Loads, splits and encodes `config.data.dataset`; the splits are "train", "validation", "test"."""
+    d = config.data
+    _check_data_config(d)
+    prep = {"imdb": _prepare_imdb, "fake_news": _prepare_fake_news, "liar": _prepare_liar}
+    prepared = prep[d.dataset](d, int(config.seed))
+    rows = embedding_rows(config)
+    for split, arr in prepared.arrays.items():
+        if len(arr["label"]) == 0:
+            raise UserError(
+                f"the {split} split of {d.dataset} is empty; check config.data.path and the split"
+                " fractions"
+            )
+        top = int(arr["ids"].max(initial=0))
+        if top >= rows:
+            raise UserError(
+                f"token id {top} in the {split} split does not fit the embedding of {rows} rows;"
+                " raise config.data.vocab_size / meta_vocab_size consistently"
+            )
+        k = len(prepared.class_names)
+        if arr["label"].min() < 0 or arr["label"].max() >= k:
+            raise UserError(
+                f"the {split} split has labels outside 0..{k - 1}; check the label column"
+            )
+        prepared.info.setdefault(split, {})
+        if isinstance(prepared.info[split], dict):
+            prepared.info[split]["examples_used"] = len(arr["label"])
+            prepared.info[split]["mean_tokens"] = round(float(arr["mask"].sum(1).mean()), 1)
+            prepared.info[split]["full_length"] = int(arr["mask"].all(axis=1).sum())
+    return prepared
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model and loss.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def num_outputs(config: ml_collections.ConfigDict) -> int:
+    """1 (one sigmoid logit) for binary labels, 6 for LIAR's six verdicts."""
+    if config.data.dataset == "liar" and config.data.label == "six":
+        return len(data_lib.LIAR_LABELS)
+    return 1
+
+
+def embedding_rows(config: ml_collections.ConfigDict) -> int:
+    """Rows of the embedding table implied by the data config (ids of every kind of token)."""
+    d = config.data
+    if d.dataset == "fake_news":
+        return int(d.num_buckets)
+    rows = int(d.vocab_size)
+    if d.dataset == "liar" and len(d.metadata):
+        rows += int(d.meta_vocab_size)
+    return rows
+
+
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassifier:
+    """The `TextClassifier` of `config.model` (embed_dim, hidden_sizes, bidirectional, pool, ...)."""
+    m = config.model
+    return TextClassifier(
+        embedding_rows(config),
+        int(m.embed_dim),
+        tuple(m.hidden_sizes),
+        num_outputs=num_outputs(config),
+        rngs=rngs,
+        embed_dropout=float(m.embed_dropout),
+        dropout=float(m.dropout),
+        bidirectional=bool(m.bidirectional),
+        pool=m.pool,
+        dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
+        recurrent_dropout=float(m.recurrent_dropout),
+    )
+
+
+def make_loss_fn(config: ml_collections.ConfigDict):
+    """The engine's loss: sigmoid BCE (binary) or softmax CE (multi-class), weighted by ``batch["weight"]``.
+
+    Batches hold ``ids [B, T]``, ``mask [B, T]``, ``label [B]`` and ``weight [B]``; the mask is passed to the
+    LSTM only when ``config.data.mask`` is True (the fake-news tutorial ran the LSTM over its padding).
+    """
+    binary = num_outputs(config) == 1
+    use_mask = bool(config.data.mask)
+
+    def loss_fn(model, batch, *, key, train, carry):
+        mask = batch["mask"] if use_mask else None
+        logits = model(batch["ids"], mask=mask, deterministic=not train, key=key)
+        if binary:
+            sums = losses.binary_metric_sums(logits, batch["label"], batch["weight"])
+        else:
+            sums = losses.softmax_metric_sums(logits, batch["label"], batch["weight"])
+        return sums["loss"] / jnp.maximum(sums["count"], 1e-9), (sums, None)
+
+    return loss_fn
+
+
+def predict_proba(
+    model: TextClassifier,
+    ids: np.ndarray,
+    mask: np.ndarray | None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Class probabilities `[n, classes]` (binary: `[n, 2]` = (1 - p, p)) in evaluation mode.
+
+    Batches are padded to `batch_size` so one compiled function serves every call.
+    """
+    graphdef, state = nnx.split(model)
+    use_mask = mask is not None
+
+    @jax.jit
+    def probs(state, ids, mask):
+        m = nnx.merge(graphdef, state)
+        logits = m(ids, mask=mask if use_mask else None, deterministic=True)
+        if logits.ndim == 1:
+            p = jax.nn.sigmoid(logits.astype(jnp.float32))
+            return jnp.stack([1.0 - p, p], axis=-1)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    n = len(ids)
+    if mask is None:
+        mask = np.ones_like(ids, dtype=bool)
+    arrays = {"ids": ids, "mask": mask}
+    out = [
+        np.asarray(probs(state, b["ids"], b["mask"]))
+        for b in padded_batches(arrays, min(batch_size, max(n, 1)))
+    ]
+    return np.concatenate(out)[:n] if out else np.zeros((0, 2), np.float32)
+
+
+def evaluate_reports(
+    model: TextClassifier,
+    prepared: PreparedData,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    splits: Sequence[str] = ("validation", "test"),
+) -> dict[str, Any]:
+    """Classification report, confusion matrix and heatmap PNG per split (files in `workdir`)."""
+    out: dict[str, Any] = {}
+    bs = int(config.train.eval_batch_size) or int(config.train.batch_size)
+    for split in splits:
+        arr = prepared.arrays[split]
+        p = predict_proba(model, arr["ids"], arr["mask"] if config.data.mask else None, bs)
+        pred = p.argmax(-1)
+        rep = reports.classification_report(arr["label"], pred, prepared.class_names)
+        files = reports.write_report(
+            rep,
+            workdir,
+            split,
+            title=f"{config.data.dataset} {split}: accuracy {rep['accuracy']:.4f}",
+        )
+        out[split] = {**rep, "files": files}
+        logging.info("%s classification report:\n%s", split, reports.format_report(rep))
+    return out
+
+
+def _run_baseline(prepared: PreparedData, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    splits = {s: (prepared.texts[s], prepared.arrays[s]["label"]) for s in prepared.texts}
+    pre = text.standardize_imdb if config.data.dataset == "imdb" else None
+    result = tfidf_logreg(splits, prepared.class_names, preprocessor=pre, seed=int(config.seed))
+    logging.info(
+        "TF-IDF + logistic regression: %s",
+        ", ".join(f"{s} {v['accuracy']:.4f}" for s, v in result["splits"].items()),
+    )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The engine task and the modes.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_task(
+    config: ml_collections.ConfigDict, workdir: str, prepared: PreparedData | None = None
+) -> tuple[Task, PreparedData]:
+    """The engine `Task` for `config` (data loaded and encoded here unless `prepared` is given)."""
+    prepared = prepared or prepare_data(config)
+    train_arr = prepared.arrays["train"]
+    batch_size = int(config.train.batch_size)
+    eval_bs = int(config.train.eval_batch_size) or batch_size
+    seed = int(config.seed)
+
+    def train_batches(epoch: int, start: int):
+        return shuffled_batches(train_arr, batch_size, seed=seed, epoch=epoch, start=start)
+
+    def eval_split(split: str):
+        return lambda: padded_batches(prepared.arrays[split], eval_bs)
+
+    def extra_results(model, results):
+        extra: dict[str, Any] = {"reports": evaluate_reports(model, prepared, config, workdir)}
+        if bool(config.report.baseline):
+            extra["baseline"] = _run_baseline(prepared, config)
+        extra["class_names"] = list(prepared.class_names)
+        return extra
+
+    task = Task(
+        build_model=build_model,
+        loss_fn=make_loss_fn(config),
+        train_batches=train_batches,
+        steps_per_epoch=steps_per_epoch(len(train_arr["label"]), batch_size),
+        eval_batches={"validation": eval_split("validation"), "test": eval_split("test")},
+        periodic_eval=("validation",),
+        artefacts={PREPROCESS_FILE: prepared.encoder.to_dict()},
+        data_info=prepared.info,
+        extra_results=extra_results,
+    )
+    return task, prepared
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Mode ``train``: trains (or resumes) in `workdir`; returns the results (also results.json)."""
+    task, _ = make_task(config, workdir)
+    results = train_and_evaluate(config, workdir, task)
+    _print_summary(results)
+    return results
+
+
+def _print_summary(results: Mapping[str, Any]) -> None:
+    final = results.get("metrics", {}).get("final", {})
+    parts = [f"{s} accuracy {m.get('accuracy', float('nan')):.4f}" for s, m in final.items()]
+    base = results.get("baseline")
+    if base:
+        parts.append(f"TF-IDF+LR test accuracy {base['splits']['test']['accuracy']:.4f}")
+    print("; ".join(parts))
+
+
+def _load_encoder(workdir: str) -> TextEncoder:
+    return TextEncoder.from_dict(
+        load_artefact(workdir, PREPROCESS_FILE), os.path.join(workdir, PREPROCESS_FILE)
+    )
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Mode ``eval``: reloads the data and the best checkpoint, writes reports and ``eval.json``.
+
+    The data are re-encoded with the saved preprocessing (not refitted), so the numbers are those of the
+    trained model. results.json is not modified.
+    """
+    encoder = _load_encoder(workdir)
+    prepared = _reencode(prepare_data(config), encoder, config)
+    model, step = restore_model(config, workdir, build_model)
+    out = {"step": step, "reports": evaluate_reports(model, prepared, config, workdir)}
+    write_json(os.path.join(workdir, "eval.json"), out)
+    for split, rep in out["reports"].items():
+        print(f"== {split} (checkpoint step {step}) ==")
+        print(reports.format_report(rep), end="")
+    return out
+
+
+def _reencode(
+    prepared: PreparedData, encoder: TextEncoder, config: ml_collections.ConfigDict
+) -> PreparedData:
+    """Re-encodes the evaluation splits with the saved encoder (vocabularies fitted at training time)."""
+    if encoder.dataset != config.data.dataset:
+        raise UserError(
+            f"the workdir was trained on {encoder.dataset} but config.data.dataset is"
+            f" {config.data.dataset}; use the saved config (omit --config)"
+        )
+    if encoder.dataset == "liar":
+        raw, _ = data_lib.load_liar(config.data.path or None)
+        key = "label" if config.data.label == "six" else "binary_label"
+        for split, name in (("validation", "valid"), ("test", "test")):
+            cols = raw[name]
+            meta = [
+                _meta_tokens({f: cols[f][i] for f in encoder.meta_fields}, encoder.meta_fields)
+                for i in range(len(cols["statement"]))
+            ]
+            prepared.arrays[split] = _encode_split(encoder, cols["statement"], cols[key], meta)
+    else:
+        for split in ("validation", "test"):
+            prepared.arrays[split] = _encode_split(
+                encoder, prepared.texts[split], prepared.arrays[split]["label"]
+            )
+    prepared.encoder = encoder
+    return prepared
+
+
+def _read_stdin_texts() -> list[str]:
+    data = sys.stdin.buffer.read()
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"<stdin>: undecodable bytes at line {line} (byte {e.start}), not UTF-8; send UTF-8 text"
+        ) from None
+    lines = content.splitlines()
+    texts = [t for t in lines if t.strip()]
+    if len(texts) < len(lines):
+        print(f"skipped {len(lines) - len(texts)} empty line(s) of stdin", file=sys.stderr)
+    return texts
+
+
+def predict_texts(workdir: str, texts: Sequence[str], config=None) -> list[dict[str, Any]]:
+    """Label and probability of each text with the model and preprocessing saved in `workdir`.
+
+    Returns one ``{"text", "label", "probability", "probabilities": {class: p}, "tokens"}`` per text;
+    ``probability`` is that of the predicted label, ``tokens`` the number of known tokens kept.
+    """
+    from lstm_jax import config_utils
+
+    for i, t in enumerate(texts, 1):
+        if not t.strip():
+            raise UserError(f"text {i} is empty; give a non-empty text to classify")
+    if not texts:
+        raise UserError("no texts to classify; pass them as arguments or one per line on stdin")
+    config = config if config is not None else config_utils.load_config(workdir)
+    encoder = _load_encoder(workdir)
+    ids, mask = encoder(list(texts), [[] for _ in texts] if encoder.meta_vocab else None)
+    model, _ = restore_model(config, workdir, build_model)
+    probs = predict_proba(model, ids, mask if config.data.mask else None, 64)
+    out = []
+    for t, p, m in zip(texts, probs, mask, strict=True):
+        k = int(p.argmax())
+        out.append(
+            {
+                "text": t,
+                "label": encoder.class_names[k],
+                "probability": float(p[k]),
+                "probabilities": {c: float(v) for c, v in zip(encoder.class_names, p, strict=True)},
+                "tokens": int(m.sum()),
+            }
+        )
+    return out
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Mode ``predict``: texts from the positional arguments, else one per line on stdin.
+
+    Prints ``<label>\\t<probability>\\t<text>`` per text (probability of the printed label).
+    """
+    from lstm_jax import cli
+
+    texts = cli.positional_args() or _read_stdin_texts()
+    results = predict_texts(workdir, texts, config)
+    for r in results:
+        shown = r["text"] if len(r["text"]) <= 80 else r["text"][:77] + "..."
+        print(f"{r['label']}\t{r['probability']:.4f}\t{shown}")
+    return results
+
+
+def baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Mode ``baseline``: TF-IDF + logistic regression on the same splits, into ``baseline.json``."""
+    prepared = prepare_data(config)
+    result = _run_baseline(prepared, config)
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, "baseline.json"), result)
+    for s, v in result["splits"].items():
+        print(f"{s}: accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f}")
+    return result
+
+
+def saved_results(workdir: str) -> dict[str, Any]:
+    """The results.json of a finished run (UserError if absent)."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        raise UserError(f"{path} is missing; train first with --workdir={workdir}")
+    return read_json(path)

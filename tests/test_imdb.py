@@ -1,0 +1,248 @@
+"""IMDB sentiment experiment: pipeline semantics, end to end on a fixture aclImdb/ folder, predict, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.imdb_sentiment.configs import test as test_config
+from lstm_jax import data as data_lib
+from lstm_jax.errors import UserError
+from lstm_jax.tasks import classification as clf
+
+REPO = Path(__file__).resolve().parents[1]
+POS = ["great", "wonderful", "brilliant", "loved", "superb", "moving"]
+NEG = ["awful", "terrible", "boring", "hated", "dull", "worst"]
+FILLER = ["the", "film", "movie", "plot", "actor", "scene", "story", "was", "a", "this"]
+
+
+def _review(rng: np.random.Generator, words: list[str]) -> str:
+    toks = list(rng.choice(FILLER, 8)) + list(rng.choice(words, 3))
+    rng.shuffle(toks)
+    return " ".join(toks).capitalize() + ".<br /><br />Really, " + rng.choice(words) + "!"
+
+
+def make_acl_imdb(root: Path, n: int = 24, seed: int = 0) -> Path:
+    """aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt with an easy, learnable signal."""
+    rng = np.random.default_rng(seed)
+    acl = root / "aclImdb"
+    for split in ("train", "test"):
+        for label, words, rating in (("pos", POS, 9), ("neg", NEG, 2)):
+            d = acl / split / label
+            d.mkdir(parents=True)
+            for i in range(n):
+                (d / f"{i}_{rating}.txt").write_text(_review(rng, words), encoding="utf-8")
+    # A word seen only in the test split: must be out-of-vocabulary (vocabulary fitted on train only).
+    (acl / "test" / "pos" / f"{n}_10.txt").write_text("zyzzyva great great", encoding="utf-8")
+    return acl
+
+
+def _config(path: Path):
+    config = test_config.get_config()
+    config.data.path = str(path)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imdb")
+    acl = make_acl_imdb(root)
+    workdir = root / "run"
+    results = clf.train(_config(acl), str(workdir))
+    return acl, workdir, results
+
+
+# ------------------------------------------------------------------------------------------------
+# Pipeline semantics
+# ------------------------------------------------------------------------------------------------
+
+
+def test_split_vocab_and_padding(tmp_path):
+    acl = make_acl_imdb(tmp_path)
+    config = _config(acl)
+    prepared = clf.prepare_data(config)
+    a = prepared.arrays
+    # 48 training reviews, 75/25 split with seed 100 exactly as sklearn's train_test_split.
+    tr, va = data_lib.train_test_split(48, 0.25, 100)
+    assert len(a["train"]["label"]) == len(tr) == 36 and len(a["validation"]["label"]) == 12
+    assert len(a["test"]["label"]) == 49  # the official test split, untouched
+    raw, _ = data_lib.load_imdb(str(acl))
+    np.testing.assert_array_equal(a["train"]["label"], [raw["train"][i][1] for i in tr])
+    assert prepared.texts["validation"][0] == raw["train"][va[0]][0]
+    enc = prepared.encoder
+    vocab = enc.vocab
+    # 0 = padding, 1 = OOV; "<br />" and punctuation are gone, words are lowercase.
+    assert vocab.oov_id == 1 and vocab.pad_id == 0
+    assert "br" not in vocab.token_to_id and "really" in vocab.token_to_id
+    assert "zyzzyva" not in vocab.token_to_id  # only in the test split
+    ids, mask = enc(["Zyzzyva, GREAT!"])
+    assert ids.shape == (1, config.data.maxlen)
+    assert ids[0, 0] == 1 and ids[0, 1] == vocab.token_to_id["great"]
+    assert ids[0, 2:].tolist() == [0] * (config.data.maxlen - 2)  # post padding
+    assert mask[0].tolist() == [True, True] + [False] * (config.data.maxlen - 2)
+    # Long reviews are cut at the end (TextVectorization's output_sequence_length).
+    long_ids, long_mask = enc([" ".join(["great"] * 40 + ["awful"])])
+    assert long_mask.all() and vocab.token_to_id["awful"] not in long_ids[0]
+    # The data info records provenance and counts for results.json.
+    assert prepared.info["source"] == str(acl)
+    assert prepared.info["test"]["examples"] == 49
+
+
+def test_encoder_round_trip(tmp_path):
+    prepared = clf.prepare_data(_config(make_acl_imdb(tmp_path)))
+    enc = prepared.encoder
+    back = clf.TextEncoder.from_dict(json.loads(json.dumps(enc.to_dict())))
+    texts = prepared.texts["test"][:5] + ["an unseen zyzzyva text"]
+    for x, y in zip(enc(texts), back(texts), strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(UserError, match="not a preprocessing file"):
+        clf.TextEncoder.from_dict({"format": "other"})
+
+
+def test_bad_config_and_data(tmp_path):
+    acl = make_acl_imdb(tmp_path)
+    config = _config(acl)
+    config.data.padding = "middle"
+    with pytest.raises(UserError, match=r"config\.data\.padding='middle'"):
+        clf.prepare_data(config)
+    config = _config(acl)
+    config.data.vocab_size = 100000  # ids beyond the embedding are impossible by construction...
+    assert clf.embedding_rows(config) == 100000
+    # ... a broken label inside a CSV copy names file and line.
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "imdb_train.csv").write_text("id,label,text\n0,pos,good\n1,maybe,bad\n")
+    (folder / "imdb_test.csv").write_text("id,label,text\n0,neg,bad\n")
+    config = _config(folder)
+    with pytest.raises(UserError, match=r"imdb_train\.csv: line 3: label 'maybe'"):
+        clf.prepare_data(config)
+    (acl / "test" / "neg" / "0_2.txt").write_bytes(b"caf\xe9 awful")
+    with pytest.raises(UserError, match="undecodable bytes"):
+        clf.prepare_data(_config(acl))
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end: train -> checkpoint -> reports -> predict
+# ------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_reports_and_results(trained):
+    _, workdir, results = trained
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["status"] == "finished" and saved["steps"] == results["steps"] == 2 * (36 // 8)
+    assert set(saved["reports"]) == {"validation", "test"}
+    test_rep = saved["reports"]["test"]
+    assert test_rep["labels"] == ["neg", "pos"] and test_rep["examples"] == 49
+    assert sum(map(sum, test_rep["confusion_matrix"])) == 49
+    # The engine's test accuracy (metric sums) and the report's (predictions) agree.
+    assert test_rep["accuracy"] == pytest.approx(saved["metrics"]["final"]["test"]["accuracy"])
+    for split in ("validation", "test"):
+        assert (workdir / f"confusion_matrix_{split}.png").stat().st_size > 1000
+        assert "weighted avg" in (workdir / f"classification_report_{split}.txt").read_text()
+    # The TF-IDF baseline separates the fixture's two vocabularies (almost) perfectly.
+    assert saved["baseline"]["splits"]["test"]["accuracy"] >= 0.95
+    assert saved["baseline"]["method"] == "tfidf+logistic_regression"
+    assert saved["class_names"] == ["neg", "pos"]
+    assert (workdir / clf.PREPROCESS_FILE).is_file()
+
+
+def test_predict_from_workdir_alone(trained):
+    _, workdir, _ = trained
+    texts = ["A great, wonderful and brilliant movie!", "Awful. Terrible, boring, the worst."]
+    out = clf.predict_texts(str(workdir), texts)
+    assert [r["text"] for r in out] == texts
+    for r in out:
+        assert r["label"] in ("neg", "pos")
+        assert 0.5 <= r["probability"] <= 1.0
+        assert r["probabilities"][r["label"]] == r["probability"]
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert r["tokens"] > 0
+    # Same texts, same answers (the checkpoint and preprocessing are fixed).
+    again = clf.predict_texts(str(workdir), texts)
+    assert [r["probability"] for r in again] == [r["probability"] for r in out]
+    with pytest.raises(UserError, match="text 2 is empty"):
+        clf.predict_texts(str(workdir), ["fine", "  "])
+
+
+def test_eval_mode_rewrites_reports_not_results(trained):
+    _, workdir, results = trained
+    before = (workdir / "results.json").read_bytes()
+    config = clf.saved_results(str(workdir))["config"]
+    import ml_collections
+
+    out = clf.evaluate(ml_collections.ConfigDict(config), str(workdir))
+    assert (workdir / "eval.json").is_file()
+    best = results["metrics"]["best"]["step"]
+    assert out["step"] == best
+    assert out["reports"]["test"]["examples"] == 49
+    assert (workdir / "results.json").read_bytes() == before
+
+
+def test_resume_returns_saved_results(trained):
+    acl, workdir, results = trained
+    again = clf.train(_config(acl), str(workdir))
+    assert again["steps"] == results["steps"]
+    assert again["reports"]["test"]["accuracy"] == results["reports"]["test"]["accuracy"]
+
+
+def test_cli_predict_and_user_error(trained, tmp_path):
+    _, workdir, _ = trained
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "experiments.imdb_sentiment.main", f"--workdir={workdir}"]
+    proc = subprocess.run(
+        [*cmd, "--mode=predict"],
+        input="A great and wonderful film\n\nawful terrible boring\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2
+    label, prob, text = lines[0].split("\t")
+    assert label in ("neg", "pos") and 0.5 <= float(prob) <= 1 and text.startswith("A great")
+    assert "skipped 1 empty line" in proc.stderr
+    # A user error: a workdir that was never trained -> one line on stderr, exit status 2.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.imdb_sentiment.main",
+            f"--workdir={tmp_path / 'none'}",
+            "--mode=predict",
+            "some text",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("LSTM_JAX_DATA") and Path(os.environ["LSTM_JAX_DATA"], "imdb").is_dir()),
+    reason="real IMDB data not available (set LSTM_JAX_DATA)",
+)
+def test_real_imdb_encoding_shapes():
+    raw, info = data_lib.load_imdb()
+    assert info["train"]["examples"] == 25000 and info["test"]["pos"] == 12500
+    config = _config(Path(os.environ["LSTM_JAX_DATA"]) / "imdb")
+    config.data.vocab_size = 15000
+    config.data.maxlen = 228
+    config.data.max_train_examples = 2000
+    prepared = clf.prepare_data(config)
+    assert prepared.arrays["train"]["ids"].shape == (2000, 228)
+    assert prepared.arrays["validation"]["ids"].shape == (6250, 228)
+    assert prepared.arrays["test"]["ids"].max() < 15000
