@@ -34,8 +34,7 @@ from lstm_jax.errors import UserError
 
 # Keras `Tokenizer`/`text_to_word_sequence` default filters (note: no apostrophe).
 KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
-# Names of standardisers a Vocabulary can carry in its JSON (so predict mode re-applies the same
-# one).
+# Standardisers a Vocabulary records in its JSON, so predict mode re-applies the same one.
 STANDARDIZERS = ("keras", "imdb", "none")
 # Token orders: Keras Tokenizer (count desc, ties by first occurrence), sorted(), and Keras
 # TextVectorization (count desc, ties by token desc: `np.lexsort((tokens, counts))[::-1]`).
@@ -54,9 +53,10 @@ def standardize_imdb(text: str) -> str:
     """The IMDB tutorial's TextVectorization standardisation.
 
     Lowercase, replace `<br />` with a space, delete ASCII punctuation (`string.punctuation`,
-    apostrophes included: "don't" -> "dont"), exactly as the tutorial's `custom_standardization`:
-    `tf.strings.regex_replace(tf.strings.lower(x), '<br />', ' ')` then `regex_replace('[%s]' %
-    re.escape( string.punctuation), '')`. Tokens are then split on whitespace.
+    apostrophes included: "don't" -> "dont"), exactly as the tutorial's `custom_standardization`
+    (`tf.strings.lower`, `regex_replace('<br />', ' ')`, then `regex_replace` of
+    `'[%s]' % re.escape(string.punctuation)` with ''). `Vocabulary` then splits on ASCII
+    whitespace, as `tf.strings.split` does.
     """
     text = text.lower().replace("<br />", " ")
     return _IMDB_PUNCT.sub("", text)
@@ -68,8 +68,7 @@ _ASCII_WS = re.compile("[ \t\n\r\v\f]+")  # tf.strings.split(sep=None) splits on
 def text_to_word_sequence(
     text: str, filters: str = KERAS_FILTERS, lower: bool = True, split: str = " "
 ) -> list[str]:
-    """Keras `text_to_word_sequence`: lowercase, filter characters -> `split`, split, drop
-    empties."""
+    """Keras `text_to_word_sequence`: lowercase, filters -> `split`, split, drop empty tokens."""
     if lower:
         text = text.lower()
     if filters:
@@ -97,10 +96,12 @@ class Vocabulary:
     after the `num_words` cap (padding and OOV included).
 
     Examples:
-      Keras word tokenizer:     `Vocabulary()`
-      Macbeth characters:       `Vocabulary(char_level=True, order="sorted", start=0)` on lowercased
-      text IMDB (TextVectorization): `Vocabulary(standardize="imdb", oov_token="[UNK]",
-      num_words=15000)`
+      Keras word tokenizer: `Vocabulary()`
+      Macbeth characters: `Vocabulary(char_level=True, order="sorted", start=0)` (lowercased text)
+      IMDB, as TextVectorization(max_tokens=15000) with the tutorial's standardisation:
+        `Vocabulary(standardize="imdb", oov_token="[UNK]", num_words=15000,
+        order="textvectorization")`, then `pad_sequences(..., padding="post", truncating="post")`
+        to match its `output_sequence_length`.
     """
 
     def __init__(
@@ -139,9 +140,8 @@ class Vocabulary:
         self.order = order
         self.start = start
         self.standardize = standardize
-        self.counts: collections.Counter[str] = (
-            collections.Counter()
-        )  # insertion = first occurrence
+        # Token counts; the Counter's insertion order is the first-occurrence order.
+        self.counts: collections.Counter[str] = collections.Counter()
         self.tokens: list[str] = []  # tokens[i] has id start + i (OOV token first if any)
         self.token_to_id: dict[str, int] = {}
         self._enc_cache: tuple[dict[str, int], dict[str, int]] | None = None
@@ -169,7 +169,10 @@ class Vocabulary:
         return text_to_word_sequence(text, self.filters, self.lower, self.split)
 
     def fit(self, texts: Iterable[str]) -> Vocabulary:
-        """Count tokens of `texts` (accumulating over calls, as Keras); rebuild the id mapping."""
+        """Count tokens of `texts` (accumulating over calls, as Keras); rebuild the id mapping.
+
+        A single `str` is taken as one text (Keras would iterate over its characters).
+        """
         if isinstance(texts, str):
             texts = [texts]
         for text in texts:
@@ -215,8 +218,7 @@ class Vocabulary:
     def encode(self, text: str, *, strict: bool = False) -> list[int]:
         """Token ids of one text. Unknown (or capped) tokens map to the OOV id, else are dropped.
 
-        With `strict=True`, unknown tokens raise `UserError` naming them (char generation's priming
-        text).
+        With `strict=True`, unknown tokens raise `UserError` naming them (for priming texts).
         """
         toks = self.tokenize(text)
         lookup = self._encodable()
@@ -377,8 +379,7 @@ def pad_sequences_with_mask(
     truncating: str = "pre",
     value: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`pad_sequences` plus the bool mask of real tokens: (`ids [batch, maxlen]` int32, `mask`
-    bool).
+    """`pad_sequences` plus the mask of real tokens: `ids [batch, maxlen]` int32, `mask` bool.
 
     The mask comes from the lengths, not from `value`, so a real token equal to `value` stays True.
     """
