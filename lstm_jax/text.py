@@ -88,9 +88,9 @@ class Vocabulary:
     `oov_token` that token gets `start` and the real tokens follow. Tokens are ordered by descending
     count, ties in first-occurrence order (`order="frequency"`, Keras `Tokenizer`), or ties by
     token descending (`order="textvectorization"`, Keras `TextVectorization`), or by `sorted()`
-    order (`order="sorted"`, the char-level Macbeth tutorial's `sorted(set(text))`). `num_words` caps
-    encoding as Keras does: ids `>= num_words` become the OOV id, or are dropped without an OOV
-    token.
+    order (`order="sorted"`, the char-level Macbeth tutorial's `sorted(set(text))`). `num_words`
+    caps encoding as Keras does: ids `>= num_words` become the OOV id, or are dropped without an
+    OOV token.
 
     `size` (= `len(vocab)`) is the number of ids a model's embedding / softmax needs: `max id + 1`
     after the `num_words` cap (padding and OOV included).

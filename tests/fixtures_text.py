@@ -37,7 +37,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
 
 
 def make_acl_imdb(root: Path) -> Path:
-    """An `aclImdb/` tree (`train|test/pos|neg/<id>_<rating>.txt`) with `IMDB_REVIEWS`; returns it."""
+    """Write an `aclImdb/` tree (`train|test/pos|neg/<id>_<rating>.txt`) of `IMDB_REVIEWS`."""
     acl = root / "aclImdb"
     for split, by_label in IMDB_REVIEWS.items():
         for label, texts in by_label.items():

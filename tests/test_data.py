@@ -441,7 +441,7 @@ def test_tfds_path_with_mock_data_returns_the_local_types(monkeypatch, tmp_path)
     assert isinstance(text, str) and label in (0, 1) and isinstance(label, int)
 
 
-# ---- real data (skipped without LSTM_JAX_DATA) ----------------------------------------------------
+# ---- real data (skipped without LSTM_JAX_DATA) ---------------------------------------------------
 
 
 def _real(rel: str) -> Path:

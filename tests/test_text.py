@@ -1,4 +1,4 @@
-"""Tests of lstm_jax.text against hand-computed examples (and Keras where it is cheap to compare)."""
+"""Tests of lstm_jax.text against hand-computed examples (and Keras where that is cheap)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ TEXTS = ["The cat sat on the mat.", "The dog ate the cat!"]
 # counts: the 4, cat 2, sat 1, on 1, mat 1, dog 1, ate 1 (first-occurrence order for ties)
 
 
-# ---- Vocabulary: word level -----------------------------------------------------------------------
+# ---- Vocabulary: word level ----------------------------------------------------------------------
 
 
 def test_frequency_order_ties_first_occurrence_and_reserved_zero():
@@ -113,7 +113,7 @@ def test_matches_keras_tokenizer(monkeypatch):
         assert v_char.encode_batch(probe) == k_char.texts_to_sequences(probe)
 
 
-# ---- Vocabulary: char level ------------------------------------------------------------------------
+# ---- Vocabulary: char level ----------------------------------------------------------------------
 
 
 def test_char_level_frequency_keras():
@@ -139,7 +139,7 @@ def test_char_strict_names_unknown_characters():
     assert v.encode("hez!z") == [1, 0]  # non-strict: dropped (Keras)
 
 
-# ---- Vocabulary: IMDB style ---------------------------------------------------------------------------
+# ---- Vocabulary: IMDB style ----------------------------------------------------------------------
 
 
 def test_standardize_imdb():
@@ -200,7 +200,7 @@ def test_imdb_vocabulary_matches_keras_textvectorization():
     np.testing.assert_array_equal(np.asarray(tv(texts)), ours)
 
 
-# ---- Vocabulary: JSON -------------------------------------------------------------------------------
+# ---- Vocabulary: JSON ----------------------------------------------------------------------------
 
 
 def test_json_round_trip(tmp_path):
@@ -234,7 +234,7 @@ def test_bad_options_raise_user_error():
         Vocabulary(num_words=1)
 
 
-# ---- padding -----------------------------------------------------------------------------------------
+# ---- padding -------------------------------------------------------------------------------------
 
 SEQS = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
 
@@ -283,7 +283,7 @@ def test_pad_sequences_matches_keras(monkeypatch):
             np.testing.assert_array_equal(ours, ref)
 
 
-# ---- fake news -----------------------------------------------------------------------------------------
+# ---- fake news -----------------------------------------------------------------------------------
 
 STOP = frozenset(BUILTIN_NLTK_ENGLISH_STOPWORDS)
 
@@ -368,7 +368,7 @@ def test_fake_news_bad_options():
         FakeNewsPreprocessor(STOP, num_buckets=1)
 
 
-# ---- stopwords ----------------------------------------------------------------------------------------
+# ---- stopwords -----------------------------------------------------------------------------------
 
 
 def test_stopwords_from_nltk_dir(tmp_path):
@@ -415,7 +415,7 @@ def test_stopwords_default_search_path_honours_nltk_data(tmp_path):
     assert out.strip() == f"['only'] nltk:{f}"
 
 
-# ---- real data (skipped without LSTM_JAX_DATA) ----------------------------------------------------------
+# ---- real data (skipped without LSTM_JAX_DATA) ---------------------------------------------------
 
 
 def _real(rel: str) -> Path:
