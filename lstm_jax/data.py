@@ -415,11 +415,12 @@ def load_imdb(
 
     Texts are raw (with `<br />`), as the tutorial feeds TextVectorization. `path` may be an
     `aclImdb/` folder (or its parent), or a folder with `imdb_{train,test}.csv(.gz)` (columns
-    `label` pos/neg or 1/0 and `text`). Source order: `path` > `$LSTM_JAX_DATA/imdb` > TFDS
-    `imdb_reviews`. Empty reviews are skipped and counted; bad labels name file and line.
+    `label` pos/neg or 1/0 and `text`). Source order: `path` > `$LSTM_JAX_DATA/imdb` (CSVs or
+    an aclImdb tree) > `$LSTM_JAX_DATA/aclImdb` > TFDS `imdb_reviews`. Empty reviews are skipped
+    and counted; bad labels name file and line.
     """
     rel = "imdb"
-    local = _local_or_none(path, rel)
+    local = _local_or_none(path, rel) or _local_or_none(None, "aclImdb")
     if local is not None:
         data, info = _load_imdb_local(local)
     else:

@@ -239,6 +239,13 @@ def test_load_imdb_from_data_root(monkeypatch, tmp_path):
     assert info["source"] == str(tmp_path / "imdb") and len(data["train"]) == 4
 
 
+def test_load_imdb_acl_tree_under_data_root(monkeypatch, tmp_path):
+    acl = make_acl_imdb(tmp_path)
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path))
+    data, info = D.load_imdb()
+    assert info["source"] == str(acl) and data["test"] == _expected_imdb("test")
+
+
 def test_load_imdb_bad_label_names_file_and_line(tmp_path):
     write_csv(
         tmp_path / "imdb_train.csv", ["id", "label", "text"], [[0, "pos", "ok"], [1, "meh", "x"]]
