@@ -1,0 +1,327 @@
+"""Fake-news and LIAR experiments: preprocessing, splits, end to end on fixture CSVs, predict, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.fake_news.configs import test as test_config
+from experiments.fake_news.configs import test_liar as test_liar_config
+from lstm_jax import data as data_lib
+from lstm_jax import text
+from lstm_jax.errors import UserError
+from lstm_jax.tasks import classification as clf
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = ["shocking", "hoax", "secret", "exposed", "miracle", "conspiracy"]
+REAL = ["senate", "budget", "committee", "reported", "officials", "quarterly"]
+FILLER = ["the", "news", "today", "people", "city", "year", "said", "about", "and", "of"]
+COLUMNS = ["id", "title", "author", "text", "label"]
+
+
+def _article(rng, words):
+    body = list(rng.choice(FILLER, 12)) + list(rng.choice(words, 4))
+    rng.shuffle(body)
+    return " ".join(rng.choice(words, 2)).title(), " ".join(body) + "."
+
+
+def write_csv(path: Path, rows: list[dict], columns=COLUMNS) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in columns})
+    return path
+
+
+def make_articles(path: Path, n: int = 60, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        title, body = _article(rng, FAKE if label else REAL)
+        author = "['Jane Doe']" if i % 3 == 0 else ("" if i % 3 == 1 else "John Roe")
+        rows.append({"id": i, "title": title, "author": author, "text": body, "label": label})
+    return write_csv(path, rows)
+
+
+LIAR_HEADER = [
+    "id",
+    "label",
+    "statement",
+    "subject",
+    "speaker",
+    "speaker_job_title",
+    "state_info",
+    "party_affiliation",
+    "barely_true_counts",
+    "false_counts",
+    "half_true_counts",
+    "mostly_true_counts",
+    "pants_on_fire_counts",
+    "context",
+    "binary_label",
+]
+
+
+def make_liar(folder: Path, seed: int = 0) -> Path:
+    """liar_{train,valid,test}.csv; the verdict is readable from one keyword and the party."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    keywords = ["fire", "wrong", "barely", "half", "mostly", "right"]
+    for split, n in (("train", 72), ("valid", 24), ("test", 24)):
+        rows = []
+        for i in range(n):
+            k = i % 6
+            words = list(rng.choice(FILLER, 6)) + [keywords[k]]
+            rows.append(
+                {
+                    "id": f"{i}",
+                    "label": data_lib.LIAR_LABELS[k],
+                    "statement": "Says " + " ".join(words) + ".",
+                    "subject": "economy,taxes" if k % 2 else "health-care",
+                    "speaker": f"speaker-{k}",
+                    "speaker_job_title": "",
+                    "state_info": "Texas",
+                    "party_affiliation": "republican" if k < 3 else "democrat",
+                    "context": "a speech",
+                    "binary_label": "fake" if k < 3 else "real",
+                }
+            )
+        write_csv(folder / f"liar_{split}.csv", rows, LIAR_HEADER)
+    return folder
+
+
+def _config(path: Path):
+    config = test_config.get_config()
+    config.data.path = str(path)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fake")
+    path = make_articles(root / "articles.csv")
+    workdir = root / "run"
+    results = clf.train(_config(path), str(workdir))
+    return path, workdir, results
+
+
+# ------------------------------------------------------------------------------------------------
+# Fake-news preprocessing and splits
+# ------------------------------------------------------------------------------------------------
+
+
+def test_splits_follow_the_tutorial(tmp_path):
+    path = make_articles(tmp_path / "a.csv")
+    prepared = clf.prepare_data(_config(path))
+    a = prepared.arrays
+    train_full, test_idx = data_lib.train_test_split(60, 0.33, 42)
+    assert len(a["test"]["label"]) == len(test_idx) == 20
+    # validation = the last 20% of the training part (Keras validation_split), train = the rest.
+    assert len(a["validation"]["label"]) == int(len(train_full) * 0.2) == 8
+    assert len(a["train"]["label"]) == 32
+    labels = np.arange(60) % 2
+    np.testing.assert_array_equal(a["test"]["label"], labels[test_idx])
+    np.testing.assert_array_equal(a["validation"]["label"], labels[train_full[-8:]])
+
+
+def test_encoding_is_the_tutorial_pipeline(tmp_path):
+    path = make_articles(tmp_path / "a.csv")
+    config = _config(path)
+    prepared = clf.prepare_data(config)
+    enc = prepared.encoder
+    assert prepared.info["stopwords_source"] == enc.stopwords_source
+    assert prepared.info["stopwords"] == len(enc.stopwords) >= 150
+    n, maxlen = config.data.num_buckets, config.data.maxlen
+    ids, mask = enc(["The Running runners ran, 2024! and the"])
+    # letters only, lowercase, stopwords dropped, Porter stems, stable md5 buckets, pre-padding.
+    expect = [text.stable_hash_id(w, n) for w in ("run", "runner", "ran")]
+    assert ids[0].tolist() == [0] * (maxlen - 3) + expect
+    assert mask[0].tolist() == [False] * (maxlen - 3) + [True] * 3
+    # Long texts keep their end (truncating="pre").
+    ids, _ = enc([" ".join(["hoax"] * 30 + ["senate"])])
+    assert ids[0, -1] == text.stable_hash_id("senat", n)
+    # The title + author + text concatenation is what gets encoded.
+    doc = prepared.texts["train"][0]
+    assert doc.count(" ") >= 2
+    # The mask is not given to the LSTM in the tutorial's config (its Embedding has no mask_zero).
+    assert config.data.mask is False
+
+
+def test_stable_hash_across_processes(tmp_path):
+    code = (
+        "from lstm_jax.text import stable_hash_id; "
+        "print([stable_hash_id(w, 10000) for w in ('hoax', 'senat', 'trump')])"
+    )
+    outs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO
+        )
+        assert proc.returncode == 0, proc.stderr
+        outs.add(proc.stdout.strip())
+    assert len(outs) == 1
+    assert outs.pop() == str([text.stable_hash_id(w, 10000) for w in ("hoax", "senat", "trump")])
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_name_file_row_and_fix(tmp_path):
+    missing = write_csv(
+        tmp_path / "m.csv", [{"title": "t", "text": "x"}], ["title", "text", "label"]
+    )
+    with pytest.raises(UserError, match=r"m\.csv: missing column\(s\) 'author'"):
+        clf.prepare_data(_config(missing))
+    rows = [{"title": "a", "author": "b", "text": "c", "label": 1}] * 5
+    rows.append({"title": "a", "author": "b", "text": "c", "label": 2})
+    with pytest.raises(UserError, match=r"bad\.csv: line 7: label '2' is not 0 \(real\) or 1"):
+        clf.prepare_data(_config(write_csv(tmp_path / "bad.csv", rows)))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(UserError, match=r"empty\.csv: file is empty"):
+        clf.prepare_data(_config(empty))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"id,title,author,text,label\n1,caf\xe9,a,b,0\n")
+    with pytest.raises(UserError, match=r"latin\.csv: undecodable bytes at line 2"):
+        clf.prepare_data(_config(latin))
+    with pytest.raises(UserError, match="fake-news CSV not found|not found"):
+        clf.prepare_data(_config(tmp_path / "nope.csv"))
+
+
+def test_empty_rows_are_skipped_and_counted(tmp_path):
+    path = make_articles(tmp_path / "a.csv")
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([[100, "", "", "", 1], [101, " ", "", "  ", 0]])
+    prepared = clf.prepare_data(_config(path))
+    assert prepared.info["skipped_empty"] == 2
+    assert sum(len(a["label"]) for a in prepared.arrays.values()) == 60
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end
+# ------------------------------------------------------------------------------------------------
+
+
+def test_train_reports_and_predict(trained):
+    path, workdir, results = trained
+    assert results["stopped_early"] in (True, False)
+    assert results["steps"] >= 4  # 32 training rows / batch 8 = 4 steps per epoch
+    assert results["data"]["stopwords_source"]
+    assert results["data"]["source"] == str(path)
+    rep = results["reports"]["test"]
+    assert rep["labels"] == ["real", "fake"] and rep["examples"] == 20
+    assert (workdir / "confusion_matrix_test.png").is_file()
+    assert results["baseline"]["splits"]["test"]["accuracy"] >= 0.9
+    if results["stopped_early"] or results["metrics"]["evaluated_weights"] == "best":
+        assert results["best_step"] is not None
+    out = clf.predict_texts(
+        str(workdir), ["Shocking hoax exposed: secret miracle", "Senate budget"]
+    )
+    assert all(r["label"] in ("real", "fake") and 0.5 <= r["probability"] <= 1 for r in out)
+    # Prediction re-applies the saved stopword list (not whatever this machine has).
+    enc = clf.TextEncoder.from_dict(
+        __import__("json").loads((workdir / clf.PREPROCESS_FILE).read_text())
+    )
+    assert "the" in enc.stopwords
+
+
+def test_cli_bad_csv_exit_2(tmp_path):
+    bad = write_csv(
+        tmp_path / "bad.csv", [{"title": "a", "author": "b", "text": "c", "label": "x"}]
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.fake_news.main",
+            "--config=experiments/fake_news/configs/test.py",
+            f"--config.data.path={bad}",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bad.csv: line 2: label 'x'" in last
+    assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# LIAR
+# ------------------------------------------------------------------------------------------------
+
+
+def _liar_config(folder: Path, label: str = "six"):
+    config = test_liar_config.get_config()
+    config.data.path = str(folder)
+    config.data.label = label
+    return config
+
+
+def test_liar_metadata_tokens_and_labels(tmp_path):
+    folder = make_liar(tmp_path / "liar")
+    config = _liar_config(folder)
+    prepared = clf.prepare_data(config)
+    enc = prepared.encoder
+    assert prepared.class_names == data_lib.LIAR_LABELS
+    assert len(prepared.arrays["validation"]["label"]) == 24  # the official valid split
+    assert prepared.arrays["train"]["label"].tolist()[:6] == [0, 1, 2, 3, 4, 5]
+    ids, mask = enc(["Says wrong"], [["party_affiliation=republican", "speaker=speaker-1"]])
+    v = config.data.vocab_size
+    meta = ids[0, :2]
+    assert (meta >= v).all() and (meta < clf.embedding_rows(config)).all()
+    assert enc.meta_vocab.decode((meta - v).tolist()).split() == [
+        "party_affiliation=republican",
+        "speaker=speaker-1",
+    ]
+    assert enc.vocab.decode(ids[0, 2:4].tolist()) == "says wrong"
+    assert mask[0, :4].all() and not mask[0, 4:].any()
+    # Subject lists become one token per subject.
+    assert clf._meta_tokens({"subject": "Economy, Taxes"}, ["subject"]) == [
+        "subject=economy",
+        "subject=taxes",
+    ]
+    binary = clf.prepare_data(_liar_config(folder, "binary"))
+    assert binary.class_names == ("real", "fake")
+    np.testing.assert_array_equal(
+        binary.arrays["test"]["label"], (prepared.arrays["test"]["label"] < 3).astype(np.int32)
+    )
+    assert clf.num_outputs(_liar_config(folder, "binary")) == 1
+    assert clf.num_outputs(config) == 6
+
+
+def test_liar_bad_verdict(tmp_path):
+    folder = make_liar(tmp_path / "liar")
+    p = folder / "liar_valid.csv"
+    p.write_text(p.read_text().replace("half-true", "sort-of-true", 1))
+    with pytest.raises(UserError, match=r"liar_valid\.csv: line \d+: label 'sort-of-true'"):
+        clf.prepare_data(_liar_config(folder))
+
+
+def test_liar_end_to_end_six_way(tmp_path):
+    folder = make_liar(tmp_path / "liar")
+    workdir = tmp_path / "run"
+    results = clf.train(_liar_config(folder), str(workdir))
+    rep = results["reports"]["test"]
+    assert rep["labels"] == list(data_lib.LIAR_LABELS)
+    assert len(rep["confusion_matrix"]) == 6 and rep["examples"] == 24
+    assert results["baseline"]["splits"]["test"]["accuracy"] >= 0.9
+    out = clf.predict_texts(str(workdir), ["Says the budget is mostly right"])
+    assert out[0]["label"] in data_lib.LIAR_LABELS
+    assert len(out[0]["probabilities"]) == 6
+    assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
