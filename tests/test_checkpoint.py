@@ -1,0 +1,140 @@
+"""Checkpoints: round trip, keep-last-N plus best, corrupt-latest fallback, config and artefacts."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import engine_fixtures as ef
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from lstm_jax import config_utils
+from lstm_jax.checkpoint import CheckpointStore, load_artefact, save_artefacts
+from lstm_jax.errors import UserError
+from lstm_jax.train import restore_model, train_and_evaluate
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+    """Tiny models: XLA's optimisation passes cost more than they save here."""
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def _state(scale: float = 1.0):
+    params = {"layers": {"0": {"w": jnp.arange(12.0).reshape(3, 4) * scale}}, "b": jnp.ones(4)}
+    tx = optax.adam(1e-3)
+    return {
+        "step": jnp.int32(7),
+        "params": params,
+        "opt_state": tx.init(params),
+        "rng": jax.random.PRNGKey(3),
+        "carry": (jnp.zeros((2, 5)), jnp.full((2, 5), scale)),
+    }
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_of_state_and_meta(tmp_path):
+    store = CheckpointStore(str(tmp_path), keep=2)
+    state = _state()
+    meta = {"position": {"epoch": 1, "batch": 3}, "history": [{"step": 7, "train": {"loss": 0.5}}]}
+    store.save(7, state, meta)
+    restored_state, restored_meta = store.restore(7, jax.eval_shape(lambda: _state()))
+    store.close()
+    _assert_trees_equal(state, restored_state)
+    assert restored_meta == meta
+    # The optimizer state comes back as optax's own NamedTuples, not dicts.
+    assert type(restored_state["opt_state"][0]).__name__ == "ScaleByAdamState"
+
+
+def test_keeps_the_last_n_and_the_best(tmp_path):
+    store = CheckpointStore(str(tmp_path), keep=2)
+    for step, improvement in [(1, 1), (2, 2), (3, -1), (4, -1), (5, -1)]:
+        store.save(step, _state(step), {"step": step}, improvement=improvement)
+    assert store.all_steps() == [2, 4, 5]
+    assert store.best_step() == 2 and store.latest_step() == 5
+    store.close()
+
+
+@pytest.mark.parametrize("what", ["every file", "array data only"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, what):
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(1, _state(1.0), {"step": 1})
+    store.save(2, _state(2.0), {"step": 2})
+    state_dir = tmp_path / "checkpoints" / "2" / "state"
+    for root, _, files in os.walk(state_dir):
+        if what == "array data only" and os.path.basename(root) != "d":
+            continue
+        for name in files:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            with open(path, "wb") as f:
+                f.write(b"\x00corrupt" * (size // 8 + 1))
+    with caplog.at_level(logging.WARNING):
+        step, state, meta = store.restore_latest(jax.eval_shape(lambda: _state()))
+    store.close()
+    assert step == 1 and meta == {"step": 1}
+    _assert_trees_equal(state, _state(1.0))
+    assert any(
+        "step 2" in r.getMessage() and "could not be restored" in r.getMessage()
+        for r in caplog.records
+    )
+    assert os.listdir(tmp_path / "checkpoints") == ["1"]
+    (moved,) = os.listdir(tmp_path / "corrupt_checkpoints")
+    assert moved.startswith("2-")  # kept for inspection, not deleted
+
+
+def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_corrupt(tmp_path):
+    config = ef.base_config(num_epochs=1, eval_every_steps=2)  # checkpoints at 2, 4, 5
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    latest = tmp_path / "checkpoints" / "5" / "state" / "manifest.ocdbt"
+    latest.write_bytes(b"not a manifest")
+    config.train.num_epochs = 2
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 10
+    assert [r["step"] for r in results["history"]] == [2, 4, 5, 6, 8, 10]
+    assert os.listdir(tmp_path / "corrupt_checkpoints")
+
+
+def test_workdir_round_trip_config_vocabulary_and_params(tmp_path):
+    config = ef.base_config(num_epochs=1)
+    vocab = {"<pad>": 0, "<oov>": 1, "the": 2, "ünïcode": 3}
+    task = ef.classification_task(
+        config, artefacts={"vocab.json": vocab, "preprocessing.txt": "lowercase\n"}
+    )
+    results = train_and_evaluate(config, str(tmp_path), task)
+    assert load_artefact(str(tmp_path), "vocab.json") == vocab
+    assert load_artefact(str(tmp_path), "preprocessing.txt") == "lowercase\n"
+    saved = config_utils.load_config(str(tmp_path))
+    assert config_utils.config_diff(saved, config) == []
+    assert saved.model.hidden == 16 and saved.optimizer.name == "adam"
+    # The model comes back from the saved config alone and reproduces the final evaluation.
+    model, step = restore_model(saved, str(tmp_path), ef.build_model, which="latest")
+    assert step == results["steps"] == 5
+    data = ef.classification_data(15, seed=1)
+    logits = model.classify(jnp.asarray(data["tokens"]))
+    accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == data["label"]))
+    assert accuracy == pytest.approx(results["metrics"]["final"]["validation"]["accuracy"])
+    assert isinstance(model, nnx.Module)
+
+
+def test_artefact_errors(tmp_path):
+    with pytest.raises(UserError, match="plain file name"):
+        save_artefacts(str(tmp_path), {"sub/vocab.json": {}})
+    with pytest.raises(UserError, match="missing"):
+        load_artefact(str(tmp_path), "vocab.json")
+    with pytest.raises(UserError, match="no checkpoint"):
+        restore_model(ef.base_config(), str(tmp_path), ef.build_model)

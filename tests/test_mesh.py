@@ -1,0 +1,95 @@
+"""Data parallelism: the same training on 1 and on 8 (simulated CPU) devices gives the same numbers.
+
+Each run happens in a fresh subprocess, because the device count is fixed when JAX starts
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
+SCRIPT = r"""
+import json, sys
+import jax
+jax.config.update("jax_disable_most_optimizations", True)
+import numpy as np
+from flax import nnx
+import engine_fixtures as ef
+from lstm_jax.train import restore_model, train_and_evaluate
+
+out_dir = sys.argv[1]
+report = {"devices": jax.device_count()}
+
+# A: char-rnn style LM, carry sharded over the batch, dropout on, batch 8 (divisible by 1 and 8).
+config = ef.base_config(num_steps=6, eval_every_steps=3)
+config.model.classes = 12
+res = train_and_evaluate(config, out_dir + "/lm", ef.lm_task(config))
+report["lm"] = res["history"]
+
+# B: classifier with batch 6 and eval batch 5: padded with weight-0 rows on 8 devices.
+config_b = ef.base_config(num_epochs=1, batch_size=6)
+config_b.model.dropout = 0.0
+res_b = train_and_evaluate(config_b, out_dir + "/clf", ef.classification_task(config_b, eval_bs=5))
+report["clf"] = res_b["history"]
+report["clf_test"] = res_b["metrics"]["final"]["test"]
+
+for name, cfg in (("lm", config), ("clf", config_b)):
+    model, _ = restore_model(cfg, out_dir + "/" + name, ef.build_model, which="latest")
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    np.savez(out_dir + f"/{name}_params.npz", *[np.asarray(x) for x in leaves])
+print("REPORT" + json.dumps(report))
+"""
+
+
+def _start(tmp_path, devices: int) -> tuple[subprocess.Popen, object]:
+    out = tmp_path / f"d{devices}"
+    out.mkdir()
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = os.pathsep.join([TESTS, REPO, env.get("PYTHONPATH", "")])
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, out
+
+
+def _finish(proc: subprocess.Popen, out) -> tuple[dict, dict]:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    line = next(x for x in stdout.splitlines() if x.startswith("REPORT"))
+    params = {name: list(np.load(out / f"{name}_params.npz").values()) for name in ("lm", "clf")}
+    return json.loads(line[len("REPORT") :]), params
+
+
+def _assert_close_records(a, b):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["step"] == rb["step"]
+        for split in ("train", "validation"):
+            for key, value in ra[split].items():
+                np.testing.assert_allclose(rb[split][key], value, rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_one_and_eight_devices_give_the_same_training(tmp_path):
+    runs = [_start(tmp_path, 1), _start(tmp_path, 8)]  # concurrently: each is mostly compile time
+    (one, params_one), (eight, params_eight) = (_finish(*run) for run in runs)
+    assert one["devices"] == 1 and eight["devices"] == 8
+    _assert_close_records(one["lm"], eight["lm"])
+    _assert_close_records(one["clf"], eight["clf"])
+    assert one["clf_test"]["count"] == eight["clf_test"]["count"] == 15  # padding rows not counted
+    for name in ("lm", "clf"):
+        for x, y in zip(params_one[name], params_eight[name], strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,100 @@
+"""Metric sums and losses: padded and partial batches average exactly; losses match NumPy references."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax import losses, metrics
+from lstm_jax.train import padded_batches
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_softmax_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 5)).astype(np.float32) * 3
+    labels = rng.integers(0, 5, size=(3, 4))
+    expected = -np.take_along_axis(_np_log_softmax(logits), labels[..., None], -1)[..., 0]
+    got = losses.softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_sigmoid_bce_is_exact_and_stable_for_large_logits():
+    x = np.array([-3.0, -0.5, 0.0, 0.7, 4.0])
+    z = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    p = 1 / (1 + np.exp(-x))
+    expected = -(z * np.log(p) + (1 - z) * np.log(1 - p))
+    got = losses.sigmoid_binary_cross_entropy(jnp.asarray(x), jnp.asarray(z))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    big = losses.sigmoid_binary_cross_entropy(jnp.array([1000.0, -1000.0]), jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(big, [1000.0, 1000.0], rtol=1e-6)  # naive log(sigmoid) gives inf
+    assert np.isfinite(
+        losses.sigmoid_binary_cross_entropy(jnp.array([1000.0]), jnp.array([1.0]))
+    ).all()
+
+
+def test_binary_sums_threshold_at_zero_logit_and_accept_a_trailing_unit_axis():
+    logits = jnp.array([[2.0], [-1.0], [0.5], [-3.0]])
+    labels = jnp.array([1, 1, 0, 0])
+    sums = losses.binary_metric_sums(logits, labels, jnp.array([1.0, 1.0, 1.0, 0.0]))
+    assert float(sums["accuracy"]) == 1.0 and float(sums["count"]) == 3.0
+
+
+def test_masked_token_metrics_ignore_padding():
+    logits = jnp.array([[[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]]])  # predicts 0, 1, 0
+    labels = jnp.array([[0, 0, 1]])
+    mask = jnp.array([[1.0, 1.0, 0.0]])  # last token is padding
+    sums = losses.softmax_metric_sums(logits, labels, mask)
+    assert float(sums["count"]) == 2.0 and float(sums["accuracy"]) == 1.0
+    m = metrics.compute(sums)
+    assert m["accuracy"] == 0.5 and m["count"] == 2.0
+    ce = -_np_log_softmax(np.array([[5.0, 0.0], [0.0, 5.0]]))[[0, 1], [0, 0]]
+    assert m["loss"] == pytest.approx(ce.mean(), rel=1e-5)
+
+
+def test_padded_and_partial_batches_average_like_the_whole_set():
+    rng = np.random.default_rng(1)
+    n, classes = 13, 4
+    data = {
+        "logits": rng.normal(size=(n, classes)).astype(np.float32),
+        "label": rng.integers(0, classes, n).astype(np.int32),
+    }
+    whole = losses.softmax_metric_sums(jnp.asarray(data["logits"]), jnp.asarray(data["label"]))
+    total = None
+    for batch in padded_batches(data, 5):  # 5 + 5 + 3 real rows, the last padded to 5
+        sums = losses.softmax_metric_sums(
+            jnp.asarray(batch["logits"]), jnp.asarray(batch["label"]), jnp.asarray(batch["weight"])
+        )
+        total = metrics.merge(total, sums)
+    a, b = metrics.compute(whole), metrics.compute(total)
+    assert b["count"] == 13
+    for key in ("loss", "accuracy"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6)
+    # A naive mean of per-batch means would weight the short batch wrongly.
+    per_batch = []
+    for batch in padded_batches(data, 5):
+        s = metrics.compute(
+            losses.softmax_metric_sums(
+                jnp.asarray(batch["logits"]),
+                jnp.asarray(batch["label"]),
+                jnp.asarray(batch["weight"]),
+            )
+        )
+        per_batch.append(s["loss"])
+    assert np.mean(per_batch) != pytest.approx(a["loss"], rel=1e-6)
+
+
+def test_weighted_mean_and_empty_counts():
+    assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([1.0, 0.0]))) == 1.0
+    assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0]))) == 0.0
+    m = metrics.compute({"loss": 0.0, "count": 0.0})
+    assert np.isnan(m["loss"]) and m["count"] == 0.0
+    with pytest.raises(ValueError, match="count"):
+        metrics.compute({"loss": 1.0})
+    with pytest.raises(ValueError, match="different keys"):
+        metrics.merge({"loss": 1.0, "count": 1.0}, {"count": 1.0})
