@@ -150,17 +150,15 @@ def validate_config(config: Any) -> None:
     _check(config, "optimizer.weight_decay", lambda v: v >= 0, ">= 0")
     if not isinstance(_get(config, "optimizer.nesterov"), bool):
         _fail("optimizer.nesterov", "True or False", _get(config, "optimizer.nesterov"))
-    if (
-        _get(config, "optimizer.schedule").startswith("warmup")
-        and config.optimizer.warmup_steps < 1
-    ):
-        _fail("optimizer.warmup_steps", "> 0 for a warmup schedule", config.optimizer.warmup_steps)
+    warmup = _get(config, "optimizer.warmup_steps")
+    if _get(config, "optimizer.schedule").startswith("warmup") and warmup < 1:
+        _fail("optimizer.warmup_steps", "> 0 for a warmup schedule", warmup)
 
     _check(config, "train.batch_size", lambda v: v > 0, "an integer > 0", integer=True)
     _check(config, "train.eval_batch_size", lambda v: v >= 0, "an integer >= 0", integer=True)
     _check(config, "train.num_epochs", lambda v: v >= 0, "an integer >= 0", integer=True)
     _check(config, "train.num_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
-    if config.train.num_epochs == 0 and config.train.num_steps == 0:
+    if _get(config, "train.num_epochs") == 0 and _get(config, "train.num_steps") == 0:
         _fail("train.num_epochs", "> 0 (or set train.num_steps)", 0)
     _check(config, "train.eval_every_steps", lambda v: v >= 0, "an integer >= 0", integer=True)
     _check(config, "train.log_every_steps", lambda v: v > 0, "an integer > 0", integer=True)

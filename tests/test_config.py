@@ -1,0 +1,164 @@
+"""Config validation (one-line errors naming the field), the config JSON, and the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lstm_jax import config_utils
+from lstm_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("optimizer.learning_rate", -1, "config.optimizer.learning_rate must be > 0, got -1"),
+        ("optimizer.learning_rate", 0.0, "config.optimizer.learning_rate must be > 0, got 0.0"),
+        (
+            "optimizer.name",
+            "adamax",
+            "config.optimizer.name must be one of adam, adamw, rmsprop, sgd",
+        ),
+        ("train.batch_size", 0, "config.train.batch_size must be an integer > 0, got 0"),
+        ("train.batch_size", 2.5, "config.train.batch_size must be an integer, got 2.5"),
+        ("optimizer.schedule", "linear", "config.optimizer.schedule must be one of constant"),
+        ("optimizer.clip_norm", -0.5, "config.optimizer.clip_norm must be >= 0"),
+        ("optimizer.b2", 1.0, "config.optimizer.b2 must be in [0, 1), got 1.0"),
+        ("train.monitor_mode", "best", "config.train.monitor_mode must be one of auto, min, max"),
+        ("early_stopping.patience", -1, "config.early_stopping.patience must be an integer >= 0"),
+        ("train.log_every_steps", 0, "config.train.log_every_steps must be an integer > 0"),
+        ("seed", -3, "config.seed must be an integer >= 0, got -3"),
+    ],
+)
+def test_bad_values_give_one_line_errors_naming_the_field(field, value, expected):
+    config = config_utils.engine_defaults().to_dict()  # plain dicts: no ConfigDict type checks
+    *path, name = field.split(".")
+    node = config
+    for part in path:
+        node = node[part]
+    node[name] = value
+    with pytest.raises(UserError) as err:
+        config_utils.validate_config(config)
+    message = str(err.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message and f"--config.{field}=" in message
+
+
+def test_defaults_are_valid_and_keras_like():
+    config = config_utils.engine_defaults()
+    config_utils.validate_config(config)
+    assert config.optimizer.learning_rate == 1e-3 and config.optimizer.eps == 1e-7
+    assert config.optimizer.rho == 0.9
+
+
+def test_missing_section_and_warmup_without_steps():
+    config = config_utils.engine_defaults()
+    del config["early_stopping"]
+    with pytest.raises(UserError, match=r"config.early_stopping is missing"):
+        config_utils.validate_config(config)
+    config = config_utils.engine_defaults()
+    config.optimizer.schedule = "warmup_cosine"
+    with pytest.raises(UserError, match="config.optimizer.warmup_steps must be > 0"):
+        config_utils.validate_config(config)
+
+
+def test_monitor_mode_auto_follows_keras():
+    assert config_utils.monitor_mode("val_loss", "auto") == "min"
+    assert config_utils.monitor_mode("val_accuracy", "auto") == "max"
+    assert config_utils.monitor_mode("val_loss", "max") == "max"
+
+
+def test_save_load_and_diff(tmp_path):
+    config = config_utils.engine_defaults()
+    config.model.sizes = (3, 4)
+    config.data.path = "/data/x.txt"
+    config_utils.save_config(config, str(tmp_path))
+    loaded = config_utils.load_config(str(tmp_path))
+    assert config_utils.config_diff(config, loaded) == []
+    assert loaded.model.sizes == [3, 4] and loaded.data.path == "/data/x.txt"
+    loaded.optimizer.learning_rate = 0.5
+    loaded.model.extra = 1
+    assert config_utils.config_diff(config, loaded) == ["model.extra", "optimizer.learning_rate"]
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(UserError, match="not readable JSON"):
+        config_utils.load_config(str(tmp_path))
+    with pytest.raises(UserError, match="does not exist"):
+        config_utils.load_config(str(tmp_path / "nowhere"))
+
+
+MAIN = textwrap.dedent(
+    """
+    import json, sys
+    from lstm_jax import cli
+    from lstm_jax.errors import UserError
+
+    def train(config, workdir):
+        print("TRAIN", json.dumps({"lr": config.optimizer.learning_rate, "workdir": workdir,
+                                   "args": cli.positional_args()}))
+
+    def broken(config, workdir):
+        raise UserError("data.csv row 3 has no label; fix the file")
+
+    if __name__ == "__main__":
+        cli.run({"train": train, "predict": broken})
+    """
+)
+CONFIG = textwrap.dedent(
+    """
+    from lstm_jax.config_utils import engine_defaults
+
+    def get_config():
+        return engine_defaults()
+    """
+)
+
+
+def _cli(tmp_path, *args):
+    (tmp_path / "main.py").write_text(MAIN)
+    (tmp_path / "cfg.py").write_text(CONFIG)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_overrides_modes_and_user_errors(tmp_path):
+    workdir = str(tmp_path / "run")
+    ok = _cli(
+        tmp_path,
+        "--config=cfg.py",
+        "--config.optimizer.learning_rate=0.05",
+        f"--workdir={workdir}",
+        "hello",
+        "world",
+    )
+    assert ok.returncode == 0, ok.stderr
+    line = next(x for x in ok.stdout.splitlines() if x.startswith("TRAIN"))
+    assert json.loads(line[5:]) == {"lr": 0.05, "workdir": workdir, "args": ["hello", "world"]}
+
+    bad = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", "--mode=predict")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == "error: data.csv row 3 has no label; fix the file"
+    assert "Traceback" not in bad.stderr
+
+    no_config = _cli(tmp_path, f"--workdir={workdir}")
+    assert no_config.returncode == 2 and "error: no --config given" in no_config.stderr
+
+    unknown = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", "--mode=dance")
+    assert (
+        unknown.returncode == 2
+        and "error: --mode=dance is not one of train, predict" in unknown.stderr
+    )
