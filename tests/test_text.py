@@ -341,26 +341,40 @@ def test_fake_news_ids_match_keras_md5_hashing_trick(monkeypatch):
     assert all(1 <= i < 500 for i in p.encode(text))
 
 
+# Child-process preamble: register `lstm_jax` as a bare package so `lstm_jax.text` imports without
+# the package __init__ (which pulls in JAX and Flax: seconds per process on 2 cores).
+_BARE_PACKAGE = (
+    "import sys, types; _p = types.ModuleType('lstm_jax'); "
+    f"_p.__path__ = [{str(Path(__file__).resolve().parents[1] / 'lstm_jax')!r}]; "
+    "sys.modules['lstm_jax'] = _p; "
+)
+
+
+def _python(code: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _BARE_PACKAGE + code],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_fake_news_hash_is_stable_across_processes():
     text = "Breaking news: senators vote on the budget while markets rally"
+    p = FakeNewsPreprocessor(STOP)
+    ours = p.encode(text)
+    assert ours == [stable_hash_id(w, 10_000) for w in p.words(text)]
+    # The children hash the same stems (importing only lstm_jax.text, not nltk: ~2 s CPU).
     code = (
-        "from lstm_jax.text import FakeNewsPreprocessor, BUILTIN_NLTK_ENGLISH_STOPWORDS as S;"
-        f"print(FakeNewsPreprocessor(S).encode({text!r}), hash('budget'))"
+        "from lstm_jax.text import stable_hash_id as h;"
+        f"print([h(w, 10000) for w in {p.words(text)!r}], '|', hash('budget'))"
     )
-    procs = [  # both at once: each start imports lstm_jax (seconds)
-        subprocess.Popen(
-            [sys.executable, "-c", code],
-            env={**os.environ, "PYTHONHASHSEED": seed},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for seed in ("1", "2")
-    ]
-    outs = [p.communicate()[0].split("] ") for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    procs = [_python(code, PYTHONHASHSEED=seed) for seed in ("1", "2")]
+    outs = [proc.communicate()[0].split("|") for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
     (ids1, h1), (ids2, h2) = outs
     assert h1 != h2  # Python's salted hash (Keras one_hot) differs between the processes ...
-    assert ids1 == ids2 == str(FakeNewsPreprocessor(STOP).encode(text))[:-1]  # ... ours does not
+    assert ids1.strip() == ids2.strip() == str(ours)  # ... our ids do not
 
 
 def test_fake_news_bad_options():
@@ -403,16 +417,15 @@ def test_stopwords_builtin_fallback(tmp_path, monkeypatch):
     assert len(words) == 179 and {"i", "wouldn't", "the"} <= words
 
 
-def test_stopwords_default_search_path_honours_nltk_data(tmp_path):
+def test_stopwords_default_search_uses_nltk_data_path(tmp_path, monkeypatch):
+    import nltk.data
+
     f = tmp_path / "corpora" / "stopwords" / "english"
     f.parent.mkdir(parents=True)
     f.write_text("only\n", encoding="utf-8")
-    env = {**os.environ, "NLTK_DATA": str(tmp_path)}
-    code = "from lstm_jax.text import load_stopwords; w, s = load_stopwords(); print(sorted(w), s)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == f"['only'] nltk:{f}"
+    # nltk builds nltk.data.path from $NLTK_DATA (first) and its default folders at import time.
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty"), str(tmp_path)])
+    assert load_stopwords() == (frozenset({"only"}), f"nltk:{f}")
 
 
 # ---- real data (skipped without LSTM_JAX_DATA) ---------------------------------------------------
