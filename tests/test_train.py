@@ -317,3 +317,25 @@ def test_schedules():
     opt.schedule = "warmup_constant"
     s = optim.make_schedule(opt, 100)
     assert float(s(5)) == pytest.approx(0.5) and float(s(60)) == 1.0
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(capsys, caplog):
+    import logging
+
+    from lstm_jax.logging_utils import Progress
+
+    bar = Progress(total_steps=4, steps_per_epoch=4, num_epochs=1, use_bar=True)
+    bar.start_epoch(0, 0, 0)
+    for step in range(1, 5):
+        bar.advance()
+        bar.report(step, {"loss": 0.5, "accuracy": 0.75, "count": 8}, 123.0)
+    bar.end_epoch()
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "4/4" in err and "loss=0.5" in err and "ex/s=123" in err
+    lines = Progress(total_steps=4, steps_per_epoch=4, num_epochs=1, use_bar=False)
+    lines.start_epoch(0, 0, 0)
+    with caplog.at_level(logging.INFO):
+        lines.report(2, {"loss": 0.5, "count": 8}, 50.0)
+    assert any(
+        "step 2/4: loss=0.5" in r.getMessage() and "ETA" in r.getMessage() for r in caplog.records
+    )
