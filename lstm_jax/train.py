@@ -17,7 +17,14 @@ sharded along their leading axis, everything else is replicated. A batch whose s
 device count is padded with weight-0 examples (``batch["weight"]``), which the loss must honour.
 
 Multi-host: call `initialize_distributed()` first (the `lstm_jax.cli` entry point does); each process then
-feeds its own slice of every global batch (its task data should be sharded by `jax.process_index()`).
+feeds its own slice of every global batch (its task data should be sharded by `jax.process_index()`), and
+the mesh spans the devices of all processes. Launch the same command on every host, e.g. for two hosts::
+
+    JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 python -m experiments.X.main ...
+    JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=1 python -m experiments.X.main ...
+
+(under SLURM or Open MPI `srun`/`mpirun` alone suffices: JAX reads the job's environment). The workdir must
+be on storage all hosts share; process 0 writes the logs and results, Orbax coordinates the checkpoints.
 """
 
 from __future__ import annotations
@@ -354,15 +361,15 @@ class _Engine:
         self.tx = optim.make_optimizer(config.optimizer, self.total_steps)
         self.graphdef, self.params_template, self.others = _split_model(task.build_model, config)
         self._carry_fns: dict[int, Callable[[], Any]] = {}
+        self._eval_sums_shape: dict[str, Any] = {}
         self.eval_loss = task.eval_loss_fn or task.loss_fn
         self._build_steps()
 
     # -- model <-> pure params ------------------------------------------------------------------------------
 
     def merge(self, params: Any) -> nnx.Module:
-        state = jax.tree.map(
-            lambda x: x, self.params_template
-        )  # fresh containers; never mutate the template
+        # Fresh containers (tree.map rebuilds them): the shared template is never mutated.
+        state = jax.tree.map(lambda x: x, self.params_template)
         nnx.replace_by_pure_dict(state, params)
         return nnx.merge(self.graphdef, state, self.others)
 
@@ -487,8 +494,11 @@ class _Engine:
                 if acc is None:
                     if self.task.init_carry is not None:
                         carry = self.make_carry(batch["weight"].shape[0])
-                    shape = self.sums_shape({"params": params, "carry": carry}, batch, train=False)
-                    acc = self.zero_acc(shape)["sums"]
+                    if split not in self._eval_sums_shape:
+                        self._eval_sums_shape[split] = self.sums_shape(
+                            {"params": params, "carry": carry}, batch, train=False
+                        )
+                    acc = self.zero_acc(self._eval_sums_shape[split])["sums"]
                 acc, carry = self.eval_step(params, batch, carry, acc)
         finally:
             batches.close()
