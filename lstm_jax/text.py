@@ -24,7 +24,7 @@ import json
 import os
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -298,10 +298,13 @@ class Vocabulary:
         )
 
     @classmethod
-    def from_json(cls, text: str, source: str = "<json>") -> Vocabulary:
-        """Inverse of `to_json`; `source` names the file in error messages."""
+    def from_json(cls, text: str | Mapping[str, Any], source: str = "<json>") -> Vocabulary:
+        """Inverse of `to_json` (its text, or that text already parsed into a dict).
+
+        `source` names the file in error messages.
+        """
         try:
-            obj = json.loads(text)
+            obj = json.loads(text) if isinstance(text, str | bytes) else text
             if obj.get("format") != _FORMAT:
                 raise ValueError(f"format is {obj.get('format')!r}, expected {_FORMAT!r}")
             vocab = cls(**obj["config"])
