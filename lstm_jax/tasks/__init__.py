@@ -1,0 +1,1 @@
+"""Task definitions (data -> arrays, losses, generation, reports) behind the experiments."""

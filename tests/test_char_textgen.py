@@ -1,0 +1,326 @@
+"""Char-level text generation: data layouts, train -> checkpoint -> generate, CLI, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments.char_textgen.configs import macbeth as macbeth_config
+from experiments.char_textgen.configs import quick as quick_config
+from experiments.char_textgen.configs import test as test_config
+from lstm_jax import config_utils, data
+from lstm_jax.checkpoint import load_artefact
+from lstm_jax.errors import UserError
+from lstm_jax.tasks import char_lm
+from lstm_jax.text import Vocabulary
+from lstm_jax.train import restore_model
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "to be or not that is the question whether tis nobler in the mind".split()
+
+
+def _write_text(path: Path, lines: int = 150, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    text = "\n".join(" ".join(rng.choice(WORDS, 8)) for _ in range(lines))
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def _stream_config(path: Path):
+    config = test_config.get_config()
+    config.data.path = str(path)
+    return config
+
+
+def _window_config(path: Path):
+    """The Macbeth layout (scalar input, windows -> next char), shrunk for a test."""
+    config = macbeth_config.get_config()
+    config.data.path = str(path)
+    config.data.seq_length = 12
+    config.data.window_stride = 3
+    config.data.validation_fraction = 0.1
+    config.model.hidden_sizes = (16, 16)
+    config.train.batch_size = 32
+    config.train.num_epochs = 1
+    config.train.prefetch = 0
+    config.generate.length = 50
+    return config
+
+
+@pytest.fixture(scope="module")
+def stream_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("char_stream")
+    path = _write_text(root / "text.txt")
+    config = _stream_config(path)
+    workdir = root / "run"
+    results = char_lm.train(config, str(workdir))
+    return config, workdir, results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data layouts.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_window_starts_match_the_tutorial_loop():
+    # for i in range(0, n_chars - seq_length, 1): X = raw[i:i+seq]; y = raw[i+seq]
+    assert char_lm.window_starts(10, 4, 1).tolist() == list(range(0, 6))
+    assert char_lm.window_starts(10, 4, 2).tolist() == [0, 2, 4]
+    assert char_lm.window_starts(4, 4, 1).tolist() == []
+
+
+def test_stream_layout_scores_every_character_once():
+    ids = np.arange(1, 24, dtype=np.int32)  # 23 ids -> 22 (input, target) pairs
+    lay = char_lm.stream_layout(ids, streams=3, seq_length=4)
+    assert lay["inputs"].shape == lay["targets"].shape == lay["tmask"].shape == (3, 8)
+    real = lay["tmask"] > 0
+    assert real.sum() == 22
+    np.testing.assert_array_equal(lay["inputs"][real], ids[:-1])
+    np.testing.assert_array_equal(lay["targets"][real], ids[1:])
+    # padding only at the end of rows: once a row is padded it stays padded
+    assert np.all(np.diff(lay["tmask"], axis=1) <= 0)
+
+
+def test_stream_batches_continue_each_stream_and_shift_per_epoch(tmp_path):
+    config = _stream_config(_write_text(tmp_path / "t.txt"))
+    task = char_lm.make_task(config)
+    seq = config.data.seq_length
+    batches = list(task.train_batches(0, 0))
+    assert len(batches) == task.steps_per_epoch
+    # the target of the last position is the next batch's first input, row by row
+    for a, b in zip(batches, batches[1:], strict=False):
+        np.testing.assert_array_equal(a["targets"][:, -1], b["inputs"][:, 0])
+        np.testing.assert_array_equal(a["inputs"][:, 1:], a["targets"][:, :-1])
+        assert a["inputs"].shape == (config.train.batch_size, seq)
+    # resuming at batch k yields exactly the batches an uninterrupted epoch would
+    resumed = list(task.train_batches(0, 3))
+    np.testing.assert_array_equal(resumed[0]["inputs"], batches[3]["inputs"])
+    # the truncation points move from epoch to epoch (offset in [0, seq))
+    offsets = {int(np.random.default_rng([config.seed, e, 11]).integers(seq)) for e in range(6)}
+    assert len(offsets) > 1
+
+
+def test_vocabulary_is_the_sorted_character_set(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("Bca AB\n" * 40, encoding="utf-8")
+    config = _window_config(path)
+    task = char_lm.make_task(config)
+    assert config.model.vocab_size == 5  # lowercased: "\n", " ", "a", "b", "c"
+    assert task.data_info["vocab_size"] == 5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Train -> checkpoint -> generate.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_checkpoint_vocab_and_samples(stream_run):
+    config, workdir, results = stream_run
+    for name in ("config.json", "vocab.json", "primes.json", "results.json", "training_curves.png"):
+        assert (workdir / name).exists(), name
+    val = results["metrics"]["final"]["validation"]
+    assert val["bits_per_char"] == pytest.approx(val["loss"] / np.log(2))
+    first = results["history"][0]["validation"]["loss"]
+    assert val["loss"] < first  # it learned something
+    assert val["loss"] < np.log(config.model.vocab_size)  # better than uniform
+    samples = results["samples"]
+    assert len(samples["texts"]) == config.generate.num_samples
+    assert all(len(t) == config.generate.length for t in samples["texts"])
+
+
+def test_rerunning_a_finished_run_changes_nothing(stream_run):
+    config, workdir, results = stream_run
+    ckpt = workdir / "checkpoints"
+    before = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
+    results_mtime = (workdir / "results.json").stat().st_mtime_ns
+    again = char_lm.train(_stream_config(Path(config.data.path)), str(workdir))
+    assert again["steps"] == results["steps"]
+    assert again["metrics"] == results["metrics"]
+    after = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
+    assert after == before
+    assert (workdir / "results.json").stat().st_mtime_ns == results_mtime
+
+
+def test_generate_from_workdir_alone_is_deterministic_when_greedy(stream_run):
+    _, workdir, _ = stream_run
+    a = char_lm.generate_samples(None, str(workdir), prime="to be ", length=30, temperature=0.0)
+    b = char_lm.generate_samples(None, str(workdir), prime="to be ", length=30, temperature=0.0)
+    assert a["texts"] == b["texts"]
+    assert len(a["texts"][0]) == 30
+    assert set(a["texts"][0]) <= set("".join(WORDS) + " \n")
+
+
+def test_sampling_respects_top_k(stream_run):
+    config, workdir, _ = stream_run
+
+    vocab = Vocabulary.load(workdir / "vocab.json")
+    saved = config_utils.load_config(str(workdir))
+    model, _ = restore_model(saved, str(workdir), char_lm.build_model)
+    prime = "whether tis n"
+    logits, _ = model(jnp.asarray([vocab.encode(prime)], jnp.int32))
+    top2 = set(np.argsort(np.asarray(logits[0, -1]))[-2:].tolist())
+    outs = char_lm.generate_text(
+        model, vocab, saved, prime, 1, temperature=2.0, top_k=2, num_samples=64, seed=3
+    )
+    chosen = {vocab.token_to_id[t[0]] for t in outs}
+    assert chosen <= top2
+    # top_k=1 sampling is greedy
+    greedy = char_lm.generate_text(model, vocab, saved, prime, 20, temperature=0.0)
+    top1 = char_lm.generate_text(model, vocab, saved, prime, 20, temperature=1.5, top_k=1, seed=9)
+    assert greedy == top1
+    assert config.data.layout == "streams"
+
+
+def test_unknown_priming_characters_are_named(stream_run):
+    _, workdir, _ = stream_run
+    with pytest.raises(UserError, match=r"unknown characters 'Z', '#'"):
+        char_lm.generate_samples(None, str(workdir), prime="to Z#", length=5)
+
+
+def test_window_layout_trains_and_generates_greedily(tmp_path):
+    config = _window_config(_write_text(tmp_path / "t.txt", lines=60))
+    workdir = tmp_path / "run"
+    results = char_lm.train(config, str(workdir))
+    assert results["data"]["layout"] == "windows"
+    assert "validation" in results["metrics"]["final"]
+    # default prime: a saved random training window of seq_length characters
+    primes = load_artefact(str(workdir), char_lm.PRIMES_FILE)["primes"]
+    assert all(len(p) == config.data.seq_length for p in primes)
+    a = char_lm.generate_samples(None, str(workdir))
+    b = char_lm.generate_samples(None, str(workdir))
+    assert a == b
+    assert a["prime"] in primes and len(a["texts"][0]) == 50
+    # a short prime is pre-padded with spaces to the window
+    short = char_lm.generate_samples(None, str(workdir), prime="to", length=5)
+    assert len(short["texts"][0]) == 5
+
+
+def test_window_model_is_the_tutorials_architecture(tmp_path):
+    config = macbeth_config.get_config()
+    config.model.vocab_size = 60
+    model = char_lm.build_model(config, nnx.Rngs(0))
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    # Keras: LSTM(300) on 1 feature: 4*300*(1+300+1); LSTM(300): 4*300*(300+300+1); Dense(60): 300*60+60
+    assert n_params == 4 * 300 * 302 + 4 * 300 * 601 + 300 * 60 + 60
+    logits, _ = model(jnp.zeros((2, 50), jnp.int32))
+    assert logits.shape == (2, 60)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"   \n", b"abc\x00def\n"])
+def test_empty_or_binary_text_is_a_user_error(tmp_path, content):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=str(path)):
+        char_lm.make_task(_stream_config(path))
+
+
+def test_too_short_text_is_a_user_error(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("abc", encoding="utf-8")
+    with pytest.raises(UserError, match="too few|too short"):
+        char_lm.make_task(_stream_config(path))
+
+
+def test_quick_config_without_data_names_both_fixes(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
+    with pytest.raises(UserError) as err:
+        char_lm.make_task(quick_config.get_config())
+    msg = str(err.value)
+    assert "--config.data.path" in msg and "LSTM_JAX_DATA" in msg and "TFDS" in msg
+    assert "\n" not in msg
+
+
+def test_bad_layout_is_a_user_error(tmp_path):
+    config = _stream_config(_write_text(tmp_path / "t.txt"))
+    config.data.layout = "bogus"
+    with pytest.raises(UserError, match="config.data.layout"):
+        char_lm.make_task(config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real entry point, in a subprocess.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != data.DATA_ENV}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.char_textgen.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_path):
+    _, workdir, _ = stream_run
+    ok = _cli(
+        f"--workdir={workdir}", "--mode=generate", "--prime=the ", "--length=12", "--temperature=0"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "--- sample 1" in ok.stdout and "the " in ok.stdout
+
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\x00\x01\x02")
+    bad = _cli(
+        "--config=experiments/char_textgen/configs/test.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.path={binary}",
+    )
+    assert bad.returncode == 2
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "binary file" in lines[0]
+    assert "Traceback" not in bad.stderr
+
+    unknown = _cli(f"--workdir={workdir}", "--mode=generate", "--prime=Q", "--length=3")
+    assert unknown.returncode == 2 and "unknown characters 'Q'" in unknown.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real data (skipped without LSTM_JAX_DATA).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _real(relative: str) -> Path:
+    root = os.environ.get(data.DATA_ENV)
+    if not root or not (Path(root) / relative).exists():
+        pytest.skip(f"needs $LSTM_JAX_DATA/{relative}")
+    return Path(root) / relative
+
+
+def test_real_macbeth_windows():
+    _real(char_lm.DATASETS["macbeth"])
+    config = macbeth_config.get_config()
+    task = char_lm.make_task(config)
+    info = task.data_info
+    assert info["train_chars"] + info["validation_chars"] == 100_351
+    assert info["train_windows"] == info["train_chars"] - 50
+    assert task.steps_per_epoch == info["train_windows"] // 40
+    assert config.model.vocab_size == len(
+        set(Path(info["source"]).read_text(encoding="utf-8").lower())
+    )
+
+
+def test_real_tiny_shakespeare_split():
+    _real(char_lm.DATASETS["tiny_shakespeare"])
+    config = quick_config.get_config()
+    task = char_lm.make_task(config)
+    assert config.model.vocab_size == 65
+    assert task.data_info["train_chars"] == int(1_115_394 * 0.9)
