@@ -1,0 +1,56 @@
+"""Gate inspection and the readable-feature analysis."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lstm_jax.introspect import (
+    cell_feature_correlations,
+    language_model_gates,
+    plot_gate_heatmaps,
+    text_features,
+    top_cells,
+)
+from lstm_jax.models import LanguageModel
+
+
+def test_text_features_by_hand():
+    text = '  Banq. Good (a\nb) "q"x'
+    f = text_features(text)
+    assert list(f["position_in_line"][:4]) == [0, 1, 2, 3]
+    nl = text.index("\n")
+    assert f["position_in_line"][nl + 1] == 0 and f["line_start"][nl + 1] == 1
+    assert f["speaker_name"][2:7].tolist() == [1, 1, 1, 1, 1] and f["speaker_name"][8] == 0
+    open_, close = text.index("("), text.index(")")
+    assert f["inside_parentheses"][open_ : close + 1].all()
+    assert f["inside_parentheses"][close + 1] == 0 and f["inside_parentheses"][open_ - 1] == 0
+    q = text.index('"')
+    assert f["inside_quotes"][q : q + 3].tolist() == [1, 1, 1] and f["inside_quotes"][-1] == 0
+    assert f["whitespace"][0] == 1 and f["whitespace"][2] == 0
+
+
+def test_correlations_find_the_planted_cell():
+    rng = np.random.default_rng(0)
+    feat = rng.integers(0, 2, 500).astype(float)
+    states = rng.normal(size=(500, 8))
+    states[:, 5] = feat * 2 + 0.1 * rng.normal(size=500)
+    states[:, 2] = 1.0  # a constant cell gets correlation 0, not NaN
+    corr = cell_feature_correlations(states, {"f": feat})
+    assert corr["f"][2] == 0.0
+    best = top_cells(corr, k=2)["f"]
+    assert best[0][0] == 5 and best[0][1] > 0.99
+
+
+def test_language_model_gates_and_heatmap(tmp_path):
+    m = LanguageModel(10, (6, 4), rngs=nnx.Rngs(0), embed_dim=3, predict="all")
+    ids = jnp.arange(12)[None, :] % 10
+    gates = language_model_gates(m, ids)
+    assert len(gates) == 2 and gates[0].i.shape == (1, 12, 6) and gates[1].c.shape == (1, 12, 4)
+    # The last layer's h = o * tanh(c) is the model's LSTM output.
+    outs, _ = m.lstm(m.embed(ids))
+    np.testing.assert_allclose(gates[1].o * np.tanh(gates[1].c), outs, atol=1e-6)
+    path = tmp_path / "gates.png"
+    plot_gate_heatmaps("abcdefghij\nk", gates[0], [0, 3], str(path))
+    assert path.stat().st_size > 1000
