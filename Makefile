@@ -9,7 +9,7 @@ WORKDIR ?= runs/char_quick
 # Real data: ../shared/data when it is there (override with LSTM_JAX_DATA=/path/to/data).
 export LSTM_JAX_DATA ?= $(wildcard $(abspath ../shared/data))
 
-.PHONY: run test lint format bench venv clean
+.PHONY: run test lint format bench strip-notebooks venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ run: $(STAMP)
 ## The whole test suite (fast; real-data tests run when LSTM_JAX_DATA points at the data).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+## Training-step speed against Flax, Keras 3 (JAX, TensorFlow) and PyTorch (installs the `bench` extra).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m benchmarks.run
+
+## Remove outputs and execution counts from the notebooks before committing them.
+strip-notebooks: $(STAMP)
+	$(PY) -c "import glob, nbformat; [nbformat.write(nb, p) for p in glob.glob('notebooks/*.ipynb') for nb in [nbformat.read(p, as_version=4)] if [c.update(outputs=[], execution_count=None) for c in nb.cells if c.cell_type == 'code'] or True]"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
