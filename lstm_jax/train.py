@@ -558,6 +558,11 @@ def restore_model(
 
     if which not in ("best", "latest"):
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise UserError(
+            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with"
+            f" --workdir={workdir}"
+        )
     graphdef, params, others = _split_model(build_model, config)
     store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
     try:

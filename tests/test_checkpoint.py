@@ -69,6 +69,9 @@ def test_keeps_the_last_n_and_the_best(tmp_path):
     store.close()
 
 
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)  # tensorstore teardown
 @pytest.mark.parametrize("what", ["every file", "array data only"])
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, what):
     store = CheckpointStore(str(tmp_path), keep=3)
@@ -138,3 +141,4 @@ def test_artefact_errors(tmp_path):
         load_artefact(str(tmp_path), "vocab.json")
     with pytest.raises(UserError, match="no checkpoint"):
         restore_model(ef.base_config(), str(tmp_path), ef.build_model)
+    assert not (tmp_path / "checkpoints").exists()  # a wrong --workdir is not littered

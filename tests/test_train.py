@@ -198,10 +198,12 @@ def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
 
 def test_changing_the_model_in_an_existing_workdir_is_a_user_error(tmp_path):
     config = ef.base_config(num_epochs=1)
-    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config_utils.save_config(config, str(tmp_path))  # as a previous run left it
+    before = (tmp_path / "config.json").read_text()
     config.model.hidden = 32
-    with pytest.raises(UserError, match="config.model.hidden differs"):
+    with pytest.raises(UserError, match="config.model.hidden differs from the run saved"):
         train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert (tmp_path / "config.json").read_text() == before  # the saved config is left alone
 
 
 def test_more_epochs_continue_a_finished_run(tmp_path):
