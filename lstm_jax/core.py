@@ -218,26 +218,55 @@ def _recurrence_scan(
     return ys, (h, c), None
 
 
+def _tanh_gate_consts(hsz: int, dtype: Any) -> tuple[Array, Array]:
+    """Per-column `(scale, offset)` `[4H]` so that `scale * tanh(scale * z) + offset` activates all gates.
+
+    `sigmoid(x) = 0.5 * tanh(0.5 * x) + 0.5`, so the i, f and o columns use scale 0.5 and offset 0.5 and the
+    candidate column scale 1 and offset 0: one transcendental per element and one elementwise kernel for
+    all four gates (XLA:CPU otherwise emits one kernel per gate).
+    """
+    half = np.full(hsz, 0.5, np.float32)
+    one = np.ones(hsz, np.float32)
+    scale = np.concatenate([half, half, one, half])
+    offset = np.concatenate([half, half, 0 * one, half])
+    return jnp.asarray(scale, dtype), jnp.asarray(offset, dtype)
+
+
 def _fused_forward(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
-    """Forward scan; returns outputs, final state and what the backward pass needs."""
+    """Forward scan over `zx [T, B, 4H]`.
+
+    Saves one packed `[T, B, 6H]` buffer `(h_prev, c_prev, activated gates)` (or `[T, B, 2H]` with remat),
+    one write per step; the outputs are rebuilt from it after the loop instead of a second per-step write.
+    Returns `(outs [T, B, H], (h_T, c_T), saved)`.
+    """
+    hsz = rk.shape[0]
+    scale, offset = _tanh_gate_consts(hsz, zx.dtype)
 
     def step(carry, inputs):
         h_prev, c_prev = carry
         zx_t, m_t = inputs
         hr = h_prev if rmask is None else h_prev * rmask
-        z = zx_t + hr @ rk
-        h_new, c_new, gates = _cell_from_z(z, c_prev)
+        acts = scale * jnp.tanh(scale * (zx_t + hr @ rk)) + offset
+        i, f, g, o = jnp.split(acts, 4, axis=-1)
+        c_new = f * c_prev + i * g
+        h_new = o * jnp.tanh(c_new)
         if m_t is None:
-            h, c, out = h_new, c_new, h_new
+            h, c = h_new, c_new
         else:
             m = m_t[:, None]
             h = jnp.where(m, h_new, h_prev)
             c = jnp.where(m, c_new, c_prev)
-            out = jnp.where(m, h_new, jnp.zeros_like(h_new))
-        saved = (h_prev, c_prev) if remat else (h_prev, c_prev, jnp.concatenate(gates, -1))
-        return (h, c), (out, saved)
+        parts = (h_prev, c_prev) if remat else (h_prev, c_prev, acts)
+        return (h, c), jnp.concatenate(parts, axis=-1)
 
-    (h, c), (outs, saved) = jax.lax.scan(step, (h0, c0), (zx, mask), reverse=reverse, unroll=unroll)
+    (h, c), saved = jax.lax.scan(step, (h0, c0), (zx, mask), reverse=reverse, unroll=unroll)
+    # The carried h after step t is the h_prev saved at the next step in scan order (or the final h).
+    h_prev_all = saved[..., :hsz]
+    if reverse:
+        after = jnp.concatenate([h[None], h_prev_all[:-1]], axis=0)
+    else:
+        after = jnp.concatenate([h_prev_all[1:], h[None]], axis=0)
+    outs = after if mask is None else jnp.where(mask[..., None], after, jnp.zeros_like(after))
     return outs, (h, c), saved
 
 
@@ -255,17 +284,21 @@ def _recurrence_fused_fwd(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
 def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
     rk, zx, mask, rmask, saved = res
     d_outs, (dh_final, dc_final) = cotangents
+    hsz = rk.shape[0]
     rk_t = rk.T
+    scale, offset = _tanh_gate_consts(hsz, zx.dtype)
 
     def step(carry, inputs):
         dh, dc = carry
         if remat:
-            (h_prev, c_prev), zx_t, m_t, dout = inputs
+            sv, zx_t, m_t, dout = inputs
+            h_prev, c_prev = sv[:, :hsz], sv[:, hsz:]
             hr = h_prev if rmask is None else h_prev * rmask
-            i, f, g, o = _gates(zx_t + hr @ rk)
+            acts = scale * jnp.tanh(scale * (zx_t + hr @ rk)) + offset
         else:
-            (h_prev, c_prev, acts), m_t, dout = inputs
-            i, f, g, o = jnp.split(acts, 4, axis=-1)
+            sv, m_t, dout = inputs
+            c_prev, acts = sv[:, hsz : 2 * hsz], sv[:, 2 * hsz :]
+        i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c_prev + i * g
         tc = jnp.tanh(c_new)
         if m_t is None:
@@ -291,9 +324,9 @@ def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
     (dh0, dc0), dz = jax.lax.scan(
         step, (dh_final, dc_final), xs, reverse=not reverse, unroll=unroll
     )
-    h_prev_all = saved[0]
+    h_prev_all = saved[..., :hsz]
     hr_all = h_prev_all if rmask is None else h_prev_all * rmask
-    t, b, hsz = hr_all.shape
+    t, b, _ = hr_all.shape
     # The recurrent weight gradient as one matmul over all timesteps.
     d_rk = hr_all.reshape(t * b, hsz).T @ dz.reshape(t * b, 4 * hsz)
     if rmask is None:
@@ -386,11 +419,14 @@ def lstm_layer(
     if impl == "per_step":
         return _per_step_layer(params, xs, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll)
 
-    # The hoisted input projection: one [B*T, F] @ [F, 4H] matmul, emitted time-major.
+    # The hoisted input projection: one [T*B, F] @ [F, 4H] matmul. The inputs are made time-major first
+    # (F is usually smaller than 4H, and between stacked layers the transposes cancel), so the product
+    # comes out time-major in row-major layout with no transpose of the [T, B, 4H] result.
+    xs_tm = jnp.swapaxes(xs, 0, 1)
     if compute_dtype is not None:
-        zx = _low_precision_dot(xs, kernel, compute_dtype, "btf,fg->tbg").astype(state_dtype)
+        zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
     else:
-        zx = jnp.einsum("btf,fg->tbg", xs.astype(state_dtype), kernel)
+        zx = jnp.einsum("tbf,fg->tbg", xs_tm.astype(state_dtype), kernel)
     zx = zx + bias
 
     gates = None
