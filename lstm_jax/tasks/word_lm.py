@@ -1,0 +1,505 @@
+"""Word-level language model over a CSV text column (the fashion-description tutorial).
+
+Tokenisation is Keras' `Tokenizer` (`lstm_jax.text.Vocabulary()`, fitted on every description, as the
+tutorial). Descriptions with fewer than two words give no examples and are skipped. The descriptions are split
+80/20 into training and validation by `train_test_split` with a fixed seed, by description, so no prefix of a
+validation description is trained on.
+
+Two equivalent training forms, chosen by ``config.data.form``:
+
+* ``"prefixes"`` (the tutorial): every description ``w_1..w_n`` gives the examples
+  ``(w_1..w_{i-1}) -> w_i`` for ``i = 2..n``, pre-padded with 0 to the longest description minus one;
+  ``LanguageModel(predict="last")``. ``config.model.mask_padding=False`` is the tutorial (its Embedding has no
+  ``mask_zero``, so the padding is fed through the LSTM); True masks it.
+* ``"lines"``: each description once, inputs ``w_1..w_{n-1}`` and targets ``w_2..w_n`` (post-padded, padding
+  weighted 0), a prediction at every position (``predict="all"``). Because the LSTM is causal, the
+  prediction at position ``i`` sees exactly the prefix ``w_1..w_i``, so the mean loss over lines equals the
+  mean loss over all prefixes of a prefix model that masks its padding (same weights; tested in
+  ``tests/test_word_textgen.py``). It does ~n times less work per epoch. Batches are built from lines of
+  similar length and padded to a few fixed bucket lengths, so only a handful of shapes compile.
+
+Note the two forms give the same loss function but not the same optimisation: an epoch of the lines form
+takes ``lines / batch`` steps, the prefix form ``prefixes / batch``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lstm_jax import config_utils, data, generate, losses
+from lstm_jax.errors import UserError
+from lstm_jax.models import LanguageModel
+from lstm_jax.text import Vocabulary
+from lstm_jax.train import Task, epoch_permutation, restore_model, train_and_evaluate
+
+__all__ = [
+    "DEFAULT_PATH",
+    "VOCAB_FILE",
+    "FORMS",
+    "load_lines",
+    "split_lines",
+    "prefix_examples",
+    "bucket_length",
+    "line_batch",
+    "build_model",
+    "prefix_loss",
+    "line_loss",
+    "make_task",
+    "generate_words",
+    "train",
+    "generate_samples",
+]
+
+DEFAULT_PATH = "fashion/myntra_products_catalog.csv"  # under $LSTM_JAX_DATA
+VOCAB_FILE = "vocab.json"
+FORMS = ("prefixes", "lines")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_lines(
+    config: ml_collections.ConfigDict,
+) -> tuple[list[list[int]], Vocabulary, dict[str, Any]]:
+    """Reads `config.data.text_column` of the CSV, fits the vocabulary on all texts and encodes them.
+
+    Returns `(token id lists of the texts with >= 2 words, vocabulary, info)`.
+    """
+    path = data.resolve_path(config.data.path or None, DEFAULT_PATH, what="text CSV")
+    texts, info = data.load_csv_texts(path, config.data.text_column)
+    vocab = Vocabulary.from_texts(texts)
+    seqs = [s for s in vocab.encode_batch(texts) if len(s) >= 2]
+    if not seqs:
+        raise UserError(
+            f"{path}: no text in column {config.data.text_column!r} has two or more words; use a"
+            " CSV whose text column holds sentences"
+        )
+    info = {
+        **info,
+        "vocab_size": vocab.size,
+        "lines": len(seqs),
+        "skipped_short": len(texts) - len(seqs),
+    }
+    return seqs, vocab, info
+
+
+def split_lines(
+    seqs: Sequence[list[int]], validation_fraction: float, seed: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """`(train, validation)` lines: sklearn's `train_test_split(test_size=fraction, random_state=seed)`."""
+    if validation_fraction <= 0:
+        return list(seqs), []
+    if len(seqs) < 2:
+        raise UserError(
+            f"only {len(seqs)} usable line(s), too few for a validation split; use more text or"
+            " --config.data.validation_fraction=0"
+        )
+    train_idx, val_idx = data.train_test_split(len(seqs), float(validation_fraction), int(seed))
+    return [seqs[i] for i in train_idx], [seqs[i] for i in val_idx]
+
+
+def prefix_examples(seqs: Sequence[Sequence[int]], max_len: int) -> dict[str, np.ndarray]:
+    """The tutorial's n-gram prefixes: `inputs [examples, max_len - 1]` pre-padded with 0, `targets`.
+
+    For each line `w_1..w_n` and `i = 2..n`: inputs `w_1..w_{i-1}` (right-aligned), target `w_i`.
+    """
+    n = sum(len(s) - 1 for s in seqs)
+    inputs = np.zeros((n, max_len - 1), np.int32)
+    targets = np.zeros((n,), np.int32)
+    row = 0
+    for s in seqs:
+        for i in range(1, len(s)):
+            inputs[row, max_len - 1 - i :] = s[:i]
+            targets[row] = s[i]
+            row += 1
+    return {"inputs": inputs, "targets": targets}
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket `>= length` (buckets ascending); the last bucket must hold every line."""
+    for b in buckets:
+        if b >= length:
+            return int(b)
+    raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+def line_batch(seqs: Sequence[Sequence[int]], rows: int, length: int) -> dict[str, np.ndarray]:
+    """Lines -> `inputs`, `targets`, `tmask` `[rows, length]` (post-padded) and `weight [rows]`.
+
+    Rows beyond `len(seqs)` are padding (weight 0).
+    """
+    inputs = np.zeros((rows, length), np.int32)
+    targets = np.zeros((rows, length), np.int32)
+    tmask = np.zeros((rows, length), np.float32)
+    weight = np.zeros((rows,), np.float32)
+    for r, s in enumerate(seqs):
+        k = len(s) - 1
+        inputs[r, :k] = s[:-1]
+        targets[r, :k] = s[1:]
+        tmask[r, :k] = 1.0
+        weight[r] = 1.0
+    return {"inputs": inputs, "targets": targets, "tmask": tmask, "weight": weight}
+
+
+def _buckets(max_inputs: int, configured: Sequence[int]) -> tuple[int, ...]:
+    bs = sorted({int(b) for b in configured if 0 < int(b) < max_inputs})
+    return (*bs, max_inputs)
+
+
+def _line_epoch(
+    seqs: Sequence[list[int]], bs: int, seed: int, epoch: int, buckets: Sequence[int]
+) -> list[np.ndarray]:
+    """The batches (index arrays) of one epoch: shuffled lines, grouped by length within chunks of 32
+    batches, batch order shuffled; a function of (seed, epoch) only, so resuming is exact."""
+    order = epoch_permutation(seed, epoch, len(seqs))[: len(seqs) // bs * bs]
+    lengths = np.asarray([len(s) for s in seqs])
+    batches = []
+    chunk = 32 * bs
+    for lo in range(0, len(order), chunk):
+        part = order[lo : lo + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + bs] for i in range(0, len(part), bs))
+    perm = np.random.default_rng([seed, epoch, 5]).permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model and losses.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageModel:
+    """Embedding -> LSTMs -> dense layers -> vocabulary logits, from `config.model`."""
+    m = config.model
+    if int(m.vocab_size) < 1:
+        raise UserError(
+            "config.model.vocab_size is not set; it is filled from the data in training, so pass the"
+            " --workdir of a trained run"
+        )
+    return LanguageModel(
+        int(m.vocab_size),
+        tuple(int(h) for h in m.hidden_sizes),
+        rngs=rngs,
+        input_mode="embed",
+        embed_dim=int(m.embed_dim),
+        dropout=float(m.dropout),
+        dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
+        predict="last" if config.data.form == "prefixes" else "all",
+        unroll=int(m.unroll),
+        impl=m.impl,
+    )
+
+
+def prefix_loss(
+    model: LanguageModel,
+    batch: Mapping[str, jax.Array],
+    *,
+    key: jax.Array,
+    train: bool,
+    carry: Any,
+    mask_padding: bool = False,
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], None]]:
+    """Next-word cross-entropy of pre-padded prefixes: `inputs [batch, T]`, `targets [batch]`, `weight`."""
+    mask = (batch["inputs"] != 0) if mask_padding else None
+    logits, _ = model(batch["inputs"], mask=mask, deterministic=not train, key=key)
+    sums = losses.softmax_metric_sums(logits, batch["targets"], batch["weight"])
+    return sums["loss"] / jnp.maximum(sums["count"], 1e-9), (sums, None)
+
+
+def line_loss(
+    model: LanguageModel, batch: Mapping[str, jax.Array], *, key: jax.Array, train: bool, carry: Any
+) -> tuple[jax.Array, tuple[dict[str, jax.Array], None]]:
+    """Masked per-position cross-entropy of whole lines: `inputs`, `targets`, `tmask [batch, T]`, `weight`.
+
+    The mean is over real target words (sum of `weight * tmask`), i.e. the mean over all prefixes.
+    """
+    logits, _ = model(batch["inputs"], deterministic=not train, key=key)
+    w = batch["weight"][:, None] * batch["tmask"]
+    sums = losses.softmax_metric_sums(logits, batch["targets"], w)
+    return sums["loss"] / jnp.maximum(sums["count"], 1e-9), (sums, None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The task.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def make_task(config: ml_collections.ConfigDict) -> Task:
+    """Loads and splits the texts, fills `config.model.vocab_size` / `data.max_len`, returns the `Task`."""
+    form = config.data.form
+    if form not in FORMS:
+        raise UserError(f"config.data.form={form!r} is unknown; use one of {', '.join(FORMS)}")
+    seqs, vocab, info = load_lines(config)
+    seed = int(config.seed)
+    train_lines, val_lines = split_lines(seqs, float(config.data.validation_fraction), seed)
+    max_len = max(len(s) for s in seqs)  # the tutorial's max_sequence_len (longest description)
+    config.model.vocab_size = vocab.size
+    config.data.max_len = max_len
+    bs = int(config.train.batch_size)
+    eval_bs = int(config.train.eval_batch_size) or bs
+    info = {
+        **info,
+        "form": form,
+        "max_len": max_len,
+        "train_lines": len(train_lines),
+        "validation_lines": len(val_lines),
+        "train_targets": sum(len(s) - 1 for s in train_lines),
+        "validation_targets": sum(len(s) - 1 for s in val_lines),
+    }
+    artefacts = {VOCAB_FILE: vocab.to_json()}
+    extra = lambda model, results: _sample_results(model, vocab, config)  # noqa: E731
+
+    if form == "prefixes":
+        # Examples are materialised per batch from (line, prefix length) pairs: the full [examples, max_len]
+        # array of a real corpus would not fit in memory.
+        pairs = np.asarray([(n, i) for n, s in enumerate(train_lines) for i in range(1, len(s))])
+
+        def train_batches(epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+            order = epoch_permutation(seed, epoch, len(pairs))
+            for b in range(start, len(pairs) // bs):
+                sel = pairs[order[b * bs : (b + 1) * bs]]
+                yield _prefix_batch(train_lines, sel, max_len)
+
+        def val_batches() -> Iterator[dict[str, np.ndarray]]:
+            vp = np.asarray([(n, i) for n, s in enumerate(val_lines) for i in range(1, len(s))])
+            for lo in range(0, len(vp), eval_bs):
+                sel = vp[lo : lo + eval_bs]
+                out = _prefix_batch(val_lines, sel, max_len)
+                real = len(sel)
+                out = {
+                    k: np.concatenate([v, np.zeros((eval_bs - real, *v.shape[1:]), v.dtype)])
+                    for k, v in out.items()
+                }
+                out["weight"] = (np.arange(eval_bs) < real).astype(np.float32)
+                yield out
+
+        mask_padding = bool(config.model.mask_padding)
+
+        def loss_fn(model, batch, *, key, train, carry):
+            return prefix_loss(
+                model, batch, key=key, train=train, carry=carry, mask_padding=mask_padding
+            )
+
+        steps = len(pairs) // bs
+        info["train_examples"] = len(pairs)
+    else:
+        buckets = _buckets(max_len - 1, config.data.buckets)
+        info["buckets"] = list(buckets)
+
+        def train_batches(epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+            batches = _line_epoch(train_lines, bs, seed, epoch, buckets)
+            for idx in batches[start:]:
+                lines = [train_lines[i] for i in idx]
+                length = bucket_length(max(len(s) for s in lines) - 1, buckets)
+                yield line_batch(lines, bs, length)
+
+        def val_batches() -> Iterator[dict[str, np.ndarray]]:
+            order = sorted(range(len(val_lines)), key=lambda i: len(val_lines[i]))
+            for lo in range(0, len(order), eval_bs):
+                lines = [val_lines[i] for i in order[lo : lo + eval_bs]]
+                length = bucket_length(max(len(s) for s in lines) - 1, buckets)
+                yield line_batch(lines, eval_bs, length)
+
+        loss_fn = line_loss
+        steps = len(train_lines) // bs
+        info["train_examples"] = len(train_lines)
+
+    if steps < 1:
+        raise UserError(
+            f"the training split gives {info['train_examples']} examples, fewer than one batch of"
+            f" {bs}; use a smaller --config.train.batch_size or more text"
+        )
+    return Task(
+        build_model=build_model,
+        loss_fn=loss_fn,
+        train_batches=train_batches,
+        steps_per_epoch=steps,
+        eval_batches={"validation": val_batches} if val_lines else {},
+        periodic_eval=("validation",) if val_lines else (),
+        artefacts=artefacts,
+        data_info=info,
+        extra_results=extra,
+    )
+
+
+def _prefix_batch(
+    lines: Sequence[Sequence[int]], sel: np.ndarray, max_len: int
+) -> dict[str, np.ndarray]:
+    inputs = np.zeros((len(sel), max_len - 1), np.int32)
+    targets = np.zeros((len(sel),), np.int32)
+    for r, (n, i) in enumerate(sel):
+        s = lines[n]
+        inputs[r, max_len - 1 - i :] = s[:i]
+        targets[r] = s[i]
+    return {"inputs": inputs, "targets": targets}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def generate_words(
+    model: LanguageModel,
+    vocab: Vocabulary,
+    config: ml_collections.ConfigDict,
+    seed_text: str,
+    num_words: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+) -> tuple[str, list[str]]:
+    """`num_words` words after `seed_text`, greedy (`temperature == 0`) or sampled, in one compiled loop.
+
+    Seed words outside the vocabulary are dropped, as Keras' `texts_to_sequences` does (they are returned
+    so callers can report them). Generation stops early at an id that is no word (0, padding), as the
+    tutorial's loop appends nothing then. Returns `(generated text, dropped seed words)`.
+    """
+    if num_words < 1:
+        raise UserError(f"--num_words={num_words} must be >= 1")
+    if temperature < 0:
+        raise UserError(f"--temperature={temperature} must be >= 0 (0 = greedy)")
+    if top_k < 0:
+        raise UserError(f"--top_k={top_k} must be >= 0 (0 = all words)")
+    tokens = vocab.tokenize(seed_text)
+    dropped = [t for t in tokens if t not in vocab.token_to_id]
+    ids = [vocab.token_to_id[t] for t in tokens if t in vocab.token_to_id]
+    if not ids:
+        raise UserError(
+            f"the seed text {seed_text!r} has no word of the training vocabulary; use words from the"
+            " descriptions (e.g. 'women black solid')"
+        )
+    key = jax.random.key(seed)
+    if config.data.form == "prefixes":
+        width = int(config.data.max_len) - 1
+        window = np.asarray([([0] * width + ids)[-width:]], np.int32)
+        out = generate.generate_windowed(
+            model,
+            window,
+            num_words,
+            key=key,
+            temperature=temperature,
+            top_k=top_k,
+            mask_padding=bool(config.model.mask_padding),
+        )
+    else:
+        out = generate.generate_stateful(
+            model,
+            np.asarray([ids], np.int32),
+            num_words,
+            key=key,
+            temperature=temperature,
+            top_k=top_k,
+        )
+    words = []
+    for i in np.asarray(out)[0]:
+        word = vocab.id_to_token(int(i))
+        if word is None:
+            break
+        words.append(word)
+    return " ".join(words), dropped
+
+
+def _sample_results(
+    model: LanguageModel, vocab: Vocabulary, config: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    g = config.generate
+    out = []
+    for text in g.seed_texts:
+        words, _ = generate_words(
+            model,
+            vocab,
+            config,
+            text,
+            int(g.num_words),
+            temperature=float(g.temperature),
+            top_k=int(g.top_k),
+            seed=int(config.seed),
+        )
+        out.append({"seed_text": text, "generated": words})
+    return {"samples": {"temperature": float(g.temperature), "top_k": int(g.top_k), "texts": out}}
+
+
+def _print_samples(samples: Mapping[str, Any]) -> None:
+    for s in samples["texts"]:
+        print(f"{s['seed_text']} -> {s['generated']}", flush=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes; a finished run is left as it is) and prints samples for `generate.seed_texts`."""
+    results = train_and_evaluate(config, workdir, make_task(config))
+    if "samples" in results:
+        _print_samples(results["samples"])
+    return results
+
+
+def generate_samples(
+    config: ml_collections.ConfigDict | None,
+    workdir: str,
+    *,
+    seed_text: str | None = None,
+    num_words: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    interactive: bool | None = None,
+    which: str = "best",
+) -> list[dict[str, str]]:
+    """Generation from a workdir alone (saved config, vocabulary and best checkpoint).
+
+    Without `seed_text`: on a terminal, prompts for seed texts until an empty line (the tutorial's
+    interactive use); otherwise the config's `generate.seed_texts`. Prints and returns the samples.
+    """
+    if config is None or os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+        config = config_utils.load_config(workdir)
+    vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
+    g = config.generate
+    kw = {
+        "temperature": float(g.temperature if temperature is None else temperature),
+        "top_k": int(g.top_k if top_k is None else top_k),
+        "seed": int(config.seed if seed is None else seed),
+    }
+    n = int(g.num_words if num_words is None else num_words)
+    model, _ = restore_model(config, workdir, build_model, which=which)
+    interactive = sys.stdin.isatty() if interactive is None else interactive
+
+    def one(text: str) -> dict[str, str]:
+        words, dropped = generate_words(model, vocab, config, text, n, **kw)
+        if dropped:
+            print(
+                f"note: dropped seed words not in the vocabulary: {', '.join(dropped)}",
+                file=sys.stderr,
+            )
+        sample = {"seed_text": text, "generated": words}
+        print(f"{text} -> {words}", flush=True)
+        return sample
+
+    if seed_text:
+        return [one(seed_text)]
+    if not interactive:
+        return [one(t) for t in g.seed_texts]
+    out = []
+    while True:
+        try:
+            text = input("seed text (empty line to quit): ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        try:
+            out.append(one(text))
+        except UserError as e:  # keep prompting after a seed with no known word
+            print(f"error: {e}", file=sys.stderr)
+    return out

@@ -1,0 +1,328 @@
+"""Word-level text generation: prefixes, the whole-line equivalence, train -> generate, CLI, errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments.word_textgen.configs import fashion as fashion_config
+from experiments.word_textgen.configs import test as test_config
+from lstm_jax import config_utils, data
+from lstm_jax.errors import UserError
+from lstm_jax.tasks import word_lm
+from lstm_jax.text import Vocabulary
+from lstm_jax.train import restore_model
+
+REPO = Path(__file__).resolve().parents[1]
+COLORS = ["red", "blue", "black", "white", "green"]
+ITEMS = ["shirt", "dress", "kurta", "jeans", "top"]
+
+
+def _write_csv(path: Path, rows: int = 120, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ProductID", "Description"])
+        for i in range(rows):
+            desc = f"{rng.choice(COLORS)} {rng.choice(ITEMS)} has a round neck and short sleeves"
+            w.writerow([i, " ".join([desc] * int(rng.integers(1, 3)))])
+        w.writerow([rows, "single"])  # one word: no example, skipped
+    return path
+
+
+def _config(path: Path, **data_fields):
+    config = test_config.get_config()
+    config.data.path = str(path)
+    config.data.update(data_fields)
+    return config
+
+
+@pytest.fixture(scope="module")
+def lines_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("word_lines")
+    config = _config(_write_csv(root / "f.csv"))
+    workdir = root / "run"
+    results = word_lm.train(config, str(workdir))
+    return config, workdir, results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_prefix_examples_are_the_tutorials_ngrams():
+    # token_list [4, 2, 7] -> [4, 2], [4, 2, 7]; X pre-padded to max_len - 1, y = last token
+    ex = word_lm.prefix_examples([[4, 2, 7], [5, 3]], max_len=4)
+    np.testing.assert_array_equal(ex["inputs"], [[0, 0, 4], [0, 4, 2], [0, 0, 5]])
+    np.testing.assert_array_equal(ex["targets"], [2, 7, 3])
+
+
+def test_line_batch_and_buckets():
+    b = word_lm.line_batch([[4, 2, 7], [5, 3]], rows=3, length=4)
+    np.testing.assert_array_equal(b["inputs"], [[4, 2, 0, 0], [5, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(b["targets"], [[2, 7, 0, 0], [3, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(b["tmask"].sum(1), [2, 1, 0])
+    np.testing.assert_array_equal(b["weight"], [1, 1, 0])
+    assert word_lm.bucket_length(5, (4, 8, 20)) == 8
+    assert word_lm.bucket_length(4, (4, 8, 20)) == 4
+    with pytest.raises(ValueError):
+        word_lm.bucket_length(21, (4, 8, 20))
+
+
+def test_split_is_seeded_and_by_line(tmp_path):
+    config = _config(_write_csv(tmp_path / "f.csv"))
+    seqs, vocab, info = word_lm.load_lines(config)
+    assert info["skipped_short"] == 1 and vocab.size == len(vocab.tokens) + 1
+    a = word_lm.split_lines(seqs, 0.2, 0)
+    b = word_lm.split_lines(seqs, 0.2, 0)
+    assert a == b and len(a[1]) == int(np.ceil(0.2 * len(seqs)))
+    assert word_lm.split_lines(seqs, 0.2, 1) != a
+
+
+def test_line_epochs_are_resumable_and_bucketed(tmp_path):
+    config = _config(_write_csv(tmp_path / "f.csv"))
+    task = word_lm.make_task(config)
+    full = list(task.train_batches(1, 0))
+    assert len(full) == task.steps_per_epoch
+    rest = list(task.train_batches(1, 2))
+    for x, y in zip(full[2:], rest, strict=True):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    lengths = {b["inputs"].shape[1] for b in full}
+    assert lengths <= {4, 8, config.data.max_len - 1}
+    assert all(b["inputs"].shape[0] == config.train.batch_size for b in full)
+    # every validation target is scored exactly once
+    val = list(task.eval_batches["validation"]())
+    total = sum(float((b["weight"][:, None] * b["tmask"]).sum()) for b in val)
+    assert total == task.data_info["validation_targets"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The whole-line form computes the tutorial's prefix loss (same model, same weights, masked padding).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_line_loss_equals_prefix_loss_with_masked_padding(tmp_path):
+    config = _config(_write_csv(tmp_path / "f.csv", rows=30))
+    seqs, vocab, _ = word_lm.load_lines(config)
+    seqs = seqs[:12]
+    max_len = max(len(s) for s in seqs)
+    config.model.vocab_size = vocab.size
+
+    config.data.form = "lines"
+    line_model = word_lm.build_model(config, nnx.Rngs(3))
+    config.data.form = "prefixes"
+    prefix_model = word_lm.build_model(config, nnx.Rngs(3))
+    # same weights: the two forms differ only in which positions the head reads
+    la, lb = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (line_model, prefix_model))
+    assert all(np.array_equal(x, y) for x, y in zip(la, lb, strict=True))
+
+    key = jax.random.key(0)
+    batch = {k: jnp.asarray(v) for k, v in word_lm.line_batch(seqs, 16, max_len - 1).items()}
+    line_loss, (line_sums, _) = word_lm.line_loss(
+        line_model, batch, key=key, train=False, carry=None
+    )
+    ex = word_lm.prefix_examples(seqs, max_len)
+    pb = {
+        "inputs": jnp.asarray(ex["inputs"]),
+        "targets": jnp.asarray(ex["targets"]),
+        "weight": jnp.ones(len(ex["targets"])),
+    }
+    prefix_loss, (prefix_sums, _) = word_lm.prefix_loss(
+        prefix_model, pb, key=key, train=False, carry=None, mask_padding=True
+    )
+    assert float(line_sums["count"]) == float(prefix_sums["count"]) == len(ex["targets"])
+    np.testing.assert_allclose(float(line_loss), float(prefix_loss), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(line_sums["accuracy"]), float(prefix_sums["accuracy"]), atol=1e-6
+    )
+    # and the tutorial's unmasked prefixes differ (the padding goes through the LSTM)
+    unmasked, _ = word_lm.prefix_loss(
+        prefix_model, pb, key=key, train=False, carry=None, mask_padding=False
+    )
+    assert abs(float(unmasked) - float(prefix_loss)) > 1e-6
+
+
+def test_prefix_form_trains_and_generates(tmp_path):
+    config = _config(_write_csv(tmp_path / "f.csv", rows=40), form="prefixes")
+    config.train.batch_size = 32
+    config.train.num_epochs = 1
+    workdir = tmp_path / "run"
+    results = word_lm.train(config, str(workdir))
+    assert results["data"]["form"] == "prefixes"
+    assert results["data"]["train_examples"] == results["data"]["train_targets"]
+    out = word_lm.generate_samples(None, str(workdir), seed_text="red shirt", num_words=3)
+    assert len(out) == 1 and len(out[0]["generated"].split()) <= 3
+
+
+def test_fashion_model_is_the_tutorials_architecture():
+    config = fashion_config.get_config()
+    config.model.vocab_size = 1000
+    model = word_lm.build_model(config, nnx.Rngs(0))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    keras = (
+        1000 * 64  # Embedding
+        + 4 * 128 * (64 + 128 + 1)  # LSTM(128)
+        + 4 * 64 * (128 + 64 + 1)  # LSTM(64)
+        + 64 * 64
+        + 64  # Dense(64, relu)
+        + 64 * 1000
+        + 1000  # Dense(total_words, softmax)
+    )
+    assert n == keras
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Train -> checkpoint -> generate.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_curves_vocab_and_samples(lines_run):
+    config, workdir, results = lines_run
+    for name in ("config.json", "vocab.json", "results.json", "training_curves.png"):
+        assert (workdir / name).exists(), name
+    hist = [r["validation"]["loss"] for r in results["history"]]
+    assert len(hist) == config.train.num_epochs and hist[-1] < hist[0]
+    assert results["samples"]["texts"][0]["seed_text"] == "red"
+
+
+def test_rerunning_a_finished_run_changes_nothing(lines_run):
+    config, workdir, results = lines_run
+    files = [p for p in (workdir / "checkpoints").rglob("*") if p.is_file()]
+    before = {p: p.stat().st_mtime_ns for p in files}
+    again = word_lm.train(_config(Path(config.data.path)), str(workdir))
+    assert again["steps"] == results["steps"] and again["metrics"] == results["metrics"]
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+
+
+def test_greedy_generation_is_deterministic_and_learned(lines_run):
+    _, workdir, _ = lines_run
+    a = word_lm.generate_samples(None, str(workdir), seed_text="blue dress has a", num_words=5)
+    b = word_lm.generate_samples(None, str(workdir), seed_text="blue dress has a", num_words=5)
+    assert a == b
+    assert a[0]["generated"].split()[0] == "round"  # the only continuation in the corpus
+
+
+def test_sampling_respects_top_k(lines_run):
+    _, workdir, _ = lines_run
+    config = config_utils.load_config(str(workdir))
+    vocab = Vocabulary.load(workdir / "vocab.json")
+    model, _ = restore_model(config, str(workdir), word_lm.build_model)
+    seed = "white top has"
+    logits, _ = model(jnp.asarray([vocab.encode(seed)], jnp.int32))
+    top3 = {vocab.id_to_token(i) for i in np.argsort(np.asarray(logits[0, -1]))[-3:]}
+    firsts = set()
+    for s in range(12):
+        words, _ = word_lm.generate_words(
+            model, vocab, config, seed, 1, temperature=3.0, top_k=3, seed=s
+        )
+        firsts.add(words)
+    assert firsts <= top3
+
+
+def test_generation_stops_at_a_non_word(lines_run):
+    _, workdir, _ = lines_run
+    config = config_utils.load_config(str(workdir))
+    vocab = Vocabulary.load(workdir / "vocab.json")
+    model, _ = restore_model(config, str(workdir), word_lm.build_model)
+    bias = np.array(model.head.bias[...])
+    bias[0] = 1e4  # force id 0 (padding, no word) at the first step
+    model.head.bias[...] = jnp.asarray(bias)
+    words, _ = word_lm.generate_words(model, vocab, config, "red", 5)
+    assert words == ""
+
+
+def test_unknown_seed_words_are_dropped_or_rejected(lines_run, capsys):
+    _, workdir, _ = lines_run
+    out = word_lm.generate_samples(None, str(workdir), seed_text="red zebra shirt", num_words=2)
+    assert out[0]["seed_text"] == "red zebra shirt"
+    assert "zebra" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no word of the training vocabulary"):
+        word_lm.generate_samples(None, str(workdir), seed_text="zebra giraffe", num_words=2)
+
+
+def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):
+    _, workdir, _ = lines_run
+    answers = iter(["red shirt", "zebra", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    out = word_lm.generate_samples(None, str(workdir), num_words=2, interactive=True)
+    assert [s["seed_text"] for s in out] == [
+        "red shirt"
+    ]  # "zebra" reported, then the prompt goes on
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors and the CLI.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_missing_column_and_bad_form_are_user_errors(tmp_path):
+    path = _write_csv(tmp_path / "f.csv")
+    with pytest.raises(UserError, match="'Text'"):
+        word_lm.make_task(_config(path, text_column="Text"))
+    with pytest.raises(UserError, match="config.data.form"):
+        word_lm.make_task(_config(path, form="bogus"))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != data.DATA_ENV}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.word_textgen.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"Description\n\x00\x01binary\n"])
+def test_cli_empty_or_binary_csv_exits_2_with_one_line(tmp_path, content):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    res = _cli(
+        "--config=experiments/word_textgen/configs/test.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.path={path}",
+    )
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(path) in errors[0]
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cli_generate_from_workdir(lines_run):
+    _, workdir, _ = lines_run
+    res = _cli(
+        f"--workdir={workdir}", "--mode=generate", "--seed_text=green jeans", "--num_words=3"
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("green jeans -> ")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real data (skipped without LSTM_JAX_DATA).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_real_fashion_catalogue():
+    root = os.environ.get(data.DATA_ENV)
+    if not root or not (Path(root) / word_lm.DEFAULT_PATH).exists():
+        pytest.skip(f"needs $LSTM_JAX_DATA/{word_lm.DEFAULT_PATH}")
+    config = fashion_config.get_config()
+    task = word_lm.make_task(config)
+    info = task.data_info
+    assert info["rows"] == 12_491
+    assert info["train_lines"] + info["validation_lines"] == info["lines"]
+    assert config.data.max_len == max(info["buckets"]) + 1
+    assert task.steps_per_epoch == info["train_lines"] // 128
