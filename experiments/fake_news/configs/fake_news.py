@@ -21,6 +21,7 @@ def get_config():
     d.padding = "pre"  # ... with Keras' defaults: zeros in front ...
     d.truncating = "pre"  # ... and the start of long articles cut
     d.mask = False  # the tutorial's Embedding has no mask_zero: the LSTM reads the padding
+    d.bucket_quantum = 0  # no trimming: pre-padding is read by the unmasked LSTM
     d.max_train_examples = 0  # 0 = every training row
 
     m = config.model

@@ -1,0 +1,51 @@
+"""The strongest from-scratch LSTM for IMDB in about 30 minutes on a 2-core CPU.
+
+Changes from the tutorial, each measured on the validation split: a bidirectional LSTM, a larger
+vocabulary and embedding, longer sequences that keep the END of long reviews (where the verdict usually
+is), mean+max pooling over all time steps, dropout, Adam with warmup + cosine decay, gradient clipping,
+and the most accurate validation epoch kept. No pretrained embeddings, no unlabelled data.
+"""
+
+from experiments.imdb_sentiment.configs import imdb
+
+
+def get_config():
+    config = imdb.get_config()
+
+    d = config.data
+    d.validation_fraction = 0.1  # 22,500 reviews to train on, 2,500 to pick the epoch
+    d.vocab_size = 30000  # more of the long tail of sentiment words (ids: 0 pad, 1 OOV)
+    d.maxlen = 400  # covers ~85% of reviews completely (mean length ~230 tokens)
+    d.truncating = "pre"  # cut the START of long reviews: their conclusion carries the verdict
+    d.bucket_quantum = 32  # batches of similar length, trimmed to a multiple of 32 tokens (~2x faster)
+
+    m = config.model
+    m.embed_dim = 128  # richer word vectors (learnt from scratch)
+    m.hidden_sizes = (64,)  # one bidirectional layer, 64 units per direction
+    m.bidirectional = True  # both directions see every word in context
+    m.pool = "mean_max"  # mean and max over every time step, not just the last state
+    m.embed_dropout = 0.3  # dropout on word vectors: the main regulariser
+    m.dropout = 0.5  # dropout on the pooled features
+    m.recurrent_dropout = 0.0  # off: it forces a slower per-step mask and did not help here
+
+    o = config.optimizer
+    o.name = "adam"
+    o.learning_rate = 2e-3  # peak rate after warmup
+    o.schedule = "warmup_cosine"  # linear warmup then cosine decay over the run
+    o.warmup_steps = 200
+    o.min_lr_ratio = 0.05
+    o.clip_norm = 1.0  # guards the early, large LSTM gradients
+
+    t = config.train
+    t.batch_size = 64  # more updates per epoch than 100; still vectorises well
+    t.eval_batch_size = 250
+    t.num_epochs = 5  # validation accuracy peaks around epochs 3-4
+    t.monitor = "val_accuracy"  # keep the most accurate epoch
+
+    es = config.early_stopping
+    es.enabled = True  # stop once validation accuracy has not improved for 2 epochs ...
+    es.patience = 2
+    es.restore_best_weights = True  # ... and test the best epoch's weights
+
+    config.report.baseline = False  # the tutorial config already reports the TF-IDF baseline
+    return config
