@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
@@ -68,8 +69,9 @@ class CheckpointStore:
             enable_async_checkpointing=False,  # the train step donates its buffers right after a save
             create=True,
         )
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "meta")
+            self.directory, options=options, item_handlers=handlers
         )
 
     def all_steps(self) -> list[int]:
@@ -125,7 +127,19 @@ class CheckpointStore:
         moved to ``<workdir>/corrupt_checkpoints/`` (kept for inspection, out of the manager's way), and the
         previous one is tried. Returns `(step, state, meta)`, or None when there is no usable checkpoint.
         """
+        want = _shapes(abstract_state)
         for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                on_disk = self._manager.item_metadata(step)["state"]
+                have = _shapes(getattr(on_disk, "tree", on_disk))
+            except Exception:  # noqa: BLE001 (unreadable metadata: handled as corrupt below)
+                have = None
+            if have and have != want:  # readable metadata of another config (empty: damaged)
+                raise UserError(
+                    f"the checkpoint at step {step} in {self.directory} holds {len(have)} arrays that do"
+                    f" not match the {len(want)} this config builds (model, optimizer or batch size"
+                    " changed); resume with the saved <workdir>/config.json or use a new --workdir"
+                )
             try:
                 state, meta = self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 (any read/decode failure means "unusable")
@@ -156,6 +170,11 @@ class CheckpointStore:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _shapes(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+    """The sorted multiset of (shape, dtype) of a tree's arrays (order-free structure fingerprint)."""
+    return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in jax.tree.leaves(tree))
 
 
 def save_artefacts(workdir: str, artefacts: Mapping[str, Any]) -> list[str]:

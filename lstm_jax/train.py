@@ -634,8 +634,6 @@ def _check_saved_config(config: ml_collections.ConfigDict, workdir: str) -> None
             )
         if diff:
             logging.warning("config differs from the saved run in %s: %s", workdir, ", ".join(diff))
-    if jax.process_index() == 0:
-        config_utils.save_config(config, workdir)
 
 
 def _run(
@@ -643,8 +641,6 @@ def _run(
 ) -> dict[str, Any]:
     config, task, workdir = eng.config, eng.task, eng.workdir
     es_cfg = config.early_stopping
-    if eng.is_main and task.artefacts:
-        save_artefacts(workdir, task.artefacts)
 
     abstract = jax.eval_shape(eng.init_state)
     restored = store.restore_latest(_with_shardings(abstract, eng.state_shardings(abstract)))
@@ -654,6 +650,10 @@ def _run(
         step = 0
     else:
         step, state, meta = restored
+    if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
+        config_utils.save_config(config, workdir)
+        if task.artefacts:
+            save_artefacts(workdir, task.artefacts)
 
     history: list[dict[str, Any]] = list(meta.get("history", []))
     es = dict(

@@ -142,3 +142,21 @@ def test_artefact_errors(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         restore_model(ef.base_config(), str(tmp_path), ef.build_model)
     assert not (tmp_path / "checkpoints").exists()  # a wrong --workdir is not littered
+
+
+def test_an_incompatible_optimizer_on_resume_is_a_user_error_and_damages_nothing(tmp_path):
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    before = {
+        p: p.read_bytes()
+        for p in tmp_path.rglob("*")
+        if p.is_file() and "tensorboard" not in str(p) and p.name != "metrics.jsonl"
+    }
+    config.optimizer.name = "sgd"  # a different optimizer state tree
+    config.optimizer.momentum = 0.9
+    config.train.num_epochs = 2
+    with pytest.raises(UserError, match="do not match the .* this config builds"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+    after = {p: p.read_bytes() for p in before}
+    assert after == before  # checkpoints, config.json and results.json untouched
