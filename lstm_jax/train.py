@@ -14,7 +14,14 @@ hidden in module state, so a resumed run is bit-identical to an uninterrupted on
 
 Data parallelism: one `jax.sharding.Mesh` over all devices with axis ``data``. Batches (and the carry) are
 sharded along their leading axis, everything else is replicated. A batch whose size is not a multiple of the
-device count is padded with weight-0 examples (``batch["weight"]``), which the loss must honour.
+device count is padded with weight-0 examples (``batch["weight"]``), which the loss must honour. Random
+draws (dropout) are over the padded global batch, so runs on different device counts match exactly only
+when the batch size is a multiple of both counts (or without dropout).
+
+Evaluation, checkpoints and early stopping happen together: at the end of every epoch, every
+``config.train.eval_every_steps`` steps if set, and at the last step. Early stopping follows Keras'
+EarlyStopping (monitor, mode, patience, min_delta); with ``restore_best_weights`` the final evaluation
+uses the best checkpoint whenever it is not the last one (Keras restores only when it actually stops).
 
 Multi-host: call `initialize_distributed()` first (the `lstm_jax.cli` entry point does); each process then
 feeds its own slice of every global batch (its task data should be sharded by `jax.process_index()`), and
