@@ -56,11 +56,18 @@ def test_zero_division_is_zero():
     assert r["classes"]["x"]["precision"] == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("k", [2, 6])
-def test_matches_sklearn(k):
+def test_f1_when_precision_plus_recall_below_one():
+    # Class 0: tp 1, predicted 4, support 3 -> precision 1/4, recall 1/3, F1 = 2pr/(p+r) = 2/7.
+    r = reports.classification_report([0, 0, 0, 1, 1, 1], [0, 1, 1, 0, 0, 0], ["x", "y"])
+    assert r["classes"]["x"]["f1"] == pytest.approx(2 / 7)
+    assert r["classes"]["y"]["f1"] == 0.0
+
+
+@pytest.mark.parametrize("k, hit", [(2, 0.6), (6, 0.6), (6, 0.1)])
+def test_matches_sklearn(k, hit):
     rng = np.random.default_rng(k)
     y = rng.integers(0, k, 500)
-    p = np.where(rng.random(500) < 0.6, y, rng.integers(0, k, 500))
+    p = np.where(rng.random(500) < hit, y, rng.integers(0, k, 500))
     names = [f"c{i}" for i in range(k)]
     ours = reports.classification_report(y, p, names)
     theirs = skm.classification_report(
