@@ -100,7 +100,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, 
     assert moved.startswith("2-")  # kept for inspection, not deleted
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tensorstore teardown
+# tensorstore may report its event loop closing late; harmless.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_corrupt(tmp_path):
     config = ef.base_config(num_epochs=1, eval_every_steps=2)  # checkpoints at 2, 4, 5
     train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
