@@ -62,6 +62,7 @@ def test_tiny_model_overfits_a_tiny_batch(tmp_path):
 def test_resume_is_exact(tmp_path):
     config = ef.base_config(num_epochs=2)  # 5 steps per epoch, dropout on
     straight = train_and_evaluate(config, str(tmp_path / "a"), ef.classification_task(config))
+    config.train.prefetch = 2  # the interrupted run reads through the background thread
     with pytest.raises(KeyboardInterrupt):  # stops during epoch 2, after the checkpoint at step 5
         train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config, stop_at=7))
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["5"]
