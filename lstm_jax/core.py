@@ -232,72 +232,84 @@ def _tanh_gate_consts(hsz: int, dtype: Any) -> tuple[Array, Array]:
     return jnp.asarray(scale, dtype), jnp.asarray(offset, dtype)
 
 
-def _fused_forward(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
-    """Forward scan over `zx [T, B, 4H]`.
+def _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
+    """Forward scan over `zx [T, B, 4H]` (the input projection without bias; `bias [4H]` is added per step
+    inside the loop's elementwise kernel, which saves a pass over `zx`).
 
-    Saves one packed `[T, B, 6H]` buffer `(h_prev, c_prev, activated gates)` (or `[T, B, 2H]` with remat),
-    one write per step; the outputs are rebuilt from it after the loop instead of a second per-step write.
-    Returns `(outs [T, B, H], (h_T, c_T), saved)`.
+    Without remat the activated gates of step t overwrite `zx[t]` in place (the loop carries the buffer), so
+    no new `[T, B, 4H]` buffer is allocated and zero-filled; the states `(h_prev, c_prev)` are saved packed
+    as `[T, B, 2H]`, one write per step, and the outputs are rebuilt from them after the loop. Returns
+    `(outs [T, B, H], (h_T, c_T), (hc_prev [T, B, 2H], acts [T, B, 4H] or None))`.
     """
     hsz = rk.shape[0]
     scale, offset = _tanh_gate_consts(hsz, zx.dtype)
+    steps = jnp.arange(zx.shape[0])
 
-    def step(carry, inputs):
-        h_prev, c_prev = carry
-        zx_t, m_t = inputs
+    def cell(h_prev, c_prev, zx_t, m_t):
         hr = h_prev if rmask is None else h_prev * rmask
-        acts = scale * jnp.tanh(scale * (zx_t + hr @ rk)) + offset
+        acts = scale * jnp.tanh(scale * (zx_t + bias + hr @ rk)) + offset
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c_prev + i * g
         h_new = o * jnp.tanh(c_new)
-        if m_t is None:
-            h, c = h_new, c_new
-        else:
+        if m_t is not None:
             m = m_t[:, None]
-            h = jnp.where(m, h_new, h_prev)
-            c = jnp.where(m, c_new, c_prev)
-        parts = (h_prev, c_prev) if remat else (h_prev, c_prev, acts)
-        return (h, c), jnp.concatenate(parts, axis=-1)
+            h_new = jnp.where(m, h_new, h_prev)
+            c_new = jnp.where(m, c_new, c_prev)
+        return h_new, c_new, acts
 
-    (h, c), saved = jax.lax.scan(step, (h0, c0), (zx, mask), reverse=reverse, unroll=unroll)
+    if remat:
+
+        def step(carry, inputs):
+            h_prev, c_prev = carry
+            zx_t, m_t = inputs
+            h, c, _ = cell(h_prev, c_prev, zx_t, m_t)
+            return (h, c), jnp.concatenate([h_prev, c_prev], axis=-1)
+
+        (h, c), hc = jax.lax.scan(step, (h0, c0), (zx, mask), reverse=reverse, unroll=unroll)
+        acts_all = None
+    else:
+
+        def step(carry, inputs):
+            h_prev, c_prev, buf = carry
+            t, m_t = inputs
+            zx_t = jax.lax.dynamic_index_in_dim(buf, t, 0, keepdims=False)
+            h, c, acts = cell(h_prev, c_prev, zx_t, m_t)
+            buf = jax.lax.dynamic_update_index_in_dim(buf, acts, t, 0)
+            return (h, c, buf), jnp.concatenate([h_prev, c_prev], axis=-1)
+
+        (h, c, acts_all), hc = jax.lax.scan(
+            step, (h0, c0, zx), (steps, mask), reverse=reverse, unroll=unroll
+        )
     # The carried h after step t is the h_prev saved at the next step in scan order (or the final h).
-    h_prev_all = saved[..., :hsz]
+    h_prev_all = hc[..., :hsz]
     if reverse:
         after = jnp.concatenate([h[None], h_prev_all[:-1]], axis=0)
     else:
         after = jnp.concatenate([h_prev_all[1:], h[None]], axis=0)
     outs = after if mask is None else jnp.where(mask[..., None], after, jnp.zeros_like(after))
-    return outs, (h, c), saved
+    return outs, (h, c), (hc, acts_all)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def _recurrence_fused(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
-    outs, final, _ = _fused_forward(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _recurrence_fused(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
+    outs, final, _ = _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat)
     return outs, final
 
 
-def _recurrence_fused_fwd(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat):
-    outs, final, saved = _fused_forward(rk, zx, mask, h0, c0, rmask, reverse, unroll, remat)
-    return (outs, final), (rk, zx, mask, rmask, saved)
+def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
+    outs, final, saved = _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat)
+    # Without remat zx is not kept: its buffer now holds the gates (a kept zx would force a copy).
+    return (outs, final), (rk, bias, zx if remat else None, mask, rmask, saved)
 
 
 def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
-    rk, zx, mask, rmask, saved = res
+    rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, (dh_final, dc_final) = cotangents
     hsz = rk.shape[0]
     rk_t = rk.T
-    scale, offset = _tanh_gate_consts(hsz, zx.dtype)
+    scale, offset = _tanh_gate_consts(hsz, rk.dtype)
 
-    def step(carry, inputs):
-        dh, dc = carry
-        if remat:
-            sv, zx_t, m_t, dout = inputs
-            h_prev, c_prev = sv[:, :hsz], sv[:, hsz:]
-            hr = h_prev if rmask is None else h_prev * rmask
-            acts = scale * jnp.tanh(scale * (zx_t + hr @ rk)) + offset
-        else:
-            sv, m_t, dout = inputs
-            c_prev, acts = sv[:, hsz : 2 * hsz], sv[:, 2 * hsz :]
+    def grads(dh, dc, acts, c_prev, m_t, dout):
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c_prev + i * g
         tc = jnp.tanh(c_new)
@@ -318,13 +330,38 @@ def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
         dhr = dz @ rk_t
         dh_prev = (dhr if rmask is None else dhr * rmask) + dh_pass
         dc_prev = dc_new * f + dc_pass
-        return (dh_prev, dc_prev), dz
+        return dh_prev, dc_prev, dz
 
-    xs = (saved, zx, mask, d_outs) if remat else (saved, mask, d_outs)
-    (dh0, dc0), dz = jax.lax.scan(
-        step, (dh_final, dc_final), xs, reverse=not reverse, unroll=unroll
-    )
-    h_prev_all = saved[..., :hsz]
+    if remat:
+
+        def step(carry, inputs):
+            dh, dc = carry
+            hc_t, zx_t, m_t, dout = inputs
+            h_prev, c_prev = hc_t[:, :hsz], hc_t[:, hsz:]
+            hr = h_prev if rmask is None else h_prev * rmask
+            acts = scale * jnp.tanh(scale * (zx_t + bias + hr @ rk)) + offset
+            dh_prev, dc_prev, dz = grads(dh, dc, acts, c_prev, m_t, dout)
+            return (dh_prev, dc_prev), dz
+
+        (dh0, dc0), dz = jax.lax.scan(
+            step, (dh_final, dc_final), (hc, zx, mask, d_outs), reverse=not reverse, unroll=unroll
+        )
+    else:
+
+        def step(carry, inputs):
+            dh, dc = carry
+            acts, hc_t, m_t, dout = inputs
+            dh_prev, dc_prev, dz = grads(dh, dc, acts, hc_t[:, hsz:], m_t, dout)
+            return (dh_prev, dc_prev), dz
+
+        (dh0, dc0), dz = jax.lax.scan(
+            step,
+            (dh_final, dc_final),
+            (acts_all, hc, mask, d_outs),
+            reverse=not reverse,
+            unroll=unroll,
+        )
+    h_prev_all = hc[..., :hsz]
     hr_all = h_prev_all if rmask is None else h_prev_all * rmask
     t, b, _ = hr_all.shape
     # The recurrent weight gradient as one matmul over all timesteps.
@@ -334,7 +371,7 @@ def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
     else:
         d_rmask = jnp.einsum("tbg,hg,tbh->bh", dz, rk, h_prev_all)
     d_mask = None if mask is None else np.zeros(mask.shape, dtype=jax.dtypes.float0)
-    return d_rk, dz, d_mask, dh0, dc0, d_rmask
+    return d_rk, dz.sum(axis=(0, 1)), dz, d_mask, dh0, dc0, d_rmask
 
 
 _recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd)
@@ -427,14 +464,14 @@ def lstm_layer(
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
     else:
         zx = jnp.einsum("tbf,fg->tbg", xs_tm.astype(state_dtype), kernel)
-    zx = zx + bias
 
     gates = None
     if impl == "fused":
         outs, (h, c) = _recurrence_fused(
-            rk, zx, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll, remat
+            rk, bias, zx, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll, remat
         )
     else:
+        zx = zx + bias
         outs, (h, c), gates = _recurrence_scan(
             rk,
             zx,
