@@ -1,8 +1,9 @@
-"""Every notebook runs top to bottom (small size) and is stored without outputs.
+"""Every notebook runs top to bottom (small size), is stored without outputs, and says when data is missing.
 
-Notebooks read `LSTM_JAX_NOTEBOOK_SMALL=1` (set here) to shrink training to well under two minutes. A
-notebook whose data is missing stops in its first cell with a `UserError` naming `LSTM_JAX_DATA`; the test
-then skips it instead of failing.
+Notebooks read `LSTM_JAX_NOTEBOOK_SMALL=1` (set here) to shrink training to well under two minutes and put
+their runs under `LSTM_JAX_NOTEBOOK_WORKDIR` (a tmp dir here). A notebook whose data is missing stops in
+its first code cell with a `UserError` naming `LSTM_JAX_DATA`; the run test then skips it instead of
+failing (an error in any later cell still fails). Outputs are stripped with `make strip-notebooks`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,34 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+from lstm_jax import data  # noqa: E402
+from lstm_jax.errors import UserError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+EXPECTED = {"lstm_anatomy", "char_generation", "imdb_sentiment", "fake_news"}
 
 
-def test_there_are_notebooks():
-    assert NOTEBOOKS, "notebooks/ holds no .ipynb files"
+def _code_cells(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _notebook_dir_files() -> set[str]:
+    """Everything under notebooks/ (runs must go to LSTM_JAX_NOTEBOOK_WORKDIR, not next to them)."""
+    root = REPO / "notebooks"
+    return {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files}
+
+
+def test_the_four_notebooks_exist():
+    assert EXPECTED <= {p.stem for p in NOTEBOOKS}, (
+        f"missing: {EXPECTED - {p.stem for p in NOTEBOOKS}}"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
     for n, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             assert not cell.outputs, f"{path.name} cell {n} has outputs; run `make strip-notebooks`"
@@ -32,10 +51,43 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_structure(path):
+    """Data and size are explained before the first code cell, which reads the switches."""
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown", f"{path.name}: start with a markdown cell"
+    intro = nb.cells[0].source
+    assert "LSTM_JAX_DATA" in intro and "LSTM_JAX_NOTEBOOK_SMALL" in intro, (
+        f"{path.name}: the first markdown cell must say what data is needed (LSTM_JAX_DATA) and"
+        " how to run small (LSTM_JAX_NOTEBOOK_SMALL)"
+    )
+    first = _code_cells(nb)[0].source
+    for name in ("LSTM_JAX_NOTEBOOK_SMALL", "LSTM_JAX_NOTEBOOK_WORKDIR", "lstm_jax"):
+        assert name in first, f"{path.name}: the first code cell must use {name}"
+    for cell in _code_cells(nb):
+        assert "sys.path" not in cell.source, f"{path.name}: import lstm_jax, do not patch sys.path"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_names_missing_data(path, tmp_path, monkeypatch):
+    """Without data, the first code cell raises the library's UserError naming LSTM_JAX_DATA, at once."""
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    monkeypatch.setenv("LSTM_JAX_DATA", str(empty))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds"))
+    monkeypatch.setenv("LSTM_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("LSTM_JAX_NOTEBOOK_SMALL", "1")
+    monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)  # never download
+    source = _code_cells(nbformat.read(path, as_version=4))[0].source
+    with pytest.raises(UserError, match="LSTM_JAX_DATA"):
+        exec(compile(source, f"{path.name}[first code cell]", "exec"), {"__name__": "__main__"})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LSTM_JAX_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("LSTM_JAX_NOTEBOOK_WORKDIR", str(tmp_path))
+    before = _notebook_dir_files()
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
@@ -43,6 +95,16 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     try:
         client.execute(env=dict(os.environ))
     except nbclient.exceptions.CellExecutionError as e:
-        if e.ename == "UserError" and "LSTM_JAX_DATA" in str(e.evalue):
+        failed = [
+            c
+            for c in _code_cells(nb)
+            if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+        ]
+        first = failed and failed[0] is _code_cells(nb)[0]
+        if first and e.ename == "UserError" and "LSTM_JAX_DATA" in str(e.evalue):
             pytest.skip(f"{path.name}: data not available ({e.evalue})")
         raise
+    outputs = [o for c in _code_cells(nb) for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any(o.output_type == "stream" for o in outputs), f"{path.name} printed nothing"
+    assert _notebook_dir_files() == before, f"{path.name} wrote files into notebooks/"
