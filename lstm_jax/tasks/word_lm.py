@@ -160,16 +160,17 @@ def _buckets(max_inputs: int, configured: Sequence[int]) -> tuple[int, ...]:
 def _line_epoch(
     seqs: Sequence[list[int]], bs: int, seed: int, epoch: int, buckets: Sequence[int]
 ) -> list[np.ndarray]:
-    """The batches (index arrays) of one epoch: shuffled lines, grouped by length within chunks of 32
-    batches, batch order shuffled; a function of (seed, epoch) only, so resuming is exact."""
+    """The batches (index arrays) of one epoch: a function of (seed, epoch) only, so resuming is exact.
+
+    Lines are shuffled, a random `len % bs` of them left out, then sorted by length (ties stay in shuffled
+    order) and cut into batches whose order is shuffled: every batch holds lines of similar length, so
+    padding is minimal (a few very long descriptions would otherwise pad whole batches to hundreds of
+    words), while the line -> batch assignment among equal lengths still changes every epoch.
+    """
     order = epoch_permutation(seed, epoch, len(seqs))[: len(seqs) // bs * bs]
     lengths = np.asarray([len(s) for s in seqs])
-    batches = []
-    chunk = 32 * bs
-    for lo in range(0, len(order), chunk):
-        part = order[lo : lo + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches.extend(part[i : i + bs] for i in range(0, len(part), bs))
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches = [order[i : i + bs] for i in range(0, len(order), bs)]
     perm = np.random.default_rng([seed, epoch, 5]).permutation(len(batches))
     return [batches[i] for i in perm]
 
