@@ -438,7 +438,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def generate_samples(
-    config: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict | None,
     workdir: str,
     *,
     prime: str | None = None,
