@@ -19,6 +19,23 @@ import numpy as np
 from lstm_jax import core
 
 
+def _chained_matmul(rk: jax.Array, batch: int, steps: int) -> jax.Array:
+    """The floor of any LSTM arrangement: only the chained `[B, H] @ [H, 4H]` matmuls of the recurrence.
+
+    `h_{t+1} = (h_t @ rk)[:, :H]`, so under `grad` the backward pass chains `dz @ rk.T` the same way; no gate
+    math, no input projection, no weight gradient. Returns `[B, T, H]`.
+    """
+    hsz = rk.shape[0]
+
+    def step(h, _):
+        h = (h @ rk)[:, :hsz] * 0.5
+        return h, h
+
+    h0 = jnp.ones((batch, hsz), rk.dtype)
+    _, hs = jax.lax.scan(step, h0, None, length=steps)
+    return jnp.swapaxes(hs, 0, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=40)
@@ -26,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--features", type=int, default=1)
     p.add_argument("--hidden", type=int, default=300)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--impls", default="fused,scan")
+    p.add_argument(
+        "--impls", default="fused,scan", help="lstm_layer impls; 'floor' = chained matmuls only"
+    )
     p.add_argument("--reps", type=int, default=30)
     args = p.parse_args(argv)
     sizes = [args.features] + [args.hidden] * args.layers
@@ -38,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         def loss(ps, xs, impl=impl):
             h = xs
             for prm in ps:
-                h, _ = core.lstm_layer(prm, h, impl=impl)
+                if impl == "floor":
+                    h = _chained_matmul(prm["recurrent_kernel"], h.shape[0], args.time)
+                else:
+                    h, _ = core.lstm_layer(prm, h, impl=impl)
             return jnp.sum(h[:, -1] ** 2)
 
         fn = jax.jit(jax.value_and_grad(loss))
