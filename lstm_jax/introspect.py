@@ -18,6 +18,7 @@ import numpy as np
 from lstm_jax.core import Gates
 from lstm_jax.models import LanguageModel, _encode_inputs
 from lstm_jax.nn import LSTM
+from lstm_jax.plots import new_figure
 
 __all__ = [
     "language_model_gates",
@@ -149,12 +150,12 @@ def plot_gate_heatmaps(
     Returns:
       The matplotlib figure (None when saved to `path`).
     """
-    import matplotlib
+    if path is None:
+        import matplotlib.pyplot as plt  # a figure the notebook displays
 
-    if path is not None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        subplots = plt.subplots
+    else:
+        subplots = new_figure
     t = min(len(text), max_chars, gates.c.shape[1])
     cells = list(cells)
     panels = [
@@ -163,7 +164,7 @@ def plot_gate_heatmaps(
         ("output gate o", gates.o, "viridis", (0, 1)),
         ("cell state tanh(c)", np.tanh(np.asarray(gates.c)), "RdBu_r", (-1, 1)),
     ]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         len(panels), 1, figsize=(max(8, t * 0.12), 1.2 + 0.9 * len(panels) * max(1, len(cells) / 4))
     )
     labels = [("⏎" if ch == "\n" else ch) for ch in text[:t]]
@@ -177,6 +178,5 @@ def plot_gate_heatmaps(
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return None
     return fig

@@ -11,13 +11,19 @@ import numpy as np
 __all__ = ["plot_training_curves", "plot_confusion_matrix"]
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any):
+    """A figure and its axes drawn without pyplot (so no global backend is switched).
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Files are written through the Agg canvas; notebooks keep their inline backend. Returns `(fig, axes)` as
+    `plt.subplots` does.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, **kwargs)
+    return fig, axes
 
 
 def plot_training_curves(
@@ -46,8 +52,7 @@ def plot_training_curves(
     ]
     if not history or not panels:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = new_figure(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, metric in zip(axes[0], panels, strict=True):
         for split, style in (("train", "-o"), ("validation", "-s")):
             pts = [(r["epoch"], r[split][metric]) for r in history if metric in r.get(split, {})]
@@ -72,7 +77,6 @@ def plot_training_curves(
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -97,9 +101,8 @@ def plot_confusion_matrix(
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(labels):
         raise ValueError(f"confusion matrix must be [{len(labels)}, {len(labels)}], got {cm.shape}")
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
-    plt = _pyplot()
     size = max(4.0, 0.6 * len(labels) + 2.5)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig, ax = new_figure(figsize=(size, size * 0.85))
     im = ax.imshow(shown, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks(range(len(labels)), labels=list(labels), rotation=45, ha="right")
@@ -116,5 +119,4 @@ def plot_confusion_matrix(
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
