@@ -21,7 +21,7 @@ def get_config():
     d.padding = "post"  # TextVectorization pads at the end ...
     d.truncating = "post"  # ... and cuts the end of longer reviews
     d.mask = True  # Embedding(mask_zero=True): the LSTM skips padding
-    d.bucket_quantum = 0  # 0 = every batch is [batch, maxlen], as the tutorial; >0 trims padding (exact, faster)
+    d.bucket_quantum = 0  # 0: [batch, maxlen] batches as the tutorial; >0 trims padding (exact)
     d.max_train_examples = 0  # 0 = every training review (a prefix, for quick experiments)
 
     m = config.model

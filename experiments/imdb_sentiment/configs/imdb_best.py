@@ -17,7 +17,7 @@ def get_config():
     d.vocab_size = 30000  # more of the long tail of sentiment words (ids: 0 pad, 1 OOV)
     d.maxlen = 400  # covers ~85% of reviews completely (mean length ~230 tokens)
     d.truncating = "pre"  # cut the START of long reviews: their conclusion carries the verdict
-    d.bucket_quantum = 32  # batches of similar length, trimmed to a multiple of 32 tokens (~2x faster)
+    d.bucket_quantum = 32  # similar-length batches cut to multiples of 32 tokens (~2x faster)
 
     m = config.model
     m.embed_dim = 128  # richer word vectors (learnt from scratch)
