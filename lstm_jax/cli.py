@@ -3,10 +3,10 @@
 Example ``experiments/imdb_sentiment/main.py``::
 
     from lstm_jax import cli
-    from experiments.imdb_sentiment import train
+    from lstm_jax.tasks import classification
 
     if __name__ == "__main__":
-        cli.run({"train": train.train, "eval": train.evaluate, "predict": train.predict})
+        cli.run({"train": classification.train, "predict": classification.predict})
 
 Flags: ``--config`` (an ml_collections config file, fields overridable as ``--config.train.batch_size=64``),
 ``--workdir`` (required), ``--mode`` (one of the registered handlers; default the first). A handler is called

@@ -113,7 +113,8 @@ class Task:
       loss_fn: see `LossFn`.
       train_batches: ``(epoch, start) -> iterable of batches`` for that epoch, starting at batch index
         ``start`` (resume). Shuffling must be a function of (seed, epoch) only (see `shuffled_batches`).
-        Every batch has the same shape (compile once).
+        Batches should come in a few fixed shapes (each compiles once): one shape, or a handful of
+        length buckets.
       steps_per_epoch: number of batches ``train_batches`` yields for a whole epoch.
       eval_batches: ``{split: () -> iterable of batches}``; together the batches cover every example of the
         split exactly once; the last batch is padded to the full shape with ``weight`` 0 rows.
