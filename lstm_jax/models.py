@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax.core import LSTMState
-from lstm_jax.nn import StackedLSTM
+from lstm_jax.nn import StackedLSTM, split_key
 
 Array = jax.Array
 InputMode = Literal["embed", "scalar", "onehot"]
@@ -144,9 +144,7 @@ class LanguageModel(nnx.Module):
 
         Logits are `[batch, vocab]` with `predict="last"` and `[batch, time, vocab]` with `predict="all"`.
         """
-        k_lstm = k_drop = None
-        if key is not None:
-            k_lstm, k_drop = jax.random.split(key)
+        k_lstm, k_drop = split_key(key, 2)
         x = _encode_inputs(self.input_mode, self.embed, ids, self.vocab_size)
         outs, states = self.lstm(
             x, mask=mask, initial_state=initial_state, deterministic=deterministic, key=k_lstm
@@ -222,9 +220,7 @@ class TextClassifier(nnx.Module):
         key: Array | None = None,
     ) -> Array:
         """The pooled sequence representation `[batch, features]` (before the dense head)."""
-        k_emb = k_lstm = None
-        if key is not None:
-            k_emb, k_lstm = jax.random.split(key)
+        k_emb, k_lstm = split_key(key, 2)
         x = self.embed_dropout(self.embed(ids), deterministic=deterministic, rngs=k_emb)
         outs, states = self.lstm(x, mask=mask, deterministic=deterministic, key=k_lstm)
         if self.pool == "last":
@@ -249,9 +245,7 @@ class TextClassifier(nnx.Module):
         key: Array | None = None,
     ) -> Array:
         """`ids [batch, time]` -> logits `[batch]` (binary) or `[batch, num_outputs]`."""
-        k_feat = k_drop = None
-        if key is not None:
-            k_feat, k_drop = jax.random.split(key)
+        k_feat, k_drop = split_key(key, 2)
         h = self.features(ids, mask=mask, deterministic=deterministic, key=k_feat)
         h = self.dropout(h, deterministic=deterministic, rngs=k_drop)
         logits = self.head(self.dense(h))

@@ -24,7 +24,14 @@ from lstm_jax.core import Impl, LSTMState, MergeMode
 
 Array = jax.Array
 
-__all__ = ["LSTM", "Bidirectional", "StackedLSTM"]
+__all__ = ["LSTM", "Bidirectional", "StackedLSTM", "split_key"]
+
+
+def split_key(key: Array | None, n: int) -> list[Array | None]:
+    """`n` independent dropout keys from `key`, or `n` Nones when `key` is None (evaluation)."""
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
 
 
 class LSTM(nnx.Module):
@@ -180,9 +187,7 @@ class Bidirectional(nnx.Module):
         key: Array | None = None,
     ):
         """`xs [batch, time, F]` -> `(merged outputs, (forward_state, backward_state))`."""
-        kf = kb = None
-        if key is not None:
-            kf, kb = jax.random.split(key)
+        kf, kb = split_key(key, 2)
         init_f, init_b = (None, None) if initial_state is None else initial_state
         out_f, st_f = self.forward(
             xs, mask=mask, initial_state=init_f, deterministic=deterministic, key=kf
@@ -246,9 +251,7 @@ class StackedLSTM(nnx.Module):
         key: Array | None = None,
     ):
         """`xs [batch, time, F]` -> `(last layer outputs [batch, time, H_last], [state per layer])`."""
-        keys = [None] * (2 * len(self.layers))
-        if key is not None:
-            keys = list(jax.random.split(key, 2 * len(self.layers)))
+        keys = split_key(key, 2 * len(self.layers))
         states = []
         h = xs
         for n, layer in enumerate(self.layers):
