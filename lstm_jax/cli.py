@@ -11,7 +11,8 @@ Example ``experiments/imdb_sentiment/main.py``::
 Flags: ``--config`` (an ml_collections config file, fields overridable as ``--config.train.batch_size=64``),
 ``--workdir`` (required), ``--mode`` (one of the registered handlers; default the first). A handler is called
 as ``handler(config, workdir)``; ``config`` is the ``--config`` file when given, else the config saved in the
-workdir (so eval/generate/predict need only ``--workdir``). Extra flags for a mode (``--seed_text``) are
+workdir (so eval/generate/predict need only ``--workdir``); a handler with ``needs_config = False`` is called
+with ``config=None`` when neither exists. Extra flags for a mode (``--seed_text``) are
 defined with absl in the experiment's main.py before calling `run`; positional arguments after the flags are
 available as `positional_args()`.
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         if not workdir:
             raise UserError("--workdir is required; pass --workdir=<run directory>")
         config = FLAGS.config
-        if config is None:
+        if config is None and getattr(modes[mode], "needs_config", True):
             if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
                 raise UserError(
                     f"no --config given and {workdir} has no saved config.json; pass"

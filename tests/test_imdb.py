@@ -303,3 +303,61 @@ def test_bucketing_is_exact_for_predictions(trained):
     config.data.bucket_quantum = 4
     with pytest.raises(UserError, match="bucket_quantum=4 trims padding"):
         clf.bucket_quantum(config)
+
+
+def test_ensemble_mode(trained, tmp_path):
+    acl, workdir, results = trained
+    # The same run twice: averaging identical probabilities changes nothing.
+    twice = clf.ensemble(None, str(tmp_path / "ens2"), [str(workdir), str(workdir)])
+    for split in ("validation", "test"):
+        assert twice["reports"][split]["accuracy"] == results["reports"][split]["accuracy"]
+    assert (tmp_path / "ens2" / "ensemble.json").is_file()
+    assert (tmp_path / "ens2" / "confusion_matrix_test.png").is_file()
+    # A second seed: the ensemble predicts the argmax of the mean of the members' probabilities.
+    config = _config(acl)
+    config.seed = 1
+    other = tmp_path / "seed1"
+    clf.train(config, str(other))
+    out = clf.ensemble(None, str(tmp_path / "ens"), [str(workdir), str(other)])
+    prepared = clf.prepare_data(config)
+    test = prepared.arrays["test"]
+    probs = []
+    for m in (workdir, other):
+        model, _ = clf.restore_model(config, str(m), clf.build_model)
+        probs.append(clf.predict_proba(model, test["ids"], test["mask"]))
+    expected = float((np.mean(probs, axis=0).argmax(-1) == test["label"]).mean())
+    assert out["reports"]["test"]["accuracy"] == pytest.approx(expected)
+    assert [m["seed"] for m in out["members"]] == [0, 1]
+    # Members on different splits, too few members, the output inside a member: clear errors.
+    config.data.split_seed = 7
+    moved = tmp_path / "split7"
+    clf.train(config, str(moved))
+    with pytest.raises(UserError, match="different data split"):
+        clf.ensemble(None, str(tmp_path / "bad"), [str(workdir), str(moved)])
+    with pytest.raises(UserError, match="at least two"):
+        clf.ensemble(None, str(tmp_path / "bad"), [str(workdir)])
+    with pytest.raises(UserError, match="new directory"):
+        clf.ensemble(None, str(workdir), [str(workdir), str(other)])
+
+
+def test_cli_ensemble_needs_no_config(trained, tmp_path):
+    _, workdir, _ = trained
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.imdb_sentiment.main",
+            "--mode=ensemble",
+            f"--workdir={tmp_path / 'ens'}",
+            str(workdir),
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test accuracy: ensemble" in proc.stdout
+    assert (tmp_path / "ens" / "ensemble.json").is_file()

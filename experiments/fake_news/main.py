@@ -7,6 +7,7 @@ Usage:
   python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=eval
   python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=predict "Some article text"
   python -m experiments.fake_news.main --config=... --workdir=/tmp/fn_tfidf --mode=baseline
+  python -m experiments.fake_news.main --mode=ensemble --workdir=/tmp/liar_ens /tmp/liar_s0 /tmp/liar_s1
 
 Data: any CSV with the columns title, author, text, label (1 = fake) via --config.data.path, default
 $LSTM_JAX_DATA/fake_news/articles/fake_real_articles.csv; LIAR from $LSTM_JAX_DATA/fake_news/liar.
@@ -21,6 +22,7 @@ MODES = {
     "eval": classification.evaluate,
     "predict": classification.predict,
     "baseline": classification.baseline,
+    "ensemble": classification.ensemble,
 }
 
 if __name__ == "__main__":

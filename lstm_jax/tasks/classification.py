@@ -9,7 +9,9 @@ of the experiments' entry points:
 * ``eval``: reports of the best checkpoint again, into ``eval.json`` (results.json is left as it is);
 * ``predict``: label and probability for texts given as arguments or one per line on stdin, using only
   the workdir (saved config, preprocessing artefact and checkpoint);
-* ``baseline``: the TF-IDF + logistic-regression baseline alone, into ``baseline.json``.
+* ``baseline``: the TF-IDF + logistic-regression baseline alone, into ``baseline.json``;
+* ``ensemble``: the averaged probabilities of several trained runs (e.g. seeds), reports into
+  ``ensemble.json``.
 
 Config (``config.data``):
   dataset: "imdb", "fake_news" or "liar".
@@ -75,6 +77,7 @@ __all__ = [
     "predict",
     "predict_texts",
     "baseline",
+    "ensemble",
 ]
 
 DATASETS = ("imdb", "fake_news", "liar")
@@ -862,6 +865,93 @@ def baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for s, v in result["splits"].items():
         print(f"{s}: accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f}")
     return result
+
+
+# Data settings that must agree between ensemble members: they fix the validation and test examples.
+_SPLIT_FIELDS = ("dataset", "path", "label", "split_seed", "validation_fraction", "test_fraction")
+
+
+def _split_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    d = config.data
+    return {k: d[k] for k in _SPLIT_FIELDS if k in d}
+
+
+def ensemble(
+    config: ml_collections.ConfigDict | None, workdir: str, members: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Mode ``ensemble``: averages the class probabilities of trained runs on validation and test.
+
+    The members are `members`, else the workdirs given as positional arguments (at least two), typically the same config
+    trained with different ``--config.seed``. They must share the data split (dataset, path, label set,
+    split seed and fractions); each encodes the texts with its own saved preprocessing and best
+    checkpoint. Writes a classification report and confusion heatmap per split and ``ensemble.json``
+    (each member's accuracy and the ensemble's reports) into `workdir`, which holds no model of its own.
+    `config` is unused (the members' saved configs are read).
+    """
+    from lstm_jax import cli, config_utils
+
+    del config
+    members = list(members) if members is not None else cli.positional_args()
+    if len(members) < 2:
+        raise UserError(
+            "--mode=ensemble needs at least two trained workdirs as arguments, e.g."
+            " --mode=ensemble --workdir=runs/ens runs/seed0 runs/seed1"
+        )
+    if any(os.path.abspath(m) == os.path.abspath(workdir) for m in members):
+        raise UserError(
+            "--workdir must be a new directory for the ensemble, not one of its members"
+        )
+    configs = []
+    for m in members:
+        if not os.path.exists(os.path.join(m, config_utils.CONFIG_FILE)):
+            raise UserError(f"{m} has no config.json; pass the workdirs of finished training runs")
+        configs.append(config_utils.load_config(m))
+    first = _split_signature(configs[0])
+    for m, c in zip(members[1:], configs[1:], strict=True):
+        if _split_signature(c) != first:
+            raise UserError(
+                f"{m} was trained on a different data split ({_split_signature(c)}) than"
+                f" {members[0]} ({first}); ensemble runs that differ only in model settings or seed"
+            )
+    prepared = prepare_data(configs[0])
+    splits = ("validation", "test")
+    labels = {s: prepared.arrays[s]["label"].copy() for s in splits}
+    probs: dict[str, list[np.ndarray]] = {s: [] for s in splits}
+    member_acc = []
+    for m, c in zip(members, configs, strict=True):
+        _reencode(prepared, _load_encoder(m), c)
+        model, step = restore_model(c, m, build_model)
+        bs = int(c.train.eval_batch_size) or int(c.train.batch_size)
+        acc = {"workdir": m, "step": step, "seed": int(c.seed)}
+        for s in splits:
+            arr = prepared.arrays[s]
+            if not np.array_equal(arr["label"], labels[s]):
+                raise UserError(
+                    f"{m}: the {s} labels differ from the first member's; check its data"
+                )
+            p = predict_proba(
+                model, arr["ids"], arr["mask"] if c.data.mask else None, bs, bucket_quantum(c)
+            )
+            probs[s].append(p)
+            acc[s] = float((p.argmax(-1) == labels[s]).mean())
+        member_acc.append(acc)
+        logging.info("member %s: %s", m, acc)
+    out: dict[str, Any] = {"members": member_acc, "reports": {}}
+    for s in splits:
+        pred = np.mean(probs[s], axis=0).argmax(-1)
+        rep = reports.classification_report(labels[s], pred, prepared.class_names)
+        title = f"{configs[0].data.dataset} {s}, ensemble of {len(members)}: accuracy {rep['accuracy']:.4f}"
+        out["reports"][s] = {**rep, "files": reports.write_report(rep, workdir, s, title=title)}
+        print(f"== {s}: ensemble of {len(members)} ==")
+        print(reports.format_report(rep), end="")
+    write_json(os.path.join(workdir, "ensemble.json"), out)
+    for s in splits:
+        each = ", ".join(f"{a[s]:.4f}" for a in member_acc)
+        print(f"{s} accuracy: ensemble {out['reports'][s]['accuracy']:.4f}; members {each}")
+    return out
+
+
+ensemble.needs_config = False  # type: ignore[attr-defined]  # cli: run without --config
 
 
 def saved_results(workdir: str) -> dict[str, Any]:
