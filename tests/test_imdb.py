@@ -361,28 +361,3 @@ def test_cli_ensemble_needs_no_config(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy: ensemble" in proc.stdout
     assert (tmp_path / "ens" / "ensemble.json").is_file()
-
-
-def test_random_crops_are_windows_and_reproducible():
-    rng = np.random.default_rng(0)
-    lengths = np.array([3, 10, 25, 40, 40, 7])
-    ids = np.zeros((6, 40), np.int32)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = rng.integers(2, 99, n)
-    arrays = {"ids": ids, "mask": ids > 0, "label": np.arange(6)}
-    a = clf.random_crops(arrays, 8, seed=3, epoch=1)
-    assert a["ids"].shape == (6, 8) and a["mask"].shape == (6, 8)
-    np.testing.assert_array_equal(a["label"], arrays["label"])
-    for i, n in enumerate(lengths):
-        row = ids[i, :n].tolist()
-        if n <= 8:  # short reviews keep every token, left-aligned
-            assert a["ids"][i, :n].tolist() == row and not a["mask"][i, n:].any()
-        else:  # a contiguous window of real tokens
-            w = a["ids"][i].tolist()
-            assert a["mask"][i].all()
-            assert any(row[s : s + 8] == w for s in range(n - 7))
-    b = clf.random_crops(arrays, 8, seed=3, epoch=1)
-    np.testing.assert_array_equal(a["ids"], b["ids"])  # a function of (seed, epoch)
-    c = clf.random_crops(arrays, 8, seed=3, epoch=2)
-    assert not np.array_equal(a["ids"], c["ids"])  # a new window each epoch
-    assert clf.random_crops(arrays, 40, seed=3, epoch=1)["ids"] is ids  # no-op at full length

@@ -24,8 +24,6 @@ Config (``config.data``):
     `validation_split`).
   LIAR: label ("six" or "binary"), metadata (columns added as tokens), meta_vocab_size.
   max_train_examples: 0 = all; else a prefix of the shuffled training split (quick experiments).
-  train_crop: 0 = off; else training examples longer than this are cut to a random window of this many
-    tokens, a new one each epoch (`random_crops`); evaluation reads whole texts.
 """
 
 from __future__ import annotations
@@ -74,7 +72,6 @@ __all__ = [
     "make_task",
     "predict_proba",
     "evaluate_reports",
-    "random_crops",
     "train",
     "evaluate",
     "predict",
@@ -262,12 +259,6 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
     if int(d.maxlen) < 1:
         raise UserError(
             f"config.data.maxlen={d.maxlen} must be >= 1; pass e.g. --config.data.maxlen=228"
-        )
-    crop = int(d.get("train_crop", 0))
-    if crop < 0 or (crop and not (d.mask and d.padding == "post")):
-        raise UserError(
-            f"config.data.train_crop={crop} needs a length >= 0 (0 = off) and post-padded, masked"
-            " sequences (config.data.padding='post', config.data.mask=True)"
         )
     if d.dataset == "liar":
         _check_choice("data.label", d.label, ("six", "binary"))
@@ -667,31 +658,6 @@ def bucketed_batches(
         yield _trim({k: np.asarray(v)[idx] for k, v in arrays.items()}, quantum)
 
 
-def random_crops(
-    arrays: Mapping[str, np.ndarray], length: int, *, seed: int, epoch: int
-) -> dict[str, np.ndarray]:
-    """Each post-padded example longer than `length` tokens cut to a random window of `length` tokens.
-
-    A training-time augmentation (Johnson & Zhang 2016 train their LSTMs on document segments): the label
-    of the whole text goes with a window of it, a different window every epoch; evaluation still reads
-    the whole text, which pooling over time handles. Windows depend on (seed, epoch) only, so resuming
-    is exact. Returns arrays `[n, length]` (`ids`, `mask`; other keys unchanged); shorter examples keep
-    all their tokens, left-aligned as before.
-    """
-    ids, mask = np.asarray(arrays["ids"]), np.asarray(arrays["mask"])
-    n, maxlen = ids.shape
-    if length >= maxlen:
-        return dict(arrays)
-    lengths = mask.sum(axis=1)
-    rng = np.random.default_rng([int(seed), int(epoch), 2])
-    starts = (rng.random(n) * (np.maximum(lengths - length, 0) + 1)).astype(np.int64)
-    cols = starts[:, None] + np.arange(length)[None, :]
-    out = dict(arrays)
-    out["ids"] = np.take_along_axis(ids, cols, axis=1)
-    out["mask"] = np.take_along_axis(mask, cols, axis=1)
-    return out
-
-
 def _eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, quantum: int):
     """`padded_batches`, or with `quantum` > 0 sorted by length and trimmed (metric sums do not
     depend on the order)."""
@@ -725,15 +691,12 @@ def make_task(
     seed = int(config.seed)
     quantum = bucket_quantum(config)
 
-    crop = int(config.data.get("train_crop", 0))
-
     def train_batches(epoch: int, start: int):
-        arrays = random_crops(train_arr, crop, seed=seed, epoch=epoch) if crop else train_arr
         if quantum:
             return bucketed_batches(
-                arrays, batch_size, seed=seed, epoch=epoch, start=start, quantum=quantum
+                train_arr, batch_size, seed=seed, epoch=epoch, start=start, quantum=quantum
             )
-        return shuffled_batches(arrays, batch_size, seed=seed, epoch=epoch, start=start)
+        return shuffled_batches(train_arr, batch_size, seed=seed, epoch=epoch, start=start)
 
     def eval_split(split: str):
         return lambda: _eval_batches(prepared.arrays[split], eval_bs, quantum)

@@ -23,7 +23,6 @@ def get_config():
     d.mask = True  # Embedding(mask_zero=True): the LSTM skips padding
     d.bucket_quantum = 0  # 0: [batch, maxlen] batches as the tutorial; >0 trims padding (exact)
     d.max_train_examples = 0  # 0 = every training review (a prefix, for quick experiments)
-    d.train_crop = 0  # 0 = whole reviews; N = a random N-token window of longer reviews per epoch
 
     m = config.model
     m.embed_dim = 16  # Embedding(15000, 16)
