@@ -1,4 +1,5 @@
-"""The strongest from-scratch LSTM for IMDB in about 30 minutes on a 2-core CPU.
+"""The strongest single from-scratch LSTM for IMDB we found: about 10 minutes on an idle 2-core CPU, so
+three runs and `--mode=ensemble` fit the issue's 30-minute budget.
 
 Changes from the tutorial, each measured on the validation split: a bidirectional LSTM, a larger
 vocabulary and embedding, longer sequences that keep the END of long reviews (where the verdict usually
@@ -15,16 +16,16 @@ def get_config():
     d = config.data
     d.validation_fraction = 0.1  # 22,500 reviews to train on, 2,500 to pick the epoch
     d.vocab_size = 30000  # more of the long tail of sentiment words (ids: 0 pad, 1 OOV)
-    d.maxlen = 400  # covers ~85% of reviews completely (mean length ~230 tokens)
+    d.maxlen = 800  # whole reviews but the longest ~3% (mean length ~230 tokens); 400 tested 0.8772
     d.truncating = "pre"  # cut the START of long reviews: their conclusion carries the verdict
     d.bucket_quantum = 32  # similar-length batches cut to multiples of 32 tokens (~2x faster)
 
     m = config.model
     m.embed_dim = 128  # richer word vectors (learnt from scratch)
-    m.hidden_sizes = (64,)  # one bidirectional layer, 64 units per direction
+    m.hidden_sizes = (128,)  # one bidirectional layer, 128 units per direction (64: val 0.8956)
     m.bidirectional = True  # both directions see every word in context
     m.pool = "mean_max"  # mean and max over every time step, not just the last state
-    m.embed_dropout = 0.3  # dropout on word vectors: the main regulariser
+    m.embed_dropout = 0.5  # dropout on word vectors: the main regulariser (0.3 overfit sooner)
     m.dropout = 0.5  # dropout on the pooled features
     m.recurrent_dropout = 0.0  # off: it forces a slower per-step mask and did not help here
 
@@ -39,7 +40,7 @@ def get_config():
     t = config.train
     t.batch_size = 128  # the step cost is mostly per-time-step overhead: bigger batches are ~free
     t.eval_batch_size = 250
-    t.num_epochs = 4  # fits the ~30 minute budget; the best validation epoch is kept
+    t.num_epochs = 3  # ~10 minutes on an idle 2-core machine; the best validation epoch is kept
     t.monitor = "val_accuracy"  # keep the most accurate epoch
 
     es = config.early_stopping
