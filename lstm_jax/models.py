@@ -144,6 +144,26 @@ class LanguageModel(nnx.Module):
 
         Logits are `[batch, vocab]` with `predict="last"` and `[batch, time, vocab]` with `predict="all"`.
         """
+        h, states = self.features(
+            ids, mask=mask, initial_state=initial_state, deterministic=deterministic, key=key
+        )
+        return self.head(h), states
+
+    def features(
+        self,
+        ids: Array,
+        *,
+        mask: Array | None = None,
+        initial_state: list[LSTMState] | None = None,
+        deterministic: bool = True,
+        key: Array | None = None,
+    ) -> tuple[Array, list[LSTMState]]:
+        """Everything but the output layer: `(features, states)`, logits = `self.head(features)`.
+
+        Features are `[batch, F]` or `[batch, time, F]` (F = the last dense layer's units, else the last
+        LSTM's). A loss can apply `self.head` in chunks (`losses.chunked_softmax_metric_sums`) so the full
+        `[batch, time, vocab]` logits never exist.
+        """
         k_lstm, k_drop = split_key(key, 2)
         x = _encode_inputs(self.input_mode, self.embed, ids, self.vocab_size)
         outs, states = self.lstm(
@@ -151,7 +171,7 @@ class LanguageModel(nnx.Module):
         )
         h = states[-1].h if self.predict == "last" else outs
         h = self.dropout(h, deterministic=deterministic, rngs=k_drop)
-        return self.head(self.dense(h)), states
+        return self.dense(h), states
 
 
 class TextClassifier(nnx.Module):

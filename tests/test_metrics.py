@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -98,3 +99,37 @@ def test_weighted_mean_and_empty_counts():
         metrics.compute({"loss": 1.0})
     with pytest.raises(ValueError, match="different keys"):
         metrics.merge({"loss": 1.0, "count": 1.0}, {"count": 1.0})
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 24, 1000])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_chunked_softmax_sums_equal_the_full_logits_sums_and_gradients(chunk_size, with_bias):
+    rng = np.random.default_rng(2)
+    feats = jnp.asarray(rng.normal(size=(3, 8, 5)), jnp.float32)  # [batch, time, features]
+    kernel = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(11,)), jnp.float32) if with_bias else None
+    labels = jnp.asarray(rng.integers(0, 11, (3, 8)))
+    weights = jnp.asarray(rng.integers(0, 2, (3, 8)), jnp.float32)  # some positions dropped
+
+    def full(f, k, b):
+        logits = f @ k + (0.0 if b is None else b)
+        return losses.softmax_metric_sums(logits, labels, weights)
+
+    def chunked(f, k, b):
+        return losses.chunked_softmax_metric_sums(f, k, b, labels, weights, chunk_size=chunk_size)
+
+    a, c = full(feats, kernel, bias), chunked(feats, kernel, bias)
+    assert set(a) == set(c)
+    for key in a:
+        np.testing.assert_allclose(float(c[key]), float(a[key]), rtol=1e-5, err_msg=key)
+    assert float(c["count"]) == float(weights.sum())  # padding of the last chunk counts nothing
+    grad = lambda fn: jax.grad(lambda *p: fn(*p)["loss"], argnums=(0, 1))(feats, kernel, bias)  # noqa: E731
+    for g_full, g_chunk in zip(grad(full), grad(chunked), strict=True):
+        np.testing.assert_allclose(g_chunk, g_full, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_softmax_sums_reject_a_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size"):
+        losses.chunked_softmax_metric_sums(
+            jnp.ones((2, 3)), jnp.ones((3, 4)), None, jnp.zeros((2,), jnp.int32), chunk_size=0
+        )

@@ -152,6 +152,35 @@ def test_line_loss_equals_prefix_loss_with_masked_padding(tmp_path):
     assert abs(float(unmasked) - float(prefix_loss)) > 1e-6
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_chunked_output_layer_gives_the_same_loss_and_gradients(tmp_path, train):
+    config = _config(_write_csv(tmp_path / "f.csv", rows=30))
+    seqs, vocab, _ = word_lm.load_lines(config)
+    config.model.vocab_size = vocab.size
+    config.model.dropout = 0.3  # the same key drops the same units in both paths
+    model = word_lm.build_model(config, nnx.Rngs(1))
+    graphdef, params = nnx.split(model)
+    batch = {
+        k: jnp.asarray(v)
+        for k, v in word_lm.line_batch(seqs[:6], 8, max(len(s) for s in seqs[:6]) - 1).items()
+    }
+
+    def loss(p, chunk):
+        m = nnx.merge(graphdef, p)
+        value, (sums, _) = word_lm.line_loss(
+            m, batch, key=jax.random.key(4), train=train, carry=None, logits_chunk=chunk
+        )
+        return value, sums
+
+    (plain, plain_sums), g_plain = jax.value_and_grad(loss, has_aux=True)(params, 0)
+    (chunked, chunk_sums), g_chunk = jax.value_and_grad(loss, has_aux=True)(params, 5)
+    np.testing.assert_allclose(float(chunked), float(plain), rtol=1e-5)
+    for key in plain_sums:
+        np.testing.assert_allclose(float(chunk_sums[key]), float(plain_sums[key]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_chunk), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
 def test_prefix_form_trains_and_generates(tmp_path):
     config = _config(_write_csv(tmp_path / "f.csv", rows=40), form="prefixes")
     config.train.batch_size = 32

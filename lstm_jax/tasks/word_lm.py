@@ -24,6 +24,7 @@ takes ``lines / batch`` steps, the prefix form ``prefixes / batch``.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -219,15 +220,34 @@ def prefix_loss(
 
 
 def line_loss(
-    model: LanguageModel, batch: Mapping[str, jax.Array], *, key: jax.Array, train: bool, carry: Any
+    model: LanguageModel,
+    batch: Mapping[str, jax.Array],
+    *,
+    key: jax.Array,
+    train: bool,
+    carry: Any,
+    logits_chunk: int = 0,
 ) -> tuple[jax.Array, tuple[dict[str, jax.Array], None]]:
     """Masked per-position cross-entropy of whole lines: `inputs`, `targets`, `tmask [batch, T]`, `weight`.
 
     The mean is over real target words (sum of `weight * tmask`), i.e. the mean over all prefixes.
+    `logits_chunk > 0` applies the output layer `logits_chunk` positions at a time
+    (`losses.chunked_softmax_metric_sums`: same sums, no `[batch, T, vocab]` array); 0 = all at once.
     """
-    logits, _ = model(batch["inputs"], deterministic=not train, key=key)
     w = batch["weight"][:, None] * batch["tmask"]
-    sums = losses.softmax_metric_sums(logits, batch["targets"], w)
+    if logits_chunk > 0:
+        feats, _ = model.features(batch["inputs"], deterministic=not train, key=key)
+        sums = losses.chunked_softmax_metric_sums(
+            feats,
+            model.head.kernel[...],
+            model.head.bias[...],
+            batch["targets"],
+            w,
+            chunk_size=logits_chunk,
+        )
+    else:
+        logits, _ = model(batch["inputs"], deterministic=not train, key=key)
+        sums = losses.softmax_metric_sums(logits, batch["targets"], w)
     return sums["loss"] / jnp.maximum(sums["count"], 1e-9), (sums, None)
 
 
@@ -312,7 +332,9 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
                 length = bucket_length(max(len(s) for s in lines) - 1, buckets)
                 yield line_batch(lines, eval_bs, length)
 
-        loss_fn = line_loss
+        loss_fn = functools.partial(
+            line_loss, logits_chunk=int(config.train.get("logits_chunk", 0))
+        )
         steps = len(train_lines) // bs
         info["train_examples"] = len(train_lines)
 

