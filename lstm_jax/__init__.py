@@ -22,6 +22,9 @@ from lstm_jax.core import (
     zero_state,
 )
 from lstm_jax.errors import UserError
+from lstm_jax.runtime import tune_malloc
+
+tune_malloc()  # XLA:CPU's per-step buffers stay in the heap; LSTM_JAX_TUNE_MALLOC=0 opts out
 
 __version__ = "0.1.0"
 
@@ -39,6 +42,7 @@ __all__ = [
     "lstm_step",
     "stacked_lstm",
     "to_keras",
+    "tune_malloc",
     "variational_dropout_masks",
     "zero_state",
 ]
