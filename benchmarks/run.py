@@ -43,9 +43,26 @@ LABELS = {
 }
 
 
-def child_env(peer: str | None = None) -> dict[str, str]:
+# glibc's equivalent of `lstm_jax.runtime.tune_malloc()` for processes that do not import lstm_jax.
+GLIBC_MALLOC_TUNABLES = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+)
+MALLOC_MODES = ("ours", "all", "none")
+
+
+def child_env(peer: str | None = None, malloc: str = "ours") -> dict[str, str]:
+    """A worker's environment. `malloc`: "ours" = only lstm_jax tunes glibc malloc (on import, its
+    default), "all" = every framework gets the same setting (GLIBC_TUNABLES), "none" = nobody does."""
+    if malloc not in MALLOC_MODES:
+        raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {malloc!r}")
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
+    env.pop("GLIBC_TUNABLES", None)
+    env.pop("LSTM_JAX_TUNE_MALLOC", None)
+    if malloc == "all":
+        env["GLIBC_TUNABLES"] = GLIBC_MALLOC_TUNABLES
+    elif malloc == "none":
+        env["LSTM_JAX_TUNE_MALLOC"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if peer is not None and peer.startswith("keras"):
@@ -56,13 +73,13 @@ def child_env(peer: str | None = None) -> dict[str, str]:
 class Worker:
     """A running `benchmarks.worker` process and its replies."""
 
-    def __init__(self, peer: str, shape: str, timeout: float):
+    def __init__(self, peer: str, shape: str, timeout: float, malloc: str = "ours"):
         self.peer, self.timeout = peer, timeout
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.worker", peer, shape],
             cwd=ROOT,
-            env=child_env(peer),
+            env=child_env(peer, malloc),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -137,7 +154,7 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
     results: dict[str, dict] = {}
     workers: dict[str, Worker] = {}
     for peer in peers:  # start and compile one at a time, so compile times are not contended
-        w = Worker(peer, shape_name, args.timeout)
+        w = Worker(peer, shape_name, args.timeout, args.malloc)
         reply = w.read()
         if reply.get("status") != "ready":
             results[peer] = reply
@@ -192,7 +209,8 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
         f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX {report['ceiling']['jax_gflops']:.0f}, "
         f"{report['ceiling']['n']}^3). Per-step times: median [p25-p75] over "
-        f"{report['args']['rounds']} interleaved rounds.",
+        f"{report['args']['rounds']} interleaved rounds; glibc malloc tuned for: "
+        f"{ {'ours': 'lstm_jax only (its default)', 'all': 'every framework', 'none': 'nobody'}[report['args'].get('malloc', 'ours')] }.",
         "",
         "| shape | framework | params | ms/step | seq/s | vs fastest peer | GFLOP/s | % ceiling "
         "| first step s | peak RSS MB |",
@@ -254,6 +272,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gen-length", type=int, default=200, help="compiled generation length")
     p.add_argument("--tutorial-length", type=int, default=20, help="predict-loop characters")
     p.add_argument("--ceiling-n", type=int, default=2048, help="matmul size for the ceiling")
+    p.add_argument(
+        "--malloc",
+        choices=MALLOC_MODES,
+        default="ours",
+        help="glibc malloc tuning: ours (lstm_jax's import-time default), all peers, or none",
+    )
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>.json)")
     return p.parse_args(argv)
 

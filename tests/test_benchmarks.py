@@ -110,3 +110,20 @@ def test_unknown_names_are_user_errors(capsys):
         from benchmarks.worker import load
 
         load("caffe")
+
+
+def test_malloc_modes_set_each_workers_environment(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")  # the caller's own is not inherited
+    ours = run.child_env("torch", "ours")
+    assert "GLIBC_TUNABLES" not in ours and "LSTM_JAX_TUNE_MALLOC" not in ours
+    assert run.child_env("torch", "all")["GLIBC_TUNABLES"] == run.GLIBC_MALLOC_TUNABLES
+    assert run.child_env("lstm_jax", "none")["LSTM_JAX_TUNE_MALLOC"] == "0"
+    with pytest.raises(ValueError, match="malloc"):
+        run.child_env("torch", "some")
+    report = {
+        "machine": "m",
+        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
+        "args": {"rounds": 3, "malloc": "all"},
+        "shapes": {},
+    }
+    assert "glibc malloc tuned for: every framework" in run.markdown(report)
