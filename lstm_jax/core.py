@@ -19,9 +19,14 @@ plus elementwise gate math. Three arrangements of the same computation exist, al
 * ``"fused"``: hoisted projection, `lax.scan`, and a custom VJP whose backward scan only propagates the
   state; the weight gradient of the recurrent kernel is then one `[H, B·T] @ [B·T, 4H]` matmul after the
   loop instead of T small accumulations inside it. Faster on XLA:CPU (see README, "Speed").
-* ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop (for parity tests only).
+* ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop, gradients by autodiff.
 
-``impl="auto"`` picks ``"fused"`` on CPU and ``"scan"`` elsewhere.
+``impl="auto"`` picks ``"scan"`` on GPU/TPU. On CPU it picks by the measured crossover
+(`python -m benchmarks.layer`, forward + backward, README "Speed"): ``"per_step"`` for H <= 64, where the
+hoisted layout's extra `[T, B, 4H]` traffic and kernels cost more than they save (IMDB tutorial shape
+B100 T228 F16 H32: 40 vs 55 ms; B64 T200 F64 H64: 66 vs 81 ms; at B128 T30 H64 the two tie), and
+``"fused"`` above (H=256-300: 5-12% faster than per_step). ``remat=True`` keeps ``"fused"`` (per_step has
+no remat).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ Array = jax.Array
 Params = dict[str, Array]
 Impl = Literal["auto", "scan", "fused", "per_step"]
 MergeMode = Literal["concat", "sum", "ave", "mul"] | None
+
+# On CPU, `impl="auto"` uses "per_step" up to this hidden size and "fused" above it (see the docstring).
+CPU_PER_STEP_MAX_HIDDEN = 64
 
 __all__ = [
     "LSTMState",
@@ -377,17 +385,23 @@ def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
 _recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd)
 
 
-def _resolve_impl(impl: Impl, compute_dtype: Any, return_gates: bool) -> str:
+def _resolve_impl(
+    impl: Impl, compute_dtype: Any, return_gates: bool, hidden_size: int = 0, remat: bool = False
+) -> str:
     if impl == "auto":
-        if compute_dtype is not None or return_gates:
+        if compute_dtype is not None or return_gates or jax.default_backend() != "cpu":
             return "scan"
-        return "fused" if jax.default_backend() == "cpu" else "scan"
+        if hidden_size <= CPU_PER_STEP_MAX_HIDDEN and not remat:
+            return "per_step"
+        return "fused"
     if impl not in ("scan", "fused", "per_step"):
         raise ValueError(
             f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused' or 'per_step'"
         )
     if impl == "fused" and (compute_dtype is not None or return_gates):
         return "scan"  # the fused VJP is float32-only and does not emit gates
+    if impl == "per_step" and (compute_dtype is not None or return_gates or remat):
+        return "scan"  # per_step has no low-precision matmuls, gate outputs or remat
     return impl
 
 
@@ -443,7 +457,7 @@ def lstm_layer(
         raise ValueError(f"lstm_layer: mask must be [batch, time] = {(b, t)}, got {mask.shape}")
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"lstm_layer: unroll must be a positive int, got {unroll!r}")
-    impl = _resolve_impl(impl, compute_dtype, return_gates)
+    impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat)
 
     state_dtype = rk.dtype
     if initial_state is None:
@@ -493,7 +507,7 @@ def lstm_layer(
 
 
 def _per_step_layer(params, xs, mask_tm, h0, c0, rmask, reverse, unroll):
-    """Textbook arrangement: `x_t @ kernel` inside the loop. Used to test the hoisted projection."""
+    """Textbook arrangement: `x_t @ kernel` inside the loop, autodiff gradients (CPU, small H)."""
 
     def step(carry, inputs):
         x_t, m_t = inputs

@@ -113,7 +113,9 @@ def test_unknown_names_are_user_errors(capsys):
 
 
 def test_malloc_modes_set_each_workers_environment(monkeypatch):
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")  # the caller's own is not inherited
+    monkeypatch.setenv(
+        "GLIBC_TUNABLES", "glibc.malloc.arena_max=4"
+    )  # the caller's own is not inherited
     ours = run.child_env("torch", "ours")
     assert "GLIBC_TUNABLES" not in ours and "LSTM_JAX_TUNE_MALLOC" not in ours
     assert run.child_env("torch", "all")["GLIBC_TUNABLES"] == run.GLIBC_MALLOC_TUNABLES

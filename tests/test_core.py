@@ -321,3 +321,27 @@ def test_variational_masks_constant_over_time_and_differ_across_sequences(params
     assert none == (None, None)
     with pytest.raises(ValueError, match="dropout"):
         core.variational_dropout_masks(jax.random.key(0), 4, F, H, dropout=1.0)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU choice of impl='auto'")
+def test_auto_impl_follows_the_measured_cpu_crossover():
+    from lstm_jax.core import CPU_PER_STEP_MAX_HIDDEN, _resolve_impl
+
+    small, large = CPU_PER_STEP_MAX_HIDDEN, CPU_PER_STEP_MAX_HIDDEN + 1
+    assert _resolve_impl("auto", None, False, small) == "per_step"
+    assert _resolve_impl("auto", None, False, large) == "fused"
+    assert _resolve_impl("auto", None, False, small, remat=True) == "fused"
+    assert _resolve_impl("auto", jnp.bfloat16, False, small) == "scan"
+    assert _resolve_impl("auto", None, True, large) == "scan"
+    # an explicit per_step falls back to scan for what it lacks, as fused does
+    assert _resolve_impl("per_step", None, True, small) == "scan"
+    assert _resolve_impl("per_step", None, False, small, remat=True) == "scan"
+
+
+def test_per_step_with_return_gates_still_returns_gates():
+    params = init_lstm(jax.random.key(0), 3, 4)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+    out, state, gates = lstm_layer(params, xs, impl="per_step", return_gates=True)
+    ref, ref_state = lstm_layer(params, xs, impl="scan")
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gates.c[:, -1], ref_state.c, rtol=1e-6, atol=1e-6)
