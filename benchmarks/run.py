@@ -61,7 +61,8 @@ def child_env(peer: str | None = None, malloc: str = "ours") -> dict[str, str]:
     env.pop("LSTM_JAX_TUNE_MALLOC", None)
     if malloc == "all":
         env["GLIBC_TUNABLES"] = GLIBC_MALLOC_TUNABLES
-    elif malloc == "none":
+    elif malloc == "none" or peer != "lstm_jax":
+        # The Flax worker imports lstm_jax (for the shared loss and optimizer), which would tune it too.
         env["LSTM_JAX_TUNE_MALLOC"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -116,8 +116,11 @@ def test_malloc_modes_set_each_workers_environment(monkeypatch):
     monkeypatch.setenv(
         "GLIBC_TUNABLES", "glibc.malloc.arena_max=4"
     )  # the caller's own is not inherited
-    ours = run.child_env("torch", "ours")
+    ours = run.child_env("lstm_jax", "ours")
     assert "GLIBC_TUNABLES" not in ours and "LSTM_JAX_TUNE_MALLOC" not in ours
+    for peer in ("flax", "torch"):  # the Flax worker imports lstm_jax: it must not be tuned by that
+        env = run.child_env(peer, "ours")
+        assert "GLIBC_TUNABLES" not in env and env["LSTM_JAX_TUNE_MALLOC"] == "0"
     assert run.child_env("torch", "all")["GLIBC_TUNABLES"] == run.GLIBC_MALLOC_TUNABLES
     assert run.child_env("lstm_jax", "none")["LSTM_JAX_TUNE_MALLOC"] == "0"
     with pytest.raises(ValueError, match="malloc"):
