@@ -6,6 +6,8 @@ the engine typically returns ``(sums["loss"] / max(sums["count"], 1e-9), sums)``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -88,14 +90,13 @@ def softmax_metric_sums(
 
 def chunked_softmax_metric_sums(
     features: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None,
+    head: Callable[[jax.Array], jax.Array],
     labels: jax.Array,
     weights: jax.Array | None = None,
     *,
     chunk_size: int = 512,
 ) -> MetricSums:
-    """`softmax_metric_sums(features @ kernel + bias, labels, weights)` without the full logits array.
+    """`softmax_metric_sums(head(features), labels, weights)` without the full logits array.
 
     A language model's output layer turns `[batch, time, features]` into `[batch, time, vocab]` logits: for
     the fashion model (9,259 words) a batch of 128 lines of 575 words is 2.7 GB of logits, and as much again
@@ -107,7 +108,7 @@ def chunked_softmax_metric_sums(
 
     Args:
       features: `[..., features]` inputs of the output layer.
-      kernel: `[features, classes]`; bias: `[classes]` or None.
+      head: the output layer, `[n, features] -> [n, classes]` logits (e.g. the model's `nnx.Linear`).
       labels: `[...]` integer targets; weights: optional `[...]` (0 drops a position).
       chunk_size: positions per chunk (the last chunk is padded with weight 0).
 
@@ -131,10 +132,7 @@ def chunked_softmax_metric_sums(
     @jax.checkpoint
     def body(acc: MetricSums, chunk: tuple[jax.Array, jax.Array, jax.Array]):
         xc, tc, wc = chunk
-        logits = xc @ kernel
-        if bias is not None:
-            logits = logits + bias
-        sums = softmax_metric_sums(logits, tc, wc)
+        sums = softmax_metric_sums(head(xc), tc, wc)
         return {k: acc[k] + sums[k] for k in acc}, None
 
     zero = jnp.zeros((), jnp.float32)

@@ -116,7 +116,8 @@ def test_chunked_softmax_sums_equal_the_full_logits_sums_and_gradients(chunk_siz
         return losses.softmax_metric_sums(logits, labels, weights)
 
     def chunked(f, k, b):
-        return losses.chunked_softmax_metric_sums(f, k, b, labels, weights, chunk_size=chunk_size)
+        head = lambda x: x @ k + (0.0 if b is None else b)  # noqa: E731
+        return losses.chunked_softmax_metric_sums(f, head, labels, weights, chunk_size=chunk_size)
 
     a, c = full(feats, kernel, bias), chunked(feats, kernel, bias)
     assert set(a) == set(c)
@@ -131,5 +132,8 @@ def test_chunked_softmax_sums_equal_the_full_logits_sums_and_gradients(chunk_siz
 def test_chunked_softmax_sums_reject_a_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         losses.chunked_softmax_metric_sums(
-            jnp.ones((2, 3)), jnp.ones((3, 4)), None, jnp.zeros((2,), jnp.int32), chunk_size=0
+            jnp.ones((2, 3)),
+            lambda x: x @ jnp.ones((3, 4)),
+            jnp.zeros((2,), jnp.int32),
+            chunk_size=0,
         )

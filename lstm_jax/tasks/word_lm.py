@@ -238,12 +238,7 @@ def line_loss(
     if logits_chunk > 0:
         feats, _ = model.features(batch["inputs"], deterministic=not train, key=key)
         sums = losses.chunked_softmax_metric_sums(
-            feats,
-            model.head.kernel[...],
-            model.head.bias[...],
-            batch["targets"],
-            w,
-            chunk_size=logits_chunk,
+            feats, model.head, batch["targets"], w, chunk_size=logits_chunk
         )
     else:
         logits, _ = model(batch["inputs"], deterministic=not train, key=key)
