@@ -30,6 +30,7 @@ from pathlib import Path
 
 from benchmarks.shapes import get_shape
 from benchmarks.worker import PEERS, PREFIX
+from lstm_jax.runtime import GLIBC_TUNABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = {
@@ -43,24 +44,21 @@ LABELS = {
 }
 
 
-# glibc's equivalent of `lstm_jax.runtime.tune_malloc()` for processes that do not import lstm_jax.
-GLIBC_MALLOC_TUNABLES = (
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
-)
-MALLOC_MODES = ("ours", "all", "none")
+# `--malloc` modes and how the report names them.
+MALLOC_MODES = {"ours": "lstm_jax only (its default)", "all": "every framework", "none": "nobody"}
 
 
 def child_env(peer: str | None = None, malloc: str = "ours") -> dict[str, str]:
     """A worker's environment. `malloc`: "ours" = only lstm_jax tunes glibc malloc (on import, its
     default), "all" = every framework gets the same setting (GLIBC_TUNABLES), "none" = nobody does."""
     if malloc not in MALLOC_MODES:
-        raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {malloc!r}")
+        raise ValueError(f"malloc must be one of {tuple(MALLOC_MODES)}, got {malloc!r}")
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     env.pop("GLIBC_TUNABLES", None)
     env.pop("LSTM_JAX_TUNE_MALLOC", None)
     if malloc == "all":
-        env["GLIBC_TUNABLES"] = GLIBC_MALLOC_TUNABLES
+        env["GLIBC_TUNABLES"] = GLIBC_TUNABLES  # lstm_jax.runtime's setting, for any process
     elif malloc == "none" or peer != "lstm_jax":
         # The Flax worker imports lstm_jax (for the shared loss and optimizer), which would tune it too.
         env["LSTM_JAX_TUNE_MALLOC"] = "0"
@@ -211,7 +209,7 @@ def markdown(report: dict) -> str:
         f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX {report['ceiling']['jax_gflops']:.0f}, "
         f"{report['ceiling']['n']}^3). Per-step times: median [p25-p75] over "
         f"{report['args']['rounds']} interleaved rounds; glibc malloc tuned for: "
-        f"{ {'ours': 'lstm_jax only (its default)', 'all': 'every framework', 'none': 'nobody'}[report['args'].get('malloc', 'ours')] }.",
+        f"{MALLOC_MODES[report['args'].get('malloc', 'ours')]}.",
         "",
         "| shape | framework | params | ms/step | seq/s | vs fastest peer | GFLOP/s | % ceiling "
         "| first step s | peak RSS MB |",
@@ -275,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ceiling-n", type=int, default=2048, help="matmul size for the ceiling")
     p.add_argument(
         "--malloc",
-        choices=MALLOC_MODES,
+        choices=list(MALLOC_MODES),
         default="ours",
         help="glibc malloc tuning: ours (lstm_jax's import-time default), all peers, or none",
     )

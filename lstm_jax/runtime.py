@@ -24,13 +24,16 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_malloc", "malloc_tuned"]
+__all__ = ["GLIBC_TUNABLES", "tune_malloc", "malloc_tuned"]
 
-# <malloc.h> mallopt parameters.
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt's int takes: 2 GiB of free heap kept
+# The setting: (glibc tunable name, <malloc.h> mallopt parameter, value).
+_SETTINGS = (
+    ("arena_max", -8, 1),  # M_ARENA_MAX: one arena for every thread
+    ("mmap_max", -4, 0),  # M_MMAP_MAX: never serve a chunk by mmap
+    ("trim_threshold", -1, 2**31 - 1),  # M_TRIM_THRESHOLD: the largest int, 2 GiB of free heap kept
+)
+# The same setting for a process that does not import lstm_jax: `GLIBC_TUNABLES=<this> python ...`.
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _SETTINGS)
 
 _TUNED = False
 
@@ -62,14 +65,7 @@ def tune_malloc() -> bool:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
-    ok = all(
-        libc.mallopt(param, value) == 1
-        for param, value in (
-            (_M_ARENA_MAX, 1),
-            (_M_MMAP_MAX, 0),
-            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
-        )
-    )
+    ok = all(libc.mallopt(param, value) == 1 for _, param, value in _SETTINGS)
     _TUNED = ok
     return ok
 
