@@ -184,6 +184,9 @@ class TextClassifier(nnx.Module):
       num_outputs: 1 for a binary classifier (one sigmoid logit), else the number of classes (softmax).
       rngs: initialisation RNGs.
       embed_dropout: dropout on the embeddings (fake news 0.5).
+      token_dropout: word dropout: each token's whole embedding vector is zeroed with this probability
+        (one Bernoulli draw per `[batch, time]` position, kept vectors scaled by `1 / (1 - rate)`), so the
+        model learns not to rely on any single word. Applied before `embed_dropout`.
       dropout: dropout on the pooled LSTM features (fake news 0.4), and between stacked LSTM layers.
       bidirectional: Bidirectional LSTM layers (concat).
       pool: "last" (final state of the last layer; with `bidirectional` both directions' final states),
@@ -201,6 +204,7 @@ class TextClassifier(nnx.Module):
         num_outputs: int = 1,
         rngs: nnx.Rngs,
         embed_dropout: float = 0.0,
+        token_dropout: float = 0.0,
         dropout: float = 0.0,
         bidirectional: bool = False,
         pool: Literal["last", "mean", "max", "mean_max"] = "last",
@@ -215,6 +219,7 @@ class TextClassifier(nnx.Module):
             raise ValueError(f"TextClassifier: num_outputs must be >= 1, got {num_outputs}")
         self.embed = _embed(vocab_size, embed_dim, rngs)
         self.embed_dropout = nnx.Dropout(embed_dropout)
+        self.token_dropout = nnx.Dropout(token_dropout, broadcast_dims=(-1,))
         self.lstm = StackedLSTM(
             embed_dim,
             tuple(hidden_sizes),
@@ -241,7 +246,10 @@ class TextClassifier(nnx.Module):
     ) -> Array:
         """The pooled sequence representation `[batch, features]` (before the dense head)."""
         k_emb, k_lstm = split_key(key, 2)
-        x = self.embed_dropout(self.embed(ids), deterministic=deterministic, rngs=k_emb)
+        # Its own key, derived so that models without word dropout keep their random streams.
+        k_tok = None if k_emb is None else jax.random.fold_in(k_emb, 1)
+        x = self.token_dropout(self.embed(ids), deterministic=deterministic, rngs=k_tok)
+        x = self.embed_dropout(x, deterministic=deterministic, rngs=k_emb)
         outs, states = self.lstm(x, mask=mask, deterministic=deterministic, key=k_lstm)
         if self.pool == "last":
             last = states[-1]

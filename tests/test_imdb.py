@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from experiments.imdb_sentiment.configs import test as test_config
 from lstm_jax import data as data_lib
@@ -111,6 +112,10 @@ def test_bad_config_and_data(tmp_path):
     config.data.padding = "middle"
     with pytest.raises(UserError, match=r"config\.data\.padding='middle'"):
         clf.prepare_data(config)
+    config = _config(acl)
+    config.model.token_dropout = 1.0  # drops every word: an impossible model
+    with pytest.raises(UserError, match=r"config\.model\.token_dropout=1\.0 is not a dropout rate"):
+        clf.build_model(config, nnx.Rngs(0))
     config = _config(acl)
     config.data.vocab_size = 100000  # ids beyond the embedding are impossible by construction...
     assert clf.embedding_rows(config) == 100000

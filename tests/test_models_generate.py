@@ -60,6 +60,27 @@ def test_classifier_pooling_respects_the_mask():
     np.testing.assert_allclose(post, alone, atol=1e-5)
 
 
+def test_token_dropout_zeroes_whole_word_vectors():
+    m = TextClassifier(40, 6, (5,), rngs=nnx.Rngs(0), token_dropout=0.5)
+    ids = jax.random.randint(jax.random.key(1), (8, 50), 1, 40)
+    emb = m.embed(ids)
+    dropped = m.token_dropout(emb, deterministic=False, rngs=jax.random.key(2))
+    zero = np.all(np.asarray(dropped) == 0.0, axis=-1)  # [batch, time]: whole vectors only
+    kept = ~zero
+    assert 0.35 < zero.mean() < 0.65
+    np.testing.assert_allclose(np.asarray(dropped)[kept], 2.0 * np.asarray(emb)[kept], rtol=1e-6)
+    # Off in evaluation, and a model without it keeps the random streams it had before it existed.
+    np.testing.assert_array_equal(m(ids), m(ids, deterministic=True))
+    base = TextClassifier(40, 6, (5,), rngs=nnx.Rngs(0), embed_dropout=0.3)
+    off = TextClassifier(40, 6, (5,), rngs=nnx.Rngs(0), embed_dropout=0.3, token_dropout=0.0)
+    k = jax.random.key(3)
+    np.testing.assert_array_equal(
+        base(ids, deterministic=False, key=k), off(ids, deterministic=False, key=k)
+    )
+    on = m(ids, deterministic=False, key=k)
+    assert not np.allclose(on, m(ids))
+
+
 def test_sample_logits_greedy_and_top_k():
     logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]] * 2000))
     np.testing.assert_array_equal(sample_logits(jax.random.key(0), logits), 1)

@@ -489,6 +489,13 @@ def embedding_rows(config: ml_collections.ConfigDict) -> int:
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassifier:
     """The `TextClassifier` of `config.model` (embed_dim, hidden_sizes, bidirectional, pool, ...)."""
     m = config.model
+    for field in ("embed_dropout", "token_dropout", "dropout", "recurrent_dropout"):
+        rate = float(m.get(field, 0.0))
+        if not 0.0 <= rate < 1.0:
+            raise UserError(
+                f"config.model.{field}={rate} is not a dropout rate; pass a value in [0, 1),"
+                f" e.g. --config.model.{field}=0.2"
+            )
     return TextClassifier(
         embedding_rows(config),
         int(m.embed_dim),
@@ -496,6 +503,9 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassi
         num_outputs=num_outputs(config),
         rngs=rngs,
         embed_dropout=float(m.embed_dropout),
+        token_dropout=float(
+            m.get("token_dropout", 0.0)
+        ),  # absent in configs saved before it existed
         dropout=float(m.dropout),
         bidirectional=bool(m.bidirectional),
         pool=m.pool,

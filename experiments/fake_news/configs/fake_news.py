@@ -30,6 +30,7 @@ def get_config():
     m.bidirectional = False
     m.pool = "last"  # final LSTM state
     m.embed_dropout = 0.5  # Dropout(0.5) after the embedding
+    m.token_dropout = 0.0  # word dropout (whole embedding vectors); off
     m.dropout = 0.4  # Dropout(0.4) after the LSTM
     m.recurrent_dropout = 0.0
     m.dense_layers = ((399, "relu"), (43, "relu"))  # Dense(399, relu), Dense(43, relu)

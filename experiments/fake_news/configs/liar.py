@@ -43,6 +43,7 @@ def get_config():
     m.bidirectional = True
     m.pool = "mean_max"  # mean and max over tokens: metadata tokens anywhere in the sequence count
     m.embed_dropout = 0.5  # strong regularisation; LIAR overfits after 2-3 epochs
+    m.token_dropout = 0.0  # word dropout (whole embedding vectors); off
     m.dropout = 0.5
     m.recurrent_dropout = 0.0
     m.dense_layers = ()

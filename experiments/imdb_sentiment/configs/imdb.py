@@ -30,6 +30,7 @@ def get_config():
     m.bidirectional = False  # the tutorial's LSTM is unidirectional
     m.pool = "last"  # the LSTM's final state feeds the classifier (return_sequences=False)
     m.embed_dropout = 0.0  # the tutorial has no dropout
+    m.token_dropout = 0.0  # word dropout (whole embedding vectors); off
     m.dropout = 0.0
     m.recurrent_dropout = 0.0
     m.dense_layers = ()  # straight to Dense(1, sigmoid)
