@@ -41,7 +41,7 @@ import numpy as np
 
 Array = jax.Array
 Params = dict[str, Array]
-Impl = Literal["auto", "scan", "fused", "per_step", "per_step_fused"]
+Impl = Literal["auto", "scan", "fused", "per_step"]
 MergeMode = Literal["concat", "sum", "ave", "mul"] | None
 
 # On CPU, `impl="auto"` uses "per_step" up to this hidden size and "fused" above it (see the docstring).
@@ -240,15 +240,18 @@ def _tanh_gate_consts(hsz: int, dtype: Any) -> tuple[Array, Array]:
     return jnp.asarray(scale, dtype), jnp.asarray(offset, dtype)
 
 
-def _fused_cell(
-    rk: Array, bias: Array, rmask: Array | None
-) -> Callable[..., tuple[Array, Array, Array]]:
-    """The step of the fused arrangements: `cell(h_prev, c_prev, zx_t, m_t) -> (h, c, acts [B, 4H])`.
+def _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
+    """Forward scan over `zx [T, B, 4H]` (the input projection without bias; `bias [4H]` is added per step
+    inside the loop's elementwise kernel, which saves a pass over `zx`).
 
-    `zx_t [B, 4H]` is the input projection of step t without bias; `acts` are the activated gates (one tanh
-    for all four, see `_tanh_gate_consts`), which the fused backward pass reuses.
+    Without remat the activated gates of step t overwrite `zx[t]` in place (the loop carries the buffer), so
+    no new `[T, B, 4H]` buffer is allocated and zero-filled; the states `(h_prev, c_prev)` are saved packed
+    as `[T, B, 2H]`, one write per step, and the outputs are rebuilt from them after the loop. Returns
+    `(outs [T, B, H], (h_T, c_T), (hc_prev [T, B, 2H], acts [T, B, 4H] or None))`.
     """
-    scale, offset = _tanh_gate_consts(rk.shape[0], rk.dtype)
+    hsz = rk.shape[0]
+    scale, offset = _tanh_gate_consts(hsz, zx.dtype)
+    steps = jnp.arange(zx.shape[0])
 
     def cell(h_prev, c_prev, zx_t, m_t):
         hr = h_prev if rmask is None else h_prev * rmask
@@ -261,22 +264,6 @@ def _fused_cell(
             h_new = jnp.where(m, h_new, h_prev)
             c_new = jnp.where(m, c_new, c_prev)
         return h_new, c_new, acts
-
-    return cell
-
-
-def _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
-    """Forward scan over `zx [T, B, 4H]` (the input projection without bias; `bias [4H]` is added per step
-    inside the loop's elementwise kernel, which saves a pass over `zx`).
-
-    Without remat the activated gates of step t overwrite `zx[t]` in place (the loop carries the buffer), so
-    no new `[T, B, 4H]` buffer is allocated and zero-filled; the states `(h_prev, c_prev)` are saved packed
-    as `[T, B, 2H]`, one write per step, and the outputs are rebuilt from them after the loop. Returns
-    `(outs [T, B, H], (h_T, c_T), (hc_prev [T, B, 2H], acts [T, B, 4H] or None))`.
-    """
-    hsz = rk.shape[0]
-    steps = jnp.arange(zx.shape[0])
-    cell = _fused_cell(rk, bias, rmask)
 
     if remat:
 
@@ -301,24 +288,14 @@ def _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
         (h, c, acts_all), hc = jax.lax.scan(
             step, (h0, c0, zx), (steps, mask), reverse=reverse, unroll=unroll
         )
-    outs = _outputs_from_saved_states(hc, h, mask, reverse, hsz)
-    return outs, (h, c), (hc, acts_all)
-
-
-def _outputs_from_saved_states(
-    hc: Array, h: Array, mask: Array | None, reverse: bool, hsz: int
-) -> Array:
-    """Outputs `[T, B, H]` rebuilt from the saved `(h_prev, c_prev)` `[T, B, 2H]` and the final `h`.
-
-    The carried h after step t is the h_prev saved at the next step in scan order (or the final h); masked
-    steps output zeros.
-    """
+    # The carried h after step t is the h_prev saved at the next step in scan order (or the final h).
     h_prev_all = hc[..., :hsz]
     if reverse:
         after = jnp.concatenate([h[None], h_prev_all[:-1]], axis=0)
     else:
         after = jnp.concatenate([h_prev_all[1:], h[None]], axis=0)
-    return after if mask is None else jnp.where(mask[..., None], after, jnp.zeros_like(after))
+    outs = after if mask is None else jnp.where(mask[..., None], after, jnp.zeros_like(after))
+    return outs, (h, c), (hc, acts_all)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
@@ -408,58 +385,6 @@ def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
 _recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd)
 
 
-def _per_step_fused_forward(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse, unroll):
-    """Forward scan with the input projection inside the loop: `x_t @ kernel + h @ rk + bias` per step.
-
-    `xs [T, B, F]` time-major. Saves the activated gates `[T, B, 4H]` and the packed previous states
-    `[T, B, 2H]` for `_recurrence_fused_bwd`. Returns `(outs [T, B, H], (h_T, c_T), (hc_prev, acts))`.
-    """
-    hsz = rk.shape[0]
-    cell = _fused_cell(rk, bias, rmask)
-
-    def step(carry, inputs):
-        h_prev, c_prev = carry
-        x_t, m_t = inputs
-        h, c, acts = cell(h_prev, c_prev, x_t @ kernel, m_t)
-        return (h, c), (acts, jnp.concatenate([h_prev, c_prev], axis=-1))
-
-    (h, c), (acts_all, hc) = jax.lax.scan(
-        step, (h0, c0), (xs, mask), reverse=reverse, unroll=unroll
-    )
-    outs = _outputs_from_saved_states(hc, h, mask, reverse, hsz)
-    return outs, (h, c), (hc, acts_all)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
-def _recurrence_per_step_fused(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse, unroll):
-    outs, final, _ = _per_step_fused_forward(
-        kernel, rk, bias, xs, mask, h0, c0, rmask, reverse, unroll
-    )
-    return outs, final
-
-
-def _recurrence_per_step_fused_fwd(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse, unroll):
-    outs, final, saved = _per_step_fused_forward(
-        kernel, rk, bias, xs, mask, h0, c0, rmask, reverse, unroll
-    )
-    return (outs, final), (kernel, rk, bias, xs, mask, rmask, saved)
-
-
-def _recurrence_per_step_fused_bwd(reverse, unroll, res, cotangents):
-    """The fused backward (state-only scan), then every weight and input gradient as one matmul."""
-    kernel, rk, bias, xs, mask, rmask, saved = res
-    d_rk, d_bias, dz, d_mask, dh0, dc0, d_rmask = _recurrence_fused_bwd(
-        reverse, unroll, False, (rk, bias, None, mask, rmask, saved), cotangents
-    )
-    t, b, f = xs.shape
-    d_kernel = xs.reshape(t * b, f).T @ dz.reshape(t * b, dz.shape[-1])
-    d_xs = jnp.einsum("tbg,fg->tbf", dz, kernel)
-    return d_kernel, d_rk, d_bias, d_xs, d_mask, dh0, dc0, d_rmask
-
-
-_recurrence_per_step_fused.defvjp(_recurrence_per_step_fused_fwd, _recurrence_per_step_fused_bwd)
-
-
 def _resolve_impl(
     impl: Impl, compute_dtype: Any, return_gates: bool, hidden_size: int = 0, remat: bool = False
 ) -> str:
@@ -469,17 +394,14 @@ def _resolve_impl(
         if hidden_size <= CPU_PER_STEP_MAX_HIDDEN and not remat:
             return "per_step"
         return "fused"
-    if impl not in ("scan", "fused", "per_step", "per_step_fused"):
+    if impl not in ("scan", "fused", "per_step"):
         raise ValueError(
-            f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused', 'per_step' or"
-            " 'per_step_fused'"
+            f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused' or 'per_step'"
         )
     if impl == "fused" and (compute_dtype is not None or return_gates):
         return "scan"  # the fused VJP is float32-only and does not emit gates
-    if impl in ("per_step", "per_step_fused") and (
-        compute_dtype is not None or return_gates or remat
-    ):
-        return "scan"  # no low-precision matmuls, gate outputs or remat
+    if impl == "per_step" and (compute_dtype is not None or return_gates or remat):
+        return "scan"  # per_step has no low-precision matmuls, gate outputs or remat
     return impl
 
 
@@ -547,20 +469,6 @@ def lstm_layer(
 
     if impl == "per_step":
         return _per_step_layer(params, xs, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll)
-    if impl == "per_step_fused":
-        outs, (h, c) = _recurrence_per_step_fused(
-            kernel,
-            rk,
-            bias,
-            jnp.swapaxes(xs, 0, 1).astype(state_dtype),
-            mask_tm,
-            h0,
-            c0,
-            recurrent_dropout_mask,
-            reverse,
-            unroll,
-        )
-        return jnp.swapaxes(outs, 0, 1), LSTMState(h, c)
 
     # The hoisted input projection: one [T*B, F] @ [F, 4H] matmul. The inputs are made time-major first
     # (F is usually smaller than 4H, and between stacked layers the transposes cancel), so the product

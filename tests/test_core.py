@@ -13,7 +13,7 @@ from jax.test_util import check_grads
 from lstm_jax import core
 from lstm_jax.core import LSTMState, init_lstm, lstm_layer, lstm_step
 
-IMPLS = ("scan", "fused", "per_step", "per_step_fused")
+IMPLS = ("scan", "fused", "per_step")
 B, T, F, H = 3, 7, 5, 6
 
 
@@ -176,7 +176,7 @@ def test_gradients_match_finite_differences(impl, masked):
 # 5. unroll and remat do not change results (values and gradients).
 @pytest.mark.parametrize(
     "impl,unroll,remat",
-    list(itertools.product(("scan", "fused", "per_step_fused"), (1, 2, 4, 8), (False, True))),
+    list(itertools.product(("scan", "fused"), (1, 2, 4, 8), (False, True))),
 )
 def test_unroll_and_remat_agree(params, xs, impl, unroll, remat):
     mask = lengths_mask([T, 5, 2], T, "pre")
@@ -197,7 +197,7 @@ def test_unroll_and_remat_agree(params, xs, impl, unroll, remat):
 
 
 def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
-    """The custom VJPs (fused, per_step_fused) against autodiff, for every differentiable input."""
+    """The custom VJP against autodiff, for every differentiable input."""
     in_mask, rec_mask = core.variational_dropout_masks(
         jax.random.key(2), B, F, H, dropout=0.3, recurrent_dropout=0.4
     )
@@ -217,8 +217,8 @@ def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
         )
         return jnp.sum(jnp.tanh(outs) * 1.3) + jnp.sum(fin.h**2) + jnp.sum(fin.c)
 
-    for impl, reverse in itertools.product(("fused", "per_step_fused"), (False, True)):
-        ga = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, impl, reverse)
+    for reverse in (False, True):
+        ga = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, "fused", reverse)
         gb = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, "scan", reverse)
         for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
