@@ -489,8 +489,9 @@ def embedding_rows(config: ml_collections.ConfigDict) -> int:
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassifier:
     """The `TextClassifier` of `config.model` (embed_dim, hidden_sizes, bidirectional, pool, ...)."""
     m = config.model
-    for field in ("embed_dropout", "token_dropout", "dropout", "recurrent_dropout"):
-        rate = float(m.get(field, 0.0))
+    rates = {f: float(m[f]) for f in ("embed_dropout", "dropout", "recurrent_dropout")}
+    rates["token_dropout"] = float(m.get("token_dropout", 0.0))  # absent in configs saved before it
+    for field, rate in rates.items():
         if not 0.0 <= rate < 1.0:
             raise UserError(
                 f"config.model.{field}={rate} is not a dropout rate; pass a value in [0, 1),"
@@ -502,15 +503,10 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassi
         tuple(m.hidden_sizes),
         num_outputs=num_outputs(config),
         rngs=rngs,
-        embed_dropout=float(m.embed_dropout),
-        token_dropout=float(
-            m.get("token_dropout", 0.0)
-        ),  # absent in configs saved before it existed
-        dropout=float(m.dropout),
         bidirectional=bool(m.bidirectional),
         pool=m.pool,
         dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
-        recurrent_dropout=float(m.recurrent_dropout),
+        **rates,
     )
 
 
