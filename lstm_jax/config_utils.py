@@ -35,6 +35,7 @@ __all__ = [
     "config_to_dict",
     "config_diff",
     "monitor_mode",
+    "dropout_rates",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
@@ -175,6 +176,33 @@ def validate_config(config: Any) -> None:
             _fail(f"early_stopping.{flag}", "True or False", value)
     _check(config, "early_stopping.patience", lambda v: v >= 0, "an integer >= 0", integer=True)
     _check(config, "early_stopping.min_delta", lambda v: v >= 0, ">= 0")
+
+
+def dropout_rates(
+    model: Mapping[str, Any] | ml_collections.ConfigDict,
+    fields: tuple[str, ...],
+    optional: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """`{field: rate}` read from a model config section, each checked to lie in [0, 1).
+
+    `optional` maps fields that configs saved before the field existed may lack to their default. A value
+    outside [0, 1) or not a number raises `UserError` naming ``config.model.<field>`` and a valid example,
+    before any model is built (the layers would otherwise fail with a bare ValueError).
+    """
+    rates: dict[str, float] = {}
+    for field in (*fields, *(optional or {})):
+        value = model[field] if field in fields or field in model else (optional or {})[field]
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            rate = math.nan
+        if not 0.0 <= rate < 1.0:  # NaN fails too
+            raise UserError(
+                f"config.model.{field}={value} is not a dropout rate; pass a value in [0, 1),"
+                f" e.g. --config.model.{field}=0.2"
+            )
+        rates[field] = rate
+    return rates
 
 
 def monitor_mode(monitor: str, mode: str) -> str:

@@ -292,6 +292,21 @@ def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_p
     unknown = _cli(f"--workdir={workdir}", "--mode=generate", "--prime=Q", "--length=3")
     assert unknown.returncode == 2 and "unknown characters 'Q'" in unknown.stderr
 
+    # An impossible dropout rate: one line naming the field, not the layer's ValueError traceback.
+    rate = _cli(
+        "--config=experiments/char_textgen/configs/test.py",
+        f"--workdir={tmp_path / 'rate'}",
+        f"--config.data.path={workdir.parent / 'text.txt'}",
+        "--config.model.recurrent_dropout=1.5",
+    )
+    assert rate.returncode == 2 and "Traceback" not in rate.stderr, rate.stderr
+    lines = [line for line in rate.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [
+        "error: config.model.recurrent_dropout=1.5 is not a dropout rate; pass a value in [0, 1),"
+        " e.g. --config.model.recurrent_dropout=0.2"
+    ]
+    assert not os.path.exists(tmp_path / "rate" / "checkpoints")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Real data (skipped without LSTM_JAX_DATA).

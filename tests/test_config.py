@@ -69,6 +69,59 @@ def test_missing_section_and_warmup_without_steps():
         config_utils.validate_config(config)
 
 
+@pytest.mark.parametrize("value", [1.0, 1.5, -0.1, float("nan"), "half"])
+def test_dropout_rates_outside_0_1_are_user_errors(value):
+    model = {"dropout": 0.2, "recurrent_dropout": value}
+    with pytest.raises(UserError) as err:
+        config_utils.dropout_rates(model, ("dropout", "recurrent_dropout"))
+    message = str(err.value)
+    assert message.startswith(f"config.model.recurrent_dropout={value} is not a dropout rate")
+    assert "\n" not in message and "--config.model.recurrent_dropout=0.2" in message
+
+
+def test_dropout_rates_reads_fields_and_defaults_optional_ones():
+    model = {"dropout": 0.5, "embed_dropout": 0}
+    rates = config_utils.dropout_rates(model, ("dropout", "embed_dropout"), optional={"token": 0.0})
+    assert rates == {"dropout": 0.5, "embed_dropout": 0.0, "token": 0.0}
+    model["token"] = 0.3  # present: read, and checked like the others
+    rates = config_utils.dropout_rates(model, ("dropout",), optional={"token": 0.0})
+    assert rates == {"dropout": 0.5, "token": 0.3}
+    model["token"] = 2.0
+    with pytest.raises(UserError, match=r"config\.model\.token=2\.0 is not a dropout rate"):
+        config_utils.dropout_rates(model, ("dropout",), optional={"token": 0.0})
+
+
+@pytest.mark.parametrize(
+    ("task", "field"),
+    [
+        ("char_textgen", "dropout"),
+        ("char_textgen", "recurrent_dropout"),
+        ("word_textgen", "dropout"),
+        ("imdb_sentiment", "embed_dropout"),
+        ("fake_news", "dropout"),
+    ],
+)
+def test_every_task_rejects_an_impossible_dropout_rate_before_building(task, field):
+    import importlib
+
+    from flax import nnx
+
+    module = {
+        "char_textgen": "lstm_jax.tasks.char_lm",
+        "word_textgen": "lstm_jax.tasks.word_lm",
+        "imdb_sentiment": "lstm_jax.tasks.classification",
+        "fake_news": "lstm_jax.tasks.classification",
+    }[task]
+    build_model = importlib.import_module(module).build_model
+    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
+    if "vocab_size" in config.model:
+        config.model.vocab_size = 40
+    build_model(config, nnx.Rngs(0))  # the test config builds
+    config.model[field] = 1.0
+    with pytest.raises(UserError, match=rf"config\.model\.{field}=1\.0 is not a dropout rate"):
+        build_model(config, nnx.Rngs(0))
+
+
 def test_monitor_mode_auto_follows_keras():
     assert config_utils.monitor_mode("val_loss", "auto") == "min"
     assert config_utils.monitor_mode("val_accuracy", "auto") == "max"

@@ -165,15 +165,15 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
             "config.model.vocab_size is not set; it is filled from the data in training, so pass the"
             " --workdir of a trained run"
         )
+    rates = config_utils.dropout_rates(m, ("dropout", "recurrent_dropout"))
     return LanguageModel(
         int(m.vocab_size),
         tuple(int(h) for h in m.hidden_sizes),
         rngs=rngs,
         input_mode=m.input_mode,
         embed_dim=int(m.embed_dim),
-        dropout=float(m.dropout),
         predict="last" if config.data.layout == "windows" else "all",
-        recurrent_dropout=float(m.recurrent_dropout),
+        **rates,
         unroll=int(m.unroll),
         impl=m.impl,
     )

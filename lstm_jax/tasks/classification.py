@@ -42,8 +42,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from lstm_jax import config_utils, losses, reports, text
 from lstm_jax import data as data_lib
-from lstm_jax import losses, reports, text
 from lstm_jax.baselines import tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
@@ -489,14 +489,11 @@ def embedding_rows(config: ml_collections.ConfigDict) -> int:
 def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassifier:
     """The `TextClassifier` of `config.model` (embed_dim, hidden_sizes, bidirectional, pool, ...)."""
     m = config.model
-    rates = {f: float(m[f]) for f in ("embed_dropout", "dropout", "recurrent_dropout")}
-    rates["token_dropout"] = float(m.get("token_dropout", 0.0))  # absent in configs saved before it
-    for field, rate in rates.items():
-        if not 0.0 <= rate < 1.0:
-            raise UserError(
-                f"config.model.{field}={rate} is not a dropout rate; pass a value in [0, 1),"
-                f" e.g. --config.model.{field}=0.2"
-            )
+    rates = config_utils.dropout_rates(
+        m,
+        ("embed_dropout", "dropout", "recurrent_dropout"),
+        optional={"token_dropout": 0.0},  # absent in configs saved before it existed
+    )
     return TextClassifier(
         embedding_rows(config),
         int(m.embed_dim),
@@ -818,8 +815,6 @@ def predict_texts(workdir: str, texts: Sequence[str], config=None) -> list[dict[
     Returns one ``{"text", "label", "probability", "probabilities": {class: p}, "tokens"}`` per text;
     ``probability`` is that of the predicted label, ``tokens`` the number of known tokens kept.
     """
-    from lstm_jax import config_utils
-
     for i, t in enumerate(texts, 1):
         if not t.strip():
             raise UserError(f"text {i} is empty; give a non-empty text to classify")
@@ -894,7 +889,7 @@ def ensemble(
     (each member's accuracy and the ensemble's reports) into `workdir`, which holds no model of its own.
     `config` is unused (the members' saved configs are read).
     """
-    from lstm_jax import cli, config_utils
+    from lstm_jax import cli
 
     del config
     members = list(members) if members is not None else cli.positional_args()

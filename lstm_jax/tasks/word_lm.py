@@ -195,7 +195,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
         rngs=rngs,
         input_mode="embed",
         embed_dim=int(m.embed_dim),
-        dropout=float(m.dropout),
+        dropout=config_utils.dropout_rates(m, ("dropout",))["dropout"],
         dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
         predict="last" if config.data.form == "prefixes" else "all",
         unroll=int(m.unroll),
