@@ -16,6 +16,9 @@ with ``config=None`` when neither exists. Extra flags for a mode (``--seed_text`
 defined with absl in the experiment's main.py before calling `run`; positional arguments after the flags are
 available as `positional_args()`.
 
+JAX's persistent compilation cache is on (``~/.cache/lstm_jax/jax_compilation_cache``; see
+`lstm_jax.runtime.enable_compilation_cache`, ``LSTM_JAX_COMPILATION_CACHE=off`` to disable).
+
 A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback.
 """
 
@@ -74,9 +77,11 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
     """Runs the selected handler; returns the exit status (0, or 2 for a `UserError`)."""
     _POSITIONAL[:] = list(argv[1:])
     try:
+        from lstm_jax import runtime
         from lstm_jax.train import initialize_distributed
 
         initialize_distributed()
+        runtime.enable_compilation_cache()
         if "tensorflow" in sys.modules:  # keep TF (tf.data, TFDS) off any accelerator JAX needs
             sys.modules["tensorflow"].config.set_visible_devices([], "GPU")
         mode = FLAGS.mode

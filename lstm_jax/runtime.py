@@ -1,4 +1,5 @@
-"""Process-wide runtime settings that make XLA:CPU training faster: glibc's allocator kept from paging.
+"""Process-wide runtime settings that make XLA:CPU training faster: glibc's allocator kept from paging, and
+a persistent compilation cache for the experiment binaries.
 
 XLA:CPU allocates the temporary buffers of every executable call afresh (the saved gates of an LSTM scan,
 gradients, logits) and frees them when the call ends. With glibc's default `malloc`, every buffer above its
@@ -12,7 +13,12 @@ threshold: freed buffers stay in the heap and the next step reuses the same, alr
 is that the process keeps its peak heap instead of returning it to the system between steps, which is what a
 training process wants. Numerics do not change (the allocator only decides where buffers live).
 
-`import lstm_jax` calls it once. Set `LSTM_JAX_TUNE_MALLOC=0` to keep glibc's defaults. It does nothing on
+`enable_compilation_cache()` (called by the experiment binaries, not on import) turns on JAX's persistent
+compilation cache, so a second run of the same shapes (another seed, a resumed run, an ensemble's members)
+loads its executables from disk instead of compiling them again: `imdb_best` compiles a train step for each
+of its ~25 length buckets, about 80 s per run on 2 cores that a warm cache saves.
+
+`import lstm_jax` calls `tune_malloc()` once. Set `LSTM_JAX_TUNE_MALLOC=0` to keep glibc's defaults. It does nothing on
 systems without glibc (macOS, Windows, musl); threads that already have their own arena keep it, so the
 setting works best before the first JAX computation.
 """
@@ -24,7 +30,13 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["GLIBC_TUNABLES", "tune_malloc", "malloc_tuned"]
+__all__ = [
+    "GLIBC_TUNABLES",
+    "DEFAULT_COMPILATION_CACHE",
+    "tune_malloc",
+    "malloc_tuned",
+    "enable_compilation_cache",
+]
 
 # The setting: (glibc tunable name, <malloc.h> mallopt parameter, value).
 _SETTINGS = (
@@ -36,6 +48,10 @@ _SETTINGS = (
 GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _SETTINGS)
 
 _TUNED = False
+
+DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "lstm_jax", "jax_compilation_cache")
+_CACHE_MAX_BYTES = 2 * 2**30  # least recently used executables are evicted beyond 2 GiB
+_OFF = ("0", "false", "no", "off", "")
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -73,3 +89,31 @@ def tune_malloc() -> bool:
 def malloc_tuned() -> bool:
     """Whether `tune_malloc()` has been applied in this process."""
     return _TUNED
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache; returns its directory, or None when left off.
+
+    The directory is `$LSTM_JAX_COMPILATION_CACHE`, by default `DEFAULT_COMPILATION_CACHE` in the user's
+    home; `LSTM_JAX_COMPILATION_CACHE=off` (or 0, or empty) disables it. A cache the user configured for
+    JAX itself (`JAX_COMPILATION_CACHE_DIR` or `jax.config`) is left as it is. Entries are keyed by JAX on
+    the program, its shapes, the compiler options and the jaxlib version, so a hit returns the executable a
+    fresh compilation would build; numerics do not change.
+    """
+    import jax
+
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return configured
+    setting = os.environ.get("LSTM_JAX_COMPILATION_CACHE")
+    if setting is not None and setting.strip().lower() in _OFF:
+        return None
+    path = os.path.abspath(os.path.expanduser(setting or DEFAULT_COMPILATION_CACHE))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None  # an unwritable home: compile as usual rather than fail the run
+    jax.config.update("jax_compilation_cache_dir", path)
+    if jax.config.jax_compilation_cache_max_size == -1:
+        jax.config.update("jax_compilation_cache_max_size", _CACHE_MAX_BYTES)
+    return path

@@ -8,3 +8,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests (and the experiment binaries they start) compile without the persistent compilation cache, so a run
+# of the suite writes nothing under the user's home; tests/test_runtime.py turns it on where it is tested.
+os.environ.setdefault("LSTM_JAX_COMPILATION_CACHE", "off")

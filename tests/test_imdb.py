@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -308,6 +309,31 @@ def test_bucketing_is_exact_for_predictions(trained):
     config.data.bucket_quantum = 4
     with pytest.raises(UserError, match="bucket_quantum=4 trims padding"):
         clf.bucket_quantum(config)
+
+
+def test_predictions_reuse_compiled_functions_across_models(trained):
+    acl, workdir, _ = trained
+    from lstm_jax.train import restore_model
+
+    config = _config(acl)
+    model, _ = restore_model(config, str(workdir), clf.build_model)
+    arr = clf.prepare_data(config).arrays["test"]
+    clf._probs_fn.cache_clear()
+    first = clf.predict_proba(model, arr["ids"], arr["mask"], 16, quantum=4)
+    fn = clf._probs_fn(nnx.graphdef(model), True)
+    compiled = fn._cache_size()
+    assert compiled >= 1
+    # Another restored model of the same structure (an ensemble member, here with its weights halved):
+    # no new compilation, its own weights.
+    other, _ = restore_model(config, str(workdir), clf.build_model)
+    nnx.update(other, jax.tree.map(lambda w: w * 0.5, nnx.state(other, nnx.Param)))
+    second = clf.predict_proba(other, arr["ids"], arr["mask"], 16, quantum=4)
+    assert fn._cache_size() == compiled
+    assert clf._probs_fn.cache_info().misses == 1
+    assert not np.allclose(first, second, atol=1e-3)
+    np.testing.assert_array_equal(
+        clf.predict_proba(model, arr["ids"], arr["mask"], 16, quantum=4), first
+    )
 
 
 def test_ensemble_mode(trained, tmp_path):

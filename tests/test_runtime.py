@@ -67,3 +67,72 @@ def test_tuned_malloc_stops_per_call_page_faults_and_the_env_var_opts_out():
     # (16k+ faults of 4 KiB); tuned, the heap keeps them mapped.
     assert default["faults_per_call"] > 5000, default
     assert tuned["faults_per_call"] < default["faults_per_call"] / 10, (tuned, default)
+
+
+# Compiles one program with the persistent cache as the experiment binaries set it up; prints the cache
+# directory and the cache entries on disk afterwards.
+CACHE_PROBE = """
+import json, os
+import jax, jax.numpy as jnp
+from lstm_jax import runtime
+
+path = runtime.enable_compilation_cache()
+
+@jax.jit
+def f(x):
+    return jnp.tanh(x @ x.T).sum()
+
+value = float(f(jnp.ones((64, 32), jnp.float32)))
+entries = sorted(n for n in os.listdir(path) if n.endswith("-cache")) if path else []
+print(json.dumps({"path": path, "entries": entries, "value": value}))
+"""
+
+
+def _cache_probe(**env_vars: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env_vars)
+    out = subprocess.run(
+        [sys.executable, "-c", CACHE_PROBE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_compilation_cache_is_reused_by_the_next_process_and_can_be_turned_off(tmp_path):
+    cache = tmp_path / "cache"
+    first = _cache_probe(LSTM_JAX_COMPILATION_CACHE=str(cache))
+    assert first["path"] == str(cache) and len(first["entries"]) >= 1
+    # A second process with the same program finds its executable: no new entry, the same result.
+    second = _cache_probe(LSTM_JAX_COMPILATION_CACHE=str(cache))
+    assert second["entries"] == first["entries"] and second["value"] == first["value"]
+    # Off: nothing configured, nothing written.
+    for off in ("off", "0", ""):
+        assert _cache_probe(LSTM_JAX_COMPILATION_CACHE=off)["path"] is None
+    # A cache the user set for JAX itself wins over ours.
+    theirs = tmp_path / "theirs"
+    probe = _cache_probe(
+        LSTM_JAX_COMPILATION_CACHE=str(cache), JAX_COMPILATION_CACHE_DIR=str(theirs)
+    )
+    assert probe["path"] == str(theirs) and probe["entries"]
+
+
+def test_experiment_binaries_enable_the_cache(tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LSTM_JAX_COMPILATION_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.imdb_sentiment.main", f"--workdir={tmp_path / 'run'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # No config and no saved run: a user error, after the cache was set up (the directory exists).
+    assert out.returncode == 2 and "no --config given" in out.stderr
+    assert cache.is_dir()

@@ -28,6 +28,7 @@ Config (``config.data``):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -528,6 +529,27 @@ def make_loss_fn(config: ml_collections.ConfigDict):
     return loss_fn
 
 
+@functools.lru_cache(maxsize=8)
+def _probs_fn(graphdef: nnx.GraphDef, use_mask: bool):
+    """The jitted `(state, ids [B, T], mask [B, T]) -> probabilities [B, classes]` of one model structure.
+
+    Cached on the graph definition, so every `predict_proba` call for models of the same structure (the
+    validation and test reports, the members of an ensemble) reuses the executables compiled per batch
+    shape instead of tracing and compiling them again.
+    """
+
+    @jax.jit
+    def probs(state, ids, mask):
+        m = nnx.merge(graphdef, state)
+        logits = m(ids, mask=mask if use_mask else None, deterministic=True)
+        if logits.ndim == 1:
+            p = jax.nn.sigmoid(logits.astype(jnp.float32))
+            return jnp.stack([1.0 - p, p], axis=-1)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    return probs
+
+
 def predict_proba(
     model: TextClassifier,
     ids: np.ndarray,
@@ -543,16 +565,7 @@ def predict_proba(
     """
     graphdef, state = nnx.split(model)
     use_mask = mask is not None
-
-    @jax.jit
-    def probs(state, ids, mask):
-        m = nnx.merge(graphdef, state)
-        logits = m(ids, mask=mask if use_mask else None, deterministic=True)
-        if logits.ndim == 1:
-            p = jax.nn.sigmoid(logits.astype(jnp.float32))
-            return jnp.stack([1.0 - p, p], axis=-1)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
+    probs = _probs_fn(graphdef, use_mask)
     n = len(ids)
     if n == 0:
         return np.zeros((0, 2), np.float32)
