@@ -13,14 +13,14 @@ threshold: freed buffers stay in the heap and the next step reuses the same, alr
 is that the process keeps its peak heap instead of returning it to the system between steps, which is what a
 training process wants. Numerics do not change (the allocator only decides where buffers live).
 
+`import lstm_jax` calls `tune_malloc()` once. Set `LSTM_JAX_TUNE_MALLOC=0` to keep glibc's defaults. It does
+nothing on systems without glibc (macOS, Windows, musl); threads that already have their own arena keep it,
+so the setting works best before the first JAX computation.
+
 `enable_compilation_cache()` (called by the experiment binaries, not on import) turns on JAX's persistent
 compilation cache, so a second run of the same shapes (another seed, a resumed run, an ensemble's members)
 loads its executables from disk instead of compiling them again: `imdb_best` compiles a train step for each
-of its ~25 length buckets, about 80 s per run on 2 cores that a warm cache saves.
-
-`import lstm_jax` calls `tune_malloc()` once. Set `LSTM_JAX_TUNE_MALLOC=0` to keep glibc's defaults. It does nothing on
-systems without glibc (macOS, Windows, musl); threads that already have their own arena keep it, so the
-setting works best before the first JAX computation.
+of its ~25 length buckets, and a warm cache made a whole run 129 s shorter on 2 cores (853 -> 724 s).
 """
 
 from __future__ import annotations
