@@ -114,6 +114,16 @@ def enable_compilation_cache() -> str | None:
     except OSError:
         return None  # an unwritable home: compile as usual rather than fail the run
     jax.config.update("jax_compilation_cache_dir", path)
-    if jax.config.jax_compilation_cache_max_size == -1:
+    if jax.config.jax_compilation_cache_max_size == -1 and _has_filelock():
+        # JAX's size cap locks the directory with `filelock` (a dependency of lstm_jax); without the
+        # package a capped cache fails to read or write every entry, so the cap is only set with it.
         jax.config.update("jax_compilation_cache_max_size", _CACHE_MAX_BYTES)
     return path
+
+
+def _has_filelock() -> bool:
+    try:
+        import filelock  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -72,7 +72,9 @@ def test_tuned_malloc_stops_per_call_page_faults_and_the_env_var_opts_out():
 # Compiles one program with the persistent cache as the experiment binaries set it up; prints the cache
 # directory and the cache entries on disk afterwards.
 CACHE_PROBE = """
-import json, os
+import json, os, sys
+if os.environ.get("PROBE_WITHOUT_FILELOCK"):
+    sys.modules["filelock"] = None  # `import filelock` raises ImportError, as when it is not installed
 import jax, jax.numpy as jnp
 from lstm_jax import runtime
 
@@ -84,7 +86,8 @@ def f(x):
 
 value = float(f(jnp.ones((64, 32), jnp.float32)))
 entries = sorted(n for n in os.listdir(path) if n.endswith("-cache")) if path else []
-print(json.dumps({"path": path, "entries": entries, "value": value}))
+cap = jax.config.jax_compilation_cache_max_size
+print(json.dumps({"path": path, "entries": entries, "value": value, "max_size": cap}))
 """
 
 
@@ -107,12 +110,20 @@ def test_compilation_cache_is_reused_by_the_next_process_and_can_be_turned_off(t
     cache = tmp_path / "cache"
     first = _cache_probe(LSTM_JAX_COMPILATION_CACHE=str(cache))
     assert first["path"] == str(cache) and len(first["entries"]) >= 1
+    # Size-capped: the least recently used entries are evicted beyond the cap.
+    assert first["max_size"] == runtime._CACHE_MAX_BYTES
     # A second process with the same program finds its executable: no new entry, the same result.
     second = _cache_probe(LSTM_JAX_COMPILATION_CACHE=str(cache))
     assert second["entries"] == first["entries"] and second["value"] == first["value"]
     # Off: nothing configured, nothing written.
     for off in ("off", "0", ""):
         assert _cache_probe(LSTM_JAX_COMPILATION_CACHE=off)["path"] is None
+    # Without the filelock package JAX cannot cap the cache (every entry would fail to read or write):
+    # the cache still works, uncapped.
+    bare = _cache_probe(
+        LSTM_JAX_COMPILATION_CACHE=str(tmp_path / "bare"), PROBE_WITHOUT_FILELOCK="1"
+    )
+    assert bare["entries"] and bare["max_size"] == -1
     # A cache the user set for JAX itself wins over ours.
     theirs = tmp_path / "theirs"
     probe = _cache_probe(
