@@ -36,6 +36,8 @@ __all__ = [
     "config_diff",
     "monitor_mode",
     "dropout_rates",
+    "layer_sizes",
+    "positive_int",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
@@ -203,6 +205,38 @@ def dropout_rates(
             )
         rates[field] = rate
     return rates
+
+
+def _is_size(value: Any) -> bool:
+    """True for a whole number >= 1 (an int, or a float such as 64.0 from a JSON round trip)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value == int(value) and value >= 1
+
+
+def positive_int(model: Mapping[str, Any] | ml_collections.ConfigDict, field: str) -> int:
+    """`model[field]` as an int >= 1, else a `UserError` naming ``config.model.<field>`` and a fix."""
+    value = model[field]
+    if not _is_size(value):
+        raise UserError(
+            f"config.model.{field}={value!r} must be a positive integer; pass e.g."
+            f" --config.model.{field}=64"
+        )
+    return int(value)
+
+
+def layer_sizes(
+    model: Mapping[str, Any] | ml_collections.ConfigDict, field: str = "hidden_sizes"
+) -> tuple[int, ...]:
+    """`model[field]` (one LSTM width per layer) as a non-empty tuple of ints >= 1, else a `UserError`."""
+    value = model[field]
+    sizes = tuple(value) if isinstance(value, list | tuple) else ()
+    if not sizes or not all(_is_size(h) for h in sizes):
+        raise UserError(
+            f"config.model.{field}={value!r} must be one positive integer per LSTM layer; pass e.g."
+            f" --config.model.{field}='(128,)'"
+        )
+    return tuple(int(h) for h in sizes)
 
 
 def monitor_mode(monitor: str, mode: str) -> str:

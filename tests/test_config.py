@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import pytest
 
 from lstm_jax import config_utils
@@ -120,6 +121,48 @@ def test_every_task_rejects_an_impossible_dropout_rate_before_building(task, fie
     config.model[field] = 1.0
     with pytest.raises(UserError, match=rf"config\.model\.{field}=1\.0 is not a dropout rate"):
         build_model(config, nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("hidden_sizes", (0,), "config.model.hidden_sizes=(0,) must be one positive integer per"),
+        ("hidden_sizes", (), "config.model.hidden_sizes=() must be one positive integer per"),
+        ("hidden_sizes", (32, 2.5), "config.model.hidden_sizes=(32, 2.5) must be one positive"),
+        ("embed_dim", 0, "config.model.embed_dim=0 must be a positive integer"),
+        ("embed_dim", -3, "config.model.embed_dim=-3 must be a positive integer"),
+    ],
+)
+@pytest.mark.parametrize("task", ["char_textgen", "word_textgen", "imdb_sentiment"])
+def test_every_task_rejects_impossible_layer_sizes(task, field, value, expected):
+    import importlib
+
+    from flax import nnx
+
+    module = {
+        "char_textgen": "lstm_jax.tasks.char_lm",
+        "word_textgen": "lstm_jax.tasks.word_lm",
+        "imdb_sentiment": "lstm_jax.tasks.classification",
+    }[task]
+    build_model = importlib.import_module(module).build_model
+    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
+    config = ml_collections.ConfigDict(config.to_dict())  # a copy without type checks: any value
+    if "vocab_size" in config.model:
+        config.model.vocab_size = 40
+    config.model[field] = value
+    with pytest.raises(UserError) as err:
+        build_model(config, nnx.Rngs(0))
+    message = str(err.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message and f"--config.model.{field}=" in message
+
+
+def test_layer_sizes_accept_lists_from_saved_configs():
+    assert config_utils.layer_sizes({"hidden_sizes": [128, 64]}) == (128, 64)
+    assert config_utils.positive_int({"embed_dim": 16.0}, "embed_dim") == 16
+    for bad in (float("nan"), float("inf"), True, "64"):
+        with pytest.raises(UserError, match="config.model.embed_dim=.* must be a positive integer"):
+            config_utils.positive_int({"embed_dim": bad}, "embed_dim")
 
 
 def test_monitor_mode_auto_follows_keras():

@@ -166,12 +166,13 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
             " --workdir of a trained run"
         )
     rates = config_utils.dropout_rates(m, ("dropout", "recurrent_dropout"))
+    embed_dim = config_utils.positive_int(m, "embed_dim") if m.input_mode == "embed" else 1
     return LanguageModel(
         int(m.vocab_size),
-        tuple(int(h) for h in m.hidden_sizes),
+        config_utils.layer_sizes(m),
         rngs=rngs,
         input_mode=m.input_mode,
-        embed_dim=int(m.embed_dim),
+        embed_dim=embed_dim,
         predict="last" if config.data.layout == "windows" else "all",
         **rates,
         unroll=int(m.unroll),

@@ -497,8 +497,8 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassi
     )
     return TextClassifier(
         embedding_rows(config),
-        int(m.embed_dim),
-        tuple(m.hidden_sizes),
+        config_utils.positive_int(m, "embed_dim"),
+        config_utils.layer_sizes(m),
         num_outputs=num_outputs(config),
         rngs=rngs,
         bidirectional=bool(m.bidirectional),

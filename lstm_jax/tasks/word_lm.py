@@ -191,10 +191,10 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
         )
     return LanguageModel(
         int(m.vocab_size),
-        tuple(int(h) for h in m.hidden_sizes),
+        config_utils.layer_sizes(m),
         rngs=rngs,
         input_mode="embed",
-        embed_dim=int(m.embed_dim),
+        embed_dim=config_utils.positive_int(m, "embed_dim"),
         dropout=config_utils.dropout_rates(m, ("dropout",))["dropout"],
         dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
         predict="last" if config.data.form == "prefixes" else "all",
