@@ -38,6 +38,7 @@ __all__ = [
     "dropout_rates",
     "layer_sizes",
     "positive_int",
+    "lstm_impl",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
@@ -223,6 +224,18 @@ def positive_int(model: Mapping[str, Any] | ml_collections.ConfigDict, field: st
             f" --config.model.{field}=64"
         )
     return int(value)
+
+
+def lstm_impl(model: Mapping[str, Any] | ml_collections.ConfigDict, field: str = "impl") -> str:
+    """`model[field]`, one of `lstm_jax.core.lstm_layer`'s impls, else a `UserError` listing them."""
+    choices = ("auto", "scan", "fused", "per_step")
+    value = model[field]
+    if value not in choices:
+        raise UserError(
+            f"config.model.{field}={value!r} is not an LSTM implementation; pass one of"
+            f" {', '.join(choices)} (e.g. --config.model.{field}=auto)"
+        )
+    return value
 
 
 def layer_sizes(

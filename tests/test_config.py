@@ -157,6 +157,34 @@ def test_every_task_rejects_impossible_layer_sizes(task, field, value, expected)
     assert "\n" not in message and f"--config.model.{field}=" in message
 
 
+@pytest.mark.parametrize("task", ["char_textgen", "word_textgen"])
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        (
+            "impl",
+            "bogus",
+            "config.model.impl='bogus' is not an LSTM implementation; pass one of auto",
+        ),
+        ("unroll", 0, "config.model.unroll=0 must be a positive integer"),
+    ],
+)
+def test_language_models_reject_unknown_impls_and_unroll(task, field, value, expected):
+    import importlib
+
+    from flax import nnx
+
+    module = {"char_textgen": "lstm_jax.tasks.char_lm", "word_textgen": "lstm_jax.tasks.word_lm"}
+    build_model = importlib.import_module(module[task]).build_model
+    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
+    config.model.vocab_size = 40
+    config.model[field] = value
+    with pytest.raises(UserError) as err:
+        build_model(config, nnx.Rngs(0))
+    assert str(err.value).startswith(expected), str(err.value)
+    assert f"--config.model.{field}=" in str(err.value)
+
+
 def test_layer_sizes_accept_lists_from_saved_configs():
     assert config_utils.layer_sizes({"hidden_sizes": [128, 64]}) == (128, 64)
     assert config_utils.positive_int({"embed_dim": 16.0}, "embed_dim") == 16

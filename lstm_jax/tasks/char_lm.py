@@ -175,8 +175,8 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
         embed_dim=embed_dim,
         predict="last" if config.data.layout == "windows" else "all",
         **rates,
-        unroll=int(m.unroll),
-        impl=m.impl,
+        unroll=config_utils.positive_int(m, "unroll"),
+        impl=config_utils.lstm_impl(m),
     )
 
 

@@ -198,8 +198,8 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
         dropout=config_utils.dropout_rates(m, ("dropout",))["dropout"],
         dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
         predict="last" if config.data.form == "prefixes" else "all",
-        unroll=int(m.unroll),
-        impl=m.impl,
+        unroll=config_utils.positive_int(m, "unroll"),
+        impl=config_utils.lstm_impl(m),
     )
 
 
