@@ -19,10 +19,11 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, get_args
 
 import ml_collections
 
+from lstm_jax import core
 from lstm_jax.errors import UserError
 
 __all__ = [
@@ -192,9 +193,10 @@ def dropout_rates(
     outside [0, 1) or not a number raises `UserError` naming ``config.model.<field>`` and a valid example,
     before any model is built (the layers would otherwise fail with a bare ValueError).
     """
+    defaults = dict(optional or {})
     rates: dict[str, float] = {}
-    for field in (*fields, *(optional or {})):
-        value = model[field] if field in fields or field in model else (optional or {})[field]
+    for field in (*fields, *defaults):
+        value = model[field] if field in model or field not in defaults else defaults[field]
         try:
             rate = float(value)
         except (TypeError, ValueError):
@@ -228,7 +230,7 @@ def positive_int(model: Mapping[str, Any] | ml_collections.ConfigDict, field: st
 
 def lstm_impl(model: Mapping[str, Any] | ml_collections.ConfigDict, field: str = "impl") -> str:
     """`model[field]`, one of `lstm_jax.core.lstm_layer`'s impls, else a `UserError` listing them."""
-    choices = ("auto", "scan", "fused", "per_step")
+    choices = get_args(core.Impl)
     value = model[field]
     if value not in choices:
         raise UserError(

@@ -48,10 +48,10 @@ _SETTINGS = (
 GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _SETTINGS)
 
 _TUNED = False
+_OFF_WORDS = ("0", "false", "no", "off")  # what the LSTM_JAX_* switches accept for "off"
 
 DEFAULT_COMPILATION_CACHE = os.path.join("~", ".cache", "lstm_jax", "jax_compilation_cache")
 _CACHE_MAX_BYTES = 2 * 2**30  # least recently used executables are evicted beyond 2 GiB
-_OFF = ("0", "false", "no", "off", "")
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -74,7 +74,7 @@ def tune_malloc() -> bool:
     global _TUNED
     if _TUNED:
         return True
-    if os.environ.get("LSTM_JAX_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get("LSTM_JAX_TUNE_MALLOC", "1").strip().lower() in _OFF_WORDS:
         return False
     libc = _libc()
     if libc is None:
@@ -106,7 +106,7 @@ def enable_compilation_cache() -> str | None:
     if configured:
         return configured
     setting = os.environ.get("LSTM_JAX_COMPILATION_CACHE")
-    if setting is not None and setting.strip().lower() in _OFF:
+    if setting is not None and setting.strip().lower() in (*_OFF_WORDS, ""):
         return None
     path = os.path.abspath(os.path.expanduser(setting or DEFAULT_COMPILATION_CACHE))
     try:
