@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import ml_collections
 import pytest
+from flax import nnx
 
 from lstm_jax import config_utils
 from lstm_jax.errors import UserError
@@ -92,6 +95,23 @@ def test_dropout_rates_reads_fields_and_defaults_optional_ones():
         config_utils.dropout_rates(model, ("dropout",), optional={"token": 0.0})
 
 
+TASK_MODULES = {
+    "char_textgen": "lstm_jax.tasks.char_lm",
+    "word_textgen": "lstm_jax.tasks.word_lm",
+    "imdb_sentiment": "lstm_jax.tasks.classification",
+    "fake_news": "lstm_jax.tasks.classification",
+}
+
+
+def _task_test_config(task: str) -> tuple[Any, ml_collections.ConfigDict]:
+    """`(build_model, the experiment's test config)` of a task, with a vocabulary size where it needs one."""
+    build_model = importlib.import_module(TASK_MODULES[task]).build_model
+    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
+    if "vocab_size" in config.model:
+        config.model.vocab_size = 40
+    return build_model, config
+
+
 @pytest.mark.parametrize(
     ("task", "field"),
     [
@@ -103,20 +123,7 @@ def test_dropout_rates_reads_fields_and_defaults_optional_ones():
     ],
 )
 def test_every_task_rejects_an_impossible_dropout_rate_before_building(task, field):
-    import importlib
-
-    from flax import nnx
-
-    module = {
-        "char_textgen": "lstm_jax.tasks.char_lm",
-        "word_textgen": "lstm_jax.tasks.word_lm",
-        "imdb_sentiment": "lstm_jax.tasks.classification",
-        "fake_news": "lstm_jax.tasks.classification",
-    }[task]
-    build_model = importlib.import_module(module).build_model
-    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
-    if "vocab_size" in config.model:
-        config.model.vocab_size = 40
+    build_model, config = _task_test_config(task)
     build_model(config, nnx.Rngs(0))  # the test config builds
     config.model[field] = 1.0
     with pytest.raises(UserError, match=rf"config\.model\.{field}=1\.0 is not a dropout rate"):
@@ -135,20 +142,13 @@ def test_every_task_rejects_an_impossible_dropout_rate_before_building(task, fie
 )
 @pytest.mark.parametrize("task", ["char_textgen", "word_textgen", "imdb_sentiment"])
 def test_every_task_rejects_impossible_layer_sizes(task, field, value, expected):
-    import importlib
-
-    from flax import nnx
-
-    module = {
-        "char_textgen": "lstm_jax.tasks.char_lm",
-        "word_textgen": "lstm_jax.tasks.word_lm",
-        "imdb_sentiment": "lstm_jax.tasks.classification",
-    }[task]
-    build_model = importlib.import_module(module).build_model
-    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
+    build_model, config = _task_test_config(task)
     config = ml_collections.ConfigDict(config.to_dict())  # a copy without type checks: any value
-    if "vocab_size" in config.model:
-        config.model.vocab_size = 40
+    _assert_build_error(build_model, config, field, value, expected)
+
+
+def _assert_build_error(build_model, config, field: str, value: Any, expected: str) -> None:
+    """Building with ``config.model.<field> = value`` raises a one-line UserError starting `expected`."""
     config.model[field] = value
     with pytest.raises(UserError) as err:
         build_model(config, nnx.Rngs(0))
@@ -170,19 +170,8 @@ def test_every_task_rejects_impossible_layer_sizes(task, field, value, expected)
     ],
 )
 def test_language_models_reject_unknown_impls_and_unroll(task, field, value, expected):
-    import importlib
-
-    from flax import nnx
-
-    module = {"char_textgen": "lstm_jax.tasks.char_lm", "word_textgen": "lstm_jax.tasks.word_lm"}
-    build_model = importlib.import_module(module[task]).build_model
-    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
-    config.model.vocab_size = 40
-    config.model[field] = value
-    with pytest.raises(UserError) as err:
-        build_model(config, nnx.Rngs(0))
-    assert str(err.value).startswith(expected), str(err.value)
-    assert f"--config.model.{field}=" in str(err.value)
+    build_model, config = _task_test_config(task)
+    _assert_build_error(build_model, config, field, value, expected)
 
 
 def test_layer_sizes_accept_lists_from_saved_configs():

@@ -39,18 +39,22 @@ print(json.dumps({"tuned": runtime.malloc_tuned(), "faults_per_call": faults}))
 """
 
 
-def _probe(tune: str) -> dict:
-    env = {**os.environ, "LSTM_JAX_TUNE_MALLOC": tune, "JAX_PLATFORMS": "cpu"}
+def _run_script(script: str, env: dict[str, str]) -> dict:
+    """Runs `script` in a fresh Python process on the CPU; returns the JSON of its last printed line."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", script],
         cwd=REPO,
-        env=env,
+        env={**env, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _probe(tune: str) -> dict:
+    return _run_script(PROBE, {**os.environ, "LSTM_JAX_TUNE_MALLOC": tune})
 
 
 @pytest.mark.skipif(not GLIBC, reason="the malloc setting exists only with glibc")
@@ -93,17 +97,8 @@ print(json.dumps({"path": path, "entries": entries, "value": value, "max_size": 
 
 def _cache_probe(**env_vars: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env_vars)
-    out = subprocess.run(
-        [sys.executable, "-c", CACHE_PROBE],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env_vars)
+    return _run_script(CACHE_PROBE, env)
 
 
 def test_compilation_cache_is_reused_by_the_next_process_and_can_be_turned_off(tmp_path):
