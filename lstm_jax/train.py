@@ -128,6 +128,11 @@ class Task:
       derive_metrics: ``averages -> averages`` adding derived values (e.g. bits per character).
       extra_results: ``(model, results) -> dict`` of extra results.json keys, called once at the end with
         the final model (classification reports, confusion matrices, samples).
+      final_metrics: ``(model, splits) -> {split: averages}``, the final evaluation of `splits` done by the
+        task instead of the engine, for a task whose `extra_results` goes over those splits anyway (the
+        classifiers' reports predict every test example; computing the metrics from the same predictions
+        saves a second pass). Called once, just before `extra_results`, with the same final model; it must
+        return the metrics `evaluate` would give (same keys, averages over every example of the split).
     """
 
     build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
@@ -144,6 +149,9 @@ class Task:
     data_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     derive_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None
     extra_results: Callable[[nnx.Module, dict[str, Any]], Mapping[str, Any]] | None = None
+    final_metrics: (
+        Callable[[nnx.Module, Sequence[str]], Mapping[str, Mapping[str, float]]] | None
+    ) = None
 
 
 class TrainingStopped(Exception):
@@ -852,12 +860,25 @@ def _run(
 
     final: dict[str, dict[str, float]] = {}
     last = history[-1] if history else {}
+    todo = []  # the splits the last periodic evaluation did not cover with these weights
     for split in task.eval_batches:
         if not restored_best and last.get("step") == step and split in last:
             final[split] = last[split]
         else:
-            final[split] = eng.evaluate(final_params, split)
-            logger.write(f"final_{split}", step, final[split])
+            todo.append(split)
+    final_model = eng.merge(final_params)
+    if todo and task.final_metrics is not None:
+        computed = {s: dict(m) for s, m in task.final_metrics(final_model, todo).items()}
+        if sorted(computed) != sorted(todo):
+            raise ValueError(
+                f"task.final_metrics returned splits {sorted(computed)}, expected {sorted(todo)}"
+            )
+    else:
+        computed = {s: eng.evaluate(final_params, s) for s in todo}
+    for split in todo:
+        final[split] = computed[split]
+        logger.write(f"final_{split}", step, final[split])
+    final = {s: final[s] for s in task.eval_batches}
     best_record = next((r for r in history if r["step"] == best_step), None)
     results: dict[str, Any] = {
         "status": "finished",
@@ -885,7 +906,7 @@ def _run(
         )
         results["plots"] = [os.path.basename(curves)] if curves else []
     if task.extra_results is not None:
-        results.update(task.extra_results(eng.merge(final_params), results))
+        results.update(task.extra_results(final_model, results))
     if eng.is_main:
         write_json(os.path.join(workdir, RESULTS_FILE), results)
     logging.info(

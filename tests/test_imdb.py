@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,48 @@ def test_train_writes_reports_and_results(trained):
     assert saved["baseline"]["method"] == "tfidf+logistic_regression"
     assert saved["class_names"] == ["neg", "pos"]
     assert (workdir / clf.PREPROCESS_FILE).is_file()
+
+
+def test_final_metrics_come_from_the_report_pass_and_match_the_engine(trained, tmp_path):
+    acl, workdir, results = trained
+    import dataclasses
+
+    from lstm_jax.train import train_and_evaluate
+
+    # The same run with the engine's own final evaluation: same metrics (summed in another order).
+    config = _config(acl)
+    task, _ = clf.make_task(config, str(tmp_path / "engine"))
+    plain = train_and_evaluate(
+        config, str(tmp_path / "engine"), dataclasses.replace(task, final_metrics=None)
+    )
+    for split in ("validation", "test"):
+        ours, engine = results["metrics"]["final"][split], plain["metrics"]["final"][split]
+        assert (
+            ours["accuracy"] == engine["accuracy"]
+            and ours["count"] == engine["count"] == (results["reports"][split]["examples"])
+        )
+        assert ours["loss"] == pytest.approx(engine["loss"], rel=1e-5)
+    assert plain["reports"] == {
+        s: {**r, "files": plain["reports"][s]["files"]} for s, r in results["reports"].items()
+    }
+    # The final probabilities are saved for the checkpoint they came from, with the labels.
+    step = (
+        results["best_step"]
+        if results["metrics"]["evaluated_weights"] == "best"
+        else results["steps"]
+    )
+    saved = clf.load_predictions(str(workdir), step, ("validation", "test"))
+    model, restored_step = clf.restore_model(config, str(workdir), clf.build_model)
+    assert restored_step == step
+    test = clf.prepare_data(config).arrays["test"]
+    probs, labels = saved["test"]
+    np.testing.assert_array_equal(labels, test["label"])
+    np.testing.assert_allclose(
+        probs, clf.predict_proba(model, test["ids"], test["mask"]), atol=1e-6
+    )
+    assert float((probs.argmax(-1) == labels).mean()) == results["reports"]["test"]["accuracy"]
+    assert clf.load_predictions(str(workdir), step + 1, ("test",)) is None  # another checkpoint
+    assert clf.load_predictions(str(tmp_path), step, ("test",)) is None  # no file
 
 
 def test_predict_from_workdir_alone(trained):
@@ -318,9 +361,9 @@ def test_predictions_reuse_compiled_functions_across_models(trained):
     config = _config(acl)
     model, _ = restore_model(config, str(workdir), clf.build_model)
     arr = clf.prepare_data(config).arrays["test"]
-    clf._probs_fn.cache_clear()
+    clf._logits_fn.cache_clear()
     first = clf.predict_proba(model, arr["ids"], arr["mask"], 16, quantum=4)
-    fn = clf._probs_fn(nnx.graphdef(model), True)
+    fn = clf._logits_fn(nnx.graphdef(model), True)
     compiled = fn._cache_size()
     assert compiled >= 1
     # Another restored model of the same structure (an ensemble member, here with its weights halved):
@@ -329,7 +372,7 @@ def test_predictions_reuse_compiled_functions_across_models(trained):
     nnx.update(other, jax.tree.map(lambda w: w * 0.5, nnx.state(other, nnx.Param)))
     second = clf.predict_proba(other, arr["ids"], arr["mask"], 16, quantum=4)
     assert fn._cache_size() == compiled
-    assert clf._probs_fn.cache_info().misses == 1
+    assert clf._logits_fn.cache_info().misses == 1
     assert not np.allclose(first, second, atol=1e-3)
     np.testing.assert_array_equal(
         clf.predict_proba(model, arr["ids"], arr["mask"], 16, quantum=4), first
@@ -342,6 +385,16 @@ def test_ensemble_mode(trained, tmp_path):
     twice = clf.ensemble(None, str(tmp_path / "ens2"), [str(workdir), str(workdir)])
     for split in ("validation", "test"):
         assert twice["reports"][split]["accuracy"] == results["reports"][split]["accuracy"]
+    assert [m["probabilities"] for m in twice["members"]] == ["saved", "saved"]
+    # Without the saved probabilities the members predict again: the same ensemble.
+    bare = tmp_path / "bare"
+    shutil.copytree(workdir, bare)
+    (bare / clf.PREDICTIONS_FILE).unlink()
+    again = clf.ensemble(None, str(tmp_path / "ens3"), [str(workdir), str(bare)])
+    assert [m["probabilities"] for m in again["members"]] == ["saved", "predicted"]
+    assert again["reports"] == {
+        s: {**r, "files": again["reports"][s]["files"]} for s, r in twice["reports"].items()
+    }
     assert (tmp_path / "ens2" / "ensemble.json").is_file()
     assert (tmp_path / "ens2" / "confusion_matrix_test.png").is_file()
     # A second seed: the ensemble predicts the argmax of the mean of the members' probabilities.

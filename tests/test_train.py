@@ -197,6 +197,47 @@ def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
     assert len(read_jsonl(str(tmp_path / "metrics.jsonl"))) == len(lines)
 
 
+def test_a_task_can_supply_the_final_metrics_of_the_splits_not_yet_evaluated(tmp_path):
+    config = ef.base_config(num_epochs=2)
+    calls, seen = [], {}
+
+    def final_metrics(model, splits):
+        calls.append(list(splits))
+        return {s: {"loss": 0.25, "accuracy": 0.5, "count": 15.0} for s in splits}
+
+    def extra_results(model, results):
+        seen["same_model"] = model is seen.get("model")
+        return {}
+
+    def final_metrics_keeping_model(model, splits):
+        seen["model"] = model
+        return final_metrics(model, splits)
+
+    task = ef.classification_task(
+        config, final_metrics=final_metrics_keeping_model, extra_results=extra_results
+    )
+    results = train_and_evaluate(config, str(tmp_path / "hook"), task)
+    # Validation was just evaluated with the final weights (last step): only "test" is asked for, once.
+    assert calls == [["test"]]
+    assert results["metrics"]["final"]["test"] == {"loss": 0.25, "accuracy": 0.5, "count": 15.0}
+    plain = train_and_evaluate(config, str(tmp_path / "plain"), ef.classification_task(config))
+    assert results["metrics"]["final"]["validation"] == plain["metrics"]["final"]["validation"]
+    assert list(results["metrics"]["final"]) == ["validation", "test"]
+    assert seen["same_model"]  # extra_results gets the model final_metrics saw
+    lines = read_jsonl(str(tmp_path / "hook" / "metrics.jsonl"))
+    assert [x["accuracy"] for x in lines if x["kind"] == "final_test"] == [0.5]
+
+    def wrong_splits(model, splits):
+        return {"validation": {"loss": 0.0, "accuracy": 1.0, "count": 1.0}}
+
+    with pytest.raises(ValueError, match="expected \\['test'\\]"):
+        train_and_evaluate(
+            config,
+            str(tmp_path / "wrong"),
+            ef.classification_task(config, final_metrics=wrong_splits),
+        )
+
+
 def test_changing_the_model_in_an_existing_workdir_is_a_user_error(tmp_path):
     config = ef.base_config(num_epochs=1)
     config_utils.save_config(config, str(tmp_path))  # as a previous run left it

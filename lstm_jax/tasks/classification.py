@@ -43,7 +43,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from lstm_jax import config_utils, losses, reports, text
+from lstm_jax import config_utils, losses, metrics, reports, text
 from lstm_jax import data as data_lib
 from lstm_jax.baselines import tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
@@ -63,6 +63,7 @@ from lstm_jax.train import (
 __all__ = [
     "DATASETS",
     "PREPROCESS_FILE",
+    "PREDICTIONS_FILE",
     "TextEncoder",
     "PreparedData",
     "prepare_data",
@@ -71,8 +72,13 @@ __all__ = [
     "embedding_rows",
     "make_loss_fn",
     "make_task",
+    "predict_logits",
     "predict_proba",
+    "probabilities",
+    "metrics_from_logits",
     "evaluate_reports",
+    "save_predictions",
+    "load_predictions",
     "train",
     "evaluate",
     "predict",
@@ -83,6 +89,9 @@ __all__ = [
 
 DATASETS = ("imdb", "fake_news", "liar")
 PREPROCESS_FILE = "preprocess.json"
+PREDICTIONS_FILE = (
+    "predictions.npz"  # the final model's validation/test probabilities (ensemble input)
+)
 IMDB_CLASSES = ("neg", "pos")  # label 1 = positive review
 FAKE_CLASSES = ("real", "fake")  # label 1 = fake (Kaggle's convention; LIAR's binary label too)
 _META_SEP = "\x1f"  # joins metadata tokens; never occurs in a CSV cell after our normalisation
@@ -530,24 +539,72 @@ def make_loss_fn(config: ml_collections.ConfigDict):
 
 
 @functools.lru_cache(maxsize=8)
-def _probs_fn(graphdef: nnx.GraphDef, use_mask: bool):
-    """The jitted `(state, ids [B, T], mask [B, T]) -> probabilities [B, classes]` of one model structure.
+def _logits_fn(graphdef: nnx.GraphDef, use_mask: bool):
+    """The jitted `(state, ids [B, T], mask [B, T]) -> float32 logits [B] or [B, classes]` of one model
+    structure.
 
-    Cached on the graph definition, so every `predict_proba` call for models of the same structure (the
-    validation and test reports, the members of an ensemble) reuses the executables compiled per batch
-    shape instead of tracing and compiling them again.
+    Cached on the graph definition, so every `predict_logits` call for models of the same structure (the
+    final metrics, the validation and test reports, the members of an ensemble) reuses the executables
+    compiled per batch shape instead of tracing and compiling them again.
     """
 
     @jax.jit
-    def probs(state, ids, mask):
+    def logits(state, ids, mask):
         m = nnx.merge(graphdef, state)
-        logits = m(ids, mask=mask if use_mask else None, deterministic=True)
-        if logits.ndim == 1:
-            p = jax.nn.sigmoid(logits.astype(jnp.float32))
-            return jnp.stack([1.0 - p, p], axis=-1)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return m(ids, mask=mask if use_mask else None, deterministic=True).astype(jnp.float32)
 
-    return probs
+    return logits
+
+
+@jax.jit
+def _probabilities(logits: jax.Array) -> jax.Array:
+    if logits.ndim == 1:
+        p = jax.nn.sigmoid(logits)
+        return jnp.stack([1.0 - p, p], axis=-1)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities `[n, classes]` from `predict_logits` output (binary: `[n, 2]` = (1 - p, p))."""
+    if len(logits) == 0:
+        return np.zeros((0, 2 if logits.ndim == 1 else logits.shape[-1]), np.float32)
+    return np.asarray(_probabilities(jnp.asarray(logits)))
+
+
+def predict_logits(
+    model: TextClassifier,
+    ids: np.ndarray,
+    mask: np.ndarray | None,
+    batch_size: int = 256,
+    quantum: int = 0,
+) -> np.ndarray:
+    """Float32 logits in evaluation mode: `[n]` for a binary classifier, else `[n, classes]`.
+
+    Batches are padded to `batch_size` so one compiled function serves every call; with `quantum` > 0
+    (post-padded, masked inputs) examples are sorted by length and each batch trimmed to a multiple of
+    `quantum` columns, which gives the same logits with less work.
+    """
+    graphdef, state = nnx.split(model)
+    use_mask = mask is not None
+    fn = _logits_fn(graphdef, use_mask)
+    n = len(ids)
+    if n == 0:
+        shape = (0,) if model.num_outputs == 1 else (0, model.num_outputs)
+        return np.zeros(shape, np.float32)
+    quantum = quantum if use_mask else 0
+    if mask is None:
+        mask = np.ones_like(ids, dtype=bool)
+    order = np.argsort(mask.sum(axis=1), kind="stable") if quantum else np.arange(n)
+    arrays = {"ids": np.asarray(ids)[order], "mask": np.asarray(mask)[order]}
+    out = np.concatenate(
+        [
+            np.asarray(fn(state, b["ids"], b["mask"]))
+            for b in _eval_batches(arrays, min(batch_size, n), quantum)
+        ]
+    )[:n]
+    result = np.empty_like(out)
+    result[order] = out
+    return result
 
 
 def predict_proba(
@@ -557,30 +614,56 @@ def predict_proba(
     batch_size: int = 256,
     quantum: int = 0,
 ) -> np.ndarray:
-    """Class probabilities `[n, classes]` (binary: `[n, 2]` = (1 - p, p)) in evaluation mode.
+    """Class probabilities `[n, classes]` (binary: `[n, 2]` = (1 - p, p)) in evaluation mode (see
+    `predict_logits` for the batching)."""
+    return probabilities(predict_logits(model, ids, mask, batch_size, quantum))
 
-    Batches are padded to `batch_size` so one compiled function serves every call; with `quantum` > 0
-    (post-padded, masked inputs) examples are sorted by length and each batch trimmed to a multiple of
-    `quantum` columns, which gives the same probabilities with less work.
-    """
-    graphdef, state = nnx.split(model)
-    use_mask = mask is not None
-    probs = _probs_fn(graphdef, use_mask)
-    n = len(ids)
-    if n == 0:
-        return np.zeros((0, 2), np.float32)
-    quantum = quantum if use_mask else 0
-    if mask is None:
-        mask = np.ones_like(ids, dtype=bool)
-    order = np.argsort(mask.sum(axis=1), kind="stable") if quantum else np.arange(n)
-    arrays = {"ids": np.asarray(ids)[order], "mask": np.asarray(mask)[order]}
-    out = [
-        np.asarray(probs(state, b["ids"], b["mask"]))
-        for b in _eval_batches(arrays, min(batch_size, n), quantum)
-    ]
-    result = np.empty_like(np.concatenate(out)[:n])
-    result[order] = np.concatenate(out)[:n]
-    return result
+
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The engine's evaluation averages (`loss`, `accuracy`, `count`) from a whole split's logits."""
+    fn = losses.binary_metric_sums if logits.ndim == 1 else losses.softmax_metric_sums
+    return metrics.compute(fn(jnp.asarray(logits), jnp.asarray(labels)))
+
+
+def _split_logits(
+    model: TextClassifier, arr: Mapping[str, np.ndarray], config: ml_collections.ConfigDict
+) -> np.ndarray:
+    bs = int(config.train.eval_batch_size) or int(config.train.batch_size)
+    mask = arr["mask"] if config.data.mask else None
+    return predict_logits(model, arr["ids"], mask, bs, quantum=bucket_quantum(config))
+
+
+def save_predictions(
+    workdir: str, step: int, logits: Mapping[str, np.ndarray], prepared: PreparedData
+) -> str:
+    """Writes `PREDICTIONS_FILE`: the class probabilities of the checkpoint at `step` and the labels, per
+    split (``<split>_probabilities [n, classes]``, ``<split>_labels [n]``), atomically. `ensemble` reads
+    them instead of predicting again."""
+    arrays: dict[str, np.ndarray] = {"step": np.asarray(step, np.int64)}
+    for split, z in logits.items():
+        arrays[f"{split}_probabilities"] = probabilities(z)
+        arrays[f"{split}_labels"] = np.asarray(prepared.arrays[split]["label"])
+    path = os.path.join(workdir, PREDICTIONS_FILE)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_predictions(
+    workdir: str, step: int, splits: Sequence[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """`{split: (probabilities, labels)}` from `workdir`'s `PREDICTIONS_FILE` if it was written for the
+    checkpoint at `step` and holds every split; else None (absent, older checkpoint, unreadable)."""
+    path = os.path.join(workdir, PREDICTIONS_FILE)
+    try:
+        with np.load(path) as f:
+            if int(f["step"]) != int(step):
+                return None
+            return {s: (f[f"{s}_probabilities"], f[f"{s}_labels"]) for s in splits}
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def evaluate_reports(
@@ -589,20 +672,18 @@ def evaluate_reports(
     config: ml_collections.ConfigDict,
     workdir: str,
     splits: Sequence[str] = ("validation", "test"),
+    logits: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Classification report, confusion matrix and heatmap PNG per split (files in `workdir`)."""
+    """Classification report, confusion matrix and heatmap PNG per split (files in `workdir`).
+
+    `logits` may hold the model's `predict_logits` output for some splits already (they are not predicted
+    again).
+    """
     out: dict[str, Any] = {}
-    bs = int(config.train.eval_batch_size) or int(config.train.batch_size)
     for split in splits:
         arr = prepared.arrays[split]
-        p = predict_proba(
-            model,
-            arr["ids"],
-            arr["mask"] if config.data.mask else None,
-            bs,
-            quantum=bucket_quantum(config),
-        )
-        pred = p.argmax(-1)
+        z = logits[split] if logits and split in logits else _split_logits(model, arr, config)
+        pred = probabilities(z).argmax(-1)
         rep = reports.classification_report(arr["label"], pred, prepared.class_names)
         files = reports.write_report(
             rep,
@@ -717,8 +798,35 @@ def make_task(
     def eval_split(split: str):
         return lambda: _eval_batches(prepared.arrays[split], eval_bs, quantum)
 
+    # The final model's logits per split: `final_metrics` computes them, the reports and the saved
+    # predictions reuse them, so the test split is predicted once at the end instead of twice.
+    final_logits: dict[str, np.ndarray] = {}
+
+    def final_metrics(model, splits):
+        final_logits.clear()
+        out = {}
+        for split in splits:
+            arr = prepared.arrays[split]
+            final_logits[split] = _split_logits(model, arr, config)
+            out[split] = metrics_from_logits(final_logits[split], arr["label"])
+        return out
+
     def extra_results(model, results):
-        extra: dict[str, Any] = {"reports": evaluate_reports(model, prepared, config, workdir)}
+        logits = dict(final_logits)
+        final_logits.clear()
+        for split in ("validation", "test"):
+            if split not in logits:
+                logits[split] = _split_logits(model, prepared.arrays[split], config)
+        extra: dict[str, Any] = {
+            "reports": evaluate_reports(model, prepared, config, workdir, logits=logits)
+        }
+        if jax.process_index() == 0:
+            step = (
+                results["best_step"]
+                if results["metrics"]["evaluated_weights"] == "best"
+                else results["steps"]
+            )
+            save_predictions(workdir, int(step), logits, prepared)
         if bool(config.report.baseline):
             extra["baseline"] = _run_baseline(prepared, config)
         extra["class_names"] = list(prepared.class_names)
@@ -734,6 +842,8 @@ def make_task(
         artefacts={PREPROCESS_FILE: prepared.encoder.to_dict()},
         data_info=prepared.info,
         extra_results=extra_results,
+        # One process sees all the data here; with several, the engine's sharded evaluation is needed.
+        final_metrics=final_metrics if jax.process_count() == 1 else None,
     )
     return task, prepared
 
@@ -898,7 +1008,8 @@ def ensemble(
     The members are `members`, else the workdirs given as positional arguments (at least two), typically the same config
     trained with different ``--config.seed``. They must share the data split (dataset, path, label set,
     split seed and fractions); each encodes the texts with its own saved preprocessing and best
-    checkpoint. Writes a classification report and confusion heatmap per split and ``ensemble.json``
+    checkpoint, or, when the member saved the probabilities of that checkpoint at the end of training
+    (`PREDICTIONS_FILE`) with the same labels, those are used without predicting again. Writes a classification report and confusion heatmap per split and ``ensemble.json``
     (each member's accuracy and the ensemble's reports) into `workdir`, which holds no model of its own.
     `config` is unused (the members' saved configs are read).
     """
@@ -933,19 +1044,22 @@ def ensemble(
     probs: dict[str, list[np.ndarray]] = {s: [] for s in splits}
     member_acc = []
     for m, c in zip(members, configs, strict=True):
-        _reencode(prepared, _load_encoder(m), c)
         model, step = restore_model(c, m, build_model)
-        bs = int(c.train.eval_batch_size) or int(c.train.batch_size)
+        saved = load_predictions(m, step, splits)
+        if saved is None:
+            _reencode(prepared, _load_encoder(m), c)
         acc = {"workdir": m, "step": step, "seed": int(c.seed)}
+        acc["probabilities"] = "saved" if saved is not None else "predicted"
         for s in splits:
-            arr = prepared.arrays[s]
-            if not np.array_equal(arr["label"], labels[s]):
+            if saved is not None:
+                p, member_labels = saved[s]
+            else:
+                p = probabilities(_split_logits(model, prepared.arrays[s], c))
+                member_labels = prepared.arrays[s]["label"]
+            if not np.array_equal(member_labels, labels[s]):
                 raise UserError(
                     f"{m}: the {s} labels differ from the first member's; check its data"
                 )
-            p = predict_proba(
-                model, arr["ids"], arr["mask"] if c.data.mask else None, bs, bucket_quantum(c)
-            )
             probs[s].append(p)
             acc[s] = float((p.argmax(-1) == labels[s]).mean())
         member_acc.append(acc)
