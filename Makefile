@@ -9,7 +9,11 @@ WORKDIR ?= runs/char_quick
 # Real data: ../shared/data when it is there (override with LSTM_JAX_DATA=/path/to/data).
 export LSTM_JAX_DATA ?= $(wildcard $(abspath ../shared/data))
 
-.PHONY: run test lint format bench strip-notebooks venv clean
+IMDB_BEST ?= runs/imdb_best
+IMDB := $(PY) -m experiments.imdb_sentiment.main
+IMDB_BEST_RUN := $(IMDB) --config=experiments/imdb_sentiment/configs/imdb_best.py
+
+.PHONY: run test lint format bench imdb-best strip-notebooks venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +35,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
+
+## The IMDB best recipe: seeds 0 and 1 side by side, each on half the cores (logs in their workdirs), then
+## seed 2 on all of them, then the ensemble of the three in $(IMDB_BEST)_ens.
+imdb-best: $(STAMP)
+	mkdir -p $(IMDB_BEST)_s0 $(IMDB_BEST)_s1
+	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s0 --config.seed=0 --cpus=1/2 > $(IMDB_BEST)_s0/train.log 2>&1 & p0=$$!; \
+	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s1 --config.seed=1 --cpus=2/2 > $(IMDB_BEST)_s1/train.log 2>&1 & p1=$$!; \
+	wait $$p0; s0=$$?; wait $$p1; s1=$$?; tail -n 1 $(IMDB_BEST)_s0/train.log $(IMDB_BEST)_s1/train.log; \
+	test $$s0 -eq 0 && test $$s1 -eq 0
+	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s2 --config.seed=2
+	$(IMDB) --mode=ensemble --workdir=$(IMDB_BEST)_ens $(IMDB_BEST)_s0 $(IMDB_BEST)_s1 $(IMDB_BEST)_s2
 
 ## Remove outputs and execution counts from the notebooks before committing them.
 strip-notebooks: $(STAMP)

@@ -9,7 +9,8 @@ Example ``experiments/imdb_sentiment/main.py``::
         cli.run({"train": classification.train, "predict": classification.predict})
 
 Flags: ``--config`` (an ml_collections config file, fields overridable as ``--config.train.batch_size=64``),
-``--workdir`` (required), ``--mode`` (one of the registered handlers; default the first). A handler is called
+``--workdir`` (required), ``--mode`` (one of the registered handlers; default the first), ``--cpus`` (the
+CPU cores to run on, `lstm_jax.runtime.set_cpu_affinity`). A handler is called
 as ``handler(config, workdir)``; ``config`` is the ``--config`` file when given, else the config saved in the
 workdir (so eval/generate/predict need only ``--workdir``); a handler with ``needs_config = False`` is called
 with ``config=None`` when neither exists. Extra flags for a mode (``--seed_text``) are
@@ -57,6 +58,13 @@ def define_flags(modes: Sequence[str]) -> None:
             "workdir", None, "Run directory: checkpoints, config, logs and results."
         )
         flags.DEFINE_string("mode", modes[0], f"What to do: {', '.join(modes)}.")
+        flags.DEFINE_string(
+            "cpus",
+            None,
+            "CPU cores this run may use (Linux): a list such as 0-3,8, or k/n for the k-th of n equal"
+            " shares of the available cores (e.g. two runs side by side with --cpus=1/2 and --cpus=2/2)."
+            " Default: all.",
+        )
 
 
 def positional_args() -> list[str]:
@@ -80,6 +88,9 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         from lstm_jax import runtime
         from lstm_jax.train import initialize_distributed
 
+        if FLAGS.cpus:  # before anything starts JAX's backend, which sizes its thread pools then
+            cores = runtime.set_cpu_affinity(FLAGS.cpus)
+            logging.info("--cpus=%s: running on core(s) %s", FLAGS.cpus, cores)
         initialize_distributed()
         runtime.enable_compilation_cache()
         if "tensorflow" in sys.modules:  # keep TF (tf.data, TFDS) off any accelerator JAX needs

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lstm_jax import runtime
+from lstm_jax.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 GLIBC = runtime._libc() is not None
@@ -22,6 +23,7 @@ import json, resource
 import lstm_jax
 import jax, jax.numpy as jnp
 from lstm_jax import runtime
+from lstm_jax.errors import UserError
 
 @jax.jit
 def f(x):
@@ -81,6 +83,7 @@ if os.environ.get("PROBE_WITHOUT_FILELOCK"):
     sys.modules["filelock"] = None  # `import filelock` raises ImportError, as when it is not installed
 import jax, jax.numpy as jnp
 from lstm_jax import runtime
+from lstm_jax.errors import UserError
 
 path = runtime.enable_compilation_cache()
 
@@ -142,3 +145,73 @@ def test_experiment_binaries_enable_the_cache(tmp_path):
     # No config and no saved run: a user error, after the cache was set up (the directory exists).
     assert out.returncode == 2 and "no --config given" in out.stderr
     assert cache.is_dir()
+
+
+def test_cpu_list_parses_core_lists_and_shares():
+    four = [0, 1, 2, 3]
+    assert runtime.cpu_list("2", four) == [2]
+    assert runtime.cpu_list("0-1,3", four) == [0, 1, 3]
+    assert runtime.cpu_list(" 3,1-1 ", four) == [1, 3]
+    assert runtime.cpu_list("1/2", four) == [0, 1] and runtime.cpu_list("2/2", four) == [2, 3]
+    assert runtime.cpu_list("1/1", four) == four
+    assert runtime.cpu_list("2/3", [4, 5, 6, 7, 8]) == [
+        5,
+        6,
+    ]  # shares of the cores actually available
+    assert runtime.cpu_list("1/2", [4, 5]) == [4]
+    for bad, message in [
+        ("x", "is not a list of cores"),
+        ("3-1", "is not a list of cores"),
+        ("1,,2", "is not a list of cores"),
+        ("0/2", "is not a share k/n"),
+        ("3/2", "is not a share k/n"),
+        ("a/2", "is not a share k/n"),
+        ("1/5", "5 shares of 4 available core"),
+        ("2-5", "core\\(s\\) 4-5 this process cannot use; the available cores are 0-3"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            runtime.cpu_list(bad, four)
+
+
+CPUS_PROBE = """
+import json, os, sys
+import jax.numpy as jnp
+from lstm_jax import cli
+
+def show(config, workdir):
+    (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
+    print(json.dumps({"cores": sorted(os.sched_getaffinity(0)), "threads": len(os.listdir("/proc/self/task"))}))
+
+show.needs_config = False
+cli.run({"show": show}, argv=["probe", "--workdir=unused"] + sys.argv[1:])
+"""
+
+
+def _cpus_probe(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", CPUS_PROBE, *flags],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="--cpus needs Linux")
+def test_cpus_flag_pins_the_run_before_jax_sizes_its_thread_pools():
+    available = sorted(os.sched_getaffinity(0))
+    n = len(available)
+    pinned = _cpus_probe(f"--cpus=1/{n}")
+    assert pinned.returncode == 0, pinned.stderr[-2000:]
+    got = json.loads(pinned.stdout.strip().splitlines()[-1])
+    assert got["cores"] == [available[0]]
+    if n >= 2:  # XLA starts fewer threads for one core than for all of them
+        free = _cpus_probe()
+        assert free.returncode == 0, free.stderr[-2000:]
+        assert got["threads"] < json.loads(free.stdout.strip().splitlines()[-1])["threads"]
+    bad = _cpus_probe("--cpus=first")
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip().splitlines()[-1].startswith("error: --cpus=first is not a list of cores")
+    )
