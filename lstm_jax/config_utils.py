@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, get_args
 
 import ml_collections
@@ -228,16 +228,50 @@ def positive_int(model: Mapping[str, Any] | ml_collections.ConfigDict, field: st
     return int(value)
 
 
-def lstm_impl(model: Mapping[str, Any] | ml_collections.ConfigDict, field: str = "impl") -> str:
-    """`model[field]`, one of `lstm_jax.core.lstm_layer`'s impls, else a `UserError` listing them."""
-    choices = get_args(core.Impl)
+def choice(
+    model: Mapping[str, Any] | ml_collections.ConfigDict,
+    field: str,
+    choices: Sequence[str],
+    what: str,
+) -> str:
+    """`model[field]` if it is one of `choices`, else a `UserError` saying it is not `what` and listing them."""
     value = model[field]
     if value not in choices:
         raise UserError(
-            f"config.model.{field}={value!r} is not an LSTM implementation; pass one of"
-            f" {', '.join(choices)} (e.g. --config.model.{field}=auto)"
+            f"config.model.{field}={value!r} is not {what}; pass one of {', '.join(choices)}"
+            f" (e.g. --config.model.{field}={choices[0]})"
         )
     return value
+
+
+def lstm_impl(model: Mapping[str, Any] | ml_collections.ConfigDict, field: str = "impl") -> str:
+    """`model[field]`, one of `lstm_jax.core.lstm_layer`'s impls, else a `UserError` listing them."""
+    return choice(model, field, get_args(core.Impl), "an LSTM implementation")
+
+
+def dense_layers(
+    model: Mapping[str, Any] | ml_collections.ConfigDict,
+    activations: Sequence[str],
+    field: str = "dense_layers",
+) -> list[tuple[int, str]]:
+    """`model[field]` as `[(units, activation), ...]` (units >= 1, activation in `activations`; empty is
+    fine), else a `UserError` naming the field and the expected form."""
+    value = model[field]
+    layers = list(value) if isinstance(value, list | tuple) else None
+    ok = layers is not None and all(
+        isinstance(layer, list | tuple)
+        and len(layer) == 2
+        and _is_size(layer[0])
+        and layer[1] in activations
+        for layer in layers
+    )
+    if not ok:
+        raise UserError(
+            f"config.model.{field}={value!r} must be (units, activation) pairs with units >= 1 and an"
+            f" activation in {', '.join(activations)}; pass e.g."
+            f" --config.model.{field}='((64, \"{activations[0]}\"),)' or '()' for none"
+        )
+    return [(int(u), str(a)) for u, a in layers]
 
 
 def layer_sizes(

@@ -25,6 +25,7 @@ from lstm_jax.nn import StackedLSTM, split_key
 
 Array = jax.Array
 InputMode = Literal["embed", "scalar", "onehot"]
+Pool = Literal["last", "mean", "max", "mean_max"]
 
 __all__ = ["LanguageModel", "TextClassifier", "DenseStack"]
 
@@ -33,6 +34,7 @@ __all__ = ["LanguageModel", "TextClassifier", "DenseStack"]
 _DENSE_INIT = jax.nn.initializers.glorot_uniform()
 _EMBED_INIT = jax.nn.initializers.uniform(0.1)  # [0, 0.1) shifted to [-0.05, 0.05) below
 _ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "linear": lambda x: x}
+ACTIVATIONS = tuple(_ACTIVATIONS)  # the names `DenseStack` accepts
 
 
 def _embed_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
@@ -207,7 +209,7 @@ class TextClassifier(nnx.Module):
         token_dropout: float = 0.0,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        pool: Literal["last", "mean", "max", "mean_max"] = "last",
+        pool: Pool = "last",
         dense_layers: list[tuple[int, str]] | tuple = (),
         **lstm_kwargs: Any,
     ):

@@ -174,6 +174,57 @@ def test_language_models_reject_unknown_impls_and_unroll(task, field, value, exp
     _assert_build_error(build_model, config, field, value, expected)
 
 
+@pytest.mark.parametrize(
+    ("task", "field", "value", "expected"),
+    [
+        (
+            "imdb_sentiment",
+            "pool",
+            "avg",
+            "config.model.pool='avg' is not a pooling; pass one of last,",
+        ),
+        (
+            "char_textgen",
+            "input_mode",
+            "bytes",
+            "config.model.input_mode='bytes' is not an input mode",
+        ),
+        (
+            "imdb_sentiment",
+            "dense_layers",
+            ((64, "gelu"),),
+            "config.model.dense_layers=((64, 'gelu'),)",
+        ),
+        (
+            "imdb_sentiment",
+            "dense_layers",
+            ((0, "relu"),),
+            "config.model.dense_layers=((0, 'relu'),)",
+        ),
+        ("word_textgen", "dense_layers", (64,), "config.model.dense_layers=(64,) must be (units,"),
+        (
+            "word_textgen",
+            "dense_layers",
+            ((64, "relu", 2),),
+            "config.model.dense_layers=((64, 'relu', 2),) must be (units,",
+        ),
+    ],
+)
+def test_tasks_reject_unknown_pools_input_modes_and_dense_layers(task, field, value, expected):
+    build_model, config = _task_test_config(task)
+    config = ml_collections.ConfigDict(config.to_dict())  # a copy without type checks: any value
+    _assert_build_error(build_model, config, field, value, expected)
+
+
+def test_dense_layers_accept_lists_from_saved_configs_and_none():
+    acts = ("relu", "tanh")
+    assert config_utils.dense_layers({"dense_layers": [[399, "relu"], [43.0, "tanh"]]}, acts) == [
+        (399, "relu"),
+        (43, "tanh"),
+    ]
+    assert config_utils.dense_layers({"dense_layers": ()}, acts) == []
+
+
 def test_layer_sizes_accept_lists_from_saved_configs():
     assert config_utils.layer_sizes({"hidden_sizes": [128, 64]}) == (128, 64)
     assert config_utils.positive_int({"embed_dim": 16.0}, "embed_dim") == 16

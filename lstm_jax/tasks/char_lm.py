@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, get_args
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from lstm_jax import config_utils, data, generate, losses
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.core import LSTMState
 from lstm_jax.errors import UserError
-from lstm_jax.models import LanguageModel
+from lstm_jax.models import InputMode, LanguageModel
 from lstm_jax.text import Vocabulary
 from lstm_jax.train import (
     Task,
@@ -166,12 +166,13 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
             " --workdir of a trained run"
         )
     rates = config_utils.dropout_rates(m, ("dropout", "recurrent_dropout"))
-    embed_dim = config_utils.positive_int(m, "embed_dim") if m.input_mode == "embed" else 1
+    input_mode = config_utils.choice(m, "input_mode", get_args(InputMode), "an input mode")
+    embed_dim = config_utils.positive_int(m, "embed_dim") if input_mode == "embed" else 1
     return LanguageModel(
         int(m.vocab_size),
         config_utils.layer_sizes(m),
         rngs=rngs,
-        input_mode=m.input_mode,
+        input_mode=input_mode,
         embed_dim=embed_dim,
         predict="last" if config.data.layout == "windows" else "all",
         **rates,

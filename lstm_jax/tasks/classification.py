@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ from lstm_jax.baselines import tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
 from lstm_jax.logging_utils import read_json, write_json
-from lstm_jax.models import TextClassifier
+from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
     Task,
     epoch_permutation,
@@ -511,8 +511,8 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassi
         num_outputs=num_outputs(config),
         rngs=rngs,
         bidirectional=bool(m.bidirectional),
-        pool=m.pool,
-        dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
+        pool=config_utils.choice(m, "pool", get_args(Pool), "a pooling"),
+        dense_layers=config_utils.dense_layers(m, ACTIVATIONS),
         **rates,
     )
 

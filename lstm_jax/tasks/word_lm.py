@@ -38,7 +38,7 @@ from flax import nnx
 
 from lstm_jax import config_utils, data, generate, losses
 from lstm_jax.errors import UserError
-from lstm_jax.models import LanguageModel
+from lstm_jax.models import ACTIVATIONS, LanguageModel
 from lstm_jax.text import Vocabulary
 from lstm_jax.train import Task, epoch_permutation, restore_model, train_and_evaluate
 
@@ -196,7 +196,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> LanguageMo
         input_mode="embed",
         embed_dim=config_utils.positive_int(m, "embed_dim"),
         dropout=config_utils.dropout_rates(m, ("dropout",))["dropout"],
-        dense_layers=[(int(u), str(a)) for u, a in m.dense_layers],
+        dense_layers=config_utils.dense_layers(m, ACTIVATIONS),
         predict="last" if config.data.form == "prefixes" else "all",
         unroll=config_utils.positive_int(m, "unroll"),
         impl=config_utils.lstm_impl(m),
