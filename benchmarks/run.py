@@ -35,6 +35,7 @@ from lstm_jax.runtime import GLIBC_TUNABLES
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = {
     "lstm_jax": "lstm_jax",
+    "lstm_jax_dp": "lstm_jax, data-parallel over one host device per core",
     "flax": "Flax nnx.RNN(OptimizedLSTMCell)",
     "keras_jax": "Keras 3 (JAX)",
     "keras_tf": "Keras 3 (TensorFlow)",
@@ -59,13 +60,17 @@ def child_env(peer: str | None = None, malloc: str = "ours") -> dict[str, str]:
     env.pop("LSTM_JAX_TUNE_MALLOC", None)
     if malloc == "all":
         env["GLIBC_TUNABLES"] = GLIBC_TUNABLES  # lstm_jax.runtime's setting, for any process
-    elif malloc == "none" or peer != "lstm_jax":
+    elif malloc == "none" or peer not in ("lstm_jax", "lstm_jax_dp"):
         # The Flax worker imports lstm_jax (for the shared loss and optimizer), which would tune it too.
         env["LSTM_JAX_TUNE_MALLOC"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if peer is not None and peer.startswith("keras"):
         env["KERAS_BACKEND"] = "jax" if peer == "keras_jax" else "tensorflow"
+    if peer == "lstm_jax_dp":
+        from benchmarks.peers.lstm_jax_peer import data_parallel_xla_flags
+
+        env["XLA_FLAGS"] = data_parallel_xla_flags(env.get("XLA_FLAGS", ""))
     return env
 
 
@@ -218,7 +223,7 @@ def markdown(report: dict) -> str:
     for name, res in report["shapes"].items():
         shape = get_shape(name)
         ok = {p: r for p, r in res.items() if "median_ms" in r}
-        peer_ms = [r["median_ms"] for p, r in ok.items() if p != "lstm_jax"]
+        peer_ms = [r["median_ms"] for p, r in ok.items() if not p.startswith("lstm_jax")]
         fastest = min(peer_ms) if peer_ms else None
         for peer, r in res.items():
             label = LABELS.get(peer, peer)

@@ -20,7 +20,16 @@ import sys
 import time
 import traceback
 
-PEERS = ("lstm_jax", "flax", "keras_jax", "keras_tf", "keras_tf_xla", "torch", "torch_compile")
+PEERS = (
+    "lstm_jax",
+    "lstm_jax_dp",
+    "flax",
+    "keras_jax",
+    "keras_tf",
+    "keras_tf_xla",
+    "torch",
+    "torch_compile",
+)
 PREFIX = "@@BENCH "
 
 
@@ -43,10 +52,10 @@ def _peak_rss_mb() -> float:
 
 def load(peer: str):
     """Returns `(module, build_kwargs)` for a peer name. The Keras backend must already be set."""
-    if peer == "lstm_jax":
+    if peer in ("lstm_jax", "lstm_jax_dp"):
         from benchmarks.peers import lstm_jax_peer as mod
 
-        return mod, {}
+        return mod, ({"data_parallel": True} if peer == "lstm_jax_dp" else {})
     if peer == "flax":
         from benchmarks.peers import flax_peer as mod
 

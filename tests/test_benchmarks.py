@@ -48,7 +48,8 @@ def test_shape_data_is_fixed_and_typed():
 
 def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     out = tmp_path / "r.json"
-    argv = ["--shapes", "tiny", "--peers", "lstm_jax", "--rounds", "2", "--round-seconds", "0.02"]
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax,lstm_jax_dp", "--rounds", "2"]
+    argv += ["--round-seconds", "0.02"]
     argv += ["--ceiling-n", "128", "--timeout", "300", "--out", str(out)]
     assert run.main(argv) == 0
     report = json.loads(out.read_text())
@@ -62,9 +63,52 @@ def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     assert res["first_step_s"] > 0 and res["peak_rss_mb"] > res["base_rss_mb"] > 0
     assert res["xla_bytes"] > 0
     assert report["flops"]["tiny"] == TINY.train_flops()
+    dp = report["shapes"]["tiny"]["lstm_jax_dp"]
+    assert dp["status"] == "ready" and dp["param_count"] == 1605 and dp["median_ms"] > 0
     printed = capsys.readouterr().out
     assert "| tiny smoke | lstm_jax | 1,605 |" in printed
+    assert (
+        "| tiny smoke | lstm_jax, data-parallel over one host device per core | 1,605 |" in printed
+    )
     assert report["markdown"] in printed
+
+
+DP_PARITY = """
+import json
+import jax, numpy as np
+from benchmarks.peers import lstm_jax_peer as mod
+from benchmarks.shapes import TINY
+plain, dp = mod.Bench(TINY), mod.Bench(TINY, data_parallel=True)
+losses = []
+for _ in range(3):
+    plain.step(); dp.step()
+    losses.append((float(plain.loss), float(dp.loss)))
+diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+           for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(dp.params)))
+print(json.dumps({"devices": jax.device_count(), "losses": losses, "max_param_diff": diff,
+                  "sharded": len(dp.x.sharding.device_set)}))
+"""
+
+
+def test_data_parallel_step_matches_the_single_device_step():
+    """The `lstm_jax_dp` fast path (two host devices, pmean of the slices' gradients) against the plain
+    jitted step: same losses and parameters after three Adam steps, up to float summation order."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", DP_PARITY], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 2 and got["sharded"] == 2
+    for a, b in got["losses"]:
+        assert a == pytest.approx(b, rel=1e-5)
+    assert got["max_param_diff"] < 1e-5
+    assert got["losses"][0] != got["losses"][-1]  # the steps did update the parameters
 
 
 def test_markdown_reports_missing_and_failed_peers():

@@ -1,8 +1,13 @@
-"""lstm_jax: `lstm_jax.nn` LSTMs with `flax.nnx` Embed/Linear and optax, one jitted, donated train step."""
+"""lstm_jax: `lstm_jax.nn` LSTMs with `flax.nnx` Embed/Linear and optax, one jitted, donated train step.
+
+The `lstm_jax_dp` peer is the same model and step run data-parallel over one XLA host device per CPU core
+(`Bench(data_parallel=True)` in a worker started with `data_parallel_xla_flags()`).
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import jax
@@ -10,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from benchmarks.shapes import Shape
 from lstm_jax import core
@@ -58,8 +65,60 @@ def make_optimizer(shape: Shape) -> optax.GradientTransformation:
     return optax.adam(1e-3, eps=1e-7)
 
 
+def data_parallel_devices() -> int:
+    """Host CPU devices for the `lstm_jax_dp` peer: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def data_parallel_xla_flags(flags: str = "") -> str:
+    """`XLA_FLAGS` for the `lstm_jax_dp` worker: one host device per core, single-threaded kernels."""
+    return " ".join(
+        [
+            flags,
+            f"--xla_force_host_platform_device_count={data_parallel_devices()}",
+            "--xla_cpu_multi_thread_eigen=false",
+        ]
+    ).strip()
+
+
+def _data_parallel_step(shape: Shape, graphdef, tx: optax.GradientTransformation):
+    """The train step as explicit data parallelism over every device (for XLA:CPU: one host device per
+    core, see `data_parallel_xla_flags`): each device runs the whole forward and backward pass on its slice
+    of the batch with single-threaded kernels, the gradients and the loss are averaged (`pmean`), and the
+    optimizer update runs replicated. Same mathematics as the single-device step (equal slices, so the mean
+    of the slices' mean losses is the batch's mean loss), another float summation order."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    if shape.batch % mesh.size:
+        raise ValueError(f"batch {shape.batch} is not divisible by {mesh.size} devices")
+
+    def local(params, x, y):
+        def loss(p):
+            return loss_fn(shape, nnx.merge(graphdef, p)(x), y)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        return jax.lax.pmean(value, "data"), jax.lax.pmean(grads, "data")
+
+    grads_fn = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), P("data"), P("data")),
+        out_specs=(P(), P()),
+        check_vma=False,  # the LSTM's zero initial state is not marked as varying over "data"
+    )
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, opt_state, x, y):
+        value, grads = grads_fn(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return train_step, NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
 class Bench:
-    def __init__(self, shape: Shape, seed: int = 0, impl: str = "auto"):
+    def __init__(
+        self, shape: Shape, seed: int = 0, impl: str = "auto", data_parallel: bool = False
+    ):
         self.shape = shape
         model = Model(shape, rngs=nnx.Rngs(seed), impl=impl)
         self.graphdef, self.params = nnx.split(model, nnx.Param)
@@ -80,6 +139,11 @@ class Bench:
             return optax.apply_updates(params, updates), opt_state, value
 
         self._train_step = train_step
+        if data_parallel:
+            self._train_step, replicated, batch = _data_parallel_step(shape, graphdef, tx)
+            self.params = jax.device_put(self.params, replicated)
+            self.opt_state = jax.device_put(self.opt_state, replicated)
+            self.x, self.y = jax.device_put(self.x, batch), jax.device_put(self.y, batch)
         self.loss = None
 
     def step(self) -> None:
@@ -97,8 +161,8 @@ class Bench:
         return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
 
 
-def build(shape: Shape, seed: int = 0) -> Bench:
-    return Bench(shape, seed)
+def build(shape: Shape, seed: int = 0, data_parallel: bool = False) -> Bench:
+    return Bench(shape, seed, data_parallel=data_parallel)
 
 
 # ---------------------------------------------------------------------------------------------------------
