@@ -89,9 +89,8 @@ __all__ = [
 
 DATASETS = ("imdb", "fake_news", "liar")
 PREPROCESS_FILE = "preprocess.json"
-PREDICTIONS_FILE = (
-    "predictions.npz"  # the final model's validation/test probabilities (ensemble input)
-)
+# The final model's validation/test probabilities, labels and checkpoint step (read by `ensemble`).
+PREDICTIONS_FILE = "predictions.npz"
 IMDB_CLASSES = ("neg", "pos")  # label 1 = positive review
 FAKE_CLASSES = ("real", "fake")  # label 1 = fake (Kaggle's convention; LIAR's binary label too)
 _META_SEP = "\x1f"  # joins metadata tokens; never occurs in a CSV cell after our normalisation
