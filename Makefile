@@ -37,13 +37,18 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 ## The IMDB best recipe: seeds 0 and 1 side by side, each on half the cores (logs in their workdirs), then
-## seed 2 on all of them, then the ensemble of the three in $(IMDB_BEST)_ens.
+## seed 2 on all of them, then the ensemble of the three in $(IMDB_BEST)_ens. One core: one after another.
 imdb-best: $(STAMP)
 	mkdir -p $(IMDB_BEST)_s0 $(IMDB_BEST)_s1
-	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s0 --config.seed=0 --cpus=1/2 > $(IMDB_BEST)_s0/train.log 2>&1 & p0=$$!; \
-	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s1 --config.seed=1 --cpus=2/2 > $(IMDB_BEST)_s1/train.log 2>&1 & p1=$$!; \
-	wait $$p0; s0=$$?; wait $$p1; s1=$$?; tail -n 1 $(IMDB_BEST)_s0/train.log $(IMDB_BEST)_s1/train.log; \
-	test $$s0 -eq 0 && test $$s1 -eq 0
+	if [ "$$(nproc)" -lt 2 ]; then \
+	  $(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s0 --config.seed=0 && \
+	  $(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s1 --config.seed=1; \
+	else \
+	  $(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s0 --config.seed=0 --cpus=1/2 > $(IMDB_BEST)_s0/train.log 2>&1 & p0=$$!; \
+	  $(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s1 --config.seed=1 --cpus=2/2 > $(IMDB_BEST)_s1/train.log 2>&1 & p1=$$!; \
+	  wait $$p0; s0=$$?; wait $$p1; s1=$$?; tail -n 1 $(IMDB_BEST)_s0/train.log $(IMDB_BEST)_s1/train.log; \
+	  test $$s0 -eq 0 && test $$s1 -eq 0; \
+	fi
 	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s2 --config.seed=2
 	$(IMDB) --mode=ensemble --workdir=$(IMDB_BEST)_ens $(IMDB_BEST)_s0 $(IMDB_BEST)_s1 $(IMDB_BEST)_s2
 
