@@ -81,24 +81,30 @@ def data_parallel_xla_flags(flags: str = "") -> str:
     ).strip()
 
 
-def _data_parallel_step(shape: Shape, graphdef, tx: optax.GradientTransformation):
-    """The train step as explicit data parallelism over every device (for XLA:CPU: one host device per
-    core, see `data_parallel_xla_flags`): each device runs the whole forward and backward pass on its slice
-    of the batch with single-threaded kernels, the gradients and the loss are averaged (`pmean`), and the
-    optimizer update runs replicated. Same mathematics as the single-device step (equal slices, so the mean
-    of the slices' mean losses is the batch's mean loss), another float summation order."""
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    if shape.batch % mesh.size:
-        raise ValueError(f"batch {shape.batch} is not divisible by {mesh.size} devices")
+def _loss_and_grads(shape: Shape, graphdef):
+    """`(params, x, y) -> (loss, grads)` of the model on one batch."""
 
-    def local(params, x, y):
+    def loss_and_grads(params, x, y):
         def loss(p):
             return loss_fn(shape, nnx.merge(graphdef, p)(x), y)
 
-        value, grads = jax.value_and_grad(loss)(params)
+        return jax.value_and_grad(loss)(params)
+
+    return loss_and_grads
+
+
+def _data_parallel(loss_and_grads, mesh: jax.sharding.Mesh):
+    """`loss_and_grads` as explicit data parallelism over `mesh` (for XLA:CPU: one host device per core,
+    see `data_parallel_xla_flags`): each device runs the whole forward and backward pass on its slice of the
+    batch with single-threaded kernels, and the loss and gradients are averaged (`pmean`). Same mathematics
+    as on one device (equal slices, so the mean of the slices' mean losses is the batch's mean loss),
+    another float summation order."""
+
+    def local(params, x, y):
+        value, grads = loss_and_grads(params, x, y)
         return jax.lax.pmean(value, "data"), jax.lax.pmean(grads, "data")
 
-    grads_fn = jax.shard_map(
+    return jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(P(), P("data"), P("data")),
@@ -106,13 +112,18 @@ def _data_parallel_step(shape: Shape, graphdef, tx: optax.GradientTransformation
         check_vma=False,  # the LSTM's zero initial state is not marked as varying over "data"
     )
 
+
+def _train_step(loss_and_grads, tx: optax.GradientTransformation):
+    """One jitted, donated step: loss and gradients, then the optimizer update (replicated when
+    `loss_and_grads` is data-parallel)."""
+
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params, opt_state, x, y):
-        value, grads = grads_fn(params, x, y)
+        value, grads = loss_and_grads(params, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    return train_step, NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return train_step
 
 
 class Bench:
@@ -127,23 +138,17 @@ class Bench:
         self.opt_state = tx.init(self.params)
         x, y = shape.data(seed)
         self.x, self.y = jnp.asarray(x), jnp.asarray(y)
-        graphdef = self.graphdef
-
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def train_step(params, opt_state, x, y):
-            def loss(p):
-                return loss_fn(shape, nnx.merge(graphdef, p)(x), y)
-
-            value, grads = jax.value_and_grad(loss)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, value
-
-        self._train_step = train_step
+        loss_and_grads = _loss_and_grads(shape, self.graphdef)
         if data_parallel:
-            self._train_step, replicated, batch = _data_parallel_step(shape, graphdef, tx)
+            mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+            if shape.batch % mesh.size:
+                raise ValueError(f"batch {shape.batch} is not divisible by {mesh.size} devices")
+            loss_and_grads = _data_parallel(loss_and_grads, mesh)
+            replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
             self.params = jax.device_put(self.params, replicated)
             self.opt_state = jax.device_put(self.opt_state, replicated)
             self.x, self.y = jax.device_put(self.x, batch), jax.device_put(self.y, batch)
+        self._train_step = _train_step(loss_and_grads, tx)
         self.loss = None
 
     def step(self) -> None:
