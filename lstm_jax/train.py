@@ -75,6 +75,7 @@ __all__ = [
     "shuffled_batches",
     "padded_batches",
     "restore_model",
+    "checkpoint_step",
 ]
 
 Batch = Mapping[str, np.ndarray]
@@ -557,6 +558,26 @@ def _devices_info() -> dict[str, Any]:
     }
 
 
+def checkpoint_step(config: ml_collections.ConfigDict, workdir: str, *, which: str = "best") -> int:
+    """The step of the checkpoint `restore_model` would load (`which` as there), without loading it;
+    `UserError` when `workdir` has none."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise UserError(
+            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with"
+            f" --workdir={workdir}"
+        )
+    store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
+    try:
+        step = store.best_step() if which == "best" else store.latest_step()
+    finally:
+        store.close()
+    if step is None:
+        raise UserError(f"no checkpoint in {store.directory}; train first with --workdir={workdir}")
+    return int(step)
+
+
 def restore_model(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -572,27 +593,15 @@ def restore_model(
     """
     import orbax.checkpoint as ocp
 
-    if which not in ("best", "latest"):
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise UserError(
-            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with"
-            f" --workdir={workdir}"
-        )
+    step = checkpoint_step(config, workdir, which=which)
     graphdef, params, others = _split_model(build_model, config)
-    store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
-    try:
-        step = store.best_step() if which == "best" else store.latest_step()
-    finally:
-        store.close()
-    if step is None:
-        raise UserError(f"no checkpoint in {store.directory}; train first with --workdir={workdir}")
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # as in CheckpointStore
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
     )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(store.directory, str(step), "state"),
+        os.path.join(directory, str(step), "state"),
         args=ocp.args.PyTreeRestore(
             item={"params": abstract},
             restore_args={

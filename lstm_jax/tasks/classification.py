@@ -52,6 +52,7 @@ from lstm_jax.logging_utils import read_json, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
     Task,
+    checkpoint_step,
     epoch_permutation,
     padded_batches,
     restore_model,
@@ -1008,8 +1009,9 @@ def ensemble(
     trained with different ``--config.seed``. They must share the data split (dataset, path, label set,
     split seed and fractions); each encodes the texts with its own saved preprocessing and best
     checkpoint, or, when the member saved the probabilities of that checkpoint at the end of training
-    (`PREDICTIONS_FILE`) with the same labels, those are used without predicting again. Writes a classification report and confusion heatmap per split and ``ensemble.json``
-    (each member's accuracy and the ensemble's reports) into `workdir`, which holds no model of its own.
+    (`PREDICTIONS_FILE`) with the same labels, those are used without loading the model. Writes a
+    classification report and confusion heatmap per split and ``ensemble.json`` (each member's accuracy
+    and the ensemble's reports) into `workdir`, which holds no model of its own.
     `config` is unused (the members' saved configs are read).
     """
     from lstm_jax import cli
@@ -1043,10 +1045,11 @@ def ensemble(
     probs: dict[str, list[np.ndarray]] = {s: [] for s in splits}
     member_acc = []
     for m, c in zip(members, configs, strict=True):
-        model, step = restore_model(c, m, build_model)
+        step = checkpoint_step(c, m)  # the checkpoint `restore_model` loads
         saved = load_predictions(m, step, splits)
-        if saved is None:
+        if saved is None:  # predict with the member's own preprocessing and checkpoint
             _reencode(prepared, _load_encoder(m), c)
+            model, step = restore_model(c, m, build_model)
         acc = {"workdir": m, "step": step, "seed": int(c.seed)}
         acc["probabilities"] = "saved" if saved is not None else "predicted"
         for s in splits:
