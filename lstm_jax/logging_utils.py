@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 from absl import logging
 
@@ -27,6 +28,7 @@ __all__ = [
     "read_event_scalars",
     "MetricsLogger",
     "Progress",
+    "atomic_write",
     "write_json",
     "read_json",
     "read_jsonl",
@@ -236,14 +238,23 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_json(path: str, data: Any) -> None:
-    """Writes JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
+    """Opens a temp file beside `path` (`mode` "w" text as UTF-8, or "wb") and renames it onto `path` when
+    the block ends without an error, so a crash never leaves half a file and readers see the old or the new
+    file. The directory must exist."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+        yield f
+    os.replace(tmp, path)
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes JSON atomically (`atomic_write`), creating the directory if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as f:
         json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _json_default(v: Any) -> Any:

@@ -48,7 +48,7 @@ from lstm_jax import data as data_lib
 from lstm_jax.baselines import tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
-from lstm_jax.logging_utils import read_json, write_json
+from lstm_jax.logging_utils import atomic_write, read_json, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
     Task,
@@ -644,10 +644,8 @@ def save_predictions(
         arrays[f"{split}_probabilities"] = probabilities(z)
         arrays[f"{split}_labels"] = np.asarray(prepared.arrays[split]["label"])
     path = os.path.join(workdir, PREDICTIONS_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
     return path
 
 
