@@ -41,18 +41,27 @@ print(json.dumps({"tuned": runtime.malloc_tuned(), "faults_per_call": faults}))
 """
 
 
-def _run_script(script: str, env: dict[str, str]) -> dict:
-    """Runs `script` in a fresh Python process on the CPU; returns the JSON of its last printed line."""
-    out = subprocess.run(
-        [sys.executable, "-c", script],
+def _python(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Runs `script` (with `args` as its argv) in a fresh Python process on the CPU."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         env={**env, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _last_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_script(script: str, env: dict[str, str]) -> dict:
+    """`_python(script, env)`, which must succeed; returns the JSON of its last printed line."""
+    proc = _python(script, env)
+    proc.check_returncode()
+    return _last_json(proc)
 
 
 def _probe(tune: str) -> dict:
@@ -188,14 +197,7 @@ cli.run({"show": show}, argv=["probe", "--workdir=unused"] + sys.argv[1:])
 
 
 def _cpus_probe(*flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", CPUS_PROBE, *flags],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return _python(CPUS_PROBE, dict(os.environ), *flags)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="--cpus needs Linux")
@@ -204,12 +206,12 @@ def test_cpus_flag_pins_the_run_before_jax_sizes_its_thread_pools():
     n = len(available)
     pinned = _cpus_probe(f"--cpus=1/{n}")
     assert pinned.returncode == 0, pinned.stderr[-2000:]
-    got = json.loads(pinned.stdout.strip().splitlines()[-1])
+    got = _last_json(pinned)
     assert got["cores"] == [available[0]]
     if n >= 2:  # XLA starts fewer threads for one core than for all of them
         free = _cpus_probe()
         assert free.returncode == 0, free.stderr[-2000:]
-        assert got["threads"] < json.loads(free.stdout.strip().splitlines()[-1])["threads"]
+        assert got["threads"] < _last_json(free)["threads"]
     bad = _cpus_probe("--cpus=first")
     assert bad.returncode == 2
     assert (
