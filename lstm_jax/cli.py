@@ -10,7 +10,8 @@ Example ``experiments/imdb_sentiment/main.py``::
 
 Flags: ``--config`` (an ml_collections config file, fields overridable as ``--config.train.batch_size=64``),
 ``--workdir`` (required), ``--mode`` (one of the registered handlers; default the first), ``--cpus`` (the
-CPU cores to run on, `lstm_jax.runtime.set_cpu_affinity`). A handler is called
+CPU cores to run on, `lstm_jax.runtime.set_cpu_affinity`), ``--cpu_devices`` (data parallelism over the
+CPU's cores, `lstm_jax.runtime.set_cpu_devices`). A handler is called
 as ``handler(config, workdir)``; ``config`` is the ``--config`` file when given, else the config saved in the
 workdir (so eval/generate/predict need only ``--workdir``); a handler with ``needs_config = False`` is called
 with ``config=None`` when neither exists. Extra flags for a mode (``--seed_text``) are
@@ -65,6 +66,13 @@ def define_flags(modes: Sequence[str]) -> None:
             " shares of the available cores (e.g. two runs side by side with --cpus=1/2 and --cpus=2/2)."
             " Default: all.",
         )
+        flags.DEFINE_string(
+            "cpu_devices",
+            None,
+            "Split the CPU into this many XLA devices and train data-parallel over them (one per core:"
+            " each core runs the whole step on its slice of the batch), or auto for one per available"
+            " core. Default: one device using all cores. See lstm_jax.runtime.set_cpu_devices.",
+        )
 
 
 def positional_args() -> list[str]:
@@ -91,6 +99,9 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         if FLAGS.cpus:  # before anything starts JAX's backend, which sizes its thread pools then
             cores = runtime.set_cpu_affinity(FLAGS.cpus)
             logging.info("--cpus=%s: running on core(s) %s", FLAGS.cpus, cores)
+        if FLAGS.cpu_devices:  # also before the backend starts: XLA reads its flags then
+            count = runtime.set_cpu_devices(FLAGS.cpu_devices)
+            logging.info("--cpu_devices=%s: %d CPU device(s)", FLAGS.cpu_devices, count)
         initialize_distributed()
         runtime.enable_compilation_cache()
         if "tensorflow" in sys.modules:  # keep TF (tf.data, TFDS) off any accelerator JAX needs

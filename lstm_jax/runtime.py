@@ -42,6 +42,9 @@ __all__ = [
     "enable_compilation_cache",
     "cpu_list",
     "set_cpu_affinity",
+    "usable_cores",
+    "cpu_devices_flags",
+    "set_cpu_devices",
 ]
 
 # The setting: (glibc tunable name, <malloc.h> mallopt parameter, value).
@@ -204,3 +207,61 @@ def set_cpu_affinity(spec: str) -> list[int]:
         )
     os.sched_setaffinity(0, cores)
     return cores
+
+
+def usable_cores() -> int:
+    """How many CPU cores this process may use (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_devices_flags(count: int, flags: str = "") -> str:
+    """`flags` (an ``XLA_FLAGS`` value) with `count` XLA host CPU devices instead of one; for `count` > 1
+    also single-threaded kernels (``--xla_cpu_multi_thread_eigen=false``), so that each device is one core's
+    worth of work. A device count already in `flags` is replaced."""
+    kept = [
+        f
+        for f in flags.split()
+        if not f.startswith(
+            ("--xla_force_host_platform_device_count", "--xla_cpu_multi_thread_eigen")
+        )
+    ]
+    if count > 1:
+        kept += [
+            f"--xla_force_host_platform_device_count={count}",
+            "--xla_cpu_multi_thread_eigen=false",
+        ]
+    return " ".join(kept)
+
+
+def set_cpu_devices(spec: str) -> int:
+    """Splits the CPU into `spec` XLA devices (``"auto"``: one per core this process may use, after
+    `set_cpu_affinity`); returns the count. The engine then trains data-parallel over them
+    (`lstm_jax.train.data_parallel_grads`): each core runs the whole step on its slice of the batch.
+
+    Why: XLA:CPU's two-thread kernels are far from twice as fast as one thread at LSTM sizes, while two
+    half-batches on one core each share nothing but the gradient average. Measured on the 2-core machine
+    (`python -m benchmarks.run`, ms per train step, one device vs two): see benchmarks/README.md. Only the
+    CPU platform is affected (an accelerator stays the default device). Must run before JAX starts its
+    backend (`lstm_jax.cli` does, for ``--cpu_devices``).
+    """
+    from jax._src import xla_bridge
+
+    text = str(spec).strip().lower()
+    if text == "auto":
+        count = usable_cores()
+    elif text.isdigit() and int(text) >= 1:
+        count = int(text)
+    else:
+        raise UserError(
+            f"--cpu_devices={spec} is not a device count; pass a positive integer (e.g. --cpu_devices=2)"
+            " or --cpu_devices=auto (one device per available core)"
+        )
+    if xla_bridge.backends_are_initialized():
+        raise UserError(
+            "--cpu_devices must take effect before JAX starts its backend; set it before the first"
+            " computation"
+        )
+    os.environ["XLA_FLAGS"] = cpu_devices_flags(count, os.environ.get("XLA_FLAGS", ""))
+    return count

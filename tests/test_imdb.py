@@ -363,7 +363,7 @@ def test_predictions_reuse_compiled_functions_across_models(trained):
     arr = clf.prepare_data(config).arrays["test"]
     clf._logits_fn.cache_clear()
     first = clf.predict_proba(model, arr["ids"], arr["mask"], 16, quantum=4)
-    fn = clf._logits_fn(nnx.graphdef(model), True)
+    fn = clf._logits_fn(nnx.graphdef(model), True, jax.local_device_count())
     compiled = fn._cache_size()
     assert compiled >= 1
     # Another restored model of the same structure (an ensemble member, here with its weights halved):

@@ -184,12 +184,14 @@ def test_cpu_list_parses_core_lists_and_shares():
 
 CPUS_PROBE = """
 import json, os, sys
+import jax
 import jax.numpy as jnp
 from lstm_jax import cli
 
 def show(config, workdir):
     (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
-    print(json.dumps({"cores": sorted(os.sched_getaffinity(0)), "threads": len(os.listdir("/proc/self/task"))}))
+    print(json.dumps({"cores": sorted(os.sched_getaffinity(0)), "threads": len(os.listdir("/proc/self/task")),
+                      "devices": jax.device_count()}))
 
 show.needs_config = False
 cli.run({"show": show}, argv=["probe", "--workdir=unused"] + sys.argv[1:])
@@ -216,4 +218,44 @@ def test_cpus_flag_pins_the_run_before_jax_sizes_its_thread_pools():
     assert bad.returncode == 2
     assert (
         bad.stderr.strip().splitlines()[-1].startswith("error: --cpus=first is not a list of cores")
+    )
+
+
+def test_cpu_devices_flags_replace_a_device_count_already_set():
+    assert runtime.cpu_devices_flags(1) == ""
+    assert runtime.cpu_devices_flags(1, "--xla_force_host_platform_device_count=8 --a=1") == "--a=1"
+    assert runtime.cpu_devices_flags(
+        2, "--a=1 --xla_force_host_platform_device_count=8"
+    ).split() == [
+        "--a=1",
+        "--xla_force_host_platform_device_count=2",
+        "--xla_cpu_multi_thread_eigen=false",
+    ]
+
+
+def test_set_cpu_devices_refuses_once_jax_has_started():
+    import jax
+
+    jax.devices()
+    with pytest.raises(UserError, match="before JAX starts its backend"):
+        runtime.set_cpu_devices("2")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="--cpus needs Linux")
+def test_cpu_devices_flag_splits_the_cpu_before_jax_starts():
+    n = len(os.sched_getaffinity(0))
+    for flags, devices in (
+        (["--cpu_devices=3"], 3),
+        (["--cpu_devices=auto"], n),
+        ([f"--cpus=1/{n}", "--cpu_devices=auto"], 1),  # auto counts the cores left by --cpus
+    ):
+        proc = _cpus_probe(*flags)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert _last_json(proc)["devices"] == devices, flags
+    bad = _cpus_probe("--cpu_devices=0")
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: --cpu_devices=0 is not a device count; pass a positive integer")
     )

@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.sharding import Mesh
 
 from lstm_jax import config_utils, losses, metrics, reports, text
 from lstm_jax import data as data_lib
@@ -53,6 +54,7 @@ from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
     Task,
     checkpoint_step,
+    data_parallel_map,
     epoch_permutation,
     padded_batches,
     restore_model,
@@ -539,21 +541,24 @@ def make_loss_fn(config: ml_collections.ConfigDict):
 
 
 @functools.lru_cache(maxsize=8)
-def _logits_fn(graphdef: nnx.GraphDef, use_mask: bool):
-    """The jitted `(state, ids [B, T], mask [B, T]) -> float32 logits [B] or [B, classes]` of one model
-    structure.
+def _logits_fn(graphdef: nnx.GraphDef, use_mask: bool, devices: int):
+    """The jitted `(state, {"ids": [B, T], "mask": [B, T]}) -> float32 logits [B] or [B, classes]` of one
+    model structure, data-parallel over this process's `devices` when there are several (B a multiple).
 
     Cached on the graph definition, so every `predict_logits` call for models of the same structure (the
     final metrics, the validation and test reports, the members of an ensemble) reuses the executables
     compiled per batch shape instead of tracing and compiling them again.
     """
 
-    @jax.jit
-    def logits(state, ids, mask):
+    def logits(state, batch):
         m = nnx.merge(graphdef, state)
-        return m(ids, mask=mask if use_mask else None, deterministic=True).astype(jnp.float32)
+        mask = batch["mask"] if use_mask else None
+        return m(batch["ids"], mask=mask, deterministic=True).astype(jnp.float32)
 
-    return logits
+    if devices > 1:
+        mesh = Mesh(np.asarray(jax.local_devices()[:devices]), ("data",))
+        logits = data_parallel_map(logits, mesh)
+    return jax.jit(logits)
 
 
 @jax.jit
@@ -586,7 +591,8 @@ def predict_logits(
     """
     graphdef, state = nnx.split(model)
     use_mask = mask is not None
-    fn = _logits_fn(graphdef, use_mask)
+    devices = jax.local_device_count()
+    fn = _logits_fn(graphdef, use_mask, devices)
     n = len(ids)
     if n == 0:
         shape = (0,) if model.num_outputs == 1 else (0, model.num_outputs)
@@ -596,10 +602,11 @@ def predict_logits(
         mask = np.ones_like(ids, dtype=bool)
     order = np.argsort(mask.sum(axis=1), kind="stable") if quantum else np.arange(n)
     arrays = {"ids": np.asarray(ids)[order], "mask": np.asarray(mask)[order]}
+    batch_size = -(-min(batch_size, n) // devices) * devices  # equal slices for every device
     out = np.concatenate(
         [
-            np.asarray(fn(state, b["ids"], b["mask"]))
-            for b in _eval_batches(arrays, min(batch_size, n), quantum)
+            np.asarray(fn(state, {"ids": b["ids"], "mask": b["mask"]}))
+            for b in _eval_batches(arrays, batch_size, quantum)
         ]
     )[:n]
     result = np.empty_like(out)
