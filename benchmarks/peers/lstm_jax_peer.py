@@ -1,13 +1,13 @@
 """lstm_jax: `lstm_jax.nn` LSTMs with `flax.nnx` Embed/Linear and optax, one jitted, donated train step.
 
 The `lstm_jax_dp` peer is the same model and step run data-parallel over one XLA host device per CPU core
-(`Bench(data_parallel=True)` in a worker started with `data_parallel_xla_flags()`).
+(`Bench(data_parallel=True)` in a worker started with `data_parallel_xla_flags()`), through the engine's
+`lstm_jax.train.data_parallel_grads`: what `--cpu_devices=auto` does in training.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import jax
@@ -19,8 +19,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks.shapes import Shape
-from lstm_jax import core
+from lstm_jax import core, runtime
 from lstm_jax import nn as lnn
+from lstm_jax.train import data_parallel_grads
 
 
 def available() -> str | None:
@@ -67,18 +68,12 @@ def make_optimizer(shape: Shape) -> optax.GradientTransformation:
 
 def data_parallel_devices() -> int:
     """Host CPU devices for the `lstm_jax_dp` peer: one per core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return runtime.usable_cores()
 
 
 def data_parallel_xla_flags(flags: str = "") -> str:
     """`XLA_FLAGS` for the `lstm_jax_dp` worker: one host device per core, single-threaded kernels."""
-    return " ".join(
-        [
-            flags,
-            f"--xla_force_host_platform_device_count={data_parallel_devices()}",
-            "--xla_cpu_multi_thread_eigen=false",
-        ]
-    ).strip()
+    return runtime.cpu_devices_flags(data_parallel_devices(), flags)
 
 
 def _loss_and_grads(shape: Shape, graphdef):
@@ -94,23 +89,22 @@ def _loss_and_grads(shape: Shape, graphdef):
 
 
 def _data_parallel(loss_and_grads, mesh: jax.sharding.Mesh):
-    """`loss_and_grads` as explicit data parallelism over `mesh` (for XLA:CPU: one host device per core,
-    see `data_parallel_xla_flags`): each device runs the whole forward and backward pass on its slice of the
-    batch with single-threaded kernels, and the loss and gradients are averaged (`pmean`). Same mathematics
-    as on one device (equal slices, so the mean of the slices' mean losses is the batch's mean loss),
-    another float summation order."""
+    """`loss_and_grads` through the engine's `data_parallel_grads` over `mesh` (for XLA:CPU: one host device
+    per core, see `data_parallel_xla_flags`): each device runs the whole forward and backward pass on its
+    slice of the batch with single-threaded kernels, and the loss and gradients are averaged. Same
+    mathematics as on one device, another float summation order."""
 
-    def local(params, x, y):
-        value, grads = loss_and_grads(params, x, y)
-        return jax.lax.pmean(value, "data"), jax.lax.pmean(grads, "data")
+    def engine_form(params, batch, key, carry):
+        value, grads = loss_and_grads(params, batch["x"], batch["y"])
+        return value, {"count": jnp.float32(batch["y"].shape[0])}, None, grads
 
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(), P("data"), P("data")),
-        out_specs=(P(), P()),
-        check_vma=False,  # the LSTM's zero initial state is not marked as varying over "data"
-    )
+    sharded = data_parallel_grads(engine_form, mesh)
+
+    def data_parallel(params, x, y):
+        value, _, _, grads = sharded(params, {"x": x, "y": y}, jax.random.PRNGKey(0), None)
+        return value, grads
+
+    return data_parallel
 
 
 def _train_step(loss_and_grads, tx: optax.GradientTransformation):
