@@ -60,6 +60,8 @@ from lstm_jax.tasks import classification as clf
 cfg = imdb_test.get_config()
 cfg.model.bidirectional = True
 classifier = clf.build_model(cfg, nnx.Rngs(0))
+# As restored from a checkpoint: parameters committed to one device.
+nnx.update(classifier, jax.device_put(nnx.state(classifier), jax.devices()[0]))
 rng = np.random.default_rng(0)
 mask = np.arange(24)[None, :] < rng.integers(1, 25, 13)[:, None]
 ids = np.where(mask, rng.integers(2, 200, (13, 24)), 0).astype(np.int32)

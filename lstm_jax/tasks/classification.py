@@ -42,7 +42,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lstm_jax import config_utils, losses, metrics, reports, text
 from lstm_jax import data as data_lib
@@ -556,9 +557,12 @@ def _logits_fn(graphdef: nnx.GraphDef, use_mask: bool, devices: int):
         return m(batch["ids"], mask=mask, deterministic=True).astype(jnp.float32)
 
     if devices > 1:
-        mesh = Mesh(np.asarray(jax.local_devices()[:devices]), ("data",))
-        logits = data_parallel_map(logits, mesh)
+        logits = data_parallel_map(logits, _local_mesh(devices))
     return jax.jit(logits)
+
+
+def _local_mesh(devices: int) -> Mesh:
+    return Mesh(np.asarray(jax.local_devices()[:devices]), ("data",))
 
 
 @jax.jit
@@ -593,6 +597,8 @@ def predict_logits(
     use_mask = mask is not None
     devices = jax.local_device_count()
     fn = _logits_fn(graphdef, use_mask, devices)
+    if devices > 1:  # a restored model lives on one device; the sharded call needs all of them
+        state = jax.device_put(state, NamedSharding(_local_mesh(devices), P()))
     n = len(ids)
     if n == 0:
         shape = (0,) if model.num_outputs == 1 else (0, model.num_outputs)
