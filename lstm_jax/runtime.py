@@ -243,9 +243,8 @@ def set_cpu_devices(spec: str) -> int:
     Why: XLA:CPU's two-thread kernels are far from twice as fast as one thread at LSTM sizes, while two
     half-batches on one core each share nothing but the gradient average. On the 2-core machine two devices
     gave 1.33x (Macbeth) and 1.34x (fake news) the examples/s of one, 0.96x on the small IMDB tutorial
-    (benchmarks/README.md). Only the
-    CPU platform is affected (an accelerator stays the default device). Must run before JAX starts its
-    backend (`lstm_jax.cli` does, for ``--cpu_devices``).
+    (benchmarks/README.md). Only the CPU platform is affected (an accelerator stays the default device).
+    Must run before JAX starts its backend (`lstm_jax.cli` does, for ``--cpu_devices``).
     """
     from jax._src import xla_bridge
 

@@ -66,14 +66,9 @@ def make_optimizer(shape: Shape) -> optax.GradientTransformation:
     return optax.adam(1e-3, eps=1e-7)
 
 
-def data_parallel_devices() -> int:
-    """Host CPU devices for the `lstm_jax_dp` peer: one per core this process may use."""
-    return runtime.usable_cores()
-
-
 def data_parallel_xla_flags(flags: str = "") -> str:
     """`XLA_FLAGS` for the `lstm_jax_dp` worker: one host device per core, single-threaded kernels."""
-    return runtime.cpu_devices_flags(data_parallel_devices(), flags)
+    return runtime.cpu_devices_flags(runtime.usable_cores(), flags)
 
 
 def _loss_and_grads(shape: Shape, graphdef):
