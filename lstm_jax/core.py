@@ -47,6 +47,10 @@ MergeMode = Literal["concat", "sum", "ave", "mul"] | None
 # On CPU, `impl="auto"` uses "per_step" up to this hidden size and "fused" above it (see the docstring).
 CPU_PER_STEP_MAX_HIDDEN = 64
 
+# `lstm_layer(..., embedding=table)` folds the lookup into the input projection when the table has at most
+# this many rows per (batch x time) position (see `lstm_layer`; measured crossover in README, "Speed").
+FOLD_EMBEDDING_MAX_ROWS_PER_POSITION = 1.0
+
 __all__ = [
     "LSTMState",
     "Gates",
@@ -419,12 +423,13 @@ def lstm_layer(
     compute_dtype: Any = None,
     return_gates: bool = False,
     impl: Impl = "auto",
+    embedding: Array | None = None,
 ) -> tuple[Array, LSTMState] | tuple[Array, LSTMState, Gates]:
     """Runs an LSTM layer over a batch of sequences.
 
     Args:
       params: `{"kernel": [F, 4H], "recurrent_kernel": [H, 4H], "bias": [4H]}`.
-      xs: inputs `[batch, time, F]`.
+      xs: inputs `[batch, time, F]`, or integer token ids `[batch, time]` when `embedding` is given.
       mask: optional bool `[batch, time]`, True at real tokens (Keras semantics). A masked step leaves h and c
         unchanged and outputs zeros, so pre- and post-padded sequences give the same final state as the
         unpadded sequence.
@@ -439,14 +444,32 @@ def lstm_layer(
         parameters' dtype (float32).
       return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
       impl: "auto", "scan", "fused" or "per_step" (see module docstring).
+      embedding: optional table `[vocab, F]`; the layer's input is then `embedding[xs]` (an Embedding
+        layer in front of this one, with nothing in between). With a hoisted impl ("scan", "fused"), no
+        `input_dropout_mask` and `vocab <= batch * time` the lookup is folded into the input projection:
+        `(embedding @ kernel)[xs]` instead of `embedding[xs] @ kernel`, the same numbers (up to float
+        summation order) with `vocab` instead of `batch * time` rows in the projection's matmul and in
+        both of its gradient matmuls (the fake-news shape: 10,000 instead of 32,000). Otherwise the rows
+        are looked up first. Ids out of range give NaN inputs, as `jnp.take` (and `nnx.Embed`).
 
     Returns:
       `(outputs [batch, time, H], final_state)`, plus `Gates` when `return_gates`.
     """
-    if xs.ndim != 3:
-        raise ValueError(f"lstm_layer: xs must be [batch, time, features], got shape {xs.shape}")
     kernel, rk, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
-    b, t, f = xs.shape
+    if embedding is not None:
+        if xs.ndim != 2 or not jnp.issubdtype(xs.dtype, jnp.integer):
+            raise ValueError(
+                f"lstm_layer: with embedding=, xs must be integer token ids [batch, time], got "
+                f"{xs.dtype} {xs.shape}"
+            )
+        if embedding.ndim != 2:
+            raise ValueError(f"lstm_layer: embedding must be [vocab, F], got {embedding.shape}")
+        b, t = xs.shape
+        f = embedding.shape[1]
+    elif xs.ndim != 3:
+        raise ValueError(f"lstm_layer: xs must be [batch, time, features], got shape {xs.shape}")
+    else:
+        b, t, f = xs.shape
     hsz = rk.shape[0]
     if kernel.shape != (f, 4 * hsz):
         raise ValueError(
@@ -463,6 +486,14 @@ def lstm_layer(
     if initial_state is None:
         initial_state = zero_state(b, hsz, state_dtype)
     h0, c0 = (jnp.asarray(s, state_dtype) for s in initial_state)
+    fold = (
+        embedding is not None
+        and impl != "per_step"
+        and input_dropout_mask is None
+        and embedding.shape[0] <= FOLD_EMBEDDING_MAX_ROWS_PER_POSITION * b * t
+    )
+    if embedding is not None and not fold:
+        xs = jnp.take(embedding, xs, axis=0)
     if input_dropout_mask is not None:
         xs = xs * input_dropout_mask[:, None, :].astype(xs.dtype)
     mask_tm = None if mask is None else jnp.asarray(mask, bool).T  # [T, B]
@@ -474,7 +505,14 @@ def lstm_layer(
     # (F is usually smaller than 4H, and between stacked layers the transposes cancel), so the product
     # comes out time-major in row-major layout with no transpose of the [T, B, 4H] result.
     xs_tm = jnp.swapaxes(xs, 0, 1)
-    if compute_dtype is not None:
+    if fold:
+        # [V, F] @ [F, 4H] once, then one [4H] row per (time, batch) position, time-major.
+        if compute_dtype is not None:
+            table = _low_precision_dot(embedding, kernel, compute_dtype, "vf,fg->vg")
+        else:
+            table = embedding.astype(state_dtype) @ kernel
+        zx = jnp.take(table.astype(state_dtype), xs_tm, axis=0)
+    elif compute_dtype is not None:
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
     else:
         zx = jnp.einsum("tbf,fg->tbg", xs_tm.astype(state_dtype), kernel)

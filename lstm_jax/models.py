@@ -167,10 +167,14 @@ class LanguageModel(nnx.Module):
         `[batch, time, vocab]` logits never exist.
         """
         k_lstm, k_drop = split_key(key, 2)
-        x = _encode_inputs(self.input_mode, self.embed, ids, self.vocab_size)
-        outs, states = self.lstm(
-            x, mask=mask, initial_state=initial_state, deterministic=deterministic, key=k_lstm
-        )
+        kw = {"mask": mask, "initial_state": initial_state, "deterministic": deterministic}
+        if self.input_mode == "embed":
+            # The first LSTM looks the ids up itself (and folds the table into its input projection
+            # when that is cheaper; `lstm_jax.core.lstm_layer`).
+            outs, states = self.lstm(ids, key=k_lstm, embedding=self.embed.embedding[...], **kw)
+        else:
+            x = _encode_inputs(self.input_mode, self.embed, ids, self.vocab_size)
+            outs, states = self.lstm(x, key=k_lstm, **kw)
         h = states[-1].h if self.predict == "last" else outs
         h = self.dropout(h, deterministic=deterministic, rngs=k_drop)
         return self.dense(h), states
@@ -250,9 +254,17 @@ class TextClassifier(nnx.Module):
         k_emb, k_lstm = split_key(key, 2)
         # Its own key, derived so that models without word dropout keep their random streams.
         k_tok = None if k_emb is None else jax.random.fold_in(k_emb, 1)
-        x = self.token_dropout(self.embed(ids), deterministic=deterministic, rngs=k_tok)
-        x = self.embed_dropout(x, deterministic=deterministic, rngs=k_emb)
-        outs, states = self.lstm(x, mask=mask, deterministic=deterministic, key=k_lstm)
+        if deterministic or (self.token_dropout.rate == 0 and self.embed_dropout.rate == 0):
+            # Nothing between the embedding and the LSTM: the LSTM looks the ids up itself (and folds
+            # the table into its input projection when that is cheaper; `lstm_jax.core.lstm_layer`).
+            table = self.embed.embedding[...]
+            outs, states = self.lstm(
+                ids, mask=mask, deterministic=deterministic, key=k_lstm, embedding=table
+            )
+        else:
+            x = self.token_dropout(self.embed(ids), deterministic=deterministic, rngs=k_tok)
+            x = self.embed_dropout(x, deterministic=deterministic, rngs=k_emb)
+            outs, states = self.lstm(x, mask=mask, deterministic=deterministic, key=k_lstm)
         if self.pool == "last":
             last = states[-1]
             if self.bidirectional:

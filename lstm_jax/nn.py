@@ -114,8 +114,13 @@ class LSTM(nnx.Module):
         deterministic: bool = True,
         key: Array | None = None,
         return_gates: bool = False,
+        embedding: Array | None = None,
     ):
-        """`xs [batch, time, in_features]` -> `(outputs [batch, time, H], LSTMState)` (+ `Gates`)."""
+        """`xs [batch, time, in_features]` -> `(outputs [batch, time, H], LSTMState)` (+ `Gates`).
+
+        With `embedding [vocab, in_features]`, `xs` is integer ids `[batch, time]` and the input is
+        `embedding[xs]` (folded into the input projection when that is cheaper; `core.lstm_layer`).
+        """
         in_mask = rec_mask = None
         if not deterministic and (self.dropout > 0 or self.recurrent_dropout > 0):
             if key is None:
@@ -142,6 +147,7 @@ class LSTM(nnx.Module):
             compute_dtype=self.compute_dtype,
             return_gates=return_gates,
             impl=self.impl,
+            embedding=embedding,
         )
 
 
@@ -185,16 +191,15 @@ class Bidirectional(nnx.Module):
         initial_state: tuple[LSTMState, LSTMState] | None = None,
         deterministic: bool = True,
         key: Array | None = None,
+        embedding: Array | None = None,
     ):
-        """`xs [batch, time, F]` -> `(merged outputs, (forward_state, backward_state))`."""
+        """`xs [batch, time, F]` -> `(merged outputs, (forward_state, backward_state))`; with
+        `embedding`, `xs` is token ids `[batch, time]` (see `LSTM`)."""
         kf, kb = split_key(key, 2)
         init_f, init_b = (None, None) if initial_state is None else initial_state
-        out_f, st_f = self.forward(
-            xs, mask=mask, initial_state=init_f, deterministic=deterministic, key=kf
-        )
-        out_b, st_b = self.backward(
-            xs, mask=mask, initial_state=init_b, deterministic=deterministic, key=kb
-        )
+        kw = {"mask": mask, "deterministic": deterministic, "embedding": embedding}
+        out_f, st_f = self.forward(xs, initial_state=init_f, key=kf, **kw)
+        out_b, st_b = self.backward(xs, initial_state=init_b, key=kb, **kw)
         return core._merge(out_f, out_b, self.merge), (st_f, st_b)
 
 
@@ -249,15 +254,26 @@ class StackedLSTM(nnx.Module):
         initial_state: list | None = None,
         deterministic: bool = True,
         key: Array | None = None,
+        embedding: Array | None = None,
     ):
-        """`xs [batch, time, F]` -> `(last layer outputs [batch, time, H_last], [state per layer])`."""
+        """`xs [batch, time, F]` -> `(last layer outputs [batch, time, H_last], [state per layer])`.
+
+        With `embedding [vocab, F]`, `xs` is token ids `[batch, time]`, embedded for the first layer
+        (see `LSTM`).
+        """
         keys = split_key(key, 2 * len(self.layers))
         states = []
         h = xs
         for n, layer in enumerate(self.layers):
             init = None if initial_state is None else initial_state[n]
+            emb = embedding if n == 0 else None
             h, st = layer(
-                h, mask=mask, initial_state=init, deterministic=deterministic, key=keys[2 * n]
+                h,
+                mask=mask,
+                initial_state=init,
+                deterministic=deterministic,
+                key=keys[2 * n],
+                embedding=emb,
             )
             states.append(st)
             if n < len(self.layers) - 1:

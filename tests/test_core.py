@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -345,3 +346,76 @@ def test_per_step_with_return_gates_still_returns_gates():
     ref, ref_state = lstm_layer(params, xs, impl="scan")
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(gates.c[:, -1], ref_state.c, rtol=1e-6, atol=1e-6)
+
+
+# The embedding lookup folded into the input projection (`lstm_layer(..., embedding=table)`).
+def _has_table_product(fn, *args, vocab: int) -> bool:
+    """Whether `fn`'s jaxpr multiplies the `[vocab, F]` table by the kernel (the folded projection)."""
+    text = str(jax.make_jaxpr(fn)(*args))
+    return f"f32[{vocab},{4 * H}] = dot_general" in text
+
+
+@pytest.mark.parametrize(
+    "impl,vocab,masked,reverse",
+    [
+        ("fused", 11, True, False),  # 11 <= B*T = 21: folded
+        ("fused", 11, False, True),
+        ("scan", 11, True, True),
+        ("fused", 40, True, False),  # more rows than positions: looked up first
+        ("per_step", 11, True, False),  # no hoisted projection: looked up first
+    ],
+)
+def test_embedding_input_equals_looking_up_first(params, impl, vocab, masked, reverse):
+    """Outputs, final state and the gradients of every input (table, kernels, bias, state) equal those
+    of `lstm_layer(params, table[ids])`; the fold is used exactly when `vocab <= batch * time`."""
+    table = jax.random.normal(jax.random.key(5), (vocab, F))
+    ids = jax.random.randint(jax.random.key(6), (B, T), 0, vocab)
+    mask = lengths_mask([T, 3, 5], T, "pre") if masked else None
+    h0 = LSTMState(jnp.full((B, H), 0.2), jnp.full((B, H), -0.3))
+
+    def loss(p, tab, st, folded):
+        kw = {"mask": mask, "initial_state": st, "reverse": reverse, "impl": impl}
+        if folded:
+            outs, fin = lstm_layer(p, ids, embedding=tab, **kw)
+        else:
+            outs, fin = lstm_layer(p, jnp.take(tab, ids, axis=0), **kw)
+        return jnp.sum(jnp.tanh(outs) * 1.7) + jnp.sum(fin.h**2) + jnp.sum(fin.c), (outs, fin)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
+    ga, (outs_a, fin_a) = grad(params, table, h0, True)
+    gb, (outs_b, fin_b) = grad(params, table, h0, False)
+    np.testing.assert_allclose(outs_a, outs_b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fin_a.c, fin_b.c, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    folds = impl != "per_step" and vocab <= B * T
+    folded_loss = functools.partial(loss, folded=True)
+    assert _has_table_product(folded_loss, params, table, h0, vocab=vocab) == folds
+
+
+def test_embedding_with_input_dropout_or_bfloat16(params):
+    table = jax.random.normal(jax.random.key(5), (9, F))
+    ids = jax.random.randint(jax.random.key(6), (B, T), 0, 9)
+    looked_up = jnp.take(table, ids, axis=0)
+    in_mask, _ = core.variational_dropout_masks(jax.random.key(2), B, F, H, dropout=0.5)
+    # An input dropout mask sits between lookup and projection, so the rows are looked up first.
+    a, _ = lstm_layer(params, ids, embedding=table, input_dropout_mask=in_mask, impl="fused")
+    b, _ = lstm_layer(params, looked_up, input_dropout_mask=in_mask, impl="fused")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # bfloat16 matmuls (impl "scan"): the folded table product in bfloat16, close to float32.
+    lo, st = lstm_layer(params, ids, embedding=table, compute_dtype=jnp.bfloat16)
+    ref, _ = lstm_layer(params, looked_up, impl="scan")
+    assert st.h.dtype == jnp.float32
+    np.testing.assert_allclose(lo, ref, atol=3e-2)
+
+
+def test_embedding_input_errors(params):
+    table = jnp.ones((9, F))
+    with pytest.raises(ValueError, match="integer token ids"):
+        lstm_layer(params, jnp.ones((B, T)), embedding=table)
+    with pytest.raises(ValueError, match="integer token ids"):
+        lstm_layer(params, jnp.ones((B, T, F), jnp.int32), embedding=table)
+    with pytest.raises(ValueError, match=r"embedding must be \[vocab, F\]"):
+        lstm_layer(params, jnp.ones((B, T), jnp.int32), embedding=jnp.ones((9, F, 1)))
+    with pytest.raises(ValueError, match="kernel has shape"):
+        lstm_layer(params, jnp.ones((B, T), jnp.int32), embedding=jnp.ones((9, F + 1)))

@@ -100,3 +100,29 @@ def test_module_jits_through_split_merge(xs):
         return nnx.merge(graphdef, state)(x)[0]
 
     np.testing.assert_allclose(f(state, xs), m(xs)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_module_takes_token_ids_with_an_embedding(bidirectional):
+    """`StackedLSTM(ids, embedding=table)` equals `StackedLSTM(table[ids])`, values and gradients, with
+    impl "fused" (the first layer folds the 10-row table: 10 <= 4 * 6 positions)."""
+    stack = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), bidirectional=bidirectional, impl="fused")
+    table = jax.random.normal(jax.random.key(1), (10, 3))
+    ids = jax.random.randint(jax.random.key(2), (4, 6), 0, 10)
+    mask = jnp.asarray(np.arange(6)[None, :] >= np.array([[0], [2], [4], [5]]))
+    graphdef, params = nnx.split(stack, nnx.Param)
+
+    def loss(params, table, use_ids):
+        model = nnx.merge(graphdef, params)
+        if use_ids:
+            out, _ = model(ids, mask=mask, embedding=table)
+        else:
+            out, _ = model(jnp.take(table, ids, axis=0), mask=mask)
+        return jnp.sum(jnp.sin(out)), out
+
+    (va, out_a), ga = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, table, True)
+    (vb, out_b), gb = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, table, False)
+    assert out_a.shape == (4, 6, 8 if bidirectional else 4)
+    np.testing.assert_allclose(out_a, out_b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

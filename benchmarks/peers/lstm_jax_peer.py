@@ -46,8 +46,10 @@ class Model(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """`x [B, T]` tokens or `[B, T, 1]` floats -> logits `[B, classes]`."""
-        h = self.embed(x) if self.embed is not None else x
-        _, states = self.lstm(h)
+        if self.embed is not None:  # the first LSTM looks the tokens up (and may fold the table)
+            _, states = self.lstm(x, embedding=self.embed.embedding[...])
+        else:
+            _, states = self.lstm(x)
         z = states[-1].h
         for layer, act in zip(self.dense, self.acts, strict=True):
             z = getattr(jax.nn, act)(layer(z))
