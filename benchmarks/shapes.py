@@ -49,15 +49,17 @@ class Shape:
 
         LSTM layer with `F` inputs and `H` units over `B*T` positions: forward `x@W` and `h@R` cost
         `2*B*T*(F+H)*4H`; the backward pass costs twice the forward (input and weight gradients), except
-        that the first layer needs no input gradient. Dense layers likewise. Embedding lookups and
-        elementwise gate math are not counted.
+        that the first layer needs no input gradient when its input is data (the char model); below an
+        embedding it does, for the embedding's gradient. Dense layers likewise. Embedding lookups and
+        elementwise gate math are not counted. This is the standard computation's count, the same for
+        every framework; lstm_jax's folded embedding (`lstm_layer(..., embedding=)`) executes fewer.
         """
         bt = self.batch * self.time
         total = 0.0
         size = self.in_features
         for n, h in enumerate(self.lstm):
             fwd_x, fwd_h = 2 * bt * size * 4 * h, 2 * bt * h * 4 * h
-            dx = 0 if n == 0 else fwd_x
+            dx = 0 if n == 0 and not self.vocab else fwd_x
             total += 3 * fwd_h + 2 * fwd_x + dx
             size = h
         for units, _ in (*self.dense, (self.classes, "out")):

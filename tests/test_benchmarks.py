@@ -35,6 +35,10 @@ def test_train_flops_counts_every_matmul():
     assert s.train_flops() == lstm + head
     # The char model is dominated by its recurrent matmuls: ~13 GFLOP per step.
     assert 12e9 < SHAPES["A"].train_flops() < 14e9
+    # Below an embedding the first layer's input gradient is computed too (for the embedding's gradient).
+    e = Shape("e", "e", batch=2, time=3, vocab=9, embed=1, lstm=(4,), dense=(), classes=5,
+              optimizer="adam")  # fmt: skip
+    assert e.train_flops() == lstm + head + 2 * bt * 1 * 16
 
 
 def test_shape_data_is_fixed_and_typed():
@@ -178,3 +182,57 @@ def test_malloc_modes_set_each_workers_environment(monkeypatch):
         "shapes": {},
     }
     assert "glibc malloc tuned for: every framework" in run.markdown(report)
+
+
+def test_floor_counts_the_chains_and_the_rest_at_the_ceiling():
+    from benchmarks import floor
+
+    s = Shape("x", "x", batch=2, time=3, vocab=0, embed=0, lstm=(4, 2), dense=(), classes=5,
+              optimizer="adam")  # fmt: skip
+    # Per layer 2*T chained products of 2*B*H*4H FLOPs: 2*3*(2*2*4*16) + 2*3*(2*2*2*8).
+    assert floor.chain_flops(s) == 1536 + 384
+    assert floor.chain_flops(s) < s.train_flops()
+    # The rest of the FLOPs at 1 GFLOP/s, plus the measured chain.
+    rest_ms = (s.train_flops() - 1920) / 1e9 * 1e3
+    assert floor.floor_ms(s, 5.0, 1.0) == pytest.approx(5.0 + rest_ms)
+    # On every benchmark shape the chains are a real part of the step's FLOPs (A: 2/3 of the recurrence).
+    for shape in SHAPES.values():
+        assert 0.1 < floor.chain_flops(shape) / shape.train_flops() < 0.7
+
+
+def test_floor_report_compares_the_target_with_the_floor():
+    from benchmarks import floor
+
+    results = {
+        "shapes": {
+            "A": {
+                "lstm_jax": {"median_ms": 150.0},
+                "lstm_jax_dp": {"median_ms": 120.0},
+                "torch": {"median_ms": 90.0},
+                "flax": {"median_ms": 200.0},
+                "keras_tf": {"status": "failed"},
+            },
+            "B": {"lstm_jax": {"median_ms": 30.0}},
+        }
+    }
+    assert floor.fastest_peer_ms(results, "A") == ("torch", 90.0)
+    assert floor.fastest_peer_ms(results, "B") is None
+    chains = {"A": {"batch": 40, "xla_chain_ms": 70.0, "torch_chain_ms": None}}
+    chains["B"] = {"batch": 128, "xla_chain_ms": 1.0, "torch_chain_ms": 2.5}
+    half = {"A": {"batch": 20, "xla_chain_ms": 65.0, "torch_chain_ms": None}}
+    half["B"] = {"batch": 64, "xla_chain_ms": 0.8, "torch_chain_ms": 2.0}
+    table = floor.report(["A", "B"], chains, half, 100.0, results)
+    row_a = next(line for line in table.splitlines() if line.startswith("| A "))
+    # A: target 90 / 1.5 = 60 ms, below the 2-device floor 65 + rest -> out of reach; best ours 120 ms.
+    assert "| 120.0 | torch 90.0 | 60.0 | no: below the floor |" in row_a
+    rest_a = floor.floor_ms(SHAPES["A"], 0.0, 100.0)
+    assert f"| {rest_a:.1f} | {70 + rest_a:.1f} | {65 + rest_a:.1f} |" in row_a
+    row_b = next(line for line in table.splitlines() if line.startswith("| B "))
+    assert row_b.endswith("| 30.0 | - | - | - |") and "| 2.5 |" in row_b
+
+
+def test_floor_chain_runs_in_xla():
+    from benchmarks import floor
+
+    short = floor.xla_chain_ms(batch=4, steps=3, hidden=8, reps=2)
+    assert 0 < short < 1e3
