@@ -81,14 +81,14 @@ def xla_chain_ms(batch: int, steps: int, hidden: int, reps: int) -> float:
     r = jax.random.normal(jax.random.key(0), (hidden, 4 * hidden)) / math.sqrt(hidden)
     rt = jnp.asarray(r.T)
 
-    def fwd(h, _):
-        return jnp.tanh((h @ r)[:, :hidden]), None
-
-    def bwd(d, _):
-        return jnp.tile(jnp.tanh(d @ rt), (1, 4)), None
-
     @jax.jit
     def chain(h0, r, rt):
+        def fwd(h, _):
+            return jnp.tanh((h @ r)[:, :hidden]), None
+
+        def bwd(d, _):
+            return jnp.tile(jnp.tanh(d @ rt), (1, 4)), None
+
         h, _ = jax.lax.scan(fwd, h0, None, length=steps)
         d, _ = jax.lax.scan(bwd, jnp.tile(h, (1, 4)), None, length=steps)  # depends on the forward
         return d

@@ -508,10 +508,12 @@ def lstm_layer(
     if fold:
         # [V, F] @ [F, 4H] once, then one [4H] row per (time, batch) position, time-major.
         if compute_dtype is not None:
-            table = _low_precision_dot(embedding, kernel, compute_dtype, "vf,fg->vg")
+            table = _low_precision_dot(embedding, kernel, compute_dtype, "vf,fg->vg").astype(
+                state_dtype
+            )
         else:
             table = embedding.astype(state_dtype) @ kernel
-        zx = jnp.take(table.astype(state_dtype), xs_tm, axis=0)
+        zx = jnp.take(table, xs_tm, axis=0)
     elif compute_dtype is not None:
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
     else:
