@@ -41,7 +41,7 @@ import numpy as np
 
 Array = jax.Array
 Params = dict[str, Array]
-Impl = Literal["auto", "scan", "fused", "per_step"]
+Impl = Literal["auto", "scan", "fused", "per_step", "native"]
 MergeMode = Literal["concat", "sum", "ave", "mul"] | None
 
 # On CPU, `impl="auto"` uses "per_step" up to this hidden size and "fused" above it (see the docstring).
@@ -302,22 +302,55 @@ def _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
     return outs, (h, c), (hc, acts_all)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _recurrence_fused(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
-    outs, final, _ = _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat)
+def _native_inputs(mask, rmask, zx):
+    """The native kernel's dense forms of the optional masks: `[T, B]` and `[B, H]` float32 multipliers."""
+    t, b, g = zx.shape
+    m = jnp.ones((t, b), jnp.float32) if mask is None else mask.astype(jnp.float32)
+    r = jnp.ones((b, g // 4), jnp.float32) if rmask is None else rmask.astype(jnp.float32)
+    return m, r
+
+
+def _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse):
+    """`_fused_forward` (without remat) as one native call (`lstm_jax.native`)."""
+    from lstm_jax import native
+
+    m, r = _native_inputs(mask, rmask, zx)
+    acts, outs, h, c, hc = native.forward(rk, bias, zx, m, h0, c0, r, reverse)
+    return outs, (h, c), (hc, acts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _recurrence_fused(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat, native=False):
+    if native:
+        outs, final, _ = _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse)
+    else:
+        outs, final, _ = _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat)
     return outs, final
 
 
-def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
-    outs, final, saved = _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat)
+def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat, native=False):
+    if native:
+        outs, final, saved = _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse)
+    else:
+        outs, final, saved = _fused_forward(
+            rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat
+        )
     # Without remat zx is not kept: its buffer now holds the gates (a kept zx would force a copy).
     return (outs, final), (rk, bias, zx if remat else None, mask, rmask, saved)
 
 
-def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
+def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, (dh_final, dc_final) = cotangents
     hsz = rk.shape[0]
+    if native:
+        from lstm_jax import native as native_kernel
+
+        m, r = _native_inputs(mask, rmask, acts_all)
+        dz, dh0, dc0 = native_kernel.backward(
+            rk, acts_all, hc, m, d_outs, dh_final, dc_final, r, reverse
+        )
+        return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0)
     rk_t = rk.T
     scale, offset = _tanh_gate_consts(hsz, rk.dtype)
 
@@ -373,6 +406,13 @@ def _recurrence_fused_bwd(reverse, unroll, remat, res, cotangents):
             reverse=not reverse,
             unroll=unroll,
         )
+    return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0)
+
+
+def _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0):
+    """The fused VJP's outputs from the backward recurrence's `dz [T, B, 4H]`: the recurrent kernel's and
+    the bias's gradients as single reductions over all timesteps."""
+    hsz = rk.shape[0]
     h_prev_all = hc[..., :hsz]
     hr_all = h_prev_all if rmask is None else h_prev_all * rmask
     t, b, _ = hr_all.shape
@@ -390,23 +430,50 @@ _recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd)
 
 
 def _resolve_impl(
-    impl: Impl, compute_dtype: Any, return_gates: bool, hidden_size: int = 0, remat: bool = False
+    impl: Impl,
+    compute_dtype: Any,
+    return_gates: bool,
+    hidden_size: int = 0,
+    remat: bool = False,
+    dtype: Any = jnp.float32,
 ) -> str:
+    if impl not in ("auto", "scan", "fused", "per_step", "native"):
+        raise ValueError(
+            f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused', 'per_step' or 'native'"
+        )
+    if compute_dtype is not None or return_gates:
+        return "scan"  # only the autodiff scan has low-precision matmuls and gate outputs
+    cpu = jax.default_backend() == "cpu"
     if impl == "auto":
-        if compute_dtype is not None or return_gates or jax.default_backend() != "cpu":
+        if not cpu:
             return "scan"
+        if not remat and jnp.dtype(dtype) == jnp.float32 and _native_available():
+            return "native"
         if hidden_size <= CPU_PER_STEP_MAX_HIDDEN and not remat:
             return "per_step"
         return "fused"
-    if impl not in ("scan", "fused", "per_step"):
-        raise ValueError(
-            f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused' or 'per_step'"
-        )
-    if impl == "fused" and (compute_dtype is not None or return_gates):
-        return "scan"  # the fused VJP is float32-only and does not emit gates
-    if impl == "per_step" and (compute_dtype is not None or return_gates or remat):
-        return "scan"  # per_step has no low-precision matmuls, gate outputs or remat
+    if impl == "native":
+        if not cpu:
+            raise ValueError(
+                f"lstm_layer: impl='native' is a CPU kernel but JAX's default backend is "
+                f"{jax.default_backend()!r}; use impl='auto'"
+            )
+        if remat or jnp.dtype(dtype) != jnp.float32:
+            return "fused"  # the kernel is float32-only and keeps its activations
+        from lstm_jax import native
+
+        reason = native.unavailable_reason()
+        if reason is not None:
+            raise ValueError(f"lstm_layer: impl='native' is unavailable here: {reason}")
+    if impl == "per_step" and remat:
+        return "scan"  # per_step has no remat
     return impl
+
+
+def _native_available() -> bool:
+    from lstm_jax import native
+
+    return native.available()
 
 
 def lstm_layer(
@@ -480,7 +547,7 @@ def lstm_layer(
         raise ValueError(f"lstm_layer: mask must be [batch, time] = {(b, t)}, got {mask.shape}")
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"lstm_layer: unroll must be a positive int, got {unroll!r}")
-    impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat)
+    impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat, rk.dtype)
 
     state_dtype = rk.dtype
     if initial_state is None:
@@ -520,9 +587,19 @@ def lstm_layer(
         zx = jnp.einsum("tbf,fg->tbg", xs_tm.astype(state_dtype), kernel)
 
     gates = None
-    if impl == "fused":
+    if impl in ("fused", "native"):
         outs, (h, c) = _recurrence_fused(
-            rk, bias, zx, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll, remat
+            rk,
+            bias,
+            zx,
+            mask_tm,
+            h0,
+            c0,
+            recurrent_dropout_mask,
+            reverse,
+            unroll,
+            remat,
+            impl == "native",
         )
     else:
         zx = zx + bias

@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 from lstm_jax import core
 from lstm_jax.core import LSTMState, init_lstm, lstm_layer, lstm_step
 
-IMPLS = ("scan", "fused", "per_step")
+IMPLS = ("scan", "fused", "per_step", "native")
 B, T, F, H = 3, 7, 5, 6
 
 
@@ -177,7 +177,7 @@ def test_gradients_match_finite_differences(impl, masked):
 # 5. unroll and remat do not change results (values and gradients).
 @pytest.mark.parametrize(
     "impl,unroll,remat",
-    list(itertools.product(("scan", "fused"), (1, 2, 4, 8), (False, True))),
+    list(itertools.product(("scan", "fused", "native"), (1, 2, 4, 8), (False, True))),
 )
 def test_unroll_and_remat_agree(params, xs, impl, unroll, remat):
     mask = lengths_mask([T, 5, 2], T, "pre")
@@ -218,8 +218,8 @@ def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
         )
         return jnp.sum(jnp.tanh(outs) * 1.3) + jnp.sum(fin.h**2) + jnp.sum(fin.c)
 
-    for reverse in (False, True):
-        ga = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, "fused", reverse)
+    for impl, reverse in itertools.product(("fused", "native"), (False, True)):
+        ga = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, impl, reverse)
         gb = jax.grad(loss, argnums=(0, 1, 2))(params, xs, h0, "scan", reverse)
         for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -325,18 +325,27 @@ def test_variational_masks_constant_over_time_and_differ_across_sequences(params
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU choice of impl='auto'")
-def test_auto_impl_follows_the_measured_cpu_crossover():
+def test_auto_impl_follows_the_measured_cpu_crossover(monkeypatch):
     from lstm_jax.core import CPU_PER_STEP_MAX_HIDDEN, _resolve_impl
 
     small, large = CPU_PER_STEP_MAX_HIDDEN, CPU_PER_STEP_MAX_HIDDEN + 1
+    # With the native kernel: it, for float32 without remat, at every size.
+    assert _resolve_impl("auto", None, False, small) == "native"
+    assert _resolve_impl("auto", None, False, large) == "native"
+    assert _resolve_impl("auto", None, False, large, dtype=jnp.float64) == "fused"
+    # Without it (no compiler, or LSTM_JAX_NATIVE=off): the XLA impls by the measured crossover.
+    monkeypatch.setattr(core, "_native_available", lambda: False)
     assert _resolve_impl("auto", None, False, small) == "per_step"
     assert _resolve_impl("auto", None, False, large) == "fused"
     assert _resolve_impl("auto", None, False, small, remat=True) == "fused"
     assert _resolve_impl("auto", jnp.bfloat16, False, small) == "scan"
     assert _resolve_impl("auto", None, True, large) == "scan"
-    # an explicit per_step falls back to scan for what it lacks, as fused does
+    # an explicit per_step falls back to scan for what it lacks, as fused does; native to fused
     assert _resolve_impl("per_step", None, True, small) == "scan"
     assert _resolve_impl("per_step", None, False, small, remat=True) == "scan"
+    assert _resolve_impl("native", None, False, small, remat=True) == "fused"
+    assert _resolve_impl("native", jnp.bfloat16, False, small) == "scan"
+    assert _resolve_impl("native", None, False, small, dtype=jnp.float64) == "fused"
 
 
 def test_per_step_with_return_gates_still_returns_gates():
@@ -363,6 +372,8 @@ def _has_table_product(fn, *args, vocab: int) -> bool:
         ("scan", 11, True, True),
         ("fused", 40, True, False),  # more rows than positions: looked up first
         ("per_step", 11, True, False),  # no hoisted projection: looked up first
+        ("native", 11, True, True),
+        ("native", 40, False, False),
     ],
 )
 def test_embedding_input_equals_looking_up_first(params, impl, vocab, masked, reverse):

@@ -1,0 +1,275 @@
+"""The LSTM recurrence as a native CPU kernel (XLA FFI custom calls), compiled on first use.
+
+`lstm_jax.core`'s ``impl="native"`` runs the same mathematics as ``impl="fused"`` (hoisted input
+projection, state-only backward recurrence, weight gradients as single matmuls afterwards), but each of the
+two recurrences is one call into `lstm_cpu.cc` instead of a `lax.scan` of XLA kernels: on XLA:CPU every
+loop iteration costs several kernel dispatches, which dominate at LSTM sizes (measured in
+benchmarks/README.md).
+
+The source is compiled once per machine into ``~/.cache/lstm_jax/native/`` (``LSTM_JAX_NATIVE_CACHE``
+overrides) with ``-O3 -march=native``, by the C++ compiler of the `ziglang` package (a project dependency,
+so that a machine with only Python and pip has one), or ``$LSTM_JAX_CXX``, or ``c++`` on the PATH.
+``LSTM_JAX_NATIVE=off`` turns the kernel off; when it cannot be built, `available()` is False, says why in
+`unavailable_reason()`, and ``impl="auto"`` uses the XLA impls.
+
+Shapes (time-major, float32): `zx [T, B, 4H]`, `mask [T, B]` (1.0 = real step), `h0, c0, rmask [B, H]`,
+`rk [H, 4H]`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import filelock
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+_SOURCE = Path(__file__).with_name("lstm_cpu.cc")
+_FORWARD, _BACKWARD = "lstm_jax_native_forward", "lstm_jax_native_backward"
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+
+__all__ = ["available", "unavailable_reason", "build", "forward", "backward", "threads_per_device"]
+
+
+def _compilers() -> list[list[str]]:
+    """Candidate C++ compiler commands, in order of preference."""
+    found = []
+    env = os.environ.get("LSTM_JAX_CXX", "").strip()
+    if env:
+        found.append(env.split())
+    try:
+        import ziglang  # noqa: F401
+
+        found.append([sys.executable, "-m", "ziglang", "c++"])
+    except ImportError:
+        pass
+    for name in ("c++", "g++", "clang++"):
+        path = shutil.which(name)
+        if path:
+            found.append([path])
+    return found
+
+
+def _cache_dir() -> Path:
+    return Path(
+        os.environ.get("LSTM_JAX_NATIVE_CACHE")
+        or os.path.join(os.path.expanduser("~"), ".cache", "lstm_jax", "native")
+    )
+
+
+def build(compiler: list[str] | None = None) -> Path:
+    """Compiles `lstm_cpu.cc` (if not cached) and returns the shared library's path.
+
+    The cache key covers the source, the compiler command, the flags, the jaxlib version (the FFI headers)
+    and this machine (``-march=native``): a copied home directory recompiles on another CPU.
+    """
+    candidates = [compiler] if compiler else _compilers()
+    if not candidates:
+        raise RuntimeError(
+            "no C++ compiler found: install the `ziglang` package (pip install ziglang), or set "
+            "LSTM_JAX_CXX to a C++17 compiler"
+        )
+    include = jax.ffi.include_dir()
+    source = _SOURCE.read_bytes()
+    cpu = _cpu_signature()
+    errors = []
+    for cmd in candidates:
+        key = hashlib.sha256(
+            b"\0".join(
+                [
+                    source,
+                    " ".join(cmd).encode(),
+                    " ".join(_FLAGS).encode(),
+                    jax.__version__.encode(),
+                ]
+                + [cpu.encode()]
+            )
+        ).hexdigest()[:20]
+        target = _cache_dir() / f"lstm_cpu-{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(target) + ".lock"):  # one build per machine, not one per process
+            if target.exists():
+                return target
+            error = _compile(cmd, include, target)
+        if error is None:
+            return target
+        errors.append(error)
+    raise RuntimeError("could not compile the native LSTM kernel:\n" + "\n".join(errors))
+
+
+def _compile(cmd: list[str], include: str, target: Path) -> str | None:
+    """Compiles into `target` (atomically); returns None or the compiler's complaint."""
+    logging.getLogger(__name__).warning(
+        "lstm_jax: compiling the native CPU LSTM kernel with %s into %s (once per machine; up to a "
+        "minute the first time ziglang is used)",
+        " ".join(cmd),
+        target.parent,
+    )
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [*cmd, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", tmp],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode == 0:
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, target)  # readers never see a half-written library
+            return None
+        return f"{' '.join(cmd)}: {proc.stderr.strip()[-2000:]}"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{' '.join(cmd)}: {e}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _cpu_signature() -> str:
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "model name")):
+                    flags += line
+                if line.startswith("flags"):
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.system()} {flags}"
+
+
+@functools.cache
+def _load() -> str | None:
+    """Builds, loads and registers the kernel once per process; returns None or why it is unavailable."""
+    if os.environ.get("LSTM_JAX_NATIVE", "").strip().lower() in ("0", "off", "false", "no"):
+        return "turned off by LSTM_JAX_NATIVE"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64", "aarch64"):
+        return f"not built for {platform.system()} {platform.machine()}"
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(build()))
+    except (RuntimeError, OSError) as e:
+        return str(e)
+    jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.LstmForward), platform="cpu")
+    jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.LstmBackward), platform="cpu")
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """None when the kernel is usable, else why not (no compiler, build error, turned off)."""
+    return _load()
+
+
+def available() -> bool:
+    """Whether ``impl="native"`` can run here (builds the kernel on the first call)."""
+    return _load() is None
+
+
+def threads_per_device() -> int:
+    """Threads for one kernel call: this process's cores divided among its CPU devices (one with
+    ``--cpu_devices=auto``, where each device already is a core)."""
+    from lstm_jax.runtime import usable_cores
+
+    devices = max(1, len(jax.local_devices(backend="cpu")))
+    return max(1, usable_cores() // devices)
+
+
+def _require() -> None:
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"lstm_jax native LSTM kernel unavailable: {reason}")
+
+
+def forward(
+    rk: Array,
+    bias: Array,
+    zx: Array,
+    mask: Array,
+    h0: Array,
+    c0: Array,
+    rmask: Array,
+    reverse: bool,
+    threads: int | None = None,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """The forward recurrence. Returns `(acts [T, B, 4H], outs [T, B, H], h_T, c_T, hc [T, B, 2H])`:
+    the activated gates (written over `zx`'s buffer), outputs, final state and the saved `(h, c)` before
+    each step."""
+    _require()
+    t, b, g = zx.shape
+    h = g // 4
+    f32 = jnp.float32
+    shapes = [
+        jax.ShapeDtypeStruct((t, b, g), f32),
+        jax.ShapeDtypeStruct((t, b, h), f32),
+        jax.ShapeDtypeStruct((b, h), f32),
+        jax.ShapeDtypeStruct((b, h), f32),
+        jax.ShapeDtypeStruct((t, b, 2 * h), f32),
+    ]
+    call = jax.ffi.ffi_call(_FORWARD, shapes, vmap_method="sequential", input_output_aliases={2: 0})
+    return call(
+        rk,
+        bias,
+        zx,
+        mask,
+        h0,
+        c0,
+        rmask,
+        reverse=np.int32(bool(reverse)),
+        threads=np.int32(threads or threads_per_device()),
+    )
+
+
+def backward(
+    rk: Array,
+    acts: Array,
+    hc: Array,
+    mask: Array,
+    d_outs: Array,
+    dh_final: Array,
+    dc_final: Array,
+    rmask: Array,
+    reverse: bool,
+    threads: int | None = None,
+) -> tuple[Array, Array, Array]:
+    """The backward recurrence. Returns `(dz [T, B, 4H], dh_0, dc_0)`: the gradient of the gates'
+    pre-activations (written over `acts`' buffer) and of the initial state."""
+    _require()
+    t, b, g = acts.shape
+    h = g // 4
+    f32 = jnp.float32
+    shapes = [
+        jax.ShapeDtypeStruct((t, b, g), f32),
+        jax.ShapeDtypeStruct((b, h), f32),
+        jax.ShapeDtypeStruct((b, h), f32),
+    ]
+    call = jax.ffi.ffi_call(
+        _BACKWARD, shapes, vmap_method="sequential", input_output_aliases={1: 0}
+    )
+    return call(
+        rk.T,
+        acts,
+        hc,
+        mask,
+        d_outs,
+        dh_final,
+        dc_final,
+        rmask,
+        reverse=np.int32(bool(reverse)),
+        threads=np.int32(threads or threads_per_device()),
+    )

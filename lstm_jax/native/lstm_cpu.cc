@@ -1,0 +1,351 @@
+// The LSTM recurrence on CPU as two XLA FFI custom calls (see lstm_jax/native/__init__.py).
+//
+// Forward: given the hoisted input projection zx [T, B, 4H] (no bias), for t in scan order
+//     z_t = zx[t] + bias + (h_{t-1} * rmask) @ rk            rk [H, 4H], gates i, f, g, o (Keras order)
+//     i, f, o = sigmoid(z_i, z_f, z_o); g = tanh(z_g)
+//     c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)               (a masked row keeps h, c and outputs 0)
+// writing the activated gates over zx (the call aliases them), h_{t-1} and c_{t-1} packed as
+// hc [T, B, 2H] for the backward pass, and the outputs [T, B, H].
+// Backward: the state-only backward recurrence of the "fused" impl in lstm_jax/core.py, writing the
+// pre-activation gradients dz [T, B, 4H] over the gates; the weight gradients are single matmuls that XLA
+// computes afterwards.
+//
+// Both are the same mathematics as core.py's "fused" impl (parity-tested in tests/test_native.py). The
+// point is the loop: one call runs all T steps, each step one register-blocked matmul and one pass of
+// elementwise math per row block, with no per-kernel dispatch. Batch rows are independent through the
+// whole recurrence, so `threads` threads each run the full time loop on a contiguous block of rows.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VL = 16;
+#elif defined(__AVX__)
+constexpr int VL = 8;
+#else
+constexpr int VL = 4;
+#endif
+typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));  // unaligned loads and stores
+
+inline vf loadu(const float* p) { return *reinterpret_cast<const vf*>(p); }
+inline void storeu(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+
+// C[MR rows, NV * VL cols] += A[MR, K] @ W[K, NV * VL]; row strides lda, ldw, ldc.
+template <int MR, int NV>
+inline void micro(const float* __restrict A, int64_t lda, const float* __restrict W, int64_t ldw,
+                  float* __restrict C, int64_t ldc, int64_t K) {
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = loadu(C + r * ldc + v * VL);
+  for (int64_t k = 0; k < K; ++k) {
+    vf w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = loadu(W + k * ldw + v * VL);
+    for (int r = 0; r < MR; ++r) {
+      const float a = A[r * lda + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * w[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) storeu(C + r * ldc + v * VL, acc[r][v]);
+}
+
+// C[M, N] += A[M, K] @ W[K, N] (row-major, row strides lda, ldw, ldc); N a multiple of VL (callers pad).
+// Column blocks outside, row blocks inside: a [K, NV * VL] panel of W stays in cache while every row block
+// of A passes over it, so W (up to ~1.5 MB for H = 300) is read from memory once per call.
+template <int NV, int MR>
+inline void panel(const float* A, int64_t lda, const float* W, int64_t ldw, float* C, int64_t ldc,
+                  int64_t M, int64_t K) {
+  int64_t i = 0;
+  for (; i + MR <= M; i += MR) micro<MR, NV>(A + i * lda, lda, W, ldw, C + i * ldc, ldc, K);
+  if (i + 4 <= M) {
+    micro<4, NV>(A + i * lda, lda, W, ldw, C + i * ldc, ldc, K);
+    i += 4;
+  }
+  if (i + 2 <= M) {
+    micro<2, NV>(A + i * lda, lda, W, ldw, C + i * ldc, ldc, K);
+    i += 2;
+  }
+  if (i < M) micro<1, NV>(A + i * lda, lda, W, ldw, C + i * ldc, ldc, K);
+}
+
+void gemm_acc(const float* A, int64_t lda, const float* W, int64_t ldw, float* C, int64_t ldc,
+              int64_t M, int64_t K, int64_t N) {
+  int64_t j = 0;
+  for (; j + 4 * VL <= N; j += 4 * VL) panel<4, 6>(A, lda, W + j, ldw, C + j, ldc, M, K);
+  // Tiles of 6 x 4 vectors (24 accumulators; 4 x 4 ran at half the speed) and 8 x 2 or 8 x 1 for narrow
+  // panels: enough independent accumulators in flight to hide the FMA latency.
+  for (; j + 2 * VL <= N; j += 2 * VL) panel<2, 8>(A, lda, W + j, ldw, C + j, ldc, M, K);
+  for (; j + VL <= N; j += VL) panel<1, 8>(A, lda, W + j, ldw, C + j, ldc, M, K);
+}
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Asks for `n` floats from `p` to be brought into cache (the next step's block of a [T, B, *] array).
+inline void prefetch(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 3);
+}
+
+// tanh as Eigen's (and XLA:CPU's) rational approximation for float; branch-free so loops vectorize.
+inline float tanh_f(float a) {
+  const float x = a > 7.99881172180175781f ? 7.99881172180175781f
+                  : (a < -7.99881172180175781f ? -7.99881172180175781f : a);
+  const float x2 = x * x;
+  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = x2 * p + -8.60467152213735e-11f;
+  p = x2 * p + 5.12229709037114e-08f;
+  p = x2 * p + 1.48572235717979e-05f;
+  p = x2 * p + 6.37261928875436e-04f;
+  p = x2 * p + 4.89352455891786e-03f;
+  p = x * p;
+  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = x2 * q + 2.26843463243900e-03f;
+  q = x2 * q + 4.89352518554385e-03f;
+  const float r = p / q;
+  return (a < 0.0004f && a > -0.0004f) ? a : r;
+}
+
+inline float sigmoid_f(float x) { return 0.5f * tanh_f(0.5f * x) + 0.5f; }
+
+struct Dims {
+  int64_t T, B, H;
+};
+
+// Runs `body(row0, row1)` on `threads` contiguous row blocks of [0, B) (multiples of 4 rows where possible).
+template <typename F>
+void parallel_rows(int64_t B, int64_t threads, F body) {
+  threads = std::max<int64_t>(1, std::min<int64_t>(threads, B));
+  if (threads == 1) {
+    body(int64_t{0}, B);
+    return;
+  }
+  const int64_t per = ((B + threads - 1) / threads + 3) / 4 * 4;
+  std::vector<std::thread> pool;
+  int64_t start = per;
+  for (; start < B; start += per) {
+    const int64_t end = std::min(B, start + per);
+    pool.emplace_back([=] { body(start, end); });
+  }
+  body(int64_t{0}, std::min(B, per));
+  for (auto& th : pool) th.join();
+}
+
+// One row of the forward step: the gates from the pre-activations z [4H] into acts [4H]; h, c updated
+// (unless masked), the output written.
+void forward_row(const float* __restrict z, float* __restrict acts, float* __restrict h,
+                 float* __restrict c, float* __restrict out, bool real, int64_t H) {
+  for (int64_t j = 0; j < 2 * H; ++j) acts[j] = sigmoid_f(z[j]);
+  for (int64_t j = 2 * H; j < 3 * H; ++j) acts[j] = tanh_f(z[j]);
+  for (int64_t j = 3 * H; j < 4 * H; ++j) acts[j] = sigmoid_f(z[j]);
+  if (!real) {  // a masked step: h and c unchanged, output 0
+    for (int64_t j = 0; j < H; ++j) out[j] = 0.0f;
+    return;
+  }
+  const float* __restrict gi = acts;
+  const float* __restrict gf = acts + H;
+  const float* __restrict gg = acts + 2 * H;
+  const float* __restrict go = acts + 3 * H;
+  for (int64_t j = 0; j < H; ++j) {
+    const float cn = gf[j] * c[j] + gi[j] * gg[j];
+    c[j] = cn;
+    const float hn = go[j] * tanh_f(cn);
+    h[j] = hn;
+    out[j] = hn;
+  }
+}
+
+// One row of the backward step: dz [4H] from the gates, c_{t-1}, the output's gradient and the carried
+// dh, dc; dh, dc become what passes to step t-1 apart from dz @ rk^T (which the caller adds).
+void backward_row(const float* __restrict a, const float* __restrict cp,
+                  const float* __restrict dout, float* __restrict dh, float* __restrict dc,
+                  float* __restrict dz, float m, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+    const float cn = f * cp[j] + i * g;
+    const float tc = tanh_f(cn);
+    const float dhn = m * (dh[j] + dout[j]);
+    const float dcn = m * dc[j] + dhn * o * (1.0f - tc * tc);
+    dz[j] = dcn * g * i * (1.0f - i);
+    dz[H + j] = dcn * cp[j] * f * (1.0f - f);
+    dz[2 * H + j] = dcn * i * (1.0f - g * g);
+    dz[3 * H + j] = dhn * tc * o * (1.0f - o);
+    dh[j] = (1.0f - m) * dh[j];
+    dc[j] = dcn * f + (1.0f - m) * dc[j];
+  }
+}
+
+// rk [H, 4H] -> [H, Gp] and rk^T [4H, H] -> [Gp, Hp], zero-padded to whole vectors.
+std::vector<float> pad_cols(const float* w, int64_t rows, int64_t cols, int64_t prows, int64_t pcols) {
+  std::vector<float> p(prows * pcols, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(&p[r * pcols], w + r * cols, cols * sizeof(float));
+  return p;
+}
+
+void forward_rows(const Dims d, const float* rkp, const float* bias, const float* zx, float* acts,
+                  const float* mask, const float* h0, const float* c0, const float* rmask, float* outs,
+                  float* hT, float* cT, float* hc, bool reverse, int64_t r0, int64_t r1) {
+  const int64_t T = d.T, B = d.B, H = d.H, G = 4 * H, Gp = round_up(G, VL), R = r1 - r0;
+  std::vector<float> h(R * H), c(R * H), hr(R * H), z(R * Gp, 0.0f);
+  std::memcpy(h.data(), h0 + r0 * H, R * H * sizeof(float));
+  std::memcpy(c.data(), c0 + r0 * H, R * H * sizeof(float));
+  const float* rm = rmask + r0 * H;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    const float* zx_t = zx + (t * B + r0) * G;
+    float* hc_t = hc + (t * B + r0) * 2 * H;
+    if (s + 1 < T) prefetch(zx + ((reverse ? t - 1 : t + 1) * B + r0) * G, R * G);
+    for (int64_t r = 0; r < R; ++r) {
+      float* __restrict zr = z.data() + r * Gp;
+      const float* __restrict xr = zx_t + r * G;
+      for (int64_t j = 0; j < G; ++j) zr[j] = xr[j] + bias[j];
+      for (int64_t k = 0; k < H; ++k) hr[r * H + k] = h[r * H + k] * rm[r * H + k];
+      std::memcpy(hc_t + r * 2 * H, h.data() + r * H, H * sizeof(float));
+      std::memcpy(hc_t + r * 2 * H + H, c.data() + r * H, H * sizeof(float));
+    }
+    gemm_acc(hr.data(), H, rkp, Gp, z.data(), Gp, R, H, Gp);
+    const float* m_t = mask + t * B + r0;
+    float* a_t = acts + (t * B + r0) * G;
+    float* out_t = outs + (t * B + r0) * H;
+    for (int64_t r = 0; r < R; ++r)
+      forward_row(z.data() + r * Gp, a_t + r * G, h.data() + r * H, c.data() + r * H, out_t + r * H,
+                  m_t[r] > 0.5f, H);
+  }
+  std::memcpy(hT + r0 * H, h.data(), R * H * sizeof(float));
+  std::memcpy(cT + r0 * H, c.data(), R * H * sizeof(float));
+}
+
+void backward_rows(const Dims d, const float* rkTp, float* acts_dz, const float* hc,
+                   const float* mask, const float* dout, const float* dhT, const float* dcT,
+                   const float* rmask, float* dh0, float* dc0, bool reverse, int64_t r0, int64_t r1) {
+  const int64_t T = d.T, B = d.B, H = d.H, G = 4 * H, Gp = round_up(G, VL), Hp = round_up(H, VL);
+  const int64_t R = r1 - r0;
+  std::vector<float> dh(R * H), dc(R * H), dhr(R * Hp), dz(R * Gp, 0.0f);
+  std::memcpy(dh.data(), dhT + r0 * H, R * H * sizeof(float));
+  std::memcpy(dc.data(), dcT + r0 * H, R * H * sizeof(float));
+  const float* rm = rmask + r0 * H;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? s : T - 1 - s;  // the forward scan order, backwards
+    float* a_t = acts_dz + (t * B + r0) * G;     // the gates on entry, dz on exit
+    const float* hc_t = hc + (t * B + r0) * 2 * H;
+    const float* m_t = mask + t * B + r0;
+    const float* do_t = dout + (t * B + r0) * H;
+    if (s + 1 < T) {
+      const int64_t tn = reverse ? t + 1 : t - 1;
+      prefetch(acts_dz + (tn * B + r0) * G, R * G);
+      prefetch(hc + (tn * B + r0) * 2 * H, R * 2 * H);
+      prefetch(dout + (tn * B + r0) * H, R * H);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      float* dzr = dz.data() + r * Gp;
+      backward_row(a_t + r * G, hc_t + r * 2 * H + H, do_t + r * H, dh.data() + r * H,
+                   dc.data() + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
+      std::memcpy(a_t + r * G, dzr, G * sizeof(float));
+    }
+    std::fill(dhr.begin(), dhr.end(), 0.0f);
+    gemm_acc(dz.data(), Gp, rkTp, Hp, dhr.data(), Hp, R, Gp, Hp);
+    for (int64_t r = 0; r < R; ++r) {
+      float* __restrict dhrow = dh.data() + r * H;
+      const float* __restrict g = dhr.data() + r * Hp;
+      const float* __restrict rmr = rm + r * H;
+      for (int64_t k = 0; k < H; ++k) dhrow[k] += g[k] * rmr[k];
+    }
+  }
+  std::memcpy(dh0 + r0 * H, dh.data(), R * H * sizeof(float));
+  std::memcpy(dc0 + r0 * H, dc.data(), R * H * sizeof(float));
+}
+
+ffi::Error check(bool ok, const std::string& what) {
+  return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument("lstm_jax native LSTM: " + what);
+}
+
+ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> rk, ffi::Buffer<ffi::F32> bias,
+                           ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> mask,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                           ffi::Buffer<ffi::F32> rmask, ffi::ResultBuffer<ffi::F32> acts,
+                           ffi::ResultBuffer<ffi::F32> outs, ffi::ResultBuffer<ffi::F32> hT,
+                           ffi::ResultBuffer<ffi::F32> cT, ffi::ResultBuffer<ffi::F32> hc,
+                           int32_t reverse, int32_t threads) {
+  auto zd = zx.dimensions();
+  if (zd.size() != 3 || rk.dimensions().size() != 2) return check(false, "bad ranks");
+  const Dims d{zd[0], zd[1], rk.dimensions()[0]};
+  if (auto e = check(zd[2] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "zx/rk shapes"); !e.success())
+    return e;
+  const int64_t G = 4 * d.H;
+  const std::vector<float> rkp = pad_cols(rk.typed_data(), d.H, G, d.H, round_up(G, VL));
+  parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
+    forward_rows(d, rkp.data(), bias.typed_data(), zx.typed_data(), acts->typed_data(),
+                 mask.typed_data(),
+                 h0.typed_data(), c0.typed_data(), rmask.typed_data(), outs->typed_data(),
+                 hT->typed_data(), cT->typed_data(), hc->typed_data(), reverse != 0, r0, r1);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> acts,
+                            ffi::Buffer<ffi::F32> hc, ffi::Buffer<ffi::F32> mask,
+                            ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::F32> dhT,
+                            ffi::Buffer<ffi::F32> dcT, ffi::Buffer<ffi::F32> rmask,
+                            ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
+                            ffi::ResultBuffer<ffi::F32> dc0, int32_t reverse, int32_t threads) {
+  auto ad = acts.dimensions();
+  if (ad.size() != 3 || rkT.dimensions().size() != 2) return check(false, "bad ranks");
+  const Dims d{ad[0], ad[1], rkT.dimensions()[1]};
+  if (auto e = check(ad[2] == 4 * d.H && rkT.dimensions()[0] == 4 * d.H, "acts/rkT shapes");
+      !e.success())
+    return e;
+  if (dz->typed_data() != acts.typed_data())
+    std::memcpy(dz->typed_data(), acts.typed_data(), d.T * d.B * 4 * d.H * sizeof(float));
+  const int64_t G = 4 * d.H;
+  const std::vector<float> rkTp =
+      pad_cols(rkT.typed_data(), G, d.H, round_up(G, VL), round_up(d.H, VL));
+  parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
+    backward_rows(d, rkTp.data(), dz->typed_data(), hc.typed_data(), mask.typed_data(),
+                  dout.typed_data(), dhT.typed_data(), dcT.typed_data(), rmask.typed_data(),
+                  dh0->typed_data(), dc0->typed_data(), reverse != 0, r0, r1);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rk [H, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // zx [T, B, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B] (1 = real step)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H] (aliases zx)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // outs [T, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_T [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_T [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rk^T [4H, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d outs [T, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d h_T [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d c_T [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz [T, B, 4H] (aliases acts)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 [B, H]
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("threads"));

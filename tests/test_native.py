@@ -1,0 +1,179 @@
+"""The native CPU kernel (`impl="native"`, `lstm_jax.native`) against the XLA impls.
+
+tests/test_core.py runs "native" through every impl-parameterized test (numpy equations, Python loop,
+padded batches both ways, embedding fold, dropout masks and state); here: shapes that stress the
+kernel's tiling (H not a multiple of the vector length, batches not a multiple of the row tile, one step,
+one row), thread counts, transformations, and the build and fallback paths.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm_jax import core, native
+from lstm_jax.core import LSTMState, init_lstm, lstm_layer
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU kernel")
+
+
+def test_kernel_is_available():
+    # ziglang is a dependency, so every supported install can build the kernel.
+    assert native.available(), native.unavailable_reason()
+
+
+def _case(b, t, f, h, seed=0):
+    k = jax.random.split(jax.random.key(seed), 7)
+    p = init_lstm(k[0], f, h)
+    p = {
+        n: v + 0.2 * jax.random.normal(k[1], v.shape) for n, v in p.items()
+    }  # non-trivial bias etc.
+    xs = jax.random.normal(k[2], (b, t, f))
+    st = LSTMState(jax.random.normal(k[3], (b, h)), jax.random.normal(k[4], (b, h)))
+    mask = jax.random.uniform(k[5], (b, t)) > 0.3
+    w = jax.random.normal(k[6], (b, t, h))
+    return p, xs, st, mask, w
+
+
+def _loss(p, xs, st, mask, w, rmask, reverse, impl):
+    outs, fin = lstm_layer(
+        p,
+        xs,
+        mask=mask,
+        initial_state=st,
+        recurrent_dropout_mask=rmask,
+        reverse=reverse,
+        impl=impl,
+    )
+    return jnp.sum(outs * w) + jnp.sum(fin.h**2) + 0.5 * jnp.sum(fin.c), (outs, fin)
+
+
+@pytest.mark.parametrize(
+    "b,t,f,h,masked,reverse,rdrop",
+    [
+        (1, 1, 1, 1, False, False, False),
+        (7, 5, 3, 19, True, False, True),  # H and B off the vector and tile sizes
+        (13, 9, 8, 33, True, True, False),
+        (6, 12, 5, 16, False, True, True),  # exactly one vector per gate
+        (20, 4, 2, 70, True, False, False),  # several column panels, a row tail
+        (3, 30, 4, 8, True, True, True),
+    ],
+)
+def test_values_and_gradients_equal_the_xla_impls(b, t, f, h, masked, reverse, rdrop):
+    p, xs, st, mask, w = _case(b, t, f, h)
+    mask = mask if masked else None
+    rmask = (jax.random.uniform(jax.random.key(9), (b, h)) > 0.25) / 0.75 if rdrop else None
+    grad = jax.jit(
+        jax.grad(_loss, argnums=(0, 1, 2), has_aux=True), static_argnames=("reverse", "impl")
+    )
+    ref_g, (ref_o, ref_f) = grad(p, xs, st, mask, w, rmask, reverse=reverse, impl="scan")
+    for impl in ("fused", "native"):
+        g, (o, fin) = grad(p, xs, st, mask, w, rmask, reverse=reverse, impl=impl)
+        np.testing.assert_allclose(o, ref_o, rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(fin.h, ref_f.h, rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(fin.c, ref_f.c, rtol=1e-5, atol=2e-6)
+        for a, r in zip(jax.tree.leaves(g), jax.tree.leaves(ref_g), strict=True):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Batch rows are split among threads; each row's arithmetic is the same whatever the split."""
+    b, t, h = 23, 6, 21
+    k = jax.random.split(jax.random.key(1), 5)
+    rk = 0.3 * jax.random.normal(k[0], (h, 4 * h))
+    bias = jax.random.normal(k[1], (4 * h,))
+    zx = jax.random.normal(k[2], (t, b, 4 * h))
+    mask = (jax.random.uniform(k[3], (t, b)) > 0.2).astype(jnp.float32)
+    h0 = c0 = jnp.zeros((b, h))
+    ones = jnp.ones((b, h))
+    dout = jax.random.normal(k[4], (t, b, h))
+    runs = []
+    for threads in (1, 2, 3, 8):
+        acts, outs, hT, cT, hc = native.forward(rk, bias, zx, mask, h0, c0, ones, False, threads)
+        dz, dh0, dc0 = native.backward(rk, acts, hc, mask, dout, hT, cT, ones, False, threads)
+        runs.append([outs, hT, cT, hc, dz, dh0, dc0])
+    for other in runs[1:]:
+        for a, r in zip(other, runs[0], strict=True):
+            np.testing.assert_array_equal(a, r)
+
+
+def test_vmap_and_a_stacked_bidirectional_model():
+    p, xs, st, mask, _ = _case(4, 6, 3, 10)
+    batched = jax.tree.map(lambda a: jnp.stack([a, 1.1 * a]), p)
+    f = jax.vmap(lambda q: lstm_layer(q, xs, mask=mask, impl="native")[0])
+    g = jax.vmap(lambda q: lstm_layer(q, xs, mask=mask, impl="scan")[0])
+    np.testing.assert_allclose(f(batched), g(batched), rtol=1e-5, atol=2e-6)
+
+    fw, bw = (init_lstm(jax.random.key(n), 3, 10) for n in (3, 4))
+    stack = core.init_stacked_lstm(jax.random.key(5), 20, (7, 5))
+
+    def run(impl):
+        def loss(ps):
+            fw, bw, stack = ps
+            mid, _ = core.bidirectional(fw, bw, xs, mask=mask, impl=impl)
+            outs, _ = core.stacked_lstm(stack, mid, mask=mask, impl=impl)
+            return jnp.sum(jnp.sin(outs))
+
+        return jax.value_and_grad(loss)((fw, bw, stack))
+
+    (va, ga), (vb, gb) = run("native"), run("scan")
+    np.testing.assert_allclose(va, vb, rtol=1e-5)
+    for a, r in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5)
+
+
+def test_a_failed_build_names_the_compiler_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="could not compile the native LSTM kernel"):
+        native.build([sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
+    assert list(tmp_path.glob("*.so")) == []  # no half-written library left in the cache
+    monkeypatch.setattr(native, "_compilers", lambda: [])
+    with pytest.raises(RuntimeError, match="pip install ziglang"):
+        native.build()
+
+
+def test_turned_off_auto_uses_xla_and_explicit_native_says_why():
+    code = (
+        "import jax.numpy as jnp\n"
+        "from lstm_jax import core\n"
+        "print(core._resolve_impl('auto', None, False, 128))\n"
+        "try:\n"
+        "    core._resolve_impl('native', None, False, 128)\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    env = dict(os.environ, LSTM_JAX_NATIVE="off", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.splitlines()
+    assert out[0] == "fused"
+    assert "impl='native' is unavailable here: turned off by LSTM_JAX_NATIVE" in out[1]
+
+
+@pytest.mark.parametrize("reverse,masked", list(itertools.product((False, True), (False, True))))
+def test_embedding_fold_feeds_the_kernel(reverse, masked):
+    """The folded embedding (`(table @ kernel)[ids]`) as the kernel's input, against lookup + scan."""
+    p, _, st, mask, w = _case(5, 8, 4, 12)
+    table = jax.random.normal(jax.random.key(7), (17, 4))
+    ids = jax.random.randint(jax.random.key(8), (5, 8), 0, 17)
+    mask = mask if masked else None
+
+    def loss(q, tab, impl, folded):
+        kw = {"mask": mask, "initial_state": st, "reverse": reverse, "impl": impl}
+        if folded:
+            outs, fin = lstm_layer(q, ids, embedding=tab, **kw)
+        else:
+            outs, fin = lstm_layer(q, jnp.take(tab, ids, axis=0), **kw)
+        return jnp.sum(outs * w) + jnp.sum(fin.c)
+
+    ga = jax.grad(loss, argnums=(0, 1))(p, table, "native", True)
+    gb = jax.grad(loss, argnums=(0, 1))(p, table, "scan", False)
+    for a, r in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5)
