@@ -13,20 +13,25 @@ One step computes exactly::
 
 `lstm_layer` runs the step over `[batch, time, features]` with `jax.lax.scan`. The input projection of all
 timesteps is one matmul outside the loop (the "hoisted" layout), so the loop body is `h @ recurrent_kernel`
-plus elementwise gate math. Three arrangements of the same computation exist, all parity-tested:
+plus elementwise gate math. Four arrangements of the same computation exist, all parity-tested:
 
 * ``"scan"``: hoisted projection, `lax.scan`, gradients by JAX autodiff (the reference; what GPUs/TPUs want).
 * ``"fused"``: hoisted projection, `lax.scan`, and a custom VJP whose backward scan only propagates the
   state; the weight gradient of the recurrent kernel is then one `[H, B·T] @ [B·T, 4H]` matmul after the
-  loop instead of T small accumulations inside it. Faster on XLA:CPU (see README, "Speed").
+  loop instead of T small accumulations inside it. Faster on XLA:CPU than "scan" (see README, "Speed").
+* ``"native"``: "fused" with each of its two recurrences run by one call of a native CPU kernel
+  (`lstm_jax.native`, XLA FFI; compiled on first use): no per-timestep kernel dispatch, register-tiled
+  matmuls, the gate math in the same pass, batch rows split over threads. CPU and float32 only.
 * ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop, gradients by autodiff.
 
-``impl="auto"`` picks ``"scan"`` on GPU/TPU. On CPU it picks by the measured crossover
-(`python -m benchmarks.layer`, forward + backward, README "Speed"): ``"per_step"`` for H <= 64, where the
-hoisted layout's extra `[T, B, 4H]` traffic and kernels cost more than they save (IMDB tutorial shape
-B100 T228 F16 H32: 40 vs 55 ms; B64 T200 F64 H64: 66 vs 81 ms; at B128 T30 H64 the two tie), and
-``"fused"`` above (H=256-300: 5-12% faster than per_step). ``remat=True`` keeps ``"fused"`` (per_step has
-no remat).
+``impl="auto"`` picks ``"scan"`` on GPU/TPU. On CPU it picks ``"native"`` whenever the kernel is available
+(float32, no remat): on the four tutorial shapes an LSTM stack's forward + backward ran 1.35-1.58x faster
+than with the best XLA impl (README, "Speed"). Without the kernel (``LSTM_JAX_NATIVE=off``, no compiler) it picks by the measured
+crossover of the XLA impls (`python -m benchmarks.layer`, forward + backward): ``"per_step"`` for H <= 64,
+where the hoisted layout's extra `[T, B, 4H]` traffic and kernels cost more than they save (IMDB tutorial
+shape B100 T228 F16 H32: 40 vs 55 ms; B64 T200 F64 H64: 66 vs 81 ms; at B128 T30 H64 the two tie), and
+``"fused"`` above (H=256-300: 5-12% faster than per_step). ``remat=True`` keeps ``"fused"`` (per_step and
+native have no remat).
 """
 
 from __future__ import annotations
@@ -510,7 +515,9 @@ def lstm_layer(
       compute_dtype: e.g. `jnp.bfloat16` to run the matmuls in that dtype; state and gate math stay in the
         parameters' dtype (float32).
       return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
-      impl: "auto", "scan", "fused" or "per_step" (see module docstring).
+      impl: "auto", "scan", "fused", "native" or "per_step" (see module docstring). An explicit
+        "native" falls back to "fused" for remat or non-float32 parameters and raises a ValueError when the
+        kernel cannot be built here (the message says why).
       embedding: optional table `[vocab, F]`; the layer's input is then `embedding[xs]` (an Embedding
         layer in front of this one, with nothing in between). With a hoisted impl ("scan", "fused"), no
         `input_dropout_mask` and `vocab <= batch * time` the lookup is folded into the input projection:

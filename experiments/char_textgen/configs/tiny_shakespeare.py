@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
         0.0  # variational dropout on h_{t-1}; unused (slower on CPU, no gain measured)
     )
     m.unroll = 1  # scan unroll factor; 1 was fastest on CPU (FACTS.md)
-    m.impl = "auto"  # on CPU: per_step for H <= 64, fused custom-VJP scan above
+    m.impl = "auto"  # on CPU: the native kernel (lstm_jax.native), else the XLA impls by size
 
     o = config.optimizer
     o.name = "adam"
