@@ -316,12 +316,55 @@ def _native_inputs(mask, rmask, zx):
 
 
 def _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse):
-    """`_fused_forward` (without remat) as one native call (`lstm_jax.native`)."""
+    """`_fused_forward` (without remat) as one native call (`lstm_jax.native`).
+
+    Differentiating the call itself (a derivative of the gradient) runs its XLA twin's JVP, so higher-order
+    derivatives work as with "fused"."""
     from lstm_jax import native
 
     m, r = _native_inputs(mask, rmask, zx)
-    acts, outs, h, c, hc = native.forward(rk, bias, zx, m, h0, c0, r, reverse)
+
+    @jax.custom_jvp
+    def call(rk, bias, zx, h0, c0, r):
+        return native.forward(rk, bias, zx, m, h0, c0, r, reverse)
+
+    @call.defjvp
+    def call_jvp(primals, tangents):
+        def twin(rk, bias, zx, h0, c0, r):
+            rm = None if rmask is None else r
+            outs, (h, c), (hc, acts) = _fused_forward(
+                rk, bias, zx, mask, h0, c0, rm, reverse, 1, False
+            )
+            return acts, outs, h, c, hc
+
+        return jax.jvp(twin, primals, tangents)
+
+    acts, outs, h, c, hc = call(rk, bias, zx, h0, c0, r)
     return outs, (h, c), (hc, acts)
+
+
+def _native_backward(rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse):
+    """`_fused_backward_states` (without remat) as one native call; differentiable like
+    `_native_forward`."""
+    from lstm_jax import native
+
+    m, r = _native_inputs(mask, rmask, acts)
+
+    @jax.custom_jvp
+    def call(rk, acts, hc, d_outs, dh_final, dc_final, r):
+        return native.backward(rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
+
+    @call.defjvp
+    def call_jvp(primals, tangents):
+        def twin(rk, acts, hc, d_outs, dh_final, dc_final, r):
+            rm = None if rmask is None else r
+            return _fused_backward_states(
+                rk, None, None, mask, rm, hc, acts, d_outs, dh_final, dc_final, reverse, 1, False
+            )
+
+        return jax.jvp(twin, primals, tangents)
+
+    return call(rk, acts, hc, d_outs, dh_final, dc_final, r)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
@@ -347,15 +390,35 @@ def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, re
 def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, (dh_final, dc_final) = cotangents
-    hsz = rk.shape[0]
     if native:
-        from lstm_jax import native as native_kernel
-
-        m, r = _native_inputs(mask, rmask, acts_all)
-        dz, dh0, dc0 = native_kernel.backward(
-            rk, acts_all, hc, m, d_outs, dh_final, dc_final, r, reverse
+        dz, dh0, dc0 = _native_backward(
+            rk, acts_all, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
         )
-        return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0)
+    else:
+        dz, dh0, dc0 = _fused_backward_states(
+            rk,
+            bias,
+            zx,
+            mask,
+            rmask,
+            hc,
+            acts_all,
+            d_outs,
+            dh_final,
+            dc_final,
+            reverse,
+            unroll,
+            remat,
+        )
+    return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0)
+
+
+def _fused_backward_states(
+    rk, bias, zx, mask, rmask, hc, acts_all, d_outs, dh_final, dc_final, reverse, unroll, remat
+):
+    """The fused VJP's backward recurrence: only the state gradients are carried; returns `(dz [T, B, 4H],
+    dh_0, dc_0)`. With remat the gates are recomputed from `zx` and `bias` (else `acts_all` holds them)."""
+    hsz = rk.shape[0]
     rk_t = rk.T
     scale, offset = _tanh_gate_consts(hsz, rk.dtype)
 
@@ -411,7 +474,7 @@ def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
             reverse=not reverse,
             unroll=unroll,
         )
-    return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0)
+    return dz, dh0, dc0
 
 
 def _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0):

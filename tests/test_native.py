@@ -177,3 +177,32 @@ def test_embedding_fold_feeds_the_kernel(reverse, masked):
     gb = jax.grad(loss, argnums=(0, 1))(p, table, "scan", False)
     for a, r in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5)
+
+
+def test_gradients_use_the_kernel_and_higher_derivatives_work():
+    """First-order gradients run the two kernel calls (no XLA scan); differentiating them again (a gradient
+    penalty, a Hessian-vector product) runs their XLA twins' JVPs and equals impl="fused"."""
+    p, xs, st, mask, w = _case(2, 5, 3, 4)
+    rmask = jnp.array([[1.0, 0.0, 2.0, 1.0], [2.0, 2.0, 0.0, 1.0]])
+
+    def first(impl):
+        def f(q, x, rm):
+            outs, _ = lstm_layer(q, x, mask=mask, recurrent_dropout_mask=rm, impl=impl)
+            return jnp.sum(jnp.sin(outs) * w)
+
+        return f
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(first("native")))(p, xs, rmask))
+    assert jaxpr.count("ffi_call") == 2 and "scan" not in jaxpr
+
+    def second(impl):
+        def g(q, x, rm):
+            grads = jax.grad(first(impl), argnums=(0, 1, 2))(q, x, rm)
+            return sum(jnp.sum(a**2) for a in jax.tree.leaves(grads))
+
+        return jax.grad(g, argnums=(0, 1, 2))(p, xs, rmask)
+
+    for a, r in zip(
+        jax.tree.leaves(second("native")), jax.tree.leaves(second("fused")), strict=True
+    ):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
