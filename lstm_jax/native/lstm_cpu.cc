@@ -280,9 +280,13 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> rk, ffi::Buffer<ffi::F32> bias,
   if (auto e = check(zd[2] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "zx/rk shapes"); !e.success())
     return e;
   const int64_t G = 4 * d.H;
-  const std::vector<float> rkp = pad_cols(rk.typed_data(), d.H, G, d.H, round_up(G, VL));
+  // Zero-padded to whole vectors; used as it is when already whole (no copy per call).
+  const bool whole = G % VL == 0;
+  const std::vector<float> rkp =
+      whole ? std::vector<float>() : pad_cols(rk.typed_data(), d.H, G, d.H, round_up(G, VL));
+  const float* rk_used = whole ? rk.typed_data() : rkp.data();
   parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
-    forward_rows(d, rkp.data(), bias.typed_data(), zx.typed_data(), acts->typed_data(),
+    forward_rows(d, rk_used, bias.typed_data(), zx.typed_data(), acts->typed_data(),
                  mask.typed_data(),
                  h0.typed_data(), c0.typed_data(), rmask.typed_data(), outs->typed_data(),
                  hT->typed_data(), cT->typed_data(), hc->typed_data(), reverse != 0, r0, r1);
@@ -305,10 +309,13 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> act
   if (dz->typed_data() != acts.typed_data())
     std::memcpy(dz->typed_data(), acts.typed_data(), d.T * d.B * 4 * d.H * sizeof(float));
   const int64_t G = 4 * d.H;
+  const bool whole = G % VL == 0 && d.H % VL == 0;
   const std::vector<float> rkTp =
-      pad_cols(rkT.typed_data(), G, d.H, round_up(G, VL), round_up(d.H, VL));
+      whole ? std::vector<float>()
+            : pad_cols(rkT.typed_data(), G, d.H, round_up(G, VL), round_up(d.H, VL));
+  const float* rkT_used = whole ? rkT.typed_data() : rkTp.data();
   parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
-    backward_rows(d, rkTp.data(), dz->typed_data(), hc.typed_data(), mask.typed_data(),
+    backward_rows(d, rkT_used, dz->typed_data(), hc.typed_data(), mask.typed_data(),
                   dout.typed_data(), dhT.typed_data(), dcT.typed_data(), rmask.typed_data(),
                   dh0->typed_data(), dc0->typed_data(), reverse != 0, r0, r1);
   });
