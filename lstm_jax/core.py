@@ -377,6 +377,10 @@ def _recurrence_fused(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat,
 
 
 def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat, native=False):
+    # symbolic_zeros=True (see defvjp below) wraps each primal in a CustomVJPPrimal.
+    rk, bias, zx, mask, h0, c0, rmask = jax.custom_derivatives.custom_vjp_primal_tree_values(
+        (rk, bias, zx, mask, h0, c0, rmask)
+    )
     if native:
         outs, final, saved = _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse)
     else:
@@ -390,6 +394,14 @@ def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, re
 def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, (dh_final, dc_final) = cotangents
+    # A symbolic zero is a cotangent the caller did not use: the final state's are [B, H] zeros; the
+    # outputs' (a model that reads only the final state) is left out, not made as [T, B, H] zeros.
+    zero = jax.custom_derivatives.SymbolicZero
+    dh_final, dc_final = (
+        jnp.zeros(a.shape, a.dtype) if isinstance(a, zero) else a for a in (dh_final, dc_final)
+    )
+    if isinstance(d_outs, zero):
+        d_outs = None
     if native:
         dz, dh0, dc0 = _native_backward(
             rk, acts_all, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
@@ -417,8 +429,11 @@ def _fused_backward_states(
     rk, bias, zx, mask, rmask, hc, acts_all, d_outs, dh_final, dc_final, reverse, unroll, remat
 ):
     """The fused VJP's backward recurrence: only the state gradients are carried; returns `(dz [T, B, 4H],
-    dh_0, dc_0)`. With remat the gates are recomputed from `zx` and `bias` (else `acts_all` holds them)."""
+    dh_0, dc_0)`. With remat the gates are recomputed from `zx` and `bias` (else `acts_all` holds them).
+    `d_outs` None means zeros."""
     hsz = rk.shape[0]
+    if d_outs is None:
+        d_outs = jnp.zeros((*hc.shape[:2], hsz), hc.dtype)
     rk_t = rk.T
     scale, offset = _tanh_gate_consts(hsz, rk.dtype)
 
@@ -494,7 +509,7 @@ def _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0):
     return d_rk, dz.sum(axis=(0, 1)), dz, d_mask, dh0, dc0, d_rmask
 
 
-_recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd)
+_recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd, symbolic_zeros=True)
 
 
 def _resolve_impl(

@@ -206,3 +206,33 @@ def test_gradients_use_the_kernel_and_higher_derivatives_work():
         jax.tree.leaves(second("native")), jax.tree.leaves(second("fused")), strict=True
     ):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_final_state_only_skips_the_outputs_gradient(reverse):
+    """A model that reads only the final state (the tutorials' classifiers) gives a symbolic-zero gradient
+    for the outputs: the kernel is told so (no `[T, B, H]` zeros made or read), with the same gradients."""
+    p, xs, st, mask, _ = _case(6, 9, 3, 10)
+
+    def loss(q, x, s, impl):
+        _, fin = lstm_layer(q, x, mask=mask, initial_state=s, reverse=reverse, impl=impl)
+        return jnp.sum(fin.h**2) + jnp.sum(jnp.sin(fin.c))
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=3)(p, xs, st, "native"))
+    assert "('has_dout', np.int32(0))" in jaxpr
+    ref = jax.grad(loss, argnums=(0, 1, 2))(p, xs, st, "scan")
+    for impl in ("fused", "native"):
+        got = jax.grad(loss, argnums=(0, 1, 2))(p, xs, st, impl)
+        for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5)
+    # and differentiated again (the kernel's XLA twin with the zero outputs' gradient)
+    g2 = {
+        impl: jax.grad(
+            lambda q, impl=impl: sum(
+                jnp.sum(a**2) for a in jax.tree.leaves(jax.grad(loss)(q, xs, st, impl))
+            )
+        )(p)
+        for impl in ("fused", "native")
+    }
+    for a, r in zip(jax.tree.leaves(g2["native"]), jax.tree.leaves(g2["fused"]), strict=True):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)

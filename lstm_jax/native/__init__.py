@@ -240,7 +240,7 @@ def backward(
     acts: Array,
     hc: Array,
     mask: Array,
-    d_outs: Array,
+    d_outs: Array | None,
     dh_final: Array,
     dc_final: Array,
     rmask: Array,
@@ -248,7 +248,8 @@ def backward(
     threads: int | None = None,
 ) -> tuple[Array, Array, Array]:
     """The backward recurrence. Returns `(dz [T, B, 4H], dh_0, dc_0)`: the gradient of the gates'
-    pre-activations (written over `acts`' buffer) and of the initial state."""
+    pre-activations (written over `acts`' buffer) and of the initial state. `d_outs` None: the outputs'
+    gradient is zero (only the final state was used), and no `[T, B, H]` zeros are made or read."""
     _require()
     t, b, g = acts.shape
     h = g // 4
@@ -266,10 +267,11 @@ def backward(
         acts,
         hc,
         mask,
-        d_outs,
+        jnp.zeros((1,), f32) if d_outs is None else d_outs,
         dh_final,
         dc_final,
         rmask,
         reverse=np.int32(bool(reverse)),
         threads=np.int32(threads or threads_per_device()),
+        has_dout=np.int32(d_outs is not None),
     )

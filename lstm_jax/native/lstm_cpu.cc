@@ -225,10 +225,12 @@ void forward_rows(const Dims d, const float* rkp, const float* bias, const float
 
 void backward_rows(const Dims d, const float* rkTp, float* acts_dz, const float* hc,
                    const float* mask, const float* dout, const float* dhT, const float* dcT,
-                   const float* rmask, float* dh0, float* dc0, bool reverse, int64_t r0, int64_t r1) {
+                   const float* rmask, float* dh0, float* dc0, bool reverse, bool has_dout, int64_t r0,
+                   int64_t r1) {
   const int64_t T = d.T, B = d.B, H = d.H, G = 4 * H, Gp = round_up(G, VL), Hp = round_up(H, VL);
   const int64_t R = r1 - r0;
   std::vector<float> dh(R * H), dc(R * H), dhr(R * Hp), dz(R * Gp, 0.0f);
+  const std::vector<float> no_dout(H, 0.0f);  // the outputs' gradient when it is zero (not passed)
   std::memcpy(dh.data(), dhT + r0 * H, R * H * sizeof(float));
   std::memcpy(dc.data(), dcT + r0 * H, R * H * sizeof(float));
   const float* rm = rmask + r0 * H;
@@ -237,16 +239,17 @@ void backward_rows(const Dims d, const float* rkTp, float* acts_dz, const float*
     float* a_t = acts_dz + (t * B + r0) * G;     // the gates on entry, dz on exit
     const float* hc_t = hc + (t * B + r0) * 2 * H;
     const float* m_t = mask + t * B + r0;
-    const float* do_t = dout + (t * B + r0) * H;
+    const float* do_t = has_dout ? dout + (t * B + r0) * H : nullptr;
     if (s + 1 < T) {
       const int64_t tn = reverse ? t + 1 : t - 1;
       prefetch(acts_dz + (tn * B + r0) * G, R * G);
       prefetch(hc + (tn * B + r0) * 2 * H, R * 2 * H);
-      prefetch(dout + (tn * B + r0) * H, R * H);
+      if (has_dout) prefetch(dout + (tn * B + r0) * H, R * H);
     }
     for (int64_t r = 0; r < R; ++r) {
       float* dzr = dz.data() + r * Gp;
-      backward_row(a_t + r * G, hc_t + r * 2 * H + H, do_t + r * H, dh.data() + r * H,
+      backward_row(a_t + r * G, hc_t + r * 2 * H + H, has_dout ? do_t + r * H : no_dout.data(),
+                   dh.data() + r * H,
                    dc.data() + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
       std::memcpy(a_t + r * G, dzr, G * sizeof(float));
     }
@@ -299,7 +302,8 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> act
                             ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::F32> dhT,
                             ffi::Buffer<ffi::F32> dcT, ffi::Buffer<ffi::F32> rmask,
                             ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
-                            ffi::ResultBuffer<ffi::F32> dc0, int32_t reverse, int32_t threads) {
+                            ffi::ResultBuffer<ffi::F32> dc0, int32_t reverse, int32_t threads,
+                            int32_t has_dout) {
   auto ad = acts.dimensions();
   if (ad.size() != 3 || rkT.dimensions().size() != 2) return check(false, "bad ranks");
   const Dims d{ad[0], ad[1], rkT.dimensions()[1]};
@@ -317,7 +321,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> act
   parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
     backward_rows(d, rkT_used, dz->typed_data(), hc.typed_data(), mask.typed_data(),
                   dout.typed_data(), dhT.typed_data(), dcT.typed_data(), rmask.typed_data(),
-                  dh0->typed_data(), dc0->typed_data(), reverse != 0, r0, r1);
+                  dh0->typed_data(), dc0->typed_data(), reverse != 0, has_dout != 0, r0, r1);
   });
   return ffi::Error::Success();
 }
@@ -347,7 +351,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d outs [T, B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d outs [T, B, H] or unused
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d h_T [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d c_T [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
@@ -355,4 +359,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 [B, H]
                                   .Attr<int32_t>("reverse")
-                                  .Attr<int32_t>("threads"));
+                                  .Attr<int32_t>("threads")
+                                  .Attr<int32_t>("has_dout"));
