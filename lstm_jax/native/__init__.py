@@ -210,28 +210,25 @@ def forward(
     """The forward recurrence. Returns `(acts [T, B, 4H], outs [T, B, H], h_T, c_T, hc [T, B, 2H])`:
     the activated gates (written over `zx`'s buffer), outputs, final state and the saved `(h, c)` before
     each step."""
-    _require()
     t, b, g = zx.shape
     h = g // 4
-    f32 = jnp.float32
-    shapes = [
-        jax.ShapeDtypeStruct((t, b, g), f32),
-        jax.ShapeDtypeStruct((t, b, h), f32),
-        jax.ShapeDtypeStruct((b, h), f32),
-        jax.ShapeDtypeStruct((b, h), f32),
-        jax.ShapeDtypeStruct((t, b, 2 * h), f32),
-    ]
-    call = jax.ffi.ffi_call(_FORWARD, shapes, vmap_method="sequential", input_output_aliases={2: 0})
+    outs = [(t, b, g), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
+    args = (rk, bias, zx, mask, h0, c0, rmask)
+    return _call(_FORWARD, args, outs, 2, reverse, threads)
+
+
+def _call(name, args, out_shapes, aliased, reverse, threads, **attrs):
+    """One kernel call: float32 outputs of `out_shapes`, the first written over input `aliased`."""
+    _require()
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in out_shapes]
+    call = jax.ffi.ffi_call(
+        name, shapes, vmap_method="sequential", input_output_aliases={aliased: 0}
+    )
     return call(
-        rk,
-        bias,
-        zx,
-        mask,
-        h0,
-        c0,
-        rmask,
+        *args,
         reverse=np.int32(bool(reverse)),
         threads=np.int32(threads or threads_per_device()),
+        **{k: np.int32(v) for k, v in attrs.items()},
     )
 
 
@@ -250,28 +247,9 @@ def backward(
     """The backward recurrence. Returns `(dz [T, B, 4H], dh_0, dc_0)`: the gradient of the gates'
     pre-activations (written over `acts`' buffer) and of the initial state. `d_outs` None: the outputs'
     gradient is zero (only the final state was used), and no `[T, B, H]` zeros are made or read."""
-    _require()
     t, b, g = acts.shape
     h = g // 4
-    f32 = jnp.float32
-    shapes = [
-        jax.ShapeDtypeStruct((t, b, g), f32),
-        jax.ShapeDtypeStruct((b, h), f32),
-        jax.ShapeDtypeStruct((b, h), f32),
-    ]
-    call = jax.ffi.ffi_call(
-        _BACKWARD, shapes, vmap_method="sequential", input_output_aliases={1: 0}
-    )
-    return call(
-        rk.T,
-        acts,
-        hc,
-        mask,
-        jnp.zeros((1,), f32) if d_outs is None else d_outs,
-        dh_final,
-        dc_final,
-        rmask,
-        reverse=np.int32(bool(reverse)),
-        threads=np.int32(threads or threads_per_device()),
-        has_dout=np.int32(d_outs is not None),
-    )
+    dout = jnp.zeros((1,), jnp.float32) if d_outs is None else d_outs
+    args = (rk.T, acts, hc, mask, dout, dh_final, dc_final, rmask)
+    outs = [(t, b, g), (b, h), (b, h)]
+    return _call(_BACKWARD, args, outs, 1, reverse, threads, has_dout=d_outs is not None)
