@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
 import subprocess
 import sys
 
@@ -236,3 +237,49 @@ def test_final_state_only_skips_the_outputs_gradient(reverse):
     }
     for a, r in zip(jax.tree.leaves(g2["native"]), jax.tree.leaves(g2["fused"]), strict=True):
         np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+_VECTOR_CASE = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from lstm_jax import native
+from lstm_jax.core import LSTMState, init_lstm, lstm_layer
+assert native.available(), native.unavailable_reason()
+b, t, f, h = 7, 6, 3, 21  # H off every vector width, a row tail for every tile
+k = jax.random.split(jax.random.key(0), 6)
+p = {n: v + 0.2 * jax.random.normal(k[0], v.shape) for n, v in init_lstm(k[1], f, h).items()}
+xs = jax.random.normal(k[2], (b, t, f))
+st = LSTMState(jax.random.normal(k[3], (b, h)), jax.random.normal(k[4], (b, h)))
+mask = jax.random.uniform(k[5], (b, t)) > 0.3
+
+def loss(q, x, s):
+    outs, fin = lstm_layer(q, x, mask=mask, initial_state=s, impl="native")
+    return jnp.sum(jnp.sin(outs)) + jnp.sum(fin.h * fin.c)
+
+value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(p, xs, st)
+np.savez(sys.argv[1], value=value, *[np.asarray(g) for g in jax.tree.leaves(grads)])
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 vector widths")
+def test_avx2_and_sse2_builds_equal_this_machines(tmp_path):
+    """The kernel's vector code has 16-, 8- and 4-float paths (AVX-512, AVX2, SSE2); builds for older CPUs
+    (`LSTM_JAX_NATIVE_MARCH`) run here too and must give this machine's numbers."""
+    procs = {}
+    for march in ("native", "x86-64-v3", "x86-64"):
+        # Only the ziglang compiler (what a fresh machine has): no system c++ on the PATH.
+        env = dict(os.environ, LSTM_JAX_NATIVE_MARCH=march, JAX_PLATFORMS="cpu")
+        env["PATH"] = os.path.dirname(sys.executable)
+        env.pop("LSTM_JAX_CXX", None)
+        out = tmp_path / f"{march}.npz"
+        procs[march] = (
+            out,
+            subprocess.Popen([sys.executable, "-c", _VECTOR_CASE, str(out)], env=env),
+        )
+    for march, (_, proc) in procs.items():
+        assert proc.wait(timeout=600) == 0, march
+    ref = np.load(procs["native"][0])
+    for march in ("x86-64-v3", "x86-64"):  # x86-64 has no FMA: rounding differs slightly
+        got = np.load(procs[march][0])
+        for name in ref.files:
+            np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=march)

@@ -7,7 +7,7 @@ loop iteration costs several kernel dispatches, which dominate at LSTM sizes (me
 benchmarks/README.md).
 
 The source is compiled once per machine into ``~/.cache/lstm_jax/native/`` (``LSTM_JAX_NATIVE_CACHE``
-overrides) with ``-O3 -march=native``, by the C++ compiler of the `ziglang` package (a project dependency,
+overrides) with ``-O3 -march=native`` (``LSTM_JAX_NATIVE_MARCH`` overrides), by the C++ compiler of the `ziglang` package (a project dependency,
 so that a machine with only Python and pip has one), or ``$LSTM_JAX_CXX``, or ``c++`` on the PATH.
 ``LSTM_JAX_NATIVE=off`` turns the kernel off; when it cannot be built, `available()` is False, says why in
 `unavailable_reason()`, and ``impl="auto"`` uses the XLA impls.
@@ -39,7 +39,14 @@ Array = jax.Array
 
 _SOURCE = Path(__file__).with_name("lstm_cpu.cc")
 _FORWARD, _BACKWARD = "lstm_jax_native_forward", "lstm_jax_native_backward"
-_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+
+
+def _march() -> str:
+    """The `-march` to build for: ``$LSTM_JAX_NATIVE_MARCH`` (e.g. ``x86-64-v3`` for every AVX2 machine of a
+    cluster) or ``native``."""
+    return os.environ.get("LSTM_JAX_NATIVE_MARCH", "").strip() or "native"
+
 
 __all__ = ["available", "unavailable_reason", "build", "forward", "backward", "threads_per_device"]
 
@@ -87,12 +94,18 @@ def build(compiler: list[str] | None = None) -> Path:
     cpu = _cpu_signature()
     errors = []
     for cmd in candidates:
+        march = _march()
+        if (
+            "ziglang" in cmd
+        ):  # zig names CPU models with underscores (x86_64_v3), gcc and clang with dashes
+            march = march.replace("-", "_")
+        flags = [*_FLAGS, f"-march={march}"]
         key = hashlib.sha256(
             b"\0".join(
                 [
                     source,
                     " ".join(cmd).encode(),
-                    " ".join(_FLAGS).encode(),
+                    " ".join(flags).encode(),
                     jax.__version__.encode(),
                 ]
                 + [cpu.encode()]
@@ -105,14 +118,14 @@ def build(compiler: list[str] | None = None) -> Path:
         with filelock.FileLock(str(target) + ".lock"):  # one build per machine, not one per process
             if target.exists():
                 return target
-            error = _compile(cmd, include, target)
+            error = _compile(cmd, flags, include, target)
         if error is None:
             return target
         errors.append(error)
     raise RuntimeError("could not compile the native LSTM kernel:\n" + "\n".join(errors))
 
 
-def _compile(cmd: list[str], include: str, target: Path) -> str | None:
+def _compile(cmd: list[str], flags: list[str], include: str, target: Path) -> str | None:
     """Compiles into `target` (atomically); returns None or the compiler's complaint."""
     logging.getLogger(__name__).warning(
         "lstm_jax: compiling the native CPU LSTM kernel with %s into %s (once per machine; up to a "
@@ -124,7 +137,7 @@ def _compile(cmd: list[str], include: str, target: Path) -> str | None:
     os.close(fd)
     try:
         proc = subprocess.run(
-            [*cmd, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", tmp],
+            [*cmd, *flags, f"-I{include}", str(_SOURCE), "-o", tmp],
             capture_output=True,
             text=True,
             timeout=600,
