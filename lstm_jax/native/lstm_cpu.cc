@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -80,10 +81,10 @@ inline void panel(const float* A, int64_t lda, const float* W, int64_t ldw, floa
 
 void gemm_acc(const float* A, int64_t lda, const float* W, int64_t ldw, float* C, int64_t ldc,
               int64_t M, int64_t K, int64_t N) {
-  int64_t j = 0;
-  for (; j + 4 * VL <= N; j += 4 * VL) panel<4, 6>(A, lda, W + j, ldw, C + j, ldc, M, K);
   // Tiles of 6 x 4 vectors (24 accumulators; 4 x 4 ran at half the speed) and 8 x 2 or 8 x 1 for narrow
   // panels: enough independent accumulators in flight to hide the FMA latency.
+  int64_t j = 0;
+  for (; j + 4 * VL <= N; j += 4 * VL) panel<4, 6>(A, lda, W + j, ldw, C + j, ldc, M, K);
   for (; j + 2 * VL <= N; j += 2 * VL) panel<2, 8>(A, lda, W + j, ldw, C + j, ldc, M, K);
   for (; j + VL <= N; j += VL) panel<1, 8>(A, lda, W + j, ldw, C + j, ldc, M, K);
 }
@@ -133,9 +134,14 @@ void parallel_rows(int64_t B, int64_t threads, F body) {
   int64_t start = per;
   for (; start < B; start += per) {
     const int64_t end = std::min(B, start + per);
-    pool.emplace_back([=] { body(start, end); });
+    try {
+      pool.emplace_back([=] { body(start, end); });
+    } catch (const std::system_error&) {  // no thread to be had: this thread runs the rest
+      break;
+    }
   }
   body(int64_t{0}, std::min(B, per));
+  for (; start < B; start += per) body(start, std::min(B, start + per));
   for (auto& th : pool) th.join();
 }
 
