@@ -597,7 +597,8 @@ def lstm_layer(
         "native" falls back to "fused" for remat or non-float32 parameters and raises a ValueError when the
         kernel cannot be built here (the message says why).
       embedding: optional table `[vocab, F]`; the layer's input is then `embedding[xs]` (an Embedding
-        layer in front of this one, with nothing in between). With a hoisted impl ("scan", "fused"), no
+        layer in front of this one, with nothing in between). With a hoisted impl ("scan", "fused",
+        "native"), no
         `input_dropout_mask` and `vocab <= batch * time` the lookup is folded into the input projection:
         `(embedding @ kernel)[xs]` instead of `embedding[xs] @ kernel`, the same numbers (up to float
         summation order) with `vocab` instead of `batch * time` rows in the projection's matmul and in

@@ -189,11 +189,16 @@ void backward_row(const float* __restrict a, const float* __restrict cp,
   }
 }
 
-// rk [H, 4H] -> [H, Gp] and rk^T [4H, H] -> [Gp, Hp], zero-padded to whole vectors.
-std::vector<float> pad_cols(const float* w, int64_t rows, int64_t cols, int64_t prows, int64_t pcols) {
-  std::vector<float> p(prows * pcols, 0.0f);
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(&p[r * pcols], w + r * cols, cols * sizeof(float));
-  return p;
+// A weight matrix [rows, cols] as [round_up(rows, row_multiple), round_up(cols, VL)], zero-padded to whole
+// vectors (rk [H, 4H] -> [H, Gp], rk^T [4H, H] -> [Gp, Hp]): `w` itself when no padding is needed (no copy
+// per call), else a padded copy kept in `store`.
+const float* whole_vectors(const float* w, int64_t rows, int64_t cols, int64_t row_multiple,
+                           std::vector<float>& store) {
+  const int64_t prows = round_up(rows, row_multiple), pcols = round_up(cols, VL);
+  if (prows == rows && pcols == cols) return w;
+  store.assign(prows * pcols, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(&store[r * pcols], w + r * cols, cols * sizeof(float));
+  return store.data();
 }
 
 void forward_rows(const Dims d, const float* rkp, const float* bias, const float* zx, float* acts,
@@ -288,12 +293,8 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> rk, ffi::Buffer<ffi::F32> bias,
   const Dims d{zd[0], zd[1], rk.dimensions()[0]};
   if (auto e = check(zd[2] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "zx/rk shapes"); !e.success())
     return e;
-  const int64_t G = 4 * d.H;
-  // Zero-padded to whole vectors; used as it is when already whole (no copy per call).
-  const bool whole = G % VL == 0;
-  const std::vector<float> rkp =
-      whole ? std::vector<float>() : pad_cols(rk.typed_data(), d.H, G, d.H, round_up(G, VL));
-  const float* rk_used = whole ? rk.typed_data() : rkp.data();
+  std::vector<float> store;
+  const float* rk_used = whole_vectors(rk.typed_data(), d.H, 4 * d.H, 1, store);
   parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
     forward_rows(d, rk_used, bias.typed_data(), zx.typed_data(), acts->typed_data(),
                  mask.typed_data(),
@@ -318,12 +319,8 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> act
     return e;
   if (dz->typed_data() != acts.typed_data())
     std::memcpy(dz->typed_data(), acts.typed_data(), d.T * d.B * 4 * d.H * sizeof(float));
-  const int64_t G = 4 * d.H;
-  const bool whole = G % VL == 0 && d.H % VL == 0;
-  const std::vector<float> rkTp =
-      whole ? std::vector<float>()
-            : pad_cols(rkT.typed_data(), G, d.H, round_up(G, VL), round_up(d.H, VL));
-  const float* rkT_used = whole ? rkT.typed_data() : rkTp.data();
+  std::vector<float> store;
+  const float* rkT_used = whole_vectors(rkT.typed_data(), 4 * d.H, d.H, VL, store);
   parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
     backward_rows(d, rkT_used, dz->typed_data(), hc.typed_data(), mask.typed_data(),
                   dout.typed_data(), dhT.typed_data(), dcT.typed_data(), rmask.typed_data(),
