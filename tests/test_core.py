@@ -372,24 +372,28 @@ def _has_table_product(fn, *args, vocab: int) -> bool:
         ("scan", 11, True, True),
         ("fused", 40, True, False),  # more rows than positions: looked up first
         ("per_step", 11, True, False),  # no hoisted projection: looked up first
-        ("native", 11, True, True),
+        ("native", 11, True, True),  # the folded rows feed the native kernel
+        ("native", 11, True, False),
+        ("native", 11, False, True),
+        ("native", 11, False, False),
         ("native", 40, False, False),
     ],
 )
 def test_embedding_input_equals_looking_up_first(params, impl, vocab, masked, reverse):
     """Outputs, final state and the gradients of every input (table, kernels, bias, state) equal those
-    of `lstm_layer(params, table[ids])`; the fold is used exactly when `vocab <= batch * time`."""
+    of `lstm_layer(params, table[ids])` with the reference impl "scan"; the fold is used exactly when
+    `vocab <= batch * time`."""
     table = jax.random.normal(jax.random.key(5), (vocab, F))
     ids = jax.random.randint(jax.random.key(6), (B, T), 0, vocab)
     mask = lengths_mask([T, 3, 5], T, "pre") if masked else None
     h0 = LSTMState(jnp.full((B, H), 0.2), jnp.full((B, H), -0.3))
 
     def loss(p, tab, st, folded):
-        kw = {"mask": mask, "initial_state": st, "reverse": reverse, "impl": impl}
+        kw = {"mask": mask, "initial_state": st, "reverse": reverse}
         if folded:
-            outs, fin = lstm_layer(p, ids, embedding=tab, **kw)
+            outs, fin = lstm_layer(p, ids, embedding=tab, impl=impl, **kw)
         else:
-            outs, fin = lstm_layer(p, jnp.take(tab, ids, axis=0), **kw)
+            outs, fin = lstm_layer(p, jnp.take(tab, ids, axis=0), impl="scan", **kw)
         return jnp.sum(jnp.tanh(outs) * 1.7) + jnp.sum(fin.h**2) + jnp.sum(fin.c), (outs, fin)
 
     grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)

@@ -8,7 +8,6 @@ one row), thread counts, transformations, and the build and fallback paths.
 
 from __future__ import annotations
 
-import itertools
 import os
 import platform
 import subprocess
@@ -156,28 +155,6 @@ def test_turned_off_auto_uses_xla_and_explicit_native_says_why():
     ).stdout.splitlines()
     assert out[0] == "fused"
     assert "impl='native' is unavailable here: turned off by LSTM_JAX_NATIVE" in out[1]
-
-
-@pytest.mark.parametrize("reverse,masked", list(itertools.product((False, True), (False, True))))
-def test_embedding_fold_feeds_the_kernel(reverse, masked):
-    """The folded embedding (`(table @ kernel)[ids]`) as the kernel's input, against lookup + scan."""
-    p, _, st, mask, w = _case(5, 8, 4, 12)
-    table = jax.random.normal(jax.random.key(7), (17, 4))
-    ids = jax.random.randint(jax.random.key(8), (5, 8), 0, 17)
-    mask = mask if masked else None
-
-    def loss(q, tab, impl, folded):
-        kw = {"mask": mask, "initial_state": st, "reverse": reverse, "impl": impl}
-        if folded:
-            outs, fin = lstm_layer(q, ids, embedding=tab, **kw)
-        else:
-            outs, fin = lstm_layer(q, jnp.take(tab, ids, axis=0), **kw)
-        return jnp.sum(outs * w) + jnp.sum(fin.c)
-
-    ga = jax.grad(loss, argnums=(0, 1))(p, table, "native", True)
-    gb = jax.grad(loss, argnums=(0, 1))(p, table, "scan", False)
-    for a, r in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
-        np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5)
 
 
 def test_gradients_use_the_kernel_and_higher_derivatives_work():
