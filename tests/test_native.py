@@ -104,6 +104,60 @@ def test_results_do_not_depend_on_the_thread_count():
             np.testing.assert_array_equal(a, r)
 
 
+def test_a_gradient_fading_below_float32_range_is_flushed_to_zero_as_xla_does():
+    """A gradient that decays through a long sequence (forget gates near 0) passes the denormal range.
+    XLA:CPU flushes denormals to zero; so must every kernel thread (a worker thread does not inherit the
+    setting), or results depend on the thread split and the denormal arithmetic runs ~10x slower."""
+    b, t, h = 12, 60, 20
+    k = jax.random.split(jax.random.key(2), 3)
+    rk = 0.01 * jax.random.normal(k[0], (h, 4 * h))
+    bias = jnp.concatenate([jnp.zeros(h), jnp.full(h, -3.0), jnp.zeros(2 * h)])  # f ~ 0.05
+    zx = 0.1 * jax.random.normal(k[1], (t, b, 4 * h))
+    mask, ones = jnp.ones((t, b)), jnp.ones((b, h))
+    h0 = c0 = jnp.zeros((b, h))
+    tiny = float(np.finfo(np.float32).tiny)
+    runs = []
+    for threads in (1, 2, 3):
+        acts, _, h_t, c_t, hc = native.forward(rk, bias, zx, mask, h0, c0, ones, False, threads)
+        dz, dh0, dc0 = native.backward(
+            rk,
+            acts,
+            hc,
+            mask,
+            None,
+            jnp.full((b, h), 1e-30),
+            jnp.full((b, h), 1e-30),
+            ones,
+            False,
+            threads,
+        )
+        dz = np.asarray(dz)
+        assert (dz[-1] != 0).all() and (dz[0] == 0).all()  # the gradient fades to zero on the way
+        for a in (dz, dh0, dc0):
+            a = np.abs(np.asarray(a))
+            assert not ((a > 0) & (a < tiny)).any(), "denormal results: the kernel did not flush"
+        runs.append([dz, dh0, dc0])
+    for other in runs[1:]:
+        for a, r in zip(other, runs[0], strict=True):
+            np.testing.assert_array_equal(a, r)
+    ref = core._fused_backward_states(
+        rk,
+        None,
+        None,
+        None,
+        None,
+        hc,
+        acts,
+        None,
+        jnp.full((b, h), 1e-30),
+        jnp.full((b, h), 1e-30),
+        False,
+        1,
+        False,
+    )
+    np.testing.assert_allclose(runs[0][0], ref[0], rtol=1e-4, atol=0)
+
+
 def test_vmap_and_a_stacked_bidirectional_model():
     p, xs, st, mask, _ = _case(4, 6, 3, 10)
     batched = jax.tree.map(lambda a: jnp.stack([a, 1.1 * a]), p)
