@@ -73,12 +73,19 @@ def data_parallel_xla_flags(flags: str = "") -> str:
     return runtime.cpu_devices_flags(runtime.usable_cores(), flags)
 
 
-def _loss_and_grads(shape: Shape, graphdef):
+def merge(graphdef, template, params) -> Model:
+    """The model from pure-dict `params`, as the engine's `Engine.merge` (the template is not mutated)."""
+    state = jax.tree.map(lambda v: v, template)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def _loss_and_grads(shape: Shape, graphdef, template):
     """`(params, x, y) -> (loss, grads)` of the model on one batch."""
 
     def loss_and_grads(params, x, y):
         def loss(p):
-            return loss_fn(shape, nnx.merge(graphdef, p)(x), y)
+            return loss_fn(shape, merge(graphdef, template, p)(x), y)
 
         return jax.value_and_grad(loss)(params)
 
@@ -123,13 +130,16 @@ class Bench:
     ):
         self.shape = shape
         model = Model(shape, rngs=nnx.Rngs(seed), impl=impl)
-        self.graphdef, self.params = nnx.split(model, nnx.Param)
+        # Parameters as a pure dict of arrays, as the engine keeps them (lstm_jax.train): an nnx.State
+        # argument costs ~1.5 ms of Python per call to rebuild its Variables.
+        self.graphdef, self.template = nnx.split(model, nnx.Param)
+        self.params = nnx.to_pure_dict(self.template)
         self.param_count = int(sum(np.size(a) for a in jax.tree.leaves(self.params)))
         tx = make_optimizer(shape)
         self.opt_state = tx.init(self.params)
         x, y = shape.data(seed)
         self.x, self.y = jnp.asarray(x), jnp.asarray(y)
-        loss_and_grads = _loss_and_grads(shape, self.graphdef)
+        loss_and_grads = _loss_and_grads(shape, self.graphdef, self.template)
         if data_parallel:
             mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
             if shape.batch % mesh.size:
@@ -170,12 +180,12 @@ def build(shape: Shape, seed: int = 0, data_parallel: bool = False) -> Bench:
 
 def make_generator(shape: Shape, bench: Bench, streams: int, length: int):
     """Returns `gen(key) -> chars [streams, length]`, jitted, for the char model's window semantics."""
-    graphdef, params = bench.graphdef, bench.params
+    graphdef, template, params = bench.graphdef, bench.template, bench.params
     vocab = shape.classes
 
     @jax.jit
     def gen(params, seed_window, key):
-        model = nnx.merge(graphdef, params)
+        model = merge(graphdef, template, params)
 
         def body(window, k):
             logits = model(window[..., None].astype(jnp.float32) / vocab)
@@ -221,7 +231,7 @@ def generation_speed(shape: Shape, streams: int, length: int, repeats: int = 3) 
 def stateful_generation_speed(shape: Shape, streams: int, length: int, repeats: int = 3) -> dict:
     """Characters per second when the state is carried (one LSTM step per character, no window)."""
     bench = Bench(shape)
-    model = nnx.merge(bench.graphdef, bench.params)
+    model = merge(bench.graphdef, bench.template, bench.params)
     layers = [layer.params_dict() for layer in model.lstm.layers]
     head = nnx.merge(*nnx.split(model.out))
     vocab = shape.classes
