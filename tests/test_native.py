@@ -158,6 +158,27 @@ def test_a_gradient_fading_below_float32_range_is_flushed_to_zero_as_xla_does():
     np.testing.assert_allclose(runs[0][0], ref[0], rtol=1e-4, atol=0)
 
 
+def test_independent_calls_in_one_program_share_xla_threads():
+    """Each call runs its helper row blocks on XLA's intra-op thread pool, and XLA may run independent calls
+    at the same time on that pool's threads: every call must still finish (a caller whose helper never gets
+    a thread runs the blocks itself) and give what it gives alone."""
+    k = jax.random.split(jax.random.key(3), 8)
+    layers = [init_lstm(k[n], 6, 24) for n in range(4)]
+    xs = [jax.random.normal(k[4 + n], (13, 9, 6)) for n in range(4)]
+
+    def one(p, x):
+        outs, fin = lstm_layer(p, x, impl="native")
+        return jnp.sum(outs**2) + jnp.sum(fin.c)
+
+    together = jax.jit(
+        jax.grad(lambda ps, xs: sum(one(p, x) for p, x in zip(ps, xs, strict=True)))
+    )(layers, xs)
+    for p, x, g in zip(layers, xs, together, strict=True):
+        alone = jax.jit(jax.grad(one))(p, x)
+        for name in alone:
+            np.testing.assert_allclose(g[name], alone[name], rtol=1e-6, atol=1e-7)
+
+
 def test_vmap_and_a_stacked_bidirectional_model():
     p, xs, st, mask, _ = _case(4, 6, 3, 10)
     batched = jax.tree.map(lambda a: jnp.stack([a, 1.1 * a]), p)

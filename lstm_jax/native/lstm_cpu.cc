@@ -16,6 +16,9 @@
 // whole recurrence, so `threads` threads each run the full time loop on a contiguous block of rows.
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
+#include <memory>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -149,33 +152,63 @@ class FlushDenormals {
 #endif
 };
 
-// Runs `body(row0, row1)` on `threads` contiguous row blocks of [0, B) (multiples of 4 rows where possible).
-template <typename F>
-void parallel_rows(int64_t B, int64_t threads, F body) {
+// Row blocks of one call, claimed through an atomic counter by the calling thread and by helper tasks. A
+// helper that starts late (or never) only means the caller runs more blocks itself, so the call cannot
+// wait on a busy thread pool; a helper that starts after the call returned finds no block left (it keeps
+// this state alive through its shared_ptr and never touches `run`).
+struct RowBlocks {
+  int64_t blocks = 0;
+  std::atomic<int64_t> next{0}, done{0};
+  std::function<void(int64_t)> run;
+
+  void work() {
+    for (int64_t k; (k = next.fetch_add(1)) < blocks;) {
+      run(k);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+// Runs `body(row0, row1)` on `threads` contiguous row blocks of [0, B) (multiples of 4 rows where possible):
+// `spawn(task)` starts `threads - 1` helper tasks (on XLA's intra-op thread pool, or new threads), the
+// calling thread works too, and returns when every block is done. Each row's arithmetic does not depend
+// on which thread runs it.
+template <typename F, typename Spawn>
+void parallel_rows(int64_t B, int64_t threads, F body, Spawn spawn) {
   FlushDenormals flush;
   threads = std::max<int64_t>(1, std::min<int64_t>(threads, B));
-  if (threads == 1) {
+  const int64_t per = ((B + threads - 1) / threads + 3) / 4 * 4;
+  const int64_t blocks = (B + per - 1) / per;
+  if (blocks == 1) {
     body(int64_t{0}, B);
     return;
   }
-  const int64_t per = ((B + threads - 1) / threads + 3) / 4 * 4;
-  std::vector<std::thread> pool;
-  int64_t start = per;
-  for (; start < B; start += per) {
-    const int64_t end = std::min(B, start + per);
+  auto job = std::make_shared<RowBlocks>();
+  job->blocks = blocks;
+  job->run = [&](int64_t k) { body(k * per, std::min(B, (k + 1) * per)); };
+  for (int64_t k = 1; k < blocks; ++k)
+    spawn([job] {
+      FlushDenormals flush;
+      job->work();
+    });
+  job->work();
+  while (job->done.load(std::memory_order_acquire) < blocks) std::this_thread::yield();
+}
+
+// Helper tasks as new threads (when no XLA thread pool is at hand); none if a thread cannot be created.
+struct NewThreads {
+  std::vector<std::thread> started;
+  template <typename T>
+  void operator()(T task) {
     try {
-      pool.emplace_back([=] {
-        FlushDenormals flush;
-        body(start, end);
-      });
-    } catch (const std::system_error&) {  // no thread to be had: this thread runs the rest
-      break;
+      started.emplace_back(std::move(task));
+    } catch (const std::system_error&) {  // the caller runs the block instead
     }
   }
-  body(int64_t{0}, std::min(B, per));
-  for (; start < B; start += per) body(start, std::min(B, start + per));
-  for (auto& th : pool) th.join();
-}
+  ~NewThreads() {
+    for (auto& th : started) th.join();
+  }
+};
 
 // One row of the forward step: the gates from the pre-activations z [4H] into acts [4H]; h, c updated
 // (unless masked), the output written.
@@ -309,6 +342,18 @@ void backward_rows(const Dims d, const float* rkTp, float* acts_dz, const float*
   std::memcpy(dc0 + r0 * H, dc.data(), R * H * sizeof(float));
 }
 
+// `parallel_rows` with helper tasks on XLA's intra-op thread pool (no thread is created per call), or on
+// new threads where the call has no pool.
+template <typename F>
+void on_rows(ffi::ThreadPool& pool, int64_t B, int64_t threads, F body) {
+  if (pool.num_threads() > 0) {
+    parallel_rows(B, threads, body, [&pool](auto task) { pool.Schedule(std::move(task)); });
+  } else {
+    NewThreads spawn;
+    parallel_rows(B, threads, body, std::ref(spawn));
+  }
+}
+
 ffi::Error check(bool ok, const std::string& what) {
   return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument("lstm_jax native LSTM: " + what);
 }
@@ -319,7 +364,7 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> rk, ffi::Buffer<ffi::F32> bias,
                            ffi::Buffer<ffi::F32> rmask, ffi::ResultBuffer<ffi::F32> acts,
                            ffi::ResultBuffer<ffi::F32> outs, ffi::ResultBuffer<ffi::F32> hT,
                            ffi::ResultBuffer<ffi::F32> cT, ffi::ResultBuffer<ffi::F32> hc,
-                           int32_t reverse, int32_t threads) {
+                           ffi::ThreadPool pool, int32_t reverse, int32_t threads) {
   auto zd = zx.dimensions();
   if (zd.size() != 3 || rk.dimensions().size() != 2) return check(false, "bad ranks");
   const Dims d{zd[0], zd[1], rk.dimensions()[0]};
@@ -327,7 +372,7 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> rk, ffi::Buffer<ffi::F32> bias,
     return e;
   std::vector<float> store;
   const float* rk_used = whole_vectors(rk.typed_data(), d.H, 4 * d.H, 1, store);
-  parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
+  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
     forward_rows(d, rk_used, bias.typed_data(), zx.typed_data(), acts->typed_data(),
                  mask.typed_data(),
                  h0.typed_data(), c0.typed_data(), rmask.typed_data(), outs->typed_data(),
@@ -341,8 +386,8 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> act
                             ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::F32> dhT,
                             ffi::Buffer<ffi::F32> dcT, ffi::Buffer<ffi::F32> rmask,
                             ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
-                            ffi::ResultBuffer<ffi::F32> dc0, int32_t reverse, int32_t threads,
-                            int32_t has_dout) {
+                            ffi::ResultBuffer<ffi::F32> dc0, ffi::ThreadPool pool,
+                            int32_t reverse, int32_t threads, int32_t has_dout) {
   auto ad = acts.dimensions();
   if (ad.size() != 3 || rkT.dimensions().size() != 2) return check(false, "bad ranks");
   const Dims d{ad[0], ad[1], rkT.dimensions()[1]};
@@ -353,7 +398,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> act
     std::memcpy(dz->typed_data(), acts.typed_data(), d.T * d.B * 4 * d.H * sizeof(float));
   std::vector<float> store;
   const float* rkT_used = whole_vectors(rkT.typed_data(), 4 * d.H, d.H, VL, store);
-  parallel_rows(d.B, threads, [&](int64_t r0, int64_t r1) {
+  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
     backward_rows(d, rkT_used, dz->typed_data(), hc.typed_data(), mask.typed_data(),
                   dout.typed_data(), dhT.typed_data(), dcT.typed_data(), rmask.typed_data(),
                   dh0->typed_data(), dc0->typed_data(), reverse != 0, has_dout != 0, r0, r1);
@@ -377,6 +422,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // h_T [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c_T [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
+                                  .Ctx<ffi::ThreadPool>()
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("threads"));
 
@@ -393,6 +439,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dz [T, B, 4H] (aliases acts)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 [B, H]
+                                  .Ctx<ffi::ThreadPool>()
                                   .Attr<int32_t>("reverse")
                                   .Attr<int32_t>("threads")
                                   .Attr<int32_t>("has_dout"));
