@@ -56,6 +56,13 @@ CPU_PER_STEP_MAX_HIDDEN = 64
 # this many rows per (batch x time) position (see `lstm_layer`; measured crossover in README, "Speed").
 FOLD_EMBEDDING_MAX_ROWS_PER_POSITION = 1.0
 
+# impl "native" projects dense inputs inside the kernel's per-step matmul, `[x_t, h] @ [kernel; rk]`, when
+# that weight matrix (read once per step) takes at most this fraction of a core's L2 cache; larger ones are
+# projected by XLA first, as "fused" does. Measured on a 2 MB L2 (README, "Speed"): shape B's layers (0.2
+# and 0.4 MB) train 5-6% faster inside the kernel, shape A's first layer (1.4 MB) no faster, its second
+# (2.9 MB) 10% slower.
+NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = 0.5
+
 __all__ = [
     "LSTMState",
     "Gates",
@@ -307,11 +314,10 @@ def _fused_forward(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, remat):
     return outs, (h, c), (hc, acts_all)
 
 
-def _native_inputs(mask, rmask, zx):
+def _native_inputs(mask, rmask, t, b, hsz):
     """The native kernel's dense forms of the optional masks: `[T, B]` and `[B, H]` float32 multipliers."""
-    t, b, g = zx.shape
     m = jnp.ones((t, b), jnp.float32) if mask is None else mask.astype(jnp.float32)
-    r = jnp.ones((b, g // 4), jnp.float32) if rmask is None else rmask.astype(jnp.float32)
+    r = jnp.ones((b, hsz), jnp.float32) if rmask is None else rmask.astype(jnp.float32)
     return m, r
 
 
@@ -322,7 +328,7 @@ def _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse):
     derivatives work as with "fused"."""
     from lstm_jax import native
 
-    m, r = _native_inputs(mask, rmask, zx)
+    m, r = _native_inputs(mask, rmask, *zx.shape[:2], rk.shape[0])
 
     @jax.custom_jvp
     def call(rk, bias, zx, h0, c0, r):
@@ -348,7 +354,7 @@ def _native_backward(rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reve
     `_native_forward`."""
     from lstm_jax import native
 
-    m, r = _native_inputs(mask, rmask, acts)
+    m, r = _native_inputs(mask, rmask, *acts.shape[:2], rk.shape[0])
 
     @jax.custom_jvp
     def call(rk, acts, hc, d_outs, dh_final, dc_final, r):
@@ -393,15 +399,7 @@ def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, re
 
 def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
-    d_outs, (dh_final, dc_final) = cotangents
-    # A symbolic zero is a cotangent the caller did not use: the final state's are [B, H] zeros; the
-    # outputs' (a model that reads only the final state) is left out, not made as [T, B, H] zeros.
-    zero = jax.custom_derivatives.SymbolicZero
-    dh_final, dc_final = (
-        jnp.zeros(a.shape, a.dtype) if isinstance(a, zero) else a for a in (dh_final, dc_final)
-    )
-    if isinstance(d_outs, zero):
-        d_outs = None
+    d_outs, dh_final, dc_final = _cotangents(cotangents)
     if native:
         dz, dh0, dc0 = _native_backward(
             rk, acts_all, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
@@ -423,6 +421,18 @@ def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
             remat,
         )
     return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0)
+
+
+def _cotangents(cotangents):
+    """`(d_outs, dh_final, dc_final)` from a recurrence's output cotangents. A symbolic zero is a cotangent
+    the caller did not use: the final state's become [B, H] zeros; the outputs' (a model that reads only
+    the final state) becomes None, not [T, B, H] zeros."""
+    d_outs, (dh_final, dc_final) = cotangents
+    zero = jax.custom_derivatives.SymbolicZero
+    dh_final, dc_final = (
+        jnp.zeros(a.shape, a.dtype) if isinstance(a, zero) else a for a in (dh_final, dc_final)
+    )
+    return (None if isinstance(d_outs, zero) else d_outs), dh_final, dc_final
 
 
 def _fused_backward_states(
@@ -512,6 +522,93 @@ def _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0):
 _recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd, symbolic_zeros=True)
 
 
+def _native_forward_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse):
+    """`_native_forward` from the inputs `xs [T, B, F]`: the input projection runs inside each step's matmul
+    (`lstm_jax.native.forward_x`); its XLA twin projects first."""
+    from lstm_jax import native
+
+    m, r = _native_inputs(mask, rmask, *xs.shape[:2], rk.shape[0])
+
+    @jax.custom_jvp
+    def call(kernel, rk, bias, xs, h0, c0, r):
+        return native.forward_x(kernel, rk, bias, xs, m, h0, c0, r, reverse)
+
+    @call.defjvp
+    def call_jvp(primals, tangents):
+        def twin(kernel, rk, bias, xs, h0, c0, r):
+            rm = None if rmask is None else r
+            zx = jnp.einsum("tbf,fg->tbg", xs, kernel)
+            outs, (h, c), (hc, acts) = _fused_forward(
+                rk, bias, zx, mask, h0, c0, rm, reverse, 1, False
+            )
+            return acts, outs, h, c, hc
+
+        return jax.jvp(twin, primals, tangents)
+
+    acts, outs, h, c, hc = call(kernel, rk, bias, xs, h0, c0, r)
+    return outs, (h, c), (hc, acts)
+
+
+def _native_backward_x(kernel, rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse):
+    """`_native_backward` of `_native_forward_x`: also returns the inputs' gradient,
+    `(dz, dxs [T, B, F], dh_0, dc_0)`."""
+    from lstm_jax import native
+
+    m, r = _native_inputs(mask, rmask, *acts.shape[:2], rk.shape[0])
+
+    @jax.custom_jvp
+    def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
+        return native.backward_x(kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
+
+    @call.defjvp
+    def call_jvp(primals, tangents):
+        def twin(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
+            rm = None if rmask is None else r
+            dz, dh0, dc0 = _fused_backward_states(
+                rk, None, None, mask, rm, hc, acts, d_outs, dh_final, dc_final, reverse, 1, False
+            )
+            return dz, jnp.einsum("tbg,fg->tbf", dz, kernel), dh0, dc0
+
+        return jax.jvp(twin, primals, tangents)
+
+    return call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _recurrence_native_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse):
+    """The "native" layer from time-major inputs `xs [T, B, F]`: projection and recurrence in one kernel
+    call each way; the weight gradients are single matmuls over all timesteps."""
+    outs, final, _ = _native_forward_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse)
+    return outs, final
+
+
+def _recurrence_native_x_fwd(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse):
+    kernel, rk, bias, xs, mask, h0, c0, rmask = (
+        jax.custom_derivatives.custom_vjp_primal_tree_values(
+            (kernel, rk, bias, xs, mask, h0, c0, rmask)
+        )
+    )
+    outs, final, saved = _native_forward_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse)
+    return (outs, final), (kernel, rk, xs, mask, rmask, saved)
+
+
+def _recurrence_native_x_bwd(reverse, res, cotangents):
+    kernel, rk, xs, mask, rmask, (hc, acts) = res
+    d_outs, dh_final, dc_final = _cotangents(cotangents)
+    dz, dxs, dh0, dc0 = _native_backward_x(
+        kernel, rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
+    )
+    d_rk, d_bias, _, d_mask, dh0, dc0, d_rmask = _fused_weight_grads(
+        rk, mask, rmask, hc, dz, dh0, dc0
+    )
+    t, b, f = xs.shape
+    d_kernel = jnp.dot(xs.reshape(t * b, f).T, dz.reshape(t * b, -1))
+    return d_kernel, d_rk, d_bias, dxs, d_mask, dh0, dc0, d_rmask
+
+
+_recurrence_native_x.defvjp(_recurrence_native_x_fwd, _recurrence_native_x_bwd, symbolic_zeros=True)
+
+
 @jax.custom_vjp
 def _project(xs_tm: Array, kernel: Array) -> Array:
     """The hoisted input projection `xs_tm [T, B, F] @ kernel [F, 4H] -> [T, B, 4H]` of the fused impls,
@@ -577,6 +674,15 @@ def _resolve_impl(
     if impl == "per_step" and remat:
         return "scan"  # per_step has no remat
     return impl
+
+
+def _native_projects_inputs(features: int, hidden: int) -> bool:
+    """Whether impl "native" projects `[B, T, features]` inputs inside its kernel (see
+    `NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`)."""
+    from lstm_jax import native
+
+    weight_bytes = (features + hidden) * 4 * hidden * 4
+    return weight_bytes <= NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION * native.l2_cache_bytes()
 
 
 def _native_available() -> bool:
@@ -695,6 +801,20 @@ def lstm_layer(
         zx = jnp.take(table, xs_tm, axis=0)
     elif compute_dtype is not None:
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
+    elif impl == "native" and _native_projects_inputs(f, hsz):
+        # The projection inside the kernel's per-step matmul (no [T, B, 4H] array from XLA).
+        outs, (h, c) = _recurrence_native_x(
+            kernel,
+            rk,
+            bias,
+            xs_tm.astype(state_dtype),
+            mask_tm,
+            h0,
+            c0,
+            recurrent_dropout_mask,
+            reverse,
+        )
+        return jnp.swapaxes(outs, 0, 1), LSTMState(h, c)
     elif impl in ("fused", "native"):  # differentiated only in reverse mode, as the recurrence
         zx = _project(xs_tm.astype(state_dtype), kernel)
     else:

@@ -29,6 +29,23 @@ def test_kernel_is_available():
     assert native.available(), native.unavailable_reason()
 
 
+@pytest.fixture(params=["in_kernel", "by_xla"])
+def projection(request, monkeypatch):
+    """Dense inputs reach impl "native" two ways: projected inside the kernel's per-step matmul (small
+    weights) or by XLA first (weights large against the L2 cache); both are forced here whatever the size."""
+    fraction = 1e9 if request.param == "in_kernel" else 0.0
+    monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", fraction)
+    return request.param
+
+
+def test_the_cache_rule_picks_the_projection():
+    """Weights `[F + H, 4H]` under half a core's L2 are projected inside the kernel, larger ones by XLA."""
+    l2 = native.l2_cache_bytes()
+    h = int((l2 / 32) ** 0.5)  # (h + h) * 4h * 4 bytes = 32 h^2, about the whole L2
+    assert core._native_projects_inputs(h // 2, h // 2)  # a quarter of it
+    assert not core._native_projects_inputs(h + 1, h + 1)
+
+
 def _case(b, t, f, h, seed=0):
     k = jax.random.split(jax.random.key(seed), 7)
     p = init_lstm(k[0], f, h)
@@ -66,7 +83,7 @@ def _loss(p, xs, st, mask, w, rmask, reverse, impl):
         (3, 30, 4, 8, True, True, True),
     ],
 )
-def test_values_and_gradients_equal_the_xla_impls(b, t, f, h, masked, reverse, rdrop):
+def test_values_and_gradients_equal_the_xla_impls(b, t, f, h, masked, reverse, rdrop, projection):
     p, xs, st, mask, w = _case(b, t, f, h)
     mask = mask if masked else None
     rmask = (jax.random.uniform(jax.random.key(9), (b, h)) > 0.25) / 0.75 if rdrop else None
@@ -99,6 +116,20 @@ def test_results_do_not_depend_on_the_thread_count():
         acts, outs, hT, cT, hc = native.forward(rk, bias, zx, mask, h0, c0, ones, False, threads)
         dz, dh0, dc0 = native.backward(rk, acts, hc, mask, dout, hT, cT, ones, False, threads)
         runs.append([outs, hT, cT, hc, dz, dh0, dc0])
+    for other in runs[1:]:
+        for a, r in zip(other, runs[0], strict=True):
+            np.testing.assert_array_equal(a, r)
+    kernel = 0.3 * jax.random.normal(k[0], (5, 4 * h))
+    xs = jax.random.normal(k[2], (t, b, 5))
+    runs = []
+    for threads in (1, 2, 3, 8):
+        acts, outs, hT, cT, hc = native.forward_x(
+            kernel, rk, bias, xs, mask, h0, c0, ones, False, threads
+        )
+        dz, dxs, dh0, dc0 = native.backward_x(
+            kernel, rk, acts, hc, mask, dout, hT, cT, ones, False, threads
+        )
+        runs.append([outs, hT, cT, hc, dz, dxs, dh0, dc0])
     for other in runs[1:]:
         for a, r in zip(other, runs[0], strict=True):
             np.testing.assert_array_equal(a, r)
@@ -232,7 +263,7 @@ def test_turned_off_auto_uses_xla_and_explicit_native_says_why():
     assert "impl='native' is unavailable here: turned off by LSTM_JAX_NATIVE" in out[1]
 
 
-def test_gradients_use_the_kernel_and_higher_derivatives_work():
+def test_gradients_use_the_kernel_and_higher_derivatives_work(projection):
     """First-order gradients run the two kernel calls (no XLA scan); differentiating them again (a gradient
     penalty, a Hessian-vector product) runs their XLA twins' JVPs and equals impl="fused"."""
     p, xs, st, mask, w = _case(2, 5, 3, 4)
@@ -262,7 +293,7 @@ def test_gradients_use_the_kernel_and_higher_derivatives_work():
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_final_state_only_skips_the_outputs_gradient(reverse):
+def test_final_state_only_skips_the_outputs_gradient(reverse, projection):
     """A model that reads only the final state (the tutorials' classifiers) gives a symbolic-zero gradient
     for the outputs: the kernel is told so (no `[T, B, H]` zeros made or read), with the same gradients."""
     p, xs, st, mask, _ = _case(6, 9, 3, 10)
@@ -308,8 +339,14 @@ def loss(q, x, s):
     outs, fin = lstm_layer(q, x, mask=mask, initial_state=s, impl="native")
     return jnp.sum(jnp.sin(outs)) + jnp.sum(fin.h * fin.c)
 
-value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(p, xs, st)
-np.savez(sys.argv[1], value=value, *[np.asarray(g) for g in jax.tree.leaves(grads)])
+from lstm_jax import core
+out = {}
+for name, fraction in (("in_kernel", 1e9), ("by_xla", 0.0)):  # both ways of projecting the inputs
+    core.NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = fraction
+    value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(p, xs, st)
+    out[name + "_value"] = value
+    out.update({f"{name}_{i}": np.asarray(g) for i, g in enumerate(jax.tree.leaves(grads))})
+np.savez(sys.argv[1], **out)
 """
 
 

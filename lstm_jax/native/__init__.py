@@ -12,6 +12,9 @@ so that a machine with only Python and pip has one), or ``$LSTM_JAX_CXX``, or ``
 ``LSTM_JAX_NATIVE=off`` turns the kernel off; when it cannot be built, `available()` is False, says why in
 `unavailable_reason()`, and ``impl="auto"`` uses the XLA impls.
 
+`forward_x`/`backward_x` do the same from the inputs `xs [T, B, F]`, projecting them inside each step's
+matmul (`[x_t, h] @ [kernel; rk]`) instead of taking XLA's `[T, B, 4H]` projection `zx`.
+
 Shapes (time-major, float32): `zx [T, B, 4H]`, `mask [T, B]` (1.0 = real step), `h0, c0, rmask [B, H]`,
 `rk [H, 4H]`.
 """
@@ -39,6 +42,7 @@ Array = jax.Array
 
 _SOURCE = Path(__file__).with_name("lstm_cpu.cc")
 _FORWARD, _BACKWARD = "lstm_jax_native_forward", "lstm_jax_native_backward"
+_FORWARD_X, _BACKWARD_X = "lstm_jax_native_forward_x", "lstm_jax_native_backward_x"
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
 
@@ -48,7 +52,17 @@ def _march() -> str:
     return os.environ.get("LSTM_JAX_NATIVE_MARCH", "").strip() or "native"
 
 
-__all__ = ["available", "unavailable_reason", "build", "forward", "backward", "threads_per_device"]
+__all__ = [
+    "available",
+    "unavailable_reason",
+    "build",
+    "forward",
+    "backward",
+    "forward_x",
+    "backward_x",
+    "threads_per_device",
+    "l2_cache_bytes",
+]
 
 
 def _compilers() -> list[list[str]]:
@@ -181,6 +195,8 @@ def _load() -> str | None:
         return str(e)
     jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.LstmForward), platform="cpu")
     jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.LstmBackward), platform="cpu")
+    jax.ffi.register_ffi_target(_FORWARD_X, jax.ffi.pycapsule(lib.LstmForwardX), platform="cpu")
+    jax.ffi.register_ffi_target(_BACKWARD_X, jax.ffi.pycapsule(lib.LstmBackwardX), platform="cpu")
     return None
 
 
@@ -192,6 +208,23 @@ def unavailable_reason() -> str | None:
 def available() -> bool:
     """Whether ``impl="native"`` can run here (builds the kernel on the first call)."""
     return _load() is None
+
+
+@functools.cache
+def l2_cache_bytes() -> int:
+    """One core's L2 cache as Linux reports it (sysfs), or 1 MiB where it does not say."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() != "2":
+                continue
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+        digits = size.rstrip("KM")
+        if digits.isdigit() and int(digits) > 0:
+            return int(digits) * scale
+    return 1 << 20
 
 
 def threads_per_device() -> int:
@@ -230,12 +263,38 @@ def forward(
     return _call(_FORWARD, args, outs, 2, reverse, threads)
 
 
+def forward_x(
+    kernel: Array,
+    rk: Array,
+    bias: Array,
+    xs: Array,
+    mask: Array,
+    h0: Array,
+    c0: Array,
+    rmask: Array,
+    reverse: bool,
+    threads: int | None = None,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """`forward` with the input projection inside the recurrence: each step's matmul is
+    `[x_t, h_{t-1} * rmask] @ [kernel; rk]`, from `xs [T, B, F]` (no `[T, B, 4H]` projection is made
+    first). Returns what `forward` returns, the gates in a new buffer."""
+    t, b, _ = xs.shape
+    h = rk.shape[0]
+    outs = [(t, b, 4 * h), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
+    w = jnp.concatenate([kernel, rk], axis=0)
+    return _call(_FORWARD_X, (w, bias, xs, mask, h0, c0, rmask), outs, None, reverse, threads)
+
+
 def _call(name, args, out_shapes, aliased, reverse, threads, **attrs):
-    """One kernel call: float32 outputs of `out_shapes`, the first written over input `aliased`."""
+    """One kernel call: float32 outputs of `out_shapes`, the first written over input `aliased` (if
+    not None)."""
     _require()
     shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in out_shapes]
     call = jax.ffi.ffi_call(
-        name, shapes, vmap_method="sequential", input_output_aliases={aliased: 0}
+        name,
+        shapes,
+        vmap_method="sequential",
+        input_output_aliases={} if aliased is None else {aliased: 0},
     )
     return call(
         *args,
@@ -266,3 +325,27 @@ def backward(
     args = (rk.T, acts, hc, mask, dout, dh_final, dc_final, rmask)
     outs = [(t, b, g), (b, h), (b, h)]
     return _call(_BACKWARD, args, outs, 1, reverse, threads, has_dout=d_outs is not None)
+
+
+def backward_x(
+    kernel: Array,
+    rk: Array,
+    acts: Array,
+    hc: Array,
+    mask: Array,
+    d_outs: Array | None,
+    dh_final: Array,
+    dc_final: Array,
+    rmask: Array,
+    reverse: bool,
+    threads: int | None = None,
+) -> tuple[Array, Array, Array, Array]:
+    """The backward recurrence of `forward_x`: returns `(dz [T, B, 4H], dxs [T, B, F], dh_0, dc_0)`,
+    the inputs' gradient `dz_t @ kernel^T` computed in the same per-step matmul as the state's."""
+    t, b, g = acts.shape
+    h, f = g // 4, kernel.shape[0]
+    dout = jnp.zeros((1,), jnp.float32) if d_outs is None else d_outs
+    w_t = jnp.concatenate([kernel, rk], axis=0).T
+    args = (w_t, acts, hc, mask, dout, dh_final, dc_final, rmask)
+    outs = [(t, b, g), (t, b, f), (b, h), (b, h)]
+    return _call(_BACKWARD_X, args, outs, 1, reverse, threads, has_dout=d_outs is not None)

@@ -9,11 +9,15 @@
 // Backward: the state-only backward recurrence of the "fused" impl in lstm_jax/core.py, writing the
 // pre-activation gradients dz [T, B, 4H] over the gates; the weight gradients are single matmuls that XLA
 // computes afterwards.
+// The "x" calls (LstmForwardX, LstmBackwardX) take the inputs xs [T, B, F] instead of zx and project them in
+// the same per-step matmul: z_t = bias + [x_t, h_{t-1} * rmask] @ [kernel; rk], and backward
+// [dx_t, dh] = dz_t @ [kernel; rk]^T (core.py uses them when [kernel; rk] is small against the L2 cache).
 //
 // Both are the same mathematics as core.py's "fused" impl (parity-tested in tests/test_native.py). The
 // point is the loop: one call runs all T steps, each step one register-blocked matmul and one pass of
 // elementwise math per row block, with no per-kernel dispatch. Batch rows are independent through the
-// whole recurrence, so `threads` threads each run the full time loop on a contiguous block of rows.
+// whole recurrence, so each of `threads` row blocks runs the full time loop, the calling thread and
+// helper tasks on XLA's thread pool taking blocks.
 
 #include <algorithm>
 #include <atomic>
@@ -137,6 +141,7 @@ inline float sigmoid_f(float x) { return 0.5f * tanh_f(0.5f * x) + 0.5f; }
 
 struct Dims {
   int64_t T, B, H;
+  int64_t F = 0;  // input features projected inside the step (the "x" calls); 0: zx is given
 };
 
 // XLA:CPU computes with denormals flushed to zero (FTZ and DAZ); the kernel's threads do the same, so
@@ -266,28 +271,42 @@ const float* whole_vectors(const float* w, int64_t rows, int64_t cols, int64_t r
   return store.data();
 }
 
-void forward_rows(const Dims d, const float* rkp, const float* bias, const float* zx, float* acts,
-                  const float* mask, const float* h0, const float* c0, const float* rmask, float* outs,
-                  float* hT, float* cT, float* hc, bool reverse, int64_t r0, int64_t r1) {
-  const int64_t T = d.T, B = d.B, H = d.H, G = 4 * H, Gp = round_up(G, VL), R = r1 - r0;
-  std::vector<float> h(R * H), c(R * H), hr(R * H), z(R * Gp, 0.0f);
+// The forward recurrence on rows [r0, r1). Given zx (F = 0): z_t = zx[t] + bias + (h * rmask) @ w, w = rk
+// [H, 4H] padded. Given xs (F > 0): z_t = bias + [x_t, h * rmask] @ w, w = [kernel; rk] [F + H, 4H]
+// padded: the input projection is part of each step's matmul, so no [T, B, 4H] projection is made first.
+void forward_rows(const Dims d, const float* wp, const float* bias, const float* zx, const float* xs,
+                  float* acts, const float* mask, const float* h0, const float* c0,
+                  const float* rmask, float* outs, float* hT, float* cT, float* hc, bool reverse,
+                  int64_t r0, int64_t r1) {
+  const int64_t T = d.T, B = d.B, H = d.H, F = d.F, K = F + H, G = 4 * H, Gp = round_up(G, VL);
+  const int64_t R = r1 - r0;
+  std::vector<float> h(R * H), c(R * H), a(R * K), z(R * Gp, 0.0f);
   std::memcpy(h.data(), h0 + r0 * H, R * H * sizeof(float));
   std::memcpy(c.data(), c0 + r0 * H, R * H * sizeof(float));
   const float* rm = rmask + r0 * H;
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
-    const float* zx_t = zx + (t * B + r0) * G;
+    const int64_t tn = reverse ? t - 1 : t + 1;
     float* hc_t = hc + (t * B + r0) * 2 * H;
-    if (s + 1 < T) prefetch(zx + ((reverse ? t - 1 : t + 1) * B + r0) * G, R * G);
+    if (s + 1 < T) {
+      if (zx) prefetch(zx + (tn * B + r0) * G, R * G);
+      if (F) prefetch(xs + (tn * B + r0) * F, R * F);
+    }
     for (int64_t r = 0; r < R; ++r) {
       float* __restrict zr = z.data() + r * Gp;
-      const float* __restrict xr = zx_t + r * G;
-      for (int64_t j = 0; j < G; ++j) zr[j] = xr[j] + bias[j];
-      for (int64_t k = 0; k < H; ++k) hr[r * H + k] = h[r * H + k] * rm[r * H + k];
+      if (zx) {
+        const float* __restrict xr = zx + (t * B + r0 + r) * G;
+        for (int64_t j = 0; j < G; ++j) zr[j] = xr[j] + bias[j];
+      } else {
+        std::memcpy(zr, bias, G * sizeof(float));
+      }
+      float* __restrict ar = a.data() + r * K;
+      if (F) std::memcpy(ar, xs + (t * B + r0 + r) * F, F * sizeof(float));
+      for (int64_t k = 0; k < H; ++k) ar[F + k] = h[r * H + k] * rm[r * H + k];
       std::memcpy(hc_t + r * 2 * H, h.data() + r * H, H * sizeof(float));
       std::memcpy(hc_t + r * 2 * H + H, c.data() + r * H, H * sizeof(float));
     }
-    gemm_acc(hr.data(), H, rkp, Gp, z.data(), Gp, R, H, Gp);
+    gemm_acc(a.data(), K, wp, Gp, z.data(), Gp, R, K, Gp);
     const float* m_t = mask + t * B + r0;
     float* a_t = acts + (t * B + r0) * G;
     float* out_t = outs + (t * B + r0) * H;
@@ -299,13 +318,15 @@ void forward_rows(const Dims d, const float* rkp, const float* bias, const float
   std::memcpy(cT + r0 * H, c.data(), R * H * sizeof(float));
 }
 
-void backward_rows(const Dims d, const float* rkTp, float* acts_dz, const float* hc,
+// The backward recurrence on rows [r0, r1); wTp = w^T [4H, F + H] padded. With F > 0 the first F columns
+// of dz @ w^T are the inputs' gradient, written to dx [T, B, F].
+void backward_rows(const Dims d, const float* wTp, float* acts_dz, const float* hc,
                    const float* mask, const float* dout, const float* dhT, const float* dcT,
-                   const float* rmask, float* dh0, float* dc0, bool reverse, bool has_dout, int64_t r0,
-                   int64_t r1) {
-  const int64_t T = d.T, B = d.B, H = d.H, G = 4 * H, Gp = round_up(G, VL), Hp = round_up(H, VL);
-  const int64_t R = r1 - r0;
-  std::vector<float> dh(R * H), dc(R * H), dhr(R * Hp), dz(R * Gp, 0.0f);
+                   const float* rmask, float* dx, float* dh0, float* dc0, bool reverse,
+                   bool has_dout, int64_t r0, int64_t r1) {
+  const int64_t T = d.T, B = d.B, H = d.H, F = d.F, G = 4 * H, Gp = round_up(G, VL);
+  const int64_t Kp = round_up(F + H, VL), R = r1 - r0;
+  std::vector<float> dh(R * H), dc(R * H), dxh(R * Kp), dz(R * Gp, 0.0f);
   const std::vector<float> no_dout(H, 0.0f);  // the outputs' gradient when it is zero (not passed)
   std::memcpy(dh.data(), dhT + r0 * H, R * H * sizeof(float));
   std::memcpy(dc.data(), dcT + r0 * H, R * H * sizeof(float));
@@ -325,17 +346,17 @@ void backward_rows(const Dims d, const float* rkTp, float* acts_dz, const float*
     for (int64_t r = 0; r < R; ++r) {
       float* dzr = dz.data() + r * Gp;
       backward_row(a_t + r * G, hc_t + r * 2 * H + H, has_dout ? do_t + r * H : no_dout.data(),
-                   dh.data() + r * H,
-                   dc.data() + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
+                   dh.data() + r * H, dc.data() + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
       std::memcpy(a_t + r * G, dzr, G * sizeof(float));
     }
-    std::fill(dhr.begin(), dhr.end(), 0.0f);
-    gemm_acc(dz.data(), Gp, rkTp, Hp, dhr.data(), Hp, R, Gp, Hp);
+    std::fill(dxh.begin(), dxh.end(), 0.0f);
+    gemm_acc(dz.data(), Gp, wTp, Kp, dxh.data(), Kp, R, Gp, Kp);
     for (int64_t r = 0; r < R; ++r) {
+      const float* __restrict g = dxh.data() + r * Kp;
+      if (F) std::memcpy(dx + (t * B + r0 + r) * F, g, F * sizeof(float));
       float* __restrict dhrow = dh.data() + r * H;
-      const float* __restrict g = dhr.data() + r * Hp;
       const float* __restrict rmr = rm + r * H;
-      for (int64_t k = 0; k < H; ++k) dhrow[k] += g[k] * rmr[k];
+      for (int64_t k = 0; k < H; ++k) dhrow[k] += g[F + k] * rmr[k];
     }
   }
   std::memcpy(dh0 + r0 * H, dh.data(), R * H * sizeof(float));
@@ -358,52 +379,96 @@ ffi::Error check(bool ok, const std::string& what) {
   return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument("lstm_jax native LSTM: " + what);
 }
 
-ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> rk, ffi::Buffer<ffi::F32> bias,
-                           ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> mask,
-                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                           ffi::Buffer<ffi::F32> rmask, ffi::ResultBuffer<ffi::F32> acts,
-                           ffi::ResultBuffer<ffi::F32> outs, ffi::ResultBuffer<ffi::F32> hT,
-                           ffi::ResultBuffer<ffi::F32> cT, ffi::ResultBuffer<ffi::F32> hc,
-                           ffi::ThreadPool pool, int32_t reverse, int32_t threads) {
+ffi::Error run_forward(const Dims d, const float* w, const float* bias, const float* zx,
+                       const float* xs, float* acts, const float* mask, const float* h0,
+                       const float* c0, const float* rmask, float* outs, float* hT, float* cT,
+                       float* hc, ffi::ThreadPool& pool, int32_t reverse, int32_t threads) {
+  std::vector<float> store;
+  const float* w_used = whole_vectors(w, d.F + d.H, 4 * d.H, 1, store);
+  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
+    forward_rows(d, w_used, bias, zx, xs, acts, mask, h0, c0, rmask, outs, hT, cT, hc, reverse != 0,
+                 r0, r1);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float* dz, const float* hc,
+                        const float* mask, const float* dout, const float* dhT, const float* dcT,
+                        const float* rmask, float* dx, float* dh0, float* dc0,
+                        ffi::ThreadPool& pool, int32_t reverse, int32_t threads, int32_t has_dout) {
+  if (dz != acts) std::memcpy(dz, acts, d.T * d.B * 4 * d.H * sizeof(float));
+  std::vector<float> store;
+  const float* wT_used = whole_vectors(wT, 4 * d.H, d.F + d.H, VL, store);
+  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
+    backward_rows(d, wT_used, dz, hc, mask, dout, dhT, dcT, rmask, dx, dh0, dc0, reverse != 0,
+                  has_dout != 0, r0, r1);
+  });
+  return ffi::Error::Success();
+}
+
+using In = ffi::Buffer<ffi::F32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error LstmForwardImpl(In rk, In bias, In zx, In mask, In h0, In c0, In rmask, Out acts, Out outs,
+                           Out hT, Out cT, Out hc, ffi::ThreadPool pool, int32_t reverse, int32_t threads) {
   auto zd = zx.dimensions();
   if (zd.size() != 3 || rk.dimensions().size() != 2) return check(false, "bad ranks");
   const Dims d{zd[0], zd[1], rk.dimensions()[0]};
   if (auto e = check(zd[2] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "zx/rk shapes"); !e.success())
     return e;
-  std::vector<float> store;
-  const float* rk_used = whole_vectors(rk.typed_data(), d.H, 4 * d.H, 1, store);
-  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
-    forward_rows(d, rk_used, bias.typed_data(), zx.typed_data(), acts->typed_data(),
-                 mask.typed_data(),
-                 h0.typed_data(), c0.typed_data(), rmask.typed_data(), outs->typed_data(),
-                 hT->typed_data(), cT->typed_data(), hc->typed_data(), reverse != 0, r0, r1);
-  });
-  return ffi::Error::Success();
+  return run_forward(d, rk.typed_data(), bias.typed_data(), zx.typed_data(), nullptr,
+                     acts->typed_data(), mask.typed_data(), h0.typed_data(), c0.typed_data(),
+                     rmask.typed_data(), outs->typed_data(), hT->typed_data(), cT->typed_data(),
+                     hc->typed_data(), pool, reverse, threads);
 }
 
-ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> rkT, ffi::Buffer<ffi::F32> acts,
-                            ffi::Buffer<ffi::F32> hc, ffi::Buffer<ffi::F32> mask,
-                            ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::F32> dhT,
-                            ffi::Buffer<ffi::F32> dcT, ffi::Buffer<ffi::F32> rmask,
-                            ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> dh0,
-                            ffi::ResultBuffer<ffi::F32> dc0, ffi::ThreadPool pool,
-                            int32_t reverse, int32_t threads, int32_t has_dout) {
+ffi::Error LstmForwardXImpl(In w, In bias, In xs, In mask, In h0, In c0, In rmask, Out acts,
+                            Out outs, Out hT, Out cT, Out hc, ffi::ThreadPool pool, int32_t reverse, int32_t threads) {
+  auto xd = xs.dimensions();
+  if (xd.size() != 3 || w.dimensions().size() != 2) return check(false, "bad ranks");
+  const int64_t H = w.dimensions()[1] / 4;
+  const Dims d{xd[0], xd[1], H, xd[2]};
+  if (auto e = check(w.dimensions()[1] == 4 * H && w.dimensions()[0] == d.F + H && d.F > 0,
+                     "xs/w shapes");
+      !e.success())
+    return e;
+  return run_forward(d, w.typed_data(), bias.typed_data(), nullptr, xs.typed_data(),
+                     acts->typed_data(), mask.typed_data(), h0.typed_data(), c0.typed_data(),
+                     rmask.typed_data(), outs->typed_data(), hT->typed_data(), cT->typed_data(),
+                     hc->typed_data(), pool, reverse, threads);
+}
+
+ffi::Error LstmBackwardImpl(In rkT, In acts, In hc, In mask, In dout, In dhT, In dcT, In rmask,
+                            Out dz, Out dh0, Out dc0, ffi::ThreadPool pool, int32_t reverse,
+                            int32_t threads, int32_t has_dout) {
   auto ad = acts.dimensions();
   if (ad.size() != 3 || rkT.dimensions().size() != 2) return check(false, "bad ranks");
   const Dims d{ad[0], ad[1], rkT.dimensions()[1]};
   if (auto e = check(ad[2] == 4 * d.H && rkT.dimensions()[0] == 4 * d.H, "acts/rkT shapes");
       !e.success())
     return e;
-  if (dz->typed_data() != acts.typed_data())
-    std::memcpy(dz->typed_data(), acts.typed_data(), d.T * d.B * 4 * d.H * sizeof(float));
-  std::vector<float> store;
-  const float* rkT_used = whole_vectors(rkT.typed_data(), 4 * d.H, d.H, VL, store);
-  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
-    backward_rows(d, rkT_used, dz->typed_data(), hc.typed_data(), mask.typed_data(),
-                  dout.typed_data(), dhT.typed_data(), dcT.typed_data(), rmask.typed_data(),
-                  dh0->typed_data(), dc0->typed_data(), reverse != 0, has_dout != 0, r0, r1);
-  });
-  return ffi::Error::Success();
+  return run_backward(d, rkT.typed_data(), acts.typed_data(), dz->typed_data(), hc.typed_data(),
+                      mask.typed_data(), dout.typed_data(), dhT.typed_data(), dcT.typed_data(),
+                      rmask.typed_data(), nullptr, dh0->typed_data(), dc0->typed_data(), pool,
+                      reverse, threads, has_dout);
+}
+
+ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In dcT, In rmask,
+                             Out dz, Out dx, Out dh0, Out dc0, ffi::ThreadPool pool,
+                             int32_t reverse, int32_t threads, int32_t has_dout) {
+  auto ad = acts.dimensions();
+  if (ad.size() != 3 || wT.dimensions().size() != 2) return check(false, "bad ranks");
+  const int64_t H = ad[2] / 4;
+  const Dims d{ad[0], ad[1], H, wT.dimensions()[1] - H};
+  if (auto e = check(ad[2] == 4 * H && wT.dimensions()[0] == 4 * H && d.F > 0 &&
+                         dx->dimensions().size() == 3 && dx->dimensions()[2] == d.F,
+                     "acts/wT/dx shapes");
+      !e.success())
+    return e;
+  return run_backward(d, wT.typed_data(), acts.typed_data(), dz->typed_data(), hc.typed_data(),
+                      mask.typed_data(), dout.typed_data(), dhT.typed_data(), dcT.typed_data(),
+                      rmask.typed_data(), dx->typed_data(), dh0->typed_data(), dc0->typed_data(),
+                      pool, reverse, threads, has_dout);
 }
 
 }  // namespace
@@ -437,6 +502,43 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d c_T [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dz [T, B, 4H] (aliases acts)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 [B, H]
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("threads")
+                                  .Attr<int32_t>("has_dout"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardX, LstmForwardXImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w = [kernel; rk] [F + H, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs [T, B, F]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B] (1 = real step)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // outs [T, B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_T [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_T [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Attr<int32_t>("reverse")
+                                  .Attr<int32_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardX, LstmBackwardXImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w^T [4H, F + H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d outs [T, B, H] or unused
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d h_T [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d c_T [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz [T, B, 4H] (aliases acts)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d xs [T, B, F]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 [B, H]
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 [B, H]
                                   .Ctx<ffi::ThreadPool>()
