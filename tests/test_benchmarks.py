@@ -236,3 +236,12 @@ def test_floor_chain_runs_in_xla():
 
     short = floor.xla_chain_ms(batch=4, steps=3, hidden=8, reps=2)
     assert 0 < short < 1e3
+
+
+def test_weight_stream_times_a_chain_per_matrix_count(capsys):
+    from benchmarks import weight_stream
+
+    assert weight_stream.per_step_seconds(2, 8, steps=5, repeats=1) > 0
+    weight_stream.main(["--hidden", "8", "--max-matrices", "2", "--steps", "5"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" x ")[0] for line in lines] == ["1", "2"] and "us/step" in lines[1]

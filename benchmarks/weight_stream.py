@@ -1,0 +1,62 @@
+"""How fast can one-stream generation be? A chain of `[1, H] @ [H, 4H]` products, as one character of
+stateful generation runs, with the weights of 1 to 4 such matrices.
+
+    python -m benchmarks.weight_stream --hidden 300
+
+Every generated character multiplies one row by every weight matrix of the model (shape A's char model: 3
+matrices of 300 x 1200, 4.3 MB), so one stream's speed is bounded by how fast the weights stream into the
+core: from L2 while they fit, from L3 (or memory) beyond. Prints microseconds per step and the weight
+bandwidth for each number of matrices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def per_step_seconds(matrices: int, hidden: int, steps: int, repeats: int = 5) -> float:
+    """Median seconds per step of `h <- tanh(h @ W_k)[:, :H]` over `matrices` matrices `[H, 4H]`."""
+    keys = jax.random.split(jax.random.key(0), matrices)
+    ws = [0.01 * jax.random.normal(k, (hidden, 4 * hidden)) for k in keys]
+
+    @jax.jit
+    def chain(ws):
+        def step(h, _):
+            for w in ws:
+                h = jnp.tanh(h @ w)[:, :hidden]
+            return h, None
+
+        return jax.lax.scan(step, jnp.ones((1, hidden)), None, length=steps)[0]
+
+    chain(ws).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        chain(ws).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=300)
+    p.add_argument("--max-matrices", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2000)
+    args = p.parse_args(argv)
+    for m in range(1, args.max_matrices + 1):
+        mb = m * args.hidden * 4 * args.hidden * 4 / 1e6
+        s = per_step_seconds(m, args.hidden, args.steps)
+        print(
+            f"{m} x [{args.hidden}, {4 * args.hidden}] ({mb:.1f} MB): {1e6 * s:7.1f} us/step, "
+            f"{mb / 1e3 / s:6.1f} GB/s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
