@@ -323,23 +323,28 @@ def _native_inputs(mask, rmask, t, b, hsz):
     return m, r
 
 
-def _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse):
-    """`_fused_forward` (without remat) as one native call (`lstm_jax.native`).
+def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None):
+    """`_fused_forward` (without remat) as one native call (`lstm_jax.native`). `inputs` is the projection
+    `zx [T, B, 4H]`, or with `kernel` the inputs `xs [T, B, F]`, projected inside the kernel's per-step
+    matmul (`native.forward_x`).
 
     Differentiating the call itself (a derivative of the gradient) runs its XLA twin's JVP, so higher-order
     derivatives work as with "fused"."""
     from lstm_jax import native
 
-    m, r = _native_inputs(mask, rmask, *zx.shape[:2], rk.shape[0])
+    m, r = _native_inputs(mask, rmask, *inputs.shape[:2], rk.shape[0])
 
     @jax.custom_jvp
-    def call(rk, bias, zx, h0, c0, r):
-        return native.forward(rk, bias, zx, m, h0, c0, r, reverse)
+    def call(kernel, rk, bias, inputs, h0, c0, r):
+        if kernel is None:
+            return native.forward(rk, bias, inputs, m, h0, c0, r, reverse)
+        return native.forward_x(kernel, rk, bias, inputs, m, h0, c0, r, reverse)
 
     @call.defjvp
     def call_jvp(primals, tangents):
-        def twin(rk, bias, zx, h0, c0, r):
+        def twin(kernel, rk, bias, inputs, h0, c0, r):
             rm = None if rmask is None else r
+            zx = inputs if kernel is None else jnp.einsum("tbf,fg->tbg", inputs, kernel)
             outs, (h, c), (hc, acts) = _fused_forward(
                 rk, bias, zx, mask, h0, c0, rm, reverse, 1, False
             )
@@ -347,32 +352,38 @@ def _native_forward(rk, bias, zx, mask, h0, c0, rmask, reverse):
 
         return jax.jvp(twin, primals, tangents)
 
-    acts, outs, h, c, hc = call(rk, bias, zx, h0, c0, r)
+    acts, outs, h, c, hc = call(kernel, rk, bias, inputs, h0, c0, r)
     return outs, (h, c), (hc, acts)
 
 
-def _native_backward(rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse):
-    """`_fused_backward_states` (without remat) as one native call; differentiable like
-    `_native_forward`."""
+def _native_backward(rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse, kernel=None):
+    """`_fused_backward_states` (without remat) as one native call; differentiable like `_native_forward`.
+    Returns `(dz, dxs, dh_0, dc_0)`: with `kernel` (the `forward_x` form) `dxs [T, B, F]` is the inputs'
+    gradient from the same per-step matmul, else None."""
     from lstm_jax import native
 
     m, r = _native_inputs(mask, rmask, *acts.shape[:2], rk.shape[0])
 
     @jax.custom_jvp
-    def call(rk, acts, hc, d_outs, dh_final, dc_final, r):
-        return native.backward(rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
+    def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
+        if kernel is None:
+            dz, dh0, dc0 = native.backward(rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
+            return dz, None, dh0, dc0
+        return native.backward_x(kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
 
     @call.defjvp
     def call_jvp(primals, tangents):
-        def twin(rk, acts, hc, d_outs, dh_final, dc_final, r):
+        def twin(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
             rm = None if rmask is None else r
-            return _fused_backward_states(
+            dz, dh0, dc0 = _fused_backward_states(
                 rk, None, None, mask, rm, hc, acts, d_outs, dh_final, dc_final, reverse, 1, False
             )
+            dxs = None if kernel is None else jnp.einsum("tbg,fg->tbf", dz, kernel)
+            return dz, dxs, dh0, dc0
 
         return jax.jvp(twin, primals, tangents)
 
-    return call(rk, acts, hc, d_outs, dh_final, dc_final, r)
+    return call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
@@ -403,7 +414,7 @@ def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, dh_final, dc_final = _cotangents(cotangents)
     if native:
-        dz, dh0, dc0 = _native_backward(
+        dz, _, dh0, dc0 = _native_backward(
             rk, acts_all, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
         )
     else:
@@ -524,63 +535,11 @@ def _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0):
 _recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd, symbolic_zeros=True)
 
 
-def _native_forward_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse):
-    """`_native_forward` from the inputs `xs [T, B, F]`: the input projection runs inside each step's matmul
-    (`lstm_jax.native.forward_x`); its XLA twin projects first."""
-    from lstm_jax import native
-
-    m, r = _native_inputs(mask, rmask, *xs.shape[:2], rk.shape[0])
-
-    @jax.custom_jvp
-    def call(kernel, rk, bias, xs, h0, c0, r):
-        return native.forward_x(kernel, rk, bias, xs, m, h0, c0, r, reverse)
-
-    @call.defjvp
-    def call_jvp(primals, tangents):
-        def twin(kernel, rk, bias, xs, h0, c0, r):
-            rm = None if rmask is None else r
-            zx = jnp.einsum("tbf,fg->tbg", xs, kernel)
-            outs, (h, c), (hc, acts) = _fused_forward(
-                rk, bias, zx, mask, h0, c0, rm, reverse, 1, False
-            )
-            return acts, outs, h, c, hc
-
-        return jax.jvp(twin, primals, tangents)
-
-    acts, outs, h, c, hc = call(kernel, rk, bias, xs, h0, c0, r)
-    return outs, (h, c), (hc, acts)
-
-
-def _native_backward_x(kernel, rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse):
-    """`_native_backward` of `_native_forward_x`: also returns the inputs' gradient,
-    `(dz, dxs [T, B, F], dh_0, dc_0)`."""
-    from lstm_jax import native
-
-    m, r = _native_inputs(mask, rmask, *acts.shape[:2], rk.shape[0])
-
-    @jax.custom_jvp
-    def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
-        return native.backward_x(kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
-
-    @call.defjvp
-    def call_jvp(primals, tangents):
-        def twin(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
-            rm = None if rmask is None else r
-            dz, dh0, dc0 = _fused_backward_states(
-                rk, None, None, mask, rm, hc, acts, d_outs, dh_final, dc_final, reverse, 1, False
-            )
-            return dz, jnp.einsum("tbg,fg->tbf", dz, kernel), dh0, dc0
-
-        return jax.jvp(twin, primals, tangents)
-
-    return call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
 def _recurrence_native_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse):
     """The "native" layer from time-major inputs `xs [T, B, F]`: projection and recurrence in one kernel
     call each way; the weight gradients are single matmuls over all timesteps."""
-    outs, final, _ = _native_forward_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse)
+    outs, final, _ = _native_forward(rk, bias, xs, mask, h0, c0, rmask, reverse, kernel)
     return outs, final
 
 
@@ -590,15 +549,15 @@ def _recurrence_native_x_fwd(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse)
             (kernel, rk, bias, xs, mask, h0, c0, rmask)
         )
     )
-    outs, final, saved = _native_forward_x(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse)
+    outs, final, saved = _native_forward(rk, bias, xs, mask, h0, c0, rmask, reverse, kernel)
     return (outs, final), (kernel, rk, xs, mask, rmask, saved)
 
 
 def _recurrence_native_x_bwd(reverse, res, cotangents):
     kernel, rk, xs, mask, rmask, (hc, acts) = res
     d_outs, dh_final, dc_final = _cotangents(cotangents)
-    dz, dxs, dh0, dc0 = _native_backward_x(
-        kernel, rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
+    dz, dxs, dh0, dc0 = _native_backward(
+        rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse, kernel
     )
     d_rk, d_bias, _, d_mask, dh0, dc0, d_rmask = _fused_weight_grads(
         rk, mask, rmask, hc, dz, dh0, dc0

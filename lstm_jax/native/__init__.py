@@ -319,12 +319,20 @@ def backward(
     """The backward recurrence. Returns `(dz [T, B, 4H], dh_0, dc_0)`: the gradient of the gates'
     pre-activations (written over `acts`' buffer) and of the initial state. `d_outs` None: the outputs'
     gradient is zero (only the final state was used), and no `[T, B, H]` zeros are made or read."""
+    return _backward(
+        _BACKWARD, rk, 0, acts, hc, mask, d_outs, dh_final, dc_final, rmask, reverse, threads
+    )
+
+
+def _backward(name, w, f, acts, hc, mask, d_outs, dh_final, dc_final, rmask, reverse, threads):
+    """One backward call with weights `w [F + H, 4H]` (passed transposed); a `dxs [T, B, F]` output when
+    `f > 0`."""
     t, b, g = acts.shape
     h = g // 4
     dout = jnp.zeros((1,), jnp.float32) if d_outs is None else d_outs
-    args = (rk.T, acts, hc, mask, dout, dh_final, dc_final, rmask)
-    outs = [(t, b, g), (b, h), (b, h)]
-    return _call(_BACKWARD, args, outs, 1, reverse, threads, has_dout=d_outs is not None)
+    args = (w.T, acts, hc, mask, dout, dh_final, dc_final, rmask)
+    outs = [(t, b, g), *([(t, b, f)] if f else []), (b, h), (b, h)]
+    return _call(name, args, outs, 1, reverse, threads, has_dout=d_outs is not None)
 
 
 def backward_x(
@@ -342,10 +350,18 @@ def backward_x(
 ) -> tuple[Array, Array, Array, Array]:
     """The backward recurrence of `forward_x`: returns `(dz [T, B, 4H], dxs [T, B, F], dh_0, dc_0)`,
     the inputs' gradient `dz_t @ kernel^T` computed in the same per-step matmul as the state's."""
-    t, b, g = acts.shape
-    h, f = g // 4, kernel.shape[0]
-    dout = jnp.zeros((1,), jnp.float32) if d_outs is None else d_outs
-    w_t = jnp.concatenate([kernel, rk], axis=0).T
-    args = (w_t, acts, hc, mask, dout, dh_final, dc_final, rmask)
-    outs = [(t, b, g), (t, b, f), (b, h), (b, h)]
-    return _call(_BACKWARD_X, args, outs, 1, reverse, threads, has_dout=d_outs is not None)
+    w = jnp.concatenate([kernel, rk], axis=0)
+    return _backward(
+        _BACKWARD_X,
+        w,
+        kernel.shape[0],
+        acts,
+        hc,
+        mask,
+        d_outs,
+        dh_final,
+        dc_final,
+        rmask,
+        reverse,
+        threads,
+    )

@@ -28,6 +28,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__SSE__)
@@ -471,77 +472,45 @@ ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In
                       pool, reverse, threads, has_dout);
 }
 
+// The calls' signatures. Forward: (w, bias, zx or xs, mask [T, B] (1 = real step), h0, c0, rmask [B, H])
+// -> (acts [T, B, 4H], outs [T, B, H], h_T, c_T, hc [T, B, 2H]); w is rk [H, 4H] with zx [T, B, 4H] (acts
+// aliases zx), or [kernel; rk] [F + H, 4H] with xs [T, B, F].
+auto forward_binding() {
+  using B = ffi::Buffer<ffi::F32>;
+  return ffi::Ffi::Bind()
+      .Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>()
+      .Ret<B>().Ret<B>().Ret<B>().Ret<B>().Ret<B>()
+      .Ctx<ffi::ThreadPool>()
+      .Attr<int32_t>("reverse")
+      .Attr<int32_t>("threads");
+}
+
+// Backward: (w^T [4H, F + H], acts, hc, mask, d outs [T, B, H] or unused, d h_T, d c_T, rmask) -> (dz
+// [T, B, 4H] aliasing acts, then for the x call d xs [T, B, F], then d h_0, d c_0).
+auto backward_binding_start() {
+  using B = ffi::Buffer<ffi::F32>;
+  return ffi::Ffi::Bind()
+      .Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>()
+      .Ret<B>();
+}
+
+template <typename Binding>
+auto backward_binding_end(Binding binding) {
+  using B = ffi::Buffer<ffi::F32>;
+  return std::move(binding).template Ret<B>()
+      .template Ret<B>()
+      .template Ctx<ffi::ThreadPool>()
+      .template Attr<int32_t>("reverse")
+      .template Attr<int32_t>("threads")
+      .template Attr<int32_t>("has_dout");
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rk [H, 4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // zx [T, B, 4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B] (1 = real step)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H] (aliases zx)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // outs [T, B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_T [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_T [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<int32_t>("reverse")
-                                  .Attr<int32_t>("threads"));
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl, forward_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardX, LstmForwardXImpl, forward_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rk^T [4H, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d outs [T, B, H] or unused
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d h_T [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d c_T [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz [T, B, 4H] (aliases acts)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 [B, H]
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<int32_t>("reverse")
-                                  .Attr<int32_t>("threads")
-                                  .Attr<int32_t>("has_dout"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardX, LstmForwardXImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w = [kernel; rk] [F + H, 4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias [4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs [T, B, F]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B] (1 = real step)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // outs [T, B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_T [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_T [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<int32_t>("reverse")
-                                  .Attr<int32_t>("threads"));
-
+                              backward_binding_end(backward_binding_start()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardX, LstmBackwardXImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w^T [4H, F + H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // acts [T, B, 4H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // hc [T, B, 2H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask [T, B]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d outs [T, B, H] or unused
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d h_T [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d c_T [B, H]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // rmask [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz [T, B, 4H] (aliases acts)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d xs [T, B, F]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d h_0 [B, H]
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d c_0 [B, H]
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Attr<int32_t>("reverse")
-                                  .Attr<int32_t>("threads")
-                                  .Attr<int32_t>("has_dout"));
+                              backward_binding_end(
+                                  backward_binding_start().Ret<ffi::Buffer<ffi::F32>>()));
