@@ -562,9 +562,7 @@ def _recurrence_native_x_bwd(reverse, res, cotangents):
     d_rk, d_bias, _, d_mask, dh0, dc0, d_rmask = _fused_weight_grads(
         rk, mask, rmask, hc, dz, dh0, dc0
     )
-    t, b, f = xs.shape
-    d_kernel = jnp.dot(xs.reshape(t * b, f).T, dz.reshape(t * b, -1))
-    return d_kernel, d_rk, d_bias, dxs, d_mask, dh0, dc0, d_rmask
+    return _kernel_grad(xs, dz), d_rk, d_bias, dxs, d_mask, dh0, dc0, d_rmask
 
 
 _recurrence_native_x.defvjp(_recurrence_native_x_fwd, _recurrence_native_x_bwd, symbolic_zeros=True)
@@ -587,10 +585,15 @@ def _project_fwd(xs_tm, kernel):
 def _project_bwd(res, dz):
     xs_tm, kernel = res
     t, b, f = xs_tm.shape
-    dz2 = dz.reshape(t * b, -1)
-    dx = jnp.dot(dz2, kernel.T).reshape(t, b, f)
-    dk = jnp.dot(xs_tm.reshape(t * b, f).T, dz2)
-    return dx, dk
+    dx = jnp.dot(dz.reshape(t * b, -1), kernel.T).reshape(t, b, f)
+    return dx, _kernel_grad(xs_tm, dz)
+
+
+def _kernel_grad(xs_tm: Array, dz: Array) -> Array:
+    """The input kernel's gradient `x^T @ dz` over all timesteps, from `xs_tm [T, B, F]` and
+    `dz [T, B, 4H]`, as one row-major 2-D matmul (see `_project`)."""
+    t, b, f = xs_tm.shape
+    return jnp.dot(xs_tm.reshape(t * b, f).T, dz.reshape(t * b, -1))
 
 
 _project.defvjp(_project_fwd, _project_bwd)
@@ -763,7 +766,14 @@ def lstm_layer(
     elif compute_dtype is not None:
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
     elif impl == "native" and _native_projects_inputs(f, hsz):
-        # The projection inside the kernel's per-step matmul (no [T, B, 4H] array from XLA).
+        zx = None  # projected inside the kernel's per-step matmul: no [T, B, 4H] array from XLA
+    elif impl in ("fused", "native"):  # differentiated only in reverse mode, as the recurrence
+        zx = _project(xs_tm.astype(state_dtype), kernel)
+    else:
+        zx = jnp.einsum("tbf,fg->tbg", xs_tm.astype(state_dtype), kernel)
+
+    gates = None
+    if zx is None:
         outs, (h, c) = _recurrence_native_x(
             kernel,
             rk,
@@ -775,14 +785,7 @@ def lstm_layer(
             recurrent_dropout_mask,
             reverse,
         )
-        return jnp.swapaxes(outs, 0, 1), LSTMState(h, c)
-    elif impl in ("fused", "native"):  # differentiated only in reverse mode, as the recurrence
-        zx = _project(xs_tm.astype(state_dtype), kernel)
-    else:
-        zx = jnp.einsum("tbf,fg->tbg", xs_tm.astype(state_dtype), kernel)
-
-    gates = None
-    if impl in ("fused", "native"):
+    elif impl in ("fused", "native"):
         outs, (h, c) = _recurrence_fused(
             rk,
             bias,

@@ -21,10 +21,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <functional>
-#include <memory>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -411,7 +411,8 @@ using In = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error LstmForwardImpl(In rk, In bias, In zx, In mask, In h0, In c0, In rmask, Out acts, Out outs,
-                           Out hT, Out cT, Out hc, ffi::ThreadPool pool, int32_t reverse, int32_t threads) {
+                           Out hT, Out cT, Out hc, ffi::ThreadPool pool, int32_t reverse,
+                           int32_t threads) {
   auto zd = zx.dimensions();
   if (zd.size() != 3 || rk.dimensions().size() != 2) return check(false, "bad ranks");
   const Dims d{zd[0], zd[1], rk.dimensions()[0]};
@@ -424,7 +425,8 @@ ffi::Error LstmForwardImpl(In rk, In bias, In zx, In mask, In h0, In c0, In rmas
 }
 
 ffi::Error LstmForwardXImpl(In w, In bias, In xs, In mask, In h0, In c0, In rmask, Out acts,
-                            Out outs, Out hT, Out cT, Out hc, ffi::ThreadPool pool, int32_t reverse, int32_t threads) {
+                            Out outs, Out hT, Out cT, Out hc, ffi::ThreadPool pool,
+                            int32_t reverse, int32_t threads) {
   auto xd = xs.dimensions();
   if (xd.size() != 3 || w.dimensions().size() != 2) return check(false, "bad ranks");
   const int64_t H = w.dimensions()[1] / 4;
