@@ -135,6 +135,41 @@ def test_results_do_not_depend_on_the_thread_count():
             np.testing.assert_array_equal(a, r)
 
 
+@pytest.mark.parametrize("delay_us", [400, 200_000])
+def test_a_late_helper_takes_over_mid_sequence_with_the_same_results(monkeypatch, delay_us):
+    """A helper task that starts late (XLA's pool busy) claims a row block from the step the caller has
+    reached and runs the rest of it; one that starts after the call is over finds nothing to do. Either
+    way the results are bit for bit those of one thread (the block's state passes between threads)."""
+    b, t, h, f = 24, 300, 40, 3
+    k = jax.random.split(jax.random.key(7), 6)
+    rk = 0.2 * jax.random.normal(k[0], (h, 4 * h))
+    kernel = 0.3 * jax.random.normal(k[5], (f, 4 * h))
+    bias = jax.random.normal(k[1], (4 * h,))
+    zx = jax.random.normal(k[2], (t, b, 4 * h))
+    xs = jax.random.normal(k[2], (t, b, f))
+    mask = (jax.random.uniform(k[3], (t, b)) > 0.1).astype(jnp.float32)
+    h0 = c0 = jnp.zeros((b, h))
+    ones = jnp.ones((b, h))
+    dout = jax.random.normal(k[4], (t, b, h))
+
+    def run(threads):
+        acts, outs, h_t, c_t, hc = native.forward(rk, bias, zx, mask, h0, c0, ones, False, threads)
+        dz, dh0, dc0 = native.backward(rk, acts, hc, mask, dout, h_t, c_t, ones, False, threads)
+        acts_x, outs_x, hx, cx, hcx = native.forward_x(
+            kernel, rk, bias, xs, mask, h0, c0, ones, True, threads
+        )
+        dzx, dxs, dhx, dcx = native.backward_x(
+            kernel, rk, acts_x, hcx, mask, dout, hx, cx, ones, True, threads
+        )
+        return [outs, h_t, c_t, hc, dz, dh0, dc0, outs_x, hx, cx, dzx, dxs, dhx, dcx]
+
+    want = run(1)
+    monkeypatch.setenv("LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US", str(delay_us))
+    for threads in (2, 3):
+        for a, r in zip(run(threads), want, strict=True):
+            np.testing.assert_array_equal(a, r)
+
+
 def test_a_gradient_fading_below_float32_range_is_flushed_to_zero_as_xla_does():
     """A gradient that decays through a long sequence (forget gates near 0) passes the denormal range.
     XLA:CPU flushes denormals to zero; so must every kernel thread (a worker thread does not inherit the

@@ -21,7 +21,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -165,47 +167,108 @@ class FlushDenormals {
 #endif
 };
 
-// Row blocks of one call, claimed through an atomic counter by the calling thread and by helper tasks. A
-// helper that starts late (or never) only means the caller runs more blocks itself, so the call cannot
-// wait on a busy thread pool; a helper that starts after the call returned finds no block left (it keeps
-// this state alive through its shared_ptr and never touches `run`).
-struct RowBlocks {
-  int64_t blocks = 0;
-  std::atomic<int64_t> next{0}, done{0};
-  std::function<void(int64_t)> run;
+// One row block's recurrence, advanced one timestep at a time so that it can change threads between
+// steps: `step_at(s)` runs the s-th step in scan order, `finish()` writes the final state after the last.
+struct RowStepper {
+  int64_t T = 0, s = 0;
+  std::function<void(int64_t)> step_at;
+  std::function<void()> finish;
+  bool finished() const { return s >= T; }
+  void step() { step_at(s++); }
+};
 
-  void work() {
-    for (int64_t k; (k = next.fetch_add(1)) < blocks;) {
-      run(k);
-      done.fetch_add(1, std::memory_order_release);
+// The row blocks of one call. The calling thread steps every block it still holds in turn (step t of
+// block 0, of block 1, ..., then step t + 1); a helper task, whenever it starts, claims a block that the
+// caller is not stepping at that moment and runs its remaining steps. So a helper that starts late (its
+// thread pool busy with other XLA work) takes over from where the caller is, and one that never starts
+// only means the caller steps every block; the call never waits on the pool. (With whole blocks claimed
+// up front, a helper starting 26 ms late left the caller running both of shape A's blocks: its last
+// backward call took 35-39 ms instead of 17-20.) A helper that starts after the call returned finds no
+// block left (it keeps this state alive through its shared_ptr and never touches a finished block).
+struct RowBlocks {
+  enum : int { kFree = 0, kCaller = 1, kHelper = 2, kDone = 3 };
+  std::vector<RowStepper> blocks;
+  std::unique_ptr<std::atomic<int>[]> owner;
+  std::atomic<int64_t> done{0};
+
+  explicit RowBlocks(std::vector<RowStepper> b)
+      : blocks(std::move(b)), owner(new std::atomic<int>[blocks.size()]) {
+    for (size_t k = 0; k < blocks.size(); ++k) owner[k].store(kFree, std::memory_order_relaxed);
+  }
+
+  // Ends block k (its last step done by the thread holding it).
+  void end(size_t k) {
+    blocks[k].finish();
+    owner[k].store(kDone, std::memory_order_release);
+    done.fetch_add(1, std::memory_order_acq_rel);
+  }
+
+  void caller() {
+    for (bool stepped = true; stepped;) {
+      stepped = false;
+      for (size_t k = 0; k < blocks.size(); ++k) {
+        int expect = kFree;
+        if (!owner[k].compare_exchange_strong(expect, kCaller, std::memory_order_acquire)) continue;
+        stepped = true;
+        RowStepper& b = blocks[k];
+        if (!b.finished()) b.step();
+        if (b.finished())
+          end(k);
+        else
+          owner[k].store(kFree, std::memory_order_release);
+      }
+    }
+    while (done.load(std::memory_order_acquire) < static_cast<int64_t>(blocks.size()))
+      std::this_thread::yield();
+  }
+
+  void helper() {
+    for (;;) {
+      bool busy = false;  // a block the caller is stepping right now (free again within one step)
+      for (size_t k = blocks.size(); k-- > 0;) {
+        int expect = kFree;
+        if (owner[k].compare_exchange_strong(expect, kHelper, std::memory_order_acquire)) {
+          RowStepper& b = blocks[k];
+          while (!b.finished()) b.step();
+          end(k);
+          return;
+        }
+        busy = busy || expect == kCaller;
+      }
+      if (!busy) return;
+      std::this_thread::yield();
     }
   }
 };
 
-// Runs `body(row0, row1)` on `threads` contiguous row blocks of [0, B) (multiples of 4 rows where possible):
-// `spawn(task)` starts `threads - 1` helper tasks (on XLA's intra-op thread pool, or new threads), the
-// calling thread works too, and returns when every block is done. Each row's arithmetic does not depend
-// on which thread runs it.
-template <typename F, typename Spawn>
-void parallel_rows(int64_t B, int64_t threads, F body, Spawn spawn) {
+// Runs the recurrence of `threads` contiguous row blocks of [0, B) (multiples of 4 rows where possible),
+// `make(row0, row1)` giving each block's stepper: `spawn(task)` starts `threads - 1` helper tasks (on XLA's
+// intra-op thread pool, or new threads), the calling thread works too (see RowBlocks), and returns when
+// every block is done. Each row's arithmetic does not depend on which thread runs it.
+template <typename Make, typename Spawn>
+void parallel_rows(int64_t B, int64_t threads, Make make, Spawn spawn) {
   FlushDenormals flush;
   threads = std::max<int64_t>(1, std::min<int64_t>(threads, B));
   const int64_t per = ((B + threads - 1) / threads + 3) / 4 * 4;
-  const int64_t blocks = (B + per - 1) / per;
-  if (blocks == 1) {
-    body(int64_t{0}, B);
+  const int64_t nblocks = (B + per - 1) / per;
+  std::vector<RowStepper> blocks;
+  for (int64_t k = 0; k < nblocks; ++k) blocks.push_back(make(k * per, std::min(B, (k + 1) * per)));
+  if (nblocks == 1) {
+    while (!blocks[0].finished()) blocks[0].step();
+    blocks[0].finish();
     return;
   }
-  auto job = std::make_shared<RowBlocks>();
-  job->blocks = blocks;
-  job->run = [&](int64_t k) { body(k * per, std::min(B, (k + 1) * per)); };
-  for (int64_t k = 1; k < blocks; ++k)
-    spawn([job] {
+  auto job = std::make_shared<RowBlocks>(std::move(blocks));
+  // Tests delay the helpers ($LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US) to make them take over mid-sequence.
+  const char* delay_env = std::getenv("LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US");
+  const int64_t delay_us = delay_env ? std::atoll(delay_env) : 0;
+  for (int64_t k = 1; k < nblocks; ++k)
+    spawn([job, delay_us] {
+      if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
       FlushDenormals flush;
-      job->work();
+      job->helper();
     });
-  job->work();
-  while (job->done.load(std::memory_order_acquire) < blocks) std::this_thread::yield();
+  job->caller();
 }
 
 // Helper tasks as new threads (when no XLA thread pool is at hand); none if a thread cannot be created.
@@ -279,20 +342,29 @@ const float* whole_vectors(const float* w, int64_t rows, int64_t cols, int64_t r
   return store.data();
 }
 
-// The forward recurrence on rows [r0, r1). Given zx (F = 0): z_t = zx[t] + bias + (h * rmask) @ w, w = rk
-// [H, 4H] padded. Given xs (F > 0): z_t = bias + [x_t, h * rmask] @ w, w = [kernel; rk] [F + H, 4H]
-// padded: the input projection is part of each step's matmul, so no [T, B, 4H] projection is made first.
-void forward_rows(const Dims d, const float* wp, const float* bias, const float* zx, const float* xs,
-                  float* acts, const float* mask, const float* h0, const float* c0,
-                  const float* rmask, float* outs, float* hT, float* cT, float* hc, bool reverse,
-                  int64_t r0, int64_t r1) {
+// The forward recurrence on rows [r0, r1), as a stepper. Given zx (F = 0): z_t = zx[t] + bias + (h * rmask)
+// @ w, w = rk [H, 4H] padded. Given xs (F > 0): z_t = bias + [x_t, h * rmask] @ w, w = [kernel; rk]
+// [F + H, 4H] padded: the input projection is part of each step's matmul, so no [T, B, 4H] projection is
+// made first.
+RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const float* zx,
+                        const float* xs, float* acts, const float* mask, const float* h0,
+                        const float* c0, const float* rmask, float* outs, float* hT, float* cT,
+                        float* hc, bool reverse, int64_t r0, int64_t r1) {
   const int64_t T = d.T, B = d.B, H = d.H, F = d.F, K = F + H, G = 4 * H, Gp = round_up(G, VL);
   const int64_t R = r1 - r0;
-  std::vector<float> h(R * H), c(R * H), a(R * K), z(R * Gp, 0.0f);
-  std::memcpy(h.data(), h0 + r0 * H, R * H * sizeof(float));
-  std::memcpy(c.data(), c0 + r0 * H, R * H * sizeof(float));
+  struct State {
+    std::vector<float> h, c, a, z;
+  };
+  auto st = std::make_shared<State>();
+  st->h.assign(h0 + r0 * H, h0 + r1 * H);
+  st->c.assign(c0 + r0 * H, c0 + r1 * H);
+  st->a.resize(R * K);
+  st->z.assign(R * Gp, 0.0f);
   const float* rm = rmask + r0 * H;
-  for (int64_t s = 0; s < T; ++s) {
+  RowStepper out;
+  out.T = T;
+  out.step_at = [=](int64_t s) {
+    float *h = st->h.data(), *c = st->c.data(), *a = st->a.data(), *z = st->z.data();
     const int64_t t = reverse ? T - 1 - s : s;
     const int64_t tn = reverse ? t - 1 : t + 1;
     float* hc_t = hc + (t * B + r0) * 2 * H;
@@ -301,45 +373,55 @@ void forward_rows(const Dims d, const float* wp, const float* bias, const float*
       if (F) prefetch(xs + (tn * B + r0) * F, R * F);
     }
     for (int64_t r = 0; r < R; ++r) {
-      float* __restrict zr = z.data() + r * Gp;
+      float* __restrict zr = z + r * Gp;
       if (zx) {
         const float* __restrict xr = zx + (t * B + r0 + r) * G;
         for (int64_t j = 0; j < G; ++j) zr[j] = xr[j] + bias[j];
       } else {
         std::memcpy(zr, bias, G * sizeof(float));
       }
-      float* __restrict ar = a.data() + r * K;
+      float* __restrict ar = a + r * K;
       if (F) std::memcpy(ar, xs + (t * B + r0 + r) * F, F * sizeof(float));
       for (int64_t k = 0; k < H; ++k) ar[F + k] = h[r * H + k] * rm[r * H + k];
-      std::memcpy(hc_t + r * 2 * H, h.data() + r * H, H * sizeof(float));
-      std::memcpy(hc_t + r * 2 * H + H, c.data() + r * H, H * sizeof(float));
+      std::memcpy(hc_t + r * 2 * H, h + r * H, H * sizeof(float));
+      std::memcpy(hc_t + r * 2 * H + H, c + r * H, H * sizeof(float));
     }
-    gemm_acc(a.data(), K, wp, Gp, z.data(), Gp, R, K, Gp);
+    gemm_acc(a, K, wp, Gp, z, Gp, R, K, Gp);
     const float* m_t = mask + t * B + r0;
     float* a_t = acts + (t * B + r0) * G;
     float* out_t = outs + (t * B + r0) * H;
     for (int64_t r = 0; r < R; ++r)
-      forward_row(z.data() + r * Gp, a_t + r * G, h.data() + r * H, c.data() + r * H, out_t + r * H,
-                  m_t[r] > 0.5f, H);
-  }
-  std::memcpy(hT + r0 * H, h.data(), R * H * sizeof(float));
-  std::memcpy(cT + r0 * H, c.data(), R * H * sizeof(float));
+      forward_row(z + r * Gp, a_t + r * G, h + r * H, c + r * H, out_t + r * H, m_t[r] > 0.5f, H);
+  };
+  out.finish = [=] {
+    std::memcpy(hT + r0 * H, st->h.data(), R * H * sizeof(float));
+    std::memcpy(cT + r0 * H, st->c.data(), R * H * sizeof(float));
+  };
+  return out;
 }
 
-// The backward recurrence on rows [r0, r1); wTp = w^T [4H, F + H] padded. With F > 0 the first F columns
-// of dz @ w^T are the inputs' gradient, written to dx [T, B, F].
-void backward_rows(const Dims d, const float* wTp, float* acts_dz, const float* hc,
-                   const float* mask, const float* dout, const float* dhT, const float* dcT,
-                   const float* rmask, float* dx, float* dh0, float* dc0, bool reverse,
-                   bool has_dout, int64_t r0, int64_t r1) {
+// The backward recurrence on rows [r0, r1), as a stepper; wTp = w^T [4H, F + H] padded. With F > 0 the
+// first F columns of dz @ w^T are the inputs' gradient, written to dx [T, B, F].
+RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const float* hc,
+                         const float* mask, const float* dout, const float* dhT, const float* dcT,
+                         const float* rmask, float* dx, float* dh0, float* dc0, bool reverse,
+                         bool has_dout, int64_t r0, int64_t r1) {
   const int64_t T = d.T, B = d.B, H = d.H, F = d.F, G = 4 * H, Gp = round_up(G, VL);
   const int64_t Kp = round_up(F + H, VL), R = r1 - r0;
-  std::vector<float> dh(R * H), dc(R * H), dxh(R * Kp), dz(R * Gp, 0.0f);
-  const std::vector<float> no_dout(H, 0.0f);  // the outputs' gradient when it is zero (not passed)
-  std::memcpy(dh.data(), dhT + r0 * H, R * H * sizeof(float));
-  std::memcpy(dc.data(), dcT + r0 * H, R * H * sizeof(float));
+  struct State {
+    std::vector<float> dh, dc, dxh, dz, no_dout;  // no_dout: the outputs' gradient when it is zero
+  };
+  auto st = std::make_shared<State>();
+  st->dh.assign(dhT + r0 * H, dhT + r1 * H);
+  st->dc.assign(dcT + r0 * H, dcT + r1 * H);
+  st->dxh.resize(R * Kp);
+  st->dz.assign(R * Gp, 0.0f);
+  st->no_dout.assign(H, 0.0f);
   const float* rm = rmask + r0 * H;
-  for (int64_t s = 0; s < T; ++s) {
+  RowStepper out;
+  out.T = T;
+  out.step_at = [=](int64_t s) {
+    float *dh = st->dh.data(), *dc = st->dc.data(), *dxh = st->dxh.data(), *dz = st->dz.data();
     const int64_t t = reverse ? s : T - 1 - s;  // the forward scan order, backwards
     float* a_t = acts_dz + (t * B + r0) * G;     // the gates on entry, dz on exit
     const float* hc_t = hc + (t * B + r0) * 2 * H;
@@ -352,34 +434,37 @@ void backward_rows(const Dims d, const float* wTp, float* acts_dz, const float* 
       if (has_dout) prefetch(dout + (tn * B + r0) * H, R * H);
     }
     for (int64_t r = 0; r < R; ++r) {
-      float* dzr = dz.data() + r * Gp;
-      backward_row(a_t + r * G, hc_t + r * 2 * H + H, has_dout ? do_t + r * H : no_dout.data(),
-                   dh.data() + r * H, dc.data() + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
+      float* dzr = dz + r * Gp;
+      backward_row(a_t + r * G, hc_t + r * 2 * H + H, has_dout ? do_t + r * H : st->no_dout.data(),
+                   dh + r * H, dc + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
       std::memcpy(a_t + r * G, dzr, G * sizeof(float));
     }
-    std::fill(dxh.begin(), dxh.end(), 0.0f);
-    gemm_acc(dz.data(), Gp, wTp, Kp, dxh.data(), Kp, R, Gp, Kp);
+    std::fill(dxh, dxh + R * Kp, 0.0f);
+    gemm_acc(dz, Gp, wTp, Kp, dxh, Kp, R, Gp, Kp);
     for (int64_t r = 0; r < R; ++r) {
-      const float* __restrict g = dxh.data() + r * Kp;
+      const float* __restrict g = dxh + r * Kp;
       if (F) std::memcpy(dx + (t * B + r0 + r) * F, g, F * sizeof(float));
-      float* __restrict dhrow = dh.data() + r * H;
+      float* __restrict dhrow = dh + r * H;
       const float* __restrict rmr = rm + r * H;
       for (int64_t k = 0; k < H; ++k) dhrow[k] += g[F + k] * rmr[k];
     }
-  }
-  std::memcpy(dh0 + r0 * H, dh.data(), R * H * sizeof(float));
-  std::memcpy(dc0 + r0 * H, dc.data(), R * H * sizeof(float));
+  };
+  out.finish = [=] {
+    std::memcpy(dh0 + r0 * H, st->dh.data(), R * H * sizeof(float));
+    std::memcpy(dc0 + r0 * H, st->dc.data(), R * H * sizeof(float));
+  };
+  return out;
 }
 
 // `parallel_rows` with helper tasks on XLA's intra-op thread pool (no thread is created per call), or on
 // new threads where the call has no pool.
-template <typename F>
-void on_rows(ffi::ThreadPool& pool, int64_t B, int64_t threads, F body) {
+template <typename Make>
+void on_rows(ffi::ThreadPool& pool, int64_t B, int64_t threads, Make make) {
   if (pool.num_threads() > 0) {
-    parallel_rows(B, threads, body, [&pool](auto task) { pool.Schedule(std::move(task)); });
+    parallel_rows(B, threads, make, [&pool](auto task) { pool.Schedule(std::move(task)); });
   } else {
     NewThreads spawn;
-    parallel_rows(B, threads, body, std::ref(spawn));
+    parallel_rows(B, threads, make, std::ref(spawn));
   }
 }
 
@@ -394,8 +479,8 @@ ffi::Error run_forward(const Dims d, const float* w, const float* bias, const fl
   std::vector<float> store;
   const float* w_used = whole_vectors(w, d.F + d.H, 4 * d.H, 1, store);
   on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
-    forward_rows(d, w_used, bias, zx, xs, acts, mask, h0, c0, rmask, outs, hT, cT, hc, reverse != 0,
-                 r0, r1);
+    return forward_rows(d, w_used, bias, zx, xs, acts, mask, h0, c0, rmask, outs, hT, cT, hc,
+                        reverse != 0, r0, r1);
   });
   return ffi::Error::Success();
 }
@@ -408,8 +493,8 @@ ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float*
   std::vector<float> store;
   const float* wT_used = whole_vectors(wT, 4 * d.H, d.F + d.H, VL, store);
   on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
-    backward_rows(d, wT_used, dz, hc, mask, dout, dhT, dcT, rmask, dx, dh0, dc0, reverse != 0,
-                  has_dout != 0, r0, r1);
+    return backward_rows(d, wT_used, dz, hc, mask, dout, dhT, dcT, rmask, dx, dh0, dc0,
+                         reverse != 0, has_dout != 0, r0, r1);
   });
   return ffi::Error::Success();
 }
