@@ -245,3 +245,17 @@ def test_weight_stream_times_a_chain_per_matrix_count(capsys):
     weight_stream.main(["--hidden", "8", "--max-matrices", "2", "--steps", "5"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(" x ")[0] for line in lines] == ["1", "2"] and "us/step" in lines[1]
+
+
+def test_dots_times_xla_against_numpy_on_the_step_shapes(capsys):
+    from benchmarks import dots
+
+    xla, ref = dots.time_shape(6, 5, 4, True, repeats=2)
+    assert xla > 0 and ref > 0
+    dots.main(["--scale", "0.01", "--repeats", "2"])
+    rows = [
+        r
+        for r in capsys.readouterr().out.splitlines()
+        if r.startswith("| A ") or r.startswith("| D ")
+    ]
+    assert len(rows) == len(dots.SHAPES)
