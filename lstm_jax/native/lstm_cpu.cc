@@ -16,8 +16,8 @@
 // Both are the same mathematics as core.py's "fused" impl (parity-tested in tests/test_native.py). The
 // point is the loop: one call runs all T steps, each step one register-blocked matmul and one pass of
 // elementwise math per row block, with no per-kernel dispatch. Batch rows are independent through the
-// whole recurrence, so each of `threads` row blocks runs the full time loop, the calling thread and
-// helper tasks on XLA's thread pool taking blocks.
+// whole recurrence, so the batch is split into `threads` row blocks, each advanced one timestep at a time
+// by the calling thread or by a helper task on XLA's thread pool that takes it over (RowBlocks).
 
 #include <algorithm>
 #include <atomic>
