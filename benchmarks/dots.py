@@ -12,11 +12,11 @@ runs well below numpy's, that part of the step is bounded by XLA's matmul, not b
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
+
+from benchmarks.floor import median_ms
 
 # name: (rows m, contraction k, columns n, whether the left operand is stored [k, m] and transposed)
 SHAPES = {
@@ -26,17 +26,6 @@ SHAPES = {
     "D weight grad x^T @ dz": (199, 32000, 796, True),
     "D projection x @ W": (32000, 300, 796, False),
 }
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of `fn()` (blocking on a JAX result) after one warm-up call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def time_shape(m: int, k: int, n: int, transposed: bool, repeats: int) -> tuple[float, float]:
@@ -51,8 +40,8 @@ def time_shape(m: int, k: int, n: int, transposed: bool, repeats: int) -> tuple[
     ja, jb = jax.device_put(a), jax.device_put(b)
     jitted = jax.jit(product)
     return (
-        median_seconds(lambda: jitted(ja, jb), repeats),
-        median_seconds(lambda: product(a, b), repeats),
+        median_ms(lambda: jax.block_until_ready(jitted(ja, jb)), repeats) / 1e3,
+        median_ms(lambda: product(a, b), repeats) / 1e3,
     )
 
 

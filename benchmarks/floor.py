@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from benchmarks.shapes import Shape, get_shape
 
@@ -62,7 +62,9 @@ def fastest_peer_ms(results: dict, shape_name: str) -> tuple[str, float] | None:
     return peer, ms
 
 
-def _median_ms(fn, reps: int) -> float:
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    """Median wall milliseconds of `fn()` over `reps` calls, after one warm-up call (which compiles); `fn`
+    must block until its result is ready."""
     fn()  # warm-up (and compile)
     ts = []
     for _ in range(reps):
@@ -94,7 +96,7 @@ def xla_chain_ms(batch: int, steps: int, hidden: int, reps: int) -> float:
         return d
 
     h0 = jnp.ones((batch, hidden), jnp.float32) * 0.1
-    return _median_ms(lambda: chain(h0, r, rt).block_until_ready(), reps)
+    return median_ms(lambda: chain(h0, r, rt).block_until_ready(), reps)
 
 
 def torch_chain_ms(batch: int, steps: int, hidden: int, reps: int) -> float | None:
@@ -118,7 +120,7 @@ def torch_chain_ms(batch: int, steps: int, hidden: int, reps: int) -> float | No
                 d = torch.tanh(d @ rt).repeat(1, 4)
         return d
 
-    return _median_ms(chain, reps)
+    return median_ms(chain, reps)
 
 
 def worker(shape_names: Sequence[str], batch_divisor: int, reps: int) -> dict:
