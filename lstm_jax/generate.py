@@ -4,7 +4,9 @@ Two loops match the two ways the language models are trained:
 
 * `generate_stateful`: for models that predict at every position (`LanguageModel(predict="all")`). The
   prime is run once through the LSTM, then each step feeds the chosen token and carries the LSTM state:
-  O(1) work per generated token.
+  O(1) work per generated token. On CPU, a `LanguageModel` of LSTM layers and its output layer (no dense
+  layers between) generates in one call of the native kernel (`lstm_jax.native.generate`), which splits
+  each token's weights between the cores; the same tokens as the `lax.scan` loop (`impl="xla"`).
 * `generate_windowed`: for "window -> next token" models (`predict="last"`, the Keras tutorials). Each step
   runs the model on the last `window` tokens, exactly as the tutorial's loop of one `model.predict` per
   token, but compiled.
@@ -15,14 +17,19 @@ Both take token ids `[streams, prime_len]` and return the generated ids `[stream
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lstm_jax import native
+from lstm_jax.models import LanguageModel
+from lstm_jax.nn import LSTM
+
 Array = jax.Array
 
-__all__ = ["sample_logits", "generate_stateful", "generate_windowed"]
+__all__ = ["sample_logits", "generate_stateful", "generate_windowed", "native_generation_blocker"]
 
 
 def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: int = 0) -> Array:
@@ -65,6 +72,58 @@ def _stateful(model, prime, key, *, num_steps, temperature, top_k):
     return toks.T
 
 
+@functools.partial(nnx.jit, static_argnames=("num_steps", "temperature", "top_k"))
+def _stateful_native(model, prime, key, *, num_steps, temperature, top_k):
+    logits, states = model(prime)
+    first = sample_logits(jax.random.fold_in(key, 0), logits[:, -1], temperature, top_k)
+    params = [layer.params_dict() for layer in model.lstm.layers]
+    vocab = model.vocab_size
+    # Layer 0's pre-activations for each token, looked up per step.
+    table = model.encode(jnp.arange(vocab)) @ params[0]["kernel"] + params[0]["bias"]
+    noise = None
+    if temperature > 0:  # what jax.random.categorical adds at step t (sample_logits' key)
+        streams = prime.shape[0]
+        noise = jax.vmap(
+            lambda t: jax.random.gumbel(jax.random.fold_in(key, t), (streams, vocab), jnp.float32)
+        )(jnp.arange(num_steps))
+    layers = [dict(p, h=s.h, c=s.c) for p, s in zip(params, states, strict=True)]
+    return native.generate(
+        first,
+        table,
+        layers,
+        model.head.kernel[...],
+        model.head.bias[...],
+        num_steps,
+        noise=noise,
+        temperature=temperature,
+        top_k=top_k,
+    )
+
+
+def native_generation_blocker(model: nnx.Module) -> str | None:
+    """Why `generate_stateful` cannot use the native kernel for `model` (None when it can).
+
+    It can for a `LanguageModel(predict="all")` whose layers are float32, forward `LSTM`s followed
+    directly by the output layer, on the CPU backend, with the native kernel built.
+    """
+    if jax.default_backend() != "cpu":
+        return f"the native kernel is for CPU (backend: {jax.default_backend()})"
+    if not isinstance(model, LanguageModel) or model.predict != "all":
+        return "the model is not a LanguageModel(predict='all')"
+    if len(model.dense.layers) > 0:
+        return "the model has dense layers between the LSTM and the output layer"
+    if model.head.bias is None:
+        return "the output layer has no bias"
+    for layer in model.lstm.layers:
+        if not isinstance(layer, LSTM) or layer.reverse:
+            return "a layer is not a forward LSTM"
+        if layer.compute_dtype is not None or any(
+            v.dtype != jnp.float32 for v in layer.params_dict().values()
+        ):
+            return "a layer is not float32"
+    return native.unavailable_reason()
+
+
 def generate_stateful(
     model: nnx.Module,
     prime: Array,
@@ -73,17 +132,29 @@ def generate_stateful(
     key: Array | None = None,
     temperature: float = 0.0,
     top_k: int = 0,
+    impl: Literal["auto", "native", "xla"] = "auto",
 ) -> Array:
     """Generates `num_steps` tokens after `prime [streams, prime_len]` carrying the LSTM state.
 
     `model(ids, initial_state=...) -> (logits [B, T, V], states)` as `LanguageModel(predict="all")`.
-    Returns int32 ids `[streams, num_steps]`.
+    `impl`: "xla" (a `lax.scan` of the model's step), "native" (one call of the native CPU kernel; see
+    `native_generation_blocker`) or "auto" (native where it can run). Returns int32 ids
+    `[streams, num_steps]`.
     """
     _check(temperature, top_k, num_steps)
     if prime.ndim != 2 or prime.shape[1] < 1:
         raise ValueError(f"prime must be [streams, prime_len >= 1] ids, got shape {prime.shape}")
+    if impl not in ("auto", "native", "xla"):
+        raise ValueError(f"impl must be 'auto', 'native' or 'xla', got {impl!r}")
+    fn = _stateful
+    if impl != "xla":
+        blocker = native_generation_blocker(model)
+        if blocker is None:
+            fn = _stateful_native
+        elif impl == "native":
+            raise ValueError(f"impl='native' cannot generate with this model: {blocker}")
     key = jax.random.key(0) if key is None else key
-    return _stateful(
+    return fn(
         model,
         jnp.asarray(prime, jnp.int32),
         key,

@@ -151,6 +151,11 @@ class LanguageModel(nnx.Module):
         )
         return self.head(h), states
 
+    def encode(self, ids: Array) -> Array:
+        """The first LSTM's input for token `ids [...]`: `[..., in_features]` (embedding row, scalar or
+        one-hot, per `input_mode`)."""
+        return _encode_inputs(self.input_mode, self.embed, ids, self.vocab_size)
+
     def features(
         self,
         ids: Array,

@@ -43,6 +43,7 @@ Array = jax.Array
 _SOURCE = Path(__file__).with_name("lstm_cpu.cc")
 _FORWARD, _BACKWARD = "lstm_jax_native_forward", "lstm_jax_native_backward"
 _FORWARD_X, _BACKWARD_X = "lstm_jax_native_forward_x", "lstm_jax_native_backward_x"
+_GENERATE = "lstm_jax_native_generate"
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
 
@@ -60,6 +61,7 @@ __all__ = [
     "backward",
     "forward_x",
     "backward_x",
+    "generate",
     "threads_per_device",
     "l2_cache_bytes",
 ]
@@ -197,6 +199,7 @@ def _load() -> str | None:
     jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.LstmBackward), platform="cpu")
     jax.ffi.register_ffi_target(_FORWARD_X, jax.ffi.pycapsule(lib.LstmForwardX), platform="cpu")
     jax.ffi.register_ffi_target(_BACKWARD_X, jax.ffi.pycapsule(lib.LstmBackwardX), platform="cpu")
+    jax.ffi.register_ffi_target(_GENERATE, jax.ffi.pycapsule(lib.LstmGenerate), platform="cpu")
     return None
 
 
@@ -364,4 +367,65 @@ def backward_x(
         rmask,
         reverse,
         threads,
+    )
+
+
+def generate(
+    first: Array,
+    table: Array,
+    layers: list[dict[str, Array]],
+    head_kernel: Array,
+    head_bias: Array,
+    num_steps: int,
+    *,
+    noise: Array | None = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    threads: int | None = None,
+) -> Array:
+    """Stateful generation through a stack of LSTM layers and a linear output layer, in one call.
+
+    Token `t + 1` of each stream comes from the logits after feeding token `t`; the first is `first`.
+
+    Args:
+      first: int32 `[B]`, the first token of each stream (already chosen from the prime's logits).
+      table: `[V, 4H_0]`, layer 0's pre-activations per input token (its input projection plus bias).
+      layers: per layer `{"recurrent_kernel", "h", "c"}` (`[H, 4H]`, `[B, H]`, `[B, H]`), and from layer 1
+        on also `{"kernel" [H_prev, 4H], "bias" [4H]}`.
+      head_kernel, head_bias: the output layer, `[H_last, V]` and `[V]`.
+      num_steps: tokens per stream to return (including `first`).
+      noise: `[num_steps, B, V]` Gumbel noise when sampling (row `t` chooses token `t`; row 0 unused).
+      temperature: 0 = greedy (argmax); else argmax of `logits / temperature + noise`.
+      top_k: with sampling, only the `top_k` largest scaled logits compete (0 = all).
+      threads: threads sharing each token's work (default: this device's cores).
+
+    Returns:
+      int32 tokens `[B, num_steps]`.
+    """
+    _require()
+    b = first.shape[0]
+    if temperature > 0 and (noise is None or noise.shape != (num_steps, b, head_bias.shape[0])):
+        raise ValueError("native generate: sampling needs noise of shape [num_steps, B, V]")
+    args = [
+        jnp.asarray(first, jnp.int32),
+        table,
+        noise if temperature > 0 else jnp.zeros((1,)),
+        head_kernel,
+        head_bias,
+    ]
+    for i, layer in enumerate(layers):
+        if i > 0:
+            args += [layer["kernel"], layer["recurrent_kernel"], layer["bias"]]
+        else:
+            args += [layer["recurrent_kernel"]]
+        args += [layer["h"], layer["c"]]
+    call = jax.ffi.ffi_call(
+        _GENERATE, jax.ShapeDtypeStruct((b, num_steps), jnp.int32), vmap_method="sequential"
+    )
+    args = [args[0]] + [jnp.asarray(a, jnp.float32) for a in args[1:]]
+    return call(
+        *args,
+        threads=np.int32(threads or threads_per_device()),
+        top_k=np.int32(top_k),
+        temperature=np.float32(temperature),
     )

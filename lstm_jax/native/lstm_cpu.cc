@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <system_error>
@@ -35,6 +36,9 @@
 
 #if defined(__SSE__)
 #include <xmmintrin.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #include "xla/ffi/api/ffi.h"
@@ -241,6 +245,12 @@ struct RowBlocks {
   }
 };
 
+// Tests delay the helpers ($LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US) to make them join mid-call.
+int64_t test_helper_delay_us() {
+  const char* env = std::getenv("LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US");
+  return env ? std::atoll(env) : 0;
+}
+
 // Runs the recurrence of `threads` contiguous row blocks of [0, B) (multiples of 4 rows where possible),
 // `make(row0, row1)` giving each block's stepper: `spawn(task)` starts `threads - 1` helper tasks (on XLA's
 // intra-op thread pool, or new threads), the calling thread works too (see RowBlocks), and returns when
@@ -259,9 +269,7 @@ void parallel_rows(int64_t B, int64_t threads, Make make, Spawn spawn) {
     return;
   }
   auto job = std::make_shared<RowBlocks>(std::move(blocks));
-  // Tests delay the helpers ($LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US) to make them take over mid-sequence.
-  const char* delay_env = std::getenv("LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US");
-  const int64_t delay_us = delay_env ? std::atoll(delay_env) : 0;
+  const int64_t delay_us = test_helper_delay_us();
   for (int64_t k = 1; k < nblocks; ++k)
     spawn([job, delay_us] {
       if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
@@ -499,6 +507,211 @@ ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float*
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Generation (LstmGenerate): lstm_jax.generate's stateful loop for a stack of LSTM layers and a linear output
+// layer, every generated token in one call. Per token and stream the work is one row times every weight
+// (4.3 MB for the char model's 2 x LSTM(300)), more than a core's L2, so one thread is bound by how fast it
+// streams weights from L3; the call splits each layer's units (and the output layer's columns) between the
+// threads instead, and each thread streams only its share. The phases of one token: layer 0, ..., layer L-1,
+// the output layer, then choosing the next token (greedy argmax, or argmax of logits / temperature (top-k
+// masked) + Gumbel noise drawn in JAX, which is how jax.random.categorical samples).
+// ---------------------------------------------------------------------------------------------------------
+
+constexpr int64_t GU = 2 * VL;    // units per column group
+constexpr int64_t GW = 4 * GU;    // a group's columns: the 4 gates of its GU units, 8 vectors
+constexpr int GV = GW / VL;       // = 8 accumulators for one row
+
+// One layer's weights in column groups: w [groups][K][GW] (K = F + H rows: kernel, then rk), group g's
+// column q holding gate q / GU of unit g * GU + q % GU (zero past H), so a group's slice of the product is
+// one contiguous [K, GW] panel.
+struct GenLayer {
+  int64_t F = 0, H = 0, groups = 0;
+  std::vector<float> w, bias;  // w [groups][F + H][GW], bias [groups][GW] (layer 0: in the table)
+  std::vector<float> h[2], c;  // [B, H]; h alternates with the step's parity
+};
+
+// Group g's GW columns of one gate-ordered row src [4H] into d [GW].
+inline void group_columns(const float* src, int64_t H, int64_t g, float* d) {
+  const int64_t n = std::min(GU, H - g * GU);
+  for (int64_t gate = 0; gate < 4; ++gate) {
+    std::memcpy(d + gate * GU, src + gate * H + g * GU, n * sizeof(float));
+    std::fill(d + gate * GU + n, d + (gate + 1) * GU, 0.0f);
+  }
+}
+
+// Packs rows of gate-ordered columns (`row(r)` -> [4H]) into the groups' panels.
+template <typename Row>
+void pack_groups(int64_t rows, int64_t H, int64_t groups, Row row, float* dst) {
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t r = 0; r < rows; ++r) group_columns(row(r), H, g, dst + (g * rows + r) * GW);
+}
+
+// C[M, GW] += A[M, K] @ W[K, GW] (W one group's panel): 8 accumulators per row for few rows, the tiled
+// matmul for more.
+inline void group_product(const float* A, int64_t lda, const float* W, float* C, int64_t M, int64_t K) {
+  if (M >= TILE_ROWS) return gemm_acc(A, lda, W, GW, C, GW, M, K, GW);
+  for (int64_t r = 0; r < M; ++r) micro<1, GV>(A + r * lda, lda, W, GW, C + r * GW, GW, K);
+}
+
+struct GenJob {
+  int64_t B = 0, V = 0, N = 0, L = 0, top_k = 0;
+  float temperature = 0.0f;
+  const float* table = nullptr;  // [V, 4 H_0]: layer 0's input projection plus bias, per token
+  const float* noise = nullptr;  // [N, B, V] (sampling only)
+  int32_t* out = nullptr;        // [B, N]
+  std::vector<GenLayer> layers;
+  int64_t head_groups = 0;
+  std::vector<float> head_w, head_b, logits;  // head_w [groups][F][GW], logits [B, groups * GW]
+  std::vector<int32_t> tok;                   // [B]: the token each stream feeds next
+  std::vector<int64_t> slices, phase_start;   // per phase (L layers, head, choose); offsets in a step
+  int64_t per_step = 0, total = 0;
+  std::atomic<int64_t> next{0}, done{0};
+  std::atomic<bool> solo{false};
+
+  void set_phases(int64_t threads) {
+    for (const GenLayer& l : layers) slices.push_back(std::min(threads, l.groups));
+    slices.push_back(std::min(threads, head_groups));
+    slices.push_back(std::min(threads, B));
+    phase_start.push_back(0);
+    for (int64_t s : slices) phase_start.push_back(phase_start.back() + s);
+    per_step = phase_start.back();
+    total = N > 1 ? (N - 1) * per_step : 0;
+  }
+
+  // Runs tickets in order until none is left; a ticket's phase starts once every earlier ticket is done.
+  // Threads that arrive late (or never) only change who runs which slice, not the result. The caller
+  // (`is_caller`) runs until the end; a helper stops taking tickets once `solo` is set.
+  void work(bool is_caller) {
+    FlushDenormals flush;
+    int64_t last_ns = 0;  // how long this thread's last slice took
+    for (;;) {
+      if (!is_caller && solo.load(std::memory_order_relaxed)) return;
+      const int64_t g = next.fetch_add(1, std::memory_order_relaxed);
+      if (g >= total) return;
+      const int64_t t = g / per_step, off = g % per_step;
+      const int64_t p = std::upper_bound(phase_start.begin(), phase_start.end(), off) -
+                        phase_start.begin() - 1;
+      wait_done(t * per_step + phase_start[p], last_ns);
+      const auto t0 = std::chrono::steady_clock::now();
+      run(t, p, off - phase_start[p]);
+      last_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+                    .count();
+      done.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+
+  // Waits until `need` tickets are done: spinning (a slice takes microseconds), then yielding the core.
+  // A wait far longer than a slice means a thread holding a ticket lost its core (more threads than free
+  // cores: another process, or more threads than cores): then `solo` tells the helpers to stop taking
+  // tickets, and the calling thread runs the rest alone, at one core's speed instead of stalling on the
+  // scheduler every phase (measured: 3 threads on 2 cores took 90x longer than 1 thread without this).
+  void wait_done(int64_t need, int64_t last_ns = 0) {
+    if (done.load(std::memory_order_acquire) >= need) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t patience_ns = std::max<int64_t>(1000000, 8 * last_ns);
+    for (int spins = 1; done.load(std::memory_order_acquire) < need; ++spins) {
+      if (spins < 2048) {
+        spin_pause();
+        continue;
+      }
+      std::this_thread::yield();
+      if (spins % 64 == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now() - t0)
+                                     .count() > patience_ns)
+        solo.store(true, std::memory_order_relaxed);
+    }
+  }
+
+  static void spin_pause() {
+#if defined(__SSE2__)
+    _mm_pause();
+#endif
+  }
+
+  static std::pair<int64_t, int64_t> share(int64_t n, int64_t parts, int64_t k) {
+    return {n * k / parts, n * (k + 1) / parts};
+  }
+
+  void run(int64_t t, int64_t p, int64_t slice) {
+    const int cur = t & 1, prev = cur ^ 1;
+    if (p < L) return layer_slice(layers[p], p, cur, prev, share(layers[p].groups, slices[p], slice));
+    if (p == L) return head_slice(cur, share(head_groups, slices[p], slice));
+    const auto rows = share(B, slices[p], slice);
+    for (int64_t b = rows.first; b < rows.second; ++b) {
+      tok[b] = choose(logits.data() + b * head_groups * GW, noise ? noise + ((t + 1) * B + b) * V : nullptr);
+      out[b * N + t + 1] = tok[b];
+    }
+  }
+
+  void layer_slice(GenLayer& l, int64_t p, int cur, int prev, std::pair<int64_t, int64_t> groups) {
+    const int64_t H = l.H, K = l.F + l.H, G = 4 * H;
+    std::vector<float> z(B * GW);
+    for (int64_t g = groups.first; g < groups.second; ++g) {
+      for (int64_t b = 0; b < B; ++b) {
+        float* zb = z.data() + b * GW;
+        if (p == 0) {
+          group_columns(table + static_cast<int64_t>(tok[b]) * G, H, g, zb);
+        } else {
+          std::memcpy(zb, l.bias.data() + g * GW, GW * sizeof(float));
+        }
+      }
+      const float* w = l.w.data() + g * K * GW;
+      if (l.F) group_product(layers[p - 1].h[cur].data(), l.F, w, z.data(), B, l.F);
+      group_product(l.h[prev].data(), H, w + l.F * GW, z.data(), B, H);
+      const int64_t n = std::min(GU, H - g * GU);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* __restrict zb = z.data() + b * GW;
+        float* __restrict c = l.c.data() + b * H + g * GU;
+        float* __restrict h = l.h[cur].data() + b * H + g * GU;
+        for (int64_t q = 0; q < n; ++q) {
+          const float i = sigmoid_f(zb[q]), f = sigmoid_f(zb[GU + q]);
+          const float gg = tanh_f(zb[2 * GU + q]), o = sigmoid_f(zb[3 * GU + q]);
+          const float cn = f * c[q] + i * gg;
+          c[q] = cn;
+          h[q] = o * tanh_f(cn);
+        }
+      }
+    }
+  }
+
+  void head_slice(int cur, std::pair<int64_t, int64_t> groups) {
+    const GenLayer& last = layers.back();
+    const int64_t F = last.H, ld = head_groups * GW;
+    std::vector<float> z(B * GW);
+    for (int64_t g = groups.first; g < groups.second; ++g) {
+      for (int64_t b = 0; b < B; ++b)
+        std::memcpy(z.data() + b * GW, head_b.data() + g * GW, GW * sizeof(float));
+      group_product(last.h[cur].data(), F, head_w.data() + g * F * GW, z.data(), B, F);
+      for (int64_t b = 0; b < B; ++b)
+        std::memcpy(logits.data() + b * ld + g * GW, z.data() + b * GW, GW * sizeof(float));
+    }
+  }
+
+  // The next token from one stream's logits [V]: jnp.argmax (the first maximum) of the logits (greedy), or
+  // of logits / temperature, below the top_k-th largest set to -inf, plus the Gumbel noise.
+  int32_t choose(const float* lg, const float* gumbel) const {
+    if (temperature <= 0.0f || gumbel == nullptr) return static_cast<int32_t>(argmax(lg, V));
+    std::vector<float> s(lg, lg + V);
+    for (float& x : s) x = x / temperature;
+    if (top_k > 0 && top_k < V) {
+      std::vector<float> sorted(s);
+      std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
+      const float kth = sorted[top_k - 1];
+      for (float& x : s)
+        if (x < kth) x = -std::numeric_limits<float>::infinity();
+    }
+    for (int64_t j = 0; j < V; ++j) s[j] += gumbel[j];
+    return static_cast<int32_t>(argmax(s.data(), V));
+  }
+
+  static int64_t argmax(const float* x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t j = 1; j < n; ++j)
+      if (x[j] > x[best] || (x[j] != x[j] && x[best] == x[best])) best = j;  // NaN wins, as jnp.argmax
+    return best;
+  }
+};
+
 using In = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
@@ -566,6 +779,108 @@ ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In
                       pool, reverse, threads, has_dout);
 }
 
+// Generation: (first [B] int32, table [V, 4 H_0], noise [N, B, V] (or anything when greedy), head kernel
+// [H_{L-1}, V], head bias [V], then per layer: layer 0 (rk, h0, c0), layer l > 0 (kernel, rk, bias, h0, c0))
+// -> tokens [B, N] int32, the first column `first`.
+ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In head_w, In head_b,
+                            ffi::RemainingArgs rest, ffi::ResultBuffer<ffi::S32> out,
+                            ffi::ThreadPool pool, int32_t threads, int32_t top_k, float temperature) {
+  auto job = std::make_shared<GenJob>();
+  GenJob& j = *job;
+  j.B = static_cast<int64_t>(first.element_count());
+  j.V = static_cast<int64_t>(head_b.element_count());
+  const auto od = out->dimensions();
+  if (auto e = check(od.size() == 2 && od[0] == j.B, "tokens shape"); !e.success()) return e;
+  j.N = od[1];
+  const int64_t n_args = static_cast<int64_t>(rest.size());
+  if (auto e = check(n_args >= 3 && (n_args - 3) % 5 == 0, "layer arguments"); !e.success()) return e;
+  j.L = (n_args - 3) / 5 + 1;
+  auto arg = [&](int64_t i) { return rest.get<In>(static_cast<size_t>(i)); };
+  int64_t i = 0, F = 0;
+  for (int64_t l = 0; l < j.L; ++l) {
+    std::vector<In> b;
+    for (int64_t k = 0; k < (l == 0 ? 3 : 5); ++k) {
+      auto a = arg(i++);
+      if (a.has_error()) return a.error();
+      b.push_back(*a);
+    }
+    const In& rk = l == 0 ? b[0] : b[1];
+    GenLayer layer;
+    layer.H = rk.dimensions()[0];
+    layer.F = F;
+    const int64_t H = layer.H, G = 4 * H, K = F + H;
+    bool ok = rk.dimensions().size() == 2 && rk.dimensions()[1] == G &&
+              (l > 0 || (table.dimensions().size() == 2 && table.dimensions()[0] == j.V &&
+                         table.dimensions()[1] == G)) &&
+              (l == 0 || (b[0].dimensions()[0] == F && b[0].dimensions()[1] == G &&
+                          b[2].element_count() == static_cast<size_t>(G)));
+    const In& h0 = l == 0 ? b[1] : b[3];
+    const In& c0 = l == 0 ? b[2] : b[4];
+    ok = ok && h0.element_count() == static_cast<size_t>(j.B * H) &&
+         c0.element_count() == static_cast<size_t>(j.B * H);
+    if (auto e = check(ok, "layer " + std::to_string(l) + " shapes"); !e.success()) return e;
+    layer.groups = (H + GU - 1) / GU;
+    layer.w.resize(layer.groups * K * GW);
+    const float* kernel = l == 0 ? nullptr : b[0].typed_data();
+    const float* rkd = rk.typed_data();
+    pack_groups(K, H, layer.groups,
+                [&](int64_t r) { return r < F ? kernel + r * G : rkd + (r - F) * G; },
+                layer.w.data());
+    layer.bias.assign(layer.groups * GW, 0.0f);
+    if (l > 0)
+      pack_groups(1, H, layer.groups, [&](int64_t) { return b[2].typed_data(); }, layer.bias.data());
+    layer.h[0].assign(j.B * H, 0.0f);
+    layer.h[1].assign(h0.typed_data(), h0.typed_data() + j.B * H);  // step 0 reads h[1]
+    layer.c.assign(c0.typed_data(), c0.typed_data() + j.B * H);
+    j.layers.push_back(std::move(layer));
+    F = H;
+  }
+  const auto hd = head_w.dimensions();
+  if (auto e = check(hd.size() == 2 && hd[0] == F && hd[1] == j.V, "head shapes"); !e.success())
+    return e;
+  j.temperature = temperature;
+  j.top_k = top_k;
+  if (temperature > 0.0f) {
+    if (auto e = check(noise.element_count() == static_cast<size_t>(j.N * j.B * j.V), "noise shape");
+        !e.success())
+      return e;
+    j.noise = noise.typed_data();
+  }
+  j.head_groups = (j.V + GW - 1) / GW;
+  j.head_w.assign(j.head_groups * F * GW, 0.0f);
+  j.head_b.assign(j.head_groups * GW, 0.0f);
+  for (int64_t g = 0; g < j.head_groups; ++g) {
+    const int64_t n = std::min(GW, j.V - g * GW);
+    for (int64_t r = 0; r < F; ++r)
+      std::memcpy(&j.head_w[(g * F + r) * GW], head_w.typed_data() + r * j.V + g * GW, n * sizeof(float));
+    std::memcpy(&j.head_b[g * GW], head_b.typed_data() + g * GW, n * sizeof(float));
+  }
+  j.logits.assign(j.B * j.head_groups * GW, 0.0f);
+  j.table = table.typed_data();
+  j.out = out->typed_data();
+  j.tok.assign(first.typed_data(), first.typed_data() + j.B);
+  if (j.N > 0)
+    for (int64_t b = 0; b < j.B; ++b) j.out[b * j.N] = j.tok[b];
+  j.set_phases(std::max<int64_t>(1, threads));
+  const int64_t helpers = std::max<int32_t>(threads, 1) - 1;
+  const int64_t delay_us = test_helper_delay_us();
+  auto helper = [job, delay_us] {
+    if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+    job->work(false);
+  };
+  NewThreads spawn;
+  for (int64_t k = 0; k < helpers && j.total > 0; ++k) {
+    auto task = helper;
+    if (pool.num_threads() > 0)
+      pool.Schedule(std::move(task));
+    else
+      spawn(std::move(task));
+  }
+  j.work(true);
+  j.wait_done(j.total);
+  return ffi::Error::Success();
+}
+
 // The calls' signatures. Forward: (w, bias, zx or xs, mask [T, B] (1 = real step), h0, c0, rmask [B, H])
 // -> (acts [T, B, 4H], outs [T, B, H], h_T, c_T, hc [T, B, 2H]); w is rk [H, 4H] with zx [T, B, 4H] (acts
 // aliases zx), or [kernel; rk] [F + H, 4H] with xs [T, B, F].
@@ -608,3 +923,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardX, LstmBackwardXImpl,
                               backward_binding_end(
                                   backward_binding_start().Ret<ffi::Buffer<ffi::F32>>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmGenerate, LstmGenerateImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Attr<int32_t>("threads")
+                                  .Attr<int32_t>("top_k")
+                                  .Attr<float>("temperature"));

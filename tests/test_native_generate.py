@@ -1,0 +1,128 @@
+"""Native stateful generation (`lstm_jax.native.generate`, `generate_stateful(impl="native")`) against the
+`lax.scan` loop: the same tokens, greedy and sampled, for every input mode, uneven sizes (units and vocabulary
+not multiples of the kernel's column groups), several streams, thread counts and a helper joining late."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lstm_jax import native
+from lstm_jax.generate import generate_stateful, native_generation_blocker
+from lstm_jax.models import LanguageModel
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not native.available(), reason="the native CPU kernel"
+)
+
+
+def _model(vocab=70, hidden=(19, 33, 40), input_mode="scalar", **kw) -> LanguageModel:
+    """A model whose logits are far from uniform, so that sampling depends on them, not only on noise."""
+    m = LanguageModel(vocab, hidden, rngs=nnx.Rngs(0), input_mode=input_mode, embed_dim=8, **kw)
+    for i, layer in enumerate(m.lstm.layers):
+        p = layer.params_dict()
+        k = jax.random.split(jax.random.key(i), 3)
+        layer.load_params(
+            {
+                n: 3.0 * v + 0.3 * jax.random.normal(kk, v.shape)
+                for (n, v), kk in zip(p.items(), k, strict=True)
+            }
+        )
+    m.head.kernel[...] = 6.0 * m.head.kernel[...]
+    m.head.bias[...] = jax.random.normal(jax.random.key(9), m.head.bias[...].shape)
+    return m
+
+
+def _prime(streams, length=7, vocab=70):
+    return jnp.asarray(
+        np.random.default_rng(streams).integers(0, vocab, (streams, length)), jnp.int32
+    )
+
+
+@pytest.mark.parametrize(
+    "input_mode,streams,temperature,top_k",
+    [("scalar", 1, 0.0, 0), ("embed", 3, 1.0, 0), ("onehot", 8, 0.7, 5), ("embed", 1, 0.5, 3)],
+)
+def test_native_generation_gives_the_scan_loops_tokens(input_mode, streams, temperature, top_k):
+    m = _model(input_mode=input_mode)
+    assert native_generation_blocker(m) is None
+    kw = dict(key=jax.random.key(3), temperature=temperature, top_k=top_k)
+    want = np.asarray(generate_stateful(m, _prime(streams), 40, impl="xla", **kw))
+    got = np.asarray(generate_stateful(m, _prime(streams), 40, impl="native", **kw))
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (streams, 40)
+    assert len(np.unique(got)) > 3  # the model produces varied text, so equal tokens mean something
+    auto = np.asarray(generate_stateful(m, _prime(streams), 40, **kw))
+    np.testing.assert_array_equal(auto, want)
+
+
+def test_one_layer_a_wide_vocabulary_and_lengths_zero_and_one():
+    m = _model(vocab=300, hidden=(50,), input_mode="embed")
+    prime = _prime(2, vocab=300)
+    for n in (0, 1, 2, 25):
+        want = np.asarray(generate_stateful(m, prime, n, impl="xla"))
+        got = np.asarray(generate_stateful(m, prime, n, impl="native"))
+        assert got.shape == (2, n)
+        np.testing.assert_array_equal(got, want)
+
+
+def _direct_inputs(m: LanguageModel, streams: int):
+    params = [layer.params_dict() for layer in m.lstm.layers]
+    table = m.encode(jnp.arange(m.vocab_size)) @ params[0]["kernel"] + params[0]["bias"]
+    rng = np.random.default_rng(0)
+    layers = [
+        dict(
+            p,
+            h=jnp.asarray(rng.normal(size=(streams, p["recurrent_kernel"].shape[0])), jnp.float32),
+            c=jnp.asarray(rng.normal(size=(streams, p["recurrent_kernel"].shape[0])), jnp.float32),
+        )
+        for p in params
+    ]
+    first = jnp.arange(streams, dtype=jnp.int32) % m.vocab_size
+    return first, table, layers, m.head.kernel[...], m.head.bias[...]
+
+
+@pytest.mark.parametrize("streams", [1, 7])
+def test_thread_counts_and_a_late_helper_give_the_same_tokens(monkeypatch, streams):
+    """Each token's work is split into per-phase slices that any thread may take; threads that join late
+    (the env var delays them past the first tokens) or not at all change nothing."""
+    m = _model()
+    args = _direct_inputs(m, streams)
+    n = 3000
+    noise = jax.random.gumbel(jax.random.key(1), (n, streams, m.vocab_size))
+    runs = {}
+    for threads in (1, 2, 3):
+        runs[threads] = np.asarray(native.generate(*args, n, threads=threads))
+        runs[f"s{threads}"] = np.asarray(
+            native.generate(*args, n, noise=noise, temperature=0.8, threads=threads)
+        )
+    monkeypatch.setenv(
+        "LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US", "3000"
+    )  # after about a tenth of the call
+    late = np.asarray(native.generate(*args, n, threads=2))
+    for threads in (2, 3):
+        np.testing.assert_array_equal(runs[threads], runs[1])
+        np.testing.assert_array_equal(runs[f"s{threads}"], runs["s1"])
+    np.testing.assert_array_equal(late, runs[1])
+    assert not np.array_equal(runs[1], runs["s1"])
+
+
+def test_models_the_kernel_does_not_cover_fall_back_or_say_why():
+    dense = _model(dense_layers=[(16, "relu")])
+    assert "dense layers" in native_generation_blocker(dense)
+    last = _model(predict="last")
+    assert "predict='all'" in native_generation_blocker(last)
+    prime = _prime(2)
+    with pytest.raises(ValueError, match="dense layers"):
+        generate_stateful(dense, prime, 5, impl="native")
+    np.testing.assert_array_equal(  # "auto" falls back to the scan loop
+        generate_stateful(dense, prime, 5), generate_stateful(dense, prime, 5, impl="xla")
+    )
+    with pytest.raises(ValueError, match="impl must be"):
+        generate_stateful(dense, prime, 5, impl="fast")
+    m = _model()
+    with pytest.raises(ValueError, match="noise of shape"):
+        native.generate(*_direct_inputs(m, 2), 5, temperature=1.0)
