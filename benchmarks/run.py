@@ -255,8 +255,9 @@ def markdown(report: dict) -> str:
             "",
             "Generation with the char model (A): `window` runs the LSTMs over the last "
             f"{get_shape('A').time} characters for every new one (the tutorial's semantics), compiled "
-            "into one scan; `stateful` carries the state (one step per character); `tutorial` is one "
-            "`model.predict` per character.",
+            "into one scan; `stateful` carries the state (one step per character) through "
+            "`generate_stateful` (on CPU the native kernel's one-call loop), `stateful-xla` the same "
+            "as a `lax.scan`; `tutorial` is one `model.predict` per character.",
             "",
             "| framework | mode | streams | chars/s | first call s |",
             "|---|---|---:|---:|---:|",

@@ -138,6 +138,9 @@ def _generate(peer: str, shape, cmd: dict) -> dict:
             out[f"stateful_{streams}"] = lstm_jax_peer.stateful_generation_speed(
                 shape, streams, cmd["length"]
             )
+            out[f"stateful-xla_{streams}"] = lstm_jax_peer.stateful_generation_speed(
+                shape, streams, cmd["length"], impl="xla"
+            )
     elif peer.startswith("keras"):
         from benchmarks.peers import keras_peer
 

@@ -259,3 +259,25 @@ def test_dots_times_xla_against_numpy_on_the_step_shapes(capsys):
         if r.startswith("| A ") or r.startswith("| D ")
     ]
     assert len(rows) == len(dots.SHAPES)
+
+
+def test_stateful_generation_speed_runs_both_impls():
+    from benchmarks.peers import lstm_jax_peer
+
+    shape = Shape(
+        "g",
+        "g",
+        batch=2,
+        time=3,
+        vocab=0,
+        embed=0,
+        lstm=(8, 6),
+        dense=(),
+        classes=11,
+        optimizer="adam",
+    )
+    for impl in ("auto", "xla"):
+        r = lstm_jax_peer.stateful_generation_speed(
+            shape, streams=2, length=5, repeats=1, impl=impl
+        )
+        assert r["impl"] == impl and r["streams"] == 2 and r["chars_per_s"] > 0

@@ -19,8 +19,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks.shapes import Shape
-from lstm_jax import core, runtime
 from lstm_jax import nn as lnn
+from lstm_jax import runtime
 from lstm_jax.train import data_parallel_grads
 
 
@@ -228,31 +228,23 @@ def generation_speed(shape: Shape, streams: int, length: int, repeats: int = 3) 
     }
 
 
-def stateful_generation_speed(shape: Shape, streams: int, length: int, repeats: int = 3) -> dict:
-    """Characters per second when the state is carried (one LSTM step per character, no window)."""
-    bench = Bench(shape)
-    model = merge(bench.graphdef, bench.template, bench.params)
-    layers = [layer.params_dict() for layer in model.lstm.layers]
-    head = nnx.merge(*nnx.split(model.out))
-    vocab = shape.classes
+def stateful_generation_speed(
+    shape: Shape, streams: int, length: int, repeats: int = 3, impl: str = "auto"
+) -> dict:
+    """Characters per second when the state is carried (one LSTM step per character, no window), through
+    the library's `generate_stateful` on a `LanguageModel` of shape A's sizes (scalar input, LSTM 300 x 2,
+    softmax over the classes), sampling as the tutorial's loop does. `impl`: "auto" (the native kernel on
+    CPU) or "xla" (the `lax.scan` loop)."""
+    from lstm_jax.generate import generate_stateful
+    from lstm_jax.models import LanguageModel
 
-    @jax.jit
+    model = LanguageModel(
+        shape.classes, tuple(shape.lstm), rngs=nnx.Rngs(0), input_mode="scalar", predict="all"
+    )
+    prime = jnp.zeros((streams, 1), jnp.int32)
+
     def gen(key):
-        states = [core.zero_state(streams, p["recurrent_kernel"].shape[0]) for p in layers]
-        x0 = jnp.zeros((streams,), jnp.int32)
-
-        def body(carry, k):
-            states, x = carry
-            h = x[:, None].astype(jnp.float32) / vocab
-            new = []
-            for p, st in zip(layers, states, strict=True):
-                st, h = core.lstm_step(p, st, h)
-                new.append(st)
-            nxt = jax.random.categorical(k, head(h), axis=-1)
-            return (new, nxt), nxt
-
-        _, chars = jax.lax.scan(body, (states, x0), jax.random.split(key, length))
-        return chars.T
+        return generate_stateful(model, prime, length, key=key, temperature=1.0, impl=impl)
 
     t0 = time.perf_counter()
     gen(jax.random.key(0)).block_until_ready()
@@ -269,4 +261,5 @@ def stateful_generation_speed(shape: Shape, streams: int, length: int, repeats: 
         "first_call_s": compile_s,
         "median_s": med,
         "chars_per_s": streams * length / med,
+        "impl": impl,
     }
