@@ -524,12 +524,6 @@ constexpr int GV = GW / VL;       // = 8 accumulators for one row
 // One layer's weights in column groups: w [groups][K][GW] (K = F + H rows: kernel, then rk), group g's
 // column q holding gate q / GU of unit g * GU + q % GU (zero past H), so a group's slice of the product is
 // one contiguous [K, GW] panel.
-struct GenLayer {
-  int64_t F = 0, H = 0, groups = 0;
-  std::vector<float> w, bias;  // w [groups][F + H][GW], bias [groups][GW] (layer 0: in the table)
-  std::vector<float> h[2], c;  // [B, H]; h alternates with the step's parity
-};
-
 // Group g's GW columns of one gate-ordered row src [4H] into d [GW].
 inline void group_columns(const float* src, int64_t H, int64_t g, float* d) {
   const int64_t n = std::min(GU, H - g * GU);
@@ -539,12 +533,29 @@ inline void group_columns(const float* src, int64_t H, int64_t g, float* d) {
   }
 }
 
-// Packs rows of gate-ordered columns (`row(r)` -> [4H]) into the groups' panels.
+
+// Packs rows of gate-ordered columns (`row(r)` -> [4H]) into the panels of groups [g0, g1).
 template <typename Row>
-void pack_groups(int64_t rows, int64_t H, int64_t groups, Row row, float* dst) {
-  for (int64_t g = 0; g < groups; ++g)
+void pack_groups_range(int64_t rows, int64_t H, int64_t g0, int64_t g1, Row row, float* dst) {
+  for (int64_t g = g0; g < g1; ++g)
     for (int64_t r = 0; r < rows; ++r) group_columns(row(r), H, g, dst + (g * rows + r) * GW);
 }
+// The panels are packed by the slices that use them, in their first step (in parallel, and not zeroed
+// first: packing 4.3 MB in the calling thread took 2 ms of a 200-token call's 15).
+struct GenLayer {
+  int64_t F = 0, H = 0, groups = 0;
+  const float* kernel = nullptr;  // [F, 4H] (layers after the first)
+  const float* rk = nullptr;      // [H, 4H]
+  std::unique_ptr<float[]> w;     // [groups][F + H][GW]
+  std::vector<float> bias;        // [groups][GW] (layer 0: zero, its bias is in the table)
+  std::vector<float> h[2], c;     // [B, H]; h alternates with the step's parity
+
+  void pack(int64_t g) {
+    const int64_t G = 4 * H;
+    pack_groups_range(F + H, H, g, g + 1,
+                      [&](int64_t r) { return r < F ? kernel + r * G : rk + (r - F) * G; }, w.get());
+  }
+};
 
 // C[M, GW] += A[M, K] @ W[K, GW] (W one group's panel): 8 accumulators per row for few rows, the tiled
 // matmul for more.
@@ -566,7 +577,8 @@ struct GenJob {
   std::vector<int64_t> slices, phase_start;   // per phase (L layers, head, choose); offsets in a step
   int64_t per_step = 0, total = 0;
   std::atomic<int64_t> next{0}, done{0};
-  std::atomic<bool> solo{false};
+  std::atomic<int64_t> solo_until_ns{0}, solo_count{0};
+  static constexpr int64_t kSoloNs = 5000000;
 
   void set_phases(int64_t threads) {
     for (const GenLayer& l : layers) slices.push_back(std::min(threads, l.groups));
@@ -585,41 +597,54 @@ struct GenJob {
     FlushDenormals flush;
     int64_t last_ns = 0;  // how long this thread's last slice took
     for (;;) {
-      if (!is_caller && solo.load(std::memory_order_relaxed)) return;
+      while (!is_caller && now_ns() < solo_until_ns.load(std::memory_order_relaxed)) {
+        if (next.load(std::memory_order_relaxed) >= total) return;
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
       const int64_t g = next.fetch_add(1, std::memory_order_relaxed);
       if (g >= total) return;
       const int64_t t = g / per_step, off = g % per_step;
       const int64_t p = std::upper_bound(phase_start.begin(), phase_start.end(), off) -
                         phase_start.begin() - 1;
       wait_done(t * per_step + phase_start[p], last_ns);
-      const auto t0 = std::chrono::steady_clock::now();
+      const int64_t t0 = now_ns();
       run(t, p, off - phase_start[p]);
-      last_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
-                    .count();
+      last_ns = now_ns() - t0;
       done.fetch_add(1, std::memory_order_acq_rel);
     }
   }
 
   // Waits until `need` tickets are done: spinning (a slice takes microseconds), then yielding the core.
   // A wait far longer than a slice means a thread holding a ticket lost its core (more threads than free
-  // cores: another process, or more threads than cores): then `solo` tells the helpers to stop taking
-  // tickets, and the calling thread runs the rest alone, at one core's speed instead of stalling on the
-  // scheduler every phase (measured: 3 threads on 2 cores took 90x longer than 1 thread without this).
+  // cores: another process, or more threads than cores). Then the helpers stop taking tickets for 5 ms,
+  // and for the rest of the call the third time, so the calling thread runs alone at one core's speed
+  // instead of stalling on the scheduler every phase (3 threads on 2 cores took 90x longer than 1 thread
+  // without this); after a brief hiccup on an idle machine, the helpers come back.
   void wait_done(int64_t need, int64_t last_ns = 0) {
     if (done.load(std::memory_order_acquire) >= need) return;
-    const auto t0 = std::chrono::steady_clock::now();
-    const int64_t patience_ns = std::max<int64_t>(1000000, 8 * last_ns);
+    const int64_t t0 = now_ns();
+    const int64_t patience_ns = std::max<int64_t>(200000, 8 * last_ns);
     for (int spins = 1; done.load(std::memory_order_acquire) < need; ++spins) {
       if (spins < 2048) {
         spin_pause();
         continue;
       }
       std::this_thread::yield();
-      if (spins % 64 == 0 && std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                 std::chrono::steady_clock::now() - t0)
-                                     .count() > patience_ns)
-        solo.store(true, std::memory_order_relaxed);
+      if (spins % 64 == 0 && need > per_step) {  // not in the first step, which packs the weights
+        const int64_t now = now_ns();
+        if (now - t0 > patience_ns && now > solo_until_ns.load(std::memory_order_relaxed)) {
+          const bool again = solo_count.fetch_add(1, std::memory_order_relaxed) >= 2;
+          solo_until_ns.store(again ? std::numeric_limits<int64_t>::max() : now + kSoloNs,
+                              std::memory_order_relaxed);
+        }
+      }
     }
+  }
+
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
   }
 
   static void spin_pause() {
@@ -633,8 +658,8 @@ struct GenJob {
   }
 
   void run(int64_t t, int64_t p, int64_t slice) {
-    const int cur = t & 1, prev = cur ^ 1;
-    if (p < L) return layer_slice(layers[p], p, cur, prev, share(layers[p].groups, slices[p], slice));
+    const int cur = t & 1;
+    if (p < L) return layer_slice(layers[p], t, p, share(layers[p].groups, slices[p], slice));
     if (p == L) return head_slice(cur, share(head_groups, slices[p], slice));
     const auto rows = share(B, slices[p], slice);
     for (int64_t b = rows.first; b < rows.second; ++b) {
@@ -643,7 +668,8 @@ struct GenJob {
     }
   }
 
-  void layer_slice(GenLayer& l, int64_t p, int cur, int prev, std::pair<int64_t, int64_t> groups) {
+  void layer_slice(GenLayer& l, int64_t t, int64_t p, std::pair<int64_t, int64_t> groups) {
+    const int cur = t & 1, prev = cur ^ 1;
     const int64_t H = l.H, K = l.F + l.H, G = 4 * H;
     std::vector<float> z(B * GW);
     for (int64_t g = groups.first; g < groups.second; ++g) {
@@ -655,7 +681,8 @@ struct GenJob {
           std::memcpy(zb, l.bias.data() + g * GW, GW * sizeof(float));
         }
       }
-      const float* w = l.w.data() + g * K * GW;
+      if (t == 0) l.pack(g);
+      const float* w = l.w.get() + g * K * GW;
       if (l.F) group_product(layers[p - 1].h[cur].data(), l.F, w, z.data(), B, l.F);
       group_product(l.h[prev].data(), H, w + l.F * GW, z.data(), B, H);
       const int64_t n = std::min(GU, H - g * GU);
@@ -820,15 +847,13 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
          c0.element_count() == static_cast<size_t>(j.B * H);
     if (auto e = check(ok, "layer " + std::to_string(l) + " shapes"); !e.success()) return e;
     layer.groups = (H + GU - 1) / GU;
-    layer.w.resize(layer.groups * K * GW);
-    const float* kernel = l == 0 ? nullptr : b[0].typed_data();
-    const float* rkd = rk.typed_data();
-    pack_groups(K, H, layer.groups,
-                [&](int64_t r) { return r < F ? kernel + r * G : rkd + (r - F) * G; },
-                layer.w.data());
+    layer.w.reset(new float[layer.groups * K * GW]);
+    layer.kernel = l == 0 ? nullptr : b[0].typed_data();
+    layer.rk = rk.typed_data();
     layer.bias.assign(layer.groups * GW, 0.0f);
     if (l > 0)
-      pack_groups(1, H, layer.groups, [&](int64_t) { return b[2].typed_data(); }, layer.bias.data());
+      pack_groups_range(1, H, 0, layer.groups, [&](int64_t) { return b[2].typed_data(); },
+                        layer.bias.data());
     layer.h[0].assign(j.B * H, 0.0f);
     layer.h[1].assign(h0.typed_data(), h0.typed_data() + j.B * H);  // step 0 reads h[1]
     layer.c.assign(c0.typed_data(), c0.typed_data() + j.B * H);
