@@ -197,6 +197,7 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
             "streams": [1, 64],
             "length": args.gen_length,
             "tutorial_length": args.tutorial_length,
+            "modes": args.gen_modes.split(","),
         }
         for peer in ("lstm_jax", "keras_jax", "keras_tf"):
             if peer in workers:
@@ -276,6 +277,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-generate", dest="generate", action="store_false")
     p.add_argument("--gen-length", type=int, default=200, help="compiled generation length")
     p.add_argument("--tutorial-length", type=int, default=20, help="predict-loop characters")
+    p.add_argument(
+        "--gen-modes",
+        default="window,stateful,stateful-xla",
+        help="lstm_jax generation modes to time (comma-separated; window is slow at long lengths)",
+    )
     p.add_argument("--ceiling-n", type=int, default=2048, help="matmul size for the ceiling")
     p.add_argument(
         "--malloc",
@@ -301,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError:
             print(f"error: unknown shape {s!r}; use A, B, C, D or tiny", file=sys.stderr)
             return 2
+    bad = set(args.gen_modes.split(",")) - {"window", "stateful", "stateful-xla"}
+    if bad:
+        print(
+            f"error: unknown --gen-modes {','.join(sorted(bad))}; use window, stateful, stateful-xla",
+            file=sys.stderr,
+        )
+        return 2
     now = dt.datetime.now(dt.UTC)
     out = (
         Path(args.out)

@@ -133,14 +133,17 @@ def _generate(peer: str, shape, cmd: dict) -> dict:
     if peer == "lstm_jax":
         from benchmarks.peers import lstm_jax_peer
 
+        modes = cmd.get("modes", ["window", "stateful", "stateful-xla"])
         for streams in cmd["streams"]:
-            out[f"window_{streams}"] = lstm_jax_peer.generation_speed(shape, streams, cmd["length"])
-            out[f"stateful_{streams}"] = lstm_jax_peer.stateful_generation_speed(
-                shape, streams, cmd["length"]
-            )
-            out[f"stateful-xla_{streams}"] = lstm_jax_peer.stateful_generation_speed(
-                shape, streams, cmd["length"], impl="xla"
-            )
+            if "window" in modes:
+                out[f"window_{streams}"] = lstm_jax_peer.generation_speed(
+                    shape, streams, cmd["length"]
+                )
+            for mode, impl in (("stateful", "auto"), ("stateful-xla", "xla")):
+                if mode in modes:
+                    out[f"{mode}_{streams}"] = lstm_jax_peer.stateful_generation_speed(
+                        shape, streams, cmd["length"], impl=impl
+                    )
     elif peer.startswith("keras"):
         from benchmarks.peers import keras_peer
 

@@ -154,6 +154,8 @@ def test_unknown_names_are_user_errors(capsys):
     assert run.main(["--peers", "lstm_jax,caffe"]) == 2
     assert "unknown peer 'caffe'" in capsys.readouterr().err
     assert run.main(["--shapes", "Z"]) == 2
+    assert run.main(["--gen-modes", "stateful,beam"]) == 2
+    assert "unknown --gen-modes beam" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown peer"):
         from benchmarks.worker import load
 
