@@ -103,6 +103,11 @@ def _stateful_native(graphdef, state, prime, key, *, num_steps, temperature, top
     )
 
 
+# The native path draws every step's Gumbel noise up front ([num_steps, streams, vocab] float32); above this
+# size `impl="auto"` samples with the lax.scan loop instead, which draws it step by step.
+NATIVE_NOISE_MAX_BYTES = 256 * 2**20
+
+
 def native_generation_blocker(model: nnx.Module) -> str | None:
     """Why `generate_stateful` cannot use the native kernel for `model` (None when it can).
 
@@ -153,6 +158,13 @@ def generate_stateful(
     kw = {"num_steps": num_steps, "temperature": float(temperature), "top_k": int(top_k)}
     if impl != "xla":
         blocker = native_generation_blocker(model)
+        noise_bytes = 4 * num_steps * prime.shape[0] * getattr(model, "vocab_size", 0)
+        if blocker is None and temperature > 0 and noise_bytes > NATIVE_NOISE_MAX_BYTES:
+            blocker = (
+                f"sampling {num_steps} tokens x {prime.shape[0]} streams needs "
+                f"{noise_bytes / 2**20:.0f} MiB of Gumbel noise (limit "
+                f"{NATIVE_NOISE_MAX_BYTES / 2**20:.0f} MiB); generate fewer at a time"
+            )
         if blocker is None:
             graphdef, state = nnx.split(model)
             return _stateful_native(graphdef, state, *args, **kw)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lstm_jax import native
+from lstm_jax import generate, native
 from lstm_jax.generate import generate_stateful, native_generation_blocker
 from lstm_jax.models import LanguageModel
 
@@ -110,7 +110,7 @@ def test_thread_counts_and_a_late_helper_give_the_same_tokens(monkeypatch, strea
     assert not np.array_equal(runs[1], runs["s1"])
 
 
-def test_models_the_kernel_does_not_cover_fall_back_or_say_why():
+def test_models_the_kernel_does_not_cover_fall_back_or_say_why(monkeypatch):
     dense = _model(dense_layers=[(16, "relu")])
     assert "dense layers" in native_generation_blocker(dense)
     last = _model(predict="last")
@@ -124,5 +124,15 @@ def test_models_the_kernel_does_not_cover_fall_back_or_say_why():
     with pytest.raises(ValueError, match="impl must be"):
         generate_stateful(dense, prime, 5, impl="fast")
     m = _model()
+    monkeypatch.setattr(
+        generate, "NATIVE_NOISE_MAX_BYTES", 4 * 5 * 2 * 70 - 1
+    )  # 5 steps, 2 streams
+    with pytest.raises(ValueError, match="MiB of Gumbel noise"):
+        generate_stateful(m, prime, 5, temperature=1.0, impl="native")
+    np.testing.assert_array_equal(  # "auto" samples with the scan loop instead
+        generate_stateful(m, prime, 5, temperature=1.0),
+        generate_stateful(m, prime, 5, temperature=1.0, impl="xla"),
+    )
+    generate_stateful(m, prime, 5, impl="native")  # greedy needs no noise
     with pytest.raises(ValueError, match="noise of shape"):
         native.generate(*_direct_inputs(m, 2), 5, temperature=1.0)

@@ -521,9 +521,6 @@ constexpr int64_t GU = 2 * VL;    // units per column group
 constexpr int64_t GW = 4 * GU;    // a group's columns: the 4 gates of its GU units, 8 vectors
 constexpr int GV = GW / VL;       // = 8 accumulators for one row
 
-// One layer's weights in column groups: w [groups][K][GW] (K = F + H rows: kernel, then rk), group g's
-// column q holding gate q / GU of unit g * GU + q % GU (zero past H), so a group's slice of the product is
-// one contiguous [K, GW] panel.
 // Group g's GW columns of one gate-ordered row src [4H] into d [GW].
 inline void group_columns(const float* src, int64_t H, int64_t g, float* d) {
   const int64_t n = std::min(GU, H - g * GU);
@@ -533,15 +530,18 @@ inline void group_columns(const float* src, int64_t H, int64_t g, float* d) {
   }
 }
 
-
 // Packs rows of gate-ordered columns (`row(r)` -> [4H]) into the panels of groups [g0, g1).
 template <typename Row>
 void pack_groups_range(int64_t rows, int64_t H, int64_t g0, int64_t g1, Row row, float* dst) {
   for (int64_t g = g0; g < g1; ++g)
     for (int64_t r = 0; r < rows; ++r) group_columns(row(r), H, g, dst + (g * rows + r) * GW);
 }
-// The panels are packed by the slices that use them, in their first step (in parallel, and not zeroed
-// first: packing 4.3 MB in the calling thread took 2 ms of a 200-token call's 15).
+
+// One layer's weights in column groups: w [groups][K][GW] (K = F + H rows: kernel, then rk), group g's
+// column q holding gate q / GU of unit g * GU + q % GU (zero past H), so a group's slice of the product is
+// one contiguous [K, GW] panel. The panels are packed by the slices that use them, in their first step
+// (in parallel, and not zeroed first: packing 4.3 MB in the calling thread took 2 ms of a 200-token
+// call's 15).
 struct GenLayer {
   int64_t F = 0, H = 0, groups = 0;
   const float* kernel = nullptr;  // [F, 4H] (layers after the first)
@@ -557,11 +557,34 @@ struct GenLayer {
   }
 };
 
+// c[GW] += a[K] @ W[K, GW]: one row, 8 accumulators. (Written out: `micro<1, 8>` made the compiler take
+// two minutes over this file instead of ten seconds.)
+inline void row_product(const float* __restrict a, const float* __restrict W, float* __restrict c,
+                        int64_t K) {
+  static_assert(GV == 8, "one accumulator per vector of a group");
+  vf a0 = loadu(c), a1 = loadu(c + VL), a2 = loadu(c + 2 * VL), a3 = loadu(c + 3 * VL);
+  vf a4 = loadu(c + 4 * VL), a5 = loadu(c + 5 * VL), a6 = loadu(c + 6 * VL), a7 = loadu(c + 7 * VL);
+  for (int64_t k = 0; k < K; ++k) {
+    const float x = a[k];
+    const float* w = W + k * GW;
+    a0 += x * loadu(w);
+    a1 += x * loadu(w + VL);
+    a2 += x * loadu(w + 2 * VL);
+    a3 += x * loadu(w + 3 * VL);
+    a4 += x * loadu(w + 4 * VL);
+    a5 += x * loadu(w + 5 * VL);
+    a6 += x * loadu(w + 6 * VL);
+    a7 += x * loadu(w + 7 * VL);
+  }
+  storeu(c, a0), storeu(c + VL, a1), storeu(c + 2 * VL, a2), storeu(c + 3 * VL, a3);
+  storeu(c + 4 * VL, a4), storeu(c + 5 * VL, a5), storeu(c + 6 * VL, a6), storeu(c + 7 * VL, a7);
+}
+
 // C[M, GW] += A[M, K] @ W[K, GW] (W one group's panel): 8 accumulators per row for few rows, the tiled
 // matmul for more.
 inline void group_product(const float* A, int64_t lda, const float* W, float* C, int64_t M, int64_t K) {
   if (M >= TILE_ROWS) return gemm_acc(A, lda, W, GW, C, GW, M, K, GW);
-  for (int64_t r = 0; r < M; ++r) micro<1, GV>(A + r * lda, lda, W, GW, C + r * GW, GW, K);
+  for (int64_t r = 0; r < M; ++r) row_product(A + r * lda, W, C + r * GW, K);
 }
 
 struct GenJob {
@@ -592,7 +615,7 @@ struct GenJob {
 
   // Runs tickets in order until none is left; a ticket's phase starts once every earlier ticket is done.
   // Threads that arrive late (or never) only change who runs which slice, not the result. The caller
-  // (`is_caller`) runs until the end; a helper stops taking tickets once `solo` is set.
+  // (`is_caller`) runs until the end; a helper takes no ticket while `solo_until_ns` lies ahead.
   void work(bool is_caller) {
     FlushDenormals flush;
     int64_t last_ns = 0;  // how long this thread's last slice took
