@@ -23,11 +23,6 @@ from lstm_jax.tasks import char_lm
 from lstm_jax.text import Vocabulary
 from lstm_jax.train import restore_model
 
-# Its module-scoped fixtures set up once: keep the module on one xdist worker (`make test` runs
-# with --dist loadgroup; tests of modules without a group are scheduled one by one).
-pytestmark = pytest.mark.xdist_group("char_textgen")
-
-
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "to be or not that is the question whether tis nobler in the mind".split()
 

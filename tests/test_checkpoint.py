@@ -18,10 +18,6 @@ from lstm_jax.checkpoint import CheckpointStore, load_artefact, save_artefacts
 from lstm_jax.errors import UserError
 from lstm_jax.train import restore_model, train_and_evaluate
 
-# Its module-scoped fixtures set up once: keep the module on one xdist worker (`make test` runs
-# with --dist loadgroup; tests of modules without a group are scheduled one by one).
-pytestmark = pytest.mark.xdist_group("checkpoint")
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compiles():

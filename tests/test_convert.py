@@ -13,11 +13,6 @@ from lstm_jax.core import LSTMState
 keras = pytest.importorskip("keras")
 
 
-# Its module-scoped fixtures set up once: keep the module on one xdist worker (`make test` runs
-# with --dist loadgroup; tests of modules without a group are scheduled one by one).
-pytestmark = pytest.mark.xdist_group("convert")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _jax_backend():
     assert keras.backend.backend() == "jax", "tests/conftest.py must select KERAS_BACKEND=jax"

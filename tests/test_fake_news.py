@@ -18,11 +18,6 @@ from lstm_jax import text
 from lstm_jax.errors import UserError
 from lstm_jax.tasks import classification as clf
 
-# Its module-scoped fixtures set up once: keep the module on one xdist worker (`make test` runs
-# with --dist loadgroup; tests of modules without a group are scheduled one by one).
-pytestmark = pytest.mark.xdist_group("fake_news")
-
-
 REPO = Path(__file__).resolve().parents[1]
 FAKE = ["shocking", "hoax", "secret", "exposed", "miracle", "conspiracy"]
 REAL = ["senate", "budget", "committee", "reported", "officials", "quarterly"]

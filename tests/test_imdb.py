@@ -19,11 +19,6 @@ from lstm_jax import data as data_lib
 from lstm_jax.errors import UserError
 from lstm_jax.tasks import classification as clf
 
-# Its module-scoped fixtures set up once: keep the module on one xdist worker (`make test` runs
-# with --dist loadgroup; tests of modules without a group are scheduled one by one).
-pytestmark = pytest.mark.xdist_group("imdb")
-
-
 REPO = Path(__file__).resolve().parents[1]
 POS = ["great", "wonderful", "brilliant", "loved", "superb", "moving"]
 NEG = ["awful", "terrible", "boring", "hated", "dull", "worst"]

@@ -25,10 +25,6 @@ from lstm_jax.train import (
     train_and_evaluate,
 )
 
-# Its module-scoped fixtures set up once: keep the module on one xdist worker (`make test` runs
-# with --dist loadgroup; tests of modules without a group are scheduled one by one).
-pytestmark = pytest.mark.xdist_group("train")
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compiles():

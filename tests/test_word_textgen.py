@@ -22,11 +22,6 @@ from lstm_jax.tasks import word_lm
 from lstm_jax.text import Vocabulary
 from lstm_jax.train import restore_model
 
-# Its module-scoped fixtures set up once: keep the module on one xdist worker (`make test` runs
-# with --dist loadgroup; tests of modules without a group are scheduled one by one).
-pytestmark = pytest.mark.xdist_group("word_textgen")
-
-
 REPO = Path(__file__).resolve().parents[1]
 COLORS = ["red", "blue", "black", "white", "green"]
 ITEMS = ["shirt", "dress", "kurta", "jeans", "top"]
