@@ -18,14 +18,7 @@ from lstm_jax.checkpoint import CheckpointStore, load_artefact, save_artefacts
 from lstm_jax.errors import UserError
 from lstm_jax.train import restore_model, train_and_evaluate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Tiny models: XLA's optimisation passes cost more than they save here."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _state(scale: float = 1.0):

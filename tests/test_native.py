@@ -21,7 +21,10 @@ import pytest
 from lstm_jax import core, native
 from lstm_jax.core import LSTMState, init_lstm, lstm_layer
 
-pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU kernel")
+pytestmark = [
+    pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU kernel"),
+    pytest.mark.usefixtures("fast_compiles"),
+]
 
 
 def test_kernel_is_available():

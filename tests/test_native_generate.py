@@ -14,9 +14,12 @@ from lstm_jax import generate, native
 from lstm_jax.generate import generate_stateful, native_generation_blocker
 from lstm_jax.models import LanguageModel
 
-pytestmark = pytest.mark.skipif(
-    jax.default_backend() != "cpu" or not native.available(), reason="the native CPU kernel"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        jax.default_backend() != "cpu" or not native.available(), reason="the native CPU kernel"
+    ),
+    pytest.mark.usefixtures("fast_compiles"),
+]
 
 
 def _model(vocab=70, hidden=(19, 33, 40), input_mode="scalar", **kw) -> LanguageModel:

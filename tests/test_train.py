@@ -25,14 +25,7 @@ from lstm_jax.train import (
     train_and_evaluate,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Tiny models: XLA's optimisation passes cost more than they save here."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _params(workdir, config, which="latest"):
