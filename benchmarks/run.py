@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.shapes import get_shape
-from benchmarks.worker import PEERS, PREFIX
+from benchmarks.worker import GEN_MODES, PEERS, PREFIX
 from lstm_jax.runtime import GLIBC_TUNABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,7 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tutorial-length", type=int, default=20, help="predict-loop characters")
     p.add_argument(
         "--gen-modes",
-        default="window,stateful,stateful-xla",
+        default=",".join(GEN_MODES),
         help="lstm_jax generation modes to time (comma-separated; window is slow at long lengths)",
     )
     p.add_argument("--ceiling-n", type=int, default=2048, help="matmul size for the ceiling")
@@ -307,10 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError:
             print(f"error: unknown shape {s!r}; use A, B, C, D or tiny", file=sys.stderr)
             return 2
-    bad = set(args.gen_modes.split(",")) - {"window", "stateful", "stateful-xla"}
+    bad = set(args.gen_modes.split(",")) - set(GEN_MODES)
     if bad:
         print(
-            f"error: unknown --gen-modes {','.join(sorted(bad))}; use window, stateful, stateful-xla",
+            f"error: unknown --gen-modes {','.join(sorted(bad))}; use {', '.join(GEN_MODES)}",
             file=sys.stderr,
         )
         return 2

@@ -128,12 +128,16 @@ def main(peer: str, shape_name: str) -> int:
     return 0
 
 
+# lstm_jax's generation modes (benchmarks.run --gen-modes).
+GEN_MODES = ("window", "stateful", "stateful-xla")
+
+
 def _generate(peer: str, shape, cmd: dict) -> dict:
     out = {}
     if peer == "lstm_jax":
         from benchmarks.peers import lstm_jax_peer
 
-        modes = cmd.get("modes", ["window", "stateful", "stateful-xla"])
+        modes = cmd.get("modes", GEN_MODES)
         for streams in cmd["streams"]:
             if "window" in modes:
                 out[f"window_{streams}"] = lstm_jax_peer.generation_speed(

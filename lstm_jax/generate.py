@@ -158,8 +158,8 @@ def generate_stateful(
     kw = {"num_steps": num_steps, "temperature": float(temperature), "top_k": int(top_k)}
     if impl != "xla":
         blocker = native_generation_blocker(model)
-        noise_bytes = 4 * num_steps * prime.shape[0] * getattr(model, "vocab_size", 0)
-        if blocker is None and temperature > 0 and noise_bytes > NATIVE_NOISE_MAX_BYTES:
+        noise_bytes = 4 * num_steps * prime.shape[0] * model.vocab_size if blocker is None else 0
+        if temperature > 0 and noise_bytes > NATIVE_NOISE_MAX_BYTES:
             blocker = (
                 f"sampling {num_steps} tokens x {prime.shape[0]} streams needs "
                 f"{noise_bytes / 2**20:.0f} MiB of Gumbel noise (limit "

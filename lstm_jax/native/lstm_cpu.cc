@@ -862,7 +862,8 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
     bool ok = rk.dimensions().size() == 2 && rk.dimensions()[1] == G &&
               (l > 0 || (table.dimensions().size() == 2 && table.dimensions()[0] == j.V &&
                          table.dimensions()[1] == G)) &&
-              (l == 0 || (b[0].dimensions()[0] == F && b[0].dimensions()[1] == G &&
+              (l == 0 || (b[0].dimensions().size() == 2 && b[0].dimensions()[0] == F &&
+                          b[0].dimensions()[1] == G &&
                           b[2].element_count() == static_cast<size_t>(G)));
     const In& h0 = l == 0 ? b[1] : b[3];
     const In& c0 = l == 0 ? b[2] : b[4];
@@ -909,15 +910,15 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
   j.tok.assign(first.typed_data(), first.typed_data() + j.B);
   if (j.N > 0)
     for (int64_t b = 0; b < j.B; ++b) j.out[b * j.N] = j.tok[b];
-  j.set_phases(std::max<int64_t>(1, threads));
-  const int64_t helpers = std::max<int32_t>(threads, 1) - 1;
+  const int64_t nthreads = std::max<int64_t>(1, threads);
+  j.set_phases(nthreads);
   const int64_t delay_us = test_helper_delay_us();
   auto helper = [job, delay_us] {
     if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
     job->work(false);
   };
   NewThreads spawn;
-  for (int64_t k = 0; k < helpers && j.total > 0; ++k) {
+  for (int64_t k = 1; k < nthreads && j.total > 0; ++k) {
     auto task = helper;
     if (pool.num_threads() > 0)
       pool.Schedule(std::move(task));
