@@ -599,7 +599,9 @@ struct GenJob {
   std::vector<int32_t> tok;                   // [B]: the token each stream feeds next
   std::vector<int64_t> slices, phase_start;   // per phase (L layers, head, choose); offsets in a step
   int64_t per_step = 0, total = 0;
-  std::atomic<int64_t> next{0}, done{0};
+  std::unique_ptr<std::atomic<uint8_t>[]> claimed;  // [total]: ticket taken
+  std::unique_ptr<std::atomic<bool>[]> active;      // [threads]: helper k is taking its tickets
+  std::atomic<int64_t> done{0}, helper_ids{1};
   std::atomic<int64_t> solo_until_ns{0}, solo_count{0};
   static constexpr int64_t kSoloNs = 5000000;
 
@@ -611,56 +613,113 @@ struct GenJob {
     for (int64_t s : slices) phase_start.push_back(phase_start.back() + s);
     per_step = phase_start.back();
     total = N > 1 ? (N - 1) * per_step : 0;
+    claimed.reset(new std::atomic<uint8_t>[std::max<int64_t>(total, 1)]());
+    active.reset(new std::atomic<bool>[threads]());
   }
 
-  // Runs tickets in order until none is left; a ticket's phase starts once every earlier ticket is done.
-  // Threads that arrive late (or never) only change who runs which slice, not the result. The caller
-  // (`is_caller`) runs until the end; a helper takes no ticket while `solo_until_ns` lies ahead.
-  void work(bool is_caller) {
+  bool solo() const { return now_ns() < solo_until_ns.load(std::memory_order_relaxed); }
+
+  bool claim(int64_t ticket) {
+    uint8_t expect = 0;
+    return claimed[ticket].load(std::memory_order_relaxed) == 0 &&
+           claimed[ticket].compare_exchange_strong(expect, 1, std::memory_order_acquire);
+  }
+
+  void run_ticket(int64_t t, int64_t p, int64_t slice, int64_t& last_ns) {
+    const int64_t t0 = now_ns();
+    run(t, p, slice);
+    last_ns = now_ns() - t0;
+    done.fetch_add(1, std::memory_order_acq_rel);
+  }
+
+  // Each phase of each step (an instance) is `slices[p]` tickets, one per slice; an instance starts once
+  // every earlier ticket is done. Slice k of every instance is thread k's own (the caller is 0, helpers
+  // number themselves as they start), so each core keeps working on the same columns of the weights and
+  // finds them in its cache the next step; the layers' column groups are also visited in alternating
+  // order (see layer_slice). The caller takes a helper's ticket when that helper is not taking tickets (it
+  // has not started yet, has finished, or steps aside), so a helper that starts late, or never, only
+  // changes who runs a slice, not the result.
+  void work(int64_t id) {
     FlushDenormals flush;
+    const bool is_caller = id == 0;
     int64_t last_ns = 0;  // how long this thread's last slice took
-    for (;;) {
-      while (!is_caller && now_ns() < solo_until_ns.load(std::memory_order_relaxed)) {
-        if (next.load(std::memory_order_relaxed) >= total) return;
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
+    const int64_t P = static_cast<int64_t>(slices.size());
+    const int64_t instances = total / std::max<int64_t>(per_step, 1) * P;
+    for (int64_t q = 0; q < instances; ++q) {
+      const int64_t t = q / P, p = q % P, S = slices[p];
+      const int64_t base = t * per_step + phase_start[p];
+      if (is_caller) {
+        wait_done(base, last_ns);
+        if (claim(base)) run_ticket(t, p, 0, last_ns);
+        take_absent(t, p, base, S, last_ns);
+        continue;
       }
-      const int64_t g = next.fetch_add(1, std::memory_order_relaxed);
-      if (g >= total) return;
-      const int64_t t = g / per_step, off = g % per_step;
-      const int64_t p = std::upper_bound(phase_start.begin(), phase_start.end(), off) -
-                        phase_start.begin() - 1;
-      wait_done(t * per_step + phase_start[p], last_ns);
-      const int64_t t0 = now_ns();
-      run(t, p, off - phase_start[p]);
-      last_ns = now_ns() - t0;
-      done.fetch_add(1, std::memory_order_acq_rel);
+      if (solo()) {  // a thread lost its core: the caller runs alone for a while
+        active[id].store(false, std::memory_order_release);
+        while (solo()) {
+          if (done.load(std::memory_order_acquire) >= total) return;
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+      }
+      active[id].store(true, std::memory_order_release);
+      if (id >= S || done.load(std::memory_order_acquire) >= base + S) continue;
+      wait_done(base, last_ns);
+      if (claim(base + id)) run_ticket(t, p, id, last_ns);
+    }
+    if (!is_caller) active[id].store(false, std::memory_order_release);
+  }
+
+  // The caller, after its own slice: runs the instance's tickets whose helper is not taking tickets, and
+  // waits until the others are taken (by their helpers, or by itself once `solo()`).
+  void take_absent(int64_t t, int64_t p, int64_t base, int64_t S, int64_t& last_ns) {
+    const int64_t t0 = now_ns();
+    for (int spins = 1;; ++spins) {
+      bool open = false;
+      for (int64_t k = 1; k < S; ++k) {
+        if (claimed[base + k].load(std::memory_order_acquire)) continue;
+        if (!active[k].load(std::memory_order_acquire) || solo()) {
+          if (claim(base + k)) run_ticket(t, p, k, last_ns);
+        } else {
+          open = true;
+        }
+      }
+      if (!open) return;
+      if (spins < 2048) {
+        spin_pause();
+        continue;
+      }
+      std::this_thread::yield();
+      if (spins % 64 == 0) give_up_waiting(t0, base, last_ns);
     }
   }
 
   // Waits until `need` tickets are done: spinning (a slice takes microseconds), then yielding the core.
-  // A wait far longer than a slice means a thread holding a ticket lost its core (more threads than free
-  // cores: another process, or more threads than cores). Then the helpers stop taking tickets for 5 ms,
-  // and for the rest of the call the third time, so the calling thread runs alone at one core's speed
-  // instead of stalling on the scheduler every phase (3 threads on 2 cores took 90x longer than 1 thread
-  // without this); after a brief hiccup on an idle machine, the helpers come back.
   void wait_done(int64_t need, int64_t last_ns = 0) {
     if (done.load(std::memory_order_acquire) >= need) return;
     const int64_t t0 = now_ns();
-    const int64_t patience_ns = std::max<int64_t>(200000, 8 * last_ns);
     for (int spins = 1; done.load(std::memory_order_acquire) < need; ++spins) {
       if (spins < 2048) {
         spin_pause();
         continue;
       }
       std::this_thread::yield();
-      if (spins % 64 == 0 && need > per_step) {  // not in the first step, which packs the weights
-        const int64_t now = now_ns();
-        if (now - t0 > patience_ns && now > solo_until_ns.load(std::memory_order_relaxed)) {
-          const bool again = solo_count.fetch_add(1, std::memory_order_relaxed) >= 2;
-          solo_until_ns.store(again ? std::numeric_limits<int64_t>::max() : now + kSoloNs,
-                              std::memory_order_relaxed);
-        }
-      }
+      if (spins % 64 == 0) give_up_waiting(t0, need, last_ns);
+    }
+  }
+
+  // A wait far longer than a slice means a thread lost its core (more threads than free cores: another
+  // process, or more threads than cores). Then the helpers stop taking tickets for 5 ms, and for the rest of
+  // the call the third time, so the calling thread runs alone at one core's speed instead of stalling on
+  // the scheduler every phase (3 threads on 2 cores took 90x longer than 1 thread without this); after a
+  // brief hiccup on an idle machine, the helpers come back. Not in the first step, which packs the weights.
+  void give_up_waiting(int64_t t0, int64_t need, int64_t last_ns) {
+    if (need <= per_step) return;
+    const int64_t now = now_ns();
+    if (now - t0 > std::max<int64_t>(200000, 8 * last_ns) &&
+        now > solo_until_ns.load(std::memory_order_relaxed)) {
+      const bool again = solo_count.fetch_add(1, std::memory_order_relaxed) >= 2;
+      solo_until_ns.store(again ? std::numeric_limits<int64_t>::max() : now + kSoloNs,
+                          std::memory_order_relaxed);
     }
   }
 
@@ -695,7 +754,10 @@ struct GenJob {
     const int cur = t & 1, prev = cur ^ 1;
     const int64_t H = l.H, K = l.F + l.H, G = 4 * H;
     std::vector<float> z(B * GW);
-    for (int64_t g = groups.first; g < groups.second; ++g) {
+    // The groups in alternating order, so that the groups a core read last in one step are the first it
+    // reads in the next, while they are still in its cache (each group's arithmetic is the same).
+    for (int64_t i = groups.first; i < groups.second; ++i) {
+      const int64_t g = t % 2 ? groups.first + groups.second - 1 - i : i;
       for (int64_t b = 0; b < B; ++b) {
         float* zb = z.data() + b * GW;
         if (p == 0) {
@@ -915,7 +977,7 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
   const int64_t delay_us = test_helper_delay_us();
   auto helper = [job, delay_us] {
     if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
-    job->work(false);
+    job->work(job->helper_ids.fetch_add(1, std::memory_order_relaxed));
   };
   NewThreads spawn;
   for (int64_t k = 1; k < nthreads && j.total > 0; ++k) {
@@ -925,7 +987,7 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
     else
       spawn(std::move(task));
   }
-  j.work(true);
+  j.work(0);
   j.wait_done(j.total);
   return ffi::Error::Success();
 }
