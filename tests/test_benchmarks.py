@@ -280,6 +280,7 @@ def test_stateful_generation_speed_runs_both_impls():
     )
     for impl in ("auto", "xla"):
         r = lstm_jax_peer.stateful_generation_speed(
-            shape, streams=2, length=5, repeats=1, impl=impl
+            shape, streams=2, length=5, repeats=2, impl=impl, min_seconds=0.0
         )
         assert r["impl"] == impl and r["streams"] == 2 and r["chars_per_s"] > 0
+        assert r["calls"] == 2

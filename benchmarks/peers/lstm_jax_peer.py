@@ -229,12 +229,18 @@ def generation_speed(shape: Shape, streams: int, length: int, repeats: int = 3) 
 
 
 def stateful_generation_speed(
-    shape: Shape, streams: int, length: int, repeats: int = 3, impl: str = "auto"
+    shape: Shape,
+    streams: int,
+    length: int,
+    repeats: int = 3,
+    impl: str = "auto",
+    min_seconds: float = 1.0,
 ) -> dict:
     """Characters per second when the state is carried (one LSTM step per character, no window), through
     the library's `generate_stateful` on a `LanguageModel` of shape A's sizes (scalar input, LSTM 300 x 2,
     softmax over the classes), sampling as the tutorial's loop does. `impl`: "auto" (the native kernel on
-    CPU) or "xla" (the `lax.scan` loop)."""
+    CPU) or "xla" (the `lax.scan` loop). The median over at least `repeats` calls and `min_seconds` of
+    them (a 200-character call takes ~20 ms: three calls alone varied by 20% on a shared host)."""
     from lstm_jax.generate import generate_stateful
     from lstm_jax.models import LanguageModel
 
@@ -250,9 +256,9 @@ def stateful_generation_speed(
     gen(jax.random.key(0)).block_until_ready()
     compile_s = time.perf_counter() - t0
     times = []
-    for r in range(repeats):
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 200):
         t0 = time.perf_counter()
-        gen(jax.random.key(r + 1)).block_until_ready()
+        gen(jax.random.key(len(times) + 1)).block_until_ready()
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     return {
@@ -260,6 +266,7 @@ def stateful_generation_speed(
         "length": length,
         "first_call_s": compile_s,
         "median_s": med,
+        "calls": len(times),
         "chars_per_s": streams * length / med,
         "impl": impl,
     }
