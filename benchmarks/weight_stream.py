@@ -6,7 +6,9 @@ stateful generation runs, with the weights of 1 to 4 such matrices.
 Every generated character multiplies one row by every weight matrix of the model (shape A's char model: 3
 matrices of 300 x 1200, 4.3 MB), so one stream's speed is bounded by how fast the weights stream into the
 core: from L2 while they fit, from L3 (or memory) beyond. Prints microseconds per step and the weight
-bandwidth for each number of matrices.
+bandwidth for each number of matrices, then the native kernel's generation (`lstm_jax.native.generate`,
+greedy, one stream, a char model of two LSTM layers of `--hidden` units and `--vocab` outputs) in
+microseconds per character for each thread count up to the cores (`--no-kernel` skips it).
 """
 
 from __future__ import annotations
@@ -42,11 +44,49 @@ def per_step_seconds(matrices: int, hidden: int, steps: int, repeats: int = 5) -
     return float(np.median(times)) / steps
 
 
+def kernel_per_char_seconds(
+    hidden: int, vocab: int, steps: int, threads: int, repeats: int = 5
+) -> float:
+    """Median seconds per character of `lstm_jax.native.generate` for one greedy stream through two LSTM
+    layers of `hidden` units and an output layer of `vocab` (random weights)."""
+    from lstm_jax import native
+
+    k = jax.random.split(jax.random.key(1), 5)
+    g = 4 * hidden
+    table = 0.1 * jax.random.normal(k[0], (vocab, g))
+    layers = [
+        {"recurrent_kernel": 0.05 * jax.random.normal(k[1], (hidden, g))},
+        {
+            "kernel": 0.05 * jax.random.normal(k[2], (hidden, g)),
+            "recurrent_kernel": 0.05 * jax.random.normal(k[3], (hidden, g)),
+            "bias": jnp.zeros((g,)),
+        },
+    ]
+    for layer in layers:
+        layer["h"] = layer["c"] = jnp.zeros((1, hidden))
+    head = 0.05 * jax.random.normal(k[4], (hidden, vocab))
+    gen = jax.jit(
+        lambda first: native.generate(
+            first, table, layers, head, jnp.zeros((vocab,)), steps, threads=threads
+        )
+    )
+    first = jnp.zeros((1,), jnp.int32)
+    gen(first).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gen(first).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) / steps
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=int, default=300)
     p.add_argument("--max-matrices", type=int, default=4)
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--vocab", type=int, default=60)
+    p.add_argument("--no-kernel", action="store_true")
     args = p.parse_args(argv)
     for m in range(1, args.max_matrices + 1):
         mb = m * args.hidden * 4 * args.hidden * 4 / 1e6
@@ -56,6 +96,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{mb / 1e3 / s:6.1f} GB/s",
             flush=True,
         )
+    from lstm_jax import native
+
+    if args.no_kernel or native.unavailable_reason() is not None:
+        return
+    from lstm_jax.runtime import usable_cores
+
+    for threads in range(1, max(1, usable_cores()) + 1):
+        s = kernel_per_char_seconds(args.hidden, args.vocab, args.steps, threads)
+        print(f"native generate, {threads} thread(s): {1e6 * s:7.1f} us/character", flush=True)
 
 
 if __name__ == "__main__":

@@ -244,9 +244,25 @@ def test_weight_stream_times_a_chain_per_matrix_count(capsys):
     from benchmarks import weight_stream
 
     assert weight_stream.per_step_seconds(2, 8, steps=5, repeats=1) > 0
-    weight_stream.main(["--hidden", "8", "--max-matrices", "2", "--steps", "5"])
+    weight_stream.main(["--hidden", "8", "--max-matrices", "2", "--steps", "5", "--no-kernel"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(" x ")[0] for line in lines] == ["1", "2"] and "us/step" in lines[1]
+
+
+def test_weight_stream_times_the_native_generation_kernel_per_thread_count(capsys, monkeypatch):
+    from benchmarks import weight_stream
+    from lstm_jax import native
+
+    if native.unavailable_reason() is not None:
+        pytest.skip(native.unavailable_reason())
+    monkeypatch.setattr("lstm_jax.runtime.usable_cores", lambda: 2)
+    weight_stream.main(["--hidden", "8", "--max-matrices", "1", "--steps", "5", "--vocab", "7"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "native generate, 1 thread(s)",
+        "native generate, 2 thread(s)",
+    ]
+    assert all(float(line.split(":")[1].split()[0]) > 0 for line in lines[1:])
 
 
 def test_dots_times_xla_against_numpy_on_the_step_shapes(capsys):
@@ -284,3 +300,22 @@ def test_stateful_generation_speed_runs_both_impls():
         )
         assert r["impl"] == impl and r["streams"] == 2 and r["chars_per_s"] > 0
         assert r["calls"] == 2
+
+
+def test_profile_step_reports_ops_and_a_timeline():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile_step", "--shape", "tiny", "--steps", "2"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("shape tiny:") and "ms per traced step" in lines[0]
+    assert lines[1].startswith("ms per step, summed over threads")
+    ops = lines[2 : lines.index(next(x for x in lines if x.startswith("timeline")))]
+    assert ops and all(float(x.split()[0]) >= 0 and x.split()[1].startswith("x") for x in ops)
