@@ -4,6 +4,8 @@ not multiples of the kernel's column groups), several streams, thread counts and
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,8 +92,9 @@ def _direct_inputs(m: LanguageModel, streams: int):
 
 @pytest.mark.parametrize("streams", [1, 7])
 def test_thread_counts_and_a_late_helper_give_the_same_tokens(monkeypatch, streams):
-    """Each token's work is split into per-phase slices that any thread may take; threads that join late
-    (the env var delays them past the first tokens) or not at all change nothing."""
+    """Each token's work is split into per-phase slices, one per thread; the caller takes a helper's slice
+    while that helper is away, so helpers that join late (the env var delays them past the first tokens)
+    or only after the call change nothing, and the call does not wait for them."""
     m = _model()
     args = _direct_inputs(m, streams)
     n = 3000
@@ -105,6 +108,12 @@ def test_thread_counts_and_a_late_helper_give_the_same_tokens(monkeypatch, strea
     # The helper starts 3 ms into calls that take 11-53 ms here (1 and 7 streams, 3000 tokens).
     monkeypatch.setenv("LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US", "3000")
     late = np.asarray(native.generate(*args, n, threads=2))
+    # A helper that starts only after the call (1 s late): the caller runs every slice.
+    monkeypatch.setenv("LSTM_JAX_NATIVE_TEST_HELPER_DELAY_US", "1000000")
+    t0 = time.perf_counter()
+    alone = np.asarray(native.generate(*args, n, threads=2))
+    assert time.perf_counter() - t0 < 0.8
+    np.testing.assert_array_equal(alone, runs[1])
     for threads in (2, 3):
         np.testing.assert_array_equal(runs[threads], runs[1])
         np.testing.assert_array_equal(runs[f"s{threads}"], runs["s1"])
