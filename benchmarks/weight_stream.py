@@ -14,11 +14,11 @@ microseconds per character for each thread count up to the cores (`--no-kernel` 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from benchmarks.floor import median_ms
 
 
 def per_step_seconds(matrices: int, hidden: int, steps: int, repeats: int = 5) -> float:
@@ -35,13 +35,7 @@ def per_step_seconds(matrices: int, hidden: int, steps: int, repeats: int = 5) -
 
         return jax.lax.scan(step, jnp.ones((1, hidden)), None, length=steps)[0]
 
-    chain(ws).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        chain(ws).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / steps
+    return median_ms(lambda: chain(ws).block_until_ready(), repeats) / 1e3 / steps
 
 
 def kernel_per_char_seconds(
@@ -71,13 +65,7 @@ def kernel_per_char_seconds(
         )
     )
     first = jnp.zeros((1,), jnp.int32)
-    gen(first).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        gen(first).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) / steps
+    return median_ms(lambda: gen(first).block_until_ready(), repeats) / 1e3 / steps
 
 
 def main(argv: list[str] | None = None) -> None:
