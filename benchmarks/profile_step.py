@@ -6,6 +6,11 @@ Traces `--steps` steps of the benchmark's lstm_jax step (after 5 warm-up steps) 
 trace events (`--xla_cpu_enable_xprof_traceme`), then prints the traced ms per step, each op's time per
 step summed over the threads that ran it (`ffi_call.*` are the native kernel's calls, `ynn_fusion.*` and
 `dot*` XLA's matmuls), and the timeline of the last traced step (ops of at least `--min-ms`).
+
+With `--native-stats` it then times `--steps` more steps, untraced, with the native kernel's own timing on
+(`lstm_jax.native.stats`): per training call (forward/backward, per layer shape) the wall ms per step, the
+ms all threads spent in its timesteps, the part of that in each step's matmul and that matmul's GFLOP/s per
+thread, and how late the helper tasks started; then the share of the step inside the calls.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ def _is_op(event: dict, names: dict) -> bool:
     )
 
 
-def profile(shape_name: str, steps: int, top: int = 25, min_ms: float = 0.1) -> str:
+def profile(
+    shape_name: str, steps: int, top: int = 25, min_ms: float = 0.1, stats: bool = False
+) -> str:
     """Profiles `steps` training steps of `shape_name`; returns the report."""
     import jax
 
@@ -94,6 +101,38 @@ def profile(shape_name: str, steps: int, top: int = 25, min_ms: float = 0.1) -> 
                 out.append(
                     f"{(e['ts'] - first) / 1e3:8.2f} +{e['dur'] / 1e3:7.2f}  {thread:10s} {e['name']}"
                 )
+    if stats:
+        out.append(native_stats(bench, steps))
+    return "\n".join(out)
+
+
+def native_stats(bench, steps: int) -> str:
+    """Times `steps` untraced steps of `bench` with the native kernel's per-call timing on."""
+    from lstm_jax import native
+
+    bench.step()
+    with native.stats() as calls:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            bench.step()  # blocks until the step is done
+        step_s = (time.perf_counter() - t0) / steps
+    if not calls:
+        return "native kernel: no calls (impl is not native here)"
+    out = [
+        f"native kernel calls, {steps} untraced steps: {step_s * 1e3:.2f} ms per step",
+        "   wall ms  thread ms  matmul ms  GFLOP/s/thread  helper start ms  call",
+    ]
+    wall = 0.0
+    for c in calls:
+        n = c["calls"] / steps  # calls of this kind per step
+        start = c["helper_start"] / c["helpers_started"] * 1e3 if c["helpers_started"] else 0.0
+        out.append(
+            f"{c['wall'] / steps * 1e3:10.2f} {c['steps'] / steps * 1e3:10.2f} "
+            f"{c['matmul'] / steps * 1e3:10.2f} {c['matmul_flops'] / max(c['matmul'], 1e-12) / 1e9:15.1f}"
+            f" {start:16.3f}  {c['kind']} T={c['T']} B={c['B']} F={c['F']} H={c['H']} (x{n:g})"
+        )
+        wall += c["wall"] / steps
+    out.append(f"in the calls: {wall * 1e3:.2f} of {step_s * 1e3:.2f} ms ({wall / step_s:.0%})")
     return "\n".join(out)
 
 
@@ -103,8 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--min-ms", type=float, default=0.1)
+    p.add_argument(
+        "--native-stats", action="store_true", help="then time the native kernel's calls"
+    )
     args = p.parse_args(argv)
-    print(profile(args.shape, args.steps, args.top, args.min_ms), flush=True)
+    print(profile(args.shape, args.steps, args.top, args.min_ms, args.native_stats), flush=True)
 
 
 if __name__ == "__main__":

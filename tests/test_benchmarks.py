@@ -302,12 +302,21 @@ def test_stateful_generation_speed_runs_both_impls():
         assert r["calls"] == 2
 
 
-def test_profile_step_reports_ops_and_a_timeline():
+def test_profile_step_reports_ops_a_timeline_and_the_kernel_calls():
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.profile_step", "--shape", "tiny", "--steps", "2"],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.profile_step",
+            "--shape",
+            "tiny",
+            "--steps",
+            "2",
+            "--native-stats",
+        ],
         cwd=root,
         capture_output=True,
         text=True,
@@ -319,3 +328,13 @@ def test_profile_step_reports_ops_and_a_timeline():
     assert lines[1].startswith("ms per step, summed over threads")
     ops = lines[2 : lines.index(next(x for x in lines if x.startswith("timeline")))]
     assert ops and all(float(x.split()[0]) >= 0 and x.split()[1].startswith("x") for x in ops)
+    # The native kernel's calls: a forward and a backward row per LSTM layer, then their share.
+    start = next(i for i, x in enumerate(lines) if x.startswith("native kernel calls, 2 untraced"))
+    rows = lines[start + 2 : -1]
+    kinds = [x.split()[5] for x in rows]
+    assert kinds and set(kinds) <= {"forward", "forward_x", "backward", "backward_x"}, rows
+    assert sum(k.startswith("forward") for k in kinds) == sum(
+        k.startswith("backward") for k in kinds
+    )
+    assert all(float(x.split()[0]) > 0 and float(x.split()[3]) > 0 for x in rows), rows
+    assert lines[-1].startswith("in the calls:") and lines[-1].endswith("%)")

@@ -138,6 +138,49 @@ def test_results_do_not_depend_on_the_thread_count():
             np.testing.assert_array_equal(a, r)
 
 
+def test_stats_time_each_call_kind_and_shape():
+    """`native.stats()` sums each call kind's wall time, the threads' time in the timesteps and in their
+    matmuls (with the matmuls' FLOPs), and helper starts; a block holds only its own calls."""
+    b, t, f, h = 24, 7, 5, 21
+    k = jax.random.split(jax.random.key(3), 5)
+    rk = 0.3 * jax.random.normal(k[0], (h, 4 * h))
+    kernel = 0.3 * jax.random.normal(k[1], (f, 4 * h))
+    bias = jax.random.normal(k[2], (4 * h,))
+    zx = jax.random.normal(k[3], (t, b, 4 * h))
+    xs = jax.random.normal(k[4], (t, b, f))
+    mask = jnp.ones((t, b))
+    h0 = c0 = ones = jnp.ones((b, h))
+    dout = jnp.ones((t, b, h))
+    native.forward(rk, bias, zx, mask, h0, c0, ones, False, 2)[1].block_until_ready()  # compiled
+    with native.stats() as calls:
+        for _ in range(3):
+            acts, outs, hT, cT, hc = native.forward(rk, bias, zx, mask, h0, c0, ones, False, 2)
+            jax.block_until_ready(native.backward(rk, acts, hc, mask, dout, hT, cT, ones, False, 2))
+        jax.block_until_ready(native.forward_x(kernel, rk, bias, xs, mask, h0, c0, ones, False, 1))
+    by_kind = {c["kind"]: c for c in calls}
+    assert sorted(by_kind) == ["backward", "forward", "forward_x"]
+    for kind, n, threads, width in (
+        ("forward", 3, 2, h),
+        ("backward", 3, 2, h),
+        ("forward_x", 1, 1, f + h),
+    ):
+        c = by_kind[kind]
+        assert (c["T"], c["B"], c["H"], c["F"] + h) == (t, b, h, width)
+        assert c["calls"] == n
+        assert c["matmul_flops"] == 2.0 * t * b * width * 4 * h * n
+        assert 0 < c["matmul"] <= c["steps"]
+        assert 0 < c["wall"] < 60
+        assert c["helpers"] == n * (threads - 1)
+        assert 0 <= c["helpers_started"] <= c["helpers"] and c["helper_start"] >= 0
+    with native.stats() as later:
+        pass
+    native.forward(rk, bias, zx, mask, h0, c0, ones, False, 2)[1].block_until_ready()  # not timed
+    assert later == []
+    with native.stats() as again:
+        native.forward(rk, bias, zx, mask, h0, c0, ones, False, 2)[1].block_until_ready()
+    assert [(c["kind"], c["calls"]) for c in again] == [("forward", 1)]
+
+
 @pytest.mark.parametrize("delay_us", [400, 200_000])
 def test_a_late_helper_takes_over_mid_sequence_with_the_same_results(monkeypatch, delay_us):
     """A helper task that starts late (XLA's pool busy) claims a row block from the step the caller has

@@ -64,6 +64,7 @@ __all__ = [
     "generate",
     "threads_per_device",
     "l2_cache_bytes",
+    "stats",
 ]
 
 
@@ -184,6 +185,9 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.system()} {flags}"
 
 
+_LIB: ctypes.CDLL | None = None
+
+
 @functools.cache
 def _load() -> str | None:
     """Builds, loads and registers the kernel once per process; returns None or why it is unavailable."""
@@ -191,10 +195,15 @@ def _load() -> str | None:
         return "turned off by LSTM_JAX_NATIVE"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64", "aarch64"):
         return f"not built for {platform.system()} {platform.machine()}"
+    global _LIB
     try:
         lib = ctypes.cdll.LoadLibrary(str(build()))
     except (RuntimeError, OSError) as e:
         return str(e)
+    lib.lstm_jax_native_stats_enable.argtypes = [ctypes.c_int]
+    lib.lstm_jax_native_stats_take.argtypes = [ctypes.c_char_p, ctypes.c_int64]
+    lib.lstm_jax_native_stats_take.restype = ctypes.c_int64
+    _LIB = lib
     jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.LstmForward), platform="cpu")
     jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.LstmBackward), platform="cpu")
     jax.ffi.register_ffi_target(_FORWARD_X, jax.ffi.pycapsule(lib.LstmForwardX), platform="cpu")
@@ -237,6 +246,66 @@ def threads_per_device() -> int:
 
     devices = max(1, len(jax.local_devices(backend="cpu")))
     return max(1, usable_cores() // devices)
+
+
+_STATS_FIELDS = ("calls", "wall_ns", "step_ns", "gemm_ns", "helpers", "helpers_started", "start_ns")
+
+
+class stats:  # noqa: N801 (used as `with native.stats() as calls:`)
+    """Times the training calls (forward and backward recurrences) run inside the block, for profiling:
+
+        with native.stats() as calls:
+            step(...); jax.block_until_ready(...)
+        calls  # one dict per call kind and shape
+
+    Each dict: `kind` (``forward``, ``forward_x``, ``backward``, ``backward_x``), `T`, `B`, `F` (inputs
+    projected inside the call; 0 for the zx form), `H`, `calls`, and summed over the calls, in seconds:
+    `wall` (the calling thread's time in the calls), `steps` (all threads' time in the timesteps),
+    `matmul` (the part of `steps` in each step's `[rows, F + H] @ [F + H, 4H]` or backward product),
+    with `matmul_flops` their FLOPs; `helpers` (helper tasks scheduled), `helpers_started` (those that
+    started before the call ended or later) and `helper_start` (their summed delay from the call's start).
+    The kernel times only while a block is open (one at a time); outside, the timing costs one load per step.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def __enter__(self) -> list[dict]:
+        _require()
+        _take()  # drop anything recorded before
+        _LIB.lstm_jax_native_stats_enable(1)
+        return self.calls
+
+    def __exit__(self, *exc) -> None:
+        _LIB.lstm_jax_native_stats_enable(0)
+        self.calls.extend(_take())
+
+
+def _take() -> list[dict]:
+    """The kernel's timing table (and clears it)."""
+    size = 1 << 16
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        need = _LIB.lstm_jax_native_stats_take(buf, size)
+        if need < size:
+            break
+        size = need + 1
+    calls = []
+    for line in buf.value.decode().splitlines():
+        key, *numbers = line.split("\t")
+        kind, *dims = key.split()
+        entry = {"kind": kind, **{d.split("=")[0]: int(d.split("=")[1]) for d in dims}}
+        values = dict(zip(_STATS_FIELDS, map(int, numbers), strict=True))
+        entry["calls"] = values["calls"]
+        for name, field in (("wall", "wall_ns"), ("steps", "step_ns"), ("matmul", "gemm_ns")):
+            entry[name] = values[field] / 1e9
+        entry["helpers"] = values["helpers"]
+        entry["helpers_started"] = values["helpers_started"]
+        entry["helper_start"] = values["start_ns"] / 1e9
+        t, b, f, h = entry["T"], entry["B"], entry["F"], entry["H"]
+        entry["matmul_flops"] = 2.0 * t * b * (f + h) * 4 * h * entry["calls"]
+        calls.append(entry)
+    return calls
 
 
 def _require() -> None:

@@ -27,7 +27,9 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -158,6 +160,61 @@ struct Dims {
   int64_t F = 0;  // input features projected inside the step (the "x" calls); 0: zx is given
 };
 
+// Timing of the training calls, for profiling (`lstm_jax.native.stats`, `python -m benchmarks.profile_step
+// --native-stats`): off unless turned on, and then per call kind and shape it sums the calls' wall time,
+// the time the threads spent in their steps and in the steps' matmuls, and how late helper tasks started.
+// Off, it costs one relaxed load per step.
+std::atomic<bool> g_stats_on{false};
+thread_local int64_t t_gemm_ns = 0;  // this thread's time in the steps' matmuls (while stats are on)
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+inline bool stats_on() { return g_stats_on.load(std::memory_order_relaxed); }
+
+struct CallStats {
+  int64_t calls = 0, wall_ns = 0, step_ns = 0, gemm_ns = 0;
+  int64_t helpers = 0, helpers_started = 0, helper_start_ns = 0;  // start: from the call's start
+};
+std::mutex g_stats_mu;
+std::map<std::string, CallStats> g_stats;
+
+// One call's figures, from parallel_rows to the stats table.
+struct RowsTiming {
+  int64_t step_ns = 0, gemm_ns = 0, helpers = 0, helpers_started = 0, helper_start_ns = 0;
+};
+
+void record_call(const char* kind, const Dims& d, int64_t t0, const RowsTiming& r) {
+  const int64_t wall = now_ns() - t0;
+  const std::string key = std::string(kind) + " T=" + std::to_string(d.T) + " B=" +
+                          std::to_string(d.B) + " F=" + std::to_string(d.F) +
+                          " H=" + std::to_string(d.H);
+  std::lock_guard<std::mutex> lock(g_stats_mu);
+  CallStats& s = g_stats[key];
+  s.calls += 1;
+  s.wall_ns += wall;
+  s.step_ns += r.step_ns;
+  s.gemm_ns += r.gemm_ns;
+  s.helpers += r.helpers;
+  s.helpers_started += r.helpers_started;
+  s.helper_start_ns += r.helper_start_ns;
+}
+
+// Times one matmul of a step into t_gemm_ns when stats are on.
+template <typename F>
+inline void timed_gemm(F&& f) {
+  if (!stats_on()) {
+    f();
+    return;
+  }
+  const int64_t t0 = now_ns();
+  f();
+  t_gemm_ns += now_ns() - t0;
+}
+
 // XLA:CPU computes with denormals flushed to zero (FTZ and DAZ); the kernel's threads do the same, so
 // results match XLA's and a gradient fading over a long sequence does not hit the slow denormal path.
 class FlushDenormals {
@@ -175,10 +232,20 @@ class FlushDenormals {
 // steps: `step_at(s)` runs the s-th step in scan order, `finish()` writes the final state after the last.
 struct RowStepper {
   int64_t T = 0, s = 0;
+  int64_t step_ns = 0, gemm_ns = 0;  // with stats on: time in the steps, and in their matmuls
   std::function<void(int64_t)> step_at;
   std::function<void()> finish;
   bool finished() const { return s >= T; }
-  void step() { step_at(s++); }
+  void step() {
+    if (!stats_on()) {
+      step_at(s++);
+      return;
+    }
+    const int64_t t0 = now_ns(), g0 = t_gemm_ns;
+    step_at(s++);
+    step_ns += now_ns() - t0;
+    gemm_ns += t_gemm_ns - g0;
+  }
 };
 
 // The row blocks of one call. The calling thread steps every block it still holds in turn (step t of
@@ -256,8 +323,9 @@ int64_t test_helper_delay_us() {
 // intra-op thread pool, or new threads), the calling thread works too (see RowBlocks), and returns when
 // every block is done. Each row's arithmetic does not depend on which thread runs it.
 template <typename Make, typename Spawn>
-void parallel_rows(int64_t B, int64_t threads, Make make, Spawn spawn) {
+RowsTiming parallel_rows(int64_t B, int64_t threads, Make make, Spawn spawn) {
   FlushDenormals flush;
+  RowsTiming timing;
   threads = std::max<int64_t>(1, std::min<int64_t>(threads, B));
   const int64_t per = ((B + threads - 1) / threads + 3) / 4 * 4;
   const int64_t nblocks = (B + per - 1) / per;
@@ -266,17 +334,40 @@ void parallel_rows(int64_t B, int64_t threads, Make make, Spawn spawn) {
   if (nblocks == 1) {
     while (!blocks[0].finished()) blocks[0].step();
     blocks[0].finish();
-    return;
+    timing.step_ns = blocks[0].step_ns;
+    timing.gemm_ns = blocks[0].gemm_ns;
+    return timing;
   }
   auto job = std::make_shared<RowBlocks>(std::move(blocks));
   const int64_t delay_us = test_helper_delay_us();
+  const bool timed = stats_on();
+  const int64_t t0 = timed ? now_ns() : 0;
+  // Each helper's start, from t0 (-1: not started); shared, as a helper may start after the call.
+  auto starts = std::make_shared<std::vector<std::atomic<int64_t>>>(nblocks);
+  for (auto& v : *starts) v.store(-1, std::memory_order_relaxed);
   for (int64_t k = 1; k < nblocks; ++k)
-    spawn([job, delay_us] {
+    spawn([job, delay_us, timed, t0, starts, k] {
+      if (timed) (*starts)[k].store(now_ns() - t0, std::memory_order_relaxed);
       if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
       FlushDenormals flush;
       job->helper();
     });
   job->caller();
+  if (timed) {
+    for (const RowStepper& b : job->blocks) {
+      timing.step_ns += b.step_ns;
+      timing.gemm_ns += b.gemm_ns;
+    }
+    timing.helpers = nblocks - 1;
+    for (int64_t k = 1; k < nblocks; ++k) {
+      const int64_t start = (*starts)[k].load(std::memory_order_relaxed);
+      if (start >= 0) {
+        timing.helpers_started += 1;
+        timing.helper_start_ns += start;
+      }
+    }
+  }
+  return timing;
 }
 
 // Helper tasks as new threads (when no XLA thread pool is at hand); none if a thread cannot be created.
@@ -394,7 +485,7 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
       std::memcpy(hc_t + r * 2 * H, h + r * H, H * sizeof(float));
       std::memcpy(hc_t + r * 2 * H + H, c + r * H, H * sizeof(float));
     }
-    gemm_acc(a, K, wp, Gp, z, Gp, R, K, Gp);
+    timed_gemm([&] { gemm_acc(a, K, wp, Gp, z, Gp, R, K, Gp); });
     const float* m_t = mask + t * B + r0;
     float* a_t = acts + (t * B + r0) * G;
     float* out_t = outs + (t * B + r0) * H;
@@ -448,7 +539,7 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
       std::memcpy(a_t + r * G, dzr, G * sizeof(float));
     }
     std::fill(dxh, dxh + R * Kp, 0.0f);
-    gemm_acc(dz, Gp, wTp, Kp, dxh, Kp, R, Gp, Kp);
+    timed_gemm([&] { gemm_acc(dz, Gp, wTp, Kp, dxh, Kp, R, Gp, Kp); });
     for (int64_t r = 0; r < R; ++r) {
       const float* __restrict g = dxh + r * Kp;
       if (F) std::memcpy(dx + (t * B + r0 + r) * F, g, F * sizeof(float));
@@ -467,13 +558,11 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
 // `parallel_rows` with helper tasks on XLA's intra-op thread pool (no thread is created per call), or on
 // new threads where the call has no pool.
 template <typename Make>
-void on_rows(ffi::ThreadPool& pool, int64_t B, int64_t threads, Make make) {
-  if (pool.num_threads() > 0) {
-    parallel_rows(B, threads, make, [&pool](auto task) { pool.Schedule(std::move(task)); });
-  } else {
-    NewThreads spawn;
-    parallel_rows(B, threads, make, std::ref(spawn));
-  }
+RowsTiming on_rows(ffi::ThreadPool& pool, int64_t B, int64_t threads, Make make) {
+  if (pool.num_threads() > 0)
+    return parallel_rows(B, threads, make, [&pool](auto task) { pool.Schedule(std::move(task)); });
+  NewThreads spawn;
+  return parallel_rows(B, threads, make, std::ref(spawn));
 }
 
 ffi::Error check(bool ok, const std::string& what) {
@@ -484,12 +573,14 @@ ffi::Error run_forward(const Dims d, const float* w, const float* bias, const fl
                        const float* xs, float* acts, const float* mask, const float* h0,
                        const float* c0, const float* rmask, float* outs, float* hT, float* cT,
                        float* hc, ffi::ThreadPool& pool, int32_t reverse, int32_t threads) {
+  const int64_t t0 = stats_on() ? now_ns() : 0;
   std::vector<float> store;
   const float* w_used = whole_vectors(w, d.F + d.H, 4 * d.H, 1, store);
-  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
+  const RowsTiming timing = on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
     return forward_rows(d, w_used, bias, zx, xs, acts, mask, h0, c0, rmask, outs, hT, cT, hc,
                         reverse != 0, r0, r1);
   });
+  if (t0) record_call(d.F ? "forward_x" : "forward", d, t0, timing);
   return ffi::Error::Success();
 }
 
@@ -497,13 +588,15 @@ ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float*
                         const float* mask, const float* dout, const float* dhT, const float* dcT,
                         const float* rmask, float* dx, float* dh0, float* dc0,
                         ffi::ThreadPool& pool, int32_t reverse, int32_t threads, int32_t has_dout) {
+  const int64_t t0 = stats_on() ? now_ns() : 0;
   if (dz != acts) std::memcpy(dz, acts, d.T * d.B * 4 * d.H * sizeof(float));
   std::vector<float> store;
   const float* wT_used = whole_vectors(wT, 4 * d.H, d.F + d.H, VL, store);
-  on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
+  const RowsTiming timing = on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
     return backward_rows(d, wT_used, dz, hc, mask, dout, dhT, dcT, rmask, dx, dh0, dc0,
                          reverse != 0, has_dout != 0, r0, r1);
   });
+  if (t0) record_call(d.F ? "backward_x" : "backward", d, t0, timing);
   return ffi::Error::Success();
 }
 
@@ -1026,6 +1119,29 @@ auto backward_binding_end(Binding binding) {
 }
 
 }  // namespace
+
+// The training calls' timing (see CallStats), read through ctypes by lstm_jax.native.
+extern "C" void lstm_jax_native_stats_enable(int on) {
+  g_stats_on.store(on != 0, std::memory_order_relaxed);
+}
+
+// Writes one line per call kind and shape, "key\tcalls\twall_ns\tstep_ns\tgemm_ns\thelpers\tstarted\t
+// start_ns", into buf (at most n bytes, NUL-terminated) and clears the table; returns the bytes the lines
+// need (when that is n or more nothing is written or cleared: call again with a larger buffer).
+extern "C" int64_t lstm_jax_native_stats_take(char* buf, int64_t n) {
+  std::lock_guard<std::mutex> lock(g_stats_mu);
+  std::string out;
+  for (const auto& [key, s] : g_stats)
+    out += key + "\t" + std::to_string(s.calls) + "\t" + std::to_string(s.wall_ns) + "\t" +
+           std::to_string(s.step_ns) + "\t" + std::to_string(s.gemm_ns) + "\t" +
+           std::to_string(s.helpers) + "\t" + std::to_string(s.helpers_started) + "\t" +
+           std::to_string(s.helper_start_ns) + "\n";
+  const int64_t need = static_cast<int64_t>(out.size());
+  if (need >= n) return need;
+  std::memcpy(buf, out.c_str(), out.size() + 1);
+  g_stats.clear();
+  return need;
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl, forward_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardX, LstmForwardXImpl, forward_binding());
