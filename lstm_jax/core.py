@@ -55,7 +55,8 @@ MergeMode = Literal["concat", "sum", "ave", "mul"] | None
 CPU_PER_STEP_MAX_HIDDEN = 64
 
 # `lstm_layer(..., embedding=table)` folds the lookup into the input projection when the table has at most
-# this many rows per (batch x time) position (see `lstm_layer`; measured crossover in README, "Speed").
+# this many rows per (batch x time) position and the native kernel does not project the inputs itself (see
+# `lstm_layer`; measured in benchmarks/README.md).
 FOLD_EMBEDDING_MAX_ROWS_PER_POSITION = 1.0
 
 # impl "native" projects dense inputs inside the kernel's per-step matmul, `[x_t, h] @ [kernel; rk]`, when
@@ -698,8 +699,10 @@ def lstm_layer(
         `input_dropout_mask` and `vocab <= batch * time` the lookup is folded into the input projection:
         `(embedding @ kernel)[xs]` instead of `embedding[xs] @ kernel`, the same numbers (up to float
         summation order) with `vocab` instead of `batch * time` rows in the projection's matmul and in
-        both of its gradient matmuls (the fake-news shape: 10,000 instead of 32,000). Otherwise the rows
-        are looked up first. Ids out of range give NaN inputs, as `jnp.take` (and `nnx.Embed`).
+        both of its gradient matmuls (the fake-news shape: 10,000 instead of 32,000). Otherwise, and when
+        "native" projects the inputs inside its per-step matmul (small layers: then no `[T, B, 4H]`
+        projection exists to fold into; the IMDB shape's step 15-17% faster than folded), the rows are
+        looked up first. Ids out of range give NaN inputs, as `jnp.take` (and `nnx.Embed`).
 
     Returns:
       `(outputs [batch, time, H], final_state)`, plus `Gates` when `return_gates`.
@@ -735,9 +738,12 @@ def lstm_layer(
     if initial_state is None:
         initial_state = zero_state(b, hsz, state_dtype)
     h0, c0 = (jnp.asarray(s, state_dtype) for s in initial_state)
+    # The native kernel projecting the inputs itself: no [T, B, 4H] projection from XLA at all.
+    in_kernel = impl == "native" and compute_dtype is None and _native_projects_inputs(f, hsz)
     fold = (
         embedding is not None
         and impl != "per_step"
+        and not in_kernel
         and input_dropout_mask is None
         and embedding.shape[0] <= FOLD_EMBEDDING_MAX_ROWS_PER_POSITION * b * t
     )
@@ -765,7 +771,7 @@ def lstm_layer(
         zx = jnp.take(table, xs_tm, axis=0)
     elif compute_dtype is not None:
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
-    elif impl == "native" and _native_projects_inputs(f, hsz):
+    elif in_kernel:
         zx = None  # projected inside the kernel's per-step matmul: no [T, B, 4H] array from XLA
     elif impl in ("fused", "native"):  # differentiated only in reverse mode, as the recurrence
         zx = _project(xs_tm.astype(state_dtype), kernel)

@@ -365,24 +365,31 @@ def _has_table_product(fn, *args, vocab: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    "impl,vocab,masked,reverse",
+    "impl,vocab,masked,reverse,in_kernel",
     [
-        ("fused", 11, True, False),  # 11 <= B*T = 21: folded
-        ("fused", 11, False, True),
-        ("scan", 11, True, True),
-        ("fused", 40, True, False),  # more rows than positions: looked up first
-        ("per_step", 11, True, False),  # no hoisted projection: looked up first
-        ("native", 11, True, True),  # the folded rows feed the native kernel
-        ("native", 11, True, False),
-        ("native", 11, False, True),
-        ("native", 11, False, False),
-        ("native", 40, False, False),
+        ("fused", 11, True, False, False),  # 11 <= B*T = 21: folded
+        ("fused", 11, False, True, False),
+        ("scan", 11, True, True, False),
+        ("fused", 40, True, False, False),  # more rows than positions: looked up first
+        ("per_step", 11, True, False, False),  # no hoisted projection: looked up first
+        ("native", 11, True, True, False),  # the folded rows feed the native kernel
+        ("native", 11, True, False, False),
+        ("native", 11, False, True, False),
+        ("native", 11, False, False, False),
+        ("native", 40, False, False, False),
+        ("native", 11, True, True, True),  # the kernel projects the looked-up rows itself: no fold
+        ("native", 11, False, False, True),
     ],
 )
-def test_embedding_input_equals_looking_up_first(params, impl, vocab, masked, reverse):
+def test_embedding_input_equals_looking_up_first(
+    params, impl, vocab, masked, reverse, in_kernel, monkeypatch
+):
     """Outputs, final state and the gradients of every input (table, kernels, bias, state) equal those
     of `lstm_layer(params, table[ids])` with the reference impl "scan"; the fold is used exactly when
-    `vocab <= batch * time`."""
+    `vocab <= batch * time` and the native kernel does not project the inputs itself."""
+    if impl == "native":  # small weights go into the kernel's per-step matmul; force either way
+        fraction = 1e9 if in_kernel else 0.0
+        monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", fraction)
     table = jax.random.normal(jax.random.key(5), (vocab, F))
     ids = jax.random.randint(jax.random.key(6), (B, T), 0, vocab)
     mask = lengths_mask([T, 3, 5], T, "pre") if masked else None
@@ -403,7 +410,7 @@ def test_embedding_input_equals_looking_up_first(params, impl, vocab, masked, re
     np.testing.assert_allclose(fin_a.c, fin_b.c, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    folds = impl != "per_step" and vocab <= B * T
+    folds = impl != "per_step" and vocab <= B * T and not in_kernel
     folded_loss = functools.partial(loss, folded=True)
     assert _has_table_product(folded_loss, params, table, h0, vocab=vocab) == folds
 
