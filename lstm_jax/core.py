@@ -66,6 +66,14 @@ FOLD_EMBEDDING_MAX_ROWS_PER_POSITION = 1.0
 # (2.9 MB) 10% slower.
 NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = 0.5
 
+# Impl "native" sums a layer's weight gradients inside its backward call (each step's
+# `[x_t, h_{t-1}]^T @ dz_t` while dz_t is in cache) when `[F + H, 4H]` takes at most this many bytes, and
+# leaves them to single XLA matmuls after the loop above it. Measured on the benchmark's whole steps
+# (benchmarks/README.md): the IMDB shape (24.6 KB) 18.1 -> 14.4 ms; the word model's second layer (196 KB)
+# a tie; its first (393 KB) and the char model's (1.4-2.9 MB), whose per-step rank-20..64 updates are
+# slower than XLA's one large matmul, 4% and 13% slower.
+NATIVE_WEIGHT_GRADS_MAX_BYTES = 64 * 1024
+
 __all__ = [
     "LSTMState",
     "Gates",
@@ -357,34 +365,60 @@ def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None)
     return outs, (h, c), (hc, acts)
 
 
-def _native_backward(rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse, kernel=None):
-    """`_fused_backward_states` (without remat) as one native call; differentiable like `_native_forward`.
-    Returns `(dz, dxs, dh_0, dc_0)`: with `kernel` (the `forward_x` form) `dxs [T, B, F]` is the inputs'
-    gradient from the same per-step matmul, else None."""
+def _native_sums_weight_grads(features: int, hidden: int) -> bool:
+    """Whether impl "native" sums the weight gradients in its backward call (see
+    `NATIVE_WEIGHT_GRADS_MAX_BYTES`)."""
+    return (features + hidden) * 4 * hidden * 4 <= NATIVE_WEIGHT_GRADS_MAX_BYTES
+
+
+def _native_backward(
+    rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse, kernel=None, xs=None
+):
+    """`_fused_backward_states` (without remat) as one native call; differentiable like
+    `_native_forward`. Returns `(dz, dxs, dh_0, dc_0, dw, d_bias)`: with `kernel` (the `forward_x` form)
+    `dxs [T, B, F]` is the inputs' gradient from the same per-step matmul, else None. For small layers
+    (`_native_sums_weight_grads`) the call also sums the weight gradients step by step while each `dz_t`
+    is in cache: `dw`, the gradient of `[kernel; rk]` `[F + H, 4H]` (with `xs`, the inputs of the
+    `forward_x` form) or of `rk` `[H, 4H]`, and `d_bias [4H]`; else both are None (single XLA matmuls
+    after the loop compute them)."""
     from lstm_jax import native
 
     m, r = _native_inputs(mask, rmask, *acts.shape[:2], rk.shape[0])
+    features = 0 if kernel is None else kernel.shape[0]
+    sums = _native_sums_weight_grads(features, rk.shape[0])
 
     @jax.custom_jvp
-    def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
+    def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r, xs):
         if kernel is None:
-            dz, dh0, dc0 = native.backward(rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
-            return dz, None, dh0, dc0
-        return native.backward_x(kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
+            out = native.backward(
+                rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse, weight_grads=sums
+            )
+            dz, dh0, dc0, *grads = out
+            return (dz, None, dh0, dc0, *grads) if sums else (dz, None, dh0, dc0, None, None)
+        out = native.backward_x(
+            kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse, xs=xs if sums else None
+        )
+        return out if sums else (*out, None, None)
 
     @call.defjvp
     def call_jvp(primals, tangents):
-        def twin(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r):
+        def twin(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r, xs):
             rm = None if rmask is None else r
             dz, dh0, dc0 = _fused_backward_states(
                 rk, None, None, mask, rm, hc, acts, d_outs, dh_final, dc_final, reverse, 1, False
             )
             dxs = None if kernel is None else jnp.einsum("tbg,fg->tbf", dz, kernel)
-            return dz, dxs, dh0, dc0
+            if not sums:
+                return dz, dxs, dh0, dc0, None, None
+            rows = hc[..., : rk.shape[0]] * r  # h_{t-1} * rmask, [T, B, H]
+            if kernel is not None:
+                rows = jnp.concatenate([xs, rows], axis=-1)
+            dw = jnp.einsum("tbk,tbg->kg", rows, dz)
+            return dz, dxs, dh0, dc0, dw, dz.sum(axis=(0, 1))
 
         return jax.jvp(twin, primals, tangents)
 
-    return call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r)
+    return call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r, xs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
@@ -415,9 +449,10 @@ def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, dh_final, dc_final = _cotangents(cotangents)
     if native:
-        dz, _, dh0, dc0 = _native_backward(
+        dz, _, dh0, dc0, d_rk, d_bias = _native_backward(
             rk, acts_all, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
         )
+        return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0, d_rk, d_bias)
     else:
         dz, dh0, dc0 = _fused_backward_states(
             rk,
@@ -516,21 +551,23 @@ def _fused_backward_states(
     return dz, dh0, dc0
 
 
-def _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0):
+def _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0, d_rk=None, d_bias=None):
     """The fused VJP's outputs from the backward recurrence's `dz [T, B, 4H]`: the recurrent kernel's and
-    the bias's gradients as single reductions over all timesteps."""
+    the bias's gradients as single reductions over all timesteps (unless given: the native kernel sums
+    them in its loop)."""
     hsz = rk.shape[0]
     h_prev_all = hc[..., :hsz]
-    hr_all = h_prev_all if rmask is None else h_prev_all * rmask
-    t, b, _ = hr_all.shape
-    # The recurrent weight gradient as one matmul over all timesteps.
-    d_rk = hr_all.reshape(t * b, hsz).T @ dz.reshape(t * b, 4 * hsz)
+    t, b, _ = h_prev_all.shape
+    if d_rk is None:  # the recurrent weight gradient as one matmul over all timesteps
+        hr_all = h_prev_all if rmask is None else h_prev_all * rmask
+        d_rk = hr_all.reshape(t * b, hsz).T @ dz.reshape(t * b, 4 * hsz)
     if rmask is None:
         d_rmask = None
     else:
         d_rmask = jnp.einsum("tbg,hg,tbh->bh", dz, rk, h_prev_all)
     d_mask = None if mask is None else np.zeros(mask.shape, dtype=jax.dtypes.float0)
-    return d_rk, dz.sum(axis=(0, 1)), dz, d_mask, dh0, dc0, d_rmask
+    d_bias = dz.sum(axis=(0, 1)) if d_bias is None else d_bias
+    return d_rk, d_bias, dz, d_mask, dh0, dc0, d_rmask
 
 
 _recurrence_fused.defvjp(_recurrence_fused_fwd, _recurrence_fused_bwd, symbolic_zeros=True)
@@ -557,13 +594,15 @@ def _recurrence_native_x_fwd(kernel, rk, bias, xs, mask, h0, c0, rmask, reverse)
 def _recurrence_native_x_bwd(reverse, res, cotangents):
     kernel, rk, xs, mask, rmask, (hc, acts) = res
     d_outs, dh_final, dc_final = _cotangents(cotangents)
-    dz, dxs, dh0, dc0 = _native_backward(
-        rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse, kernel
+    dz, dxs, dh0, dc0, dw, d_bias = _native_backward(
+        rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse, kernel, xs
     )
+    f = kernel.shape[0]
     d_rk, d_bias, _, d_mask, dh0, dc0, d_rmask = _fused_weight_grads(
-        rk, mask, rmask, hc, dz, dh0, dc0
+        rk, mask, rmask, hc, dz, dh0, dc0, None if dw is None else dw[f:], d_bias
     )
-    return _kernel_grad(xs, dz), d_rk, d_bias, dxs, d_mask, dh0, dc0, d_rmask
+    d_kernel = _kernel_grad(xs, dz) if dw is None else dw[:f]
+    return d_kernel, d_rk, d_bias, dxs, d_mask, dh0, dc0, d_rmask
 
 
 _recurrence_native_x.defvjp(_recurrence_native_x_fwd, _recurrence_native_x_bwd, symbolic_zeros=True)

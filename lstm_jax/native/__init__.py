@@ -258,7 +258,8 @@ class stats:  # noqa: N801 (used as `with native.stats() as calls:`)
             step(...); jax.block_until_ready(...)
         calls  # one dict per call kind and shape
 
-    Each dict: `kind` (``forward``, ``forward_x``, ``backward``, ``backward_x``), `T`, `B`, `F` (inputs
+    Each dict: `kind` (``forward``, ``forward_x``, ``backward``, ``backward_x``; ``+wg`` when the call
+    also summed the weight gradients), `T`, `B`, `F` (inputs
     projected inside the call; 0 for the zx form), `H`, `calls`, and summed over the calls, in seconds:
     `wall` (the calling thread's time in the calls), `steps` (all threads' time in the timesteps),
     `matmul` (the part of `steps` in each step's `[rows, F + H] @ [F + H, 4H]` or backward product),
@@ -303,7 +304,8 @@ def _take() -> list[dict]:
         entry["helpers_started"] = values["helpers_started"]
         entry["helper_start"] = values["start_ns"] / 1e9
         t, b, f, h = entry["T"], entry["B"], entry["F"], entry["H"]
-        entry["matmul_flops"] = 2.0 * t * b * (f + h) * 4 * h * entry["calls"]
+        products = 2 if kind.endswith("+wg") else 1  # with the weight gradients' product
+        entry["matmul_flops"] = 2.0 * t * b * (f + h) * 4 * h * entry["calls"] * products
         calls.append(entry)
     return calls
 
@@ -387,24 +389,53 @@ def backward(
     rmask: Array,
     reverse: bool,
     threads: int | None = None,
-) -> tuple[Array, Array, Array]:
+    weight_grads: bool = False,
+) -> tuple[Array, ...]:
     """The backward recurrence. Returns `(dz [T, B, 4H], dh_0, dc_0)`: the gradient of the gates'
     pre-activations (written over `acts`' buffer) and of the initial state. `d_outs` None: the outputs'
-    gradient is zero (only the final state was used), and no `[T, B, H]` zeros are made or read."""
+    gradient is zero (only the final state was used), and no `[T, B, H]` zeros are made or read.
+    `weight_grads`: also `d_rk [H, 4H]` (the sum over t of `(h_{t-1} * rmask)^T @ dz_t`) and
+    `d_bias [4H]` (the sum of `dz`), accumulated inside the loop while each step's `dz_t` is in cache."""
     return _backward(
-        _BACKWARD, rk, 0, acts, hc, mask, d_outs, dh_final, dc_final, rmask, reverse, threads
+        _BACKWARD,
+        rk,
+        None,
+        acts,
+        hc,
+        mask,
+        d_outs,
+        dh_final,
+        dc_final,
+        rmask,
+        reverse,
+        threads,
+        weight_grads,
     )
 
 
-def _backward(name, w, f, acts, hc, mask, d_outs, dh_final, dc_final, rmask, reverse, threads):
-    """One backward call with weights `w [F + H, 4H]` (passed transposed); a `dxs [T, B, F]` output when
-    `f > 0`."""
+def _backward(
+    name, w, xs, acts, hc, mask, d_outs, dh_final, dc_final, rmask, reverse, threads, weight_grads
+):
+    """One backward call with weights `w [F + H, 4H]` (passed transposed); with inputs `xs [T, B, F]` (the
+    x call) a `dxs [T, B, F]` output; with `weight_grads` `dw [F + H, 4H]` and `d_bias [4H]` last."""
     t, b, g = acts.shape
     h = g // 4
+    f = 0 if xs is None else xs.shape[-1]
     dout = jnp.zeros((1,), jnp.float32) if d_outs is None else d_outs
-    args = (w.T, acts, hc, mask, dout, dh_final, dc_final, rmask)
-    outs = [(t, b, g), *([(t, b, f)] if f else []), (b, h), (b, h)]
-    return _call(name, args, outs, 1, reverse, threads, has_dout=d_outs is not None)
+    args = (w.T, acts, hc, mask, dout, dh_final, dc_final, rmask, *(() if xs is None else (xs,)))
+    grads = [(f + h, g), (g,)] if weight_grads else [(1,), (1,)]  # unused when not asked for
+    outs = [(t, b, g), *([(t, b, f)] if f else []), (b, h), (b, h), *grads]
+    results = _call(
+        name,
+        args,
+        outs,
+        1,
+        reverse,
+        threads,
+        has_dout=d_outs is not None,
+        weight_grads=bool(weight_grads),
+    )
+    return tuple(results) if weight_grads else tuple(results[:-2])
 
 
 def backward_x(
@@ -419,14 +450,19 @@ def backward_x(
     rmask: Array,
     reverse: bool,
     threads: int | None = None,
-) -> tuple[Array, Array, Array, Array]:
+    xs: Array | None = None,
+) -> tuple[Array, ...]:
     """The backward recurrence of `forward_x`: returns `(dz [T, B, 4H], dxs [T, B, F], dh_0, dc_0)`,
-    the inputs' gradient `dz_t @ kernel^T` computed in the same per-step matmul as the state's."""
+    the inputs' gradient `dz_t @ kernel^T` computed in the same per-step matmul as the state's. Given the
+    inputs `xs [T, B, F]`, also `dw [F + H, 4H]` (the sum over t of `[x_t, h_{t-1} * rmask]^T @ dz_t`:
+    the gradients of `[kernel; rk]`) and `d_bias [4H]`, accumulated inside the loop."""
     w = jnp.concatenate([kernel, rk], axis=0)
+    f = kernel.shape[0]
+    dummy = jnp.zeros((1, 1, f), jnp.float32)  # no weight gradients: xs is not read
     return _backward(
         _BACKWARD_X,
         w,
-        kernel.shape[0],
+        dummy if xs is None else xs,
         acts,
         hc,
         mask,
@@ -436,6 +472,7 @@ def backward_x(
         rmask,
         reverse,
         threads,
+        xs is not None,
     )
 
 

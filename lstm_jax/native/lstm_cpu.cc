@@ -499,14 +499,27 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
   return out;
 }
 
+// One row block's share of the weight gradients: dw [F + H, Gp] = sum over its steps of
+// [x_t, h_{t-1} * rmask]^T @ dz_t, db [Gp] = sum of dz_t (summed over the blocks after the call).
+struct WeightGrads {
+  std::vector<float> dw, db, at;  // at: the step's [x_t, h * rmask] transposed, [F + H, rows]
+};
+
 // The backward recurrence on rows [r0, r1), as a stepper; wTp = w^T [4H, F + H] padded. With F > 0 the
-// first F columns of dz @ w^T are the inputs' gradient, written to dx [T, B, F].
+// first F columns of dz @ w^T are the inputs' gradient, written to dx [T, B, F]. With `wg`, each step also
+// adds its weight gradients (see WeightGrads; xs [T, B, F] are the inputs when F > 0) while dz_t is in
+// cache, so no [T, B, *] array is read again for them after the loop.
 RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const float* hc,
                          const float* mask, const float* dout, const float* dhT, const float* dcT,
                          const float* rmask, float* dx, float* dh0, float* dc0, bool reverse,
-                         bool has_dout, int64_t r0, int64_t r1) {
+                         bool has_dout, const float* xs, WeightGrads* wg, int64_t r0, int64_t r1) {
   const int64_t T = d.T, B = d.B, H = d.H, F = d.F, G = 4 * H, Gp = round_up(G, VL);
-  const int64_t Kp = round_up(F + H, VL), R = r1 - r0;
+  const int64_t K = F + H, Kp = round_up(K, VL), R = r1 - r0;
+  if (wg) {
+    wg->dw.assign(K * Gp, 0.0f);
+    wg->db.assign(Gp, 0.0f);
+    wg->at.resize(K * R);
+  }
   struct State {
     std::vector<float> dh, dc, dxh, dz, no_dout;  // no_dout: the outputs' gradient when it is zero
   };
@@ -537,6 +550,24 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
       backward_row(a_t + r * G, hc_t + r * 2 * H + H, has_dout ? do_t + r * H : st->no_dout.data(),
                    dh + r * H, dc + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
       std::memcpy(a_t + r * G, dzr, G * sizeof(float));
+    }
+    if (wg) {  // before dh changes below; hc_t holds h_{t-1} (the first H of each row's 2H)
+      float* __restrict at = wg->at.data();
+      for (int64_t r = 0; r < R; ++r) {
+        if (F) {
+          const float* __restrict xr = xs + (t * B + r0 + r) * F;
+          for (int64_t k = 0; k < F; ++k) at[k * R + r] = xr[k];
+        }
+        const float* __restrict hr = hc_t + r * 2 * H;
+        const float* __restrict rmr = rm + r * H;
+        for (int64_t k = 0; k < H; ++k) at[(F + k) * R + r] = hr[k] * rmr[k];
+      }
+      timed_gemm([&] { gemm_acc(at, R, dz, Gp, wg->dw.data(), Gp, K, R, Gp); });
+      float* __restrict db = wg->db.data();
+      for (int64_t r = 0; r < R; ++r) {
+        const float* __restrict dzr = dz + r * Gp;
+        for (int64_t j = 0; j < G; ++j) db[j] += dzr[j];
+      }
     }
     std::fill(dxh, dxh + R * Kp, 0.0f);
     timed_gemm([&] { gemm_acc(dz, Gp, wTp, Kp, dxh, Kp, R, Gp, Kp); });
@@ -584,19 +615,44 @@ ffi::Error run_forward(const Dims d, const float* w, const float* bias, const fl
   return ffi::Error::Success();
 }
 
+// The backward call. With dw (and db) the weight gradients too: dw [F + H, 4H] = sum over t of
+// [x_t, h_{t-1} * rmask]^T @ dz_t (xs [T, B, F] the inputs when F > 0), db [4H] = sum of dz_t, each row
+// block's share summed in the steps and the blocks' shares summed in block order after them.
 ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float* dz, const float* hc,
                         const float* mask, const float* dout, const float* dhT, const float* dcT,
-                        const float* rmask, float* dx, float* dh0, float* dc0,
-                        ffi::ThreadPool& pool, int32_t reverse, int32_t threads, int32_t has_dout) {
+                        const float* rmask, float* dx, float* dh0, float* dc0, const float* xs,
+                        float* dw, float* db, ffi::ThreadPool& pool, int32_t reverse,
+                        int32_t threads, int32_t has_dout) {
   const int64_t t0 = stats_on() ? now_ns() : 0;
   if (dz != acts) std::memcpy(dz, acts, d.T * d.B * 4 * d.H * sizeof(float));
   std::vector<float> store;
   const float* wT_used = whole_vectors(wT, 4 * d.H, d.F + d.H, VL, store);
+  std::vector<std::unique_ptr<WeightGrads>> shares;  // one per row block, made by the calling thread
   const RowsTiming timing = on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
+    WeightGrads* wg = nullptr;
+    if (dw) {
+      shares.push_back(std::make_unique<WeightGrads>());
+      wg = shares.back().get();
+    }
     return backward_rows(d, wT_used, dz, hc, mask, dout, dhT, dcT, rmask, dx, dh0, dc0,
-                         reverse != 0, has_dout != 0, r0, r1);
+                         reverse != 0, has_dout != 0, xs, wg, r0, r1);
   });
-  if (t0) record_call(d.F ? "backward_x" : "backward", d, t0, timing);
+  if (dw) {
+    const int64_t K = d.F + d.H, G = 4 * d.H, Gp = round_up(G, VL);
+    std::fill(dw, dw + K * G, 0.0f);
+    std::fill(db, db + G, 0.0f);
+    for (const auto& share : shares) {
+      for (int64_t k = 0; k < K; ++k) {
+        const float* __restrict src = share->dw.data() + k * Gp;
+        float* __restrict dst = dw + k * G;
+        for (int64_t j = 0; j < G; ++j) dst[j] += src[j];
+      }
+      for (int64_t j = 0; j < G; ++j) db[j] += share->db[j];
+    }
+  }
+  if (t0)
+    record_call(d.F ? (dw ? "backward_x+wg" : "backward_x") : (dw ? "backward+wg" : "backward"), d,
+                t0, timing);
   return ffi::Error::Success();
 }
 
@@ -951,24 +1007,38 @@ ffi::Error LstmForwardXImpl(In w, In bias, In xs, In mask, In h0, In c0, In rmas
                      hc->typed_data(), pool, reverse, threads);
 }
 
+// dw and db of a backward call: [F + H, 4H] and [4H] when `weight_grads`, else unused (any size).
+ffi::Error check_weight_grads(const Dims& d, int32_t weight_grads, Out& dw, Out& db) {
+  if (!weight_grads) return ffi::Error::Success();
+  auto wd = dw->dimensions();
+  auto bd = db->dimensions();
+  return check(wd.size() == 2 && wd[0] == d.F + d.H && wd[1] == 4 * d.H && bd.size() == 1 &&
+                   bd[0] == 4 * d.H,
+               "dw/db shapes");
+}
+
 ffi::Error LstmBackwardImpl(In rkT, In acts, In hc, In mask, In dout, In dhT, In dcT, In rmask,
-                            Out dz, Out dh0, Out dc0, ffi::ThreadPool pool, int32_t reverse,
-                            int32_t threads, int32_t has_dout) {
+                            Out dz, Out dh0, Out dc0, Out dw, Out db, ffi::ThreadPool pool,
+                            int32_t reverse, int32_t threads, int32_t has_dout,
+                            int32_t weight_grads) {
   auto ad = acts.dimensions();
   if (ad.size() != 3 || rkT.dimensions().size() != 2) return check(false, "bad ranks");
   const Dims d{ad[0], ad[1], rkT.dimensions()[1]};
   if (auto e = check(ad[2] == 4 * d.H && rkT.dimensions()[0] == 4 * d.H, "acts/rkT shapes");
       !e.success())
     return e;
+  if (auto e = check_weight_grads(d, weight_grads, dw, db); !e.success()) return e;
   return run_backward(d, rkT.typed_data(), acts.typed_data(), dz->typed_data(), hc.typed_data(),
                       mask.typed_data(), dout.typed_data(), dhT.typed_data(), dcT.typed_data(),
-                      rmask.typed_data(), nullptr, dh0->typed_data(), dc0->typed_data(), pool,
-                      reverse, threads, has_dout);
+                      rmask.typed_data(), nullptr, dh0->typed_data(), dc0->typed_data(), nullptr,
+                      weight_grads ? dw->typed_data() : nullptr,
+                      weight_grads ? db->typed_data() : nullptr, pool, reverse, threads, has_dout);
 }
 
 ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In dcT, In rmask,
-                             Out dz, Out dx, Out dh0, Out dc0, ffi::ThreadPool pool,
-                             int32_t reverse, int32_t threads, int32_t has_dout) {
+                             In xs, Out dz, Out dx, Out dh0, Out dc0, Out dw, Out db,
+                             ffi::ThreadPool pool, int32_t reverse, int32_t threads,
+                             int32_t has_dout, int32_t weight_grads) {
   auto ad = acts.dimensions();
   if (ad.size() != 3 || wT.dimensions().size() != 2) return check(false, "bad ranks");
   const int64_t H = ad[2] / 4;
@@ -978,10 +1048,17 @@ ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In
                      "acts/wT/dx shapes");
       !e.success())
     return e;
+  if (auto e = check(!weight_grads || (xs.dimensions().size() == 3 && xs.dimensions()[0] == d.T &&
+                                       xs.dimensions()[1] == d.B && xs.dimensions()[2] == d.F),
+                     "xs shape");
+      !e.success())
+    return e;
+  if (auto e = check_weight_grads(d, weight_grads, dw, db); !e.success()) return e;
   return run_backward(d, wT.typed_data(), acts.typed_data(), dz->typed_data(), hc.typed_data(),
                       mask.typed_data(), dout.typed_data(), dhT.typed_data(), dcT.typed_data(),
                       rmask.typed_data(), dx->typed_data(), dh0->typed_data(), dc0->typed_data(),
-                      pool, reverse, threads, has_dout);
+                      xs.typed_data(), weight_grads ? dw->typed_data() : nullptr,
+                      weight_grads ? db->typed_data() : nullptr, pool, reverse, threads, has_dout);
 }
 
 // Generation: (first [B] int32, table [V, 4 H_0], noise [N, B, V] (or anything when greedy), head kernel
@@ -1098,24 +1175,31 @@ auto forward_binding() {
       .Attr<int32_t>("threads");
 }
 
-// Backward: (w^T [4H, F + H], acts, hc, mask, d outs [T, B, H] or unused, d h_T, d c_T, rmask) -> (dz
-// [T, B, 4H] aliasing acts, then for the x call d xs [T, B, F], then d h_0, d c_0).
-auto backward_binding_start() {
+// Backward: (w^T [4H, F + H], acts, hc, mask, d outs [T, B, H] or unused, d h_T, d c_T, rmask, and for the
+// x call xs [T, B, F]) -> (dz [T, B, 4H] aliasing acts, then for the x call d xs [T, B, F], then d h_0,
+// d c_0, dw [F + H, 4H], db [4H]; the last two only with the attribute weight_grads, else unused).
+auto backward_binding() {
   using B = ffi::Buffer<ffi::F32>;
   return ffi::Ffi::Bind()
       .Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>()
-      .Ret<B>();
+      .Ret<B>().Ret<B>().Ret<B>().Ret<B>().Ret<B>()
+      .Ctx<ffi::ThreadPool>()
+      .Attr<int32_t>("reverse")
+      .Attr<int32_t>("threads")
+      .Attr<int32_t>("has_dout")
+      .Attr<int32_t>("weight_grads");
 }
 
-template <typename Binding>
-auto backward_binding_end(Binding binding) {
+auto backward_x_binding() {
   using B = ffi::Buffer<ffi::F32>;
-  return std::move(binding).template Ret<B>()
-      .template Ret<B>()
-      .template Ctx<ffi::ThreadPool>()
-      .template Attr<int32_t>("reverse")
-      .template Attr<int32_t>("threads")
-      .template Attr<int32_t>("has_dout");
+  return ffi::Ffi::Bind()
+      .Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>().Arg<B>()
+      .Ret<B>().Ret<B>().Ret<B>().Ret<B>().Ret<B>().Ret<B>()
+      .Ctx<ffi::ThreadPool>()
+      .Attr<int32_t>("reverse")
+      .Attr<int32_t>("threads")
+      .Attr<int32_t>("has_dout")
+      .Attr<int32_t>("weight_grads");
 }
 
 }  // namespace
@@ -1145,11 +1229,8 @@ extern "C" int64_t lstm_jax_native_stats_take(char* buf, int64_t n) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl, forward_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardX, LstmForwardXImpl, forward_binding());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl,
-                              backward_binding_end(backward_binding_start()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardX, LstmBackwardXImpl,
-                              backward_binding_end(
-                                  backward_binding_start().Ret<ffi::Buffer<ffi::F32>>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl, backward_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardX, LstmBackwardXImpl, backward_x_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmGenerate, LstmGenerateImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::S32>>()
