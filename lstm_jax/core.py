@@ -23,7 +23,9 @@ plus elementwise gate math. Four arrangements of the same computation exist, all
   (`lstm_jax.native`, XLA FFI; compiled on first use): no per-timestep kernel dispatch, register-tiled
   matmuls, the gate math in the same pass, batch rows split over threads. Dense inputs of a layer whose
   `[kernel; rk]` is small against the L2 cache are projected inside the same per-step matmul
-  (`NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`). CPU and float32 only.
+  (`NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`), and the weight gradients of a layer whose `[F + H, 4H]`
+  is at most 64 KiB are summed inside the backward call (`NATIVE_WEIGHT_GRADS_MAX_BYTES`). CPU and
+  float32 only.
 * ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop, gradients by autodiff.
 
 ``impl="auto"`` picks ``"scan"`` on GPU/TPU. On CPU it picks ``"native"`` whenever the kernel is available

@@ -332,9 +332,37 @@ def test_profile_step_reports_ops_a_timeline_and_the_kernel_calls():
     start = next(i for i, x in enumerate(lines) if x.startswith("native kernel calls, 2 untraced"))
     rows = lines[start + 2 : -1]
     kinds = [x.split()[5] for x in rows]
-    assert kinds and set(kinds) <= {"forward", "forward_x", "backward", "backward_x"}, rows
+    known = {"forward", "forward_x", "backward", "backward_x", "backward+wg", "backward_x+wg"}
+    assert kinds and set(kinds) <= known, rows
     assert sum(k.startswith("forward") for k in kinds) == sum(
         k.startswith("backward") for k in kinds
     )
     assert all(float(x.split()[0]) > 0 and float(x.split()[3]) > 0 for x in rows), rows
     assert lines[-1].startswith("in the calls:") and lines[-1].endswith("%)")
+
+
+def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "benchmarks.ab_rule", "--shape", "tiny", "--rounds", "1"]
+    proc = subprocess.run(
+        [*cmd, "--steps", "1", "--set", "NATIVE_WEIGHT_GRADS_MAX_BYTES=-1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith(
+        "shape tiny, NATIVE_WEIGHT_GRADS_MAX_BYTES=-1 (shipped: 65536): changed "
+    )
+    changed, shipped = (
+        float(x.split(" ms")[0]) for x in line.split("changed ")[1].split("shipped ")
+    )
+    assert changed > 0 and shipped > 0
+    bad = subprocess.run(
+        [*cmd, "--set", "NO_SUCH_RULE=1"], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and "--set must be NAME=VALUE" in bad.stderr

@@ -1,7 +1,8 @@
 """The LSTM recurrence as a native CPU kernel (XLA FFI custom calls), compiled on first use.
 
 `lstm_jax.core`'s ``impl="native"`` runs the same mathematics as ``impl="fused"`` (hoisted input
-projection, state-only backward recurrence, weight gradients as single matmuls afterwards), but each of the
+projection, state-only backward recurrence, weight gradients as single matmuls afterwards, or for small
+layers summed inside the backward call), but each of the
 two recurrences is one call into `lstm_cpu.cc` instead of a `lax.scan` of XLA kernels: on XLA:CPU every
 loop iteration costs several kernel dispatches, which dominate at LSTM sizes (measured in
 benchmarks/README.md).

@@ -8,7 +8,8 @@
 // hc [T, B, 2H] for the backward pass, and the outputs [T, B, H].
 // Backward: the state-only backward recurrence of the "fused" impl in lstm_jax/core.py, writing the
 // pre-activation gradients dz [T, B, 4H] over the gates; the weight gradients are single matmuls that XLA
-// computes afterwards.
+// computes afterwards, or with the attribute weight_grads (core.py: small layers) sums the call makes step
+// by step (run_backward).
 // The "x" calls (LstmForwardX, LstmBackwardX) take the inputs xs [T, B, F] instead of zx and project them in
 // the same per-step matmul: z_t = bias + [x_t, h_{t-1} * rmask] @ [kernel; rk], and backward
 // [dx_t, dh] = dz_t @ [kernel; rk]^T (core.py uses them when [kernel; rk] is small against the L2 cache).
