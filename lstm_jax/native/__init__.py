@@ -397,28 +397,15 @@ def backward(
     gradient is zero (only the final state was used), and no `[T, B, H]` zeros are made or read.
     `weight_grads`: also `d_rk [H, 4H]` (the sum over t of `(h_{t-1} * rmask)^T @ dz_t`) and
     `d_bias [4H]` (the sum of `dz`), accumulated inside the loop while each step's `dz_t` is in cache."""
-    return _backward(
-        _BACKWARD,
-        rk,
-        None,
-        acts,
-        hc,
-        mask,
-        d_outs,
-        dh_final,
-        dc_final,
-        rmask,
-        reverse,
-        threads,
-        weight_grads,
-    )
+    state = (acts, hc, mask, d_outs, dh_final, dc_final, rmask)
+    return _backward(_BACKWARD, rk, None, state, reverse, threads, weight_grads)
 
 
-def _backward(
-    name, w, xs, acts, hc, mask, d_outs, dh_final, dc_final, rmask, reverse, threads, weight_grads
-):
-    """One backward call with weights `w [F + H, 4H]` (passed transposed); with inputs `xs [T, B, F]` (the
-    x call) a `dxs [T, B, F]` output; with `weight_grads` `dw [F + H, 4H]` and `d_bias [4H]` last."""
+def _backward(name, w, xs, state, reverse, threads, weight_grads):
+    """One backward call with weights `w [F + H, 4H]` (passed transposed) and `state` = `(acts, hc, mask,
+    d_outs, dh_final, dc_final, rmask)`; with inputs `xs [T, B, F]` (the x call) a `dxs [T, B, F]`
+    output; with `weight_grads` `dw [F + H, 4H]` and `d_bias [4H]` last."""
+    acts, hc, mask, d_outs, dh_final, dc_final, rmask = state
     t, b, g = acts.shape
     h = g // 4
     f = 0 if xs is None else xs.shape[-1]
@@ -460,20 +447,9 @@ def backward_x(
     w = jnp.concatenate([kernel, rk], axis=0)
     f = kernel.shape[0]
     dummy = jnp.zeros((1, 1, f), jnp.float32)  # no weight gradients: xs is not read
+    state = (acts, hc, mask, d_outs, dh_final, dc_final, rmask)
     return _backward(
-        _BACKWARD_X,
-        w,
-        dummy if xs is None else xs,
-        acts,
-        hc,
-        mask,
-        d_outs,
-        dh_final,
-        dc_final,
-        rmask,
-        reverse,
-        threads,
-        xs is not None,
+        _BACKWARD_X, w, dummy if xs is None else xs, state, reverse, threads, xs is not None
     )
 
 
