@@ -392,14 +392,15 @@ def _native_backward(
     @jax.custom_jvp
     def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r, xs):
         if kernel is None:
-            out = native.backward(
+            dz, dh0, dc0, *grads = native.backward(
                 rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse, weight_grads=sums
             )
-            dz, dh0, dc0, *grads = out
-            return (dz, None, dh0, dc0, *grads) if sums else (dz, None, dh0, dc0, None, None)
-        out = native.backward_x(
-            kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse, xs=xs if sums else None
-        )
+            out = (dz, None, dh0, dc0, *grads)
+        else:
+            inputs = xs if sums else None  # given xs, the call sums the weight gradients
+            out = native.backward_x(
+                kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse, xs=inputs
+            )
         return out if sums else (*out, None, None)
 
     @call.defjvp
@@ -450,11 +451,11 @@ def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, re
 def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, dh_final, dc_final = _cotangents(cotangents)
+    d_rk = d_bias = None  # summed by the native kernel for small layers, else by XLA below
     if native:
         dz, _, dh0, dc0, d_rk, d_bias = _native_backward(
             rk, acts_all, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
         )
-        return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0, d_rk, d_bias)
     else:
         dz, dh0, dc0 = _fused_backward_states(
             rk,
@@ -471,7 +472,7 @@ def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
             unroll,
             remat,
         )
-    return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0)
+    return _fused_weight_grads(rk, mask, rmask, hc, dz, dh0, dc0, d_rk, d_bias)
 
 
 def _cotangents(cotangents):

@@ -445,12 +445,10 @@ def backward_x(
     inputs `xs [T, B, F]`, also `dw [F + H, 4H]` (the sum over t of `[x_t, h_{t-1} * rmask]^T @ dz_t`:
     the gradients of `[kernel; rk]`) and `d_bias [4H]`, accumulated inside the loop."""
     w = jnp.concatenate([kernel, rk], axis=0)
-    f = kernel.shape[0]
-    dummy = jnp.zeros((1, 1, f), jnp.float32)  # no weight gradients: xs is not read
+    # Without xs no weight gradients: a placeholder carries F, and the kernel does not read it.
+    inputs = jnp.zeros((1, 1, kernel.shape[0]), jnp.float32) if xs is None else xs
     state = (acts, hc, mask, d_outs, dh_final, dc_final, rmask)
-    return _backward(
-        _BACKWARD_X, w, dummy if xs is None else xs, state, reverse, threads, xs is not None
-    )
+    return _backward(_BACKWARD_X, w, inputs, state, reverse, threads, xs is not None)
 
 
 def generate(

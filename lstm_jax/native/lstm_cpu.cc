@@ -343,9 +343,13 @@ RowsTiming parallel_rows(int64_t B, int64_t threads, Make make, Spawn spawn) {
   const int64_t delay_us = test_helper_delay_us();
   const bool timed = stats_on();
   const int64_t t0 = timed ? now_ns() : 0;
-  // Each helper's start, from t0 (-1: not started); shared, as a helper may start after the call.
-  auto starts = std::make_shared<std::vector<std::atomic<int64_t>>>(nblocks);
-  for (auto& v : *starts) v.store(-1, std::memory_order_relaxed);
+  // With stats on, each helper's start from t0 (-1: not started); shared, as a helper may start after
+  // the call. Not allocated otherwise.
+  std::shared_ptr<std::vector<std::atomic<int64_t>>> starts;
+  if (timed) {
+    starts = std::make_shared<std::vector<std::atomic<int64_t>>>(nblocks);
+    for (auto& v : *starts) v.store(-1, std::memory_order_relaxed);
+  }
   for (int64_t k = 1; k < nblocks; ++k)
     spawn([job, delay_us, timed, t0, starts, k] {
       if (timed) (*starts)[k].store(now_ns() - t0, std::memory_order_relaxed);
