@@ -208,6 +208,46 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
     return results
 
 
+TARGET_SPEEDUP = 1.5  # issue #6: lstm_jax's step at least this much faster than the fastest peer
+
+
+def _target_lines(report: dict) -> list[str]:
+    """Per shape, how far the speed target is from the machine's limit: the step's FLOPs at the measured
+    ceiling take `flops / ceiling` ms; the target (the fastest peer's ms / TARGET_SPEEDUP) needs the whole
+    step, every FLOP of it, at `bound / target` of the ceiling. lstm_jax's own share is beside it."""
+    ceiling = report["ceiling"]["ceiling_gflops"]
+    rows = []
+    for name, res in report["shapes"].items():
+        peer_ms = [
+            r["median_ms"]
+            for p, r in res.items()
+            if "median_ms" in r and not p.startswith("lstm_jax")
+        ]
+        if not peer_ms:
+            continue
+        target = min(peer_ms) / TARGET_SPEEDUP
+        bound = get_shape(name).train_flops() / (ceiling * 1e9) * 1e3
+        ours = res.get("lstm_jax", {}).get("median_ms")
+        share = f"{100 * bound / ours:.0f}%" if ours else "-"
+        rows.append(
+            f"| {name} | {min(peer_ms):.1f} | {target:.1f} | {bound:.1f} | {100 * bound / target:.0f}% "
+            f"| {share} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"The target, {TARGET_SPEEDUP}x the fastest peer, against the ceiling: the step's FLOPs at "
+        f"{ceiling:.0f} GFLOP/s take the bound's ms, so the target needs the whole step at bound / "
+        "target of the ceiling (lstm_jax: bound / its ms).",
+        "",
+        f"| shape | fastest peer ms | {TARGET_SPEEDUP}x target ms | ceiling bound ms | target needs "
+        "| lstm_jax reaches |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def markdown(report: dict) -> str:
     ceiling = report["ceiling"]["ceiling_gflops"]
     lines = [
@@ -243,6 +283,7 @@ def markdown(report: dict) -> str:
                 f"| {gflops:.0f} | {100 * gflops / ceiling:.0f}% | {r['first_step_s']:.2f} "
                 f"| {r.get('peak_rss_mb', float('nan')):.0f} |"
             )
+    lines += _target_lines(report)
     gen_lines = []
     for res in report["shapes"].values():
         for peer, r in res.items():

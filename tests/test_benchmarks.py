@@ -148,6 +148,9 @@ def test_markdown_reports_missing_and_failed_peers():
     assert "| C imdb | PyTorch eager | 12 | 20.0 [19.0-21.0] | 5000 | 1.00x |" in table
     assert "missing: keras not installed" in table
     assert "failed: RuntimeError: boom" in table
+    # C's step is 0.8405 GFLOP: 2.10 ms at 400 GFLOP/s; the target 20 / 1.5 = 13.3 ms needs 16% of the
+    # ceiling, and lstm_jax's 10 ms is 21% of it.
+    assert "| C | 20.0 | 13.3 | 2.1 | 16% | 21% |" in table
 
 
 def test_unknown_names_are_user_errors(capsys):
