@@ -331,11 +331,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="glibc malloc tuning: ours (lstm_jax's import-time default), all peers, or none",
     )
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<date>.json)")
+    p.add_argument(
+        "--show",
+        default=None,
+        metavar="JSON",
+        help="print the tables of a saved run (re-rendered by this version) and exit; runs nothing",
+    )
     return p.parse_args(argv)
+
+
+def show(path: str) -> int:
+    """Prints the markdown of a saved run; 2 with a one-line error if it cannot be read as one."""
+    try:
+        report = json.loads(Path(path).read_text())
+        table = markdown(report)
+    except FileNotFoundError:
+        print(f"error: no such file {path!r}; give a JSON written by --out", file=sys.stderr)
+        return 2
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        print(
+            f"error: {path!r} is not a benchmark run's JSON ({type(e).__name__}: {e}); give a file "
+            "written by --out",
+            file=sys.stderr,
+        )
+        return 2
+    print(table)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.show:
+        return show(args.show)
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     for p in peers:
         if p not in PEERS:

@@ -115,7 +115,7 @@ def test_data_parallel_step_matches_the_single_device_step():
     assert got["losses"][0] != got["losses"][-1]  # the steps did update the parameters
 
 
-def test_markdown_reports_missing_and_failed_peers():
+def test_markdown_reports_missing_and_failed_peers(tmp_path, capsys):
     report = {
         "machine": "m",
         "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
@@ -151,14 +151,24 @@ def test_markdown_reports_missing_and_failed_peers():
     # C's step is 0.8405 GFLOP: 2.10 ms at 400 GFLOP/s; the target 20 / 1.5 = 13.3 ms needs 16% of the
     # ceiling, and lstm_jax's 10 ms is 21% of it.
     assert "| C | 20.0 | 13.3 | 2.1 | 16% | 21% |" in table
+    path = tmp_path / "run.json"  # a saved run's tables, printed again by --show
+    path.write_text(json.dumps(report))
+    assert run.main(["--show", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == table.strip()
 
 
-def test_unknown_names_are_user_errors(capsys):
+def test_unknown_names_are_user_errors(capsys, tmp_path):
     assert run.main(["--peers", "lstm_jax,caffe"]) == 2
     assert "unknown peer 'caffe'" in capsys.readouterr().err
     assert run.main(["--shapes", "Z"]) == 2
     assert run.main(["--gen-modes", "stateful,beam"]) == 2
     assert "unknown --gen-modes beam" in capsys.readouterr().err
+    assert run.main(["--show", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    for name, text in (("bad.json", "{not json"), ("other.json", '{"a": 1}')):
+        (tmp_path / name).write_text(text)
+        assert run.main(["--show", str(tmp_path / name)]) == 2
+        assert "is not a benchmark run's JSON" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown peer"):
         from benchmarks.worker import load
 
