@@ -70,10 +70,11 @@ NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = 0.5
 
 # Impl "native" sums a layer's weight gradients inside its backward call (each step's
 # `[x_t, h_{t-1}]^T @ dz_t` while dz_t is in cache) when `[F + H, 4H]` takes at most this many bytes, and
-# leaves them to single XLA matmuls after the loop above it. Measured on the benchmark's whole steps
-# (benchmarks/README.md): the IMDB shape (24.6 KB) 18.1 -> 14.4 ms; the word model's second layer (196 KB)
-# a tie; its first (393 KB) and the char model's (1.4-2.9 MB), whose per-step rank-20..64 updates are
-# slower than XLA's one large matmul, 4% and 13% slower.
+# leaves them to single XLA matmuls after the loop above it. Measured on the benchmark's whole steps with
+# `python -m benchmarks.ab_rule` (benchmarks/README.md): the IMDB shape (24.6 KB) 25.1 / 26.9 ms without
+# against 19.8 / 21.2 with; with no limit, the word model (196 and 393 KB) a tie (41.2 / 42.3 against
+# 39.5 / 43.2) and the char model (1.4-2.9 MB, whose per-step rank-20 updates are slower than XLA's one
+# large matmul) 9-15% slower (138.9 / 147.4 against 127.3 / 128.3).
 NATIVE_WEIGHT_GRADS_MAX_BYTES = 64 * 1024
 
 __all__ = [
