@@ -348,6 +348,12 @@ def show(path: str) -> int:
     except FileNotFoundError:
         print(f"error: no such file {path!r}; give a JSON written by --out", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(
+            f"error: cannot read {path!r} ({e.strerror}); give a JSON written by --out",
+            file=sys.stderr,
+        )
+        return 2
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         print(
             f"error: {path!r} is not a benchmark run's JSON ({type(e).__name__}: {e}); give a file "

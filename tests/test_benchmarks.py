@@ -165,6 +165,8 @@ def test_unknown_names_are_user_errors(capsys, tmp_path):
     assert "unknown --gen-modes beam" in capsys.readouterr().err
     assert run.main(["--show", str(tmp_path / "none.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert run.main(["--show", str(tmp_path)]) == 2  # a directory
+    assert "cannot read" in capsys.readouterr().err
     for name, text in (("bad.json", "{not json"), ("other.json", '{"a": 1}')):
         (tmp_path / name).write_text(text)
         assert run.main(["--show", str(tmp_path / name)]) == 2
