@@ -9,6 +9,13 @@ core: from L2 while they fit, from L3 (or memory) beyond. Prints microseconds pe
 bandwidth for each number of matrices, then the native kernel's generation (`lstm_jax.native.generate`,
 greedy, one stream, a char model of two LSTM layers of `--hidden` units and `--vocab` outputs) in
 microseconds per character for each thread count up to the cores (`--no-kernel` skips it).
+
+    python -m benchmarks.weight_stream --spread --calls 40
+
+times instead whole `generate_stateful` calls (`--length` characters, one stream, sampled, a char model of
+two LSTM layers of `--hidden` units) with the native kernel's helper moved off the caller's CPU (as
+shipped) and not moved (`LSTM_JAX_NATIVE_SPREAD=0`), interleaved call by call; prints each one's median,
+quartiles and 90th percentile in ms.
 """
 
 from __future__ import annotations
@@ -68,6 +75,44 @@ def kernel_per_char_seconds(
     return median_ms(lambda: gen(first).block_until_ready(), repeats) / 1e3 / steps
 
 
+def spread_ab(hidden: int, vocab: int, length: int, calls: int) -> dict[str, list[float]]:
+    """Seconds per `generate_stateful` call, with LSTM_JAX_NATIVE_SPREAD unset ("moved") and "0"
+    ("not moved"), alternating call by call."""
+    import os
+    import time
+
+    from flax import nnx
+
+    from lstm_jax.generate import generate_stateful
+    from lstm_jax.models import LanguageModel
+
+    model = LanguageModel(
+        vocab, (hidden, hidden), rngs=nnx.Rngs(0), input_mode="scalar", predict="all"
+    )
+    prime = jnp.zeros((1, 1), jnp.int32)
+    key = jax.random.key(1)
+    generate_stateful(model, prime, length, key=key, temperature=1.0).block_until_ready()
+    times: dict[str, list[float]] = {"moved": [], "not moved": []}
+    saved = os.environ.get("LSTM_JAX_NATIVE_SPREAD")
+    try:
+        for _ in range(calls):
+            for mode in times:
+                if mode == "moved":
+                    os.environ.pop("LSTM_JAX_NATIVE_SPREAD", None)
+                else:
+                    os.environ["LSTM_JAX_NATIVE_SPREAD"] = "0"
+                t0 = time.perf_counter()
+                generate_stateful(
+                    model, prime, length, key=key, temperature=1.0
+                ).block_until_ready()
+                times[mode].append(time.perf_counter() - t0)
+    finally:
+        os.environ.pop("LSTM_JAX_NATIVE_SPREAD", None)
+        if saved is not None:
+            os.environ["LSTM_JAX_NATIVE_SPREAD"] = saved
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hidden", type=int, default=300)
@@ -75,7 +120,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--vocab", type=int, default=60)
     p.add_argument("--no-kernel", action="store_true")
+    p.add_argument(
+        "--spread", action="store_true", help="time generate_stateful calls, helper moved or not"
+    )
+    p.add_argument("--length", type=int, default=200, help="characters per call (--spread)")
+    p.add_argument("--calls", type=int, default=40, help="calls of each kind (--spread)")
     args = p.parse_args(argv)
+    if args.spread:
+        import numpy as np
+
+        for mode, ts in spread_ab(args.hidden, args.vocab, args.length, args.calls).items():
+            q = np.percentile(1e3 * np.asarray(ts), [25, 50, 75, 90])
+            print(
+                f"helper {mode:9s}: median {q[1]:6.2f} ms ({args.length / q[1] * 1e3:,.0f} chars/s), "
+                f"quartiles {q[0]:.2f}-{q[2]:.2f}, 90th percentile {q[3]:.2f} ({len(ts)} calls)",
+                flush=True,
+            )
+        return
     for m in range(1, args.max_matrices + 1):
         mb = m * args.hidden * 4 * args.hidden * 4 / 1e6
         s = per_step_seconds(m, args.hidden, args.steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -278,6 +279,22 @@ def test_weight_stream_times_the_native_generation_kernel_per_thread_count(capsy
         "native generate, 2 thread(s)",
     ]
     assert all(float(line.split(":")[1].split()[0]) > 0 for line in lines[1:])
+
+
+def test_weight_stream_spread_times_calls_with_the_helper_moved_and_not(capsys, monkeypatch):
+    from benchmarks import weight_stream
+    from lstm_jax import native
+
+    if native.unavailable_reason() is not None:
+        pytest.skip(native.unavailable_reason())
+    monkeypatch.setenv("LSTM_JAX_NATIVE_SPREAD", "1")
+    weight_stream.main(
+        ["--spread", "--hidden", "8", "--vocab", "7", "--length", "6", "--calls", "3"]
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == ["helper moved", "helper not moved"]
+    assert all("(3 calls)" in line and float(line.split()[4]) > 0 for line in lines)
+    assert os.environ["LSTM_JAX_NATIVE_SPREAD"] == "1"  # the caller's setting is back
 
 
 def test_dots_times_xla_against_numpy_on_the_step_shapes(capsys):

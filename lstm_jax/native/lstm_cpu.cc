@@ -37,6 +37,9 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
@@ -227,6 +230,65 @@ class FlushDenormals {
  private:
   unsigned int saved_;
 #endif
+};
+
+// The threads of one generation call on different CPUs (Linux). On 2 cores XLA's pool often ran the
+// helper task on the calling thread's CPU (a debugging build printed sched_getcpu of both, and the
+// caller's involuntary context switches: 20-240 in such a 200-token call, 0-2 otherwise), and the
+// scheduler left the two sharing one core while the other idled: those calls took 21-51 ms instead of
+// 12-15. A helper on a CPU the call already holds moves itself off them (its CPU mask without them, when
+// any CPU is left) and gets its mask back when its work ends (benchmarks/README.md, 2026-12-03).
+// LSTM_JAX_NATIVE_SPREAD=0, read when the call starts, turns this off. (The training calls' helpers
+// showed no difference either way, and are left as they are.)
+class CpuSpread {
+ public:
+  CpuSpread() {
+    const char* env = std::getenv("LSTM_JAX_NATIVE_SPREAD");
+    off_ = env != nullptr && std::strcmp(env, "0") == 0;
+  }
+
+  // The calling thread's CPU joins the set.
+  void hold() {
+#if defined(__linux__)
+    const int cpu = sched_getcpu();
+    if (cpu >= 0 && cpu < 64) used_.fetch_or(uint64_t{1} << cpu, std::memory_order_acq_rel);
+#endif
+  }
+
+  class Away {
+   public:
+    explicit Away(CpuSpread& s) {
+#if defined(__linux__)
+      const int cpu = sched_getcpu();
+      const uint64_t used = s.used_.load(std::memory_order_acquire);
+      if (!s.off_ && cpu >= 0 && cpu < 64 && (used >> cpu & 1) &&
+          sched_getaffinity(0, sizeof(saved_), &saved_) == 0) {
+        cpu_set_t m = saved_;
+        for (int c = 0; c < 64; ++c)
+          if (used >> c & 1) CPU_CLR(c, &m);
+        moved_ = CPU_COUNT(&m) > 0 && sched_setaffinity(0, sizeof(m), &m) == 0;
+      }
+#endif
+      s.hold();
+    }
+    ~Away() {
+#if defined(__linux__)
+      if (moved_) sched_setaffinity(0, sizeof(saved_), &saved_);
+#endif
+    }
+    Away(const Away&) = delete;
+    Away& operator=(const Away&) = delete;
+
+   private:
+#if defined(__linux__)
+    cpu_set_t saved_;
+#endif
+    bool moved_ = false;
+  };
+
+ private:
+  std::atomic<uint64_t> used_{0};
+  bool off_ = false;
 };
 
 // One row block's recurrence, advanced one timestep at a time so that it can change threads between
@@ -757,6 +819,7 @@ struct GenJob {
   std::unique_ptr<std::atomic<bool>[]> active;      // [threads]: helper k is taking its tickets
   std::atomic<int64_t> done{0}, helper_ids{1};
   std::atomic<int64_t> solo_until_ns{0}, solo_count{0};
+  CpuSpread cpus;
   static constexpr int64_t kSoloNs = 5000000;
 
   void set_phases(int64_t threads) {
@@ -1152,8 +1215,10 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
   const int64_t delay_us = test_helper_delay_us();
   auto helper = [job, delay_us] {
     if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+    CpuSpread::Away away(job->cpus);
     job->work(job->helper_ids.fetch_add(1, std::memory_order_relaxed));
   };
+  j.cpus.hold();
   NewThreads spawn;
   for (int64_t k = 1; k < nthreads && j.total > 0; ++k) {
     auto task = helper;
