@@ -92,24 +92,27 @@ def spread_ab(hidden: int, vocab: int, length: int, calls: int) -> dict[str, lis
     prime = jnp.zeros((1, 1), jnp.int32)
     key = jax.random.key(1)
     generate_stateful(model, prime, length, key=key, temperature=1.0).block_until_ready()
-    times: dict[str, list[float]] = {"moved": [], "not moved": []}
+
+    def set_spread(value: str | None) -> None:
+        if value is None:
+            os.environ.pop("LSTM_JAX_NATIVE_SPREAD", None)
+        else:
+            os.environ["LSTM_JAX_NATIVE_SPREAD"] = value
+
+    settings = {"moved": None, "not moved": "0"}  # the variable's value for each kind of call
+    times: dict[str, list[float]] = {mode: [] for mode in settings}
     saved = os.environ.get("LSTM_JAX_NATIVE_SPREAD")
     try:
         for _ in range(calls):
-            for mode in times:
-                if mode == "moved":
-                    os.environ.pop("LSTM_JAX_NATIVE_SPREAD", None)
-                else:
-                    os.environ["LSTM_JAX_NATIVE_SPREAD"] = "0"
+            for mode, value in settings.items():
+                set_spread(value)
                 t0 = time.perf_counter()
                 generate_stateful(
                     model, prime, length, key=key, temperature=1.0
                 ).block_until_ready()
                 times[mode].append(time.perf_counter() - t0)
     finally:
-        os.environ.pop("LSTM_JAX_NATIVE_SPREAD", None)
-        if saved is not None:
-            os.environ["LSTM_JAX_NATIVE_SPREAD"] = saved
+        set_spread(saved)
     return times
 
 
