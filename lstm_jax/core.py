@@ -24,8 +24,8 @@ plus elementwise gate math. Four arrangements of the same computation exist, all
   matmuls, the gate math in the same pass, batch rows split over threads. Dense inputs of a layer whose
   `[kernel; rk]` is small against the L2 cache are projected inside the same per-step matmul
   (`NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`), and the weight gradients of a layer whose `[F + H, 4H]`
-  is at most 64 KiB are summed inside the backward call (`NATIVE_WEIGHT_GRADS_MAX_BYTES`). CPU and
-  float32 only.
+  is at most 64 KiB are summed inside the backward call (`NATIVE_WEIGHT_GRADS_MAX_BYTES`), every
+  layer's bias gradient too (`NATIVE_BIAS_GRAD_IN_KERNEL`). CPU and float32 only.
 * ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop, gradients by autodiff.
 
 ``impl="auto"`` picks ``"scan"`` on GPU/TPU. On CPU it picks ``"native"`` whenever the kernel is available
@@ -76,6 +76,14 @@ NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = 0.5
 # 39.5 / 43.2) and the char model (1.4-2.9 MB, whose per-step rank-20 updates are slower than XLA's one
 # large matmul) 9-15% slower (138.9 / 147.4 against 127.3 / 128.3).
 NATIVE_WEIGHT_GRADS_MAX_BYTES = 64 * 1024
+
+# Impl "native" sums every layer's bias gradient (the sum of `dz` over all timesteps and rows) inside its
+# backward call, a few adds per step while dz_t is in cache, instead of XLA reducing `[T, B, 4H]` after
+# it (in shape B's trace that reduction took 1.3 and 0.7 ms of a 47 ms step, reading dz while the weight
+# gradients' matmuls did). `python -m benchmarks.ab_rule --shape B --set NATIVE_BIAS_GRAD_IN_KERNEL=0`,
+# four runs (benchmarks/README.md): B 41.2 / 45.1 / 69.6 / 77.1 ms with XLA's reduction against 40.3 /
+# 44.1 / 60.7 / 69.8 in the kernel; A and D a tie.
+NATIVE_BIAS_GRAD_IN_KERNEL = True
 
 __all__ = [
     "LSTMState",
@@ -382,27 +390,52 @@ def _native_backward(
     `dxs [T, B, F]` is the inputs' gradient from the same per-step matmul, else None. For small layers
     (`_native_sums_weight_grads`) the call also sums the weight gradients step by step while each `dz_t`
     is in cache: `dw`, the gradient of `[kernel; rk]` `[F + H, 4H]` (with `xs`, the inputs of the
-    `forward_x` form) or of `rk` `[H, 4H]`, and `d_bias [4H]`; else both are None (single XLA matmuls
-    after the loop compute them)."""
+    `forward_x` form) or of `rk` `[H, 4H]`; else `dw` is None (single XLA matmuls after the loop compute
+    the weight gradients). `d_bias [4H]`, the sum of `dz`, is summed in the call with `dw` or when
+    `NATIVE_BIAS_GRAD_IN_KERNEL` (else None: XLA reduces `dz` after the call)."""
     from lstm_jax import native
 
     m, r = _native_inputs(mask, rmask, *acts.shape[:2], rk.shape[0])
     features = 0 if kernel is None else kernel.shape[0]
     sums = _native_sums_weight_grads(features, rk.shape[0])
+    bias_sum = sums or NATIVE_BIAS_GRAD_IN_KERNEL
 
     @jax.custom_jvp
     def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r, xs):
         if kernel is None:
             dz, dh0, dc0, *grads = native.backward(
-                rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse, weight_grads=sums
+                rk,
+                acts,
+                hc,
+                m,
+                d_outs,
+                dh_final,
+                dc_final,
+                r,
+                reverse,
+                weight_grads=sums,
+                bias_grad=bias_sum,
             )
             out = (dz, None, dh0, dc0, *grads)
         else:
             inputs = xs if sums else None  # given xs, the call sums the weight gradients
             out = native.backward_x(
-                kernel, rk, acts, hc, m, d_outs, dh_final, dc_final, r, reverse, xs=inputs
+                kernel,
+                rk,
+                acts,
+                hc,
+                m,
+                d_outs,
+                dh_final,
+                dc_final,
+                r,
+                reverse,
+                xs=inputs,
+                bias_grad=bias_sum,
             )
-        return out if sums else (*out, None, None)
+        if sums:
+            return out
+        return (*out[:-1], None, out[-1]) if bias_sum else (*out, None, None)
 
     @call.defjvp
     def call_jvp(primals, tangents):
@@ -413,7 +446,7 @@ def _native_backward(
             )
             dxs = None if kernel is None else jnp.einsum("tbg,fg->tbf", dz, kernel)
             if not sums:
-                return dz, dxs, dh0, dc0, None, None
+                return dz, dxs, dh0, dc0, None, dz.sum(axis=(0, 1)) if bias_sum else None
             rows = hc[..., : rk.shape[0]] * r  # h_{t-1} * rmask, [T, B, H]
             if kernel is not None:
                 rows = jnp.concatenate([xs, rows], axis=-1)
@@ -452,7 +485,7 @@ def _recurrence_fused_fwd(rk, bias, zx, mask, h0, c0, rmask, reverse, unroll, re
 def _recurrence_fused_bwd(reverse, unroll, remat, native, res, cotangents):
     rk, bias, zx, mask, rmask, (hc, acts_all) = res
     d_outs, dh_final, dc_final = _cotangents(cotangents)
-    d_rk = d_bias = None  # summed by the native kernel for small layers, else by XLA below
+    d_rk = d_bias = None  # the native call sums d_bias (and d_rk for small layers), else XLA below
     if native:
         dz, _, dh0, dc0, d_rk, d_bias = _native_backward(
             rk, acts_all, hc, mask, rmask, d_outs, dh_final, dc_final, reverse

@@ -52,12 +52,13 @@ def weight_grads(request, monkeypatch):
 
 def test_the_size_rule_picks_where_the_weight_gradients_are_summed():
     """`[F + H, 4H]` up to NATIVE_WEIGHT_GRADS_MAX_BYTES: in the kernel (the IMDB tutorial's layer), above:
-    by XLA (the word and char models' layers); the call's attribute says which."""
+    by XLA (the word and char models' layers); the call's attribute says which (1: weights and bias,
+    2: the bias only, which every native backward call sums)."""
     assert core._native_sums_weight_grads(16, 32)  # 24.6 KB
     assert not core._native_sums_weight_grads(128, 64)  # 196 KB
     assert not core._native_sums_weight_grads(0, 300)
     p, xs, st, mask, w = _case(4, 3, 2, 5)
-    for size, expected in ((1 << 40, 1), (-1, 0)):
+    for size, expected in ((1 << 40, 1), (-1, 2)):
         core_limit = core.NATIVE_WEIGHT_GRADS_MAX_BYTES
         core.NATIVE_WEIGHT_GRADS_MAX_BYTES = size
         try:
@@ -172,9 +173,9 @@ def test_results_do_not_depend_on_the_thread_count():
 
 def test_weight_gradients_summed_in_the_kernel_equal_the_matmuls():
     """With weight_grads (zx form) or xs (x form) the backward call also returns `dw` = sum over t of
-    `[x_t, h_{t-1} * rmask]^T @ dz_t` and `d_bias` = sum of `dz`; each row block sums its steps and the
-    blocks are added in order, so they agree across thread counts to float rounding, while every other
-    output stays bit for bit the same as without them."""
+    `[x_t, h_{t-1} * rmask]^T @ dz_t` and `d_bias` = sum of `dz`, with `bias_grad` alone `d_bias` only;
+    each row block sums its steps and the blocks are added in order, so they agree across thread counts
+    to float rounding, while every other output stays bit for bit the same as without them."""
     b, t, f, h = 23, 7, 5, 21
     k = jax.random.split(jax.random.key(3), 8)
     rk = 0.3 * jax.random.normal(k[0], (h, 4 * h))
@@ -200,6 +201,12 @@ def test_weight_gradients_summed_in_the_kernel_equal_the_matmuls():
         rows = jnp.concatenate([xs, hc[..., :h] * rm], axis=-1).reshape(t * b, f + h)
         np.testing.assert_allclose(dw, rows.T @ dz, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(db, dz.sum(0), rtol=1e-5, atol=1e-5)
+        *same, db_only = native.backward_x(
+            kernel, rk, acts, hc, mask, dout, h_t, c_t, rm, True, threads, bias_grad=True
+        )
+        for a, r in zip(same, plain, strict=True):
+            np.testing.assert_array_equal(a, r)
+        np.testing.assert_array_equal(db_only, db)  # the same sums in the same order
 
         acts, _, h_t, c_t, hc = native.forward(rk, bias, zx, mask, h0, c0, rm, False, threads)
         plain = native.backward(rk, acts, hc, mask, dout, h_t, c_t, rm, False, threads)
@@ -212,6 +219,12 @@ def test_weight_gradients_summed_in_the_kernel_equal_the_matmuls():
         hr = (hc[..., :h] * rm).reshape(t * b, h)
         np.testing.assert_allclose(d_rk, hr.T @ dz, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(db, dz.sum(0), rtol=1e-5, atol=1e-5)
+        *same, db_only = native.backward(
+            rk, acts, hc, mask, dout, h_t, c_t, rm, False, threads, bias_grad=True
+        )
+        for a, r in zip(same, plain, strict=True):
+            np.testing.assert_array_equal(a, r)
+        np.testing.assert_array_equal(db_only, db)
 
 
 def test_stats_time_each_call_kind_and_shape():

@@ -391,39 +391,48 @@ def backward(
     reverse: bool,
     threads: int | None = None,
     weight_grads: bool = False,
+    bias_grad: bool = False,
 ) -> tuple[Array, ...]:
     """The backward recurrence. Returns `(dz [T, B, 4H], dh_0, dc_0)`: the gradient of the gates'
     pre-activations (written over `acts`' buffer) and of the initial state. `d_outs` None: the outputs'
     gradient is zero (only the final state was used), and no `[T, B, H]` zeros are made or read.
     `weight_grads`: also `d_rk [H, 4H]` (the sum over t of `(h_{t-1} * rmask)^T @ dz_t`) and
-    `d_bias [4H]` (the sum of `dz`), accumulated inside the loop while each step's `dz_t` is in cache."""
+    `d_bias [4H]` (the sum of `dz`), accumulated inside the loop while each step's `dz_t` is in cache;
+    `bias_grad` alone: `d_bias` only."""
     state = (acts, hc, mask, d_outs, dh_final, dc_final, rmask)
-    return _backward(_BACKWARD, rk, None, state, reverse, threads, weight_grads)
+    return _backward(_BACKWARD, rk, None, state, reverse, threads, weight_grads, bias_grad)
 
 
-def _backward(name, w, xs, state, reverse, threads, weight_grads):
+# The backward calls' `weight_grads` attribute (lstm_cpu.cc: kNoGrads, kWeightAndBiasGrads, kBiasGrad).
+_NO_GRADS, _WEIGHT_AND_BIAS_GRADS, _BIAS_GRAD = 0, 1, 2
+
+
+def _backward(name, w, xs, state, reverse, threads, weight_grads, bias_grad):
     """One backward call with weights `w [F + H, 4H]` (passed transposed) and `state` = `(acts, hc, mask,
     d_outs, dh_final, dc_final, rmask)`; with inputs `xs [T, B, F]` (the x call) a `dxs [T, B, F]`
-    output; with `weight_grads` `dw [F + H, 4H]` and `d_bias [4H]` last."""
+    output; with `weight_grads` `dw [F + H, 4H]` and `d_bias [4H]` last, with `bias_grad` alone
+    `d_bias`."""
     acts, hc, mask, d_outs, dh_final, dc_final, rmask = state
     t, b, g = acts.shape
     h = g // 4
     f = 0 if xs is None else xs.shape[-1]
     dout = jnp.zeros((1,), jnp.float32) if d_outs is None else d_outs
     args = (w.T, acts, hc, mask, dout, dh_final, dc_final, rmask, *(() if xs is None else (xs,)))
-    grads = [(f + h, g), (g,)] if weight_grads else [(1,), (1,)]  # unused when not asked for
+    if weight_grads:
+        mode, grads = _WEIGHT_AND_BIAS_GRADS, [(f + h, g), (g,)]
+    elif bias_grad:
+        mode, grads = _BIAS_GRAD, [(1,), (g,)]  # dw unused
+    else:
+        mode, grads = _NO_GRADS, [(1,), (1,)]
     outs = [(t, b, g), *([(t, b, f)] if f else []), (b, h), (b, h), *grads]
     results = _call(
-        name,
-        args,
-        outs,
-        1,
-        reverse,
-        threads,
-        has_dout=d_outs is not None,
-        weight_grads=bool(weight_grads),
+        name, args, outs, 1, reverse, threads, has_dout=d_outs is not None, weight_grads=mode
     )
-    return tuple(results) if weight_grads else tuple(results[:-2])
+    if mode == _WEIGHT_AND_BIAS_GRADS:
+        return tuple(results)
+    if mode == _BIAS_GRAD:
+        return (*results[:-2], results[-1])
+    return tuple(results[:-2])
 
 
 def backward_x(
@@ -439,16 +448,18 @@ def backward_x(
     reverse: bool,
     threads: int | None = None,
     xs: Array | None = None,
+    bias_grad: bool = False,
 ) -> tuple[Array, ...]:
     """The backward recurrence of `forward_x`: returns `(dz [T, B, 4H], dxs [T, B, F], dh_0, dc_0)`,
     the inputs' gradient `dz_t @ kernel^T` computed in the same per-step matmul as the state's. Given the
     inputs `xs [T, B, F]`, also `dw [F + H, 4H]` (the sum over t of `[x_t, h_{t-1} * rmask]^T @ dz_t`:
-    the gradients of `[kernel; rk]`) and `d_bias [4H]`, accumulated inside the loop."""
+    the gradients of `[kernel; rk]`) and `d_bias [4H]`, accumulated inside the loop; without them and
+    with `bias_grad`, `d_bias` only."""
     w = jnp.concatenate([kernel, rk], axis=0)
     # Without xs no weight gradients: a placeholder carries F, and the kernel does not read it.
     inputs = jnp.zeros((1, 1, kernel.shape[0]), jnp.float32) if xs is None else xs
     state = (acts, hc, mask, d_outs, dh_final, dc_final, rmask)
-    return _backward(_BACKWARD_X, w, inputs, state, reverse, threads, xs is not None)
+    return _backward(_BACKWARD_X, w, inputs, state, reverse, threads, xs is not None, bias_grad)
 
 
 def generate(

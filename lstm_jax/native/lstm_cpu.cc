@@ -7,9 +7,9 @@
 // writing the activated gates over zx (the call aliases them), h_{t-1} and c_{t-1} packed as
 // hc [T, B, 2H] for the backward pass, and the outputs [T, B, H].
 // Backward: the state-only backward recurrence of the "fused" impl in lstm_jax/core.py, writing the
-// pre-activation gradients dz [T, B, 4H] over the gates; the weight gradients are single matmuls that XLA
-// computes afterwards, or with the attribute weight_grads (core.py: small layers) sums the call makes step
-// by step (run_backward).
+// pre-activation gradients dz [T, B, 4H] over the gates, and the bias's gradient summed step by step; the
+// weight gradients are single matmuls that XLA computes afterwards, or (core.py: small layers) sums the
+// call makes step by step too (the attribute weight_grads, run_backward).
 // The "x" calls (LstmForwardX, LstmBackwardX) take the inputs xs [T, B, F] instead of zx and project them in
 // the same per-step matmul: z_t = bias + [x_t, h_{t-1} * rmask] @ [kernel; rk], and backward
 // [dx_t, dh] = dz_t @ [kernel; rk]^T (core.py uses them when [kernel; rk] is small against the L2 cache).
@@ -567,8 +567,10 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
 }
 
 // One row block's share of the weight gradients: dw [F + H, Gp] = sum over its steps of
-// [x_t, h_{t-1} * rmask]^T @ dz_t, db [Gp] = sum of dz_t (summed over the blocks after the call).
+// [x_t, h_{t-1} * rmask]^T @ dz_t (only when `weights`), db [Gp] = sum of dz_t (summed over the blocks
+// after the call).
 struct WeightGrads {
+  bool weights = true;            // false: the bias's gradient only
   std::vector<float> dw, db, at;  // at: the step's [x_t, h * rmask] transposed, [F + H, rows]
 };
 
@@ -583,9 +585,11 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
   const int64_t T = d.T, B = d.B, H = d.H, F = d.F, G = 4 * H, Gp = round_up(G, VL);
   const int64_t K = F + H, Kp = round_up(K, VL), R = r1 - r0;
   if (wg) {
-    wg->dw.assign(K * Gp, 0.0f);
+    if (wg->weights) {
+      wg->dw.assign(K * Gp, 0.0f);
+      wg->at.resize(K * R);
+    }
     wg->db.assign(Gp, 0.0f);
-    wg->at.resize(K * R);
   }
   struct State {
     std::vector<float> dh, dc, dxh, dz, no_dout;  // no_dout: the outputs' gradient when it is zero
@@ -618,7 +622,7 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
                    dh + r * H, dc + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
       std::memcpy(a_t + r * G, dzr, G * sizeof(float));
     }
-    if (wg) {  // before dh changes below; hc_t holds h_{t-1} (the first H of each row's 2H)
+    if (wg && wg->weights) {  // before dh changes below; hc_t holds h_{t-1} (the first H of each row's 2H)
       float* __restrict at = wg->at.data();
       for (int64_t r = 0; r < R; ++r) {
         if (F) {
@@ -630,6 +634,8 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
         for (int64_t k = 0; k < H; ++k) at[(F + k) * R + r] = hr[k] * rmr[k];
       }
       timed_gemm([&] { gemm_acc(at, R, dz, Gp, wg->dw.data(), Gp, K, R, Gp); });
+    }
+    if (wg) {
       float* __restrict db = wg->db.data();
       for (int64_t r = 0; r < R; ++r) {
         const float* __restrict dzr = dz + r * Gp;
@@ -682,9 +688,10 @@ ffi::Error run_forward(const Dims d, const float* w, const float* bias, const fl
   return ffi::Error::Success();
 }
 
-// The backward call. With dw (and db) the weight gradients too: dw [F + H, 4H] = sum over t of
-// [x_t, h_{t-1} * rmask]^T @ dz_t (xs [T, B, F] the inputs when F > 0), db [4H] = sum of dz_t, each row
-// block's share summed in the steps and the blocks' shares summed in block order after them.
+// The backward call. With db the bias's gradient too, db [4H] = sum of dz_t, and with dw (which needs db)
+// the weights': dw [F + H, 4H] = sum over t of [x_t, h_{t-1} * rmask]^T @ dz_t (xs [T, B, F] the inputs
+// when F > 0); each row block's share summed in the steps and the blocks' shares summed in block order
+// after them.
 ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float* dz, const float* hc,
                         const float* mask, const float* dout, const float* dhT, const float* dcT,
                         const float* rmask, float* dx, float* dh0, float* dc0, const float* xs,
@@ -697,19 +704,20 @@ ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float*
   std::vector<std::unique_ptr<WeightGrads>> shares;  // one per row block, made by the calling thread
   const RowsTiming timing = on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
     WeightGrads* wg = nullptr;
-    if (dw) {
+    if (db) {
       shares.push_back(std::make_unique<WeightGrads>());
       wg = shares.back().get();
+      wg->weights = dw != nullptr;
     }
     return backward_rows(d, wT_used, dz, hc, mask, dout, dhT, dcT, rmask, dx, dh0, dc0,
                          reverse != 0, has_dout != 0, xs, wg, r0, r1);
   });
-  if (dw) {
+  if (db) {
     const int64_t K = d.F + d.H, G = 4 * d.H, Gp = round_up(G, VL);
-    std::fill(dw, dw + K * G, 0.0f);
+    if (dw) std::fill(dw, dw + K * G, 0.0f);
     std::fill(db, db + G, 0.0f);
     for (const auto& share : shares) {
-      for (int64_t k = 0; k < K; ++k) {
+      for (int64_t k = 0; dw && k < K; ++k) {
         const float* __restrict src = share->dw.data() + k * Gp;
         float* __restrict dst = dw + k * G;
         for (int64_t j = 0; j < G; ++j) dst[j] += src[j];
@@ -718,8 +726,8 @@ ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float*
     }
   }
   if (t0)
-    record_call(d.F ? (dw ? "backward_x+wg" : "backward_x") : (dw ? "backward+wg" : "backward"), d,
-                t0, timing);
+    record_call((std::string(d.F ? "backward_x" : "backward") + (dw ? "+wg" : db ? "+db" : "")).c_str(),
+                d, t0, timing);
   return ffi::Error::Success();
 }
 
@@ -1075,14 +1083,19 @@ ffi::Error LstmForwardXImpl(In w, In bias, In xs, In mask, In h0, In c0, In rmas
                      hc->typed_data(), pool, reverse, threads);
 }
 
-// dw and db of a backward call: [F + H, 4H] and [4H] when `weight_grads`, else unused (any size).
+// The backward calls' attribute weight_grads: which of the weight gradients the call sums; dw [F + H, 4H]
+// and db [4H] are unused (any size) when not summed.
+constexpr int32_t kNoGrads = 0, kWeightAndBiasGrads = 1, kBiasGrad = 2;
+
 ffi::Error check_weight_grads(const Dims& d, int32_t weight_grads, Out& dw, Out& db) {
-  if (!weight_grads) return ffi::Error::Success();
+  if (weight_grads != kNoGrads && weight_grads != kWeightAndBiasGrads && weight_grads != kBiasGrad)
+    return check(false, "weight_grads must be 0, 1 or 2");
+  if (weight_grads == kNoGrads) return ffi::Error::Success();
   auto wd = dw->dimensions();
   auto bd = db->dimensions();
-  return check(wd.size() == 2 && wd[0] == d.F + d.H && wd[1] == 4 * d.H && bd.size() == 1 &&
-                   bd[0] == 4 * d.H,
-               "dw/db shapes");
+  const bool dw_ok = weight_grads == kBiasGrad ||
+                     (wd.size() == 2 && wd[0] == d.F + d.H && wd[1] == 4 * d.H);
+  return check(dw_ok && bd.size() == 1 && bd[0] == 4 * d.H, "dw/db shapes");
 }
 
 ffi::Error LstmBackwardImpl(In rkT, In acts, In hc, In mask, In dout, In dhT, In dcT, In rmask,
@@ -1099,8 +1112,9 @@ ffi::Error LstmBackwardImpl(In rkT, In acts, In hc, In mask, In dout, In dhT, In
   return run_backward(d, rkT.typed_data(), acts.typed_data(), dz->typed_data(), hc.typed_data(),
                       mask.typed_data(), dout.typed_data(), dhT.typed_data(), dcT.typed_data(),
                       rmask.typed_data(), nullptr, dh0->typed_data(), dc0->typed_data(), nullptr,
-                      weight_grads ? dw->typed_data() : nullptr,
-                      weight_grads ? db->typed_data() : nullptr, pool, reverse, threads, has_dout);
+                      weight_grads == kWeightAndBiasGrads ? dw->typed_data() : nullptr,
+                      weight_grads != kNoGrads ? db->typed_data() : nullptr, pool, reverse, threads,
+                      has_dout);
 }
 
 ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In dcT, In rmask,
@@ -1116,7 +1130,8 @@ ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In
                      "acts/wT/dx shapes");
       !e.success())
     return e;
-  if (auto e = check(!weight_grads || (xs.dimensions().size() == 3 && xs.dimensions()[0] == d.T &&
+  if (auto e = check(weight_grads != kWeightAndBiasGrads ||
+                         (xs.dimensions().size() == 3 && xs.dimensions()[0] == d.T &&
                                        xs.dimensions()[1] == d.B && xs.dimensions()[2] == d.F),
                      "xs shape");
       !e.success())
@@ -1125,8 +1140,9 @@ ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In
   return run_backward(d, wT.typed_data(), acts.typed_data(), dz->typed_data(), hc.typed_data(),
                       mask.typed_data(), dout.typed_data(), dhT.typed_data(), dcT.typed_data(),
                       rmask.typed_data(), dx->typed_data(), dh0->typed_data(), dc0->typed_data(),
-                      xs.typed_data(), weight_grads ? dw->typed_data() : nullptr,
-                      weight_grads ? db->typed_data() : nullptr, pool, reverse, threads, has_dout);
+                      xs.typed_data(), weight_grads == kWeightAndBiasGrads ? dw->typed_data() : nullptr,
+                      weight_grads != kNoGrads ? db->typed_data() : nullptr, pool, reverse, threads,
+                      has_dout);
 }
 
 // Generation: (first [B] int32, table [V, 4 H_0], noise [N, B, V] (or anything when greedy), head kernel
@@ -1247,7 +1263,7 @@ auto forward_binding() {
 
 // Backward: (w^T [4H, F + H], acts, hc, mask, d outs [T, B, H] or unused, d h_T, d c_T, rmask, and for the
 // x call xs [T, B, F]) -> (dz [T, B, 4H] aliasing acts, then for the x call d xs [T, B, F], then d h_0,
-// d c_0, dw [F + H, 4H], db [4H]; the last two only with the attribute weight_grads, else unused).
+// d c_0, dw [F + H, 4H], db [4H]; the attribute weight_grads: 0 neither (both unused), 1 both, 2 db only).
 auto backward_binding() {
   using B = ffi::Buffer<ffi::F32>;
   return ffi::Ffi::Bind()
