@@ -127,18 +127,27 @@ class CheckpointStore:
         moved to ``<workdir>/corrupt_checkpoints/`` (kept for inspection, out of the manager's way), and the
         previous one is tried. Returns `(step, state, meta)`, or None when there is no usable checkpoint.
         """
-        want = _shapes(abstract_state)
+        want = _arrays(abstract_state)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 on_disk = self._manager.item_metadata(step)["state"]
-                have = _shapes(getattr(on_disk, "tree", on_disk))
+                have = _arrays(getattr(on_disk, "tree", on_disk))
             except Exception:  # noqa: BLE001 (unreadable metadata: handled as corrupt below)
                 have = None
             if have and have != want:  # readable metadata of another config (empty: damaged)
+                first = next(
+                    (
+                        f"{a[0]} {a[1]} on disk, {b[0]} {b[1]} here"
+                        for a, b in zip(have, want, strict=False)
+                        if a != b
+                    ),
+                    f"{len(have)} arrays on disk, {len(want)} here",
+                )
                 raise UserError(
                     f"the checkpoint at step {step} in {self.directory} holds {len(have)} arrays that do"
-                    f" not match the {len(want)} this config builds (model, optimizer or batch size"
-                    " changed); resume with the saved <workdir>/config.json or use a new --workdir"
+                    f" not match the {len(want)} this config builds (first difference: {first}; model,"
+                    " optimizer or batch size changed); resume with the saved <workdir>/config.json or"
+                    " use a new --workdir"
                 )
             try:
                 state, meta = self.restore(step, abstract_state)
@@ -172,9 +181,28 @@ class CheckpointStore:
         self._manager.close()
 
 
-def _shapes(tree: Any) -> list[tuple[tuple[int, ...], str]]:
-    """The sorted multiset of (shape, dtype) of a tree's arrays (order-free structure fingerprint)."""
-    return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in jax.tree.leaves(tree))
+def _arrays(tree: Any) -> list[tuple[str, tuple[int, ...], str]]:
+    """A tree's arrays as sorted (path, shape, dtype), the path's keys, attribute names and indices joined
+    by "/" (`opt_state/0/mu/head/kernel`): the same for an abstract state and for Orbax's metadata of its
+    checkpoint (which stores tuples, named tuples and dicts alike as containers keyed by name or index),
+    and different when an optimizer wraps another one (gradient clipping adds a level) even though the
+    arrays' shapes stay the same."""
+    return sorted(
+        (_path(p), tuple(x.shape), str(np.dtype(x.dtype)))
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    )
+
+
+def _path(keys: tuple[Any, ...]) -> str:
+    parts = []
+    for k in keys:
+        for attr in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
 
 
 def save_artefacts(workdir: str, artefacts: Mapping[str, Any]) -> list[str]:

@@ -749,7 +749,7 @@ def _run(
     es_cfg = config.early_stopping
 
     abstract = jax.eval_shape(eng.init_state)
-    restored = store.restore_latest(_with_shardings(abstract, eng.state_shardings(abstract)))
+    restored = _restore_latest(eng, store, abstract)
     if restored is None:
         state = jax.jit(eng.init_state, out_shardings=eng.state_shardings(abstract))()
         meta: dict[str, Any] = {}
@@ -1009,6 +1009,54 @@ def _run(
 
 def _padded_size(batch_size: int, multiple: int) -> int:
     return -(-batch_size // multiple) * multiple
+
+
+def _restore_latest(
+    eng: _Engine, store: CheckpointStore, abstract: Any
+) -> tuple[int, Any, dict[str, Any]] | None:
+    """The newest usable checkpoint of `eng`'s workdir as `(step, state, meta)`, or None.
+
+    A run resumed with gradient clipping switched on or off (`optimizer.clip_norm` 0 in the saved
+    config.json and > 0 now, or the other way; what the non-finite-loss error advises) keeps its
+    optimizer state: clipping is `optax.chain(clip_by_global_norm, <optimizer>)`, whose state is the
+    optimizer's behind the clip's empty one, so the checkpoint is read with the saved setting and its
+    optimizer state wrapped or unwrapped. Any other change of the state's arrays is a UserError
+    (`CheckpointStore.restore_latest`)."""
+    path = os.path.join(eng.workdir, config_utils.CONFIG_FILE)
+    clip_now = float(eng.config.optimizer.clip_norm) > 0
+    saved_clip = None
+    if os.path.exists(path):
+        saved_clip = (
+            float(config_utils.load_config(eng.workdir).optimizer.get("clip_norm", 0.0)) > 0
+        )
+    if saved_clip is None or saved_clip == clip_now:
+        return store.restore_latest(_with_shardings(abstract, eng.state_shardings(abstract)))
+    saved_opt = ml_collections.ConfigDict(eng.config.optimizer.to_dict())
+    saved_opt.clip_norm = 1.0 if saved_clip else 0.0  # only the structure matters here
+    saved_tx = optim.make_optimizer(saved_opt, eng.total_steps)
+    saved_abstract = dict(abstract, opt_state=jax.eval_shape(saved_tx.init, abstract["params"]))
+    restored = store.restore_latest(
+        _with_shardings(saved_abstract, eng.state_shardings(saved_abstract))
+    )
+    if restored is None:
+        return None
+    step, state, meta = restored
+    opt_state = state["opt_state"]
+    state = dict(state, opt_state=(optax.EmptyState(), opt_state) if clip_now else opt_state[1])
+    if jax.tree.structure(state) != jax.tree.structure(abstract):  # not only the clip changed
+        raise UserError(
+            f"the checkpoint at step {step} in {store.directory} holds an optimizer state this config"
+            " cannot continue beyond switching optimizer.clip_norm on or off; resume with the saved"
+            " <workdir>/config.json or use a new --workdir"
+        )
+    logging.info(
+        "resuming the checkpoint at step %d with gradient clipping %s (optimizer.clip_norm=%s): the"
+        " optimizer's state is kept",
+        step,
+        "switched on" if clip_now else "switched off",
+        eng.config.optimizer.clip_norm,
+    )
+    return step, state, meta
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:

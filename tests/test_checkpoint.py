@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -155,3 +156,61 @@ def test_an_incompatible_optimizer_on_resume_is_a_user_error_and_damages_nothing
     assert not (tmp_path / "corrupt_checkpoints").exists()
     after = {p: p.read_bytes() for p in before}
     assert after == before  # checkpoints, config.json and results.json untouched
+
+
+def test_another_optimizer_tree_with_the_same_arrays_is_a_user_error_not_a_corrupt_checkpoint(
+    tmp_path,
+):
+    """Gradient clipping adds a level to the optimizer state but no array: the checkpoint's arrays are
+    compared by path, so such a mismatch is the user's config, not damage (it used to be moved aside as
+    corrupt, and training restarted from step 0)."""
+    store = CheckpointStore(str(tmp_path), keep=2)
+    store.save(7, _state(), {"step": 7})
+    clipped = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    abstract = jax.eval_shape(lambda: dict(_state(), opt_state=clipped.init(_state()["params"])))
+    with pytest.raises(UserError, match="first difference: opt_state/0/count"):
+        store.restore_latest(abstract)
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+    step, state, _ = store.restore_latest(jax.eval_shape(_state))
+    store.close()
+    assert step == 7
+    _assert_trees_equal(state, _state())
+
+
+def test_resuming_with_clipping_switched_on_or_off_keeps_the_optimizer_state(tmp_path):
+    """The non-finite-loss error advises `optimizer.clip_norm`: a run resumed with it switched on (or
+    off again) continues from its checkpoint with the same Adam moments, and nothing is moved aside."""
+    from lstm_jax.train import _Engine, _restore_latest
+
+    config = ef.base_config(num_epochs=1)  # 5 steps
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    store = CheckpointStore(str(tmp_path), keep=3)
+    plain = _Engine(config, str(tmp_path), ef.classification_task(config))
+    step0, state0, _ = _restore_latest(plain, store, jax.eval_shape(plain.init_state))
+
+    config.optimizer.clip_norm = 1.0
+    clipped = _Engine(config, str(tmp_path), ef.classification_task(config))
+    abstract = jax.eval_shape(clipped.init_state)
+    step, state, _ = _restore_latest(clipped, store, abstract)
+    store.close()
+    assert step == step0 == 5
+    assert jax.tree.structure(state) == jax.tree.structure(abstract)
+    _assert_trees_equal(state["opt_state"][1], state0["opt_state"])
+    nu = jax.tree.leaves(state["opt_state"][1][0].nu)
+    assert max(float(jnp.abs(x).max()) for x in nu) > 0  # trained moments, not a fresh state
+
+    config.train.num_epochs = 2
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 10
+    config.optimizer.clip_norm = 0.0
+    config.train.num_epochs = 3
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 15
+    assert [r["step"] for r in results["history"]] == [5, 10, 15]
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+    resumes = [
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if '"resume"' in line
+    ]
+    assert [r["from_step"] for r in resumes] == [5, 10]
