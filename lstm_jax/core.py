@@ -402,37 +402,15 @@ def _native_backward(
 
     @jax.custom_jvp
     def call(kernel, rk, acts, hc, d_outs, dh_final, dc_final, r, xs):
+        state = (acts, hc, m, d_outs, dh_final, dc_final, r, reverse)
         if kernel is None:
             dz, dh0, dc0, *grads = native.backward(
-                rk,
-                acts,
-                hc,
-                m,
-                d_outs,
-                dh_final,
-                dc_final,
-                r,
-                reverse,
-                weight_grads=sums,
-                bias_grad=bias_sum,
+                rk, *state, weight_grads=sums, bias_grad=bias_sum
             )
             out = (dz, None, dh0, dc0, *grads)
         else:
             inputs = xs if sums else None  # given xs, the call sums the weight gradients
-            out = native.backward_x(
-                kernel,
-                rk,
-                acts,
-                hc,
-                m,
-                d_outs,
-                dh_final,
-                dc_final,
-                r,
-                reverse,
-                xs=inputs,
-                bias_grad=bias_sum,
-            )
+            out = native.backward_x(kernel, rk, *state, xs=inputs, bias_grad=bias_sum)
         if sums:
             return out
         return (*out[:-1], None, out[-1]) if bias_sum else (*out, None, None)

@@ -714,21 +714,25 @@ def train_and_evaluate(
     config_utils.validate_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    _check_saved_config(config, workdir)
+    saved = _check_saved_config(config, workdir)
 
     eng = _Engine(config, workdir, task)
     is_main = eng.is_main
     store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
     logger = MetricsLogger(workdir, enabled=is_main)
     try:
-        return _run(eng, store, logger, t_start)
+        return _run(eng, store, logger, t_start, saved)
     finally:
         logger.close()
         store.close()
 
 
-def _check_saved_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def _check_saved_config(
+    config: ml_collections.ConfigDict, workdir: str
+) -> ml_collections.ConfigDict | None:
+    """The config saved in `workdir` (None if there is none), checked against `config`."""
     path = os.path.join(workdir, config_utils.CONFIG_FILE)
+    saved = None
     if os.path.exists(path):
         saved = config_utils.load_config(workdir)
         diff = config_utils.config_diff(saved, config)
@@ -740,16 +744,21 @@ def _check_saved_config(config: ml_collections.ConfigDict, workdir: str) -> None
             )
         if diff:
             logging.warning("config differs from the saved run in %s: %s", workdir, ", ".join(diff))
+    return saved
 
 
 def _run(
-    eng: _Engine, store: CheckpointStore, logger: MetricsLogger, t_start: float
+    eng: _Engine,
+    store: CheckpointStore,
+    logger: MetricsLogger,
+    t_start: float,
+    saved: ml_collections.ConfigDict | None,
 ) -> dict[str, Any]:
     config, task, workdir = eng.config, eng.task, eng.workdir
     es_cfg = config.early_stopping
 
     abstract = jax.eval_shape(eng.init_state)
-    restored = _restore_latest(eng, store, abstract)
+    restored = _restore_latest(eng, store, abstract, saved)
     if restored is None:
         state = jax.jit(eng.init_state, out_shardings=eng.state_shardings(abstract))()
         meta: dict[str, Any] = {}
@@ -1012,23 +1021,18 @@ def _padded_size(batch_size: int, multiple: int) -> int:
 
 
 def _restore_latest(
-    eng: _Engine, store: CheckpointStore, abstract: Any
+    eng: _Engine, store: CheckpointStore, abstract: Any, saved: ml_collections.ConfigDict | None
 ) -> tuple[int, Any, dict[str, Any]] | None:
     """The newest usable checkpoint of `eng`'s workdir as `(step, state, meta)`, or None.
 
-    A run resumed with gradient clipping switched on or off (`optimizer.clip_norm` 0 in the saved
-    config.json and > 0 now, or the other way; what the non-finite-loss error advises) keeps its
+    A run resumed with gradient clipping switched on or off (`optimizer.clip_norm` 0 in `saved`, the
+    workdir's config.json, and > 0 now, or the other way; what the non-finite-loss error advises) keeps its
     optimizer state: clipping is `optax.chain(clip_by_global_norm, <optimizer>)`, whose state is the
     optimizer's behind the clip's empty one, so the checkpoint is read with the saved setting and its
     optimizer state wrapped or unwrapped. Any other change of the state's arrays is a UserError
     (`CheckpointStore.restore_latest`)."""
-    path = os.path.join(eng.workdir, config_utils.CONFIG_FILE)
     clip_now = float(eng.config.optimizer.clip_norm) > 0
-    saved_clip = None
-    if os.path.exists(path):
-        saved_clip = (
-            float(config_utils.load_config(eng.workdir).optimizer.get("clip_norm", 0.0)) > 0
-        )
+    saved_clip = None if saved is None else float(saved.optimizer.get("clip_norm", 0.0)) > 0
     if saved_clip is None or saved_clip == clip_now:
         return store.restore_latest(_with_shardings(abstract, eng.state_shardings(abstract)))
     saved_opt = ml_collections.ConfigDict(eng.config.optimizer.to_dict())

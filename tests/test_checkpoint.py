@@ -186,12 +186,13 @@ def test_resuming_with_clipping_switched_on_or_off_keeps_the_optimizer_state(tmp
     train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     store = CheckpointStore(str(tmp_path), keep=3)
     plain = _Engine(config, str(tmp_path), ef.classification_task(config))
-    step0, state0, _ = _restore_latest(plain, store, jax.eval_shape(plain.init_state))
+    saved = config_utils.load_config(str(tmp_path))
+    step0, state0, _ = _restore_latest(plain, store, jax.eval_shape(plain.init_state), saved)
 
     config.optimizer.clip_norm = 1.0
     clipped = _Engine(config, str(tmp_path), ef.classification_task(config))
     abstract = jax.eval_shape(clipped.init_state)
-    step, state, _ = _restore_latest(clipped, store, abstract)
+    step, state, _ = _restore_latest(clipped, store, abstract, saved)
     store.close()
     assert step == step0 == 5
     assert jax.tree.structure(state) == jax.tree.structure(abstract)
