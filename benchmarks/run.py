@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LABELS = {
     "lstm_jax": "lstm_jax",
     "lstm_jax_dp": "lstm_jax, data-parallel over one host device per core",
+    "lstm_jax_cudnn": "lstm_jax with impl='cudnn' (NVIDIA GPUs)",
     "flax": "Flax nnx.RNN(OptimizedLSTMCell)",
     "keras_jax": "Keras 3 (JAX)",
     "keras_tf": "Keras 3 (TensorFlow)",
@@ -60,7 +61,7 @@ def child_env(peer: str | None = None, malloc: str = "ours") -> dict[str, str]:
     env.pop("LSTM_JAX_TUNE_MALLOC", None)
     if malloc == "all":
         env["GLIBC_TUNABLES"] = GLIBC_TUNABLES  # lstm_jax.runtime's setting, for any process
-    elif malloc == "none" or peer not in ("lstm_jax", "lstm_jax_dp"):
+    elif malloc == "none" or peer is None or not peer.startswith("lstm_jax"):
         # The Flax worker imports lstm_jax (for the shared loss and optimizer), which would tune it too.
         env["LSTM_JAX_TUNE_MALLOC"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -313,7 +314,11 @@ def markdown(report: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="A,B,C,D", help="comma-separated shape names (A-D, or tiny)")
-    p.add_argument("--peers", default=",".join(PEERS), help="comma-separated frameworks")
+    p.add_argument(
+        "--peers",
+        default=",".join(p for p in PEERS if p != "lstm_jax_cudnn"),  # that one: NVIDIA GPUs only
+        help=f"comma-separated frameworks, of {','.join(PEERS)}",
+    )
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--round-seconds", type=float, default=1.0, help="time per peer per round")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for one reply")

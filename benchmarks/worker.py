@@ -23,6 +23,7 @@ import traceback
 PEERS = (
     "lstm_jax",
     "lstm_jax_dp",
+    "lstm_jax_cudnn",
     "flax",
     "keras_jax",
     "keras_tf",
@@ -52,10 +53,11 @@ def _peak_rss_mb() -> float:
 
 def load(peer: str):
     """Returns `(module, build_kwargs)` for a peer name. The Keras backend must already be set."""
-    if peer in ("lstm_jax", "lstm_jax_dp"):
+    if peer in ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn"):
         from benchmarks.peers import lstm_jax_peer as mod
 
-        return mod, ({"data_parallel": True} if peer == "lstm_jax_dp" else {})
+        kwargs = {"lstm_jax_dp": {"data_parallel": True}, "lstm_jax_cudnn": {"impl": "cudnn"}}
+        return mod, kwargs.get(peer, {})
     if peer == "flax":
         from benchmarks.peers import flax_peer as mod
 
@@ -77,7 +79,7 @@ def main(peer: str, shape_name: str) -> int:
     shape = get_shape(shape_name)
     try:
         mod, kwargs = load(peer)
-        missing = mod.available()
+        missing = mod.available(**({"impl": kwargs["impl"]} if "impl" in kwargs else {}))
     except ImportError as e:
         missing = str(e)
     if missing:

@@ -27,6 +27,13 @@ plus elementwise gate math. Four arrangements of the same computation exist, all
   is at most 64 KiB are summed inside the backward call (`NATIVE_WEIGHT_GRADS_MAX_BYTES`), every
   layer's bias gradient too (`NATIVE_BIAS_GRAD_IN_KERNEL`). CPU and float32 only.
 * ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop, gradients by autodiff.
+* ``"cudnn"``: NVIDIA GPUs only, opt-in: the whole layer, forward and backward, as one cuDNN RNN call
+  (`jax.experimental.rnn.lstm`; the weights packed into cuDNN's flat layout, Keras' gate order being
+  cuDNN's). Masks whose real tokens are one contiguous run per row (post- or pre-padding) are run by
+  moving each row's run to the front; any other mask falls back to "scan" at run time. Float32 without
+  recurrent dropout (else "scan"). Parity-tested on CPU against JAX's reference of the cuDNN op
+  (`jax.experimental.rnn.lstm_ref`); `python -m benchmarks.gpu_check` checks it on a GPU. Not yet
+  measured on a GPU, so ``"auto"`` does not pick it.
 
 ``impl="auto"`` picks ``"scan"`` on GPU/TPU. On CPU it picks ``"native"`` whenever the kernel is available
 (float32, no remat): on the four tutorial shapes an LSTM stack's forward + backward ran 1.35-1.58x faster
@@ -50,7 +57,7 @@ import numpy as np
 
 Array = jax.Array
 Params = dict[str, Array]
-Impl = Literal["auto", "scan", "fused", "per_step", "native"]
+Impl = Literal["auto", "scan", "fused", "per_step", "native", "cudnn"]
 MergeMode = Literal["concat", "sum", "ave", "mul"] | None
 
 # On CPU, `impl="auto"` uses "per_step" up to this hidden size and "fused" above it (see the docstring).
@@ -662,12 +669,21 @@ def _resolve_impl(
     remat: bool = False,
     dtype: Any = jnp.float32,
 ) -> str:
-    if impl not in ("auto", "scan", "fused", "per_step", "native"):
+    if impl not in ("auto", "scan", "fused", "per_step", "native", "cudnn"):
         raise ValueError(
-            f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused', 'per_step' or 'native'"
+            f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused', 'per_step', 'native' "
+            "or 'cudnn'"
         )
+    if impl == "cudnn":
+        reason = _cudnn_unavailable_reason()
+        if reason is not None:
+            raise ValueError(
+                f"lstm_layer: impl='cudnn' is unavailable here: {reason}; use impl='auto'"
+            )
     if compute_dtype is not None or return_gates:
         return "scan"  # only the autodiff scan has low-precision matmuls and gate outputs
+    if impl == "cudnn" and jnp.dtype(dtype) != jnp.float32:
+        return "scan"  # jax.experimental.rnn's cuDNN LSTM is float32-only
     cpu = jax.default_backend() == "cpu"
     if impl == "auto":
         if not cpu:
@@ -710,6 +726,100 @@ def _native_available() -> bool:
     return native.available()
 
 
+def _cudnn_unavailable_reason() -> str | None:
+    """None when `jax.experimental.rnn`'s cuDNN LSTM can run on JAX's default backend, else why not."""
+    if jax.default_backend() != "gpu":
+        return f"it needs an NVIDIA GPU and JAX's default backend is {jax.default_backend()!r}"
+    platform_version = str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
+    if "rocm" in platform_version:
+        return "it needs an NVIDIA GPU and this is a ROCm GPU (MIOpen packs the gates differently)"
+    from jax.experimental import rnn
+
+    if rnn.gpu_rnn is None:
+        return "this jaxlib has no GPU RNN kernels (jax._src.lib.gpu_rnn)"
+    return None
+
+
+def _cudnn_rnn(
+    xs: Array, h0: Array, c0: Array, weights: Array, lengths: Array, features: int, hidden: int
+) -> tuple[Array, Array, Array]:
+    """One single-layer, one-direction cuDNN LSTM call: `xs [B, T, F]` post-padded to `lengths [B]`
+    (int32, each >= 1), `weights` in cuDNN's flat layout (`_cudnn_weights`). Returns `(ys [B, T, H]`,
+    zero past each length, `h [B, H]`, `c [B, H])`. Matmul precision follows
+    `jax_default_matmul_precision` (TF32 allowed unless it is "highest"). The tests replace this function
+    with JAX's reference of the same op, `jax.experimental.rnn.lstm_ref`."""
+    from jax.experimental import rnn
+
+    ys, h, c = rnn.lstm(
+        xs,
+        h0[None],
+        c0[None],
+        weights,
+        lengths,
+        input_size=features,
+        hidden_size=hidden,
+        num_layers=1,
+        dropout=0.0,
+        bidirectional=False,
+    )
+    return ys, h[0], c[0]
+
+
+def _cudnn_weights(kernel: Array, rk: Array, bias: Array) -> Array:
+    """`kernel [F, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]` as cuDNN's flat weight vector
+    `(W_ih [4H, F], W_hh [4H, H], b_ih [4H], b_hh [4H])` (`jax.experimental.rnn`'s layout; the gate order
+    i, f, g, o is Keras' i, f, c, o); cuDNN's second bias is zero."""
+    return jnp.concatenate([kernel.T.ravel(), rk.T.ravel(), bias, jnp.zeros_like(bias)])
+
+
+def _cudnn_layer(
+    kernel: Array,
+    rk: Array,
+    bias: Array,
+    xs: Array,
+    mask: Array | None,
+    h0: Array,
+    c0: Array,
+    reverse: bool,
+) -> tuple[Array, Array, Array, Array]:
+    """impl "cudnn": returns `(outputs [B, T, H], h, c, ok)`, `ok` a scalar bool that is False when some
+    row's real tokens are not one contiguous run (the caller then uses "scan").
+
+    cuDNN runs post-padded sequences of given lengths. Each row's run of real tokens (post- or
+    pre-padded; with `reverse`, in reverse order) is gathered to the front, run, and the outputs scattered
+    back to their positions with zeros at padding: the same outputs and final state as the masked scan,
+    whose masked steps keep the state. A row without real tokens keeps `(h0, c0)`.
+    """
+    b, t, f = xs.shape
+    hsz = rk.shape[0]
+    weights = _cudnn_weights(kernel, rk, bias)
+    if mask is None and not reverse:
+        ys, h, c = _cudnn_rnn(xs, h0, c0, weights, jnp.full((b,), t, jnp.int32), f, hsz)
+        return ys, h, c, jnp.bool_(True)
+    pos = jnp.arange(t, dtype=jnp.int32)[None, :]  # [1, T]
+    if mask is None:
+        lengths = jnp.full((b,), t, jnp.int32)
+        start = jnp.zeros((b,), jnp.int32)
+    else:
+        m = jnp.asarray(mask, bool)
+        lengths = m.sum(axis=1, dtype=jnp.int32)
+        start = jnp.argmax(m, axis=1).astype(jnp.int32)  # the first real token (0 without any)
+    start, end = start[:, None], (start + lengths)[:, None]
+    in_run = (pos >= start) & (pos < end)  # [B, T]
+    ok = jnp.bool_(True) if mask is None else jnp.all(in_run == m)
+    # Packed position j reads input position src[j]; input position p is packed position dst[p].
+    if reverse:
+        src, dst = end - 1 - pos, end - 1 - pos
+    else:
+        src, dst = start + pos, pos - start
+    packed = jnp.take_along_axis(xs, jnp.clip(src, 0, t - 1)[..., None], axis=1)
+    ys, h, c = _cudnn_rnn(packed, h0, c0, weights, jnp.maximum(lengths, 1), f, hsz)
+    outs = jnp.take_along_axis(ys, jnp.clip(dst, 0, t - 1)[..., None], axis=1)
+    outs = jnp.where(in_run[..., None], outs, jnp.zeros((), outs.dtype))
+    empty = (lengths == 0)[:, None]
+    return outs, jnp.where(empty, h0, h), jnp.where(empty, c0, c), ok
+
+
 def lstm_layer(
     params: Params,
     xs: Array,
@@ -744,9 +854,11 @@ def lstm_layer(
       compute_dtype: e.g. `jnp.bfloat16` to run the matmuls in that dtype; state and gate math stay in the
         parameters' dtype (float32).
       return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
-      impl: "auto", "scan", "fused", "native" or "per_step" (see module docstring). An explicit
-        "native" falls back to "fused" for remat or non-float32 parameters and raises a ValueError when the
-        kernel cannot be built here (the message says why).
+      impl: "auto", "scan", "fused", "native", "per_step" or "cudnn" (see module docstring). An
+        explicit "native" falls back to "fused" for remat or non-float32 parameters and raises a
+        ValueError when the kernel cannot be built here (the message says why); "cudnn" raises one off
+        NVIDIA GPUs and falls back to "scan" for non-float32 parameters, recurrent dropout, and (at run
+        time) masks whose real tokens are not one contiguous run per row.
       embedding: optional table `[vocab, F]`; the layer's input is then `embedding[xs]` (an Embedding
         layer in front of this one, with nothing in between). With a hoisted impl ("scan", "fused",
         "native"), no
@@ -787,6 +899,8 @@ def lstm_layer(
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"lstm_layer: unroll must be a positive int, got {unroll!r}")
     impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat, rk.dtype)
+    if impl == "cudnn" and recurrent_dropout_mask is not None:
+        impl = "scan"  # cuDNN has no dropout on h_{t-1}
 
     state_dtype = rk.dtype
     if initial_state is None:
@@ -796,7 +910,7 @@ def lstm_layer(
     in_kernel = impl == "native" and compute_dtype is None and _native_projects_inputs(f, hsz)
     fold = (
         embedding is not None
-        and impl != "per_step"
+        and impl not in ("per_step", "cudnn")
         and not in_kernel
         and input_dropout_mask is None
         and embedding.shape[0] <= FOLD_EMBEDDING_MAX_ROWS_PER_POSITION * b * t
@@ -809,6 +923,31 @@ def lstm_layer(
 
     if impl == "per_step":
         return _per_step_layer(params, xs, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll)
+    if impl == "cudnn":
+        xs = xs.astype(state_dtype)
+        outputs, h, c, ok = _cudnn_layer(kernel, rk, bias, xs, mask, h0, c0, reverse)
+        if mask is None:
+            return outputs, LSTMState(h, c)
+
+        def scan_layer(_):  # a mask with holes: the reference path, chosen at run time
+            zx = jnp.einsum("tbf,fg->tbg", jnp.swapaxes(xs, 0, 1), kernel) + bias
+            outs_tm, state, _ = _recurrence_scan(
+                rk,
+                zx,
+                mask_tm,
+                h0,
+                c0,
+                None,
+                reverse=reverse,
+                unroll=unroll,
+                remat=remat,
+                compute_dtype=None,
+                return_gates=False,
+            )
+            return jnp.swapaxes(outs_tm, 0, 1), state
+
+        outputs, (h, c) = jax.lax.cond(ok, lambda _: (outputs, (h, c)), scan_layer, None)
+        return outputs, LSTMState(h, c)
 
     # The hoisted input projection: one [T*B, F] @ [F, 4H] matmul. The inputs are made time-major first
     # (F is usually smaller than 4H, and between stacked layers the transposes cancel), so the product

@@ -48,7 +48,7 @@ class LSTM(nnx.Module):
       unroll: `lax.scan` unroll factor.
       remat: rematerialise the step in the backward pass.
       compute_dtype: matmul dtype (e.g. `jnp.bfloat16`); state stays float32.
-      impl: core arrangement ("auto", "scan", "fused", "native", "per_step").
+      impl: core arrangement ("auto", "scan", "fused", "native", "per_step", "cudnn").
     """
 
     def __init__(

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -53,7 +54,7 @@ def test_shape_data_is_fixed_and_typed():
 
 def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     out = tmp_path / "r.json"
-    argv = ["--shapes", "tiny", "--peers", "lstm_jax,lstm_jax_dp", "--rounds", "2"]
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax,lstm_jax_dp,lstm_jax_cudnn", "--rounds", "2"]
     argv += ["--round-seconds", "0.02"]
     argv += ["--ceiling-n", "128", "--timeout", "300", "--out", str(out)]
     assert run.main(argv) == 0
@@ -70,6 +71,9 @@ def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     assert report["flops"]["tiny"] == TINY.train_flops()
     dp = report["shapes"]["tiny"]["lstm_jax_dp"]
     assert dp["status"] == "ready" and dp["param_count"] == 1605 and dp["median_ms"] > 0
+    cudnn = report["shapes"]["tiny"]["lstm_jax_cudnn"]
+    if jax.default_backend() == "cpu":  # impl="cudnn" is reported as missing, not an error
+        assert cudnn["status"] == "missing" and "needs an NVIDIA GPU" in cudnn["reason"]
     printed = capsys.readouterr().out
     assert "| tiny smoke | lstm_jax | 1,605 |" in printed
     assert (

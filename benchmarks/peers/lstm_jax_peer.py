@@ -24,7 +24,12 @@ from lstm_jax import runtime
 from lstm_jax.train import data_parallel_grads
 
 
-def available() -> str | None:
+def available(impl: str = "auto") -> str | None:
+    """None, or why `impl` cannot run here ("cudnn" needs an NVIDIA GPU)."""
+    if impl == "cudnn":
+        from lstm_jax import core
+
+        return core._cudnn_unavailable_reason()
     return None
 
 
@@ -167,8 +172,8 @@ class Bench:
         return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
 
 
-def build(shape: Shape, seed: int = 0, data_parallel: bool = False) -> Bench:
-    return Bench(shape, seed, data_parallel=data_parallel)
+def build(shape: Shape, seed: int = 0, data_parallel: bool = False, impl: str = "auto") -> Bench:
+    return Bench(shape, seed, impl=impl, data_parallel=data_parallel)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""PyTorch `nn.LSTM` (oneDNN on CPU), eager or with `torch.compile` of the forward and loss.
+"""PyTorch `nn.LSTM` (oneDNN on CPU, cuDNN on a CUDA GPU), eager or with `torch.compile` of the forward and loss.
+
+On a machine where `torch.cuda.is_available()`, the model and the batch live on the GPU; each step ends
+with `loss.item()`, which waits for the GPU, so the timings are whole steps.
 
 `nn.LSTM` keeps two bias vectors per layer (`b_ih`, `b_hh`), so its parameter count exceeds the Keras-layout
 models by `4H` per layer; the arithmetic is the same.
@@ -54,15 +57,17 @@ class Bench:
         import torch
 
         torch.manual_seed(seed)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, _ = _model(shape)
+        model = model.to(device)
         self.param_count = int(sum(p.numel() for p in model.parameters()))
         x, y = shape.data(seed)
-        self.x = torch.from_numpy(x).long() if shape.vocab else torch.from_numpy(x)
+        self.x = (torch.from_numpy(x).long() if shape.vocab else torch.from_numpy(x)).to(device)
         if shape.classes == 1:
-            self.y = torch.from_numpy(y)
+            self.y = torch.from_numpy(y).to(device)
             loss_fn = torch.nn.BCEWithLogitsLoss()
         else:
-            self.y = torch.from_numpy(y).long()
+            self.y = torch.from_numpy(y).long().to(device)
             loss_fn = torch.nn.CrossEntropyLoss()
         if shape.optimizer == "rmsprop":
             self.opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
