@@ -29,7 +29,7 @@ run: $(STAMP)
 
 ## The whole test suite (fast; real-data tests run when LSTM_JAX_DATA points at the data).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 ## Training-step speed against Flax, Keras 3 (JAX, TensorFlow) and PyTorch (installs the `bench` extra).
 bench: $(STAMP)
