@@ -194,7 +194,7 @@ def test_gpu_check_script_runs_and_catches_a_mismatch(monkeypatch, tmp_path, cap
     if jax.default_backend() != "gpu":
         assert gpu_check.main(["--shapes", "C", "--no-timing"]) == 2
     out = tmp_path / "gpu.json"
-    argv = ["--emulate", "--shapes", "C", "--max-time", "6", "--rounds", "1", "--out", str(out)]
+    argv = ["--emulate", "--shapes", "C", "--max-time", "4", "--rounds", "1", "--out", str(out)]
     assert gpu_check.main(argv) == 0
     saved = json.loads(out.read_text())
     assert [r["case"] for r in saved["parity"]][:4] == ["none", "post", "pre", "post, reverse"]
@@ -209,5 +209,5 @@ def test_gpu_check_script_runs_and_catches_a_mismatch(monkeypatch, tmp_path, cap
 
     monkeypatch.setattr(gpu_check, "_emulate_cudnn", lambda: None)
     monkeypatch.setattr(core, "_cudnn_rnn", off_by_a_little)
-    assert gpu_check.main(["--shapes", "C", "--max-time", "6", "--no-timing"]) == 1
+    assert gpu_check.main(["--shapes", "C", "--max-time", "4", "--no-timing"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
