@@ -140,6 +140,9 @@ def _choice(config: Any, field: str, choices: tuple[str, ...]) -> None:
 
 def validate_config(config: Any) -> None:
     """Checks every engine field; raises `UserError` naming the first bad field and how to fix it."""
+    # An impl this machine cannot run fails here, before anything is written.
+    if "model" in config and "impl" in config["model"]:
+        lstm_impl(config["model"])
     _check(config, "seed", lambda v: v >= 0, "an integer >= 0", integer=True)
     _choice(config, "optimizer.name", OPTIMIZERS)
     _check(config, "optimizer.learning_rate", lambda v: v > 0, "> 0")
@@ -245,8 +248,32 @@ def choice(
 
 
 def lstm_impl(model: Mapping[str, Any] | ml_collections.ConfigDict, field: str = "impl") -> str:
-    """`model[field]`, one of `lstm_jax.core.lstm_layer`'s impls, else a `UserError` listing them."""
-    return choice(model, field, get_args(core.Impl), "an LSTM implementation")
+    """`model[field]`, one of `lstm_jax.core.lstm_layer`'s impls that can run on this machine, else a
+    `UserError` listing them, or saying why it cannot run here and what to pass instead."""
+    value = choice(model, field, get_args(core.Impl), "an LSTM implementation")
+    reason = impl_unavailable_reason(value)
+    if reason is not None:
+        raise UserError(
+            f"config.model.{field}={value!r} cannot run here: {reason}; pass "
+            f"--config.model.{field}=auto (the fastest implementation this machine has)"
+        )
+    return value
+
+
+def impl_unavailable_reason(impl: str) -> str | None:
+    """Why the explicitly chosen LSTM `impl` cannot run on this machine (None when it can): "cudnn"
+    needs an NVIDIA GPU, "native" the CPU backend and a built kernel. The other impls run anywhere."""
+    if impl == "cudnn":
+        return core._cudnn_unavailable_reason()
+    if impl == "native":
+        import jax
+
+        if jax.default_backend() != "cpu":
+            return f"it is a CPU kernel and JAX's default backend is {jax.default_backend()!r}"
+        from lstm_jax import native
+
+        return native.unavailable_reason()
+    return None
 
 
 def dense_layers(

@@ -674,6 +674,14 @@ def restore_model(
     """
     import orbax.checkpoint as ocp
 
+    impl = config.model.get("impl", "auto") if "model" in config else "auto"
+    reason = config_utils.impl_unavailable_reason(impl)
+    if (
+        reason is not None
+    ):  # trained elsewhere (a GPU, say): the same model with this machine's impl
+        logging.warning("the run's model.impl=%r cannot run here (%s); using 'auto'", impl, reason)
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model.impl = "auto"
     step = checkpoint_step(config, workdir, which=which)
     graphdef, params, others = _split_model(build_model, config)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # as in CheckpointStore

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -306,6 +308,38 @@ def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_p
         " e.g. --config.model.recurrent_dropout=0.2"
     ]
     assert not os.path.exists(tmp_path / "rate" / "checkpoints")
+
+    if jax.default_backend() == "cpu":  # an impl this machine cannot run: one line, nothing written
+        cudnn = _cli(
+            "--config=experiments/char_textgen/configs/test.py",
+            f"--workdir={tmp_path / 'cudnn'}",
+            f"--config.data.path={workdir.parent / 'text.txt'}",
+            "--config.model.impl=cudnn",
+        )
+        assert cudnn.returncode == 2 and "Traceback" not in cudnn.stderr, cudnn.stderr
+        lines = [line for line in cudnn.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, cudnn.stderr
+        assert lines[0].startswith(
+            "error: config.model.impl='cudnn' cannot run here: it needs an NVIDIA GPU"
+        )
+        assert lines[0].endswith(
+            "pass --config.model.impl=auto (the fastest implementation this machine has)"
+        )
+        assert not os.path.exists(tmp_path / "cudnn")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU cannot run impl='cudnn'")
+def test_generate_from_a_run_trained_with_an_impl_this_machine_lacks(stream_run, tmp_path):
+    """A run trained with impl="cudnn" (on a GPU) generates here with this machine's impl: same text."""
+    _, workdir, _ = stream_run
+    copy = tmp_path / "from_gpu"
+    shutil.copytree(workdir, copy)
+    saved = json.loads((copy / config_utils.CONFIG_FILE).read_text())
+    saved["model"]["impl"] = "cudnn"
+    (copy / config_utils.CONFIG_FILE).write_text(json.dumps(saved))
+    kw = {"prime": "the ", "length": 16, "temperature": 0.0}
+    got = char_lm.generate_samples(None, str(copy), **kw)
+    assert got["texts"] == char_lm.generate_samples(None, str(workdir), **kw)["texts"]
 
 
 # ---------------------------------------------------------------------------------------------------------
