@@ -735,6 +735,10 @@ def train_and_evaluate(
         store.close()
 
 
+# Config fields under `model` that change how the model is computed, not what it is.
+EXECUTION_FIELDS = ("model.impl",)
+
+
 def _check_saved_config(
     config: ml_collections.ConfigDict, workdir: str
 ) -> ml_collections.ConfigDict | None:
@@ -744,7 +748,13 @@ def _check_saved_config(
     if os.path.exists(path):
         saved = config_utils.load_config(workdir)
         diff = config_utils.config_diff(saved, config)
-        model_diff = [d for d in diff if d.startswith("model.") or d == "model"]
+        # model.impl only chooses how the same parameters are computed (a run trained on a CPU can
+        # resume on a GPU with impl="cudnn"): a warning below, not a different model.
+        model_diff = [
+            d
+            for d in diff
+            if (d.startswith("model.") or d == "model") and d not in EXECUTION_FIELDS
+        ]
         if model_diff:
             raise UserError(
                 f"config.{model_diff[0]} differs from the run saved in {workdir}; use a new --workdir or"

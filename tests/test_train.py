@@ -241,6 +241,33 @@ def test_changing_the_model_in_an_existing_workdir_is_a_user_error(tmp_path):
     assert (tmp_path / "config.json").read_text() == before  # the saved config is left alone
 
 
+def test_resuming_with_another_model_impl_continues_the_run(tmp_path):
+    """model.impl is how the same parameters are computed (a CPU run may resume on a GPU with "cudnn"),
+    so changing it on resume is allowed, unlike any other model field (the test above)."""
+    config = ef.base_config(num_epochs=1)
+    config.model.impl = "auto"
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.model.impl = "scan"
+    config.train.num_epochs = 2
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 10 and len(results["history"]) == 2
+
+
+def test_classification_models_take_the_configs_impl():
+    from flax import nnx
+
+    from experiments.imdb_sentiment.configs import test as imdb_test
+    from lstm_jax.tasks import classification
+
+    config = imdb_test.get_config()
+    assert config.model.impl == "auto"
+    config.model.impl = "fused"
+    model = classification.build_model(config, nnx.Rngs(0))
+    assert model.lstm.layers[0].impl == "fused"
+    del config.model["impl"]  # a run saved before the field existed
+    assert classification.build_model(config, nnx.Rngs(0)).lstm.layers[0].impl == "auto"
+
+
 def test_more_epochs_continue_a_finished_run(tmp_path):
     config = ef.base_config(num_epochs=1)
     train_and_evaluate(config, str(tmp_path), ef.classification_task(config))

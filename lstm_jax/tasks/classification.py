@@ -516,6 +516,8 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassi
         bidirectional=bool(m.bidirectional),
         pool=config_utils.choice(m, "pool", get_args(Pool), "a pooling"),
         dense_layers=config_utils.dense_layers(m, ACTIVATIONS),
+        # Runs saved before model.impl existed build with "auto".
+        impl=config_utils.lstm_impl(m) if "impl" in m else "auto",
         **rates,
     )
 

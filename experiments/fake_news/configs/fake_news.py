@@ -33,6 +33,7 @@ def get_config():
     m.token_dropout = 0.0  # word dropout (whole embedding vectors); off
     m.dropout = 0.4  # Dropout(0.4) after the LSTM
     m.recurrent_dropout = 0.0
+    m.impl = "auto"  # on CPU the native kernel; "cudnn" (opt-in) on NVIDIA GPUs
     m.dense_layers = ((399, "relu"), (43, "relu"))  # Dense(399, relu), Dense(43, relu)
 
     o = config.optimizer

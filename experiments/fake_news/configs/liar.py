@@ -49,6 +49,7 @@ def get_config():
     m.token_dropout = 0.3
     m.dropout = 0.5
     m.recurrent_dropout = 0.0
+    m.impl = "auto"  # on CPU the native kernel; "cudnn" (opt-in) on NVIDIA GPUs
     m.dense_layers = ()
 
     o = config.optimizer

@@ -33,6 +33,7 @@ def get_config():
     m.token_dropout = 0.0  # word dropout (whole embedding vectors); off
     m.dropout = 0.0
     m.recurrent_dropout = 0.0
+    m.impl = "auto"  # on CPU the native kernel; "cudnn" (opt-in) on NVIDIA GPUs
     m.dense_layers = ()  # straight to Dense(1, sigmoid)
 
     o = config.optimizer
