@@ -676,9 +676,8 @@ def restore_model(
 
     impl = config.model.get("impl", "auto") if "model" in config else "auto"
     reason = config_utils.impl_unavailable_reason(impl)
-    if (
-        reason is not None
-    ):  # trained elsewhere (a GPU, say): the same model with this machine's impl
+    # Trained elsewhere (a GPU, say): the same model with this machine's impl.
+    if reason is not None:
         logging.warning("the run's model.impl=%r cannot run here (%s); using 'auto'", impl, reason)
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.impl = "auto"
