@@ -90,6 +90,11 @@ def profile(
     ts0 = min(e["ts"] for e in ops)
     wall0 = starts[0]
     last = [e for e in ops if e["ts"] - ts0 >= (starts[-1] - wall0) * 1e6 - 1e3]
+    if not last:
+        # The first traced op started more than 1 ms after the wall clock's first step (a loaded
+        # machine): align the last step's wall-clock length to the trace's end instead.
+        ts_end = max(e["ts"] + e["dur"] for e in ops)
+        last = [e for e in ops if e["ts"] + e["dur"] >= ts_end - (end - starts[-1]) * 1e6]
     if last:
         first = min(e["ts"] for e in last)
         out.append(
