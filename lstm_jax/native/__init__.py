@@ -8,8 +8,11 @@ loop iteration costs several kernel dispatches, which dominate at LSTM sizes (me
 benchmarks/README.md).
 
 The source is compiled once per machine into ``~/.cache/lstm_jax/native/`` (``LSTM_JAX_NATIVE_CACHE``
-overrides) with ``-O3 -march=native`` (``LSTM_JAX_NATIVE_MARCH`` overrides), by the C++ compiler of the `ziglang` package (a project dependency,
-so that a machine with only Python and pip has one), or ``$LSTM_JAX_CXX``, or ``c++`` on the PATH.
+overrides) with ``-O3 -march=native`` (``LSTM_JAX_NATIVE_MARCH`` overrides), by the C++ compiler of the
+`ziglang` package (a project dependency, so that a machine with only Python and pip has one), or
+``$LSTM_JAX_CXX``, or ``c++`` on the PATH. The source is compiled for that `-march`, then linked for the
+baseline CPU: zig builds its static C++ library once per link target (minutes), so builds for several
+`-march` values share one, and the library runs on every CPU of the architecture.
 ``LSTM_JAX_NATIVE=off`` turns the kernel off; when it cannot be built, `available()` is False, says why in
 `unavailable_reason()`, and ``impl="auto"`` uses the XLA impls.
 
@@ -45,7 +48,11 @@ _SOURCE = Path(__file__).with_name("lstm_cpu.cc")
 _FORWARD, _BACKWARD = "lstm_jax_native_forward", "lstm_jax_native_backward"
 _FORWARD_X, _BACKWARD_X = "lstm_jax_native_forward_x", "lstm_jax_native_backward_x"
 _GENERATE = "lstm_jax_native_generate"
-_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-fno-math-errno"]
+_LINK_FLAGS = ["-shared", "-fPIC"]
+_ZIG_LINK_FLAGS = [
+    "-mcpu=baseline"
+]  # zig's libc++ for the baseline CPU, whatever the kernel's -march
 
 
 def _march() -> str:
@@ -118,12 +125,14 @@ def build(compiler: list[str] | None = None) -> Path:
         ):  # zig names CPU models with underscores (x86_64_v3), gcc and clang with dashes
             march = march.replace("-", "_")
         flags = [*_FLAGS, f"-march={march}"]
+        link_flags = [*_LINK_FLAGS, *(_ZIG_LINK_FLAGS if "ziglang" in cmd else [])]
         key = hashlib.sha256(
             b"\0".join(
                 [
                     source,
                     " ".join(cmd).encode(),
                     " ".join(flags).encode(),
+                    " ".join(link_flags).encode(),
                     jax.__version__.encode(),
                 ]
                 + [cpu.encode()]
@@ -136,15 +145,17 @@ def build(compiler: list[str] | None = None) -> Path:
         with filelock.FileLock(str(target) + ".lock"):  # one build per machine, not one per process
             if target.exists():
                 return target
-            error = _compile(cmd, flags, include, target)
+            error = _compile(cmd, flags, link_flags, include, target)
         if error is None:
             return target
         errors.append(error)
     raise RuntimeError("could not compile the native LSTM kernel:\n" + "\n".join(errors))
 
 
-def _compile(cmd: list[str], flags: list[str], include: str, target: Path) -> str | None:
-    """Compiles into `target` (atomically); returns None or the compiler's complaint."""
+def _compile(
+    cmd: list[str], flags: list[str], link_flags: list[str], include: str, target: Path
+) -> str | None:
+    """Compiles and links into `target` (atomically); returns None or the compiler's complaint."""
     logging.getLogger(__name__).warning(
         "lstm_jax: compiling the native CPU LSTM kernel with %s into %s (once per machine; up to a "
         "minute the first time ziglang is used)",
@@ -153,23 +164,24 @@ def _compile(cmd: list[str], flags: list[str], include: str, target: Path) -> st
     )
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
+    obj = tmp + ".o"
     try:
-        proc = subprocess.run(
-            [*cmd, *flags, f"-I{include}", str(_SOURCE), "-o", tmp],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if proc.returncode == 0:
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, target)  # readers never see a half-written library
-            return None
-        return f"{' '.join(cmd)}: {proc.stderr.strip()[-2000:]}"
+        for step in (
+            [*cmd, *flags, f"-I{include}", "-c", str(_SOURCE), "-o", obj],
+            [*cmd, *link_flags, obj, "-o", tmp],
+        ):
+            proc = subprocess.run(step, capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                return f"{' '.join(cmd)}: {proc.stderr.strip()[-2000:]}"
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)  # readers never see a half-written library
+        return None
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{' '.join(cmd)}: {e}"
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, obj):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def _cpu_signature() -> str:
