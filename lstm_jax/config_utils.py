@@ -251,29 +251,13 @@ def lstm_impl(model: Mapping[str, Any] | ml_collections.ConfigDict, field: str =
     """`model[field]`, one of `lstm_jax.core.lstm_layer`'s impls that can run on this machine, else a
     `UserError` listing them, or saying why it cannot run here and what to pass instead."""
     value = choice(model, field, get_args(core.Impl), "an LSTM implementation")
-    reason = impl_unavailable_reason(value)
+    reason = core.impl_unavailable_reason(value)
     if reason is not None:
         raise UserError(
             f"config.model.{field}={value!r} cannot run here: {reason}; pass "
             f"--config.model.{field}=auto (the fastest implementation this machine has)"
         )
     return value
-
-
-def impl_unavailable_reason(impl: str) -> str | None:
-    """Why the explicitly chosen LSTM `impl` cannot run on this machine (None when it can): "cudnn"
-    needs an NVIDIA GPU, "native" the CPU backend and a built kernel. The other impls run anywhere."""
-    if impl == "cudnn":
-        return core._cudnn_unavailable_reason()
-    if impl == "native":
-        import jax
-
-        if jax.default_backend() != "cpu":
-            return f"it is a CPU kernel and JAX's default backend is {jax.default_backend()!r}"
-        from lstm_jax import native
-
-        return native.unavailable_reason()
-    return None
 
 
 def dense_layers(

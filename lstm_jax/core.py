@@ -674,11 +674,11 @@ def _resolve_impl(
             f"lstm_layer: unknown impl {impl!r}; use 'auto', 'scan', 'fused', 'per_step', 'native' "
             "or 'cudnn'"
         )
-    if impl == "cudnn":
-        reason = _cudnn_unavailable_reason()
+    if impl == "cudnn" or (impl == "native" and jax.default_backend() != "cpu"):
+        reason = impl_unavailable_reason(impl)
         if reason is not None:
             raise ValueError(
-                f"lstm_layer: impl='cudnn' is unavailable here: {reason}; use impl='auto'"
+                f"lstm_layer: impl={impl!r} is unavailable here: {reason}; use impl='auto'"
             )
     if compute_dtype is not None or return_gates:
         return "scan"  # only the autodiff scan has low-precision matmuls and gate outputs
@@ -694,16 +694,9 @@ def _resolve_impl(
             return "per_step"
         return "fused"
     if impl == "native":
-        if not cpu:
-            raise ValueError(
-                f"lstm_layer: impl='native' is a CPU kernel but JAX's default backend is "
-                f"{jax.default_backend()!r}; use impl='auto'"
-            )
         if remat or jnp.dtype(dtype) != jnp.float32:
             return "fused"  # the kernel is float32-only and keeps its activations
-        from lstm_jax import native
-
-        reason = native.unavailable_reason()
+        reason = impl_unavailable_reason(impl)
         if reason is not None:
             raise ValueError(f"lstm_layer: impl='native' is unavailable here: {reason}")
     if impl == "per_step" and remat:
@@ -724,6 +717,20 @@ def _native_available() -> bool:
     from lstm_jax import native
 
     return native.available()
+
+
+def impl_unavailable_reason(impl: str) -> str | None:
+    """Why the explicitly chosen `impl` cannot run on this machine (None when it can): "cudnn" needs an
+    NVIDIA GPU, "native" the CPU backend and a built kernel. The other impls run anywhere."""
+    if impl == "cudnn":
+        return _cudnn_unavailable_reason()
+    if impl == "native":
+        if jax.default_backend() != "cpu":
+            return f"it is a CPU kernel and JAX's default backend is {jax.default_backend()!r}"
+        from lstm_jax import native
+
+        return native.unavailable_reason()
+    return None
 
 
 def _cudnn_unavailable_reason() -> str | None:

@@ -58,7 +58,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import config_utils, metrics, optim
+from lstm_jax import config_utils, core, metrics, optim
 from lstm_jax.checkpoint import CheckpointStore, save_artefacts
 from lstm_jax.errors import UserError
 from lstm_jax.logging_utils import MetricsLogger, Progress, format_metrics, read_json, write_json
@@ -675,7 +675,7 @@ def restore_model(
     import orbax.checkpoint as ocp
 
     impl = config.model.get("impl", "auto") if "model" in config else "auto"
-    reason = config_utils.impl_unavailable_reason(impl)
+    reason = core.impl_unavailable_reason(impl)
     # Trained elsewhere (a GPU, say): the same model with this machine's impl.
     if reason is not None:
         logging.warning("the run's model.impl=%r cannot run here (%s); using 'auto'", impl, reason)

@@ -26,11 +26,9 @@ from lstm_jax.train import data_parallel_grads
 
 def available(impl: str = "auto") -> str | None:
     """None, or why `impl` cannot run here ("cudnn" needs an NVIDIA GPU)."""
-    if impl == "cudnn":
-        from lstm_jax import core
+    from lstm_jax import core
 
-        return core._cudnn_unavailable_reason()
-    return None
+    return core.impl_unavailable_reason(impl)
 
 
 class Model(nnx.Module):
