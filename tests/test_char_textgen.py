@@ -271,6 +271,14 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
+def _the_one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """A user error's exit: status 2, no traceback, exactly one `error:` line on stderr (returned)."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
 def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_path):
     _, workdir, _ = stream_run
     ok = _cli(
@@ -286,13 +294,10 @@ def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_p
         f"--workdir={tmp_path / 'run'}",
         f"--config.data.path={binary}",
     )
-    assert bad.returncode == 2
-    lines = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "binary file" in lines[0]
-    assert "Traceback" not in bad.stderr
+    assert "binary file" in _the_one_error_line(bad)
 
     unknown = _cli(f"--workdir={workdir}", "--mode=generate", "--prime=Q", "--length=3")
-    assert unknown.returncode == 2 and "unknown characters 'Q'" in unknown.stderr
+    assert "unknown characters 'Q'" in _the_one_error_line(unknown)
 
     # An impossible dropout rate: one line naming the field, not the layer's ValueError traceback.
     rate = _cli(
@@ -301,12 +306,10 @@ def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_p
         f"--config.data.path={workdir.parent / 'text.txt'}",
         "--config.model.recurrent_dropout=1.5",
     )
-    assert rate.returncode == 2 and "Traceback" not in rate.stderr, rate.stderr
-    lines = [line for line in rate.stderr.splitlines() if line.startswith("error:")]
-    assert lines == [
+    assert _the_one_error_line(rate) == (
         "error: config.model.recurrent_dropout=1.5 is not a dropout rate; pass a value in [0, 1),"
         " e.g. --config.model.recurrent_dropout=0.2"
-    ]
+    )
     assert not os.path.exists(tmp_path / "rate" / "checkpoints")
 
     if jax.default_backend() == "cpu":  # an impl this machine cannot run: one line, nothing written
@@ -316,13 +319,11 @@ def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_p
             f"--config.data.path={workdir.parent / 'text.txt'}",
             "--config.model.impl=cudnn",
         )
-        assert cudnn.returncode == 2 and "Traceback" not in cudnn.stderr, cudnn.stderr
-        lines = [line for line in cudnn.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1, cudnn.stderr
-        assert lines[0].startswith(
+        line = _the_one_error_line(cudnn)
+        assert line.startswith(
             "error: config.model.impl='cudnn' cannot run here: it needs an NVIDIA GPU"
         )
-        assert lines[0].endswith(
+        assert line.endswith(
             "pass --config.model.impl=auto (the fastest implementation this machine has)"
         )
         assert not os.path.exists(tmp_path / "cudnn")
