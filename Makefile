@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# The native CPU kernel, built once per machine here rather than inside the first run or test (minutes
+	@# the first time ziglang is used); a failed build is not an error: impl="auto" then uses the XLA impls.
+	$(PY) -c "from lstm_jax import native; print('native CPU kernel:', native.unavailable_reason() or 'built')"
 	touch $(STAMP)
 
 venv: $(STAMP)
