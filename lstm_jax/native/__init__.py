@@ -157,8 +157,8 @@ def _compile(
 ) -> str | None:
     """Compiles and links into `target` (atomically); returns None or the compiler's complaint."""
     logging.getLogger(__name__).warning(
-        "lstm_jax: compiling the native CPU LSTM kernel with %s into %s (once per machine; up to a "
-        "minute the first time ziglang is used)",
+        "lstm_jax: compiling the native CPU LSTM kernel with %s into %s (once per machine; one to "
+        "three minutes the first time ziglang is used, seconds after that)",
         " ".join(cmd),
         target.parent,
     )
