@@ -529,8 +529,8 @@ def test_avx2_and_sse2_builds_equal_this_machines(tmp_path):
     (`LSTM_JAX_NATIVE_MARCH`) run here too and must give this machine's numbers."""
     procs = {}
     for march in ("native", "x86-64-v3", "x86-64"):
-        # Built by ziglang (the case asks for it): a PATH without the system compilers would change zig's
-        # view of this machine and make it build a second libc++ (over two minutes here).
+        # Built by ziglang (the case asks for it). The PATH stays as it is: with only the venv's bin/ on it,
+        # zig built its libc++ a second time (135 s here, measured; why zig's cache depends on PATH: unknown).
         env = dict(os.environ, LSTM_JAX_NATIVE_MARCH=march, JAX_PLATFORMS="cpu")
         env.pop("LSTM_JAX_CXX", None)
         out = tmp_path / f"{march}.npz"
