@@ -1,4 +1,6 @@
-"""Measures the machine's fp32 matmul ceiling: the best GFLOP/s of an `n x n x n` matmul in numpy and JAX.
+"""Measures the machine's fp32 matmul ceiling: the best GFLOP/s of an `n x n x n` matmul in numpy and JAX;
+and beside it the fp32 multiply-add peak (`lstm_jax.native.fma_peak_gflops`: vector FMAs in registers on
+every core at once), which no matmul can beat.
 
 Run by the driver in its own process (with the benchmark's environment); prints one JSON line.
 """
@@ -34,11 +36,18 @@ def measure(n: int = 2048, repeats: int = 5) -> dict:
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     dot = jax.jit(jnp.dot)
     jax_gf = best_gflops(lambda: dot(ja, jb).block_until_ready(), n, repeats)
+    try:
+        from lstm_jax import native
+
+        fma_peak = native.fma_peak_gflops()
+    except RuntimeError:  # the native kernel is unavailable here: no peak, the ceiling still stands
+        fma_peak = None
     return {
         "n": n,
         "numpy_gflops": numpy_gf,
         "jax_gflops": jax_gf,
         "ceiling_gflops": max(numpy_gf, jax_gf),
+        "fma_peak_gflops": fma_peak,
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "cpu_count": os.cpu_count(),
     }

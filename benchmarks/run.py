@@ -221,36 +221,59 @@ TARGET_SPEEDUP = 1.5  # issue #6: lstm_jax's step at least this much faster than
 
 
 def _target_lines(report: dict) -> list[str]:
-    """Per shape, how far the speed target is from the machine's limit: the step's FLOPs at the measured
-    ceiling take `flops / ceiling` ms; the target (the fastest peer's ms / TARGET_SPEEDUP) needs the whole
-    step, every FLOP of it, at `bound / target` of the ceiling. lstm_jax's own share is beside it."""
+    """Per shape, how far the speed target is from the machine's limits: the step's FLOPs at the measured
+    matmul ceiling take `flops / ceiling` ms; the target (the fastest peer's ms / TARGET_SPEEDUP) needs the
+    whole step, every FLOP of it, at `bound / target` of the ceiling. lstm_jax's own share is beside it,
+    and both again as fractions of the FMA peak (`ceiling.py`) where it was measured: a target that needs
+    100% of that peak or more is out of reach on the machine, whatever the code."""
     ceiling = report["ceiling"]["ceiling_gflops"]
+    peak = report["ceiling"].get("fma_peak_gflops")
     rows = []
     for name, res in report["shapes"].items():
         fastest = _fastest_peer_ms(res)
         if fastest is None:
             continue
         target = fastest / TARGET_SPEEDUP
-        bound = get_shape(name).train_flops() / (ceiling * 1e9) * 1e3
+        flops = get_shape(name).train_flops()
+        bound = flops / (ceiling * 1e9) * 1e3
         ours = res.get("lstm_jax", {}).get("median_ms")
         share = f"{100 * bound / ours:.0f}%" if ours else "-"
+        if peak:
+            need_peak = f"{100 * flops / (target / 1e3) / (peak * 1e9):.0f}%"
+            ours_peak = f"{100 * flops / (ours / 1e3) / (peak * 1e9):.0f}%" if ours else "-"
+        else:
+            need_peak = ours_peak = "-"
         rows.append(
             f"| {name} | {fastest:.1f} | {target:.1f} | {bound:.1f} | {100 * bound / target:.0f}% "
-            f"| {share} |"
+            f"| {share} | {need_peak} | {ours_peak} |"
         )
     if not rows:
         return []
+    peak_text = (
+        f"; the last two columns are the same GFLOP/s against the {peak:.0f} GFLOP/s FMA peak"
+        if peak
+        else ""
+    )
     return [
         "",
         f"The target, {TARGET_SPEEDUP}x the fastest peer, against the ceiling: the step's FLOPs at "
         f"{ceiling:.0f} GFLOP/s take the bound's ms, so the target needs the whole step at bound / "
-        "target of the ceiling (lstm_jax: bound / its ms).",
+        f"target of the ceiling (lstm_jax: bound / its ms){peak_text}.",
         "",
         f"| shape | fastest peer ms | {TARGET_SPEEDUP}x target ms | ceiling bound ms | target needs "
-        "| lstm_jax reaches |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| lstm_jax reaches | target needs, of FMA peak | lstm_jax, of FMA peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
+
+
+def _peak_text(report: dict) -> str:
+    peak = report["ceiling"].get(
+        "fma_peak_gflops"
+    )  # absent in results saved before it was measured
+    return (
+        f"; fp32 FMA peak {peak:.0f} GFLOP/s (vector FMAs in registers, all cores)" if peak else ""
+    )
 
 
 def markdown(report: dict) -> str:
@@ -258,7 +281,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {report['machine']}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
         f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX {report['ceiling']['jax_gflops']:.0f}, "
-        f"{report['ceiling']['n']}^3). Per-step times: median [p25-p75] over "
+        f"{report['ceiling']['n']}^3){_peak_text(report)}. Per-step times: median [p25-p75] over "
         f"{report['args']['rounds']} interleaved rounds; glibc malloc tuned for: "
         f"{MALLOC_MODES[report['args'].get('malloc', 'ours')]}.",
         "",

@@ -60,6 +60,9 @@ def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     assert run.main(argv) == 0
     report = json.loads(out.read_text())
     assert report["ceiling"]["ceiling_gflops"] > 0
+    assert (
+        report["ceiling"]["fma_peak_gflops"] > 0
+    )  # the native kernel builds wherever the tests run
     assert report["ceiling"]["openblas_coretype"] is None  # removed inside the benchmark's command
     res = report["shapes"]["tiny"]["lstm_jax"]
     assert res["status"] == "ready"
@@ -155,11 +158,18 @@ def test_markdown_reports_missing_and_failed_peers(tmp_path, capsys):
     assert "failed: RuntimeError: boom" in table
     # C's step is 0.8405 GFLOP: 2.10 ms at 400 GFLOP/s; the target 20 / 1.5 = 13.3 ms needs 16% of the
     # ceiling, and lstm_jax's 10 ms is 21% of it.
-    assert "| C | 20.0 | 13.3 | 2.1 | 16% | 21% |" in table
+    # Without a measured FMA peak (results saved before it was), its columns say so.
+    assert "| C | 20.0 | 13.3 | 2.1 | 16% | 21% | - | - |" in table
+    assert "FMA peak" not in table.splitlines()[0]
     path = tmp_path / "run.json"  # a saved run's tables, printed again by --show
     path.write_text(json.dumps(report))
     assert run.main(["--show", str(path)]) == 0
     assert capsys.readouterr().out.strip() == table.strip()
+    # With it: the target's 63.0 GFLOP/s is 13% of a 500 GFLOP/s peak, lstm_jax's 84.0 is 17%.
+    report["ceiling"]["fma_peak_gflops"] = 500.0
+    table = run.markdown(report)
+    assert "fp32 FMA peak 500 GFLOP/s" in table.splitlines()[0]
+    assert "| C | 20.0 | 13.3 | 2.1 | 16% | 21% | 13% | 17% |" in table
 
 
 def test_unknown_names_are_user_errors(capsys, tmp_path):

@@ -270,6 +270,28 @@ def test_stats_time_each_call_kind_and_shape():
     assert [(c["kind"], c["calls"]) for c in again] == [("forward", 1)]
 
 
+def test_fma_peak_bounds_the_kernels_own_matmul():
+    """`native.fma_peak_gflops` (the benchmark's peak) is what no matmul can beat: one thread's peak is
+    at least the kernel's own per-step matmul rate on one thread (best of five calls each; 10% for noise,
+    since another test may share the core). A probe too slow to be a peak (too few chains in flight, a
+    wrong vector width) fails here."""
+    b, t, h = 24, 40, 128
+    k = jax.random.split(jax.random.key(4), 2)
+    rk = 0.1 * jax.random.normal(k[0], (h, 4 * h))
+    zx = jax.random.normal(k[1], (t, b, 4 * h))
+    bias = jnp.zeros((4 * h,))
+    mask, h0, ones = jnp.ones((t, b)), jnp.zeros((b, h)), jnp.ones((b, h))
+    native.forward(rk, bias, zx, mask, h0, h0, ones, False, 1)[1].block_until_ready()  # compiled
+    best_matmul = 0.0
+    for _ in range(5):
+        with native.stats() as calls:
+            native.forward(rk, bias, zx, mask, h0, h0, ones, False, 1)[1].block_until_ready()
+        (c,) = calls
+        best_matmul = max(best_matmul, c["matmul_flops"] / c["matmul"] / 1e9)
+    peak = native.fma_peak_gflops(threads=1, seconds=0.1, repeats=5)
+    assert peak >= 0.9 * best_matmul, (peak, best_matmul)
+
+
 @pytest.mark.parametrize("delay_us", [400, 200_000])
 def test_a_late_helper_takes_over_mid_sequence_with_the_same_results(monkeypatch, delay_us):
     """A helper task that starts late (XLA's pool busy) claims a row block from the step the caller has

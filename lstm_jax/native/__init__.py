@@ -73,6 +73,7 @@ __all__ = [
     "threads_per_device",
     "l2_cache_bytes",
     "stats",
+    "fma_peak_gflops",
 ]
 
 
@@ -216,6 +217,8 @@ def _load() -> str | None:
     lib.lstm_jax_native_stats_enable.argtypes = [ctypes.c_int]
     lib.lstm_jax_native_stats_take.argtypes = [ctypes.c_char_p, ctypes.c_int64]
     lib.lstm_jax_native_stats_take.restype = ctypes.c_int64
+    lib.lstm_jax_native_fma_gflops.argtypes = [ctypes.c_double]
+    lib.lstm_jax_native_fma_gflops.restype = ctypes.c_double
     _LIB = lib
     jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.LstmForward), platform="cpu")
     jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.LstmBackward), platform="cpu")
@@ -259,6 +262,34 @@ def threads_per_device() -> int:
 
     devices = max(1, len(jax.local_devices(backend="cpu")))
     return max(1, usable_cores() // devices)
+
+
+def fma_peak_gflops(threads: int | None = None, seconds: float = 0.2, repeats: int = 3) -> float:
+    """The machine's fp32 multiply-add peak in GFLOP/s, measured: `threads` (default: this process's
+    usable cores) threads at once, each running independent chains of vector multiply-adds in registers
+    for `seconds` (the kernel's instruction set, `-march` as built), summed over the threads; the best
+    of `repeats`. No matmul can run faster; `benchmarks/ceiling.py` reports it beside the matmul ceiling.
+    Raises RuntimeError where the kernel is unavailable."""
+    import threading
+
+    from lstm_jax.runtime import usable_cores
+
+    _require()
+    n = threads or usable_cores()
+
+    def run(rates: list[float], i: int) -> None:
+        rates[i] = _LIB.lstm_jax_native_fma_gflops(seconds)  # ctypes releases the GIL
+
+    best = 0.0
+    for _ in range(repeats):
+        rates = [0.0] * n
+        workers = [threading.Thread(target=run, args=(rates, i)) for i in range(n)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, sum(rates))
+    return best
 
 
 _STATS_FIELDS = ("calls", "wall_ns", "step_ns", "gemm_ns", "helpers", "helpers_started", "start_ns")

@@ -1313,6 +1313,35 @@ extern "C" int64_t lstm_jax_native_stats_take(char* buf, int64_t n) {
   return need;
 }
 
+// The vector unit's fp32 multiply-add throughput on the calling thread, in GFLOP/s, for the benchmark's
+// peak (benchmarks/ceiling.py runs it in one thread per core at once): 12 independent chains of VL-float
+// multiply-adds in registers (enough in flight to cover the FMA latency of the machines measured: 4-5
+// cycles, one or two FMA units), in rounds of 2^20 until `seconds` have passed. Every lane of every chain
+// goes into the result, so the compiler can drop none of them.
+extern "C" double lstm_jax_native_fma_gflops(double seconds) {
+  constexpr int CHAINS = 12;
+  constexpr int64_t ROUND = 1 << 20;
+  static volatile float sink = 0.0f;
+  volatile float scale = 0.999f, shift = 0.001f;  // read at run time: nothing to fold
+  const vf x = vf{} + scale, y = vf{} + shift;
+  vf acc[CHAINS];
+  for (int i = 0; i < CHAINS; ++i) acc[i] = vf{} + static_cast<float>(i);
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t rounds = 0;
+  double elapsed = 0.0;
+  do {
+    for (int64_t n = 0; n < ROUND; ++n)
+      for (int i = 0; i < CHAINS; ++i) acc[i] = acc[i] * x + y;
+    ++rounds;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (elapsed < seconds);
+  float total = 0.0f;
+  for (int i = 0; i < CHAINS; ++i)
+    for (int l = 0; l < VL; ++l) total += acc[i][l];
+  sink = total;
+  return 2.0 * VL * CHAINS * static_cast<double>(ROUND) * rounds / elapsed / 1e9;
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl, forward_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardX, LstmForwardXImpl, forward_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl, backward_binding());
