@@ -1316,11 +1316,11 @@ extern "C" int64_t lstm_jax_native_stats_take(char* buf, int64_t n) {
 // The vector unit's fp32 multiply-add throughput on the calling thread, in GFLOP/s, for the benchmark's
 // peak (benchmarks/ceiling.py runs it in one thread per core at once): 12 independent chains of VL-float
 // multiply-adds in registers (enough in flight to cover the FMA latency of the machines measured: 4-5
-// cycles, one or two FMA units), in rounds of 2^20 until `seconds` have passed. Every lane of every chain
-// goes into the result, so the compiler can drop none of them.
+// cycles, one or two FMA units), in rounds of 2^16 (about 0.3 ms here) until `seconds` have passed. Every
+// lane of every chain goes into the result, so the compiler can drop none of them.
 extern "C" double lstm_jax_native_fma_gflops(double seconds) {
   constexpr int CHAINS = 12;
-  constexpr int64_t ROUND = 1 << 20;
+  constexpr int64_t ROUND = 1 << 16;
   static volatile float sink = 0.0f;
   volatile float scale = 0.999f, shift = 0.001f;  // read at run time: nothing to fold
   const vf x = vf{} + scale, y = vf{} + shift;
