@@ -268,9 +268,8 @@ def _target_lines(report: dict) -> list[str]:
 
 
 def _peak_text(report: dict) -> str:
-    peak = report["ceiling"].get(
-        "fma_peak_gflops"
-    )  # absent in results saved before it was measured
+    # absent in results saved before the benchmark measured it
+    peak = report["ceiling"].get("fma_peak_gflops")
     return (
         f"; fp32 FMA peak {peak:.0f} GFLOP/s (vector FMAs in registers, all cores)" if peak else ""
     )
