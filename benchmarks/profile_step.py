@@ -10,7 +10,8 @@ step summed over the threads that ran it (`ffi_call.*` are the native kernel's c
 With `--native-stats` it then times `--steps` more steps, untraced, with the native kernel's own timing on
 (`lstm_jax.native.stats`): per training call (forward/backward, per layer shape) the wall ms per step, the
 ms all threads spent in its timesteps, the part of that in each step's matmul and that matmul's GFLOP/s per
-thread, and how late the helper tasks started; then the share of the step inside the calls.
+thread, and how late the helper tasks started; then the share of the step inside the calls, and one core's
+FMA peak (`lstm_jax.native.fma_peak_gflops`) with the matmuls' GFLOP/s per thread as fractions of it.
 """
 
 from __future__ import annotations
@@ -138,6 +139,12 @@ def native_stats(bench, steps: int) -> str:
         )
         wall += c["wall"] / steps
     out.append(f"in the calls: {wall * 1e3:.2f} of {step_s * 1e3:.2f} ms ({wall / step_s:.0%})")
+    peak = native.fma_peak_gflops(threads=1, seconds=0.05, repeats=5)
+    rates = [c["matmul_flops"] / max(c["matmul"], 1e-12) / 1e9 for c in calls]
+    out.append(
+        f"one core's FMA peak {peak:.1f} GFLOP/s (native.fma_peak_gflops, one thread, after the steps): "
+        f"the calls' matmuls at {100 * min(rates) / peak:.0f}-{100 * max(rates) / peak:.0f}% of it"
+    )
     return "\n".join(out)
 
 

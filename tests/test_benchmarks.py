@@ -376,7 +376,7 @@ def test_profile_step_reports_ops_a_timeline_and_the_kernel_calls():
     assert ops and all(float(x.split()[0]) >= 0 and x.split()[1].startswith("x") for x in ops)
     # The native kernel's calls: a forward and a backward row per LSTM layer, then their share.
     start = next(i for i, x in enumerate(lines) if x.startswith("native kernel calls, 2 untraced"))
-    rows = lines[start + 2 : -1]
+    rows = lines[start + 2 : -2]
     kinds = [x.split()[5] for x in rows]
     known = {"forward", "forward_x", "backward", "backward_x", "backward+wg", "backward_x+wg"}
     assert kinds and set(kinds) <= known, rows
@@ -384,7 +384,11 @@ def test_profile_step_reports_ops_a_timeline_and_the_kernel_calls():
         k.startswith("backward") for k in kinds
     )
     assert all(float(x.split()[0]) > 0 and float(x.split()[3]) > 0 for x in rows), rows
-    assert lines[-1].startswith("in the calls:") and lines[-1].endswith("%)")
+    assert lines[-2].startswith("in the calls:") and lines[-2].endswith("%)")
+    assert lines[-1].startswith("one core's FMA peak ") and lines[-1].endswith("% of it")
+    peak = float(lines[-1].split()[4])
+    low, high = (float(p) for p in lines[-1].split()[-3].rstrip("%").split("-"))
+    assert peak > 0 and 0 < low <= high
 
 
 def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
