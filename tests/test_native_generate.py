@@ -139,18 +139,27 @@ def _thread_cpu_masks() -> dict[str, str]:
 def test_helpers_moved_off_the_callers_cpu_get_their_cpu_mask_back(monkeypatch):
     """A helper woken on a CPU the call already uses moves itself off it for the call (lstm_cpu.cc,
     CpuSpread): afterwards every thread has the CPU mask it had, and the tokens are the same as without
-    the move (LSTM_JAX_NATIVE_SPREAD=0). 20 calls: on 2 cores about a third of calls moved a helper."""
+    the move (LSTM_JAX_NATIVE_SPREAD=0). 20 calls: on 2 cores about a third of calls moved a helper.
+
+    A helper puts its mask back when its task ends, which can be just after the call has returned (the
+    call waits for the work, not for its helpers): the masks read before are read after a call that moves
+    nothing, and the masks read after are polled until they are back (10 s at most)."""
     m = _model()
     args = _direct_inputs(m, 1)
-    native.generate(*args, 50, threads=2).block_until_ready()  # XLA's pool threads exist from here
-    before = _thread_cpu_masks()
-    runs = [np.asarray(native.generate(*args, 400, threads=t)) for t in (2, 3) for _ in range(10)]
-    after = _thread_cpu_masks()
-    assert {tid: after[tid] for tid in before if tid in after} == {
-        tid: before[tid] for tid in before if tid in after
-    }
     monkeypatch.setenv("LSTM_JAX_NATIVE_SPREAD", "0")
+    # XLA's pool threads exist from this call on.
     unmoved = np.asarray(native.generate(*args, 400, threads=2))
+    before = _thread_cpu_masks()
+    monkeypatch.setenv("LSTM_JAX_NATIVE_SPREAD", "1")
+    runs = [np.asarray(native.generate(*args, 400, threads=t)) for t in (2, 3) for _ in range(10)]
+    deadline = time.monotonic() + 10.0
+    while True:
+        after = _thread_cpu_masks()
+        kept = {tid: after[tid] for tid in before if tid in after}
+        if kept == {tid: before[tid] for tid in kept} or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert kept == {tid: before[tid] for tid in kept}
     for r in runs:
         np.testing.assert_array_equal(r, unmoved)
 
