@@ -19,8 +19,6 @@ from lstm_jax.checkpoint import CheckpointStore, load_artefact, save_artefacts
 from lstm_jax.errors import UserError
 from lstm_jax.train import restore_model, train_and_evaluate
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
-
 
 def _state(scale: float = 1.0):
     params = {"layers": {"0": {"w": jnp.arange(12.0).reshape(3, 4) * scale}}, "b": jnp.ones(4)}

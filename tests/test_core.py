@@ -225,6 +225,45 @@ def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_impl_at_full_xla_optimization(params, xs, impl, full_xla_optimization):
+    """The suite compiles at LLVM -O0 (conftest); users' programs get XLA's full optimisation. Here each
+    impl, compiled fresh at full optimisation, against the float64 equations (values, masked and
+    reversed) and the float64 per-step impl (gradients of every input)."""
+    assert not jax.config.read("jax_disable_most_optimizations")
+    mask = lengths_mask([T, 4, 1], T, "pre")
+    h0 = LSTMState(jnp.full((B, H), 0.2), jnp.full((B, H), -0.3))
+
+    def run(p, x, h, c, impl):
+        return lstm_layer(p, x, mask=mask, initial_state=LSTMState(h, c), reverse=True, impl=impl)
+
+    def loss(p, x, h, c, impl):
+        outs, st = run(p, x, h, c, impl)
+        return jnp.sum(jnp.sin(outs)) + jnp.sum(st.h * st.c) + jnp.sum(st.c)
+
+    outs, st = jax.jit(functools.partial(run, impl=impl))(params, xs, h0.h, h0.c)
+    for n in range(B):
+        real = np.nonzero(np.asarray(mask[n]))[0]
+        ref, (h_ref, c_ref) = numpy_layer(
+            params, np.asarray(xs[n, real])[::-1], np.asarray(h0.h[n]), np.asarray(h0.c[n])
+        )
+        np.testing.assert_allclose(outs[n, real], ref[::-1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(outs[n, np.nonzero(~np.asarray(mask[n]))[0]], 0.0)
+        np.testing.assert_allclose(st.h[n], h_ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(st.c[n], c_ref, rtol=1e-4, atol=1e-5)
+
+    args = (params, xs, h0.h, h0.c)
+    got = jax.jit(jax.grad(functools.partial(loss, impl=impl), argnums=(0, 1, 2, 3)))(*args)
+    with jax.enable_x64(True):
+        args64 = jax.tree.map(lambda a: np.asarray(a, np.float64), args)
+        want = jax.jit(jax.grad(functools.partial(loss, impl="per_step"), argnums=(0, 1, 2, 3)))(
+            *args64
+        )
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_jit_and_auto_impl(params, xs):
     f = jax.jit(lambda p, x: lstm_layer(p, x)[0])
     np.testing.assert_allclose(f(params, xs), lstm_layer(params, xs, impl="scan")[0], atol=1e-6)

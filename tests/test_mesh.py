@@ -20,7 +20,6 @@ REPO = os.path.dirname(TESTS)
 SCRIPT = r"""
 import json, sys
 import jax
-jax.config.update("jax_disable_most_optimizations", True)
 import numpy as np
 from flax import nnx
 import engine_fixtures as ef

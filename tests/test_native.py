@@ -23,7 +23,6 @@ from lstm_jax.core import LSTMState, init_lstm, lstm_layer
 
 pytestmark = [
     pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU kernel"),
-    pytest.mark.usefixtures("fast_compiles"),
 ]
 
 

@@ -21,7 +21,6 @@ pytestmark = [
     pytest.mark.skipif(
         jax.default_backend() != "cpu" or not native.available(), reason="the native CPU kernel"
     ),
-    pytest.mark.usefixtures("fast_compiles"),
 ]
 
 

@@ -25,8 +25,6 @@ from lstm_jax.train import (
     train_and_evaluate,
 )
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
-
 
 def _params(workdir, config, which="latest"):
     model, step = restore_model(config, str(workdir), ef.build_model, which=which)
