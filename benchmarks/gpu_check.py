@@ -14,7 +14,7 @@ largest absolute error divided by the largest magnitude of the reference. Then i
 backward of each stack per impl, interleaved, at JAX's default precision (TF32 allowed, as users run it).
 
 `--emulate` stands JAX's reference of the cuDNN op (`jax.experimental.rnn.lstm_ref`) in for cuDNN, so the
-script itself can be checked off a GPU (the test suite does, at `--max-time 12`). Exit status 2 when
+script itself can be checked off a GPU (the test suite does, at `--max-time 4`). Exit status 2 when
 impl="cudnn" cannot run here (no NVIDIA GPU).
 """
 
