@@ -81,6 +81,7 @@ __all__ = [
     "shuffled_batches",
     "padded_batches",
     "restore_model",
+    "load_trained",
     "checkpoint_step",
 ]
 
@@ -683,6 +684,7 @@ def restore_model(
         config.model.impl = "auto"
     step = checkpoint_step(config, workdir, which=which)
     graphdef, params, others = _split_model(build_model, config)
+    _check_model_fits_run(config, workdir, build_model, params)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # as in CheckpointStore
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
@@ -701,6 +703,65 @@ def restore_model(
     state = jax.tree.map(lambda x: x, params)
     nnx.replace_by_pure_dict(state, restored["params"])
     return nnx.merge(graphdef, state, others), int(step)
+
+
+def _param_shapes(params: Any) -> dict[str, Any]:
+    return jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), nnx.to_pure_dict(params))
+
+
+def _check_model_fits_run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module],
+    params: Any,
+) -> None:
+    """`UserError` when `config` builds a model whose parameters differ from those of the run saved in
+    `workdir` (a `--config` with another model size or vocabulary than the trained one).
+
+    Other differences (a data path to evaluate on, batch sizes) are allowed: only the parameter shapes of
+    the two configs' models are compared.
+    """
+    if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+        return
+    saved = config_utils.load_config(workdir)
+    diff = [d for d in config_utils.config_diff(saved, config) if d not in EXECUTION_FIELDS]
+    if not diff:
+        return
+    if (
+        "model" in saved and "model" in config
+    ):  # how it was computed (cudnn on a GPU) is not the model
+        saved = ml_collections.ConfigDict(saved.to_dict())
+        saved.model.impl = config.model.get("impl", "auto")
+    saved_params = _split_model(build_model, saved)[1]
+    if _param_shapes(saved_params) == _param_shapes(params):
+        return
+    named = [d for d in diff if d.startswith("model.")] + [d for d in diff if d.startswith("data.")]
+    named = named or diff
+    fields = ", ".join(f"config.{d}" for d in named[:4]) + (", ..." if len(named) > 4 else "")
+    raise UserError(
+        f"the model of this config does not match the run saved in {workdir} (differing: {fields});"
+        " leave out --config to use the run's saved config.json, or pass its model and vocabulary"
+        " settings"
+    )
+
+
+def load_trained(
+    config: ml_collections.ConfigDict | None,
+    workdir: str,
+    build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module],
+    *,
+    which: str = "best",
+) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
+    """The run in `workdir` as it was trained: `(saved config, model, checkpoint step)`.
+
+    For modes that need nothing but the workdir (generation): the config saved in `workdir` takes
+    precedence over `config`, which is used only when the workdir has none (a run from before configs
+    were saved). `which` as in `restore_model`.
+    """
+    if config is None or os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+        config = config_utils.load_config(workdir)  # the trained model's settings
+    model, step = restore_model(config, workdir, build_model, which=which)
+    return config, model, step
 
 
 def train_and_evaluate(

@@ -158,6 +158,12 @@ def test_generate_from_workdir_alone_is_deterministic_when_greedy(stream_run):
     assert a["texts"] == b["texts"]
     assert len(a["texts"][0]) == 30
     assert set(a["texts"][0]) <= set("".join(WORDS) + " \n")
+    # A --config of another model is overridden by the run's saved config (generation needs the trained
+    # model): the same text, not a shape error.
+    other = _stream_config(Path("unused.txt"))
+    other.model.hidden_sizes = (5,)
+    c = char_lm.generate_samples(other, str(workdir), prime="to be ", length=30, temperature=0.0)
+    assert c["texts"] == a["texts"]
 
 
 def test_sampling_respects_top_k(stream_run):

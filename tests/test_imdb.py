@@ -233,6 +233,32 @@ def test_eval_mode_rewrites_reports_not_results(trained):
     assert (workdir / "results.json").read_bytes() == before
 
 
+def test_eval_and_predict_with_another_model_config_name_the_field(trained):
+    """A --config whose model differs from the trained run: one UserError naming the field, not
+    orbax's shape error; a config that differs elsewhere (batch size) still evaluates."""
+    acl, workdir, _ = trained
+    files = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    other = _config(acl)
+    other.model.hidden_sizes = (7,)
+    other.data.vocab_size = 50
+    for call in (
+        lambda: clf.evaluate(other, str(workdir)),
+        lambda: clf.predict_texts(str(workdir), ["a great movie"], other),
+    ):
+        with pytest.raises(UserError) as e:
+            call()
+        msg = str(e.value)
+        assert "config.model.hidden_sizes" in msg and "config.data.vocab_size" in msg
+        assert msg.index("model.hidden_sizes") < msg.index("data.vocab_size")
+        assert "leave out --config" in msg
+    same_model = _config(acl)
+    same_model.train.eval_batch_size = 3
+    out = clf.predict_texts(str(workdir), ["a great movie"], same_model)
+    assert out[0]["label"] in ("neg", "pos")
+    files.pop("eval.json", None)  # written by the eval test, which may run first or not at all
+    assert {n: (workdir / n).read_bytes() for n in files} == files
+
+
 def test_resume_returns_saved_results(trained):
     acl, workdir, results = trained
     again = clf.train(_config(acl), str(workdir))

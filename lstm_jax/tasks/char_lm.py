@@ -40,8 +40,8 @@ from lstm_jax.text import Vocabulary
 from lstm_jax.train import (
     Task,
     epoch_permutation,
+    load_trained,
     padded_batches,
-    restore_model,
     train_and_evaluate,
 )
 
@@ -457,10 +457,7 @@ def generate_samples(
     `config.generate`; without any prime, one of the random training
     windows saved at training time is used (chosen by `seed`). Prints and returns the samples.
     """
-    if config is None or os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
-        config = config_utils.load_config(
-            workdir
-        )  # the trained model's settings, not a --config file
+    config, model, step = load_trained(config, workdir, build_model, which=which)
     vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     if int(config.model.vocab_size) != vocab.size:
         raise UserError(
@@ -474,7 +471,6 @@ def generate_samples(
     if not prime:
         primes = load_artefact(workdir, PRIMES_FILE)["primes"]
         prime = primes[int(np.random.default_rng(seed).integers(len(primes)))]
-    model, step = restore_model(config, workdir, build_model, which=which)
     samples = {
         "prime": prime,
         "temperature": float(g.temperature if temperature is None else temperature),

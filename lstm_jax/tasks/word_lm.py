@@ -40,7 +40,7 @@ from lstm_jax import config_utils, data, generate, losses
 from lstm_jax.errors import UserError
 from lstm_jax.models import ACTIVATIONS, LanguageModel
 from lstm_jax.text import Vocabulary
-from lstm_jax.train import Task, epoch_permutation, restore_model, train_and_evaluate
+from lstm_jax.train import Task, epoch_permutation, load_trained, train_and_evaluate
 
 __all__ = [
     "DEFAULT_PATH",
@@ -480,8 +480,7 @@ def generate_samples(
     Without `seed_text`: on a terminal, prompts for seed texts until an empty line (the tutorial's
     interactive use); otherwise the config's `generate.seed_texts`. Prints and returns the samples.
     """
-    if config is None or os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
-        config = config_utils.load_config(workdir)
+    config, model, _ = load_trained(config, workdir, build_model, which=which)
     vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     g = config.generate
     kw = {
@@ -490,7 +489,6 @@ def generate_samples(
         "seed": int(config.seed if seed is None else seed),
     }
     n = int(g.num_words if num_words is None else num_words)
-    model, _ = restore_model(config, workdir, build_model, which=which)
     interactive = sys.stdin.isatty() if interactive is None else interactive
 
     def one(text: str) -> dict[str, str]:
