@@ -82,6 +82,7 @@ __all__ = [
     "padded_batches",
     "restore_model",
     "load_trained",
+    "check_run",
     "checkpoint_step",
 ]
 
@@ -705,6 +706,17 @@ def restore_model(
     return nnx.merge(graphdef, state, others), int(step)
 
 
+def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """`UserError` for a config field or a `workdir` that cannot train, before anything is read or written.
+
+    Tasks call it before building their data (a batch size of 0 would otherwise fail deep inside a data
+    layout); `train_and_evaluate` calls it again.
+    """
+    config_utils.validate_config(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is a file, not a directory; pass a run directory")
+
+
 def _param_shapes(params: Any) -> dict[str, Any]:
     return jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), nnx.to_pure_dict(params))
 
@@ -779,7 +791,7 @@ def train_and_evaluate(
       The results dict also written to ``<workdir>/results.json``.
     """
     t_start = time.time()
-    config_utils.validate_config(config)
+    check_run(config, workdir)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     saved = _check_saved_config(config, workdir)

@@ -130,6 +130,27 @@ def test_every_task_rejects_an_impossible_dropout_rate_before_building(task, fie
         build_model(config, nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("task", list(TASK_MODULES))
+def test_every_task_checks_the_engine_config_and_workdir_before_reading_data(task, tmp_path):
+    """`train` names a bad engine field (a batch size of 0 once divided by zero in the char streams) or
+    a workdir that is a file before it touches the data (the path here does not exist) or the workdir."""
+    train = importlib.import_module(TASK_MODULES[task]).train
+    config = importlib.import_module(f"experiments.{task}.configs.test").get_config()
+    config.data.path = str(tmp_path / "no_such_data")
+    config.train.batch_size = 0
+    workdir = tmp_path / "run"
+    with pytest.raises(
+        UserError, match=r"^config\.train\.batch_size must be an integer > 0, got 0"
+    ):
+        train(config, str(workdir))
+    assert not workdir.exists()
+    config.train.batch_size = 4
+    workdir.write_text("results of something else")
+    with pytest.raises(UserError, match=r"is a file, not a directory; pass a run directory"):
+        train(config, str(workdir))
+    assert workdir.read_text() == "results of something else"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [

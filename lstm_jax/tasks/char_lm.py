@@ -39,6 +39,7 @@ from lstm_jax.models import InputMode, LanguageModel
 from lstm_jax.text import Vocabulary
 from lstm_jax.train import (
     Task,
+    check_run,
     epoch_permutation,
     load_trained,
     padded_batches,
@@ -432,6 +433,7 @@ def _print_samples(samples: Mapping[str, Any]) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes; a finished run is left as it is) and prints the samples of `config.generate`."""
+    check_run(config, workdir)
     task = make_task(config)
     results = train_and_evaluate(config, workdir, task)
     if "samples" in results:

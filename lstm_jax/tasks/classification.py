@@ -54,6 +54,7 @@ from lstm_jax.logging_utils import atomic_write, read_json, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
     Task,
+    check_run,
     checkpoint_step,
     data_parallel_map,
     epoch_permutation,
@@ -863,6 +864,7 @@ def make_task(
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Mode ``train``: trains (or resumes) in `workdir`; returns the results (also results.json)."""
+    check_run(config, workdir)
     task, _ = make_task(config, workdir)
     results = train_and_evaluate(config, workdir, task)
     _print_summary(results)

@@ -40,7 +40,13 @@ from lstm_jax import config_utils, data, generate, losses
 from lstm_jax.errors import UserError
 from lstm_jax.models import ACTIVATIONS, LanguageModel
 from lstm_jax.text import Vocabulary
-from lstm_jax.train import Task, epoch_permutation, load_trained, train_and_evaluate
+from lstm_jax.train import (
+    Task,
+    check_run,
+    epoch_permutation,
+    load_trained,
+    train_and_evaluate,
+)
 
 __all__ = [
     "DEFAULT_PATH",
@@ -457,6 +463,7 @@ def _print_samples(samples: Mapping[str, Any]) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes; a finished run is left as it is) and prints samples for `generate.seed_texts`."""
+    check_run(config, workdir)
     results = train_and_evaluate(config, workdir, make_task(config))
     if "samples" in results:
         _print_samples(results["samples"])
