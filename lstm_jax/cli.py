@@ -21,13 +21,16 @@ available as `positional_args()`.
 JAX's persistent compilation cache is on (``~/.cache/lstm_jax/jax_compilation_cache``; see
 `lstm_jax.runtime.enable_compilation_cache`, ``LSTM_JAX_COMPILATION_CACHE=off`` to disable).
 
-A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback.
+A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback; so
+does a bad flag (unknown, malformed, a --config file that cannot be read, a --config.x.y field the config
+lacks).
 """
 
 from __future__ import annotations
 
 import logging as py_logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -127,6 +130,55 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
     return 0
 
 
+def _flag_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_arg(args: Sequence[str], field: str | None = None) -> str:
+    """The ``--config...`` argument of `args` that names `field` (the ``--config=`` one if None)."""
+    for i, a in enumerate(args):
+        if field is None and a in ("--config", "-config") and i + 1 < len(args):
+            return f"--config={args[i + 1]}"
+        if field is None and a.startswith(("--config=", "-config=")):
+            return a
+        if field is not None and a.lstrip("-").startswith("config."):
+            path = a.lstrip("-").split("=", 1)[0]
+            if field in path.split("."):
+                return f"--{path}"
+    return "--config"
+
+
+def _parse_flags(args: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line error and exit status 2 for every bad flag: an unknown or
+    malformed flag, a --config file that cannot be read, a --config.x.y override the config lacks
+    (ml_collections raises those as tracebacks)."""
+    try:
+        rest = FLAGS(args)
+        # ml_collections keeps a --config file that failed to load as an object raising on first use.
+        failed = vars(FLAGS["config"].value).get("_error") if FLAGS["config"].value else None
+        if failed is not None:
+            raise failed
+        return rest
+    except flags.Error as e:
+        _flag_error(f"{' '.join(str(e).split())}; see --helpshort for the flags")
+    except OSError as e:  # --config=<file> missing or unreadable
+        reason = str(e).strip().splitlines()[-1].strip()
+        _flag_error(
+            f"{_config_arg(args)}: cannot load the config file ({reason}); pass the path of a config"
+            " file such as experiments/<experiment>/configs/<name>.py"
+        )
+    except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no such field
+        text = str(e).replace("\\'", "'").replace("\\n", "\n")
+        names = re.findall(r"'([A-Za-z_][A-Za-z0-9_]*)'", text)
+        if not names:
+            raise
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        fix = f"did you mean {hint.group(1)}?" if hint else "check the name against the config file"
+        _flag_error(f"{_config_arg(args, names[0])}: the config has no field {names[0]!r}; {fix}")
+    raise AssertionError("unreachable")
+
+
 def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None:
     """Parses flags and runs `modes[--mode](config, workdir)`; exits with 0 or 2 (`UserError`)."""
     if not modes:
@@ -138,4 +190,4 @@ def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None
     def _main(args: Sequence[str]) -> None:
         sys.exit(main(args, modes))
 
-    app.run(_main, argv=None if argv is None else list(argv))
+    app.run(_main, argv=None if argv is None else list(argv), flags_parser=_parse_flags)

@@ -347,3 +347,63 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
         unknown.returncode == 2
         and "error: --mode=dance is not one of train, predict" in unknown.stderr
     )
+
+
+PARSE = """
+import sys
+from lstm_jax import cli
+cli.define_flags(["train"])
+cli._parse_flags(["main.py", *sys.argv[1:]])
+print("parsed")
+"""
+
+
+def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
+    """Flag parsing (absl, ml_collections) errors: one `error:` line naming the flag and the fix, exit
+    status 2, never a traceback (a missing --config file and an unknown --config.x.y field were)."""
+    (tmp_path / "cfg.py").write_text(CONFIG)
+    cases = {
+        "good": (["--config=cfg.py", "--config.train.batch_size=3", "--workdir=w"], None),
+        "missing file": (
+            ["--config=nope.py", "--workdir=w"],
+            "error: --config=nope.py: cannot load the config file ([Errno 2] No such file",
+        ),
+        "missing file, two words": (
+            ["--config", "nope.py", "--workdir=w"],
+            "error: --config=nope.py: cannot load the config file",
+        ),
+        "misspelt field": (
+            ["--config=cfg.py", "--config.optimizer.learning_rat=0.1"],
+            "error: --config.optimizer.learning_rat: the config has no field 'learning_rat';"
+            " did you mean learning_rate?",
+        ),
+        "misspelt section": (
+            ["--config=cfg.py", "--config.optimiser.learning_rate=0.1"],
+            "error: --config.optimiser.learning_rate: the config has no field 'optimiser'",
+        ),
+        "bad value": (
+            ["--config=cfg.py", "--config.train.batch_size=abc"],
+            "error: flag --config.train.batch_size=abc: invalid literal for int()",
+        ),
+        "unknown flag": (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
+    }
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    procs = {  # one process per case (flag definitions are per process), all at once
+        name: subprocess.Popen(
+            [sys.executable, "-c", PARSE, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(tmp_path),
+        )
+        for name, (argv, _) in cases.items()
+    }
+    for name, (_, expected) in cases.items():
+        stdout, stderr = procs[name].communicate(timeout=120)
+        if expected is None:
+            assert procs[name].returncode == 0 and stdout.strip() == "parsed", stderr
+            continue
+        assert procs[name].returncode == 2, (name, stderr)
+        assert expected in stderr, (name, stderr)
+        assert stderr.count("\n") == 1 and stderr.startswith("error: "), (name, stderr)
