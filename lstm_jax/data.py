@@ -575,9 +575,17 @@ def load_liar(
 
 
 def train_test_split(
-    n: int, test_fraction: float, seed: int, stratify: Sequence[int] | np.ndarray | None = None
+    n: int,
+    test_fraction: float,
+    seed: int,
+    stratify: Sequence[int] | np.ndarray | None = None,
+    *,
+    field: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices `(train_idx, test_idx)` of sklearn's `train_test_split(..., random_state=seed)`.
+
+    `field` names the config field the fraction comes from (``"config.data.validation_fraction"``) in
+    the `UserError` a fraction outside (0, 1) raises.
 
     sklearn's shuffle depends only on `n` and the seed, so `X[train_idx]` equals the `X_train` that
     the tutorials' `train_test_split(X, y, test_size=test_fraction, random_state=seed)` returns.
@@ -587,12 +595,15 @@ def train_test_split(
     if n < 2:
         raise UserError(f"cannot split {n} example(s) into train and test; provide more data")
     if not 0.0 < test_fraction < 1.0:
+        if field:
+            raise UserError(f"{field}={test_fraction} must be in (0, 1); pass e.g. --{field}=0.2")
         raise UserError(f"test fraction {test_fraction} is not in (0, 1); use e.g. 0.2")
     try:
         train_idx, test_idx = sk_split(
             np.arange(n), test_size=test_fraction, random_state=seed, stratify=stratify
         )
     except ValueError as e:
-        msg = f"cannot split {n} examples with test fraction {test_fraction}: {e}"
+        what = f"{field}={test_fraction}" if field else f"test fraction {test_fraction}"
+        msg = f"cannot split {n} examples with {what}: {e}"
         raise UserError(msg) from None
     return np.asarray(train_idx), np.asarray(test_idx)

@@ -197,6 +197,11 @@ def test_bad_inputs_name_file_row_and_fix(tmp_path):
         clf.prepare_data(_config(latin))
     with pytest.raises(UserError, match="fake-news CSV not found|not found"):
         clf.prepare_data(_config(tmp_path / "nope.csv"))
+    for field in ("test_fraction", "validation_fraction"):  # checked before the file is read
+        config = _config(tmp_path / "nope.csv")
+        config.data[field] = 1.0
+        with pytest.raises(UserError, match=rf"^config\.data\.{field}=1\.0 must be in \(0, 1\)"):
+            clf.prepare_data(config)
 
 
 def test_empty_rows_are_skipped_and_counted(tmp_path):

@@ -118,6 +118,18 @@ def test_bad_config_and_data(tmp_path):
     config.model.token_dropout = 1.0  # drops every word: an impossible model
     with pytest.raises(UserError, match=r"config\.model\.token_dropout=1\.0 is not a dropout rate"):
         clf.build_model(config, nnx.Rngs(0))
+    for field, value in (
+        ("validation_fraction", 0.0),
+        ("validation_fraction", 1.0),
+        ("bucket_quantum", -1),
+        ("max_train_examples", -1),
+    ):
+        config = _config(acl)
+        config.data[field] = value
+        with pytest.raises(UserError) as err:
+            clf.prepare_data(config)  # each once went on silently or named no field
+        assert str(err.value).startswith(f"config.data.{field}={value} must be"), err.value
+        assert f"--config.data.{field}=" in str(err.value)
     config = _config(acl)
     config.data.vocab_size = 100000  # ids beyond the embedding are impossible by construction...
     assert clf.embedding_rows(config) == 100000

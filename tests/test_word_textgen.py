@@ -300,6 +300,8 @@ def test_missing_column_and_bad_form_are_user_errors(tmp_path):
         word_lm.make_task(_config(path, text_column="Text"))
     with pytest.raises(UserError, match="config.data.form"):
         word_lm.make_task(_config(path, form="bogus"))
+    with pytest.raises(UserError, match=r"^config\.data\.validation_fraction=1\.0 must be in"):
+        word_lm.make_task(_config(path, validation_fraction=1.0))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -274,6 +274,22 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config.data.maxlen={d.maxlen} must be >= 1; pass e.g. --config.data.maxlen=228"
         )
+    if int(d.get("max_train_examples", 0)) < 0:
+        raise UserError(
+            f"config.data.max_train_examples={d.max_train_examples} must be >= 0 (0 = every training"
+            " example); pass e.g. --config.data.max_train_examples=0"
+        )
+    _bucket_quantum(d)
+    fractions = {
+        "imdb": ("validation_fraction",),
+        "fake_news": ("test_fraction", "validation_fraction"),
+    }
+    for field in fractions.get(d.dataset, ()):
+        if not 0.0 < float(d[field]) < 1.0:
+            raise UserError(
+                f"config.data.{field}={d[field]} must be in (0, 1); pass e.g."
+                f" --config.data.{field}=0.2"
+            )
     if d.dataset == "liar":
         _check_choice("data.label", d.label, ("six", "binary"))
         unknown = [f for f in d.metadata if f not in data_lib.LIAR_META]
@@ -293,7 +309,7 @@ def _take(columns: Mapping[str, Any], idx: np.ndarray) -> dict[str, Any]:
 
 def _limit(n: int, d: ml_collections.ConfigDict) -> int:
     m = int(d.get("max_train_examples", 0))
-    return n if m <= 0 else min(n, m)
+    return n if m == 0 else min(n, m)
 
 
 def _encode_split(encoder: TextEncoder, texts, labels, meta=None) -> dict[str, np.ndarray]:
@@ -305,7 +321,10 @@ def _prepare_imdb(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
     raw, info = data_lib.load_imdb(d.path or None)
     train_items, test_items = raw["train"], raw["test"]
     tr_idx, va_idx = data_lib.train_test_split(
-        len(train_items), float(d.validation_fraction), int(d.split_seed)
+        len(train_items),
+        float(d.validation_fraction),
+        int(d.split_seed),
+        field="config.data.validation_fraction",
     )
     tr_idx = tr_idx[: _limit(len(tr_idx), d)]
     split_items = {
@@ -350,7 +369,9 @@ def _prepare_fake_news(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
     )
     cols, info = data_lib.load_fake_news_csv(path)
     n = len(cols["label"])
-    train_full, test_idx = data_lib.train_test_split(n, float(d.test_fraction), int(d.split_seed))
+    train_full, test_idx = data_lib.train_test_split(
+        n, float(d.test_fraction), int(d.split_seed), field="config.data.test_fraction"
+    )
     # Keras `fit(validation_split=f)`: the last f of the (already shuffled) training part.
     n_val = int(len(train_full) * float(d.validation_fraction))
     if n_val < 1 or n_val >= len(train_full):
@@ -782,13 +803,22 @@ def _eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, quantum: in
 
 def bucket_quantum(config: ml_collections.ConfigDict) -> int:
     """`config.data.bucket_quantum` (0 = fixed `maxlen` shapes); needs post-padding and the mask."""
-    q = int(config.data.get("bucket_quantum", 0))
-    if q > 0 and not (config.data.mask and config.data.padding == "post"):
+    return _bucket_quantum(config.data)
+
+
+def _bucket_quantum(d: ml_collections.ConfigDict) -> int:
+    q = int(d.get("bucket_quantum", 0))
+    if q < 0:
+        raise UserError(
+            f"config.data.bucket_quantum={q} must be >= 0 (0 = fixed maxlen shapes); pass e.g."
+            " --config.data.bucket_quantum=32"
+        )
+    if q > 0 and not (d.mask and d.padding == "post"):
         raise UserError(
             f"config.data.bucket_quantum={q} trims padding, which needs config.data.mask=True and"
             " config.data.padding='post'; set --config.data.bucket_quantum=0"
         )
-    return max(q, 0)
+    return q
 
 
 def make_task(

@@ -112,7 +112,9 @@ def split_lines(
             f"only {len(seqs)} usable line(s), too few for a validation split; use more text or"
             " --config.data.validation_fraction=0"
         )
-    train_idx, val_idx = data.train_test_split(len(seqs), float(validation_fraction), int(seed))
+    train_idx, val_idx = data.train_test_split(
+        len(seqs), float(validation_fraction), int(seed), field="config.data.validation_fraction"
+    )
     return [seqs[i] for i in train_idx], [seqs[i] for i in val_idx]
 
 
