@@ -17,6 +17,7 @@ Both take token ids `[streams, prime_len]` and return the generated ids `[stream
 from __future__ import annotations
 
 import functools
+import math
 from typing import Literal
 
 import jax
@@ -49,8 +50,10 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
 
 
 def _check(temperature: float, top_k: int, num_steps: int) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < math.inf:  # also NaN
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
+        )
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = no limit), got {top_k}")
     if num_steps < 0:

@@ -191,6 +191,9 @@ def test_unknown_priming_characters_are_named(stream_run):
     _, workdir, _ = stream_run
     with pytest.raises(UserError, match=r"unknown characters 'Z', '#'"):
         char_lm.generate_samples(None, str(workdir), prime="to Z#", length=5)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(UserError, match=r"--temperature=.* must be a number >= 0"):
+            char_lm.generate_samples(None, str(workdir), prime="to", length=5, temperature=bad)
 
 
 def test_window_layout_trains_and_generates_greedily(tmp_path):

@@ -127,7 +127,8 @@ def test_generate_windowed_equals_the_tutorial_loop():
 
 def test_generation_rejects_bad_arguments():
     m = LanguageModel(9, (8,), rngs=nnx.Rngs(1), predict="all")
-    with pytest.raises(ValueError, match="temperature"):
-        generate_stateful(m, jnp.array([[1]]), 3, temperature=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            generate_stateful(m, jnp.array([[1]]), 3, temperature=bad)
     with pytest.raises(ValueError, match="prime"):
         generate_stateful(m, jnp.array([1, 2]), 3)

@@ -277,6 +277,9 @@ def test_unknown_seed_words_are_dropped_or_rejected(lines_run, capsys):
     assert "zebra" in capsys.readouterr().err
     with pytest.raises(UserError, match="no word of the training vocabulary"):
         word_lm.generate_samples(None, str(workdir), seed_text="zebra giraffe", num_words=2)
+    for bad in (-1.0, float("nan")):  # NaN once generated an empty text silently
+        with pytest.raises(UserError, match=r"--temperature=.* must be a number >= 0"):
+            word_lm.generate_samples(None, str(workdir), seed_text="red", temperature=bad)
 
 
 def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):

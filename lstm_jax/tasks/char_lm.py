@@ -370,8 +370,8 @@ def generate_text(
         raise UserError(
             f"--length={length} must be >= 1; pass the number of characters to generate"
         )
-    if temperature < 0:
-        raise UserError(f"--temperature={temperature} must be >= 0 (0 = greedy)")
+    if not 0 <= temperature < math.inf:  # also NaN
+        raise UserError(f"--temperature={temperature} must be a number >= 0 (0 = greedy)")
     if top_k < 0:
         raise UserError(f"--top_k={top_k} must be >= 0 (0 = all characters)")
     if num_samples < 1:
