@@ -21,6 +21,7 @@ available as `positional_args()`.
 JAX's persistent compilation cache is on (``~/.cache/lstm_jax/jax_compilation_cache``; see
 `lstm_jax.runtime.enable_compilation_cache`, ``LSTM_JAX_COMPILATION_CACHE=off`` to disable).
 
+Training stopped by Ctrl-C or SIGTERM saves a checkpoint and exits with 130 or 143 (`errors.Interrupted`).
 A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback; so
 does a bad flag (unknown, malformed, a --config file that cannot be read, a --config.x.y field the config
 lacks).
@@ -126,7 +127,7 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         modes[mode](config, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_status", 2))
     return 0
 
 

@@ -43,6 +43,7 @@ import dataclasses
 import math
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -60,7 +61,7 @@ from jax.sharding import PartitionSpec as P
 
 from lstm_jax import config_utils, core, metrics, optim
 from lstm_jax.checkpoint import CheckpointStore, save_artefacts
-from lstm_jax.errors import UserError
+from lstm_jax.errors import Interrupted, UserError
 from lstm_jax.logging_utils import MetricsLogger, Progress, format_metrics, read_json, write_json
 from lstm_jax.plots import plot_training_curves
 
@@ -167,6 +168,41 @@ class Task:
 
 class TrainingStopped(Exception):
     """Raised by a task's iterator to simulate an interruption (tests); propagates like any error."""
+
+
+class _StopSignals:
+    """While training, the first SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the step it is in
+    (the loop then saves a checkpoint and raises `Interrupted`); a second one raises KeyboardInterrupt at
+    once. Installed only in the main thread of a single-process run (a multi-process run's processes would
+    not stop at the same step); elsewhere signals keep their usual effect."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            for s in self.SIGNALS:
+                old = signal.signal(s, self._handle)
+                self._old[s] = signal.SIG_DFL if old is None else old
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signum = signum
+        logging.warning(
+            "%s: stopping after this step and saving a checkpoint (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -869,6 +905,7 @@ def _run(
     wall_before = float(meta.get("wall_time_s", 0.0))
     stopped_early = bool(meta.get("stopped_early", False))
     since_eval: dict[str, float] | None = meta.get("since_eval")
+    unlogged: dict[str, Any] | None = meta.get("unlogged")  # accumulated but not logged (a signal)
 
     results_path = os.path.join(workdir, RESULTS_FILE)
     finished = stopped_early or step >= eng.total_steps
@@ -895,9 +932,8 @@ def _run(
     acc = None
     interval_start, interval_examples = time.time(), 0
 
-    def flush() -> None:
-        """Fetches the device accumulator (the only per-interval host sync) and logs train metrics."""
-        nonlocal acc, since_eval, interval_start, interval_examples
+    def fetch_acc() -> dict[str, Any]:
+        """The device accumulator on the host; `UserError` if a step since the last fetch was not finite."""
         host = jax.device_get(acc)
         first_bad = int(host["first_bad"])
         if first_bad:
@@ -913,6 +949,12 @@ def _run(
                 " config.optimizer.learning_rate"
                 f" (now {config.optimizer.learning_rate}) or set config.optimizer.clip_norm (e.g. 1.0)"
             )
+        return host
+
+    def flush() -> None:
+        """Fetches the device accumulator (the only per-interval host sync) and logs train metrics."""
+        nonlocal acc, since_eval, interval_start, interval_examples
+        host = fetch_acc()
         sums = {k: float(v) for k, v in host["sums"].items()}
         since_eval = sums if since_eval is None else metrics.merge(since_eval, sums)
         elapsed = max(time.time() - interval_start, 1e-9)
@@ -977,57 +1019,91 @@ def _run(
                 f"{s} {format_metrics(record[s])}" for s in task.periodic_eval if s in record
             ),
         )
-        meta_out = {
+        store.save(step, state, meta_now(), improvement=improvement)
+        return stop
+
+    def meta_now() -> dict[str, Any]:
+        """The checkpoint's meta: where training is and what resuming needs to continue exactly."""
+        return {
             "position": {"epoch": epoch, "batch": index},
             "history": history,
             "early_stopping": es,
             "stopped_early": stopped_early,
-            "since_eval": None,
+            "since_eval": since_eval,  # train sums since the last evaluation (None right after one)
             "wall_time_s": wall_before + time.time() - t_start,
             "total_steps": eng.total_steps,
             "steps_per_epoch": eng.steps_per_epoch,
         }
-        store.save(step, state, meta_out, improvement=improvement)
-        return stop
 
-    while not finished:
-        if index >= eng.steps_per_epoch:
-            epoch, index = epoch + 1, 0
-        if index == 0 and "carry" in state:
-            state["carry"] = eng.make_carry(eng.train_batch_size)
-        progress.start_epoch(epoch, index, step)
-        batches = eng.prefetch(task.train_batches(epoch, index))
-        try:
-            for batch in batches:
-                if acc is None:
-                    acc = eng.zero_acc(eng.sums_shape(state, batch, train=True))
-                state, acc = eng.train_step(state, batch, acc)
-                step, index = step + 1, index + 1
-                interval_examples += batch_size
-                progress.advance()
-                end_of_epoch = index >= eng.steps_per_epoch
-                every = int(config.train.eval_every_steps)
-                do_eval = end_of_epoch or step >= eng.total_steps or (every and step % every == 0)
-                if do_eval or step % int(config.train.log_every_steps) == 0:
-                    flush()
-                if do_eval and evaluate_and_save():
-                    finished = True
-                    break
-                if step >= eng.total_steps:
-                    finished = True
-                    break
-                if end_of_epoch:
-                    break
-            else:
-                if index < eng.steps_per_epoch:
-                    raise UserError(
-                        f"the training data of epoch {epoch + 1} ended after {index} batches but the"
-                        f" task declared steps_per_epoch={eng.steps_per_epoch}; fix the task's"
-                        " train_batches"
+    def interrupt(signum: int) -> None:
+        """Saves the state after the current step (unless an evaluation just did) and raises."""
+        if store.latest_step() != step:
+            meta = meta_now()
+            if acc is not None and interval_examples:  # the steps since the last flush, as they are
+                host = fetch_acc()
+                meta["unlogged"] = {
+                    "sums": {k: float(v) for k, v in host["sums"].items()},
+                    "last_loss": float(host["last_loss"]),
+                    "examples": interval_examples,
+                }
+            store.save(step, state, meta)
+        raise Interrupted(
+            f"{signal.Signals(signum).name} at step {step} of {eng.total_steps} (epoch {epoch + 1}):"
+            f" saved a checkpoint in {store.directory}; run the same command again to resume from it",
+            signum,
+        )
+
+    with _StopSignals() as stops:
+        while not finished:
+            if index >= eng.steps_per_epoch:
+                epoch, index = epoch + 1, 0
+            if index == 0 and "carry" in state:
+                state["carry"] = eng.make_carry(eng.train_batch_size)
+            progress.start_epoch(epoch, index, step)
+            batches = eng.prefetch(task.train_batches(epoch, index))
+            try:
+                for batch in batches:
+                    if acc is None:
+                        acc = eng.zero_acc(eng.sums_shape(state, batch, train=True))
+                        if unlogged:  # resumed after a signal: the float32 sums continue exactly
+                            acc["sums"] = {
+                                k: v + np.float32(unlogged["sums"][k])
+                                for k, v in acc["sums"].items()
+                            }
+                            acc["last_loss"] = acc["last_loss"] + np.float32(unlogged["last_loss"])
+                            interval_examples = int(unlogged["examples"])
+                            unlogged = None
+                    state, acc = eng.train_step(state, batch, acc)
+                    step, index = step + 1, index + 1
+                    interval_examples += batch_size
+                    progress.advance()
+                    end_of_epoch = index >= eng.steps_per_epoch
+                    every = int(config.train.eval_every_steps)
+                    do_eval = (
+                        end_of_epoch or step >= eng.total_steps or (every and step % every == 0)
                     )
-        finally:
-            batches.close()
-            progress.end_epoch()
+                    if do_eval or step % int(config.train.log_every_steps) == 0:
+                        flush()
+                    if do_eval and evaluate_and_save():
+                        finished = True
+                        break
+                    if step >= eng.total_steps:
+                        finished = True
+                        break
+                    if stops.signum is not None:
+                        interrupt(stops.signum)
+                    if end_of_epoch:
+                        break
+                else:
+                    if index < eng.steps_per_epoch:
+                        raise UserError(
+                            f"the training data of epoch {epoch + 1} ended after {index} batches but the"
+                            f" task declared steps_per_epoch={eng.steps_per_epoch}; fix the task's"
+                            " train_batches"
+                        )
+            finally:
+                batches.close()
+                progress.end_epoch()
 
     # -- the end: restore best, final evaluation, results ------------------------------------------------
     final_params = state["params"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 
 import engine_fixtures as ef
 import jax
@@ -14,7 +15,7 @@ import optax
 import pytest
 
 from lstm_jax import config_utils, optim
-from lstm_jax.errors import UserError
+from lstm_jax.errors import Interrupted, UserError
 from lstm_jax.logging_utils import read_event_scalars, read_jsonl
 from lstm_jax.train import (
     epoch_permutation,
@@ -66,6 +67,54 @@ def test_resume_is_exact(tmp_path):
         np.testing.assert_array_equal(x, y)
     kinds = [line["kind"] for line in read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))]
     assert "resume" in kinds
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) mid-epoch, between evaluations: the step in flight finishes, a checkpoint of it
+    is saved with the train sums since the last evaluation, `Interrupted` names the step and the fix; the
+    resumed run equals an uninterrupted one (history, parameters); a second signal stops at once."""
+    config = ef.base_config(num_steps=12, eval_every_steps=4)
+    config.model.classes = 12
+    before = signal.getsignal(sig)
+
+    def run(workdir, signal_at=None, times=1):
+        task = ef.lm_task(config)
+        if signal_at is not None:
+            inner = task.train_batches
+
+            def train_batches(epoch, start):
+                for n, b in enumerate(inner(epoch, start), start=start):
+                    if n == signal_at:
+                        for _ in range(times):
+                            signal.raise_signal(sig)  # handled before the batch reaches the step
+                    yield b
+
+            task.train_batches = train_batches
+        return train_and_evaluate(config, str(workdir), task)
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(Interrupted) as err:
+        run(
+            tmp_path / "b", signal_at=6
+        )  # the 6th batch: step 6, between the evaluations at 4 and 8
+    assert err.value.exit_status == 128 + int(sig)
+    assert str(err.value).startswith(f"{sig.name} at step 7 of 12 (epoch 1): saved a checkpoint in")
+    assert "run the same command again to resume" in str(err.value)
+    assert sorted(int(d) for d in os.listdir(tmp_path / "b" / "checkpoints")) == [4, 7]
+    assert signal.getsignal(sig) == before
+    resumed = run(tmp_path / "b")
+    assert straight["history"] == resumed["history"]
+    a, step_a = _params(tmp_path / "a", config)
+    b, step_b = _params(tmp_path / "b", config)
+    assert step_a == step_b == 12
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    with pytest.raises(KeyboardInterrupt):  # the second signal does not wait for the step
+        run(tmp_path / "c", signal_at=5, times=2)
+    assert sorted(int(d) for d in os.listdir(tmp_path / "c" / "checkpoints")) == [4]
+    assert signal.getsignal(sig) == before
 
 
 def test_resume_mid_epoch_restores_the_carried_state(tmp_path):
