@@ -21,7 +21,8 @@ available as `positional_args()`.
 JAX's persistent compilation cache is on (``~/.cache/lstm_jax/jax_compilation_cache``; see
 `lstm_jax.runtime.enable_compilation_cache`, ``LSTM_JAX_COMPILATION_CACHE=off`` to disable).
 
-Training stopped by Ctrl-C or SIGTERM saves a checkpoint and exits with 130 or 143 (`errors.Interrupted`).
+Training stopped by Ctrl-C or SIGTERM saves a checkpoint and exits with 130 or 143 (`errors.Interrupted`);
+Ctrl-C anywhere else is one line and status 130.
 A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback; so
 does a bad flag (unknown, malformed, a --config file that cannot be read, a --config.x.y field the config
 lacks).
@@ -128,6 +129,14 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return int(getattr(e, "exit_status", 2))
+    except KeyboardInterrupt:  # a mode other than training, or a second Ctrl-C during training
+        where = f" in {FLAGS.workdir}" if FLAGS.workdir else ""
+        print(
+            f"error: interrupted (Ctrl-C); what was already written{where} is intact (checkpoints and"
+            " results are written whole or not at all); run the command again to go on",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -280,9 +280,9 @@ def test_save_load_and_diff(tmp_path):
 
 MAIN = textwrap.dedent(
     """
-    import json, sys
+    import json, signal, sys
     from lstm_jax import cli
-    from lstm_jax.errors import UserError
+    from lstm_jax.errors import Interrupted, UserError
 
     def train(config, workdir):
         print("TRAIN", json.dumps({"lr": config.optimizer.learning_rate, "workdir": workdir,
@@ -291,8 +291,14 @@ MAIN = textwrap.dedent(
     def broken(config, workdir):
         raise UserError("data.csv row 3 has no label; fix the file")
 
+    def stopped(config, workdir):
+        raise Interrupted("SIGTERM at step 7 of 12 (epoch 1): saved a checkpoint", signal.SIGTERM)
+
+    def ctrl_c(config, workdir):
+        raise KeyboardInterrupt
+
     if __name__ == "__main__":
-        cli.run({"train": train, "predict": broken})
+        cli.run({"train": train, "predict": broken, "stopped": stopped, "ctrl_c": ctrl_c})
     """
 )
 CONFIG = textwrap.dedent(
@@ -346,6 +352,20 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
     assert (
         unknown.returncode == 2
         and "error: --mode=dance is not one of train, predict" in unknown.stderr
+    )
+
+    # A signal: the shell's 128 + signum, one line, no traceback.
+    stopped = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", "--mode=stopped")
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "error: SIGTERM at step 7 of 12 (epoch 1): saved a checkpoint"
+    )
+    ctrl_c = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", "--mode=ctrl_c")
+    assert ctrl_c.returncode == 130 and "Traceback" not in ctrl_c.stderr
+    assert (
+        ctrl_c.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: interrupted (Ctrl-C); what was already written in {workdir} is intact")
     )
 
 
