@@ -775,9 +775,8 @@ def _check_model_fits_run(
     diff = [d for d in config_utils.config_diff(saved, config) if d not in EXECUTION_FIELDS]
     if not diff:
         return
-    if (
-        "model" in saved and "model" in config
-    ):  # how it was computed (cudnn on a GPU) is not the model
+    # How the run was computed (impl="cudnn" on a GPU) is not what the model is.
+    if "model" in saved and "model" in config:
         saved = ml_collections.ConfigDict(saved.to_dict())
         saved.model.impl = config.model.get("impl", "auto")
     saved_params = _split_model(build_model, saved)[1]
