@@ -33,6 +33,16 @@ def _params(workdir, config, which="latest"):
     return leaves, step
 
 
+def _assert_same_run(results_a, results_b, workdir_a, workdir_b, config, *, steps: int) -> None:
+    """Two runs' histories equal and their last checkpoints' parameters equal bit for bit."""
+    assert results_a["history"] == results_b["history"]
+    a, step_a = _params(workdir_a, config)
+    b, step_b = _params(workdir_b, config)
+    assert step_a == step_b == steps
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_tiny_model_overfits_a_tiny_batch(tmp_path):
     config = ef.base_config(num_epochs=1, log_every_steps=10)
     config.model.dropout = 0.0
@@ -59,12 +69,7 @@ def test_resume_is_exact(tmp_path):
         train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config, stop_at=7))
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["5"]
     resumed = train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
-    assert straight["history"] == resumed["history"]
-    a, step_a = _params(tmp_path / "a", config)
-    b, step_b = _params(tmp_path / "b", config)
-    assert step_a == step_b == 10
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
+    _assert_same_run(straight, resumed, tmp_path / "a", tmp_path / "b", config, steps=10)
     kinds = [line["kind"] for line in read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))]
     assert "resume" in kinds
 
@@ -104,12 +109,7 @@ def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_pat
     assert sorted(int(d) for d in os.listdir(tmp_path / "b" / "checkpoints")) == [4, 7]
     assert signal.getsignal(sig) == before
     resumed = run(tmp_path / "b")
-    assert straight["history"] == resumed["history"]
-    a, step_a = _params(tmp_path / "a", config)
-    b, step_b = _params(tmp_path / "b", config)
-    assert step_a == step_b == 12
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
+    _assert_same_run(straight, resumed, tmp_path / "a", tmp_path / "b", config, steps=12)
 
     with pytest.raises(KeyboardInterrupt):  # the second signal does not wait for the step
         run(tmp_path / "c", signal_at=5, times=2)
