@@ -35,7 +35,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import ml_collections
 from absl import app, flags, logging
@@ -140,7 +140,7 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
     return 0
 
 
-def _flag_error(message: str) -> None:
+def _flag_error(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -186,7 +186,6 @@ def _parse_flags(args: list[str]) -> list[str]:
         hint = re.search(r'Did you mean "([^"]+)"', text)
         fix = f"did you mean {hint.group(1)}?" if hint else "check the name against the config file"
         _flag_error(f"{_config_arg(args, names[0])}: the config has no field {names[0]!r}; {fix}")
-    raise AssertionError("unreachable")
 
 
 def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None:

@@ -574,6 +574,15 @@ def load_liar(
 # --------------------------------------------------------------------------------------------------
 
 
+def check_fraction(value: float, field: str | None = None) -> None:
+    """`UserError` unless `value` (a split's fraction) lies in (0, 1); `field` names the config field it
+    comes from (``"config.data.validation_fraction"``)."""
+    if not 0.0 < value < 1.0:
+        if field:
+            raise UserError(f"{field}={value} must be in (0, 1); pass e.g. --{field}=0.2")
+        raise UserError(f"test fraction {value} is not in (0, 1); use e.g. 0.2")
+
+
 def train_test_split(
     n: int,
     test_fraction: float,
@@ -594,10 +603,7 @@ def train_test_split(
 
     if n < 2:
         raise UserError(f"cannot split {n} example(s) into train and test; provide more data")
-    if not 0.0 < test_fraction < 1.0:
-        if field:
-            raise UserError(f"{field}={test_fraction} must be in (0, 1); pass e.g. --{field}=0.2")
-        raise UserError(f"test fraction {test_fraction} is not in (0, 1); use e.g. 0.2")
+    check_fraction(test_fraction, field)
     try:
         train_idx, test_idx = sk_split(
             np.arange(n), test_size=test_fraction, random_state=seed, stratify=stratify

@@ -247,7 +247,7 @@ def test_eval_mode_rewrites_reports_not_results(trained):
 
 def test_eval_and_predict_with_another_model_config_name_the_field(trained):
     """A --config whose model differs from the trained run: one UserError naming the field, not
-    orbax's shape error; a config that differs elsewhere (batch size) still evaluates."""
+    orbax's shape error; a config that differs elsewhere (batch size) still predicts."""
     acl, workdir, _ = trained
     files = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
     other = _config(acl)

@@ -285,11 +285,7 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
         "fake_news": ("test_fraction", "validation_fraction"),
     }
     for field in fractions.get(d.dataset, ()):
-        if not 0.0 < float(d[field]) < 1.0:
-            raise UserError(
-                f"config.data.{field}={d[field]} must be in (0, 1); pass e.g."
-                f" --config.data.{field}=0.2"
-            )
+        data_lib.check_fraction(float(d[field]), f"config.data.{field}")
     if d.dataset == "liar":
         _check_choice("data.label", d.label, ("six", "binary"))
         unknown = [f for f in d.metadata if f not in data_lib.LIAR_META]
