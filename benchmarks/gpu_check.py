@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -149,6 +150,16 @@ def timing(shape, max_time: int, rounds: int, rng: np.random.Generator) -> dict:
     }
 
 
+def _save(path: str, result: dict) -> None:
+    """Writes `result` to `path` (when given) through a temporary file: a run killed mid-write keeps the
+    last complete file."""
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shape names")
@@ -169,29 +180,37 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     shapes = [get_shape(s) for s in args.shapes.split(",")]
     result = {"device": dev.device_kind, "jax": jax.__version__, "emulated": args.emulate}
-    with jax.default_matmul_precision("highest"):
-        rows = [r for s in shapes for r in parity(s, args.max_time, rng)]
-    result["parity"] = rows
     print(
-        "\n| shape | T | case | forward rel. err | gradient rel. err | ok |\n|---|---:|---|---:|---:|---|"
+        "\n| shape | T | case | forward rel. err | gradient rel. err | ok |\n|---|---:|---|---:|---:|---|",
+        flush=True,
     )
-    for r in rows:
-        print(
-            f"| {r['shape']} | {r['time']} | {r['case']} | {r['forward_rel_err']:.2e} | "
-            f"{r['grad_rel_err']:.2e} | {'yes' if r['ok'] else 'NO'} |"
-        )
+    rows = result["parity"] = []
+    for s in shapes:  # each row printed as it comes, so that a run cut short keeps what it measured
+        with jax.default_matmul_precision("highest"):
+            new_rows = parity(s, args.max_time, rng)
+        rows.extend(new_rows)
+        for r in new_rows:
+            print(
+                f"| {r['shape']} | {r['time']} | {r['case']} | {r['forward_rel_err']:.2e} | "
+                f"{r['grad_rel_err']:.2e} | {'yes' if r['ok'] else 'NO'} |",
+                flush=True,
+            )
+        _save(args.out, result)
     if args.timing:
-        result["timing"] = [timing(s, args.max_time, args.rounds, rng) for s in shapes]
         print("\nLSTM stack forward + backward, ms (median of interleaved rounds of 10 calls)")
-        print("| shape | T | scan | cudnn | cudnn speed-up |\n|---|---:|---:|---:|---:|")
-        for r in result["timing"]:
+        print(
+            "| shape | T | scan | cudnn | cudnn speed-up |\n|---|---:|---:|---:|---:|", flush=True
+        )
+        result["timing"] = []
+        for s in shapes:
+            r = timing(s, args.max_time, args.rounds, rng)
+            result["timing"].append(r)
             print(
                 f"| {r['shape']} | {r['time']} | {r['scan_ms']:.2f} | {r['cudnn_ms']:.2f} | "
-                f"{r['speedup']:.2f}x |"
+                f"{r['speedup']:.2f}x |",
+                flush=True,
             )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+            _save(args.out, result)
     ok = all(r["ok"] for r in rows)
     print("\nparity: " + ("every case within tolerance" if ok else "MISMATCH (see the table)"))
     return 0 if ok else 1

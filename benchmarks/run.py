@@ -66,6 +66,8 @@ def child_env(peer: str | None = None, malloc: str = "ours") -> dict[str, str]:
         env["LSTM_JAX_TUNE_MALLOC"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # On a GPU several JAX workers live at once: each takes what it needs, not JAX's default 75% up front.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if peer is not None and peer.startswith("keras"):
         env["KERAS_BACKEND"] = "jax" if peer == "keras_jax" else "tensorflow"
     if peer == "lstm_jax_dp":
@@ -209,6 +211,12 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
     return results
 
 
+def _jax_device_text(report: dict) -> str:
+    """' on <GPU>' where the ceiling's JAX matmul ran on an accelerator (older runs: on the CPU)."""
+    c = report["ceiling"]
+    return "" if c.get("jax_backend", "cpu") == "cpu" else f" on {c['jax_device']}"
+
+
 def _fastest_peer_ms(res: dict) -> float | None:
     """The fastest other framework's median ms per step on one shape (None when none ran)."""
     peer_ms = [
@@ -279,7 +287,7 @@ def markdown(report: dict) -> str:
     ceiling = report["ceiling"]["ceiling_gflops"]
     lines = [
         f"Machine: {report['machine']}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
-        f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX {report['ceiling']['jax_gflops']:.0f}, "
+        f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX{_jax_device_text(report)} {report['ceiling']['jax_gflops']:.0f}, "
         f"{report['ceiling']['n']}^3){_peak_text(report)}. Per-step times: median [p25-p75] over "
         f"{report['args']['rounds']} interleaved rounds; glibc malloc tuned for: "
         f"{MALLOC_MODES[report['args'].get('malloc', 'ours')]}.",
@@ -434,17 +442,19 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": ceiling,
         "shapes": {},
     }
-    for s in shapes:
+    report["flops"] = {}
+    for s in (
+        shapes
+    ):  # the file is rewritten after each shape: a run cut short keeps the shapes it measured
         print(f"shape {s}:", flush=True)
         report["shapes"][s] = bench_shape(s, peers, args)
-    report["flops"] = {s: get_shape(s).train_flops() for s in shapes}
-    table = markdown(report)
-    report["markdown"] = table
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out)
-    print(table)
+        report["flops"][s] = get_shape(s).train_flops()
+        report["markdown"] = markdown(report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(out)
+    print(report["markdown"])
     print(f"\nwrote {out}")
     return 0
 
