@@ -7,6 +7,11 @@
 #       --platform manylinux_2_28_x86_64 -d .whl ml_collections==1.1.0 keras==3.15.1 namex==0.1.0 optree==0.20.0
 #   device run: command "bash benchmarks/gpu_session.sh", carry [".whl"], timeout_s 560
 #
+# On the H200 of 2026-12-04 the four shapes did not fit one 10-minute call: the first call (all shapes)
+# measured C, B and A and was cut off in D; a second, "GPU_SESSION_SHAPES=D GPU_CHECK_TIMEOUT=100
+# BENCH_TIMEOUT=170 bash benchmarks/gpu_session.sh" (timeout_s 300), measured D. Results:
+# benchmarks/results/2026-12-04-gpu-h200-*.json.
+#
 # Writes to $OUT (or /tmp/gpu_out): env.txt; gpu_check.{log,json} (impl="cudnn" against impl="scan":
 # parity at full fp32 precision, then forward + backward timings); bench.{log,json} (the training steps
 # of the shapes: lstm_jax with "scan" (what "auto" picks on GPUs) and "cudnn", Flax, Keras on JAX,
@@ -29,7 +34,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHO
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   nproc
-  python3 -c "import jax, flax, optax, torch, keras; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, torch.cuda.is_available(), 'cudnn', torch.backends.cudnn.version(), 'keras', keras.__version__)"
+  KERAS_BACKEND=jax python3 -c "import jax, flax, optax, torch, keras; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, torch.cuda.is_available(), 'cudnn', torch.backends.cudnn.version(), 'keras', keras.__version__)"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 timeout "${GPU_CHECK_TIMEOUT:-170}" python3 -m benchmarks.gpu_check --shapes "$SHAPES" --rounds 3 \

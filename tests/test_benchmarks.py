@@ -85,6 +85,74 @@ def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     assert report["markdown"] in printed
 
 
+def test_a_run_cut_short_keeps_the_shapes_it_measured(tmp_path, monkeypatch):
+    """The JSON is rewritten after each shape: a second shape that never finishes (a device call's time
+    limit, say) leaves the first shape's results on disk, with their table."""
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(
+        run,
+        "run_child_json",
+        lambda args, timeout=600: {
+            "ceiling_gflops": 100.0,
+            "numpy_gflops": 100.0,
+            "jax_gflops": 90.0,
+            "n": 128,
+        },
+    )
+    done = {
+        "lstm_jax": {
+            "status": "ready",
+            "param_count": 1605,
+            "first_step_s": 0.5,
+            "median_ms": 2.0,
+            "p25_ms": 1.9,
+            "p75_ms": 2.1,
+            "n": 3,
+        }
+    }
+
+    def bench_shape(name, peers, args):
+        if name == "C":
+            raise KeyboardInterrupt  # the run is stopped during the second shape
+        return done
+
+    monkeypatch.setattr(run, "bench_shape", bench_shape)
+    argv = ["--shapes", "tiny,C", "--peers", "lstm_jax", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        run.main(argv)
+    report = json.loads(out.read_text())
+    assert list(report["shapes"]) == ["tiny"] and report["shapes"]["tiny"] == done
+    assert report["flops"] == {"tiny": TINY.train_flops()}
+    assert "| tiny smoke | lstm_jax | 1,605 |" in report["markdown"]
+    assert not out.with_suffix(".json.tmp").exists()
+
+
+def test_gpu_workers_do_not_preallocate_and_the_ceiling_names_its_device(monkeypatch):
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    for peer in ("lstm_jax", "flax", "keras_jax"):
+        assert run.child_env(peer)["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")  # a caller's own choice stands
+    assert run.child_env("flax")["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+    report = {
+        "machine": "m",
+        "ceiling": {
+            "ceiling_gflops": 29000.0,
+            "numpy_gflops": 1200.0,
+            "jax_gflops": 29000.0,
+            "n": 2048,
+            "jax_backend": "gpu",
+            "jax_device": "NVIDIA H200",
+        },
+        "args": {"rounds": 3, "malloc": "ours"},
+        "shapes": {},
+    }
+    assert "(numpy 1200, JAX on NVIDIA H200 29000, 2048^3)" in run.markdown(report)
+    report["ceiling"].update(jax_backend="cpu", jax_device="cpu")
+    assert "(numpy 1200, JAX 29000, 2048^3)" in run.markdown(report)
+    del report["ceiling"]["jax_backend"], report["ceiling"]["jax_device"]  # runs saved before
+    assert "(numpy 1200, JAX 29000, 2048^3)" in run.markdown(report)
+
+
 DP_PARITY = """
 import json
 import jax, numpy as np
