@@ -211,6 +211,20 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
     return results
 
 
+def _tuned_text(report: dict) -> str:
+    """Which workers ran with lstm_jax's malloc setting: as they reported it (`import lstm_jax` leaves it
+    off where JAX runs on a GPU), else (runs saved before they reported it) what `--malloc` asked for."""
+    seen = {
+        p: r["malloc_tuned"]
+        for res in report["shapes"].values()
+        for p, r in res.items()
+        if "malloc_tuned" in r
+    }
+    if not seen:
+        return MALLOC_MODES[report["args"].get("malloc", "ours")]
+    return ", ".join(p for p in seen if seen[p]) or "nobody"
+
+
 def _jax_device_text(report: dict) -> str:
     """' on <GPU>' where the ceiling's JAX matmul ran on an accelerator (older runs: on the CPU)."""
     c = report["ceiling"]
@@ -289,8 +303,7 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
         f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX{_jax_device_text(report)} {report['ceiling']['jax_gflops']:.0f}, "
         f"{report['ceiling']['n']}^3){_peak_text(report)}. Per-step times: median [p25-p75] over "
-        f"{report['args']['rounds']} interleaved rounds; glibc malloc tuned for: "
-        f"{MALLOC_MODES[report['args'].get('malloc', 'ours')]}.",
+        f"{report['args']['rounds']} interleaved rounds; glibc malloc tuned for: {_tuned_text(report)}.",
         "",
         "| shape | framework | params | ms/step | seq/s | vs fastest peer | GFLOP/s | % ceiling "
         "| first step s | peak RSS MB |",

@@ -15,6 +15,7 @@ Usage (normally only through the driver): `python -m benchmarks.worker PEER SHAP
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -45,6 +46,15 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _malloc_tuned() -> bool:
+    """Whether this worker runs with lstm_jax's glibc malloc setting: applied by `import lstm_jax` (which
+    leaves it off where JAX runs on a GPU or TPU), or given to a process through GLIBC_TUNABLES."""
+    runtime = sys.modules.get("lstm_jax.runtime")
+    if runtime is not None and runtime.malloc_tuned():
+        return True
+    return "glibc.malloc.arena_max=1" in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def _peak_rss_mb() -> float:
@@ -107,6 +117,7 @@ def main(peer: str, shape_name: str) -> int:
             "first_step_s": first,
             "second_step_s": second,
             "base_rss_mb": base_rss,
+            "malloc_tuned": _malloc_tuned(),
         }
     )
     for line in sys.stdin:

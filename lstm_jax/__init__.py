@@ -24,7 +24,7 @@ from lstm_jax.core import (
 from lstm_jax.errors import UserError
 from lstm_jax.runtime import tune_malloc
 
-tune_malloc()  # XLA:CPU's per-step buffers stay in the heap; LSTM_JAX_TUNE_MALLOC=0 opts out
+tune_malloc()  # XLA:CPU's per-step buffers stay in the heap (not on GPU/TPU); LSTM_JAX_TUNE_MALLOC=0 opts out
 
 __version__ = "0.1.0"
 

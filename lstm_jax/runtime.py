@@ -14,9 +14,14 @@ threshold: freed buffers stay in the heap and the next step reuses the same, alr
 is that the process keeps its peak heap instead of returning it to the system between steps, which is what a
 training process wants. Numerics do not change (the allocator only decides where buffers live).
 
-`import lstm_jax` calls `tune_malloc()` once. Set `LSTM_JAX_TUNE_MALLOC=0` to keep glibc's defaults. It does
-nothing on systems without glibc (macOS, Windows, musl); threads that already have their own arena keep it,
-so the setting works best before the first JAX computation.
+`import lstm_jax` calls `tune_malloc()` once. It leaves glibc's defaults where JAX will run on an accelerator
+(a GPU or TPU plugin is installed and ``JAX_PLATFORMS`` does not put ``cpu`` first;
+`accelerator_platform()`): the setting was measured for XLA:CPU's buffers only, and one arena for every
+thread is suspected of slowing XLA:GPU's many-threaded compilation (on an H200, lstm_jax's workers, which
+tuned malloc, took 1.5-32 s for a first step that the untuned Flax worker took 0.9-4.7 s for; not measured
+with the tuning alone changed). ``LSTM_JAX_TUNE_MALLOC=0`` keeps glibc's defaults everywhere, ``=1`` applies
+the setting everywhere. It does nothing on systems without glibc (macOS, Windows, musl); threads that already
+have their own arena keep it, so the setting works best before the first JAX computation.
 
 `enable_compilation_cache()` (called by the experiment binaries, not on import) turns on JAX's persistent
 compilation cache, so a second run of the same shapes (another seed, a resumed run, an ensemble's members)
@@ -39,6 +44,7 @@ __all__ = [
     "DEFAULT_COMPILATION_CACHE",
     "tune_malloc",
     "malloc_tuned",
+    "accelerator_platform",
     "enable_compilation_cache",
     "cpu_list",
     "set_cpu_affinity",
@@ -75,15 +81,48 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+def accelerator_platform() -> str | None:
+    """The accelerator JAX will run on by default, found without starting a backend: the first entry of
+    ``JAX_PLATFORMS`` when that is set (None when it is ``cpu``), else an installed plugin's name
+    (``jax_plugins.xla_cuda13``, a module or an entry point: "cuda13"; ``libtpu``: "tpu"), else None (JAX
+    will run on the CPU)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        first = platforms.split(",")[0].strip()
+        return None if first == "cpu" else first
+    import importlib.util
+    import pkgutil
+
+    try:
+        import jax_plugins  # the namespace JAX discovers its GPU plugins in
+    except ImportError:
+        jax_plugins = None
+    if jax_plugins is not None:
+        for module in pkgutil.iter_modules(getattr(jax_plugins, "__path__", [])):
+            if module.name.startswith("xla_"):
+                return module.name[len("xla_") :]
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="jax_plugins"):  # plugins registered by entry point alone
+        return ep.name.removeprefix("xla_")
+    if importlib.util.find_spec("libtpu") is not None:
+        return "tpu"
+    return None
+
+
 def tune_malloc() -> bool:
     """Keeps XLA's per-step buffers in glibc's heap (see the module docstring); True when applied.
 
-    Idempotent; honours `LSTM_JAX_TUNE_MALLOC=0` (returns False and changes nothing).
+    Idempotent. `LSTM_JAX_TUNE_MALLOC`: unset (or "auto") applies it unless `accelerator_platform()`
+    names one; "0"/"off" never (returns False and changes nothing); "1"/"on" always.
     """
     global _TUNED
     if _TUNED:
         return True
-    if os.environ.get("LSTM_JAX_TUNE_MALLOC", "1").strip().lower() in _OFF_WORDS:
+    switch = os.environ.get("LSTM_JAX_TUNE_MALLOC", "auto").strip().lower()
+    if switch in _OFF_WORDS:
+        return False
+    if switch in ("", "auto") and accelerator_platform() is not None:
         return False
     libc = _libc()
     if libc is None:

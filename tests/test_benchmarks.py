@@ -71,6 +71,9 @@ def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     assert 0 < res["min_ms"] <= res["median_ms"] <= res["max_ms"]
     assert res["first_step_s"] > 0 and res["peak_rss_mb"] > res["base_rss_mb"] > 0
     assert res["xla_bytes"] > 0
+    assert (
+        res["malloc_tuned"] is True
+    )  # `import lstm_jax` on the CPU applies lstm_jax's malloc setting
     assert report["flops"]["tiny"] == TINY.train_flops()
     dp = report["shapes"]["tiny"]["lstm_jax_dp"]
     assert dp["status"] == "ready" and dp["param_count"] == 1605 and dp["median_ms"] > 0
@@ -83,6 +86,7 @@ def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
         "| tiny smoke | lstm_jax, data-parallel over one host device per core | 1,605 |" in printed
     )
     assert report["markdown"] in printed
+    assert "glibc malloc tuned for: lstm_jax, lstm_jax_dp." in printed  # as the workers reported it
 
 
 def test_a_run_cut_short_keeps_the_shapes_it_measured(tmp_path, monkeypatch):

@@ -84,6 +84,55 @@ def test_tuned_malloc_stops_per_call_page_faults_and_the_env_var_opts_out():
     assert tuned["faults_per_call"] < default["faults_per_call"] / 10, (tuned, default)
 
 
+@pytest.mark.skipif(not GLIBC, reason="the malloc setting exists only with glibc")
+@pytest.mark.parametrize(
+    "platforms, switch, tuned",
+    [
+        (
+            None,
+            None,
+            False,
+        ),  # a GPU plugin is installed: JAX will run there, glibc keeps its defaults
+        ("cpu", None, True),  # JAX_PLATFORMS puts the CPU first: tuned
+        ("cuda,cpu", None, False),
+        (None, "1", True),  # asked for: tuned anyway
+        (None, "auto", False),
+        ("cpu", "0", False),
+    ],
+)
+def test_malloc_is_left_alone_where_jax_runs_on_an_accelerator(tmp_path, platforms, switch, tuned):
+    plugin = (
+        tmp_path / "jax_plugins" / "xla_fakegpu"
+    )  # what jax-cuda13-pjrt installs, as a namespace
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "LSTM_JAX_TUNE_MALLOC")
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")])
+    if platforms is not None:
+        env["JAX_PLATFORMS"] = platforms
+    if switch is not None:
+        env["LSTM_JAX_TUNE_MALLOC"] = switch
+    script = (
+        "import json, lstm_jax\nfrom lstm_jax import runtime\n"
+        "print(json.dumps([runtime.malloc_tuned(), runtime.accelerator_platform()]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    proc.check_returncode()
+    got_tuned, platform = _last_json(proc)
+    assert got_tuned == tuned
+    expected = {None: "fakegpu", "cpu": None, "cuda,cpu": "cuda"}[platforms]
+    assert platform == expected
+
+
 # Compiles one program with the persistent cache as the experiment binaries set it up; prints the cache
 # directory and the cache entries on disk afterwards.
 CACHE_PROBE = """
