@@ -78,10 +78,13 @@ def test_import_applies_the_setting_and_it_is_idempotent():
 def test_tuned_malloc_stops_per_call_page_faults_and_the_env_var_opts_out():
     tuned, default = _probe("1"), _probe("0")
     assert tuned["tuned"] and not default["tuned"]
-    # With glibc's defaults the ~64 MiB of temporaries are mmap-ed and faulted in again on every call
-    # (16k+ faults of 4 KiB); tuned, the heap keeps them mapped.
-    assert default["faults_per_call"] > 5000, default
-    assert tuned["faults_per_call"] < default["faults_per_call"] / 10, (tuned, default)
+    # With glibc's defaults jaxlib 0.10's XLA:CPU mmaps the ~64 MiB of temporaries and faults them in again
+    # on every call (262k faults of 4 KiB measured); tuned, the heap keeps them mapped (0). jaxlib 0.12's
+    # reuses most of its buffers itself (1.8k-3.4k faults per call without the setting, 0.8k with it).
+    # Either way a tuned process must not page its temporaries in again per call.
+    assert tuned["faults_per_call"] < 5000, (tuned, default)
+    if default["faults_per_call"] > 5000:  # this XLA pages per call: the setting must stop it
+        assert tuned["faults_per_call"] < default["faults_per_call"] / 10, (tuned, default)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the malloc setting exists only with glibc")
