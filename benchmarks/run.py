@@ -301,9 +301,11 @@ def markdown(report: dict) -> str:
     ceiling = report["ceiling"]["ceiling_gflops"]
     lines = [
         f"Machine: {report['machine']}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
-        f"(numpy {report['ceiling']['numpy_gflops']:.0f}, JAX{_jax_device_text(report)} {report['ceiling']['jax_gflops']:.0f}, "
+        f"(numpy {report['ceiling']['numpy_gflops']:.0f}, "
+        f"JAX{_jax_device_text(report)} {report['ceiling']['jax_gflops']:.0f}, "
         f"{report['ceiling']['n']}^3){_peak_text(report)}. Per-step times: median [p25-p75] over "
-        f"{report['args']['rounds']} interleaved rounds; glibc malloc tuned for: {_tuned_text(report)}.",
+        f"{report['args']['rounds']} interleaved rounds; "
+        f"glibc malloc tuned for: {_tuned_text(report)}.",
         "",
         "| shape | framework | params | ms/step | seq/s | vs fastest peer | GFLOP/s | % ceiling "
         "| first step s | peak RSS MB |",
@@ -456,9 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         "shapes": {},
     }
     report["flops"] = {}
-    for s in (
-        shapes
-    ):  # the file is rewritten after each shape: a run cut short keeps the shapes it measured
+    # The file is rewritten after each shape: a run cut short keeps the shapes it measured.
+    for s in shapes:
         print(f"shape {s}:", flush=True)
         report["shapes"][s] = bench_shape(s, peers, args)
         report["flops"][s] = get_shape(s).train_flops()

@@ -24,7 +24,8 @@ from lstm_jax.core import (
 from lstm_jax.errors import UserError
 from lstm_jax.runtime import tune_malloc
 
-tune_malloc()  # XLA:CPU's per-step buffers stay in the heap (not on GPU/TPU); LSTM_JAX_TUNE_MALLOC=0 opts out
+# XLA:CPU's per-step buffers stay in the heap (left alone on GPU/TPU); LSTM_JAX_TUNE_MALLOC=0 opts out.
+tune_malloc()
 
 __version__ = "0.1.0"
 
