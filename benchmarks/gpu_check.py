@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ from flax import nnx
 from benchmarks.shapes import SHAPES, get_shape
 from lstm_jax import core
 from lstm_jax import nn as lnn
+from lstm_jax.logging_utils import atomic_write
 
 FWD_TOL = 1e-4  # relative to the reference's largest magnitude, at "highest" precision
 GRAD_TOL = 1e-3
@@ -151,13 +151,11 @@ def timing(shape, max_time: int, rounds: int, rng: np.random.Generator) -> dict:
 
 
 def _save(path: str, result: dict) -> None:
-    """Writes `result` to `path` (when given) through a temporary file: a run killed mid-write keeps the
-    last complete file."""
+    """Writes `result` to `path` (when given) whole or not at all: a run killed mid-write keeps the last
+    complete file."""
     if path:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(path) as f:
             json.dump(result, f, indent=1)
-        os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

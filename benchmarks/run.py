@@ -30,6 +30,7 @@ from pathlib import Path
 
 from benchmarks.shapes import get_shape
 from benchmarks.worker import GEN_MODES, PEERS, PREFIX
+from lstm_jax.logging_utils import atomic_write
 from lstm_jax.runtime import GLIBC_TUNABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -465,9 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         report["flops"][s] = get_shape(s).train_flops()
         report["markdown"] = markdown(report)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(out)
+        with atomic_write(str(out)) as f:
+            json.dump(report, f, indent=1)
     print(report["markdown"])
     print(f"\nwrote {out}")
     return 0

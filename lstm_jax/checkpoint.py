@@ -29,7 +29,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from lstm_jax.errors import UserError
-from lstm_jax.logging_utils import read_json, write_json
+from lstm_jax.logging_utils import atomic_write, read_json, write_json
 
 __all__ = ["CheckpointStore", "save_artefacts", "load_artefact"]
 
@@ -224,12 +224,11 @@ def save_artefacts(workdir: str, artefacts: Mapping[str, Any]) -> list[str]:
             )
         path = os.path.join(workdir, name)
         if isinstance(content, os.PathLike):
-            shutil.copyfile(os.fspath(content), path + ".tmp")
-            os.replace(path + ".tmp", path)
+            with open(os.fspath(content), "rb") as src, atomic_write(path, "wb") as f:
+                shutil.copyfileobj(src, f)
         elif isinstance(content, str):
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
+            with atomic_write(path) as f:
                 f.write(content)
-            os.replace(path + ".tmp", path)
         else:
             write_json(path, content)
         written.append(path)

@@ -25,6 +25,7 @@ import ml_collections
 
 from lstm_jax import core
 from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import atomic_write
 
 __all__ = [
     "OPTIMIZERS",
@@ -320,11 +321,9 @@ def save_config(config: Any, workdir: str | os.PathLike) -> str:
     """Writes `<workdir>/config.json` atomically and returns its path."""
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 

@@ -242,11 +242,16 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
     """Opens a temp file beside `path` (`mode` "w" text as UTF-8, or "wb") and renames it onto `path` when
     the block ends without an error, so a crash never leaves half a file and readers see the old or the new
-    file. The directory must exist."""
+    file; a block that raises leaves `path` as it was and removes the temp file. The directory must exist."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
-        yield f
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def write_json(path: str, data: Any) -> None:

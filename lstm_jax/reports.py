@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lstm_jax.logging_utils import atomic_write
 from lstm_jax.plots import plot_confusion_matrix
 
 __all__ = [
@@ -142,10 +143,8 @@ def write_report(
     os.makedirs(workdir, exist_ok=True)
     text_name = f"classification_report_{split}.txt"
     png_name = f"confusion_matrix_{split}.png"
-    tmp = os.path.join(workdir, text_name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(workdir, text_name)) as f:
         f.write(format_report(report))
-    os.replace(tmp, os.path.join(workdir, text_name))
     plot_confusion_matrix(
         report["confusion_matrix"],
         report["labels"],

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import atomic_write
 
 # Keras `Tokenizer`/`text_to_word_sequence` default filters (note: no apostrophe).
 KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
@@ -320,10 +321,8 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the JSON atomically (temp file + rename), so a crash never leaves half a file."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(os.fspath(path)) as f:
+            f.write(self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:

@@ -107,4 +107,4 @@ def test_write_report_files(tmp_path):
     assert (tmp_path / files["text"]).read_text().startswith(" " * 5)
     png = (tmp_path / files["heatmap"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))

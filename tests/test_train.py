@@ -450,3 +450,22 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(capsys, caplog):
     assert any(
         "step 2/4: loss=0.5" in r.getMessage() and "ETA" in r.getMessage() for r in caplog.records
     )
+
+
+def test_atomic_write_leaves_the_old_file_whole_when_the_block_fails(tmp_path):
+    """Every JSON, text and artefact the engine writes goes through `atomic_write`: readers see the old
+    file or the new one, and a write that fails (a full disk, Ctrl-C) leaves the old one and no temp file."""
+    from lstm_jax.logging_utils import atomic_write
+
+    path = tmp_path / "results.json"
+    path.write_text('{"accuracy": 0.87}\n')
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(str(path)) as f:
+            f.write('{"accur')
+            raise KeyboardInterrupt
+    assert path.read_text() == '{"accuracy": 0.87}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    with atomic_write(str(path), "wb") as f:
+        f.write(b"new\n")
+    assert path.read_bytes() == b"new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
