@@ -18,7 +18,7 @@ import numpy as np
 from lstm_jax.core import Gates
 from lstm_jax.models import LanguageModel, _encode_inputs
 from lstm_jax.nn import LSTM
-from lstm_jax.plots import new_figure
+from lstm_jax.plots import new_figure, save_figure
 
 __all__ = [
     "language_model_gates",
@@ -177,6 +177,6 @@ def plot_gate_heatmaps(
         fig.colorbar(im, ax=ax, fraction=0.015, pad=0.01)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)
         return None
     return fig

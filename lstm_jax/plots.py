@@ -8,7 +8,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_training_curves", "plot_confusion_matrix"]
+from lstm_jax.logging_utils import atomic_write
+
+__all__ = ["plot_training_curves", "plot_confusion_matrix", "save_figure", "new_figure"]
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Saves `fig` to `path` whole or not at all (`atomic_write`; an existing plot is never left half
+    written), in the format its extension names (PNG without one), creating the directory if needed."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=fmt, dpi=110)
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any):
@@ -75,8 +86,7 @@ def plot_training_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path
 
 
@@ -117,6 +127,5 @@ def plot_confusion_matrix(
             color = "white" if shown[i, j] > threshold else "black"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     return path

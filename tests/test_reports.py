@@ -108,3 +108,24 @@ def test_write_report_files(tmp_path):
     png = (tmp_path / files["heatmap"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_plot_that_fails_to_save_leaves_the_old_file(tmp_path, monkeypatch):
+    """Figures are written whole or not at all: a failure inside matplotlib's writer keeps the plot that
+    was there, and a path with another extension gets that format."""
+    from lstm_jax import plots
+
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"the old plot")
+    fig, _ = plots.new_figure()
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(OSError, match="No space"):
+        plots.save_figure(fig, str(path))
+    assert path.read_bytes() == b"the old plot" and sorted(tmp_path.iterdir()) == [path]
+    monkeypatch.undo()
+    plots.save_figure(fig, str(tmp_path / "sub" / "curves.svg"))
+    assert (tmp_path / "sub" / "curves.svg").read_text().lstrip().startswith("<?xml")
