@@ -19,6 +19,10 @@
 # precision). Both JSON files are rewritten after each shape, so a timeout keeps what was measured.
 # GPU_SESSION_SHAPES, GPU_CHECK_TIMEOUT and BENCH_TIMEOUT override the shapes and the two time limits
 # (a dry run off a GPU: GPU_SESSION_SHAPES=C; gpu_check then exits 2 at once).
+# MALLOC_PROBE=1 adds malloc_probe.{log,json}: shape B's lstm_jax and Flax workers with lstm_jax's glibc
+# malloc setting forced on both (--malloc all), whose first steps, against the main run's (where
+# `import lstm_jax` leaves malloc alone on a GPU), say whether that setting slowed XLA:GPU's compilation
+# (on 2026-12-04 lstm_jax's first steps took 8.9-32.3 s tuned, Flax's 0.9-4.7 s untuned).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
@@ -44,5 +48,10 @@ timeout "${BENCH_TIMEOUT:-320}" python3 -m benchmarks.run --shapes "$SHAPES" \
   --peers lstm_jax,lstm_jax_cudnn,flax,keras_jax,torch,torch_compile --no-generate --rounds 3 \
   --round-seconds 0.5 --timeout 120 --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
+if [ "${MALLOC_PROBE:-0}" = 1 ]; then
+  timeout "${MALLOC_PROBE_TIMEOUT:-150}" python3 -m benchmarks.run --shapes B --peers lstm_jax,flax \
+    --no-generate --rounds 1 --round-seconds 0.5 --timeout 120 --malloc all \
+    --out "$OUT/malloc_probe.json" 2>&1 | tee "$OUT/malloc_probe.log"
+fi
 echo "gpu_check exit $check, benchmark exit $bench"
 exit $(( check != 0 || bench != 0 ))
