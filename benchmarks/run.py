@@ -213,16 +213,18 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
 
 
 def _tuned_text(report: dict) -> str:
-    """Which workers ran with lstm_jax's malloc setting: as they reported it (`import lstm_jax` leaves it
-    off where JAX runs on a GPU), else (runs saved before they reported it) what `--malloc` asked for."""
+    """Which workers ran with lstm_jax's malloc setting: every one with `--malloc all` (GLIBC_TUNABLES);
+    otherwise those whose `import lstm_jax` applied it, as they reported it (it is left off where JAX runs on
+    a GPU), or (runs saved before they reported it) what `--malloc` asked for."""
+    mode = report["args"].get("malloc", "ours")
     seen = {
         p: r["malloc_tuned"]
         for res in report["shapes"].values()
         for p, r in res.items()
         if "malloc_tuned" in r
     }
-    if not seen:
-        return MALLOC_MODES[report["args"].get("malloc", "ours")]
+    if mode == "all" or not seen:
+        return MALLOC_MODES[mode]
     return ", ".join(p for p in seen if seen[p]) or "nobody"
 
 

@@ -15,7 +15,6 @@ Usage (normally only through the driver): `python -m benchmarks.worker PEER SHAP
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -49,12 +48,11 @@ def _rss_mb() -> float:
 
 
 def _malloc_tuned() -> bool:
-    """Whether this worker runs with lstm_jax's glibc malloc setting: applied by `import lstm_jax` (which
-    leaves it off where JAX runs on a GPU or TPU), or given to a process through GLIBC_TUNABLES."""
+    """Whether `import lstm_jax` applied its glibc malloc setting in this worker (it leaves it off where JAX
+    runs on a GPU or TPU). `--malloc all` gives the setting to every worker through GLIBC_TUNABLES instead;
+    the driver knows that itself."""
     runtime = sys.modules.get("lstm_jax.runtime")
-    if runtime is not None and runtime.malloc_tuned():
-        return True
-    return "glibc.malloc.arena_max=1" in os.environ.get("GLIBC_TUNABLES", "")
+    return runtime is not None and runtime.malloc_tuned()
 
 
 def _peak_rss_mb() -> float:

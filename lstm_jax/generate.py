@@ -30,7 +30,13 @@ from lstm_jax.nn import LSTM
 
 Array = jax.Array
 
-__all__ = ["sample_logits", "generate_stateful", "generate_windowed", "native_generation_blocker"]
+__all__ = [
+    "sample_logits",
+    "generate_stateful",
+    "generate_windowed",
+    "native_generation_blocker",
+    "temperature_ok",
+]
 
 
 def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: int = 0) -> Array:
@@ -49,8 +55,13 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def temperature_ok(temperature: float) -> bool:
+    """Whether `temperature` is a sampling temperature: a finite number >= 0 (0 = greedy); NaN is not."""
+    return 0 <= temperature < math.inf  # False for NaN too
+
+
 def _check(temperature: float, top_k: int, num_steps: int) -> None:
-    if not 0 <= temperature < math.inf:  # also NaN
+    if not temperature_ok(temperature):
         raise ValueError(
             f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
         )

@@ -286,6 +286,13 @@ def test_malloc_modes_set_each_workers_environment(monkeypatch):
         "shapes": {},
     }
     assert "glibc malloc tuned for: every framework" in run.markdown(report)
+    # GLIBC_TUNABLES reaches workers that never import lstm_jax (and so report False): still every one.
+    report["shapes"] = {
+        "tiny": {"torch": {"status": "missing", "reason": "-", "malloc_tuned": False}}
+    }
+    assert "glibc malloc tuned for: every framework" in run.markdown(report)
+    report["args"]["malloc"] = "ours"
+    assert "glibc malloc tuned for: nobody" in run.markdown(report)
 
 
 def test_floor_counts_the_chains_and_the_rest_at_the_ceiling():

@@ -370,7 +370,7 @@ def generate_text(
         raise UserError(
             f"--length={length} must be >= 1; pass the number of characters to generate"
         )
-    if not 0 <= temperature < math.inf:  # also NaN
+    if not generate.temperature_ok(temperature):
         raise UserError(f"--temperature={temperature} must be a number >= 0 (0 = greedy)")
     if top_k < 0:
         raise UserError(f"--top_k={top_k} must be >= 0 (0 = all characters)")

@@ -25,7 +25,6 @@ takes ``lines / batch`` steps, the prefix form ``prefixes / batch``.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -396,7 +395,7 @@ def generate_words(
     """
     if num_words < 1:
         raise UserError(f"--num_words={num_words} must be >= 1")
-    if not 0 <= temperature < math.inf:  # also NaN
+    if not generate.temperature_ok(temperature):
         raise UserError(f"--temperature={temperature} must be a number >= 0 (0 = greedy)")
     if top_k < 0:
         raise UserError(f"--top_k={top_k} must be >= 0 (0 = all words)")
