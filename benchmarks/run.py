@@ -300,10 +300,59 @@ def _peak_text(report: dict) -> str:
     )
 
 
+def cpu_description() -> dict:
+    """What kind of CPU host a run was on, from `/proc/cpuinfo` and sysfs (Linux; `{}` elsewhere): the
+    model name, family/model/stepping, the vector extensions that set the kernel's speed, and the cache
+    sizes. The runs in benchmarks/README.md come from several kinds of host, and the name a VM reports
+    ("Intel(R) Xeon(R) Processor") does not tell them apart; these fields do."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough: the cores of one host are alike
+        key, _, value = line.partition(":")
+        first[key.strip()] = value.strip()
+    flags = set(first.get("flags", "").split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches[f"L{level}"] = size
+    return {
+        "model_name": first.get("model name"),
+        "vendor": first.get("vendor_id"),
+        "family_model_stepping": "/".join(
+            first.get(k, "?") for k in ("cpu family", "model", "stepping")
+        ),
+        "isa": [f for f in wanted if f in flags],
+        "caches": caches,  # as cpu0 sees them: L1/L2 per core, L3 shared
+    }
+
+
+def _cpu_text(report: dict) -> str:
+    cpu = report.get("cpu") or {}  # runs saved before 2026-12-04 have no "cpu"
+    if not cpu:
+        return ""
+    caches = ", ".join(f"{k} {v}" for k, v in cpu.get("caches", {}).items())
+    return (
+        f" ({cpu.get('model_name')}, family/model/stepping {cpu.get('family_model_stepping')}; "
+        f"{' '.join(cpu.get('isa', [])) or 'no AVX2'}; {caches})"
+    )
+
+
 def markdown(report: dict) -> str:
     ceiling = report["ceiling"]["ceiling_gflops"]
     lines = [
-        f"Machine: {report['machine']}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
+        f"Machine: {report['machine']}{_cpu_text(report)}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s "
         f"(numpy {report['ceiling']['numpy_gflops']:.0f}, "
         f"JAX{_jax_device_text(report)} {report['ceiling']['jax_gflops']:.0f}, "
         f"{report['ceiling']['n']}^3){_peak_text(report)}. Per-step times: median [p25-p75] over "
@@ -455,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": now.isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.system()}",
+        "cpu": cpu_description(),
         "python": platform.python_version(),
         "args": vars(args),
         "ceiling": ceiling,

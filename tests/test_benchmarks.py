@@ -242,6 +242,29 @@ def test_markdown_reports_missing_and_failed_peers(tmp_path, capsys):
     table = run.markdown(report)
     assert "fp32 FMA peak 500 GFLOP/s" in table.splitlines()[0]
     assert "| C | 20.0 | 13.3 | 2.1 | 16% | 21% | 13% | 17% |" in table
+    # A run saved with the host's CPU description names it in the first line.
+    report["cpu"] = {
+        "model_name": "Some CPU",
+        "family_model_stepping": "6/167/1",
+        "isa": ["avx2", "fma", "avx512f"],
+        "caches": {"L1": "48K", "L2": "2048K"},
+    }
+    first = run.markdown(report).splitlines()[0]
+    assert (
+        "Machine: m (Some CPU, family/model/stepping 6/167/1; avx2 fma avx512f; L1 48K, L2 2048K)"
+        in first
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads Linux's /proc/cpuinfo")
+def test_cpu_description_reads_this_host():
+    cpu = run.cpu_description()
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    assert cpu["model_name"]
+    assert cpu["family_model_stepping"].count("/") == 2
+    assert ("avx2" in cpu["isa"]) == ("avx2" in flags)
+    assert ("avx512f" in cpu["isa"]) == ("avx512f" in flags)
+    assert json.loads(json.dumps(cpu)) == cpu  # saved in the run's JSON as it is
 
 
 def test_unknown_names_are_user_errors(capsys, tmp_path):
