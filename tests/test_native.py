@@ -292,6 +292,18 @@ def test_fma_peak_bounds_the_kernels_own_matmul():
     assert peak >= 0.9 * best_matmul, (peak, best_matmul)
 
 
+def test_x86_builds_keep_512_bit_vectors(monkeypatch):
+    """clang's tuning for Intel's AVX-512 CPUs splits 512-bit vectors in two unless asked not to; the
+    build asks on x86 and passes nothing elsewhere (gcc on other architectures rejects the flag)."""
+    for machine, want in (
+        ("x86_64", ["-mprefer-vector-width=512"]),
+        ("aarch64", []),
+        ("arm64", []),
+    ):
+        monkeypatch.setattr(native.platform, "machine", lambda m=machine: m)
+        assert native._vector_flags() == want
+
+
 @pytest.mark.parametrize("delay_us", [400, 200_000])
 def test_a_late_helper_takes_over_mid_sequence_with_the_same_results(monkeypatch, delay_us):
     """A helper task that starts late (XLA's pool busy) claims a row block from the step the caller has

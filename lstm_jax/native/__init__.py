@@ -55,6 +55,19 @@ _ZIG_LINK_FLAGS = [
 ]  # zig's libc++ for the baseline CPU, whatever the kernel's -march
 
 
+def _vector_flags() -> list[str]:
+    """On x86, ``-mprefer-vector-width=512``: the kernel's vectors are 16 floats wherever AVX-512 is there
+    (its register tiles are sized for AVX-512's 32 zmm registers), and clang's tuning for every Intel
+    AVX-512 CPU (skylake-avx512 to graniterapids, so ``-march=native`` on those hosts) prefers 256 bits and
+    splits each 512-bit operation in two: an Intel Xeon host measured an fp32 FMA peak of 222 GFLOP/s
+    (`fma_peak_gflops`) instead of 423, and the matmul's 6 x 4 tile of accumulators spilled to the stack.
+    AMD's Zen 4 and Zen 5 tunings already keep 512 bits; on AVX2 machines the vectors are 8 floats and the
+    flag changes nothing. (benchmarks/README.md, 2026-12-04, night.)"""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return ["-mprefer-vector-width=512"]
+    return []
+
+
 def _march() -> str:
     """The `-march` to build for: ``$LSTM_JAX_NATIVE_MARCH`` (e.g. ``x86-64-v3`` for every AVX2 machine of a
     cluster) or ``native``."""
@@ -125,7 +138,7 @@ def build(compiler: list[str] | None = None) -> Path:
             "ziglang" in cmd
         ):  # zig names CPU models with underscores (x86_64_v3), gcc and clang with dashes
             march = march.replace("-", "_")
-        flags = [*_FLAGS, f"-march={march}"]
+        flags = [*_FLAGS, f"-march={march}", *_vector_flags()]
         link_flags = [*_LINK_FLAGS, *(_ZIG_LINK_FLAGS if "ziglang" in cmd else [])]
         key = hashlib.sha256(
             b"\0".join(
