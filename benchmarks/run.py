@@ -295,9 +295,18 @@ def _target_lines(report: dict) -> list[str]:
 def _peak_text(report: dict) -> str:
     # absent in results saved before the benchmark measured it
     peak = report["ceiling"].get("fma_peak_gflops")
-    return (
-        f"; fp32 FMA peak {peak:.0f} GFLOP/s (vector FMAs in registers, all cores)" if peak else ""
-    )
+    if not peak:
+        return ""
+    text = f"; fp32 FMA peak {peak:.0f} GFLOP/s (vector FMAs in registers, all cores)"
+    # numpy's matmul runs on the same CPU cores: a peak under it was not the peak. (So it was on an Intel
+    # host whose kernel build split its 512-bit vectors in two: 224 against numpy's 306; 2026-12-04.)
+    if peak < report["ceiling"]["numpy_gflops"]:
+        text += (
+            f" - WARNING: under numpy's {report['ceiling']['numpy_gflops']:.0f}, so not the cores' peak;"
+            " the native kernel was built without the CPU's full vector width (see"
+            " lstm_jax.native._vector_flags) and the FMA-peak columns below bound nothing"
+        )
+    return text
 
 
 def cpu_description() -> dict:

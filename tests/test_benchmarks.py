@@ -241,6 +241,13 @@ def test_markdown_reports_missing_and_failed_peers(tmp_path, capsys):
     report["ceiling"]["fma_peak_gflops"] = 500.0
     table = run.markdown(report)
     assert "fp32 FMA peak 500 GFLOP/s" in table.splitlines()[0]
+    assert "WARNING" not in table
+    # A peak under numpy's matmul on the same cores is no peak (a kernel built at half its vector width).
+    report["ceiling"]["fma_peak_gflops"] = 300.0
+    assert (
+        "WARNING: under numpy's 400, so not the cores' peak" in run.markdown(report).splitlines()[0]
+    )
+    report["ceiling"]["fma_peak_gflops"] = 500.0
     assert "| C | 20.0 | 13.3 | 2.1 | 16% | 21% | 13% | 17% |" in table
     # A run saved with the host's CPU description names it in the first line.
     report["cpu"] = {
