@@ -21,7 +21,6 @@ impl="cudnn" cannot run here (no NVIDIA GPU).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from flax import nnx
 from benchmarks.shapes import SHAPES, get_shape
 from lstm_jax import core
 from lstm_jax import nn as lnn
-from lstm_jax.logging_utils import atomic_write
+from lstm_jax.logging_utils import write_json
 
 FWD_TOL = 1e-4  # relative to the reference's largest magnitude, at "highest" precision
 GRAD_TOL = 1e-3
@@ -154,8 +153,7 @@ def _save(path: str, result: dict) -> None:
     """Writes `result` to `path` (when given) whole or not at all: a run killed mid-write keeps the last
     complete file."""
     if path:
-        with atomic_write(path) as f:
-            json.dump(result, f, indent=1)
+        write_json(path, result)
 
 
 def main(argv: list[str] | None = None) -> int:

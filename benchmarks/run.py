@@ -30,7 +30,7 @@ from pathlib import Path
 
 from benchmarks.shapes import get_shape
 from benchmarks.worker import GEN_MODES, PEERS, PREFIX
-from lstm_jax.logging_utils import atomic_write
+from lstm_jax.logging_utils import write_json
 from lstm_jax.runtime import GLIBC_TUNABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,9 +302,9 @@ def _peak_text(report: dict) -> str:
     # host whose kernel build split its 512-bit vectors in two: 224 against numpy's 306; 2026-12-04.)
     if peak < report["ceiling"]["numpy_gflops"]:
         text += (
-            f" - WARNING: under numpy's {report['ceiling']['numpy_gflops']:.0f}, so not the cores' peak;"
-            " the native kernel was built without the CPU's full vector width (see"
-            " lstm_jax.native._vector_flags) and the FMA-peak columns below bound nothing"
+            f" - WARNING: under numpy's {report['ceiling']['numpy_gflops']:.0f}, so not the cores' peak"
+            " (a native kernel built below the CPU's vector width, see lstm_jax.native._vector_flags,"
+            " or a probe disturbed by other work); the FMA-peak columns below bound nothing"
         )
     return text
 
@@ -526,9 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         report["shapes"][s] = bench_shape(s, peers, args)
         report["flops"][s] = get_shape(s).train_flops()
         report["markdown"] = markdown(report)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(str(out)) as f:
-            json.dump(report, f, indent=1)
+        write_json(str(out), report)
     print(report["markdown"])
     print(f"\nwrote {out}")
     return 0
