@@ -83,6 +83,7 @@ __all__ = [
     "padded_batches",
     "restore_model",
     "load_trained",
+    "saved_results",
     "check_run",
     "checkpoint_step",
 ]
@@ -790,6 +791,15 @@ def _check_model_fits_run(
         " leave out --config to use the run's saved config.json, or pass its model and vocabulary"
         " settings"
     )
+
+
+def saved_results(workdir: str) -> dict[str, Any]:
+    """The `results.json` of a finished run in `workdir` (metrics, history, reports, samples), or a
+    UserError naming the file and the fix when there is none."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        raise UserError(f"{path} is missing; train first with --workdir={workdir}")
+    return read_json(path)
 
 
 def load_trained(

@@ -18,6 +18,7 @@ from experiments.imdb_sentiment.configs import test as test_config
 from lstm_jax import data as data_lib
 from lstm_jax.errors import UserError
 from lstm_jax.tasks import classification as clf
+from lstm_jax.train import saved_results
 
 REPO = Path(__file__).resolve().parents[1]
 POS = ["great", "wonderful", "brilliant", "loved", "superb", "moving"]
@@ -234,7 +235,7 @@ def test_predict_from_workdir_alone(trained):
 def test_eval_mode_rewrites_reports_not_results(trained):
     _, workdir, results = trained
     before = (workdir / "results.json").read_bytes()
-    config = clf.saved_results(str(workdir))["config"]
+    config = saved_results(str(workdir))["config"]
     import ml_collections
 
     out = clf.evaluate(ml_collections.ConfigDict(config), str(workdir))

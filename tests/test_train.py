@@ -22,6 +22,7 @@ from lstm_jax.train import (
     pad_batch,
     padded_batches,
     restore_model,
+    saved_results,
     shuffled_batches,
     train_and_evaluate,
 )
@@ -223,6 +224,7 @@ def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
     )  # every example once, padding excluded
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["steps"] == 10 and on_disk["config"]["train"]["batch_size"] == 8
+    assert saved_results(str(tmp_path)) == on_disk
     lines = read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert {"train", "validation", "final_test"} <= {line["kind"] for line in lines}
     assert all("loss" in line for line in lines if line["kind"] == "train")
@@ -469,3 +471,8 @@ def test_atomic_write_leaves_the_old_file_whole_when_the_block_fails(tmp_path):
         f.write(b"new\n")
     assert path.read_bytes() == b"new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_saved_results_of_a_workdir_without_a_finished_run_names_the_fix(tmp_path):
+    with pytest.raises(UserError, match=r"results\.json is missing; train first with --workdir="):
+        saved_results(str(tmp_path))

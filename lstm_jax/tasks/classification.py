@@ -50,7 +50,7 @@ from lstm_jax import data as data_lib
 from lstm_jax.baselines import tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
-from lstm_jax.logging_utils import atomic_write, read_json, write_json
+from lstm_jax.logging_utils import atomic_write, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
     Task,
@@ -1123,11 +1123,3 @@ def ensemble(
 
 
 ensemble.needs_config = False  # type: ignore[attr-defined]  # cli: run without --config
-
-
-def saved_results(workdir: str) -> dict[str, Any]:
-    """The results.json of a finished run (UserError if absent)."""
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
-        raise UserError(f"{path} is missing; train first with --workdir={workdir}")
-    return read_json(path)
