@@ -65,6 +65,14 @@ def test_prefix_examples_are_the_tutorials_ngrams():
     ex = word_lm.prefix_examples([[4, 2, 7], [5, 3]], max_len=4)
     np.testing.assert_array_equal(ex["inputs"], [[0, 0, 4], [0, 4, 2], [0, 0, 5]])
     np.testing.assert_array_equal(ex["targets"], [2, 7, 3])
+    # max_len == the longest line is the tutorial's max_sequence_len: the longest prefix fills the row
+    ex = word_lm.prefix_examples([[4, 2, 7]], max_len=3)
+    np.testing.assert_array_equal(ex["inputs"], [[0, 4], [4, 2]])
+
+
+def test_prefix_examples_reject_a_max_len_that_would_cut_prefixes():
+    with pytest.raises(ValueError, match=r"max_len=3 is shorter than the longest line \(4 words\)"):
+        word_lm.prefix_examples([[4, 2], [1, 2, 3, 4]], max_len=3)
 
 
 def test_line_batch_and_buckets():

@@ -122,7 +122,14 @@ def prefix_examples(seqs: Sequence[Sequence[int]], max_len: int) -> dict[str, np
     """The tutorial's n-gram prefixes: `inputs [examples, max_len - 1]` pre-padded with 0, `targets`.
 
     For each line `w_1..w_n` and `i = 2..n`: inputs `w_1..w_{i-1}` (right-aligned), target `w_i`.
+    `max_len` is at least the longest line's length (the tutorial's `max_sequence_len`): no prefix is cut.
     """
+    longest = max((len(s) for s in seqs), default=0)
+    if longest > max_len:
+        raise ValueError(
+            f"prefix_examples: max_len={max_len} is shorter than the longest line ({longest} words);"
+            f" pass max_len >= {longest}"
+        )
     n = sum(len(s) - 1 for s in seqs)
     inputs = np.zeros((n, max_len - 1), np.int32)
     targets = np.zeros((n,), np.int32)
