@@ -427,3 +427,35 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
         assert procs[name].returncode == 2, (name, stderr)
         assert expected in stderr, (name, stderr)
         assert stderr.count("\n") == 1 and stderr.startswith("error: "), (name, stderr)
+
+
+CONFIG_FILES = sorted(
+    f"experiments.{task}.configs.{name[:-3]}"
+    for task in TASK_MODULES
+    for name in os.listdir(os.path.join(REPO, "experiments", task, "configs"))
+    if name.endswith(".py") and name != "__init__.py"
+)
+
+
+@pytest.mark.parametrize("module", CONFIG_FILES)
+def test_every_shipped_config_is_valid_and_builds_its_model(module):
+    """Each config file an experiment ships passes the engine's checks and its task builds the model it
+    describes (shapes only: `nnx.eval_shape` allocates no parameters)."""
+    task = module.split(".")[1]
+    config = importlib.import_module(module).get_config()
+    config_utils.validate_config(config)
+    if int(config.model.get("vocab_size", -1)) == 0:  # filled in from the data at run time
+        config.model.vocab_size = 40
+    build_model = importlib.import_module(TASK_MODULES[task]).build_model
+    model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
+    assert nnx.state(model, nnx.Param)
+
+
+def test_the_fast_fashion_config_is_the_tutorial_model_with_another_optimiser_setting():
+    from experiments.word_textgen.configs import fashion, fashion_fast
+
+    tutorial, fast = fashion.get_config(), fashion_fast.get_config()
+    assert fast.model.to_dict() == tutorial.model.to_dict()
+    assert fast.data.to_dict() == tutorial.data.to_dict()
+    assert (fast.optimizer.learning_rate, fast.optimizer.clip_norm) == (1e-2, 1.0)
+    assert (fast.train.batch_size, fast.train.num_epochs) == (64, 16)
