@@ -239,6 +239,10 @@ def test_train_reports_and_predict(trained):
         __import__("json").loads((workdir / clf.PREPROCESS_FILE).read_text())
     )
     assert "the" in enc.stopwords
+    with pytest.raises(
+        UserError, match=r"was trained without any \(only LIAR configs use metadata\)"
+    ):
+        clf.predict_texts(str(workdir), ["Senate budget"], meta=[{"speaker": "x"}])
 
 
 def test_cli_bad_csv_exit_2(tmp_path):
@@ -330,3 +334,69 @@ def test_liar_end_to_end_six_way(tmp_path):
     assert out[0]["label"] in data_lib.LIAR_LABELS
     assert len(out[0]["probabilities"]) == 6
     assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    # Predict with each statement's metadata (as the CSV gives it) is the evaluation's prediction: the
+    # same accuracy as the report; without metadata the model sees fewer known tokens.
+    raw, _ = data_lib.load_liar(str(folder))
+    test = raw["test"]
+    fields = data_lib.LIAR_META
+    meta = [{f: test[f][i] for f in fields} for i in range(len(test["statement"]))]
+    with_meta = clf.predict_texts(str(workdir), list(test["statement"]), meta=meta)
+    labels = [data_lib.LIAR_LABELS[k] for k in test["label"]]
+    accuracy = np.mean([r["label"] == y for r, y in zip(with_meta, labels, strict=True)])
+    assert accuracy == pytest.approx(rep["accuracy"], abs=1e-9)
+    bare = clf.predict_texts(str(workdir), list(test["statement"]))
+    assert all(m["tokens"] > b["tokens"] for m, b in zip(with_meta, bare, strict=True))
+    with pytest.raises(UserError, match=r"text 1: unknown metadata field\(s\) \['speakr'\]"):
+        clf.predict_texts(str(workdir), ["Says so"], meta=[{"speakr": "x"}])
+
+
+def test_predict_inputs_and_meta_flags():
+    assert clf.parse_meta(["speaker=barack-obama", "subject=economy,jobs", "context="]) == {
+        "speaker": "barack-obama",
+        "subject": "economy,jobs",
+        "context": "",
+    }
+    with pytest.raises(UserError, match=r"--meta=speaker: expected field=value"):
+        clf.parse_meta(["speaker"])
+    assert clf._text_and_meta("A plain {braced} text", 1) == ("A plain {braced} text", {})
+    assert clf._text_and_meta('{"statement": "Says so.", "speaker": "x"}', 1) == (
+        "Says so.",
+        {"speaker": "x"},
+    )
+    assert clf._text_and_meta('{"text": "A review"}', 1) == ("A review", {})
+    with pytest.raises(UserError, match=r"input 3: looks like a JSON object but does not parse"):
+        clf._text_and_meta('{"statement": "a", speaker}', 3)
+    with pytest.raises(UserError, match=r'needs the text as a string under "statement" or "text"'):
+        clf._text_and_meta('{"speaker": "x"}', 1)
+    with pytest.raises(UserError, match=r"metadata field\(s\) \['speaker'\] must be strings"):
+        clf._text_and_meta('{"statement": "a", "speaker": 3}', 1)
+
+
+def test_predict_mode_with_meta_flag_and_json_inputs(tmp_path, monkeypatch, capsys):
+    """Mode predict: --meta for every text, JSON inputs per text (overriding --meta), and a note on
+    stderr for the texts a metadata model gets none for."""
+    from lstm_jax import cli
+
+    folder = make_liar(tmp_path / "liar")
+    workdir = tmp_path / "run"
+    config = _liar_config(folder)
+    config.report.baseline = False
+    clf.train(config, str(workdir))
+    capsys.readouterr()
+    inputs = [
+        '{"statement": "Says the budget is mostly right", "speaker": "speaker-4"}',
+        "Says the budget is mostly right",
+    ]
+    monkeypatch.setattr(cli, "_POSITIONAL", inputs)
+    out = clf.predict(config, str(workdir), meta=["party_affiliation=democrat"])
+    printed = capsys.readouterr()
+    assert "note:" not in printed.err  # every text has metadata (the flag's, at least)
+    assert [line.split("\t")[2] for line in printed.out.splitlines()] == [
+        "Says the budget is mostly right"
+    ] * 2
+    # The same statement; the first also has its speaker's token (both have the flag's party).
+    assert out[0]["tokens"] == out[1]["tokens"] + 1
+    monkeypatch.setattr(cli, "_POSITIONAL", inputs[1:])
+    clf.predict(config, str(workdir))
+    assert "1 of 1 text(s) have none" in capsys.readouterr().err

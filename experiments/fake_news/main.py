@@ -6,6 +6,9 @@ Usage:
   python -m experiments.fake_news.main --config=experiments/fake_news/configs/liar.py --workdir=/tmp/liar
   python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=eval
   python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=predict "Some article text"
+  python -m experiments.fake_news.main --workdir=/tmp/liar --mode=predict --meta=speaker=barack-obama \
+      --meta=party_affiliation=democrat "Says the economy added jobs."   # or, per statement on stdin:
+      {"statement": "Says the economy added jobs.", "speaker": "barack-obama", "subject": "economy,jobs"}
   python -m experiments.fake_news.main --config=... --workdir=/tmp/fn_tfidf --mode=baseline
   python -m experiments.fake_news.main --mode=ensemble --workdir=/tmp/liar_ens /tmp/liar_s0 /tmp/liar_s1
 
@@ -14,13 +17,28 @@ $LSTM_JAX_DATA/fake_news/articles/fake_real_articles.csv; LIAR from $LSTM_JAX_DA
 All logic lives in `lstm_jax.tasks.classification`.
 """
 
+from absl import flags
+
 from lstm_jax import cli
 from lstm_jax.tasks import classification
+
+flags.DEFINE_multi_string(
+    "meta",
+    [],
+    "predict (LIAR models): metadata of every text as field=value, repeatable (subject, speaker,"
+    " speaker_job_title, state_info, party_affiliation, context).",
+)
+FLAGS = flags.FLAGS
+
+
+def predict(config, workdir):
+    return classification.predict(config, workdir, meta=FLAGS.meta)
+
 
 MODES = {
     "train": classification.train,
     "eval": classification.evaluate,
-    "predict": classification.predict,
+    "predict": predict,
     "baseline": classification.baseline,
     "ensemble": classification.ensemble,
 }

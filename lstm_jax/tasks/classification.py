@@ -973,20 +973,94 @@ def _read_stdin_texts() -> list[str]:
     return texts
 
 
-def predict_texts(workdir: str, texts: Sequence[str], config=None) -> list[dict[str, Any]]:
+def parse_meta(pairs: Sequence[str]) -> dict[str, str]:
+    """``field=value`` strings (the ``--meta`` flag) as a dict; a string without ``=`` is a UserError."""
+    out = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field.strip():
+            raise UserError(
+                f"--meta={pair}: expected field=value, e.g. --meta=speaker=barack-obama"
+            )
+        out[field.strip()] = value
+    return out
+
+
+def _text_and_meta(line: str, number: int) -> tuple[str, dict[str, str]]:
+    """One predict input: plain text, or a JSON object with the text under ``statement`` (or ``text``)
+    and metadata fields beside it (LIAR models), e.g. ``{"statement": "...", "speaker": "..."}``."""
+    stripped = line.strip()
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return line, {}
+    try:
+        obj = json.loads(stripped)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"input {number}: looks like a JSON object but does not parse ({e.msg} at column"
+            f" {e.colno}); fix the JSON, or give the text without the surrounding braces"
+        ) from None
+    key = "statement" if "statement" in obj else "text"
+    text = obj.pop(key, None)
+    if not isinstance(text, str):
+        raise UserError(
+            f'input {number}: a JSON input needs the text as a string under "statement" or "text"'
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, str)]
+    if bad:
+        raise UserError(f"input {number}: metadata field(s) {bad} must be strings")
+    return text, obj
+
+
+def _predict_meta(
+    encoder: TextEncoder, meta: Sequence[Mapping[str, str]]
+) -> list[list[str]] | None:
+    """Per-text metadata tokens for an encoder trained with metadata (LIAR); None for the others."""
+    if encoder.meta_vocab is None:
+        if any(meta):
+            raise UserError(
+                "metadata was given (--meta or JSON fields beside the text), but this workdir's model"
+                " was trained without any (only LIAR configs use metadata); give plain texts"
+            )
+        return None
+    fields = encoder.meta_fields
+    tokens = []
+    for i, m in enumerate(meta, 1):
+        unknown = sorted(set(m) - set(fields))
+        if unknown:
+            raise UserError(
+                f"text {i}: unknown metadata field(s) {unknown}; this model uses {', '.join(fields)}"
+            )
+        tokens.append(_meta_tokens(m, fields))
+    return tokens
+
+
+def predict_texts(
+    workdir: str,
+    texts: Sequence[str],
+    config=None,
+    meta: Sequence[Mapping[str, str]] | None = None,
+) -> list[dict[str, Any]]:
     """Label and probability of each text with the model and preprocessing saved in `workdir`.
 
+    `meta`: per text, metadata ``{field: value}`` for models trained with metadata (LIAR: subject,
+    speaker, ...; preprocessed as in training, unknown values count as out-of-vocabulary); None or
+    empty dicts: none (such a model then sees the statement alone, as it never did in training).
+
     Returns one ``{"text", "label", "probability", "probabilities": {class: p}, "tokens"}`` per text;
-    ``probability`` is that of the predicted label, ``tokens`` the number of known tokens kept.
+    ``probability`` is that of the predicted label, ``tokens`` the number of known tokens kept
+    (metadata tokens included).
     """
     for i, t in enumerate(texts, 1):
         if not t.strip():
             raise UserError(f"text {i} is empty; give a non-empty text to classify")
     if not texts:
         raise UserError("no texts to classify; pass them as arguments or one per line on stdin")
+    meta = [{} for _ in texts] if meta is None else list(meta)
+    if len(meta) != len(texts):
+        raise ValueError(f"predict_texts: {len(texts)} texts but {len(meta)} metadata entries")
     config = config if config is not None else config_utils.load_config(workdir)
     encoder = _load_encoder(workdir)
-    ids, mask = encoder(list(texts), [[] for _ in texts] if encoder.meta_vocab else None)
+    ids, mask = encoder(list(texts), _predict_meta(encoder, meta))
     model, _ = restore_model(config, workdir, build_model)
     probs = predict_proba(
         model, ids, mask if config.data.mask else None, 64, quantum=bucket_quantum(config)
@@ -1006,15 +1080,32 @@ def predict_texts(workdir: str, texts: Sequence[str], config=None) -> list[dict[
     return out
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+def predict(
+    config: ml_collections.ConfigDict, workdir: str, meta: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Mode ``predict``: texts from the positional arguments, else one per line on stdin.
 
-    Prints ``<label>\\t<probability>\\t<text>`` per text (probability of the printed label).
+    An input may be a JSON object, ``{"statement": "...", "speaker": "...", ...}``, giving a LIAR
+    model each statement's metadata; `meta` (the ``--meta=field=value`` flags) applies to every text
+    (a JSON field overrides it). A LIAR model given no metadata says so on stderr.
+    Prints ``<label>\t<probability>\t<text>`` per text (probability of the printed label).
     """
     from lstm_jax import cli
 
-    texts = cli.positional_args() or _read_stdin_texts()
-    results = predict_texts(workdir, texts, config)
+    common = parse_meta(meta)
+    inputs = cli.positional_args() or _read_stdin_texts()
+    pairs = [_text_and_meta(line, i) for i, line in enumerate(inputs, 1)]
+    texts = [t for t, _ in pairs]
+    metas = [{**common, **m} for _, m in pairs]
+    encoder = _load_encoder(workdir)
+    if encoder.meta_vocab is not None and not all(metas):
+        print(
+            f"note: this model was trained with metadata ({', '.join(encoder.meta_fields)}) and"
+            f" {sum(not m for m in metas)} of {len(metas)} text(s) have none; give it with"
+            ' --meta=<field>=<value> or JSON inputs {"statement": ..., "<field>": ...}',
+            file=sys.stderr,
+        )
+    results = predict_texts(workdir, texts, config, metas)
     for r in results:
         shown = r["text"] if len(r["text"]) <= 80 else r["text"][:77] + "..."
         print(f"{r['label']}\t{r['probability']:.4f}\t{shown}")
