@@ -441,7 +441,7 @@ def load_imdb(
 # --------------------------------------------------------------------------------------------------
 
 
-def _normalise_author(raw: str) -> str:
+def normalise_author(raw: str) -> str:
     """Kaggle's `author` is a plain name; the staged articles CSV stores a Python list literal
     (`"['A', 'B']"`, `"[]"`). Lists become `"A, B"` (empty list -> ""); other values pass through.
     """
@@ -480,7 +480,7 @@ def load_fake_news_csv(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     skipped = empty_text = dups = 0
     for line, row in rows:
         label = _parse_binary_label(row["label"], path, line, "0 (real) or 1 (fake)")
-        title, author, text = row["title"], _normalise_author(row["author"]), row["text"]
+        title, author, text = row["title"], normalise_author(row["author"]), row["text"]
         if not (title.strip() or author.strip() or text.strip()):
             skipped += 1
             continue

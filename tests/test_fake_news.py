@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -243,6 +244,18 @@ def test_train_reports_and_predict(trained):
         UserError, match=r"was trained without any \(only LIAR configs use metadata\)"
     ):
         clf.predict_texts(str(workdir), ["Senate budget"], meta=[{"speaker": "x"}])
+    # An article as JSON, as its CSV row: the same as the composed text.
+    from lstm_jax import cli
+
+    row = {"title": "Shocking hoax exposed", "author": "['Jane Roe']", "text": "Senate budget"}
+    composed = text.fake_news_text(row["title"], "Jane Roe", row["text"])
+    try:
+        cli._POSITIONAL[:] = [json.dumps(row)]
+        (as_json,) = clf.predict(None, str(workdir))
+    finally:
+        cli._POSITIONAL[:] = []
+    (plain,) = clf.predict_texts(str(workdir), [composed])
+    assert as_json["text"] == composed and as_json["probabilities"] == plain["probabilities"]
 
 
 def test_cli_bad_csv_exit_2(tmp_path):
@@ -359,18 +372,51 @@ def test_predict_inputs_and_meta_flags():
     }
     with pytest.raises(UserError, match=r"--meta=speaker: expected field=value"):
         clf.parse_meta(["speaker"])
-    assert clf._text_and_meta("A plain {braced} text", 1) == ("A plain {braced} text", {})
-    assert clf._text_and_meta('{"statement": "Says so.", "speaker": "x"}', 1) == (
+    fields = clf._input_fields
+    assert fields("A plain {braced} text", 1) == {"text": "A plain {braced} text"}
+    assert fields('{"statement": "Says so.", "speaker": "x"}', 1) == {
+        "statement": "Says so.",
+        "speaker": "x",
+    }
+    with pytest.raises(UserError, match=r"input 3: looks like a JSON object but does not parse"):
+        fields('{"statement": "a", speaker}', 3)
+    with pytest.raises(UserError, match=r"input 1: field\(s\) \['speaker'\] must be strings"):
+        fields('{"statement": "a", "speaker": 3}', 1)
+
+    def encoder(dataset):
+        return clf.TextEncoder(
+            dataset=dataset,
+            class_names=("real", "fake"),
+            maxlen=8,
+            padding="pre",
+            truncating="pre",
+            num_buckets=16 if dataset == "fake_news" else 0,
+            stopwords=["the"] if dataset == "fake_news" else None,
+        )
+
+    liar, news, imdb = encoder("liar"), encoder("fake_news"), encoder("imdb")
+    compose = clf._compose_input
+    assert compose(liar, {"statement": "Says so.", "speaker": "x"}, 1) == (
         "Says so.",
         {"speaker": "x"},
     )
-    assert clf._text_and_meta('{"text": "A review"}', 1) == ("A review", {})
-    with pytest.raises(UserError, match=r"input 3: looks like a JSON object but does not parse"):
-        clf._text_and_meta('{"statement": "a", speaker}', 3)
-    with pytest.raises(UserError, match=r'needs the text as a string under "statement" or "text"'):
-        clf._text_and_meta('{"speaker": "x"}', 1)
-    with pytest.raises(UserError, match=r"metadata field\(s\) \['speaker'\] must be strings"):
-        clf._text_and_meta('{"statement": "a", "speaker": 3}', 1)
+    assert compose(liar, {"text": "Says so."}, 1) == ("Says so.", {})
+    with pytest.raises(
+        UserError, match=r'input 2: a JSON input needs the statement under "statement"'
+    ):
+        compose(liar, {"speaker": "x"}, 2)
+    # A fake-news article as its CSV row: title + author + text, the author list normalised as on load.
+    row = {"title": "Big news", "author": "['A B', 'C']", "text": "Body."}
+    assert compose(news, row, 1) == (text.fake_news_text("Big news", "A B, C", "Body."), {})
+    assert compose(news, {"title": "Only a title"}, 1)[0] == text.fake_news_text(
+        "Only a title", "", ""
+    )
+    assert compose(news, {"text": "Plain."}, 1) == ("Plain.", {})
+    with pytest.raises(UserError, match=r"\['speaker'\] are not inputs of this fake_news model"):
+        compose(news, {"text": "a", "speaker": "x"}, 1)
+    assert compose(imdb, {"text": "A review"}, 1) == ("A review", {})
+    with pytest.raises(UserError, match=r"its JSON inputs take text"):
+        compose(imdb, {"review": "A review"}, 1)
 
 
 def test_predict_mode_with_meta_flag_and_json_inputs(tmp_path, monkeypatch, capsys):

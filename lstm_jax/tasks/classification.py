@@ -986,12 +986,13 @@ def parse_meta(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _text_and_meta(line: str, number: int) -> tuple[str, dict[str, str]]:
-    """One predict input: plain text, or a JSON object with the text under ``statement`` (or ``text``)
-    and metadata fields beside it (LIAR models), e.g. ``{"statement": "...", "speaker": "..."}``."""
+def _input_fields(line: str, number: int) -> dict[str, str]:
+    """One predict input as fields: plain text is ``{"text": line}``; a line that is a JSON object gives
+    its fields (all strings), e.g. ``{"statement": "...", "speaker": "..."}`` for a LIAR model or
+    ``{"title": ..., "author": ..., "text": ...}`` for a fake-news one (see `_compose_input`)."""
     stripped = line.strip()
     if not (stripped.startswith("{") and stripped.endswith("}")):
-        return line, {}
+        return {"text": line}
     try:
         obj = json.loads(stripped)
     except json.JSONDecodeError as e:
@@ -999,16 +1000,36 @@ def _text_and_meta(line: str, number: int) -> tuple[str, dict[str, str]]:
             f"input {number}: looks like a JSON object but does not parse ({e.msg} at column"
             f" {e.colno}); fix the JSON, or give the text without the surrounding braces"
         ) from None
-    key = "statement" if "statement" in obj else "text"
-    text = obj.pop(key, None)
-    if not isinstance(text, str):
-        raise UserError(
-            f'input {number}: a JSON input needs the text as a string under "statement" or "text"'
-        )
     bad = [k for k, v in obj.items() if not isinstance(v, str)]
     if bad:
-        raise UserError(f"input {number}: metadata field(s) {bad} must be strings")
-    return text, obj
+        raise UserError(f"input {number}: field(s) {bad} must be strings")
+    return obj
+
+
+def _compose_input(
+    encoder: TextEncoder, fields: Mapping[str, str], number: int
+) -> tuple[str, dict[str, str]]:
+    """`(text, metadata)` of one predict input, composed as training composed its rows: IMDB a review
+    (``text``); fake news ``title + " " + author + " " + text`` (any of them); LIAR the ``statement``
+    (or ``text``), its other fields metadata (checked against the model's by `_predict_meta`)."""
+    fields = dict(fields)
+    if encoder.dataset == "liar":
+        statement = fields.pop("statement", None)
+        statement = fields.pop("text", None) if statement is None else statement
+        if statement is None:
+            raise UserError(f'input {number}: a JSON input needs the statement under "statement"')
+        return statement, fields
+    allowed = ("title", "author", "text") if encoder.dataset == "fake_news" else ("text",)
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"input {number}: field(s) {unknown} are not inputs of this {encoder.dataset} model; its"
+            f" JSON inputs take {', '.join(allowed)}"
+        )
+    if encoder.dataset == "fake_news" and set(fields) != {"text"}:
+        author = data_lib.normalise_author(fields.get("author", ""))
+        return text.fake_news_text(fields.get("title"), author, fields.get("text")), {}
+    return fields.get("text", ""), {}
 
 
 def _predict_meta(
@@ -1018,8 +1039,8 @@ def _predict_meta(
     if encoder.meta_vocab is None:
         if any(meta):
             raise UserError(
-                "metadata was given (--meta or JSON fields beside the text), but this workdir's model"
-                " was trained without any (only LIAR configs use metadata); give plain texts"
+                "metadata was given (--meta), but this workdir's model was trained without any (only"
+                " LIAR configs use metadata); leave --meta out"
             )
         return None
     fields = encoder.meta_fields
@@ -1085,19 +1106,21 @@ def predict(
 ) -> list[dict[str, Any]]:
     """Mode ``predict``: texts from the positional arguments, else one per line on stdin.
 
-    An input may be a JSON object, ``{"statement": "...", "speaker": "...", ...}``, giving a LIAR
-    model each statement's metadata; `meta` (the ``--meta=field=value`` flags) applies to every text
-    (a JSON field overrides it). A LIAR model given no metadata says so on stderr.
+    An input may be a JSON object (one line): ``{"statement": "...", "speaker": "...", ...}`` gives a
+    LIAR model each statement's metadata, ``{"title": ..., "author": ..., "text": ...}`` a fake-news
+    model an article as its CSV row would (see `_compose_input`). `meta` (the ``--meta=field=value``
+    flags) applies to every text (a JSON field overrides it). A LIAR model given no metadata says so
+    on stderr.
     Prints ``<label>\t<probability>\t<text>`` per text (probability of the printed label).
     """
     from lstm_jax import cli
 
     common = parse_meta(meta)
     inputs = cli.positional_args() or _read_stdin_texts()
-    pairs = [_text_and_meta(line, i) for i, line in enumerate(inputs, 1)]
+    encoder = _load_encoder(workdir)
+    pairs = [_compose_input(encoder, _input_fields(line, i), i) for i, line in enumerate(inputs, 1)]
     texts = [t for t, _ in pairs]
     metas = [{**common, **m} for _, m in pairs]
-    encoder = _load_encoder(workdir)
     if encoder.meta_vocab is not None and not all(metas):
         print(
             f"note: this model was trained with metadata ({', '.join(encoder.meta_fields)}) and"
