@@ -6,7 +6,8 @@ Usage:
   python -m experiments.fake_news.main --config=experiments/fake_news/configs/liar.py --workdir=/tmp/liar
   python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=eval
   python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=predict "Some article text"
-  echo '{"title": "...", "author": "...", "text": "..."}' | python -m experiments.fake_news.main --workdir=/tmp/fake_news --mode=predict
+  echo '{"title": "...", "author": "...", "text": "..."}' | python -m experiments.fake_news.main \
+      --workdir=/tmp/fake_news --mode=predict                # an article as its CSV row, one JSON line
   python -m experiments.fake_news.main --workdir=/tmp/liar --mode=predict --meta=speaker=barack-obama \
       --meta=party_affiliation=democrat "Says the economy added jobs."   # or, per statement on stdin:
       {"statement": "Says the economy added jobs.", "speaker": "barack-obama", "subject": "economy,jobs"}
