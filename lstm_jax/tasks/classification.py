@@ -1111,7 +1111,7 @@ def predict(
     model an article as its CSV row would (see `_compose_input`). `meta` (the ``--meta=field=value``
     flags) applies to every text (a JSON field overrides it). A LIAR model given no metadata says so
     on stderr.
-    Prints ``<label>\t<probability>\t<text>`` per text (probability of the printed label).
+    Prints ``<label>\\t<probability>\\t<text>`` per text (probability of the printed label).
     """
     from lstm_jax import cli
 
