@@ -1,7 +1,7 @@
 """What does one of `lstm_jax.core`'s size rules buy? The benchmark's lstm_jax step, built twice in one
 process (once with the constant changed, once as shipped) and timed interleaved.
 
-    python -m benchmarks.ab_rule --shape C --set NATIVE_WEIGHT_GRADS_MAX_BYTES=-1
+    python -m benchmarks.ab_rule --shape C --set NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1
     python -m benchmarks.ab_rule --shape C --set NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION=0
 
 The rules are read when a step is traced, so the changed build is traced (its first step run) with the
@@ -21,7 +21,7 @@ RULES = (
     "CPU_PER_STEP_MAX_HIDDEN",
     "FOLD_EMBEDDING_MAX_ROWS_PER_POSITION",
     "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION",
-    "NATIVE_WEIGHT_GRADS_MAX_BYTES",
+    "NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION",
     "NATIVE_BIAS_GRAD_IN_KERNEL",
 )
 

@@ -24,8 +24,9 @@ plus elementwise gate math. Four arrangements of the same computation exist, all
   matmuls, the gate math in the same pass, batch rows split over threads. Dense inputs of a layer whose
   `[kernel; rk]` is small against the L2 cache are projected inside the same per-step matmul
   (`NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`), and the weight gradients of a layer whose `[F + H, 4H]`
-  is at most 64 KiB are summed inside the backward call (`NATIVE_WEIGHT_GRADS_MAX_BYTES`), every
-  layer's bias gradient too (`NATIVE_BIAS_GRAD_IN_KERNEL`). CPU and float32 only.
+  takes at most a fifth of the L2 cache are summed inside the backward call
+  (`NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION`), every layer's bias gradient too (`NATIVE_BIAS_GRAD_IN_KERNEL`).
+  CPU and float32 only.
 * ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop, gradients by autodiff.
 * ``"cudnn"``: NVIDIA GPUs only, opt-in: the whole layer, forward and backward, as one cuDNN RNN call
   (`jax.experimental.rnn.lstm`; the weights packed into cuDNN's flat layout, Keras' gate order being
@@ -76,13 +77,17 @@ FOLD_EMBEDDING_MAX_ROWS_PER_POSITION = 1.0
 NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = 0.5
 
 # Impl "native" sums a layer's weight gradients inside its backward call (each step's
-# `[x_t, h_{t-1}]^T @ dz_t` while dz_t is in cache) when `[F + H, 4H]` takes at most this many bytes, and
+# `[x_t, h_{t-1}]^T @ dz_t` while dz_t is in cache) when `[F + H, 4H]` takes at most this fraction of a
+# core's L2 cache (each thread keeps the transposed weights and its share of the gradient there), and
 # leaves them to single XLA matmuls after the loop above it. Measured on the benchmark's whole steps with
 # `python -m benchmarks.ab_rule` (benchmarks/README.md): the IMDB shape (24.6 KB) 25.1 / 26.9 ms without
-# against 19.8 / 21.2 with; with no limit, the word model (196 and 393 KB) a tie (41.2 / 42.3 against
-# 39.5 / 43.2) and the char model (1.4-2.9 MB, whose per-step rank-20 updates are slower than XLA's one
-# large matmul) 9-15% slower (138.9 / 147.4 against 127.3 / 128.3).
-NATIVE_WEIGHT_GRADS_MAX_BYTES = 64 * 1024
+# against 19.8 / 21.2 with; the char model (1.4-2.9 MB, whose per-step rank-20 updates are slower than
+# XLA's one large matmul) 9-15% slower with (138.9 / 147.4 against 127.3 / 128.3); the word model (196
+# and 393 KB) a tie on one host (41.2 / 42.3 against 39.5 / 43.2), and on a 2 MB L2 (2026-12-05) 2-6%
+# faster with, in 8 of 8 runs of 30-40 rounds, either build timed first (e.g. 24.87 against 26.43 ms,
+# 25.47 against 26.73). A fifth of the L2 takes in the word model's layers on a 2 MB L2 (0.19 of it at
+# most) and the IMDB shape's on any L2 above 123 KB; the char model's (0.7 of a 2 MB L2 and up) stay out.
+NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION = 0.2
 
 # Impl "native" sums every layer's bias gradient (the sum of `dz` over all timesteps and rows) inside its
 # backward call, a few adds per step while dz_t is in cache, instead of XLA reducing `[T, B, 4H]` after
@@ -385,8 +390,11 @@ def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None)
 
 def _native_sums_weight_grads(features: int, hidden: int) -> bool:
     """Whether impl "native" sums the weight gradients in its backward call (see
-    `NATIVE_WEIGHT_GRADS_MAX_BYTES`)."""
-    return (features + hidden) * 4 * hidden * 4 <= NATIVE_WEIGHT_GRADS_MAX_BYTES
+    `NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION`)."""
+    from lstm_jax import native
+
+    weight_bytes = (features + hidden) * 4 * hidden * 4
+    return weight_bytes <= NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION * native.l2_cache_bytes()
 
 
 def _native_backward(

@@ -506,7 +506,7 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "benchmarks.ab_rule", "--shape", "tiny", "--rounds", "1"]
     proc = subprocess.run(
-        [*cmd, "--steps", "1", "--set", "NATIVE_WEIGHT_GRADS_MAX_BYTES=-1"],
+        [*cmd, "--steps", "1", "--set", "NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1"],
         cwd=root,
         capture_output=True,
         text=True,
@@ -515,7 +515,7 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith(
-        "shape tiny, NATIVE_WEIGHT_GRADS_MAX_BYTES=-1 (shipped: 65536): changed "
+        "shape tiny, NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1 (shipped: 0.2): changed "
     )
     changed, shipped = (
         float(x.split(" ms")[0]) for x in line.split("changed ")[1].split("shipped ")

@@ -44,30 +44,32 @@ def projection(request, monkeypatch):
 def weight_grads(request, monkeypatch):
     """Small layers' weight gradients are summed inside the backward call, larger ones are single XLA
     matmuls after it; both are forced here whatever the size."""
-    limit = 1 << 40 if request.param == "summed_in_kernel" else -1
-    monkeypatch.setattr(core, "NATIVE_WEIGHT_GRADS_MAX_BYTES", limit)
+    limit = 1e12 if request.param == "summed_in_kernel" else -1.0
+    monkeypatch.setattr(core, "NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION", limit)
     return request.param
 
 
-def test_the_size_rule_picks_where_the_weight_gradients_are_summed():
-    """`[F + H, 4H]` up to NATIVE_WEIGHT_GRADS_MAX_BYTES: in the kernel (the IMDB tutorial's layer), above:
-    by XLA (the word and char models' layers); the call's attribute says which (1: weights and bias,
-    2: the bias only, which every native backward call sums)."""
-    assert core._native_sums_weight_grads(16, 32)  # 24.6 KB
-    assert not core._native_sums_weight_grads(128, 64)  # 196 KB
-    assert not core._native_sums_weight_grads(0, 300)
+def test_the_size_rule_picks_where_the_weight_gradients_are_summed(monkeypatch):
+    """`[F + H, 4H]` up to a fifth of a core's L2 (NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION): in the kernel,
+    above: by XLA; the call's attribute says which (1: weights and bias, 2: the bias only, which every
+    native backward call sums)."""
+    monkeypatch.setattr(native, "l2_cache_bytes", lambda: 2 << 20)  # a 2 MB L2 (Intel Xeon hosts)
+    assert core._native_sums_weight_grads(16, 32)  # the IMDB tutorial's layer, 24.6 KB
+    assert core._native_sums_weight_grads(64, 128)  # the word model's layers, 393 KB
+    assert core._native_sums_weight_grads(128, 64)  # and 196 KB
+    assert not core._native_sums_weight_grads(0, 300)  # the char model's, 1.4 MB
+    assert not core._native_sums_weight_grads(128, 128)  # imdb_best's, 512 KB (not measured)
+    monkeypatch.setattr(native, "l2_cache_bytes", lambda: 512 << 10)  # a 512 KB L2 (AMD EPYC hosts)
+    assert core._native_sums_weight_grads(16, 32)
+    assert not core._native_sums_weight_grads(128, 64)
     p, xs, st, mask, w = _case(4, 3, 2, 5)
-    for size, expected in ((1 << 40, 1), (-1, 2)):
-        core_limit = core.NATIVE_WEIGHT_GRADS_MAX_BYTES
-        core.NATIVE_WEIGHT_GRADS_MAX_BYTES = size
-        try:
-            jaxpr = str(
-                jax.make_jaxpr(jax.grad(_loss, has_aux=True), static_argnums=(6, 7))(
-                    p, xs, st, mask, w, None, False, "native"
-                )
+    for fraction, expected in ((1e12, 1), (-1.0, 2)):
+        monkeypatch.setattr(core, "NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION", fraction)
+        jaxpr = str(
+            jax.make_jaxpr(jax.grad(_loss, has_aux=True), static_argnums=(6, 7))(
+                p, xs, st, mask, w, None, False, "native"
             )
-        finally:
-            core.NATIVE_WEIGHT_GRADS_MAX_BYTES = core_limit
+        )
         assert f"('weight_grads', np.int32({expected}))" in jaxpr
 
 
