@@ -388,13 +388,19 @@ def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None)
     return outs, (h, c), (hc, acts)
 
 
-def _native_sums_weight_grads(features: int, hidden: int) -> bool:
-    """Whether impl "native" sums the weight gradients in its backward call (see
-    `NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION`)."""
+def _weights_within_l2(features: int, hidden: int, fraction: float) -> bool:
+    """Whether a layer's float32 `[features + hidden, 4 hidden]` weights take at most `fraction` of one
+    core's L2 cache (the native kernel's size rules)."""
     from lstm_jax import native
 
     weight_bytes = (features + hidden) * 4 * hidden * 4
-    return weight_bytes <= NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION * native.l2_cache_bytes()
+    return weight_bytes <= fraction * native.l2_cache_bytes()
+
+
+def _native_sums_weight_grads(features: int, hidden: int) -> bool:
+    """Whether impl "native" sums the weight gradients in its backward call (see
+    `NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION`)."""
+    return _weights_within_l2(features, hidden, NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION)
 
 
 def _native_backward(
@@ -715,10 +721,7 @@ def _resolve_impl(
 def _native_projects_inputs(features: int, hidden: int) -> bool:
     """Whether impl "native" projects `[B, T, features]` inputs inside its kernel (see
     `NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`)."""
-    from lstm_jax import native
-
-    weight_bytes = (features + hidden) * 4 * hidden * 4
-    return weight_bytes <= NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION * native.l2_cache_bytes()
+    return _weights_within_l2(features, hidden, NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION)
 
 
 def _native_available() -> bool:
