@@ -219,7 +219,7 @@ def test_empty_rows_are_skipped_and_counted(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_train_reports_and_predict(trained):
+def test_train_reports_and_predict(trained, monkeypatch):
     path, workdir, results = trained
     assert results["stopped_early"] in (True, False)
     assert results["steps"] >= 4  # 32 training rows / batch 8 = 4 steps per epoch
@@ -249,11 +249,8 @@ def test_train_reports_and_predict(trained):
 
     row = {"title": "Shocking hoax exposed", "author": "['Jane Roe']", "text": "Senate budget"}
     composed = text.fake_news_text(row["title"], "Jane Roe", row["text"])
-    try:
-        cli._POSITIONAL[:] = [json.dumps(row)]
-        (as_json,) = clf.predict(None, str(workdir))
-    finally:
-        cli._POSITIONAL[:] = []
+    monkeypatch.setattr(cli, "_POSITIONAL", [json.dumps(row)])
+    (as_json,) = clf.predict(None, str(workdir))
     (plain,) = clf.predict_texts(str(workdir), [composed])
     assert as_json["text"] == composed and as_json["probabilities"] == plain["probabilities"]
 

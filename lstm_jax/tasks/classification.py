@@ -1071,6 +1071,17 @@ def predict_texts(
     ``probability`` is that of the predicted label, ``tokens`` the number of known tokens kept
     (metadata tokens included).
     """
+    return _predict_with(_load_encoder(workdir), workdir, texts, config, meta)
+
+
+def _predict_with(
+    encoder: TextEncoder,
+    workdir: str,
+    texts: Sequence[str],
+    config=None,
+    meta: Sequence[Mapping[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """`predict_texts` with the workdir's encoder already loaded."""
     for i, t in enumerate(texts, 1):
         if not t.strip():
             raise UserError(f"text {i} is empty; give a non-empty text to classify")
@@ -1080,7 +1091,6 @@ def predict_texts(
     if len(meta) != len(texts):
         raise ValueError(f"predict_texts: {len(texts)} texts but {len(meta)} metadata entries")
     config = config if config is not None else config_utils.load_config(workdir)
-    encoder = _load_encoder(workdir)
     ids, mask = encoder(list(texts), _predict_meta(encoder, meta))
     model, _ = restore_model(config, workdir, build_model)
     probs = predict_proba(
@@ -1128,7 +1138,7 @@ def predict(
             ' --meta=<field>=<value> or JSON inputs {"statement": ..., "<field>": ...}',
             file=sys.stderr,
         )
-    results = predict_texts(workdir, texts, config, metas)
+    results = _predict_with(encoder, workdir, texts, config, metas)
     for r in results:
         shown = r["text"] if len(r["text"]) <= 80 else r["text"][:77] + "..."
         print(f"{r['label']}\t{r['probability']:.4f}\t{shown}")
