@@ -10,10 +10,11 @@ WORKDIR ?= runs/char_quick
 export LSTM_JAX_DATA ?= $(wildcard $(abspath ../shared/data))
 
 IMDB_BEST ?= runs/imdb_best
+MACBETH ?= runs/macbeth
 IMDB := $(PY) -m experiments.imdb_sentiment.main
 IMDB_BEST_RUN := $(IMDB) --config=experiments/imdb_sentiment/configs/imdb_best.py
 
-.PHONY: run test lint format bench imdb-best strip-notebooks venv clean
+.PHONY: run test lint format bench imdb-best macbeth strip-notebooks venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,11 @@ imdb-best: $(STAMP)
 	fi
 	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s2 --config.seed=2
 	$(IMDB) --mode=ensemble --workdir=$(IMDB_BEST)_ens $(IMDB_BEST)_s0 $(IMDB_BEST)_s1 $(IMDB_BEST)_s2
+
+## The Keras char tutorial in full: Macbeth, 200 epochs (about 10 h on 2 cores). Stopped (Ctrl-C, SIGTERM,
+## a lost session), the same command resumes it from its last checkpoint.
+macbeth: $(STAMP)
+	$(PY) -m experiments.char_textgen.main --config=experiments/char_textgen/configs/macbeth.py --workdir=$(MACBETH)
 
 ## Remove outputs and execution counts from the notebooks before committing them.
 strip-notebooks: $(STAMP)
