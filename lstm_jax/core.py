@@ -85,8 +85,9 @@ NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = 0.5
 # XLA's one large matmul) 9-15% slower with (138.9 / 147.4 against 127.3 / 128.3); the word model (196
 # and 393 KB) a tie on one host (41.2 / 42.3 against 39.5 / 43.2), and on a 2 MB L2 (2026-12-05) 2-6%
 # faster with, in 10 of 10 runs of 30-40 rounds, either build timed first (e.g. 24.87 against 26.43 ms,
-# 25.47 against 26.73; the last two at this rule's commit). A fifth of the L2 takes in the word model's layers on a 2 MB L2 (0.19 of it at
-# most) and the IMDB shape's on any L2 above 123 KB; the char model's (0.7 of a 2 MB L2 and up) stay out.
+# 25.47 against 26.73; at this rule's commit 24.77 against the old rule's 25.76, and 24.48 against
+# 25.43). A fifth of the L2 takes in the word model's layers on a 2 MB L2 (0.19 of it at most) and the
+# IMDB shape's on any L2 above 123 KB; the char model's (0.7 of a 2 MB L2 and up) stay out.
 NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION = 0.2
 
 # Impl "native" sums every layer's bias gradient (the sum of `dz` over all timesteps and rows) inside its
