@@ -91,6 +91,14 @@ __all__ = [
 Batch = Mapping[str, np.ndarray]
 RESULTS_FILE = "results.json"
 CURVES_FILE = "training_curves.png"
+# With several CPU devices in one process (`--cpu_devices`, `--xla_force_host_platform_device_count`) the
+# host must not run far ahead of the devices: a train or eval step holds an all-reduce across them, and
+# XLA:CPU admits only so many computations per device at once; a host that queued hundreds of steps
+# left one device waiting in an all-reduce while a launch waited for a free slot (gdb; jaxlib 0.10.2,
+# 2026-12-05: Macbeth with --cpu_devices=2 aborted in the rendezvous after 60 s; waiting for every 1st,
+# 16th or 30th step did not hang; benchmarks/README.md). The engine's loops therefore wait for every
+# CPU_MULTI_DEVICE_MAX_AHEAD-th step there; one device (and accelerators) run ahead freely as before.
+CPU_MULTI_DEVICE_MAX_AHEAD = 8
 
 
 class LossFn(Protocol):
@@ -481,6 +489,9 @@ class _Engine:
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.local_devices = jax.local_device_count()
+        # See CPU_MULTI_DEVICE_MAX_AHEAD: 0 lets the host run ahead without limit.
+        several_cpus = self.mesh.size > 1 and self.mesh.devices.flat[0].platform == "cpu"
+        self.max_ahead = CPU_MULTI_DEVICE_MAX_AHEAD if several_cpus else 0
         # Global train batch: every process pads its batch to a multiple of its local devices.
         self.train_batch_size = (
             _padded_size(int(tr.batch_size), self.local_devices) * jax.process_count()
@@ -625,6 +636,7 @@ class _Engine:
 
     def evaluate(self, params: Any, split: str) -> dict[str, float]:
         acc = carry = None
+        batches_done = 0
         batches = self.prefetch(self.task.eval_batches[split]())
         try:
             for batch in batches:
@@ -637,6 +649,9 @@ class _Engine:
                         )
                     acc = self.zero_acc(self._eval_sums_shape[split])["sums"]
                 acc, carry = self.eval_step(params, batch, carry, acc)
+                batches_done += 1
+                if self.max_ahead and batches_done % self.max_ahead == 0:
+                    jax.block_until_ready(acc)
         finally:
             batches.close()
         if acc is None:
@@ -1084,6 +1099,8 @@ def _run(
                             unlogged = None
                     state, acc = eng.train_step(state, batch, acc)
                     step, index = step + 1, index + 1
+                    if eng.max_ahead and step % eng.max_ahead == 0:
+                        jax.block_until_ready(acc)
                     interval_examples += batch_size
                     progress.advance()
                     end_of_epoch = index >= eng.steps_per_epoch

@@ -146,3 +146,41 @@ def test_one_and_eight_devices_give_the_same_training(tmp_path):
     draws = np.asarray(eight["dp"]["draws"]).reshape(8, 4)
     assert (draws == draws[:, :1]).all()
     assert len(set(draws[:, 0])) == 8
+
+
+PACED = r"""
+import json, sys
+import jax
+import engine_fixtures as ef
+import lstm_jax.train as train
+
+if sys.argv[2] == "unpaced":  # the engine as it was: the host queues steps without limit
+    train.CPU_MULTI_DEVICE_MAX_AHEAD = 0
+config = ef.base_config(num_epochs=1, batch_size=40, log_every_steps=100_000)
+config.model.hidden = 128
+config.model.dropout = 0.0
+data = ef.classification_data(20_000, t=50)  # 500 steps, none of them waited for by a log line
+task = ef.classification_task(config, data, ef.classification_data(4_000, t=50, seed=1), eval_bs=20)
+res = train.train_and_evaluate(config, sys.argv[1], task)
+print("REPORT" + json.dumps({"devices": jax.device_count(), "steps": res["history"][-1]["step"]}))
+"""
+
+
+def test_two_cpu_devices_do_not_deadlock_when_the_host_runs_ahead(tmp_path):
+    # Without the engine's pacing (CPU_MULTI_DEVICE_MAX_AHEAD; the script's "unpaced") this run hung
+    # in an all-reduce and XLA aborted the process after 60 s (2026-12-05; `--cpu_devices=2` on the
+    # Macbeth config did the same); 200 eval batches of 20 rows pace the evaluation loop too.
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["PYTHONPATH"] = os.pathsep.join([TESTS, REPO, env.get("PYTHONPATH", "")])
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", PACED, str(tmp_path / "w"), "paced"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("REPORT"))
+    assert json.loads(line[len("REPORT") :]) == {"devices": 2, "steps": 500}
