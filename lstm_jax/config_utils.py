@@ -352,8 +352,12 @@ def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix[:-1], tree
 
 
+def flatten_config(config: Any) -> dict[str, Any]:
+    """`{"train.batch_size": 32, ...}`: every leaf of a config (or nested dict) by its dotted name."""
+    return dict(_flatten(config_to_dict(config)))
+
+
 def config_diff(old: Any, new: Any) -> list[str]:
     """Dotted names of the fields that differ between two configs (added, removed or changed)."""
-    a = dict(_flatten(config_to_dict(old)))
-    b = dict(_flatten(config_to_dict(new)))
+    a, b = flatten_config(old), flatten_config(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))

@@ -202,15 +202,24 @@ class MetricsLogger:
 
     def __init__(self, workdir: str, *, enabled: bool = True) -> None:
         self.enabled = enabled
+        self.workdir = workdir
         self.path = os.path.join(workdir, "metrics.jsonl")
-        if enabled:
-            os.makedirs(workdir, exist_ok=True)
+        self._jsonl: Any = None
+        self._tb: EventFileWriter | None = None
+
+    def _open(self) -> None:
+        """The files are made at the first write: a run that stops before it (an error, a finished run
+        re-run) adds no empty metrics file or TensorBoard events file."""
+        if self._jsonl is None:
+            os.makedirs(self.workdir, exist_ok=True)
             self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-            self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = EventFileWriter(os.path.join(self.workdir, "tensorboard"))
 
     def write(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        self._open()
+        assert self._tb is not None
         line = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
         line.update({k: _json_value(v) for k, v in values.items()})
         self._jsonl.write(json.dumps(line) + "\n")
@@ -225,9 +234,12 @@ class MetricsLogger:
             self._tb.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self._jsonl is not None:
             self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

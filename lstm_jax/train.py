@@ -39,6 +39,7 @@ be on storage all hosts share; process 0 writes the logs and results, Orbax coor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -853,10 +854,16 @@ def train_and_evaluate(
     t_start = time.time()
     check_run(config, workdir)
     workdir = os.path.abspath(workdir)
+    created = not os.path.isdir(workdir)
     os.makedirs(workdir, exist_ok=True)
-    saved = _check_saved_config(config, workdir)
-
-    eng = _Engine(config, workdir, task)
+    try:
+        saved = _check_saved_config(config, workdir)
+        eng = _Engine(config, workdir, task)  # builds the model: an impossible one is a UserError
+    except BaseException:
+        if created:  # leave no empty run directory behind an error
+            with contextlib.suppress(OSError):
+                os.rmdir(workdir)
+        raise
     is_main = eng.is_main
     store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
     logger = MetricsLogger(workdir, enabled=is_main)
@@ -870,31 +877,92 @@ def train_and_evaluate(
 # Config fields under `model` that change how the model is computed, not what it is.
 EXECUTION_FIELDS = ("model.impl",)
 
+# What may differ when a saved run is resumed (or a finished one re-run): how long it trains, how often
+# it logs, evaluates and checkpoints, how it is computed, gradient clipping (documented), early stopping,
+# and what is made after training (generation, reports). Any other change (data, splits, seed, model,
+# optimizer, batch size, monitored metric) would make the workdir's checkpoints, metrics and saved config
+# describe a different run, so it is an error that touches nothing.
+RESUMABLE_FIELDS = EXECUTION_FIELDS + (
+    "optimizer.clip_norm",
+    "train.num_epochs",
+    "train.num_steps",
+    "train.eval_every_steps",
+    "train.log_every_steps",
+    "train.checkpoint_keep",
+    "train.prefetch",
+    "train.eval_batch_size",
+    "train.logits_chunk",
+)
+RESUMABLE_SECTIONS = ("early_stopping", "generate", "report")
+
+
+def _resumable(field: str) -> bool:
+    return field in RESUMABLE_FIELDS or field.split(".", 1)[0] in RESUMABLE_SECTIONS
+
 
 def _check_saved_config(
     config: ml_collections.ConfigDict, workdir: str
 ) -> ml_collections.ConfigDict | None:
-    """The config saved in `workdir` (None if there is none), checked against `config`."""
+    """The config saved in `workdir` (None if there is none), checked against `config`.
+
+    A field the saved config lacks (a run saved before the field existed) is allowed with a warning; a
+    changed or removed field that is not `_resumable` is a `UserError` naming it, its saved value and
+    the fixes.
+    """
     path = os.path.join(workdir, config_utils.CONFIG_FILE)
-    saved = None
-    if os.path.exists(path):
-        saved = config_utils.load_config(workdir)
-        diff = config_utils.config_diff(saved, config)
-        # model.impl only chooses how the same parameters are computed (a run trained on a CPU can
-        # resume on a GPU with impl="cudnn"): a warning below, not a different model.
-        model_diff = [
-            d
-            for d in diff
-            if (d.startswith("model.") or d == "model") and d not in EXECUTION_FIELDS
-        ]
-        if model_diff:
-            raise UserError(
-                f"config.{model_diff[0]} differs from the run saved in {workdir}; use a new --workdir or"
-                " the saved model settings"
-            )
-        if diff:
-            logging.warning("config differs from the saved run in %s: %s", workdir, ", ".join(diff))
+    if not os.path.exists(path):
+        return None
+    saved = config_utils.load_config(workdir)
+    diff = config_utils.config_diff(saved, config)
+    if not diff:
+        return saved
+    old = dict(config_utils.flatten_config(saved))
+    new = dict(config_utils.flatten_config(config))
+    blocking = [d for d in diff if d in old and not _resumable(d)]
+    if blocking:
+        # The model first: its message has been the one users saw (and tests match).
+        blocking.sort(key=lambda d: not d.startswith("model"))
+        names = ", ".join(f"config.{d}" for d in blocking[:3])
+        values = "; ".join(
+            f"{d}: saved {old[d]!r}, given {new.get(d, '<absent>')!r}" for d in blocking[:3]
+        )
+        more = f" and {len(blocking) - 3} more" if len(blocking) > 3 else ""
+        raise UserError(
+            f"{names}{more} {'differs' if len(blocking) == 1 else 'differ'} from the run saved in"
+            f" {workdir} ({values}); use a new --workdir for a different run, or drop the override to"
+            " resume this one (what may change on resume: train.num_epochs, train.num_steps, the"
+            " logging/eval/checkpoint cadence, model.impl, optimizer.clip_norm, early_stopping.*,"
+            " generate.*, report.*)"
+        )
+    logging.warning("config differs from the saved run in %s: %s", workdir, ", ".join(diff))
     return saved
+
+
+def _check_monitor(eng: _Engine, state: Any) -> None:
+    """`UserError` before anything is written when `config.train.monitor` names no metric the task
+    reports: a misspelled name would otherwise keep no best checkpoint, silently. The metric names come
+    from the loss's sums for one training batch (shapes only, nothing is computed)."""
+    monitor = eng.monitor
+    val = monitor.startswith("val_")
+    if val and "validation" not in eng.task.periodic_eval:
+        return  # no validation split: nothing to track, the latest checkpoint is used
+    batches = eng.task.train_batches(0, 0)
+    try:
+        batch = next(iter(batches), None)
+    finally:
+        getattr(batches, "close", lambda: None)()
+    if batch is None:
+        return
+    sums = eng.sums_shape(state, eng.put_batch(batch), train=not val)
+    names = metrics.compute({k: 1.0 for k in sums})
+    if eng.task.derive_metrics is not None:
+        names = dict(eng.task.derive_metrics(names))
+    if (monitor[4:] if val else monitor) not in names:
+        reported = ", ".join(sorted(names))
+        raise UserError(
+            f"config.train.monitor={monitor!r} is not a metric this run reports ({reported}, and"
+            f" val_<name> of each on validation); pass --config.train.monitor=val_loss or another"
+        )
 
 
 def _run(
@@ -915,6 +983,8 @@ def _run(
         step = 0
     else:
         step, state, meta = restored
+    if restored is None:
+        _check_monitor(eng, state)
     if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
         config_utils.save_config(config, workdir)
         if task.artefacts:
@@ -1010,7 +1080,10 @@ def _run(
         history.append(record)
         since_eval = None
         value = _monitor_value(record, eng.monitor)
-        if value is None and es_cfg.enabled:
+        split = "validation" if eng.monitor.startswith("val_") else "train"
+        if value is None and (es_cfg.enabled or record.get(split)):
+            # A misspelled metric would otherwise keep no best checkpoint, silently. (Without a
+            # validation split a val_ monitor has nothing to track: the latest checkpoint is used.)
             raise UserError(
                 f"config.train.monitor={eng.monitor!r} is not a reported metric (train:"
                 f" {sorted(record['train'])}, validation: {sorted(record.get('validation', {}))});"

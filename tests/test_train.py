@@ -290,6 +290,70 @@ def test_changing_the_model_in_an_existing_workdir_is_a_user_error(tmp_path):
     assert (tmp_path / "config.json").read_text() == before  # the saved config is left alone
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("seed", 7),
+        ("optimizer.learning_rate", 0.5),
+        ("train.batch_size", 4),
+        ("train.monitor", "loss"),
+    ],
+)
+def test_changing_what_the_run_is_on_resume_is_a_user_error_that_writes_nothing(
+    tmp_path, field, value
+):
+    """Seed, optimizer, batch size, monitored metric (and data, model) changed on a finished run: one
+    UserError naming the field and its saved value; the workdir is left byte for byte as it was (before
+    2026-12-05 only model fields were checked and the rest rewrote config.json with a warning)."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(UserError, match=rf"config\.{field} differs from the run saved in .*saved"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    after = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_schedule_clipping_and_early_stopping_may_change_on_resume(tmp_path):
+    """What RESUMABLE_FIELDS allows: the run continues and the saved config takes the new values."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.train.num_epochs = 2
+    config.train.log_every_steps = 1
+    config.optimizer.clip_norm = 1.0
+    config.early_stopping.patience = 5
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 10
+    saved = config_utils.load_config(str(tmp_path))
+    assert saved.optimizer.clip_norm == 1.0 and saved.train.log_every_steps == 1
+
+
+def test_a_field_the_saved_run_lacks_is_allowed(tmp_path):
+    """A run saved before a config field existed resumes under a config that has it."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.optimizer.new_field_of_a_later_version = 3
+    config.train.num_epochs = 2
+    assert train_and_evaluate(config, str(tmp_path), ef.classification_task(config))["steps"] == 10
+
+
+@pytest.mark.parametrize("monitor", ["val_foo", "acuracy"])
+def test_a_monitor_naming_no_metric_fails_before_anything_is_written(tmp_path, monitor):
+    """A misspelled train.monitor once trained to the end keeping no best checkpoint (best: null)."""
+    config = ef.base_config(num_epochs=1)
+    config.train.monitor = monitor
+    with pytest.raises(
+        UserError, match=rf"config.train.monitor='{monitor}' is not a metric .*accuracy"
+    ):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert not (tmp_path / "config.json").exists() and not (tmp_path / "metrics.jsonl").exists()
+    config.train.monitor = "val_accuracy" if monitor.startswith("val_") else "accuracy"
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["metrics"]["best"]["monitor"] == config.train.monitor
+
+
 def test_resuming_with_another_model_impl_continues_the_run(tmp_path):
     """model.impl is how the same parameters are computed (a CPU run may resume on a GPU with "cudnn"),
     so changing it on resume is allowed, unlike any other model field (the test above)."""
