@@ -263,6 +263,26 @@ def test_bad_layout_is_a_user_error(tmp_path):
         char_lm.make_task(config)
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("temperature", -1.0, r"--config\.generate\.temperature=-1\.0 must be a number >= 0"),
+        ("length", 0, r"--config\.generate\.length=0 must be >= 1"),
+        ("top_k", -2, r"--config\.generate\.top_k=-2 must be >= 0"),
+        ("num_samples", 0, r"--config\.generate\.num_samples=0 must be >= 1"),
+        ("prime", "to be \u20ac", r"config\.generate\.prime: unknown .*\u20ac"),
+    ],
+)
+def test_bad_generate_settings_fail_before_training(tmp_path, field, value, message):
+    """The samples a run makes at its end: a bad setting is named before any step (it once failed
+    only after training, so a finished run could never write its results)."""
+    config = _stream_config(_write_text(tmp_path / "t.txt"))
+    config.generate[field] = value
+    with pytest.raises(UserError, match=message):
+        char_lm.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The real entry point, in a subprocess.
 # ---------------------------------------------------------------------------------------------------------

@@ -290,6 +290,34 @@ def test_unknown_seed_words_are_dropped_or_rejected(lines_run, capsys):
             word_lm.generate_samples(None, str(workdir), seed_text="red", temperature=bad)
 
 
+def test_bad_generate_settings_fail_before_training(tmp_path):
+    config = _config(_write_csv(tmp_path / "f.csv"))
+    config.generate.temperature = -1.0
+    with pytest.raises(UserError, match=r"--config\.generate\.temperature=-1\.0 must be"):
+        word_lm.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_seed_texts_with_no_word_of_another_csv_are_skipped_not_fatal(tmp_path, capsys):
+    """Any CSV works: the config's seed texts (the tutorial's fashion words) may share no word with it.
+    Their samples are skipped with a warning before training and a note in results.json; the others
+    are generated."""
+    config = _config(_write_csv(tmp_path / "f.csv"))
+    config.generate.seed_texts = ["zebra giraffe", "red"]
+    config.train.num_epochs = 1
+    results = word_lm.train(config, str(tmp_path / "run"))
+    texts = results["samples"]["texts"]
+    assert texts[0] == {
+        "seed_text": "zebra giraffe",
+        "generated": None,
+        "skipped": "no word of the vocabulary",
+    }
+    assert texts[1]["seed_text"] == "red" and texts[1]["generated"]
+    assert "zebra giraffe -> (skipped: no word of the vocabulary)" in capsys.readouterr().out
+    with pytest.raises(UserError, match="the most frequent: '.+'"):
+        word_lm.generate_samples(None, str(tmp_path / "run"), seed_text="zebra", num_words=2)
+
+
 def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):
     _, workdir, _ = lines_run
     answers = iter(["red shirt", "zebra", ""])

@@ -242,6 +242,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     splits, info = load_splits(config)
     vocab = build_vocabulary(splits, bool(config.data.lower))
     config.model.vocab_size = vocab.size
+    _check_generate_config(config, vocab)
     ids = {k: _encode(vocab, v) for k, v in splits.items()}
     seq, bs = int(config.data.seq_length), int(config.train.batch_size)
     eval_bs = int(config.train.eval_batch_size) or bs
@@ -366,16 +367,7 @@ def generate_text(
     pre-padded with spaces (or id 0 when the vocabulary has no space). Greedy when `temperature == 0`.
     Unknown characters in `prime` raise `UserError` naming them.
     """
-    if length < 1:
-        raise UserError(
-            f"--length={length} must be >= 1; pass the number of characters to generate"
-        )
-    if not generate.temperature_ok(temperature):
-        raise UserError(f"--temperature={temperature} must be a number >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise UserError(f"--top_k={top_k} must be >= 0 (0 = all characters)")
-    if num_samples < 1:
-        raise UserError(f"--num_samples={num_samples} must be >= 1")
+    check_sampling(length, temperature, top_k, num_samples)
     if not prime:
         raise UserError("the priming text is empty; pass --prime=<some text>")
     ids = vocab.encode(prime, strict=True)
@@ -394,6 +386,43 @@ def generate_text(
             model, prime_arr, length, key=key, temperature=temperature, top_k=top_k
         )
     return [vocab.decode(row) for row in np.asarray(out)]
+
+
+def check_sampling(
+    length: int, temperature: float, top_k: int, num_samples: int, *, flag: str = "--"
+) -> None:
+    """`UserError` for a generation setting out of range, named as `{flag}length` etc. (the mode's flags,
+    or `--config.generate.` for the samples a training run makes at its end)."""
+    if length < 1:
+        raise UserError(
+            f"{flag}length={length} must be >= 1; pass the number of characters to generate"
+        )
+    if not generate.temperature_ok(temperature):
+        raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
+    if top_k < 0:
+        raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all characters)")
+    if num_samples < 1:
+        raise UserError(f"{flag}num_samples={num_samples} must be >= 1")
+
+
+def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary) -> None:
+    """The `generate` section a run samples with after training, checked before it trains."""
+    g = config.generate
+    check_sampling(
+        int(g.length),
+        float(g.temperature),
+        int(g.top_k),
+        int(g.num_samples),
+        flag="--config.generate.",
+    )
+    if g.prime:
+        try:
+            vocab.encode(str(g.prime), strict=True)
+        except UserError as e:
+            raise UserError(
+                f"config.generate.prime: {e}; or pass --config.generate.prime='' (a random training"
+                " window)"
+            ) from None
 
 
 def _sample_results(

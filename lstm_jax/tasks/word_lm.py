@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from lstm_jax import config_utils, data, generate, losses
@@ -277,6 +278,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     max_len = max(len(s) for s in seqs)  # the tutorial's max_sequence_len (longest description)
     config.model.vocab_size = vocab.size
     config.data.max_len = max_len
+    _check_generate_config(config, vocab)
     bs = int(config.train.batch_size)
     eval_bs = int(config.train.eval_batch_size) or bs
     info = {
@@ -400,20 +402,12 @@ def generate_words(
     so callers can report them). Generation stops early at an id that is no word (0, padding), as the
     tutorial's loop appends nothing then. Returns `(generated text, dropped seed words)`.
     """
-    if num_words < 1:
-        raise UserError(f"--num_words={num_words} must be >= 1")
-    if not generate.temperature_ok(temperature):
-        raise UserError(f"--temperature={temperature} must be a number >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise UserError(f"--top_k={top_k} must be >= 0 (0 = all words)")
+    check_sampling(num_words, temperature, top_k)
     tokens = vocab.tokenize(seed_text)
     dropped = [t for t in tokens if t not in vocab.token_to_id]
     ids = [vocab.token_to_id[t] for t in tokens if t in vocab.token_to_id]
     if not ids:
-        raise UserError(
-            f"the seed text {seed_text!r} has no word of the training vocabulary; use words from the"
-            " descriptions (e.g. 'women black solid')"
-        )
+        raise UserError(_no_known_word(seed_text, vocab))
     key = jax.random.key(seed)
     if config.data.form == "prefixes":
         width = int(config.data.max_len) - 1
@@ -445,12 +439,60 @@ def generate_words(
     return " ".join(words), dropped
 
 
+def check_sampling(num_words: int, temperature: float, top_k: int, *, flag: str = "--") -> None:
+    """`UserError` for a generation setting out of range, named as `{flag}num_words` etc. (the mode's
+    flags, or `--config.generate.` for the samples a training run makes at its end)."""
+    if num_words < 1:
+        raise UserError(f"{flag}num_words={num_words} must be >= 1")
+    if not generate.temperature_ok(temperature):
+        raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
+    if top_k < 0:
+        raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all words)")
+
+
+def _no_known_word(seed_text: str, vocab: Vocabulary) -> str:
+    frequent = [w for w in (vocab.id_to_token(i) for i in range(1, 4)) if w]
+    return (
+        f"the seed text {seed_text!r} has no word of the training vocabulary; use words of the"
+        f" training texts (the most frequent: {' '.join(frequent)!r}) in --seed_text or"
+        " --config.generate.seed_texts"
+    )
+
+
+def _unusable_seed_texts(config: ml_collections.ConfigDict, vocab: Vocabulary) -> list[str]:
+    """`config.generate.seed_texts` without a word of `vocab` (their samples are skipped)."""
+    return [
+        t
+        for t in config.generate.seed_texts
+        if not any(w in vocab.token_to_id for w in vocab.tokenize(t))
+    ]
+
+
+def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary) -> None:
+    """The `generate` section a run samples with after training, checked before it trains: settings
+    out of range are errors; seed texts with no word of this vocabulary (another CSV than the
+    tutorial's) are skipped with a warning now and a note in results.json."""
+    g = config.generate
+    check_sampling(int(g.num_words), float(g.temperature), int(g.top_k), flag="--config.generate.")
+    for text in _unusable_seed_texts(config, vocab):
+        logging.warning(
+            "%s; its sample will be skipped (set --config.generate.seed_texts to texts of this data)",
+            _no_known_word(text, vocab),
+        )
+
+
 def _sample_results(
     model: LanguageModel, vocab: Vocabulary, config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     g = config.generate
     out = []
+    unusable = _unusable_seed_texts(config, vocab)
     for text in g.seed_texts:
+        if text in unusable:
+            out.append(
+                {"seed_text": text, "generated": None, "skipped": "no word of the vocabulary"}
+            )
+            continue
         words, _ = generate_words(
             model,
             vocab,
@@ -467,7 +509,10 @@ def _sample_results(
 
 def _print_samples(samples: Mapping[str, Any]) -> None:
     for s in samples["texts"]:
-        print(f"{s['seed_text']} -> {s['generated']}", flush=True)
+        if s.get("generated") is None:
+            print(f"{s['seed_text']} -> (skipped: {s.get('skipped', 'no sample')})", flush=True)
+        else:
+            print(f"{s['seed_text']} -> {s['generated']}", flush=True)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
