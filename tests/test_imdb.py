@@ -142,6 +142,15 @@ def test_bad_config_and_data(tmp_path):
     config = _config(folder)
     with pytest.raises(UserError, match=r"imdb_train\.csv: line 3: label 'maybe'"):
         clf.prepare_data(config)
+    # Training data of one class: a clear error, not a sklearn traceback after training (or "test
+    # accuracy 1.0000" without it).
+    one = tmp_path / "one"
+    one.mkdir()
+    rows = "".join(f"{i},pos,good film number {i}\n" for i in range(40))
+    (one / "imdb_train.csv").write_text("id,label,text\n" + rows)
+    (one / "imdb_test.csv").write_text("id,label,text\n" + rows)
+    with pytest.raises(UserError, match="every training example of imdb has the label 'pos'"):
+        clf.prepare_data(_config(one))
     (acl / "test" / "neg" / "0_2.txt").write_bytes(b"caf\xe9 awful")
     with pytest.raises(UserError, match="undecodable bytes"):
         clf.prepare_data(_config(acl))
@@ -420,8 +429,10 @@ def test_predictions_reuse_compiled_functions_across_models(trained):
 
 def test_ensemble_mode(trained, tmp_path):
     acl, workdir, results = trained
-    # The same run twice: averaging identical probabilities changes nothing.
-    twice = clf.ensemble(None, str(tmp_path / "ens2"), [str(workdir), str(workdir)])
+    # The same run twice (a copy of it): averaging identical probabilities changes nothing.
+    same = tmp_path / "same"
+    shutil.copytree(workdir, same)
+    twice = clf.ensemble(None, str(tmp_path / "ens2"), [str(workdir), str(same)])
     for split in ("validation", "test"):
         assert twice["reports"][split]["accuracy"] == results["reports"][split]["accuracy"]
     assert [m["probabilities"] for m in twice["members"]] == ["saved", "saved"]
@@ -461,10 +472,20 @@ def test_ensemble_mode(trained, tmp_path):
         clf.ensemble(None, str(tmp_path / "bad"), [str(workdir)])
     with pytest.raises(UserError, match="new directory"):
         clf.ensemble(None, str(workdir), [str(workdir), str(other)])
+    # Into another training run's workdir (its reports would be overwritten), or a member given twice.
+    before = {p.name: p.read_bytes() for p in same.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="holds a training run"):
+        clf.ensemble(None, str(same), [str(workdir), str(other)])
+    assert {p.name: p.read_bytes() for p in same.iterdir() if p.is_file()} == before
+    with pytest.raises(UserError, match="given twice"):
+        clf.ensemble(None, str(tmp_path / "bad"), [str(workdir), str(other), str(workdir) + "/"])
+    # Re-running an ensemble into its own directory is fine.
+    assert clf.ensemble(None, str(tmp_path / "ens"), [str(workdir), str(other)]) == out
 
 
 def test_cli_ensemble_needs_no_config(trained, tmp_path):
     _, workdir, _ = trained
+    shutil.copytree(workdir, tmp_path / "copy")
     proc = subprocess.run(
         [
             sys.executable,
@@ -473,7 +494,7 @@ def test_cli_ensemble_needs_no_config(trained, tmp_path):
             "--mode=ensemble",
             f"--workdir={tmp_path / 'ens'}",
             str(workdir),
-            str(workdir),
+            str(tmp_path / "copy"),
         ],
         capture_output=True,
         text=True,
@@ -484,3 +505,13 @@ def test_cli_ensemble_needs_no_config(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy: ensemble" in proc.stdout
     assert (tmp_path / "ens" / "ensemble.json").is_file()
+
+
+def test_an_impossible_model_leaves_no_run_directory(tmp_path):
+    """The model's settings are checked when it is built, after the workdir was made: an error then
+    once left an empty run directory behind."""
+    config = _config(make_acl_imdb(tmp_path))
+    config.model.dropout = 1.5
+    with pytest.raises(UserError, match=r"config\.model\.dropout=1\.5"):
+        clf.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

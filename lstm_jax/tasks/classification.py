@@ -491,6 +491,17 @@ def prepare_data(config: ml_collections.ConfigDict) -> PreparedData:
             prepared.info[split]["examples_used"] = len(arr["label"])
             prepared.info[split]["mean_tokens"] = round(float(arr["mask"].sum(1).mean()), 1)
             prepared.info[split]["full_length"] = int(arr["mask"].all(axis=1).sum())
+    for split, arr in prepared.arrays.items():
+        present = np.unique(arr["label"])
+        if len(present) > 1:
+            continue
+        only = prepared.class_names[int(present[0])]
+        if split == "train":
+            raise UserError(
+                f"every training example of {d.dataset} has the label {only!r}; a classifier needs"
+                " examples of at least two classes: check the label column and config.data.path"
+            )
+        logging.warning("every %s example has the label %r: its accuracy says little", split, only)
     return prepared
 
 
@@ -919,6 +930,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     trained model. results.json is not modified.
     """
     encoder = _load_encoder(workdir)
+    checkpoint_step(config, workdir)  # no checkpoint: say so before loading the data
     prepared = _reencode(prepare_data(config), encoder, config)
     model, step = restore_model(config, workdir, build_model)
     out = {"step": step, "reports": evaluate_reports(model, prepared, config, workdir)}
@@ -1192,6 +1204,16 @@ def ensemble(
         raise UserError(
             "--workdir must be a new directory for the ensemble, not one of its members"
         )
+    if os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+        raise UserError(
+            f"--workdir={workdir} holds a training run, whose reports the ensemble's would overwrite;"
+            " pass a new directory (or an earlier ensemble's) for the ensemble"
+        )
+    seen: set[str] = set()
+    for m in members:
+        if os.path.abspath(m) in seen:
+            raise UserError(f"{m} is given twice; pass each trained workdir once")
+        seen.add(os.path.abspath(m))
     configs = []
     for m in members:
         if not os.path.exists(os.path.join(m, config_utils.CONFIG_FILE)):
