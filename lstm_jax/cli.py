@@ -30,6 +30,8 @@ lacks).
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import logging as py_logging
 import os
 import re
@@ -118,13 +120,16 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         if not workdir:
             raise UserError("--workdir is required; pass --workdir=<run directory>")
         config = FLAGS.config
-        if config is None and getattr(modes[mode], "needs_config", True):
+        if config is not None:
+            check_config_family(config, None)
+        elif getattr(modes[mode], "needs_config", True):
             if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
                 raise UserError(
                     f"no --config given and {workdir} has no saved config.json; pass"
                     " --config=experiments/<name>/configs/<config>.py"
                 )
             config = config_utils.load_config(workdir)
+            check_config_family(config, workdir)
         modes[mode](config, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -138,6 +143,65 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         )
         return 130
     return 0
+
+
+def _config_keys(path: str) -> set[str]:
+    spec = importlib.util.spec_from_file_location(f"_lstm_jax_config_{abs(hash(path))}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return set(config_utils.flatten_config(module.get_config()))
+
+
+def _experiment_configs(folder: str) -> list[str]:
+    return [
+        p
+        for p in sorted(glob.glob(os.path.join(folder, "configs", "*.py")))
+        if not p.endswith("__init__.py")
+    ]
+
+
+def family_keys(main_file: str) -> tuple[str, set[str]] | None:
+    """`(experiment name, the config fields that mark its configs)` for ``experiments/<name>/main.py``:
+    the fields every config in its ``configs/`` has and some other experiment's config lacks (None when
+    `main_file` is not such an entry point)."""
+    here = os.path.dirname(os.path.abspath(main_file))
+    root = os.path.dirname(here)
+    mine = [_config_keys(p) for p in _experiment_configs(here)]
+    if os.path.basename(root) != "experiments" or not mine:
+        return None
+    common = set.intersection(*mine)
+    others = [
+        _config_keys(p)
+        for d in sorted(glob.glob(os.path.join(root, "*")))
+        if os.path.isdir(d) and d != here
+        for p in _experiment_configs(d)
+    ]
+    return os.path.basename(here), {k for k in common if any(k not in o for o in others)}
+
+
+def check_config_family(config: ml_collections.ConfigDict, workdir: str | None) -> None:
+    """`UserError` when `config` (from --config, or saved in `workdir`) belongs to another experiment
+    than the running ``experiments/<name>/main.py``: it lacks most of the fields that mark this one's
+    configs (a run saved before a few of them existed still passes)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    family = family_keys(main_file) if main_file else None
+    if not family or not family[1]:
+        return
+    name, keys = family
+    missing = sorted(keys - set(config_utils.flatten_config(config)))
+    if len(missing) * 2 <= len(keys):
+        return
+    lacks = ", ".join(f"config.{k}" for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
+    if workdir is None:
+        raise UserError(
+            f"{_config_arg(sys.argv)} is not a config of {name} (it lacks {lacks}); pass one of"
+            f" experiments/{name}/configs/*.py, or run the experiment the config is for"
+        )
+    raise UserError(
+        f"{workdir} holds a run of another experiment than {name} (its config.json lacks {lacks});"
+        " run the main.py of the experiment that trained it"
+    )
 
 
 def _flag_error(message: str) -> NoReturn:
@@ -172,6 +236,11 @@ def _parse_flags(args: list[str]) -> list[str]:
         return rest
     except flags.Error as e:
         _flag_error(f"{' '.join(str(e).split())}; see --helpshort for the flags")
+    except SyntaxError as e:  # --config=<file> is not Python (a README, a typo in a config file)
+        _flag_error(
+            f"{_config_arg(args)}: the config file is not valid Python ({e.msg}, line {e.lineno});"
+            " fix it or pass a config file such as experiments/<experiment>/configs/<name>.py"
+        )
     except OSError as e:  # --config=<file> missing or unreadable
         reason = str(e).strip().splitlines()[-1].strip()
         _flag_error(
@@ -180,6 +249,11 @@ def _parse_flags(args: list[str]) -> list[str]:
         )
     except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no such field
         text = str(e).replace("\\'", "'").replace("\\n", "\n")
+        if "get_config" in text:
+            _flag_error(
+                f"{_config_arg(args)}: the config file has no get_config() function returning the"
+                " config; see experiments/<experiment>/configs/*.py"
+            )
         names = re.findall(r"'([A-Za-z_][A-Za-z0-9_]*)'", text)
         if not names:
             raise

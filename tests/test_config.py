@@ -406,7 +406,17 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
             "error: flag --config.train.batch_size=abc: invalid literal for int()",
         ),
         "unknown flag": (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
+        "not python": (
+            ["--config=notes.md", "--workdir=w"],
+            "error: --config=notes.md: the config file is not valid Python (",
+        ),
+        "no get_config": (
+            ["--config=empty.py", "--workdir=w"],
+            "error: --config=empty.py: the config file has no get_config() function",
+        ),
     }
+    (tmp_path / "notes.md").write_text("# A README\n\nIt's not a config.\n")
+    (tmp_path / "empty.py").write_text("import ml_collections\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     procs = {  # one process per case (flag definitions are per process), all at once
         name: subprocess.Popen(
@@ -459,3 +469,52 @@ def test_the_fast_fashion_config_is_the_tutorial_model_with_another_optimiser_se
     assert fast.data.to_dict() == tutorial.data.to_dict()
     assert (fast.optimizer.learning_rate, fast.optimizer.clip_norm) == (1e-2, 1.0)
     assert (fast.train.batch_size, fast.train.num_epochs) == (64, 16)
+
+
+@pytest.mark.parametrize(
+    "main, config",
+    [
+        ("char_textgen", "imdb_sentiment/configs/imdb.py"),
+        ("fake_news", "word_textgen/configs/fashion.py"),
+        ("word_textgen", "char_textgen/configs/quick.py"),
+    ],
+)
+def test_another_experiments_config_is_one_line_error(tmp_path, main, config):
+    """A config of another experiment once failed with a traceback (AttributeError: 'layout')."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"experiments.{main}.main",
+            f"--config=experiments/{config}",
+            f"--workdir={tmp_path / 'w'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --config=experiments/{config} is not a config of {main}"), last
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_saved_run_of_another_experiment_is_named(tmp_path, monkeypatch):
+    """`--mode=generate --workdir=<a char run>` to word_textgen once failed with KeyError tracebacks."""
+    import types
+
+    from lstm_jax import cli
+
+    main_file = os.path.join(REPO, "experiments", "word_textgen", "main.py")
+    name, keys = cli.family_keys(main_file)
+    assert name == "word_textgen" and "data.form" in keys
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__=main_file))
+    char = importlib.import_module("experiments.char_textgen.configs.test").get_config()
+    with pytest.raises(UserError, match="holds a run of another experiment than word_textgen"):
+        cli.check_config_family(char, str(tmp_path))
+    own = importlib.import_module("experiments.word_textgen.configs.test").get_config()
+    cli.check_config_family(own, str(tmp_path))  # its own config passes
+    del own.generate["top_k"]  # so does a run saved before a field existed
+    cli.check_config_family(own, str(tmp_path))
