@@ -480,3 +480,17 @@ def test_embedding_input_errors(params):
         lstm_layer(params, jnp.ones((B, T), jnp.int32), embedding=jnp.ones((9, F, 1)))
     with pytest.raises(ValueError, match="kernel has shape"):
         lstm_layer(params, jnp.ones((B, T), jnp.int32), embedding=jnp.ones((9, F + 1)))
+
+
+def test_the_readme_core_snippet_runs():
+    """The README's first code block under "The core" is run as written (it once had a line that was a
+    SyntaxError)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The core", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md (The core)", "exec"), namespace)
+    assert namespace["outputs"].shape == (8, 100, 32)
