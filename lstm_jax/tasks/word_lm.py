@@ -407,7 +407,10 @@ def generate_words(
     dropped = [t for t in tokens if t not in vocab.token_to_id]
     ids = [vocab.token_to_id[t] for t in tokens if t in vocab.token_to_id]
     if not ids:
-        raise UserError(_no_known_word(seed_text, vocab))
+        raise UserError(
+            f"{_no_known_word(seed_text, vocab)}; use words of the training texts in --seed_text or"
+            " --config.generate.seed_texts"
+        )
     key = jax.random.key(seed)
     if config.data.form == "prefixes":
         width = int(config.data.max_len) - 1
@@ -451,11 +454,11 @@ def check_sampling(num_words: int, temperature: float, top_k: int, *, flag: str 
 
 
 def _no_known_word(seed_text: str, vocab: Vocabulary) -> str:
-    frequent = [w for w in (vocab.id_to_token(i) for i in range(1, 4)) if w]
+    ids = [i for i in range(1, 6) if i != vocab.oov_id][:3]
+    frequent = [w for w in (vocab.id_to_token(i) for i in ids) if w]
     return (
-        f"the seed text {seed_text!r} has no word of the training vocabulary; use words of the"
-        f" training texts (the most frequent: {' '.join(frequent)!r}) in --seed_text or"
-        " --config.generate.seed_texts"
+        f"the seed text {seed_text!r} has no word of the training vocabulary (its most frequent"
+        f" words: {' '.join(frequent)!r})"
     )
 
 
@@ -476,7 +479,7 @@ def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary)
     check_sampling(int(g.num_words), float(g.temperature), int(g.top_k), flag="--config.generate.")
     for text in _unusable_seed_texts(config, vocab):
         logging.warning(
-            "%s; its sample will be skipped (set --config.generate.seed_texts to texts of this data)",
+            "%s: its sample will be skipped; set --config.generate.seed_texts to texts of this data",
             _no_known_word(text, vocab),
         )
 
