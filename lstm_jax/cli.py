@@ -167,8 +167,10 @@ def family_keys(main_file: str) -> tuple[str, set[str]] | None:
     `main_file` is not such an entry point)."""
     here = os.path.dirname(os.path.abspath(main_file))
     root = os.path.dirname(here)
+    if os.path.basename(root) != "experiments":
+        return None  # another script calling `run`: its folder's files are not ours to import
     mine = [_config_keys(p) for p in _experiment_configs(here)]
-    if os.path.basename(root) != "experiments" or not mine:
+    if not mine:
         return None
     common = set.intersection(*mine)
     others = [
