@@ -184,6 +184,8 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
     }
     order = list(workers)
     for rnd in range(args.rounds + 1):  # round 0 is a discarded warm-up
+        if not order:  # every peer unavailable for this shape
+            break
         for peer in order[rnd % len(order) :] + order[: rnd % len(order)]:
             reply = workers[peer].ask({"cmd": "time", "steps": steps[peer]})
             if "times" not in reply:
@@ -494,6 +496,18 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError:
             print(f"error: unknown shape {s!r}; use A, B, C, D or tiny", file=sys.stderr)
             return 2
+    problem = None
+    if not peers:
+        problem = f"--peers={args.peers!r} names no peer; use some of {','.join(PEERS)}"
+    elif not shapes:
+        problem = f"--shapes={args.shapes!r} names no shape; use some of A, B, C, D, tiny"
+    elif args.rounds < 1:
+        problem = f"--rounds={args.rounds} must be >= 1"
+    elif not args.round_seconds > 0:
+        problem = f"--round-seconds={args.round_seconds} must be > 0"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     bad = set(args.gen_modes.split(",")) - set(GEN_MODES)
     if bad:
         print(

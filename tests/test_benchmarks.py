@@ -280,6 +280,15 @@ def test_unknown_names_are_user_errors(capsys, tmp_path):
     assert run.main(["--shapes", "Z"]) == 2
     assert run.main(["--gen-modes", "stateful,beam"]) == 2
     assert "unknown --gen-modes beam" in capsys.readouterr().err
+    # Each of these once ran minutes of work and then failed with a traceback.
+    for argv, message in (
+        (["--peers", ""], "names no peer"),
+        (["--shapes", " , "], "names no shape"),
+        (["--rounds", "0"], "--rounds=0 must be >= 1"),
+        (["--round-seconds", "-1"], "--round-seconds=-1.0 must be > 0"),
+    ):
+        assert run.main(argv) == 2, argv
+        assert message in capsys.readouterr().err
     assert run.main(["--show", str(tmp_path / "none.json")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert run.main(["--show", str(tmp_path)]) == 2  # a directory
@@ -525,3 +534,12 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
         [*cmd, "--set", "NO_SUCH_RULE=1"], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "--set must be NAME=VALUE" in bad.stderr
+
+
+def test_a_shape_whose_every_peer_is_missing_still_reports(tmp_path, capsys):
+    """`--peers lstm_jax_cudnn` alone off a GPU once ended in ZeroDivisionError after the ceiling."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the cudnn peer runs on this machine")
+    argv = ["--peers", "lstm_jax_cudnn", "--shapes", "tiny", "--rounds", "1", "--no-generate"]
+    assert run.main([*argv, "--ceiling-n", "128", "--out", str(tmp_path / "r.json")]) == 0
+    assert "missing: it needs an NVIDIA GPU" in capsys.readouterr().out

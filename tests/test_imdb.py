@@ -294,7 +294,7 @@ def test_cli_predict_and_user_error(trained, tmp_path):
     cmd = [sys.executable, "-m", "experiments.imdb_sentiment.main", f"--workdir={workdir}"]
     proc = subprocess.run(
         [*cmd, "--mode=predict"],
-        input="A great and wonderful film\n\nawful terrible boring\n",
+        input="A great and wonderful film\n\nawful terrible boring\n!!! ???\n",
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -303,10 +303,11 @@ def test_cli_predict_and_user_error(trained, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     label, prob, text = lines[0].split("\t")
     assert label in ("neg", "pos") and 0.5 <= float(prob) <= 1 and text.startswith("A great")
     assert "skipped 1 empty line" in proc.stderr
+    assert "note: text(s) 3 have no token the model reads" in proc.stderr
     # A user error: a workdir that was never trained -> one line on stderr, exit status 2.
     proc = subprocess.run(
         [
@@ -515,3 +516,16 @@ def test_an_impossible_model_leaves_no_run_directory(tmp_path):
     with pytest.raises(UserError, match=r"config\.model\.dropout=1\.5"):
         clf.train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_stdin_lines_end_at_newlines_only(monkeypatch, capsys):
+    """One text per line of stdin: U+0085, U+2028 and form feeds inside a review (IMDB has them) once
+    split it into several predictions, shifting every output line after it."""
+    import io
+    import types
+
+    raw = "a great movie\u0085 really\r\nbad one\x0cawful\u2028end\n\nthird\n".encode()
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
+    texts = clf._read_stdin_texts()
+    assert texts == ["a great movie\u0085 really", "bad one\x0cawful\u2028end", "third"]
+    assert "skipped 1 empty line(s)" in capsys.readouterr().err

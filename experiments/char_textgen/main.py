@@ -12,7 +12,9 @@ from lstm_jax import cli
 from lstm_jax.tasks import char_lm
 
 flags.DEFINE_string(
-    "prime", None, "generate: priming text (default: config, else a training window)."
+    "prime",
+    None,
+    "generate: priming text (absent or empty: config.generate.prime, else a random training window).",
 )
 flags.DEFINE_integer("length", None, "generate: characters to generate (default: config).")
 flags.DEFINE_float("temperature", None, "generate: 0 = greedy, else sampling temperature.")

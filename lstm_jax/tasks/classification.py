@@ -978,7 +978,12 @@ def _read_stdin_texts() -> list[str]:
         raise UserError(
             f"<stdin>: undecodable bytes at line {line} (byte {e.start}), not UTF-8; send UTF-8 text"
         ) from None
-    lines = content.splitlines()
+    # Lines end at "\n" (or "\r\n") only: str.splitlines() also splits at U+0085, U+2028, form feeds
+    # and more, which real reviews contain (44 of 1,000 IMDB test reviews have U+0085), so one review
+    # became several predictions and the output no longer lined up with the input.
+    lines = [line.removesuffix("\r") for line in content.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line
     texts = [t for t in lines if t.strip()]
     if len(texts) < len(lines):
         print(f"skipped {len(lines) - len(texts)} empty line(s) of stdin", file=sys.stderr)
@@ -1151,6 +1156,13 @@ def predict(
             file=sys.stderr,
         )
     results = _predict_with(encoder, workdir, texts, config, metas)
+    empty = [str(i) for i, r in enumerate(results, 1) if r["tokens"] == 0]
+    if empty:
+        print(
+            f"note: text(s) {', '.join(empty[:10])} have no token the model reads (no word after"
+            " preprocessing): their label is the model's guess for an empty input",
+            file=sys.stderr,
+        )
     for r in results:
         shown = r["text"] if len(r["text"]) <= 80 else r["text"][:77] + "..."
         print(f"{r['label']}\t{r['probability']:.4f}\t{shown}")
