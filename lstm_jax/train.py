@@ -896,6 +896,9 @@ RESUMABLE_FIELDS = EXECUTION_FIELDS + (
 RESUMABLE_SECTIONS = ("early_stopping", "generate", "report")
 
 
+_RESUMABLE_TEXT = ", ".join(RESUMABLE_FIELDS + tuple(f"{s}.*" for s in RESUMABLE_SECTIONS))
+
+
 def _resumable(field: str) -> bool:
     return field in RESUMABLE_FIELDS or field.split(".", 1)[0] in RESUMABLE_SECTIONS
 
@@ -930,9 +933,7 @@ def _check_saved_config(
         raise UserError(
             f"{names}{more} {'differs' if len(blocking) == 1 else 'differ'} from the run saved in"
             f" {workdir} ({values}); use a new --workdir for a different run, or drop the override to"
-            " resume this one (what may change on resume: train.num_epochs, train.num_steps, the"
-            " logging/eval/checkpoint cadence, model.impl, optimizer.clip_norm, early_stopping.*,"
-            " generate.*, report.*)"
+            f" resume this one (what may change on resume: {_RESUMABLE_TEXT})"
         )
     logging.warning("config differs from the saved run in %s: %s", workdir, ", ".join(diff))
     return saved
