@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax import native
+from lstm_jax.errors import UserError
 from lstm_jax.models import LanguageModel
 from lstm_jax.nn import LSTM
 
@@ -36,6 +37,7 @@ __all__ = [
     "generate_windowed",
     "native_generation_blocker",
     "temperature_ok",
+    "check_sampling_flags",
 ]
 
 
@@ -58,6 +60,18 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
 def temperature_ok(temperature: float) -> bool:
     """Whether `temperature` is a sampling temperature: a finite number >= 0 (0 = greedy); NaN is not."""
     return 0 <= temperature < math.inf  # False for NaN too
+
+
+def check_sampling_flags(
+    temperature: float, top_k: int, *, flag: str = "--", unit: str = "tokens"
+) -> None:
+    """`UserError` for a sampling setting a user gave out of range, named as `{flag}temperature` and
+    `{flag}top_k` (a mode's flags, or `--config.generate.` for the samples a training run makes at its
+    end); `unit` names what top_k counts ("characters", "words")."""
+    if not temperature_ok(temperature):
+        raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
+    if top_k < 0:
+        raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all {unit})")
 
 
 def _check(temperature: float, top_k: int, num_steps: int) -> None:

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lstm_jax.generate import generate_stateful, generate_windowed, sample_logits
+from lstm_jax.errors import UserError
+from lstm_jax.generate import (
+    check_sampling_flags,
+    generate_stateful,
+    generate_windowed,
+    sample_logits,
+)
 from lstm_jax.models import LanguageModel, TextClassifier
 
 
@@ -132,3 +138,22 @@ def test_generation_rejects_bad_arguments():
             generate_stateful(m, jnp.array([[1]]), 3, temperature=bad)
     with pytest.raises(ValueError, match="prime"):
         generate_stateful(m, jnp.array([1, 2]), 3)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "message"),
+    [
+        (-0.5, 0, r"--temperature=-0\.5 must be a number >= 0 \(0 = greedy\)"),
+        (float("nan"), 0, r"--temperature=nan must be a number >= 0"),
+        (float("inf"), 0, r"--temperature=inf must be a number >= 0"),
+        (1.0, -1, r"--top_k=-1 must be >= 0 \(0 = all words\)"),
+    ],
+)
+def test_check_sampling_flags_names_the_flag(temperature, top_k, message):
+    with pytest.raises(UserError, match=message):
+        check_sampling_flags(temperature, top_k, unit="words")
+
+
+def test_check_sampling_flags_accepts_greedy_and_top_k():
+    check_sampling_flags(0.0, 0)
+    check_sampling_flags(0.7, 5, flag="--config.generate.")

@@ -397,10 +397,7 @@ def check_sampling(
         raise UserError(
             f"{flag}length={length} must be >= 1; pass the number of characters to generate"
         )
-    if not generate.temperature_ok(temperature):
-        raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all characters)")
+    generate.check_sampling_flags(temperature, top_k, flag=flag, unit="characters")
     if num_samples < 1:
         raise UserError(f"{flag}num_samples={num_samples} must be >= 1")
 

@@ -447,10 +447,7 @@ def check_sampling(num_words: int, temperature: float, top_k: int, *, flag: str 
     flags, or `--config.generate.` for the samples a training run makes at its end)."""
     if num_words < 1:
         raise UserError(f"{flag}num_words={num_words} must be >= 1")
-    if not generate.temperature_ok(temperature):
-        raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
-    if top_k < 0:
-        raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all words)")
+    generate.check_sampling_flags(temperature, top_k, flag=flag, unit="words")
 
 
 def _no_known_word(seed_text: str, vocab: Vocabulary) -> str:
