@@ -20,7 +20,7 @@ import gzip
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,12 +168,13 @@ def _set_csv_field_limit() -> None:
 
 
 def _read_csv(
-    path: Path, required: Sequence[str], what: str = "CSV"
+    path: Path, required: Sequence[str], what: str = "CSV", *, fix: str = "rename the column(s)"
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and `(first line number, row dict)` pairs of a UTF-8 CSV (`.csv` or `.csv.gz`).
 
     Errors (UserError): missing/empty/binary/undecodable file, missing columns (names the columns
-    found), a malformed row (names the line).
+    found, a column that differs only in case, a header separated by ';' or tabs, and `fix`), a
+    required column that appears twice in the header, a malformed row (names the line).
     """
     _set_csv_field_limit()
     text = _decode_utf8(_read_bytes(path, what), path)
@@ -188,7 +189,13 @@ def _read_csv(
     if missing:
         raise UserError(
             f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; columns found: "
-            f"{', '.join(repr(h) for h in header)}; rename the column or configure the right one"
+            f"{', '.join(repr(h) for h in header)}{_header_hint(header, missing)}; {fix}"
+        )
+    repeated = [c for c in required if header.count(c) > 1]
+    if repeated:
+        raise UserError(
+            f"{path}: column {repeated[0]!r} appears {header.count(repeated[0])} times in the header;"
+            " rename or remove the repeated column so that each name is used once"
         )
     rows: list[tuple[int, dict[str, str]]] = []
     end = reader.line_num  # physical lines consumed so far; a record may span several lines
@@ -210,6 +217,50 @@ def _read_csv(
     return header, rows
 
 
+def fingerprint(*parts: Any) -> str:
+    """A short digest (16 hex digits of SHA-256) of arrays, strings, numbers and (nested) sequences of
+    them: the same for the same values in the same order, with dtypes and shapes included."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def add(x: Any) -> None:
+        if isinstance(x, np.ndarray):
+            h.update(f"a{x.dtype.str}{x.shape}".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif isinstance(x, str):
+            h.update(f"s{len(x)}:".encode())
+            h.update(x.encode("utf-8"))
+        elif isinstance(x, Mapping):
+            h.update(f"m{len(x)}".encode())
+            for k in sorted(x):
+                add(str(k))
+                add(x[k])
+        elif isinstance(x, Sequence):
+            h.update(f"l{len(x)}".encode())
+            for item in x:
+                add(item)
+        else:
+            h.update(f"v{x!r}".encode())
+
+    for part in parts:
+        add(part)
+    return h.hexdigest()[:16]
+
+
+def _header_hint(header: Sequence[str], missing: Sequence[str]) -> str:
+    """What a missing column's likely cause is: a header not separated by commas, or a column whose
+    name differs only in case ("" when neither)."""
+    if len(header) == 1:
+        for sep, name in ((";", "';'"), ("\t", "tabs")):
+            if sep in header[0]:
+                return f" (the header is separated by {name}, not commas: save the file as comma-separated)"
+    near = [(h, c) for c in missing for h in header if h.lower() == c.lower()]
+    if near:
+        return " (" + ", ".join(f"{h!r} differs from {c!r} only in case" for h, c in near) + ")"
+    return ""
+
+
 def load_csv_texts(path: str | os.PathLike, text_column: str) -> tuple[list[str], dict[str, Any]]:
     """The non-empty texts of one column of any CSV (e.g. the Myntra catalogue's `Description`).
 
@@ -217,7 +268,9 @@ def load_csv_texts(path: str | os.PathLike, text_column: str) -> tuple[list[str]
     column raises `UserError` naming the file, the column and the columns found.
     """
     path = Path(path)
-    _, rows = _read_csv(path, [text_column])
+    _, rows = _read_csv(
+        path, [text_column], fix="pass --config.data.text_column=<the column with the texts>"
+    )
     texts = [r[text_column] for _, r in rows if r[text_column].strip()]
     if not texts:
         raise UserError(
@@ -364,7 +417,9 @@ def _load_acl_imdb(root: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[s
 
 
 def _load_imdb_csv(path: Path) -> tuple[list[tuple[str, int]], int]:
-    _, rows = _read_csv(path, ["label", "text"])
+    _, rows = _read_csv(
+        path, ["label", "text"], fix="rename them to text and label (1 = positive, 0 = negative)"
+    )
     items: list[tuple[str, int]] = []
     skipped = 0
     for line, row in rows:
@@ -456,17 +511,30 @@ def normalise_author(raw: str) -> str:
     return raw
 
 
-def _parse_binary_label(raw: str, path: Path, line: int, allowed: str) -> int:
+def _parse_binary_label(
+    raw: str, path: Path, line: int, allowed: str, names: Mapping[str, int] | None = None
+) -> int:
+    """0 or 1 from `raw` ("0", "1", "0.0", "1.0", or a key of `names`, case-insensitive)."""
     s = raw.strip()
     if s in ("0", "1", "0.0", "1.0"):
         return int(float(s))
-    raise UserError(f"{path}: line {line}: label {raw!r} is not {allowed}; fix or remove that row")
+    if names and s.upper() in names:
+        return names[s.upper()]
+    raise UserError(
+        f"{path}: line {line}: label {raw!r} is not {allowed}; fix or remove that row, or, when the"
+        " whole column uses other names, map them to 0 and 1"
+    )
+
+
+# Label names of the other common Kaggle fake-news file (fake_or_real_news.csv): FAKE / REAL.
+FAKE_NEWS_LABEL_NAMES = {"FAKE": 1, "REAL": 0}
 
 
 def load_fake_news_csv(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     """A fake-news CSV with the Kaggle columns `title, author, text, label` (1 = fake, 0 = real).
 
-    Returns columns `{"id", "title", "author", "text": list[str], "label": int32 [n]}`; missing
+    Also read: the other common Kaggle file's form, no `author` column (every author is then "", and
+    `info["author_column"]` is False) and labels `FAKE` / `REAL` (any case). Returns columns `{"id", "title", "author", "text": list[str], "label": int32 [n]}`; missing
     cells stay "" (the tutorial's `fillna(' ')` happens in `text.fake_news_text`). An `author`
     written as a Python list literal (the staged `fake_real_articles.csv`: `"['A', 'B']"`, `"[]"`)
     becomes `"A, B"` / `""`; after the tutorial's letters-only cleaning both forms give the same
@@ -475,12 +543,28 @@ def load_fake_news_csv(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     exists (the staged copy marks 15 repeated texts; they are kept, as the tutorial keeps all).
     """
     path = Path(path)
-    header, rows = _read_csv(path, ["title", "author", "text", "label"])
+    header, rows = _read_csv(
+        path,
+        ["title", "text", "label"],
+        fix="rename them to title, author (optional), text and label (1 or FAKE = fake, 0 or REAL ="
+        " real), the columns of Kaggle's fake-news train.csv",
+    )
+    if header.count("author") > 1:
+        raise UserError(
+            f"{path}: column 'author' appears {header.count('author')} times in the header; rename"
+            " or remove the repeated column so that each name is used once"
+        )
     out: dict[str, list[Any]] = {"id": [], "title": [], "author": [], "text": [], "label": []}
     skipped = empty_text = dups = 0
     for line, row in rows:
-        label = _parse_binary_label(row["label"], path, line, "0 (real) or 1 (fake)")
-        title, author, text = row["title"], normalise_author(row["author"]), row["text"]
+        label = _parse_binary_label(
+            row["label"],
+            path,
+            line,
+            "0 (real) or 1 (fake), nor FAKE or REAL",
+            FAKE_NEWS_LABEL_NAMES,
+        )
+        title, author, text = row["title"], normalise_author(row.get("author", "")), row["text"]
         if not (title.strip() or author.strip() or text.strip()):
             skipped += 1
             continue
@@ -503,6 +587,7 @@ def load_fake_news_csv(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
         "real": int(len(labels) - labels.sum()),
         "skipped_empty": skipped,
         "empty_text": empty_text,
+        "author_column": "author" in header,
     }
     if "dup_text" in header:
         info["dup_text"] = dups
@@ -531,6 +616,11 @@ def load_liar(
     verdict outside `LIAR_LABELS` names file and line; empty statements are skipped and counted.
     """
     root = resolve_path(directory, "fake_news/liar", what="LIAR folder")
+    if root.is_file():
+        raise UserError(
+            f"{root} is a file; pass the folder that holds liar_train.csv, liar_valid.csv and"
+            " liar_test.csv as --config.data.path"
+        )
     data: dict[str, dict[str, Any]] = {}
     info: dict[str, Any] = {"source": str(root), "skipped_empty": 0}
     for split in ("train", "valid", "test"):
@@ -540,7 +630,12 @@ def load_liar(
                 f"{path}: LIAR split file not found; the folder needs liar_train.csv, "
                 "liar_valid.csv and liar_test.csv"
             )
-        _, rows = _read_csv(path, ["label", "statement"])
+        _, rows = _read_csv(
+            path,
+            ["label", "statement"],
+            fix="the LIAR files need the columns label (the verdict) and statement, with the"
+            f" metadata columns {', '.join(LIAR_META)}",
+        )
         cols: dict[str, list[Any]] = {k: [] for k in ("id", "statement", *LIAR_META, "label")}
         for line, row in rows:
             verdict = row["label"].strip().lower()

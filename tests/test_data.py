@@ -326,13 +326,55 @@ def test_csv_errors_name_the_first_line_of_a_multiline_row(tmp_path):
         D.load_fake_news_csv(f)
 
 
-@pytest.mark.parametrize("bad_label", ["2", "fake", ""])
+@pytest.mark.parametrize("bad_label", ["2", "maybe", ""])
 def test_load_fake_news_csv_bad_label_names_file_and_line(tmp_path, bad_label):
     rows = [list(r) for r in FAKE_NEWS_ROWS]
     rows[1][4] = bad_label
     f = make_fake_news_csv(tmp_path / "news.csv", rows)
     with pytest.raises(UserError, match=_named(f) + f": line 3: label '{bad_label}' is not 0"):
         D.load_fake_news_csv(f)
+
+
+def test_load_fake_news_csv_without_author_and_with_fake_real_names(tmp_path):
+    """Kaggle's other fake-news file: `title,text,label` with FAKE / REAL (any case), no author."""
+    f = write_csv(
+        tmp_path / "fake_or_real.csv",
+        ["", "title", "text", "label"],
+        [[8476, "T1", "x y", "FAKE"], [10294, "T2", "z", "REAL"], [3608, "T3", "w", "fake"]],
+    )
+    data, info = D.load_fake_news_csv(f)
+    np.testing.assert_array_equal(data["label"], [1, 0, 1])
+    assert data["author"] == ["", "", ""]
+    assert info["author_column"] is False and info["fake"] == 2
+    assert D.load_fake_news_csv(make_fake_news_csv(tmp_path / "k.csv"))[1]["author_column"] is True
+
+
+def test_load_fake_news_csv_string_labels_say_how_to_fix_the_column(tmp_path):
+    rows = [list(r) for r in FAKE_NEWS_ROWS]
+    rows[0][4] = "True"
+    f = make_fake_news_csv(tmp_path / "news.csv", rows)
+    with pytest.raises(UserError, match=r"line 2: label 'True' is not .*map them to 0 and 1"):
+        D.load_fake_news_csv(f)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (["id", "title", "author", "text", "label", "text"], r"column 'text' appears 2 times"),
+        (["id", "Title", "author", "text", "label"], r"'Title' differs from 'title' only in case"),
+        (["id;title;author;text;label"], r"separated by ';', not commas"),
+    ],
+)
+def test_csv_header_mistakes_are_named(tmp_path, header, message):
+    f = write_csv(tmp_path / "h.csv", header, [["1"] * len(header)])
+    with pytest.raises(UserError, match=_named(f) + ".*" + message):
+        D.load_fake_news_csv(f)
+
+
+def test_load_csv_texts_missing_column_names_the_flag(tmp_path):
+    f = write_csv(tmp_path / "c.csv", ["desc"], [["a red shirt"]])
+    with pytest.raises(UserError, match=r"pass --config\.data\.text_column="):
+        D.load_csv_texts(f, "Description")
 
 
 def test_load_fake_news_csv_missing_label_column(tmp_path):
@@ -369,6 +411,12 @@ def test_load_liar_bad_label_and_missing_split(tmp_path):
     (root / "liar_valid.csv").unlink()
     with pytest.raises(UserError, match=_named(root / "liar_valid.csv") + ".*not found"):
         D.load_liar(root)
+
+
+def test_load_liar_given_a_file_asks_for_the_folder(tmp_path):
+    root = make_liar_dir(tmp_path / "liar")
+    with pytest.raises(UserError, match=r"liar_train\.csv is a file; pass the folder"):
+        D.load_liar(root / "liar_train.csv")
 
 
 def test_load_liar_without_data_names_both_fixes(no_data_env):
