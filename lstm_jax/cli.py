@@ -30,6 +30,7 @@ lacks).
 
 from __future__ import annotations
 
+import errno
 import glob
 import importlib.util
 import logging as py_logging
@@ -80,6 +81,10 @@ def define_flags(modes: Sequence[str]) -> None:
             " each core runs the whole step on its slice of the batch), or auto for one per available"
             " core. Default: one device using all cores. See lstm_jax.runtime.set_cpu_devices.",
         )
+    # --help and --helpshort list the main module's key flags: make these five key flags of the
+    # experiment's main.py (absl names `python -m` mains by their file, sys.argv[0]).
+    for name in ("config", "workdir", "mode", "cpus", "cpu_devices"):
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
 def positional_args() -> list[str]:
@@ -119,6 +124,8 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         workdir = FLAGS.workdir
         if not workdir:
             raise UserError("--workdir is required; pass --workdir=<run directory>")
+        if os.path.exists(workdir) and not os.path.isdir(workdir):
+            raise UserError(f"--workdir={workdir} is a file, not a directory; pass a run directory")
         config = FLAGS.config
         if config is not None:
             check_config_family(config, None)
@@ -134,6 +141,17 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return int(getattr(e, "exit_status", 2))
+    except OSError as e:
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"error: {where}{e.strerror or e}; {_USER_OS_ERRORS[e.errno]}"
+            f" (what was already written{f' in {FLAGS.workdir}' if FLAGS.workdir else ''} is"
+            " intact: files are written whole or not at all)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:  # a mode other than training, or a second Ctrl-C during training
         where = f" in {FLAGS.workdir}" if FLAGS.workdir else ""
         print(
@@ -143,6 +161,17 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         )
         return 130
     return 0
+
+
+# Operating-system errors a user fixes (a read-only or full disk, a folder without write permission):
+# one line naming the path, not a traceback. Others (a bug) keep their traceback.
+_USER_OS_ERRORS = {
+    errno.EACCES: "check the permissions of that path, or pass another --workdir",
+    errno.EPERM: "check the permissions of that path, or pass another --workdir",
+    errno.EROFS: "the file system is read-only; pass a --workdir on a writable one",
+    errno.ENOSPC: "the disk is full; free some space or pass a --workdir on another disk",
+    errno.EDQUOT: "the disk quota is used up; free some space or pass another --workdir",
+}
 
 
 def _config_keys(path: str) -> set[str]:

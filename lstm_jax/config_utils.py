@@ -318,11 +318,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, workdir: str | os.PathLike) -> str:
-    """Writes `<workdir>/config.json` atomically and returns its path."""
+    """Writes `<workdir>/config.json` atomically (a relative `data.path` made absolute) and returns its
+    path."""
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = config_to_dict(config)
+    if isinstance(data.get("data"), dict) and "path" in data["data"]:
+        data["data"]["path"] = absolute_data_path(data["data"]["path"])
     with atomic_write(path) as f:
-        json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+        json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
     return path
 
@@ -358,6 +362,24 @@ def flatten_config(config: Any) -> dict[str, Any]:
 
 
 def config_diff(old: Any, new: Any) -> list[str]:
-    """Dotted names of the fields that differ between two configs (added, removed or changed)."""
-    a, b = flatten_config(old), flatten_config(new)
+    """Dotted names of the fields that differ between two configs (added, removed or changed); a data
+    path given relative and the same path given absolute do not differ (`absolute_data_path`)."""
+    a, b = (
+        _with_absolute_data_path(flatten_config(old)),
+        _with_absolute_data_path(flatten_config(new)),
+    )
     return sorted(k for k in a.keys() | b.keys() if a.get(k, object()) != b.get(k, object()))
+
+
+def absolute_data_path(path: Any) -> Any:
+    """`data.path` as saved in a workdir: a non-empty path made absolute (`~` expanded), so that eval,
+    predict and baseline read the same file from any directory; anything else unchanged."""
+    if isinstance(path, str) and path:
+        return os.path.abspath(os.path.expanduser(path))
+    return path
+
+
+def _with_absolute_data_path(flat: dict[str, Any]) -> dict[str, Any]:
+    if "data.path" in flat:
+        flat = {**flat, "data.path": absolute_data_path(flat["data.path"])}
+    return flat

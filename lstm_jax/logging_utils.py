@@ -23,6 +23,8 @@ from typing import IO, Any
 
 from absl import logging
 
+from lstm_jax.errors import UserError
+
 __all__ = [
     "EventFileWriter",
     "read_event_scalars",
@@ -286,8 +288,17 @@ def _json_default(v: Any) -> Any:
 
 
 def read_json(path: str) -> Any:
+    """The parsed JSON file at `path`; `UserError` naming it when it does not parse (a damaged or
+    hand-edited workdir file)."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno}); the file is"
+            " damaged: restore it, or train again in a new --workdir"
+        ) from None
 
 
 def format_metrics(values: Mapping[str, float], digits: int = 4) -> str:

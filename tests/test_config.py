@@ -260,6 +260,23 @@ def test_monitor_mode_auto_follows_keras():
     assert config_utils.monitor_mode("val_loss", "max") == "max"
 
 
+def test_a_relative_data_path_is_saved_absolute(tmp_path, monkeypatch):
+    """eval/predict/baseline read the saved config from any directory: the path must not depend on the
+    directory training ran in; the same file given relative or absolute is no config change."""
+    monkeypatch.chdir(tmp_path)
+    config = config_utils.engine_defaults()
+    config.data.path = "csv/news.csv"
+    config_utils.save_config(config, str(tmp_path / "run"))
+    loaded = config_utils.load_config(str(tmp_path / "run"))
+    assert loaded.data.path == str(tmp_path / "csv" / "news.csv")
+    assert config_utils.config_diff(config, loaded) == []
+    loaded.data.path = "csv/other.csv"
+    assert config_utils.config_diff(config, loaded) == ["data.path"]
+    config.data.path = ""  # empty: $LSTM_JAX_DATA's copy, kept empty
+    config_utils.save_config(config, str(tmp_path / "run2"))
+    assert config_utils.load_config(str(tmp_path / "run2")).data.path == ""
+
+
 def test_save_load_and_diff(tmp_path):
     config = config_utils.engine_defaults()
     config.model.sizes = (3, 4)
@@ -297,8 +314,18 @@ MAIN = textwrap.dedent(
     def ctrl_c(config, workdir):
         raise KeyboardInterrupt
 
+    def read_only(config, workdir):
+        raise PermissionError(13, "Permission denied", workdir + "/config.json.tmp1")
+
+    def full(config, workdir):
+        raise OSError(28, "No space left on device", workdir + "/checkpoints")
+
+    def not_found(config, workdir):  # a bug, not a user's mistake: its traceback is kept
+        raise FileNotFoundError(2, "No such file or directory", "/nowhere/internal.bin")
+
     if __name__ == "__main__":
-        cli.run({"train": train, "predict": broken, "stopped": stopped, "ctrl_c": ctrl_c})
+        cli.run({"train": train, "predict": broken, "stopped": stopped, "ctrl_c": ctrl_c,
+                 "read_only": read_only, "full": full, "not_found": not_found})
     """
 )
 CONFIG = textwrap.dedent(
@@ -345,6 +372,9 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
     assert bad.stderr.strip().splitlines()[-1] == "error: data.csv row 3 has no label; fix the file"
     assert "Traceback" not in bad.stderr
 
+    a_file = _cli(tmp_path, "--config=cfg.py", f"--workdir={tmp_path / 'cfg.py'}")
+    assert a_file.returncode == 2 and "is a file, not a directory" in a_file.stderr
+
     no_config = _cli(tmp_path, f"--workdir={workdir}")
     assert no_config.returncode == 2 and "error: no --config given" in no_config.stderr
 
@@ -367,6 +397,23 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
         .splitlines()[-1]
         .startswith(f"error: interrupted (Ctrl-C); what was already written in {workdir} is intact")
     )
+
+
+def test_help_lists_the_shared_flags_and_os_errors_are_one_line(tmp_path):
+    helped = _cli(tmp_path, "--help")  # absl exits with status 1 after --help
+    for flag in ("--config", "--workdir", "--mode", "--cpus", "--cpu_devices"):
+        assert f"  {flag}:" in helped.stdout, flag
+    workdir = str(tmp_path / "run")
+    for mode, fix in [
+        ("read_only", "Permission denied; check the permissions of that path"),
+        ("full", "No space left on device; the disk is full"),
+    ]:
+        proc = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", f"--mode={mode}")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: {workdir}/") and fix in last, last
+    bug = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", "--mode=not_found")
+    assert bug.returncode == 1 and "Traceback" in bug.stderr
 
 
 PARSE = """
