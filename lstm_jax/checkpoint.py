@@ -73,6 +73,7 @@ class CheckpointStore:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
+        self.quarantined: list[int] = []  # steps moved to corrupt_checkpoints/ by this store
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -152,7 +153,7 @@ class CheckpointStore:
             try:
                 state, meta = self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 (any read/decode failure means "unusable")
-                moved = self._quarantine(step)
+                moved = self.quarantine(step)
                 logging.warning(
                     "checkpoint at step %d in %s could not be restored (%s: %s); moved it to %s and"
                     " falling back to the previous checkpoint",
@@ -166,12 +167,18 @@ class CheckpointStore:
             return step, state, meta
         return None
 
-    def _quarantine(self, step: int) -> str:
+    def quarantine(self, step: int) -> str | None:
+        """Moves checkpoint `step`, which failed to restore, to ``<workdir>/corrupt_checkpoints/<step>-<unix
+        time>`` (kept for inspection) and returns that path; None when the checkpoint is not there."""
         src = os.path.join(self.directory, str(step))
+        self.quarantined.append(int(step))
+        if not os.path.exists(src):
+            self._manager.reload()
+            return None
         dst_dir = os.path.join(self.workdir, "corrupt_checkpoints")
         os.makedirs(dst_dir, exist_ok=True)
         dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-        if jax.process_index() == 0 and os.path.exists(src):
+        if jax.process_index() == 0:
             shutil.move(src, dst)
         self._manager.reload()
         return dst

@@ -147,6 +147,9 @@ class Task:
       eval_loss_fn: a different loss for evaluation (default: ``loss_fn`` with ``train=False``).
       artefacts: ``{file name: dict | str | os.PathLike}`` written into the workdir (vocabulary JSON, ...).
       data_info: what was loaded, from where, examples per split; copied into results.json["data"].
+      data_fingerprint: a digest of the encoded data the run trains and evaluates on
+        (`lstm_jax.data.fingerprint`), saved with every checkpoint: resuming on other data (a file
+        edited in place) is then an error instead of a run that silently mixes two datasets.
       derive_metrics: ``averages -> averages`` adding derived values (e.g. bits per character).
       extra_results: ``(model, results) -> dict`` of extra results.json keys, called once at the end with
         the final model (classification reports, confusion matrices, samples).
@@ -169,6 +172,7 @@ class Task:
     eval_loss_fn: LossFn | None = None
     artefacts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    data_fingerprint: str | None = None
     derive_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None
     extra_results: Callable[[nnx.Module, dict[str, Any]], Mapping[str, Any]] | None = None
     final_metrics: (
@@ -744,16 +748,26 @@ def restore_model(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
     )
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(directory, str(step), "state"),
-        args=ocp.args.PyTreeRestore(
-            item={"params": abstract},
-            restore_args={
-                "params": jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
-            },
-            partial_restore=True,
-        ),
-    )
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            os.path.join(directory, str(step), "state"),
+            args=ocp.args.PyTreeRestore(
+                item={"params": abstract},
+                restore_args={
+                    "params": jax.tree.map(
+                        lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract
+                    )
+                },
+                partial_restore=True,
+            ),
+        )
+    except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
+        # Read-only modes leave the workdir as it is: the user decides what to do with the files.
+        raise UserError(
+            f"the {which} checkpoint (step {step}) in {directory} cannot be read ({_first_line(e)});"
+            f" its files are damaged: move {os.path.join(directory, str(step))} out of"
+            f" {directory} to use the {which} of the others, or train again"
+        ) from None
     state = jax.tree.map(lambda x: x, params)
     nnx.replace_by_pure_dict(state, restored["params"])
     return nnx.merge(graphdef, state, others), int(step)
@@ -979,11 +993,13 @@ def _run(
     abstract = jax.eval_shape(eng.init_state)
     restored = _restore_latest(eng, store, abstract, saved)
     if restored is None:
+        _check_fresh_start(store, workdir)
         state = jax.jit(eng.init_state, out_shardings=eng.state_shardings(abstract))()
         meta: dict[str, Any] = {}
         step = 0
     else:
         step, state, meta = restored
+        _check_same_data(meta, task, step, workdir)
     if restored is None:
         _check_monitor(eng, state)
     if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
@@ -1131,6 +1147,7 @@ def _run(
             "wall_time_s": wall_before + time.time() - t_start,
             "total_steps": eng.total_steps,
             "steps_per_epoch": eng.steps_per_epoch,
+            "data_fingerprint": task.data_fingerprint,
         }
 
     def interrupt(signum: int) -> None:
@@ -1208,6 +1225,7 @@ def _run(
     # -- the end: restore best, final evaluation, results ------------------------------------------------
     final_params = state["params"]
     restored_best = False
+    best_unreadable: dict[str, Any] | None = None
     best_step = es.get("best_step")
     if (
         es_cfg.enabled
@@ -1216,12 +1234,26 @@ def _run(
         and best_step != step
     ):
         target = _with_shardings(abstract, eng.state_shardings(abstract))
-        best_state, _ = store.restore(best_step, target)
-        final_params = best_state["params"]
-        restored_best = True
-        logging.info(
-            "restored the best weights (step %d, %s=%.6g)", best_step, eng.monitor, es["best"]
-        )
+        try:
+            best_state, _ = store.restore(best_step, target)
+        except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
+            moved = store.quarantine(best_step)
+            best_unreadable = {"step": best_step, "error": _first_line(e), "moved_to": moved}
+            logging.warning(
+                "the best checkpoint (step %d) in %s cannot be read (%s); %s; evaluating the last"
+                " weights (step %d) instead",
+                best_step,
+                store.directory,
+                best_unreadable["error"],
+                f"moved it to {moved}" if moved else "it is no longer there",
+                step,
+            )
+        else:
+            final_params = best_state["params"]
+            restored_best = True
+            logging.info(
+                "restored the best weights (step %d, %s=%.6g)", best_step, eng.monitor, es["best"]
+            )
 
     final: dict[str, dict[str, float]] = {}
     last = history[-1] if history else {}
@@ -1254,6 +1286,7 @@ def _run(
             else {"monitor": eng.monitor, "value": es["best"], **best_record},
             "evaluated_weights": "best" if restored_best else "last",
         },
+        **({"best_checkpoint_unreadable": best_unreadable} if best_unreadable else {}),
         "history": history,
         "config": config_utils.config_to_dict(config),
         "wall_time_s": round(wall_before + time.time() - t_start, 3),
@@ -1280,6 +1313,56 @@ def _run(
         " | ".join(f"{s} {format_metrics(m)}" for s, m in final.items()),
     )
     return results
+
+
+def _first_line(e: BaseException) -> str:
+    """`Type: first line of the message` (at most 300 characters) of an exception, for one-line reports."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+def _check_same_data(meta: Mapping[str, Any], task: Task, step: int, workdir: str) -> None:
+    """`UserError` when the checkpoint being resumed was trained on other data than the task loaded now
+    (both fingerprints known and different)."""
+    saved, now = meta.get("data_fingerprint"), task.data_fingerprint
+    if saved and now and saved != now:
+        source = task.data_info.get("source")
+        raise UserError(
+            f"the data loaded now{f' from {source}' if source else ''} differs from the data the run"
+            f" in {workdir} trained on up to step {step} (fingerprint {now}, saved {saved}): the file"
+            " was changed, or another file has its name; restore that data to resume, or use a new"
+            " --workdir to train on this data"
+        )
+
+
+def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
+    """Before a run starts from step 0 in a workdir with no usable checkpoint: a `UserError` when the
+    workdir holds a run that got further (its checkpoints were damaged and moved aside just now, or it
+    finished and its checkpoints are gone), so that a new run's records never follow an old one's as if
+    they were one; a warning when only `metrics.jsonl` has records (a run killed before its first
+    checkpoint), whose records the new ones then follow."""
+    fix = "to train again from step 0, use a new --workdir (or empty this one)"
+    if store.quarantined:
+        steps = ", ".join(str(s) for s in store.quarantined)
+        raise UserError(
+            f"no checkpoint in {store.directory} can be read: the damaged one(s) of step(s) {steps}"
+            f" were moved to {os.path.join(store.workdir, 'corrupt_checkpoints')}, and {workdir}'s"
+            f" records belong to them; {fix}"
+        )
+    results = os.path.join(workdir, RESULTS_FILE)
+    if os.path.exists(results):
+        raise UserError(
+            f"{workdir} holds a finished run ({RESULTS_FILE}) but no checkpoint in"
+            f" {store.directory}; restore that folder to resume or evaluate it, or, {fix}"
+        )
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+        logging.warning(
+            "no checkpoint in %s: training from step 0; %s already holds records of an earlier start"
+            " that stopped before its first checkpoint, and the new records follow them",
+            store.directory,
+            metrics,
+        )
 
 
 def _padded_size(batch_size: int, multiple: int) -> int:

@@ -217,3 +217,90 @@ def test_resuming_with_clipping_switched_on_or_off_keeps_the_optimizer_state(tmp
         if '"resume"' in line
     ]
     assert [r["from_step"] for r in resumes] == [5, 10]
+
+
+def _damage_arrays(step_dir) -> None:
+    """Overwrites a checkpoint's array data (the `d/` files of its OCDBT store) with junk."""
+    for root, _, files in os.walk(step_dir / "state"):
+        if os.path.basename(root) == "d":
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "wb") as f:
+                    f.write(b"\x00corrupt" * (os.path.getsize(path) // 8 + 1))
+
+
+def _digests(workdir) -> dict[str, bytes]:
+    return {
+        name: (workdir / name).read_bytes()
+        for name in ("config.json", "metrics.jsonl", "results.json")
+        if (workdir / name).exists()
+    }
+
+
+def _best_first_config(**train):
+    """Only the first evaluation counts as an improvement (min_delta 100), so the best checkpoint is
+    step 2's while the run goes on to its end."""
+    config = ef.base_config(num_epochs=2, eval_every_steps=2, **train)
+    config.early_stopping.enabled = True
+    config.early_stopping.patience = 100
+    config.early_stopping.min_delta = 100.0
+    return config
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_best_checkpoint_is_one_error_in_eval_and_a_warning_at_the_end_of_training(
+    tmp_path, caplog
+):
+    config = _best_first_config()
+    first = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert first["best_step"] == 2 and first["metrics"]["evaluated_weights"] == "best"
+    _damage_arrays(tmp_path / "checkpoints" / "2")
+    before = _digests(tmp_path)
+    # Eval / predict / generate: one error naming the checkpoint and the fix; nothing is moved.
+    with pytest.raises(
+        UserError, match=r"the best checkpoint \(step 2\) in .* cannot be read .* move"
+    ):
+        restore_model(config, str(tmp_path), ef.build_model, which="best")
+    assert (tmp_path / "checkpoints" / "2").is_dir() and _digests(tmp_path) == before
+    # Training on: the best weights cannot be restored at the end, so the last ones are evaluated.
+    config.train.num_epochs = 3
+    with caplog.at_level(logging.WARNING):
+        results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 15 and results["metrics"]["evaluated_weights"] == "last"
+    unreadable = results["best_checkpoint_unreadable"]
+    assert unreadable["step"] == 2 and "corrupt_checkpoints" in unreadable["moved_to"]
+    assert any("best checkpoint (step 2)" in r.getMessage() for r in caplog.records)
+    # And again: the best checkpoint is gone now, which is said, not a traceback.
+    config.train.num_epochs = 4
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 20 and results["best_checkpoint_unreadable"]["moved_to"] is None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_no_readable_checkpoint_left_is_an_error_not_a_silent_restart(tmp_path):
+    config = ef.base_config(num_epochs=1, checkpoint_keep=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    (step_dir,) = (tmp_path / "checkpoints").iterdir()
+    _damage_arrays(step_dir)
+    before = _digests(tmp_path)
+    config.train.num_epochs = 2
+    with pytest.raises(UserError, match=r"no checkpoint in .* can be read.*use a new --workdir"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert _digests(tmp_path) == before
+    assert os.listdir(tmp_path / "corrupt_checkpoints")  # moved aside, not deleted
+    # A finished run whose checkpoints folder was deleted: the same, not a run from step 0.
+    with pytest.raises(
+        UserError, match=r"holds a finished run \(results\.json\) but no checkpoint"
+    ):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert _digests(tmp_path) == before
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_a_warning(tmp_path, caplog):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 2, "time": 0, "loss": 1}\n')
+    config = ef.base_config(num_epochs=1)
+    with caplog.at_level(logging.WARNING):
+        results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 5
+    assert any("training from step 0" in r.getMessage() for r in caplog.records)

@@ -180,9 +180,9 @@ def test_stable_hash_across_processes(tmp_path):
 
 def test_bad_inputs_name_file_row_and_fix(tmp_path):
     missing = write_csv(
-        tmp_path / "m.csv", [{"title": "t", "text": "x"}], ["title", "text", "label"]
+        tmp_path / "m.csv", [{"title": "t", "author": "x"}], ["title", "author", "label"]
     )
-    with pytest.raises(UserError, match=r"m\.csv: missing column\(s\) 'author'"):
+    with pytest.raises(UserError, match=r"m\.csv: missing column\(s\) 'text'.*rename them to"):
         clf.prepare_data(_config(missing))
     rows = [{"title": "a", "author": "b", "text": "c", "label": 1}] * 5
     rows.append({"title": "a", "author": "b", "text": "c", "label": 2})
@@ -377,6 +377,11 @@ def test_predict_inputs_and_meta_flags():
     }
     with pytest.raises(UserError, match=r"input 3: looks like a JSON object but does not parse"):
         fields('{"statement": "a", speaker}', 3)
+    with pytest.raises(UserError, match=r"input 2: looks like a JSON object but does not parse"):
+        fields('{"statement": "Taxes went up.", "speaker": "barack-obama"', 2)  # cut short
+    assert fields("{A plain text starting with a brace", 1) == {
+        "text": "{A plain text starting with a brace"
+    }
     with pytest.raises(UserError, match=r"input 1: field\(s\) \['speaker'\] must be strings"):
         fields('{"statement": "a", "speaker": 3}', 1)
 
@@ -443,3 +448,31 @@ def test_predict_mode_with_meta_flag_and_json_inputs(tmp_path, monkeypatch, caps
     monkeypatch.setattr(cli, "_POSITIONAL", inputs[1:])
     clf.predict(config, str(workdir))
     assert "1 of 1 text(s) have none" in capsys.readouterr().err
+    # A misspelt --meta field is the flag's mistake; a value training never saw is said.
+    with pytest.raises(UserError, match=r"--meta: unknown metadata field\(s\) \['speakr'\]"):
+        clf.predict(config, str(workdir), meta=["speakr=speaker-4"])
+    assert capsys.readouterr().out == ""  # nothing printed before the error
+    clf.predict(config, str(workdir), meta=["speaker=Speaker 4"])
+    assert "read as unknown: speaker=speaker 4" in capsys.readouterr().err
+
+
+def test_resuming_on_a_data_file_changed_in_place_is_an_error(tmp_path):
+    """The CSV edited between two runs of the same command (labels flipped): the data's fingerprint
+    saved with the checkpoints no longer matches, so the run stops before touching the workdir."""
+    path = make_articles(tmp_path / "mine.csv")
+    workdir = tmp_path / "run"
+    config = _config(path)
+    config.train.num_epochs = 1
+    config.report.baseline = False
+    clf.train(config, str(workdir))
+    config.train.num_epochs = 2
+    clf.train(config, str(workdir))  # the same data: resumes
+    text = path.read_text()
+    path.write_text(text.replace(",1\n", ",X\n").replace(",0\n", ",1\n").replace(",X\n", ",0\n"))
+    before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    config.train.num_epochs = 3
+    with pytest.raises(
+        UserError, match=r"mine\.csv differs from the data the run in .* trained on"
+    ):
+        clf.train(config, str(workdir))
+    assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before

@@ -291,6 +291,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
             periodic_eval=("validation",) if has_val else (),
             artefacts=artefacts,
             data_info=info,
+            data_fingerprint=data.fingerprint(ids),
             derive_metrics=_bits,
             extra_results=lambda model, results: _sample_results(model, vocab, primes, config),
         )
@@ -338,6 +339,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         init_carry=init_carry,
         artefacts=artefacts,
         data_info=info,
+        data_fingerprint=data.fingerprint(ids),
         derive_metrics=_bits,
         extra_results=lambda model, results: _sample_results(model, vocab, primes, config),
     )

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -892,6 +893,7 @@ def make_task(
         periodic_eval=("validation",),
         artefacts={PREPROCESS_FILE: prepared.encoder.to_dict()},
         data_info=prepared.info,
+        data_fingerprint=data_lib.fingerprint(prepared.arrays),
         extra_results=extra_results,
         # One process sees all the data here; with several, the engine's sharded evaluation is needed.
         final_metrics=final_metrics if jax.process_count() == 1 else None,
@@ -1008,7 +1010,10 @@ def _input_fields(line: str, number: int) -> dict[str, str]:
     its fields (all strings), e.g. ``{"statement": "...", "speaker": "..."}`` for a LIAR model or
     ``{"title": ..., "author": ..., "text": ...}`` for a fake-news one (see `_compose_input`)."""
     stripped = line.strip()
-    if not (stripped.startswith("{") and stripped.endswith("}")):
+    # An object ({...}), or the start of one cut short ({"statement": ... without its closing brace).
+    if not (stripped.startswith("{") and stripped.endswith("}")) and not re.match(
+        r'\{\s*"', stripped
+    ):
         return {"text": line}
     try:
         obj = json.loads(stripped)
@@ -1143,11 +1148,28 @@ def predict(
     from lstm_jax import cli
 
     common = parse_meta(meta)
-    inputs = cli.positional_args() or _read_stdin_texts()
     encoder = _load_encoder(workdir)
+    if encoder.meta_vocab is not None and set(common) - set(encoder.meta_fields):
+        bad = sorted(set(common) - set(encoder.meta_fields))
+        raise UserError(
+            f"--meta: unknown metadata field(s) {bad}; this model uses"
+            f" {', '.join(encoder.meta_fields)}"
+        )
+    inputs = cli.positional_args() or _read_stdin_texts()
     pairs = [_compose_input(encoder, _input_fields(line, i), i) for i, line in enumerate(inputs, 1)]
     texts = [t for t, _ in pairs]
     metas = [{**common, **m} for _, m in pairs]
+    meta_tokens = _predict_meta(encoder, metas)  # checks every input's fields before any output
+    unseen = sorted(
+        {t for row in meta_tokens or [] for t in row if t not in encoder.meta_vocab.token_to_id}
+    )
+    if unseen:
+        print(
+            f"note: metadata the model's vocabulary lacks, read as unknown: {', '.join(unseen[:5])}"
+            f"{' ...' if len(unseen) > 5 else ''} (values as in the training files, e.g."
+            " speaker=barack-obama)",
+            file=sys.stderr,
+        )
     if encoder.meta_vocab is not None and not all(metas):
         print(
             f"note: this model was trained with metadata ({', '.join(encoder.meta_fields)}) and"

@@ -25,6 +25,7 @@ takes ``lines / batch`` steps, the prefix form ``prefixes / batch``.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -364,8 +365,15 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         periodic_eval=("validation",) if val_lines else (),
         artefacts=artefacts,
         data_info=info,
+        data_fingerprint=data.fingerprint(*_flat(train_lines), *_flat(val_lines)),
         extra_results=extra,
     )
+
+
+def _flat(lines: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """`(lengths, concatenated ids)` of token lines, for `data.fingerprint`."""
+    lengths = np.fromiter((len(s) for s in lines), np.int64, count=len(lines))
+    return lengths, np.fromiter(itertools.chain.from_iterable(lines), np.int64)
 
 
 def _prefix_batch(
