@@ -37,6 +37,7 @@ import logging as py_logging
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -144,7 +145,8 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
     except OSError as e:
         if e.errno not in _USER_OS_ERRORS:
             raise
-        where = f"{e.filename}: " if e.filename else ""
+        # atomic_write's temporary name (`<file>.tmp<pid>`) is the file the user knows.
+        where = f"{re.sub(r'[.]tmp[0-9]+$', '', str(e.filename))}: " if e.filename else ""
         print(
             f"error: {where}{e.strerror or e}; {_USER_OS_ERRORS[e.errno]}"
             f" (what was already written{f' in {FLAGS.workdir}' if FLAGS.workdir else ''} is"
@@ -293,10 +295,46 @@ def _parse_flags(args: list[str]) -> list[str]:
         _flag_error(f"{_config_arg(args, names[0])}: the config has no field {names[0]!r}; {fix}")
 
 
+def _quiet_closed_loop_excepthook(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """`sys.excepthook` without the "Event loop is closed" tracebacks TensorStore's callbacks print
+    (through `PyErr_Print`) after a failed checkpoint read, once Orbax's event loop has closed: noise
+    after the one-line error about the damaged checkpoint, not a problem of their own."""
+
+    def excepthook(etype, value, tb):  # noqa: ANN001, ANN202 (sys.excepthook's signature)
+        frames = traceback.extract_tb(tb)
+        if (
+            etype is RuntimeError
+            and str(value) == "Event loop is closed"
+            and frames
+            and frames[-1].filename.endswith(os.path.join("asyncio", "base_events.py"))
+        ):
+            return
+        hook(etype, value, tb)
+
+    return excepthook
+
+
+def _quiet_failed_reads_unraisablehook(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """`sys.unraisablehook` without the reports of Orbax's array-read coroutines that failed on a
+    damaged checkpoint (each prints TensorStore's whole spec when garbage-collected): the failure is
+    already reported in one line (moved aside on resume, an error in eval)."""
+
+    def unraisablehook(unraisable):  # noqa: ANN001, ANN202 (sys.unraisablehook's signature)
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and "orbax" in code.co_filename and unraisable.exc_value is not None:
+            if str(unraisable.exc_value).startswith("Encountered error while reading array"):
+                return
+        hook(unraisable)
+
+    return unraisablehook
+
+
 def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None:
     """Parses flags and runs `modes[--mode](config, workdir)`; exits with 0 or 2 (`UserError`)."""
     if not modes:
         raise ValueError("cli.run needs at least one mode handler")
+    sys.excepthook = _quiet_closed_loop_excepthook(sys.excepthook)
+    sys.unraisablehook = _quiet_failed_reads_unraisablehook(sys.unraisablehook)
     define_flags(list(modes))
     logging.get_absl_handler().addFilter(_QuietOrbax())
     logging.set_verbosity(logging.INFO)

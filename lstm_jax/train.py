@@ -1316,9 +1316,15 @@ def _run(
 
 
 def _first_line(e: BaseException) -> str:
-    """`Type: first line of the message` (at most 300 characters) of an exception, for one-line reports."""
+    """`Type: first line of the message` (at most 200 characters) of an exception's root cause (the
+    last of its `__cause__` / `__context__` chain: TensorStore's reason rather than Orbax's wrapper),
+    for one-line reports."""
+    seen = {id(e)}
+    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        e = nxt
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _check_same_data(meta: Mapping[str, Any], task: Task, step: int, workdir: str) -> None:

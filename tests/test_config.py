@@ -14,7 +14,7 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from lstm_jax import config_utils
+from lstm_jax import cli, config_utils
 from lstm_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,7 +315,7 @@ MAIN = textwrap.dedent(
         raise KeyboardInterrupt
 
     def read_only(config, workdir):
-        raise PermissionError(13, "Permission denied", workdir + "/config.json.tmp1")
+        raise PermissionError(13, "Permission denied", workdir + "/config.json.tmp4242")
 
     def full(config, workdir):
         raise OSError(28, "No space left on device", workdir + "/checkpoints")
@@ -412,6 +412,7 @@ def test_help_lists_the_shared_flags_and_os_errors_are_one_line(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith(f"error: {workdir}/") and fix in last, last
+        assert ".tmp4242" not in last  # atomic_write's temporary name is not what the user knows
     bug = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", "--mode=not_found")
     assert bug.returncode == 1 and "Traceback" in bug.stderr
 
@@ -565,3 +566,40 @@ def test_a_saved_run_of_another_experiment_is_named(tmp_path, monkeypatch):
     cli.check_config_family(own, str(tmp_path))  # its own config passes
     del own.generate["top_k"]  # so does a run saved before a field existed
     cli.check_config_family(own, str(tmp_path))
+
+
+def test_the_damaged_checkpoint_noise_filters_pass_everything_else():
+    """After a failed checkpoint read (one `error:` line), TensorStore's callbacks and Orbax's read
+    coroutines report the same failure again as tracebacks; the CLI's hooks drop those and only those."""
+    import asyncio
+    import types
+
+    seen = []
+    excepthook = cli._quiet_closed_loop_excepthook(lambda *a: seen.append(a[1]))
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        closed = e
+    excepthook(RuntimeError, closed, closed.__traceback__)
+    other = RuntimeError("Event loop is closed")  # raised elsewhere: kept
+    excepthook(RuntimeError, other, None)
+    assert seen == [other]
+
+    unraisable = cli._quiet_failed_reads_unraisablehook(lambda u: seen.append(u))
+
+    async def _read_array_index_and_device_put():  # the hook looks at the code's file, not the name
+        pass
+
+    coroutine = _read_array_index_and_device_put()
+    coroutine.close()
+    fake_code = types.SimpleNamespace(co_filename="/x/orbax/checkpoint/serialization.py")
+    dropped = types.SimpleNamespace(
+        object=types.SimpleNamespace(cr_code=fake_code),
+        exc_value=Exception("Encountered error while reading array index: (slice(0, 7, 1),)"),
+    )
+    kept = types.SimpleNamespace(object=coroutine, exc_value=ValueError("a real problem"))
+    unraisable(dropped)
+    unraisable(kept)
+    assert seen == [other, kept]
