@@ -454,6 +454,15 @@ def test_predict_mode_with_meta_flag_and_json_inputs(tmp_path, monkeypatch, caps
     assert capsys.readouterr().out == ""  # nothing printed before the error
     clf.predict(config, str(workdir), meta=["speaker=Speaker 4"])
     assert "read as unknown: speaker=speaker 4" in capsys.readouterr().err
+    # Errors about stdin inputs name the line (empty lines are skipped, not renumbered).
+    import io
+    import types
+
+    stdin = b'\nSays the budget is right\n{"statement": "cut short"\n'
+    monkeypatch.setattr(cli, "_POSITIONAL", [])
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(stdin)))
+    with pytest.raises(UserError, match=r"^stdin line 3: looks like a JSON object"):
+        clf.predict(config, str(workdir))
 
 
 def test_resuming_on_a_data_file_changed_in_place_is_an_error(tmp_path):

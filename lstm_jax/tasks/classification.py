@@ -972,6 +972,12 @@ def _reencode(
 
 
 def _read_stdin_texts() -> list[str]:
+    """The non-empty lines of stdin (`_read_stdin_lines` without the line numbers)."""
+    return [t for _, t in _read_stdin_lines()]
+
+
+def _read_stdin_lines() -> list[tuple[int, str]]:
+    """`(line number, text)` of each non-empty line of stdin (UTF-8); empty lines are counted on stderr."""
     data = sys.stdin.buffer.read()
     try:
         content = data.decode("utf-8-sig")
@@ -986,10 +992,16 @@ def _read_stdin_texts() -> list[str]:
     lines = [line.removesuffix("\r") for line in content.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line
-    texts = [t for t in lines if t.strip()]
+    texts = [(n, t) for n, t in enumerate(lines, 1) if t.strip()]
     if len(texts) < len(lines):
         print(f"skipped {len(lines) - len(texts)} empty line(s) of stdin", file=sys.stderr)
     return texts
+
+
+def _where(number: int | str) -> str:
+    """How an error names a predict input: ``input 3`` (the third argument) or a given label such as
+    ``stdin line 5``."""
+    return number if isinstance(number, str) else f"input {number}"
 
 
 def parse_meta(pairs: Sequence[str]) -> dict[str, str]:
@@ -1005,7 +1017,7 @@ def parse_meta(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _input_fields(line: str, number: int) -> dict[str, str]:
+def _input_fields(line: str, number: int | str) -> dict[str, str]:
     """One predict input as fields: plain text is ``{"text": line}``; a line that is a JSON object gives
     its fields (all strings), e.g. ``{"statement": "...", "speaker": "..."}`` for a LIAR model or
     ``{"title": ..., "author": ..., "text": ...}`` for a fake-news one (see `_compose_input`)."""
@@ -1019,17 +1031,17 @@ def _input_fields(line: str, number: int) -> dict[str, str]:
         obj = json.loads(stripped)
     except json.JSONDecodeError as e:
         raise UserError(
-            f"input {number}: looks like a JSON object but does not parse ({e.msg} at column"
+            f"{_where(number)}: looks like a JSON object but does not parse ({e.msg} at column"
             f" {e.colno}); fix the JSON, or give the text without the surrounding braces"
         ) from None
     bad = [k for k, v in obj.items() if not isinstance(v, str)]
     if bad:
-        raise UserError(f"input {number}: field(s) {bad} must be strings")
+        raise UserError(f"{_where(number)}: field(s) {bad} must be strings")
     return obj
 
 
 def _compose_input(
-    encoder: TextEncoder, fields: Mapping[str, str], number: int
+    encoder: TextEncoder, fields: Mapping[str, str], number: int | str
 ) -> tuple[str, dict[str, str]]:
     """`(text, metadata)` of one predict input, composed as training composed its rows: IMDB a review
     (``text``); fake news ``title + " " + author + " " + text`` (any of them); LIAR the ``statement``
@@ -1039,13 +1051,13 @@ def _compose_input(
         statement = fields.pop("statement", None)
         statement = fields.pop("text", None) if statement is None else statement
         if statement is None:
-            raise UserError(f'input {number}: a JSON input needs the statement under "statement"')
+            raise UserError(f'{_where(number)}: a JSON input needs the statement under "statement"')
         return statement, fields
     allowed = ("title", "author", "text") if encoder.dataset == "fake_news" else ("text",)
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise UserError(
-            f"input {number}: field(s) {unknown} are not inputs of this {encoder.dataset} model; its"
+            f"{_where(number)}: field(s) {unknown} are not inputs of this {encoder.dataset} model; its"
             f" JSON inputs take {', '.join(allowed)}"
         )
     if encoder.dataset == "fake_news" and set(fields) != {"text"}:
@@ -1155,8 +1167,13 @@ def predict(
             f"--meta: unknown metadata field(s) {bad}; this model uses"
             f" {', '.join(encoder.meta_fields)}"
         )
-    inputs = cli.positional_args() or _read_stdin_texts()
-    pairs = [_compose_input(encoder, _input_fields(line, i), i) for i, line in enumerate(inputs, 1)]
+    args = cli.positional_args()
+    numbered = (
+        list(enumerate(args, 1))
+        if args
+        else [(f"stdin line {n}", t) for n, t in _read_stdin_lines()]
+    )
+    pairs = [_compose_input(encoder, _input_fields(line, n), n) for n, line in numbered]
     texts = [t for t, _ in pairs]
     metas = [{**common, **m} for _, m in pairs]
     meta_tokens = _predict_meta(encoder, metas)  # checks every input's fields before any output
