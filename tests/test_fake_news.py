@@ -369,6 +369,8 @@ def test_predict_inputs_and_meta_flags():
     }
     with pytest.raises(UserError, match=r"--meta=speaker: expected field=value"):
         clf.parse_meta(["speaker"])
+    with pytest.raises(UserError, match=r"--meta=subject=\.\.\. is given twice"):
+        clf.parse_meta(["subject=economy", "subject=jobs"])
     fields = clf._input_fields
     assert fields("A plain {braced} text", 1) == {"text": "A plain {braced} text"}
     assert fields('{"statement": "Says so.", "speaker": "x"}', 1) == {

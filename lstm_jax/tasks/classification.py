@@ -1013,6 +1013,11 @@ def parse_meta(pairs: Sequence[str]) -> dict[str, str]:
             raise UserError(
                 f"--meta={pair}: expected field=value, e.g. --meta=speaker=barack-obama"
             )
+        if field.strip() in out:
+            raise UserError(
+                f"--meta={field.strip()}=... is given twice; pass each field once (several subjects"
+                " as one comma-separated value: --meta=subject=economy,jobs)"
+            )
         out[field.strip()] = value
     return out
 
