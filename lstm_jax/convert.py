@@ -93,12 +93,25 @@ def from_torch(state_dict: Mapping[str, Any], layer: int = 0, reverse: bool = Fa
 
 
 def from_torch_lstm(
-    state_dict: Mapping[str, Any],
+    state_dict: Mapping[str, Any], prefix: str | None = None
 ) -> list[Params] | list[tuple[Params, Params]]:
     """Every layer of a PyTorch `nn.LSTM` state dict.
 
-    Returns a list of core params per layer, or of `(forward, backward)` pairs when the LSTM is bidirectional.
+    `state_dict` is the LSTM's own (`lstm.state_dict()`) or a whole model's (`model.state_dict()`), whose
+    keys carry the module's path (`"encoder.lstm.weight_ih_l0"`); `prefix` names that path
+    (`"encoder.lstm."`), and by default it is found when the dict holds one `nn.LSTM`. Returns a list of
+    core params per layer, or of `(forward, backward)` pairs when the LSTM is bidirectional.
     """
+    if prefix is None:
+        prefixes = {k[: k.index("weight_ih_l")] for k in state_dict if "weight_ih_l" in k}
+        if len(prefixes) > 1:
+            raise ValueError(
+                f"from_torch_lstm: the state dict holds several LSTMs ({', '.join(sorted(prefixes))});"
+                " pass prefix= to pick one"
+            )
+        prefix = prefixes.pop() if prefixes else ""
+    if prefix:
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     layers = sorted(
         {int(k.split("_l")[1].split("_")[0]) for k in state_dict if k.startswith("weight_ih_l")}
     )

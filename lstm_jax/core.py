@@ -863,17 +863,23 @@ def lstm_layer(
       mask: optional bool `[batch, time]`, True at real tokens (Keras semantics). A masked step leaves h and c
         unchanged and outputs zeros, so pre- and post-padded sequences give the same final state as the
         unpadded sequence.
-      initial_state: optional `LSTMState`, each `[batch, H]`; zeros by default.
+      initial_state: optional `LSTMState`, each `[batch, H]` (or `[H]` / `[1, H]`, broadcast over the
+        batch: a learned initial state); zeros by default. Other shapes are a ValueError.
       reverse: walk time backwards; outputs stay aligned with input positions.
       unroll: `lax.scan` unroll factor (int).
       remat: recompute the step in the backward pass instead of storing its activations (long sequences).
       input_dropout_mask: optional `[batch, F]` multiplier applied to every timestep's input (variational
-        dropout; already scaled by 1/keep). See `variational_dropout_masks`.
-      recurrent_dropout_mask: optional `[batch, H]` multiplier applied to `h_{t-1}` in the recurrent matmul.
+        dropout; already scaled by 1/keep). See `variational_dropout_masks`. `[F]` / `[1, F]` are
+        broadcast over the batch.
+      recurrent_dropout_mask: optional `[batch, H]` multiplier applied to `h_{t-1}` in the recurrent matmul
+        (`[H]` / `[1, H]` broadcast over the batch).
       compute_dtype: e.g. `jnp.bfloat16` to run the matmuls in that dtype; state and gate math stay in the
         parameters' dtype (float32).
       return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
-      impl: "auto", "scan", "fused", "native", "per_step" or "cudnn" (see module docstring). An
+      impl: "auto", "scan", "fused", "native", "per_step" or "cudnn" (see module docstring). Any impl
+        runs as "scan" with `compute_dtype` or `return_gates` (only the autodiff scan has those). "fused"
+        and "native" are differentiable in reverse mode only (custom VJPs): `jax.jvp` / `jax.jacfwd` need
+        "scan" or "per_step". An
         explicit "native" falls back to "fused" for remat or non-float32 parameters and raises a
         ValueError when the kernel cannot be built here (the message says why); "cudnn" raises one off
         NVIDIA GPUs and falls back to "scan" for non-float32 parameters, recurrent dropout, and (at run
@@ -924,7 +930,23 @@ def lstm_layer(
     state_dtype = rk.dtype
     if initial_state is None:
         initial_state = zero_state(b, hsz, state_dtype)
-    h0, c0 = (jnp.asarray(s, state_dtype) for s in initial_state)
+    if len(initial_state) != 2:
+        raise ValueError(
+            f"lstm_layer: initial_state must be LSTMState(h, c), got {len(initial_state)} items"
+        )
+    # Every impl gets [batch, H] (the native kernel reads exactly b * H floats from each).
+    h0, c0 = (
+        _batch_rows(jnp.asarray(s, state_dtype), b, hsz, f"initial_state.{name}")
+        for s, name in zip(initial_state, "hc", strict=True)
+    )
+    if recurrent_dropout_mask is not None:
+        recurrent_dropout_mask = _batch_rows(
+            jnp.asarray(recurrent_dropout_mask), b, hsz, "recurrent_dropout_mask"
+        )
+    if input_dropout_mask is not None:
+        input_dropout_mask = _batch_rows(
+            jnp.asarray(input_dropout_mask), b, f, "input_dropout_mask"
+        )
     # The native kernel projecting the inputs itself: no [T, B, 4H] projection from XLA at all.
     in_kernel = impl == "native" and compute_dtype is None and _native_projects_inputs(f, hsz)
     fold = (
@@ -1039,6 +1061,19 @@ def lstm_layer(
     return outputs, LSTMState(h, c)
 
 
+def _batch_rows(a: Array, batch: int, width: int, name: str) -> Array:
+    """`a` as `[batch, width]`: as it is, or a `[width]` / `[1, width]` row broadcast over the batch (a
+    learned initial state, one dropout mask for every sequence); any other shape is a ValueError."""
+    if a.shape == (batch, width):
+        return a
+    if a.shape in ((width,), (1, width)):
+        return jnp.broadcast_to(a.reshape(1, width), (batch, width))
+    raise ValueError(
+        f"lstm_layer: {name} must be [batch, {width}] = {(batch, width)} (or [{width}] / [1, {width}],"
+        f" broadcast over the batch), got shape {tuple(a.shape)}"
+    )
+
+
 def _per_step_layer(params, xs, mask_tm, h0, c0, rmask, reverse, unroll):
     """Textbook arrangement: `x_t @ kernel` inside the loop, autodiff gradients (CPU, small H)."""
 
@@ -1124,12 +1159,28 @@ def bidirectional(
 
     Outputs are aligned with input positions; with `merge="concat"` they are `[batch, time, 2H]`
     (Keras' `Bidirectional(merge_mode=...)`: concat, sum, ave, mul, or None for the pair). Returns
-    `(merged_outputs, (forward_final_state, backward_final_state))`.
+    `(merged_outputs, (forward_final_state, backward_final_state))`. `initial_state`, when given, is
+    the pair `(forward_state, backward_state)` of `LSTMState`s, as `nn.Bidirectional` takes it; the
+    other keyword arguments go to both directions' `lstm_layer`.
     """
     if "reverse" in layer_kwargs:
         raise ValueError("bidirectional: do not pass reverse; the wrapper runs both directions")
-    out_f, st_f = lstm_layer(params_fw, xs, mask=mask, reverse=False, **layer_kwargs)
-    out_b, st_b = lstm_layer(params_bw, xs, mask=mask, reverse=True, **layer_kwargs)
+    init = layer_kwargs.pop("initial_state", None)
+    if init is None:
+        init_f = init_b = None
+    elif len(init) == 2 and all(isinstance(s, tuple) and len(s) == 2 for s in init):
+        init_f, init_b = init
+    else:
+        raise ValueError(
+            "bidirectional: initial_state must be (forward_state, backward_state), a pair of"
+            " LSTMState(h, c)"
+        )
+    out_f, st_f = lstm_layer(
+        params_fw, xs, mask=mask, reverse=False, initial_state=init_f, **layer_kwargs
+    )
+    out_b, st_b = lstm_layer(
+        params_bw, xs, mask=mask, reverse=True, initial_state=init_b, **layer_kwargs
+    )
     return _merge(out_f, out_b, merge), (st_f, st_b)
 
 

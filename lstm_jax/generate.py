@@ -45,7 +45,8 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
     """Chooses one token per row of `logits [batch, vocab]`.
 
     `temperature == 0` is greedy (argmax). Otherwise samples from `softmax(logits / temperature)`, restricted
-    to the `top_k` most likely tokens when `top_k > 0`.
+    to the `top_k` most likely tokens when `top_k > 0` (tokens tied with the k-th are kept too, as
+    Hugging Face's top-k warper keeps them).
     """
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -173,10 +174,16 @@ def generate_stateful(
 
     `model(ids, initial_state=...) -> (logits [B, T, V], states)` as `LanguageModel(predict="all")`.
     `impl`: "xla" (a `lax.scan` of the model's step), "native" (one call of the native CPU kernel; see
-    `native_generation_blocker`) or "auto" (native where it can run). Returns int32 ids
-    `[streams, num_steps]`.
+    `native_generation_blocker`) or "auto" (native where it can run). `key` defaults to
+    `jax.random.key(0)`, so sampling (temperature > 0) without a key gives the same tokens every call.
+    Returns int32 ids `[streams, num_steps]`.
     """
     _check(temperature, top_k, num_steps)
+    if isinstance(model, LanguageModel) and model.predict != "all":
+        raise ValueError(
+            "generate_stateful needs a LanguageModel(predict='all') (logits at every position, to carry"
+            f" the state); this one has predict={model.predict!r}: use generate_windowed"
+        )
     if prime.ndim != 2 or prime.shape[1] < 1:
         raise ValueError(f"prime must be [streams, prime_len >= 1] ids, got shape {prime.shape}")
     if impl not in ("auto", "native", "xla"):
@@ -227,7 +234,8 @@ def generate_windowed(
       model: `model(ids [B, W], mask=...) -> (logits [B, V], states)` (`LanguageModel(predict="last")`).
       window: int ids `[streams, window_len]`, pre-padded with 0 when shorter (as the tutorials pad).
       num_steps: tokens to generate.
-      key: PRNG key for sampling (unused when greedy).
+      key: PRNG key for sampling (unused when greedy); `jax.random.key(0)` by default, so sampling
+        without a key gives the same tokens every call.
       temperature: 0 = greedy.
       top_k: sample among the k most likely tokens (0 = all).
       mask_padding: pass `mask = ids != 0` to the model (models trained with masked padding).

@@ -145,6 +145,23 @@ def test_torch_importer_bidirectional():
         from_torch(sd, layer=3)
 
 
+def test_torch_importer_reads_a_whole_models_state_dict():
+    """`model.state_dict()` keys carry the module path ("encoder.lstm.weight_ih_l0")."""
+    rng = np.random.default_rng(3)
+    sd = _torch_state_dict(rng, 4, 5, layers=2)
+    model_sd = {f"encoder.lstm.{k}": v for k, v in sd.items()}
+    model_sd["head.weight"] = np.zeros((2, 5), np.float32)
+    for got, want in zip(from_torch_lstm(model_sd), from_torch_lstm(sd), strict=True):
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    two = {**model_sd, **{f"decoder.{k}": v for k, v in sd.items()}}
+    with pytest.raises(
+        ValueError, match=r"several LSTMs \(decoder\., encoder\.lstm\.\); pass prefix="
+    ):
+        from_torch_lstm(two)
+    assert len(from_torch_lstm(two, prefix="decoder.")) == 2
+
+
 def test_torch_importer_accepts_jax_arrays():
     rng = np.random.default_rng(2)
     sd = {k: jax.numpy.asarray(v) for k, v in _torch_state_dict(rng, 2, 3).items()}

@@ -302,6 +302,62 @@ def test_bad_shapes_raise_clear_errors(params):
         lstm_layer(params, jnp.ones((2, 3, F)), unroll=0)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_row_states_and_masks_broadcast_and_other_shapes_are_errors(params, xs, impl):
+    """A `[H]` or `[1, H]` initial state / recurrent dropout mask is broadcast over the batch by every
+    impl (the native kernel once read past a `[1, H]` buffer); other shapes are one ValueError."""
+    row = jax.random.normal(jax.random.key(5), (1, H))
+    full = jnp.broadcast_to(row, (B, H))
+    rmask = jnp.asarray(np.random.default_rng(0).integers(0, 2, (1, H)) * 2.0, jnp.float32)
+    mask = lengths_mask([T, 4, 2], T, "post")
+    want, st = lstm_layer(
+        params,
+        xs,
+        mask=mask,
+        initial_state=LSTMState(full, -full),
+        recurrent_dropout_mask=jnp.broadcast_to(rmask, (B, H)),
+        impl=impl,
+    )
+    for shape in ((1, H), (H,)):
+        got, gst = lstm_layer(
+            params,
+            xs,
+            mask=mask,
+            initial_state=LSTMState(row.reshape(shape), -row.reshape(shape)),
+            recurrent_dropout_mask=rmask.reshape(shape),
+            impl=impl,
+        )
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        np.testing.assert_allclose(gst.c, st.c, atol=1e-6)
+    # The gradient of a learned [H] initial state sums over the batch.
+    g = jax.grad(
+        lambda h: lstm_layer(params, xs, initial_state=LSTMState(h, h), impl=impl)[0].sum()
+    )
+    g_full = jax.grad(
+        lambda h: lstm_layer(params, xs, initial_state=LSTMState(h, h), impl=impl)[0].sum()
+    )
+    np.testing.assert_allclose(g(row[0]), g_full(full).sum(0), atol=1e-5)
+    bad = jnp.zeros((2, H))
+    with pytest.raises(ValueError, match=r"initial_state\.h must be \[batch, 6\] = \(3, 6\)"):
+        lstm_layer(params, xs, initial_state=LSTMState(bad, jnp.zeros((B, H))), impl=impl)
+    with pytest.raises(ValueError, match=r"recurrent_dropout_mask must be \[batch, 6\]"):
+        lstm_layer(params, xs, recurrent_dropout_mask=jnp.ones((B, H + 1)), impl=impl)
+    with pytest.raises(ValueError, match=r"input_dropout_mask must be \[batch, 5\]"):
+        lstm_layer(params, xs, input_dropout_mask=jnp.ones((2, F)), impl=impl)
+
+
+def test_bidirectional_takes_one_initial_state_per_direction(params, xs):
+    pb = init_lstm(jax.random.key(7), F, H)
+    sf = LSTMState(*jax.random.normal(jax.random.key(3), (2, B, H)))
+    sb = LSTMState(*jax.random.normal(jax.random.key(4), (2, B, H)))
+    out, _ = core.bidirectional(params, pb, xs, initial_state=(sf, sb))
+    of, _ = lstm_layer(params, xs, initial_state=sf)
+    ob, _ = lstm_layer(pb, xs, initial_state=sb, reverse=True)
+    np.testing.assert_allclose(out, jnp.concatenate([of, ob], -1), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(forward_state, backward_state\)"):
+        core.bidirectional(params, pb, xs, initial_state=sf)
+
+
 # 7. Bidirectional, stacked, dropout.
 @pytest.mark.parametrize("merge", ["concat", "sum", "ave", "mul", None])
 def test_bidirectional_merges(params, xs, merge):

@@ -129,6 +129,8 @@ def test_generate_windowed_equals_the_tutorial_loop():
         w.append(int(jnp.argmax(logits[0])))
         ref.append(w[-1])
     assert list(out) == ref
+    with pytest.raises(ValueError, match=r"predict='all'.*use generate_windowed"):
+        generate_stateful(m, window, 3, impl="xla")
 
 
 def test_generation_rejects_bad_arguments():
