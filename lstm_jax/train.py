@@ -45,6 +45,7 @@ import math
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -870,22 +871,75 @@ def train_and_evaluate(
     workdir = os.path.abspath(workdir)
     created = not os.path.isdir(workdir)
     os.makedirs(workdir, exist_ok=True)
+    lock = None
     try:
+        lock = _lock_workdir(
+            workdir
+        )  # a second run of the same command waits for nothing: an error
         saved = _check_saved_config(config, workdir)
         eng = _Engine(config, workdir, task)  # builds the model: an impossible one is a UserError
     except BaseException:
+        if lock is not None:
+            lock.close()
         if created:  # leave no empty run directory behind an error
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(workdir, LOCK_FILE))
             with contextlib.suppress(OSError):
                 os.rmdir(workdir)
         raise
     is_main = eng.is_main
-    store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
-    logger = MetricsLogger(workdir, enabled=is_main)
     try:
-        return _run(eng, store, logger, t_start, saved)
+        store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
+        logger = MetricsLogger(workdir, enabled=is_main)
+        try:
+            return _run(eng, store, logger, t_start, saved, lock)
+        finally:
+            logger.close()
+            store.close()
     finally:
-        logger.close()
-        store.close()
+        if lock is not None:
+            lock.close()  # releases the flock
+
+
+# Held (flock) by the training process of a workdir while it runs; it names that process.
+LOCK_FILE = ".lstm_jax.lock"
+
+
+def _lock_workdir(workdir: str) -> Any:
+    """The open, exclusively locked ``<workdir>/.lstm_jax.lock`` (None off process 0, or where `fcntl`
+    does not exist); `UserError` naming the holder when another training run has it. The lock goes with
+    its process (closed, killed or crashed), so it never needs removing by hand."""
+    if jax.process_index() != 0:
+        return None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not POSIX)
+        return None
+    f = open(os.path.join(workdir, LOCK_FILE), "a+", encoding="utf-8")  # noqa: SIM115
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(
+            f"{workdir} is in use by another training run ({holder}); wait for it to finish or stop it"
+            " (Ctrl-C or SIGTERM save a checkpoint), or pass another --workdir"
+        ) from None
+    return f
+
+
+def _name_lock_holder(lock: Any) -> None:
+    """Writes this process into the held lock file, once the run's checks have passed (a run refused by
+    them leaves every file of the workdir as it was, the lock's included)."""
+    if lock is None:
+        return
+    lock.seek(0)
+    lock.truncate()
+    lock.write(
+        f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
+    lock.flush()
 
 
 # Config fields under `model` that change how the model is computed, not what it is.
@@ -986,6 +1040,7 @@ def _run(
     logger: MetricsLogger,
     t_start: float,
     saved: ml_collections.ConfigDict | None,
+    lock: Any = None,
 ) -> dict[str, Any]:
     config, task, workdir = eng.config, eng.task, eng.workdir
     es_cfg = config.early_stopping
@@ -1003,6 +1058,7 @@ def _run(
     if restored is None:
         _check_monitor(eng, state)
     if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
+        _name_lock_holder(lock)
         config_utils.save_config(config, workdir)
         if task.artefacts:
             save_artefacts(workdir, task.artefacts)

@@ -304,3 +304,24 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_a_warning(tm
         results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert results["steps"] == 5
     assert any("training from step 0" in r.getMessage() for r in caplog.records)
+
+
+def test_a_second_training_run_of_the_same_workdir_is_refused_while_the_first_runs(tmp_path):
+    """The same command started twice would interleave checkpoints and metrics: the workdir's lock
+    (flock, released with its process) makes the second one an error that names the first."""
+    import fcntl
+
+    from lstm_jax.train import LOCK_FILE
+
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert "pid" in (tmp_path / LOCK_FILE).read_text()
+    before = _digests(tmp_path)
+    with open(tmp_path / LOCK_FILE, "a+") as held:  # another run holding it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        config.train.num_epochs = 2
+        with pytest.raises(UserError, match=r"is in use by another training run \(pid \d+ on "):
+            train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+        assert _digests(tmp_path) == before
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 10  # released: the run goes on
