@@ -56,7 +56,7 @@ imdb-best: $(STAMP)
 	$(IMDB_BEST_RUN) --workdir=$(IMDB_BEST)_s2 --config.seed=2
 	$(IMDB) --mode=ensemble --workdir=$(IMDB_BEST)_ens $(IMDB_BEST)_s0 $(IMDB_BEST)_s1 $(IMDB_BEST)_s2
 
-## The Keras char tutorial in full: Macbeth, 200 epochs (about 10 h on 2 cores). Stopped (Ctrl-C, SIGTERM,
+## The Keras char tutorial in full: Macbeth, 200 epochs (about 9.5 h on 2 idle cores). Stopped (Ctrl-C, SIGTERM,
 ## a lost session), the same command resumes it from its last checkpoint.
 macbeth: $(STAMP)
 	$(PY) -m experiments.char_textgen.main --config=experiments/char_textgen/configs/macbeth.py --workdir=$(MACBETH)

@@ -525,7 +525,8 @@ def test_real_imdb_counts():
     data, info = D.load_imdb()
     for split in ("train", "test"):
         assert info[split] == {"examples": 25_000, "pos": 12_500, "neg": 12_500}
-    assert sum("<br />" in t for t, _ in data["train"] + data["test"]) == 29_200  # README
+    with_br = sum("<br />" in t for t, _ in data["train"] + data["test"])
+    assert with_br == 29_200  # reviews with <br /> tags
 
 
 def test_real_fake_news_and_liar_counts():

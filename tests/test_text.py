@@ -446,9 +446,9 @@ def test_builtin_stopwords_equal_staged_nltk_list():
     assert source == f"lstm_jax_data:{f}"
 
 
-def test_macbeth_char_vocabulary_has_the_readme_size():
+def test_macbeth_char_vocabulary_has_67_characters():
     f = _real("shakespeare/macbeth_gutenberg_nltk.txt")
     text = f.read_text(encoding="utf-8")
     v = Vocabulary.from_texts([text], char_level=True, order="sorted", start=0, lower=False)
-    assert v.size == 67  # README: 67 distinct characters
+    assert v.size == 67  # the Macbeth text has 67 distinct characters
     assert v.decode(v.encode(text[:200], strict=True)) == text[:200]
