@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from experiments.imdb_sentiment.configs import test as test_config
+from lstm_jax import config_utils
 from lstm_jax import data as data_lib
 from lstm_jax.errors import UserError
 from lstm_jax.tasks import classification as clf
@@ -253,6 +254,30 @@ def test_eval_mode_rewrites_reports_not_results(trained):
     assert out["step"] == best
     assert out["reports"]["test"]["examples"] == 49
     assert (workdir / "results.json").read_bytes() == before
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU cannot run impl='cudnn'")
+def test_eval_and_predict_of_a_run_trained_with_an_impl_this_machine_lacks(
+    trained, tmp_path, caplog
+):
+    """A run trained with impl="cudnn" (on a GPU) evaluates and predicts here with this machine's impl,
+    with a warning: the same numbers as the run itself."""
+    import logging
+
+    _, workdir, _ = trained
+    copy = tmp_path / "from_gpu"
+    shutil.copytree(workdir, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["model"]["impl"] = "cudnn"
+    (copy / "config.json").write_text(json.dumps(saved))
+    texts = ["a great movie", "a dull boring film"]
+    with caplog.at_level(logging.WARNING):
+        got = clf.predict_texts(str(copy), texts)
+        evaluated = clf.evaluate(config_utils.load_config(str(copy)), str(copy))  # as the CLI
+    assert any("cannot run here" in r.getMessage() for r in caplog.records)
+    want = clf.predict_texts(str(workdir), texts)
+    assert [r["probability"] for r in got] == pytest.approx([r["probability"] for r in want])
+    assert evaluated["step"] == json.loads((workdir / "results.json").read_text())["best_step"]
 
 
 def test_eval_and_predict_with_another_model_config_name_the_field(trained):
