@@ -873,9 +873,8 @@ def train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     lock = None
     try:
-        lock = _lock_workdir(
-            workdir
-        )  # a second run of the same command waits for nothing: an error
+        # The same command started twice: the second one is an error, not a run beside the first.
+        lock = _lock_workdir(workdir)
         saved = _check_saved_config(config, workdir)
         eng = _Engine(config, workdir, task)  # builds the model: an impossible one is a UserError
     except BaseException:
