@@ -225,6 +225,8 @@ def fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
 
     def add(x: Any) -> None:
+        if not isinstance(x, np.ndarray) and hasattr(x, "__array__"):
+            x = np.asarray(x)  # a jax.Array: its values (its repr would elide them)
         if isinstance(x, np.ndarray):
             h.update(f"a{x.dtype.str}{x.shape}".encode())
             h.update(np.ascontiguousarray(x).tobytes())
@@ -240,8 +242,10 @@ def fingerprint(*parts: Any) -> str:
             h.update(f"l{len(x)}".encode())
             for item in x:
                 add(item)
-        else:
+        elif x is None or isinstance(x, bool | int | float | np.generic):
             h.update(f"v{x!r}".encode())
+        else:
+            raise TypeError(f"fingerprint: cannot digest a {type(x).__name__}")
 
     for part in parts:
         add(part)

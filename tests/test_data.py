@@ -541,3 +541,21 @@ def test_real_fake_news_and_liar_counts():
         (556, 727),
     ]
     assert info["train"]["label_counts"]["pants-fire"] == 842
+
+
+def test_fingerprint_digests_values_dtypes_and_structure():
+    import jax.numpy as jnp
+
+    ids = np.arange(2000, dtype=np.int32).reshape(40, 50)
+    base = D.fingerprint({"train": {"ids": ids, "label": ids[:, 0]}}, "x")
+    assert base == D.fingerprint({"train": {"label": ids[:, 0], "ids": ids.copy()}}, "x")
+    flipped = ids.copy()
+    flipped[20, 25] += 1  # one value in the middle (a repr would elide it)
+    assert base != D.fingerprint({"train": {"ids": flipped, "label": ids[:, 0]}}, "x")
+    assert base != D.fingerprint({"train": {"ids": ids.astype(np.int64), "label": ids[:, 0]}}, "x")
+    assert base != D.fingerprint({"train": {"ids": ids.reshape(50, 40), "label": ids[:, 0]}}, "x")
+    assert D.fingerprint(jnp.asarray(flipped)) == D.fingerprint(flipped)  # values, not the repr
+    assert D.fingerprint(jnp.asarray(flipped)) != D.fingerprint(ids)
+    assert D.fingerprint(["ab", "c"]) != D.fingerprint(["a", "bc"])
+    with pytest.raises(TypeError, match="cannot digest a object"):
+        D.fingerprint(object())
