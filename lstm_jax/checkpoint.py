@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from lstm_jax.errors import UserError
+from lstm_jax.errors import UserError, root_reason
 from lstm_jax.logging_utils import atomic_write, read_json, write_json
 
 __all__ = ["CheckpointStore", "save_artefacts", "load_artefact"]
@@ -155,12 +155,11 @@ class CheckpointStore:
             except Exception as e:  # noqa: BLE001 (any read/decode failure means "unusable")
                 moved = self.quarantine(step)
                 logging.warning(
-                    "checkpoint at step %d in %s could not be restored (%s: %s); moved it to %s and"
+                    "checkpoint at step %d in %s could not be restored (%s); moved it to %s and"
                     " falling back to the previous checkpoint",
                     step,
                     self.directory,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:300] if str(e) else "",
+                    root_reason(e),
                     moved,
                 )
                 continue

@@ -37,6 +37,7 @@ import logging as py_logging
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -147,10 +148,14 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
             raise
         # atomic_write's temporary name (`<file>.tmp<pid>`) is the file the user knows.
         where = f"{re.sub(r'[.]tmp[0-9]+$', '', str(e.filename))}: " if e.filename else ""
+        intact = (
+            f" (what was already written in {FLAGS.workdir} is intact: files are written whole or"
+            " not at all)"
+            if FLAGS.workdir and os.path.isdir(FLAGS.workdir)
+            else ""
+        )
         print(
-            f"error: {where}{e.strerror or e}; {_USER_OS_ERRORS[e.errno]}"
-            f" (what was already written{f' in {FLAGS.workdir}' if FLAGS.workdir else ''} is"
-            " intact: files are written whole or not at all)",
+            f"error: {where}{e.strerror or e}; {_USER_OS_ERRORS[e.errno]}{intact}",
             file=sys.stderr,
         )
         return 2
@@ -314,6 +319,21 @@ def _quiet_closed_loop_excepthook(hook: Callable[..., Any]) -> Callable[..., Any
     return excepthook
 
 
+def _quiet_closed_loop_thread_excepthook(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """`threading.excepthook` without the same "Event loop is closed" errors when one of Orbax's worker
+    threads raises them (see `_quiet_closed_loop_excepthook`)."""
+
+    def excepthook(args):  # noqa: ANN001, ANN202 (threading.excepthook's signature)
+        passed = []
+        _quiet_closed_loop_excepthook(lambda *a: passed.append(a))(
+            args.exc_type, args.exc_value, args.exc_traceback
+        )
+        if passed:
+            hook(args)
+
+    return excepthook
+
+
 def _quiet_failed_reads_unraisablehook(hook: Callable[..., Any]) -> Callable[..., Any]:
     """`sys.unraisablehook` without the reports of Orbax's array-read coroutines that failed on a
     damaged checkpoint (each prints TensorStore's whole spec when garbage-collected): the failure is
@@ -334,6 +354,7 @@ def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None
     if not modes:
         raise ValueError("cli.run needs at least one mode handler")
     sys.excepthook = _quiet_closed_loop_excepthook(sys.excepthook)
+    threading.excepthook = _quiet_closed_loop_thread_excepthook(threading.excepthook)
     sys.unraisablehook = _quiet_failed_reads_unraisablehook(sys.unraisablehook)
     define_flags(list(modes))
     logging.get_absl_handler().addFilter(_QuietOrbax())

@@ -21,3 +21,15 @@ class Interrupted(UserError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_status = 128 + int(signum)
+
+
+def root_reason(e: BaseException) -> str:
+    """`Type: first line of the message` (at most 200 characters) of an exception's root cause (the
+    last of its `__cause__` / `__context__` chain: TensorStore's reason rather than Orbax's wrapper),
+    for one-line reports."""
+    seen = {id(e)}
+    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        e = nxt
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__

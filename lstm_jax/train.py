@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import queue
@@ -63,7 +64,7 @@ from jax.sharding import PartitionSpec as P
 
 from lstm_jax import config_utils, core, metrics, optim
 from lstm_jax.checkpoint import CheckpointStore, save_artefacts
-from lstm_jax.errors import Interrupted, UserError
+from lstm_jax.errors import Interrupted, UserError, root_reason
 from lstm_jax.logging_utils import MetricsLogger, Progress, format_metrics, read_json, write_json
 from lstm_jax.plots import plot_training_curves
 
@@ -742,6 +743,15 @@ def restore_model(
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.impl = "auto"
     step = checkpoint_step(config, workdir, which=which)
+    saved_best = _saved_best_step(workdir)
+    if which == "best" and saved_best is not None and saved_best != step:
+        logging.warning(
+            "the run's best checkpoint (step %d) is no longer in %s (see corrupt_checkpoints/);"
+            " using the checkpoint of step %d",
+            saved_best,
+            os.path.join(workdir, "checkpoints"),
+            step,
+        )
     graphdef, params, others = _split_model(build_model, config)
     _check_model_fits_run(config, workdir, build_model, params)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # as in CheckpointStore
@@ -765,13 +775,26 @@ def restore_model(
     except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
         # Read-only modes leave the workdir as it is: the user decides what to do with the files.
         raise UserError(
-            f"the {which} checkpoint (step {step}) in {directory} cannot be read ({_first_line(e)});"
+            f"the {which} checkpoint (step {step}) in {directory} cannot be read ({root_reason(e)});"
             f" its files are damaged: move {os.path.join(directory, str(step))} out of"
             f" {directory} to use the {which} of the others, or train again"
         ) from None
     state = jax.tree.map(lambda x: x, params)
     nnx.replace_by_pure_dict(state, restored["params"])
     return nnx.merge(graphdef, state, others), int(step)
+
+
+def _saved_best_step(workdir: str) -> int | None:
+    """results.json's `best_step` when that checkpoint is gone from ``<workdir>/checkpoints`` (moved
+    aside as damaged), else None."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with contextlib.suppress(UserError, OSError, AttributeError, TypeError, ValueError):
+        best = read_json(path).get("best_step")
+        if best is not None and not os.path.isdir(os.path.join(workdir, "checkpoints", str(best))):
+            return int(best)
+    return None
 
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -1293,7 +1316,7 @@ def _run(
             best_state, _ = store.restore(best_step, target)
         except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
             moved = store.quarantine(best_step)
-            best_unreadable = {"step": best_step, "error": _first_line(e), "moved_to": moved}
+            best_unreadable = {"step": best_step, "error": root_reason(e), "moved_to": moved}
             logging.warning(
                 "the best checkpoint (step %d) in %s cannot be read (%s); %s; evaluating the last"
                 " weights (step %d) instead",
@@ -1370,18 +1393,6 @@ def _run(
     return results
 
 
-def _first_line(e: BaseException) -> str:
-    """`Type: first line of the message` (at most 200 characters) of an exception's root cause (the
-    last of its `__cause__` / `__context__` chain: TensorStore's reason rather than Orbax's wrapper),
-    for one-line reports."""
-    seen = {id(e)}
-    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(nxt))
-        e = nxt
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
-
-
 def _check_same_data(meta: Mapping[str, Any], task: Task, step: int, workdir: str) -> None:
     """`UserError` when the checkpoint being resumed was trained on other data than the task loaded now
     (both fingerprints known and different)."""
@@ -1398,13 +1409,15 @@ def _check_same_data(meta: Mapping[str, Any], task: Task, step: int, workdir: st
 
 def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
     """Before a run starts from step 0 in a workdir with no usable checkpoint: a `UserError` when the
-    workdir holds a run that got further (its checkpoints were damaged and moved aside just now, or it
-    finished and its checkpoints are gone), so that a new run's records never follow an old one's as if
-    they were one; a warning when only `metrics.jsonl` has records (a run killed before its first
-    checkpoint), whose records the new ones then follow."""
+    workdir holds a run that got further (damaged checkpoints moved to corrupt_checkpoints/, now or
+    before; a finished run; evaluation or resume records in metrics.jsonl, each of which came with a
+    checkpoint), so that a new run's records never follow an old one's as if they were one; a warning
+    when `metrics.jsonl` has only training records (a run killed before its first checkpoint), whose
+    records the new ones then follow."""
     fix = "to train again from step 0, use a new --workdir (or empty this one)"
-    if store.quarantined:
-        steps = ", ".join(str(s) for s in store.quarantined)
+    corrupt = os.path.join(store.workdir, "corrupt_checkpoints")
+    if store.quarantined or (os.path.isdir(corrupt) and os.listdir(corrupt)):
+        steps = ", ".join(str(s) for s in store.quarantined) or "earlier"
         raise UserError(
             f"no checkpoint in {store.directory} can be read: the damaged one(s) of step(s) {steps}"
             f" were moved to {os.path.join(store.workdir, 'corrupt_checkpoints')}, and {workdir}'s"
@@ -1417,13 +1430,32 @@ def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
             f" {store.directory}; restore that folder to resume or evaluate it, or, {fix}"
         )
     metrics = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+    kinds = _record_kinds(metrics)
+    if kinds - {"train"}:  # an evaluation or a resume: a checkpoint was saved, and is gone
+        raise UserError(
+            f"{workdir} holds a run that saved checkpoints ({os.path.basename(metrics)} has its"
+            f" evaluations) but none is left in {store.directory}; restore that folder to resume, or,"
+            f" {fix}"
+        )
+    if kinds:
         logging.warning(
             "no checkpoint in %s: training from step 0; %s already holds records of an earlier start"
             " that stopped before its first checkpoint, and the new records follow them",
             store.directory,
             metrics,
         )
+
+
+def _record_kinds(path: str) -> set[str]:
+    """The `kind`s of the records in a metrics.jsonl (a line cut short by a crash is skipped)."""
+    if not os.path.exists(path):
+        return set()
+    kinds = set()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            with contextlib.suppress(ValueError, AttributeError):
+                kinds.add(str(json.loads(line).get("kind")))
+    return kinds
 
 
 def _padded_size(batch_size: int, multiple: int) -> int:

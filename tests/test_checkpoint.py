@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 
 import engine_fixtures as ef
 import jax
@@ -274,6 +275,12 @@ def test_a_damaged_best_checkpoint_is_one_error_in_eval_and_a_warning_at_the_end
     config.train.num_epochs = 4
     results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert results["steps"] == 20 and results["best_checkpoint_unreadable"]["moved_to"] is None
+    # Eval / predict then use the checkpoint Orbax now ranks best, and say that the run's best is gone.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _, used = restore_model(config, str(tmp_path), ef.build_model, which="best")
+    assert used != 2
+    assert any("best checkpoint (step 2) is no longer in" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -288,10 +295,20 @@ def test_no_readable_checkpoint_left_is_an_error_not_a_silent_restart(tmp_path):
         train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert _digests(tmp_path) == before
     assert os.listdir(tmp_path / "corrupt_checkpoints")  # moved aside, not deleted
-    # A finished run whose checkpoints folder was deleted: the same, not a run from step 0.
+    # The same command again: the same error (the damaged ones lie in corrupt_checkpoints/).
+    with pytest.raises(UserError, match=r"no checkpoint in .* can be read.*earlier"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    # A finished run whose checkpoints are gone: the same, not a run from step 0.
+    shutil.rmtree(tmp_path / "corrupt_checkpoints")
     with pytest.raises(
         UserError, match=r"holds a finished run \(results\.json\) but no checkpoint"
     ):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert _digests(tmp_path) == before
+    # An unfinished one (no results.json) whose metrics.jsonl has evaluations: each came with a checkpoint.
+    (tmp_path / "results.json").unlink()
+    before = _digests(tmp_path)
+    with pytest.raises(UserError, match=r"holds a run that saved checkpoints .* but none is left"):
         train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert _digests(tmp_path) == before
 

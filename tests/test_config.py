@@ -586,6 +586,15 @@ def test_the_damaged_checkpoint_noise_filters_pass_everything_else():
     other = RuntimeError("Event loop is closed")  # raised elsewhere: kept
     excepthook(RuntimeError, other, None)
     assert seen == [other]
+    thread_hook = cli._quiet_closed_loop_thread_excepthook(lambda a: seen.append(a.exc_value))
+    thread_hook(
+        types.SimpleNamespace(
+            exc_type=RuntimeError, exc_value=closed, exc_traceback=closed.__traceback__
+        )
+    )
+    thread_hook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=other, exc_traceback=None))
+    assert seen == [other, other]
+    seen.clear()
 
     unraisable = cli._quiet_failed_reads_unraisablehook(lambda u: seen.append(u))
 
@@ -602,4 +611,4 @@ def test_the_damaged_checkpoint_noise_filters_pass_everything_else():
     kept = types.SimpleNamespace(object=coroutine, exc_value=ValueError("a real problem"))
     unraisable(dropped)
     unraisable(kept)
-    assert seen == [other, kept]
+    assert seen == [kept]

@@ -465,6 +465,12 @@ def test_predict_mode_with_meta_flag_and_json_inputs(tmp_path, monkeypatch, caps
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(stdin)))
     with pytest.raises(UserError, match=r"^stdin line 3: looks like a JSON object"):
         clf.predict(config, str(workdir))
+    stdin = b'{"statement": "ok"}\n\n{"statement": "Jobs grew", "speeker": "x"}\n'
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(stdin)))
+    with pytest.raises(
+        UserError, match=r"^stdin line 3: unknown metadata field\(s\) \['speeker'\]"
+    ):
+        clf.predict(config, str(workdir))
 
 
 def test_resuming_on_a_data_file_changed_in_place_is_an_error(tmp_path):

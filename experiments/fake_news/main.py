@@ -28,7 +28,7 @@ flags.DEFINE_multi_string(
     "meta",
     [],
     "predict (LIAR models): metadata of every text as field=value, repeatable (subject, speaker,"
-    " speaker_job_title, state_info, party_affiliation, context).",
+    " speaker_job_title, state_info, party_affiliation, context)",
 )
 FLAGS = flags.FLAGS
 

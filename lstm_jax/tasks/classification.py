@@ -1036,7 +1036,7 @@ def _input_fields(line: str, number: int | str) -> dict[str, str]:
         obj = json.loads(stripped)
     except json.JSONDecodeError as e:
         raise UserError(
-            f"{_where(number)}: looks like a JSON object but does not parse ({e.msg} at column"
+            f"{_where(number)}: looks like a JSON object but does not parse ({e.msg}, column"
             f" {e.colno}); fix the JSON, or give the text without the surrounding braces"
         ) from None
     bad = [k for k, v in obj.items() if not isinstance(v, str)]
@@ -1057,6 +1057,12 @@ def _compose_input(
         statement = fields.pop("text", None) if statement is None else statement
         if statement is None:
             raise UserError(f'{_where(number)}: a JSON input needs the statement under "statement"')
+        unknown = sorted(set(fields) - set(encoder.meta_fields or ()))
+        if unknown and encoder.meta_vocab is not None:
+            raise UserError(
+                f"{_where(number)}: unknown metadata field(s) {unknown}; this model uses"
+                f" {', '.join(encoder.meta_fields)}"
+            )
         return statement, fields
     allowed = ("title", "author", "text") if encoder.dataset == "fake_news" else ("text",)
     unknown = sorted(set(fields) - set(allowed))
