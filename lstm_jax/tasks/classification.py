@@ -1057,12 +1057,8 @@ def _compose_input(
         statement = fields.pop("text", None) if statement is None else statement
         if statement is None:
             raise UserError(f'{_where(number)}: a JSON input needs the statement under "statement"')
-        unknown = sorted(set(fields) - set(encoder.meta_fields or ()))
-        if unknown and encoder.meta_vocab is not None:
-            raise UserError(
-                f"{_where(number)}: unknown metadata field(s) {unknown}; this model uses"
-                f" {', '.join(encoder.meta_fields)}"
-            )
+        if encoder.meta_vocab is not None:
+            _check_meta_fields(encoder, fields, _where(number))
         return statement, fields
     allowed = ("title", "author", "text") if encoder.dataset == "fake_news" else ("text",)
     unknown = sorted(set(fields) - set(allowed))
@@ -1088,16 +1084,22 @@ def _predict_meta(
                 " LIAR configs use metadata); leave --meta out"
             )
         return None
-    fields = encoder.meta_fields
     tokens = []
     for i, m in enumerate(meta, 1):
-        unknown = sorted(set(m) - set(fields))
-        if unknown:
-            raise UserError(
-                f"text {i}: unknown metadata field(s) {unknown}; this model uses {', '.join(fields)}"
-            )
-        tokens.append(_meta_tokens(m, fields))
+        _check_meta_fields(encoder, m, f"text {i}")
+        tokens.append(_meta_tokens(m, encoder.meta_fields))
     return tokens
+
+
+def _check_meta_fields(encoder: TextEncoder, fields: Iterable[str], where: str) -> None:
+    """`UserError` naming `where` (``--meta``, ``stdin line 3``, ``text 2``) when `fields` holds a
+    metadata field the model (trained with metadata) does not use."""
+    unknown = sorted(set(fields) - set(encoder.meta_fields))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown metadata field(s) {unknown}; this model uses"
+            f" {', '.join(encoder.meta_fields)}"
+        )
 
 
 def predict_texts(
@@ -1172,12 +1174,8 @@ def predict(
 
     common = parse_meta(meta)
     encoder = _load_encoder(workdir)
-    if encoder.meta_vocab is not None and set(common) - set(encoder.meta_fields):
-        bad = sorted(set(common) - set(encoder.meta_fields))
-        raise UserError(
-            f"--meta: unknown metadata field(s) {bad}; this model uses"
-            f" {', '.join(encoder.meta_fields)}"
-        )
+    if encoder.meta_vocab is not None:
+        _check_meta_fields(encoder, common, "--meta")
     args = cli.positional_args()
     numbered = (
         list(enumerate(args, 1))
