@@ -168,13 +168,19 @@ def _set_csv_field_limit() -> None:
 
 
 def _read_csv(
-    path: Path, required: Sequence[str], what: str = "CSV", *, fix: str = "rename the column(s)"
+    path: Path,
+    required: Sequence[str],
+    what: str = "CSV",
+    *,
+    fix: str = "rename the column(s)",
+    optional: Sequence[str] = (),
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and `(first line number, row dict)` pairs of a UTF-8 CSV (`.csv` or `.csv.gz`).
 
     Errors (UserError): missing/empty/binary/undecodable file, missing columns (names the columns
     found, a column that differs only in case, a header separated by ';' or tabs, and `fix`), a
-    required column that appears twice in the header, a malformed row (names the line).
+    required or `optional` (read when present) column that appears twice in the header, a malformed
+    row (names the line).
     """
     _set_csv_field_limit()
     text = _decode_utf8(_read_bytes(path, what), path)
@@ -191,7 +197,7 @@ def _read_csv(
             f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; columns found: "
             f"{', '.join(repr(h) for h in header)}{_header_hint(header, missing)}; {fix}"
         )
-    repeated = [c for c in required if header.count(c) > 1]
+    repeated = [c for c in (*required, *optional) if header.count(c) > 1]
     if repeated:
         raise UserError(
             f"{path}: column {repeated[0]!r} appears {header.count(repeated[0])} times in the header;"
@@ -552,12 +558,8 @@ def load_fake_news_csv(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
         ["title", "text", "label"],
         fix="rename them to title, author (optional), text and label (1 or FAKE = fake, 0 or REAL ="
         " real), the columns of Kaggle's fake-news train.csv",
+        optional=["author"],
     )
-    if header.count("author") > 1:
-        raise UserError(
-            f"{path}: column 'author' appears {header.count('author')} times in the header; rename"
-            " or remove the repeated column so that each name is used once"
-        )
     out: dict[str, list[Any]] = {"id": [], "title": [], "author": [], "text": [], "label": []}
     skipped = empty_text = dups = 0
     for line, row in rows:

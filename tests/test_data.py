@@ -361,6 +361,7 @@ def test_load_fake_news_csv_string_labels_say_how_to_fix_the_column(tmp_path):
     ("header", "message"),
     [
         (["id", "title", "author", "text", "label", "text"], r"column 'text' appears 2 times"),
+        (["id", "title", "author", "text", "label", "author"], r"column 'author' appears 2 times"),
         (["id", "Title", "author", "text", "label"], r"'Title' differs from 'title' only in case"),
         (["id;title;author;text;label"], r"separated by ';', not commas"),
     ],
