@@ -300,35 +300,35 @@ def _parse_flags(args: list[str]) -> list[str]:
         _flag_error(f"{_config_arg(args, names[0])}: the config has no field {names[0]!r}; {fix}")
 
 
+def _closed_loop_noise(etype: Any, value: Any, tb: Any) -> bool:
+    """Whether an uncaught exception is the "Event loop is closed" RuntimeError that TensorStore's
+    callbacks raise in asyncio after a failed checkpoint read, once Orbax's event loop has closed:
+    noise after the one-line error about the damaged checkpoint, not a problem of its own."""
+    frames = traceback.extract_tb(tb)
+    return (
+        etype is RuntimeError
+        and str(value) == "Event loop is closed"
+        and bool(frames)
+        and frames[-1].filename.endswith(os.path.join("asyncio", "base_events.py"))
+    )
+
+
 def _quiet_closed_loop_excepthook(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """`sys.excepthook` without the "Event loop is closed" tracebacks TensorStore's callbacks print
-    (through `PyErr_Print`) after a failed checkpoint read, once Orbax's event loop has closed: noise
-    after the one-line error about the damaged checkpoint, not a problem of their own."""
+    """`sys.excepthook` (TensorStore's callbacks print through `PyErr_Print`) without
+    `_closed_loop_noise`."""
 
     def excepthook(etype, value, tb):  # noqa: ANN001, ANN202 (sys.excepthook's signature)
-        frames = traceback.extract_tb(tb)
-        if (
-            etype is RuntimeError
-            and str(value) == "Event loop is closed"
-            and frames
-            and frames[-1].filename.endswith(os.path.join("asyncio", "base_events.py"))
-        ):
-            return
-        hook(etype, value, tb)
+        if not _closed_loop_noise(etype, value, tb):
+            hook(etype, value, tb)
 
     return excepthook
 
 
 def _quiet_closed_loop_thread_excepthook(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """`threading.excepthook` without the same "Event loop is closed" errors when one of Orbax's worker
-    threads raises them (see `_quiet_closed_loop_excepthook`)."""
+    """`threading.excepthook` (one of Orbax's worker threads raising) without `_closed_loop_noise`."""
 
     def excepthook(args):  # noqa: ANN001, ANN202 (threading.excepthook's signature)
-        passed = []
-        _quiet_closed_loop_excepthook(lambda *a: passed.append(a))(
-            args.exc_type, args.exc_value, args.exc_traceback
-        )
-        if passed:
+        if not _closed_loop_noise(args.exc_type, args.exc_value, args.exc_traceback):
             hook(args)
 
     return excepthook
