@@ -73,7 +73,8 @@ class CheckpointStore:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
-        self.quarantined: list[int] = []  # steps moved to corrupt_checkpoints/ by this store
+        self.corrupt_directory = os.path.join(self.workdir, "corrupt_checkpoints")
+        self.quarantined: list[int] = []  # steps moved to corrupt_directory by this store
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -171,14 +172,12 @@ class CheckpointStore:
         time>`` (kept for inspection) and returns that path; None when the checkpoint is not there."""
         src = os.path.join(self.directory, str(step))
         self.quarantined.append(int(step))
-        if not os.path.exists(src):
-            self._manager.reload()
-            return None
-        dst_dir = os.path.join(self.workdir, "corrupt_checkpoints")
-        os.makedirs(dst_dir, exist_ok=True)
-        dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-        if jax.process_index() == 0:
-            shutil.move(src, dst)
+        dst = None
+        if os.path.exists(src):
+            os.makedirs(self.corrupt_directory, exist_ok=True)
+            dst = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
+            if jax.process_index() == 0:
+                shutil.move(src, dst)
         self._manager.reload()
         return dst
 

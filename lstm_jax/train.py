@@ -1415,13 +1415,12 @@ def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
     when `metrics.jsonl` has only training records (a run killed before its first checkpoint), whose
     records the new ones then follow."""
     fix = "to train again from step 0, use a new --workdir (or empty this one)"
-    corrupt = os.path.join(store.workdir, "corrupt_checkpoints")
+    corrupt = store.corrupt_directory
     if store.quarantined or (os.path.isdir(corrupt) and os.listdir(corrupt)):
         steps = ", ".join(str(s) for s in store.quarantined) or "earlier"
         raise UserError(
             f"no checkpoint in {store.directory} can be read: the damaged one(s) of step(s) {steps}"
-            f" were moved to {os.path.join(store.workdir, 'corrupt_checkpoints')}, and {workdir}'s"
-            f" records belong to them; {fix}"
+            f" were moved to {corrupt}, and {workdir}'s records belong to them; {fix}"
         )
     results = os.path.join(workdir, RESULTS_FILE)
     if os.path.exists(results):
