@@ -37,6 +37,7 @@ __all__ = [
     "config_to_dict",
     "config_diff",
     "monitor_mode",
+    "drop_remainder",
     "dropout_rates",
     "layer_sizes",
     "positive_int",
@@ -78,6 +79,10 @@ def engine_defaults() -> ml_collections.ConfigDict:
     tr.eval_batch_size = 0  # 0 = batch_size
     tr.num_epochs = 10
     tr.num_steps = 0  # 0 = num_epochs * steps_per_epoch
+    # True: each epoch's last `examples % batch_size` (shuffled) examples are left out, a different few each
+    # epoch; False: they form a last, smaller batch, as in Keras' fit and PyTorch's DataLoader (padded with
+    # weight-0 rows to the batch shape, so the same loss and gradient, and no second compilation).
+    tr.drop_remainder = True
     tr.eval_every_steps = 0  # 0 = evaluate (and checkpoint) at the end of every epoch only
     tr.log_every_steps = 50
     tr.checkpoint_keep = 3  # the last N checkpoints; the best one is always kept as well
@@ -173,6 +178,8 @@ def validate_config(config: Any) -> None:
     _check(config, "train.log_every_steps", lambda v: v > 0, "an integer > 0", integer=True)
     _check(config, "train.checkpoint_keep", lambda v: v >= 1, "an integer >= 1", integer=True)
     _check(config, "train.prefetch", lambda v: v >= 0, "an integer >= 0", integer=True)
+    if not isinstance(drop_remainder(config), bool):
+        _fail("train.drop_remainder", "True or False", drop_remainder(config))
     monitor = _get(config, "train.monitor")
     if not isinstance(monitor, str) or not monitor.strip():
         _fail("train.monitor", "a metric name such as 'val_loss' or 'val_accuracy'", monitor)
@@ -184,6 +191,12 @@ def validate_config(config: Any) -> None:
             _fail(f"early_stopping.{flag}", "True or False", value)
     _check(config, "early_stopping.patience", lambda v: v >= 0, "an integer >= 0", integer=True)
     _check(config, "early_stopping.min_delta", lambda v: v >= 0, ">= 0")
+
+
+def drop_remainder(config: Any) -> Any:
+    """`config.train.drop_remainder`; True (the behaviour before the field existed) in a run saved
+    without it."""
+    return config["train"].get("drop_remainder", True)
 
 
 def dropout_rates(

@@ -82,6 +82,7 @@ __all__ = [
     "pad_batch",
     "steps_per_epoch",
     "epoch_permutation",
+    "epoch_batch_indices",
     "shuffled_batches",
     "padded_batches",
     "restore_model",
@@ -351,14 +352,33 @@ def pad_batch(batch: Batch, multiple: int) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches per epoch (the remainder of a shuffled epoch is dropped, as `drop_remainder`)."""
-    return num_examples // batch_size
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = True) -> int:
+    """Batches per epoch: the full ones (`drop_remainder`, as tf.data's and Flax's examples), or with the
+    remainder as a last, smaller batch (Keras' `fit` and PyTorch's `DataLoader`), padded to the batch shape
+    with weight-0 rows (`pad_batch`), which gives exactly the smaller batch's weighted-mean gradient."""
+    return num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     """The example order of `epoch`: a permutation of `n` that depends only on (seed, epoch)."""
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def epoch_batch_indices(
+    n: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+) -> list[np.ndarray]:
+    """The example indices of each of epoch `epoch`'s `steps_per_epoch(n, batch_size, drop_remainder)`
+    batches: `epoch_permutation(seed, epoch)` (or `arange(n)` without `shuffle`) cut in order; with
+    `drop_remainder=False` the last one may be shorter."""
+    order = epoch_permutation(seed, epoch, n) if shuffle else np.arange(n)
+    steps = steps_per_epoch(n, batch_size, drop_remainder)
+    return [order[b * batch_size : (b + 1) * batch_size] for b in range(steps)]
 
 
 def shuffled_batches(
@@ -369,17 +389,20 @@ def shuffled_batches(
     epoch: int,
     start: int = 0,
     shuffle: bool = True,
+    drop_remainder: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Training batches of epoch `epoch` from in-memory arrays (all `[examples, ...]`), from batch `start`.
 
-    Yields ``steps_per_epoch(n, batch_size)`` full batches; the order is `epoch_permutation(seed, epoch)`,
-    so resuming at ``start`` gives exactly the batches an uninterrupted epoch would have.
+    Yields ``steps_per_epoch(n, batch_size, drop_remainder)`` batches of `batch_size` rows (a short last
+    one padded with weight-0 rows by `pad_batch`); the order is `epoch_permutation(seed, epoch)`, so resuming at ``start``
+    gives exactly the batches an uninterrupted epoch would have.
     """
     n = len(next(iter(arrays.values())))
-    order = epoch_permutation(seed, epoch, n) if shuffle else np.arange(n)
-    for b in range(start, steps_per_epoch(n, batch_size)):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        yield {k: np.asarray(v)[idx] for k, v in arrays.items()}
+    batches = epoch_batch_indices(
+        n, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, drop_remainder=drop_remainder
+    )
+    for idx in batches[start:]:
+        yield pad_batch({k: np.asarray(v)[idx] for k, v in arrays.items()}, batch_size)
 
 
 def padded_batches(
@@ -998,9 +1021,9 @@ def _check_saved_config(
 ) -> ml_collections.ConfigDict | None:
     """The config saved in `workdir` (None if there is none), checked against `config`.
 
-    A field the saved config lacks (a run saved before the field existed) is allowed with a warning; a
-    changed or removed field that is not `_resumable` is a `UserError` naming it, its saved value and
-    the fixes.
+    A field the saved config lacks (a run saved before the field existed) is allowed with a warning when
+    it is given its `engine_defaults` value (the one that run used); a changed or removed field that is
+    not `_resumable` is a `UserError` naming it, its saved value and the fixes.
     """
     path = os.path.join(workdir, config_utils.CONFIG_FILE)
     if not os.path.exists(path):
@@ -1011,6 +1034,11 @@ def _check_saved_config(
         return saved
     old = dict(config_utils.flatten_config(saved))
     new = dict(config_utils.flatten_config(config))
+    # A field the saved run predates ran as the engine's default: only another value is a change.
+    defaults = config_utils.flatten_config(config_utils.engine_defaults())
+    for d in diff:
+        if d not in old and d in defaults and new.get(d) != defaults[d]:
+            old[d] = defaults[d]
     blocking = [d for d in diff if d in old and not _resumable(d)]
     if blocking:
         # The model first: its message has been the one users saw (and tests match).

@@ -84,15 +84,15 @@ def classification_task(config, train=None, valid=None, *, stop_at=None, eval_bs
     train = train if train is not None else classification_data(40)
     valid = valid if valid is not None else classification_data(15, seed=1)
     bs = config.train.batch_size
+    drop = config_utils.drop_remainder(config)
+    steps = steps_per_epoch(len(train["label"]), bs, drop)
 
     def train_batches(epoch, start):
-        for n, b in enumerate(
-            shuffled_batches(train, bs, seed=config.seed, epoch=epoch, start=start), start=start
-        ):
-            if (
-                stop_at is not None
-                and epoch * steps_per_epoch(len(train["label"]), bs) + n >= stop_at
-            ):
+        batches = shuffled_batches(
+            train, bs, seed=config.seed, epoch=epoch, start=start, drop_remainder=drop
+        )
+        for n, b in enumerate(batches, start=start):
+            if stop_at is not None and epoch * steps + n >= stop_at:
                 raise KeyboardInterrupt("simulated interruption")
             yield b
 
@@ -100,7 +100,7 @@ def classification_task(config, train=None, valid=None, *, stop_at=None, eval_bs
         build_model=build_model,
         loss_fn=classifier_loss,
         train_batches=train_batches,
-        steps_per_epoch=steps_per_epoch(len(train["label"]), bs),
+        steps_per_epoch=steps,
         eval_batches={
             "validation": lambda: padded_batches(valid, eval_bs),
             "test": lambda: padded_batches(valid, eval_bs),
@@ -151,3 +151,24 @@ def lm_task(config, *, length: int = 2000, seq: int = 5) -> Task:
         init_carry=init_carry,
         derive_metrics=lambda m: {**m, "bits_per_token": m["loss"] / np.log(2)},
     )
+
+
+def assert_padding_rows_change_nothing(loss_fn, model, batch) -> None:
+    """The loss and every gradient of `batch` (a training batch whose last rows are weight-0 padding)
+    equal those of its real rows alone: a short last batch padded to the batch shape trains exactly as
+    the short batch would (Keras' and PyTorch's last batch)."""
+    weight = np.asarray(batch["weight"])
+    assert 0 < (weight > 0).sum() < len(weight), "the batch must hold real and padding rows"
+    short = {k: np.asarray(v)[weight > 0] for k, v in batch.items()}
+
+    def loss(m, b):
+        b = {k: jnp.asarray(v) for k, v in b.items()}
+        return loss_fn(m, b, key=jax.random.key(0), train=False, carry=None)[0]
+
+    full_loss, full_grads = nnx.value_and_grad(loss)(model, batch)
+    short_loss, short_grads = nnx.value_and_grad(loss)(model, short)
+    np.testing.assert_allclose(float(full_loss), float(short_loss), rtol=1e-5)
+    leaves = jax.tree.leaves(full_grads), jax.tree.leaves(short_grads)
+    assert len(leaves[0]) == len(leaves[1]) > 0
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)

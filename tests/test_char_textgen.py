@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import engine_fixtures as ef
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,6 +213,27 @@ def test_window_layout_trains_and_generates_greedily(tmp_path):
     # a short prime is pre-padded with spaces to the window
     short = char_lm.generate_samples(None, str(workdir), prime="to", length=5)
     assert len(short["texts"][0]) == 5
+
+
+def test_windows_keep_the_remainder_as_a_padded_last_batch(tmp_path):
+    config = _window_config(_write_text(tmp_path / "t.txt", lines=60))
+    config.train.drop_remainder = False
+    task = char_lm.make_task(config)
+    n, bs = task.data_info["train_windows"], config.train.batch_size
+    assert n % bs and task.steps_per_epoch == -(-n // bs)
+    batches = list(task.train_batches(0, 0))
+    assert len(batches) == task.steps_per_epoch
+    assert all(b["inputs"].shape == (bs, config.data.seq_length) for b in batches)
+    assert sum(float(b["weight"].sum()) for b in batches) == n
+    model = char_lm.build_model(config, nnx.Rngs(0))
+    ef.assert_padding_rows_change_nothing(char_lm.window_loss, model, batches[-1])
+
+
+def test_streams_refuse_to_keep_a_remainder(tmp_path):
+    config = _stream_config(_write_text(tmp_path / "t.txt"))
+    config.train.drop_remainder = False
+    with pytest.raises(UserError, match="drop_remainder=False needs config.data.layout='windows'"):
+        char_lm.make_task(config)
 
 
 def test_window_model_is_the_tutorials_architecture(tmp_path):

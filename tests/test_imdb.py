@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import engine_fixtures as ef
 import jax
 import numpy as np
 import pytest
@@ -410,6 +411,35 @@ def test_bucketed_batches_cover_once_and_resume():
         a["ids"].shape != b["ids"].shape or (a["ids"] != b["ids"]).any()
         for a, b in zip(batches, other, strict=True)
     )
+
+
+@pytest.mark.parametrize("quantum", [0, 8])
+def test_keeping_the_remainder_trains_every_review_once_an_epoch(trained, tmp_path, quantum):
+    acl, _, _ = trained
+    config = _config(acl)
+    config.train.drop_remainder = False
+    config.data.bucket_quantum = quantum
+    task, prepared = clf.make_task(config, str(tmp_path))
+    labels, bs = prepared.arrays["train"]["label"], config.train.batch_size
+    assert len(labels) % bs and task.steps_per_epoch == -(-len(labels) // bs)
+    batches = list(task.train_batches(1, 0))
+    assert len(batches) == task.steps_per_epoch and all(len(b["label"]) == bs for b in batches)
+    assert sum(float(b["weight"].sum()) for b in batches) == len(labels)
+    short = [b for b in batches if b["weight"].sum() < bs]
+    assert len(short) == 1
+    model = clf.build_model(config, nnx.Rngs(0))
+    ef.assert_padding_rows_change_nothing(task.loss_fn, model, short[0])
+
+
+def test_bucketed_batches_can_keep_the_remainder():
+    arrays = _lengths_fixture()
+    kw = dict(seed=3, epoch=1, start=0, quantum=8, chunk_batches=3, drop_remainder=False)
+    batches = list(clf.bucketed_batches(arrays, 8, **kw))
+    assert len(batches) == 9 and all(len(b["label"]) == 8 for b in batches)
+    real = np.concatenate([b["label"][b["weight"] > 0] for b in batches])
+    assert sorted(real.tolist()) == list(range(70))  # every review once
+    for b in batches:
+        assert not b["mask"][b["weight"] == 0].any()  # the padding rows are empty
 
 
 def test_bucketing_is_exact_for_predictions(trained):

@@ -10,9 +10,11 @@ import signal
 import engine_fixtures as ef
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from lstm_jax import config_utils, optim
 from lstm_jax.errors import Interrupted, UserError
@@ -30,7 +32,7 @@ from lstm_jax.train import (
 
 def _params(workdir, config, which="latest"):
     model, step = restore_model(config, str(workdir), ef.build_model, which=which)
-    leaves = jax.tree.leaves(jax.tree.map(np.asarray, __import__("flax").nnx.state(model)))
+    leaves = jax.tree.leaves(jax.tree.map(np.asarray, nnx.state(model)))
     return leaves, step
 
 
@@ -389,6 +391,53 @@ def test_more_epochs_continue_a_finished_run(tmp_path):
     assert results["steps"] == 10 and len(results["history"]) == 2
 
 
+def test_keeping_the_remainder_trains_a_last_short_batch(tmp_path):
+    """`train.drop_remainder=False` (Keras' fit, PyTorch's DataLoader): ceil(n / batch) steps an epoch, the
+    last one padded with weight-0 rows, which give it exactly the short batch's loss and gradients."""
+    config = ef.base_config(num_epochs=2, drop_remainder=False)
+    train = ef.classification_data(43)  # 5 full batches of 8 and one of 3
+    task = ef.classification_task(config, train)
+    assert task.steps_per_epoch == 6
+    batches = list(task.train_batches(0, 0))
+    assert [b["weight"].sum() for b in batches] == [8] * 5 + [3]
+    ef.assert_padding_rows_change_nothing(
+        ef.classifier_loss, ef.build_model(config, nnx.Rngs(0)), batches[-1]
+    )
+    results = train_and_evaluate(config, str(tmp_path), task)
+    assert results["steps"] == 12
+    assert ef.classification_task(ef.base_config(), train).steps_per_epoch == 5  # the default drops
+
+
+def test_a_run_saved_before_a_field_resumes_only_with_its_default(tmp_path):
+    """A saved config without `train.drop_remainder` ran with the default (True): resuming with it is
+    allowed, with False (another epoch layout) an error that changes nothing."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["train"]["drop_remainder"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config.train.num_epochs = 2
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 10
+    config.train.num_epochs = 3
+    config.train.drop_remainder = False
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(
+        UserError, match=r"config\.train\.drop_remainder differs .*saved True, given False"
+    ):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert json.loads((tmp_path / "results.json").read_text())["steps"] == 10
+    assert (tmp_path / "config.json").read_text() == before
+
+
+def test_drop_remainder_must_be_a_bool():
+    fields = ef.base_config().to_dict()
+    fields["train"]["drop_remainder"] = "no"  # as a hand-edited config.json could hold it
+    config = ml_collections.ConfigDict(fields)
+    with pytest.raises(UserError, match="config.train.drop_remainder"):
+        config_utils.validate_config(config)
+
+
 # -- data helpers ---------------------------------------------------------------------------------------
 
 
@@ -396,6 +445,11 @@ def test_shuffled_batches_resume_and_depend_only_on_seed_and_epoch():
     data = {"x": np.arange(23)}
     full = list(shuffled_batches(data, 5, seed=3, epoch=2))
     assert len(full) == 4 and all(len(b["x"]) == 5 for b in full)
+    kept = list(shuffled_batches(data, 5, seed=3, epoch=2, drop_remainder=False))
+    assert [b["weight"].sum() for b in kept] == [5, 5, 5, 5, 3]
+    assert sorted(np.concatenate([b["x"][b["weight"] > 0] for b in kept])) == list(range(23))
+    for a, b in zip(full, kept, strict=False):  # the same order, the remainder added at the end
+        np.testing.assert_array_equal(a["x"], b["x"])
     tail = list(shuffled_batches(data, 5, seed=3, epoch=2, start=2))
     for a, b in zip(full[2:], tail, strict=True):
         np.testing.assert_array_equal(a["x"], b["x"])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import engine_fixtures as ef
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,6 +200,23 @@ def test_prefix_form_trains_and_generates(tmp_path):
     assert results["data"]["train_examples"] == results["data"]["train_targets"]
     out = word_lm.generate_samples(None, str(workdir), seed_text="red shirt", num_words=3)
     assert len(out) == 1 and len(out[0]["generated"].split()) <= 3
+
+
+@pytest.mark.parametrize("form", ["prefixes", "lines"])
+def test_keeping_the_remainder_trains_every_example_once_an_epoch(tmp_path, form):
+    config = _config(_write_csv(tmp_path / "f.csv", rows=43), form=form)
+    config.train.drop_remainder = False
+    task = word_lm.make_task(config)
+    n, bs = task.data_info["train_examples"], config.train.batch_size
+    assert n % bs and task.steps_per_epoch == -(-n // bs)
+    batches = list(task.train_batches(0, 0))
+    assert len(batches) == task.steps_per_epoch
+    assert all(b["inputs"].shape[0] == bs for b in batches)
+    assert sum(float(b["weight"].sum()) for b in batches) == n
+    short = [b for b in batches if b["weight"].sum() < bs]
+    assert len(short) == 1
+    model = word_lm.build_model(config, nnx.Rngs(0))
+    ef.assert_padding_rows_change_nothing(task.loss_fn, model, short[0])
 
 
 def test_fashion_model_is_the_tutorials_architecture():

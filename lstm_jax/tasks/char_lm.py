@@ -40,9 +40,11 @@ from lstm_jax.text import Vocabulary
 from lstm_jax.train import (
     Task,
     check_run,
-    epoch_permutation,
+    epoch_batch_indices,
     load_trained,
+    pad_batch,
     padded_batches,
+    steps_per_epoch,
     train_and_evaluate,
 )
 
@@ -234,6 +236,12 @@ def _check_data_config(config: ml_collections.ConfigDict) -> None:
     for field in ("seq_length", "window_stride"):
         if int(d[field]) < 1:
             raise UserError(f"config.data.{field}={d[field]} must be >= 1; pass a positive integer")
+    if d.layout == "streams" and not config_utils.drop_remainder(config):
+        raise UserError(
+            "config.train.drop_remainder=False needs config.data.layout='windows': the 'streams' layout"
+            " cuts the text into batch_size streams read in consecutive pieces, so there is no last,"
+            " smaller batch; leave out --config.train.drop_remainder"
+        )
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
@@ -247,6 +255,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     seq, bs = int(config.data.seq_length), int(config.train.batch_size)
     eval_bs = int(config.train.eval_batch_size) or bs
     seed = int(config.seed)
+    drop = config_utils.drop_remainder(config)
     rng = np.random.default_rng([seed, 7])
     train_ids = ids["train"]
     if len(train_ids) < seq + 2:
@@ -274,9 +283,11 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         info["train_windows"] = len(starts)
 
         def train_batches(epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-            order = epoch_permutation(seed, epoch, len(starts))
-            for b in range(start, len(starts) // bs):
-                yield _windows(train_ids, starts[order[b * bs : (b + 1) * bs]], seq)
+            batches = epoch_batch_indices(
+                len(starts), bs, seed=seed, epoch=epoch, drop_remainder=drop
+            )
+            for idx in batches[start:]:
+                yield pad_batch(_windows(train_ids, starts[idx], seq), bs)
 
         if has_val:
             val = _windows(ids["validation"], window_starts(len(ids["validation"]), seq, 1), seq)
@@ -286,7 +297,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
             build_model=build_model,
             loss_fn=window_loss,
             train_batches=train_batches,
-            steps_per_epoch=len(starts) // bs,
+            steps_per_epoch=steps_per_epoch(len(starts), bs, drop),
             eval_batches=eval_batches,
             periodic_eval=("validation",) if has_val else (),
             artefacts=artefacts,

@@ -59,6 +59,7 @@ from lstm_jax.train import (
     checkpoint_step,
     data_parallel_map,
     epoch_permutation,
+    pad_batch,
     padded_batches,
     restore_model,
     shuffled_batches,
@@ -775,16 +776,18 @@ def bucketed_batches(
     start: int,
     quantum: int,
     chunk_batches: int = 50,
+    drop_remainder: bool = True,
 ):
     """Training batches of similar length, trimmed to their longest review (rounded up to `quantum`).
 
-    The epoch's permutation (`epoch_permutation(seed, epoch)`, remainder dropped) is cut into chunks of
+    The epoch's permutation (`epoch_permutation(seed, epoch)`, its remainder dropped, or with
+    `drop_remainder=False` kept as a short batch padded with weight-0 rows) is cut into chunks of
     `chunk_batches` batches; each chunk is sorted by length and cut into batches, and the batch order is
     shuffled with (seed, epoch), so an epoch is a function of (seed, epoch) only and resumes exactly at
     `start`. Shapes vary by multiples of `quantum` (a few compilations) instead of always `maxlen`.
     """
     n = len(arrays["label"])
-    steps = steps_per_epoch(n, batch_size)
+    steps = steps_per_epoch(n, batch_size, drop_remainder)
     order = epoch_permutation(seed, epoch, n)[: steps * batch_size]
     lengths = arrays["mask"].sum(axis=1)
     batches = []
@@ -795,7 +798,9 @@ def bucketed_batches(
     shuffle = np.random.default_rng([int(seed), int(epoch), 1]).permutation(len(batches))
     for b in shuffle[start:]:
         idx = batches[b]
-        yield _trim({k: np.asarray(v)[idx] for k, v in arrays.items()}, quantum)
+        yield pad_batch(
+            _trim({k: np.asarray(v)[idx] for k, v in arrays.items()}, quantum), batch_size
+        )
 
 
 def _eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, quantum: int):
@@ -839,13 +844,22 @@ def make_task(
     eval_bs = int(config.train.eval_batch_size) or batch_size
     seed = int(config.seed)
     quantum = bucket_quantum(config)
+    drop = config_utils.drop_remainder(config)
 
     def train_batches(epoch: int, start: int):
         if quantum:
             return bucketed_batches(
-                train_arr, batch_size, seed=seed, epoch=epoch, start=start, quantum=quantum
+                train_arr,
+                batch_size,
+                seed=seed,
+                epoch=epoch,
+                start=start,
+                quantum=quantum,
+                drop_remainder=drop,
             )
-        return shuffled_batches(train_arr, batch_size, seed=seed, epoch=epoch, start=start)
+        return shuffled_batches(
+            train_arr, batch_size, seed=seed, epoch=epoch, start=start, drop_remainder=drop
+        )
 
     def eval_split(split: str):
         return lambda: _eval_batches(prepared.arrays[split], eval_bs, quantum)
@@ -888,7 +902,7 @@ def make_task(
         build_model=build_model,
         loss_fn=make_loss_fn(config),
         train_batches=train_batches,
-        steps_per_epoch=steps_per_epoch(len(train_arr["label"]), batch_size),
+        steps_per_epoch=steps_per_epoch(len(train_arr["label"]), batch_size, drop),
         eval_batches={"validation": eval_split("validation"), "test": eval_split("test")},
         periodic_eval=("validation",),
         artefacts={PREPROCESS_FILE: prepared.encoder.to_dict()},

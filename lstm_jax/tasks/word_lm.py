@@ -45,8 +45,11 @@ from lstm_jax.text import Vocabulary
 from lstm_jax.train import (
     Task,
     check_run,
+    epoch_batch_indices,
     epoch_permutation,
     load_trained,
+    pad_batch,
+    steps_per_epoch,
     train_and_evaluate,
 )
 
@@ -176,16 +179,23 @@ def _buckets(max_inputs: int, configured: Sequence[int]) -> tuple[int, ...]:
 
 
 def _line_epoch(
-    seqs: Sequence[list[int]], bs: int, seed: int, epoch: int, buckets: Sequence[int]
+    seqs: Sequence[list[int]],
+    bs: int,
+    seed: int,
+    epoch: int,
+    buckets: Sequence[int],
+    drop_remainder: bool = True,
 ) -> list[np.ndarray]:
     """The batches (index arrays) of one epoch: a function of (seed, epoch) only, so resuming is exact.
 
-    Lines are shuffled, a random `len % bs` of them left out, then sorted by length (ties stay in shuffled
+    Lines are shuffled, a random `len % bs` of them left out (kept with `drop_remainder=False`: the
+    longest batch is then the short one), then sorted by length (ties stay in shuffled
     order) and cut into batches whose order is shuffled: every batch holds lines of similar length, so
     padding is minimal (a few very long descriptions would otherwise pad whole batches to hundreds of
     words), while the line -> batch assignment among equal lengths still changes every epoch.
     """
-    order = epoch_permutation(seed, epoch, len(seqs))[: len(seqs) // bs * bs]
+    order = epoch_permutation(seed, epoch, len(seqs))
+    order = order[: len(seqs) // bs * bs] if drop_remainder else order
     lengths = np.asarray([len(s) for s in seqs])
     order = order[np.argsort(lengths[order], kind="stable")]
     batches = [order[i : i + bs] for i in range(0, len(order), bs)]
@@ -275,6 +285,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         raise UserError(f"config.data.form={form!r} is unknown; use one of {', '.join(FORMS)}")
     seqs, vocab, info = load_lines(config)
     seed = int(config.seed)
+    drop = config_utils.drop_remainder(config)
     train_lines, val_lines = split_lines(seqs, float(config.data.validation_fraction), seed)
     max_len = max(len(s) for s in seqs)  # the tutorial's max_sequence_len (longest description)
     config.model.vocab_size = vocab.size
@@ -300,10 +311,11 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         pairs = np.asarray([(n, i) for n, s in enumerate(train_lines) for i in range(1, len(s))])
 
         def train_batches(epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-            order = epoch_permutation(seed, epoch, len(pairs))
-            for b in range(start, len(pairs) // bs):
-                sel = pairs[order[b * bs : (b + 1) * bs]]
-                yield _prefix_batch(train_lines, sel, max_len)
+            batches = epoch_batch_indices(
+                len(pairs), bs, seed=seed, epoch=epoch, drop_remainder=drop
+            )
+            for idx in batches[start:]:
+                yield pad_batch(_prefix_batch(train_lines, pairs[idx], max_len), bs)
 
         def val_batches() -> Iterator[dict[str, np.ndarray]]:
             vp = np.asarray([(n, i) for n, s in enumerate(val_lines) for i in range(1, len(s))])
@@ -325,14 +337,14 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
                 model, batch, key=key, train=train, carry=carry, mask_padding=mask_padding
             )
 
-        steps = len(pairs) // bs
+        steps = steps_per_epoch(len(pairs), bs, drop)
         info["train_examples"] = len(pairs)
     else:
         buckets = _buckets(max_len - 1, config.data.buckets)
         info["buckets"] = list(buckets)
 
         def train_batches(epoch: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-            batches = _line_epoch(train_lines, bs, seed, epoch, buckets)
+            batches = _line_epoch(train_lines, bs, seed, epoch, buckets, drop)
             for idx in batches[start:]:
                 lines = [train_lines[i] for i in idx]
                 length = bucket_length(max(len(s) for s in lines) - 1, buckets)
@@ -348,7 +360,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         loss_fn = functools.partial(
             line_loss, logits_chunk=int(config.train.get("logits_chunk", 0))
         )
-        steps = len(train_lines) // bs
+        steps = steps_per_epoch(len(train_lines), bs, drop)
         info["train_examples"] = len(train_lines)
 
     if steps < 1:
