@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import engine_fixtures as ef
@@ -16,7 +17,7 @@ import pytest
 from flax import nnx
 
 from experiments.imdb_sentiment.configs import test as test_config
-from lstm_jax import config_utils
+from lstm_jax import config_utils, text
 from lstm_jax import data as data_lib
 from lstm_jax.errors import UserError
 from lstm_jax.tasks import classification as clf
@@ -87,6 +88,13 @@ def test_split_vocab_and_padding(tmp_path):
     assert vocab.oov_id == 1 and vocab.pad_id == 0
     assert "br" not in vocab.token_to_id and "really" in vocab.token_to_id
     assert "zyzzyva" not in vocab.token_to_id  # only in the test split
+    # TextVectorization's order: by count, equal counts by token, descending (not by first occurrence).
+    counts = Counter(
+        w for t in (raw["train"][i][0] for i in tr) for w in text.standardize_imdb(t).split()
+    )
+    expected = sorted(counts, key=lambda w: (counts[w], w), reverse=True)
+    assert len(set(counts.values())) < len(counts)  # the fixture has ties
+    assert [vocab.id_to_token(i) for i in range(2, vocab.size)] == expected[: vocab.size - 2]
     ids, mask = enc(["Zyzzyva, GREAT!"])
     assert ids.shape == (1, config.data.maxlen)
     assert ids[0, 0] == 1 and ids[0, 1] == vocab.token_to_id["great"]

@@ -331,9 +331,14 @@ def _prepare_imdb(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
         "test": test_items,
     }
     t0 = time.time()
-    # The tutorial's TextVectorization: adapted on the training texts only, 0 = pad, 1 = OOV.
+    # The tutorial's TextVectorization: adapted on the training texts only, 0 = pad, 1 = OOV, equal counts
+    # ordered as it orders them (by token, descending), so the ids and the words kept are its own.
     vocab = text.Vocabulary(
-        num_words=int(d.vocab_size), oov_token="[UNK]", standardize="imdb", lower=True
+        num_words=int(d.vocab_size),
+        oov_token="[UNK]",
+        standardize="imdb",
+        lower=True,
+        order="textvectorization",
     )
     vocab.fit(t for t, _ in split_items["train"])
     encoder = TextEncoder(
