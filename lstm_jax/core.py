@@ -861,8 +861,9 @@ def lstm_layer(
       params: `{"kernel": [F, 4H], "recurrent_kernel": [H, 4H], "bias": [4H]}`.
       xs: inputs `[batch, time, F]`, or integer token ids `[batch, time]` when `embedding` is given.
       mask: optional bool `[batch, time]`, True at real tokens (Keras semantics). A masked step leaves h and c
-        unchanged and outputs zeros, so pre- and post-padded sequences give the same final state as the
-        unpadded sequence.
+        unchanged, so pre- and post-padded sequences give the same final state as the unpadded sequence;
+        its output is zeros (as PyTorch's packed sequences give; Keras' LSTM repeats the last output
+        there, its `Bidirectional` gives zeros too).
       initial_state: optional `LSTMState`, each `[batch, H]` (or `[H]` / `[1, H]`, broadcast over the
         batch: a learned initial state); zeros by default. Other shapes are a ValueError.
       reverse: walk time backwards; outputs stay aligned with input positions.

@@ -44,6 +44,8 @@ class LSTM(nnx.Module):
       forget_bias: initial forget-gate bias (Keras `unit_forget_bias`).
       dropout: variational input dropout rate (Keras `dropout`): one mask per sequence.
       recurrent_dropout: variational dropout on `h_{t-1}` (Keras `recurrent_dropout`): one mask per sequence.
+        Both masks are shared by the four gates, as in tf.keras 2's default path; Keras 3 draws one per
+        gate whenever `recurrent_dropout > 0`.
       reverse: walk time backwards (outputs stay aligned with inputs).
       unroll: `lax.scan` unroll factor.
       remat: rematerialise the step in the backward pass.
