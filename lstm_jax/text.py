@@ -53,17 +53,20 @@ _IMDB_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 def standardize_imdb(text: str) -> str:
     """The IMDB tutorial's TextVectorization standardisation.
 
-    Lowercase, replace `<br />` with a space, delete ASCII punctuation (`string.punctuation`,
-    apostrophes included: "don't" -> "dont"), exactly as the tutorial's `custom_standardization`
-    (`tf.strings.lower`, `regex_replace('<br />', ' ')`, then `regex_replace` of
-    `'[%s]' % re.escape(string.punctuation)` with ''). `Vocabulary` then splits on ASCII
-    whitespace, as `tf.strings.split` does.
+    Lowercase ASCII letters (only those: `tf.strings.lower` leaves "É" alone), replace `<br />` with a
+    space, delete ASCII punctuation (`string.punctuation`, apostrophes included: "don't" -> "dont"),
+    exactly as the tutorial's `custom_standardization` (`tf.strings.lower`, `regex_replace('<br />',
+    ' ')`, then `regex_replace` of `'[%s]' % re.escape(string.punctuation)` with ''). `Vocabulary` then
+    splits on ASCII whitespace, as `tf.strings.split` does.
     """
-    text = text.lower().replace("<br />", " ")
-    return _IMDB_PUNCT.sub("", text)
+    text = text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+    return _IMDB_PUNCT.sub("", text.replace("<br />", " "))
 
 
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _ASCII_WS = re.compile("[ \t\n\r\v\f]+")  # tf.strings.split(sep=None) splits on ASCII whitespace
+# ASCII characters that str.split() also splits on (str.isspace) but tf.strings.split does not.
+_NOT_TF_WS = re.compile("[\x1c-\x1f]")
 
 
 def text_to_word_sequence(
@@ -162,7 +165,9 @@ class Vocabulary:
             return list(text.lower() if self.lower else text)
         if self.standardize == "imdb":
             text = standardize_imdb(text)
-            if text.isascii():  # str.split() == ASCII-whitespace split here, and C-fast
+            if text.isascii() and not _NOT_TF_WS.search(
+                text
+            ):  # then str.split() is the same, C-fast
                 return text.split()
             return [t for t in _ASCII_WS.split(text) if t]
         if self.standardize == "none":

@@ -145,6 +145,8 @@ def test_char_strict_names_unknown_characters():
 def test_standardize_imdb():
     assert standardize_imdb("It's <br />GREAT!!") == "its  great"
     assert standardize_imdb("A<br /><br />B-c") == "a  bc"
+    # tf.strings.lower lowercases ASCII letters only
+    assert standardize_imdb("ÉCOLE Über İSTANBUL<BR />") == "École Über İstanbul "
 
 
 def test_imdb_vocabulary_padding_oov_and_total_size():
@@ -166,6 +168,8 @@ def test_textvectorization_order_breaks_ties_by_token_descending():
 def test_imdb_tokens_split_on_ascii_whitespace_only():
     v = Vocabulary.from_texts(["a\u00a0b c\td\n"], standardize="imdb")
     assert v.tokens == ["a\u00a0b", "c", "d"]  # tf.strings.split keeps the no-break space
+    # str.split() would also split at the ASCII separators \x1c-\x1f; tf.strings.split does not
+    assert v.tokenize("x\x1cy z\x1f") == ["x\x1cy", "z\x1f"]
 
 
 TF_TESTS = pytest.mark.skipif(
@@ -178,11 +182,16 @@ TF_TESTS = pytest.mark.skipif(
 def test_imdb_vocabulary_matches_keras_textvectorization():
     tf = pytest.importorskip("tensorflow")
     keras = pytest.importorskip("keras")
-    texts = [
-        "Great movie!<br /><br />Great fun, don't miss it.",
-        "Don't watch this movie: dull, dull, DULL.",
-        "A fun cast; a dull plot.\tThe end\u00a0credits were fun",
-    ] * 3 + ["café naïve fun"]
+    texts = (
+        [
+            "Great movie!<br /><br />Great fun, don't miss it.",
+            "Don't watch this movie: dull, dull, DULL.",
+            "A fun cast; a dull plot.\tThe end\u00a0credits were fun",
+        ]
+        * 3
+        + ["café naïve fun"]
+        + ["CAFÉ École\x1fÜber école"] * 4
+    )
 
     def custom_standardization(x):  # the tutorial's function
         x = tf.strings.regex_replace(tf.strings.lower(x), "<br />", " ")
