@@ -139,7 +139,8 @@ def zero_state(batch_size: int, hidden_size: int, dtype: Any = jnp.float32) -> L
 
 
 def _orthogonal(key: Array, shape: tuple[int, int], dtype: Any) -> Array:
-    return jax.nn.initializers.orthogonal()(key, shape, dtype)
+    # Drawn in float32 and cast: XLA:CPU's QR has no bfloat16 kernel.
+    return jax.nn.initializers.orthogonal()(key, shape, jnp.float32).astype(dtype)
 
 
 def init_lstm(
@@ -656,7 +657,9 @@ def _project(xs_tm: Array, kernel: Array) -> Array:
 
 
 def _project_fwd(xs_tm, kernel):
-    return _project(xs_tm, kernel), (xs_tm, kernel)
+    # The einsum itself, not `_project`: a custom_vjp called here would block forward-over-reverse
+    # (`jax.hessian`) through the projection.
+    return jnp.einsum("tbf,fg->tbg", xs_tm, kernel), (xs_tm, kernel)
 
 
 def _project_bwd(res, dz):
@@ -878,9 +881,10 @@ def lstm_layer(
         parameters' dtype (float32).
       return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
       impl: "auto", "scan", "fused", "native", "per_step" or "cudnn" (see module docstring). Any impl
-        runs as "scan" with `compute_dtype` or `return_gates` (only the autodiff scan has those). "fused"
-        and "native" are differentiable in reverse mode only (custom VJPs): `jax.jvp` / `jax.jacfwd` need
-        "scan" or "per_step". An
+        runs as "scan" with `compute_dtype` or `return_gates` (only the autodiff scan has those), and
+        every impl with `time == 0`. "fused" and "native" differentiate through custom VJPs: reverse mode
+        and forward-over-reverse (`jax.hessian`) work, forward mode of the layer itself (`jax.jvp`,
+        `jax.jacfwd`) needs "scan" or "per_step". An
         explicit "native" falls back to "fused" for remat or non-float32 parameters and raises a
         ValueError when the kernel cannot be built here (the message says why); "cudnn" raises one off
         NVIDIA GPUs and falls back to "scan" for non-float32 parameters, recurrent dropout, and (at run
@@ -927,6 +931,8 @@ def lstm_layer(
     impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat, rk.dtype)
     if impl == "cudnn" and recurrent_dropout_mask is not None:
         impl = "scan"  # cuDNN has no dropout on h_{t-1}
+    if t == 0:
+        impl = "scan"  # empty sequences: nothing to compute, and the other impls index step 0
 
     state_dtype = rk.dtype
     if initial_state is None:
@@ -940,9 +946,11 @@ def lstm_layer(
         _batch_rows(jnp.asarray(s, state_dtype), b, hsz, f"initial_state.{name}")
         for s, name in zip(initial_state, "hc", strict=True)
     )
-    if recurrent_dropout_mask is not None:
+    if (
+        recurrent_dropout_mask is not None
+    ):  # in the state's dtype, as `h_{t-1}` (bfloat16 parameters)
         recurrent_dropout_mask = _batch_rows(
-            jnp.asarray(recurrent_dropout_mask), b, hsz, "recurrent_dropout_mask"
+            jnp.asarray(recurrent_dropout_mask, state_dtype), b, hsz, "recurrent_dropout_mask"
         )
     if input_dropout_mask is not None:
         input_dropout_mask = _batch_rows(
@@ -964,6 +972,7 @@ def lstm_layer(
     mask_tm = None if mask is None else jnp.asarray(mask, bool).T  # [T, B]
 
     if impl == "per_step":
+        xs = xs.astype(state_dtype)  # as the hoisted impls: the carry keeps the parameters' dtype
         return _per_step_layer(params, xs, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll)
     if impl == "cudnn":
         xs = xs.astype(state_dtype)

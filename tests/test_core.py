@@ -277,6 +277,73 @@ def test_bfloat16_compute_is_close_and_state_stays_float32(params, xs):
     assert not np.allclose(outs, ref, atol=1e-7)  # it really ran in bfloat16
 
 
+@pytest.mark.parametrize("impl", (*IMPLS, "auto"))
+def test_bfloat16_parameters_take_float32_inputs_and_dropout_masks(params, xs, impl):
+    """bfloat16 parameters with float32 inputs and a float32 recurrent dropout mask (as
+    `variational_dropout_masks` returns by default): every impl runs them as "scan" does (per_step
+    and auto, which picks per_step for small bfloat16 layers, used to fail on the scan carry's dtype;
+    fused and native on the mask's)."""
+    p16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    _, rmask = core.variational_dropout_masks(jax.random.key(2), B, F, H, recurrent_dropout=0.3)
+    assert rmask.dtype == jnp.float32
+    for kw in ({}, {"recurrent_dropout_mask": rmask}):
+        ref, ref_state = lstm_layer(p16, xs, impl="scan", **kw)
+        out, state = lstm_layer(p16, xs, impl=impl, **kw)
+        assert out.dtype == state.h.dtype == jnp.bfloat16
+        np.testing.assert_allclose(
+            np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=2e-2
+        )
+        np.testing.assert_allclose(
+            np.asarray(state.c, np.float32), np.asarray(ref_state.c, np.float32), atol=2e-2
+        )
+
+
+def test_bfloat16_init_works_on_cpu():
+    """The orthogonal recurrent kernel is drawn in float32 and cast (XLA:CPU has no bfloat16 QR)."""
+    p = init_lstm(jax.random.key(0), F, H, dtype=jnp.bfloat16)
+    assert {a.dtype for a in p.values()} == {jnp.dtype(jnp.bfloat16)}
+    r = np.asarray(p["recurrent_kernel"], np.float32)
+    np.testing.assert_allclose(r @ r.T, np.eye(H), atol=2e-2)  # orthonormal rows, to bf16 rounding
+
+
+@pytest.mark.parametrize(
+    "impl,remat", [(i, False) for i in IMPLS] + [("fused", True), ("native", True)]
+)
+def test_empty_sequences_return_the_initial_state(params, impl, remat):
+    h0 = jax.random.normal(jax.random.key(3), (B, H))
+    c0 = jax.random.normal(jax.random.key(4), (B, H))
+    outs, state = lstm_layer(
+        params, jnp.zeros((B, 0, F)), initial_state=LSTMState(h0, c0), impl=impl, remat=remat
+    )
+    assert outs.shape == (B, 0, H)
+    np.testing.assert_array_equal(state.h, h0)
+    np.testing.assert_array_equal(state.c, c0)
+
+
+@pytest.mark.parametrize("impl,in_kernel", [("fused", False), ("native", False), ("native", True)])
+@pytest.mark.parametrize("wrt", ["kernel", "xs", "recurrent_kernel"])
+def test_hessians_of_the_reverse_mode_impls_match_scan(monkeypatch, impl, in_kernel, wrt):
+    """Forward-over-reverse (`jax.hessian`) through the custom VJPs, the input projection's included
+    (its forward pass used to call the custom_vjp function itself, which forward mode cannot enter)."""
+    if impl == "native" and core.impl_unavailable_reason("native"):
+        pytest.skip(core.impl_unavailable_reason("native"))
+    monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", 1.0 if in_kernel else 0.0)
+    p = init_lstm(jax.random.key(0), 2, 3)
+    x = jax.random.normal(jax.random.key(1), (2, 4, 2))
+
+    def loss(which):
+        def f(a):
+            q, inputs = (p, a) if wrt == "xs" else ({**p, wrt: a}, x)
+            return jnp.sum(jnp.sin(lstm_layer(q, inputs, impl=which)[0]))
+
+        return f
+
+    arg = x if wrt == "xs" else p[wrt]
+    np.testing.assert_allclose(
+        jax.hessian(loss(impl))(arg), jax.hessian(loss("scan"))(arg), rtol=1e-4, atol=1e-6
+    )
+
+
 def test_return_gates_reconstructs_the_outputs(params, xs):
     mask = lengths_mask([T, 4, 2], T, "pre")
     outs, st, gates = lstm_layer(params, xs, mask=mask, return_gates=True)

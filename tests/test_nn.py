@@ -126,3 +126,13 @@ def test_stacked_module_takes_token_ids_with_an_embedding(bidirectional):
     np.testing.assert_allclose(out_a, out_b, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_parameters_with_dropout(xs):
+    """`param_dtype=jnp.bfloat16` builds on CPU (the orthogonal init) and trains with both dropouts,
+    whose masks follow the parameters' dtype."""
+    layer = LSTM(xs.shape[-1], 8, rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16, recurrent_dropout=0.3)
+    assert layer.recurrent_kernel[...].dtype == jnp.bfloat16
+    outputs, state = layer(xs, deterministic=False, key=jax.random.key(1))
+    assert outputs.shape == (*xs.shape[:2], 8) and state.h.dtype == jnp.bfloat16
+    assert np.isfinite(np.asarray(outputs, np.float32)).all()
