@@ -25,7 +25,7 @@ import ml_collections
 
 from lstm_jax import core
 from lstm_jax.errors import UserError
-from lstm_jax.logging_utils import atomic_write
+from lstm_jax.logging_utils import atomic_write, read_json
 
 __all__ = [
     "OPTIMIZERS",
@@ -351,13 +351,12 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
         raise UserError(
             f"{path} does not exist; train first with --workdir={workdir} or pass --config=<config file>"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    data = read_json(path)
+    if not isinstance(data, dict):
         raise UserError(
-            f"{path} is not readable JSON ({e}); restore it or train in a new workdir"
-        ) from e
+            f"{path} holds a JSON {type(data).__name__}, not a config object; the file is damaged:"
+            " restore it, or train again in a new --workdir"
+        )
     return ml_collections.ConfigDict(data)
 
 

@@ -289,7 +289,10 @@ def test_save_load_and_diff(tmp_path):
     loaded.model.extra = 1
     assert config_utils.config_diff(config, loaded) == ["model.extra", "optimizer.learning_rate"]
     (tmp_path / "config.json").write_text("{broken")
-    with pytest.raises(UserError, match="not readable JSON"):
+    with pytest.raises(UserError, match="config.json is not valid JSON .*line 1 column 2"):
+        config_utils.load_config(str(tmp_path))
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="holds a JSON list, not a config object"):
         config_utils.load_config(str(tmp_path))
     with pytest.raises(UserError, match="does not exist"):
         config_utils.load_config(str(tmp_path / "nowhere"))
