@@ -24,7 +24,8 @@ device counts give the same numbers only without dropout (up to float summation 
 Evaluation, checkpoints and early stopping happen together: at the end of every epoch, every
 ``config.train.eval_every_steps`` steps if set, and at the last step. Early stopping follows Keras'
 EarlyStopping (monitor, mode, patience, min_delta); with ``restore_best_weights`` the final evaluation
-uses the best checkpoint whenever it is not the last one (Keras restores only when it actually stops).
+uses the best checkpoint whenever it is not the last one (as Keras 3 does; Keras 2 restored only when it
+stopped early).
 
 Multi-host: call `initialize_distributed()` first (the `lstm_jax.cli` entry point does); each process then
 feeds its own slice of every global batch (its task data should be sharded by `jax.process_index()`), and
@@ -1219,7 +1220,14 @@ def _run(
             improvement = es["improvements"]
         else:
             es["wait"] += 1
-        stop = bool(es_cfg.enabled and es["wait"] >= int(es_cfg.patience))
+        # As Keras: only an evaluation that did not improve stops a run (patience 0 stops at the first
+        # such one, as 1 does), and never the run's first evaluation.
+        stop = bool(
+            es_cfg.enabled
+            and improvement < 0
+            and es["wait"] >= int(es_cfg.patience)
+            and len(history) > 1
+        )
         if stop:
             stopped_early = True
             logging.info(

@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from lstm_jax import config_utils, optim
+from lstm_jax import train as train_mod
 from lstm_jax.errors import Interrupted, UserError
 from lstm_jax.logging_utils import read_event_scalars, read_jsonl
 from lstm_jax.train import (
@@ -211,6 +212,37 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert final["loss"] == pytest.approx(best["validation"]["loss"], rel=1e-5)
     # The best checkpoint survives even with checkpoint_keep=3 later saves.
     assert str(results["best_step"]) in os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    "patience,val_losses,steps,best_step",
+    [
+        (0, [0.5, 0.4, 0.3, 0.2], 20, 20),  # improving every epoch: patience 0 never stops
+        (0, [0.5, 0.4, 0.45, 0.2], 15, 10),  # stops at the first evaluation that did not improve
+        (1, [0.5, 0.4, 0.45, 0.2], 15, 10),  # so does 1 (Keras counts the same way)
+        (2, [0.5, 0.4, 0.45, 0.2], 20, 20),
+        (0, [float("nan"), 0.4, 0.45, 0.2], 15, 10),  # never at the first evaluation
+    ],
+)
+def test_early_stopping_stops_as_keras(
+    tmp_path, monkeypatch, patience, val_losses, steps, best_step
+):
+    """The stop rule against scripted validation losses, epoch by epoch, as
+    `keras.callbacks.EarlyStopping(patience=...)` stops on them (its `on_epoch_end`)."""
+    config = ef.base_config(num_epochs=4)  # 5 steps an epoch
+    config.early_stopping.enabled = True
+    config.early_stopping.patience = patience
+    scripted = iter(val_losses)
+    evaluate = train_mod._Engine.evaluate
+
+    def scripted_evaluate(self, params, split):
+        out = evaluate(self, params, split)
+        return {**out, "loss": next(scripted, out["loss"])} if split == "validation" else out
+
+    monkeypatch.setattr(train_mod._Engine, "evaluate", scripted_evaluate)
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == steps and results["stopped_early"] == (steps < 20)
+    assert results["best_step"] == best_step
 
 
 def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
