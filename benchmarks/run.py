@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -45,6 +46,31 @@ LABELS = {
     "torch": "PyTorch eager",
     "torch_compile": "torch.compile",
 }
+
+
+# The packages whose versions a report records ("missing" for those not installed).
+VERSIONED_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "numpy",
+    "torch",
+    "keras",
+    "tensorflow",
+    "tensorflow-cpu",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the frameworks compared (from package metadata; nothing is imported)."""
+    out = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
 
 
 # `--malloc` modes and how the report names them.
@@ -360,6 +386,16 @@ def _cpu_text(report: dict) -> str:
     )
 
 
+def _versions_text(report: dict) -> str:
+    """ " Versions: jax 0.x, ..." for the packages installed (runs saved before they were recorded: "")."""
+    versions = {k: v for k, v in report.get("versions", {}).items() if v != "missing"}
+    return (
+        (" Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+        if versions
+        else ""
+    )
+
+
 def markdown(report: dict) -> str:
     ceiling = report["ceiling"]["ceiling_gflops"]
     lines = [
@@ -368,7 +404,7 @@ def markdown(report: dict) -> str:
         f"JAX{_jax_device_text(report)} {report['ceiling']['jax_gflops']:.0f}, "
         f"{report['ceiling']['n']}^3){_peak_text(report)}. Per-step times: median [p25-p75] over "
         f"{report['args']['rounds']} interleaved rounds; "
-        f"glibc malloc tuned for: {_tuned_text(report)}.",
+        f"glibc malloc tuned for: {_tuned_text(report)}.{_versions_text(report)}",
         "",
         "| shape | framework | params | ms/step | seq/s | vs fastest peer | GFLOP/s | % ceiling "
         "| first step s | peak RSS MB |",
@@ -529,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.system()}",
         "cpu": cpu_description(),
         "python": platform.python_version(),
+        "versions": package_versions(),
         "args": vars(args),
         "ceiling": ceiling,
         "shapes": {},
