@@ -1,5 +1,9 @@
 """PyTorch `nn.LSTM` (oneDNN on CPU, cuDNN on a CUDA GPU), eager or with `torch.compile` of the forward and loss.
 
+With PyTorch's default `torch._dynamo.config.allow_rnn = False`, Dynamo does not trace `nn.LSTM`:
+`torch._dynamo.explain` of the model finds no graph (2026-12-05 audit, torch 2.13), so the "torch.compile"
+row runs the model eagerly and compiles the loss only; it is eager PyTorch with a compiled loss.
+
 On a machine where `torch.cuda.is_available()`, the model and the batch live on the GPU; each step ends
 with `loss.item()`, which waits for the GPU, so the timings are whole steps.
 
