@@ -55,7 +55,12 @@ def test_shape_data_is_fixed_and_typed():
 def test_harness_end_to_end_on_tiny_shape(tmp_path, capsys):
     out = tmp_path / "r.json"
     argv = ["--shapes", "tiny", "--peers", "lstm_jax,lstm_jax_dp,lstm_jax_cudnn", "--rounds", "2"]
-    argv += ["--round-seconds", "0.02"]
+    argv += [
+        "--round-seconds",
+        "0.02",
+        "--malloc",
+        "ours",
+    ]  # the workers' own reports of their malloc
     argv += ["--ceiling-n", "128", "--timeout", "300", "--out", str(out)]
     assert run.main(argv) == 0
     report = json.loads(out.read_text())
