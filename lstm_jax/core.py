@@ -946,9 +946,8 @@ def lstm_layer(
         _batch_rows(jnp.asarray(s, state_dtype), b, hsz, f"initial_state.{name}")
         for s, name in zip(initial_state, "hc", strict=True)
     )
-    if (
-        recurrent_dropout_mask is not None
-    ):  # in the state's dtype, as `h_{t-1}` (bfloat16 parameters)
+    if recurrent_dropout_mask is not None:
+        # In the state's dtype, as `h_{t-1}` is (a float32 mask would promote bfloat16 states).
         recurrent_dropout_mask = _batch_rows(
             jnp.asarray(recurrent_dropout_mask, state_dtype), b, hsz, "recurrent_dropout_mask"
         )
