@@ -394,7 +394,8 @@ def _cpu_text(report: dict) -> str:
 
 
 def _versions_text(report: dict) -> str:
-    """ " Versions: jax 0.x, ..." for the packages installed (runs saved before they were recorded: "")."""
+    """The installed packages' versions as the table's header prints them ("" for runs saved before
+    reports recorded them)."""
     versions = {k: v for k, v in report.get("versions", {}).items() if v != "missing"}
     return (
         (" Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")

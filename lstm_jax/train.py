@@ -395,8 +395,8 @@ def shuffled_batches(
     """Training batches of epoch `epoch` from in-memory arrays (all `[examples, ...]`), from batch `start`.
 
     Yields ``steps_per_epoch(n, batch_size, drop_remainder)`` batches of `batch_size` rows (a short last
-    one padded with weight-0 rows by `pad_batch`); the order is `epoch_permutation(seed, epoch)`, so resuming at ``start``
-    gives exactly the batches an uninterrupted epoch would have.
+    one padded with weight-0 rows by `pad_batch`); the order is `epoch_permutation(seed, epoch)`, so
+    resuming at ``start`` gives exactly the batches an uninterrupted epoch would have.
     """
     n = len(next(iter(arrays.values())))
     batches = epoch_batch_indices(
