@@ -767,8 +767,8 @@ def restore_model(
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.impl = "auto"
     step = checkpoint_step(config, workdir, which=which)
-    saved_best = _saved_best_step(workdir)
-    if which == "best" and saved_best is not None and saved_best != step:
+    saved_best = _saved_best_step(workdir) if which == "best" else None
+    if saved_best is not None and saved_best != step:
         logging.warning(
             "the run's best checkpoint (step %d) is no longer in %s (see corrupt_checkpoints/);"
             " using the checkpoint of step %d",

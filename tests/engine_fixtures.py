@@ -172,3 +172,18 @@ def assert_padding_rows_change_nothing(loss_fn, model, batch) -> None:
     assert len(leaves[0]) == len(leaves[1]) > 0
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+
+def epoch_keeping_the_remainder(task, num_examples: int, batch_size: int) -> dict:
+    """Checks the batches of epoch 0 of a task built with `train.drop_remainder=False` over
+    `num_examples` (not a multiple of `batch_size`): ceil(n / batch) batches of `batch_size` rows, every
+    example counted once by the weights, one short batch; returns that short batch."""
+    assert num_examples % batch_size
+    assert task.steps_per_epoch == -(-num_examples // batch_size)
+    batches = list(task.train_batches(0, 0))
+    assert len(batches) == task.steps_per_epoch
+    assert all(len(b["weight"]) == batch_size for b in batches)
+    assert sum(float(b["weight"].sum()) for b in batches) == num_examples
+    short = [b for b in batches if b["weight"].sum() < batch_size]
+    assert len(short) == 1
+    return short[0]

@@ -194,8 +194,9 @@ def _line_epoch(
     padding is minimal (a few very long descriptions would otherwise pad whole batches to hundreds of
     words), while the line -> batch assignment among equal lengths still changes every epoch.
     """
-    order = epoch_permutation(seed, epoch, len(seqs))
-    order = order[: len(seqs) // bs * bs] if drop_remainder else order
+    order = epoch_permutation(seed, epoch, len(seqs))[
+        : steps_per_epoch(len(seqs), bs, drop_remainder) * bs
+    ]
     lengths = np.asarray([len(s) for s in seqs])
     order = order[np.argsort(lengths[order], kind="stable")]
     batches = [order[i : i + bs] for i in range(0, len(order), bs)]
@@ -320,15 +321,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         def val_batches() -> Iterator[dict[str, np.ndarray]]:
             vp = np.asarray([(n, i) for n, s in enumerate(val_lines) for i in range(1, len(s))])
             for lo in range(0, len(vp), eval_bs):
-                sel = vp[lo : lo + eval_bs]
-                out = _prefix_batch(val_lines, sel, max_len)
-                real = len(sel)
-                out = {
-                    k: np.concatenate([v, np.zeros((eval_bs - real, *v.shape[1:]), v.dtype)])
-                    for k, v in out.items()
-                }
-                out["weight"] = (np.arange(eval_bs) < real).astype(np.float32)
-                yield out
+                yield pad_batch(_prefix_batch(val_lines, vp[lo : lo + eval_bs], max_len), eval_bs)
 
         mask_padding = bool(config.model.mask_padding)
 
