@@ -16,6 +16,8 @@ with the highest index. Restores take their target from ``jax.eval_shape`` of th
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import time
@@ -31,7 +33,7 @@ from orbax.checkpoint import checkpoint_managers
 from lstm_jax.errors import UserError, root_reason
 from lstm_jax.logging_utils import atomic_write, read_json, write_json
 
-__all__ = ["CheckpointStore", "save_artefacts", "load_artefact"]
+__all__ = ["CheckpointStore", "restore_params", "save_artefacts", "load_artefact"]
 
 IMPROVEMENT = "improvement"
 
@@ -70,6 +72,15 @@ class CheckpointStore:
             create=True,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        damaged = _unreadable_metrics(self.directory)  # Orbax would stop on it with a bare error
+        if damaged:
+            path, reason = damaged[0]
+            raise UserError(
+                f"{path} cannot be read ({reason}): the checkpoint it belongs to is damaged; move"
+                f" {os.path.dirname(os.path.dirname(path))} out of {self.directory} (into"
+                f" {os.path.join(self.workdir, 'corrupt_checkpoints')}, say) and run the command"
+                " again to use the other checkpoints"
+            )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=handlers
         )
@@ -97,15 +108,26 @@ class CheckpointStore:
           meta: JSON-serialisable dict (data position, history, early-stopping state, ...).
           improvement: index of this improvement of the monitored metric, -1 if it was none.
         """
-        self._manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
-            ),
-            metrics={IMPROVEMENT: int(improvement)},
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+                ),
+                metrics={IMPROVEMENT: int(improvement)},
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except OSError:
+            raise
+        except Exception as e:
+            # TensorStore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ... No space left on
+            # device"): the OSError it is, so the CLI says so in one line (the partial save is left in a
+            # temporary folder that Orbax removes on the next start; earlier checkpoints are intact).
+            text = str(e)
+            if "No space left on device" in text or "RESOURCE_EXHAUSTED" in text:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory) from e
+            raise
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint `step` into arrays shaped (and sharded) like `abstract_state`."""
@@ -122,21 +144,29 @@ class CheckpointStore:
             )
         return state, dict(out["meta"])
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    def restore_latest(
+        self, abstract_state: Any, *, alternate: Any = None
+    ) -> tuple[int, Any, dict[str, Any], bool] | None:
         """Restores the newest checkpoint that reads back correctly.
 
         A checkpoint that fails to restore (truncated or corrupted files) is reported with a warning and
         moved to ``<workdir>/corrupt_checkpoints/`` (kept for inspection, out of the manager's way), and the
-        previous one is tried. Returns `(step, state, meta)`, or None when there is no usable checkpoint.
+        previous one is tried. A checkpoint whose arrays (read from its metadata, never guessed from a
+        config file) match `alternate` instead of `abstract_state` is restored as `alternate` (the engine
+        passes the other gradient-clipping layout of the optimizer state); any other mismatch is a
+        `UserError` that moves nothing. Returns `(step, state, meta, is_alternate)`, or None when there is
+        no usable checkpoint.
         """
         want = _arrays(abstract_state)
+        other = None if alternate is None else _arrays(alternate)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 on_disk = self._manager.item_metadata(step)["state"]
                 have = _arrays(getattr(on_disk, "tree", on_disk))
             except Exception:  # noqa: BLE001 (unreadable metadata: handled as corrupt below)
                 have = None
-            if have and have != want:  # readable metadata of another config (empty: damaged)
+            is_alternate = bool(have) and have == other and have != want
+            if have and have != want and not is_alternate:  # another config's (empty: damaged)
                 first = next(
                     (
                         f"{a[0]} {a[1]} on disk, {b[0]} {b[1]} here"
@@ -152,7 +182,7 @@ class CheckpointStore:
                     " use a new --workdir"
                 )
             try:
-                state, meta = self.restore(step, abstract_state)
+                state, meta = self.restore(step, alternate if is_alternate else abstract_state)
             except Exception as e:  # noqa: BLE001 (any read/decode failure means "unusable")
                 moved = self.quarantine(step)
                 logging.warning(
@@ -164,8 +194,14 @@ class CheckpointStore:
                     moved,
                 )
                 continue
-            return step, state, meta
+            return step, state, meta, is_alternate
         return None
+
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the ``params`` of checkpoint `step`, shaped (and sharded, where the leaves of
+        `abstract_params` carry a sharding) like `abstract_params`; the rest of the state (the optimizer's,
+        whatever its layout) is not read. Raises what Orbax raises when the files are damaged."""
+        return restore_params(os.path.join(self.directory, str(step)), abstract_params)
 
     def quarantine(self, step: int) -> str | None:
         """Moves checkpoint `step`, which failed to restore, to ``<workdir>/corrupt_checkpoints/<step>-<unix
@@ -184,6 +220,50 @@ class CheckpointStore:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _unreadable_metrics(directory: str) -> list[tuple[str, str]]:
+    """`(path, reason)` of each ``<step>/metrics/metrics`` file under `directory` that is not a JSON
+    object (Orbax reads them all when its manager starts, and a damaged one stops it with a bare
+    JSONDecodeError, or later with an AttributeError)."""
+    bad = []
+    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    for name in names:
+        path = os.path.join(directory, name, "metrics", "metrics")
+        if not (name.isdigit() and os.path.exists(path)):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+        except (OSError, ValueError) as e:
+            bad.append((path, root_reason(e)))
+            continue
+        if not isinstance(value, dict):
+            bad.append((path, f"a JSON {type(value).__name__}, not an object"))
+    return bad
+
+
+def restore_params(step_directory: str, abstract_params: Any) -> Any:
+    """The ``params`` subtree of the checkpoint in `step_directory` (``<workdir>/checkpoints/<step>``) as
+    arrays shaped like `abstract_params` (ShapeDtypeStructs; each leaf's sharding is used when it has
+    one, else the first local device); a partial restore, so the optimizer state is never read."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(step_directory, "state"),
+        args=ocp.args.PyTreeRestore(
+            item={"params": abstract_params},
+            restore_args={
+                "params": jax.tree.map(
+                    lambda a: ocp.ArrayRestoreArgs(
+                        sharding=getattr(a, "sharding", None) or default
+                    ),
+                    abstract_params,
+                )
+            },
+            partial_restore=True,
+        ),
+    )
+    return restored["params"]
 
 
 def _arrays(tree: Any) -> list[tuple[str, tuple[int, ...], str]]:

@@ -128,6 +128,14 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
             raise UserError("--workdir is required; pass --workdir=<run directory>")
         if os.path.exists(workdir) and not os.path.isdir(workdir):
             raise UserError(f"--workdir={workdir} is a file, not a directory; pass a run directory")
+        above = os.path.dirname(os.path.abspath(workdir))
+        while not os.path.exists(above) and os.path.dirname(above) != above:
+            above = os.path.dirname(above)
+        if not os.path.isdir(above):
+            raise UserError(
+                f"--workdir={workdir} lies under {above}, which is a file, not a directory; pass a"
+                " run directory"
+            )
         config = FLAGS.config
         if config is not None:
             check_config_family(config, None)
@@ -178,6 +186,7 @@ _USER_OS_ERRORS = {
     errno.EROFS: "the file system is read-only; pass a --workdir on a writable one",
     errno.ENOSPC: "the disk is full; free some space or pass a --workdir on another disk",
     errno.EDQUOT: "the disk quota is used up; free some space or pass another --workdir",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; pass another --workdir",
 }
 
 

@@ -162,6 +162,11 @@ class Task:
         classifiers' reports predict every test example; computing the metrics from the same predictions
         saves a second pass). Called once, just before `extra_results`, with the same final model; it must
         return the metrics `evaluate` would give (same keys, averages over every example of the split).
+      derived_fields: dotted config fields the task fills in from the data (`model.vocab_size`): one
+        that differs from the saved run's means the data changed, and the error says so.
+      fixed_on_resume: dotted config fields that are otherwise resumable (`RESUMABLE_FIELDS`) but change
+        what this task measures, so that resuming with another value is an error (the char streams'
+        `train.eval_batch_size`, which is their number of validation streams).
     """
 
     build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
@@ -182,6 +187,8 @@ class Task:
     final_metrics: (
         Callable[[nnx.Module, Sequence[str]], Mapping[str, Mapping[str, float]]] | None
     ) = None
+    derived_fields: Sequence[str] = ()
+    fixed_on_resume: Sequence[str] = ()
 
 
 class TrainingStopped(Exception):
@@ -767,6 +774,14 @@ def restore_model(
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.impl = "auto"
     step = checkpoint_step(config, workdir, which=which)
+    if not os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+        logging.warning(
+            "the run in %s has not finished (no %s): using its %s checkpoint so far, step %d",
+            workdir,
+            RESULTS_FILE,
+            which,
+            step,
+        )
     saved_best = _saved_best_step(workdir) if which == "best" else None
     if saved_best is not None and saved_best != step:
         logging.warning(
@@ -922,7 +937,9 @@ def train_and_evaluate(
     try:
         # The same command started twice: the second one is an error, not a run beside the first.
         lock = _lock_workdir(workdir)
-        saved = _check_saved_config(config, workdir)
+        saved = _check_saved_config(
+            config, workdir, fixed=task.fixed_on_resume, derived=task.derived_fields
+        )
         eng = _Engine(config, workdir, task)  # builds the model: an impossible one is a UserError
     except BaseException:
         if lock is not None:
@@ -1018,18 +1035,42 @@ def _resumable(field: str) -> bool:
 
 
 def _check_saved_config(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    fixed: Sequence[str] = (),
+    derived: Sequence[str] = (),
 ) -> ml_collections.ConfigDict | None:
-    """The config saved in `workdir` (None if there is none), checked against `config`.
+    """The config of the run saved in `workdir` (None if there is none), checked against `config`.
 
-    A field the saved config lacks (a run saved before the field existed) is allowed with a warning when
-    it is given its `engine_defaults` value (the one that run used); a changed or removed field that is
-    not `_resumable` is a `UserError` naming it, its saved value and the fixes.
+    The run's config is its config.json, or, when that is missing, the copy in its results.json (a
+    `UserError` when neither is there but checkpoints are); a config.json without any checkpoint or
+    results (a start that stopped before its first checkpoint) is not a run, and is not checked. A field
+    the saved config lacks (a run saved before the field existed) is allowed with a warning when it is
+    given its `engine_defaults` value (the one that run used); a changed or removed field that is not
+    `_resumable`, or is in `fixed`, is a `UserError` naming it, its saved value and the fixes (for a
+    field in `derived`, filled in from the data, the fix is the data's).
     """
     path = os.path.join(workdir, config_utils.CONFIG_FILE)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    has_checkpoints = os.path.isdir(checkpoints) and any(
+        n.isdigit() for n in os.listdir(checkpoints)
+    )
     if not os.path.exists(path):
+        if not has_checkpoints:
+            return None
+        saved = _config_in_results(workdir)
+        if saved is None:
+            raise UserError(
+                f"{path} is missing, but {checkpoints} holds a run's checkpoints, so this config cannot"
+                " be checked against the one they were trained with; put the run's config.json back"
+                ' (a finished run\'s results.json has it under "config"), or use a new --workdir'
+            )
+    elif not has_checkpoints and not os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+        # A start that stopped before its first checkpoint: nothing to resume, nothing to protect
+        # (its config.json is replaced once this run's checks have passed).
         return None
-    saved = config_utils.load_config(workdir)
+    else:
+        saved = config_utils.load_config(workdir)
     diff = config_utils.config_diff(saved, config)
     if not diff:
         return saved
@@ -1040,7 +1081,16 @@ def _check_saved_config(
     for d in diff:
         if d not in old and d in defaults and new.get(d) != defaults[d]:
             old[d] = defaults[d]
-    blocking = [d for d in diff if d in old and not _resumable(d)]
+    blocking = [d for d in diff if d in old and (d in fixed or not _resumable(d))]
+    from_data = [d for d in blocking if d in derived]
+    if from_data:
+        d = from_data[0]
+        raise UserError(
+            f"the data differs from the run saved in {workdir}: config.{d}, which is filled in from"
+            f" the data, was {old[d]!r} there and is {new.get(d)!r} now (a data file edited in place,"
+            " or another --config.data.path); restore that data to resume, or use a new --workdir to"
+            " train on this data"
+        )
     if blocking:
         # The model first: its message has been the one users saw (and tests match).
         blocking.sort(key=lambda d: not d.startswith("model"))
@@ -1056,6 +1106,18 @@ def _check_saved_config(
         )
     logging.warning("config differs from the saved run in %s: %s", workdir, ", ".join(diff))
     return saved
+
+
+def _config_in_results(workdir: str) -> ml_collections.ConfigDict | None:
+    """The config a finished run recorded in its results.json (None when there is none to read)."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with contextlib.suppress(UserError, OSError, ValueError):
+        done = read_json(path)
+        if isinstance(done, dict) and isinstance(done.get("config"), dict):
+            return ml_collections.ConfigDict(done["config"])
+    return None
 
 
 def _check_monitor(eng: _Engine, state: Any) -> None:
@@ -1097,7 +1159,7 @@ def _run(
     es_cfg = config.early_stopping
 
     abstract = jax.eval_shape(eng.init_state)
-    restored = _restore_latest(eng, store, abstract, saved)
+    restored = _restore_latest(eng, store, abstract)
     if restored is None:
         _check_fresh_start(store, workdir)
         state = jax.jit(eng.init_state, out_shardings=eng.state_shardings(abstract))()
@@ -1108,11 +1170,6 @@ def _run(
         _check_same_data(meta, task, step, workdir)
     if restored is None:
         _check_monitor(eng, state)
-    if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
-        _name_lock_holder(lock)
-        config_utils.save_config(config, workdir)
-        if task.artefacts:
-            save_artefacts(workdir, task.artefacts)
 
     history: list[dict[str, Any]] = list(meta.get("history", []))
     es = dict(
@@ -1125,15 +1182,44 @@ def _run(
     since_eval: dict[str, float] | None = meta.get("since_eval")
     unlogged: dict[str, Any] | None = meta.get("unlogged")  # accumulated but not logged (a signal)
 
+    if stopped_early and not es_cfg.enabled and step < eng.total_steps:
+        # Early stopping switched off on resume (a documented resumable change): train on, as a second
+        # Keras `fit` would, from the last weights (the checkpoint just restored).
+        logging.info(
+            "the run in %s stopped early at step %d; with early stopping off it trains on to step %d",
+            workdir,
+            step,
+            eng.total_steps,
+        )
+        stopped_early = False
     results_path = os.path.join(workdir, RESULTS_FILE)
     finished = stopped_early or step >= eng.total_steps
     if finished and os.path.exists(results_path):
-        saved = read_json(results_path)
-        if saved.get("steps") == step:
-            logging.info(
-                "the run in %s finished at step %d; returning its saved results", workdir, step
-            )
-            return saved
+        done = read_json(results_path)
+        if isinstance(done, dict) and done.get("steps") == step:
+            # A finished run is left as it is: its config.json, artefacts and results stay untouched.
+            ignored = [] if saved is None else config_utils.config_diff(saved, config)
+            if ignored:
+                logging.warning(
+                    "the run in %s finished at step %d, so %s (changed from its config.json) do not"
+                    " apply; returning its saved results (to train on, %s)",
+                    workdir,
+                    step,
+                    ", ".join(f"config.{d}" for d in ignored),
+                    "pass --config.early_stopping.enabled=False"
+                    if stopped_early
+                    else "raise --config.train.num_epochs",
+                )
+            else:
+                logging.info(
+                    "the run in %s finished at step %d; returning its saved results", workdir, step
+                )
+            return done
+    if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
+        _name_lock_holder(lock)
+        config_utils.save_config(config, workdir)
+        if task.artefacts:
+            save_artefacts(workdir, task.artefacts)
 
     batch_size = int(config.train.batch_size)
     if restored is not None and not finished:
@@ -1200,7 +1286,6 @@ def _run(
         for split in task.periodic_eval:
             if split in task.eval_batches:
                 record[split] = eng.evaluate(state["params"], split)
-                logger.write(split, step, record[split])
         history.append(record)
         since_eval = None
         value = _monitor_value(record, eng.monitor)
@@ -1248,6 +1333,10 @@ def _run(
             ),
         )
         store.save(step, state, meta_now(), improvement=improvement)
+        # Logged once saved: metrics.jsonl's evaluation records each stand for a checkpoint written.
+        for s in task.periodic_eval:
+            if s in record:
+                logger.write(s, step, record[s])
         return stop
 
     def meta_now() -> dict[str, Any]:
@@ -1347,9 +1436,10 @@ def _run(
         and best_step is not None
         and best_step != step
     ):
-        target = _with_shardings(abstract, eng.state_shardings(abstract))
+        # Only the parameters: the optimizer state's layout may differ (clipping switched on resume).
+        target = _with_shardings(abstract, eng.state_shardings(abstract))["params"]
         try:
-            best_state, _ = store.restore(best_step, target)
+            best_params = store.restore_params(best_step, target)
         except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
             moved = store.quarantine(best_step)
             best_unreadable = {"step": best_step, "error": root_reason(e), "moved_to": moved}
@@ -1363,7 +1453,7 @@ def _run(
                 step,
             )
         else:
-            final_params = best_state["params"]
+            final_params = best_params
             restored_best = True
             logging.info(
                 "restored the best weights (step %d, %s=%.6g)", best_step, eng.monitor, es["best"]
@@ -1498,38 +1588,32 @@ def _padded_size(batch_size: int, multiple: int) -> int:
 
 
 def _restore_latest(
-    eng: _Engine, store: CheckpointStore, abstract: Any, saved: ml_collections.ConfigDict | None
+    eng: _Engine, store: CheckpointStore, abstract: Any
 ) -> tuple[int, Any, dict[str, Any]] | None:
     """The newest usable checkpoint of `eng`'s workdir as `(step, state, meta)`, or None.
 
-    A run resumed with gradient clipping switched on or off (`optimizer.clip_norm` 0 in `saved`, the
-    workdir's config.json, and > 0 now, or the other way; what the non-finite-loss error advises) keeps its
-    optimizer state: clipping is `optax.chain(clip_by_global_norm, <optimizer>)`, whose state is the
-    optimizer's behind the clip's empty one, so the checkpoint is read with the saved setting and its
-    optimizer state wrapped or unwrapped. Any other change of the state's arrays is a UserError
-    (`CheckpointStore.restore_latest`)."""
+    A run resumed with gradient clipping switched on or off (what the non-finite-loss error advises) keeps
+    its optimizer state: clipping is `optax.chain(clip_by_global_norm, <optimizer>)`, whose state is the
+    optimizer's behind the clip's empty one. Which of the two layouts a checkpoint holds is read from the
+    checkpoint's own metadata (never from config.json, which a later start may have rewritten), and its
+    optimizer state is wrapped or unwrapped to this config's. Any other change of the state's arrays is a
+    UserError (`CheckpointStore.restore_latest`)."""
     clip_now = float(eng.config.optimizer.clip_norm) > 0
-    saved_clip = None if saved is None else float(saved.optimizer.get("clip_norm", 0.0)) > 0
-    if saved_clip is None or saved_clip == clip_now:
-        return store.restore_latest(_with_shardings(abstract, eng.state_shardings(abstract)))
-    saved_opt = ml_collections.ConfigDict(eng.config.optimizer.to_dict())
-    saved_opt.clip_norm = 1.0 if saved_clip else 0.0  # only the structure matters here
-    saved_tx = optim.make_optimizer(saved_opt, eng.total_steps)
-    saved_abstract = dict(abstract, opt_state=jax.eval_shape(saved_tx.init, abstract["params"]))
+    other_opt = ml_collections.ConfigDict(eng.config.optimizer.to_dict())
+    other_opt.clip_norm = 0.0 if clip_now else 1.0  # only the structure matters here
+    other_tx = optim.make_optimizer(other_opt, eng.total_steps)
+    other = dict(abstract, opt_state=jax.eval_shape(other_tx.init, abstract["params"]))
     restored = store.restore_latest(
-        _with_shardings(saved_abstract, eng.state_shardings(saved_abstract))
+        _with_shardings(abstract, eng.state_shardings(abstract)),
+        alternate=_with_shardings(other, eng.state_shardings(other)),
     )
     if restored is None:
         return None
-    step, state, meta = restored
+    step, state, meta, switched = restored
+    if not switched:
+        return step, state, meta
     opt_state = state["opt_state"]
     state = dict(state, opt_state=(optax.EmptyState(), opt_state) if clip_now else opt_state[1])
-    if jax.tree.structure(state) != jax.tree.structure(abstract):  # not only the clip changed
-        raise UserError(
-            f"the checkpoint at step {step} in {store.directory} holds an optimizer state this config"
-            " cannot continue beyond switching optimizer.clip_norm on or off; resume with the saved"
-            " <workdir>/config.json or use a new --workdir"
-        )
     logging.info(
         "resuming the checkpoint at step %d with gradient clipping %s (optimizer.clip_norm=%s): the"
         " optimizer's state is kept",

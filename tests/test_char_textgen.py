@@ -197,6 +197,43 @@ def test_unknown_priming_characters_are_named(stream_run):
             char_lm.generate_samples(None, str(workdir), prime="to", length=5, temperature=bad)
 
 
+def test_resume_refusals_name_the_real_cause(stream_run, tmp_path):
+    """The streams' eval_batch_size is their number of validation streams (it changes the validation
+    loss), so it may not change on resume; new characters in the data file are named as changed data,
+    not as a model.vocab_size override nobody gave. Neither touches the run."""
+    config, workdir, _ = stream_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    more = _stream_config(Path(config.data.path))
+    more.train.num_epochs = 3
+    more.train.eval_batch_size = 2 * int(config.train.eval_batch_size)
+    with pytest.raises(
+        UserError, match=r"config\.train\.eval_batch_size differs from the run saved"
+    ):
+        char_lm.train(more, str(run))
+    edited = tmp_path / "text.txt"
+    edited.write_text(Path(config.data.path).read_text() + "XYZ\n", encoding="utf-8")
+    saved = json.loads((run / "config.json").read_text())
+    saved["data"]["path"] = str(edited)  # as if that file had been edited in place
+    (run / "config.json").write_text(json.dumps(saved))
+    before[run / "config.json"] = (run / "config.json").read_bytes()
+    with pytest.raises(UserError, match=r"the data differs from the run saved .*model\.vocab_size"):
+        char_lm.train(_stream_config(edited), str(run))
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("content", ["{}", '{"primes": []}', '{"primes": [3]}', "[]"])
+def test_a_damaged_primes_file_is_one_error_naming_it(stream_run, tmp_path, content):
+    _, workdir, _ = stream_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    (run / "primes.json").write_text(content)
+    with pytest.raises(UserError, match=r"primes\.json holds no list of priming texts.*--prime"):
+        char_lm.generate_samples(None, str(run), length=5)
+    assert char_lm.generate_samples(None, str(run), prime="to be", length=5)["texts"]
+
+
 def test_window_layout_trains_and_generates_greedily(tmp_path):
     config = _window_config(_write_text(tmp_path / "t.txt", lines=60))
     workdir = tmp_path / "run"

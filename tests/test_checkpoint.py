@@ -80,7 +80,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, 
             with open(path, "wb") as f:
                 f.write(b"\x00corrupt" * (size // 8 + 1))
     with caplog.at_level(logging.WARNING):
-        step, state, meta = store.restore_latest(jax.eval_shape(lambda: _state()))
+        step, state, meta, _ = store.restore_latest(jax.eval_shape(lambda: _state()))
     store.close()
     assert step == 1 and meta == {"step": 1}
     _assert_trees_equal(state, _state(1.0))
@@ -174,9 +174,13 @@ def test_another_optimizer_tree_with_the_same_arrays_is_a_user_error_not_a_corru
     with pytest.raises(UserError, match="first difference: opt_state/0/count"):
         store.restore_latest(abstract)
     assert not (tmp_path / "corrupt_checkpoints").exists()
-    step, state, _ = store.restore_latest(jax.eval_shape(_state))
+    # Offered as the alternate layout (the engine passes the other clipping layout), it is read as that.
+    step, state, _, alternate = store.restore_latest(abstract, alternate=jax.eval_shape(_state))
+    assert step == 7 and alternate
+    _assert_trees_equal(state, _state())
+    step, state, _, alternate = store.restore_latest(jax.eval_shape(_state), alternate=abstract)
     store.close()
-    assert step == 7
+    assert step == 7 and not alternate
     _assert_trees_equal(state, _state())
 
 
@@ -189,13 +193,12 @@ def test_resuming_with_clipping_switched_on_or_off_keeps_the_optimizer_state(tmp
     train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     store = CheckpointStore(str(tmp_path), keep=3)
     plain = _Engine(config, str(tmp_path), ef.classification_task(config))
-    saved = config_utils.load_config(str(tmp_path))
-    step0, state0, _ = _restore_latest(plain, store, jax.eval_shape(plain.init_state), saved)
+    step0, state0, _ = _restore_latest(plain, store, jax.eval_shape(plain.init_state))
 
     config.optimizer.clip_norm = 1.0
     clipped = _Engine(config, str(tmp_path), ef.classification_task(config))
     abstract = jax.eval_shape(clipped.init_state)
-    step, state, _ = _restore_latest(clipped, store, abstract, saved)
+    step, state, _ = _restore_latest(clipped, store, abstract)
     store.close()
     assert step == step0 == 5
     assert jax.tree.structure(state) == jax.tree.structure(abstract)
@@ -218,6 +221,81 @@ def test_resuming_with_clipping_switched_on_or_off_keeps_the_optimizer_state(tmp
         if '"resume"' in line
     ]
     assert [r["from_step"] for r in resumes] == [5, 10]
+
+
+def test_the_clipping_layout_is_read_from_the_checkpoint_not_from_config_json(tmp_path):
+    """A start with clip_norm switched that was killed before its first checkpoint left a config.json
+    that disagrees with the checkpoints' optimizer layout; resuming with clipping on or off works, and
+    a finished run whose best checkpoint is another step keeps it (it was moved aside as damaged)."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["optimizer"]["clip_norm"] = 1.0  # what the killed start wrote
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    for clip, epochs in ((1.0, 2), (0.0, 3), (1.0, 4)):
+        config.optimizer.clip_norm = clip
+        config.train.num_epochs = epochs
+        results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+        assert results["steps"] == 5 * epochs
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+
+
+def test_switching_clipping_on_resume_keeps_the_best_checkpoint(tmp_path):
+    config = _best_first_config()
+    first = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert first["best_step"] == 2
+    config.train.num_epochs = 3
+    config.optimizer.clip_norm = 1.0
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 15 and results["best_step"] == 2
+    assert results["metrics"]["evaluated_weights"] == "best"
+    assert "best_checkpoint_unreadable" not in results
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+    _, used = restore_model(config, str(tmp_path), ef.build_model, which="best")
+    assert used == 2
+
+
+def test_a_full_disk_during_a_save_is_an_os_error_the_cli_words(tmp_path, monkeypatch):
+    """TensorStore reports ENOSPC as a ValueError; the store raises the OSError it is (the CLI turns
+    ENOSPC into one line naming the fix), and the checkpoints saved before are intact."""
+    import errno
+
+    store = CheckpointStore(str(tmp_path), keep=2)
+    store.save(1, _state(), {"step": 1})
+
+    def full(*args, **kwargs):
+        raise ValueError(
+            "RESOURCE_EXHAUSTED: Error writing file: No space left on device [OS error: 28]"
+        )
+
+    monkeypatch.setattr(store._manager, "save", full)
+    with pytest.raises(OSError) as info:
+        store.save(2, _state(2.0), {"step": 2})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == store.directory
+    monkeypatch.undo()
+    step, state, _, _ = store.restore_latest(jax.eval_shape(_state))
+    store.close()
+    assert step == 1
+    _assert_trees_equal(state, _state())
+
+
+@pytest.mark.parametrize("content", ["", "{broken", "[1]"])
+def test_a_damaged_checkpoint_metrics_file_is_one_error_naming_it(tmp_path, content):
+    """Orbax reads every checkpoint's metrics file when it starts; a damaged one was a bare
+    JSONDecodeError in every mode. Now: a UserError naming the file and the folder to move."""
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(1, _state(), {"step": 1}, improvement=1)
+    store.save(2, _state(2.0), {"step": 2})
+    store.close()
+    metrics = tmp_path / "checkpoints" / "2" / "metrics" / "metrics"
+    assert metrics.exists()
+    metrics.write_text(content)
+    with pytest.raises(UserError, match=r"checkpoints/2/metrics/metrics cannot be read .* move"):
+        CheckpointStore(str(tmp_path), keep=3)
+    shutil.move(tmp_path / "checkpoints" / "2", tmp_path / "elsewhere")
+    store = CheckpointStore(str(tmp_path), keep=3)
+    assert store.all_steps() == [1]
+    store.close()
 
 
 def _damage_arrays(step_dir) -> None:

@@ -377,6 +377,9 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
 
     a_file = _cli(tmp_path, "--config=cfg.py", f"--workdir={tmp_path / 'cfg.py'}")
     assert a_file.returncode == 2 and "is a file, not a directory" in a_file.stderr
+    under_a_file = _cli(tmp_path, "--config=cfg.py", f"--workdir={tmp_path / 'cfg.py' / 'run'}")
+    assert under_a_file.returncode == 2 and "Traceback" not in under_a_file.stderr
+    assert "cfg.py, which is a file, not a directory" in under_a_file.stderr
 
     no_config = _cli(tmp_path, f"--workdir={workdir}")
     assert no_config.returncode == 2 and "error: no --config given" in no_config.stderr

@@ -539,6 +539,11 @@ def test_ensemble_mode(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in same.iterdir() if p.is_file()} == before
     with pytest.raises(UserError, match="given twice"):
         clf.ensemble(None, str(tmp_path / "bad"), [str(workdir), str(other), str(workdir) + "/"])
+    # A run of another experiment (a language model's config has no data.dataset of ours).
+    lm = tmp_path / "lm"
+    config_utils.save_config(config_utils.engine_defaults(), str(lm))
+    with pytest.raises(UserError, match=r"lm holds a run of another experiment.*imdb_sentiment"):
+        clf.ensemble(None, str(tmp_path / "bad"), [str(workdir), str(lm)])
     # Re-running an ensemble into its own directory is fine.
     assert clf.ensemble(None, str(tmp_path / "ens"), [str(workdir), str(other)]) == out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import signal
 
@@ -316,7 +317,7 @@ def test_a_task_can_supply_the_final_metrics_of_the_splits_not_yet_evaluated(tmp
 
 def test_changing_the_model_in_an_existing_workdir_is_a_user_error(tmp_path):
     config = ef.base_config(num_epochs=1)
-    config_utils.save_config(config, str(tmp_path))  # as a previous run left it
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     before = (tmp_path / "config.json").read_text()
     config.model.hidden = 32
     with pytest.raises(UserError, match="config.model.hidden differs from the run saved"):
@@ -371,6 +372,85 @@ def test_a_field_the_saved_run_lacks_is_allowed(tmp_path):
     config.optimizer.new_field_of_a_later_version = 3
     config.train.num_epochs = 2
     assert train_and_evaluate(config, str(tmp_path), ef.classification_task(config))["steps"] == 10
+
+
+def test_a_finished_run_re_run_with_changes_is_left_as_it_is_and_says_what_it_ignores(
+    tmp_path, caplog
+):
+    """Re-running a finished run returns its results; changed resumable fields (which would only apply
+    to more training) are named in a warning, and config.json is not rewritten with them (it was, and
+    a later --mode=generate read the ignored generate.* values)."""
+    config = ef.base_config(num_epochs=1)
+    first = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    config.optimizer.clip_norm = 1.0
+    config.train.log_every_steps = 1
+    with caplog.at_level(logging.WARNING):
+        again = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert again == first
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    (warning,) = [r.getMessage() for r in caplog.records if "do not apply" in r.getMessage()]
+    assert "config.optimizer.clip_norm, config.train.log_every_steps" in warning
+    assert "raise --config.train.num_epochs" in warning
+
+
+def test_a_run_that_stopped_early_trains_on_with_early_stopping_switched_off(tmp_path, caplog):
+    """`early_stopping.*` may change on resume; switching it off continues a run that stopped early
+    (from its last weights, as a second Keras `fit` would) instead of re-printing its results."""
+    config = ef.base_config(num_epochs=8)
+    config.model.dropout = 0.0
+    config.early_stopping.enabled = True
+    config.early_stopping.patience = 1
+    train = ef.classification_data(40)
+    valid = dict(train, label=(train["label"] + 1) % 3)  # learning the train rule hurts validation
+    first = train_and_evaluate(
+        config, str(tmp_path), ef.classification_task(config, train=train, valid=valid)
+    )
+    assert first["stopped_early"] and first["steps"] < 40
+    config.early_stopping.patience = 2  # changed, still on: the finished run is left as it is
+    with caplog.at_level(logging.WARNING):
+        again = train_and_evaluate(
+            config, str(tmp_path), ef.classification_task(config, train=train, valid=valid)
+        )
+    assert again == first
+    assert any(
+        "pass --config.early_stopping.enabled=False" in r.getMessage() for r in caplog.records
+    )
+    config.early_stopping.enabled = False
+    results = train_and_evaluate(
+        config, str(tmp_path), ef.classification_task(config, train=train, valid=valid)
+    )
+    assert results["steps"] == 40 and not results["stopped_early"]
+    assert [r["step"] for r in results["history"]][: len(first["history"])] == [
+        r["step"] for r in first["history"]
+    ]
+
+
+def test_a_config_json_without_any_checkpoint_does_not_block_a_corrected_retry(tmp_path):
+    """A start that stopped before its first checkpoint (a non-finite loss at step 2, whose error
+    advises a lower learning rate; a kill) left config.json: retrying with the fix is not a "change"."""
+    config = ef.base_config(num_epochs=1)
+    config_utils.save_config(config, str(tmp_path))  # as that start left it
+    config.optimizer.learning_rate = 0.005
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 5
+    assert config_utils.load_config(str(tmp_path)).optimizer.learning_rate == 0.005
+
+
+def test_a_missing_config_json_is_checked_against_results_json_or_refused(tmp_path):
+    """Without config.json the run's config is the copy in results.json; with neither, resuming is
+    refused (it used to train on from another seed's and learning rate's checkpoint)."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    (tmp_path / "config.json").unlink()
+    config.seed = 7
+    with pytest.raises(UserError, match="config.seed differs from the run saved"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    (tmp_path / "results.json").unlink()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"config.json is missing, but .*checkpoints.* put the run"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("monitor", ["val_foo", "acuracy"])

@@ -73,6 +73,7 @@ DATASETS = {
 VOCAB_FILE = "vocab.json"
 PRIMES_FILE = "primes.json"
 LAYOUTS = ("windows", "streams")
+DERIVED_FIELDS = ("model.vocab_size",)  # filled in from the data by make_task
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,6 +296,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
             eval_batches["validation"] = lambda: padded_batches(val, eval_bs)
         return Task(
             build_model=build_model,
+            derived_fields=DERIVED_FIELDS,
             loss_fn=window_loss,
             train_batches=train_batches,
             steps_per_epoch=steps_per_epoch(len(starts), bs, drop),
@@ -343,6 +345,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
 
     return Task(
         build_model=build_model,
+        derived_fields=DERIVED_FIELDS,
         loss_fn=stream_loss,
         train_batches=stream_batches,
         steps_per_epoch=steps,
@@ -353,6 +356,8 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         data_fingerprint=data.fingerprint(ids),
         derive_metrics=_bits,
         extra_results=lambda model, results: _sample_results(model, vocab, primes, config),
+        # The validation text is cut into eval_batch_size streams, each starting from a zero state.
+        fixed_on_resume=("train.eval_batch_size",),
     )
 
 
@@ -510,7 +515,13 @@ def generate_samples(
     if prime is None or prime == "":
         prime = g.prime
     if not prime:
-        primes = load_artefact(workdir, PRIMES_FILE)["primes"]
+        saved = load_artefact(workdir, PRIMES_FILE)
+        primes = saved.get("primes") if isinstance(saved, dict) else None
+        if not (isinstance(primes, list) and primes and all(isinstance(p, str) for p in primes)):
+            raise UserError(
+                f"{os.path.join(workdir, PRIMES_FILE)} holds no list of priming texts under"
+                ' "primes"; the file is damaged: pass --prime=<text>, or restore the file'
+            )
         prime = primes[int(np.random.default_rng(seed).integers(len(primes)))]
     samples = {
         "prime": prime,

@@ -1297,7 +1297,13 @@ def ensemble(
     for m in members:
         if not os.path.exists(os.path.join(m, config_utils.CONFIG_FILE)):
             raise UserError(f"{m} has no config.json; pass the workdirs of finished training runs")
-        configs.append(config_utils.load_config(m))
+        c = config_utils.load_config(m)
+        if c.get("data", {}).get("dataset") not in DATASETS:
+            raise UserError(
+                f"{m} holds a run of another experiment (its config.json has no config.data.dataset"
+                f" among {', '.join(DATASETS)}); an ensemble takes runs of imdb_sentiment or fake_news"
+            )
+        configs.append(c)
     first = _split_signature(configs[0])
     for m, c in zip(members[1:], configs[1:], strict=True):
         if _split_signature(c) != first:

@@ -74,6 +74,7 @@ __all__ = [
 DEFAULT_PATH = "fashion/myntra_products_catalog.csv"  # under $LSTM_JAX_DATA
 VOCAB_FILE = "vocab.json"
 FORMS = ("prefixes", "lines")
+DERIVED_FIELDS = ("model.vocab_size", "data.max_len")  # filled in from the data by make_task
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -363,6 +364,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         )
     return Task(
         build_model=build_model,
+        derived_fields=DERIVED_FIELDS,
         loss_fn=loss_fn,
         train_batches=train_batches,
         steps_per_epoch=steps,

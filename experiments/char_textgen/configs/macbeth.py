@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     t = config.train
     t.batch_size = 40  # the tutorial's batch_size
-    t.eval_batch_size = 256  # evaluation only: bigger batches, same numbers
+    t.eval_batch_size = 256  # evaluation only: bigger batches, same numbers (windows layout)
     t.num_epochs = 200  # the tutorial's; override with --config.train.num_epochs on 2 cores
     t.log_every_steps = 200
     t.monitor = "val_loss"
