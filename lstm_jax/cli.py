@@ -274,12 +274,25 @@ def _parse_flags(args: list[str]) -> list[str]:
     """absl's flag parsing, with a one-line error and exit status 2 for every bad flag: an unknown or
     malformed flag, a --config file that cannot be read, a --config.x.y override the config lacks
     (ml_collections raises those as tracebacks)."""
+    given = _config_arg(args)
+    if given.endswith((".json", ".json'", '.json"')):
+        _flag_error(
+            f"{given}: a .json file is a run's saved config, not a config file; omit --config to use"
+            " the workdir's saved config.json, or pass experiments/<experiment>/configs/<name>.py"
+            " (with --config.x=y overrides)"
+        )
     try:
         rest = FLAGS(args)
         # ml_collections keeps a --config file that failed to load as an object raising on first use.
-        failed = vars(FLAGS["config"].value).get("_error") if FLAGS["config"].value else None
+        value = FLAGS["config"].value
+        failed = getattr(value, "__dict__", {}).get("_error") if value is not None else None
         if failed is not None:
             raise failed
+        if value is not None and not isinstance(value, ml_collections.ConfigDict):
+            _flag_error(
+                f"{given}: get_config() returned a {type(value).__name__}, not an"
+                " ml_collections.ConfigDict; see experiments/<experiment>/configs/*.py"
+            )
         return rest
     except flags.Error as e:
         _flag_error(f"{' '.join(str(e).split())}; see --helpshort for the flags")

@@ -20,6 +20,7 @@ import gzip
 import io
 import os
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def _read_bytes(path: Path, what: str) -> bytes:
     if path.suffix == ".gz":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             msg = f"{path}: not a valid gzip file ({e}); re-download or gunzip it"
             raise UserError(msg) from None
     return data
@@ -186,7 +187,9 @@ def _read_csv(
     text = _decode_utf8(_read_bytes(path, what), path)
     if not text.strip():
         raise UserError(f"{path}: file is empty; pass a CSV with a header row and data rows")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: a quote still open at the end of the file is an error, not the rest of the file swallowed
+    # into one field (which a lenient reader returns as a last, huge row).
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except csv.Error as e:
@@ -217,8 +220,16 @@ def _read_csv(
                 )
             rows.append((line, dict(zip(header, fields, strict=True))))
     except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise UserError(
+                f"{path}: line {end + 1} opens a quoted field that is never closed (the file ends"
+                " inside it); fix the quoting of that row (a quote inside a quoted field is written"
+                ' twice: "")'
+            ) from None
+        at = f", found at line {reader.line_num}" if reader.line_num != end + 1 else ""
         raise UserError(
-            f"{path}: malformed CSV near line {reader.line_num} ({e}); fix the quoting of that row"
+            f"{path}: malformed CSV in the row that starts at line {end + 1} ({e}{at}); fix the"
+            ' quoting of that row (a quote inside a quoted field is written twice: "")'
         ) from None
     return header, rows
 
@@ -611,7 +622,7 @@ LIAR_META = (
 
 
 def load_liar(
-    directory: str | os.PathLike | None = None,
+    directory: str | os.PathLike | None = None, metadata: Sequence[str] = ()
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """LIAR (Wang 2017) with its official split: `{"train"|"valid"|"test": columns}`.
 
@@ -619,7 +630,9 @@ def load_liar(
     `$LSTM_JAX_DATA/fake_news/liar`). Columns per split: `id`, `statement` and the metadata
     `LIAR_META` as lists of str, `label` int32 [n] (index into `LIAR_LABELS`: 0 = pants-fire ..
     5 = true), `binary_label` int32 [n] (1 = fake = pants-fire/false/barely-true, 0 = real). A
-    verdict outside `LIAR_LABELS` names file and line; empty statements are skipped and counted.
+    verdict outside `LIAR_LABELS` names file and line; empty statements are skipped and counted. The
+    `metadata` columns (those the model reads) must be in every file; the other `LIAR_META` columns are
+    read as "" when absent.
     """
     root = resolve_path(directory, "fake_news/liar", what="LIAR folder")
     if root.is_file():
@@ -638,9 +651,11 @@ def load_liar(
             )
         _, rows = _read_csv(
             path,
-            ["label", "statement"],
-            fix="the LIAR files need the columns label (the verdict) and statement, with the"
-            f" metadata columns {', '.join(LIAR_META)}",
+            ["label", "statement", *metadata],
+            fix="the LIAR files need the columns label (the verdict) and statement, and the"
+            f" metadata columns config.data.metadata names ({', '.join(metadata) or 'none'}):"
+            " stage the files with them, or pass --config.data.metadata='()' (or fewer columns)"
+            " to train on the statements alone",
         )
         cols: dict[str, list[Any]] = {k: [] for k in ("id", "statement", *LIAR_META, "label")}
         for line, row in rows:

@@ -63,6 +63,24 @@ def temperature_ok(temperature: float) -> bool:
     return 0 <= temperature < math.inf  # False for NaN too
 
 
+# The most tokens one generation call makes per sample, and the most samples: the compiled loop holds
+# [num_samples, length] outputs (and its keys) in memory, so a mistyped --length=1000000000 would
+# otherwise eat the machine's memory before anything is printed.
+MAX_LENGTH = 1_000_000
+MAX_SAMPLES = 10_000
+
+
+def check_length(length: int, *, name: str, unit: str) -> None:
+    """`UserError` unless 1 <= `length` <= `MAX_LENGTH`; `name` is the flag (``--length``)."""
+    if length < 1:
+        raise UserError(f"{name}={length} must be >= 1; pass the number of {unit} to generate")
+    if length > MAX_LENGTH:
+        raise UserError(
+            f"{name}={length} is over the {MAX_LENGTH:,} {unit} one call generates; pass a smaller"
+            " number (and run generation again for more)"
+        )
+
+
 def check_sampling_flags(
     temperature: float, top_k: int, *, flag: str = "--", unit: str = "tokens"
 ) -> None:

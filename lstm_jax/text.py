@@ -337,7 +337,14 @@ class Vocabulary:
             raise UserError(
                 f"{path}: vocabulary file not found; pass the workdir of a finished run"
             )
-        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{path}: not UTF-8 text, so not a vocabulary this project wrote; the file is"
+                " damaged: restore it, or train again in a new --workdir"
+            ) from None
+        return cls.from_json(content, source=str(path))
 
     def __eq__(self, other: object) -> bool:
         return (

@@ -314,6 +314,23 @@ def test_quick_config_without_data_names_both_fixes(tmp_path, monkeypatch):
     assert "\n" not in msg
 
 
+def test_streams_without_validation_and_malformed_sizes(tmp_path):
+    """validation_fraction=0 on Macbeth in the streams layout trains without validation (it was a
+    reshape error); hidden_sizes that are not integers are named (they were a ValueError)."""
+    config = _stream_config(_write_text(tmp_path / "t.txt"))
+    config.data.dataset = (
+        "macbeth"  # a text split by validation_fraction (tiny-shakespeare's is fixed)
+    )
+    config.data.validation_fraction = 0.0
+    task = char_lm.make_task(config)
+    assert task.periodic_eval == () and task.eval_batches == {}
+    for bad in ("abc", (16, "a"), ((16,),)):
+        with config.ignore_type():  # as a saved config.json or a flag can give them
+            config.model.hidden_sizes = bad
+        with pytest.raises(UserError, match=r"config\.model\.hidden_sizes=.* one positive integer"):
+            char_lm.make_task(config)
+
+
 def test_bad_layout_is_a_user_error(tmp_path):
     config = _stream_config(_write_text(tmp_path / "t.txt"))
     config.data.layout = "bogus"
@@ -327,7 +344,8 @@ def test_bad_layout_is_a_user_error(tmp_path):
         ("temperature", -1.0, r"--config\.generate\.temperature=-1\.0 must be a number >= 0"),
         ("length", 0, r"--config\.generate\.length=0 must be >= 1"),
         ("top_k", -2, r"--config\.generate\.top_k=-2 must be >= 0"),
-        ("num_samples", 0, r"--config\.generate\.num_samples=0 must be >= 1"),
+        ("num_samples", 0, r"--config\.generate\.num_samples=0 must be between 1 and 10,000"),
+        ("length", 10**9, r"--config\.generate\.length=1000000000 is over the 1,000,000 char"),
         ("prime", "to be \u20ac", r"config\.generate\.prime: unknown .*\u20ac"),
     ],
 )

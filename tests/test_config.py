@@ -381,6 +381,11 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
     assert under_a_file.returncode == 2 and "Traceback" not in under_a_file.stderr
     assert "cfg.py, which is a file, not a directory" in under_a_file.stderr
 
+    (tmp_path / "saved.json").write_text('{"seed": 0, "flag": false}')
+    a_json = _cli(tmp_path, "--config=saved.json", f"--workdir={workdir}")
+    assert a_json.returncode == 2 and "Traceback" not in a_json.stderr
+    assert "a .json file is a run's saved config, not a config file; omit --config" in a_json.stderr
+
     no_config = _cli(tmp_path, f"--workdir={workdir}")
     assert no_config.returncode == 2 and "error: no --config given" in no_config.stderr
 

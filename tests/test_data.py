@@ -111,6 +111,39 @@ def test_load_text_bad_gzip(tmp_path):
         D.load_text(f)
 
 
+def test_load_text_gzip_with_a_damaged_body(tmp_path):
+    """A valid gzip header over damaged deflate data raises zlib.error, not OSError."""
+    body = bytearray(gzip.compress(("to be or not to be " * 200).encode()))
+    for i in range(20, 60):
+        body[i] ^= 0xFF
+    f = tmp_path / "t.txt.gz"
+    f.write_bytes(bytes(body))
+    with pytest.raises(UserError, match=_named(f) + ".*not a valid gzip"):
+        D.load_text(f)
+
+
+def test_an_unclosed_quote_is_an_error_naming_its_line_not_the_rest_of_the_file(tmp_path):
+    """A lenient csv reader returns everything after an unclosed quote as one field of one last row
+    (69 of 80 rows silently became one "description")."""
+    lines = [f'{i},"row {i}"' for i in range(1, 30)]
+    lines[9] = '10,"row 10 with an unclosed quote'
+    f = tmp_path / "q.csv"
+    f.write_text("id,text\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=_named(f) + r": malformed CSV in the row that starts at"):
+        D._read_csv(f, ["text"])  # line 11's quote closes at line 12's first quote
+    f.write_text("id,text\n" + "\n".join(lines[:10]) + "\n11,unquoted\n", encoding="utf-8")
+    with pytest.raises(
+        UserError, match=_named(f) + r": line 11 opens a quoted field that is never"
+    ):
+        D._read_csv(f, ["text"])  # the file ends inside it
+    ok = (
+        tmp_path / "ok.csv"
+    )  # quotes inside an unquoted field stay as they are, as in any CSV reader
+    ok.write_text('id,text\n1,a "quoted" word\n2,"a ""doubled"" quote"\n', encoding="utf-8")
+    _, rows = D._read_csv(ok, ["text"])
+    assert [r["text"] for _, r in rows] == ['a "quoted" word', 'a "doubled" quote']
+
+
 # ---- tiny-shakespeare ----------------------------------------------------------------------------
 
 

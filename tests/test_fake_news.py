@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -330,6 +331,49 @@ def test_liar_bad_verdict(tmp_path):
     p.write_text(p.read_text().replace("half-true", "sort-of-true", 1))
     with pytest.raises(UserError, match=r"liar_valid\.csv: line \d+: label 'sort-of-true'"):
         clf.prepare_data(_liar_config(folder))
+
+
+def test_liar_files_without_the_metadata_columns_are_an_error_naming_the_fix(tmp_path):
+    """They once trained silently on the statements alone while results.json listed the metadata."""
+    folder = make_liar(tmp_path / "liar")
+    for split in ("train", "valid", "test"):
+        p = folder / f"liar_{split}.csv"
+        p.write_text(p.read_text().replace("speaker,", "Speaker,", 1))
+    with pytest.raises(UserError, match=r"missing column\(s\) 'speaker'.*metadata='\(\)'"):
+        clf.prepare_data(_liar_config(folder))
+    config = _liar_config(folder)
+    config.data.metadata = ("subject", "party_affiliation")  # the columns it has
+    assert len(clf.prepare_data(config).arrays["train"]["label"]) > 0
+
+
+def test_switching_the_dataset_by_flag_names_the_config_to_use(tmp_path):
+    config = _liar_config(tmp_path)
+    config.data.dataset = "fake_news"
+    with pytest.raises(UserError, match=r"needs config\.data\.test_fraction.*fake_news\.py"):
+        clf.prepare_data(config)
+    config = _config(tmp_path / "a.csv")
+    config.data.dataset = "liar"
+    with pytest.raises(UserError, match=r"needs config\.data\.label.*configs/liar\.py"):
+        clf.prepare_data(config)
+
+
+def test_texts_empty_after_preprocessing(tmp_path, caplog):
+    """All of them: an error before training (it trained on padding, then the baseline crashed);
+    some: kept, counted in the data info, and said."""
+    rows = [
+        {"id": i, "title": "the", "author": "", "text": "and of the 123 !!!", "label": i % 2}
+        for i in range(30)
+    ]
+    with pytest.raises(UserError, match=r"every train text of fake_news .* is empty after"):
+        clf.prepare_data(_config(write_csv(tmp_path / "stop.csv", rows)))
+    path = make_articles(tmp_path / "a.csv")
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([[100 + i, "the", "", "of and ...", i % 2] for i in range(10)])
+    with caplog.at_level(logging.WARNING):
+        prepared = clf.prepare_data(_config(path))
+    empty = sum(prepared.info[s]["empty_after_preprocessing"] for s in prepared.arrays)
+    assert empty == 10
+    assert any("empty after preprocessing" in r.getMessage() for r in caplog.records)
 
 
 def test_liar_end_to_end_six_way(tmp_path):

@@ -142,6 +142,10 @@ def test_bad_config_and_data(tmp_path):
         assert str(err.value).startswith(f"config.data.{field}={value} must be"), err.value
         assert f"--config.data.{field}=" in str(err.value)
     config = _config(acl)
+    config.data.vocab_size = 1  # once named Vocabulary's internal num_words
+    with pytest.raises(UserError, match=r"^config\.data\.vocab_size=1 leaves no id for a word"):
+        clf.prepare_data(config)
+    config = _config(acl)
     config.data.vocab_size = 100000  # ids beyond the embedding are impossible by construction...
     assert clf.embedding_rows(config) == 100000
     # ... a broken label inside a CSV copy names file and line.

@@ -233,6 +233,9 @@ def test_json_errors_name_the_file(tmp_path):
         Vocabulary.load(bad)
     with pytest.raises(UserError, match="not found"):
         Vocabulary.load(tmp_path / "missing.json")
+    bad.write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(UserError, match=re.escape(str(bad)) + ": not UTF-8 text"):
+        Vocabulary.load(bad)
 
 
 def test_bad_options_raise_user_error():

@@ -301,6 +301,10 @@ def test_unknown_seed_words_are_dropped_or_rejected(lines_run, capsys):
     for bad in (-1.0, float("nan")):  # NaN once generated an empty text silently
         with pytest.raises(UserError, match=r"--temperature=.* must be a number >= 0"):
             word_lm.generate_samples(None, str(workdir), seed_text="red", temperature=bad)
+    # A mistyped huge count is refused before anything is compiled (it once ate the memory).
+    for bad, message in ((0, "must be >= 1"), (10**9, "is over the 1,000,000 words")):
+        with pytest.raises(UserError, match=rf"--num_words={bad} {message}"):
+            word_lm.generate_samples(None, str(workdir), seed_text="red", num_words=bad)
 
 
 def test_bad_generate_settings_fail_before_training(tmp_path):
@@ -352,8 +356,13 @@ def test_missing_column_and_bad_form_are_user_errors(tmp_path):
         word_lm.make_task(_config(path, text_column="Text"))
     with pytest.raises(UserError, match="config.data.form"):
         word_lm.make_task(_config(path, form="bogus"))
-    with pytest.raises(UserError, match=r"^config\.data\.validation_fraction=1\.0 must be in"):
-        word_lm.make_task(_config(path, validation_fraction=1.0))
+    for bad in (1.0, -0.2):  # a negative one trained without validation, silently
+        with pytest.raises(
+            UserError, match=rf"^config\.data\.validation_fraction={bad} must be in"
+        ):
+            word_lm.make_task(_config(path, validation_fraction=bad))
+    with pytest.raises(UserError, match=r"config\.data\.buckets=\('a',\) must be a tuple"):
+        word_lm.make_task(_config(path, buckets=("a",)))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -328,14 +328,14 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
             sl = slice(b * seq, (b + 1) * seq)
             yield {"inputs": rows_in[:, sl], "targets": rows_out[:, sl]}
 
-    val = stream_layout(ids["validation"], eval_bs, seq)
+    val = stream_layout(ids["validation"], eval_bs, seq) if has_val else {}
 
     def val_batches() -> Iterator[dict[str, np.ndarray]]:
         for b in range(val["inputs"].shape[1] // seq):
             sl = slice(b * seq, (b + 1) * seq)
             yield {k: v[:, sl] for k, v in val.items()}
 
-    hidden = tuple(int(h) for h in config.model.hidden_sizes)
+    hidden = config_utils.layer_sizes(config.model)
 
     def init_carry(batch_size: int) -> tuple:
         return tuple(
@@ -349,7 +349,8 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         loss_fn=stream_loss,
         train_batches=stream_batches,
         steps_per_epoch=steps,
-        eval_batches={"validation": val_batches},
+        eval_batches={"validation": val_batches} if has_val else {},
+        periodic_eval=("validation",) if has_val else (),
         init_carry=init_carry,
         artefacts=artefacts,
         data_info=info,
@@ -411,13 +412,12 @@ def check_sampling(
 ) -> None:
     """`UserError` for a generation setting out of range, named as `{flag}length` etc. (the mode's flags,
     or `--config.generate.` for the samples a training run makes at its end)."""
-    if length < 1:
-        raise UserError(
-            f"{flag}length={length} must be >= 1; pass the number of characters to generate"
-        )
+    generate.check_length(length, name=f"{flag}length", unit="characters")
     generate.check_sampling_flags(temperature, top_k, flag=flag, unit="characters")
-    if num_samples < 1:
-        raise UserError(f"{flag}num_samples={num_samples} must be >= 1")
+    if not 1 <= num_samples <= generate.MAX_SAMPLES:
+        raise UserError(
+            f"{flag}num_samples={num_samples} must be between 1 and {generate.MAX_SAMPLES:,}"
+        )
 
 
 def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary) -> None:

@@ -276,6 +276,17 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"config.data.maxlen={d.maxlen} must be >= 1; pass e.g. --config.data.maxlen=228"
         )
+    if int(d.get("vocab_size", 3)) < 3:
+        raise UserError(
+            f"config.data.vocab_size={d.vocab_size} leaves no id for a word (0 is padding, 1 the"
+            " out-of-vocabulary id); pass e.g. --config.data.vocab_size=15000"
+        )
+    if d.dataset == "liar" and len(d.get("metadata", ())) and int(d.get("meta_vocab_size", 2)) < 2:
+        raise UserError(
+            f"config.data.meta_vocab_size={d.meta_vocab_size} leaves no id for a metadata token"
+            " (0 is the out-of-vocabulary one); pass e.g. --config.data.meta_vocab_size=4000, or"
+            " --config.data.metadata='()'"
+        )
     if int(d.get("max_train_examples", 0)) < 0:
         raise UserError(
             f"config.data.max_train_examples={d.max_train_examples} must be >= 0 (0 = every training"
@@ -286,6 +297,19 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
         "imdb": ("validation_fraction",),
         "fake_news": ("test_fraction", "validation_fraction"),
     }
+    needs = {**fractions, "liar": ("label", "metadata", "meta_vocab_size")}[d.dataset]
+    lacking = [f for f in needs if f not in d]
+    if lacking:  # data.dataset switched by flag in another dataset's config
+        config_file = {
+            "imdb": "imdb_sentiment/configs/imdb.py",
+            "fake_news": "fake_news/configs/fake_news.py",
+        }
+        where = config_file.get(d.dataset, "fake_news/configs/liar.py")
+        raise UserError(
+            f"config.data.dataset={d.dataset!r} needs config.data.{lacking[0]}, which this config"
+            f" lacks: pass a config made for it (experiments/{where}) instead of switching"
+            " data.dataset by flag"
+        )
     for field in fractions.get(d.dataset, ()):
         data_lib.check_fraction(float(d[field]), f"config.data.{field}")
     if d.dataset == "liar":
@@ -416,7 +440,7 @@ def _prepare_fake_news(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
 
 
 def _prepare_liar(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
-    raw, info = data_lib.load_liar(d.path or None)
+    raw, info = data_lib.load_liar(d.path or None, metadata=tuple(d.metadata))
     label_key = "label" if d.label == "six" else "binary_label"
     class_names = data_lib.LIAR_LABELS if d.label == "six" else FAKE_CLASSES
     fields = tuple(d.metadata)
@@ -493,8 +517,25 @@ def prepare_data(config: ml_collections.ConfigDict) -> PreparedData:
             raise UserError(
                 f"the {split} split has labels outside 0..{k - 1}; check the label column"
             )
+        # Texts with no token left after preprocessing (only punctuation, only stop words, ...).
+        empty = int((arr["mask"].sum(1) == 0).sum())
+        if empty == len(arr["label"]):
+            raise UserError(
+                f"every {split} text of {d.dataset} ({empty}) is empty after preprocessing (no word"
+                " is left once punctuation, markup and, for fake news, stop words and non-letters"
+                " are removed); check config.data.path and the text column(s)"
+            )
+        if empty:
+            logging.warning(
+                "%d of the %d %s texts are empty after preprocessing; they are kept (all padding),"
+                " as Keras would keep them",
+                empty,
+                len(arr["label"]),
+                split,
+            )
         prepared.info.setdefault(split, {})
         if isinstance(prepared.info[split], dict):
+            prepared.info[split]["empty_after_preprocessing"] = empty
             prepared.info[split]["examples_used"] = len(arr["label"])
             prepared.info[split]["mean_tokens"] = round(float(arr["mask"].sum(1).mean()), 1)
             prepared.info[split]["full_length"] = int(arr["mask"].all(axis=1).sum())
@@ -972,7 +1013,7 @@ def _reencode(
             f" {config.data.dataset}; use the saved config (omit --config)"
         )
     if encoder.dataset == "liar":
-        raw, _ = data_lib.load_liar(config.data.path or None)
+        raw, _ = data_lib.load_liar(config.data.path or None, metadata=encoder.meta_fields)
         key = "label" if config.data.label == "six" else "binary_label"
         for split, name in (("validation", "valid"), ("test", "test")):
             cols = raw[name]
@@ -997,6 +1038,12 @@ def _read_stdin_texts() -> list[str]:
 
 def _read_stdin_lines() -> list[tuple[int, str]]:
     """`(line number, text)` of each non-empty line of stdin (UTF-8); empty lines are counted on stderr."""
+    if getattr(sys.stdin, "isatty", lambda: False)():  # a user at a terminal gave no texts
+        print(
+            "reading texts from standard input, one per line; end with Ctrl-D",
+            file=sys.stderr,
+            flush=True,
+        )
     data = sys.stdin.buffer.read()
     try:
         content = data.decode("utf-8-sig")

@@ -111,8 +111,9 @@ def split_lines(
     seqs: Sequence[list[int]], validation_fraction: float, seed: int
 ) -> tuple[list[list[int]], list[list[int]]]:
     """`(train, validation)` lines: sklearn's `train_test_split(test_size=fraction, random_state=seed)`."""
-    if validation_fraction <= 0:
+    if validation_fraction == 0:
         return list(seqs), []
+    data.check_fraction(float(validation_fraction), "config.data.validation_fraction")
     if len(seqs) < 2:
         raise UserError(
             f"only {len(seqs)} usable line(s), too few for a validation split; use more text or"
@@ -175,6 +176,13 @@ def line_batch(seqs: Sequence[Sequence[int]], rows: int, length: int) -> dict[st
 
 
 def _buckets(max_inputs: int, configured: Sequence[int]) -> tuple[int, ...]:
+    if not isinstance(configured, list | tuple) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in configured
+    ):
+        raise UserError(
+            f"config.data.buckets={configured!r} must be a tuple of input lengths (integers); pass"
+            " e.g. --config.data.buckets='(8, 16, 32)', or '()' for one bucket"
+        )
     bs = sorted({int(b) for b in configured if 0 < int(b) < max_inputs})
     return (*bs, max_inputs)
 
@@ -460,8 +468,7 @@ def generate_words(
 def check_sampling(num_words: int, temperature: float, top_k: int, *, flag: str = "--") -> None:
     """`UserError` for a generation setting out of range, named as `{flag}num_words` etc. (the mode's
     flags, or `--config.generate.` for the samples a training run makes at its end)."""
-    if num_words < 1:
-        raise UserError(f"{flag}num_words={num_words} must be >= 1")
+    generate.check_length(num_words, name=f"{flag}num_words", unit="words")
     generate.check_sampling_flags(temperature, top_k, flag=flag, unit="words")
 
 
