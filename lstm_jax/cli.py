@@ -16,7 +16,8 @@ as ``handler(config, workdir)``; ``config`` is the ``--config`` file when given,
 workdir (so eval/generate/predict need only ``--workdir``); a handler with ``needs_config = False`` is called
 with ``config=None`` when neither exists. Extra flags for a mode (``--seed_text``) are
 defined with absl in the experiment's main.py before calling `run`; positional arguments after the flags are
-available as `positional_args()`.
+available as `positional_args()` to a handler with ``takes_arguments = True`` (predict's texts, ensemble's
+workdirs); for any other they are an error (an unquoted ``--seed_text=red blue`` once dropped "blue").
 
 JAX's persistent compilation cache is on (``~/.cache/lstm_jax/jax_compilation_cache``; see
 `lstm_jax.runtime.enable_compilation_cache`, ``LSTM_JAX_COMPILATION_CACHE=off`` to disable).
@@ -123,6 +124,12 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         mode = FLAGS.mode
         if mode not in modes:
             raise UserError(f"--mode={mode} is not one of {', '.join(modes)}; pick one of those")
+        if _POSITIONAL and not getattr(modes[mode], "takes_arguments", False):
+            raise UserError(
+                f"--mode={mode} takes no arguments, but got {' '.join(map(repr, _POSITIONAL))}; a"
+                " flag value with spaces needs quotes (--seed_text='women black'), and every other"
+                " setting is a --flag"
+            )
         workdir = FLAGS.workdir
         if not workdir:
             raise UserError("--workdir is required; pass --workdir=<run directory>")

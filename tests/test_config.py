@@ -308,6 +308,8 @@ MAIN = textwrap.dedent(
         print("TRAIN", json.dumps({"lr": config.optimizer.learning_rate, "workdir": workdir,
                                    "args": cli.positional_args()}))
 
+    train.takes_arguments = True
+
     def broken(config, workdir):
         raise UserError("data.csv row 3 has no label; fix the file")
 
@@ -385,6 +387,12 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
     a_json = _cli(tmp_path, "--config=saved.json", f"--workdir={workdir}")
     assert a_json.returncode == 2 and "Traceback" not in a_json.stderr
     assert "a .json file is a run's saved config, not a config file; omit --config" in a_json.stderr
+
+    stray = _cli(tmp_path, "--config=cfg.py", f"--workdir={workdir}", "--mode=stopped", "blue")
+    assert stray.returncode == 2 and "Traceback" not in stray.stderr
+    assert "--mode=stopped takes no arguments, but got 'blue'; a flag value with spaces" in (
+        stray.stderr
+    )
 
     no_config = _cli(tmp_path, f"--workdir={workdir}")
     assert no_config.returncode == 2 and "error: no --config given" in no_config.stderr

@@ -37,6 +37,9 @@ def predict(config, workdir):
     return classification.predict(config, workdir, meta=FLAGS.meta)
 
 
+predict.takes_arguments = True  # the texts to classify
+
+
 MODES = {
     "train": classification.train,
     "eval": classification.evaluate,

@@ -1401,3 +1401,5 @@ def ensemble(
 
 
 ensemble.needs_config = False  # type: ignore[attr-defined]  # cli: run without --config
+ensemble.takes_arguments = True  # type: ignore[attr-defined]  # cli: the members' workdirs
+predict.takes_arguments = True  # type: ignore[attr-defined]  # cli: the texts
