@@ -46,6 +46,7 @@ import json
 import math
 import os
 import queue
+import shutil
 import signal
 import socket
 import threading
@@ -1083,7 +1084,7 @@ def _check_saved_config(
             old[d] = defaults[d]
     blocking = [d for d in diff if d in old and (d in fixed or not _resumable(d))]
     from_data = [d for d in blocking if d in derived]
-    if from_data:
+    if from_data and all(d in derived or d == "data.path" for d in blocking):
         d = from_data[0]
         raise UserError(
             f"the data differs from the run saved in {workdir}: config.{d}, which is filled in from"
@@ -1127,6 +1128,12 @@ def _check_monitor(eng: _Engine, state: Any) -> None:
     monitor = eng.monitor
     val = monitor.startswith("val_")
     if val and "validation" not in eng.task.periodic_eval:
+        if eng.config.early_stopping.enabled:
+            raise UserError(
+                f"early stopping watches config.train.monitor={monitor!r}, but this run has no"
+                " validation split; pass --config.early_stopping.enabled=False, or"
+                f" --config.train.monitor={monitor[4:]!r} to watch the training {monitor[4:]}"
+            )
         return  # no validation split: nothing to track, the latest checkpoint is used
     batches = eng.task.train_batches(0, 0)
     try:
@@ -1183,8 +1190,8 @@ def _run(
     unlogged: dict[str, Any] | None = meta.get("unlogged")  # accumulated but not logged (a signal)
 
     if stopped_early and not es_cfg.enabled and step < eng.total_steps:
-        # Early stopping switched off on resume (a documented resumable change): train on, as a second
-        # Keras `fit` would, from the last weights (the checkpoint just restored).
+        # Early stopping switched off on resume (a documented resumable change): train on from the last
+        # checkpoint (the weights of the step it stopped at, not the best ones it reports).
         logging.info(
             "the run in %s stopped early at step %d; with early stopping off it trains on to step %d",
             workdir,
@@ -1207,16 +1214,23 @@ def _run(
                     step,
                     ", ".join(f"config.{d}" for d in ignored),
                     "pass --config.early_stopping.enabled=False"
-                    if stopped_early
+                    if stopped_early and step < eng.total_steps
                     else "raise --config.train.num_epochs",
                 )
             else:
                 logging.info(
                     "the run in %s finished at step %d; returning its saved results", workdir, step
                 )
+            config_path = os.path.join(workdir, config_utils.CONFIG_FILE)
+            if eng.is_main and saved is not None and not os.path.exists(config_path):
+                # The modes that read the workdir alone need it: the run's own, from results.json.
+                config_utils.save_config(saved, workdir)
+                logging.warning("wrote %s back from %s", config_path, RESULTS_FILE)
             return done
     if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
         _name_lock_holder(lock)
+        if restored is None:
+            _set_aside_another_start(config, workdir)
         config_utils.save_config(config, workdir)
         if task.artefacts:
             save_artefacts(workdir, task.artefacts)
@@ -1565,10 +1579,39 @@ def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
     if kinds:
         logging.warning(
             "no checkpoint in %s: training from step 0; %s already holds records of an earlier start"
-            " that stopped before its first checkpoint, and the new records follow them",
+            " that stopped before its first checkpoint: with the same config the new records follow"
+            " them (another config's are moved aside)",
             store.directory,
             metrics,
         )
+
+
+def _set_aside_another_start(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Before a run starts from step 0 where an earlier start with another config stopped before its
+    first checkpoint (a non-finite loss, whose error advises another learning rate; a kill): that start's
+    config.json, metrics.jsonl and TensorBoard events go to ``<workdir>/earlier_start-<unix time>/``
+    (kept, not deleted), so that the two runs' records never read as one."""
+    path = os.path.join(workdir, config_utils.CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    try:
+        changed = config_utils.config_diff(config_utils.load_config(workdir), config)
+    except UserError:  # a damaged config.json of a start that never checkpointed
+        changed = ["config.json"]
+    if not changed:
+        return  # the same run started again: its records go on (`_check_fresh_start` says so)
+    aside = os.path.join(workdir, f"earlier_start-{int(time.time())}")
+    os.makedirs(aside, exist_ok=True)
+    for name in (config_utils.CONFIG_FILE, "metrics.jsonl", "tensorboard"):
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.move(os.path.join(workdir, name), os.path.join(aside, name))
+    logging.warning(
+        "%s held an earlier start with another config (%s) that stopped before its first"
+        " checkpoint; moved its config.json and records to %s",
+        workdir,
+        ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else ""),
+        aside,
+    )
 
 
 def _record_kinds(path: str) -> set[str]:

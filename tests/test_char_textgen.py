@@ -212,6 +212,10 @@ def test_resume_refusals_name_the_real_cause(stream_run, tmp_path):
         UserError, match=r"config\.train\.eval_batch_size differs from the run saved"
     ):
         char_lm.train(more, str(run))
+    lowered = _stream_config(Path(config.data.path))
+    lowered.data.lower = not config.data.lower  # changes the vocabulary too; the change is named
+    with pytest.raises(UserError, match=r"config\.data\.lower.* differs? from the run saved"):
+        char_lm.train(lowered, str(run))
     edited = tmp_path / "text.txt"
     edited.write_text(Path(config.data.path).read_text() + "XYZ\n", encoding="utf-8")
     saved = json.loads((run / "config.json").read_text())
@@ -324,6 +328,13 @@ def test_streams_without_validation_and_malformed_sizes(tmp_path):
     config.data.validation_fraction = 0.0
     task = char_lm.make_task(config)
     assert task.periodic_eval == () and task.eval_batches == {}
+    config.early_stopping.enabled = True  # watching val_loss, which this run cannot report
+    with pytest.raises(
+        UserError, match=r"early stopping watches .*'val_loss', but this run has no"
+    ):
+        char_lm.train(config, str(tmp_path / "run"))
+    assert not list((tmp_path / "run").glob("checkpoints/[0-9]*"))  # refused before any step
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
     for bad in ("abc", (16, "a"), ((16,),)):
         with config.ignore_type():  # as a saved config.json or a flag can give them
             config.model.hidden_sizes = bad

@@ -352,6 +352,10 @@ def test_switching_the_dataset_by_flag_names_the_config_to_use(tmp_path):
     with pytest.raises(UserError, match=r"needs config\.data\.test_fraction.*fake_news\.py"):
         clf.prepare_data(config)
     config = _config(tmp_path / "a.csv")
+    config.data.dataset = "imdb"
+    with pytest.raises(UserError, match=r"needs config\.data\.vocab_size.*configs/imdb\.py"):
+        clf.prepare_data(config)
+    config = _config(tmp_path / "a.csv")
     config.data.dataset = "liar"
     with pytest.raises(UserError, match=r"needs config\.data\.label.*configs/liar\.py"):
         clf.prepare_data(config)

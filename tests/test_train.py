@@ -430,11 +430,17 @@ def test_a_config_json_without_any_checkpoint_does_not_block_a_corrected_retry(t
     """A start that stopped before its first checkpoint (a non-finite loss at step 2, whose error
     advises a lower learning rate; a kill) left config.json: retrying with the fix is not a "change"."""
     config = ef.base_config(num_epochs=1)
-    config_utils.save_config(config, str(tmp_path))  # as that start left it
+    config_utils.save_config(config, str(tmp_path))  # as that start left it, with its records
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 1e30}\n')
     config.optimizer.learning_rate = 0.005
     results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert results["steps"] == 5
     assert config_utils.load_config(str(tmp_path)).optimizer.learning_rate == 0.005
+    # Another config's records are set aside (kept), so the two starts never read as one run.
+    (aside,) = tmp_path.glob("earlier_start-*")
+    assert config_utils.load_config(str(aside)).optimizer.learning_rate == 0.02
+    assert "1e30" in (aside / "metrics.jsonl").read_text()
+    assert "1e30" not in (tmp_path / "metrics.jsonl").read_text()
 
 
 def test_a_missing_config_json_is_checked_against_results_json_or_refused(tmp_path):
@@ -442,10 +448,16 @@ def test_a_missing_config_json_is_checked_against_results_json_or_refused(tmp_pa
     refused (it used to train on from another seed's and learning rate's checkpoint)."""
     config = ef.base_config(num_epochs=1)
     train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    saved = (tmp_path / "config.json").read_bytes()
     (tmp_path / "config.json").unlink()
     config.seed = 7
     with pytest.raises(UserError, match="config.seed differs from the run saved"):
         train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.seed = 0  # the same command again: the finished run's config.json is written back
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert (tmp_path / "config.json").read_bytes() == saved
+    (tmp_path / "config.json").unlink()
+    config.seed = 7
     (tmp_path / "results.json").unlink()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match=r"config.json is missing, but .*checkpoints.* put the run"):

@@ -297,7 +297,11 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
         "imdb": ("validation_fraction",),
         "fake_news": ("test_fraction", "validation_fraction"),
     }
-    needs = {**fractions, "liar": ("label", "metadata", "meta_vocab_size")}[d.dataset]
+    needs = {
+        "imdb": ("validation_fraction", "split_seed", "vocab_size"),
+        "fake_news": ("test_fraction", "validation_fraction", "num_buckets"),
+        "liar": ("label", "metadata", "meta_vocab_size", "vocab_size"),
+    }[d.dataset]
     lacking = [f for f in needs if f not in d]
     if lacking:  # data.dataset switched by flag in another dataset's config
         config_file = {
