@@ -1093,8 +1093,8 @@ def _check_saved_config(
             " train on this data"
         )
     if blocking:
-        # The model first: its message has been the one users saw (and tests match).
-        blocking.sort(key=lambda d: not d.startswith("model"))
+        # The model first (its message has been the one users saw, and tests match), data-derived last.
+        blocking.sort(key=lambda d: (d in derived, not d.startswith("model")))
         names = ", ".join(f"config.{d}" for d in blocking[:3])
         values = "; ".join(
             f"{d}: saved {old[d]!r}, given {new.get(d, '<absent>')!r}" for d in blocking[:3]

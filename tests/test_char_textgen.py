@@ -212,10 +212,16 @@ def test_resume_refusals_name_the_real_cause(stream_run, tmp_path):
         UserError, match=r"config\.train\.eval_batch_size differs from the run saved"
     ):
         char_lm.train(more, str(run))
-    lowered = _stream_config(Path(config.data.path))
-    lowered.data.lower = not config.data.lower  # changes the vocabulary too; the change is named
-    with pytest.raises(UserError, match=r"config\.data\.lower.* differs? from the run saved"):
-        char_lm.train(lowered, str(run))
+    # A changed setting that also changes a data-derived field (model.vocab_size) is named itself.
+    cased = tmp_path / "cased.txt"
+    cased.write_text("To Be Or Not\n" * 200, encoding="utf-8")
+    first = _stream_config(cased)
+    char_lm.train(first, str(tmp_path / "cased_run"))
+    lowered = _stream_config(cased)
+    lowered.data.lower = not first.data.lower
+    lowered.train.num_epochs = 3
+    with pytest.raises(UserError, match=r"^config\.data\.lower.* differs? from the run saved"):
+        char_lm.train(lowered, str(tmp_path / "cased_run"))
     edited = tmp_path / "text.txt"
     edited.write_text(Path(config.data.path).read_text() + "XYZ\n", encoding="utf-8")
     saved = json.loads((run / "config.json").read_text())
