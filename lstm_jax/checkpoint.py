@@ -178,8 +178,9 @@ class CheckpointStore:
                 raise UserError(
                     f"the checkpoint at step {step} in {self.directory} holds {len(have)} arrays that do"
                     f" not match the {len(want)} this config builds (first difference: {first}; model,"
-                    " optimizer or batch size changed); resume with the saved <workdir>/config.json or"
-                    " use a new --workdir"
+                    " optimizer or batch size changed, or the number of devices, --cpu_devices, that"
+                    " a carried state is padded to); resume with the saved <workdir>/config.json and"
+                    " the same devices, or use a new --workdir"
                 )
             try:
                 state, meta = self.restore(step, alternate if is_alternate else abstract_state)

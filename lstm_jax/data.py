@@ -191,9 +191,16 @@ def _read_csv(
     # into one field (which a lenient reader returns as a last, huge row).
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
-        header = [h.strip() for h in next(reader)]
+        header: list[str] = []
+        while not any(h.strip() for h in header):  # blank lines before the header are skipped
+            header = [h.strip() for h in next(reader)]
     except csv.Error as e:
         raise UserError(f"{path}: malformed CSV header ({e}); fix the first line") from None
+    except StopIteration:
+        raise UserError(
+            f"{path}: no header row (every line is blank or empty fields); pass a CSV with a header"
+            " row and data rows"
+        ) from None
     missing = [c for c in required if c not in header]
     if missing:
         raise UserError(
@@ -211,7 +218,7 @@ def _read_csv(
     try:
         for fields in reader:
             line, end = end + 1, reader.line_num  # the record's FIRST line, as an editor shows it
-            if not fields:  # a blank line
+            if not any(f.strip() for f in fields):  # a blank (or whitespace-only) line
                 continue
             if len(fields) != len(header):
                 raise UserError(

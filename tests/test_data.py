@@ -144,6 +144,18 @@ def test_an_unclosed_quote_is_an_error_naming_its_line_not_the_rest_of_the_file(
     assert [r["text"] for _, r in rows] == ['a "quoted" word', 'a "doubled" quote']
 
 
+def test_blank_lines_around_csv_rows_are_skipped(tmp_path):
+    """Blank lines before the header (once: "columns found: ;") and whitespace-only lines (once: "line N
+    has 1 fields") are skipped; a file of nothing but empty fields has no header."""
+    f = tmp_path / "b.csv"
+    f.write_text("\n\nid,text\n1,a\n   \n2,b\n \t\n", encoding="utf-8")
+    header, rows = D._read_csv(f, ["text"])
+    assert header == ["id", "text"] and [(n, r["text"]) for n, r in rows] == [(4, "a"), (6, "b")]
+    f.write_text(",,\n , \n", encoding="utf-8")
+    with pytest.raises(UserError, match=_named(f) + ": no header row"):
+        D._read_csv(f, ["text"])
+
+
 # ---- tiny-shakespeare ----------------------------------------------------------------------------
 
 
