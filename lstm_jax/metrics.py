@@ -8,13 +8,14 @@ all average correctly; `compute` divides once at the end.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MetricSums", "merge", "zeros_like", "compute", "to_host"]
+__all__ = ["MetricSums", "merge", "zeros_like", "compute", "to_host", "language_model_metrics"]
 
 MetricSums = dict[str, jax.Array]
 
@@ -54,4 +55,18 @@ def compute(sums: Mapping[str, float | jax.Array]) -> dict[str, float]:
         if k != "count"
     }
     out["count"] = count
+    return out
+
+
+def language_model_metrics(
+    values: Mapping[str, float], *, bits_name: str | None = None
+) -> dict[str, float]:
+    """`values` (averages with a ``loss`` in nats per token) plus ``perplexity`` = exp(loss) (exp
+    capped at loss 50) and, when `bits_name` is given, loss / ln 2 under that name
+    (``bits_per_char``)."""
+    out = dict(values)
+    if "loss" in values:
+        if bits_name:
+            out[bits_name] = values["loss"] / math.log(2)
+        out["perplexity"] = math.exp(min(values["loss"], 50.0))
     return out

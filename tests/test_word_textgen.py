@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -243,6 +244,8 @@ def test_train_writes_curves_vocab_and_samples(lines_run):
     hist = [r["validation"]["loss"] for r in results["history"]]
     assert len(hist) == config.train.num_epochs and hist[-1] < hist[0]
     assert results["samples"]["texts"][0]["seed_text"] == "red"
+    val = results["history"][-1]["validation"]  # perplexity per word, as the char LM reports it
+    assert val["perplexity"] == pytest.approx(math.exp(val["loss"]), rel=1e-6)
 
 
 def test_rerunning_a_finished_run_changes_nothing(lines_run):

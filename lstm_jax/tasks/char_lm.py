@@ -20,7 +20,6 @@ generation uses as its default prime, so ``--mode=generate`` needs only ``--work
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any, get_args
@@ -31,7 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lstm_jax import config_utils, data, generate, losses
+from lstm_jax import config_utils, data, generate, losses, metrics
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.core import LSTMState
 from lstm_jax.errors import UserError
@@ -218,11 +217,7 @@ def stream_loss(
 
 
 def _bits(values: dict[str, float]) -> dict[str, float]:
-    out = dict(values)
-    if "loss" in values:
-        out["bits_per_char"] = values["loss"] / math.log(2)
-        out["perplexity"] = math.exp(min(values["loss"], 50.0))
-    return out
+    return metrics.language_model_metrics(values, bits_name="bits_per_char")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from lstm_jax import config_utils, data, generate, losses
+from lstm_jax import config_utils, data, generate, losses, metrics
 from lstm_jax.errors import UserError
 from lstm_jax.models import ACTIVATIONS, LanguageModel
 from lstm_jax.text import Vocabulary
@@ -381,6 +381,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         artefacts=artefacts,
         data_info=info,
         data_fingerprint=data.fingerprint(*_flat(train_lines), *_flat(val_lines)),
+        derive_metrics=metrics.language_model_metrics,  # perplexity = exp(nats per word)
         extra_results=extra,
     )
 
