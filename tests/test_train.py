@@ -195,15 +195,20 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     assert step == 5 and all(np.isfinite(p).all() for p in params)
 
 
-def test_early_stopping_restores_the_best_weights(tmp_path):
+def _stopping_early():
+    """A config with early stopping (patience 1) and data on which it stops: `(config, task maker)`."""
     config = ef.base_config(num_epochs=8)
     config.model.dropout = 0.0
     config.early_stopping.enabled = True
     config.early_stopping.patience = 1
     train = ef.classification_data(40)
     valid = dict(train, label=(train["label"] + 1) % 3)  # learning the train rule hurts validation
-    task = ef.classification_task(config, train=train, valid=valid)
-    results = train_and_evaluate(config, str(tmp_path), task)
+    return config, lambda: ef.classification_task(config, train=train, valid=valid)
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    config, task = _stopping_early()
+    results = train_and_evaluate(config, str(tmp_path), task())
     assert results["stopped_early"] and results["steps"] < 40
     best = results["metrics"]["best"]
     val_losses = [r["validation"]["loss"] for r in results["history"]]
@@ -396,30 +401,19 @@ def test_a_finished_run_re_run_with_changes_is_left_as_it_is_and_says_what_it_ig
 
 def test_a_run_that_stopped_early_trains_on_with_early_stopping_switched_off(tmp_path, caplog):
     """`early_stopping.*` may change on resume; switching it off continues a run that stopped early
-    (from its last weights, as a second Keras `fit` would) instead of re-printing its results."""
-    config = ef.base_config(num_epochs=8)
-    config.model.dropout = 0.0
-    config.early_stopping.enabled = True
-    config.early_stopping.patience = 1
-    train = ef.classification_data(40)
-    valid = dict(train, label=(train["label"] + 1) % 3)  # learning the train rule hurts validation
-    first = train_and_evaluate(
-        config, str(tmp_path), ef.classification_task(config, train=train, valid=valid)
-    )
+    (from its last checkpoint) instead of re-printing its results."""
+    config, task = _stopping_early()
+    first = train_and_evaluate(config, str(tmp_path), task())
     assert first["stopped_early"] and first["steps"] < 40
     config.early_stopping.patience = 2  # changed, still on: the finished run is left as it is
     with caplog.at_level(logging.WARNING):
-        again = train_and_evaluate(
-            config, str(tmp_path), ef.classification_task(config, train=train, valid=valid)
-        )
+        again = train_and_evaluate(config, str(tmp_path), task())
     assert again == first
     assert any(
         "pass --config.early_stopping.enabled=False" in r.getMessage() for r in caplog.records
     )
     config.early_stopping.enabled = False
-    results = train_and_evaluate(
-        config, str(tmp_path), ef.classification_task(config, train=train, valid=valid)
-    )
+    results = train_and_evaluate(config, str(tmp_path), task())
     assert results["steps"] == 40 and not results["stopped_early"]
     assert [r["step"] for r in results["history"]][: len(first["history"])] == [
         r["step"] for r in first["history"]
