@@ -65,7 +65,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lstm_jax import config_utils, core, metrics, optim
-from lstm_jax.checkpoint import CheckpointStore, save_artefacts
+from lstm_jax.checkpoint import CheckpointStore, restore_params, save_artefacts
 from lstm_jax.errors import Interrupted, UserError, root_reason
 from lstm_jax.logging_utils import MetricsLogger, Progress, format_metrics, read_json, write_json
 from lstm_jax.plots import plot_training_curves
@@ -765,8 +765,6 @@ def restore_model(
     improvement of the monitored metric; the latest if none was tracked) or "latest". Only the parameters
     are read (not the optimizer state). Returns `(model, step)`.
     """
-    import orbax.checkpoint as ocp
-
     impl = config.model.get("impl", "auto") if "model" in config else "auto"
     reason = core.impl_unavailable_reason(impl)
     # Trained elsewhere (a GPU, say): the same model with this machine's impl.
@@ -798,20 +796,8 @@ def restore_model(
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
     )
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            os.path.join(directory, str(step), "state"),
-            args=ocp.args.PyTreeRestore(
-                item={"params": abstract},
-                restore_args={
-                    "params": jax.tree.map(
-                        lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract
-                    )
-                },
-                partial_restore=True,
-            ),
-        )
+    try:  # onto the first local device (the leaves carry no sharding)
+        restored = restore_params(os.path.join(directory, str(step)), abstract)
     except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
         # Read-only modes leave the workdir as it is: the user decides what to do with the files.
         raise UserError(
@@ -820,7 +806,7 @@ def restore_model(
             f" {directory} to use the {which} of the others, or train again"
         ) from None
     state = jax.tree.map(lambda x: x, params)
-    nnx.replace_by_pure_dict(state, restored["params"])
+    nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state, others), int(step)
 
 
