@@ -134,6 +134,19 @@ def test_splits_follow_the_tutorial(tmp_path):
     np.testing.assert_array_equal(a["validation"]["label"], labels[train_full[-8:]])
 
 
+def test_validation_split_rounds_as_keras(tmp_path):
+    # Keras `fit(validation_split=0.2)` trains on the first floor(n * 0.8) rows and validates on the
+    # rest: 8 training rows -> floor(6.4) = 6 train, 2 validation (not int(8 * 0.2) = 1).
+    path = make_articles(tmp_path / "a.csv", n=12)
+    a = clf.prepare_data(_config(path)).arrays
+    train_full, test_idx = data_lib.train_test_split(12, 0.33, 42)
+    assert (len(train_full), len(test_idx)) == (8, 4)
+    assert (len(a["train"]["label"]), len(a["validation"]["label"])) == (6, 2)
+    labels = np.arange(12) % 2
+    np.testing.assert_array_equal(a["train"]["label"], labels[train_full[:6]])
+    np.testing.assert_array_equal(a["validation"]["label"], labels[train_full[6:]])
+
+
 def test_encoding_is_the_tutorial_pipeline(tmp_path):
     path = make_articles(tmp_path / "a.csv")
     config = _config(path)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -403,8 +404,9 @@ def _prepare_fake_news(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
     train_full, test_idx = data_lib.train_test_split(
         n, float(d.test_fraction), int(d.split_seed), field="config.data.test_fraction"
     )
-    # Keras `fit(validation_split=f)`: the last f of the (already shuffled) training part.
-    n_val = int(len(train_full) * float(d.validation_fraction))
+    # Keras `fit(validation_split=f)`: it trains on the first floor(n * (1 - f)) rows of the (already
+    # shuffled) training part and validates on the rest (so 1106 rows give 884 / 222, not 885 / 221).
+    n_val = len(train_full) - math.floor(len(train_full) * (1.0 - float(d.validation_fraction)))
     if n_val < 1 or n_val >= len(train_full):
         raise UserError(
             f"{path}: {len(train_full)} training rows leave no validation or no training rows with"
