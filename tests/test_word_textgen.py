@@ -294,6 +294,32 @@ def test_generation_stops_at_a_non_word(lines_run):
     assert words == ""
 
 
+def test_line_model_reads_the_last_max_len_minus_1_words_as_the_tutorial(lines_run):
+    """The tutorial re-encodes the growing text for every word and keeps its last max_len - 1 words
+    (pad_sequences' "pre" truncation); a line model must too once the text outgrows that window."""
+    config, workdir, _ = lines_run
+    config = config_utils.load_config(str(workdir))
+    vocab = Vocabulary.load(workdir / "vocab.json")
+    model = word_lm.build_model(config, nnx.Rngs(0))
+    model.head.kernel[...] = 4 * model.head.kernel[...]
+    model.embed.embedding[...] = 3 * jax.random.normal(
+        jax.random.key(2), model.embed.embedding.shape
+    )
+    for layer in model.dense.layers:  # varied logits, so equal words mean something
+        layer.kernel[...] = 3 * jax.random.normal(jax.random.key(3), layer.kernel.shape)
+    width = int(config.data.max_len) - 1
+    words = "red shirt has a round neck and short sleeves blue dress has a round neck".split()
+    for seed in (" ".join(words[:4]), " ".join(words[:11]), " ".join(words * 2)):
+        text = seed
+        for _ in range(12):
+            ids = vocab.encode(text)[-width:]
+            logits, _ = model(jnp.asarray([ids], jnp.int32))
+            text += " " + (vocab.id_to_token(int(jnp.argmax(logits[0, -1]))) or "")
+        want = text[len(seed) :].split()
+        got, _ = word_lm.generate_words(model, vocab, config, seed, 12)
+        assert got.split() == want, seed
+
+
 def test_unknown_seed_words_are_dropped_or_rejected(lines_run, capsys):
     _, workdir, _ = lines_run
     out = word_lm.generate_samples(None, str(workdir), seed_text="red zebra shirt", num_words=2)

@@ -422,7 +422,8 @@ def generate_words(
 ) -> tuple[str, list[str]]:
     """`num_words` words after `seed_text`, greedy (`temperature == 0`) or sampled, in one compiled loop.
 
-    Seed words outside the vocabulary are dropped, as Keras' `texts_to_sequences` does (they are returned
+    Each word comes from the last `max_len - 1` words, as the tutorial's loop (a longer seed is cut from
+    the front). Seed words outside the vocabulary are dropped, as Keras' `texts_to_sequences` does (they are returned
     so callers can report them). Generation stops early at an id that is no word (0, padding), as the
     tutorial's loop appends nothing then. Returns `(generated text, dropped seed words)`.
     """
@@ -436,17 +437,21 @@ def generate_words(
             " --config.generate.seed_texts"
         )
     key = jax.random.key(seed)
-    if config.data.form == "prefixes":
-        width = int(config.data.max_len) - 1
+    width = int(config.data.max_len) - 1
+    prefixes = config.data.form == "prefixes"
+    if prefixes or 0 < width < len(ids) + num_words - 1:
+        # The tutorial's loop: each word from the last max_len - 1 words (pad_sequences' "pre" padding
+        # and truncation). A line model carries its state while the text fits in that window; past it,
+        # it reads the window with the padding masked, which is the prefix model it equals.
         window = np.asarray([([0] * width + ids)[-width:]], np.int32)
         out = generate.generate_windowed(
-            model,
+            model if prefixes else _LastPosition(model),
             window,
             num_words,
             key=key,
             temperature=temperature,
             top_k=top_k,
-            mask_padding=bool(config.model.mask_padding),
+            mask_padding=bool(config.model.mask_padding) if prefixes else True,
         )
     else:
         out = generate.generate_stateful(
@@ -464,6 +469,17 @@ def generate_words(
             break
         words.append(word)
     return " ".join(words), dropped
+
+
+class _LastPosition(nnx.Module):
+    """A `LanguageModel(predict="all")` as a window -> next word model: the last position's logits."""
+
+    def __init__(self, model: LanguageModel):
+        self.model = model
+
+    def __call__(self, ids: jax.Array, *, mask: jax.Array | None = None):
+        logits, states = self.model(ids, mask=mask)
+        return logits[:, -1], states
 
 
 def check_sampling(num_words: int, temperature: float, top_k: int, *, flag: str = "--") -> None:
