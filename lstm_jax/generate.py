@@ -38,6 +38,7 @@ __all__ = [
     "native_generation_blocker",
     "temperature_ok",
     "check_sampling_flags",
+    "check_seed",
 ]
 
 
@@ -91,6 +92,18 @@ def check_sampling_flags(
         raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
     if top_k < 0:
         raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all {unit})")
+
+
+# Sampling seeds: `jax.random.key` keeps 32 bits of a seed (2**32 gives seed 0's tokens) and raises
+# OverflowError from 2**63 on, and numpy's `default_rng` (the char task's choice of a saved prime) takes
+# no negative seed.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int, *, name: str = "--sample_seed") -> None:
+    """`UserError` unless 0 <= `seed` <= `MAX_SEED`; `name` is the flag."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{name}={seed} must be between 0 and {MAX_SEED:,}")
 
 
 def _check(temperature: float, top_k: int, num_steps: int) -> None:

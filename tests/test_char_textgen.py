@@ -451,6 +451,20 @@ def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_p
         assert not os.path.exists(tmp_path / "cudnn")
 
 
+def test_a_sampling_seed_out_of_range_is_one_error_line(stream_run):
+    _, workdir, _ = stream_run
+    for seed in (
+        -1,
+        2**32,
+        2**64,
+    ):  # numpy's ValueError, a seed that is seed 0, jax's OverflowError
+        with pytest.raises(UserError, match=rf"--sample_seed={seed} must be between 0 and"):
+            char_lm.generate_samples(None, str(workdir), seed=seed, length=3)
+    char_lm.generate_samples(None, str(workdir), seed=2**32 - 1, length=3)
+    res = _cli(f"--workdir={workdir}", "--mode=generate", "--sample_seed=-1", "--length=3")
+    assert _the_one_error_line(res) == "error: --sample_seed=-1 must be between 0 and 4,294,967,295"
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU cannot run impl='cudnn'")
 def test_generate_from_a_run_trained_with_an_impl_this_machine_lacks(stream_run, tmp_path):
     """A run trained with impl="cudnn" (on a GPU) generates here with this machine's impl: same text."""

@@ -422,6 +422,13 @@ def test_cli_empty_or_binary_csv_exits_2_with_one_line(tmp_path, content):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_sampling_seed_out_of_range_is_a_user_error(lines_run):
+    _, workdir, _ = lines_run
+    for seed in (-1, 2**32, 2**64):
+        with pytest.raises(UserError, match=rf"--sample_seed={seed} must be between 0 and"):
+            word_lm.generate_samples(None, str(workdir), seed_text="red", num_words=2, seed=seed)
+
+
 def test_cli_generate_from_workdir(lines_run):
     _, workdir, _ = lines_run
     res = _cli(

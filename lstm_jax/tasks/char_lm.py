@@ -498,6 +498,8 @@ def generate_samples(
     `config.generate`; without any prime, one of the random training
     windows saved at training time is used (chosen by `seed`). Prints and returns the samples.
     """
+    if seed is not None:
+        generate.check_seed(int(seed))
     config, model, step = load_trained(config, workdir, build_model, which=which)
     vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     if int(config.model.vocab_size) != vocab.size:

@@ -580,6 +580,8 @@ def generate_samples(
     Without `seed_text`: on a terminal, prompts for seed texts until an empty line (the tutorial's
     interactive use); otherwise the config's `generate.seed_texts`. Prints and returns the samples.
     """
+    if seed is not None:
+        generate.check_seed(int(seed))
     config, model, _ = load_trained(config, workdir, build_model, which=which)
     vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     g = config.generate
