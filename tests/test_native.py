@@ -452,6 +452,22 @@ def test_a_failed_build_names_the_compiler_and_the_fix(tmp_path, monkeypatch):
         native.build()
 
 
+def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    # dlopen of a truncated library (a cache copied or synced only in part) dies of SIGBUS; it was loaded.
+    library = native.build()  # this machine's kernel, built as usual
+    copier = tmp_path / "copy_compiler.py"  # a "compiler" that writes the real library as every output
+    copier.write_text(
+        "import shutil, sys\n"
+        f"shutil.copyfile({str(library)!r}, sys.argv[sys.argv.index('-o') + 1])\n"
+    )
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path / "cache"))
+    target = native.build([sys.executable, str(copier)])
+    assert target.stat().st_size == library.stat().st_size
+    target.write_bytes(library.read_bytes()[:4096])
+    assert native.build([sys.executable, str(copier)]) == target
+    assert target.read_bytes() == library.read_bytes()
+
+
 def test_turned_off_auto_uses_xla_and_explicit_native_says_why():
     code = (
         "import jax.numpy as jnp\n"

@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -153,17 +154,50 @@ def build(compiler: list[str] | None = None) -> Path:
             )
         ).hexdigest()[:20]
         target = _cache_dir() / f"lstm_cpu-{key}.so"
-        if target.exists():
+        if _intact(target):
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with filelock.FileLock(str(target) + ".lock"):  # one build per machine, not one per process
-            if target.exists():
+            if _intact(target):
                 return target
+            if target.exists():
+                logging.getLogger(__name__).warning(
+                    "lstm_jax: the cached native kernel %s is damaged (truncated?); rebuilding it",
+                    target,
+                )
             error = _compile(cmd, flags, link_flags, include, target)
         if error is None:
             return target
         errors.append(error)
     raise RuntimeError("could not compile the native LSTM kernel:\n" + "\n".join(errors))
+
+
+def _intact(path: Path) -> bool:
+    """Whether `path` is a whole 64-bit ELF file: its segments and section headers lie inside it. Loading a
+    truncated library (a copy or sync of the cache cut short, a full disk) kills the process with SIGBUS
+    instead of raising, so a damaged one is rebuilt rather than loaded."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(64)
+            if len(head) < 64 or head[:5] != b"\x7fELF\x02":
+                return False
+            end = "<" if head[5] == 1 else ">"
+            phoff, shoff = struct.unpack_from(end + "QQ", head, 0x20)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 0x36)
+            if shoff + shentsize * shnum > size or phoff + phentsize * phnum > size:
+                return False
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    for i in range(phnum):
+        # Elf64_Phdr: p_type, p_flags (4 bytes each), p_offset, p_vaddr, p_paddr, p_filesz (8 each).
+        offset = struct.unpack_from(end + "Q", table, i * phentsize + 8)[0]
+        filesz = struct.unpack_from(end + "Q", table, i * phentsize + 32)[0]
+        if offset + filesz > size:
+            return False
+    return True
 
 
 def _compile(
