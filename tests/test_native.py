@@ -455,7 +455,9 @@ def test_a_failed_build_names_the_compiler_and_the_fix(tmp_path, monkeypatch):
 def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch):
     # dlopen of a truncated library (a cache copied or synced only in part) dies of SIGBUS; it was loaded.
     library = native.build()  # this machine's kernel, built as usual
-    copier = tmp_path / "copy_compiler.py"  # a "compiler" that writes the real library as every output
+    copier = (
+        tmp_path / "copy_compiler.py"
+    )  # a "compiler" that writes the real library as every output
     copier.write_text(
         "import shutil, sys\n"
         f"shutil.copyfile({str(library)!r}, sys.argv[sys.argv.index('-o') + 1])\n"
@@ -466,6 +468,33 @@ def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch)
     target.write_bytes(library.read_bytes()[:4096])
     assert native.build([sys.executable, str(copier)]) == target
     assert target.read_bytes() == library.read_bytes()
+
+
+_ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm{sve}
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: {part}
+CPU revision\t: 1
+
+processor\t: 1
+"""
+
+
+def test_the_cache_key_tells_arm_cpus_apart(monkeypatch):
+    # -march=native builds for this CPU; ARM's /proc/cpuinfo has no "flags" or "model name" lines, so two
+    # ARM CPUs (a home directory shared by a Graviton 2 and an SVE Graviton 3) shared one library: SIGILL.
+    import io
+
+    signatures = set()
+    for part, sve in (("0xd0c", ""), ("0xd40", " sve")):
+        text = _ARM_CPUINFO.format(part=part, sve=sve)
+        monkeypatch.setattr(native, "open", lambda *a, t=text, **k: io.StringIO(t), raising=False)
+        signatures.add(native._cpu_signature())
+    assert len(signatures) == 2
+    assert all("sve" in s or "0xd0c" in s for s in signatures)
 
 
 def test_turned_off_auto_uses_xla_and_explicit_native_says_why():

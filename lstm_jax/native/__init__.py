@@ -232,14 +232,27 @@ def _compile(
                 os.unlink(path)
 
 
+# The first CPU's lines of /proc/cpuinfo that the build depends on (-march=native): x86's model name and
+# flags; ARM's Features and CPU model (the lines of its first CPU), which has neither of x86's.
+_CPUINFO_KEYS = (
+    "flags",
+    "model name",
+    "Features",
+    "CPU implementer",
+    "CPU architecture",
+    "CPU variant",
+    "CPU part",
+)
+
+
 def _cpu_signature() -> str:
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "model name")):
+                if line.startswith(_CPUINFO_KEYS):
                     flags += line
-                if line.startswith("flags"):
+                if line.startswith("flags") or (flags and not line.strip()):
                     break
     except OSError:
         pass
