@@ -497,6 +497,29 @@ def test_the_cache_key_tells_arm_cpus_apart(monkeypatch):
     assert all("sve" in s or "0xd0c" in s for s in signatures)
 
 
+def test_an_unwritable_cache_falls_back_with_one_warning_naming_the_fix(tmp_path):
+    # The kernel could not be built (here: its cache directory cannot be made): impl="auto" fell back to
+    # the XLA impls without a word, and the reason named neither the cache nor LSTM_JAX_NATIVE_CACHE.
+    (tmp_path / "a_file").write_text("")
+    code = (
+        "from lstm_jax import core, native\n"
+        "print(core._resolve_impl('auto', None, False, 128))\n"
+        "print(core._resolve_impl('auto', None, False, 128))\n"
+        "print(native.unavailable_reason())\n"
+    )
+    env = dict(os.environ, LSTM_JAX_NATIVE_CACHE=str(tmp_path / "a_file" / "cache"))
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    env.pop("LSTM_JAX_NATIVE", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    out = proc.stdout.splitlines()
+    assert out[:2] == ["fused", "fused"]
+    assert "LSTM_JAX_NATIVE_CACHE" in out[2]
+    warnings = [line for line in proc.stderr.splitlines() if "kernel is unavailable" in line]
+    assert len(warnings) == 1 and "LSTM_JAX_NATIVE_CACHE" in warnings[0], proc.stderr
+
+
 def test_turned_off_auto_uses_xla_and_explicit_native_says_why():
     code = (
         "import jax.numpy as jnp\n"

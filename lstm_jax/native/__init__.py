@@ -14,7 +14,8 @@ overrides) with ``-O3 -march=native`` (``LSTM_JAX_NATIVE_MARCH`` overrides), by 
 baseline CPU: zig builds its static C++ library once per link target (minutes), so builds for several
 `-march` values share one, and the library runs on every CPU of the architecture.
 ``LSTM_JAX_NATIVE=off`` turns the kernel off; when it cannot be built, `available()` is False, says why in
-`unavailable_reason()`, and ``impl="auto"`` uses the XLA impls.
+`unavailable_reason()`, and ``impl="auto"`` uses the XLA impls (with one warning per process that says
+why; none for ``LSTM_JAX_NATIVE=off``).
 
 `forward_x`/`backward_x` do the same from the inputs `xs [T, B, F]`, projecting them inside each step's
 matmul (`[x_t, h] @ [kernel; rk]`) instead of taking XLA's `[T, B, 4H]` projection `zx`.
@@ -156,8 +157,16 @@ def build(compiler: list[str] | None = None) -> Path:
         target = _cache_dir() / f"lstm_cpu-{key}.so"
         if _intact(target):
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(str(target) + ".lock"):  # one build per machine, not one per process
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = filelock.FileLock(str(target) + ".lock")
+            lock.acquire()  # one build per machine, not one per process
+        except OSError as e:
+            raise RuntimeError(
+                f"the kernel's cache directory {target.parent} is not writable ({e}); set "
+                "LSTM_JAX_NATIVE_CACHE to a writable directory"
+            ) from e
+        try:
             if _intact(target):
                 return target
             if target.exists():
@@ -166,6 +175,8 @@ def build(compiler: list[str] | None = None) -> Path:
                     target,
                 )
             error = _compile(cmd, flags, link_flags, include, target)
+        finally:
+            lock.release()
         if error is None:
             return target
         errors.append(error)
@@ -273,6 +284,12 @@ def _load() -> str | None:
     try:
         lib = ctypes.cdll.LoadLibrary(str(build()))
     except (RuntimeError, OSError) as e:
+        # Once per process (cached): impl="auto" falls back to the XLA impls, which is slower on CPU.
+        logging.getLogger(__name__).warning(
+            "lstm_jax: the native CPU LSTM kernel is unavailable, so impl='auto' uses the slower XLA "
+            "impls (LSTM_JAX_NATIVE=off turns the kernel off without this warning): %s",
+            e,
+        )
         return str(e)
     lib.lstm_jax_native_stats_enable.argtypes = [ctypes.c_int]
     lib.lstm_jax_native_stats_take.argtypes = [ctypes.c_char_p, ctypes.c_int64]
