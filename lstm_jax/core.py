@@ -937,6 +937,12 @@ def lstm_layer(
     state_dtype = rk.dtype
     if initial_state is None:
         initial_state = zero_state(b, hsz, state_dtype)
+    if not isinstance(initial_state, (tuple, list)):
+        # An array of 2 rows has two items too: its rows were taken for h and c.
+        raise ValueError(
+            "lstm_layer: initial_state must be LSTMState(h, c), got "
+            f"{type(initial_state).__name__} of shape {jnp.shape(initial_state)}"
+        )
     if len(initial_state) != 2:
         raise ValueError(
             f"lstm_layer: initial_state must be LSTMState(h, c), got {len(initial_state)} items"

@@ -78,6 +78,24 @@ def test_bidirectional_module(xs):
         Bidirectional(3, 5, rngs=nnx.Rngs(0), merge="max")
 
 
+def test_a_state_that_is_not_a_pair_is_an_error_not_taken_apart():
+    # With a batch of 2 an array [2, H] (or one LSTMState for a Bidirectional) has two items, and was
+    # silently split: rows 0 and 1 of h as the state (h, c), broadcast over the batch.
+    xs = jax.random.normal(jax.random.key(0), (2, 6, 3))
+    h = jax.random.normal(jax.random.key(1), (2, 5))
+    state = core.LSTMState(h, -h)
+    with pytest.raises(
+        ValueError, match=r"must be LSTMState\(h, c\), got ArrayImpl of shape \(2, 5\)"
+    ):
+        LSTM(3, 5, rngs=nnx.Rngs(0))(xs, initial_state=h)
+    with pytest.raises(ValueError, match="pair of LSTMState"):
+        Bidirectional(3, 5, rngs=nnx.Rngs(0))(xs, initial_state=state)
+    out, _ = Bidirectional(3, 5, rngs=nnx.Rngs(0))(xs, initial_state=(state, state))
+    assert out.shape == (2, 6, 10)
+    out, _ = LSTM(3, 5, rngs=nnx.Rngs(0))(xs, initial_state=[h, -h])  # a list (h, c) still works
+    assert out.shape == (2, 6, 5)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_stacked_module(xs, bidirectional):
     m = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), dropout_between=0.3, bidirectional=bidirectional)
