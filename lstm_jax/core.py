@@ -1238,6 +1238,11 @@ def stacked_lstm(
     use_dropout = dropout_rate > 0.0 and not deterministic
     if use_dropout and key is None:
         raise ValueError("stacked_lstm: a PRNG key is required for dropout in training mode")
+    if initial_states is not None and len(initial_states) != len(params):
+        raise ValueError(
+            f"stacked_lstm: initial_states must hold one LSTMState per layer ({len(params)}), got"
+            f" {len(initial_states)}"
+        )
     states = []
     h = xs
     for n, p in enumerate(params):

@@ -273,6 +273,11 @@ class StackedLSTM(nnx.Module):
         With `embedding [vocab, F]`, `xs` is token ids `[batch, time]`, embedded for the first layer
         (see `LSTM`).
         """
+        if initial_state is not None and len(initial_state) != len(self.layers):
+            raise ValueError(
+                f"StackedLSTM: initial_state must hold one state per layer ({len(self.layers)}), got"
+                f" {len(initial_state)}"
+            )
         keys = split_key(key, 2 * len(self.layers))
         states = []
         h = xs

@@ -96,6 +96,23 @@ def test_a_state_that_is_not_a_pair_is_an_error_not_taken_apart():
     assert out.shape == (2, 6, 5)
 
 
+def test_a_stack_needs_one_initial_state_per_layer(xs):
+    # Too few states raised a bare IndexError; too many were silently ignored.
+    stack = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0))
+    _, states = stack(xs)
+    params = [layer.params_dict() for layer in stack.layers]
+    for wrong in (states[:1], states + states):
+        with pytest.raises(ValueError, match=r"one state per layer \(2\), got"):
+            stack(xs, initial_state=wrong)
+        with pytest.raises(ValueError, match=r"one LSTMState per layer \(2\), got"):
+            core.stacked_lstm(params, xs, initial_states=wrong)
+    np.testing.assert_allclose(
+        stack(xs, initial_state=states)[0],
+        core.stacked_lstm(params, xs, initial_states=states)[0],
+        atol=1e-6,
+    )
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_stacked_module(xs, bidirectional):
     m = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), dropout_between=0.3, bidirectional=bidirectional)
