@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -518,6 +519,33 @@ def test_an_unwritable_cache_falls_back_with_one_warning_naming_the_fix(tmp_path
     assert "LSTM_JAX_NATIVE_CACHE" in out[2]
     warnings = [line for line in proc.stderr.splitlines() if "kernel is unavailable" in line]
     assert len(warnings) == 1 and "LSTM_JAX_NATIVE_CACHE" in warnings[0], proc.stderr
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler for the stand-in library")
+def test_a_march_this_cpu_lacks_is_refused_not_run(tmp_path):
+    # LSTM_JAX_NATIVE_MARCH=x86-64-v4 on an AVX2 machine built a library whose first call killed the
+    # process with SIGILL. Stand-in: a library whose vector code traps (as an unknown instruction does).
+    source = tmp_path / "trap.c"
+    source.write_text(
+        "double lstm_jax_native_fma_gflops(double s) { __builtin_trap(); return s; }\n"
+    )
+    library = tmp_path / "trap.so"
+    subprocess.run(["cc", "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
+    code = (
+        "import pathlib\n"
+        "from lstm_jax import core, native\n"
+        f"native.build = lambda: pathlib.Path({str(library)!r})\n"
+        "print(native.unavailable_reason())\n"
+        "print(core._resolve_impl('auto', None, False, 128))\n"
+    )
+    env = dict(os.environ, LSTM_JAX_NATIVE_MARCH="x86-64-v4", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(__file__))
+    env.pop("LSTM_JAX_NATIVE", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reason, impl = proc.stdout.splitlines()
+    assert "LSTM_JAX_NATIVE_MARCH=x86-64-v4 cannot run on this CPU" in reason
+    assert impl != "native"
 
 
 def test_turned_off_auto_uses_xla_and_explicit_native_says_why():

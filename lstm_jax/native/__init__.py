@@ -33,6 +33,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -272,6 +273,35 @@ def _cpu_signature() -> str:
 
 _LIB: ctypes.CDLL | None = None
 
+# Runs the library's vector code (`fma_peak_gflops`' loop, one short round) in a child process.
+_PROBE = (
+    "import ctypes, sys\n"
+    "f = ctypes.CDLL(sys.argv[1]).lstm_jax_native_fma_gflops\n"
+    "f.argtypes, f.restype = [ctypes.c_double], ctypes.c_double\n"
+    "f(0.0)\n"
+)
+
+
+def _check_runs_here(path: Path) -> None:
+    """Raises RuntimeError when a library built for an explicit ``LSTM_JAX_NATIVE_MARCH`` dies on this
+    CPU (an instruction set it lacks: SIGILL, which would kill this process at the first kernel call)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)], capture_output=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no verdict: load it as before
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise RuntimeError(
+            f"the kernel built for LSTM_JAX_NATIVE_MARCH={_march()} cannot run on this CPU (a test "
+            f"call died of {name}); unset LSTM_JAX_NATIVE_MARCH (builds for this CPU) or set it to "
+            "an instruction set this CPU has"
+        )
+
 
 @functools.cache
 def _load() -> str | None:
@@ -282,7 +312,10 @@ def _load() -> str | None:
         return f"not built for {platform.system()} {platform.machine()}"
     global _LIB
     try:
-        lib = ctypes.cdll.LoadLibrary(str(build()))
+        path = build()
+        if _march() != "native":
+            _check_runs_here(path)
+        lib = ctypes.cdll.LoadLibrary(str(path))
     except (RuntimeError, OSError) as e:
         # Once per process (cached): impl="auto" falls back to the XLA impls, which is slower on CPU.
         logging.getLogger(__name__).warning(
