@@ -1161,6 +1161,26 @@ def _merge(a: Array, b: Array, merge: MergeMode) -> Array | tuple[Array, Array]:
     raise ValueError(f"unknown merge mode {merge!r}; use 'concat', 'sum', 'ave', 'mul' or None")
 
 
+def _direction_states(initial_state: Any, who: str) -> tuple[Any, Any]:
+    """`(forward_state, backward_state)` of a bidirectional layer's `initial_state` (None: both None).
+
+    Each direction's state is what `lstm_layer` takes: None, or a pair `(h, c)` (an `LSTMState`, tuple or
+    list). One `LSTMState(h, c)` of arrays is refused rather than split into h for the forward direction
+    and c for the backward one."""
+    if initial_state is None:
+        return None, None
+    if (
+        isinstance(initial_state, (tuple, list))
+        and len(initial_state) == 2
+        and all(s is None or (isinstance(s, (tuple, list)) and len(s) == 2) for s in initial_state)
+    ):
+        return initial_state[0], initial_state[1]
+    raise ValueError(
+        f"{who}: initial_state must be (forward_state, backward_state), a pair of LSTMState(h, c)"
+        " (or None for a direction's zero state)"
+    )
+
+
 def bidirectional(
     params_fw: Params,
     params_bw: Params,
@@ -1180,16 +1200,7 @@ def bidirectional(
     """
     if "reverse" in layer_kwargs:
         raise ValueError("bidirectional: do not pass reverse; the wrapper runs both directions")
-    init = layer_kwargs.pop("initial_state", None)
-    if init is None:
-        init_f = init_b = None
-    elif len(init) == 2 and all(isinstance(s, tuple) and len(s) == 2 for s in init):
-        init_f, init_b = init
-    else:
-        raise ValueError(
-            "bidirectional: initial_state must be (forward_state, backward_state), a pair of"
-            " LSTMState(h, c)"
-        )
+    init_f, init_b = _direction_states(layer_kwargs.pop("initial_state", None), "bidirectional")
     out_f, st_f = lstm_layer(
         params_fw, xs, mask=mask, reverse=False, initial_state=init_f, **layer_kwargs
     )

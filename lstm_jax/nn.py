@@ -198,17 +198,8 @@ class Bidirectional(nnx.Module):
         """`xs [batch, time, F]` -> `(merged outputs, (forward_state, backward_state))`; with
         `embedding`, `xs` is token ids `[batch, time]` (see `LSTM`)."""
         kf, kb = split_key(key, 2)
-        if initial_state is None:
-            init_f = init_b = None
-        elif len(initial_state) == 2 and all(
-            isinstance(s, tuple) and len(s) == 2 for s in initial_state
-        ):
-            init_f, init_b = initial_state
-        else:  # one LSTMState would be taken apart: its h for the forward state, its c for the backward
-            raise ValueError(
-                "Bidirectional: initial_state must be (forward_state, backward_state), a pair of"
-                " LSTMState(h, c)"
-            )
+        # One LSTMState would be taken apart: its h for the forward state, its c for the backward.
+        init_f, init_b = core._direction_states(initial_state, "Bidirectional")
         kw = {"mask": mask, "deterministic": deterministic, "embedding": embedding}
         out_f, st_f = self.forward(xs, initial_state=init_f, key=kf, **kw)
         out_b, st_b = self.backward(xs, initial_state=init_b, key=kb, **kw)

@@ -96,6 +96,27 @@ def test_a_state_that_is_not_a_pair_is_an_error_not_taken_apart():
     assert out.shape == (2, 6, 5)
 
 
+def test_bidirectional_takes_each_directions_state_as_an_lstm_does():
+    # The pair check refused what nn.Bidirectional took before it and each LSTM still takes: a direction's
+    # state as a list [h, c], or None for its zero state.
+    xs = jax.random.normal(jax.random.key(0), (2, 6, 3))
+    h = jax.random.normal(jax.random.key(1), (2, 5))
+    state, zeros = core.LSTMState(h, -h), core.LSTMState(jnp.zeros_like(h), jnp.zeros_like(h))
+    bi = Bidirectional(3, 5, rngs=nnx.Rngs(0))
+    want = bi(xs, initial_state=(state, zeros))[0]
+    params = (bi.forward.params_dict(), bi.backward.params_dict())
+    for pair in (([h, -h], zeros), (state, None), [[h, -h], None]):
+        np.testing.assert_allclose(bi(xs, initial_state=pair)[0], want, atol=1e-6)
+        np.testing.assert_allclose(
+            core.bidirectional(*params, xs, initial_state=pair)[0], want, atol=1e-6
+        )
+    for wrong in (state, (h, -h), (state, state, state)):
+        with pytest.raises(ValueError, match="pair of LSTMState"):
+            bi(xs, initial_state=wrong)
+        with pytest.raises(ValueError, match="pair of LSTMState"):
+            core.bidirectional(*params, xs, initial_state=wrong)
+
+
 def test_a_stack_needs_one_initial_state_per_layer(xs):
     # Too few states raised a bare IndexError; too many were silently ignored.
     stack = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0))
