@@ -1528,8 +1528,10 @@ def _check_same_data(meta: Mapping[str, Any], task: Task, step: int, workdir: st
         raise UserError(
             f"the data loaded now{f' from {source}' if source else ''} differs from the data the run"
             f" in {workdir} trained on up to step {step} (fingerprint {now}, saved {saved}): the file"
-            " was changed, or another file has its name; restore that data to resume, or use a new"
-            " --workdir to train on this data"
+            " was changed, another file has its name, or this version of lstm_jax splits or encodes"
+            " it differently (the fake-news validation split rounds as Keras' since 2026-12-05, 884/222"
+            " rows of 1,106, not 885/221); restore that data to resume, or use a new --workdir to"
+            " train on this data (--mode=eval and --mode=predict still read this workdir)"
         )
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,23 @@ def test_validation_split_rounds_as_keras(tmp_path):
     labels = np.arange(12) % 2
     np.testing.assert_array_equal(a["train"]["label"], labels[train_full[:6]])
     np.testing.assert_array_equal(a["validation"]["label"], labels[train_full[6:]])
+
+
+def test_a_run_split_by_an_earlier_version_is_not_blamed_on_its_file(tmp_path, monkeypatch):
+    # A finished run trained before the split rounded as Keras' (its validation one row shorter): re-running
+    # its command said the unchanged CSV "was changed, or another file has its name".
+    path = make_articles(tmp_path / "a.csv", n=70)  # 46 training rows: int(46 * 0.2) = 9, not 10
+    config = _config(path)
+    config.train.num_epochs = 1
+    config.report.baseline = False
+    with monkeypatch.context() as m:  # the rounding before 2026-12-05: n_val = int(n * 0.2)
+        old_floor = lambda x: round(x / 0.8) - int(round(x / 0.8) * 0.2)  # noqa: E731
+        m.setattr(clf, "math", types.SimpleNamespace(floor=old_floor))
+        clf.train(config, str(tmp_path / "run"))
+    with pytest.raises(UserError, match="splits or encodes it differently") as e:
+        clf.train(config, str(tmp_path / "run"))
+    assert "--mode=eval" in str(e.value)
+    clf.evaluate(config, str(tmp_path / "run"))
 
 
 def test_encoding_is_the_tutorial_pipeline(tmp_path):
