@@ -471,6 +471,26 @@ def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch)
     assert target.read_bytes() == library.read_bytes()
 
 
+def test_a_cached_library_with_a_corrupt_header_is_not_intact(tmp_path):
+    # A program-header entry size too small to hold p_filesz made the check itself raise struct.error.
+    import struct
+
+    good = native.build().read_bytes()
+    assert native._intact(_write(tmp_path / "good.so", good))
+    bad = bytearray(b"\x7fELF\x02\x01" + bytes(4096))  # zeros: every segment of size 0 at offset 0
+    struct.pack_into("<QQ", bad, 0x20, 64, 0)  # e_phoff, e_shoff
+    struct.pack_into(
+        "<HHHH", bad, 0x36, 1, 100, 0, 0
+    )  # e_phentsize 1 (an Elf64_Phdr is 56), e_phnum
+    assert not native._intact(_write(tmp_path / "bad.so", bytes(bad)))
+    assert not native._intact(_write(tmp_path / "empty.so", b""))
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 _ARM_CPUINFO = """processor\t: 0
 BogoMIPS\t: 2100.00
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm{sve}

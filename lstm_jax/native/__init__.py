@@ -199,6 +199,8 @@ def _intact(path: Path) -> bool:
             phentsize, phnum, shentsize, shnum = struct.unpack_from(end + "HHHH", head, 0x36)
             if shoff + shentsize * shnum > size or phoff + phentsize * phnum > size:
                 return False
+            if phnum and phentsize < 40:  # an Elf64_Phdr is 56 bytes; p_filesz ends at byte 40
+                return False
             f.seek(phoff)
             table = f.read(phentsize * phnum)
     except OSError:
