@@ -54,7 +54,8 @@ def from_keras(weights: Sequence[Any]) -> Params:
 
 
 def to_keras(params: Params) -> list[np.ndarray]:
-    """Core params -> the list `keras.layers.LSTM.set_weights` expects."""
+    """Core params -> the list `keras.layers.LSTM.set_weights` expects: `[kernel [in, 4H],
+    recurrent_kernel [H, 4H], bias [4H]]`."""
     return [np.asarray(params[k]) for k in ("kernel", "recurrent_kernel", "bias")]
 
 

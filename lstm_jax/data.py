@@ -714,7 +714,9 @@ def train_test_split(
     *,
     field: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices `(train_idx, test_idx)` of sklearn's `train_test_split(..., random_state=seed)`.
+    """Indices `(train_idx [n_train], test_idx [n_test])` of sklearn's `train_test_split(..., random_state=seed)`.
+
+    `stratify`: optional labels `[n]` to split in proportion.
 
     `field` names the config field the fraction comes from (``"config.data.validation_fraction"``) in
     the `UserError` a fraction outside (0, 1) raises.

@@ -55,7 +55,8 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Ar
 
 
 def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """`Σ values·weights / Σ weights` (0 when every weight is 0, never NaN)."""
+    """`Σ values·weights / Σ weights` (0 when every weight is 0, never NaN): `values [...]`, `weights`
+    broadcastable to `values` -> a scalar `[]`."""
     values = values.astype(jnp.float32)
     if weights is None:
         return jnp.mean(values)

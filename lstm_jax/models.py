@@ -71,6 +71,7 @@ class DenseStack(nnx.Module):
         self.out_features = size
 
     def __call__(self, x: Array) -> Array:
+        """`x [..., in_features]` -> `[..., out_features]`."""
         for layer, act in zip(self.layers, self.activations, strict=True):
             x = _ACTIVATIONS[act](layer(x))
         return x

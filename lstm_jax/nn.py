@@ -117,7 +117,7 @@ class LSTM(nnx.Module):
         key: Array | None = None,
         return_gates: bool = False,
         embedding: Array | None = None,
-    ):
+    ) -> tuple[Array, LSTMState] | tuple[Array, LSTMState, core.Gates]:
         """`xs [batch, time, in_features]` -> `(outputs [batch, time, H], LSTMState)` (+ `Gates`).
 
         With `embedding [vocab, in_features]`, `xs` is integer ids `[batch, time]` and the input is
@@ -194,7 +194,7 @@ class Bidirectional(nnx.Module):
         deterministic: bool = True,
         key: Array | None = None,
         embedding: Array | None = None,
-    ):
+    ) -> tuple[Array | tuple[Array, Array], tuple[LSTMState, LSTMState]]:
         """`xs [batch, time, F]` -> `(merged outputs, (forward_state, backward_state))`; with
         `embedding`, `xs` is token ids `[batch, time]` (see `LSTM`)."""
         kf, kb = split_key(key, 2)
@@ -258,7 +258,7 @@ class StackedLSTM(nnx.Module):
         deterministic: bool = True,
         key: Array | None = None,
         embedding: Array | None = None,
-    ):
+    ) -> tuple[Array, list[LSTMState | tuple[LSTMState, LSTMState]]]:
         """`xs [batch, time, F]` -> `(last layer outputs [batch, time, H_last], [state per layer])`.
 
         With `embedding [vocab, F]`, `xs` is token ids `[batch, time]`, embedded for the first layer

@@ -22,7 +22,7 @@ def save_figure(fig: Any, path: str) -> None:
         fig.savefig(f, format=fmt, dpi=110)
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any):
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
     """A figure and its axes drawn without pyplot (so no global backend is switched).
 
     Files are written through the Agg canvas; notebooks keep their inline backend. Returns `(fig, axes)` as

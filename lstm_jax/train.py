@@ -369,7 +369,7 @@ def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = T
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The example order of `epoch`: a permutation of `n` that depends only on (seed, epoch)."""
+    """The example order of `epoch`: a permutation `[n]` of `range(n)` that depends only on (seed, epoch)."""
     return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
@@ -383,8 +383,8 @@ def epoch_batch_indices(
     drop_remainder: bool = True,
 ) -> list[np.ndarray]:
     """The example indices of each of epoch `epoch`'s `steps_per_epoch(n, batch_size, drop_remainder)`
-    batches: `epoch_permutation(seed, epoch)` (or `arange(n)` without `shuffle`) cut in order; with
-    `drop_remainder=False` the last one may be shorter."""
+    batches, each `[batch_size]`: `epoch_permutation(seed, epoch)` (or `arange(n)` without `shuffle`) cut in
+    order; with `drop_remainder=False` the last one may be shorter."""
     order = epoch_permutation(seed, epoch, n) if shuffle else np.arange(n)
     steps = steps_per_epoch(n, batch_size, drop_remainder)
     return [order[b * batch_size : (b + 1) * batch_size] for b in range(steps)]
@@ -417,7 +417,8 @@ def shuffled_batches(
 def padded_batches(
     arrays: Mapping[str, np.ndarray], batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Evaluation batches covering every example once, in order; the last is padded with weight 0 rows."""
+    """Evaluation batches covering every example once, in order: each array `[examples, ...]` is cut into
+    `[batch_size, ...]` chunks plus ``weight [batch_size]``; the last is padded with weight 0 rows."""
     n = len(next(iter(arrays.values())))
     for lo in range(0, n, batch_size):
         chunk = {k: np.asarray(v)[lo : lo + batch_size] for k, v in arrays.items()}

@@ -6,6 +6,9 @@ Generate: python -m experiments.char_textgen.main --workdir=runs/char_quick --mo
               --prime="ROMEO:" --length=300 --temperature=0.8 --top_k=10
 """
 
+from typing import Any
+
+import ml_collections
 from absl import flags
 
 from lstm_jax import cli
@@ -26,7 +29,7 @@ flags.DEFINE_integer("sample_seed", None, "generate: sampling seed (default: con
 FLAGS = flags.FLAGS
 
 
-def generate(config, workdir):
+def generate(config: ml_collections.ConfigDict | None, workdir: str) -> dict[str, Any]:
     return char_lm.generate_samples(
         config,
         workdir,

@@ -19,6 +19,9 @@ $LSTM_JAX_DATA/fake_news/articles/fake_real_articles.csv; LIAR from $LSTM_JAX_DA
 All logic lives in `lstm_jax.tasks.classification`.
 """
 
+from typing import Any
+
+import ml_collections
 from absl import flags
 
 from lstm_jax import cli
@@ -33,7 +36,7 @@ flags.DEFINE_multi_string(
 FLAGS = flags.FLAGS
 
 
-def predict(config, workdir):
+def predict(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
     return classification.predict(config, workdir, meta=FLAGS.meta)
 
 

@@ -7,6 +7,7 @@ Generate: python -m experiments.word_textgen.main --workdir=runs/fashion --mode=
           (no --seed_text on a terminal: an interactive prompt)
 """
 
+import ml_collections
 from absl import flags
 
 from lstm_jax import cli
@@ -22,7 +23,7 @@ flags.DEFINE_integer("sample_seed", None, "generate: sampling seed (default: con
 FLAGS = flags.FLAGS
 
 
-def generate(config, workdir):
+def generate(config: ml_collections.ConfigDict | None, workdir: str) -> list[dict[str, str]]:
     return word_lm.generate_samples(
         config,
         workdir,

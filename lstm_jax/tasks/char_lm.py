@@ -124,7 +124,8 @@ def _encode(vocab: Vocabulary, text: str) -> np.ndarray:
 
 
 def window_starts(num_ids: int, seq_length: int, stride: int) -> np.ndarray:
-    """Start positions of every training window: `range(0, num_ids - seq_length, stride)` (Keras tutorial).
+    """Start positions `[windows]` of every training window: `range(0, num_ids - seq_length, stride)` (Keras
+    tutorial).
 
     Window `s` is `ids[s : s + seq_length]` and its target is `ids[s + seq_length]`.
     """
@@ -137,7 +138,7 @@ def _windows(ids: np.ndarray, starts: np.ndarray, seq_length: int) -> dict[str, 
 
 
 def stream_layout(ids: np.ndarray, streams: int, seq_length: int) -> dict[str, np.ndarray]:
-    """Cuts `ids` into `streams` contiguous rows for evaluation, covering every target exactly once.
+    """Cuts `ids [num_ids]` into `streams` contiguous rows for evaluation, covering every target exactly once.
 
     Returns `inputs`, `targets` (int32) and `tmask` (float32, 0 at padding), each
     `[streams, steps * seq_length]`: inputs are `ids[:-1]`, targets `ids[1:]`, row `b` holds the

@@ -35,7 +35,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, get_args
 
 import jax
@@ -55,6 +55,7 @@ from lstm_jax.errors import UserError
 from lstm_jax.logging_utils import atomic_write, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
+    LossFn,
     Task,
     check_run,
     checkpoint_step,
@@ -250,7 +251,13 @@ class PreparedData:
       info: data provenance and counts for results.json.
     """
 
-    def __init__(self, arrays, texts, encoder, info):
+    def __init__(
+        self,
+        arrays: dict[str, dict[str, np.ndarray]],
+        texts: dict[str, list[str]],
+        encoder: TextEncoder,
+        info: dict[str, Any],
+    ):
         self.arrays: dict[str, dict[str, np.ndarray]] = arrays
         self.texts: dict[str, list[str]] = texts
         self.encoder: TextEncoder = encoder
@@ -605,7 +612,7 @@ def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> TextClassi
     )
 
 
-def make_loss_fn(config: ml_collections.ConfigDict):
+def make_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
     """The engine's loss: sigmoid BCE (binary) or softmax CE (multi-class), weighted by ``batch["weight"]``.
 
     Batches hold ``ids [B, T]``, ``mask [B, T]``, ``label [B]`` and ``weight [B]``; the mask is passed to the
@@ -718,7 +725,8 @@ def predict_proba(
 
 
 def metrics_from_logits(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """The engine's evaluation averages (`loss`, `accuracy`, `count`) from a whole split's logits."""
+    """The engine's evaluation averages (`loss`, `accuracy`, `count`) from a whole split's logits `[n]`
+    (binary) or `[n, classes]` and integer `labels [n]`."""
     fn = losses.binary_metric_sums if logits.ndim == 1 else losses.softmax_metric_sums
     return metrics.compute(fn(jnp.asarray(logits), jnp.asarray(labels)))
 
@@ -750,7 +758,7 @@ def save_predictions(
 def load_predictions(
     workdir: str, step: int, splits: Sequence[str]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
-    """`{split: (probabilities, labels)}` from `workdir`'s `PREDICTIONS_FILE` if it was written for the
+    """`{split: (probabilities [n, classes], labels [n])}` from `workdir`'s `PREDICTIONS_FILE` if it was written for the
     checkpoint at `step` and holds every split; else None (absent, older checkpoint, unreadable)."""
     path = os.path.join(workdir, PREDICTIONS_FILE)
     try:
@@ -772,7 +780,7 @@ def evaluate_reports(
 ) -> dict[str, Any]:
     """Classification report, confusion matrix and heatmap PNG per split (files in `workdir`).
 
-    `logits` may hold the model's `predict_logits` output for some splits already (they are not predicted
+    `logits` may hold the model's `predict_logits` output (`[n]` binary or `[n, classes]`) for some splits already (they are not predicted
     again).
     """
     out: dict[str, Any] = {}
@@ -829,8 +837,12 @@ def bucketed_batches(
     quantum: int,
     chunk_batches: int = 50,
     drop_remainder: bool = True,
-):
+) -> Iterator[dict[str, np.ndarray]]:
     """Training batches of similar length, trimmed to their longest review (rounded up to `quantum`).
+
+    `arrays`: ``ids [n, maxlen]``, ``mask [n, maxlen]``, ``label [n]`` (and any other `[n, ...]`); each
+    batch holds them as `[batch_size, T]` with `T <= maxlen` a multiple of `quantum` (or `maxlen`), plus
+    ``weight [batch_size]``.
 
     The epoch's permutation (`epoch_permutation(seed, epoch)`, its remainder dropped, or with
     `drop_remainder=False` kept as a short batch padded with weight-0 rows) is cut into chunks of
@@ -1177,7 +1189,7 @@ def _check_meta_fields(encoder: TextEncoder, fields: Iterable[str], where: str) 
 def predict_texts(
     workdir: str,
     texts: Sequence[str],
-    config=None,
+    config: ml_collections.ConfigDict | None = None,
     meta: Sequence[Mapping[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Label and probability of each text with the model and preprocessing saved in `workdir`.

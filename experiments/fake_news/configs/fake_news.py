@@ -6,7 +6,7 @@ import ml_collections
 from lstm_jax.config_utils import engine_defaults
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = engine_defaults()
     config.seed = 0  # parameter init, dropout and batch order
 

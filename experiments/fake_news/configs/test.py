@@ -1,9 +1,11 @@
 """A tiny end-to-end config for tests on a fixture fake-news CSV (pass --config.data.path)."""
 
+import ml_collections
+
 from experiments.fake_news.configs import fake_news
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = fake_news.get_config()
     config.data.num_buckets = 101  # a small embedding
     config.data.maxlen = 20  # short sequences compile and run fast

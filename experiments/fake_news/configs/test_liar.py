@@ -1,9 +1,11 @@
 """A tiny end-to-end LIAR config for tests on fixture liar_{train,valid,test}.csv (pass --config.data.path)."""
 
+import ml_collections
+
 from experiments.fake_news.configs import liar
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = liar.get_config()
     config.data.vocab_size = 100  # fixture statements use a few dozen words
     config.data.meta_vocab_size = 50

@@ -10,10 +10,12 @@ is), mean+max pooling over all time steps, dropout and word dropout, Adam with w
 gradient clipping, and the most accurate validation epoch kept. No pretrained embeddings, no unlabelled data.
 """
 
+import ml_collections
+
 from experiments.imdb_sentiment.configs import imdb
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = imdb.get_config()
 
     d = config.data

@@ -1,9 +1,11 @@
 """A tiny end-to-end config for tests: fixture aclImdb/ folder (pass --config.data.path), seconds on CPU."""
 
+import ml_collections
+
 from experiments.imdb_sentiment.configs import imdb
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = imdb.get_config()
     config.data.vocab_size = 200  # fixture reviews have a few dozen distinct words
     config.data.maxlen = 24  # short sequences compile and run fast
