@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.floor import TARGET_FACTOR as TARGET_SPEEDUP
+from benchmarks.floor import fastest_peer_ms
 from benchmarks.shapes import get_shape
 from benchmarks.worker import GEN_MODES, PEERS, PREFIX
 from lstm_jax.logging_utils import write_json
@@ -269,17 +271,6 @@ def _jax_device_text(report: dict) -> str:
     return "" if c.get("jax_backend", "cpu") == "cpu" else f" on {c['jax_device']}"
 
 
-def _fastest_peer_ms(res: dict) -> float | None:
-    """The fastest other framework's median ms per step on one shape (None when none ran)."""
-    peer_ms = [
-        r["median_ms"] for p, r in res.items() if "median_ms" in r and not p.startswith("lstm_jax")
-    ]
-    return min(peer_ms) if peer_ms else None
-
-
-TARGET_SPEEDUP = 1.5  # issue #6: lstm_jax's step at least this much faster than the fastest peer
-
-
 def _target_lines(report: dict) -> list[str]:
     """Per shape, how far the speed target is from the machine's limits: the step's FLOPs at the measured
     matmul ceiling take `flops / ceiling` ms; the target (the fastest peer's ms / TARGET_SPEEDUP) needs the
@@ -290,9 +281,10 @@ def _target_lines(report: dict) -> list[str]:
     peak = report["ceiling"].get("fma_peak_gflops")
     rows = []
     for name, res in report["shapes"].items():
-        fastest = _fastest_peer_ms(res)
-        if fastest is None:
+        fastest_peer = fastest_peer_ms(report, name)
+        if fastest_peer is None:
             continue
+        fastest = fastest_peer[1]
         target = fastest / TARGET_SPEEDUP
         flops = get_shape(name).train_flops()
         bound = flops / (ceiling * 1e9) * 1e3
@@ -420,7 +412,8 @@ def markdown(report: dict) -> str:
     ]
     for name, res in report["shapes"].items():
         shape = get_shape(name)
-        fastest = _fastest_peer_ms(res)
+        fastest_peer = fastest_peer_ms(report, name)
+        fastest = None if fastest_peer is None else fastest_peer[1]
         for peer, r in res.items():
             label = LABELS.get(peer, peer)
             if "median_ms" not in r:
