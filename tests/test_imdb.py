@@ -594,6 +594,10 @@ def test_stdin_lines_end_at_newlines_only(monkeypatch, capsys):
 
     raw = "a great movie\u0085 really\r\nbad one\x0cawful\u2028end\n\nthird\n".encode()
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
-    texts = clf._read_stdin_texts()
-    assert texts == ["a great movie\u0085 really", "bad one\x0cawful\u2028end", "third"]
+    lines = clf._read_stdin_lines()
+    assert [t for _, t in lines] == [
+        "a great movie\u0085 really",
+        "bad one\x0cawful\u2028end",
+        "third",
+    ]
     assert "skipped 1 empty line(s)" in capsys.readouterr().err

@@ -1049,11 +1049,6 @@ def _reencode(
     return prepared
 
 
-def _read_stdin_texts() -> list[str]:
-    """The non-empty lines of stdin (`_read_stdin_lines` without the line numbers)."""
-    return [t for _, t in _read_stdin_lines()]
-
-
 def _read_stdin_lines() -> list[tuple[int, str]]:
     """`(line number, text)` of each non-empty line of stdin (UTF-8); empty lines are counted on stderr."""
     if getattr(sys.stdin, "isatty", lambda: False)():  # a user at a terminal gave no texts
