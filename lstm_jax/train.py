@@ -74,7 +74,6 @@ __all__ = [
     "Batch",
     "LossFn",
     "Task",
-    "TrainingStopped",
     "train_and_evaluate",
     "initialize_distributed",
     "make_mesh",
@@ -190,10 +189,6 @@ class Task:
     ) = None
     derived_fields: Sequence[str] = ()
     fixed_on_resume: Sequence[str] = ()
-
-
-class TrainingStopped(Exception):
-    """Raised by a task's iterator to simulate an interruption (tests); propagates like any error."""
 
 
 class _StopSignals:
