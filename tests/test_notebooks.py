@@ -108,3 +108,14 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(o.output_type == "stream" for o in outputs), f"{path.name} printed nothing"
     assert _notebook_dir_files() == before, f"{path.name} wrote files into notebooks/"
+
+
+def test_ruff_covers_the_notebooks():
+    """`ruff check .` and `ruff format` lint the notebooks too (docs/experiments.md says so)."""
+    import tomllib
+
+    ruff = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]
+    excluded = ruff.get("exclude", []) + ruff.get("extend-exclude", [])
+    assert not [p for p in excluded if "notebook" in p or "ipynb" in p], (
+        f"pyproject.toml keeps the notebooks out of ruff: {excluded}"
+    )
