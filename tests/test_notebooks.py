@@ -28,6 +28,15 @@ def _code_cells(nb) -> list:
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
+def _kernel_env() -> dict[str, str]:
+    """The kernel's environment: this checkout first on its path. The kernel starts in a tmp dir, where
+    `import lstm_jax` would otherwise find whatever copy is installed in the venv (an editable install of
+    another checkout), not the code under test."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _notebook_dir_files() -> set[str]:
     """Everything under notebooks/ (runs must go to LSTM_JAX_NOTEBOOK_WORKDIR, not next to them)."""
     root = REPO / "notebooks"
@@ -93,7 +102,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     try:
-        client.execute(env=dict(os.environ))
+        client.execute(env=_kernel_env())
     except nbclient.exceptions.CellExecutionError as e:
         failed = [
             c
@@ -119,3 +128,16 @@ def test_ruff_covers_the_notebooks():
     assert not [p for p in excluded if "notebook" in p or "ipynb" in p], (
         f"pyproject.toml keeps the notebooks out of ruff: {excluded}"
     )
+
+
+def test_notebook_kernels_import_this_checkout(tmp_path):
+    """A kernel started as test_notebook_runs starts one imports lstm_jax and experiments from REPO."""
+    cell = "import experiments, lstm_jax; print(lstm_jax.__file__); print(experiments.__file__)"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    client = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute(env=_kernel_env())
+    lstm_file, experiments_file = nb.cells[0].outputs[0].text.split()
+    assert Path(lstm_file).is_relative_to(REPO / "lstm_jax"), lstm_file
+    assert Path(experiments_file).is_relative_to(REPO / "experiments"), experiments_file
