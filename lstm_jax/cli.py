@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import importlib
 import importlib.util
 import logging as py_logging
 import os
@@ -234,11 +235,18 @@ def family_keys(main_file: str) -> tuple[str, set[str]] | None:
     return os.path.basename(here), {k for k in common if any(k not in o for o in others)}
 
 
-def check_config_family(config: ml_collections.ConfigDict, workdir: str | None) -> None:
+def check_config_family(
+    config: ml_collections.ConfigDict, workdir: str | None, experiment: str | None = None
+) -> None:
     """`UserError` when `config` (from --config, or saved in `workdir`) belongs to another experiment
     than the running ``experiments/<name>/main.py``: it lacks most of the fields that mark this one's
-    configs (a run saved before a few of them existed still passes)."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    configs (a run saved before a few of them existed still passes). `experiment` ("imdb_sentiment")
+    names the experiment instead, for callers that are not its main.py (the notebooks)."""
+    if experiment is not None:
+        package = importlib.import_module(f"experiments.{experiment}")
+        main_file = os.path.join(os.path.dirname(os.fspath(package.__file__)), "main.py")
+    else:
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     family = family_keys(main_file) if main_file else None
     if not family or not family[1]:
         return
@@ -252,9 +260,14 @@ def check_config_family(config: ml_collections.ConfigDict, workdir: str | None) 
             f"{_config_arg(sys.argv)} is not a config of {name} (it lacks {lacks}); pass one of"
             f" experiments/{name}/configs/*.py, or run the experiment the config is for"
         )
+    fix = (
+        "run the main.py of the experiment that trained it"
+        if experiment is None
+        else f"pass the workdir of a run of {name}"
+    )
     raise UserError(
         f"{workdir} holds a run of another experiment than {name} (its config.json lacks {lacks});"
-        " run the main.py of the experiment that trained it"
+        f" {fix}"
     )
 
 

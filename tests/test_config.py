@@ -587,6 +587,23 @@ def test_a_saved_run_of_another_experiment_is_named(tmp_path, monkeypatch):
     cli.check_config_family(own, str(tmp_path))
 
 
+def test_a_saved_run_of_another_experiment_is_named_for_a_named_experiment(tmp_path):
+    """The notebooks load a workdir they are given (LSTM_JAX_IMDB_WORKDIR): a run of another experiment
+    was a KeyError ('reports') or an AttributeError ('vocab_size') deep in model building."""
+    from lstm_jax import cli
+
+    word = importlib.import_module("experiments.word_textgen.configs.test").get_config()
+    imdb = importlib.import_module("experiments.imdb_sentiment.configs.test").get_config()
+    with pytest.raises(
+        UserError, match="another experiment than imdb_sentiment.*a run of imdb_sentiment$"
+    ):
+        cli.check_config_family(word, str(tmp_path), experiment="imdb_sentiment")
+    with pytest.raises(UserError, match="another experiment than word_textgen"):
+        cli.check_config_family(imdb, str(tmp_path), experiment="word_textgen")
+    cli.check_config_family(imdb, str(tmp_path), experiment="imdb_sentiment")
+    cli.check_config_family(word, str(tmp_path), experiment="word_textgen")
+
+
 def test_the_damaged_checkpoint_noise_filters_pass_everything_else():
     """After a failed checkpoint read (one `error:` line), TensorStore's callbacks and Orbax's read
     coroutines report the same failure again as tracebacks; the CLI's hooks drop those and only those."""

@@ -9,6 +9,7 @@ failing (an error in any later cell still fails). Outputs are stripped with `mak
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,14 @@ def test_notebook_kernels_import_this_checkout(tmp_path):
     lstm_file, experiments_file = nb.cells[0].outputs[0].text.split()
     assert Path(lstm_file).is_relative_to(REPO / "lstm_jax"), lstm_file
     assert Path(experiments_file).is_relative_to(REPO / "experiments"), experiments_file
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_given_workdir_is_checked_for_its_experiment(path):
+    """A cell that loads a workdir named by LSTM_JAX_<X>_WORKDIR first checks it holds a run of the
+    notebook's experiment (`cli.check_config_family(..., experiment=...)`), so a wrong one is one line."""
+    for cell in _code_cells(nbformat.read(path, as_version=4)):
+        if re.search(r"LSTM_JAX_(?!NOTEBOOK_)\w+_WORKDIR", cell.source):
+            assert "check_config_family(" in cell.source and "experiment=" in cell.source, (
+                f"{path.name}: check the given workdir with cli.check_config_family"
+            )
