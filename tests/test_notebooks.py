@@ -153,3 +153,22 @@ def test_a_given_workdir_is_checked_for_its_experiment(path):
             assert "check_config_family(" in cell.source and "experiment=" in cell.source, (
                 f"{path.name}: check the given workdir with cli.check_config_family"
             )
+
+
+# Names for what the analysis runs on. Bound in two cells (a toy and the trained model, the data's
+# vocabulary and the run's), re-running the earlier cell silently swaps what the later cells use.
+SINGLE_BINDING = ("vocab", "model", "gates", "final", "workdir", "results", "params", "splits")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_model_and_its_vocabulary_are_bound_in_one_cell(path):
+    import ast
+
+    cells: dict[str, list[int]] = {}
+    for n, cell in enumerate(_code_cells(nbformat.read(path, as_version=4))):
+        source = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                cells.setdefault(node.id, []).append(n)
+    twice = {k: sorted(set(v)) for k, v in cells.items() if k in SINGLE_BINDING and len(set(v)) > 1}
+    assert not twice, f"{path.name}: bound in more than one code cell (by index): {twice}"
