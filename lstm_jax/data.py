@@ -626,6 +626,47 @@ LIAR_META = (
     "party_affiliation",
     "context",
 )
+# The 14 columns of the official LIAR release's headerless TSVs (liar_dataset.zip: train.tsv, ...).
+LIAR_TSV_COLUMNS = (
+    "id",
+    "label",
+    "statement",
+    "subject",
+    "speaker",
+    "speaker_job_title",
+    "state_info",
+    "party_affiliation",
+    "barely_true_counts",
+    "false_counts",
+    "half_true_counts",
+    "mostly_true_counts",
+    "pants_on_fire_counts",
+    "context",
+)
+
+
+def _read_liar_tsv(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """`(line number, row dict)` pairs of an official LIAR TSV: no header, 14 tab-separated columns,
+    split on tabs only (statements hold unbalanced quotes); the `.json` suffix of the id is dropped,
+    as in the staged CSVs. A row without 14 fields names file and line."""
+    text = _decode_utf8(_read_bytes(path, "LIAR TSV"), path)
+    rows: list[tuple[int, dict[str, str]]] = []
+    for line, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")  # CRLF line ends
+        if not raw.strip():
+            continue
+        fields = raw.split("\t")
+        if len(fields) != len(LIAR_TSV_COLUMNS):
+            raise UserError(
+                f"{path}: line {line} has {len(fields)} tab-separated fields, not the"
+                f" {len(LIAR_TSV_COLUMNS)} of the official LIAR TSVs; fix that row"
+            )
+        row = dict(zip(LIAR_TSV_COLUMNS, fields, strict=True))
+        row["id"] = row["id"].removesuffix(".json")
+        rows.append((line, row))
+    if not rows:
+        raise UserError(f"{path}: file is empty; pass the official LIAR TSV with its rows")
+    return rows
 
 
 def load_liar(
@@ -634,7 +675,8 @@ def load_liar(
     """LIAR (Wang 2017) with its official split: `{"train"|"valid"|"test": columns}`.
 
     Reads `liar_{train,valid,test}.csv` (the staged CSVs; `directory` defaults to
-    `$LSTM_JAX_DATA/fake_news/liar`). Columns per split: `id`, `statement` and the metadata
+    `$LSTM_JAX_DATA/fake_news/liar`), or, for a split without one, the official release's headerless
+    `{train,valid,test}.tsv` (the same examples). Columns per split: `id`, `statement` and the metadata
     `LIAR_META` as lists of str, `label` int32 [n] (index into `LIAR_LABELS`: 0 = pants-fire ..
     5 = true), `binary_label` int32 [n] (1 = fake = pants-fire/false/barely-true, 0 = real). A
     verdict outside `LIAR_LABELS` names file and line; empty statements are skipped and counted. The
@@ -645,25 +687,30 @@ def load_liar(
     if root.is_file():
         raise UserError(
             f"{root} is a file; pass the folder that holds liar_train.csv, liar_valid.csv and"
-            " liar_test.csv as --config.data.path"
+            " liar_test.csv (or the official train.tsv, valid.tsv and test.tsv) as"
+            " --config.data.path"
         )
     data: dict[str, dict[str, Any]] = {}
     info: dict[str, Any] = {"source": str(root), "skipped_empty": 0}
     for split in ("train", "valid", "test"):
-        path = root / f"liar_{split}.csv"
-        if not path.is_file():
+        path, tsv = root / f"liar_{split}.csv", root / f"{split}.tsv"
+        if not path.is_file() and tsv.is_file():  # the official liar_dataset.zip
+            path, rows = tsv, _read_liar_tsv(tsv)
+        elif not path.is_file():
             raise UserError(
                 f"{path}: LIAR split file not found; the folder needs liar_train.csv, "
-                "liar_valid.csv and liar_test.csv"
+                "liar_valid.csv and liar_test.csv, or the official train.tsv, valid.tsv and"
+                " test.tsv (liar_dataset.zip, unzipped)"
             )
-        _, rows = _read_csv(
-            path,
-            ["label", "statement", *metadata],
-            fix="the LIAR files need the columns label (the verdict) and statement, and the"
-            f" metadata columns config.data.metadata names ({', '.join(metadata) or 'none'}):"
-            " stage the files with them, or pass --config.data.metadata='()' (or fewer columns)"
-            " to train on the statements alone",
-        )
+        else:
+            _, rows = _read_csv(
+                path,
+                ["label", "statement", *metadata],
+                fix="the LIAR files need the columns label (the verdict) and statement, and the"
+                f" metadata columns config.data.metadata names ({', '.join(metadata) or 'none'}):"
+                " stage the files with them, or pass --config.data.metadata='()' (or fewer"
+                " columns) to train on the statements alone",
+            )
         cols: dict[str, list[Any]] = {k: [] for k in ("id", "statement", *LIAR_META, "label")}
         for line, row in rows:
             verdict = row["label"].strip().lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import re
@@ -443,6 +444,38 @@ def test_load_liar(tmp_path, no_data_env):
     assert data["train"]["state_info"][0] == "Texas"
     assert info["train"]["label_counts"]["half-true"] == 1
     assert (info["test"]["fake"], info["test"]["real"]) == (1, 1)
+
+
+def test_load_liar_official_tsvs_give_the_staged_csvs_examples(tmp_path, no_data_env):
+    """liar_dataset.zip holds train/valid/test.tsv: no header, 14 tab-separated columns, ids
+    `<n>.json`, statements with unbalanced quotes. They once failed with 'liar_train.csv: not found'."""
+    csv_dir = make_liar_dir(tmp_path / "csv")
+    csv_dir_data, csv_info = D.load_liar(csv_dir, D.LIAR_META)
+    tsv_dir = tmp_path / "liar_dataset"
+    tsv_dir.mkdir()
+    for split in ("train", "valid", "test"):
+        with open(csv_dir / f"liar_{split}.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+        if split == "train":  # an unbalanced quote, as in the real statements
+            rows[0][2] = 'Says "the moon is made of cheese.'
+            csv_dir_data["train"]["statement"][0] = rows[0][2]
+        lines = ["\t".join([f"{r[0]}.json", *r[1:14]]) for r in rows]
+        end = "\r\n" if split == "test" else "\n"  # a copy saved on Windows
+        (tsv_dir / f"{split}.tsv").write_bytes((end.join(lines) + end).encode("utf-8"))
+    data, info = D.load_liar(tsv_dir, D.LIAR_META)
+    for split, cols in csv_dir_data.items():
+        for k, v in cols.items():
+            assert (
+                np.array_equal(data[split][k], v)
+                if isinstance(v, np.ndarray)
+                else data[split][k] == v
+            )
+    assert {k: v for k, v in info.items() if k != "source"} == {
+        k: v for k, v in csv_info.items() if k != "source"
+    }
+    (tsv_dir / "valid.tsv").write_text("1.json\tfalse\tToo few fields\n", encoding="utf-8")
+    with pytest.raises(UserError, match=_named(tsv_dir / "valid.tsv") + ": line 1 has 3 tab-sep"):
+        D.load_liar(tsv_dir)
 
 
 def test_load_liar_bad_label_and_missing_split(tmp_path):
