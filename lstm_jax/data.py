@@ -420,6 +420,13 @@ def load_tiny_shakespeare(
 _IMDB_LABELS = {"pos": 1, "neg": 0, "1": 1, "0": 0, "positive": 1, "negative": 0}
 
 
+def _acl_imdb_order(f: Path) -> tuple[int, str]:
+    """Sort key of `<id>_<rating>.txt`: the numeric id (the staged CSVs' order, so both sources give the
+    same split), then the name; "10_7.txt" after "9_8.txt", not before "2_9.txt"."""
+    head = f.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else sys.maxsize, f.name)
+
+
 def _load_acl_imdb(root: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:
     data: dict[str, list[tuple[str, int]]] = {}
     skipped = 0
@@ -432,7 +439,7 @@ def _load_acl_imdb(root: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[s
                     f"{d}: folder missing; an aclImdb/ folder needs train/pos, train/neg, "
                     "test/pos and test/neg with one .txt review per file"
                 )
-            for f in sorted(d.glob("*.txt")):
+            for f in sorted(d.glob("*.txt"), key=_acl_imdb_order):
                 text = _decode_utf8(_read_bytes(f, "review"), f)
                 if not text.strip():
                     skipped += 1

@@ -278,6 +278,28 @@ def test_load_imdb_csv_gz_and_plain_csv_match_acl(tmp_path, no_data_env):
         assert info["skipped_empty"] == 0
 
 
+def test_load_imdb_acl_tree_in_the_csvs_order(tmp_path, no_data_env):
+    """Reviews come in id order (the CSVs' order), not file-name order ('10_7' before '2_9'): the order
+    decides the validation split, so the two sources once gave different training examples."""
+    texts = {i: f"review number {i}" for i in (0, 1, 2, 10, 11)}
+    rows = [
+        [i, 9 if label == "pos" else 2, label, t]
+        for label in ("pos", "neg")
+        for i, t in texts.items()
+    ]
+    for split in ("train", "test"):
+        for i, rating, label, t in rows:
+            d = tmp_path / "aclImdb" / split / label
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{i}_{rating}.txt").write_text(t, encoding="utf-8")
+    write_csv(tmp_path / "csv" / "imdb_train.csv", ["id", "rating", "label", "text"], rows)
+    write_csv(tmp_path / "csv" / "imdb_test.csv", ["id", "rating", "label", "text"], rows)
+    acl, _ = D.load_imdb(tmp_path / "aclImdb")
+    from_csv, _ = D.load_imdb(tmp_path / "csv")
+    assert [t for t, _ in acl["train"][:5]] == [texts[i] for i in (0, 1, 2, 10, 11)]
+    assert acl["train"] == from_csv["train"] and acl["test"] == from_csv["test"]
+
+
 def test_load_imdb_from_data_root(monkeypatch, tmp_path):
     make_imdb_csv_dir(tmp_path / "imdb")
     monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path))
