@@ -580,11 +580,19 @@ def load_fake_news_csv(path: str | os.PathLike) -> tuple[dict[str, Any], dict[st
     path = Path(path)
     header, rows = _read_csv(
         path,
-        ["title", "text", "label"],
+        ["title", "text"],
         fix="rename them to title, author (optional), text and label (1 or FAKE = fake, 0 or REAL ="
         " real), the columns of Kaggle's fake-news train.csv",
-        optional=["author"],
+        optional=["author", "label"],
     )
+    if "label" not in header:  # an unlabelled file: renaming a column cannot fix it
+        raise UserError(
+            f"{path}: missing column(s) 'label'; columns found: "
+            f"{', '.join(repr(h) for h in header)}{_header_hint(header, ['label'])}; the articles"
+            " need a label column (1 or FAKE = fake, 0 or REAL = real): ISOT's Fake.csv and"
+            " True.csv go into one CSV with label 1 for Fake.csv's rows and 0 for True.csv's, and"
+            " Kaggle's test.csv has no labels (pass its train.csv)"
+        )
     out: dict[str, list[Any]] = {"id": [], "title": [], "author": [], "text": [], "label": []}
     skipped = empty_text = dups = 0
     for line, row in rows:

@@ -448,8 +448,21 @@ def test_load_csv_texts_missing_column_names_the_flag(tmp_path):
 
 def test_load_fake_news_csv_missing_label_column(tmp_path):
     f = write_csv(tmp_path / "test.csv", ["id", "title", "author", "text"], [[0, "t", "a", "x"]])
-    with pytest.raises(UserError, match=_named(f) + r": missing column\(s\) 'label'"):
+    with pytest.raises(
+        UserError, match=_named(f) + r": missing column\(s\) 'label'.*test\.csv has no"
+    ):
         D.load_fake_news_csv(f)
+    # ISOT's Fake.csv / True.csv: no label column at all (the label is the file); renaming cannot fix it.
+    isot = write_csv(
+        tmp_path / "Fake.csv", ["title", "text", "subject", "date"], [["t", "x", "News", "d"]]
+    )
+    with pytest.raises(UserError, match=r"'label'.*'date'; .*label 1 for Fake\.csv's rows") as e:
+        D.load_fake_news_csv(isot)
+    assert "rename" not in str(e.value) and "\n" not in str(e.value)
+    # A differently cased Label is still named as such.
+    cased = write_csv(tmp_path / "c.csv", ["title", "text", "Label"], [["t", "x", "1"]])
+    with pytest.raises(UserError, match="'Label' differs from 'label' only in case"):
+        D.load_fake_news_csv(cased)
 
 
 # ---- LIAR ----------------------------------------------------------------------------------------
