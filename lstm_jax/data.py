@@ -151,13 +151,15 @@ def _decode_utf8(data: bytes, path: Path) -> str:
 
 
 def load_text(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """A whole UTF-8 text file (Macbeth, tiny-shakespeare), unmodified; `.gz` is decompressed.
+    """A whole UTF-8 text file (Macbeth, tiny-shakespeare); `.gz` is decompressed.
 
-    Missing, empty (or whitespace-only), binary (NUL bytes) and non-UTF-8 files raise `UserError`.
+    Unmodified but for Windows line ends: CRLF becomes LF (and a leading BOM is dropped), so a copy
+    saved on Windows gives the original's characters, vocabulary and split. Missing, empty (or
+    whitespace-only), binary (NUL bytes) and non-UTF-8 files raise `UserError`.
     Returns `(text, {"source", "chars", "distinct_chars"})`.
     """
     path = Path(path)
-    text = _decode_utf8(_read_bytes(path, "text"), path)
+    text = _decode_utf8(_read_bytes(path, "text"), path).replace("\r\n", "\n")
     if not text.strip():
         raise UserError(f"{path}: file is empty; pass a text file with some text in it")
     return text, {"source": str(path), "chars": len(text), "distinct_chars": len(set(text))}

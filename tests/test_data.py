@@ -98,6 +98,18 @@ def test_load_text_bad_files_name_the_file(tmp_path, content, pattern):
         D.load_text(f)
 
 
+def test_load_text_windows_copy_gives_the_original_text(tmp_path, no_data_env):
+    """A CRLF copy (Notepad, git autocrlf) once added '\\r' to the character vocabulary and moved the split."""
+    original = (
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+    )
+    lf, crlf = tmp_path / "input.txt", tmp_path / "input_crlf.txt"
+    lf.write_bytes(original.encode("utf-8"))
+    crlf.write_bytes(b"\xef\xbb\xbf" + original.replace("\n", "\r\n").encode("utf-8"))
+    assert D.load_text(crlf)[0] == D.load_text(lf)[0] == original
+    assert D.load_tiny_shakespeare(crlf)[0] == D.load_tiny_shakespeare(lf)[0]
+
+
 def test_load_text_missing_and_directory(tmp_path):
     with pytest.raises(UserError, match=_named(tmp_path / "gone.txt") + ".*not found"):
         D.load_text(tmp_path / "gone.txt")
