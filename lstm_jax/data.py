@@ -295,13 +295,15 @@ def load_csv_texts(path: str | os.PathLike, text_column: str) -> tuple[list[str]
     """The non-empty texts of one column of any CSV (e.g. the Myntra catalogue's `Description`).
 
     Empty (or whitespace-only) cells are skipped and counted in `info["skipped_empty"]`. A missing
-    column raises `UserError` naming the file, the column and the columns found.
+    column raises `UserError` naming the file, the column and the columns found. CRLF inside a
+    quoted cell becomes LF: a copy saved on Windows gives the same words (the Keras tokenizer splits
+    on "\\n" but keeps "\\r" in the word).
     """
     path = Path(path)
     _, rows = _read_csv(
         path, [text_column], fix="pass --config.data.text_column=<the column with the texts>"
     )
-    texts = [r[text_column] for _, r in rows if r[text_column].strip()]
+    texts = [r[text_column].replace("\r\n", "\n") for _, r in rows if r[text_column].strip()]
     if not texts:
         raise UserError(
             f"{path}: column {text_column!r} has no non-empty texts in {len(rows)} rows; "

@@ -263,6 +263,20 @@ def test_load_csv_texts_bad_files(tmp_path):
         D.load_csv_texts(blank, "text")
 
 
+def test_load_csv_texts_windows_copy_gives_the_same_words(tmp_path):
+    """A CRLF-saved catalogue (Excel on Windows) once gave words like 'closure\\r' and a '\\r' token."""
+    from lstm_jax.text import Vocabulary
+
+    rows = [["1", "Black shirt, has a\nbutton closure"], ["2", 'Blue "slim" jeans']]
+    lf = write_csv(tmp_path / "lf.csv", ["ProductID", "Description"], rows)
+    crlf = tmp_path / "crlf.csv"
+    # BOM, CRLF row ends and a CRLF inside the quoted description.
+    crlf.write_bytes(b"\xef\xbb\xbf" + lf.read_bytes().replace(b"\n", b"\r\n"))
+    texts, _ = D.load_csv_texts(crlf, "Description")
+    assert texts == D.load_csv_texts(lf, "Description")[0]
+    assert not any("\r" in w for w in Vocabulary.from_texts(texts).token_to_id)
+
+
 # ---- IMDB ----------------------------------------------------------------------------------------
 
 
