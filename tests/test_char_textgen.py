@@ -111,6 +111,28 @@ def test_stream_batches_continue_each_stream_and_shift_per_epoch(tmp_path):
     assert len(offsets) > 1
 
 
+def test_stream_batches_read_the_streams_back_to_back(tmp_path):
+    """An epoch's batches are one contiguous slice of the text, stream after stream: the character after
+    stream b's last batch is stream b+1's first input, so no character between two streams is skipped
+    (the remainder goes to the end of the text). The streams were `(n - (T-1)) // B` long but only
+    `steps * T` of it was read, and the characters in between were never inputs or targets."""
+    path = _write_text(tmp_path / "t.txt")
+    config = _stream_config(path)
+    task = char_lm.make_task(config)
+    splits, _ = char_lm.load_splits(config)
+    ids = char_lm._encode(char_lm.build_vocabulary(splits, False), splits["train"])
+    seq, bs = config.data.seq_length, config.train.batch_size
+    assert (len(ids) - 1 - (seq - 1)) // bs % seq, "the text must leave a remainder per stream"
+    for epoch in range(3):
+        batches = list(task.train_batches(epoch, 0))
+        inputs = np.concatenate([b["inputs"] for b in batches], axis=1).reshape(-1)
+        targets = np.concatenate([b["targets"] for b in batches], axis=1).reshape(-1)
+        offset = int(np.random.default_rng([config.seed, epoch, 11]).integers(seq))
+        np.testing.assert_array_equal(inputs, ids[offset : offset + len(inputs)])
+        np.testing.assert_array_equal(targets, ids[offset + 1 : offset + 1 + len(inputs)])
+    assert task.data_info["train_streams"]["stream_length"] == task.steps_per_epoch * seq
+
+
 def test_vocabulary_is_the_sorted_character_set(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("Bca AB\n" * 40, encoding="utf-8")

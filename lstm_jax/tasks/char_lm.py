@@ -8,7 +8,8 @@ Two training layouts, chosen by ``config.data.layout``:
   (``validation_fraction``) is kept for monitoring.
 * ``"streams"`` (char-rnn): the training text is cut into ``batch_size`` contiguous streams
   ``[batch, length]``; batch ``k`` is columns ``[k*T, (k+1)*T)`` of every stream and every position predicts
-  the next character (``predict="all"``). The LSTM state is carried from one batch to the next (truncated
+  the next character (``predict="all"``). The streams are a whole number of batches long and lie back to
+  back, so the characters left over are at the end of the text (and before the offset). The LSTM state is carried from one batch to the next (truncated
   BPTT through the engine's ``carry``), reset at every epoch start. Each epoch starts the streams at a
   different offset in ``[0, T)`` (a function of seed and epoch), so the truncation points move. Validation
   runs the same way over the whole validation text, every character scored exactly once.
@@ -307,8 +308,11 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
 
     # streams: char-rnn truncated BPTT.
     n = len(train_ids) - 1
-    length = (n - (seq - 1)) // bs  # leave room for an offset in [0, seq)
-    steps = length // seq
+    # Leave room for an offset in [0, seq); every stream is a whole number of batches long, so the streams
+    # lie back to back and the remainder is all at the end of the text (a longer stream's last columns
+    # would be read by no batch: characters between two streams skipped every epoch).
+    steps = (n - (seq - 1)) // bs // seq
+    length = steps * seq
     if steps < 1:
         raise UserError(
             f"the training text ({len(train_ids)} characters) is too short for {bs} streams of"
