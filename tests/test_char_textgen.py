@@ -532,3 +532,7 @@ def test_real_tiny_shakespeare_split():
     task = char_lm.make_task(config)
     assert config.model.vocab_size == 65
     assert task.data_info["train_chars"] == int(1_115_394 * 0.9)
+    # docs/experiments.md: every validation character but the first is predicted once, 111,539 in all
+    scored = sum(float(b["tmask"].sum()) for b in task.eval_batches["validation"]())
+    assert scored == task.data_info["validation_chars"] - 1 == 111_539
+    assert "111,539 predictions" in (REPO / "docs" / "experiments.md").read_text(encoding="utf-8")

@@ -12,7 +12,8 @@ Two training layouts, chosen by ``config.data.layout``:
   back, so the characters left over are at the end of the text (and before the offset). The LSTM state is carried from one batch to the next (truncated
   BPTT through the engine's ``carry``), reset at every epoch start. Each epoch starts the streams at a
   different offset in ``[0, T)`` (a function of seed and epoch), so the truncation points move. Validation
-  runs the same way over the whole validation text, every character scored exactly once.
+  runs the same way over the whole validation text (``eval_batch_size`` streams, each from a zero state),
+  every character but the first predicted exactly once.
 
 The vocabulary is the sorted set of characters (``Vocabulary(char_level=True, order="sorted", start=0)``),
 saved as ``vocab.json`` in the workdir together with a few random training windows (``primes.json``) that
