@@ -518,6 +518,20 @@ def show(path: str) -> int:
     return 0
 
 
+def out_problem(path: Path) -> str | None:
+    """Why the run's JSON could not be written at `path`, or None: checked before any measuring, since
+    the file is first written after the first shape's minutes of work."""
+    if path.is_dir():
+        return f"--out={str(path)!r} is a directory; give a file path"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        return f"--out={str(path)!r} cannot be written ({e.strerror or e})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.show:
@@ -559,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out
         else ROOT / "benchmarks" / "results" / f"{now:%Y-%m-%dT%H%M}.json"
     )
+    problem = out_problem(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     print("measuring the fp32 matmul ceiling ...", flush=True)
     ceiling = run_child_json(["-m", "benchmarks.ceiling", str(args.ceiling_n)])
     report = {

@@ -548,3 +548,23 @@ def test_a_shape_whose_every_peer_is_missing_still_reports(tmp_path, capsys):
     argv = ["--peers", "lstm_jax_cudnn", "--shapes", "tiny", "--rounds", "1", "--no-generate"]
     assert run.main([*argv, "--ceiling-n", "128", "--out", str(tmp_path / "r.json")]) == 0
     assert "missing: it needs an NVIDIA GPU" in capsys.readouterr().out
+
+
+def test_an_unwritable_out_is_a_user_error_before_any_measuring(tmp_path, monkeypatch, capsys):
+    """`--out` a directory, or under a file, once failed with a traceback after the ceiling and the first
+    shape's minutes of measuring, losing them."""
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before checking --out")
+
+    monkeypatch.setattr(run, "run_child_json", measured)
+    (tmp_path / "file").write_text("")
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax", "--rounds", "1", "--no-generate"]
+    for out, message in (
+        (tmp_path, "is a directory"),
+        (tmp_path / "file" / "r.json", "cannot be written"),
+    ):
+        assert run.main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no probe left behind
