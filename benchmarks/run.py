@@ -242,7 +242,12 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
         }
         for peer in ("lstm_jax", "keras_jax", "keras_tf"):
             if peer in workers:
-                results[peer]["generation"] = workers[peer].ask({"cmd": "generate", **gen})
+                reply = workers[peer].ask({"cmd": "generate", **gen})
+                if "status" in reply:  # it failed (or its worker died): the step's results stand
+                    results[peer]["generation_failed"] = reply.get("reason", "")
+                    print(f"  A {peer} generation: failed: {reply.get('reason')}", flush=True)
+                else:
+                    results[peer]["generation"] = reply
     for peer, w in workers.items():
         results[peer].update(w.close())
         results[peer].update(summarize(results[peer]["times"]))
@@ -435,6 +440,10 @@ def markdown(report: dict) -> str:
     gen_lines = []
     for res in report["shapes"].values():
         for peer, r in res.items():
+            if "generation_failed" in r:
+                gen_lines.append(
+                    f"| {LABELS.get(peer, peer)} | failed: {str(r['generation_failed'])[:80]} | | | |"
+                )
             for kind, g in (r.get("generation") or {}).items():
                 gen_lines.append(
                     f"| {LABELS[peer]} | {kind} | {g['streams']} | {g['chars_per_s']:.0f} "

@@ -128,7 +128,11 @@ def main(peer: str, shape_name: str) -> int:
                 times.append(time.perf_counter() - t0)
             _send({"times": times})
         elif cmd["cmd"] == "generate":
-            _send(_generate(peer, shape, cmd))
+            try:
+                _send(_generate(peer, shape, cmd))
+            except Exception as e:  # reported; the worker still answers "quit" (peak memory)
+                _send({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500]})
+                traceback.print_exc()
         elif cmd["cmd"] == "quit":
             try:
                 xla = bench.memory_bytes()

@@ -568,3 +568,74 @@ def test_an_unwritable_out_is_a_user_error_before_any_measuring(tmp_path, monkey
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no probe left behind
+
+
+class _FakeWorker:
+    """A `run.Worker` stand-in that replies from a script: `{peer: {cmd: reply}}` (`"ready"`: the start)."""
+
+    script: dict = {}
+
+    def __init__(self, peer, shape, timeout, malloc="all"):
+        self.peer = peer
+
+    def read(self):
+        return self.script[self.peer]["ready"]
+
+    def ask(self, cmd):
+        reply = self.script[self.peer][cmd["cmd"]]
+        return reply() if callable(reply) else reply
+
+    def close(self):
+        return {"peak_rss_mb": 100.0}
+
+
+def _fake_ceiling(args, timeout=600):
+    return {"ceiling_gflops": 100.0, "numpy_gflops": 100.0, "jax_gflops": 90.0, "n": 128}
+
+
+def test_a_failed_generation_keeps_the_run(tmp_path, monkeypatch, capsys):
+    """A worker whose generation fails (an exception, or killed for memory) once ended the whole run with a
+    TypeError in the table, before the JSON was written."""
+    ready = {"status": "ready", "param_count": 1, "first_step_s": 0.5, "second_step_s": 0.01}
+    failed = {"status": "failed", "reason": "worker exited: MemoryError: simulated"}
+    gen = {"tutorial_1": {"streams": 1, "chars_per_s": 30.0, "first_call_s": 1.0}}
+    monkeypatch.setattr(
+        _FakeWorker,
+        "script",
+        {
+            "lstm_jax": {"ready": ready, "time": {"times": [0.01]}, "generate": failed},
+            "keras_jax": {"ready": ready, "time": {"times": [0.02]}, "generate": gen},
+        },
+    )
+    monkeypatch.setattr(run, "Worker", _FakeWorker)
+    monkeypatch.setattr(run, "run_child_json", _fake_ceiling)
+    out = tmp_path / "r.json"
+    argv = ["--shapes", "A", "--peers", "lstm_jax,keras_jax", "--rounds", "1", "--out", str(out)]
+    assert run.main(argv) == 0
+    res = json.loads(out.read_text())["shapes"]["A"]
+    assert res["lstm_jax"]["median_ms"] == 10.0 and res["keras_jax"]["median_ms"] == 20.0
+    assert "generation" not in res["lstm_jax"] and res["keras_jax"]["generation"] == gen
+    printed = capsys.readouterr().out
+    assert "A lstm_jax generation: failed: worker exited: MemoryError: simulated" in printed
+    assert "| lstm_jax | failed: worker exited: MemoryError: simulated | | | |" in printed
+    assert "| Keras 3 (JAX) | tutorial_1 | 1 | 30 | 1.00 |" in printed
+
+
+def test_a_worker_reports_a_failed_generation_and_still_answers(monkeypatch, capsys):
+    import io
+
+    from benchmarks import worker
+
+    def boom(peer, shape, cmd):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(worker, "_generate", boom)
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"cmd": "generate"}\n{"cmd": "quit"}\n'))
+    assert worker.main("lstm_jax", "tiny") == 0
+    replies = [
+        json.loads(line[len(worker.PREFIX) :])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(worker.PREFIX)
+    ]
+    assert replies[1] == {"status": "failed", "reason": "MemoryError: simulated"}
+    assert replies[2]["peak_rss_mb"] > 0
