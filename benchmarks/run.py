@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -135,7 +136,7 @@ class Worker:
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                return {"status": "failed", "reason": f"worker exited: {self.stderr_tail()}"}
+                return {"status": "failed", "reason": self.exit_reason()}
             if line.startswith(PREFIX):
                 return json.loads(line[len(PREFIX) :])
         return {"status": "failed", "reason": "timed out"}
@@ -145,9 +146,22 @@ class Worker:
         self.proc.stdin.flush()
         return self.read()
 
-    def stderr_tail(self, n: int = 600) -> str:
+    def exit_reason(self) -> str:
+        """Why the worker's output ended: its exit status (a signal: SIGKILL is most often the kernel's
+        out-of-memory killer) and its last stderr line (an uncaught exception's type and message)."""
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None and code < 0:
+            status = f"killed by signal {-code}"
+            if -code == signal.SIGKILL:
+                status += " (SIGKILL: out of memory?)"
+        else:
+            status = f"exit code {code}"
         self.log.seek(0)
-        return self.log.read()[-n:].replace("\n", " | ")
+        lines = [x.strip() for x in self.log.read().splitlines() if x.strip()]
+        return f"worker exited, {status}" + (f": {lines[-1][:300]}" if lines else "")
 
     def close(self) -> dict:
         reply = {}
@@ -223,10 +237,13 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
             break
         for peer in order[rnd % len(order) :] + order[: rnd % len(order)]:
             reply = workers[peer].ask({"cmd": "time", "steps": steps[peer]})
-            if "times" not in reply:
-                results[peer] = reply
+            if (
+                "times" not in reply
+            ):  # failed mid-run: kept with its start's numbers, minus a median
+                results[peer] = {**results[peer], **reply}
                 workers.pop(peer).close()
                 order.remove(peer)
+                print(f"  {shape_name} {peer}: failed: {reply.get('reason')}", flush=True)
                 continue
             if rnd > 0:
                 results[peer]["times"].extend(reply["times"])

@@ -122,10 +122,15 @@ def main(peer: str, shape_name: str) -> int:
         cmd = json.loads(line)
         if cmd["cmd"] == "time":
             times = []
-            for _ in range(int(cmd["steps"])):
-                t0 = time.perf_counter()
-                bench.step()
-                times.append(time.perf_counter() - t0)
+            try:
+                for _ in range(int(cmd["steps"])):
+                    t0 = time.perf_counter()
+                    bench.step()
+                    times.append(time.perf_counter() - t0)
+            except Exception as e:  # as at the first step: reported, not fatal
+                _send({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:500]})
+                traceback.print_exc()
+                return 0
             _send({"times": times})
         elif cmd["cmd"] == "generate":
             try:

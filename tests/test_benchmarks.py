@@ -639,3 +639,63 @@ def test_a_worker_reports_a_failed_generation_and_still_answers(monkeypatch, cap
     ]
     assert replies[1] == {"status": "failed", "reason": "MemoryError: simulated"}
     assert replies[2]["peak_rss_mb"] > 0
+
+
+def test_a_peer_failing_mid_run_is_reported_with_its_cause(tmp_path, monkeypatch, capsys):
+    """A worker that fails after its first steps: the others' results stand, it keeps its parameter count
+    and first step, and the reason names the cause (it was the traceback's first line, 'Traceback (most
+    recent call last):', cut at 80 characters in the table, or nothing at all for a worker killed for
+    memory)."""
+    ready = {"status": "ready", "param_count": 7, "first_step_s": 0.5, "second_step_s": 0.01}
+    calls = []
+
+    def flax_time():
+        calls.append(1)
+        if len(calls) > 1:  # round 1, after the warm-up
+            return {"status": "failed", "reason": "MemoryError: simulated"}
+        return {"times": [0.03]}
+
+    monkeypatch.setattr(
+        _FakeWorker,
+        "script",
+        {
+            "lstm_jax": {"ready": ready, "time": {"times": [0.01]}},
+            "flax": {"ready": ready, "time": flax_time},
+        },
+    )
+    monkeypatch.setattr(run, "Worker", _FakeWorker)
+    monkeypatch.setattr(run, "run_child_json", _fake_ceiling)
+    out = tmp_path / "r.json"
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax,flax", "--rounds", "2", "--out", str(out)]
+    assert run.main(argv) == 0
+    res = json.loads(out.read_text())["shapes"]["tiny"]
+    assert res["lstm_jax"]["median_ms"] == 10.0 and res["lstm_jax"]["n"] == 2
+    flax = res["flax"]
+    assert flax["status"] == "failed" and flax["reason"] == "MemoryError: simulated"
+    assert flax["param_count"] == 7 and flax["first_step_s"] == 0.5 and "median_ms" not in flax
+    printed = capsys.readouterr().out
+    assert "  tiny flax: failed: MemoryError: simulated" in printed
+    assert (
+        "| tiny | Flax nnx.RNN(OptimizedLSTMCell) | | failed: MemoryError: simulated |" in printed
+    )
+
+
+@pytest.mark.parametrize(
+    "code, reason",
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "killed by signal 9 (SIGKILL"),
+        ("raise MemoryError('simulated')", "exit code 1: MemoryError: simulated"),
+    ],
+)
+def test_a_dead_workers_reason_names_its_exit(code, reason):
+    import subprocess
+    import tempfile
+
+    w = object.__new__(run.Worker)
+    w.peer, w.timeout, w.log = "x", 60, tempfile.TemporaryFile(mode="w+")
+    w.proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=w.log, text=True
+    )
+    got = w.read()
+    w.log.close()
+    assert got["status"] == "failed" and reason in got["reason"], got
