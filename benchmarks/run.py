@@ -463,7 +463,7 @@ def markdown(report: dict) -> str:
                 )
             for kind, g in (r.get("generation") or {}).items():
                 gen_lines.append(
-                    f"| {LABELS[peer]} | {kind} | {g['streams']} | {g['chars_per_s']:.0f} "
+                    f"| {LABELS.get(peer, peer)} | {kind} | {g['streams']} | {g['chars_per_s']:.0f} "
                     f"| {g['first_call_s']:.2f} |"
                 )
     if gen_lines:
@@ -533,7 +533,13 @@ def show(path: str) -> int:
             file=sys.stderr,
         )
         return 2
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (
+        ValueError,  # JSONDecodeError and UnicodeDecodeError too; and a number field holding text
+        ArithmeticError,  # a zero ms or ceiling
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as e:
         print(
             f"error: {path!r} is not a benchmark run's JSON ({type(e).__name__}: {e}); give a file "
             "written by --out",

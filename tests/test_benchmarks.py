@@ -730,3 +730,31 @@ def test_peak_rss_is_the_training_steps_not_the_generations():
     quit_reply = [json.loads(x[len(PREFIX) :]) for x in out.stdout.splitlines() if PREFIX in x][-1]
     # (the peak before may hold compile-time memory since freed: not all 600 MB show above it)
     assert quit_reply["peak_rss_with_generation_mb"] > quit_reply["peak_rss_mb"] + 300, quit_reply
+
+
+def test_show_of_a_damaged_run_is_one_error_line(tmp_path, capsys):
+    """A number field holding text, or a zero time or ceiling, ended --show in a traceback (ValueError,
+    ZeroDivisionError); a generating peer this version does not name (an older or newer run) too."""
+    row = {"param_count": 10, "median_ms": 10.0, "p25_ms": 9.0, "p75_ms": 11.0, "first_step_s": 1.0}
+    report = {
+        "machine": "m",
+        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
+        "args": {"rounds": 3},
+        "shapes": {"C": {"lstm_jax": row}},
+    }
+    path = tmp_path / "run.json"
+    for field, value in (("param_count", "ten"), ("median_ms", 0), ("ceiling_gflops", 0)):
+        damaged = json.loads(json.dumps(report))
+        where = (
+            damaged["ceiling"] if field == "ceiling_gflops" else damaged["shapes"]["C"]["lstm_jax"]
+        )
+        where[field] = value
+        path.write_text(json.dumps(damaged))
+        assert run.main(["--show", str(path)]) == 2, field
+        err = capsys.readouterr().err
+        assert "is not a benchmark run's JSON" in err and len(err.strip().splitlines()) == 1
+    gen = {"window_1": {"streams": 1, "chars_per_s": 500.0, "first_call_s": 2.0}}
+    report["shapes"]["C"]["mxnet"] = {**row, "generation": gen}
+    path.write_text(json.dumps(report))
+    assert run.main(["--show", str(path)]) == 0
+    assert "| mxnet | window_1 | 1 | 500 | 2.00 |" in capsys.readouterr().out
