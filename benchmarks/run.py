@@ -589,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--rounds={args.rounds} must be >= 1"
     elif not args.round_seconds > 0:
         problem = f"--round-seconds={args.round_seconds} must be > 0"
+    elif (
+        args.ceiling_n < 1
+    ):  # a 0x0 matmul's ceiling of 0 GFLOP/s ended the table in ZeroDivisionError
+        problem = f"--ceiling-n={args.ceiling_n} must be >= 1"
+    elif not args.timeout > 0:  # no reply could arrive in time: every peer "timed out" at once
+        problem = f"--timeout={args.timeout} must be > 0"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

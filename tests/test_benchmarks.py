@@ -758,3 +758,20 @@ def test_show_of_a_damaged_run_is_one_error_line(tmp_path, capsys):
     path.write_text(json.dumps(report))
     assert run.main(["--show", str(path)]) == 0
     assert "| mxnet | window_1 | 1 | 500 | 2.00 |" in capsys.readouterr().out
+
+
+def test_a_zero_ceiling_size_or_timeout_is_a_user_error(tmp_path, monkeypatch, capsys):
+    """`--ceiling-n 0` measured a 0 GFLOP/s ceiling and, after the first shape, ended in
+    ZeroDivisionError before the JSON was written; `--timeout 0` had every peer "time out" at once."""
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured a bad flag's run")
+
+    monkeypatch.setattr(run, "run_child_json", measured)
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax", "--out", str(tmp_path / "r.json")]
+    for flag, message in (
+        (["--ceiling-n", "0"], "--ceiling-n=0 must be >= 1"),
+        (["--timeout", "0"], "--timeout=0.0 must be > 0"),
+    ):
+        assert run.main([*argv, *flag]) == 2, flag
+        assert message in capsys.readouterr().err
