@@ -142,8 +142,13 @@ class Worker:
         return {"status": "failed", "reason": "timed out"}
 
     def ask(self, cmd: dict) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        except (
+            OSError
+        ):  # it died while idle (the out-of-memory killer's usual pick): BrokenPipeError
+            return {"status": "failed", "reason": self.exit_reason()}
         return self.read()
 
     def exit_reason(self) -> str:

@@ -775,3 +775,25 @@ def test_a_zero_ceiling_size_or_timeout_is_a_user_error(tmp_path, monkeypatch, c
     ):
         assert run.main([*argv, *flag]) == 2, flag
         assert message in capsys.readouterr().err
+
+
+def test_a_worker_killed_while_idle_is_a_failed_peer(tmp_path):
+    """The out-of-memory killer picks the largest process, often a worker waiting for its turn: the next
+    command to it raised BrokenPipeError in the driver, which ended the run and lost every result."""
+    import signal
+    import subprocess
+
+    w = object.__new__(run.Worker)
+    w.peer, w.timeout, w.log = "x", 60, (tmp_path / "log").open("w+")
+    w.proc = subprocess.Popen(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=w.log,
+        text=True,
+        bufsize=1,
+    )
+    w.proc.wait()
+    got = w.ask({"cmd": "time", "steps": 1})
+    assert got["status"] == "failed" and f"killed by signal {int(signal.SIGKILL)}" in got["reason"]
+    assert w.close() == {}
