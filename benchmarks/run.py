@@ -22,11 +22,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import queue
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -130,16 +132,32 @@ class Worker:
             text=True,
             bufsize=1,
         )
+        self.start_reader()
+
+    def start_reader(self) -> None:
+        """Reads the worker's stdout in a thread, so that `read` can give up after `timeout` seconds (a
+        blocking `readline` waited forever on a hung worker)."""
+        self.lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self.lines.put(line)
+            self.lines.put("")  # end of output
+
+        threading.Thread(target=pump, daemon=True).start()
 
     def read(self) -> dict:
         deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.proc.kill()  # hung: it would go on taking the cores from the others
+                return {"status": "failed", "reason": f"timed out: no reply in {self.timeout:g} s"}
             if not line:
                 return {"status": "failed", "reason": self.exit_reason()}
             if line.startswith(PREFIX):
                 return json.loads(line[len(PREFIX) :])
-        return {"status": "failed", "reason": "timed out"}
 
     def ask(self, cmd: dict) -> dict:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -696,6 +697,7 @@ def test_a_dead_workers_reason_names_its_exit(code, reason):
     w.proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=w.log, text=True
     )
+    w.start_reader()
     got = w.read()
     w.log.close()
     assert got["status"] == "failed" and reason in got["reason"], got
@@ -793,7 +795,32 @@ def test_a_worker_killed_while_idle_is_a_failed_peer(tmp_path):
         text=True,
         bufsize=1,
     )
+    w.start_reader()
     w.proc.wait()
     got = w.ask({"cmd": "time", "steps": 1})
     assert got["status"] == "failed" and f"killed by signal {int(signal.SIGKILL)}" in got["reason"]
     assert w.close() == {}
+
+
+def test_a_hung_worker_times_out(tmp_path):
+    """`--timeout` was checked only between output lines: a worker that hung without printing (a deadlock,
+    a step that never ends) held the run forever."""
+    import subprocess
+
+    w = object.__new__(run.Worker)
+    w.peer, w.timeout, w.log = "x", 1.0, (tmp_path / "log").open("w+")
+    w.proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('chatter', flush=True); time.sleep(30)"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=w.log,
+        text=True,
+        bufsize=1,
+    )
+    w.start_reader()
+    t0 = time.monotonic()
+    got = w.read()
+    assert time.monotonic() - t0 < 10
+    assert got == {"status": "failed", "reason": "timed out: no reply in 1 s"}
+    assert w.proc.wait(timeout=10) != 0  # killed, not left to run
+    w.close()
