@@ -591,12 +591,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.show:
         return show(args.show)
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    # Each name once: a repeated peer started a second worker that replaced the first (left running), and
+    # a repeated shape was measured again over the first's results.
+    peers = list(dict.fromkeys(p.strip() for p in args.peers.split(",") if p.strip()))
     for p in peers:
         if p not in PEERS:
             print(f"error: unknown peer {p!r}; use some of {','.join(PEERS)}", file=sys.stderr)
             return 2
-    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    shapes = list(dict.fromkeys(s.strip() for s in args.shapes.split(",") if s.strip()))
     for s in shapes:
         try:
             get_shape(s)

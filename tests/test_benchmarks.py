@@ -824,3 +824,22 @@ def test_a_hung_worker_times_out(tmp_path):
     assert got == {"status": "failed", "reason": "timed out: no reply in 1 s"}
     assert w.proc.wait(timeout=10) != 0  # killed, not left to run
     w.close()
+
+
+def test_a_repeated_peer_or_shape_runs_once(tmp_path, monkeypatch):
+    started = []
+
+    class Counting(_FakeWorker):
+        def __init__(self, peer, shape, timeout, malloc="all"):
+            started.append((peer, shape))
+            super().__init__(peer, shape, timeout, malloc)
+
+    ready = {"status": "ready", "param_count": 1, "first_step_s": 0.5, "second_step_s": 0.01}
+    monkeypatch.setattr(
+        _FakeWorker, "script", {"lstm_jax": {"ready": ready, "time": {"times": [0.01]}}}
+    )
+    monkeypatch.setattr(run, "Worker", Counting)
+    monkeypatch.setattr(run, "run_child_json", _fake_ceiling)
+    argv = ["--shapes", "tiny,tiny", "--peers", "lstm_jax, lstm_jax", "--rounds", "1"]
+    assert run.main([*argv, "--out", str(tmp_path / "r.json")]) == 0
+    assert started == [("lstm_jax", "tiny")]
