@@ -57,6 +57,16 @@ def _malloc_tuned() -> bool:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: Linux's VmHWM, which starts afresh at exec. `ru_maxrss`
+    does not: Linux carries the parent's resident size at the fork into the child's, so a worker started by
+    a large process (a pytest worker, a driver holding arrays) reported at least that parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -734,6 +734,20 @@ def test_peak_rss_is_the_training_steps_not_the_generations():
     assert quit_reply["peak_rss_with_generation_mb"] > quit_reply["peak_rss_mb"] + 300, quit_reply
 
 
+def test_a_workers_peak_rss_is_its_own_not_its_parents():
+    """Linux carries the parent's resident size at the fork into the child's `ru_maxrss`: every worker
+    reported at least its starter's size (2.7 GB under a pytest worker)."""
+    import subprocess
+
+    import numpy as np
+
+    held = np.ones(1024 * 2**20 // 8)  # 1 GB resident in this (the parent) process
+    code = "from benchmarks import worker; print(worker._peak_rss_mb())"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert held[-1] == 1.0 and float(out.stdout) < 512, out
+
+
 def test_show_of_a_damaged_run_is_one_error_line(tmp_path, capsys):
     """A number field holding text, or a zero time or ceiling, ended --show in a traceback (ValueError,
     ZeroDivisionError); a generating peer this version does not name (an older or newer run) too."""
