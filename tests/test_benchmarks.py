@@ -793,16 +793,14 @@ def test_a_zero_ceiling_size_or_timeout_is_a_user_error(tmp_path, monkeypatch, c
         assert message in capsys.readouterr().err
 
 
-def test_a_worker_killed_while_idle_is_a_failed_peer(tmp_path):
-    """The out-of-memory killer picks the largest process, often a worker waiting for its turn: the next
-    command to it raised BrokenPipeError in the driver, which ended the run and lost every result."""
-    import signal
+def _worker_running(code: str, tmp_path, timeout: float) -> run.Worker:
+    """A `run.Worker` driving `python -c code` instead of a benchmark worker, piped as `Worker` pipes one."""
     import subprocess
 
     w = object.__new__(run.Worker)
-    w.peer, w.timeout, w.log = "x", 60, (tmp_path / "log").open("w+")
+    w.peer, w.timeout, w.log = "x", timeout, (tmp_path / "log").open("w+")
     w.proc = subprocess.Popen(
-        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+        [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=w.log,
@@ -810,6 +808,15 @@ def test_a_worker_killed_while_idle_is_a_failed_peer(tmp_path):
         bufsize=1,
     )
     w.start_reader()
+    return w
+
+
+def test_a_worker_killed_while_idle_is_a_failed_peer(tmp_path):
+    """The out-of-memory killer picks the largest process, often a worker waiting for its turn: the next
+    command to it raised BrokenPipeError in the driver, which ended the run and lost every result."""
+    import signal
+
+    w = _worker_running("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", tmp_path, 60)
     w.proc.wait()
     got = w.ask({"cmd": "time", "steps": 1})
     assert got["status"] == "failed" and f"killed by signal {int(signal.SIGKILL)}" in got["reason"]
@@ -819,19 +826,8 @@ def test_a_worker_killed_while_idle_is_a_failed_peer(tmp_path):
 def test_a_hung_worker_times_out(tmp_path):
     """`--timeout` was checked only between output lines: a worker that hung without printing (a deadlock,
     a step that never ends) held the run forever."""
-    import subprocess
 
-    w = object.__new__(run.Worker)
-    w.peer, w.timeout, w.log = "x", 1.0, (tmp_path / "log").open("w+")
-    w.proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; print('chatter', flush=True); time.sleep(30)"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=w.log,
-        text=True,
-        bufsize=1,
-    )
-    w.start_reader()
+    w = _worker_running("import time; print('chatter', flush=True); time.sleep(30)", tmp_path, 1.0)
     t0 = time.monotonic()
     got = w.read()
     assert time.monotonic() - t0 < 10
