@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Python 3.11 installs the exact versions in constraints.txt (the ones the suite and the results ran with);
+# another Python gets pip's newest that pyproject.toml allows.
+PINS    = $$($(PY) -c 'import sys; print("-c constraints.txt" if sys.version_info[:2] == (3, 11) else "")')
 WORKDIR ?= runs/char_quick
 # Real data: ../shared/data when it is there (override with LSTM_JAX_DATA=/path/to/data).
 export LSTM_JAX_DATA ?= $(wildcard $(abspath ../shared/data))
@@ -16,10 +19,10 @@ IMDB_BEST_RUN := $(IMDB) --config=experiments/imdb_sentiment/configs/imdb_best.p
 
 .PHONY: run test lint format bench imdb-best macbeth strip-notebooks venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' $(PINS)
 	@# The native CPU kernel, built once per machine here rather than inside the first run or test (minutes
 	@# the first time ziglang is used); a failed build is not an error: impl="auto" then uses the XLA impls.
 	$(PY) -c "from lstm_jax import native; print('native CPU kernel:', native.unavailable_reason() or 'built')"
@@ -37,7 +40,7 @@ test: $(STAMP)
 
 ## Training-step speed against Flax, Keras 3 (JAX, TensorFlow) and PyTorch (installs the `bench` extra).
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]' $(PINS)
 	$(PY) -m benchmarks.run
 
 ## The IMDB best recipe: seeds 0 and 1 side by side, each on half the cores (logs in their workdirs), then
