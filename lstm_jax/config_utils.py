@@ -3,7 +3,7 @@
 Every experiment config is an `ml_collections.ConfigDict` that starts from `engine_defaults()` and adds its own
 `model` and `data` fields. The engine reads these sections:
 
-* ``seed``: one integer; parameters, dropout keys and data shuffling all derive from it.
+* ``seed``: one integer in [0, 2**32 - 1]; parameters, dropout keys and data shuffling all derive from it.
 * ``optimizer``: ``name`` (adam, adamw, rmsprop, sgd), ``learning_rate``, ``schedule`` (constant, cosine,
   warmup_cosine, warmup_constant), ``warmup_steps``, ``min_lr_ratio``, ``clip_norm`` (0 = no clipping),
   ``b1``, ``b2``, ``eps``, ``rho``, ``momentum``, ``nesterov``, ``weight_decay``.
@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+# The largest seed every consumer takes: sklearn's `random_state` (the validation splits) stops at 2**32 - 1,
+# and `jax.random.key` overflows past 2**64 - 1.
+MAX_SEED = 2**32 - 1
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
 CONFIG_FILE = "config.json"
 
@@ -149,7 +152,9 @@ def validate_config(config: Any) -> None:
     # An impl this machine cannot run fails here, before anything is written.
     if "model" in config and "impl" in config["model"]:
         lstm_impl(config["model"])
-    _check(config, "seed", lambda v: v >= 0, "an integer >= 0", integer=True)
+    _check(
+        config, "seed", lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]", integer=True
+    )
     _choice(config, "optimizer.name", OPTIMIZERS)
     _check(config, "optimizer.learning_rate", lambda v: v > 0, "> 0")
     _choice(config, "optimizer.schedule", SCHEDULES)

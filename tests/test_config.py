@@ -38,7 +38,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ("train.monitor_mode", "best", "config.train.monitor_mode must be one of auto, min, max"),
         ("early_stopping.patience", -1, "config.early_stopping.patience must be an integer >= 0"),
         ("train.log_every_steps", 0, "config.train.log_every_steps must be an integer > 0"),
-        ("seed", -3, "config.seed must be an integer >= 0, got -3"),
+        ("seed", -3, "config.seed must be an integer in [0, 4294967295], got -3"),
+        # sklearn's random_state stops at 2**32 - 1 (an error that named validation_fraction), and
+        # jax.random.key raised a bare OverflowError past 2**64 - 1.
+        ("seed", 2**32, "config.seed must be an integer in [0, 4294967295], got 4294967296"),
+        ("seed", 2**64, "config.seed must be an integer in [0, 4294967295]"),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_field(field, value, expected):
@@ -235,6 +239,31 @@ def test_tasks_reject_unknown_pools_input_modes_and_dense_layers(task, field, va
     build_model, config = _task_test_config(task)
     config = ml_collections.ConfigDict(config.to_dict())  # a copy without type checks: any value
     _assert_build_error(build_model, config, field, value, expected)
+
+
+@pytest.mark.parametrize(
+    ("config_name", "field", "value", "expected"),
+    [
+        ("imdb_sentiment.configs.test", "split_seed", -1, "config.data.split_seed=-1 must be"),
+        ("imdb_sentiment.configs.test", "split_seed", 2**32, "config.data.split_seed=4294967296"),
+        ("fake_news.configs.test", "split_seed", 2**40, "config.data.split_seed=1099511627776"),
+        ("fake_news.configs.test", "num_buckets", 1, "config.data.num_buckets=1 leaves no id"),
+    ],
+)
+def test_classification_data_fields_out_of_range_name_the_field(
+    config_name, field, value, expected
+):
+    """A split seed sklearn cannot take was reported as a bad validation/test fraction; a fake-news
+    num_buckets < 2 as a bare `num_buckets=` without the --config.data. flag to fix it."""
+    from lstm_jax.tasks import classification
+
+    config = importlib.import_module(f"experiments.{config_name}").get_config()
+    config.data[field] = value
+    with pytest.raises(UserError) as err:
+        classification.prepare_data(config)  # before any data is read
+    message = str(err.value)
+    assert message.startswith(expected), message
+    assert f"--config.data.{field}=" in message
 
 
 def test_dense_layers_accept_lists_from_saved_configs_and_none():
