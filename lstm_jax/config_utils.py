@@ -11,6 +11,12 @@ Every experiment config is an `ml_collections.ConfigDict` that starts from `engi
   times steps per epoch), ``eval_every_steps`` (0 = once per epoch), ``log_every_steps``, ``checkpoint_keep``,
   ``monitor`` (``val_<metric>`` or a train ``<metric>``), ``monitor_mode`` (auto, min, max), ``prefetch``.
 * ``early_stopping``: ``enabled``, ``patience``, ``min_delta``, ``restore_best_weights`` (Keras semantics).
+
+Some fields are read only under some settings (``b1``/``b2`` by adam and adamw, ``rho`` by rmsprop,
+``momentum``/``nesterov`` by rmsprop and sgd, ``weight_decay`` by adamw, ``warmup_steps`` by the warmup
+schedules, ``min_lr_ratio`` by the cosine ones, ``patience``/``restore_best_weights`` with early stopping
+on); one set away from its default where nothing reads it is a warning when training starts
+(`ignored_fields`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "SCHEDULES",
     "engine_defaults",
     "validate_config",
+    "ignored_fields",
     "save_config",
     "load_config",
     "config_to_dict",
@@ -196,6 +203,51 @@ def validate_config(config: Any) -> None:
             _fail(f"early_stopping.{flag}", "True or False", value)
     _check(config, "early_stopping.patience", lambda v: v >= 0, "an integer >= 0", integer=True)
     _check(config, "early_stopping.min_delta", lambda v: v >= 0, ">= 0")
+
+
+# The engine fields that only some optimizers, schedules or settings read: (field, readers, what reads it).
+_CONDITIONAL_FIELDS = (
+    ("optimizer.b1", ("optimizer.name", ("adam", "adamw"))),
+    ("optimizer.b2", ("optimizer.name", ("adam", "adamw"))),
+    ("optimizer.eps", ("optimizer.name", ("adam", "adamw", "rmsprop"))),
+    ("optimizer.rho", ("optimizer.name", ("rmsprop",))),
+    ("optimizer.momentum", ("optimizer.name", ("rmsprop", "sgd"))),
+    ("optimizer.nesterov", ("optimizer.name", ("rmsprop", "sgd"))),
+    ("optimizer.weight_decay", ("optimizer.name", ("adamw",))),
+    ("optimizer.warmup_steps", ("optimizer.schedule", ("warmup_cosine", "warmup_constant"))),
+    ("optimizer.min_lr_ratio", ("optimizer.schedule", ("cosine", "warmup_cosine"))),
+    ("early_stopping.patience", ("early_stopping.enabled", (True,))),
+    ("early_stopping.restore_best_weights", ("early_stopping.enabled", (True,))),
+)
+
+
+def ignored_fields(config: Any) -> list[str]:
+    """One line per engine field set away from its `engine_defaults` value that this config's choices
+    never read (``weight_decay`` with ``name='adam'``, ``warmup_steps`` with ``schedule='constant'``, a
+    ``patience`` with early stopping off): naming the field, what would read it and the fix. The engine
+    logs them as warnings when training starts, so that such a setting is not silently without effect."""
+    defaults = flatten_config(engine_defaults())
+    flat = flatten_config(config)
+    lines = []
+    for field, (switch, readers) in _CONDITIONAL_FIELDS:
+        if field not in flat or switch not in flat or flat[field] == defaults[field]:
+            continue
+        if flat[switch] in readers:
+            continue
+        wanted = " or ".join(repr(r) for r in readers)
+        lines.append(
+            f"config.{field}={flat[field]!r} has no effect with config.{switch}={flat[switch]!r}"
+            f" (only {wanted} reads it); pass --config.{switch}={readers[0]!r}"
+            f" to use it, or set it to {defaults[field]!r}"
+        )
+    name = flat.get("optimizer.name")
+    if flat.get("optimizer.nesterov") is True and name in ("rmsprop", "sgd"):
+        if not flat.get("optimizer.momentum"):
+            lines.append(
+                "config.optimizer.nesterov=True has no effect with config.optimizer.momentum=0"
+                " (Nesterov momentum needs momentum); pass e.g. --config.optimizer.momentum=0.9"
+            )
+    return lines
 
 
 def drop_remainder(config: Any) -> Any:

@@ -913,6 +913,8 @@ def train_and_evaluate(
     """
     t_start = time.time()
     check_run(config, workdir)
+    for line in config_utils.ignored_fields(config):
+        logging.warning("%s", line)
     workdir = os.path.abspath(workdir)
     created = not os.path.isdir(workdir)
     os.makedirs(workdir, exist_ok=True)

@@ -266,6 +266,78 @@ def test_classification_data_fields_out_of_range_name_the_field(
     assert f"--config.data.{field}=" in message
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"optimizer.weight_decay": 0.01},
+            "config.optimizer.weight_decay=0.01 has no effect with config.optimizer.name='adam'"
+            " (only 'adamw' reads it); pass --config.optimizer.name='adamw' to use it, or set it to 0.0",
+        ),
+        (
+            {"optimizer.warmup_steps": 100},
+            "config.optimizer.warmup_steps=100 has no effect with config.optimizer.schedule='constant'",
+        ),
+        (
+            {
+                "optimizer.min_lr_ratio": 0.1,
+                "optimizer.schedule": "warmup_constant",
+                "optimizer.warmup_steps": 5,
+            },
+            "config.optimizer.min_lr_ratio=0.1 has no effect with config.optimizer.schedule=",
+        ),
+        ({"optimizer.momentum": 0.9}, "config.optimizer.momentum=0.9 has no effect"),
+        ({"optimizer.rho": 0.5, "optimizer.name": "sgd"}, "config.optimizer.rho=0.5 has no effect"),
+        (
+            {"optimizer.nesterov": True, "optimizer.name": "sgd"},
+            "config.optimizer.nesterov=True has no effect with config.optimizer.momentum=0",
+        ),
+        (
+            {"early_stopping.patience": 5},
+            "config.early_stopping.patience=5 has no effect with config.early_stopping.enabled=False"
+            " (only True reads it); pass --config.early_stopping.enabled=True",
+        ),
+    ],
+)
+def test_a_field_the_chosen_settings_never_read_is_named(fields, expected):
+    """A field set away from its default but read by none of the config's choices (weight decay with
+    Adam, a warmup with the constant schedule) did nothing, silently; `ignored_fields` names it."""
+    config = config_utils.engine_defaults()
+    for field, value in fields.items():
+        section, name = field.split(".")
+        config[section][name] = value
+    config_utils.validate_config(config)
+    (line,) = config_utils.ignored_fields(config)
+    assert line.startswith(expected), line
+
+
+def test_training_warns_of_a_field_its_settings_never_read(tmp_path, caplog):
+    import logging
+
+    import engine_fixtures as ef
+
+    from lstm_jax.train import train_and_evaluate
+
+    config = ef.base_config(num_epochs=1)
+    config.optimizer.weight_decay = 0.01  # Adam: no effect
+    with caplog.at_level(logging.WARNING):
+        train_and_evaluate(config, str(tmp_path / "run"), ef.classification_task(config))
+    assert any(
+        r.getMessage().startswith("config.optimizer.weight_decay=0.01 has no effect")
+        for r in caplog.records
+    )
+
+
+def test_shipped_configs_set_no_field_their_settings_ignore():
+    for module in CONFIG_FILES:
+        config = importlib.import_module(module).get_config()
+        assert config_utils.ignored_fields(config) == [], module
+    config = config_utils.engine_defaults()
+    config.optimizer.name, config.optimizer.weight_decay = "adamw", 0.01
+    config.optimizer.schedule, config.optimizer.warmup_steps = "warmup_cosine", 10
+    assert config_utils.ignored_fields(config) == []
+
+
 def test_dense_layers_accept_lists_from_saved_configs_and_none():
     acts = ("relu", "tanh")
     assert config_utils.dense_layers({"dense_layers": [[399, "relu"], [43.0, "tanh"]]}, acts) == [

@@ -15,6 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 1e-2  # learn something from a few steps
     config.optimizer.schedule = "constant"
     config.optimizer.warmup_steps = 0
+    config.optimizer.min_lr_ratio = 0.0  # read by the cosine schedules only
     config.train.batch_size = 4
     config.train.eval_batch_size = 4
     config.train.num_epochs = 2
