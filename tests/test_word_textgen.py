@@ -394,6 +394,29 @@ def test_missing_column_and_bad_form_are_user_errors(tmp_path):
         word_lm.make_task(_config(path, buckets=("a",)))
 
 
+@pytest.mark.parametrize(
+    ("section", "field", "value", "expected"),
+    [
+        (
+            "data",
+            "buckets",
+            (0,),
+            r"^config\.data\.buckets=\(0,\) must be a tuple of input lengths",
+        ),
+        ("data", "buckets", (-3, 8), r"^config\.data\.buckets=\(-3, 8\) must be a tuple"),
+        ("train", "logits_chunk", -5, r"^config\.train\.logits_chunk=-5 must be an integer >= 0"),
+    ],
+)
+def test_impossible_buckets_and_logits_chunk_fail_before_reading_data(
+    tmp_path, section, field, value, expected
+):
+    """A bucket length < 1 and a negative logits_chunk were dropped or read as 0, silently."""
+    config = _config(tmp_path / "no_such.csv")  # the check comes before the data is read
+    config[section][field] = value
+    with pytest.raises(UserError, match=expected):
+        word_lm.make_task(config)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != data.DATA_ENV}
     return subprocess.run(

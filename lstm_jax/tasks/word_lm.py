@@ -176,15 +176,20 @@ def line_batch(seqs: Sequence[Sequence[int]], rows: int, length: int) -> dict[st
 
 
 def _buckets(max_inputs: int, configured: Sequence[int]) -> tuple[int, ...]:
+    _check_buckets(configured)
+    bs = sorted({int(b) for b in configured if int(b) < max_inputs})
+    return (*bs, max_inputs)
+
+
+def _check_buckets(configured: Any) -> None:
     if not isinstance(configured, list | tuple) or not all(
-        isinstance(b, int) and not isinstance(b, bool) for b in configured
+        isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in configured
     ):
         raise UserError(
-            f"config.data.buckets={configured!r} must be a tuple of input lengths (integers); pass"
+            f"config.data.buckets={configured!r} must be a tuple of input lengths (integers >= 1);"
+            " pass"
             " e.g. --config.data.buckets='(8, 16, 32)', or '()' for one bucket"
         )
-    bs = sorted({int(b) for b in configured if 0 < int(b) < max_inputs})
-    return (*bs, max_inputs)
 
 
 def _line_epoch(
@@ -293,6 +298,14 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     form = config.data.form
     if form not in FORMS:
         raise UserError(f"config.data.form={form!r} is unknown; use one of {', '.join(FORMS)}")
+    chunk = config.train.get("logits_chunk", 0)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+        raise UserError(
+            f"config.train.logits_chunk={chunk!r} must be an integer >= 0 (0 = all positions at"
+            " once); pass e.g. --config.train.logits_chunk=1024"
+        )
+    if form == "lines":
+        _check_buckets(config.data.buckets)
     seqs, vocab, info = load_lines(config)
     seed = int(config.seed)
     drop = config_utils.drop_remainder(config)
