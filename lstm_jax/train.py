@@ -884,17 +884,58 @@ def load_trained(
     build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module],
     *,
     which: str = "best",
+    applied: Sequence[str] = ("generate",),
+    derived: Sequence[str] = (),
 ) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
     """The run in `workdir` as it was trained: `(saved config, model, checkpoint step)`.
 
     For modes that need nothing but the workdir (generation): the config saved in `workdir` takes
     precedence over `config`, which is used only when the workdir has none (a run from before configs
-    were saved). `which` as in `restore_model`.
+    were saved). When both exist, the sections of `config` named in `applied` (``generate``: the
+    sampling settings, which the mode's flags override in turn) replace the saved ones, and any other
+    field where `config` differs from the saved run (but those in `derived`, filled in from the data
+    in training, and ``data.path``: these modes read no data) is named in a warning: the saved value is
+    the one used. `which` as in `restore_model`.
     """
-    if config is None or os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+    path = os.path.join(workdir, config_utils.CONFIG_FILE)
+    if config is None or os.path.exists(path):
+        given = config
         config = config_utils.load_config(workdir)  # the trained model's settings
+        if given is not None:
+            config = _apply_given_sections(config, given, path, applied, derived)
     model, step = restore_model(config, workdir, build_model, which=which)
     return config, model, step
+
+
+def _apply_given_sections(
+    saved: ml_collections.ConfigDict,
+    given: ml_collections.ConfigDict,
+    path: str,
+    applied: Sequence[str],
+    derived: Sequence[str],
+) -> ml_collections.ConfigDict:
+    """`saved` with `given`'s sections in `applied`; a warning names the other fields that differ."""
+    ignored = [
+        d
+        for d in config_utils.config_diff(saved, given)
+        if d.split(".", 1)[0] not in applied and d not in derived and d != "data.path"
+    ]
+    if ignored:
+        shown = ", ".join(f"config.{d}" for d in ignored[:5])
+        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+        logging.warning(
+            "--config differs from the run's saved %s in %s%s; this mode uses the saved values (the"
+            " model as trained); only its %s settings are taken from --config",
+            path,
+            shown,
+            more,
+            "/".join(applied),
+        )
+    config = ml_collections.ConfigDict(saved.to_dict())
+    for section in applied:
+        if section in given:
+            config[section] = ml_collections.ConfigDict(given[section].to_dict())
+    return config
 
 
 def train_and_evaluate(

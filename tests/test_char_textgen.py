@@ -189,6 +189,36 @@ def test_generate_from_workdir_alone_is_deterministic_when_greedy(stream_run):
     assert c["texts"] == a["texts"]
 
 
+def test_generate_takes_the_generate_section_of_a_config_and_names_what_it_ignores(
+    stream_run, caplog
+):
+    """`--config=... --config.generate.length=5 --mode=generate` once printed the saved run's samples
+    (length 20, 2 of them), silently; and a --config of another model said nothing either. Now the
+    generate section of --config is used (the mode's flags still override it) and the other fields that
+    differ from the saved run are named in a warning (the saved values are used)."""
+    import logging
+
+    _, workdir, _ = stream_run
+    given = _stream_config(Path("unused.txt"))
+    given.generate.prime = "to be "
+    given.generate.length = 5
+    given.generate.num_samples = 3
+    given.generate.temperature = 0.0
+    with caplog.at_level(logging.WARNING):
+        out = char_lm.generate_samples(given, str(workdir))
+    assert [len(t) for t in out["texts"]] == [5, 5, 5]
+    assert not [r.getMessage() for r in caplog.records if "--config differs" in r.getMessage()]
+    assert len(char_lm.generate_samples(given, str(workdir), length=7)["texts"][0]) == 7
+
+    given.model.hidden_sizes = (5,)
+    with caplog.at_level(logging.WARNING):
+        again = char_lm.generate_samples(given, str(workdir))
+    assert again["texts"] == out["texts"]  # the trained model, not one of 5 units
+    (warning,) = [r.getMessage() for r in caplog.records if "--config differs" in r.getMessage()]
+    assert "config.model.hidden_sizes" in warning and "uses the saved values" in warning
+    assert "config.model.vocab_size" not in warning  # filled in from the data: not the user's
+
+
 def test_sampling_respects_top_k(stream_run):
     config, workdir, _ = stream_run
 

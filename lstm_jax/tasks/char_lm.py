@@ -500,13 +500,17 @@ def generate_samples(
 ) -> dict[str, Any]:
     """Generation from a workdir alone: saved vocabulary, primes and the best checkpoint.
 
-    The config saved in `workdir` takes precedence over `config`. Arguments left as None come from
+    The config saved in `workdir` takes precedence over `config`, but for its `generate` section (a
+    warning names the other fields where `config` differs; see `load_trained`). Arguments left as None
+    come from
     `config.generate`; without any prime, one of the random training
     windows saved at training time is used (chosen by `seed`). Prints and returns the samples.
     """
     if seed is not None:
         generate.check_seed(int(seed))
-    config, model, step = load_trained(config, workdir, build_model, which=which)
+    config, model, step = load_trained(
+        config, workdir, build_model, which=which, derived=DERIVED_FIELDS
+    )
     vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     if int(config.model.vocab_size) != vocab.size:
         raise UserError(

@@ -590,12 +590,17 @@ def generate_samples(
 ) -> list[dict[str, str]]:
     """Generation from a workdir alone (saved config, vocabulary and best checkpoint).
 
+    A `config` (from --config) gives its `generate` section only; the saved config is used for the
+    rest, and a warning names the other fields where `config` differs (see `load_trained`).
+
     Without `seed_text`: on a terminal, prompts for seed texts until an empty line (the tutorial's
     interactive use); otherwise the config's `generate.seed_texts`. Prints and returns the samples.
     """
     if seed is not None:
         generate.check_seed(int(seed))
-    config, model, _ = load_trained(config, workdir, build_model, which=which)
+    config, model, _ = load_trained(
+        config, workdir, build_model, which=which, derived=DERIVED_FIELDS
+    )
     vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     g = config.generate
     kw = {
