@@ -843,8 +843,9 @@ def _check_model_fits_run(
     """`UserError` when `config` builds a model whose parameters differ from those of the run saved in
     `workdir` (a `--config` with another model size or vocabulary than the trained one).
 
-    Other differences (a data path to evaluate on, batch sizes) are allowed: only the parameter shapes of
-    the two configs' models are compared.
+    Other differences (a data path to evaluate on, batch sizes, dropout rates) are allowed; a model field
+    or `MODEL_DATA_FIELDS` field that changes what the model computes with the same parameter shapes (a
+    pooling, an activation, the padding mask) is refused too, naming the saved and given values.
     """
     if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
         return
@@ -858,7 +859,25 @@ def _check_model_fits_run(
         saved.model.impl = config.model.get("impl", "auto")
     saved_params = _split_model(build_model, saved)[1]
     if _param_shapes(saved_params) == _param_shapes(params):
-        return
+        # Same shapes, but maybe another computation: a pooling, an activation, the padding mask.
+        computed = [
+            d
+            for d in diff
+            if (d.startswith("model.") and d not in TRAINING_ONLY_FIELDS and "dropout" not in d)
+            or d in MODEL_DATA_FIELDS
+        ]
+        if not computed:
+            return
+        old, new = config_utils.flatten_config(saved), config_utils.flatten_config(config)
+        values = "; ".join(
+            f"{d}: saved {old.get(d, '<absent>')!r}, given {new.get(d, '<absent>')!r}"
+            for d in computed[:3]
+        )
+        raise UserError(
+            f"this config computes another model than the run saved in {workdir} ({values}), with"
+            " the same parameter shapes: its outputs would not be the trained model's; leave out"
+            " --config to use the run's saved config.json, or pass the settings it was trained with"
+        )
     named = [d for d in diff if d.startswith("model.")] + [d for d in diff if d.startswith("data.")]
     named = named or diff
     fields = ", ".join(f"config.{d}" for d in named[:4]) + (", ..." if len(named) > 4 else "")
@@ -1033,6 +1052,11 @@ def _name_lock_holder(lock: Any) -> None:
 
 # Config fields under `model` that change how the model is computed, not what it is.
 EXECUTION_FIELDS = ("model.impl",)
+# Model fields that do not change what a trained model computes at inference: how it is computed, and
+# (by name, "dropout" in it) every dropout rate.
+TRAINING_ONLY_FIELDS = (*EXECUTION_FIELDS, "model.unroll")
+# Data fields that change what a trained model computes (a --config given to eval or predict must agree).
+MODEL_DATA_FIELDS = ("data.mask", "data.layout", "data.form")
 
 # What may differ when a saved run is resumed (or a finished one re-run): how long it trains, how often
 # it logs, evaluates and checkpoints, how it is computed, gradient clipping (documented), early stopping,

@@ -319,6 +319,33 @@ def test_eval_and_predict_with_another_model_config_name_the_field(trained):
     assert {n: (workdir / n).read_bytes() for n in files} == files
 
 
+@pytest.mark.parametrize(
+    ("section", "field", "value"), [("model", "pool", "mean"), ("data", "mask", False)]
+)
+def test_eval_and_predict_refuse_a_config_computing_another_model_of_the_same_shapes(
+    trained, section, field, value
+):
+    """`--mode=predict --config=... --config.data.mask=False` (or another pooling) once predicted with
+    the trained weights under another computation, silently (on a real run: another label for a
+    review); the parameter shapes agree, so the shape check let it through."""
+    acl, workdir, _ = trained
+    other = _config(acl)
+    other[section][field] = value
+    for call in (
+        lambda: clf.evaluate(other, str(workdir)),
+        lambda: clf.predict_texts(str(workdir), ["a great movie"], other),
+    ):
+        with pytest.raises(UserError) as e:
+            call()
+        msg = str(e.value)
+        assert f"{section}.{field}: saved" in msg and "leave out --config" in msg, msg
+    fine = _config(acl)
+    fine.model.dropout = 0.3  # a training-only setting: predicts as trained
+    assert clf.predict_texts(str(workdir), ["a great movie"], fine) == clf.predict_texts(
+        str(workdir), ["a great movie"]
+    )
+
+
 def test_resume_returns_saved_results(trained):
     acl, workdir, results = trained
     again = clf.train(_config(acl), str(workdir))
