@@ -248,6 +248,13 @@ def test_tasks_reject_unknown_pools_input_modes_and_dense_layers(task, field, va
         ("imdb_sentiment.configs.test", "split_seed", 2**32, "config.data.split_seed=4294967296"),
         ("fake_news.configs.test", "split_seed", 2**40, "config.data.split_seed=1099511627776"),
         ("fake_news.configs.test", "num_buckets", 1, "config.data.num_buckets=1 leaves no id"),
+        # --config.data.metadata=speaker,party_affiliation parses as one name: the error shows a tuple.
+        (
+            "fake_news.configs.test_liar",
+            "metadata",
+            ("speaker,party_affiliation",),
+            "config.data.metadata has unknown LIAR column(s) ['speaker,party_affiliation']",
+        ),
     ],
 )
 def test_classification_data_fields_out_of_range_name_the_field(
@@ -264,6 +271,8 @@ def test_classification_data_fields_out_of_range_name_the_field(
     message = str(err.value)
     assert message.startswith(expected), message
     assert f"--config.data.{field}=" in message
+    if field == "metadata":
+        assert """--config.data.metadata='("speaker", "party_affiliation")'""" in message
 
 
 @pytest.mark.parametrize(

@@ -340,7 +340,9 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
         if unknown:
             raise UserError(
                 f"config.data.metadata has unknown LIAR column(s) {unknown}; use some of"
-                f" {', '.join(data_lib.LIAR_META)}"
+                f" {', '.join(data_lib.LIAR_META)}, as a tuple: e.g."
+                " --config.data.metadata='(\"speaker\", \"party_affiliation\")', or '()' for none"
+                " (speaker,party_affiliation unquoted is one name)"
             )
 
 
