@@ -315,6 +315,14 @@ def _parse_flags(args: list[str]) -> list[str]:
             )
         return rest
     except flags.Error as e:
+        unknown = re.search(r"Unknown command line flag '(config\.[^']+)'", str(e))
+        if unknown and _config_arg(args) == "--config":  # an override without a --config file
+            _flag_error(
+                f"--{unknown.group(1)} overrides a field of a --config file, and none was given; pass"
+                " --config=experiments/<experiment>/configs/<name>.py as well (a run's saved"
+                " config.json is used as it is: eval and predict need only --workdir, and generate"
+                " takes its settings as flags, see --helpshort)"
+            )
         _flag_error(f"{' '.join(str(e).split())}; see --helpshort for the flags")
     except SyntaxError as e:  # --config=<file> is not Python (a README, a typo in a config file)
         _flag_error(

@@ -583,6 +583,12 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
             "error: flag --config.train.batch_size=abc: invalid literal for int()",
         ),
         "unknown flag": (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
+        # Was "Unknown command line flag 'config.train.batch_size'", as if the field did not exist.
+        "override without --config": (
+            ["--workdir=w", "--config.train.batch_size=3"],
+            "error: --config.train.batch_size overrides a field of a --config file, and none was"
+            " given; pass --config=experiments/<experiment>/configs/<name>.py as well",
+        ),
         "not python": (
             ["--config=notes.md", "--workdir=w"],
             "error: --config=notes.md: the config file is not valid Python (",
