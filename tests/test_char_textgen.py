@@ -400,6 +400,28 @@ def test_streams_without_validation_and_malformed_sizes(tmp_path):
             char_lm.make_task(config)
 
 
+def test_a_setting_the_layout_or_input_mode_never_reads_is_a_warning(tmp_path, caplog):
+    """--config.data.window_stride=5 on tiny_shakespeare (streams) and --config.model.embed_dim=64 on
+    Macbeth (scalar input) did nothing, silently."""
+    import logging
+
+    streams = _stream_config(tmp_path / "unused.txt")
+    streams.data.window_stride = 5
+    windows = _window_config(tmp_path / "unused.txt")
+    windows.model.embed_dim = 64
+    with caplog.at_level(logging.WARNING):
+        char_lm._check_data_config(streams)
+        char_lm._check_data_config(windows)
+        char_lm._check_data_config(_stream_config(tmp_path / "unused.txt"))  # the shipped: quiet
+    messages = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert messages == [
+        "config.data.window_stride=5 has no effect with config.data.layout='streams' (only 'windows'"
+        " reads it); pass --config.data.layout=windows to use it, or set it to 1",
+        "config.model.embed_dim=64 has no effect with config.model.input_mode='scalar' (each"
+        " character is one number); pass --config.model.input_mode=embed to use it, or set it to 1",
+    ]
+
+
 def test_bad_layout_is_a_user_error(tmp_path):
     config = _stream_config(_write_text(tmp_path / "t.txt"))
     config.data.layout = "bogus"

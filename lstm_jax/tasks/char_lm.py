@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from lstm_jax import config_utils, data, generate, losses, metrics
@@ -235,6 +236,22 @@ def _check_data_config(config: ml_collections.ConfigDict) -> None:
     for field in ("seq_length", "window_stride"):
         if int(d[field]) < 1:
             raise UserError(f"config.data.{field}={d[field]} must be >= 1; pass a positive integer")
+    # Settings one layout or input mode never reads: a warning, not silence (the configs set them at
+    # the value that means nothing, 1).
+    if d.layout == "streams" and int(d.window_stride) != 1:
+        logging.warning(
+            "config.data.window_stride=%s has no effect with config.data.layout='streams' (only"
+            " 'windows' reads it); pass --config.data.layout=windows to use it, or set it to 1",
+            d.window_stride,
+        )
+    m = config.model
+    if m.get("input_mode") == "scalar" and "embed_dim" in m and int(m.embed_dim) != 1:
+        logging.warning(
+            "config.model.embed_dim=%s has no effect with config.model.input_mode='scalar' (each"
+            " character is one number); pass --config.model.input_mode=embed to use it, or set it"
+            " to 1",
+            m.embed_dim,
+        )
     if d.layout == "streams" and not config_utils.drop_remainder(config):
         raise UserError(
             "config.train.drop_remainder=False needs config.data.layout='windows': the 'streams' layout"
