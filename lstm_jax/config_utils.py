@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, get_args
 
 import ml_collections
+from absl import logging
 
 from lstm_jax import core
 from lstm_jax.errors import UserError
@@ -248,6 +249,21 @@ def ignored_fields(config: Any) -> list[str]:
                 " (Nesterov momentum needs momentum); pass e.g. --config.optimizer.momentum=0.9"
             )
     return lines
+
+
+def fill_derived(config: Any, field: str, value: Any) -> None:
+    """Sets `field` ("model.vocab_size"), which a task fills in from the data; a value the user gave
+    that differs (--config.model.vocab_size=100) is not used, and a warning says so."""
+    section, name = field.split(".")
+    given = config[section].get(name, 0)
+    if given not in (0, value):
+        logging.warning(
+            "config.%s=%r is not used: it is filled in from the data (%r here); leave it at 0",
+            field,
+            given,
+            value,
+        )
+    config[section][name] = value
 
 
 def drop_remainder(config: Any) -> Any:

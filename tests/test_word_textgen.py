@@ -394,6 +394,28 @@ def test_missing_column_and_bad_form_are_user_errors(tmp_path):
         word_lm.make_task(_config(path, buckets=("a",)))
 
 
+def test_a_given_value_of_a_data_filled_field_is_named_as_unused(tmp_path, caplog):
+    """--config.model.vocab_size=100 / --config.data.max_len=7 were overwritten from the data, silently."""
+    import logging
+
+    config = _config(_write_csv(tmp_path / "f.csv"))
+    config.model.vocab_size = 100
+    config.data.max_len = 7
+    with caplog.at_level(logging.WARNING):
+        word_lm.make_task(config)
+    messages = [r.getMessage() for r in caplog.records if "is not used" in r.getMessage()]
+    assert messages == [
+        f"config.model.vocab_size=100 is not used: it is filled in from the data"
+        f" ({config.model.vocab_size} here); leave it at 0",
+        f"config.data.max_len=7 is not used: it is filled in from the data ({config.data.max_len}"
+        " here); leave it at 0",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        word_lm.make_task(config)  # filled already (a notebook's second call): the same values
+    assert not [r for r in caplog.records if "is not used" in r.getMessage()]
+
+
 @pytest.mark.parametrize(
     ("section", "field", "value", "expected"),
     [

@@ -265,7 +265,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     _check_data_config(config)
     splits, info = load_splits(config)
     vocab = build_vocabulary(splits, bool(config.data.lower))
-    config.model.vocab_size = vocab.size
+    config_utils.fill_derived(config, "model.vocab_size", vocab.size)
     _check_generate_config(config, vocab)
     ids = {k: _encode(vocab, v) for k, v in splits.items()}
     seq, bs = int(config.data.seq_length), int(config.train.batch_size)

@@ -311,8 +311,8 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     drop = config_utils.drop_remainder(config)
     train_lines, val_lines = split_lines(seqs, float(config.data.validation_fraction), seed)
     max_len = max(len(s) for s in seqs)  # the tutorial's max_sequence_len (longest description)
-    config.model.vocab_size = vocab.size
-    config.data.max_len = max_len
+    config_utils.fill_derived(config, "model.vocab_size", vocab.size)
+    config_utils.fill_derived(config, "data.max_len", max_len)
     _check_generate_config(config, vocab)
     bs = int(config.train.batch_size)
     eval_bs = int(config.train.eval_batch_size) or bs
