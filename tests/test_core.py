@@ -465,6 +465,20 @@ def test_stacked_matches_layer_by_layer(xs):
         core.stacked_lstm(ps, xs, dropout_rate=0.5, deterministic=False)
 
 
+def test_stacked_dropout_is_between_layers_never_after_the_last(xs):
+    """Dropout in training mode acts on each layer's outputs before the next layer only: the last layer's
+    outputs are returned undropped (its final `h` is its output at the last step), and a one-layer stack
+    in training mode is the layer itself."""
+    ps = core.init_stacked_lstm(jax.random.key(0), F, [H, 4])
+    key = jax.random.key(1)
+    out, states = core.stacked_lstm(ps, xs, dropout_rate=0.5, key=key, deterministic=False)
+    assert not np.allclose(out, core.stacked_lstm(ps, xs)[0])  # dropout did act between the layers
+    np.testing.assert_allclose(out[:, -1], states[-1].h, atol=1e-6)
+    assert np.all(np.asarray(out) != 0.0)  # no output unit was dropped
+    one, _ = core.stacked_lstm(ps[:1], xs, dropout_rate=0.5, key=key, deterministic=False)
+    np.testing.assert_allclose(one, lstm_layer(ps[0], xs)[0], atol=1e-6)
+
+
 def test_variational_masks_constant_over_time_and_differ_across_sequences(params):
     in_mask, rec_mask = core.variational_dropout_masks(
         jax.random.key(0), 64, F, H, dropout=0.5, recurrent_dropout=0.5

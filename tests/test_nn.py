@@ -38,6 +38,15 @@ def test_load_params_and_shape_check(xs):
         layer.load_params(core.init_lstm(jax.random.key(1), 4, 5))
 
 
+@pytest.mark.parametrize("forget_bias", [0.0, 2.0])
+def test_forget_bias_sets_the_forget_gate_slice_of_the_bias(forget_bias):
+    """`LSTM(forget_bias=...)` initialises the forget gate's bias (gates i, f, c, o) to it, the other
+    gates' to 0 (Keras' `unit_forget_bias`, 1.0 by default; 0.0 turns it off)."""
+    bias = np.asarray(LSTM(3, 5, rngs=nnx.Rngs(0), forget_bias=forget_bias).bias[...])
+    np.testing.assert_array_equal(bias[5:10], forget_bias)
+    np.testing.assert_array_equal(np.delete(bias, np.s_[5:10]), 0.0)
+
+
 def test_variational_dropout_only_in_training(xs):
     layer = LSTM(3, 5, rngs=nnx.Rngs(0), dropout=0.5, recurrent_dropout=0.5)
     eval_out, _ = layer(xs)
@@ -145,6 +154,38 @@ def test_stacked_module(xs, bidirectional):
         np.testing.assert_allclose(out, h2, atol=1e-6)
     train_out, _ = m(xs, deterministic=False, key=jax.random.key(0))
     assert not np.allclose(train_out, out)
+
+
+def test_stacked_module_drops_between_layers_not_after_the_last(xs):
+    """`dropout_between` acts on the outputs of every layer but the last: in training mode the stack's
+    output is the last layer run on the dropped outputs of the one before, undropped itself."""
+    m = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), dropout_between=0.5)
+    out, states = m(xs, deterministic=False, key=jax.random.key(0))
+    assert not np.allclose(out, m(xs)[0])  # dropout did act between the layers
+    np.testing.assert_allclose(out[:, -1], states[-1].h, atol=1e-6)
+    assert np.all(np.asarray(out) != 0.0)  # no output unit of the last layer was dropped
+    one = StackedLSTM(3, (5,), rngs=nnx.Rngs(0), dropout_between=0.5)
+    np.testing.assert_allclose(
+        one(xs, deterministic=False, key=jax.random.key(0))[0], one(xs)[0], atol=1e-6
+    )
+
+
+def test_stacked_layers_draw_their_variational_masks_from_their_own_keys(xs, monkeypatch):
+    """In training mode each layer of a stack draws its own dropout masks (one key per layer), so two
+    layers of the same width do not drop the same units."""
+    drawn = []
+    draw = core.variational_dropout_masks
+
+    def spy(key, *args, **kwargs):
+        masks = draw(key, *args, **kwargs)
+        drawn.append(np.asarray(masks[1]))
+        return masks
+
+    monkeypatch.setattr(core, "variational_dropout_masks", spy)
+    m = StackedLSTM(3, (16, 16, 16), rngs=nnx.Rngs(0), recurrent_dropout=0.5)
+    m(xs, deterministic=False, key=jax.random.key(0))
+    assert len(drawn) == 3
+    assert not np.array_equal(drawn[0], drawn[1]) and not np.array_equal(drawn[1], drawn[2])
 
 
 def test_module_jits_through_split_merge(xs):
