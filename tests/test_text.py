@@ -63,6 +63,14 @@ def test_oov_token_gets_id_one():
     assert v.encode("the bird cat") == [2, 1, 3]
 
 
+def test_oov_token_in_the_texts_keeps_its_one_id():
+    """A text that holds the OOV token's own string counts no second entry for it: the token keeps id 1
+    and the words after it are numbered as without it."""
+    v = Vocabulary.from_texts(["the unk cat unk unk"], oov_token="unk")
+    assert v.tokens == ["unk", "the", "cat"] and v.size == 4
+    assert v.encode("unk cat dog") == [1, 3, 1]
+
+
 def test_num_words_cap_without_and_with_oov():
     v = Vocabulary.from_texts(TEXTS, num_words=4)  # keeps ids 1..3: the, cat, sat
     assert v.size == 4
@@ -71,6 +79,16 @@ def test_num_words_cap_without_and_with_oov():
     w = Vocabulary.from_texts(TEXTS, num_words=4, oov_token="<OOV>")  # ids 1..3: OOV, the, cat
     assert w.encode("the mat sat cat") == [2, 1, 1, 3]
     assert w.decode([2, 6, 3]) == "the <OOV> cat"
+
+
+def test_decode_caps_at_num_words_itself():
+    """The id `num_words` is the first capped id, as in `encode`: decoded as the OOV token, or dropped
+    without one; `num_words - 1` is the last id decoded as its word."""
+    v = Vocabulary.from_texts(TEXTS, num_words=4)  # ids 1..3: the, cat, sat; 4 is "on"
+    assert v.decode([3, 4]) == "sat"
+    assert v.decode(v.encode("sat on")) == "sat"
+    w = Vocabulary.from_texts(TEXTS, num_words=4, oov_token="<OOV>")  # ids 1..3: OOV, the, cat
+    assert w.decode([3, 4]) == "cat <OOV>"
 
 
 def test_fit_accumulates_counts_like_keras():
@@ -342,6 +360,16 @@ def test_fake_news_ids_hand_pinned_and_padding():
     out = p(["The runner is running", "runner run run runner"])
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, [[0, 4887, 4970], [4970, 4970, 4887]])  # pre pad, pre cut
+
+
+def test_fake_news_ids_drop_stopwords_before_stemming_as_the_words_do():
+    """`encode` (its per-word id cache) drops a word that is a stopword, not a word whose stem is one:
+    "owned" and "afters" are kept although their stems "own" and "after" are stopwords, as `words` and
+    the tutorial (`stem(w) for w in review if w not in stopwords`) keep them."""
+    p = FakeNewsPreprocessor(STOP)
+    text = "She owned the afters"
+    assert p.words(text) == ["own", "after"]
+    assert p.encode(text) == [stable_hash_id(w, 10_000) for w in ("own", "after")]
 
 
 def test_fake_news_ids_match_keras_md5_hashing_trick(monkeypatch):
