@@ -46,6 +46,12 @@ def test_binary_sums_threshold_at_zero_logit_and_accept_a_trailing_unit_axis():
     assert float(sums["accuracy"]) == 1.0 and float(sums["count"]) == 3.0
 
 
+def test_a_zero_logit_predicts_the_negative_class():
+    """Logit 0 is p = 0.5, which Keras' binary accuracy (`p > 0.5`) counts as the negative class."""
+    sums = losses.binary_metric_sums(jnp.array([0.0, 0.0, 1e-3]), jnp.array([0, 0, 1]))
+    assert float(sums["accuracy"]) == 3.0 and float(sums["count"]) == 3.0
+
+
 def test_masked_token_metrics_ignore_padding():
     logits = jnp.array([[[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]]])  # predicts 0, 1, 0
     labels = jnp.array([[0, 0, 1]])
