@@ -228,6 +228,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
         (1, [0.5, 0.4, 0.45, 0.2], 15, 10),  # so does 1 (Keras counts the same way)
         (2, [0.5, 0.4, 0.45, 0.2], 20, 20),
         (0, [float("nan"), 0.4, 0.45, 0.2], 15, 10),  # never at the first evaluation
+        (1, [0.5, 0.5, 0.4, 0.3], 10, 5),  # an equal loss is no improvement (Keras' np.less)
     ],
 )
 def test_early_stopping_stops_as_keras(
@@ -249,6 +250,29 @@ def test_early_stopping_stops_as_keras(
     results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert results["steps"] == steps and results["stopped_early"] == (steps < 20)
     assert results["best_step"] == best_step
+
+
+@pytest.mark.parametrize(
+    "value,best,mode,min_delta,improved",
+    [
+        (0.5, None, "min", 0.0, True),  # the first finite value is the best so far
+        (float("nan"), None, "min", 0.0, False),
+        (0.4, 0.5, "min", 0.0, True),
+        (0.5, 0.5, "min", 0.0, False),  # equal is no improvement, in either mode
+        (0.5, 0.5, "max", 0.0, False),
+        (0.45, 0.5, "min", 0.1, False),  # must beat the best by more than min_delta ...
+        (0.39, 0.5, "min", 0.1, True),
+        (0.85, 0.8, "max", 0.1, False),  # ... upwards for a maximised metric
+        (0.75, 0.8, "max", 0.1, False),
+        (0.91, 0.8, "max", 0.1, True),
+    ],
+)
+def test_improvement_beats_the_best_by_min_delta_in_the_monitored_direction(
+    value, best, mode, min_delta, improved
+):
+    """Keras' EarlyStopping rule: an improvement beats the best by more than `min_delta`, downwards in
+    mode "min" and upwards in mode "max"; NaN never improves."""
+    assert train_mod._improved(value, best, mode, min_delta) is improved
 
 
 def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
