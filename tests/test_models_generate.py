@@ -97,6 +97,16 @@ def test_sample_logits_greedy_and_top_k():
     assert set(np.unique(s_all)) == {0, 1, 2, 3}
 
 
+def test_sample_logits_divides_the_logits_by_the_temperature():
+    """Sampling draws from `softmax(logits / temperature)`: a low temperature is close to greedy, a
+    high one close to uniform."""
+    logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]] * 2000))
+    cold = np.asarray(sample_logits(jax.random.key(1), logits, temperature=0.1))
+    assert (cold == 1).mean() > 0.99
+    hot = np.asarray(sample_logits(jax.random.key(1), logits, temperature=20.0))
+    assert np.all(np.abs(np.bincount(hot, minlength=4) / 2000 - 0.25) < 0.05)
+
+
 def _naive_stateful(m, prime, n):
     seq = list(np.asarray(prime[0]))
     for _ in range(n):
@@ -131,6 +141,50 @@ def test_generate_windowed_equals_the_tutorial_loop():
     assert list(out) == ref
     with pytest.raises(ValueError, match=r"predict='all'.*use generate_windowed"):
         generate_stateful(m, window, 3, impl="xla")
+
+
+class _PositionWeightedSum(nnx.Module):
+    """A window model whose prediction depends on every token and its position: the next token is
+    `sum_j (j + 1) * ids[:, j] mod vocab` (logits one-hot)."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def __call__(self, ids: jax.Array, *, mask: jax.Array | None = None) -> tuple[jax.Array, None]:
+        nxt = (ids * jnp.arange(1, ids.shape[1] + 1)).sum(-1) % self.vocab
+        return jax.nn.one_hot(nxt, self.vocab), None
+
+
+def test_generate_windowed_slides_the_window_over_the_generated_tokens():
+    """Each step drops the window's oldest token and appends the one just generated (the tutorial's
+    `window[1:] + [next]`), for every stream, with a model whose prediction reads the whole window in
+    order."""
+    m = _PositionWeightedSum(11)
+    window = np.array([[1, 2, 3, 4], [5, 0, 7, 1]])
+    out = np.asarray(generate_windowed(m, jnp.asarray(window), 10))
+    for row, prime in zip(out, window, strict=True):
+        w = list(prime)
+        for _ in range(10):
+            w.append(sum((j + 1) * t for j, t in enumerate(w[-4:])) % 11)
+        assert list(row) == w[4:]
+
+
+def test_generate_windowed_masks_the_padding_when_asked():
+    """With `mask_padding=True` each step's window is run with `mask = ids != 0`, as the tutorial loop
+    over a model trained with masked padding: the pre-padded prime is read as if it were shorter."""
+    m = LanguageModel(9, (8,), rngs=nnx.Rngs(1), embed_dim=4, predict="last")
+    window = jnp.array([[0, 0, 0, 3, 5, 2]])
+    out = np.asarray(generate_windowed(m, window, 8, mask_padding=True)[0])
+    w = list(np.asarray(window[0]))
+    ref = []
+    for _ in range(8):
+        ids = jnp.asarray([w[-6:]])
+        logits, _ = m(ids, mask=ids != 0)
+        w.append(int(jnp.argmax(logits[0])))
+        ref.append(w[-1])
+    assert list(out) == ref
+    unmasked = np.asarray(generate_windowed(m, window, 8)[0])
+    assert list(unmasked) != ref  # the padding does change the tokens when it is read
 
 
 def test_generation_rejects_bad_arguments():
