@@ -356,6 +356,11 @@ def test_return_gates_reconstructs_the_outputs(params, xs):
     np.testing.assert_allclose(np.where(m, gates.o * np.tanh(gates.c), 0.0), outs, atol=1e-6)
     assert float(jnp.min(gates.f)) >= 0.0 and float(jnp.max(gates.f)) <= 1.0
     np.testing.assert_allclose(gates.c[:, -1], st.c, atol=1e-6)
+    # Padded steps hold zeros in the four gates (and the carried cell state in c), as `Gates` says.
+    for g in (gates.i, gates.f, gates.g, gates.o):
+        np.testing.assert_array_equal(np.where(m, 0.0, g), 0.0)
+    assert np.all(np.asarray(gates.f)[np.broadcast_to(m, gates.f.shape)] > 0.0)
+    np.testing.assert_allclose(gates.c[1, : T - 4], 0.0)  # the zero initial state, carried
 
 
 def test_bad_shapes_raise_clear_errors(params):
@@ -498,6 +503,34 @@ def test_variational_masks_constant_over_time_and_differ_across_sequences(params
     assert none == (None, None)
     with pytest.raises(ValueError, match="dropout"):
         core.variational_dropout_masks(jax.random.key(0), 4, F, H, dropout=1.0)
+
+
+def test_dropout_rates_are_the_probabilities_of_dropping(xs, monkeypatch):
+    """A rate is the fraction of units dropped (not kept), and the kept ones are scaled by
+    `1 / (1 - rate)`: for the variational masks and for the dropout between stacked layers. Rates other
+    than 0.5, where dropping and keeping look alike."""
+    in_mask, rec_mask = core.variational_dropout_masks(
+        jax.random.key(0), 4000, F, H, dropout=0.2, recurrent_dropout=0.7
+    )
+    for mask, rate in ((in_mask, 0.2), (rec_mask, 0.7)):
+        m = np.asarray(mask)
+        assert abs((m == 0).mean() - rate) < 0.02
+        np.testing.assert_allclose(m[m != 0], 1 / (1 - rate), rtol=1e-6)
+    inputs = []  # what each layer of the stack is given
+    layer = core.lstm_layer
+
+    def spy(p, h, **kwargs):
+        inputs.append(np.asarray(h))
+        return layer(p, h, **kwargs)
+
+    monkeypatch.setattr(core, "lstm_layer", spy)
+    big = jnp.tile(xs, (200, 1, 1))
+    ps = core.init_stacked_lstm(jax.random.key(0), F, [H, 4])
+    core.stacked_lstm(ps, big, dropout_rate=0.2, key=jax.random.key(1), deterministic=False)
+    undropped = np.asarray(layer(ps[0], big)[0])
+    dropped = inputs[1] == 0
+    assert abs(dropped.mean() - 0.2) < 0.02
+    np.testing.assert_allclose(inputs[1][~dropped], undropped[~dropped] / 0.8, rtol=1e-5)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU choice of impl='auto'")
