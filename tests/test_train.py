@@ -28,6 +28,7 @@ from lstm_jax.train import (
     restore_model,
     saved_results,
     shuffled_batches,
+    steps_per_epoch,
     train_and_evaluate,
 )
 
@@ -581,6 +582,23 @@ def test_drop_remainder_must_be_a_bool():
 
 
 # -- data helpers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "num_examples,batch_size,drop_remainder,steps",
+    [
+        (23, 5, True, 4),
+        (23, 5, False, 5),  # the remainder as a last, short batch
+        (20, 5, False, 4),  # an exact multiple has no remainder: no empty last batch
+        (20, 5, True, 4),
+        (4, 5, True, 0),
+        (4, 5, False, 1),
+    ],
+)
+def test_steps_per_epoch_counts_the_remainder_only_when_there_is_one(
+    num_examples, batch_size, drop_remainder, steps
+):
+    assert steps_per_epoch(num_examples, batch_size, drop_remainder) == steps
 
 
 def test_shuffled_batches_resume_and_depend_only_on_seed_and_epoch():
