@@ -66,6 +66,19 @@ def test_classifier_pooling_respects_the_mask():
     np.testing.assert_allclose(post, alone, atol=1e-5)
 
 
+def test_bidirectional_last_pooling_is_both_directions_final_states():
+    """`pool="last"` of a bidirectional classifier is the forward layer's final `h` (after the last real
+    token) next to the backward layer's (after the first real token)."""
+    m = TextClassifier(30, 4, (5,), rngs=nnx.Rngs(0), pool="last", bidirectional=True)
+    ids = jnp.array([[0, 0, 3, 4, 5], [3, 4, 5, 6, 7]])
+    mask = ids > 0
+    out, _ = m.lstm(m.embed(ids), mask=mask)
+    feats = m.features(ids, mask=mask)
+    assert feats.shape == (2, 10)
+    np.testing.assert_allclose(feats[:, :5], out[:, -1, :5], atol=1e-5)
+    np.testing.assert_allclose(feats[:, 5:], out[[0, 1], [2, 0], 5:], atol=1e-5)
+
+
 def test_token_dropout_zeroes_whole_word_vectors():
     m = TextClassifier(40, 6, (5,), rngs=nnx.Rngs(0), token_dropout=0.5)
     ids = jax.random.randint(jax.random.key(1), (8, 50), 1, 40)
@@ -95,6 +108,13 @@ def test_sample_logits_greedy_and_top_k():
     assert abs((s == 1).mean() - 0.5 / 0.75) < 0.05  # renormalised probabilities
     s_all = np.asarray(sample_logits(jax.random.key(1), logits, temperature=1.0))
     assert set(np.unique(s_all)) == {0, 1, 2, 3}
+
+
+def test_a_top_k_above_the_vocabulary_samples_from_every_token():
+    """`top_k` larger than the vocabulary (`--top_k=100` with 67 characters) restricts nothing."""
+    logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]] * 2000))
+    s = np.asarray(sample_logits(jax.random.key(1), logits, temperature=1.0, top_k=10))
+    np.testing.assert_array_equal(s, sample_logits(jax.random.key(1), logits, temperature=1.0))
 
 
 def test_sample_logits_divides_the_logits_by_the_temperature():
