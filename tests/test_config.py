@@ -654,6 +654,72 @@ def test_the_fast_fashion_config_is_the_tutorial_model_with_another_optimiser_se
     assert (fast.train.batch_size, fast.train.num_epochs) == (64, 16)
 
 
+# The tutorials' training settings, which no model shape reflects (module -> dotted field -> value).
+TUTORIAL_SETTINGS = {
+    "experiments.imdb_sentiment.configs.imdb": {
+        "optimizer.name": "rmsprop",  # model.compile(optimizer="rmsprop"), Keras' defaults
+        "optimizer.learning_rate": 1e-3,
+        "optimizer.rho": 0.9,
+        "optimizer.eps": 1e-7,
+        "optimizer.schedule": "constant",
+        "train.batch_size": 100,
+        "train.num_epochs": 10,
+        "data.vocab_size": 15000,  # TextVectorization(max_tokens=15000, output_sequence_length=228)
+        "data.maxlen": 228,
+        "data.padding": "post",
+        "data.truncating": "post",
+        "data.validation_fraction": 0.25,
+        "data.split_seed": 100,
+        "early_stopping.enabled": False,
+    },
+    "experiments.fake_news.configs.fake_news": {
+        "optimizer.name": "adam",
+        "optimizer.learning_rate": 1e-3,
+        "optimizer.schedule": "constant",
+        "train.batch_size": 64,
+        "train.num_epochs": 50,
+        "train.monitor": "val_loss",  # EarlyStopping(monitor="val_loss", patience=5)
+        "early_stopping.enabled": True,
+        "early_stopping.patience": 5,
+        "data.num_buckets": 10000,  # one_hot(words, 10000), pad_sequences(maxlen=500) pre/pre
+        "data.maxlen": 500,
+        "data.padding": "pre",
+        "data.truncating": "pre",
+        "data.test_fraction": 0.33,  # train_test_split(test_size=0.33, random_state=42)
+        "data.split_seed": 42,
+        "data.validation_fraction": 0.2,
+    },
+    "experiments.char_textgen.configs.macbeth": {
+        "optimizer.name": "adam",
+        "optimizer.learning_rate": 1e-3,
+        "optimizer.eps": 1e-7,
+        "optimizer.schedule": "constant",
+        "train.batch_size": 40,
+        "train.num_epochs": 200,
+        "data.seq_length": 50,
+        "data.window_stride": 1,
+    },
+    "experiments.word_textgen.configs.fashion": {
+        "optimizer.name": "adam",
+        "optimizer.learning_rate": 1e-3,
+        "optimizer.schedule": "constant",
+        "train.batch_size": 128,
+        "train.num_epochs": 80,
+        "data.validation_fraction": 0.2,
+    },
+}
+
+
+@pytest.mark.parametrize("module", sorted(TUTORIAL_SETTINGS))
+def test_the_tutorial_configs_keep_the_tutorials_training_settings(module):
+    """Each tutorial config trains as its Keras tutorial does: optimizer, batches, epochs, padding,
+    splits and early stopping (the models' shapes are pinned by the parameter-count tests)."""
+    config = importlib.import_module(module).get_config()
+    for field, expected in TUTORIAL_SETTINGS[module].items():
+        section, name = field.split(".")
+        assert config[section][name] == expected, field
+
+
 @pytest.mark.parametrize(
     "main, config",
     [
