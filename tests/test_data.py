@@ -413,6 +413,16 @@ def test_load_fake_news_csv_skips_all_empty_rows_and_counts_dups(tmp_path):
     assert info["skipped_empty"] == 1 and info["dup_text"] == 1 and info["rows"] == 3
 
 
+def test_load_fake_news_csv_reads_float_labels(tmp_path):
+    """Labels written as floats ("1.0", "0.0": a label column that went through pandas with a missing
+    value) are the same 1 = fake, 0 = real."""
+    rows = [list(r) for r in FAKE_NEWS_ROWS]
+    for r in rows:
+        r[4] = f"{r[4]}.0"
+    data, _ = D.load_fake_news_csv(make_fake_news_csv(tmp_path / "news.csv", rows))
+    np.testing.assert_array_equal(data["label"], [r[4] for r in FAKE_NEWS_ROWS])
+
+
 def test_csv_errors_name_the_first_line_of_a_multiline_row(tmp_path):
     rows = [[0, "T", "A", "line one\nline two\nline three", 1], [1, "T", "A", "x", 7]]
     f = make_fake_news_csv(tmp_path / "news.csv", rows)
