@@ -19,9 +19,10 @@ from flax import nnx
 from experiments.char_textgen.configs import macbeth as macbeth_config
 from experiments.char_textgen.configs import quick as quick_config
 from experiments.char_textgen.configs import test as test_config
-from lstm_jax import config_utils, data
+from lstm_jax import config_utils, data, losses
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
+from lstm_jax.models import LanguageModel
 from lstm_jax.tasks import char_lm
 from lstm_jax.text import Vocabulary
 from lstm_jax.train import restore_model
@@ -90,6 +91,56 @@ def test_stream_layout_scores_every_character_once():
     np.testing.assert_array_equal(lay["targets"][real], ids[1:])
     # padding only at the end of rows: once a row is padded it stays padded
     assert np.all(np.diff(lay["tmask"], axis=1) <= 0)
+
+
+def _stream_model_and_ids() -> tuple[LanguageModel, np.ndarray]:
+    model = LanguageModel(9, (6, 5), rngs=nnx.Rngs(0), embed_dim=4, predict="all")
+    ids = np.random.default_rng(0).integers(1, 9, size=(3, 9)).astype(np.int32)
+    return model, ids
+
+
+def _zero_carry(model: LanguageModel, rows: int) -> tuple:
+    return tuple(
+        (jnp.zeros((rows, layer.hidden_size)), jnp.zeros((rows, layer.hidden_size)))
+        for layer in model.lstm.layers
+    )
+
+
+def test_stream_loss_continues_from_the_carried_state():
+    """Truncated BPTT: two chunks of 4 steps, the second started from the state the first returns, give
+    the sums of the 8 steps run at once, and the carry is the model's final state."""
+    model, ids = _stream_model_and_ids()
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+
+    def loss(lo, hi, carry):
+        batch = {"inputs": inputs[:, lo:hi], "targets": targets[:, lo:hi], "weight": np.ones(3)}
+        return char_lm.stream_loss(model, batch, key=None, train=False, carry=carry)[1]
+
+    whole, whole_carry = loss(0, 8, _zero_carry(model, 3))
+    first, carry = loss(0, 4, _zero_carry(model, 3))
+    second, last_carry = loss(4, 8, carry)
+    for k in whole:
+        assert float(first[k] + second[k]) == pytest.approx(float(whole[k]), rel=1e-5)
+    for (h, c), (hw, cw) in zip(last_carry, whole_carry, strict=True):
+        np.testing.assert_allclose(h, hw, atol=1e-5)
+        np.testing.assert_allclose(c, cw, atol=1e-5)
+
+
+def test_stream_loss_scores_only_the_targets_tmask_keeps():
+    """The evaluation streams' padding (`tmask` 0 at the ends of rows) is no target: the sums are those of
+    the real positions alone."""
+    model, ids = _stream_model_and_ids()
+    tmask = np.ones((3, 8), np.float32)
+    tmask[1, 5:] = tmask[2, 2:] = 0.0
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "weight": np.ones(3), "tmask": tmask}
+    _, (sums, _) = char_lm.stream_loss(
+        model, batch, key=None, train=False, carry=_zero_carry(model, 3)
+    )
+    logits, _ = model(jnp.asarray(ids[:, :-1]))
+    want = losses.softmax_metric_sums(logits, jnp.asarray(ids[:, 1:]), jnp.asarray(tmask))
+    assert float(sums["count"]) == tmask.sum() == 8 + 5 + 2
+    for k in want:
+        assert float(sums[k]) == pytest.approx(float(want[k]), rel=1e-5)
 
 
 def test_stream_batches_continue_each_stream_and_shift_per_epoch(tmp_path):
