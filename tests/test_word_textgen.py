@@ -499,3 +499,19 @@ def test_real_fashion_catalogue():
     assert info["train_lines"] + info["validation_lines"] == info["lines"]
     assert config.data.max_len == max(info["buckets"]) + 1
     assert task.steps_per_epoch == info["train_lines"] // 128
+
+
+def test_validation_split_is_fixed_by_split_seed_not_the_training_seed(tmp_path):
+    """The tutorial's split is fixed (`random_state=0`, docs/experiments.md): `--config.seed` (init,
+    shuffling, dropout) must not move descriptions between training and validation; `data.split_seed` does."""
+    path = _write_csv(tmp_path / "f.csv")
+
+    def fingerprint(**fields):
+        config = _config(path)
+        config.update_from_flattened_dict(fields)
+        return word_lm.make_task(config).data_fingerprint
+
+    base = fingerprint()
+    assert fingerprint(seed=1) == base
+    assert test_config.get_config().data.split_seed == 0
+    assert fingerprint(**{"data.split_seed": 1}) != base

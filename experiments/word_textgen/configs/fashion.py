@@ -11,13 +11,14 @@ from lstm_jax.config_utils import engine_defaults
 
 def get_config() -> ml_collections.ConfigDict:
     config = engine_defaults()
-    config.seed = 0  # also the validation split's random_state
+    config.seed = 0  # initialisation, shuffling and dropout (not the validation split)
 
     d = config.data
     d.path = ""  # empty = $LSTM_JAX_DATA/fashion/myntra_products_catalog.csv; any CSV works
     d.text_column = "Description"  # the Myntra catalogue's text column
     d.form = "lines"  # "lines" (every position predicts the next word) or "prefixes" (the tutorial)
     d.validation_fraction = 0.2  # the tutorial's 20% validation split, by description, seeded
+    d.split_seed = 0  # the split's train_test_split random_state, fixed whatever config.seed is
     d.buckets = (
         16,
         32,
