@@ -45,13 +45,17 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import queue
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from importlib import metadata
 from typing import Any, Protocol
 
 import jax
@@ -728,6 +732,73 @@ def _devices_info() -> dict[str, Any]:
     }
 
 
+# The packages whose versions change what a run computes, recorded in results.json["provenance"].
+PROVENANCE_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "numpy",
+    "ml-collections",
+    "scikit-learn",
+)
+# Environment variables that change what a run computes or reads, recorded when set.
+PROVENANCE_ENV_PREFIXES = ("LSTM_JAX_", "XLA_FLAGS", "JAX_", "PYTHONHASHSEED")
+
+
+def _git_state(directory: str) -> dict[str, Any] | None:
+    """`{"commit", "dirty"}` of the git checkout holding `directory`, or None (no git, not a checkout)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", directory, *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        # A checkout that tracks lstm_jax itself (not, e.g., a repository around a site-packages).
+        git("ls-files", "--error-unmatch", "lstm_jax/__init__.py")
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def _package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(task: Task, *, resumed_from_step: int) -> dict[str, Any]:
+    """What results.json needs to say how to reproduce a run beyond its config: the command (of the session
+    that finished it; `resumed_from_step` > 0 when it resumed one), the working directory, the data's
+    fingerprint (as saved with its checkpoints), the lstm_jax source's git commit (None outside a checkout;
+    `dirty` when tracked files differ from it), Python and package versions and the environment variables
+    that change the computation."""
+    from lstm_jax import __version__
+
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {
+        "command": list(getattr(sys, "orig_argv", sys.argv)),
+        "cwd": os.getcwd(),
+        "resumed_from_step": int(resumed_from_step),
+        "data_fingerprint": task.data_fingerprint,
+        "lstm_jax": {"version": __version__, "source": source, "git": _git_state(source)},
+        "python": platform.python_version(),
+        "packages": _package_versions(),
+        "platform": platform.platform(),
+        "env": {
+            k: v for k, v in sorted(os.environ.items()) if k.startswith(PROVENANCE_ENV_PREFIXES)
+        },
+    }
+
+
 def checkpoint_step(config: ml_collections.ConfigDict, workdir: str, *, which: str = "best") -> int:
     """The step of the checkpoint `restore_model` would load (`which` as there), without loading it;
     `UserError` when `workdir` has none."""
@@ -1226,6 +1297,7 @@ def _run(
         _check_same_data(meta, task, step, workdir)
     if restored is None:
         _check_monitor(eng, state)
+    start_step = step
 
     history: list[dict[str, Any]] = list(meta.get("history", []))
     es = dict(
@@ -1564,6 +1636,7 @@ def _run(
         "devices": _devices_info(),
         "data": dict(task.data_info),
         "workdir": workdir,
+        "provenance": provenance(task, resumed_from_step=start_step),
     }
     if eng.is_main:
         curves = plot_training_curves(

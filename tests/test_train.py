@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
 import os
+import platform
 import signal
+import subprocess
+import sys
 
 import engine_fixtures as ef
 import jax
@@ -302,6 +306,34 @@ def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
     again = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert again == on_disk
     assert len(read_jsonl(str(tmp_path / "metrics.jsonl"))) == len(lines)
+
+
+def test_results_record_the_provenance_needed_to_reproduce_the_run(tmp_path, monkeypatch):
+    """results.json says how the run was made beyond its config: command, data fingerprint, source commit,
+    package versions, the environment that changes the computation, and the step a resumed session began at."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    config = ef.base_config(num_epochs=1)
+    task = dataclasses.replace(ef.classification_task(config), data_fingerprint="abc123")
+    prov = train_and_evaluate(config, str(tmp_path), task)["provenance"]
+    assert prov["resumed_from_step"] == 0
+    assert prov["data_fingerprint"] == "abc123"
+    assert prov["command"] == list(getattr(sys, "orig_argv", sys.argv))
+    assert prov["cwd"] == os.getcwd()
+    assert prov["packages"]["jax"] == jax.__version__
+    assert prov["packages"]["numpy"] == np.__version__
+    assert prov["python"] == platform.python_version()
+    assert "XLA_FLAGS" in prov["env"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(train_mod.__file__)))
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True)
+    git = prov["lstm_jax"]["git"]
+    if head.returncode == 0:
+        assert git["commit"] == head.stdout.strip() and isinstance(git["dirty"], bool)
+    else:
+        assert git is None
+    assert json.loads((tmp_path / "results.json").read_text())["provenance"] == prov
+    config.train.num_epochs = 2  # a resumed session records where it began
+    again = train_and_evaluate(config, str(tmp_path), task)["provenance"]
+    assert again["resumed_from_step"] == 5
 
 
 def test_a_task_can_supply_the_final_metrics_of_the_splits_not_yet_evaluated(tmp_path):
