@@ -403,14 +403,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
-def save_config(config: Any, workdir: str | os.PathLike) -> str:
-    """Writes `<workdir>/config.json` atomically (a relative `data.path` made absolute) and returns its
-    path."""
-    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def saved_config_dict(config: Any) -> dict[str, Any]:
+    """The config as a workdir records it (config.json, results.json): `config_to_dict` with a relative
+    `data.path` made absolute (`absolute_data_path`)."""
     data = config_to_dict(config)
     if isinstance(data.get("data"), dict) and "path" in data["data"]:
         data["data"]["path"] = absolute_data_path(data["data"]["path"])
+    return data
+
+
+def save_config(config: Any, workdir: str | os.PathLike) -> str:
+    """Writes `<workdir>/config.json` atomically (`saved_config_dict`: a relative `data.path` made
+    absolute) and returns its path."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = saved_config_dict(config)
     with atomic_write(path) as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -1627,7 +1627,7 @@ def _run(
         },
         **({"best_checkpoint_unreadable": best_unreadable} if best_unreadable else {}),
         "history": history,
-        "config": config_utils.config_to_dict(config),
+        "config": config_utils.saved_config_dict(config),
         "wall_time_s": round(wall_before + time.time() - t_start, 3),
         "steps": step,
         "epochs": round(step / eng.steps_per_epoch, 4),

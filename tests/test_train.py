@@ -336,6 +336,22 @@ def test_results_record_the_provenance_needed_to_reproduce_the_run(tmp_path, mon
     assert again["resumed_from_step"] == 5
 
 
+def test_results_json_records_the_config_as_config_json_does_a_relative_data_path_absolute(
+    tmp_path, monkeypatch
+):
+    """A relative `data.path` is saved absolute in config.json; results.json's copy of the config (the
+    record of the run, and the config a workdir without config.json is checked against) must say the same,
+    not a path that means something else from another working directory."""
+    monkeypatch.chdir(tmp_path)
+    config = ef.base_config(num_epochs=1)
+    config.data.path = "data/train.txt"
+    results = train_and_evaluate(config, "run", ef.classification_task(config))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"]["path"] == str(tmp_path / "data" / "train.txt")
+    assert results["config"] == saved
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"] == saved
+
+
 def test_a_task_can_supply_the_final_metrics_of_the_splits_not_yet_evaluated(tmp_path):
     config = ef.base_config(num_epochs=2)
     calls, seen = [], {}
