@@ -105,13 +105,19 @@ class EventFileWriter:
         os.makedirs(logdir, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self.path = os.path.join(logdir, name)
-        self._file = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (closed in close())
         self._write(_event(time.time(), 0, file_version="brain.Event:2"))
 
     def _write(self, record: bytes) -> None:
         header = struct.pack("<Q", len(record))
-        self._file.write(header + struct.pack("<I", _masked_crc(header)))
-        self._file.write(record + struct.pack("<I", _masked_crc(record)))
+        _append_whole(
+            self._file,
+            header
+            + struct.pack("<I", _masked_crc(header))
+            + record
+            + struct.pack("<I", _masked_crc(record)),
+            self.path,
+        )
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """Writes `{tag: value}` at `step` (non-finite values are written as they are)."""
@@ -125,6 +131,21 @@ class EventFileWriter:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def _append_whole(f: Any, data: bytes, path: str) -> None:
+    """Appends `data` to the unbuffered binary file `f` whole or not at all: a write that fails part way (a
+    full disk) is cut back off, so the file never keeps half a record that later records would follow, and
+    the OSError names `path`."""
+    start = f.seek(0, os.SEEK_END)
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[f.write(view) :]
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(f.fileno(), start)
+        raise OSError(e.errno, e.strerror, path) from e
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -214,7 +235,7 @@ class MetricsLogger:
         re-run) adds no empty metrics file or TensorBoard events file."""
         if self._jsonl is None:
             os.makedirs(self.workdir, exist_ok=True)
-            self._jsonl = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._jsonl = open(self.path, "ab", buffering=0)  # noqa: SIM115
             self._tb = EventFileWriter(os.path.join(self.workdir, "tensorboard"))
 
     def write(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
@@ -224,8 +245,8 @@ class MetricsLogger:
         assert self._tb is not None
         line = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
         line.update({k: _json_value(v) for k, v in values.items()})
-        self._jsonl.write(json.dumps(line) + "\n")
-        self._jsonl.flush()
+        # Whole lines only: a full disk leaves no half line for the next run's lines to follow.
+        _append_whole(self._jsonl, (json.dumps(line) + "\n").encode(), self.path)
         numeric = {
             f"{kind}/{k}": float(v)
             for k, v in values.items()
@@ -233,7 +254,6 @@ class MetricsLogger:
         }
         if numeric:
             self._tb.scalars(step, numeric)
-            self._tb.flush()
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -262,10 +282,18 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno and not e.filename:
+            # A write through the file object (a full disk) names no file: name the one being written.
+            raise _named(e, path) from e
         raise
+
+
+def _named(e: OSError, path: str) -> OSError:
+    """`e` (a failed write, which names no file) as the same kind of OSError naming `path`."""
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), path)
 
 
 def write_json(path: str, data: Any) -> None:

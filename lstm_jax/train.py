@@ -1113,12 +1113,15 @@ def _name_lock_holder(lock: Any) -> None:
     them leaves every file of the workdir as it was, the lock's included)."""
     if lock is None:
         return
-    lock.seek(0)
-    lock.truncate()
-    lock.write(
+    text = (
         f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
     )
-    lock.flush()
+    try:
+        # Unbuffered: a full disk fails here, naming the file, and not again when the lock is closed.
+        os.ftruncate(lock.fileno(), 0)
+        os.write(lock.fileno(), text.encode())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, lock.name) from e
 
 
 # Config fields under `model` that change how the model is computed, not what it is.
