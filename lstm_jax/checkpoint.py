@@ -119,15 +119,25 @@ class CheckpointStore:
             )
             self._manager.wait_until_finished()
         except OSError:
+            self._remove_partial(step)
             raise
         except Exception as e:
             # TensorStore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ... No space left on
-            # device"): the OSError it is, so the CLI says so in one line (the partial save is left in a
-            # temporary folder that Orbax removes on the next start; earlier checkpoints are intact).
+            # device"): the OSError it is, so the CLI says so in one line (earlier checkpoints are intact).
+            self._remove_partial(step)
             text = str(e)
             if "No space left on device" in text or "RESOURCE_EXHAUSTED" in text:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory) from e
             raise
+
+    def _remove_partial(self, step: int) -> None:
+        """Deletes what a failed save of `step` left in Orbax's temporary folder (never a finished
+        checkpoint): on a full disk it is the space the next try needs, and nothing can resume from it."""
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            if name.startswith(f"{int(step)}.orbax-checkpoint-tmp"):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restores checkpoint `step` into arrays shaped (and sharded) like `abstract_state`."""

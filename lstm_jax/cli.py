@@ -170,8 +170,11 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
             if FLAGS.workdir and os.path.isdir(FLAGS.workdir)
             else ""
         )
+        # Training adds where the same command goes on from (`train.train_and_evaluate`).
+        hint = getattr(e, "resume_hint", None)
+        then = f"; {hint}" if hint else ""
         print(
-            f"error: {where}{e.strerror or e}; {_USER_OS_ERRORS[e.errno]}{intact}",
+            f"error: {where}{e.strerror or e}; {_USER_OS_ERRORS[e.errno]}{then}{intact}",
             file=sys.stderr,
         )
         return 2

@@ -1072,6 +1072,17 @@ def train_and_evaluate(
         logger = MetricsLogger(workdir, enabled=is_main)
         try:
             return _run(eng, store, logger, t_start, saved, lock)
+        except OSError as e:  # a full or read-only disk: say where the same command goes on from
+            if getattr(e, "resume_hint", None) is None:
+                last = store.latest_step()
+                e.resume_hint = (  # type: ignore[attr-defined]
+                    "and once that is done the same command starts again from step 0 (no checkpoint"
+                    " was saved yet)"
+                    if last is None
+                    else "and once that is done the same command resumes from the checkpoint of step"
+                    f" {last} in {store.directory}"
+                )
+            raise
         finally:
             logger.close()
             store.close()

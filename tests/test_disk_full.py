@@ -7,19 +7,25 @@ write through a file object names no file), so these run without root or a small
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 from pathlib import Path
 
+import engine_fixtures as ef
 import pytest
 
+from lstm_jax import logging_utils
 from lstm_jax import train as train_mod
+from lstm_jax.checkpoint import CheckpointStore
 from lstm_jax.logging_utils import (
     MetricsLogger,
     atomic_write,
     read_event_scalars,
     read_jsonl,
 )
+from lstm_jax.train import train_and_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = os.strerror(errno.ENOSPC)
@@ -105,6 +111,49 @@ def test_metrics_logger_leaves_no_half_record_and_names_the_file(tmp_path):
     ]
 
 
+def test_a_failed_checkpoint_save_gives_its_space_back_and_keeps_the_earlier_one(
+    tmp_path, monkeypatch
+):
+    """The disk filling while Orbax writes a checkpoint: its temporary folder (which can hold most of a
+    checkpoint) is deleted at once rather than at the next start, so freeing space is not eaten by it; the
+    earlier checkpoint is the latest and restores."""
+    config = ef.base_config(num_steps=10, eval_every_steps=5)
+    workdir = tmp_path / "run"
+    task = ef.classification_task(config)
+    real_save = CheckpointStore.save
+
+    def save(self, step, state, meta, *, improvement=-1):
+        if step == 10:
+
+            def tensorstore_write(*args, **kwargs):
+                os.makedirs(os.path.join(self.directory, "10.orbax-checkpoint-tmp", "state"))
+                with open(
+                    os.path.join(self.directory, "10.orbax-checkpoint-tmp", "state", "d"), "w"
+                ) as f:
+                    f.write("x" * 1000)
+                raise ValueError(
+                    "RESOURCE_EXHAUSTED: Error writing file: No space left on device [OS error: 28]"
+                )
+
+            monkeypatch.setattr(self._manager, "save", tensorstore_write)
+        return real_save(self, step, state, meta, improvement=improvement)
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    with pytest.raises(OSError) as info:
+        train_and_evaluate(config, str(workdir), task)
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.resume_hint == (
+        "and once that is done the same command resumes from the checkpoint of step 5 in"
+        f" {workdir / 'checkpoints'}"
+    )
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["5"]
+    monkeypatch.undo()
+    results = train_and_evaluate(config, str(workdir), ef.classification_task(config))
+    assert results["steps"] == 10
+    kinds = [(r["kind"], r["step"]) for r in read_jsonl(str(workdir / "metrics.jsonl"))]
+    assert ("resume", 5) in kinds
+
+
 def test_naming_the_lock_holder_on_a_full_disk_names_the_lock_file(tmp_path, monkeypatch):
     """The first thing a run writes: its failure named no file, and closing the lock raised it again."""
     lock = train_mod._lock_workdir(str(tmp_path))
@@ -113,3 +162,29 @@ def test_naming_the_lock_holder_on_a_full_disk_names_the_lock_file(tmp_path, mon
         train_mod._name_lock_holder(lock)
     assert info.value.filename == os.path.join(str(tmp_path), train_mod.LOCK_FILE)
     lock.close()  # nothing left buffered to fail again
+
+
+def test_results_json_on_a_full_disk_names_it_and_the_rerun_finishes(tmp_path, monkeypatch):
+    """The disk filling after the last checkpoint (results.json, the curves' PNG): the error names the
+    file and the step the same command goes on from; it then writes the results without training."""
+    config = ef.base_config(num_steps=5, eval_every_steps=5)
+    workdir = tmp_path / "run"
+    real = logging_utils.atomic_write
+
+    @contextlib.contextmanager
+    def atomic_write_full(path, mode="w"):
+        with real(path, mode) as f:
+            yield f
+            if path.endswith("results.json"):
+                _full()  # the disk filled while results.json was written
+
+    monkeypatch.setattr(logging_utils, "atomic_write", atomic_write_full)
+    with pytest.raises(OSError) as info:
+        train_and_evaluate(config, str(workdir), ef.classification_task(config))
+    assert info.value.filename == str(workdir / "results.json")
+    assert "resumes from the checkpoint of step 5" in info.value.resume_hint
+    assert not (workdir / "results.json").exists()
+    monkeypatch.undo()
+    results = train_and_evaluate(config, str(workdir), ef.classification_task(config))
+    assert results["steps"] == 5
+    assert json.loads((workdir / "results.json").read_text())["steps"] == 5
