@@ -100,9 +100,17 @@ class _QuietOrbax(py_logging.Filter):
     """Drops Orbax's and absl-internal INFO chatter from the console; warnings still pass."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        if record.levelno >= py_logging.WARNING:
+        if "orbax" not in record.pathname:
             return True
-        return "orbax" not in record.pathname
+        if _SIGNALING_THREAD in str(record.msg):
+            # A worker thread's exception, logged with its traceback, is raised again where the save or
+            # restore waits for it: reported there (one line for a full disk), not twice.
+            return False
+        return record.levelno >= py_logging.WARNING
+
+
+# The message Orbax's `_SignalingThread` logs (at ERROR, with a traceback) for the exception it re-raises.
+_SIGNALING_THREAD = "_SignalingThread.run() raised an exception"
 
 
 def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
@@ -393,6 +401,12 @@ def _quiet_failed_reads_unraisablehook(hook: Callable[..., Any]) -> Callable[...
     already reported in one line (moved aside on resume, an error in eval)."""
 
     def unraisablehook(unraisable):  # noqa: ANN001, ANN202 (sys.unraisablehook's signature)
+        if _closed_loop_noise(  # TensorStore's callbacks after a failed checkpoint write (full disk)
+            getattr(unraisable, "exc_type", None),
+            getattr(unraisable, "exc_value", None),
+            getattr(unraisable, "exc_traceback", None),
+        ):
+            return
         code = getattr(unraisable.object, "cr_code", None)
         if code is not None and "orbax" in code.co_filename and unraisable.exc_value is not None:
             if str(unraisable.exc_value).startswith("Encountered error while reading array"):

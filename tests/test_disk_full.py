@@ -11,6 +11,9 @@ import contextlib
 import errno
 import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import engine_fixtures as ef
@@ -162,6 +165,72 @@ def test_naming_the_lock_holder_on_a_full_disk_names_the_lock_file(tmp_path, mon
         train_mod._name_lock_holder(lock)
     assert info.value.filename == os.path.join(str(tmp_path), train_mod.LOCK_FILE)
     lock.close()  # nothing left buffered to fail again
+
+
+MAIN = textwrap.dedent(
+    """
+    import errno, logging, os, sys
+    from absl import logging as absl_logging
+    from lstm_jax import cli
+
+    def full(config, workdir):
+        # What a checkpoint save on a full disk printed around its one line: Orbax's worker thread logs
+        # the exception it re-raises, and TensorStore's callbacks hit the closed event loop.
+        record = logging.LogRecord(
+            "absl", logging.ERROR, "/site-packages/orbax/checkpoint/_src/futures/future.py", 387,
+            "[process=0][thread=t][operation_id=1] _SignalingThread.run() raised an exception: %s",
+            ("RESOURCE_EXHAUSTED: No space left on device",), None,
+        )
+        absl_logging.get_absl_handler().handle(record)
+        import asyncio, gc
+        loop = asyncio.new_event_loop()
+        loop.close()
+
+        class Callback:  # raising where Python can only report it to sys.unraisablehook
+            def __del__(self):
+                loop.call_soon_threadsafe(print)
+
+        Callback()
+        gc.collect()
+        e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), workdir + "/checkpoints")
+        e.resume_hint = "and once that is done the same command resumes from step 4"
+        raise e
+
+    if __name__ == "__main__":
+        cli.run({"full": full})
+    """
+)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_without_orbax_noise(tmp_path):
+    (tmp_path / "main.py").write_text(MAIN)
+    (tmp_path / "cfg.py").write_text(
+        "from lstm_jax.config_utils import engine_defaults\n\ndef get_config():\n"
+        "    return engine_defaults()\n"
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "main.py"), "--config=cfg.py", f"--workdir={workdir}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "_SignalingThread" not in proc.stderr, proc.stderr
+    assert "Event loop is closed" not in proc.stderr, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert lines == [
+        f"error: {workdir}/checkpoints: {FULL}; the disk is full; free some space or pass a --workdir"
+        " on another disk; and once that is done the same command resumes from step 4 (what was"
+        f" already written in {workdir} is intact: files are written whole or not at all)"
+    ]
 
 
 def test_results_json_on_a_full_disk_names_it_and_the_rerun_finishes(tmp_path, monkeypatch):
