@@ -1363,6 +1363,7 @@ def _run(
                 logging.warning("wrote %s back from %s", config_path, RESULTS_FILE)
             return done
     if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
+        _check_free_space(store, abstract, None if restored is None else step)
         _name_lock_holder(lock)
         if restored is None:
             _set_aside_another_start(config, workdir)
@@ -1667,6 +1668,53 @@ def _run(
         " | ".join(f"{s} {format_metrics(m)}" for s, m in final.items()),
     )
     return results
+
+
+def _check_free_space(store: CheckpointStore, abstract: Any, step: int | None) -> None:
+    """`UserError` before anything is trained when the disk of `store.directory` has less space free than
+    one checkpoint takes (the size of the checkpoint of `step` being resumed, else the state's bytes): the
+    run would otherwise train until its first save and fail there, throwing those steps away."""
+    if step is not None:
+        need = _tree_size(os.path.join(store.directory, str(step)))
+    else:
+        need = sum(
+            int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract)
+        )
+    try:
+        info = os.statvfs(store.directory)
+    except (OSError, AttributeError):  # pragma: no cover (no statvfs: not POSIX)
+        return
+    free = info.f_bavail * info.f_frsize
+    if free >= need:
+        return
+    then = (
+        "starts training from step 0"
+        if step is None
+        else f"resumes from the checkpoint of step {step}"
+    )
+    raise UserError(
+        f"{store.workdir} is on a disk with {_size(free)} free, less than one checkpoint of this run"
+        f" takes ({_size(need)}); free some space or pass a --workdir on another disk (the same command"
+        f" then {then}); nothing was trained or written"
+    )
+
+
+def _tree_size(path: str) -> int:
+    """The bytes of the files under `path`."""
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(folder, name))
+    return total
+
+
+def _size(n: int) -> str:
+    """`n` bytes as "512 KB", "3.2 MB", "1.5 GB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{max(n, 0) // 1000} KB"
 
 
 def _check_same_data(meta: Mapping[str, Any], task: Task, step: int, workdir: str) -> None:

@@ -22,6 +22,7 @@ import pytest
 from lstm_jax import logging_utils
 from lstm_jax import train as train_mod
 from lstm_jax.checkpoint import CheckpointStore
+from lstm_jax.errors import UserError
 from lstm_jax.logging_utils import (
     MetricsLogger,
     atomic_write,
@@ -155,6 +156,34 @@ def test_a_failed_checkpoint_save_gives_its_space_back_and_keeps_the_earlier_one
     assert results["steps"] == 10
     kinds = [(r["kind"], r["step"]) for r in read_jsonl(str(workdir / "metrics.jsonl"))]
     assert ("resume", 5) in kinds
+
+
+def test_a_disk_without_room_for_one_checkpoint_is_refused_before_training(tmp_path, monkeypatch):
+    """A run on a (nearly) full disk would train until its first save and fail there, steps thrown away:
+    it is refused before training, naming the workdir, the space free and needed, and the fix; a resumed
+    run's need is its checkpoint's size."""
+    config = ef.base_config(num_steps=10, eval_every_steps=5)
+    workdir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # stopped after its checkpoint of step 5
+        train_and_evaluate(config, str(workdir), ef.classification_task(config, stop_at=7))
+    real = os.statvfs
+
+    class Full:
+        f_bavail, f_frsize = 2, 1024
+
+    monkeypatch.setattr(train_mod.os, "statvfs", lambda p: Full())
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(UserError) as info:
+        train_and_evaluate(config, str(workdir), ef.classification_task(config))
+    message = str(info.value)
+    assert message.startswith(f"{workdir} is on a disk with 2 KB free, less than one checkpoint")
+    assert "free some space or pass a --workdir on another disk" in message
+    assert "the same command then resumes from the checkpoint of step 5" in message
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == before
+    with pytest.raises(UserError, match="then starts training from step 0"):
+        train_and_evaluate(config, str(tmp_path / "new"), ef.classification_task(config))
+    monkeypatch.setattr(train_mod.os, "statvfs", real)
+    assert train_and_evaluate(config, str(workdir), ef.classification_task(config))["steps"] == 10
 
 
 def test_naming_the_lock_holder_on_a_full_disk_names_the_lock_file(tmp_path, monkeypatch):
