@@ -118,8 +118,10 @@ class CheckpointStore:
                 force=True,
             )
             self._manager.wait_until_finished()
-        except OSError:
+        except OSError as e:
             self._remove_partial(step)
+            if e.errno and not e.filename:  # Orbax's metadata writes (write_text) name no file
+                raise OSError(e.errno, e.strerror, self.directory) from e
             raise
         except Exception as e:
             # TensorStore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ... No space left on

@@ -272,6 +272,14 @@ def test_a_full_disk_during_a_save_is_an_os_error_the_cli_words(tmp_path, monkey
     with pytest.raises(OSError) as info:
         store.save(2, _state(2.0), {"step": 2})
     assert info.value.errno == errno.ENOSPC and info.value.filename == store.directory
+
+    def metadata_full(*args, **kwargs):  # Orbax's _CHECKPOINT_METADATA (epath's write_text)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store._manager, "save", metadata_full)
+    with pytest.raises(OSError) as info:
+        store.save(2, _state(2.0), {"step": 2})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == store.directory
     monkeypatch.undo()
     step, state, _, _ = store.restore_latest(jax.eval_shape(_state))
     store.close()
