@@ -1362,8 +1362,9 @@ def _run(
                 config_utils.save_config(saved, workdir)
                 logging.warning("wrote %s back from %s", config_path, RESULTS_FILE)
             return done
+    # Every process writes its part of each checkpoint: each checks its disk has room for one.
+    _check_free_space(store, abstract, None if restored is None else step)
     if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
-        _check_free_space(store, abstract, None if restored is None else step)
         _name_lock_holder(lock)
         if restored is None:
             _set_aside_another_start(config, workdir)
@@ -1713,7 +1714,7 @@ def _size(n: int) -> str:
     """`n` bytes as "512 KB", "3.2 MB", "1.5 GB"."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6)):
         if n >= scale:
-            return f"{n / scale:.1f} {unit}"
+            return f"{n / scale:.2f} {unit}"
     return f"{max(n, 0) // 1000} KB"
 
 
