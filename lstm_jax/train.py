@@ -1061,17 +1061,17 @@ def train_and_evaluate(
         if lock is not None:
             lock.close()
         if created:  # leave no empty run directory behind an error
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(workdir, LOCK_FILE))
-            with contextlib.suppress(OSError):
-                os.rmdir(workdir)
+            _remove_empty_run(workdir)
         raise
     is_main = eng.is_main
+    failed = True
     try:
         store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
         logger = MetricsLogger(workdir, enabled=is_main)
         try:
-            return _run(eng, store, logger, t_start, saved, lock)
+            results = _run(eng, store, logger, t_start, saved, lock)
+            failed = False
+            return results
         except OSError as e:  # a full or read-only disk: say where the same command goes on from
             if getattr(e, "resume_hint", None) is None:
                 last = store.latest_step()
@@ -1089,6 +1089,25 @@ def train_and_evaluate(
     finally:
         if lock is not None:
             lock.close()  # releases the flock
+        if (
+            created and failed
+        ):  # refused before writing anything (a full disk): no empty run directory
+            _remove_empty_run(workdir)
+
+
+def _remove_empty_run(workdir: str) -> None:
+    """Deletes `workdir`, which this run created, when it holds nothing but the lock file and an empty
+    checkpoints folder (a run stopped before writing anything); anything else in it is left alone."""
+    left = {"?"}
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.join(workdir, "checkpoints"))
+    with contextlib.suppress(OSError):
+        left = set(os.listdir(workdir))
+    if left <= {LOCK_FILE}:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(workdir, LOCK_FILE))
+        with contextlib.suppress(OSError):
+            os.rmdir(workdir)
 
 
 # Held (flock) by the training process of a workdir while it runs; it names that process.
@@ -1711,7 +1730,7 @@ def _tree_size(path: str) -> int:
 
 
 def _size(n: int) -> str:
-    """`n` bytes as "512 KB", "3.2 MB", "1.5 GB"."""
+    """`n` bytes as "512 KB", "3.58 MB", "1.50 GB"."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6)):
         if n >= scale:
             return f"{n / scale:.2f} {unit}"

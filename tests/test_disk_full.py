@@ -182,6 +182,7 @@ def test_a_disk_without_room_for_one_checkpoint_is_refused_before_training(tmp_p
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == before
     with pytest.raises(UserError, match="then starts training from step 0"):
         train_and_evaluate(config, str(tmp_path / "new"), ef.classification_task(config))
+    assert not (tmp_path / "new").exists()  # a new workdir refused is not left behind, empty
     monkeypatch.setattr(train_mod.os, "statvfs", real)
     assert train_and_evaluate(config, str(workdir), ef.classification_task(config))["steps"] == 10
 
