@@ -1381,8 +1381,9 @@ def _run(
                 config_utils.save_config(saved, workdir)
                 logging.warning("wrote %s back from %s", config_path, RESULTS_FILE)
             return done
-    # Every process writes its part of each checkpoint: each checks its disk has room for one.
-    _check_free_space(store, abstract, None if restored is None else step)
+    if not finished:  # (a finished run only writes its results: no checkpoint)
+        # Every process writes its part of each checkpoint: each checks its disk has room for one.
+        _check_free_space(store, abstract, None if restored is None else step)
     if eng.is_main:  # only now: a config that cannot resume this workdir never overwrites its files
         _name_lock_holder(lock)
         if restored is None:

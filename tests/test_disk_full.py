@@ -284,6 +284,11 @@ def test_results_json_on_a_full_disk_names_it_and_the_rerun_finishes(tmp_path, m
     assert "resumes from the checkpoint of step 5" in info.value.resume_hint
     assert not (workdir / "results.json").exists()
     monkeypatch.undo()
+
+    class LittleFree:  # less than a checkpoint, which a run that only writes its results needs not
+        f_bavail, f_frsize = 1, 1024
+
+    monkeypatch.setattr(train_mod.os, "statvfs", lambda p: LittleFree())
     results = train_and_evaluate(config, str(workdir), ef.classification_task(config))
     assert results["steps"] == 5
     assert json.loads((workdir / "results.json").read_text())["steps"] == 5
