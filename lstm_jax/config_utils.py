@@ -40,6 +40,7 @@ __all__ = [
     "engine_defaults",
     "validate_config",
     "ignored_fields",
+    "check_split_seed",
     "save_config",
     "load_config",
     "config_to_dict",
@@ -53,8 +54,10 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-# The largest seed every consumer takes: sklearn's `random_state` (the validation splits) stops at 2**32 - 1,
-# and `jax.random.key` overflows past 2**64 - 1.
+# The largest seed every consumer takes (config.seed, data.split_seed, generation's --sample_seed): sklearn's
+# `random_state` (the validation splits) stops at 2**32 - 1, `jax.random.key` keeps 32 bits of a seed (2**32
+# gives seed 0's tokens) and raises OverflowError from 2**63 on, and numpy's `default_rng` (the char task's
+# choice of a saved prime) takes no negative seed.
 MAX_SEED = 2**32 - 1
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_constant")
 CONFIG_FILE = "config.json"
@@ -249,6 +252,17 @@ def ignored_fields(config: Any) -> list[str]:
                 " (Nesterov momentum needs momentum); pass e.g. --config.optimizer.momentum=0.9"
             )
     return lines
+
+
+def check_split_seed(data: Any) -> None:
+    """`UserError` unless the data section's ``split_seed`` (when it has one) is an integer in [0,
+    `MAX_SEED`]: sklearn's `train_test_split` takes no other `random_state`. Tasks call it before any
+    data is read."""
+    if "split_seed" in data and not 0 <= int(data["split_seed"]) <= MAX_SEED:
+        raise UserError(
+            f"config.data.split_seed={data['split_seed']} must be an integer in [0, {MAX_SEED}]"
+            " (sklearn's random_state); pass e.g. --config.data.split_seed=42"
+        )
 
 
 def fill_derived(config: Any, field: str, value: Any) -> None:

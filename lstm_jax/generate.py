@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax import native
+from lstm_jax.config_utils import MAX_SEED
 from lstm_jax.errors import UserError
 from lstm_jax.models import LanguageModel
 from lstm_jax.nn import LSTM
@@ -92,12 +93,6 @@ def check_sampling_flags(
         raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
     if top_k < 0:
         raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all {unit})")
-
-
-# Sampling seeds: `jax.random.key` keeps 32 bits of a seed (2**32 gives seed 0's tokens) and raises
-# OverflowError from 2**63 on, and numpy's `default_rng` (the char task's choice of a saved prime) takes
-# no negative seed.
-MAX_SEED = 2**32 - 1
 
 
 def check_seed(seed: int, *, name: str = "--sample_seed") -> None:

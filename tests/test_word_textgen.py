@@ -515,3 +515,15 @@ def test_validation_split_is_fixed_by_split_seed_not_the_training_seed(tmp_path)
     assert fingerprint(seed=1) == base
     assert test_config.get_config().data.split_seed == 0
     assert fingerprint(**{"data.split_seed": 1}) != base
+
+
+@pytest.mark.parametrize("split_seed", [-1, 2**32])
+def test_a_split_seed_sklearn_cannot_take_names_the_field_before_the_data_is_read(
+    tmp_path, split_seed
+):
+    """As `seed` and the classification splits' `data.split_seed`: checked by name (was: sklearn's
+    InvalidParameterError from train_test_split, after the CSV was read)."""
+    config = _config(tmp_path / "missing.csv", split_seed=split_seed)
+    with pytest.raises(UserError) as err:
+        word_lm.make_task(config)
+    assert str(err.value).startswith(f"config.data.split_seed={split_seed} must be"), err.value

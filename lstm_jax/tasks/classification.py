@@ -324,11 +324,7 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
         )
     for field in fractions.get(d.dataset, ()):
         data_lib.check_fraction(float(d[field]), f"config.data.{field}")
-    if "split_seed" in d and not 0 <= int(d.split_seed) <= config_utils.MAX_SEED:
-        raise UserError(
-            f"config.data.split_seed={d.split_seed} must be an integer in [0,"
-            f" {config_utils.MAX_SEED}] (sklearn's random_state); pass e.g. --config.data.split_seed=42"
-        )
+    config_utils.check_split_seed(d)
     if d.dataset == "fake_news" and int(d.num_buckets) < 2:
         raise UserError(
             f"config.data.num_buckets={d.num_buckets} leaves no id for a word (0 is padding); pass"

@@ -306,6 +306,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         )
     if form == "lines":
         _check_buckets(config.data.buckets)
+    config_utils.check_split_seed(config.data)
     seqs, vocab, info = load_lines(config)
     seed = int(config.seed)
     drop = config_utils.drop_remainder(config)
