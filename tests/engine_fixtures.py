@@ -7,6 +7,10 @@ next-token language model that carries the LSTM state across consecutive batches
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,3 +191,28 @@ def epoch_keeping_the_remainder(task, num_examples: int, batch_size: int) -> dic
     short = [b for b in batches if b["weight"].sum() < batch_size]
     assert len(short) == 1
     return short[0]
+
+
+# A --config file of nothing but the engine's defaults, for `run_cli_script`.
+ENGINE_DEFAULTS_CONFIG = (
+    "from lstm_jax.config_utils import engine_defaults\n\n\ndef get_config():\n"
+    "    return engine_defaults()\n"
+)
+
+
+def run_cli_script(tmp_path, main: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs the script `main` (a `cli.run(...)` entry point) as `tmp_path/main.py` with `args`, from
+    `tmp_path`, where `cfg.py` is `ENGINE_DEFAULTS_CONFIG`; the repository is on PYTHONPATH."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "main.py").write_text(main)
+    (tmp_path / "cfg.py").write_text(ENGINE_DEFAULTS_CONFIG)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+        check=False,
+    )

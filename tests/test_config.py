@@ -10,6 +10,7 @@ import sys
 import textwrap
 from typing import Any
 
+import engine_fixtures as ef
 import ml_collections
 import pytest
 from flax import nnx
@@ -443,29 +444,10 @@ MAIN = textwrap.dedent(
                  "read_only": read_only, "full": full, "not_found": not_found})
     """
 )
-CONFIG = textwrap.dedent(
-    """
-    from lstm_jax.config_utils import engine_defaults
-
-    def get_config():
-        return engine_defaults()
-    """
-)
 
 
 def _cli(tmp_path, *args):
-    (tmp_path / "main.py").write_text(MAIN)
-    (tmp_path / "cfg.py").write_text(CONFIG)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [sys.executable, str(tmp_path / "main.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(tmp_path),
-        timeout=120,
-        check=False,
-    )
+    return ef.run_cli_script(tmp_path, MAIN, *args)
 
 
 def test_cli_overrides_modes_and_user_errors(tmp_path):
@@ -558,7 +540,7 @@ print("parsed")
 def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
     """Flag parsing (absl, ml_collections) errors: one `error:` line naming the flag and the fix, exit
     status 2, never a traceback (a missing --config file and an unknown --config.x.y field were)."""
-    (tmp_path / "cfg.py").write_text(CONFIG)
+    (tmp_path / "cfg.py").write_text(ef.ENGINE_DEFAULTS_CONFIG)
     cases = {
         "good": (["--config=cfg.py", "--config.train.batch_size=3", "--workdir=w"], None),
         "missing file": (

@@ -11,10 +11,7 @@ import contextlib
 import errno
 import json
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import engine_fixtures as ef
 import pytest
@@ -31,7 +28,6 @@ from lstm_jax.logging_utils import (
 )
 from lstm_jax.train import train_and_evaluate
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = os.strerror(errno.ENOSPC)
 
 
@@ -233,25 +229,9 @@ MAIN = textwrap.dedent(
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_without_orbax_noise(tmp_path):
-    (tmp_path / "main.py").write_text(MAIN)
-    (tmp_path / "cfg.py").write_text(
-        "from lstm_jax.config_utils import engine_defaults\n\ndef get_config():\n"
-        "    return engine_defaults()\n"
-    )
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
-    proc = subprocess.run(
-        [sys.executable, str(tmp_path / "main.py"), "--config=cfg.py", f"--workdir={workdir}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(tmp_path),
-        timeout=120,
-        check=False,
-    )
+    proc = ef.run_cli_script(tmp_path, MAIN, "--config=cfg.py", f"--workdir={workdir}")
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "_SignalingThread" not in proc.stderr, proc.stderr
     assert "Event loop is closed" not in proc.stderr, proc.stderr

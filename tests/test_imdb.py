@@ -293,6 +293,20 @@ def test_eval_and_predict_of_a_run_trained_with_an_impl_this_machine_lacks(
     assert evaluated["step"] == json.loads((workdir / "results.json").read_text())["best_step"]
 
 
+def _eval_and_predict_errors(config, workdir) -> list[str]:
+    """The `UserError` messages of `--mode=eval` and `--mode=predict` on `workdir` with `config` (each
+    must refuse it)."""
+    messages = []
+    for call in (
+        lambda: clf.evaluate(config, str(workdir)),
+        lambda: clf.predict_texts(str(workdir), ["a great movie"], config),
+    ):
+        with pytest.raises(UserError) as e:
+            call()
+        messages.append(str(e.value))
+    return messages
+
+
 def test_eval_and_predict_with_another_model_config_name_the_field(trained):
     """A --config whose model differs from the trained run: one UserError naming the field, not
     orbax's shape error; a config that differs elsewhere (batch size) still predicts."""
@@ -301,13 +315,7 @@ def test_eval_and_predict_with_another_model_config_name_the_field(trained):
     other = _config(acl)
     other.model.hidden_sizes = (7,)
     other.data.vocab_size = 50
-    for call in (
-        lambda: clf.evaluate(other, str(workdir)),
-        lambda: clf.predict_texts(str(workdir), ["a great movie"], other),
-    ):
-        with pytest.raises(UserError) as e:
-            call()
-        msg = str(e.value)
+    for msg in _eval_and_predict_errors(other, workdir):
         assert "config.model.hidden_sizes" in msg and "config.data.vocab_size" in msg
         assert msg.index("model.hidden_sizes") < msg.index("data.vocab_size")
         assert "leave out --config" in msg
@@ -331,13 +339,7 @@ def test_eval_and_predict_refuse_a_config_computing_another_model_of_the_same_sh
     acl, workdir, _ = trained
     other = _config(acl)
     other[section][field] = value
-    for call in (
-        lambda: clf.evaluate(other, str(workdir)),
-        lambda: clf.predict_texts(str(workdir), ["a great movie"], other),
-    ):
-        with pytest.raises(UserError) as e:
-            call()
-        msg = str(e.value)
+    for msg in _eval_and_predict_errors(other, workdir):
         assert f"{section}.{field}: saved" in msg and "leave out --config" in msg, msg
     fine = _config(acl)
     fine.model.dropout = 0.3  # a training-only setting: predicts as trained
