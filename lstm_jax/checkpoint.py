@@ -31,7 +31,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from lstm_jax.errors import UserError, root_reason
-from lstm_jax.logging_utils import atomic_write, read_json, write_json
+from lstm_jax.logging_utils import atomic_write, os_error_naming, read_json, write_json
 
 __all__ = ["CheckpointStore", "restore_params", "save_artefacts", "load_artefact"]
 
@@ -121,7 +121,7 @@ class CheckpointStore:
         except OSError as e:
             self._remove_partial(step)
             if e.errno and not e.filename:  # Orbax's metadata writes (write_text) name no file
-                raise OSError(e.errno, e.strerror, self.directory) from e
+                raise os_error_naming(e, self.directory) from e
             raise
         except Exception as e:
             # TensorStore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ... No space left on

@@ -31,6 +31,7 @@ __all__ = [
     "MetricsLogger",
     "Progress",
     "atomic_write",
+    "os_error_naming",
     "write_json",
     "read_json",
     "read_jsonl",
@@ -145,7 +146,7 @@ def _append_whole(f: Any, data: bytes, path: str) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.ftruncate(f.fileno(), start)
-        raise OSError(e.errno, e.strerror, path) from e
+        raise os_error_naming(e, path) from e
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -287,12 +288,13 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
             os.remove(tmp)
         if isinstance(e, OSError) and e.errno and not e.filename:
             # A write through the file object (a full disk) names no file: name the one being written.
-            raise _named(e, path) from e
+            raise os_error_naming(e, path) from e
         raise
 
 
-def _named(e: OSError, path: str) -> OSError:
-    """`e` (a failed write, which names no file) as the same kind of OSError naming `path`."""
+def os_error_naming(e: OSError, path: str) -> OSError:
+    """`e` (a failed write, which names no file) as the same kind of OSError naming `path` (the file the
+    user knows), for the CLI's one-line error; raise it `from e`."""
     return OSError(e.errno, e.strerror or os.strerror(e.errno), path)
 
 

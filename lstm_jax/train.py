@@ -71,7 +71,14 @@ from jax.sharding import PartitionSpec as P
 from lstm_jax import config_utils, core, metrics, optim
 from lstm_jax.checkpoint import CheckpointStore, restore_params, save_artefacts
 from lstm_jax.errors import Interrupted, UserError, root_reason
-from lstm_jax.logging_utils import MetricsLogger, Progress, format_metrics, read_json, write_json
+from lstm_jax.logging_utils import (
+    MetricsLogger,
+    Progress,
+    format_metrics,
+    os_error_naming,
+    read_json,
+    write_json,
+)
 from lstm_jax.plots import plot_training_curves
 
 __all__ = [
@@ -1151,7 +1158,7 @@ def _name_lock_holder(lock: Any) -> None:
         os.ftruncate(lock.fileno(), 0)
         os.write(lock.fileno(), text.encode())
     except OSError as e:
-        raise OSError(e.errno, e.strerror, lock.name) from e
+        raise os_error_naming(e, lock.name) from e
 
 
 # Config fields under `model` that change how the model is computed, not what it is.
