@@ -1722,8 +1722,9 @@ def _check_free_space(store: CheckpointStore, abstract: Any, step: int | None) -
     )
     raise UserError(
         f"{store.workdir} is on a disk with {_size(free)} free, less than one checkpoint of this run"
-        f" takes ({_size(need)}); free some space or pass a --workdir on another disk (the same command"
-        f" then {then}); nothing was trained or written"
+        f" takes ({_size(need)}); free some space (the same command then {then}) or pass a --workdir"
+        f" on another disk{'' if step is None else ' (a new run there, from step 0)'}; nothing was"
+        " trained or written"
     )
 
 

@@ -173,10 +173,15 @@ def test_a_disk_without_room_for_one_checkpoint_is_refused_before_training(tmp_p
         train_and_evaluate(config, str(workdir), ef.classification_task(config))
     message = str(info.value)
     assert message.startswith(f"{workdir} is on a disk with 2 KB free, less than one checkpoint")
-    assert "free some space or pass a --workdir on another disk" in message
-    assert "the same command then resumes from the checkpoint of step 5" in message
+    # Freeing space resumes the run; another --workdir is a new run (the message once said it resumed).
+    assert (
+        "free some space (the same command then resumes from the checkpoint of step 5) or pass a"
+        " --workdir on another disk (a new run there, from step 0)"
+    ) in message
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == before
-    with pytest.raises(UserError, match="then starts training from step 0"):
+    with pytest.raises(
+        UserError, match=r"free some space \(the same command then starts training from step 0\)"
+    ):
         train_and_evaluate(config, str(tmp_path / "new"), ef.classification_task(config))
     assert not (tmp_path / "new").exists()  # a new workdir refused is not left behind, empty
     monkeypatch.setattr(train_mod.os, "statvfs", real)
