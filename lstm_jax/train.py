@@ -758,8 +758,13 @@ def _git_state(directory: str) -> dict[str, Any] | None:
     """`{"commit", "dirty"}` of the git checkout holding `directory`, or None (no git, not a checkout)."""
 
     def git(*args: str) -> str:
+        # --no-optional-locks: `status` must not take the index lock while the user runs git themselves.
         return subprocess.run(
-            ["git", "-C", directory, *args], capture_output=True, text=True, timeout=10, check=True
+            ["git", "--no-optional-locks", "-C", directory, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
 
     try:
