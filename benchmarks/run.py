@@ -121,11 +121,18 @@ class Worker:
 
     def __init__(self, peer: str, shape: str, timeout: float, malloc: str = "all"):
         self.peer, self.timeout = peer, timeout
+        self.start(
+            [sys.executable, "-m", "benchmarks.worker", peer, shape], env=child_env(peer, malloc)
+        )
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Starts `argv` with line-buffered pipes for the replies, stderr kept in a temporary file for
+        `exit_reason`, and the reader thread."""
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.worker", peer, shape],
+            argv,
             cwd=ROOT,
-            env=child_env(peer, malloc),
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,

@@ -594,26 +594,28 @@ def _fake_ceiling(args, timeout=600):
     return {"ceiling_gflops": 100.0, "numpy_gflops": 100.0, "jax_gflops": 90.0, "n": 128}
 
 
+def _run_with_fake_workers(monkeypatch, tmp_path, script: dict, argv: list[str]) -> dict:
+    """`run.main(argv + --out)` with `_FakeWorker`s playing `script` and a fake ceiling; the saved JSON."""
+    monkeypatch.setattr(_FakeWorker, "script", script)
+    monkeypatch.setattr(run, "Worker", _FakeWorker)
+    monkeypatch.setattr(run, "run_child_json", _fake_ceiling)
+    out = tmp_path / "r.json"
+    assert run.main([*argv, "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def test_a_failed_generation_keeps_the_run(tmp_path, monkeypatch, capsys):
     """A worker whose generation fails (an exception, or killed for memory) once ended the whole run with a
     TypeError in the table, before the JSON was written."""
     ready = {"status": "ready", "param_count": 1, "first_step_s": 0.5, "second_step_s": 0.01}
     failed = {"status": "failed", "reason": "worker exited: MemoryError: simulated"}
     gen = {"tutorial_1": {"streams": 1, "chars_per_s": 30.0, "first_call_s": 1.0}}
-    monkeypatch.setattr(
-        _FakeWorker,
-        "script",
-        {
-            "lstm_jax": {"ready": ready, "time": {"times": [0.01]}, "generate": failed},
-            "keras_jax": {"ready": ready, "time": {"times": [0.02]}, "generate": gen},
-        },
-    )
-    monkeypatch.setattr(run, "Worker", _FakeWorker)
-    monkeypatch.setattr(run, "run_child_json", _fake_ceiling)
-    out = tmp_path / "r.json"
-    argv = ["--shapes", "A", "--peers", "lstm_jax,keras_jax", "--rounds", "1", "--out", str(out)]
-    assert run.main(argv) == 0
-    res = json.loads(out.read_text())["shapes"]["A"]
+    script = {
+        "lstm_jax": {"ready": ready, "time": {"times": [0.01]}, "generate": failed},
+        "keras_jax": {"ready": ready, "time": {"times": [0.02]}, "generate": gen},
+    }
+    argv = ["--shapes", "A", "--peers", "lstm_jax,keras_jax", "--rounds", "1"]
+    res = _run_with_fake_workers(monkeypatch, tmp_path, script, argv)["shapes"]["A"]
     assert res["lstm_jax"]["median_ms"] == 10.0 and res["keras_jax"]["median_ms"] == 20.0
     assert "generation" not in res["lstm_jax"] and res["keras_jax"]["generation"] == gen
     printed = capsys.readouterr().out
@@ -656,20 +658,12 @@ def test_a_peer_failing_mid_run_is_reported_with_its_cause(tmp_path, monkeypatch
             return {"status": "failed", "reason": "MemoryError: simulated"}
         return {"times": [0.03]}
 
-    monkeypatch.setattr(
-        _FakeWorker,
-        "script",
-        {
-            "lstm_jax": {"ready": ready, "time": {"times": [0.01]}},
-            "flax": {"ready": ready, "time": flax_time},
-        },
-    )
-    monkeypatch.setattr(run, "Worker", _FakeWorker)
-    monkeypatch.setattr(run, "run_child_json", _fake_ceiling)
-    out = tmp_path / "r.json"
-    argv = ["--shapes", "tiny", "--peers", "lstm_jax,flax", "--rounds", "2", "--out", str(out)]
-    assert run.main(argv) == 0
-    res = json.loads(out.read_text())["shapes"]["tiny"]
+    script = {
+        "lstm_jax": {"ready": ready, "time": {"times": [0.01]}},
+        "flax": {"ready": ready, "time": flax_time},
+    }
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax,flax", "--rounds", "2"]
+    res = _run_with_fake_workers(monkeypatch, tmp_path, script, argv)["shapes"]["tiny"]
     assert res["lstm_jax"]["median_ms"] == 10.0 and res["lstm_jax"]["n"] == 2
     flax = res["flax"]
     assert flax["status"] == "failed" and flax["reason"] == "MemoryError: simulated"
@@ -793,41 +787,31 @@ def test_a_zero_ceiling_size_or_timeout_is_a_user_error(tmp_path, monkeypatch, c
         assert message in capsys.readouterr().err
 
 
-def _worker_running(code: str, tmp_path, timeout: float) -> run.Worker:
-    """A `run.Worker` driving `python -c code` instead of a benchmark worker, piped as `Worker` pipes one."""
-    import subprocess
-
+def _worker_running(code: str, timeout: float) -> run.Worker:
+    """A `run.Worker` driving `python -c code` instead of a benchmark worker, started as `Worker` starts one."""
     w = object.__new__(run.Worker)
-    w.peer, w.timeout, w.log = "x", timeout, (tmp_path / "log").open("w+")
-    w.proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=w.log,
-        text=True,
-        bufsize=1,
-    )
-    w.start_reader()
+    w.peer, w.timeout = "x", timeout
+    w.start([sys.executable, "-c", code])
     return w
 
 
-def test_a_worker_killed_while_idle_is_a_failed_peer(tmp_path):
+def test_a_worker_killed_while_idle_is_a_failed_peer():
     """The out-of-memory killer picks the largest process, often a worker waiting for its turn: the next
     command to it raised BrokenPipeError in the driver, which ended the run and lost every result."""
     import signal
 
-    w = _worker_running("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", tmp_path, 60)
+    w = _worker_running("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 60)
     w.proc.wait()
     got = w.ask({"cmd": "time", "steps": 1})
     assert got["status"] == "failed" and f"killed by signal {int(signal.SIGKILL)}" in got["reason"]
     assert w.close() == {}
 
 
-def test_a_hung_worker_times_out(tmp_path):
+def test_a_hung_worker_times_out():
     """`--timeout` was checked only between output lines: a worker that hung without printing (a deadlock,
     a step that never ends) held the run forever."""
 
-    w = _worker_running("import time; print('chatter', flush=True); time.sleep(30)", tmp_path, 1.0)
+    w = _worker_running("import time; print('chatter', flush=True); time.sleep(30)", 1.0)
     t0 = time.monotonic()
     got = w.read()
     assert time.monotonic() - t0 < 10
