@@ -170,9 +170,8 @@ class Worker:
         try:
             self.proc.stdin.write(json.dumps(cmd) + "\n")
             self.proc.stdin.flush()
-        except (
-            OSError
-        ):  # it died while idle (the out-of-memory killer's usual pick): BrokenPipeError
+        except OSError:
+            # It died while idle (the out-of-memory killer's usual pick): BrokenPipeError.
             return {"status": "failed", "reason": self.exit_reason()}
         return self.read()
 
@@ -267,9 +266,8 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
             break
         for peer in order[rnd % len(order) :] + order[: rnd % len(order)]:
             reply = workers[peer].ask({"cmd": "time", "steps": steps[peer]})
-            if (
-                "times" not in reply
-            ):  # failed mid-run: kept with its start's numbers, minus a median
+            if "times" not in reply:
+                # Failed mid-run: kept with its start's numbers, minus a median.
                 results[peer] = {**results[peer], **reply}
                 workers.pop(peer).close()
                 order.remove(peer)
@@ -621,9 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--rounds={args.rounds} must be >= 1"
     elif not args.round_seconds > 0:
         problem = f"--round-seconds={args.round_seconds} must be > 0"
-    elif (
-        args.ceiling_n < 1
-    ):  # a 0x0 matmul's ceiling of 0 GFLOP/s ended the table in ZeroDivisionError
+    elif args.ceiling_n < 1:
+        # A 0x0 matmul's ceiling of 0 GFLOP/s ended the table in ZeroDivisionError.
         problem = f"--ceiling-n={args.ceiling_n} must be >= 1"
     elif not args.timeout > 0:  # no reply could arrive in time: every peer "timed out" at once
         problem = f"--timeout={args.timeout} must be > 0"

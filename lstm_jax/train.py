@@ -1101,9 +1101,8 @@ def train_and_evaluate(
     finally:
         if lock is not None:
             lock.close()  # releases the flock
-        if (
-            created and failed
-        ):  # refused before writing anything (a full disk): no empty run directory
+        if created and failed:
+            # Refused before writing anything (a full disk): no empty run directory.
             _remove_empty_run(workdir)
 
 

@@ -519,9 +519,8 @@ def generate_samples(
 
     The config saved in `workdir` takes precedence over `config`, but for its `generate` section (a
     warning names the other fields where `config` differs; see `load_trained`). Arguments left as None
-    come from
-    `config.generate`; without any prime, one of the random training
-    windows saved at training time is used (chosen by `seed`). Prints and returns the samples.
+    come from `config.generate`; without any prime, one of the random training windows saved at
+    training time is used (chosen by `seed`). Prints and returns the samples.
     """
     if seed is not None:
         generate.check_seed(int(seed))

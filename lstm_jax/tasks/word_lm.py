@@ -187,8 +187,7 @@ def _check_buckets(configured: Any) -> None:
     ):
         raise UserError(
             f"config.data.buckets={configured!r} must be a tuple of input lengths (integers >= 1);"
-            " pass"
-            " e.g. --config.data.buckets='(8, 16, 32)', or '()' for one bucket"
+            " pass e.g. --config.data.buckets='(8, 16, 32)', or '()' for one bucket"
         )
 
 
