@@ -518,6 +518,37 @@ def test_the_cache_key_tells_arm_cpus_apart(monkeypatch):
     assert all("sve" in s or "0xd0c" in s for s in signatures)
 
 
+def _cached_library_name(monkeypatch) -> str:
+    """The cache file name `native.build` picks for a compiler (its key), without compiling anything."""
+    monkeypatch.setattr(native, "_intact", lambda path: True)  # as if already built
+    return native.build(["c++"]).name
+
+
+def test_the_cache_key_follows_jaxlib_and_its_ffi_headers_not_jax(tmp_path, monkeypatch):
+    # The key took jax.__version__ for "the FFI headers", which come with jaxlib: a jaxlib upgrade under
+    # the same jax (jax 0.x.1 runs on jaxlib 0.x.0) loaded a library compiled against other headers, and
+    # a jax-only upgrade recompiled for nothing.
+    import jaxlib.version
+
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path / "cache"))
+    base = _cached_library_name(monkeypatch)
+    # Stable: the same environment, the same library.
+    assert _cached_library_name(monkeypatch) == base
+    monkeypatch.setattr(jax, "__version__", jax.__version__ + ".post1")
+    assert _cached_library_name(monkeypatch) == base
+    monkeypatch.setattr(jaxlib.version, "__version__", jaxlib.version.__version__ + ".post1")
+    newer_jaxlib = _cached_library_name(monkeypatch)
+    assert newer_jaxlib != base
+    # The headers themselves: one changed byte (a jaxlib build that kept its version) changes the key.
+    headers = tmp_path / "include"
+    shutil.copytree(jax.ffi.include_dir(), headers)
+    monkeypatch.setattr(jax.ffi, "include_dir", lambda: str(headers))
+    assert _cached_library_name(monkeypatch) == newer_jaxlib
+    header = next(p for p in sorted(headers.rglob("*.h")))
+    header.write_bytes(header.read_bytes() + b"\n")
+    assert _cached_library_name(monkeypatch) != newer_jaxlib
+
+
 def test_an_unwritable_cache_falls_back_with_one_warning_naming_the_fix(tmp_path):
     # The kernel could not be built (here: its cache directory cannot be made): impl="auto" fell back to
     # the XLA impls without a word, and the reason named neither the cache nor LSTM_JAX_NATIVE_CACHE.

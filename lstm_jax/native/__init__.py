@@ -7,12 +7,13 @@ two recurrences is one call into `lstm_cpu.cc` instead of a `lax.scan` of XLA ke
 loop iteration costs several kernel dispatches, which dominate at LSTM sizes (measured in
 benchmarks/README.md).
 
-The source is compiled once per machine into ``~/.cache/lstm_jax/native/`` (``LSTM_JAX_NATIVE_CACHE``
-overrides) with ``-O3 -march=native`` (``LSTM_JAX_NATIVE_MARCH`` overrides), by the C++ compiler of the
-`ziglang` package (a project dependency, so that a machine with only Python and pip has one), or
-``$LSTM_JAX_CXX``, or ``c++`` on the PATH. The source is compiled for that `-march`, then linked for the
-baseline CPU: zig builds its static C++ library once per link target (minutes), so builds for several
-`-march` values share one, and the library runs on every CPU of the architecture.
+The source is compiled once per machine (and per jaxlib: its version and FFI headers are in the cache key)
+into ``~/.cache/lstm_jax/native/`` (``LSTM_JAX_NATIVE_CACHE`` overrides) with ``-O3 -march=native``
+(``LSTM_JAX_NATIVE_MARCH`` overrides), by the C++ compiler of the `ziglang` package (a project dependency,
+so that a machine with only Python and pip has one), or ``$LSTM_JAX_CXX``, or ``c++`` on the PATH. The
+source is compiled for that `-march`, then linked for the baseline CPU: zig builds its static C++ library
+once per link target (minutes), so builds for several `-march` values share one, and the library runs on
+every CPU of the architecture.
 ``LSTM_JAX_NATIVE=off`` turns the kernel off; when it cannot be built, `available()` is False, says why in
 `unavailable_reason()`, and ``impl="auto"`` uses the XLA impls (with one warning per process that says
 why; none for ``LSTM_JAX_NATIVE=off``).
@@ -122,8 +123,10 @@ def _cache_dir() -> Path:
 def build(compiler: list[str] | None = None) -> Path:
     """Compiles `lstm_cpu.cc` (if not cached) and returns the shared library's path.
 
-    The cache key covers the source, the compiler command, the flags, the jaxlib version (the FFI headers)
-    and this machine (``-march=native``): a copied home directory recompiles on another CPU.
+    The cache key covers the source, the compiler command, the flags, jaxlib's version and the contents of
+    the XLA FFI headers it ships (`_ffi_signature`), and this machine (``-march=native``): a copied home
+    directory recompiles on another CPU, and a new jaxlib recompiles whatever version of jax is paired
+    with it.
     """
     candidates = [compiler] if compiler else _compilers()
     if not candidates:
@@ -132,6 +135,7 @@ def build(compiler: list[str] | None = None) -> Path:
             "LSTM_JAX_CXX to a C++17 compiler"
         )
     include = jax.ffi.include_dir()
+    ffi = _ffi_signature(include)
     source = _SOURCE.read_bytes()
     cpu = _cpu_signature()
     errors = []
@@ -150,9 +154,9 @@ def build(compiler: list[str] | None = None) -> Path:
                     " ".join(cmd).encode(),
                     " ".join(flags).encode(),
                     " ".join(link_flags).encode(),
-                    jax.__version__.encode(),
+                    ffi,
+                    cpu.encode(),
                 ]
-                + [cpu.encode()]
             )
         ).hexdigest()[:20]
         target = _cache_dir() / f"lstm_cpu-{key}.so"
@@ -182,6 +186,22 @@ def build(compiler: list[str] | None = None) -> Path:
             return target
         errors.append(error)
     raise RuntimeError("could not compile the native LSTM kernel:\n" + "\n".join(errors))
+
+
+def _ffi_signature(include: str) -> bytes:
+    """What the kernel's binary interface with XLA depends on: jaxlib's version and a hash of every header
+    under `include` (``jax.ffi.include_dir()``, shipped by jaxlib), names and contents. Not jax's version:
+    jax and jaxlib are released separately (jax 0.x.1 runs on jaxlib 0.x.0), and the headers, the FFI's
+    structs and call frame, come with jaxlib. Unchanged files give the same bytes, so an unchanged
+    environment keeps its cached library."""
+    import jaxlib.version
+
+    digest = hashlib.sha256()
+    root = Path(include)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return f"jaxlib {jaxlib.version.__version__} headers {digest.hexdigest()}".encode()
 
 
 def _intact(path: Path) -> bool:
