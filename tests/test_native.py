@@ -518,10 +518,10 @@ def test_the_cache_key_tells_arm_cpus_apart(monkeypatch):
     assert all("sve" in s or "0xd0c" in s for s in signatures)
 
 
-def _cached_library_name(monkeypatch) -> str:
+def _cached_library_name(monkeypatch, compiler=("c++",)) -> str:
     """The cache file name `native.build` picks for a compiler (its key), without compiling anything."""
     monkeypatch.setattr(native, "_intact", lambda path: True)  # as if already built
-    return native.build(["c++"]).name
+    return native.build(list(compiler)).name
 
 
 def test_the_cache_key_follows_jaxlib_and_its_ffi_headers_not_jax(tmp_path, monkeypatch):
@@ -547,6 +547,109 @@ def test_the_cache_key_follows_jaxlib_and_its_ffi_headers_not_jax(tmp_path, monk
     header = next(p for p in sorted(headers.rglob("*.h")))
     header.write_bytes(header.read_bytes() + b"\n")
     assert _cached_library_name(monkeypatch) != newer_jaxlib
+
+
+def _host_application(tmp_path):
+    """A stand-in for an embedded Python's `sys.executable` (uwsgi, an application hosting Python): not an
+    interpreter, and started with any arguments it runs until killed."""
+    host = tmp_path / "uwsgi"
+    host.write_text("#!/bin/sh\nsleep 30\n")
+    host.chmod(0o755)
+    return str(host)
+
+
+def test_an_embedded_python_never_runs_its_host_application(tmp_path, monkeypatch):
+    # Under uwsgi or an application hosting Python, sys.executable is the host: zig was found as
+    # `sys.executable -m ziglang c++` and the -march probe ran `sys.executable -c ...`, each of which
+    # started the host application instead (the probe waited 120 s for it, the build up to 10 minutes).
+    import time
+
+    monkeypatch.setattr(sys, "executable", _host_application(tmp_path))
+    zig = [cmd for cmd in native._compilers() if native._is_zig(cmd)]
+    assert zig and all(sys.executable not in cmd for cmd in native._compilers())
+    assert os.path.basename(zig[0][0]) == "zig" and os.access(zig[0][0], os.X_OK)
+    python = native._python()
+    assert python and python != sys.executable
+    monkeypatch.setenv("LSTM_JAX_NATIVE_MARCH", "x86-64")
+    start = time.monotonic()
+    native._check_runs_here(tmp_path / "missing.so")  # the probe fails to load it: no verdict
+    assert time.monotonic() - start < 20
+
+
+def test_a_hanging_compiler_or_probe_is_stopped_and_the_build_falls_back(tmp_path, monkeypatch):
+    # A compiler that never finishes (or a host application started in its place) was waited for 10 min
+    # per step with no word of why; here each step stops after its limit, with its child processes, and
+    # impl="auto" falls back to the XLA impls with one warning naming the cause and LSTM_JAX_CXX.
+    import time
+
+    # A "compiler" that never finishes and leaves a child holding its output open (as clang under zig).
+    hang = tmp_path / "hanging_compiler.py"
+    hang.write_text("import subprocess, time\nsubprocess.Popen(['sleep', '30'])\ntime.sleep(30)\n")
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_COMPILE_TIMEOUT_S", 1.0)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="no result after 1 s, stopped .*LSTM_JAX_CXX"):
+        native.build([sys.executable, str(hang)])
+    assert time.monotonic() - start < 15
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"] == []
+
+    # A test call of a library built for another -march that never answers: not loaded.
+    monkeypatch.setattr(native, "_PROBE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(native, "_PROBE", "import time\ntime.sleep(30)\n")
+    monkeypatch.setenv("LSTM_JAX_NATIVE_MARCH", "x86-64")
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="no answer in 1 s .*unset LSTM_JAX_NATIVE_MARCH"):
+        native._check_runs_here(tmp_path / "any.so")
+    assert time.monotonic() - start < 15
+
+    # The whole path in a fresh process: impl="auto" falls back, with one warning that says why.
+    code = (
+        "import sys\n"
+        "from lstm_jax import core, native\n"
+        "native._COMPILE_TIMEOUT_S = 1.0\n"
+        f"native._compilers = lambda: [[sys.executable, {str(hang)!r}]]\n"
+        "print(core._resolve_impl('auto', None, False, 128))\n"
+        "print(native.unavailable_reason().replace(chr(10), ' '))\n"
+    )
+    env = dict(os.environ, LSTM_JAX_NATIVE_CACHE=str(tmp_path / "cache2"), JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(__file__))
+    for name in ("LSTM_JAX_NATIVE", "LSTM_JAX_NATIVE_MARCH"):
+        env.pop(name, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    impl, reason = proc.stdout.splitlines()
+    assert impl == "fused" and "no result after 1 s" in reason
+    warnings = [line for line in proc.stderr.splitlines() if "kernel is unavailable" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert "no result after 1 s" in proc.stderr and "LSTM_JAX_CXX" in proc.stderr
+
+
+def test_a_build_held_up_by_another_process_gives_up(tmp_path, monkeypatch):
+    # The build waited without limit for another process's lock on the same library (one build per
+    # machine): a build that hung in one process hung every other process that needed the kernel.
+    failing = [sys.executable, "-c", "import sys; sys.exit('no compiler here')"]
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path))
+    with pytest.MonkeyPatch.context() as patch:
+        name = _cached_library_name(patch, failing)
+    monkeypatch.setattr(native, "_lock_timeout_s", lambda: 1.0)
+    hold = (
+        "import filelock, sys, time\n"
+        "lock = filelock.FileLock(sys.argv[1])\n"
+        "lock.acquire()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(20)\n"
+    )
+    lock = str(tmp_path / (name + ".lock"))
+    holder = subprocess.Popen([sys.executable, "-c", hold, lock], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match="another process has held .*LSTM_JAX_NATIVE_CACHE"):
+            native.build(failing)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_an_unwritable_cache_falls_back_with_one_warning_naming_the_fix(tmp_path):
@@ -682,7 +785,7 @@ import sys
 import jax, jax.numpy as jnp, numpy as np
 from lstm_jax import native
 from lstm_jax.core import LSTMState, init_lstm, lstm_layer
-native.build([sys.executable, "-m", "ziglang", "c++"])  # zig only (what a fresh machine has); raises if it fails
+native.build([native._zig(), "c++"])  # zig only (what a fresh machine has); raises if it fails
 assert native.available(), native.unavailable_reason()
 b, t, f, h = 7, 6, 3, 21  # H off every vector width, a row tail for every tile
 k = jax.random.split(jax.random.key(0), 6)

@@ -16,7 +16,9 @@ once per link target (minutes), so builds for several `-march` values share one,
 every CPU of the architecture.
 ``LSTM_JAX_NATIVE=off`` turns the kernel off; when it cannot be built, `available()` is False, says why in
 `unavailable_reason()`, and ``impl="auto"`` uses the XLA impls (with one warning per process that says
-why; none for ``LSTM_JAX_NATIVE=off``).
+why; none for ``LSTM_JAX_NATIVE=off``). So does a compiler step that runs past 10 minutes (stopped, with
+its children). zig is run from the `ziglang` package's directory, not as ``sys.executable -m ziglang``,
+which in an embedded Python (uwsgi, an application hosting Python) starts the host application.
 
 `forward_x`/`backward_x` do the same from the inputs `xs [T, B, F]`, projecting them inside each step's
 matmul (`[x_t, h] @ [kernel; rk]`) instead of taking XLA's `[T, B, 4H]` projection `zx`.
@@ -30,9 +32,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import struct
@@ -94,18 +98,95 @@ __all__ = [
 ]
 
 
+# Each compiler step (compile, link) and the test call of a library built for another `-march` is stopped
+# after this many seconds, with its children: a compiler that hangs (or a host application started in its
+# place) then costs this long once, and the XLA impls run. zig's first link builds its C++ library (one to
+# three minutes on a 2-core machine), so the compile limit leaves room for a slow, busy machine.
+_COMPILE_TIMEOUT_S = 600.0
+_PROBE_TIMEOUT_S = 120.0
+
+
+def _lock_timeout_s() -> float:
+    """How long a process waits for another's build of the same library (one compile, one link)."""
+    return 2 * _COMPILE_TIMEOUT_S + 60.0
+
+
+def _zig() -> str | None:
+    """The `zig` binary that the `ziglang` package ships, found in the package's directory (not imported,
+    nothing run). ``python -m ziglang`` needs `sys.executable` to be a Python interpreter, and an embedded
+    Python's (uwsgi, an application hosting Python) is the host application: run with ``-m ziglang`` it
+    started another host, which could hang."""
+    try:
+        spec = importlib.util.find_spec("ziglang")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec and spec.submodule_search_locations) or []:
+        for name in ("zig", "zig.exe"):
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _is_zig(cmd: list[str]) -> bool:
+    """Whether `cmd` runs zig's clang (``zig c++``, ``python -m ziglang c++``), which names CPU models with
+    underscores and needs the baseline link target."""
+    return "ziglang" in cmd or Path(cmd[0]).name in ("zig", "zig.exe")
+
+
+def _python() -> str | None:
+    """A Python interpreter to run a probe with: `sys.executable` where it is one, else this environment's
+    (``bin/python3.X`` under `sys.prefix`); None where there is none. In an embedded Python `sys.executable`
+    is empty or the host application (uwsgi, an application that embeds Python), which ``-c`` would start."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [sys.executable]
+    for prefix in dict.fromkeys([sys.prefix, sys.exec_prefix, sys.base_prefix]):
+        for name in (f"python{version}", "python3", "python"):
+            candidates.append(os.path.join(prefix, "bin", name))
+    for path in candidates:
+        name = os.path.basename(path or "")
+        if re.fullmatch(r"(python|pypy)[0-9.]*[a-z]?(\.exe)?", name) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`` with no input, in a process
+    group of its own that is killed whole when it runs past `timeout` (raising subprocess.TimeoutExpired)
+    or this process is interrupted: the children of a compiler (zig runs clang) or of a host application
+    started in a compiler's place would outlive a kill of the command alone."""
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _compilers() -> list[list[str]]:
     """Candidate C++ compiler commands, in order of preference."""
     found = []
     env = os.environ.get("LSTM_JAX_CXX", "").strip()
     if env:
         found.append(env.split())
-    try:
-        import ziglang  # noqa: F401
-
-        found.append([sys.executable, "-m", "ziglang", "c++"])
-    except ImportError:
-        pass
+    zig = _zig()
+    if zig:
+        found.append([zig, "c++"])
     for name in ("c++", "g++", "clang++"):
         path = shutil.which(name)
         if path:
@@ -141,12 +222,11 @@ def build(compiler: list[str] | None = None) -> Path:
     errors = []
     for cmd in candidates:
         march = _march()
-        if (
-            "ziglang" in cmd
-        ):  # zig names CPU models with underscores (x86_64_v3), gcc and clang with dashes
+        # zig names CPU models with underscores (x86_64_v3), gcc and clang with dashes
+        if _is_zig(cmd):
             march = march.replace("-", "_")
         flags = [*_FLAGS, f"-march={march}", *_vector_flags()]
-        link_flags = [*_LINK_FLAGS, *(_ZIG_LINK_FLAGS if "ziglang" in cmd else [])]
+        link_flags = [*_LINK_FLAGS, *(_ZIG_LINK_FLAGS if _is_zig(cmd) else [])]
         key = hashlib.sha256(
             b"\0".join(
                 [
@@ -165,7 +245,13 @@ def build(compiler: list[str] | None = None) -> Path:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             lock = filelock.FileLock(str(target) + ".lock")
-            lock.acquire()  # one build per machine, not one per process
+            lock.acquire(timeout=_lock_timeout_s())  # one build per machine, not one per process
+        except filelock.Timeout as e:
+            raise RuntimeError(
+                f"another process has held {lock.lock_file} for over {_lock_timeout_s():g} s "
+                "(a build that hangs?); set LSTM_JAX_NATIVE_CACHE to another directory, or "
+                "LSTM_JAX_NATIVE=off"
+            ) from e
         except OSError as e:
             raise RuntimeError(
                 f"the kernel's cache directory {target.parent} is not writable ({e}); set "
@@ -252,13 +338,18 @@ def _compile(
             [*cmd, *flags, f"-I{include}", "-c", str(_SOURCE), "-o", obj],
             [*cmd, *link_flags, obj, "-o", tmp],
         ):
-            proc = subprocess.run(step, capture_output=True, text=True, timeout=600)
+            proc = _run(step, _COMPILE_TIMEOUT_S)
             if proc.returncode != 0:
                 return f"{' '.join(cmd)}: {proc.stderr.strip()[-2000:]}"
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)  # readers never see a half-written library
         return None
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except subprocess.TimeoutExpired:
+        return (
+            f"{' '.join(cmd)}: no result after {_COMPILE_TIMEOUT_S:g} s, stopped (set LSTM_JAX_CXX "
+            "to another C++17 compiler, or LSTM_JAX_NATIVE=off)"
+        )
+    except OSError as e:
         return f"{' '.join(cmd)}: {e}"
     finally:
         for path in (tmp, obj):
@@ -306,12 +397,21 @@ _PROBE = (
 
 def _check_runs_here(path: Path) -> None:
     """Raises RuntimeError when a library built for an explicit ``LSTM_JAX_NATIVE_MARCH`` dies on this
-    CPU (an instruction set it lacks: SIGILL, which would kill this process at the first kernel call)."""
+    CPU (an instruction set it lacks: SIGILL, which would kill this process at the first kernel call), or
+    when the test call gives no answer in `_PROBE_TIMEOUT_S`. Where there is no Python interpreter to run
+    it with (`_python`), it is loaded untested."""
+    python = _python()
+    if python is None:
+        return  # no verdict: load it as before
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(path)], capture_output=True, timeout=120
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        proc = _run([python, "-c", _PROBE, str(path)], _PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(
+            f"the test call of the kernel built for LSTM_JAX_NATIVE_MARCH={_march()} gave no answer in "
+            f"{_PROBE_TIMEOUT_S:g} s ({python}); unset LSTM_JAX_NATIVE_MARCH (builds for this CPU, "
+            "with no test call)"
+        ) from None
+    except OSError:
         return  # no verdict: load it as before
     if proc.returncode < 0:
         try:
