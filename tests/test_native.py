@@ -849,3 +849,13 @@ def test_avx2_and_sse2_builds_equal_this_machines(tmp_path):
         got = np.load(procs[march][0])
         for name in ref.files:
             np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=march)
+
+
+def test_a_compiler_that_writes_nothing_leaves_no_library(tmp_path, monkeypatch):
+    # A "compiler" that exits 0 without writing its output (a wrapper script, a dry-run flag): the empty
+    # temporary file was published as the cached library, to be loaded (and fail) by every later process.
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path))
+    silent = [sys.executable, "-c", "pass"]
+    with pytest.raises(RuntimeError, match="exited 0 but wrote no complete shared library"):
+        native.build(silent)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"] == []

@@ -341,6 +341,8 @@ def _compile(
             proc = _run(step, _COMPILE_TIMEOUT_S)
             if proc.returncode != 0:
                 return f"{' '.join(cmd)}: {proc.stderr.strip()[-2000:]}"
+        if not _intact(Path(tmp)):  # a "compiler" that exited 0 without writing a whole library
+            return f"{' '.join(cmd)}: exited 0 but wrote no complete shared library to {tmp}"
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)  # readers never see a half-written library
         return None
