@@ -3,6 +3,8 @@
 * `MetricsLogger`: one JSON line per logged train interval / evaluation in ``metrics.jsonl`` and the same
   scalars in TensorBoard event files under ``<workdir>/tensorboard`` (written by `EventFileWriter`, a
   dependency-free writer of the TFRecord/Event format, so a run does not pay TensorFlow's import time).
+  A resumed run first sets aside the records written after its checkpoint (`MetricsLogger.restart_at`),
+  so that both keep one history.
 * `Progress`: a tqdm bar per epoch on a terminal (step, loss, metrics, examples/s, ETA), otherwise one absl
   log line per logging interval.
 * `write_json` / `read_json`: atomic JSON files (``results.json``, vocabularies).
@@ -28,6 +30,7 @@ from lstm_jax.errors import UserError
 __all__ = [
     "EventFileWriter",
     "read_event_scalars",
+    "read_run_scalars",
     "MetricsLogger",
     "Progress",
     "atomic_write",
@@ -35,6 +38,7 @@ __all__ = [
     "write_json",
     "read_json",
     "read_jsonl",
+    "ORPHANED_FILE",
     "format_metrics",
 ]
 
@@ -86,10 +90,24 @@ def _field_bytes(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
-def _event(wall_time: float, step: int, *, file_version: str | None = None, scalars=None) -> bytes:
+# `SessionLog.status` START (tensorflow/core/util/event.proto: Event.session_log is field 7, its status
+# field 1).
+_SESSION_START = 1
+
+
+def _event(
+    wall_time: float,
+    step: int,
+    *,
+    file_version: str | None = None,
+    scalars=None,
+    session_start: bool = False,
+) -> bytes:
     msg = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
     if file_version is not None:
         msg += _field_bytes(3, file_version.encode())
+    if session_start:
+        msg += _field_bytes(7, b"\x08" + _varint(_SESSION_START))
     if scalars:
         values = b"".join(
             _field_bytes(1, _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
@@ -125,6 +143,12 @@ class EventFileWriter:
         self._write(
             _event(time.time(), int(step), scalars={k: float(v) for k, v in values.items()})
         )
+
+    def session_start(self, step: int) -> None:
+        """Writes a ``SessionLog`` START event at `step`: TensorBoard then drops every value it read before
+        it (in this and earlier event files of the directory) at a step >= `step`, TensorFlow's way of
+        discarding what a crashed run logged after its last checkpoint (its ``purge_orphaned_data``)."""
+        self._write(_event(time.time(), int(step), session_start=True))
 
     def flush(self) -> None:
         self._file.flush()
@@ -181,6 +205,27 @@ def _parse_fields(buf: bytes) -> Iterator[tuple[int, Any]]:
 
 def read_event_scalars(path: str) -> list[tuple[int, str, float]]:
     """Reads `(step, tag, value)` scalars back from an event file, checking every CRC."""
+    return [(step, tag, value) for step, tag, value in _read_events(path) if tag is not None]
+
+
+def read_run_scalars(logdir: str) -> list[tuple[int, str, float]]:
+    """The `(step, tag, value)` scalars of all event files in `logdir` as TensorBoard shows them: the files
+    in name (= start time) order, a ``SessionLog`` START at step s dropping the values read before it
+    at steps >= s (`EventFileWriter.session_start`)."""
+    out: list[tuple[int, str, float]] = []
+    for name in sorted(os.listdir(logdir)):
+        if ".tfevents." not in name:
+            continue
+        for step, tag, value in _read_events(os.path.join(logdir, name)):
+            if tag is None:
+                out = [x for x in out if x[0] < step]
+            else:
+                out.append((step, tag, value))
+    return out
+
+
+def _read_events(path: str) -> list[tuple[int, str | None, float]]:
+    """`(step, tag, value)` per scalar and `(step, None, nan)` per SessionLog START, in file order."""
     with open(path, "rb") as f:
         data = f.read()
     pos, out = 0, []
@@ -203,6 +248,8 @@ def read_event_scalars(path: str) -> list[tuple[int, str, float]]:
                 for _, v in _parse_fields(value):
                     fields = dict(_parse_fields(v))
                     out.append((step, fields[1].decode(), struct.unpack("<f", fields[2])[0]))
+            elif number == 7 and dict(_parse_fields(value)).get(1) == _SESSION_START:
+                out.append((step, None, math.nan))
     return out
 
 
@@ -239,6 +286,58 @@ class MetricsLogger:
             self._jsonl = open(self.path, "ab", buffering=0)  # noqa: SIM115
             self._tb = EventFileWriter(os.path.join(self.workdir, "tensorboard"))
 
+    def restart_at(self, step: int, *, redo_final: bool = False) -> list[dict[str, Any]]:
+        """Before the first record of a run that goes on from `step` (its checkpoint's; 0 for a start again
+        from scratch): makes both logs hold one history again. Returns the records set aside.
+
+        A run that stopped without a checkpoint of its last steps (a crash, a kill -9, a full disk) wrote
+        records past `step` that the resumed run writes again. Those lines (with ``redo_final``, when the
+        final evaluation is done again, also the ``final_*`` records at `step`; and any line that does not
+        parse) move verbatim to ``metrics.orphaned.jsonl`` beside it, kept, not deleted: first copied
+        there, then ``metrics.jsonl`` is rewritten without them through a temp file renamed over it
+        (`atomic_write`), so a failure at any point leaves both files whole, every record in at least one
+        of them, and a retry copies none twice. A file without such records is not touched. TensorBoard
+        gets a ``SessionLog`` START at ``step + 1`` (`EventFileWriter.session_start`), after which it shows
+        no value the earlier event files hold past `step`.
+        """
+        if not self.enabled:
+            return []
+        if self._jsonl is not None:  # reopened at the next write: the path may name a new file then
+            self._jsonl.close()
+            self._jsonl = None
+        kept, orphaned, records = [], [], []
+        if os.path.exists(self.path):
+            with open(self.path, "rb") as f:
+                lines = f.read().splitlines(keepends=True)
+            for line in lines:
+                record = _record(line)
+                if record is None and not line.strip():
+                    kept.append(line)
+                elif record is None or _past(record, step, redo_final):
+                    orphaned.append(line if line.endswith(b"\n") else line + b"\n")
+                    records.append(record or {"line": line.decode("utf-8", "replace")})
+                else:
+                    kept.append(line)
+        if orphaned:
+            aside = os.path.join(self.workdir, ORPHANED_FILE)
+            before = b""
+            if os.path.exists(aside):
+                with open(aside, "rb") as f:
+                    before = f.read()
+            have = set(before.splitlines(keepends=True))
+            new = b"".join(line for line in orphaned if line not in have)
+            if new:
+                if before and not before.endswith(b"\n"):
+                    before += b"\n"
+                with atomic_write(aside, "wb", durable=True) as f:
+                    f.write(before + new)
+            with atomic_write(self.path, "wb", durable=True) as f:
+                f.write(b"".join(kept))
+        self._open()
+        assert self._tb is not None
+        self._tb.session_start(int(step) + 1)
+        return records
+
     def write(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
@@ -265,6 +364,28 @@ class MetricsLogger:
             self._tb = None
 
 
+# Beside metrics.jsonl: the records a resumed run set aside, written after its checkpoint by a run that
+# then stopped without saving them (`MetricsLogger.restart_at`).
+ORPHANED_FILE = "metrics.orphaned.jsonl"
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """The record of a metrics.jsonl line, None for one that does not parse or has no integer step."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return None
+    return record
+
+
+def _past(record: Mapping[str, Any], step: int, redo_final: bool) -> bool:
+    if record["step"] > step:
+        return True
+    return redo_final and str(record.get("kind")).startswith("final_") and record["step"] >= step
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """All lines of a JSONL file as dicts (empty list if it does not exist)."""
     if not os.path.exists(path):
@@ -274,15 +395,22 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_write(path: str, mode: str = "w", *, durable: bool = False) -> Iterator[IO[Any]]:
     """Opens a temp file beside `path` (`mode` "w" text as UTF-8, or "wb") and renames it onto `path` when
     the block ends without an error, so a crash never leaves half a file and readers see the old or the new
-    file; a block that raises leaves `path` as it was and removes the temp file. The directory must exist."""
+    file; a block that raises leaves `path` as it was and removes the temp file. The directory must exist.
+    `durable`: the temp file is fsynced before the rename and the directory after it, so that a power
+    cut cannot leave `path` empty either (for a file rewritten in place of one that holds data)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            _fsync_directory(os.path.dirname(os.path.abspath(path)))
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
@@ -290,6 +418,15 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO[Any]]:
             # A write through the file object (a full disk) names no file: name the one being written.
             raise os_error_naming(e, path) from e
         raise
+
+
+def _fsync_directory(path: str) -> None:
+    with contextlib.suppress(OSError):  # not every system opens directories
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def os_error_naming(e: OSError, path: str) -> OSError:

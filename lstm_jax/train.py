@@ -72,6 +72,7 @@ from lstm_jax import config_utils, core, metrics, optim
 from lstm_jax.checkpoint import CheckpointStore, restore_params, save_artefacts
 from lstm_jax.errors import Interrupted, UserError, root_reason
 from lstm_jax.logging_utils import (
+    ORPHANED_FILE,
     MetricsLogger,
     Progress,
     format_metrics,
@@ -1404,6 +1405,9 @@ def _run(
             save_artefacts(workdir, task.artefacts)
 
     batch_size = int(config.train.batch_size)
+    if restored is not None or _record_kinds(logger.path):
+        # What a crash (kill -9, full disk) logged after the checkpoint is logged again from it: one history.
+        _set_aside_orphaned_records(logger, step, redo_final=finished)
     if restored is not None and not finished:
         logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
         logger.write("resume", step, {"from_step": step})
@@ -1771,8 +1775,8 @@ def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
     workdir holds a run that got further (damaged checkpoints moved to corrupt_checkpoints/, now or
     before; a finished run; evaluation or resume records in metrics.jsonl, each of which came with a
     checkpoint), so that a new run's records never follow an old one's as if they were one; a warning
-    when `metrics.jsonl` has only training records (a run killed before its first checkpoint), whose
-    records the new ones then follow."""
+    when `metrics.jsonl` has only training records (a run killed before its first checkpoint), which
+    then move aside (`_set_aside_another_start`, or `MetricsLogger.restart_at` for the same config)."""
     fix = "to train again from step 0, use a new --workdir (or empty this one)"
     corrupt = store.corrupt_directory
     if store.quarantined or (os.path.isdir(corrupt) and os.listdir(corrupt)):
@@ -1798,10 +1802,11 @@ def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
     if kinds:
         logging.warning(
             "no checkpoint in %s: training from step 0; %s already holds records of an earlier start"
-            " that stopped before its first checkpoint: with the same config the new records follow"
-            " them (another config's are moved aside)",
+            " that stopped before its first checkpoint: with the same config they move to %s, so that"
+            " the new records do not follow them (another config's move to earlier_start-<time>/)",
             store.directory,
             metrics,
+            ORPHANED_FILE,
         )
 
 
@@ -1818,10 +1823,10 @@ def _set_aside_another_start(config: ml_collections.ConfigDict, workdir: str) ->
     except UserError:  # a damaged config.json of a start that never checkpointed
         changed = ["config.json"]
     if not changed:
-        return  # the same run started again: its records go on (`_check_fresh_start` says so)
+        return  # the same run started again: its records move to metrics.orphaned.jsonl (`_run`)
     aside = os.path.join(workdir, f"earlier_start-{int(time.time())}")
     os.makedirs(aside, exist_ok=True)
-    for name in (config_utils.CONFIG_FILE, "metrics.jsonl", "tensorboard"):
+    for name in (config_utils.CONFIG_FILE, "metrics.jsonl", ORPHANED_FILE, "tensorboard"):
         if os.path.exists(os.path.join(workdir, name)):
             shutil.move(os.path.join(workdir, name), os.path.join(aside, name))
     logging.warning(
@@ -1830,6 +1835,24 @@ def _set_aside_another_start(config: ml_collections.ConfigDict, workdir: str) ->
         workdir,
         ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else ""),
         aside,
+    )
+
+
+def _set_aside_orphaned_records(logger: MetricsLogger, step: int, *, redo_final: bool) -> None:
+    """`MetricsLogger.restart_at(step)`, with a warning naming what it moved to metrics.orphaned.jsonl."""
+    moved = logger.restart_at(step, redo_final=redo_final)
+    if not moved:
+        return
+    steps = [r["step"] for r in moved if isinstance(r.get("step"), int)]
+    logging.warning(
+        "%s held %d record(s)%s written after %s by a run that stopped without saving them (a crash,"
+        " kill or full disk); this run logs those steps again, so they were moved to %s (TensorBoard"
+        " drops them too)",
+        logger.path,
+        len(moved),
+        f" of steps {min(steps)}-{max(steps)}" if steps else "",
+        f"the checkpoint of step {step}" if step else "the start",
+        os.path.join(logger.workdir, ORPHANED_FILE),
     )
 
 

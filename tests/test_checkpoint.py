@@ -18,6 +18,7 @@ from flax import nnx
 from lstm_jax import config_utils
 from lstm_jax.checkpoint import CheckpointStore, load_artefact, save_artefacts
 from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import read_jsonl
 from lstm_jax.train import restore_model, train_and_evaluate
 
 
@@ -401,12 +402,17 @@ def test_no_readable_checkpoint_left_is_an_error_not_a_silent_restart(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_run_killed_before_its_first_checkpoint_starts_again_with_a_warning(tmp_path, caplog):
-    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 2, "time": 0, "loss": 1}\n')
+    old = '{"kind": "train", "step": 2, "time": 0, "loss": 1}\n'
+    (tmp_path / "metrics.jsonl").write_text(old)
     config = ef.base_config(num_epochs=1)
     with caplog.at_level(logging.WARNING):
         results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert results["steps"] == 5
     assert any("training from step 0" in r.getMessage() for r in caplog.records)
+    # The earlier start's records are set aside: metrics.jsonl holds the new run's one history.
+    assert (tmp_path / "metrics.orphaned.jsonl").read_text() == old
+    steps = [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
+    assert steps == [2, 4, 5]
 
 
 def test_a_second_training_run_of_the_same_workdir_is_refused_while_the_first_runs(tmp_path):

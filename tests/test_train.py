@@ -24,7 +24,7 @@ from flax import nnx
 from lstm_jax import config_utils, optim
 from lstm_jax import train as train_mod
 from lstm_jax.errors import Interrupted, UserError
-from lstm_jax.logging_utils import read_event_scalars, read_jsonl
+from lstm_jax.logging_utils import read_event_scalars, read_jsonl, read_run_scalars
 from lstm_jax.train import (
     epoch_permutation,
     pad_batch,
@@ -84,6 +84,116 @@ def test_resume_is_exact(tmp_path):
     assert "resume" in kinds
 
 
+def _logged_steps(workdir, kind="train"):
+    return [r["step"] for r in read_jsonl(str(workdir / "metrics.jsonl")) if r["kind"] == kind]
+
+
+def test_a_crash_after_the_checkpoint_leaves_one_history_in_the_logs_and_the_plot(
+    tmp_path, monkeypatch
+):
+    """A run that dies without saving its last steps (a crash, kill -9, a full disk) logged records past
+    its checkpoint, which the resumed run logs again: they move, verbatim, to metrics.orphaned.jsonl, a
+    TensorBoard SessionLog START drops them there, and metrics.jsonl, TensorBoard and the curves' history
+    each hold the uninterrupted run's one history."""
+    config = ef.base_config(num_steps=10, eval_every_steps=5)  # log every 2 steps, checkpoint at 5
+    plotted = []
+    real_plot = train_mod.plot_training_curves
+
+    def plot(history, path, **kw):
+        plotted.append([r["step"] for r in history])
+        return real_plot(history, path, **kw)
+
+    monkeypatch.setattr(train_mod, "plot_training_curves", plot)
+    straight = train_and_evaluate(config, str(tmp_path / "a"), ef.classification_task(config))
+    workdir = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):  # dies in step 10: no checkpoint after step 5
+        train_and_evaluate(config, str(workdir), ef.classification_task(config, stop_at=9))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["5"]
+    lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    past = [x for x in lines if json.loads(x)["step"] > 5]
+    assert [json.loads(x)["step"] for x in past] == [6, 8]
+
+    resumed = train_and_evaluate(config, str(workdir), ef.classification_task(config))
+    _assert_same_run(straight, resumed, tmp_path / "a", workdir, config, steps=10)
+    assert _logged_steps(workdir) == _logged_steps(tmp_path / "a") == [2, 4, 5, 6, 8, 10]
+    assert _logged_steps(workdir, "validation") == [5, 10]
+    assert _logged_steps(workdir, "resume") == [5]
+    assert (workdir / "metrics.orphaned.jsonl").read_text() == "".join(past)
+    assert (workdir / "metrics.jsonl").read_text().startswith("".join(lines[: -len(past)]))
+
+    def board(run):
+        return [
+            (step, value)
+            for step, tag, value in read_run_scalars(str(run / "tensorboard"))
+            if tag == "train/loss"
+        ]
+
+    assert board(workdir) == board(tmp_path / "a")  # bit for bit: the same values at the same steps
+    assert plotted == [[5, 10], [5, 10]]  # the curves: the checkpoint's history, then one history
+
+
+def test_a_crash_in_the_final_evaluation_leaves_its_records_once(tmp_path):
+    """Killed after the final evaluation's records but before results.json (in the task's reports): the
+    re-run evaluates again, and the first attempt's final_* records are set aside."""
+    config = ef.base_config(num_epochs=1)
+
+    def crash(model, results):
+        raise KeyboardInterrupt("simulated kill in the reports")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(
+            config, str(tmp_path), ef.classification_task(config, extra_results=crash)
+        )
+    assert _logged_steps(tmp_path, "final_test") == [5]
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert _logged_steps(tmp_path, "final_test") == [5]
+    assert [r["kind"] for r in read_jsonl(str(tmp_path / "metrics.orphaned.jsonl"))] == [
+        "final_test"
+    ]
+
+
+def test_setting_aside_orphaned_records_is_atomic_and_a_retry_copies_nothing_twice(
+    tmp_path, monkeypatch
+):
+    """The rewrite of metrics.jsonl goes through a temp file renamed over it: a failure (a full disk,
+    a crash) leaves it whole, with every record, and the retry leaves each record in exactly one file."""
+    from lstm_jax import logging_utils
+
+    lines = [
+        json.dumps({"kind": "train", "step": s, "time": s, "loss": 1.0}) + "\n" for s in (2, 4, 6)
+    ]
+    lines.insert(2, json.dumps({"kind": "validation", "step": 4, "time": 5, "loss": 1.0}) + "\n")
+    text = "".join(lines)
+    (tmp_path / "metrics.jsonl").write_text(text)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "metrics.jsonl":
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(logging_utils.os, "replace", replace)
+    logger = logging_utils.MetricsLogger(str(tmp_path))
+    with pytest.raises(OSError, match="No space left on device"):
+        logger.restart_at(4)
+    assert (tmp_path / "metrics.jsonl").read_text() == text  # whole, as it was
+    assert sorted(os.listdir(tmp_path)) == [
+        "metrics.jsonl",
+        "metrics.orphaned.jsonl",
+    ]  # no temp file
+    monkeypatch.undo()
+    moved = logger.restart_at(4)
+    assert [r["step"] for r in moved] == [6]
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:3])
+    assert (tmp_path / "metrics.orphaned.jsonl").read_text() == lines[3]  # copied once
+    logger.write("train", 6, {"loss": 0.5})
+    logger.close()
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4, 4, 6]
+    assert logger.restart_at(6) == []  # nothing past the step: the file is left as it is
+    logger.close()
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4, 4, 6]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_path, sig):
     """Ctrl-C (or SIGTERM) mid-epoch, between evaluations: the step in flight finishes, a checkpoint of it
@@ -118,8 +228,13 @@ def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_pat
     assert "run the same command again to resume" in str(err.value)
     assert sorted(int(d) for d in os.listdir(tmp_path / "b" / "checkpoints")) == [4, 7]
     assert signal.getsignal(sig) == before
+    logged = (tmp_path / "b" / "metrics.jsonl").read_bytes()
     resumed = run(tmp_path / "b")
     _assert_same_run(straight, resumed, tmp_path / "a", tmp_path / "b", config, steps=12)
+    # Nothing was logged past the checkpoint: the records are kept as they were, none is set aside.
+    assert (tmp_path / "b" / "metrics.jsonl").read_bytes().startswith(logged)
+    assert not (tmp_path / "b" / "metrics.orphaned.jsonl").exists()
+    assert _logged_steps(tmp_path / "b") == _logged_steps(tmp_path / "a")
 
     with pytest.raises(KeyboardInterrupt):  # the second signal does not wait for the step
         run(tmp_path / "c", signal_at=5, times=2)
