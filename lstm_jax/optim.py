@@ -21,7 +21,13 @@ import optax
 
 from lstm_jax.errors import UserError
 
-__all__ = ["make_schedule", "make_optimizer", "scale_by_keras_adam", "ScaleByKerasAdamState"]
+__all__ = [
+    "make_schedule",
+    "schedule_depends_on_total",
+    "make_optimizer",
+    "scale_by_keras_adam",
+    "ScaleByKerasAdamState",
+]
 
 
 def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
@@ -29,7 +35,8 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
 
     constant: ``learning_rate``; cosine: cosine decay from ``learning_rate`` to
     ``learning_rate·min_lr_ratio`` over all steps; warmup_cosine: linear warmup from 0 over ``warmup_steps``,
-    then cosine decay; warmup_constant: linear warmup, then constant.
+    then cosine decay; warmup_constant: linear warmup, then constant. The cosine ones depend on
+    `total_steps` (`schedule_depends_on_total`).
     """
     lr = float(opt.learning_rate)
     total = max(int(total_steps), 1)
@@ -55,6 +62,14 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
         f"config.optimizer.schedule must be one of constant, cosine, warmup_cosine, warmup_constant,"
         f" got {opt.schedule!r}; fix it in the config"
     )
+
+
+def schedule_depends_on_total(opt: Any) -> bool:
+    """Whether `make_schedule(opt, total_steps)` changes with `total_steps`: the cosine decays, laid over
+    the whole run (not with ``min_lr_ratio`` 1, where they decay to where they start). A run trained on
+    (``train.num_epochs`` / ``num_steps`` raised on resume) has its decay re-timed then, and the learning
+    rate jumps at the resumed step."""
+    return opt.schedule in ("cosine", "warmup_cosine") and float(opt.min_lr_ratio) < 1
 
 
 class ScaleByKerasAdamState(NamedTuple):

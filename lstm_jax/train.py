@@ -1410,6 +1410,7 @@ def _run(
         _set_aside_orphaned_records(logger, step, redo_final=finished)
     if restored is not None and not finished:
         logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
+        _warn_schedule_change(eng, meta, step)
         logger.write("resume", step, {"from_step": step})
     if not finished:
         eng.compile_train_step(state)
@@ -1835,6 +1836,42 @@ def _set_aside_another_start(config: ml_collections.ConfigDict, workdir: str) ->
         workdir,
         ", ".join(changed[:3]) + (" ..." if len(changed) > 3 else ""),
         aside,
+    )
+
+
+def _warn_schedule_change(eng: _Engine, meta: Mapping[str, Any], step: int) -> None:
+    """A warning when the run resumed at `step` trains for another number of steps than its checkpoint
+    was trained for (``train.num_epochs`` / ``num_steps`` changed, a finished run extended) under a
+    schedule laid over the total (`optim.schedule_depends_on_total`): the learning rate from `step` on is
+    not the one the saved schedule had there, and the line names both."""
+    saved = meta.get("total_steps")
+    opt = eng.config.optimizer
+    if saved is None or int(saved) == eng.total_steps or not optim.schedule_depends_on_total(opt):
+        return
+    saved = int(saved)
+    per_epoch = int(meta.get("steps_per_epoch") or eng.steps_per_epoch)
+
+    def length(total: int, per: int, adjective: bool) -> str:
+        if total % per:
+            return f"{total}-step" if adjective else f"{total} steps"
+        epochs = total // per
+        return (
+            f"{epochs}-epoch ({total} steps)" if adjective else f"{epochs} epochs ({total} steps)"
+        )
+
+    before = float(optim.make_schedule(opt, saved)(step))
+    now = float(eng.schedule(step))
+    logging.warning(
+        "learning rate at step %d was %.3g under the saved %s %s schedule and is now %.3g under %s:"
+        " the schedule spans the run's total steps, so changing train.num_epochs/num_steps re-times"
+        " it from the resumed step on; the run goes on under the new one (to keep a single decay,"
+        " train the new length from step 0 in a new --workdir)",
+        step,
+        before,
+        length(saved, per_epoch, True),
+        opt.schedule,
+        now,
+        length(eng.total_steps, eng.steps_per_epoch, False),
     )
 
 

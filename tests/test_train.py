@@ -558,6 +558,47 @@ def test_schedule_clipping_and_early_stopping_may_change_on_resume(tmp_path):
     assert saved.optimizer.clip_norm == 1.0 and saved.train.log_every_steps == 1
 
 
+def test_a_schedule_over_another_total_on_resume_warns_with_the_learning_rate_before_and_after(
+    tmp_path, caplog
+):
+    """A cosine schedule spans the run's total steps: resuming with another num_epochs (mid-run, or a
+    finished run extended) re-times it, and one warning names the learning rate at the resumed step
+    under the saved length and the new one; resuming with the same total, or under a schedule that does
+    not depend on it, warns nothing."""
+
+    def run(workdir, epochs, schedule="cosine", stop_at=None):
+        config = ef.base_config(num_epochs=epochs)  # 5 steps per epoch, learning rate 0.02
+        config.optimizer.schedule = schedule
+        if schedule.startswith("warmup"):
+            config.optimizer.warmup_steps = 2
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            if stop_at is None:
+                train_and_evaluate(config, str(workdir), ef.classification_task(config))
+            else:
+                with pytest.raises(KeyboardInterrupt):  # the checkpoint of step 5 is the last
+                    task = ef.classification_task(config, stop_at=stop_at)
+                    train_and_evaluate(config, str(workdir), task)
+        return [r.getMessage() for r in caplog.records if "learning rate at step" in r.getMessage()]
+
+    assert run(tmp_path / "a", 2, stop_at=7) == []
+    assert run(tmp_path / "a", 2, stop_at=9) == []  # the same total: the same schedule
+    (line,) = run(tmp_path / "a", 3)  # mid-run: cos(pi/2) -> cos(pi/3)
+    assert line.startswith(
+        "learning rate at step 5 was 0.01 under the saved 2-epoch (10 steps) cosine schedule and is"
+        " now 0.015 under 3 epochs (15 steps): "
+    )
+    (line,) = run(tmp_path / "a", 4)  # a finished run extended: from the end of its decay
+    assert line.startswith(
+        "learning rate at step 15 was 0 under the saved 3-epoch (15 steps) cosine schedule and is now"
+        f" {0.01 * (1 + np.cos(0.75 * np.pi)):.3g} under 4 epochs (20 steps): "
+    )
+    assert run(tmp_path / "a", 4) == []  # finished: returns its results
+    for schedule in ("constant", "warmup_constant"):
+        assert run(tmp_path / schedule, 1, schedule) == []
+        assert run(tmp_path / schedule, 2, schedule) == []
+
+
 def test_a_field_the_saved_run_lacks_is_allowed(tmp_path):
     """A run saved before a config field existed resumes under a config that has it."""
     config = ef.base_config(num_epochs=1)
