@@ -34,6 +34,7 @@ Array = jax.Array
 
 __all__ = [
     "sample_logits",
+    "scale_logits",
     "generate_stateful",
     "generate_windowed",
     "native_generation_blocker",
@@ -49,15 +50,28 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
     `temperature == 0` is greedy (argmax). Otherwise samples from `softmax(logits / temperature)`, restricted
     to the `top_k` most likely tokens when `top_k > 0` (tokens tied with the k-th are kept too, as
     Hugging Face's top-k warper keeps them).
+
+    The largest logit is subtracted before dividing (softmax is unchanged by the shift), so the best
+    token's scaled logit is 0 and the others are negative, -inf at worst: a tiny temperature (1e-45, or
+    one float32 rounds to 0) samples the argmax instead of overflowing to inf - inf = NaN.
     """
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / temperature
+    logits = scale_logits(logits, temperature)
     if top_k > 0:
         k = min(top_k, logits.shape[-1])
         kth = jax.lax.top_k(logits, k)[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def scale_logits(logits: Array, temperature: float) -> Array:
+    """`(logits - max) / temperature` in float32, the maximum (ties too) exactly 0 whatever the temperature
+    (also where float32 rounds or flushes the temperature to 0). The native kernel's `choose` computes the
+    same values, so both give the same tokens."""
+    logits = logits.astype(jnp.float32)
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    return jnp.where(shifted == 0, 0.0, shifted / temperature)
 
 
 def temperature_ok(temperature: float) -> bool:

@@ -127,6 +127,58 @@ def test_sample_logits_divides_the_logits_by_the_temperature():
     assert np.all(np.abs(np.bincount(hot, minlength=4) / 2000 - 0.25) < 0.05)
 
 
+# Valid temperatures (finite, > 0) so small that `logits / temperature` overflows float32 to inf (inf - inf
+# = NaN in the softmax): 1.2e-38 is just above float32's smallest normal number, 1e-45 a subnormal one (which
+# a CPU flushing subnormals reads as 0), 5e-324 a float64 that float32 rounds to 0.
+TINY_TEMPERATURES = (1e-30, 1.2e-38, 1e-45, 5e-324)
+
+
+@pytest.mark.parametrize("temperature", TINY_TEMPERATURES)
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_a_tiny_temperature_samples_the_greedy_token(temperature, top_k):
+    """Sampling at a temperature near 0 is greedy: the largest logit is subtracted before dividing, so
+    the others go to -inf at worst and the best one stays 0, instead of overflowing to NaN."""
+    logits = 40.0 * jax.random.normal(jax.random.key(5), (500, 30)) + 10.0
+    greedy = np.asarray(jnp.argmax(logits, axis=-1))
+    for key in range(3):
+        got = sample_logits(jax.random.key(key), logits, temperature=temperature, top_k=top_k)
+        np.testing.assert_array_equal(got, greedy)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_moderate_temperatures_sample_the_tokens_of_logits_over_temperature(temperature, top_k):
+    """Subtracting the largest logit does not change what a moderate temperature samples: for a fixed key,
+    the tokens of `jax.random.categorical(key, logits / temperature)` (top-k masked), the formula sampling
+    used before the shift."""
+    logits = 3.0 * jax.random.normal(jax.random.key(5), (4000, 50)) + 20.0
+    key = jax.random.key(1)
+    scaled = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    want = np.asarray(jax.random.categorical(key, scaled, axis=-1))
+    got = np.asarray(sample_logits(key, logits, temperature=temperature, top_k=top_k))
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(got)) > (top_k or 10) - 1  # it does sample, not only the argmax
+
+
+@pytest.mark.parametrize("temperature", TINY_TEMPERATURES)
+def test_generation_loops_at_a_tiny_temperature_are_greedy(temperature):
+    m = LanguageModel(12, (16,), rngs=nnx.Rngs(3), embed_dim=4, predict="all")
+    m.head.kernel[...] = 50.0 * m.head.kernel[...]  # logits far from 0
+    prime = jnp.array([[1, 5, 2, 7], [3, 3, 0, 9]])
+    kw = dict(key=jax.random.key(0), temperature=temperature)
+    greedy = np.asarray(generate_stateful(m, prime, 15, impl="xla"))
+    np.testing.assert_array_equal(generate_stateful(m, prime, 15, impl="xla", **kw), greedy)
+    w = LanguageModel(9, (8,), rngs=nnx.Rngs(1), input_mode="scalar", predict="last")
+    w.head.kernel[...] = 50.0 * w.head.kernel[...]
+    window = jnp.array([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]])
+    greedy = np.asarray(generate_windowed(w, window, 12))
+    np.testing.assert_array_equal(generate_windowed(w, window, 12, **kw), greedy)
+    np.testing.assert_array_equal(generate_windowed(w, window, 12, top_k=3, **kw), greedy)
+
+
 def _naive_stateful(m, prime, n):
     seq = list(np.asarray(prime[0]))
     for _ in range(n):

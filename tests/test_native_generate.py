@@ -64,6 +64,19 @@ def test_native_generation_gives_the_scan_loops_tokens(input_mode, streams, temp
     np.testing.assert_array_equal(auto, want)
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1.2e-38, 1e-45, 5e-324])  # as test_models_generate
+@pytest.mark.parametrize("top_k", [0, 4])
+def test_native_generation_at_a_tiny_temperature_is_greedy(temperature, top_k):
+    """A temperature near 0 samples the argmax in the kernel too (`choose` subtracts the largest logit
+    before dividing, as `generate.scale_logits`), not whatever NaN scores make of inf - inf."""
+    m = _model(input_mode="embed")
+    greedy = np.asarray(generate_stateful(m, _prime(3), 30, impl="xla"))
+    assert len(np.unique(greedy)) > 3
+    kw = dict(key=jax.random.key(3), temperature=temperature, top_k=top_k)
+    np.testing.assert_array_equal(generate_stateful(m, _prime(3), 30, impl="native", **kw), greedy)
+    np.testing.assert_array_equal(generate_stateful(m, _prime(3), 30, impl="xla", **kw), greedy)
+
+
 def test_one_layer_a_wide_vocabulary_and_lengths_zero_and_one():
     m = _model(vocab=300, hidden=(50,), input_mode="embed")
     prime = _prime(2, vocab=300)

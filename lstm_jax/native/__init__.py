@@ -764,7 +764,7 @@ def generate(
       head_kernel, head_bias: the output layer, `[H_last, V]` and `[V]`.
       num_steps: tokens per stream to return (including `first`).
       noise: `[num_steps, B, V]` Gumbel noise when sampling (row `t` chooses token `t`; row 0 unused).
-      temperature: 0 = greedy (argmax); else argmax of `logits / temperature + noise`.
+      temperature: 0 = greedy (argmax); else argmax of `(logits - max) / temperature + noise`.
       top_k: with sampling, only the `top_k` largest scaled logits compete (0 = all).
       threads: threads sharing each token's work (default: this device's cores).
 

@@ -737,8 +737,8 @@ ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float*
 // (4.3 MB for the char model's 2 x LSTM(300)), more than a core's L2, so one thread is bound by how fast it
 // streams weights from L3; the call splits each layer's units (and the output layer's columns) between the
 // threads instead, and each thread streams only its share. The phases of one token: layer 0, ..., layer L-1,
-// the output layer, then choosing the next token (greedy argmax, or argmax of logits / temperature (top-k
-// masked) + Gumbel noise drawn in JAX, which is how jax.random.categorical samples).
+// the output layer, then choosing the next token (greedy argmax, or argmax of (logits - max) / temperature
+// (top-k masked) + Gumbel noise drawn in JAX, which is how jax.random.categorical samples).
 // ---------------------------------------------------------------------------------------------------------
 
 constexpr int64_t GU = 2 * VL;    // units per column group
@@ -1025,11 +1025,19 @@ struct GenJob {
   }
 
   // The next token from one stream's logits [V]: jnp.argmax (the first maximum) of the logits (greedy), or
-  // of logits / temperature, below the top_k-th largest set to -inf, plus the Gumbel noise.
+  // of (logits - max) / temperature (the maximum exactly 0, so a tiny temperature gives -inf at worst, not
+  // inf - inf = NaN: lstm_jax.generate.scale_logits), below the top_k-th largest set to -inf, plus the
+  // Gumbel noise.
   int32_t choose(const float* lg, const float* gumbel) const {
     if (temperature <= 0.0f || gumbel == nullptr) return static_cast<int32_t>(argmax(lg, V));
     std::vector<float> s(lg, lg + V);
-    for (float& x : s) x = x / temperature;
+    float m = s[0];
+    for (float x : s)
+      if (x > m || x != x) m = x;  // NaN propagates, as jnp.max
+    for (float& x : s) {
+      const float d = x - m;
+      x = d == 0.0f ? 0.0f : d / temperature;
+    }
     if (top_k > 0 && top_k < V) {
       std::vector<float> sorted(s);
       std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
