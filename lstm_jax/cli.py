@@ -27,10 +27,14 @@ Ctrl-C anywhere else is one line and status 130.
 A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback; so
 does a bad flag (unknown, malformed, a --config file that cannot be read, a --config.x.y field the config
 lacks).
+Under a locale whose encoding lacks characters of the output (``LC_ALL=C`` without Python's UTF-8 mode),
+stdout and stderr print those as backslash escapes (``caf\\xe9``) rather than stopping at them with a
+UnicodeEncodeError (`escape_unencodable`); UTF-8 output is unchanged.
 """
 
 from __future__ import annotations
 
+import codecs
 import errno
 import glob
 import importlib
@@ -51,7 +55,7 @@ from ml_collections import config_flags
 from lstm_jax import config_utils
 from lstm_jax.errors import UserError
 
-__all__ = ["run", "main", "define_flags", "positional_args", "Handler"]
+__all__ = ["run", "main", "define_flags", "positional_args", "escape_unencodable", "Handler"]
 
 Handler = Callable[[ml_collections.ConfigDict, str], Any]
 FLAGS = flags.FLAGS
@@ -416,10 +420,54 @@ def _quiet_failed_reads_unraisablehook(hook: Callable[..., Any]) -> Callable[...
     return unraisablehook
 
 
+# The error handler `escape_unencodable` sets on stdout and stderr.
+_ESCAPE = "lstm_jax.escape"
+
+
+def _escape_errors(e: UnicodeError) -> tuple[str | bytes, int]:
+    """Encoding errors: undecodable bytes Python carried as surrogates (argv, the C locale's stdin) written
+    back as those bytes (``surrogateescape``), any other character the encoding lacks as ``\\xe9``,
+    ``\\u2014`` (``backslashreplace``)."""
+    if isinstance(e, UnicodeEncodeError) and all(
+        0xDC80 <= ord(c) <= 0xDCFF for c in e.object[e.start : e.end]
+    ):
+        return codecs.lookup_error("surrogateescape")(e)
+    return codecs.backslashreplace_errors(e)
+
+
+def escape_unencodable(*streams: Any) -> None:
+    """Makes text streams whose encoding cannot encode every character (ASCII under ``LC_ALL=C`` with
+    ``PYTHONUTF8=0``, Latin-1) write the characters it lacks as backslash escapes instead of raising
+    UnicodeEncodeError in the middle of the output (a predicted review, a generated sample). Streams in
+    a UTF encoding, or that cannot be reconfigured (a test's capture), are left as they are."""
+    try:
+        codecs.lookup_error(_ESCAPE)
+    except LookupError:
+        codecs.register_error(_ESCAPE, _escape_errors)
+    for stream in streams or (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if not encoding or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            name = codecs.lookup(encoding).name
+        except LookupError:
+            continue
+        if name.startswith("utf") or getattr(stream, "errors", None) not in (
+            "strict",
+            "surrogateescape",
+        ):
+            continue  # every character encodes, or the stream already replaces what does not
+        try:
+            stream.reconfigure(errors=_ESCAPE)
+        except (OSError, ValueError):  # a closed or detached stream
+            continue
+
+
 def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None:
     """Parses flags and runs `modes[--mode](config, workdir)`; exits with 0 or 2 (`UserError`)."""
     if not modes:
         raise ValueError("cli.run needs at least one mode handler")
+    escape_unencodable()
     sys.excepthook = _quiet_closed_loop_excepthook(sys.excepthook)
     threading.excepthook = _quiet_closed_loop_thread_excepthook(threading.excepthook)
     sys.unraisablehook = _quiet_failed_reads_unraisablehook(sys.unraisablehook)

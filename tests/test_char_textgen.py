@@ -576,6 +576,38 @@ def test_cli_generate_from_workdir_and_exit_status_2_on_errors(stream_run, tmp_p
         assert not os.path.exists(tmp_path / "cudnn")
 
 
+def test_cli_generate_prints_non_ascii_text_under_an_ascii_locale(tmp_path):
+    """Generated text with characters ASCII lacks, under the C locale (stdout encodes ASCII only):
+    printed with those characters escaped, not a UnicodeEncodeError traceback; under UTF-8 as it is."""
+    words = ["caf\u00e9", "na\u00efve", "\u00fcber", "\u2014", "s\u00e9ance", "fa\u00e7ade"]
+    rng = np.random.default_rng(0)
+    path = tmp_path / "text.txt"
+    path.write_text(
+        "\n".join(" ".join(rng.choice(words, 8)) for _ in range(60)) + "\n", encoding="utf-8"
+    )
+    workdir = tmp_path / "run"
+    char_lm.train(_stream_config(path), str(workdir))
+    args = [f"--workdir={workdir}", "--mode=generate", "--length=30", "--num_samples=1"]
+    c_locale = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    env = {k: v for k, v in os.environ.items() if k != data.DATA_ENV}
+    out = {}
+    for name, extra in (("c", c_locale), ("utf8", {"PYTHONUTF8": "1"})):
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.char_textgen.main", *args],
+            cwd=REPO,
+            env={**env, **extra},
+            capture_output=True,
+            timeout=300,
+        )
+        stderr = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+        out[name] = proc.stdout.decode("utf-8")
+    assert out["c"].isascii() and "\\x" in out["c"]
+    assert not out["utf8"].isascii()
+    # The same text: escaped under C, as it is under UTF-8.
+    assert out["utf8"].encode("ascii", "backslashreplace").decode("ascii") == out["c"]
+
+
 def test_a_sampling_seed_out_of_range_is_one_error_line(stream_run):
     _, workdir, _ = stream_run
     for seed in (

@@ -396,6 +396,35 @@ def test_cli_predict_and_user_error(trained, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+# A locale whose stdout encodes ASCII only (C, without Python's coercion to a UTF-8 locale or UTF-8 mode).
+C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+
+
+def test_cli_predict_prints_non_ascii_texts_under_an_ascii_locale(trained):
+    """Under the C locale a review with characters ASCII lacks prints them escaped (stdout encodes
+    ASCII only), not a UnicodeEncodeError traceback after the first lines; under UTF-8 they print as
+    they are."""
+    _, workdir, _ = trained
+    cmd = [sys.executable, "-m", "experiments.imdb_sentiment.main", f"--workdir={workdir}"]
+    review = "Un film g\u00e9nial \u2014 great wonderful \U0001f600\n"
+    for env, shown in (
+        (C_LOCALE, "Un film g\\xe9nial \\u2014 great wonderful \\U0001f600"),
+        ({"PYTHONUTF8": "1"}, review.strip()),
+    ):
+        proc = subprocess.run(
+            [*cmd, "--mode=predict"],
+            input=review.encode("utf-8"),
+            capture_output=True,
+            cwd=REPO,
+            env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+            timeout=300,
+        )
+        stderr = proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+        label, prob, text = proc.stdout.decode("utf-8").strip().split("\t")
+        assert label in ("neg", "pos") and text == shown
+
+
 @pytest.mark.skipif(
     not (os.environ.get("LSTM_JAX_DATA") and Path(os.environ["LSTM_JAX_DATA"], "imdb").is_dir()),
     reason="real IMDB data not available (set LSTM_JAX_DATA)",
