@@ -22,7 +22,8 @@ workdirs); for any other they are an error (an unquoted ``--seed_text=red blue``
 JAX's persistent compilation cache is on (``~/.cache/lstm_jax/jax_compilation_cache``; see
 `lstm_jax.runtime.enable_compilation_cache`, ``LSTM_JAX_COMPILATION_CACHE=off`` to disable).
 
-Training stopped by Ctrl-C or SIGTERM saves a checkpoint and exits with 130 or 143 (`errors.Interrupted`);
+Training stopped by Ctrl-C or SIGTERM saves a checkpoint and exits with 130 or 143 (`errors.Interrupted`;
+after the last step, during the final evaluation and reports, it stops at once with the same statuses);
 Ctrl-C anywhere else is one line and status 130.
 A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback; so
 does a bad flag (unknown, malformed, a --config file that cannot be read, a --config.x.y field the config

@@ -12,7 +12,8 @@ class UserError(Exception):
 
 
 class Interrupted(UserError):
-    """Training stopped by a signal (Ctrl-C, SIGTERM) after saving a checkpoint to resume from.
+    """Training stopped by a signal (Ctrl-C, SIGTERM) after saving a checkpoint to resume from (or, after
+    the last step, with that step's checkpoint saved and results.json not yet written).
 
     Entry points print its message like any `UserError` and exit with `exit_status` (128 + the signal's
     number: 130 for Ctrl-C, 143 for SIGTERM), the shell's convention for a process ended by a signal.

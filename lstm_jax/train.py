@@ -203,17 +203,40 @@ class Task:
     fixed_on_resume: Sequence[str] = ()
 
 
+class _StopNow(BaseException):
+    """Raised by `_StopSignals` after the last step (`at_once`): a BaseException, so that no `except
+    Exception` of the final evaluation (a damaged best checkpoint's) takes the signal for a failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class _StopSignals:
     """While training, the first SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the step it is in
     (the loop then saves a checkpoint and raises `Interrupted`); a second one raises KeyboardInterrupt at
-    once. Installed only in the main thread of a single-process run (a multi-process run's processes would
-    not stop at the same step); elsewhere signals keep their usual effect."""
+    once. After the last step (`at_once`), when there is no step to wait for, the first raises `_StopNow`
+    at once (and at once on `at_once` when one came during the last step); once the results are written
+    (`done`), one is only logged. Installed only in the main thread of a single-process run (a
+    multi-process run's processes would not stop at the same step); elsewhere signals keep their usual
+    effect."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._phase = "steps"  # "steps", "at_once" or "done"
+
+    def at_once(self) -> None:
+        """From now on a signal stops at once (`_StopNow`); raises it now for one that already came."""
+        self._phase = "at_once"
+        if self.signum is not None and self._old:
+            raise _StopNow(self.signum)
+
+    def done(self) -> None:
+        """Everything is written: a signal from now on has nothing left to stop."""
+        self._phase = "done"
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
@@ -223,6 +246,16 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self._phase == "done":
+            logging.warning(
+                "%s: the run's results are already written; nothing is left to stop",
+                signal.Signals(signum).name,
+            )
+            return
+        if self._phase == "at_once":
+            self.signum = signum
+            self.__exit__()
+            raise _StopNow(signum)
         if self.signum is not None:
             self.__exit__()
             raise KeyboardInterrupt
@@ -1612,99 +1645,121 @@ def _run(
                 batches.close()
                 progress.end_epoch()
 
-    # -- the end: restore best, final evaluation, results ------------------------------------------------
-    final_params = state["params"]
-    restored_best = False
-    best_unreadable: dict[str, Any] | None = None
-    best_step = es.get("best_step")
-    if (
-        es_cfg.enabled
-        and es_cfg.restore_best_weights
-        and best_step is not None
-        and best_step != step
-    ):
-        # Only the parameters: the optimizer state's layout may differ (clipping switched on resume).
-        target = _with_shardings(abstract, eng.state_shardings(abstract))["params"]
+        # -- the end: restore best, final evaluation, results ------------------------------------------------
+        # A signal from here on stops at once: there is no step left to wait for, and the checkpoint of the
+        # last step is saved (every run's last step is evaluated and saved), which the same command
+        # finishes from without training.
         try:
-            best_params = store.restore_params(best_step, target)
-        except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
-            moved = store.quarantine(best_step)
-            best_unreadable = {"step": best_step, "error": root_reason(e), "moved_to": moved}
-            logging.warning(
-                "the best checkpoint (step %d) in %s cannot be read (%s); %s; evaluating the last"
-                " weights (step %d) instead",
-                best_step,
-                store.directory,
-                best_unreadable["error"],
-                f"moved it to {moved}" if moved else "it is no longer there",
-                step,
-            )
-        else:
-            final_params = best_params
-            restored_best = True
-            logging.info(
-                "restored the best weights (step %d, %s=%.6g)", best_step, eng.monitor, es["best"]
-            )
+            stops.at_once()
+            final_params = state["params"]
+            restored_best = False
+            best_unreadable: dict[str, Any] | None = None
+            best_step = es.get("best_step")
+            if (
+                es_cfg.enabled
+                and es_cfg.restore_best_weights
+                and best_step is not None
+                and best_step != step
+            ):
+                # Only the parameters: the optimizer state's layout may differ (clipping switched on resume).
+                target = _with_shardings(abstract, eng.state_shardings(abstract))["params"]
+                try:
+                    best_params = store.restore_params(best_step, target)
+                except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
+                    moved = store.quarantine(best_step)
+                    best_unreadable = {
+                        "step": best_step,
+                        "error": root_reason(e),
+                        "moved_to": moved,
+                    }
+                    logging.warning(
+                        "the best checkpoint (step %d) in %s cannot be read (%s); %s; evaluating the last"
+                        " weights (step %d) instead",
+                        best_step,
+                        store.directory,
+                        best_unreadable["error"],
+                        f"moved it to {moved}" if moved else "it is no longer there",
+                        step,
+                    )
+                else:
+                    final_params = best_params
+                    restored_best = True
+                    logging.info(
+                        "restored the best weights (step %d, %s=%.6g)",
+                        best_step,
+                        eng.monitor,
+                        es["best"],
+                    )
 
-    final: dict[str, dict[str, float]] = {}
-    last = history[-1] if history else {}
-    todo = []  # the splits the last periodic evaluation did not cover with these weights
-    for split in task.eval_batches:
-        if not restored_best and last.get("step") == step and split in last:
-            final[split] = last[split]
-        else:
-            todo.append(split)
-    final_model = eng.merge(final_params)
-    if todo and task.final_metrics is not None:
-        computed = {s: dict(m) for s, m in task.final_metrics(final_model, todo).items()}
-        if sorted(computed) != sorted(todo):
-            raise ValueError(
-                f"task.final_metrics returned splits {sorted(computed)}, expected {sorted(todo)}"
+            final: dict[str, dict[str, float]] = {}
+            last = history[-1] if history else {}
+            todo = []  # the splits the last periodic evaluation did not cover with these weights
+            for split in task.eval_batches:
+                if not restored_best and last.get("step") == step and split in last:
+                    final[split] = last[split]
+                else:
+                    todo.append(split)
+            final_model = eng.merge(final_params)
+            if todo and task.final_metrics is not None:
+                computed = {s: dict(m) for s, m in task.final_metrics(final_model, todo).items()}
+                if sorted(computed) != sorted(todo):
+                    raise ValueError(
+                        f"task.final_metrics returned splits {sorted(computed)}, expected {sorted(todo)}"
+                    )
+            else:
+                computed = {s: eng.evaluate(final_params, s) for s in todo}
+            for split in todo:
+                final[split] = computed[split]
+                logger.write(f"final_{split}", step, final[split])
+            final = {s: final[s] for s in task.eval_batches}
+            best_record = next((r for r in history if r["step"] == best_step), None)
+            results: dict[str, Any] = {
+                "status": "finished",
+                "metrics": {
+                    "final": final,
+                    "best": None
+                    if best_record is None
+                    else {"monitor": eng.monitor, "value": es["best"], **best_record},
+                    "evaluated_weights": "best" if restored_best else "last",
+                },
+                **({"best_checkpoint_unreadable": best_unreadable} if best_unreadable else {}),
+                "history": history,
+                "config": config_utils.saved_config_dict(config),
+                "wall_time_s": round(wall_before + time.time() - t_start, 3),
+                "steps": step,
+                "epochs": round(step / eng.steps_per_epoch, 4),
+                "stopped_early": stopped_early,
+                "best_step": best_step,
+                "devices": _devices_info(),
+                "data": dict(task.data_info),
+                "workdir": workdir,
+                "provenance": provenance(task, resumed_from_step=start_step),
+            }
+            if eng.is_main:
+                curves = plot_training_curves(
+                    history, os.path.join(workdir, CURVES_FILE), title=os.path.basename(workdir)
+                )
+                results["plots"] = [os.path.basename(curves)] if curves else []
+            if task.extra_results is not None:
+                results.update(task.extra_results(final_model, results))
+            if eng.is_main:
+                write_json(os.path.join(workdir, RESULTS_FILE), results)
+            stops.done()
+            logging.info(
+                "finished at step %d: %s",
+                step,
+                " | ".join(f"{s} {format_metrics(m)}" for s, m in final.items()),
             )
-    else:
-        computed = {s: eng.evaluate(final_params, s) for s in todo}
-    for split in todo:
-        final[split] = computed[split]
-        logger.write(f"final_{split}", step, final[split])
-    final = {s: final[s] for s in task.eval_batches}
-    best_record = next((r for r in history if r["step"] == best_step), None)
-    results: dict[str, Any] = {
-        "status": "finished",
-        "metrics": {
-            "final": final,
-            "best": None
-            if best_record is None
-            else {"monitor": eng.monitor, "value": es["best"], **best_record},
-            "evaluated_weights": "best" if restored_best else "last",
-        },
-        **({"best_checkpoint_unreadable": best_unreadable} if best_unreadable else {}),
-        "history": history,
-        "config": config_utils.saved_config_dict(config),
-        "wall_time_s": round(wall_before + time.time() - t_start, 3),
-        "steps": step,
-        "epochs": round(step / eng.steps_per_epoch, 4),
-        "stopped_early": stopped_early,
-        "best_step": best_step,
-        "devices": _devices_info(),
-        "data": dict(task.data_info),
-        "workdir": workdir,
-        "provenance": provenance(task, resumed_from_step=start_step),
-    }
-    if eng.is_main:
-        curves = plot_training_curves(
-            history, os.path.join(workdir, CURVES_FILE), title=os.path.basename(workdir)
-        )
-        results["plots"] = [os.path.basename(curves)] if curves else []
-    if task.extra_results is not None:
-        results.update(task.extra_results(final_model, results))
-    if eng.is_main:
-        write_json(os.path.join(workdir, RESULTS_FILE), results)
-    logging.info(
-        "finished at step %d: %s",
-        step,
-        " | ".join(f"{s} {format_metrics(m)}" for s, m in final.items()),
-    )
-    return results
+            return results
+        except _StopNow as e:
+            raise Interrupted(
+                f"{signal.Signals(e.signum).name} after the last step (step {step} of"
+                f" {eng.total_steps}), during the final evaluation and reports: {RESULTS_FILE} was not"
+                f" written; the checkpoint of step {step} in {store.directory} is intact; run the same"
+                " command again to finish from it (no more training: it redoes the final evaluation,"
+                f" reports and {RESULTS_FILE})",
+                e.signum,
+            ) from None
 
 
 def _check_free_space(store: CheckpointStore, abstract: Any, step: int | None) -> None:

@@ -242,6 +242,70 @@ def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_pat
     assert signal.getsignal(sig) == before
 
 
+class _Killed(Exception):
+    """What the test's own signal handler raises: the signal reached the handler the run found (for
+    SIGTERM, the default one, which kills the process without a word)."""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_last_step_stops_at_once_and_says_the_command_finishes(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) after the last step, during the final evaluation and reports (the task's
+    `extra_results`), or during the last step: `Interrupted` at once, saying results.json was not written
+    and that the same command finishes from the last step's checkpoint (intact); it does, with the
+    results of an uninterrupted run, training no further."""
+    config = ef.base_config(num_epochs=2)  # 5 steps per epoch
+
+    def kill(signum, frame):
+        raise _Killed(signum)
+
+    before = signal.signal(sig, kill)
+    try:
+
+        def run(workdir, *, in_reports=False, at_batch=None):
+            def extra_results(model, results):
+                if in_reports:
+                    signal.raise_signal(sig)
+                return {"reported": True}
+
+            task = ef.classification_task(config, extra_results=extra_results)
+            if at_batch is not None:
+                inner = task.train_batches
+
+                def train_batches(epoch, start):
+                    for n, b in enumerate(inner(epoch, start), start=start):
+                        if epoch * 5 + n == at_batch:
+                            signal.raise_signal(sig)  # handled before the batch reaches the step
+                        yield b
+
+                task.train_batches = train_batches
+            return train_and_evaluate(config, str(workdir), task)
+
+        straight = run(tmp_path / "a")
+        for name, kw in (("reports", {"in_reports": True}), ("last_step", {"at_batch": 9})):
+            workdir = tmp_path / name
+            with pytest.raises(Interrupted) as err:
+                run(workdir, **kw)
+            assert err.value.exit_status == 128 + int(sig)
+            assert str(err.value) == (
+                f"{sig.name} after the last step (step 10 of 10), during the final evaluation and"
+                f" reports: results.json was not written; the checkpoint of step 10 in"
+                f" {workdir / 'checkpoints'} is intact; run the same command again to finish from it"
+                " (no more training: it redoes the final evaluation, reports and results.json)"
+            )
+            assert not (workdir / "results.json").exists()
+            assert 10 in [int(d) for d in os.listdir(workdir / "checkpoints")]
+            assert signal.getsignal(sig) is kill  # the handler the run found, back
+            resumed = run(workdir)
+            assert resumed["reported"] and resumed["steps"] == 10
+            assert resumed["metrics"] == straight["metrics"]
+            _assert_same_run(straight, resumed, tmp_path / "a", workdir, config, steps=10)
+            kinds = [r["kind"] for r in read_jsonl(str(workdir / "metrics.jsonl"))]
+            assert "train" not in kinds[kinds.index("final_test") :]  # no training on the rerun
+            assert json.loads((workdir / "results.json").read_text())["steps"] == 10
+    finally:
+        signal.signal(sig, before)
+
+
 def test_resume_mid_epoch_restores_the_carried_state(tmp_path):
     config = ef.base_config(num_steps=12, eval_every_steps=4)
     config.model.classes = 12
