@@ -166,6 +166,9 @@ class Task:
       data_fingerprint: a digest of the encoded data the run trains and evaluates on
         (`lstm_jax.data.fingerprint`), saved with every checkpoint: resuming on other data (a file
         edited in place) is then an error instead of a run that silently mixes two datasets.
+      data_fix: ``(saved config, saved fingerprint) -> str | None``, asked when the fingerprints differ:
+        the config override that loads the data the run trained on (a split an earlier version made
+        otherwise), when the task can tell that it does, for the error to give as the fix; None when not.
       derive_metrics: ``averages -> averages`` adding derived values (e.g. bits per character).
       extra_results: ``(model, results) -> dict`` of extra results.json keys, called once at the end with
         the final model (classification reports, confusion matrices, samples).
@@ -194,6 +197,7 @@ class Task:
     artefacts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data_fingerprint: str | None = None
+    data_fix: Callable[[ml_collections.ConfigDict, str], str | None] | None = None
     derive_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None
     extra_results: Callable[[nnx.Module, dict[str, Any]], Mapping[str, Any]] | None = None
     final_metrics: (
@@ -1372,7 +1376,7 @@ def _run(
         step = 0
     else:
         step, state, meta = restored
-        _check_same_data(meta, task, step, workdir)
+        _check_same_data(meta, task, step, workdir, saved)
     if restored is None:
         _check_monitor(eng, state)
     start_step = step
@@ -1810,15 +1814,29 @@ def _size(n: int) -> str:
     return f"{max(n, 0) // 1000} KB"
 
 
-def _check_same_data(meta: Mapping[str, Any], task: Task, step: int, workdir: str) -> None:
+def _check_same_data(
+    meta: Mapping[str, Any],
+    task: Task,
+    step: int,
+    workdir: str,
+    saved_config: ml_collections.ConfigDict | None = None,
+) -> None:
     """`UserError` when the checkpoint being resumed was trained on other data than the task loaded now
-    (both fingerprints known and different)."""
+    (both fingerprints known and different); naming the task's `data_fix` when it has one."""
     saved, now = meta.get("data_fingerprint"), task.data_fingerprint
     if saved and now and saved != now:
         source = task.data_info.get("source")
-        raise UserError(
+        what = (
             f"the data loaded now{f' from {source}' if source else ''} differs from the data the run"
-            f" in {workdir} trained on up to step {step} (fingerprint {now}, saved {saved}): the file"
+            f" in {workdir} trained on up to step {step} (fingerprint {now}, saved {saved})"
+        )
+        fix = None
+        if task.data_fix is not None and saved_config is not None:
+            fix = task.data_fix(saved_config, saved)
+        if fix:
+            raise UserError(f"{what}: {fix}")
+        raise UserError(
+            f"{what}: the file"
             " was changed, another file has its name, or this version of lstm_jax splits or encodes"
             " it differently (the fake-news validation split rounds as Keras' since 2026-12-05, 884/222"
             " rows of 1,106, not 885/221); restore that data to resume, or use a new --workdir to"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from experiments.word_textgen.configs import fashion as fashion_config
 from experiments.word_textgen.configs import test as test_config
 from lstm_jax import config_utils, data
 from lstm_jax.errors import UserError
+from lstm_jax.logging_utils import read_jsonl
 from lstm_jax.tasks import word_lm
 from lstm_jax.text import Vocabulary
 from lstm_jax.train import restore_model
@@ -515,6 +518,50 @@ def test_validation_split_is_fixed_by_split_seed_not_the_training_seed(tmp_path)
     assert fingerprint(seed=1) == base
     assert test_config.get_config().data.split_seed == 0
     assert fingerprint(**{"data.split_seed": 1}) != base
+
+
+def test_a_run_split_with_its_seed_before_split_seed_existed_is_told_the_override(tmp_path):
+    """A run trained with config.seed=1 before `data.split_seed` (its split took the seed; its config.json
+    has no split_seed), resumed with today's config (split_seed=0): the data-fingerprint refusal names
+    the override that restores its split, read from its config.json, and that override resumes it. A
+    data file changed in place is not blamed on the split."""
+    path = _write_csv(tmp_path / "f.csv")
+
+    def config(num_epochs, **data_fields):
+        c = _config(path, **data_fields)
+        c.seed = 1
+        c.train.num_epochs = num_epochs
+        return c
+
+    old = config(1)
+    del old.data["split_seed"]  # a version before the field: the split took config.seed
+    workdir = tmp_path / "run"
+    word_lm.train(old, str(workdir))
+    assert "split_seed" not in json.loads((workdir / "config.json").read_text())["data"]
+    shutil.copytree(workdir, tmp_path / "changed")
+
+    assert config(2).data.split_seed == 0
+    with pytest.raises(UserError) as err:
+        word_lm.train(config(2), str(workdir))
+    message = str(err.value)
+    assert message.startswith("the data loaded now from ") and "differs from the data" in message
+    assert message.endswith(
+        ": the run was trained before config.data.split_seed existed, when the validation split took"
+        " config.seed=1 as its seed (now config.data.split_seed=0); pass"
+        " --config.data.split_seed=1 to resume it with its own split"
+    ), message
+
+    results = word_lm.train(config(2, split_seed=1), str(workdir))  # the override resumes it
+    steps = word_lm.make_task(config(2, split_seed=1)).steps_per_epoch
+    assert results["steps"] == 2 * steps
+    kinds = [r["kind"] for r in read_jsonl(str(workdir / "metrics.jsonl"))]
+    assert "resume" in kinds
+
+    # The same run on a file since changed: the split is not the reason, the generic message.
+    _write_csv(path, seed=5)
+    with pytest.raises(UserError, match="splits or encodes it differently") as err:
+        word_lm.train(config(2), str(tmp_path / "changed"))
+    assert "--config.data.split_seed" not in str(err.value)
 
 
 @pytest.mark.parametrize("split_seed", [-1, 2**32])

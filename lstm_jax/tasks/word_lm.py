@@ -333,6 +333,28 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     artefacts = {VOCAB_FILE: vocab.to_json()}
     extra = lambda model, results: _sample_results(model, vocab, config)  # noqa: E731
 
+    def data_fix(saved: ml_collections.ConfigDict, saved_fingerprint: str) -> str | None:
+        """A run saved before `data.split_seed` existed split with its `seed`: when that split gives the
+        data it trained on, the override that restores it."""
+        saved_data = saved.get("data") or {}
+        if "split_seed" in saved_data or saved.get("seed") is None:
+            return None
+        old = int(saved.get("seed"))
+        if old == split_seed:
+            return None
+        fraction = float(config.data.validation_fraction)
+        try:
+            old_train, old_val = split_lines(seqs, fraction, old)
+        except (UserError, ValueError):  # a seed or fraction this version refuses
+            return None
+        if data.fingerprint(*_flat(old_train), *_flat(old_val)) != saved_fingerprint:
+            return None
+        return (
+            "the run was trained before config.data.split_seed existed, when the validation split"
+            f" took config.seed={old} as its seed (now config.data.split_seed={split_seed}); pass"
+            f" --config.data.split_seed={old} to resume it with its own split"
+        )
+
     if form == "prefixes":
         # Examples are materialised per batch from (line, prefix length) pairs: the full [examples, max_len]
         # array of a real corpus would not fit in memory.
@@ -399,6 +421,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         artefacts=artefacts,
         data_info=info,
         data_fingerprint=data.fingerprint(*_flat(train_lines), *_flat(val_lines)),
+        data_fix=data_fix,
         derive_metrics=metrics.language_model_metrics,  # perplexity = exp(nats per word)
         extra_results=extra,
     )
