@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests (and the experiment binaries they start) compile without the persistent compilation cache, so a run
 # of the suite writes nothing under the user's home; tests/test_runtime.py turns it on where it is tested.
 os.environ.setdefault("LSTM_JAX_COMPILATION_CACHE", "off")
+# Nor the TF-IDF baseline's result cache (lstm_jax.baselines); tests/test_baselines.py tests it.
+os.environ.setdefault("LSTM_JAX_BASELINE_CACHE", "off")
 # The suite's models are tiny: XLA's LLVM optimisation costs more than it saves on them, so the tests (and
 # the processes they start, which inherit this) compile with `jax_disable_most_optimizations` (LLVM at -O0;
 # the HLO passes, fusion included, still run). tests/test_core.py: 253 s -> 156 s on this 2-core machine.

@@ -49,7 +49,7 @@ from jax.sharding import PartitionSpec as P
 
 from lstm_jax import config_utils, losses, metrics, reports, text
 from lstm_jax import data as data_lib
-from lstm_jax.baselines import tfidf_logreg
+from lstm_jax.baselines import cached_tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
 from lstm_jax.logging_utils import atomic_write, write_json
@@ -811,10 +811,13 @@ def evaluate_reports(
 def _run_baseline(prepared: PreparedData, config: ml_collections.ConfigDict) -> dict[str, Any]:
     splits = {s: (prepared.texts[s], prepared.arrays[s]["label"]) for s in prepared.texts}
     pre = text.standardize_imdb if config.data.dataset == "imdb" else None
-    result = tfidf_logreg(splits, prepared.class_names, preprocessor=pre, seed=int(config.seed))
+    result = cached_tfidf_logreg(
+        splits, prepared.class_names, preprocessor=pre, seed=int(config.seed)
+    )
     logging.info(
-        "TF-IDF + logistic regression: %s",
+        "TF-IDF + logistic regression: %s%s",
         ", ".join(f"{s} {v['accuracy']:.4f}" for s, v in result["splits"].items()),
+        f" (from {result['cached']})" if "cached" in result else "",
     )
     return result
 
