@@ -65,22 +65,39 @@ def tfidf_logreg(
       ``{"method", "settings", "chosen_C", "selection": {C: accuracy}, "splits": {split: {"accuracy",
       "macro_f1", "report"}}, "fit_seconds"}``.
     """
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.time()
     texts, labels = splits[train_split]
-    vec = TfidfVectorizer(
+    # TfidfVectorizer(...) is CountVectorizer then TfidfTransformer (scikit-learn's own fit_transform and
+    # transform are those two steps); they are run apart here so that the training split is tokenised once:
+    # `transform` of the training texts gave the fitted counts with their column indices sorted (the fit
+    # leaves them in the order the vocabulary was sorted into), so sorting a copy gives the same matrix
+    # without counting the texts again (IMDB: 18,750 of the 68,750 texts counted). Tested bit for bit
+    # against the TfidfVectorizer pipeline in tests/test_baselines.py.
+    count = CountVectorizer(
         preprocessor=preprocessor,
         ngram_range=tuple(ngram_range),
         max_features=max_features,
         min_df=min_df if len(texts) >= 50 else 1,
-        sublinear_tf=True,
         token_pattern=r"(?u)\b\w+\b",
+        dtype=np.float64,
     )
-    x_train = vec.fit_transform(list(texts))
+    tfidf = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=True)
+    counts = count.fit_transform(list(texts))
+    tfidf.fit(counts)
+    train_counts = counts.copy()
+    train_counts.sort_indices()
+    x_train = tfidf.transform(counts, copy=False)  # what TfidfVectorizer.fit_transform returns
     y_train = np.asarray(labels)
-    mats = {s: (vec.transform(list(t)), np.asarray(y)) for s, (t, y) in splits.items()}
+    mats = {
+        s: (
+            tfidf.transform(train_counts if s == train_split else count.transform(list(t))),
+            np.asarray(y),
+        )
+        for s, (t, y) in splits.items()
+    }
     sel = select_split if select_split in mats else train_split
     selection: dict[str, float] = {}
     best: tuple[float, float, Any] | None = None
@@ -109,7 +126,7 @@ def tfidf_logreg(
             "max_features": max_features,
             "min_df": min_df,
             "sublinear_tf": True,
-            "vocabulary": len(vec.vocabulary_),
+            "vocabulary": len(count.vocabulary_),
             "selected_on": sel,
         },
         "chosen_C": chosen,

@@ -104,3 +104,93 @@ def test_the_cache_can_be_turned_off_and_never_fails_a_run(tmp_path, monkeypatch
 def test_off_words(monkeypatch, setting):
     monkeypatch.setenv("LSTM_JAX_BASELINE_CACHE", setting)
     assert baselines.cache_directory() is None
+
+
+def _reference_tfidf_logreg(splits, class_names, max_features, min_df, preprocessor=None):
+    """The baseline as it was written before it counted the training texts once: TfidfVectorizer's
+    fit_transform for the fit and its transform for every split's scores."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    texts, labels = splits["train"]
+    vec = TfidfVectorizer(
+        preprocessor=preprocessor,
+        ngram_range=(1, 2),
+        max_features=max_features,
+        min_df=min_df,
+        sublinear_tf=True,
+        token_pattern=r"(?u)\b\w+\b",
+    )
+    x_train = vec.fit_transform(list(texts))
+    mats = {s: (vec.transform(list(t)), np.asarray(y)) for s, (t, y) in splits.items()}
+    best = None
+    for c in (0.25, 1.0, 4.0, 16.0):
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=0).fit(x_train, labels)
+        acc = float((clf.predict(mats["validation"][0]) == mats["validation"][1]).mean())
+        if best is None or acc > best[0]:
+            best = (acc, c, clf)
+    return best[1], {s: best[2].predict(x).tolist() for s, (x, _) in mats.items()}, mats, x_train
+
+
+@pytest.mark.parametrize("max_features", [200_000, 40])
+def test_counting_the_training_texts_once_gives_the_tfidf_vectorizer_numbers_bit_for_bit(
+    max_features,
+):
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+
+    rng = np.random.default_rng(1)
+    words = GOOD + BAD + [f"w{i}" for i in range(30)]
+    labels = rng.integers(0, 3, size=90)
+    texts = [
+        " ".join(rng.choice(words, size=rng.integers(3, 40))) + f" {'GOOD' if y else 'BAD'} x{y}"
+        for y in labels
+    ]
+    splits = {
+        "train": (texts[:60], labels[:60]),
+        "validation": (texts[60:75], labels[60:75]),
+        "test": (texts[75:], labels[75:]),
+    }
+    chosen, predictions, mats, x_train = _reference_tfidf_logreg(
+        splits, ["a", "b", "c"], max_features, min_df=2, preprocessor=str.lower
+    )
+    # The matrices: the fit's counts (indices sorted) are what `transform` counts, to the bit.
+    count = CountVectorizer(
+        preprocessor=str.lower,
+        ngram_range=(1, 2),
+        max_features=max_features,
+        min_df=2,
+        token_pattern=r"(?u)\b\w+\b",
+        dtype=np.float64,
+    )
+    counts = count.fit_transform(texts[:60])
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
+    sorted_counts = counts.copy()
+    sorted_counts.sort_indices()
+    for mine, theirs in [
+        (tfidf.transform(counts, copy=False), x_train),
+        (tfidf.transform(sorted_counts), mats["train"][0]),
+        (tfidf.transform(count.transform(texts[60:75])), mats["validation"][0]),
+    ]:
+        for attr in ("data", "indices", "indptr"):
+            assert np.array_equal(getattr(mine, attr), getattr(theirs, attr))
+            assert getattr(mine, attr).dtype == getattr(theirs, attr).dtype
+    # And the whole baseline.
+    result = baselines.tfidf_logreg(
+        splits, ["a", "b", "c"], max_features=max_features, preprocessor=str.lower
+    )
+    assert result["chosen_C"] == chosen
+    for s, (_, y) in splits.items():
+        pred = np.asarray(predictions[s])
+        assert result["splits"][s]["accuracy"] == float((pred == y).mean())
+
+
+def test_every_text_is_tokenised_once():
+    seen = []
+
+    def preprocessor(t):
+        seen.append(t)
+        return t.lower()
+
+    splits = _splits()
+    baselines.tfidf_logreg(splits, ["neg", "pos"], preprocessor=preprocessor)
+    assert sorted(seen) == sorted(t for texts, _ in splits.values() for t in texts)
