@@ -296,7 +296,8 @@ class MetricsLogger:
         parse) move verbatim to ``metrics.orphaned.jsonl`` beside it, kept, not deleted: first copied
         there, then ``metrics.jsonl`` is rewritten without them through a temp file renamed over it
         (`atomic_write`), so a failure at any point leaves both files whole, every record in at least one
-        of them, and a retry copies none twice. A file without such records is not touched. TensorBoard
+        of them, and a retry copies none twice. A file without such records is not touched (but for a
+        newline added after a last record that lost its own, which the next record would follow). TensorBoard
         gets a ``SessionLog`` START at ``step + 1`` (`EventFileWriter.session_start`), after which it shows
         no value the earlier event files hold past `step`.
         """
@@ -318,6 +319,13 @@ class MetricsLogger:
                     records.append(record or {"line": line.decode("utf-8", "replace")})
                 else:
                     kept.append(line)
+        if kept and not kept[-1].endswith(b"\n") and kept[-1].strip():
+            # A whole record that lost only its newline (a power cut): the next one must not follow it on
+            # its line.
+            kept[-1] += b"\n"
+            if not orphaned:
+                with atomic_write(self.path, "wb", durable=True) as f:
+                    f.write(b"".join(kept))
         if orphaned:
             aside = os.path.join(self.workdir, ORPHANED_FILE)
             before = b""

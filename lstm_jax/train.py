@@ -1442,8 +1442,9 @@ def _run(
             save_artefacts(workdir, task.artefacts)
 
     batch_size = int(config.train.batch_size)
-    if restored is not None or _record_kinds(logger.path):
+    if restored is not None or _has_content(logger.path):
         # What a crash (kill -9, full disk) logged after the checkpoint is logged again from it: one history.
+        # (A start from step 0 too, even when no line parses: a half line the first record would follow.)
         _set_aside_orphaned_records(logger, step, redo_final=finished)
     if restored is not None and not finished:
         logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
@@ -1964,6 +1965,15 @@ def _set_aside_orphaned_records(logger: MetricsLogger, step: int, *, redo_final:
         f"the checkpoint of step {step}" if step else "the start",
         os.path.join(logger.workdir, ORPHANED_FILE),
     )
+
+
+def _has_content(path: str) -> bool:
+    """Whether the file at `path` exists and holds more than whitespace (records, or half of one)."""
+    try:
+        with open(path, "rb") as f:
+            return any(line.strip() for line in f)
+    except FileNotFoundError:
+        return False
 
 
 def _record_kinds(path: str) -> set[str]:

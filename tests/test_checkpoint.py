@@ -415,6 +415,19 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_a_warning(tm
     assert steps == [2, 4, 5]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_start_again_after_half_a_first_record_sets_the_half_line_aside(tmp_path):
+    """A run killed while writing its very first record (a power cut) left only half a line: no record
+    parses, but the new run's first record must not follow it on its line."""
+    half = '{"kind": "train", "step": 2, "ti'
+    (tmp_path / "metrics.jsonl").write_text(half)
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    steps = [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
+    assert steps == [2, 4, 5]
+    assert (tmp_path / "metrics.orphaned.jsonl").read_text() == half + "\n"
+
+
 def test_a_second_training_run_of_the_same_workdir_is_refused_while_the_first_runs(tmp_path):
     """The same command started twice would interleave checkpoints and metrics: the workdir's lock
     (flock, released with its process) makes the second one an error that names the first."""

@@ -194,6 +194,22 @@ def test_setting_aside_orphaned_records_is_atomic_and_a_retry_copies_nothing_twi
     assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4, 4, 6]
 
 
+def test_a_kept_record_that_lost_its_newline_is_not_followed_on_its_line(tmp_path):
+    """A power cut can leave the last record whole but without its newline; nothing past the checkpoint
+    to set aside, yet the next record must start a line of its own."""
+    from lstm_jax import logging_utils
+
+    text = "".join(
+        json.dumps({"kind": "train", "step": s, "time": s, "loss": 1.0}) + "\n" for s in (2, 4)
+    )
+    (tmp_path / "metrics.jsonl").write_text(text[:-1])
+    logger = logging_utils.MetricsLogger(str(tmp_path))
+    assert logger.restart_at(4) == []
+    logger.write("train", 6, {"loss": 0.5})
+    logger.close()
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [2, 4, 6]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_path, sig):
     """Ctrl-C (or SIGTERM) mid-epoch, between evaluations: the step in flight finishes, a checkpoint of it
