@@ -173,8 +173,9 @@ def cache_key(
     **settings: Any,
 ) -> str:
     """A hex digest of everything `tfidf_logreg` reads: every split's texts and labels, the class names,
-    the settings, the preprocessor's and this module's source, the library versions and the numeric
-    libraries' kernels and thread counts (`_numeric_libraries`). Not the seed (see `_SOLVER`)."""
+    the settings, the preprocessor's, this module's and the report's (`lstm_jax.reports`) source, the
+    library versions and the numeric libraries' kernels and thread counts (`_numeric_libraries`). Not the
+    seed (see `_SOLVER`)."""
     import numpy
     import scipy
     import sklearn
@@ -187,7 +188,9 @@ def cache_key(
             k: list(v) if isinstance(v, tuple) else v for k, v in sorted(settings.items())
         },
         "preprocessor": None if preprocessor is None else _source(preprocessor),
+        # This module's code and the report's (`classification_report` writes every split's numbers).
         "module": inspect.getsource(inspect.getmodule(cache_key)),
+        "report": inspect.getsource(inspect.getmodule(classification_report)),
         "versions": [sklearn.__version__, scipy.__version__, numpy.__version__],
         "machine": platform.machine(),
         "libraries": _numeric_libraries(),

@@ -194,3 +194,21 @@ def test_every_text_is_tokenised_once():
     splits = _splits()
     baselines.tfidf_logreg(splits, ["neg", "pos"], preprocessor=preprocessor)
     assert sorted(seen) == sorted(t for texts, _ in splits.values() for t in texts)
+
+
+def test_the_key_follows_the_code_that_writes_the_report(tmp_path, monkeypatch):
+    """The stored result holds `classification_report`'s numbers: a fix there (its F1, say) is a new key,
+    not the old numbers read back."""
+    splits = _splits()
+    key = baselines.cache_key(splits, ["neg", "pos"])
+    (tmp_path / "fixed_reports.py").write_text(
+        "from lstm_jax.reports import *\n"
+        "from lstm_jax.reports import classification_report as _old\n\n\n"
+        "def classification_report(y_true, y_pred, class_names):\n"
+        "    return {**_old(y_true, y_pred, class_names), 'fixed': True}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fixed_reports
+
+    monkeypatch.setattr(baselines, "classification_report", fixed_reports.classification_report)
+    assert baselines.cache_key(splits, ["neg", "pos"]) != key
