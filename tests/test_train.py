@@ -674,9 +674,20 @@ def test_a_schedule_over_another_total_on_resume_warns_with_the_learning_rate_be
         f" {0.01 * (1 + np.cos(0.75 * np.pi)):.3g} under 4 epochs (20 steps): "
     )
     assert run(tmp_path / "a", 4) == []  # finished: returns its results
-    for schedule in ("constant", "warmup_constant"):
-        assert run(tmp_path / schedule, 1, schedule) == []
-        assert run(tmp_path / schedule, 2, schedule) == []
+    # A schedule that does not depend on the length: one run extended (each run costs seconds; the
+    # others by what decides it).
+    assert run(tmp_path / "warmup_constant", 1, "warmup_constant") == []
+    assert run(tmp_path / "warmup_constant", 2, "warmup_constant") == []
+    opt = ef.base_config().optimizer
+    for schedule, ratio, depends in [
+        ("constant", 0.0, False),
+        ("warmup_constant", 0.0, False),
+        ("cosine", 1.0, False),
+        ("cosine", 0.0, True),
+        ("warmup_cosine", 0.1, True),
+    ]:
+        opt.schedule, opt.min_lr_ratio = schedule, ratio
+        assert optim.schedule_depends_on_total(opt) is depends
 
 
 def test_a_field_the_saved_run_lacks_is_allowed(tmp_path):
