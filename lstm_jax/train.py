@@ -1654,6 +1654,9 @@ def _run(
         # A signal from here on stops at once: there is no step left to wait for, and the checkpoint of the
         # last step is saved (every run's last step is evaluated and saved), which the same command
         # finishes from without training.
+        results: dict[str, Any] | None = None
+        results_path = os.path.join(workdir, RESULTS_FILE)
+        results_before = _file_identity(results_path)
         try:
             stops.at_once()
             final_params = state["params"]
@@ -1718,7 +1721,7 @@ def _run(
                 logger.write(f"final_{split}", step, final[split])
             final = {s: final[s] for s in task.eval_batches}
             best_record = next((r for r in history if r["step"] == best_step), None)
-            results: dict[str, Any] = {
+            results = {
                 "status": "finished",
                 "metrics": {
                     "final": final,
@@ -1748,7 +1751,7 @@ def _run(
             if task.extra_results is not None:
                 results.update(task.extra_results(final_model, results))
             if eng.is_main:
-                write_json(os.path.join(workdir, RESULTS_FILE), results)
+                write_json(results_path, results)
             stops.done()
             logging.info(
                 "finished at step %d: %s",
@@ -1757,6 +1760,13 @@ def _run(
             )
             return results
         except _StopNow as e:
+            if results is not None and _file_identity(results_path) != results_before:
+                # The signal came after results.json was written, before `stops.done()`: the run is finished.
+                logging.warning(
+                    "%s: the run's results are already written; nothing is left to stop",
+                    signal.Signals(e.signum).name,
+                )
+                return results
             raise Interrupted(
                 f"{signal.Signals(e.signum).name} after the last step (step {step} of"
                 f" {eng.total_steps}), during the final evaluation and reports: {RESULTS_FILE} was not"
@@ -1765,6 +1775,16 @@ def _run(
                 f" reports and {RESULTS_FILE})",
                 e.signum,
             ) from None
+
+
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    """`path`'s inode, modification time (ns) and size, or None when it does not exist: a file written
+    (replaced) since an earlier call has another identity."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _check_free_space(store: CheckpointStore, abstract: Any, step: int | None) -> None:

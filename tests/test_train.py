@@ -322,6 +322,31 @@ def test_a_signal_after_the_last_step_stops_at_once_and_says_the_command_finishe
         signal.signal(sig, before)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_just_after_results_json_is_written_leaves_the_run_finished(
+    tmp_path, sig, monkeypatch
+):
+    """A signal between writing results.json and marking the run done said "results.json was not
+    written" (exit 130/143) of a run whose results were whole on disk; now the run returns them, and the
+    signal is only logged."""
+    from lstm_jax import train as train_module
+
+    config = ef.base_config(num_epochs=1)
+    write = train_module.write_json
+
+    def write_then_signal(path, obj, *args, **kwargs):
+        write(path, obj, *args, **kwargs)
+        if os.path.basename(path) == "results.json":
+            signal.raise_signal(sig)
+
+    monkeypatch.setattr(train_module, "write_json", write_then_signal)
+    before = signal.getsignal(sig)
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["status"] == "finished" and results["steps"] == 5
+    assert json.loads((tmp_path / "results.json").read_text())["steps"] == 5
+    assert signal.getsignal(sig) == before
+
+
 def test_resume_mid_epoch_restores_the_carried_state(tmp_path):
     config = ef.base_config(num_steps=12, eval_every_steps=4)
     config.model.classes = 12
