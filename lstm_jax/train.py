@@ -220,8 +220,8 @@ class _StopSignals:
     """While training, the first SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the step it is in
     (the loop then saves a checkpoint and raises `Interrupted`); a second one raises KeyboardInterrupt at
     once. After the last step (`at_once`), when there is no step to wait for, the first raises `_StopNow`
-    at once (and at once on `at_once` when one came during the last step); once the results are written
-    (`done`), one is only logged. Installed only in the main thread of a single-process run (a
+    at once (and at once on `at_once` when one came during the last step); once only the results' write is
+    left (`done`), one is only logged. Installed only in the main thread of a single-process run (a
     multi-process run's processes would not stop at the same step); elsewhere signals keep their usual
     effect."""
 
@@ -239,7 +239,7 @@ class _StopSignals:
             raise _StopNow(self.signum)
 
     def done(self) -> None:
-        """Everything is written: a signal from now on has nothing left to stop."""
+        """Only the results' write is left: a signal from now on has nothing left to stop (it is logged)."""
         self._phase = "done"
 
     def __enter__(self) -> _StopSignals:
@@ -1654,9 +1654,6 @@ def _run(
         # A signal from here on stops at once: there is no step left to wait for, and the checkpoint of the
         # last step is saved (every run's last step is evaluated and saved), which the same command
         # finishes from without training.
-        results: dict[str, Any] | None = None
-        results_path = os.path.join(workdir, RESULTS_FILE)
-        results_before = _file_identity(results_path)
         try:
             stops.at_once()
             final_params = state["params"]
@@ -1721,7 +1718,7 @@ def _run(
                 logger.write(f"final_{split}", step, final[split])
             final = {s: final[s] for s in task.eval_batches}
             best_record = next((r for r in history if r["step"] == best_step), None)
-            results = {
+            results: dict[str, Any] = {
                 "status": "finished",
                 "metrics": {
                     "final": final,
@@ -1750,9 +1747,10 @@ def _run(
                 results["plots"] = [os.path.basename(curves)] if curves else []
             if task.extra_results is not None:
                 results.update(task.extra_results(final_model, results))
-            if eng.is_main:
-                write_json(results_path, results)
+            # Nothing is left to stop but the (atomic) write itself: a signal from here on lets it finish.
             stops.done()
+            if eng.is_main:
+                write_json(os.path.join(workdir, RESULTS_FILE), results)
             logging.info(
                 "finished at step %d: %s",
                 step,
@@ -1760,13 +1758,6 @@ def _run(
             )
             return results
         except _StopNow as e:
-            if results is not None and _file_identity(results_path) != results_before:
-                # The signal came after results.json was written, before `stops.done()`: the run is finished.
-                logging.warning(
-                    "%s: the run's results are already written; nothing is left to stop",
-                    signal.Signals(e.signum).name,
-                )
-                return results
             raise Interrupted(
                 f"{signal.Signals(e.signum).name} after the last step (step {step} of"
                 f" {eng.total_steps}), during the final evaluation and reports: {RESULTS_FILE} was not"
@@ -1775,16 +1766,6 @@ def _run(
                 f" reports and {RESULTS_FILE})",
                 e.signum,
             ) from None
-
-
-def _file_identity(path: str) -> tuple[int, int, int] | None:
-    """`path`'s inode, modification time (ns) and size, or None when it does not exist: a file written
-    (replaced) since an earlier call has another identity."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _check_free_space(store: CheckpointStore, abstract: Any, step: int | None) -> None:
