@@ -319,13 +319,10 @@ class MetricsLogger:
                     records.append(record or {"line": line.decode("utf-8", "replace")})
                 else:
                     kept.append(line)
-        if kept and not kept[-1].endswith(b"\n") and kept[-1].strip():
-            # A whole record that lost only its newline (a power cut): the next one must not follow it on
-            # its line.
+        # A whole record that lost only its newline (a power cut): the next one must not follow it on its line.
+        lost_newline = bool(kept) and not kept[-1].endswith(b"\n") and bool(kept[-1].strip())
+        if lost_newline:
             kept[-1] += b"\n"
-            if not orphaned:
-                with atomic_write(self.path, "wb", durable=True) as f:
-                    f.write(b"".join(kept))
         if orphaned:
             aside = os.path.join(self.workdir, ORPHANED_FILE)
             before = b""
@@ -339,6 +336,9 @@ class MetricsLogger:
                     before += b"\n"
                 with atomic_write(aside, "wb", durable=True) as f:
                     f.write(before + new)
+        if (
+            orphaned or lost_newline
+        ):  # after the copy aside: a failure here leaves every record somewhere
             with atomic_write(self.path, "wb", durable=True) as f:
                 f.write(b"".join(kept))
         self._open()
