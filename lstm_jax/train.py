@@ -1821,7 +1821,7 @@ def _check_same_data(
     task: Task,
     step: int,
     workdir: str,
-    saved_config: ml_collections.ConfigDict | None = None,
+    saved_config: ml_collections.ConfigDict | None,
 ) -> None:
     """`UserError` when the checkpoint being resumed was trained on other data than the task loaded now
     (both fingerprints known and different); naming the task's `data_fix` when it has one."""

@@ -193,6 +193,10 @@ def epoch_keeping_the_remainder(task, num_examples: int, batch_size: int) -> dic
     return short[0]
 
 
+# A locale whose stdout encodes ASCII only (C, without Python's coercion to a UTF-8 locale or UTF-8 mode).
+C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+
+
 # A --config file of nothing but the engine's defaults, for `run_cli_script`.
 ENGINE_DEFAULTS_CONFIG = (
     "from lstm_jax.config_utils import engine_defaults\n\n\ndef get_config():\n"

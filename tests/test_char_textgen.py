@@ -588,10 +588,9 @@ def test_cli_generate_prints_non_ascii_text_under_an_ascii_locale(tmp_path):
     workdir = tmp_path / "run"
     char_lm.train(_stream_config(path), str(workdir))
     args = [f"--workdir={workdir}", "--mode=generate", "--length=30", "--num_samples=1"]
-    c_locale = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
     env = {k: v for k, v in os.environ.items() if k != data.DATA_ENV}
     out = {}
-    for name, extra in (("c", c_locale), ("utf8", {"PYTHONUTF8": "1"})):
+    for name, extra in (("c", ef.C_LOCALE), ("utf8", {"PYTHONUTF8": "1"})):
         proc = subprocess.run(
             [sys.executable, "-m", "experiments.char_textgen.main", *args],
             cwd=REPO,

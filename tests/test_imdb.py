@@ -396,10 +396,6 @@ def test_cli_predict_and_user_error(trained, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-# A locale whose stdout encodes ASCII only (C, without Python's coercion to a UTF-8 locale or UTF-8 mode).
-C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
-
-
 def test_cli_predict_prints_non_ascii_texts_under_an_ascii_locale(trained):
     """Under the C locale a review with characters ASCII lacks prints them escaped (stdout encodes
     ASCII only), not a UnicodeEncodeError traceback after the first lines; under UTF-8 they print as
@@ -408,7 +404,7 @@ def test_cli_predict_prints_non_ascii_texts_under_an_ascii_locale(trained):
     cmd = [sys.executable, "-m", "experiments.imdb_sentiment.main", f"--workdir={workdir}"]
     review = "Un film g\u00e9nial \u2014 great wonderful \U0001f600\n"
     for env, shown in (
-        (C_LOCALE, "Un film g\\xe9nial \\u2014 great wonderful \\U0001f600"),
+        (ef.C_LOCALE, "Un film g\\xe9nial \\u2014 great wonderful \\U0001f600"),
         ({"PYTHONUTF8": "1"}, review.strip()),
     ):
         proc = subprocess.run(
