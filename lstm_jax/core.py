@@ -26,7 +26,8 @@ plus elementwise gate math. Four arrangements of the same computation exist, all
   (`NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`), and the weight gradients of a layer whose `[F + H, 4H]`
   takes at most a fifth of the L2 cache are summed inside the backward call
   (`NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION`), every layer's bias gradient too (`NATIVE_BIAS_GRAD_IN_KERNEL`).
-  CPU and float32 only.
+  An embedding folded into the projection is read by token id inside the forward call, and its gradient
+  summed by one native call (`NATIVE_FOLDED_ROWS_BY_ID`, `NATIVE_SCATTER_ROWS`). CPU and float32 only.
 * ``"per_step"``: the textbook arrangement, `x_t @ kernel` inside the loop, gradients by autodiff.
 * ``"cudnn"``: NVIDIA GPUs only, opt-in: the whole layer, forward and backward, as one cuDNN RNN call
   (`jax.experimental.rnn.lstm`; the weights packed into cuDNN's flat layout, Keras' gate order being
@@ -68,6 +69,16 @@ CPU_PER_STEP_MAX_HIDDEN = 64
 # this many rows per (batch x time) position and the native kernel does not project the inputs itself (see
 # `lstm_layer`; measured in benchmarks/README.md).
 FOLD_EMBEDDING_MAX_ROWS_PER_POSITION = 1.0
+
+# Impl "native" reads a folded embedding's rows by token id inside its forward call
+# (`native.forward_ids`) instead of XLA gathering them into a [T, B, 4H] array first (8 ms of shape D's
+# step, and 102 MB written and read again), and sums the table's gradient in one native call
+# (`native.scatter_rows`, `NATIVE_SCATTER_ROWS`) that reads `dz` where the backward call wrote it, where
+# XLA's scatter-add first copies it (7.5 ms). Measured on shape D (Zen 4 host, 2026-12-06, `python -m
+# benchmarks.ab_rule --shape D --rounds 20 --steps 4 --set <rule>=0`): both on 272.6 ms against 287.2
+# without either, the scatter alone 282.2 against 289.3; the losses bit for bit the same.
+NATIVE_FOLDED_ROWS_BY_ID = True
+NATIVE_SCATTER_ROWS = True
 
 # impl "native" projects dense inputs inside the kernel's per-step matmul, `[x_t, h] @ [kernel; rk]`, when
 # that weight matrix (read once per step) takes at most this fraction of a core's L2 cache; larger ones are
@@ -390,6 +401,34 @@ def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None)
     return outs, (h, c), (hc, acts)
 
 
+def _native_forward_ids(rk, bias, table, ids, mask, h0, c0, rmask, reverse):
+    """`_native_forward` of the folded projection's rows `table[ids]` (`table [V, 4H]`, `ids [T, B]`), read
+    by id inside the call (`native.forward_ids`). Its derivative of a derivative runs the XLA twin, as
+    `_native_forward`'s."""
+    from lstm_jax import native
+
+    m, r = _native_inputs(mask, rmask, *ids.shape, rk.shape[0])
+
+    @jax.custom_jvp
+    def call(rk, bias, table, h0, c0, r):
+        return native.forward_ids(rk, bias, table, ids, m, h0, c0, r, reverse)
+
+    @call.defjvp
+    def call_jvp(primals, tangents):
+        def twin(rk, bias, table, h0, c0, r):
+            rm = None if rmask is None else r
+            zx = jnp.take(table, ids, axis=0)
+            outs, (h, c), (hc, acts) = _fused_forward(
+                rk, bias, zx, mask, h0, c0, rm, reverse, 1, False
+            )
+            return acts, outs, h, c, hc
+
+        return jax.jvp(twin, primals, tangents)
+
+    acts, outs, h, c, hc = call(rk, bias, table, h0, c0, r)
+    return outs, (h, c), (hc, acts)
+
+
 def _weights_within_l2(features: int, hidden: int, fraction: float) -> bool:
     """Whether a layer's float32 `[features + hidden, 4 hidden]` weights take at most `fraction` of one
     core's L2 cache (the native kernel's size rules)."""
@@ -644,6 +683,70 @@ def _recurrence_native_x_bwd(reverse, res, cotangents):
 
 
 _recurrence_native_x.defvjp(_recurrence_native_x_fwd, _recurrence_native_x_bwd, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _recurrence_native_ids(table, ids, rk, bias, mask, h0, c0, rmask, reverse):
+    """The "native" layer of a folded embedding: `table [V, 4H]` (embedding @ kernel) read at token ids
+    `ids [T, B]` inside the forward call; the backward call as `_recurrence_fused`'s, then the table's
+    gradient as the scatter-add of `dz` that `jnp.take`'s transpose is."""
+    outs, final, _ = _native_forward_ids(rk, bias, table, ids, mask, h0, c0, rmask, reverse)
+    return outs, final
+
+
+def _recurrence_native_ids_fwd(table, ids, rk, bias, mask, h0, c0, rmask, reverse):
+    table, ids, rk, bias, mask, h0, c0, rmask = (
+        jax.custom_derivatives.custom_vjp_primal_tree_values(
+            (table, ids, rk, bias, mask, h0, c0, rmask)
+        )
+    )
+    outs, final, saved = _native_forward_ids(rk, bias, table, ids, mask, h0, c0, rmask, reverse)
+    rows = jnp.zeros((table.shape[0], 0), table.dtype)  # the table's row count, for its gradient
+    return (outs, final), (ids, rows, rk, mask, rmask, saved)
+
+
+def _recurrence_native_ids_bwd(reverse, res, cotangents):
+    ids, rows, rk, mask, rmask, (hc, acts) = res
+    d_outs, dh_final, dc_final = _cotangents(cotangents)
+    dz, _, dh0, dc0, d_rk, d_bias = _native_backward(
+        rk, acts, hc, mask, rmask, d_outs, dh_final, dc_final, reverse
+    )
+    d_rk, d_bias, dz, d_mask, dh0, dc0, d_rmask = _fused_weight_grads(
+        rk, mask, rmask, hc, dz, dh0, dc0, d_rk, d_bias
+    )
+    d_table = _scatter_rows(dz, ids, rows.shape[0])
+    d_ids = np.zeros(ids.shape, dtype=jax.dtypes.float0)
+    return d_table, d_ids, d_rk, d_bias, d_mask, dh0, dc0, d_rmask
+
+
+def _scatter_rows(dz: Array, ids: Array, vocab: int) -> Array:
+    """The table gradient of `_recurrence_native_ids`: `[vocab, 4H]` zeros plus each row of `dz [T, B,
+    4H]` at its id, the transpose of `jnp.take(table, ids, axis=0)`. With `NATIVE_SCATTER_ROWS` one native
+    call (`native.scatter_rows`), else XLA's scatter-add, which XLA:CPU feeds a copy of `dz` (a layout
+    change on the size-1 axis it gives each row; 7.5 ms of shape D's step). A derivative of it (a second
+    derivative of the layer) is the XLA scatter's."""
+    from lstm_jax import native
+
+    def xla(dz):
+        return jnp.zeros((vocab, dz.shape[-1]), dz.dtype).at[ids].add(dz, mode="drop")
+
+    if not NATIVE_SCATTER_ROWS:
+        return xla(dz)
+
+    @jax.custom_jvp
+    def call(dz):
+        return native.scatter_rows(dz, ids, vocab)
+
+    @call.defjvp
+    def call_jvp(primals, tangents):
+        return call(*primals), xla(*tangents)
+
+    return call(dz)
+
+
+_recurrence_native_ids.defvjp(
+    _recurrence_native_ids_fwd, _recurrence_native_ids_bwd, symbolic_zeros=True
+)
 
 
 @jax.custom_vjp
@@ -1017,6 +1120,11 @@ def lstm_layer(
             )
         else:
             table = embedding.astype(state_dtype) @ kernel
+        if impl == "native" and NATIVE_FOLDED_ROWS_BY_ID:
+            outs, (h, c) = _recurrence_native_ids(
+                table, xs_tm, rk, bias, mask_tm, h0, c0, recurrent_dropout_mask, reverse
+            )
+            return jnp.swapaxes(outs, 0, 1), LSTMState(h, c)
         zx = jnp.take(table, xs_tm, axis=0)
     elif compute_dtype is not None:
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)

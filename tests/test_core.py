@@ -613,15 +613,20 @@ def test_embedding_input_equals_looking_up_first(
         return jnp.sum(jnp.tanh(outs) * 1.7) + jnp.sum(fin.h**2) + jnp.sum(fin.c), (outs, fin)
 
     grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
-    ga, (outs_a, fin_a) = grad(params, table, h0, True)
     gb, (outs_b, fin_b) = grad(params, table, h0, False)
-    np.testing.assert_allclose(outs_a, outs_b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(fin_a.c, fin_b.c, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     folds = impl != "per_step" and vocab <= B * T and not in_kernel
     folded_loss = functools.partial(loss, folded=True)
-    assert _has_table_product(folded_loss, params, table, h0, vocab=vocab) == folds
+    # impl "native" reads the folded rows by id inside its forward call, or from XLA's gather
+    for by_id in (True, False) if impl == "native" else (True,):
+        monkeypatch.setattr(core, "NATIVE_FOLDED_ROWS_BY_ID", by_id)
+        ga, (outs_a, fin_a) = grad(params, table, h0, True)
+        np.testing.assert_allclose(outs_a, outs_b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fin_a.c, fin_b.c, rtol=1e-5, atol=1e-6)
+        for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert _has_table_product(folded_loss, params, table, h0, vocab=vocab) == folds
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: folded_loss(*a)[0]))(params, table, h0))
+        assert ("lstm_jax_native_forward_ids" in jaxpr) == (impl == "native" and folds and by_id)
 
 
 def test_embedding_with_input_dropout_or_bfloat16(params):

@@ -173,6 +173,99 @@ def test_results_do_not_depend_on_the_thread_count():
             np.testing.assert_array_equal(a, r)
 
 
+def test_rows_read_by_id_equal_the_call_on_gathered_rows():
+    """`forward_ids` gives exactly what `forward` gives on `jnp.take(table, ids)`, whatever the thread
+    count: a negative id counts from the end; an id outside [-V, V) gives its row NaN (jnp.take's "fill"),
+    and no other row."""
+    v, b, t, h = 9, 11, 5, 13
+    k = jax.random.split(jax.random.key(2), 4)
+    rk = 0.3 * jax.random.normal(k[0], (h, 4 * h))
+    bias = jax.random.normal(k[1], (4 * h,))
+    table = jax.random.normal(k[2], (v, 4 * h))
+    ids = jax.random.randint(k[3], (t, b), -v, v)
+    ids = ids.at[2, 3].set(v).at[4, 0].set(-v - 1)  # two ids outside the table
+    mask = jnp.ones((t, b)).at[:2, 5].set(0.0)
+    h0 = c0 = jnp.zeros((b, h))
+    ones = jnp.ones((b, h))
+    gathered = jnp.take(table, ids, axis=0)
+    assert np.isnan(gathered[2, 3]).all() and np.isnan(gathered[4, 0]).all()
+    for reverse in (False, True):
+        ref = native.forward(rk, bias, gathered, mask, h0, c0, ones, reverse, 2)
+        for threads in (1, 2, 3):
+            got = native.forward_ids(rk, bias, table, ids, mask, h0, c0, ones, reverse, threads)
+            for a, r in zip(got, ref, strict=True):
+                np.testing.assert_array_equal(a, r)
+        outs = np.asarray(ref[1])
+        bad_rows = {3, 0}  # a NaN reaches only its own sequence
+        assert np.isnan(outs[:, sorted(bad_rows)]).any(axis=(0, 2)).all()
+        good = [r for r in range(b) if r not in bad_rows]
+        assert np.isfinite(outs[:, good]).all()
+
+
+def test_scatter_rows_equals_xlas_scatter_add():
+    """`scatter_rows` (the table gradient of rows read by id) equals XLA's scatter-add bit for bit,
+    whatever the thread count: repeated ids summed in order, negative ids counted from the end, ids
+    outside [-V, V) dropped, rows no id names zero; under vmap too."""
+    v, n, g = 7, 300, 37
+    k = jax.random.split(jax.random.key(3), 3)
+    ids = jax.random.randint(k[0], (n,), -v - 2, v + 2)  # some outside the table
+    ids = jnp.where((ids == 5) | (ids == -2), 4, ids)  # row 5 named by no id
+    dz = jax.random.normal(k[1], (n, g)) * 1e3 + jax.random.normal(k[2], (n, g))
+    ref = jnp.zeros((v, g)).at[ids].add(dz, mode="drop")
+    assert not np.any(ref[5]) and np.all(ref[4] != 0)
+    for threads in (1, 2, 3, 8):
+        np.testing.assert_array_equal(native.scatter_rows(dz, ids, v, threads), ref)
+    two = jax.vmap(lambda d: native.scatter_rows(d, ids.reshape(20, 15), v))(jnp.stack([dz, -dz]))
+    np.testing.assert_array_equal(two, jnp.stack([ref, -ref]))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rows_read_by_id_gradients_and_higher_derivatives(reverse, monkeypatch):
+    """A folded embedding under impl "native": the table's rows read by id in the kernel give the values,
+    gradients (table included, negative ids and padded steps too) and second derivatives of XLA's
+    gather feeding the same kernel, and of impl "fused"."""
+    monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", 0.0)
+    v, b, t, f, h = 6, 3, 4, 5, 7
+    k = jax.random.split(jax.random.key(4), 4)
+    p = init_lstm(k[0], f, h)
+    table = jax.random.normal(k[1], (v, f))
+    ids = jax.random.randint(k[2], (b, t), -v, v)
+    mask = jnp.arange(t)[None, :] >= jnp.array([0, 1, 3])[:, None]
+    w = jax.random.normal(k[3], (b, t, h))
+
+    def loss(q, tab, impl):
+        outs, fin = lstm_layer(q, ids, embedding=tab, mask=mask, reverse=reverse, impl=impl)
+        return jnp.sum(jnp.sin(outs) * w) + jnp.sum(fin.c**2)
+
+    def second(impl):
+        def g(q, tab):
+            grads = jax.grad(loss, argnums=(0, 1))(q, tab, impl)
+            return sum(jnp.sum(a**2) for a in jax.tree.leaves(grads))
+
+        return jax.grad(g, argnums=(0, 1))(p, table)
+
+    results = {}
+    cases = (
+        ("ids", "native", True, True),  # rows read by id, the table gradient by scatter_rows
+        ("ids_xla_scatter", "native", True, False),
+        ("gather", "native", False, True),
+        ("fused", "fused", True, True),
+    )
+    for name, impl, by_id, scatter in cases:
+        monkeypatch.setattr(core, "NATIVE_FOLDED_ROWS_BY_ID", by_id)
+        monkeypatch.setattr(core, "NATIVE_SCATTER_ROWS", scatter)
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=1), static_argnums=2)(p, table, impl))
+        assert ("lstm_jax_native_forward_ids" in jaxpr) == name.startswith("ids")
+        assert ("lstm_jax_native_scatter_rows" in jaxpr) == (name == "ids")
+        value, grads = jax.value_and_grad(loss, argnums=(0, 1))(p, table, impl)
+        results[name] = (value, grads, second(impl))
+    for name in ("ids_xla_scatter", "gather", "fused"):
+        for a, r in zip(
+            jax.tree.leaves(results["ids"]), jax.tree.leaves(results[name]), strict=True
+        ):
+            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
 def test_weight_gradients_summed_in_the_kernel_equal_the_matmuls():
     """With weight_grads (zx form) or xs (x form) the backward call also returns `dw` = sum over t of
     `[x_t, h_{t-1} * rmask]^T @ dz_t` and `d_bias` = sum of `dz`, with `bias_grad` alone `d_bias` only;

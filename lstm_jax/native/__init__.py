@@ -21,7 +21,9 @@ its children). zig is run from the `ziglang` package's directory, not as ``sys.e
 which in an embedded Python (uwsgi, an application hosting Python) starts the host application.
 
 `forward_x`/`backward_x` do the same from the inputs `xs [T, B, F]`, projecting them inside each step's
-matmul (`[x_t, h] @ [kernel; rk]`) instead of taking XLA's `[T, B, 4H]` projection `zx`.
+matmul (`[x_t, h] @ [kernel; rk]`) instead of taking XLA's `[T, B, 4H]` projection `zx`. `forward_ids`
+takes an embedding folded into the projection, `table [V, 4H]` and token ids `[T, B]`, reading each step's
+rows by id (no `[T, B, 4H]` gather first); `scatter_rows` is its transpose, the table's gradient.
 
 Shapes (time-major, float32): `zx [T, B, 4H]`, `mask [T, B]` (1.0 = real step), `h0, c0, rmask [B, H]`,
 `rk [H, 4H]`.
@@ -55,6 +57,8 @@ Array = jax.Array
 _SOURCE = Path(__file__).with_name("lstm_cpu.cc")
 _FORWARD, _BACKWARD = "lstm_jax_native_forward", "lstm_jax_native_backward"
 _FORWARD_X, _BACKWARD_X = "lstm_jax_native_forward_x", "lstm_jax_native_backward_x"
+_FORWARD_IDS = "lstm_jax_native_forward_ids"
+_SCATTER_ROWS = "lstm_jax_native_scatter_rows"
 _GENERATE = "lstm_jax_native_generate"
 _FLAGS = ["-O3", "-std=c++17", "-fPIC", "-fno-math-errno"]
 _LINK_FLAGS = ["-shared", "-fPIC"]
@@ -458,6 +462,8 @@ def _load() -> str | None:
     jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.LstmBackward), platform="cpu")
     jax.ffi.register_ffi_target(_FORWARD_X, jax.ffi.pycapsule(lib.LstmForwardX), platform="cpu")
     jax.ffi.register_ffi_target(_BACKWARD_X, jax.ffi.pycapsule(lib.LstmBackwardX), platform="cpu")
+    jax.ffi.register_ffi_target(_FORWARD_IDS, jax.ffi.pycapsule(lib.LstmForwardIds), platform="cpu")
+    jax.ffi.register_ffi_target(_SCATTER_ROWS, jax.ffi.pycapsule(lib.ScatterRows), platform="cpu")
     jax.ffi.register_ffi_target(_GENERATE, jax.ffi.pycapsule(lib.LstmGenerate), platform="cpu")
     return None
 
@@ -635,6 +641,45 @@ def forward_x(
     outs = [(t, b, 4 * h), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
     w = jnp.concatenate([kernel, rk], axis=0)
     return _call(_FORWARD_X, (w, bias, xs, mask, h0, c0, rmask), outs, None, reverse, threads)
+
+
+def forward_ids(
+    rk: Array,
+    bias: Array,
+    table: Array,
+    ids: Array,
+    mask: Array,
+    h0: Array,
+    c0: Array,
+    rmask: Array,
+    reverse: bool,
+    threads: int | None = None,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """`forward` with the pre-activations read by id: step t's row b is `table[ids[t, b]]` (`table [V,
+    4H]`, an embedding folded into the input projection; `ids [T, B]` int32, a negative id counting from
+    the end and one outside `[-V, V)` giving a NaN row, as `jnp.take`), with no `[T, B, 4H]` gather
+    first. Returns what `forward` returns, the gates in a new buffer."""
+    t, b = ids.shape
+    h = rk.shape[0]
+    outs = [(t, b, 4 * h), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
+    args = (rk, bias, table, ids.astype(jnp.int32), mask, h0, c0, rmask)
+    return _call(_FORWARD_IDS, args, outs, None, reverse, threads)
+
+
+def scatter_rows(dz: Array, ids: Array, vocab: int, threads: int | None = None) -> Array:
+    """The transpose of `forward_ids`' reads: `[vocab, G]` zeros plus each row of `dz [..., G]` at its id
+    in `ids` (same leading shape; a negative id counts from the end, one outside `[-vocab, vocab)` is
+    dropped), summed in row order as XLA's scatter-add; threads split the columns."""
+    _require()
+    g = dz.shape[-1]
+    call = jax.ffi.ffi_call(
+        _SCATTER_ROWS, jax.ShapeDtypeStruct((vocab, g), jnp.float32), vmap_method="sequential"
+    )
+    return call(
+        ids.reshape(-1).astype(jnp.int32),
+        dz.reshape(-1, g),
+        threads=np.int32(threads or threads_per_device()),
+    )
 
 
 def _call(name, args, out_shapes, aliased, reverse, threads, **attrs):

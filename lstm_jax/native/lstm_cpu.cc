@@ -13,6 +13,8 @@
 // The "x" calls (LstmForwardX, LstmBackwardX) take the inputs xs [T, B, F] instead of zx and project them in
 // the same per-step matmul: z_t = bias + [x_t, h_{t-1} * rmask] @ [kernel; rk], and backward
 // [dx_t, dh] = dz_t @ [kernel; rk]^T (core.py uses them when [kernel; rk] is small against the L2 cache).
+// LstmForwardIds takes an embedding folded into the projection, table [V, 4H] and ids [T, B] (zx[t] =
+// table[ids[t]], read in the step), and ScatterRows sums dz back into the table's rows (its gradient).
 //
 // Both are the same mathematics as core.py's "fused" impl (parity-tested in tests/test_native.py). The
 // point is the loop: one call runs all T steps, each step one register-blocked matmul and one pass of
@@ -508,14 +510,23 @@ const float* whole_vectors(const float* w, int64_t rows, int64_t cols, int64_t r
   return store.data();
 }
 
+// Row `id` of the projected table `[V, G]` (a negative id counts from the end, as numpy's), or null for an
+// id outside [-V, V).
+inline const float* table_row(const float* table, int32_t id, int64_t V, int64_t G) {
+  const int64_t i = id < 0 ? id + V : id;
+  return i >= 0 && i < V ? table + i * G : nullptr;
+}
+
 // The forward recurrence on rows [r0, r1), as a stepper. Given zx (F = 0): z_t = zx[t] + bias + (h * rmask)
 // @ w, w = rk [H, 4H] padded. Given xs (F > 0): z_t = bias + [x_t, h * rmask] @ w, w = [kernel; rk]
 // [F + H, 4H] padded: the input projection is part of each step's matmul, so no [T, B, 4H] projection is
-// made first.
+// made first. Given ids [T, B] as well as zx (then the projected table [V, 4H]): zx[t] is the table's rows
+// at ids[t] (`table_row`), read in the step, so no [T, B, 4H] gather is made first either.
 RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const float* zx,
-                        const float* xs, float* acts, const float* mask, const float* h0,
-                        const float* c0, const float* rmask, float* outs, float* hT, float* cT,
-                        float* hc, bool reverse, int64_t r0, int64_t r1) {
+                        const int32_t* ids, int64_t V, const float* xs, float* acts,
+                        const float* mask, const float* h0, const float* c0, const float* rmask,
+                        float* outs, float* hT, float* cT, float* hc, bool reverse, int64_t r0,
+                        int64_t r1) {
   const int64_t T = d.T, B = d.B, H = d.H, F = d.F, K = F + H, G = 4 * H, Gp = round_up(G, VL);
   const int64_t R = r1 - r0;
   struct State {
@@ -535,12 +546,26 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
     const int64_t tn = reverse ? t - 1 : t + 1;
     float* hc_t = hc + (t * B + r0) * 2 * H;
     if (s + 1 < T) {
-      if (zx) prefetch(zx + (tn * B + r0) * G, R * G);
+      if (ids) {
+        for (int64_t r = 0; r < R; ++r) {
+          const float* row = table_row(zx, ids[tn * B + r0 + r], V, G);
+          if (row) prefetch(row, G);
+        }
+      } else if (zx) {
+        prefetch(zx + (tn * B + r0) * G, R * G);
+      }
       if (F) prefetch(xs + (tn * B + r0) * F, R * F);
     }
     for (int64_t r = 0; r < R; ++r) {
       float* __restrict zr = z + r * Gp;
-      if (zx) {
+      if (ids) {
+        const float* __restrict xr = table_row(zx, ids[t * B + r0 + r], V, G);
+        if (xr) {
+          for (int64_t j = 0; j < G; ++j) zr[j] = xr[j] + bias[j];
+        } else {  // an id outside [-V, V): a NaN row, as jnp.take's default "fill" mode gives
+          for (int64_t j = 0; j < G; ++j) zr[j] = std::numeric_limits<float>::quiet_NaN();
+        }
+      } else if (zx) {
         const float* __restrict xr = zx + (t * B + r0 + r) * G;
         for (int64_t j = 0; j < G; ++j) zr[j] = xr[j] + bias[j];
       } else {
@@ -674,17 +699,18 @@ ffi::Error check(bool ok, const std::string& what) {
 }
 
 ffi::Error run_forward(const Dims d, const float* w, const float* bias, const float* zx,
-                       const float* xs, float* acts, const float* mask, const float* h0,
+                       const int32_t* ids, int64_t V, const float* xs, float* acts,
+                       const float* mask, const float* h0,
                        const float* c0, const float* rmask, float* outs, float* hT, float* cT,
                        float* hc, ffi::ThreadPool& pool, int32_t reverse, int32_t threads) {
   const int64_t t0 = stats_on() ? now_ns() : 0;
   std::vector<float> store;
   const float* w_used = whole_vectors(w, d.F + d.H, 4 * d.H, 1, store);
   const RowsTiming timing = on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
-    return forward_rows(d, w_used, bias, zx, xs, acts, mask, h0, c0, rmask, outs, hT, cT, hc,
-                        reverse != 0, r0, r1);
+    return forward_rows(d, w_used, bias, zx, ids, V, xs, acts, mask, h0, c0, rmask, outs, hT, cT,
+                        hc, reverse != 0, r0, r1);
   });
-  if (t0) record_call(d.F ? "forward_x" : "forward", d, t0, timing);
+  if (t0) record_call(d.F ? "forward_x" : ids ? "forward_ids" : "forward", d, t0, timing);
   return ffi::Error::Success();
 }
 
@@ -1068,7 +1094,7 @@ ffi::Error LstmForwardImpl(In rk, In bias, In zx, In mask, In h0, In c0, In rmas
   const Dims d{zd[0], zd[1], rk.dimensions()[0]};
   if (auto e = check(zd[2] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "zx/rk shapes"); !e.success())
     return e;
-  return run_forward(d, rk.typed_data(), bias.typed_data(), zx.typed_data(), nullptr,
+  return run_forward(d, rk.typed_data(), bias.typed_data(), zx.typed_data(), nullptr, 0, nullptr,
                      acts->typed_data(), mask.typed_data(), h0.typed_data(), c0.typed_data(),
                      rmask.typed_data(), outs->typed_data(), hT->typed_data(), cT->typed_data(),
                      hc->typed_data(), pool, reverse, threads);
@@ -1085,10 +1111,76 @@ ffi::Error LstmForwardXImpl(In w, In bias, In xs, In mask, In h0, In c0, In rmas
                      "xs/w shapes");
       !e.success())
     return e;
-  return run_forward(d, w.typed_data(), bias.typed_data(), nullptr, xs.typed_data(),
+  return run_forward(d, w.typed_data(), bias.typed_data(), nullptr, nullptr, 0, xs.typed_data(),
                      acts->typed_data(), mask.typed_data(), h0.typed_data(), c0.typed_data(),
                      rmask.typed_data(), outs->typed_data(), hT->typed_data(), cT->typed_data(),
                      hc->typed_data(), pool, reverse, threads);
+}
+
+// The forward call from token ids: each step's pre-activations are rows of the projected embedding
+// table [V, 4H] (the lookup folded into the input projection), read by id, with no [T, B, 4H] gather first.
+ffi::Error LstmForwardIdsImpl(In rk, In bias, In table, ffi::Buffer<ffi::S32> ids, In mask, In h0,
+                              In c0, In rmask, Out acts, Out outs, Out hT, Out cT, Out hc,
+                              ffi::ThreadPool pool, int32_t reverse, int32_t threads) {
+  auto idd = ids.dimensions();
+  auto td = table.dimensions();
+  if (idd.size() != 2 || td.size() != 2 || rk.dimensions().size() != 2)
+    return check(false, "bad ranks");
+  const Dims d{idd[0], idd[1], rk.dimensions()[0]};
+  if (auto e = check(td[1] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "table/rk shapes");
+      !e.success())
+    return e;
+  return run_forward(d, rk.typed_data(), bias.typed_data(), table.typed_data(), ids.typed_data(),
+                     td[0], nullptr, acts->typed_data(), mask.typed_data(), h0.typed_data(),
+                     c0.typed_data(), rmask.typed_data(), outs->typed_data(), hT->typed_data(),
+                     cT->typed_data(), hc->typed_data(), pool, reverse, threads);
+}
+
+// The transpose of reading rows by id: out [V, G] = zeros, then out[ids[n]] += dz[n] for n = 0, 1, ...
+// (a negative id counts from the end, one outside [-V, V) is dropped), the table gradient of a folded
+// embedding. Threads split the G columns (each column summed in the same order whatever the split); the
+// steps of a column block are its zeroing and then chunks of rows, so a helper that starts late takes
+// over from where the caller is (RowBlocks).
+RowStepper scatter_columns(const int32_t* ids, const float* dz, float* out, int64_t N, int64_t V,
+                           int64_t G, int64_t c0, int64_t c1) {
+  constexpr int64_t kChunk = 2048;
+  RowStepper st;
+  st.T = 1 + (N + kChunk - 1) / kChunk;
+  st.step_at = [=](int64_t s) {
+    const int64_t w = c1 - c0;
+    if (s == 0) {
+      for (int64_t v = 0; v < V; ++v) std::memset(out + v * G + c0, 0, w * sizeof(float));
+      return;
+    }
+    const int64_t n1 = std::min(N, s * kChunk);
+    for (int64_t n = (s - 1) * kChunk; n < n1; ++n) {
+      const float* row = table_row(out, ids[n], V, G);
+      if (!row) continue;
+      float* __restrict o = const_cast<float*>(row) + c0;
+      const float* __restrict d = dz + n * G + c0;
+      for (int64_t j = 0; j < w; ++j) o[j] += d[j];
+    }
+  };
+  st.finish = [] {};
+  return st;
+}
+
+ffi::Error ScatterRowsImpl(ffi::Buffer<ffi::S32> ids, In dz, Out out, ffi::ThreadPool pool,
+                           int32_t threads) {
+  auto od = out->dimensions();
+  auto dd = dz.dimensions();
+  if (od.size() != 2 || dd.size() != 2) return check(false, "bad ranks");
+  const int64_t N = dd[0], V = od[0], G = od[1];
+  if (auto e = check(dd[1] == G && static_cast<int64_t>(ids.element_count()) == N,
+                     "ids/dz/out shapes");
+      !e.success())
+    return e;
+  const int32_t* id = ids.typed_data();
+  const float* d = dz.typed_data();
+  float* o = out->typed_data();
+  on_rows(pool, G, threads,
+          [&](int64_t c0, int64_t c1) { return scatter_columns(id, d, o, N, V, G, c0, c1); });
+  return ffi::Error::Success();
 }
 
 // The backward calls' attribute weight_grads: which of the weight gradients the call sums; dw [F + H, 4H]
@@ -1272,6 +1364,25 @@ auto forward_binding() {
 // Backward: (w^T [4H, F + H], acts, hc, mask, d outs [T, B, H] or unused, d h_T, d c_T, rmask, and for the
 // x call xs [T, B, F]) -> (dz [T, B, 4H] aliasing acts, then for the x call d xs [T, B, F], then d h_0,
 // d c_0, dw [F + H, 4H], db [4H]; the attribute weight_grads: 0 neither (both unused), 1 both, 2 db only).
+auto forward_ids_binding() {
+  using B = ffi::Buffer<ffi::F32>;
+  return ffi::Ffi::Bind()
+      .Arg<B>().Arg<B>().Arg<B>().Arg<ffi::Buffer<ffi::S32>>().Arg<B>().Arg<B>().Arg<B>().Arg<B>()
+      .Ret<B>().Ret<B>().Ret<B>().Ret<B>().Ret<B>()
+      .Ctx<ffi::ThreadPool>()
+      .Attr<int32_t>("reverse")
+      .Attr<int32_t>("threads");
+}
+
+auto scatter_rows_binding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Ctx<ffi::ThreadPool>()
+      .Attr<int32_t>("threads");
+}
+
 auto backward_binding() {
   using B = ffi::Buffer<ffi::F32>;
   return ffi::Ffi::Bind()
@@ -1352,6 +1463,8 @@ extern "C" double lstm_jax_native_fma_gflops(double seconds) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, LstmForwardImpl, forward_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardX, LstmForwardXImpl, forward_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardIds, LstmForwardIdsImpl, forward_ids_binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScatterRows, ScatterRowsImpl, scatter_rows_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, LstmBackwardImpl, backward_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardX, LstmBackwardXImpl, backward_x_binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmGenerate, LstmGenerateImpl,
