@@ -368,19 +368,24 @@ def _native_inputs(mask, rmask, t, b, hsz):
     return m, r
 
 
-def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None):
+def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None, ids=None):
     """`_fused_forward` (without remat) as one native call (`lstm_jax.native`). `inputs` is the projection
-    `zx [T, B, 4H]`, or with `kernel` the inputs `xs [T, B, F]`, projected inside the kernel's per-step
-    matmul (`native.forward_x`).
+    `zx [T, B, 4H]`; or with `kernel` the inputs `xs [T, B, F]`, projected inside the kernel's per-step
+    matmul (`native.forward_x`); or with `ids [T, B]` a folded embedding's projected table `[V, 4H]`, whose
+    rows at `ids` the call reads (`native.forward_ids`).
 
     Differentiating the call itself (a derivative of the gradient) runs its XLA twin's JVP, so higher-order
     derivatives work as with "fused"."""
     from lstm_jax import native
 
-    m, r = _native_inputs(mask, rmask, *inputs.shape[:2], rk.shape[0])
+    m, r = _native_inputs(
+        mask, rmask, *(inputs.shape[:2] if ids is None else ids.shape), rk.shape[0]
+    )
 
     @jax.custom_jvp
     def call(kernel, rk, bias, inputs, h0, c0, r):
+        if ids is not None:
+            return native.forward_ids(rk, bias, inputs, ids, m, h0, c0, r, reverse)
         if kernel is None:
             return native.forward(rk, bias, inputs, m, h0, c0, r, reverse)
         return native.forward_x(kernel, rk, bias, inputs, m, h0, c0, r, reverse)
@@ -389,7 +394,12 @@ def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None)
     def call_jvp(primals, tangents):
         def twin(kernel, rk, bias, inputs, h0, c0, r):
             rm = None if rmask is None else r
-            zx = inputs if kernel is None else jnp.einsum("tbf,fg->tbg", inputs, kernel)
+            if ids is not None:
+                zx = jnp.take(inputs, ids, axis=0)
+            elif kernel is None:
+                zx = inputs
+            else:
+                zx = jnp.einsum("tbf,fg->tbg", inputs, kernel)
             outs, (h, c), (hc, acts) = _fused_forward(
                 rk, bias, zx, mask, h0, c0, rm, reverse, 1, False
             )
@@ -398,34 +408,6 @@ def _native_forward(rk, bias, inputs, mask, h0, c0, rmask, reverse, kernel=None)
         return jax.jvp(twin, primals, tangents)
 
     acts, outs, h, c, hc = call(kernel, rk, bias, inputs, h0, c0, r)
-    return outs, (h, c), (hc, acts)
-
-
-def _native_forward_ids(rk, bias, table, ids, mask, h0, c0, rmask, reverse):
-    """`_native_forward` of the folded projection's rows `table[ids]` (`table [V, 4H]`, `ids [T, B]`), read
-    by id inside the call (`native.forward_ids`). Its derivative of a derivative runs the XLA twin, as
-    `_native_forward`'s."""
-    from lstm_jax import native
-
-    m, r = _native_inputs(mask, rmask, *ids.shape, rk.shape[0])
-
-    @jax.custom_jvp
-    def call(rk, bias, table, h0, c0, r):
-        return native.forward_ids(rk, bias, table, ids, m, h0, c0, r, reverse)
-
-    @call.defjvp
-    def call_jvp(primals, tangents):
-        def twin(rk, bias, table, h0, c0, r):
-            rm = None if rmask is None else r
-            zx = jnp.take(table, ids, axis=0)
-            outs, (h, c), (hc, acts) = _fused_forward(
-                rk, bias, zx, mask, h0, c0, rm, reverse, 1, False
-            )
-            return acts, outs, h, c, hc
-
-        return jax.jvp(twin, primals, tangents)
-
-    acts, outs, h, c, hc = call(rk, bias, table, h0, c0, r)
     return outs, (h, c), (hc, acts)
 
 
@@ -690,7 +672,7 @@ def _recurrence_native_ids(table, ids, rk, bias, mask, h0, c0, rmask, reverse):
     """The "native" layer of a folded embedding: `table [V, 4H]` (embedding @ kernel) read at token ids
     `ids [T, B]` inside the forward call; the backward call as `_recurrence_fused`'s, then the table's
     gradient as the scatter-add of `dz` that `jnp.take`'s transpose is."""
-    outs, final, _ = _native_forward_ids(rk, bias, table, ids, mask, h0, c0, rmask, reverse)
+    outs, final, _ = _native_forward(rk, bias, table, mask, h0, c0, rmask, reverse, ids=ids)
     return outs, final
 
 
@@ -700,7 +682,7 @@ def _recurrence_native_ids_fwd(table, ids, rk, bias, mask, h0, c0, rmask, revers
             (table, ids, rk, bias, mask, h0, c0, rmask)
         )
     )
-    outs, final, saved = _native_forward_ids(rk, bias, table, ids, mask, h0, c0, rmask, reverse)
+    outs, final, saved = _native_forward(rk, bias, table, mask, h0, c0, rmask, reverse, ids=ids)
     rows = jnp.zeros((table.shape[0], 0), table.dtype)  # the table's row count, for its gradient
     return (outs, final), (ids, rows, rk, mask, rmask, saved)
 

@@ -600,6 +600,12 @@ def _require() -> None:
         raise RuntimeError(f"lstm_jax native LSTM kernel unavailable: {reason}")
 
 
+def _forward_outs(t: int, b: int, rk: Array) -> list[tuple[int, ...]]:
+    """The forward calls' output shapes: acts, outs, h_T, c_T, hc."""
+    h = rk.shape[0]
+    return [(t, b, 4 * h), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
+
+
 def forward(
     rk: Array,
     bias: Array,
@@ -614,11 +620,8 @@ def forward(
     """The forward recurrence. Returns `(acts [T, B, 4H], outs [T, B, H], h_T, c_T, hc [T, B, 2H])`:
     the activated gates (written over `zx`'s buffer), outputs, final state and the saved `(h, c)` before
     each step."""
-    t, b, g = zx.shape
-    h = g // 4
-    outs = [(t, b, g), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
     args = (rk, bias, zx, mask, h0, c0, rmask)
-    return _call(_FORWARD, args, outs, 2, reverse, threads)
+    return _call(_FORWARD, args, _forward_outs(*zx.shape[:2], rk), 2, reverse, threads)
 
 
 def forward_x(
@@ -636,10 +639,8 @@ def forward_x(
     """`forward` with the input projection inside the recurrence: each step's matmul is
     `[x_t, h_{t-1} * rmask] @ [kernel; rk]`, from `xs [T, B, F]` (no `[T, B, 4H]` projection is made
     first). Returns what `forward` returns, the gates in a new buffer."""
-    t, b, _ = xs.shape
-    h = rk.shape[0]
-    outs = [(t, b, 4 * h), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
     w = jnp.concatenate([kernel, rk], axis=0)
+    outs = _forward_outs(*xs.shape[:2], rk)
     return _call(_FORWARD_X, (w, bias, xs, mask, h0, c0, rmask), outs, None, reverse, threads)
 
 
@@ -659,11 +660,8 @@ def forward_ids(
     4H]`, an embedding folded into the input projection; `ids [T, B]` int32, a negative id counting from
     the end and one outside `[-V, V)` giving a NaN row, as `jnp.take`), with no `[T, B, 4H]` gather
     first. Returns what `forward` returns, the gates in a new buffer."""
-    t, b = ids.shape
-    h = rk.shape[0]
-    outs = [(t, b, 4 * h), (t, b, h), (b, h), (b, h), (t, b, 2 * h)]
     args = (rk, bias, table, ids.astype(jnp.int32), mask, h0, c0, rmask)
-    return _call(_FORWARD_IDS, args, outs, None, reverse, threads)
+    return _call(_FORWARD_IDS, args, _forward_outs(*ids.shape, rk), None, reverse, threads)
 
 
 def scatter_rows(dz: Array, ids: Array, vocab: int, threads: int | None = None) -> Array:
