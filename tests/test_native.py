@@ -219,6 +219,26 @@ def test_scatter_rows_equals_xlas_scatter_add():
     np.testing.assert_array_equal(two, jnp.stack([ref, -ref]))
 
 
+def test_unsigned_ids_outside_the_table_do_not_wrap_into_it(monkeypatch):
+    """uint32 ids are cast to the kernel's int32 without wrapping: `2**32 - 1` stays outside the table (a
+    NaN row, its gradient dropped), as `jnp.take` and XLA's scatter-add have it, instead of becoming -1,
+    the last row."""
+    monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", 0.0)
+    v, f, h = 5, 4, 3
+    p = init_lstm(jax.random.key(0), f, h)
+    table = jax.random.normal(jax.random.key(1), (v, f))
+    ids = jnp.array([[0, 1, 2], [3, 2**32 - 1, 2**31]], jnp.uint32)
+    ref = lstm_layer(p, jnp.take(table, ids, axis=0), impl="scan")[0]
+    assert np.isnan(ref[1, 1:]).all()
+    got = lstm_layer(p, ids, embedding=table, impl="native")[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    dz = jnp.ones((3, 8))
+    flat = jnp.array([1, 2**32 - 1, 2**31], jnp.uint32)
+    np.testing.assert_array_equal(
+        native.scatter_rows(dz, flat, v), jnp.zeros((v, 8)).at[flat].add(dz, mode="drop")
+    )
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_rows_read_by_id_gradients_and_higher_derivatives(reverse, monkeypatch):
     """A folded embedding under impl "native": the table's rows read by id in the kernel give the values,

@@ -657,10 +657,10 @@ def forward_ids(
     threads: int | None = None,
 ) -> tuple[Array, Array, Array, Array, Array]:
     """`forward` with the pre-activations read by id: step t's row b is `table[ids[t, b]]` (`table [V,
-    4H]`, an embedding folded into the input projection; `ids [T, B]` int32, a negative id counting from
+    4H]`, an embedding folded into the input projection; `ids [T, B]` integers, a negative id counting from
     the end and one outside `[-V, V)` giving a NaN row, as `jnp.take`), with no `[T, B, 4H]` gather
     first. Returns what `forward` returns, the gates in a new buffer."""
-    args = (rk, bias, table, ids.astype(jnp.int32), mask, h0, c0, rmask)
+    args = (rk, bias, table, _int32_ids(ids, table.shape[0]), mask, h0, c0, rmask)
     return _call(_FORWARD_IDS, args, _forward_outs(*ids.shape, rk), None, reverse, threads)
 
 
@@ -674,10 +674,21 @@ def scatter_rows(dz: Array, ids: Array, vocab: int, threads: int | None = None) 
         _SCATTER_ROWS, jax.ShapeDtypeStruct((vocab, g), jnp.float32), vmap_method="sequential"
     )
     return call(
-        ids.reshape(-1).astype(jnp.int32),
+        _int32_ids(ids.reshape(-1), vocab),
         dz.reshape(-1, g),
         threads=np.int32(threads or threads_per_device()),
     )
+
+
+def _int32_ids(ids: Array, vocab: int) -> Array:
+    """Token ids as the kernel's int32, the same rows named: an id of a wider or unsigned dtype outside
+    `[-vocab, vocab)` becomes `vocab` (still outside the table) instead of wrapping into it (uint32
+    `2**32 - 1` would be -1, the last row; int64 `2**32` row 0)."""
+    info = jnp.iinfo(ids.dtype)
+    if info.min >= np.iinfo(np.int32).min and info.max <= np.iinfo(np.int32).max:
+        return ids.astype(jnp.int32)
+    inside = ids < vocab if info.min == 0 else (ids >= -vocab) & (ids < vocab)
+    return jnp.where(inside, ids, vocab).astype(jnp.int32)
 
 
 def _call(name, args, out_shapes, aliased, reverse, threads, **attrs):
