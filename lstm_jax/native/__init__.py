@@ -668,16 +668,9 @@ def scatter_rows(dz: Array, ids: Array, vocab: int, threads: int | None = None) 
     """The transpose of `forward_ids`' reads: `[vocab, G]` zeros plus each row of `dz [..., G]` at its id
     in `ids` (same leading shape; a negative id counts from the end, one outside `[-vocab, vocab)` is
     dropped), summed in row order as XLA's scatter-add; threads split the columns."""
-    _require()
     g = dz.shape[-1]
-    call = jax.ffi.ffi_call(
-        _SCATTER_ROWS, jax.ShapeDtypeStruct((vocab, g), jnp.float32), vmap_method="sequential"
-    )
-    return call(
-        _int32_ids(ids.reshape(-1), vocab),
-        dz.reshape(-1, g),
-        threads=np.int32(threads or threads_per_device()),
-    )
+    args = (_int32_ids(ids.reshape(-1), vocab), dz.reshape(-1, g))
+    return _call(_SCATTER_ROWS, args, [(vocab, g)], None, None, threads)[0]
 
 
 def _int32_ids(ids: Array, vocab: int) -> Array:
@@ -693,7 +686,7 @@ def _int32_ids(ids: Array, vocab: int) -> Array:
 
 def _call(name, args, out_shapes, aliased, reverse, threads, **attrs):
     """One kernel call: float32 outputs of `out_shapes`, the first written over input `aliased` (if
-    not None)."""
+    not None); `reverse` None for a call without that attribute."""
     _require()
     shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in out_shapes]
     call = jax.ffi.ffi_call(
@@ -702,12 +695,10 @@ def _call(name, args, out_shapes, aliased, reverse, threads, **attrs):
         vmap_method="sequential",
         input_output_aliases={} if aliased is None else {aliased: 0},
     )
-    return call(
-        *args,
-        reverse=np.int32(bool(reverse)),
-        threads=np.int32(threads or threads_per_device()),
-        **{k: np.int32(v) for k, v in attrs.items()},
-    )
+    if reverse is not None:
+        attrs["reverse"] = bool(reverse)
+    attrs["threads"] = threads or threads_per_device()
+    return call(*args, **{k: np.int32(v) for k, v in attrs.items()})
 
 
 def backward(

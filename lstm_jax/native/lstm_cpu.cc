@@ -510,11 +510,11 @@ const float* whole_vectors(const float* w, int64_t rows, int64_t cols, int64_t r
   return store.data();
 }
 
-// Row `id` of the projected table `[V, G]` (a negative id counts from the end, as numpy's), or null for an
-// id outside [-V, V).
-inline const float* table_row(const float* table, int32_t id, int64_t V, int64_t G) {
+// The row a token id names in a table of V rows (a negative id counts from the end, as numpy's), or -1
+// for an id outside [-V, V).
+inline int64_t table_row(int32_t id, int64_t V) {
   const int64_t i = id < 0 ? id + V : id;
-  return i >= 0 && i < V ? table + i * G : nullptr;
+  return i >= 0 && i < V ? i : -1;
 }
 
 // The forward recurrence on rows [r0, r1), as a stepper. Given zx (F = 0): z_t = zx[t] + bias + (h * rmask)
@@ -548,8 +548,8 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
     if (s + 1 < T) {
       if (ids) {
         for (int64_t r = 0; r < R; ++r) {
-          const float* row = table_row(zx, ids[tn * B + r0 + r], V, G);
-          if (row) prefetch(row, G);
+          const int64_t i = table_row(ids[tn * B + r0 + r], V);
+          if (i >= 0) prefetch(zx + i * G, G);
         }
       } else if (zx) {
         prefetch(zx + (tn * B + r0) * G, R * G);
@@ -559,8 +559,9 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
     for (int64_t r = 0; r < R; ++r) {
       float* __restrict zr = z + r * Gp;
       if (ids) {
-        const float* __restrict xr = table_row(zx, ids[t * B + r0 + r], V, G);
-        if (xr) {
+        const int64_t i = table_row(ids[t * B + r0 + r], V);
+        if (i >= 0) {
+          const float* __restrict xr = zx + i * G;
           for (int64_t j = 0; j < G; ++j) zr[j] = xr[j] + bias[j];
         } else {  // an id outside [-V, V): a NaN row, as jnp.take's default "fill" mode gives
           for (int64_t j = 0; j < G; ++j) zr[j] = std::numeric_limits<float>::quiet_NaN();
@@ -1154,9 +1155,9 @@ RowStepper scatter_columns(const int32_t* ids, const float* dz, float* out, int6
     }
     const int64_t n1 = std::min(N, s * kChunk);
     for (int64_t n = (s - 1) * kChunk; n < n1; ++n) {
-      const float* row = table_row(out, ids[n], V, G);
-      if (!row) continue;
-      float* __restrict o = const_cast<float*>(row) + c0;
+      const int64_t i = table_row(ids[n], V);
+      if (i < 0) continue;
+      float* __restrict o = out + i * G + c0;
       const float* __restrict d = dz + n * G + c0;
       for (int64_t j = 0; j < w; ++j) o[j] += d[j];
     }
