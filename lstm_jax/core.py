@@ -1055,6 +1055,8 @@ def lstm_layer(
         and input_dropout_mask is None
         and embedding.shape[0] <= FOLD_EMBEDDING_MAX_ROWS_PER_POSITION * b * t
     )
+    # The folded table's rows read by id inside the native forward call: no [T, B, 4H] gather.
+    by_id = fold and impl == "native" and NATIVE_FOLDED_ROWS_BY_ID
     if embedding is not None and not fold:
         xs = jnp.take(embedding, xs, axis=0)
     if input_dropout_mask is not None:
@@ -1102,12 +1104,7 @@ def lstm_layer(
             )
         else:
             table = embedding.astype(state_dtype) @ kernel
-        if impl == "native" and NATIVE_FOLDED_ROWS_BY_ID:
-            outs, (h, c) = _recurrence_native_ids(
-                table, xs_tm, rk, bias, mask_tm, h0, c0, recurrent_dropout_mask, reverse
-            )
-            return jnp.swapaxes(outs, 0, 1), LSTMState(h, c)
-        zx = jnp.take(table, xs_tm, axis=0)
+        zx = None if by_id else jnp.take(table, xs_tm, axis=0)
     elif compute_dtype is not None:
         zx = _low_precision_dot(xs_tm, kernel, compute_dtype, "tbf,fg->tbg").astype(state_dtype)
     elif in_kernel:
@@ -1118,7 +1115,11 @@ def lstm_layer(
         zx = jnp.einsum("tbf,fg->tbg", xs_tm.astype(state_dtype), kernel)
 
     gates = None
-    if zx is None:
+    if by_id:
+        outs, (h, c) = _recurrence_native_ids(
+            table, xs_tm, rk, bias, mask_tm, h0, c0, recurrent_dropout_mask, reverse
+        )
+    elif zx is None:
         outs, (h, c) = _recurrence_native_x(
             kernel,
             rk,
