@@ -336,9 +336,8 @@ class MetricsLogger:
                     before += b"\n"
                 with atomic_write(aside, "wb", durable=True) as f:
                     f.write(before + new)
-        if (
-            orphaned or lost_newline
-        ):  # after the copy aside: a failure here leaves every record somewhere
+        # After the copy aside: a failure here leaves every record somewhere.
+        if orphaned or lost_newline:
             with atomic_write(self.path, "wb", durable=True) as f:
                 f.write(b"".join(kept))
         self._open()
