@@ -1055,8 +1055,9 @@ def lstm_layer(
         and input_dropout_mask is None
         and embedding.shape[0] <= FOLD_EMBEDDING_MAX_ROWS_PER_POSITION * b * t
     )
-    # The folded table's rows read by id inside the native forward call: no [T, B, 4H] gather.
-    by_id = fold and impl == "native" and NATIVE_FOLDED_ROWS_BY_ID
+    # The folded table's rows read by id inside the native forward call: no [T, B, 4H] gather. An empty
+    # table goes to jnp.take, which raises as every other impl does (the kernel would read NaN rows).
+    by_id = fold and impl == "native" and NATIVE_FOLDED_ROWS_BY_ID and embedding.shape[0] > 0
     if embedding is not None and not fold:
         xs = jnp.take(embedding, xs, axis=0)
     if input_dropout_mask is not None:

@@ -239,6 +239,17 @@ def test_unsigned_ids_outside_the_table_do_not_wrap_into_it(monkeypatch):
     )
 
 
+@pytest.mark.parametrize("impl", ["scan", "fused", "native"])
+def test_an_empty_embedding_table_raises_in_every_impl(impl, monkeypatch):
+    """A folded embedding with no rows raises jnp.take's error in every impl; the native kernel's by-id
+    read would have returned NaN outputs instead."""
+    monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", 0.0)
+    p = init_lstm(jax.random.key(0), 4, 3)
+    ids = jnp.zeros((2, 3), jnp.int32)
+    with pytest.raises(IndexError, match="empty axis"):
+        lstm_layer(p, ids, embedding=jnp.zeros((0, 4)), impl=impl)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_rows_read_by_id_gradients_and_higher_derivatives(reverse, monkeypatch):
     """A folded embedding under impl "native": the table's rows read by id in the kernel give the values,
