@@ -5,7 +5,8 @@ Every experiment config is an `ml_collections.ConfigDict` that starts from `engi
 
 * ``seed``: one integer in [0, 2**32 - 1]; parameters, dropout keys and data shuffling all derive from it.
 * ``optimizer``: ``name`` (adam, adamw, rmsprop, sgd), ``learning_rate``, ``schedule`` (constant, cosine,
-  warmup_cosine, warmup_constant), ``warmup_steps``, ``min_lr_ratio``, ``clip_norm`` (0 = no clipping),
+  warmup_cosine, warmup_constant), ``warmup_steps``, ``min_lr_ratio``, ``decay_steps`` (the cosine
+  schedules' length, warmup included; 0 = the run's total steps), ``clip_norm`` (0 = no clipping),
   ``b1``, ``b2``, ``eps``, ``rho``, ``momentum``, ``nesterov``, ``weight_decay``.
 * ``train``: ``batch_size``, ``eval_batch_size`` (0 = batch_size), ``num_epochs``, ``num_steps`` (0 = epochs
   times steps per epoch), ``eval_every_steps`` (0 = once per epoch), ``log_every_steps``, ``checkpoint_keep``,
@@ -14,7 +15,7 @@ Every experiment config is an `ml_collections.ConfigDict` that starts from `engi
 
 Some fields are read only under some settings (``b1``/``b2`` by adam and adamw, ``rho`` by rmsprop,
 ``momentum``/``nesterov`` by rmsprop and sgd, ``weight_decay`` by adamw, ``warmup_steps`` by the warmup
-schedules, ``min_lr_ratio`` by the cosine ones, ``patience``/``restore_best_weights`` with early stopping
+schedules, ``min_lr_ratio`` and ``decay_steps`` by the cosine ones, ``patience``/``restore_best_weights`` with early stopping
 on); one set away from its default where nothing reads it is a warning when training starts
 (`ignored_fields`).
 """
@@ -78,6 +79,9 @@ def engine_defaults() -> ml_collections.ConfigDict:
     opt.schedule = "constant"
     opt.warmup_steps = 0
     opt.min_lr_ratio = 0.0  # cosine decays to learning_rate * min_lr_ratio
+    # Steps over which the cosine schedules decay (warmup included), then hold learning_rate * min_lr_ratio:
+    # Keras' decay_steps, PyTorch's T_max. 0 = the run's total steps (train.num_epochs / num_steps).
+    opt.decay_steps = 0
     opt.clip_norm = 0.0  # global-norm clipping threshold; 0 disables it
     opt.b1 = 0.9
     opt.b2 = 0.999
@@ -183,6 +187,21 @@ def validate_config(config: Any) -> None:
     warmup = _get(config, "optimizer.warmup_steps")
     if _get(config, "optimizer.schedule").startswith("warmup") and warmup < 1:
         _fail("optimizer.warmup_steps", "> 0 for a warmup schedule", warmup)
+    if "decay_steps" in config["optimizer"]:  # absent in runs saved before it existed: 0
+        _check(
+            config,
+            "optimizer.decay_steps",
+            lambda v: v >= 0,
+            "an integer >= 0 (0 = the run's total steps)",
+            integer=True,
+        )
+        decay = _get(config, "optimizer.decay_steps")
+        if _get(config, "optimizer.schedule") == "warmup_cosine" and 0 < decay <= warmup:
+            _fail(
+                "optimizer.decay_steps",
+                f"> optimizer.warmup_steps ({warmup}): the cosine's length includes the warmup",
+                decay,
+            )
 
     _check(config, "train.batch_size", lambda v: v > 0, "an integer > 0", integer=True)
     _check(config, "train.eval_batch_size", lambda v: v >= 0, "an integer >= 0", integer=True)
@@ -220,6 +239,7 @@ _CONDITIONAL_FIELDS = (
     ("optimizer.weight_decay", ("optimizer.name", ("adamw",))),
     ("optimizer.warmup_steps", ("optimizer.schedule", ("warmup_cosine", "warmup_constant"))),
     ("optimizer.min_lr_ratio", ("optimizer.schedule", ("cosine", "warmup_cosine"))),
+    ("optimizer.decay_steps", ("optimizer.schedule", ("cosine", "warmup_cosine"))),
     ("early_stopping.patience", ("early_stopping.enabled", (True,))),
     ("early_stopping.restore_best_weights", ("early_stopping.enabled", (True,))),
 )

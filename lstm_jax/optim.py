@@ -22,6 +22,7 @@ import optax
 from lstm_jax.errors import UserError
 
 __all__ = [
+    "decay_steps",
     "make_schedule",
     "schedule_depends_on_total",
     "make_optimizer",
@@ -35,11 +36,12 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
 
     constant: ``learning_rate``; cosine: cosine decay from ``learning_rate`` to
     ``learning_rate·min_lr_ratio`` over all steps; warmup_cosine: linear warmup from 0 over ``warmup_steps``,
-    then cosine decay; warmup_constant: linear warmup, then constant. The cosine ones depend on
-    `total_steps` (`schedule_depends_on_total`).
+    then cosine decay; warmup_constant: linear warmup, then constant. The cosine ones span ``decay_steps``
+    steps (warmup included) when it is set, as Keras' ``decay_steps`` or PyTorch's ``T_max``, and then stay
+    at their end value; with ``decay_steps`` 0 they span `total_steps` (`schedule_depends_on_total`).
     """
     lr = float(opt.learning_rate)
-    total = max(int(total_steps), 1)
+    total = decay_steps(opt) or max(int(total_steps), 1)
     end = lr * float(opt.min_lr_ratio)
     if opt.schedule == "constant":
         return optax.constant_schedule(lr)
@@ -64,12 +66,22 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
     )
 
 
+def decay_steps(opt: Any) -> int:
+    """``optimizer.decay_steps``: the cosine schedules' length in steps, 0 for the run's total steps (also
+    in a run saved before the field existed)."""
+    return int(opt.get("decay_steps", 0))
+
+
 def schedule_depends_on_total(opt: Any) -> bool:
-    """Whether `make_schedule(opt, total_steps)` changes with `total_steps`: the cosine decays, laid over
-    the whole run (not with ``min_lr_ratio`` 1, where they decay to where they start). A run trained on
-    (``train.num_epochs`` / ``num_steps`` raised on resume) has its decay re-timed then, and the learning
-    rate jumps at the resumed step."""
-    return opt.schedule in ("cosine", "warmup_cosine") and float(opt.min_lr_ratio) < 1
+    """Whether `make_schedule(opt, total_steps)` changes with `total_steps`: the cosine decays laid over
+    the whole run (not with ``min_lr_ratio`` 1, where they decay to where they start, nor with a fixed
+    ``decay_steps``). A run trained on (``train.num_epochs`` / ``num_steps`` raised on resume) has its decay
+    re-timed then, and the learning rate jumps at the resumed step."""
+    return (
+        opt.schedule in ("cosine", "warmup_cosine")
+        and float(opt.min_lr_ratio) < 1
+        and not decay_steps(opt)
+    )
 
 
 class ScaleByKerasAdamState(NamedTuple):

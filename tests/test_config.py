@@ -39,6 +39,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ("train.monitor_mode", "best", "config.train.monitor_mode must be one of auto, min, max"),
         ("early_stopping.patience", -1, "config.early_stopping.patience must be an integer >= 0"),
         ("train.log_every_steps", 0, "config.train.log_every_steps must be an integer > 0"),
+        ("optimizer.decay_steps", -1, "config.optimizer.decay_steps must be an integer >= 0"),
+        ("optimizer.decay_steps", 2.5, "config.optimizer.decay_steps must be an integer"),
         ("seed", -3, "config.seed must be an integer in [0, 4294967295], got -3"),
         # sklearn's random_state stops at 2**32 - 1 (an error that named validation_fraction), and
         # jax.random.key raised a bare OverflowError past 2**64 - 1.
@@ -76,6 +78,13 @@ def test_missing_section_and_warmup_without_steps():
     config.optimizer.schedule = "warmup_cosine"
     with pytest.raises(UserError, match="config.optimizer.warmup_steps must be > 0"):
         config_utils.validate_config(config)
+    config.optimizer.warmup_steps = config.optimizer.decay_steps = 10
+    with pytest.raises(UserError, match=r"config.optimizer.decay_steps must be > optimizer.warmup"):
+        config_utils.validate_config(config)
+    config.optimizer.decay_steps = 11
+    config_utils.validate_config(config)
+    del config.optimizer["decay_steps"]  # a run saved before the field existed
+    config_utils.validate_config(config)
 
 
 @pytest.mark.parametrize("value", [1.0, 1.5, -0.1, float("nan"), "half"])
@@ -295,6 +304,10 @@ def test_classification_data_fields_out_of_range_name_the_field(
                 "optimizer.warmup_steps": 5,
             },
             "config.optimizer.min_lr_ratio=0.1 has no effect with config.optimizer.schedule=",
+        ),
+        (
+            {"optimizer.decay_steps": 1000},
+            "config.optimizer.decay_steps=1000 has no effect with config.optimizer.schedule='constant'",
         ),
         ({"optimizer.momentum": 0.9}, "config.optimizer.momentum=0.9 has no effect"),
         ({"optimizer.rho": 0.5, "optimizer.name": "sgd"}, "config.optimizer.rho=0.5 has no effect"),

@@ -713,6 +713,9 @@ def test_a_schedule_over_another_total_on_resume_warns_with_the_learning_rate_be
     ]:
         opt.schedule, opt.min_lr_ratio = schedule, ratio
         assert optim.schedule_depends_on_total(opt) is depends
+        opt.decay_steps = 50  # a fixed length: never depends on the run's
+        assert not optim.schedule_depends_on_total(opt)
+        opt.decay_steps = 0
 
 
 def test_a_field_the_saved_run_lacks_is_allowed(tmp_path):
@@ -1028,6 +1031,17 @@ def test_schedules():
     opt.schedule = "warmup_constant"
     s = optim.make_schedule(opt, 100)
     assert float(s(5)) == pytest.approx(0.5) and float(s(60)) == 1.0
+    # decay_steps fixes the cosine's length (Keras' decay_steps, PyTorch's T_max), whatever the run's,
+    # and the rate then holds its end value.
+    opt.schedule, opt.decay_steps = "cosine", 40
+    for total in (10, 100, 1000):
+        s = optim.make_schedule(opt, total)
+        assert float(s(20)) == pytest.approx(0.55) and float(s(40)) == pytest.approx(0.1)
+        assert float(s(500)) == pytest.approx(0.1)
+    opt.schedule = "warmup_cosine"
+    s = optim.make_schedule(opt, 1000)
+    assert float(s(5)) == pytest.approx(0.5) and float(s(10)) == pytest.approx(1.0)
+    assert float(s(25)) == pytest.approx(0.55) and float(s(40)) == pytest.approx(0.1)
 
 
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(capsys, caplog):
