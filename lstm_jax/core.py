@@ -967,7 +967,7 @@ def lstm_layer(
       return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
       impl: "auto", "scan", "fused", "native", "per_step" or "cudnn" (see module docstring). Any impl
         runs as "scan" with `compute_dtype` or `return_gates` (only the autodiff scan has those), and
-        every impl with `time == 0`. "fused" and "native" differentiate through custom VJPs: reverse mode
+        every impl with `time == 0` or `batch == 0`. "fused" and "native" differentiate through custom VJPs: reverse mode
         and forward-over-reverse (`jax.hessian`) work, forward mode of the layer itself (`jax.jvp`,
         `jax.jacfwd`) needs "scan" or "per_step". An
         explicit "native" falls back to "fused" for remat or non-float32 parameters and raises a
@@ -1016,8 +1016,10 @@ def lstm_layer(
     impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat, rk.dtype)
     if impl == "cudnn" and recurrent_dropout_mask is not None:
         impl = "scan"  # cuDNN has no dropout on h_{t-1}
-    if t == 0:
-        impl = "scan"  # empty sequences: nothing to compute, and the other impls index step 0
+    if t == 0 or b == 0:
+        # Empty sequences or an empty batch: nothing to compute, and the other impls index step 0 or
+        # split the [T * B] rows (the native kernel's gradient divides by the batch: SIGFPE).
+        impl = "scan"
 
     state_dtype = rk.dtype
     if initial_state is None:

@@ -320,6 +320,24 @@ def test_empty_sequences_return_the_initial_state(params, impl, remat):
     np.testing.assert_array_equal(state.c, c0)
 
 
+@pytest.mark.parametrize("impl", (*IMPLS, "auto"))
+@pytest.mark.parametrize("embed", [False, True])
+def test_an_empty_batch_has_zero_gradients(params, impl, embed):
+    """A batch of no sequences: empty outputs and zero gradients with every impl ("fused" used to fail
+    reshaping its 0-row projection gradient, "native" to kill the process with SIGFPE)."""
+    table = jnp.ones((4, F))
+    xs = jnp.zeros((0, T), jnp.int32) if embed else jnp.zeros((0, T, F))
+
+    def loss(p):
+        outs, state = lstm_layer(p, xs, impl=impl, embedding=table if embed else None)
+        assert outs.shape == (0, T, H) and state.h.shape == (0, H)
+        return outs.sum() + state.c.sum()
+
+    grads = jax.grad(loss)(params)
+    for name, g in grads.items():
+        np.testing.assert_array_equal(g, np.zeros_like(params[name]))
+
+
 @pytest.mark.parametrize("impl,in_kernel", [("fused", False), ("native", False), ("native", True)])
 @pytest.mark.parametrize("wrt", ["kernel", "xs", "recurrent_kernel"])
 def test_hessians_of_the_reverse_mode_impls_match_scan(monkeypatch, impl, in_kernel, wrt):
