@@ -269,6 +269,8 @@ class StackedLSTM(nnx.Module):
                 f"StackedLSTM: initial_state must hold one state per layer ({len(self.layers)}), got"
                 f" {len(initial_state)}"
             )
+        if not deterministic and key is None and self.dropout.rate > 0 and len(self.layers) > 1:
+            raise ValueError("StackedLSTM: dropout_between in training mode needs key=")
         keys = split_key(key, 2 * len(self.layers))
         states = []
         h = xs

@@ -170,6 +170,17 @@ def test_stacked_module_drops_between_layers_not_after_the_last(xs):
     )
 
 
+def test_stacked_dropout_between_without_a_key_names_the_missing_key(xs):
+    """Training mode with `dropout_between` and no `key=` says so in the stack's own words (it used to
+    be nnx.Dropout's complaint about an `rngs` argument the stack has no way to take)."""
+    m = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), dropout_between=0.5)
+    with pytest.raises(
+        ValueError, match="StackedLSTM: dropout_between in training mode needs key="
+    ):
+        m(xs, deterministic=False)
+    assert m(xs)[0].shape == (4, 6, 4)  # evaluation needs no key
+
+
 def test_stacked_layers_draw_their_variational_masks_from_their_own_keys(xs, monkeypatch):
     """In training mode each layer of a stack draws its own dropout masks (one key per layer), so two
     layers of the same width do not drop the same units."""
