@@ -215,7 +215,7 @@ class StackedLSTM(nnx.Module):
       rngs: initialisation RNGs.
       dropout_between: per-element dropout on each layer's outputs before the next layer (as the tutorials'
         `Dropout` layers between LSTMs); not applied after the last layer.
-      bidirectional: make every layer a `Bidirectional` (concat).
+      bidirectional: make every layer a `Bidirectional` (concat; `merge=` sum, ave or mul instead).
       **lstm_kwargs: passed to each `LSTM` (variational dropout, unroll, remat, impl, ...).
     """
 
@@ -234,6 +234,11 @@ class StackedLSTM(nnx.Module):
         if not 0.0 <= dropout_between < 1.0:
             raise ValueError(
                 f"StackedLSTM: dropout_between must be in [0, 1), got {dropout_between}"
+            )
+        if bidirectional and "merge" in lstm_kwargs and lstm_kwargs["merge"] is None:
+            raise ValueError(
+                "StackedLSTM: merge=None gives each layer a pair of outputs, which the next layer cannot"
+                " take; use concat, sum, ave or mul"
             )
         layers = []
         size = in_features

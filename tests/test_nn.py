@@ -181,6 +181,15 @@ def test_stacked_dropout_between_without_a_key_names_the_missing_key(xs):
     assert m(xs)[0].shape == (4, 6, 4)  # evaluation needs no key
 
 
+def test_a_bidirectional_stack_refuses_merge_none(xs):
+    """merge=None would hand the next layer a pair of arrays (an AttributeError deep in the core); the
+    stack refuses it when built. The other merge modes stack, sum / ave / mul at width H."""
+    with pytest.raises(ValueError, match="StackedLSTM: merge=None"):
+        StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), bidirectional=True, merge=None)
+    m = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), bidirectional=True, merge="sum")
+    assert m(xs)[0].shape == (4, 6, 4) and m.out_features == 4
+
+
 def test_stacked_layers_draw_their_variational_masks_from_their_own_keys(xs, monkeypatch):
     """In training mode each layer of a stack draws its own dropout masks (one key per layer), so two
     layers of the same width do not drop the same units."""
