@@ -242,7 +242,10 @@ class TextClassifier(nnx.Module):
         )
         self.pool = pool
         self.bidirectional = bidirectional
-        feat = self.lstm.out_features * (2 if pool == "mean_max" else 1)
+        if pool == "last" and bidirectional:  # both directions' final h, whatever the merge mode
+            feat = 2 * tuple(hidden_sizes)[-1]
+        else:
+            feat = self.lstm.out_features * (2 if pool == "mean_max" else 1)
         self.dropout = nnx.Dropout(dropout)
         self.dense = DenseStack(feat, list(dense_layers), rngs=rngs)
         self.head = _linear(self.dense.out_features, num_outputs, rngs)

@@ -79,6 +79,16 @@ def test_bidirectional_last_pooling_is_both_directions_final_states():
     np.testing.assert_allclose(feats[:, 5:], out[[0, 1], [2, 0], 5:], atol=1e-5)
 
 
+@pytest.mark.parametrize("merge", ["sum", "ave", "mul"])
+def test_bidirectional_last_pooling_sizes_the_head_for_both_states_whatever_the_merge(merge):
+    """`pool="last"` concatenates both directions' final `h` (2H) also when the layers' outputs are
+    merged to width H (the head used to be built for H: a dot_general shape error on the first call)."""
+    m = TextClassifier(30, 4, (6, 5), rngs=nnx.Rngs(0), bidirectional=True, merge=merge)
+    ids = jnp.array([[0, 0, 3, 4, 5], [3, 4, 5, 6, 7]])
+    assert m.features(ids, mask=ids > 0).shape == (2, 10)
+    assert m(ids, mask=ids > 0).shape == (2,)
+
+
 def test_token_dropout_zeroes_whole_word_vectors():
     m = TextClassifier(40, 6, (5,), rngs=nnx.Rngs(0), token_dropout=0.5)
     ids = jax.random.randint(jax.random.key(1), (8, 50), 1, 40)
