@@ -284,6 +284,11 @@ def generate_windowed(
       int32 ids `[streams, num_steps]`.
     """
     _check(temperature, top_k, num_steps)
+    if isinstance(model, LanguageModel) and model.predict != "last":
+        raise ValueError(
+            "generate_windowed needs a LanguageModel(predict='last') (logits from the last state);"
+            f" this one has predict={model.predict!r}: use generate_stateful"
+        )
     if window.ndim != 2 or window.shape[1] < 1:
         raise ValueError(f"window must be [streams, window_len >= 1] ids, got shape {window.shape}")
     key = jax.random.key(0) if key is None else key

@@ -276,6 +276,13 @@ def test_generation_rejects_bad_arguments():
             generate_stateful(m, jnp.array([[1]]), 3, temperature=bad)
     with pytest.raises(ValueError, match="prime"):
         generate_stateful(m, jnp.array([1, 2]), 3)
+    # Each loop names the other for the wrong kind of model (windowed used to fail with a TypeError
+    # concatenating the [B, T] tokens sampled from [B, T, V] logits onto the window).
+    with pytest.raises(ValueError, match="predict='last'.*use generate_stateful"):
+        generate_windowed(m, jnp.array([[1, 2]]), 3)
+    last = LanguageModel(9, (8,), rngs=nnx.Rngs(1), predict="last")
+    with pytest.raises(ValueError, match="predict='all'.*use generate_windowed"):
+        generate_stateful(last, jnp.array([[1, 2]]), 3)
 
 
 @pytest.mark.parametrize(
