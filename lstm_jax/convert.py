@@ -24,7 +24,8 @@ __all__ = ["from_keras", "to_keras", "from_torch", "from_torch_lstm"]
 def _np(x: Any) -> np.ndarray:
     """Converts an array-like (NumPy, JAX, or a torch tensor) to NumPy without importing torch."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        # Through float32 in torch: NumPy has no bfloat16, so `.numpy()` of a bf16 tensor raises.
+        x = x.detach().cpu().float().numpy()
     return np.asarray(x, dtype=np.float32)
 
 

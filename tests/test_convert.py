@@ -167,3 +167,19 @@ def test_torch_importer_accepts_jax_arrays():
     sd = {k: jax.numpy.asarray(v) for k, v in _torch_state_dict(rng, 2, 3).items()}
     p = from_torch(sd)
     assert p["kernel"].shape == (2, 12) and p["recurrent_kernel"].shape == (3, 12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_torch_importer_reads_low_precision_tensors(dtype):
+    """A PyTorch LSTM kept in bfloat16 (or float16) imports as float32 weights equal to its own (the
+    importer used to call `.numpy()`, which has no bfloat16: TypeError "unsupported ScalarType")."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4).to(getattr(torch, dtype))
+    sd = lstm.state_dict()
+    p = from_torch(sd)
+    assert {a.dtype for a in p.values()} == {jnp.dtype(jnp.float32)}
+    np.testing.assert_array_equal(p["kernel"], sd["weight_ih_l0"].float().numpy().T)
+    np.testing.assert_array_equal(
+        p["bias"], (sd["bias_ih_l0"].float() + sd["bias_hh_l0"].float()).numpy()
+    )
