@@ -101,7 +101,8 @@ def from_torch_lstm(
 
     `state_dict` is the LSTM's own (`lstm.state_dict()`) or a whole model's (`model.state_dict()`), whose
     keys carry the module's path (`"encoder.lstm.weight_ih_l0"`); `prefix` names that path
-    (`"encoder.lstm."`), and by default it is found when the dict holds one `nn.LSTM`. Returns a list of
+    (`"encoder.lstm."`, or `"encoder.lstm"`), and by default it is found when the dict holds one
+    `nn.LSTM`. Returns a list of
     core params per layer, or of `(forward, backward)` pairs when the LSTM is bidirectional.
     """
     if prefix is None:
@@ -112,6 +113,10 @@ def from_torch_lstm(
                 " pass prefix= to pick one"
             )
         prefix = prefixes.pop() if prefixes else ""
+    elif (
+        prefix and not prefix.endswith(".") and any(k.startswith(prefix + ".") for k in state_dict)
+    ):
+        prefix += "."  # the module's path as `named_modules()` spells it: "encoder.lstm"
     if prefix:
         state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     layers = sorted(

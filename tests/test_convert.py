@@ -160,6 +160,11 @@ def test_torch_importer_reads_a_whole_models_state_dict():
     ):
         from_torch_lstm(two)
     assert len(from_torch_lstm(two, prefix="decoder.")) == 2
+    # The module path without its trailing dot (as `named_modules()` gives it) names the same LSTM; it
+    # used to strip "encoder.lstm" from the keys and find no ".weight_ih_l*" key starting a name.
+    named = from_torch_lstm(two, prefix="encoder.lstm")
+    for got, want in zip(named, from_torch_lstm(sd), strict=True):
+        np.testing.assert_array_equal(got["kernel"], want["kernel"])
 
 
 def test_torch_importer_accepts_jax_arrays():
