@@ -1004,6 +1004,15 @@ def lstm_layer(
     else:
         b, t, f = xs.shape
     hsz = rk.shape[0]
+    # Checked here for every impl: the native kernel reads 4H bias floats and [H, 4H] weights whatever
+    # the arrays' sizes (a [2H] bias was read past its end, an [8H] one cut to its first 4H).
+    if rk.ndim != 2 or rk.shape[1] != 4 * hsz:
+        raise ValueError(f"lstm_layer: recurrent_kernel must be [H, 4H], got shape {rk.shape}")
+    if jnp.shape(bias) != (4 * hsz,):
+        raise ValueError(
+            f"lstm_layer: bias must be [4H] = {(4 * hsz,)} (H={hsz} from recurrent_kernel), got shape"
+            f" {jnp.shape(bias)}"
+        )
     if kernel.shape != (f, 4 * hsz):
         raise ValueError(
             f"lstm_layer: kernel has shape {kernel.shape} but inputs have {f} features and H={hsz}; "

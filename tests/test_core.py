@@ -392,6 +392,19 @@ def test_bad_shapes_raise_clear_errors(params):
         lstm_layer(params, jnp.ones((2, 3, F)), unroll=0)
 
 
+@pytest.mark.parametrize("impl", (*IMPLS, "auto"))
+def test_a_bias_or_recurrent_kernel_of_the_wrong_size_is_an_error_with_every_impl(params, impl):
+    """The native kernel reads 4H bias floats and an [H, 4H] recurrent kernel whatever their sizes: a [2H]
+    bias used to be read past its end and an [8H] one cut to its first 4H, silently ("auto" on CPU)."""
+    xs = jnp.ones((2, 3, F))
+    for bias in (jnp.zeros(2 * H), jnp.zeros(8 * H), jnp.zeros((1, 4 * H))):
+        with pytest.raises(ValueError, match=r"bias must be \[4H\]"):
+            lstm_layer({**params, "bias": bias}, xs, impl=impl)
+    for rk in (jnp.zeros((H, 8 * H)), jnp.zeros((H, 2 * H))):
+        with pytest.raises(ValueError, match=r"recurrent_kernel must be \[H, 4H\]"):
+            lstm_layer({**params, "recurrent_kernel": rk}, xs, impl=impl)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_row_states_and_masks_broadcast_and_other_shapes_are_errors(params, xs, impl):
     """A `[H]` or `[1, H]` initial state / recurrent dropout mask is broadcast over the batch by every
