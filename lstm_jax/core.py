@@ -1031,6 +1031,11 @@ def lstm_layer(
         impl = "scan"
 
     state_dtype = rk.dtype
+    # One dtype for all three parameters, the recurrent kernel's (the state's): a float64 bias beside
+    # float32 weights (NumPy arrays under jax_enable_x64) failed in every impl but "scan", and the native
+    # kernel refused a bfloat16 one. The cast's transpose gives each gradient its parameter's dtype.
+    kernel, bias = kernel.astype(state_dtype), bias.astype(state_dtype)
+    params = {"kernel": kernel, "recurrent_kernel": rk, "bias": bias}
     if initial_state is None:
         initial_state = zero_state(b, hsz, state_dtype)
     if not isinstance(initial_state, (tuple, list)):

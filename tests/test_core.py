@@ -405,6 +405,38 @@ def test_a_bias_or_recurrent_kernel_of_the_wrong_size_is_an_error_with_every_imp
             lstm_layer({**params, "recurrent_kernel": rk}, xs, impl=impl)
 
 
+@pytest.mark.parametrize("impl", (*IMPLS, "auto"))
+@pytest.mark.parametrize(
+    "name,dtype", [("bias", "float64"), ("kernel", "float64"), ("bias", "bfloat16")]
+)
+def test_parameters_of_mixed_dtypes_run_in_the_recurrent_kernels_dtype(
+    params, xs, impl, name, dtype
+):
+    """A bias or kernel in another dtype than the recurrent kernel (float64 NumPy weights under x64) is
+    cast to the recurrent kernel's: the numbers of all-float32 parameters, each gradient in its own
+    parameter's dtype. "fused", "native" and "per_step" used to fail (dtype errors in their scans, an FFI
+    operand error from the native kernel, also for a bfloat16 bias)."""
+
+    def loss(p):
+        outs, st = lstm_layer(p, xs, mask=lengths_mask([T, 5, 2], T, "pre"), impl=impl)
+        return jnp.sum(outs**2) + jnp.sum(st.c)
+
+    with jax.enable_x64(True):
+        mixed = {**params, name: params[name].astype(dtype)}
+        ref = {**params, name: mixed[name].astype(jnp.float32)}
+        v, g = jax.value_and_grad(loss)(mixed)
+        v0, g0 = jax.value_and_grad(loss)(ref)
+    assert v.dtype == jnp.float32 and g[name].dtype == jnp.dtype(dtype)
+    np.testing.assert_allclose(v, v0, rtol=1e-5)
+    for k in g:
+        np.testing.assert_allclose(
+            np.asarray(g[k], np.float32),
+            g0[k],
+            rtol=1e-4,
+            atol=1e-5 if dtype != "bfloat16" else 1e-2,
+        )
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_row_states_and_masks_broadcast_and_other_shapes_are_errors(params, xs, impl):
     """A `[H]` or `[1, H]` initial state / recurrent dropout mask is broadcast over the batch by every
