@@ -122,7 +122,7 @@ def chunked_softmax_metric_sums(
     x = features.reshape(-1, features.shape[-1])
     t = labels.reshape(-1)
     n = x.shape[0]
-    size = min(int(chunk_size), n)
+    size = max(1, min(int(chunk_size), n))  # no positions at all: zero chunks, zero sums
     pad = (-n) % size
     if pad:
         x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])

@@ -135,6 +135,16 @@ def test_chunked_softmax_sums_equal_the_full_logits_sums_and_gradients(chunk_siz
         np.testing.assert_allclose(g_chunk, g_full, rtol=1e-5, atol=1e-6)
 
 
+def test_chunked_softmax_sums_of_no_positions_are_zero():
+    """An empty batch sums to zeros, as `softmax_metric_sums` of its (empty) logits does; the chunk size
+    used to become 0 and the padding arithmetic divide by it (ZeroDivisionError)."""
+    head = lambda x: x @ jnp.ones((3, 4))  # noqa: E731
+    sums = losses.chunked_softmax_metric_sums(
+        jnp.zeros((0, 5, 3)), head, jnp.zeros((0, 5), jnp.int32)
+    )
+    assert {k: float(v) for k, v in sums.items()} == {"loss": 0.0, "accuracy": 0.0, "count": 0.0}
+
+
 def test_chunked_softmax_sums_reject_a_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         losses.chunked_softmax_metric_sums(
