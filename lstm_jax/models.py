@@ -77,6 +77,13 @@ class DenseStack(nnx.Module):
         return x
 
 
+def _check_key(who: str, key: Array | None, deterministic: bool, *dropouts: nnx.Dropout) -> None:
+    """A ValueError naming `key=` when training mode has dropout to draw and no key (nnx.Dropout's own
+    message asks for an `rngs` argument that the models do not take)."""
+    if not deterministic and key is None and any(d.rate > 0 for d in dropouts):
+        raise ValueError(f"{who}: dropout in training mode (deterministic=False) needs key=")
+
+
 def _encode_inputs(mode: InputMode, embed: nnx.Embed | None, ids: Array, vocab_size: int) -> Array:
     if mode == "embed":
         return embed(ids)
@@ -172,6 +179,7 @@ class LanguageModel(nnx.Module):
         LSTM's). A loss can apply `self.head` in chunks (`losses.chunked_softmax_metric_sums`) so the full
         `[batch, time, vocab]` logits never exist.
         """
+        _check_key("LanguageModel", key, deterministic, self.dropout)
         k_lstm, k_drop = split_key(key, 2)
         kw = {"mask": mask, "initial_state": initial_state, "deterministic": deterministic}
         if self.input_mode == "embed":
@@ -260,6 +268,7 @@ class TextClassifier(nnx.Module):
         key: Array | None = None,
     ) -> Array:
         """The pooled sequence representation `[batch, features]` (before the dense head)."""
+        _check_key("TextClassifier", key, deterministic, self.embed_dropout, self.token_dropout)
         k_emb, k_lstm = split_key(key, 2)
         # Its own key, derived so that models without word dropout keep their random streams.
         k_tok = None if k_emb is None else jax.random.fold_in(k_emb, 1)
@@ -296,6 +305,7 @@ class TextClassifier(nnx.Module):
         key: Array | None = None,
     ) -> Array:
         """`ids [batch, time]` -> logits `[batch]` (binary) or `[batch, num_outputs]`."""
+        _check_key("TextClassifier", key, deterministic, self.dropout)
         k_feat, k_drop = split_key(key, 2)
         h = self.features(ids, mask=mask, deterministic=deterministic, key=k_feat)
         h = self.dropout(h, deterministic=deterministic, rngs=k_drop)

@@ -89,6 +89,28 @@ def test_bidirectional_last_pooling_sizes_the_head_for_both_states_whatever_the_
     assert m(ids, mask=ids > 0).shape == (2,)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LanguageModel(9, (5,), rngs=nnx.Rngs(0), dropout=0.3),
+        lambda: TextClassifier(9, 3, (4,), rngs=nnx.Rngs(0), embed_dropout=0.3),
+        lambda: TextClassifier(9, 3, (4,), rngs=nnx.Rngs(0), token_dropout=0.3),
+        lambda: TextClassifier(9, 3, (4,), rngs=nnx.Rngs(0), dropout=0.3),
+    ],
+)
+def test_training_mode_with_dropout_and_no_key_names_the_key(make):
+    """The models take dropout randomness as `key=`; without one in training mode the error says so
+    (it used to be nnx.Dropout's request for an `rngs` argument the models do not have)."""
+    m = make()
+    ids = jnp.array([[1, 2, 3]])
+    with pytest.raises(
+        ValueError, match=r"dropout in training mode \(deterministic=False\) needs key="
+    ):
+        m(ids, deterministic=False)
+    m(ids, deterministic=False, key=jax.random.key(0))  # with a key it trains
+    m(ids)  # evaluation needs none
+
+
 def test_token_dropout_zeroes_whole_word_vectors():
     m = TextClassifier(40, 6, (5,), rngs=nnx.Rngs(0), token_dropout=0.5)
     ids = jax.random.randint(jax.random.key(1), (8, 50), 1, 40)
