@@ -102,8 +102,8 @@ def from_torch_lstm(
     `state_dict` is the LSTM's own (`lstm.state_dict()`) or a whole model's (`model.state_dict()`), whose
     keys carry the module's path (`"encoder.lstm.weight_ih_l0"`); `prefix` names that path
     (`"encoder.lstm."`, or `"encoder.lstm"`), and by default it is found when the dict holds one
-    `nn.LSTM`. Returns a list of
-    core params per layer, or of `(forward, backward)` pairs when the LSTM is bidirectional.
+    `nn.LSTM`. Returns a list of core params per layer, or of `(forward, backward)` pairs when the LSTM
+    is bidirectional.
     """
     if prefix is None:
         prefixes = {k[: k.index("weight_ih_l")] for k in state_dict if "weight_ih_l" in k}

@@ -967,9 +967,9 @@ def lstm_layer(
       return_gates: also return `Gates` (i, f, g, o, c), each `[batch, time, H]`, for inspection.
       impl: "auto", "scan", "fused", "native", "per_step" or "cudnn" (see module docstring). Any impl
         runs as "scan" with `compute_dtype` or `return_gates` (only the autodiff scan has those), and
-        every impl with `time == 0` or `batch == 0`. "fused" and "native" differentiate through custom VJPs: reverse mode
-        and forward-over-reverse (`jax.hessian`) work, forward mode of the layer itself (`jax.jvp`,
-        `jax.jacfwd`) needs "scan" or "per_step". An
+        every impl with `time == 0` or `batch == 0`. "fused" and "native" differentiate through custom
+        VJPs: reverse mode and forward-over-reverse (`jax.hessian`) work, forward mode of the layer
+        itself (`jax.jvp`, `jax.jacfwd`) needs "scan" or "per_step". An
         explicit "native" falls back to "fused" for remat or non-float32 parameters and raises a
         ValueError when the kernel cannot be built here (the message says why); "cudnn" raises one off
         NVIDIA GPUs and falls back to "scan" for non-float32 parameters, recurrent dropout, and (at run
