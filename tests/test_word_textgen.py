@@ -367,6 +367,24 @@ def test_seed_texts_with_no_word_of_another_csv_are_skipped_not_fatal(tmp_path, 
         word_lm.generate_samples(None, str(tmp_path / "run"), seed_text="zebra", num_words=2)
 
 
+def test_generate_from_the_workdir_skips_the_seed_texts_training_skipped(tmp_path, capsys):
+    """`--mode=generate` without --seed_text off a terminal samples the config's seed texts: one with no
+    word of the vocabulary is skipped as after training (it was an error, and no sample was printed)."""
+    config = _config(_write_csv(tmp_path / "f.csv"))
+    config.generate.seed_texts = ["zebra giraffe", "red"]
+    config.train.num_epochs = 1
+    trained = word_lm.train(config, str(tmp_path / "run"))["samples"]["texts"]
+    capsys.readouterr()
+    out = word_lm.generate_samples(None, str(tmp_path / "run"), interactive=False)
+    assert out == trained
+    captured = capsys.readouterr()
+    assert "zebra giraffe -> (skipped: no word of the vocabulary)" in captured.out
+    assert "'zebra giraffe' has no word of the training vocabulary" in captured.err
+    config.generate.seed_texts = ["zebra giraffe"]  # none usable: still an error
+    with pytest.raises(UserError, match="'zebra giraffe' has no word"):
+        word_lm.generate_samples(config, str(tmp_path / "run"), interactive=False)
+
+
 def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):
     _, workdir, _ = lines_run
     answers = iter(["red shirt", "zebra", ""])

@@ -622,7 +622,8 @@ def generate_samples(
     rest, and a warning names the other fields where `config` differs (see `load_trained`).
 
     Without `seed_text`: on a terminal, prompts for seed texts until an empty line (the tutorial's
-    interactive use); otherwise the config's `generate.seed_texts`. Prints and returns the samples.
+    interactive use); otherwise the config's `generate.seed_texts` (one with no word of the
+    vocabulary skipped, as after training). Prints and returns the samples.
     """
     if seed is not None:
         generate.check_seed(int(seed))
@@ -653,7 +654,27 @@ def generate_samples(
     if seed_text:
         return [one(seed_text)]
     if not interactive:
-        return [one(t) for t in g.seed_texts]
+        # As the samples after training: a seed text with no word of this vocabulary (the tutorial's
+        # fashion words, a run on another CSV) is skipped with a note, the others generated; only when
+        # every one is unusable is it an error (naming the first).
+        unusable = _unusable_seed_texts(config, vocab)
+        if len(unusable) == len(g.seed_texts):
+            return [one(t) for t in g.seed_texts]
+        out = []
+        for t in g.seed_texts:
+            if t in unusable:
+                print(
+                    f"note: {_no_known_word(t, vocab)}: skipped; pass --seed_text=<words of the"
+                    " training texts>",
+                    file=sys.stderr,
+                )
+                print(f"{t} -> (skipped: no word of the vocabulary)", flush=True)
+                out.append(
+                    {"seed_text": t, "generated": None, "skipped": "no word of the vocabulary"}
+                )
+            else:
+                out.append(one(t))
+        return out
     out = []
     while True:
         try:
