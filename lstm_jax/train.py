@@ -172,6 +172,9 @@ class Task:
       derive_metrics: ``averages -> averages`` adding derived values (e.g. bits per character).
       extra_results: ``(model, results) -> dict`` of extra results.json keys, called once at the end with
         the final model (classification reports, confusion matrices, samples).
+      extra_results_on_best: give `extra_results` the best checkpoint's weights (the ones the read-only
+        modes load, `restore_model`) rather than the final ones: the language models' samples after
+        training are then the text ``--mode=generate`` gives from the workdir.
       final_metrics: ``(model, splits) -> {split: averages}``, the final evaluation of `splits` done by the
         task instead of the engine, for a task whose `extra_results` goes over those splits anyway (the
         classifiers' reports predict every test example; computing the metrics from the same predictions
@@ -200,6 +203,7 @@ class Task:
     data_fix: Callable[[ml_collections.ConfigDict, str], str | None] | None = None
     derive_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None
     extra_results: Callable[[nnx.Module, dict[str, Any]], Mapping[str, Any]] | None = None
+    extra_results_on_best: bool = False
     final_metrics: (
         Callable[[nnx.Module, Sequence[str]], Mapping[str, Mapping[str, float]]] | None
     ) = None
@@ -1746,7 +1750,31 @@ def _run(
                 )
                 results["plots"] = [os.path.basename(curves)] if curves else []
             if task.extra_results is not None:
-                results.update(task.extra_results(final_model, results))
+                extra_model = final_model
+                if (
+                    task.extra_results_on_best
+                    and best_step is not None
+                    and best_step != step
+                    and not restored_best
+                    and best_unreadable is None
+                ):
+                    try:
+                        target = _with_shardings(abstract, eng.state_shardings(abstract))["params"]
+                        extra_model = eng.merge(store.restore_params(best_step, target))
+                        logging.info(
+                            "samples from the best checkpoint (step %d), the one --mode=generate"
+                            " loads",
+                            best_step,
+                        )
+                    except Exception as e:  # noqa: BLE001 (damaged files: the final weights instead)
+                        logging.warning(
+                            "the best checkpoint (step %d) cannot be read (%s); samples from the"
+                            " last weights (step %d)",
+                            best_step,
+                            root_reason(e),
+                            step,
+                        )
+                results.update(task.extra_results(extra_model, results))
             # Nothing is left to stop but the (atomic) write itself: a signal from here on lets it finish.
             stops.done()
             if eng.is_main:

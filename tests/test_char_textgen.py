@@ -240,6 +240,29 @@ def test_generate_from_workdir_alone_is_deterministic_when_greedy(stream_run):
     assert c["texts"] == a["texts"]
 
 
+@pytest.mark.parametrize("layout", ["streams", "windows"])
+def test_samples_after_training_are_those_generate_gives_when_the_best_is_not_the_last(
+    tmp_path, layout
+):
+    """The samples a run makes at its end come from the weights --mode=generate loads (the best
+    checkpoint), not the last ones."""
+    path = _write_text(tmp_path / "text.txt")
+    config = _stream_config(path) if layout == "streams" else _window_config(path)
+    config.train.num_epochs = 2
+    config.train.monitor_mode = (
+        "max"  # the highest val_loss is "best": the first epoch's checkpoint
+    )
+    config.generate.temperature = 1.0  # sampled: any change of the probabilities shows
+    config.generate.length = 40
+    config.generate.num_samples = 1
+    results = char_lm.train(config, str(tmp_path / "run"))
+    assert results["best_step"] < results["steps"]
+    samples = results["samples"]
+    again = char_lm.generate_samples(None, str(tmp_path / "run"), prime=samples["prime"])
+    assert again["step"] == results["best_step"]
+    assert again["texts"] == samples["texts"]
+
+
 def test_generate_takes_the_generate_section_of_a_config_and_names_what_it_ignores(
     stream_run, caplog
 ):

@@ -385,6 +385,26 @@ def test_generate_from_the_workdir_skips_the_seed_texts_training_skipped(tmp_pat
         word_lm.generate_samples(config, str(tmp_path / "run"), interactive=False)
 
 
+def test_samples_after_training_are_those_generate_gives_when_the_best_is_not_the_last(
+    tmp_path, capsys
+):
+    """The samples a run prints at its end come from the weights --mode=generate loads (the best
+    checkpoint), not the last ones: with the best checkpoint before the last step they differed."""
+    config = _config(_write_csv(tmp_path / "f.csv"))
+    config.train.num_epochs = 3
+    config.train.monitor_mode = (
+        "max"  # the highest val_loss is "best": the first epoch's checkpoint
+    )
+    config.generate.seed_texts = ["red", "blue dress"]
+    config.generate.num_words = 6
+    results = word_lm.train(config, str(tmp_path / "run"))
+    assert results["best_step"] < results["steps"]
+    printed = capsys.readouterr().out
+    out = word_lm.generate_samples(None, str(tmp_path / "run"), interactive=False)
+    assert out == results["samples"]["texts"]
+    assert all(f"{s['seed_text']} -> {s['generated']}" in printed for s in out)
+
+
 def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):
     _, workdir, _ = lines_run
     answers = iter(["red shirt", "zebra", ""])

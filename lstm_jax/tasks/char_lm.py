@@ -322,6 +322,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
             data_fingerprint=data.fingerprint(ids),
             derive_metrics=_bits,
             extra_results=lambda model, results: _sample_results(model, vocab, primes, config),
+            extra_results_on_best=True,
         )
 
     # streams: char-rnn truncated BPTT.
@@ -375,6 +376,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         data_fingerprint=data.fingerprint(ids),
         derive_metrics=_bits,
         extra_results=lambda model, results: _sample_results(model, vocab, primes, config),
+        extra_results_on_best=True,
         # The validation text is cut into eval_batch_size streams, each starting from a zero state.
         fixed_on_resume=("train.eval_batch_size",),
     )

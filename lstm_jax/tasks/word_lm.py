@@ -424,6 +424,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
         data_fix=data_fix,
         derive_metrics=metrics.language_model_metrics,  # perplexity = exp(nats per word)
         extra_results=extra,
+        extra_results_on_best=True,
     )
 
 
