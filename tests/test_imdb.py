@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from experiments.imdb_sentiment.configs import test as test_config
-from lstm_jax import config_utils, text
+from lstm_jax import cli, config_utils, text
 from lstm_jax import data as data_lib
 from lstm_jax.errors import UserError
 from lstm_jax.tasks import classification as clf
@@ -394,6 +394,28 @@ def test_cli_predict_and_user_error(trained, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_predict_prints_one_line_per_text_whatever_whitespace_it_holds(
+    trained, monkeypatch, capsys
+):
+    """A text with line breaks or tabs (a review pasted with its paragraphs, "\r" or U+0085 inside a
+    stdin line) prints as one `label<TAB>probability<TAB>text` line; its raw newlines broke the output
+    into lines that no longer lined up with the inputs."""
+    _, workdir, _ = trained
+    texts = ["A great film.\n\nReally wonderful", "awful\tterrible", "dull\r\nboring\u0085worst"]
+    monkeypatch.setattr(cli, "_POSITIONAL", texts)
+    results = clf.predict(None, str(workdir))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(texts)
+    shown = [line.split("\t") for line in lines]
+    assert [s[2] for s in shown] == [
+        "A great film. Really wonderful",
+        "awful terrible",
+        "dull boring worst",
+    ]
+    assert [s[0] for s in shown] == [r["label"] for r in results]
+    assert [r["text"] for r in results] == texts  # the returned texts are the inputs as given
 
 
 def test_cli_predict_prints_non_ascii_texts_under_an_ascii_locale(trained):

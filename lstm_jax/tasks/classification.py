@@ -1302,7 +1302,10 @@ def predict(
             file=sys.stderr,
         )
     for r in results:
-        shown = r["text"] if len(r["text"]) <= 80 else r["text"][:77] + "..."
+        # One output line per text: line breaks and tabs inside it (a review pasted with its paragraphs,
+        # a "\r" or U+0085 on a stdin line) are shown as single spaces, as every whitespace run.
+        shown = " ".join(r["text"].split())
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
         print(f"{r['label']}\t{r['probability']:.4f}\t{shown}")
     return results
 
