@@ -628,6 +628,28 @@ def test_ensemble_mode(trained, tmp_path):
     assert clf.ensemble(None, str(tmp_path / "ens"), [str(workdir), str(other)]) == out
 
 
+def test_ensemble_of_runs_on_the_same_data_found_or_given(trained, tmp_path, monkeypatch):
+    """A member that read the data from $LSTM_JAX_DATA (data.path "") and one given the same folder
+    (--config.data.path) trained on the same split: the ensemble takes them (it refused them as on a
+    "different data split", comparing the path strings); a copy of the data elsewhere is still refused."""
+    acl, workdir, _ = trained
+    monkeypatch.setenv("LSTM_JAX_DATA", str(acl.parent))  # holds aclImdb/
+    config = _config(acl)
+    config.data.path = ""
+    config.seed = 2
+    found = tmp_path / "found"
+    assert clf.train(config, str(found))["data"]["source"] == str(acl)
+    out = clf.ensemble(None, str(tmp_path / "ens"), [str(workdir), str(found)])
+    assert [m["workdir"] for m in out["members"]] == [str(workdir), str(found)]
+    copy = tmp_path / "copy" / "aclImdb"
+    shutil.copytree(acl, copy)
+    monkeypatch.setenv("LSTM_JAX_DATA", str(copy.parent))
+    elsewhere = tmp_path / "elsewhere"
+    clf.train(config, str(elsewhere))
+    with pytest.raises(UserError, match="different data split"):
+        clf.ensemble(None, str(tmp_path / "bad"), [str(workdir), str(elsewhere)])
+
+
 def test_cli_ensemble_needs_no_config(trained, tmp_path):
     _, workdir, _ = trained
     shutil.copytree(workdir, tmp_path / "copy")

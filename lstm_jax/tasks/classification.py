@@ -28,6 +28,7 @@ Config (``config.data``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -52,9 +53,10 @@ from lstm_jax import data as data_lib
 from lstm_jax.baselines import cached_tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
-from lstm_jax.logging_utils import atomic_write, write_json
+from lstm_jax.logging_utils import atomic_write, read_json, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
+    RESULTS_FILE,
     LossFn,
     Task,
     check_run,
@@ -1325,9 +1327,25 @@ def baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 _SPLIT_FIELDS = ("dataset", "path", "label", "split_seed", "validation_fraction", "test_fraction")
 
 
-def _split_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _split_signature(
+    config: ml_collections.ConfigDict, workdir: str | None = None
+) -> dict[str, Any]:
+    """The data settings that fix a run's validation and test examples. The path is the data the run
+    read: its results.json's ``data.source`` when it finished (an empty ``data.path`` resolved under
+    $LSTM_JAX_DATA then), else ``data.path``; resolved to a real path, so that runs of the same files
+    agree whether the path was given or found, and runs of other copies do not."""
     d = config.data
-    return {k: d[k] for k in _SPLIT_FIELDS if k in d}
+    sig = {k: d[k] for k in _SPLIT_FIELDS if k in d}
+    source = None
+    if workdir is not None:
+        with contextlib.suppress(UserError, OSError, AttributeError, TypeError, ValueError):
+            source = read_json(os.path.join(workdir, RESULTS_FILE)).get("data", {}).get("source")
+    path = source if isinstance(source, str) and source else sig.get("path")
+    if path and not str(path).startswith("tfds:"):
+        path = os.path.realpath(os.path.expanduser(str(path)))
+    if "path" in sig or path:
+        sig["path"] = path
+    return sig
 
 
 def ensemble(
@@ -1378,11 +1396,11 @@ def ensemble(
                 f" among {', '.join(DATASETS)}); an ensemble takes runs of imdb_sentiment or fake_news"
             )
         configs.append(c)
-    first = _split_signature(configs[0])
+    first = _split_signature(configs[0], members[0])
     for m, c in zip(members[1:], configs[1:], strict=True):
-        if _split_signature(c) != first:
+        if _split_signature(c, m) != first:
             raise UserError(
-                f"{m} was trained on a different data split ({_split_signature(c)}) than"
+                f"{m} was trained on a different data split ({_split_signature(c, m)}) than"
                 f" {members[0]} ({first}); ensemble runs that differ only in model settings or seed"
             )
     prepared = prepare_data(configs[0])
