@@ -650,6 +650,20 @@ def test_ensemble_of_runs_on_the_same_data_found_or_given(trained, tmp_path, mon
         clf.ensemble(None, str(tmp_path / "bad"), [str(workdir), str(elsewhere)])
 
 
+def test_training_refuses_an_ensembles_directory(trained, tmp_path):
+    """As --mode=ensemble refuses a training run's workdir, training refuses an ensemble's directory
+    before writing anything: its reports overwrote the ensemble's, which ensemble.json still named."""
+    acl, workdir, _ = trained
+    same = tmp_path / "same"
+    shutil.copytree(workdir, same)
+    ens = tmp_path / "ens"
+    clf.ensemble(None, str(ens), [str(workdir), str(same)])
+    before = {p.name: p.read_bytes() for p in ens.iterdir()}
+    with pytest.raises(UserError, match=r"holds an ensemble \(ensemble.json\).*new directory"):
+        clf.train(_config(acl), str(ens))
+    assert {p.name: p.read_bytes() for p in ens.iterdir()} == before
+
+
 def test_cli_ensemble_needs_no_config(trained, tmp_path):
     _, workdir, _ = trained
     shutil.copytree(workdir, tmp_path / "copy")

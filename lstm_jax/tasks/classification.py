@@ -102,6 +102,7 @@ DATASETS = ("imdb", "fake_news", "liar")
 PREPROCESS_FILE = "preprocess.json"
 # The final model's validation/test probabilities, labels and checkpoint step (read by `ensemble`).
 PREDICTIONS_FILE = "predictions.npz"
+ENSEMBLE_FILE = "ensemble.json"  # what --mode=ensemble writes, beside its reports
 IMDB_CLASSES = ("neg", "pos")  # label 1 = positive review
 FAKE_CLASSES = ("real", "fake")  # label 1 = fake (Kaggle's convention; LIAR's binary label too)
 _META_SEP = "\x1f"  # joins metadata tokens; never occurs in a CSV cell after our normalisation
@@ -995,6 +996,13 @@ def make_task(
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Mode ``train``: trains (or resumes) in `workdir`; returns the results (also results.json)."""
     check_run(config, workdir)
+    if os.path.exists(os.path.join(workdir, ENSEMBLE_FILE)):
+        # The mirror of ensemble's refusal of a training run's workdir: the run's reports would
+        # overwrite the ensemble's (ensemble.json would then name files holding the run's numbers).
+        raise UserError(
+            f"--workdir={workdir} holds an ensemble ({ENSEMBLE_FILE}), whose reports training would"
+            " overwrite; pass a new directory for the training run"
+        )
     task, _ = make_task(config, workdir)
     results = train_and_evaluate(config, workdir, task)
     _print_summary(results)
@@ -1438,7 +1446,7 @@ def ensemble(
         out["reports"][s] = {**rep, "files": reports.write_report(rep, workdir, s, title=title)}
         print(f"== {s}: ensemble of {len(members)} ==")
         print(reports.format_report(rep), end="")
-    write_json(os.path.join(workdir, "ensemble.json"), out)
+    write_json(os.path.join(workdir, ENSEMBLE_FILE), out)
     for s in splits:
         each = ", ".join(f"{a[s]:.4f}" for a in member_acc)
         print(f"{s} accuracy: ensemble {out['reports'][s]['accuracy']:.4f}; members {each}")
