@@ -263,6 +263,21 @@ def test_samples_after_training_are_those_generate_gives_when_the_best_is_not_th
     assert again["texts"] == samples["texts"]
 
 
+def test_samples_without_a_prime_start_from_the_window_generate_picks(tmp_path):
+    """Without a prime (the Macbeth tutorial's random training window) the samples after training and
+    --mode=generate from the workdir start from the same saved window (chosen by the seed) and give the
+    same text; training took the first window, generate another one."""
+    config = _window_config(_write_text(tmp_path / "text.txt"))
+    config.generate.prime = ""
+    config.generate.length = 20
+    results = char_lm.train(config, str(tmp_path / "run"))
+    primes = json.loads((tmp_path / "run" / char_lm.PRIMES_FILE).read_text())["primes"]
+    assert len(set(primes)) > 1
+    again = char_lm.generate_samples(None, str(tmp_path / "run"))
+    assert again["prime"] == results["samples"]["prime"]
+    assert again["texts"] == results["samples"]["texts"]
+
+
 def test_generate_takes_the_generate_section_of_a_config_and_names_what_it_ignores(
     stream_run, caplog
 ):

@@ -460,11 +460,18 @@ def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary)
             ) from None
 
 
+def _saved_prime(primes: list[str], seed: int) -> str:
+    """The training window a sample without a prime starts from, chosen by `seed`: the same for the
+    samples after training (`config.seed`) and for ``--mode=generate`` (``--sample_seed``, by default
+    `config.seed`), so that both print the same text."""
+    return primes[int(np.random.default_rng(seed).integers(len(primes)))]
+
+
 def _sample_results(
     model: LanguageModel, vocab: Vocabulary, primes: list[str], config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     g = config.generate
-    prime = g.prime or primes[0]
+    prime = g.prime or _saved_prime(primes, int(config.seed))
     texts = generate_text(
         model,
         vocab,
@@ -547,7 +554,7 @@ def generate_samples(
                 f"{os.path.join(workdir, PRIMES_FILE)} holds no list of priming texts under"
                 ' "primes"; the file is damaged: pass --prime=<text>, or restore the file'
             )
-        prime = primes[int(np.random.default_rng(seed).integers(len(primes)))]
+        prime = _saved_prime(primes, seed)
     samples = {
         "prime": prime,
         "temperature": float(g.temperature if temperature is None else temperature),
