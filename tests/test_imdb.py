@@ -327,6 +327,20 @@ def test_eval_and_predict_with_another_model_config_name_the_field(trained):
     assert {n: (workdir / n).read_bytes() for n in files} == files
 
 
+@pytest.mark.parametrize(("field", "value"), [("split_seed", 5), ("validation_fraction", 0.5)])
+def test_eval_refuses_a_config_that_splits_the_data_otherwise(trained, field, value):
+    """eval with a --config whose split differs from the trained run's scored a "validation" split
+    holding reviews the model trained on, silently; now one error naming the field, nothing written."""
+    acl, workdir, _ = trained
+    files = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    other = _config(acl)
+    other.data[field] = value
+    saved = config_utils.load_config(str(workdir)).data[field]
+    with pytest.raises(UserError, match=rf"data.{field}: saved {saved!r}, given {value!r}"):
+        clf.evaluate(other, str(workdir))
+    assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == files
+
+
 @pytest.mark.parametrize(
     ("section", "field", "value"), [("model", "pool", "mean"), ("data", "mask", False)]
 )

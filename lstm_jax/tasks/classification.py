@@ -1032,6 +1032,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     encoder = _load_encoder(workdir)
     checkpoint_step(config, workdir)  # no checkpoint: say so before loading the data
+    _check_held_out_split(config, workdir)
     prepared = _reencode(prepare_data(config), encoder, config)
     model, step = restore_model(config, workdir, build_model)
     out = {"step": step, "reports": evaluate_reports(model, prepared, config, workdir)}
@@ -1040,6 +1041,33 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         print(f"== {split} (checkpoint step {step}) ==")
         print(reports.format_report(rep), end="")
     return out
+
+
+# The data fields that choose which examples a run held out of training (with data.path, which may name
+# other data to evaluate on).
+_HELD_OUT_FIELDS = ("split_seed", "validation_fraction", "test_fraction")
+
+
+def _check_held_out_split(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """`UserError` when `config` (a ``--config`` for eval) splits the data otherwise than the run saved
+    in `workdir` did: its validation (and a split file's test) examples would include ones the model
+    trained on, and the report would score them as held out."""
+    if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+        return
+    saved = config_utils.load_config(workdir).get("data", {})
+    given = config.data
+    differ = [
+        f"data.{k}: saved {saved.get(k)!r}, given {given.get(k)!r}"
+        for k in _HELD_OUT_FIELDS
+        if (k in saved or k in given) and saved.get(k) != given.get(k)
+    ]
+    if differ:
+        raise UserError(
+            f"this config splits the data otherwise than the run saved in {workdir} ("
+            + "; ".join(differ)
+            + "): its held-out examples would include ones the model trained on; leave out --config"
+            " to use the run's saved config.json, or pass the split it was trained with"
+        )
 
 
 def _reencode(
