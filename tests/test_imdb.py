@@ -664,6 +664,24 @@ def test_ensemble_of_runs_on_the_same_data_found_or_given(trained, tmp_path, mon
         clf.ensemble(None, str(tmp_path / "bad"), [str(workdir), str(elsewhere)])
 
 
+def test_ensemble_reads_a_relative_data_root_from_where_the_member_trained(
+    trained, tmp_path, monkeypatch
+):
+    """A member trained with a relative $LSTM_JAX_DATA (the README's ../shared/data) records a
+    relative data source: it is the folder seen from the directory the member was started in, so an
+    ensemble run from elsewhere still takes it with a member given the same folder by path."""
+    acl, workdir, _ = trained
+    monkeypatch.chdir(acl.parent.parent)
+    monkeypatch.setenv("LSTM_JAX_DATA", acl.parent.name)  # relative to the directory above
+    config = _config(acl)
+    config.data.path = ""
+    rel = tmp_path / "rel"
+    assert not os.path.isabs(clf.train(config, str(rel))["data"]["source"])
+    monkeypatch.chdir(tmp_path)
+    out = clf.ensemble(None, str(tmp_path / "ens"), [str(workdir), str(rel)])
+    assert len(out["members"]) == 2
+
+
 def test_training_refuses_an_ensembles_directory(trained, tmp_path):
     """As --mode=ensemble refuses a training run's workdir, training refuses an ensemble's directory
     before writing anything: its reports overwrote the ensemble's, which ensemble.json still named."""

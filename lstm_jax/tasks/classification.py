@@ -1375,7 +1375,12 @@ def _split_signature(
     source = None
     if workdir is not None:
         with contextlib.suppress(UserError, OSError, AttributeError, TypeError, ValueError):
-            source = read_json(os.path.join(workdir, RESULTS_FILE)).get("data", {}).get("source")
+            results = read_json(os.path.join(workdir, RESULTS_FILE))
+            source = results.get("data", {}).get("source")
+            # A relative $LSTM_JAX_DATA gave a source relative to the directory the run was started in.
+            cwd = results.get("provenance", {}).get("cwd")
+            if isinstance(source, str) and isinstance(cwd, str) and not source.startswith("tfds:"):
+                source = os.path.join(cwd, source)
     path = source if isinstance(source, str) and source else sig.get("path")
     if path and not str(path).startswith("tfds:"):
         path = os.path.realpath(os.path.expanduser(str(path)))
