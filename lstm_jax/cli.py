@@ -162,6 +162,12 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
             check_config_family(config, None)
         elif getattr(modes[mode], "needs_config", True):
             if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
+                if os.path.exists(os.path.join(workdir, "ensemble.json")):
+                    raise UserError(
+                        f"{workdir} holds an ensemble (ensemble.json: its reports), not a trained"
+                        f" model; --mode={mode} takes one of its members' workdirs (named in"
+                        " ensemble.json)"
+                    )
                 raise UserError(
                     f"no --config given and {workdir} has no saved config.json; pass"
                     " --config=experiments/<name>/configs/<config>.py"
@@ -339,7 +345,15 @@ def _parse_flags(args: list[str]) -> list[str]:
                 " config.json is used as it is: eval and predict need only --workdir, and generate"
                 " takes its settings as flags, see --helpshort)"
             )
-        _flag_error(f"{' '.join(str(e).split())}; see --helpshort for the flags")
+        message = " ".join(str(e).split())
+        name = re.search(r"Unknown command line flag '([^']*)'", message)
+        if name and not re.fullmatch(r"[A-Za-z_][\w.-]*", name.group(1)):
+            # "-1 stars" as a text to predict: absl reads it as the flag "1 stars".
+            _flag_error(
+                f"{message}; a text that starts with '-' is read as a flag: put -- before the texts,"
+                " as in --mode=predict -- '-1 stars, awful'"
+            )
+        _flag_error(f"{message}; see --helpshort for the flags")
     except SyntaxError as e:  # --config=<file> is not Python (a README, a typo in a config file)
         _flag_error(
             f"{_config_arg(args)}: the config file is not valid Python ({e.msg}, line {e.lineno});"

@@ -578,6 +578,12 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
             "error: flag --config.train.batch_size=abc: invalid literal for int()",
         ),
         "unknown flag": (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
+        # A text to predict that starts with '-' is read as the flag '1 stars': the fix is named.
+        "text read as a flag": (
+            ["--workdir=w", "-1 stars, awful"],
+            "error: Unknown command line flag '1 stars, awful'; a text that starts with '-' is read"
+            " as a flag: put -- before the texts",
+        ),
         # Was "Unknown command line flag 'config.train.batch_size'", as if the field did not exist.
         "override without --config": (
             ["--workdir=w", "--config.train.batch_size=3"],

@@ -718,6 +718,25 @@ def test_cli_ensemble_needs_no_config(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy: ensemble" in proc.stdout
     assert (tmp_path / "ens" / "ensemble.json").is_file()
+    # Predict from the ensemble's directory, which holds no model: named as such, not as a missing config.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.imdb_sentiment.main",
+            "--mode=predict",
+            f"--workdir={tmp_path / 'ens'}",
+            "a fine film",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "holds an ensemble (ensemble.json: its reports), not a trained model" in proc.stderr
 
 
 def test_an_impossible_model_leaves_no_run_directory(tmp_path):
