@@ -6,6 +6,10 @@ Our layout is Keras': `kernel [in, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`
 * PyTorch `nn.LSTM` stores `weight_ih_l{k}[_reverse] [4H, in]`, `weight_hh_l{k}[_reverse] [4H, H]` and two
   biases `bias_ih`, `bias_hh` (each `[4H]`), gates i, f, g, o (the same order). We transpose the matrices and
   add the biases: `b = b_ih + b_hh`.
+
+Imported weights are float32 whatever their source dtype (float64, float16, bfloat16): the core's
+parameters are float32, and the native kernel's fast path needs them so; cast the returned arrays for
+other dtypes (`jax.tree.map(lambda a: a.astype(jnp.float64), params)` under ``jax_enable_x64``).
 """
 
 from __future__ import annotations
