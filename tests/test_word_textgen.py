@@ -383,6 +383,9 @@ def test_generate_from_the_workdir_skips_the_seed_texts_training_skipped(tmp_pat
     config.generate.seed_texts = ["zebra giraffe"]  # none usable: still an error
     with pytest.raises(UserError, match="'zebra giraffe' has no word"):
         word_lm.generate_samples(config, str(tmp_path / "run"), interactive=False)
+    config.generate.seed_texts = []  # none at all: an error naming --seed_text (it printed nothing)
+    with pytest.raises(UserError, match=r"generate.seed_texts is empty.*pass --seed_text="):
+        word_lm.generate_samples(config, str(tmp_path / "run"), interactive=False)
 
 
 def test_samples_after_training_are_those_generate_gives_when_the_best_is_not_the_last(

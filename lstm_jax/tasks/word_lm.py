@@ -654,6 +654,11 @@ def generate_samples(
 
     if seed_text:
         return [one(seed_text)]
+    if not interactive and not len(g.seed_texts):
+        raise UserError(
+            "no seed text to generate from: generate.seed_texts is empty and stdin is not a terminal"
+            " (no prompt); pass --seed_text=<words of the training texts>"
+        )
     if not interactive:
         # As the samples after training: a seed text with no word of this vocabulary (the tutorial's
         # fashion words, a run on another CSV) is skipped with a note, the others generated; only when
