@@ -258,6 +258,13 @@ def test_tasks_reject_unknown_pools_input_modes_and_dense_layers(task, field, va
         ("imdb_sentiment.configs.test", "split_seed", 2**32, "config.data.split_seed=4294967296"),
         ("fake_news.configs.test", "split_seed", 2**40, "config.data.split_seed=1099511627776"),
         ("fake_news.configs.test", "num_buckets", 1, "config.data.num_buckets=1 leaves no id"),
+        # 2 ids are 0 (unused) and 1 (out-of-vocabulary): every metadata token was silently OOV.
+        (
+            "fake_news.configs.test_liar",
+            "meta_vocab_size",
+            2,
+            "config.data.meta_vocab_size=2 leaves no id for a metadata token (0 is unused, 1 the",
+        ),
         # --config.data.metadata=speaker,party_affiliation parses as one name: the error shows a tuple.
         (
             "fake_news.configs.test_liar",

@@ -292,11 +292,11 @@ def _check_data_config(d: ml_collections.ConfigDict) -> None:
             f"config.data.vocab_size={d.vocab_size} leaves no id for a word (0 is padding, 1 the"
             " out-of-vocabulary id); pass e.g. --config.data.vocab_size=15000"
         )
-    if d.dataset == "liar" and len(d.get("metadata", ())) and int(d.get("meta_vocab_size", 2)) < 2:
+    if d.dataset == "liar" and len(d.get("metadata", ())) and int(d.get("meta_vocab_size", 3)) < 3:
         raise UserError(
             f"config.data.meta_vocab_size={d.meta_vocab_size} leaves no id for a metadata token"
-            " (0 is the out-of-vocabulary one); pass e.g. --config.data.meta_vocab_size=4000, or"
-            " --config.data.metadata='()'"
+            " (0 is unused, 1 the out-of-vocabulary id); pass e.g."
+            " --config.data.meta_vocab_size=4000, or --config.data.metadata='()'"
         )
     if int(d.get("max_train_examples", 0)) < 0:
         raise UserError(
