@@ -483,6 +483,15 @@ def _find_imdb_csv(folder: Path, split: str) -> Path | None:
     return None
 
 
+def _holds_imdb(p: Path) -> bool:
+    """Whether folder `p` holds IMDB data `_load_imdb_local` reads (an aclImdb tree or both CSVs)."""
+    if not p.is_dir():
+        return False
+    if any((r / "train").is_dir() and (r / "test").is_dir() for r in (p, p / "aclImdb")):
+        return True
+    return _find_imdb_csv(p, "train") is not None and _find_imdb_csv(p, "test") is not None
+
+
 def _load_imdb_local(p: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:
     if not p.is_dir():
         raise UserError(
@@ -514,7 +523,12 @@ def load_imdb(
     and counted; bad labels name file and line.
     """
     rel = "imdb"
-    local = _local_or_none(path, rel) or _local_or_none(None, "aclImdb")
+    local = _local_or_none(path, rel)
+    # A $LSTM_JAX_DATA/imdb folder without IMDB data does not hide $LSTM_JAX_DATA/aclImdb.
+    if not path:
+        acl = _local_or_none(None, "aclImdb")
+        if acl is not None and (local is None or (not _holds_imdb(local) and _holds_imdb(acl))):
+            local = acl
     if local is not None:
         data, info = _load_imdb_local(local)
     else:

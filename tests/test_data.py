@@ -340,6 +340,16 @@ def test_load_imdb_acl_tree_under_data_root(monkeypatch, tmp_path):
     assert info["source"] == str(acl) and data["test"] == _expected_imdb("test")
 
 
+def test_load_imdb_empty_imdb_folder_does_not_hide_acl_tree_under_data_root(monkeypatch, tmp_path):
+    """An $LSTM_JAX_DATA/imdb folder without the CSVs was read as the source, and its 'no IMDB data
+    found' error hid the $LSTM_JAX_DATA/aclImdb tree the documented order reads next."""
+    (tmp_path / "imdb").mkdir()
+    acl = make_acl_imdb(tmp_path)
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path))
+    data, info = D.load_imdb()
+    assert info["source"] == str(acl) and data["train"] == _expected_imdb("train")
+
+
 def test_load_imdb_bad_label_names_file_and_line(tmp_path):
     write_csv(
         tmp_path / "imdb_train.csv", ["id", "label", "text"], [[0, "pos", "ok"], [1, "meh", "x"]]
