@@ -699,41 +699,24 @@ def test_training_refuses_an_ensembles_directory(trained, tmp_path):
 def test_cli_ensemble_needs_no_config(trained, tmp_path):
     _, workdir, _ = trained
     shutil.copytree(workdir, tmp_path / "copy")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.imdb_sentiment.main",
-            "--mode=ensemble",
-            f"--workdir={tmp_path / 'ens'}",
-            str(workdir),
-            str(tmp_path / "copy"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=300,
-    )
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "experiments.imdb_sentiment.main", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+            timeout=300,
+        )
+
+    ens = f"--workdir={tmp_path / 'ens'}"
+    proc = cli("--mode=ensemble", ens, str(workdir), str(tmp_path / "copy"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy: ensemble" in proc.stdout
     assert (tmp_path / "ens" / "ensemble.json").is_file()
     # Predict from the ensemble's directory, which holds no model: named as such, not as a missing config.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.imdb_sentiment.main",
-            "--mode=predict",
-            f"--workdir={tmp_path / 'ens'}",
-            "a fine film",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=300,
-    )
+    proc = cli("--mode=predict", ens, "a fine film")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "holds an ensemble (ensemble.json: its reports), not a trained model" in proc.stderr
