@@ -1414,15 +1414,23 @@ def _run(
             # A finished run is left as it is: its config.json, artefacts and results stay untouched.
             ignored = [] if saved is None else config_utils.config_diff(saved, config)
             if ignored:
+                if stopped_early and step < eng.total_steps:
+                    fix = "pass --config.early_stopping.enabled=False"
+                elif int(config.train.num_steps):
+                    # num_steps sets the length: num_epochs is not read while it is set.
+                    fix = (
+                        f"raise --config.train.num_steps above {step}; config.train.num_epochs is"
+                        " not read while config.train.num_steps is set"
+                    )
+                else:
+                    fix = "raise --config.train.num_epochs"
                 logging.warning(
                     "the run in %s finished at step %d, so %s (changed from its config.json) do not"
                     " apply; returning its saved results (to train on, %s)",
                     workdir,
                     step,
                     ", ".join(f"config.{d}" for d in ignored),
-                    "pass --config.early_stopping.enabled=False"
-                    if stopped_early and step < eng.total_steps
-                    else "raise --config.train.num_epochs",
+                    fix,
                 )
             else:
                 logging.info(

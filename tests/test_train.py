@@ -747,6 +747,23 @@ def test_a_finished_run_re_run_with_changes_is_left_as_it_is_and_says_what_it_ig
     assert "raise --config.train.num_epochs" in warning
 
 
+def test_a_finished_run_of_num_steps_names_num_steps_as_the_way_to_train_on(tmp_path, caplog):
+    """A run whose length is `train.num_steps` trains on when that is raised, not `num_epochs` (not
+    read while num_steps is set): the warning on a finished re-run said "raise
+    --config.train.num_epochs", which changed nothing."""
+    config = ef.base_config(num_epochs=1, num_steps=3)
+    first = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.train.num_epochs = 4
+    with caplog.at_level(logging.WARNING):
+        again = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert again == first and first["steps"] == 3
+    (warning,) = [r.getMessage() for r in caplog.records if "do not apply" in r.getMessage()]
+    assert "raise --config.train.num_steps above 3" in warning
+    assert "raise --config.train.num_epochs" not in warning
+    config.train.num_steps = 4
+    assert train_and_evaluate(config, str(tmp_path), ef.classification_task(config))["steps"] == 4
+
+
 def test_a_run_that_stopped_early_trains_on_with_early_stopping_switched_off(tmp_path, caplog):
     """`early_stopping.*` may change on resume; switching it off continues a run that stopped early
     (from its last checkpoint) instead of re-printing its results."""
