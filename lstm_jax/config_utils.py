@@ -80,7 +80,8 @@ def engine_defaults() -> ml_collections.ConfigDict:
     opt.warmup_steps = 0
     opt.min_lr_ratio = 0.0  # cosine decays to learning_rate * min_lr_ratio
     # Steps over which the cosine schedules decay (warmup included), then hold learning_rate * min_lr_ratio:
-    # Keras' decay_steps, PyTorch's T_max. 0 = the run's total steps (train.num_epochs / num_steps).
+    # Keras' decay_steps, PyTorch's T_max (which count the steps after a warmup: Keras' warmup_steps=W,
+    # decay_steps=D is W+D here). 0 = the run's total steps (train.num_epochs / num_steps).
     opt.decay_steps = 0
     opt.clip_norm = 0.0  # global-norm clipping threshold; 0 disables it
     opt.b1 = 0.9

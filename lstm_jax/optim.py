@@ -38,7 +38,9 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
     ``learning_rate·min_lr_ratio`` over all steps; warmup_cosine: linear warmup from 0 over ``warmup_steps``,
     then cosine decay; warmup_constant: linear warmup, then constant. The cosine ones span ``decay_steps``
     steps (warmup included) when it is set, as Keras' ``decay_steps`` or PyTorch's ``T_max``, and then stay
-    at their end value; with ``decay_steps`` 0 they span `total_steps` (`schedule_depends_on_total`).
+    at their end value (Keras' ``CosineDecay(warmup_steps=W, decay_steps=D)`` and PyTorch's warmup then
+    ``T_max=D`` decay for D steps after the warmup: here ``decay_steps=W+D``); with ``decay_steps`` 0
+    they span `total_steps` (`schedule_depends_on_total`).
     """
     lr = float(opt.learning_rate)
     total = decay_steps(opt) or max(int(total_steps), 1)

@@ -1061,6 +1061,23 @@ def test_schedules():
     assert float(s(25)) == pytest.approx(0.55) and float(s(40)) == pytest.approx(0.1)
 
 
+def test_warmup_cosine_decay_steps_include_the_warmup_unlike_keras():
+    """`decay_steps` counts the warmup: Keras' `CosineDecay(0, decay_steps=D, alpha, warmup_target=lr,
+    warmup_steps=W)` (and PyTorch's warmup then `T_max=D`) is `warmup_steps=W, decay_steps=W+D` here,
+    as docs/training.md says (Keras' formula by hand)."""
+    opt = config_utils.engine_defaults().optimizer
+    opt.learning_rate, opt.schedule, opt.min_lr_ratio = 1.0, "warmup_cosine", 0.1
+    w, d = 10, 30
+    opt.warmup_steps, opt.decay_steps = w, w + d
+    s = optim.make_schedule(opt, 1000)
+    for t in (0, 5, 10, 17, 25, 39, 40, 55, 500):
+        if t < w:
+            keras = t / w
+        else:
+            keras = 0.9 * 0.5 * (1 + np.cos(np.pi * min(t - w, d) / d)) + 0.1
+        assert float(s(t)) == pytest.approx(keras, rel=1e-5, abs=1e-7), t
+
+
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(capsys, caplog):
     import logging
 
