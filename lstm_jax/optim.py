@@ -6,7 +6,10 @@
   ``adamw`` adds decoupled weight decay ``θ -= lr·wd·θ`` (Keras' AdamW).
 * ``rmsprop``: Keras' ``θ -= lr·g / √(v + ε)`` with ``v = ρv + (1-ρ)g²`` from zero, i.e. optax's
   `rmsprop(decay=rho, eps=eps, eps_in_sqrt=True, initial_scale=0)`.
-* ``sgd``: plain or momentum (optionally Nesterov) SGD.
+* ``sgd``: plain or momentum (optionally Nesterov) SGD in PyTorch's (and optax's) form ``v = μv + g``,
+  ``θ -= lr·v``. Keras' ``v = μv - lr·g``, ``θ += v`` is the same under a constant learning rate only: under
+  a schedule Keras' velocity keeps each past gradient scaled by its own step's rate, this one rescales the
+  whole velocity by the current rate.
 
 Every optimizer is ``optax.chain(clip_by_global_norm(clip_norm), <optimizer>)`` when ``clip_norm > 0``.
 """

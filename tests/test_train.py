@@ -1078,6 +1078,34 @@ def test_warmup_cosine_decay_steps_include_the_warmup_unlike_keras():
         assert float(s(t)) == pytest.approx(keras, rel=1e-5, abs=1e-7), t
 
 
+def test_sgd_momentum_under_a_schedule_is_pytorchs_form_not_keras():
+    """optim's docstring: SGD momentum is `v = μv + g; θ -= lr·v` (PyTorch's `SGD` with a scheduler),
+    which under a decaying rate differs from Keras' `v = μv - lr·g; θ += v` (formulas by hand)."""
+    opt = config_utils.engine_defaults().optimizer
+    opt.name, opt.learning_rate, opt.momentum = "sgd", 0.1, 0.9
+    opt.schedule, opt.min_lr_ratio, opt.decay_steps = "cosine", 0.1, len(GRADS)
+    schedule = optim.make_schedule(opt, 100)
+    w_torch = w_keras = np.array([0.5, -1.0, 2.0])
+    v_torch = v_keras = np.zeros(3)
+    for t, g in enumerate(GRADS):
+        lr = float(schedule(t))
+        v_torch = 0.9 * v_torch + g
+        w_torch = w_torch - lr * v_torch
+        v_keras = 0.9 * v_keras - lr * g
+        w_keras = w_keras + v_keras
+    got = _run_optimizer(
+        "sgd",
+        GRADS,
+        learning_rate=0.1,
+        momentum=0.9,
+        schedule="cosine",
+        min_lr_ratio=0.1,
+        decay_steps=len(GRADS),
+    )
+    np.testing.assert_allclose(got, w_torch, rtol=1e-6)
+    assert np.abs(got - w_keras).max() > 1e-3
+
+
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(capsys, caplog):
     import logging
 
