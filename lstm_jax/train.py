@@ -720,6 +720,15 @@ class _Engine:
     def prefetch(self, iterable: Iterable[Batch]) -> _Prefetcher:
         return _Prefetcher(iterable, self.put_batch, int(self.config.train.prefetch))
 
+    def prefetch_train(self, iterable: Iterable[Batch]) -> _Prefetcher:
+        """`prefetch` of training batches, each as ``(examples, batch)``: its real rows (weight > 0; a
+        short last batch's padding rows are none), for the logged examples per second."""
+
+        def transform(batch: Batch) -> tuple[int, dict[str, jax.Array]]:
+            return _real_rows(batch), self.put_batch(batch)
+
+        return _Prefetcher(iterable, transform, int(self.config.train.prefetch))
+
     # -- evaluation ---------------------------------------------------------------------------------------
 
     def evaluate(self, params: Any, split: str) -> dict[str, float]:
@@ -1453,7 +1462,6 @@ def _run(
         if task.artefacts:
             save_artefacts(workdir, task.artefacts)
 
-    batch_size = int(config.train.batch_size)
     if restored is not None or _has_content(logger.path):
         # What a crash (kill -9, full disk) logged after the checkpoint is logged again from it: one history.
         # (A start from step 0 too, even when no line parses: a half line the first record would follow.)
@@ -1615,9 +1623,9 @@ def _run(
             if index == 0 and "carry" in state:
                 state["carry"] = eng.make_carry(eng.train_batch_size)
             progress.start_epoch(epoch, index, step)
-            batches = eng.prefetch(task.train_batches(epoch, index))
+            batches = eng.prefetch_train(task.train_batches(epoch, index))
             try:
-                for batch in batches:
+                for examples, batch in batches:
                     if acc is None:
                         acc = eng.zero_acc(eng.sums_shape(state, batch, train=True))
                         if unlogged:  # resumed after a signal: the float32 sums continue exactly
@@ -1632,7 +1640,7 @@ def _run(
                     step, index = step + 1, index + 1
                     if eng.max_ahead and step % eng.max_ahead == 0:
                         jax.block_until_ready(acc)
-                    interval_examples += batch_size
+                    interval_examples += examples
                     progress.advance()
                     end_of_epoch = index >= eng.steps_per_epoch
                     every = int(config.train.eval_every_steps)
@@ -2023,6 +2031,13 @@ def _record_kinds(path: str) -> set[str]:
             with contextlib.suppress(ValueError, AttributeError):
                 kinds.add(str(json.loads(line).get("kind")))
     return kinds
+
+
+def _real_rows(batch: Batch) -> int:
+    """The examples of a host batch: its rows of weight > 0 (all of its rows without a ``weight``)."""
+    if "weight" in batch:
+        return int(np.count_nonzero(np.asarray(batch["weight"])))
+    return int(next(np.shape(v)[0] for v in batch.values() if np.ndim(v) > 0))
 
 
 def _padded_size(batch_size: int, multiple: int) -> int:

@@ -11,6 +11,7 @@ import platform
 import signal
 import subprocess
 import sys
+import time
 
 import engine_fixtures as ef
 import jax
@@ -889,6 +890,36 @@ def test_keeping_the_remainder_trains_a_last_short_batch(tmp_path):
     results = train_and_evaluate(config, str(tmp_path), task)
     assert results["steps"] == 12
     assert ef.classification_task(ef.base_config(), train).steps_per_epoch == 5  # the default drops
+
+
+def test_examples_per_second_count_a_short_last_batch_by_its_real_rows(tmp_path, monkeypatch):
+    """With `drop_remainder=False` the short last batch is padded with weight-0 rows: the logged
+    `examples_per_s` counts its real examples (43 an epoch here), not the padded batch's 48."""
+    clock = [1000.0]  # seconds, advanced by 1 at every training step
+    fake_time = dataclasses.make_dataclass("FakeTime", ["time", "strftime"])(
+        lambda: clock[0], time.strftime
+    )
+    monkeypatch.setattr(train_mod, "time", fake_time)
+    compile_train_step = train_mod._Engine.compile_train_step
+
+    def compile_ticking(self, state):
+        compile_train_step(self, state)
+        step = self.train_step
+
+        def ticking(*args):
+            clock[0] += 1.0
+            return step(*args)
+
+        self.train_step = ticking
+
+    monkeypatch.setattr(train_mod._Engine, "compile_train_step", compile_ticking)
+    config = ef.base_config(num_epochs=1, drop_remainder=False, log_every_steps=6)
+    task = ef.classification_task(config, train=ef.classification_data(43))
+    assert task.steps_per_epoch == 6
+    train_and_evaluate(config, str(tmp_path), task)
+    (record,) = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
+    assert record["step"] == 6 and record["count"] == 43
+    assert record["examples_per_s"] == pytest.approx(43 / 6)
 
 
 def test_a_run_saved_before_a_field_resumes_only_with_its_default(tmp_path):
