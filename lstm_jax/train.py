@@ -1608,6 +1608,8 @@ def _run(
                     "sums": {k: float(v) for k, v in host["sums"].items()},
                     "last_loss": float(host["last_loss"]),
                     "examples": interval_examples,
+                    # Their training time: the resumed interval's examples per second cover them too.
+                    "seconds": time.time() - interval_start,
                 }
             store.save(step, state, meta)
         raise Interrupted(
@@ -1635,6 +1637,8 @@ def _run(
                             }
                             acc["last_loss"] = acc["last_loss"] + np.float32(unlogged["last_loss"])
                             interval_examples = int(unlogged["examples"])
+                            # (absent in checkpoints saved before it was kept: 0 s)
+                            interval_start = time.time() - float(unlogged.get("seconds", 0.0))
                             unlogged = None
                     state, acc = eng.train_step(state, batch, acc)
                     step, index = step + 1, index + 1

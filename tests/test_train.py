@@ -892,10 +892,10 @@ def test_keeping_the_remainder_trains_a_last_short_batch(tmp_path):
     assert ef.classification_task(ef.base_config(), train).steps_per_epoch == 5  # the default drops
 
 
-def test_examples_per_second_count_a_short_last_batch_by_its_real_rows(tmp_path, monkeypatch):
-    """With `drop_remainder=False` the short last batch is padded with weight-0 rows: the logged
-    `examples_per_s` counts its real examples (43 an epoch here), not the padded batch's 48."""
-    clock = [1000.0]  # seconds, advanced by 1 at every training step
+def _tick_a_second_per_step(monkeypatch) -> list[float]:
+    """Makes the engine's clock (`train.time.time`) advance by exactly 1 s at every training step, and
+    at nothing else; returns the clock, `[seconds]`, which the test may advance itself."""
+    clock = [1000.0]
     fake_time = dataclasses.make_dataclass("FakeTime", ["time", "strftime"])(
         lambda: clock[0], time.strftime
     )
@@ -913,6 +913,13 @@ def test_examples_per_second_count_a_short_last_batch_by_its_real_rows(tmp_path,
         self.train_step = ticking
 
     monkeypatch.setattr(train_mod._Engine, "compile_train_step", compile_ticking)
+    return clock
+
+
+def test_examples_per_second_count_a_short_last_batch_by_its_real_rows(tmp_path, monkeypatch):
+    """With `drop_remainder=False` the short last batch is padded with weight-0 rows: the logged
+    `examples_per_s` counts its real examples (43 an epoch here), not the padded batch's 48."""
+    _tick_a_second_per_step(monkeypatch)
     config = ef.base_config(num_epochs=1, drop_remainder=False, log_every_steps=6)
     task = ef.classification_task(config, train=ef.classification_data(43))
     assert task.steps_per_epoch == 6
@@ -920,6 +927,40 @@ def test_examples_per_second_count_a_short_last_batch_by_its_real_rows(tmp_path,
     (record,) = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
     assert record["step"] == 6 and record["count"] == 43
     assert record["examples_per_s"] == pytest.approx(43 / 6)
+
+
+def test_examples_per_second_after_a_signal_cover_the_steps_before_it(tmp_path, monkeypatch):
+    """A signal between two logged steps saves their sums and examples for the resumed run's next
+    record; its `examples_per_s` divides them by their own training time as well, as the uninterrupted
+    run does (it divided them by the resumed steps' time alone: 10x too many here)."""
+    clock = _tick_a_second_per_step(monkeypatch)
+    config = ef.base_config(num_steps=10, log_every_steps=10)  # one record, at step 10
+    data = ef.classification_data(80)  # 10 steps an epoch
+
+    def run(workdir, signal_at=None):
+        task = ef.classification_task(config, train=data)
+        if signal_at is not None:
+            inner = task.train_batches
+
+            def train_batches(epoch, start):
+                for n, b in enumerate(inner(epoch, start), start=start):
+                    if n == signal_at:
+                        signal.raise_signal(signal.SIGINT)  # handled before the batch's step
+                    yield b
+
+            task.train_batches = train_batches
+        train_and_evaluate(config, str(workdir), task)
+        return [
+            r["examples_per_s"]
+            for r in read_jsonl(str(workdir / "metrics.jsonl"))
+            if r["kind"] == "train"
+        ]
+
+    assert run(tmp_path / "a") == [8.0]  # 80 examples in 10 s
+    with pytest.raises(Interrupted, match="at step 9 of 10"):
+        run(tmp_path / "b", signal_at=8)
+    clock[0] += 500.0  # the time before the same command is run again is no training time
+    assert run(tmp_path / "b") == [8.0]
 
 
 def test_a_run_saved_before_a_field_resumes_only_with_its_default(tmp_path):
