@@ -3,9 +3,12 @@ process (once with the constant changed, once as shipped) and timed interleaved.
 
     python -m benchmarks.ab_rule --shape C --set NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1
     python -m benchmarks.ab_rule --shape C --set NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION=0
+    python -m benchmarks.ab_rule --shape D --xla xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE
 
 The rules are read when a step is traced, so the changed build is traced (its first step run) with the
-constant changed and the shipped one after it is restored. Each round times `--steps` steps of one build,
+constant changed and the shipped one after it is restored. `--xla NAME=VALUE` compares an XLA compiler
+option instead, given to the changed build's step alone (`jax.jit(..., compiler_options=...)`); the
+example above is XLA's default less YNNPACK's dots (Eigen's then). Each round times `--steps` steps of one build,
 then of the other; prints the median ms per step of each build over `--rounds` rounds, and both builds'
 losses (the same model and batch: equal up to float summation order for a while, then apart as training
 on one batch amplifies rounding).
@@ -28,20 +31,34 @@ RULES = (
 )
 
 
-def compare(shape_name: str, name: str, value: float, rounds: int, steps: int) -> dict:
-    """Median ms per step of the step built with `core.<name> = value` and as shipped."""
+def compare(
+    shape_name: str,
+    name: str,
+    value: float | str,
+    rounds: int,
+    steps: int,
+    xla: bool = False,
+) -> dict:
+    """Median ms per step of the step built with `core.<name> = value` (or with the XLA compiler option
+    `name=value` when `xla`) and as shipped."""
     from benchmarks.peers import lstm_jax_peer
     from benchmarks.shapes import get_shape
     from lstm_jax import core
 
     shape = get_shape(shape_name)
-    shipped = getattr(core, name)
-    setattr(core, name, type(shipped)(value))
-    try:
-        changed = lstm_jax_peer.Bench(shape)
-        changed.step()  # traced with the changed rule
-    finally:
-        setattr(core, name, shipped)
+    if xla:
+        changed = lstm_jax_peer.Bench(shape, compiler_options={name: value})
+        changed.step()
+        rule = f"XLA option {name}={value}"
+    else:
+        shipped = getattr(core, name)
+        setattr(core, name, type(shipped)(value))
+        try:
+            changed = lstm_jax_peer.Bench(shape)
+            changed.step()  # traced with the changed rule
+        finally:
+            setattr(core, name, shipped)
+        rule = f"{name}={value:g} (shipped: {shipped:g})"
     as_shipped = lstm_jax_peer.Bench(shape)
     as_shipped.step()
     times: dict[str, list[float]] = {"changed": [], "shipped": []}
@@ -53,7 +70,7 @@ def compare(shape_name: str, name: str, value: float, rounds: int, steps: int) -
             times[key].append((time.perf_counter() - t0) / steps)
     return {
         "shape": shape_name,
-        "rule": f"{name}={value:g} (shipped: {shipped:g})",
+        "rule": rule,
         "changed_ms": statistics.median(times["changed"]) * 1e3,
         "shipped_ms": statistics.median(times["shipped"]) * 1e3,
         "changed_loss": float(changed.loss),
@@ -64,18 +81,30 @@ def compare(shape_name: str, name: str, value: float, rounds: int, steps: int) -
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="C", help="A-D (or tiny)")
-    p.add_argument("--set", required=True, help=f"NAME=VALUE, NAME one of {', '.join(RULES)}")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--set", help=f"NAME=VALUE, NAME one of {', '.join(RULES)}")
+    which.add_argument(
+        "--xla", help="NAME=VALUE, an XLA compiler option (a DebugOptions field) for one build"
+    )
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=5, help="steps per build per round")
     args = p.parse_args(argv)
-    name, sep, value = args.set.partition("=")
-    if not sep or name not in RULES:
-        p.error(f"--set must be NAME=VALUE with NAME one of {', '.join(RULES)}; got {args.set!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        p.error(f"--set {name}: {value!r} is not a number")
-    r = compare(args.shape, name, number, args.rounds, args.steps)
+    if args.xla is not None:
+        name, sep, value = args.xla.partition("=")
+        if not sep or not name:
+            p.error(f"--xla must be NAME=VALUE; got {args.xla!r}")
+        r = compare(args.shape, name, value, args.rounds, args.steps, xla=True)
+    else:
+        name, sep, value = args.set.partition("=")
+        if not sep or name not in RULES:
+            p.error(
+                f"--set must be NAME=VALUE with NAME one of {', '.join(RULES)}; got {args.set!r}"
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            p.error(f"--set {name}: {value!r} is not a number")
+        r = compare(args.shape, name, number, args.rounds, args.steps)
     print(
         f"shape {r['shape']}, {r['rule']}: changed {r['changed_ms']:.2f} ms, shipped "
         f"{r['shipped_ms']:.2f} ms per step (median of {args.rounds} interleaved rounds); losses "

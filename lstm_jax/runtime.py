@@ -26,6 +26,14 @@ with the tuning alone changed). ``LSTM_JAX_TUNE_MALLOC=0`` keeps glibc's default
 the setting everywhere. It does nothing on systems without glibc (macOS, Windows, musl); threads that already
 have their own arena keep it, so the setting works best before the first JAX computation.
 
+`jit_choosing_cpu_dots(fn, ...)` is `jax.jit(fn, ...)` that, on the CPU backend, compiles a program whose
+largest matmul has at least `EIGEN_DOTS_MIN_GFLOP` GFLOP with Eigen's dots instead of YNNPACK's (XLA's
+default for row-major dots): measured on the Zen 4 benchmark host, Eigen ran large dots 7-48% faster
+(`[10000, 300] @ [300, 796]` 21.9 against 27.3 ms, `[32000, 300] @ [300, 796]` 100 against 149 ms) and B's
+small-dot step 1.7% slower without YNNPACK (benchmarks/README.md, 2026-12-06). The engine's train and
+eval steps and the benchmark's step use it. Only the library computing each product changes (float
+summation order, not the mathematics).
+
 `enable_compilation_cache()` (called by the experiment binaries, not on import) turns on JAX's persistent
 compilation cache, so a second run of the same shapes (another seed, a resumed run, an ensemble's members)
 loads its executables from disk instead of compiling them again: `imdb_best` compiles a train step for each
@@ -36,9 +44,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from lstm_jax.errors import UserError
 
@@ -54,6 +65,9 @@ __all__ = [
     "usable_cores",
     "cpu_devices_flags",
     "set_cpu_devices",
+    "EIGEN_DOTS_MIN_GFLOP",
+    "largest_dot_gflop",
+    "jit_choosing_cpu_dots",
 ]
 
 # The setting: (glibc tunable name, <malloc.h> mallopt parameter, value).
@@ -310,3 +324,61 @@ def set_cpu_devices(spec: str) -> int:
         )
     os.environ["XLA_FLAGS"] = cpu_devices_flags(count, os.environ.get("XLA_FLAGS", ""))
     return count
+
+
+# A program whose largest matmul has at least this many GFLOP is compiled with Eigen's dots, not YNNPACK's.
+EIGEN_DOTS_MIN_GFLOP = 1.0
+# XLA:CPU's default library fusions less YNNPACK's dots (`LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`).
+_EIGEN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+_DOT = re.compile(
+    r"stablehlo\.dot_general .*?contracting_dims = \[([\d, ]*)\] x \[[\d, ]*\].*?"
+    r": \(tensor<([^>]*)>, tensor<[^>]*>\) -> tensor<([^>]*)>"
+)
+
+
+def _dims(tensor_type: str) -> list[int]:
+    """``"2000x300xf32"`` -> ``[2000, 300]``."""
+    return [int(d) for d in tensor_type.split("x")[:-1]]
+
+
+def largest_dot_gflop(stablehlo: str) -> float:
+    """The largest `dot_general` of a lowered program's StableHLO text (`jax.jit(f).lower(...).as_text()`),
+    in GFLOP (2 x output elements x contracted size), scan and custom-VJP bodies included; 0 without one."""
+    largest = 0
+    for m in _DOT.finditer(stablehlo):
+        contracting, lhs, out = m.groups()
+        try:
+            k = math.prod(_dims(lhs)[int(d)] for d in contracting.split(",") if d.strip())
+            largest = max(largest, 2 * math.prod(_dims(out)) * k)
+        except (ValueError, IndexError):  # a dynamic dimension ("?"): not a size to count
+            continue
+    return largest / 1e9
+
+
+def jit_choosing_cpu_dots(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+    """`jax.jit(fn, **jit_kwargs)`, whose program is compiled with Eigen's dots instead of YNNPACK's when
+    it runs on the CPU backend and its largest matmul has at least `EIGEN_DOTS_MIN_GFLOP` GFLOP (see the
+    module docstring). The choice is made once, from the program of the first call (traced an extra time
+    then); later calls with other shapes keep it. Elsewhere it is `jax.jit(fn, **jit_kwargs)` itself."""
+    import jax
+
+    plain = jax.jit(fn, **jit_kwargs)
+    if jax.default_backend() != "cpu":
+        return plain
+    chosen: list[Any] = []
+
+    def choose(args: tuple, kwargs: dict) -> Any:
+        if not chosen:
+            gflop = largest_dot_gflop(plain.lower(*args, **kwargs).as_text())
+            big = gflop >= EIGEN_DOTS_MIN_GFLOP
+            chosen.append(jax.jit(fn, compiler_options=_EIGEN_DOTS, **jit_kwargs) if big else plain)
+        return chosen[0]
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return (chosen[0] if chosen else choose(args, kwargs))(*args, **kwargs)
+
+    def lower(*args: Any, **kwargs: Any) -> Any:
+        return choose(args, kwargs).lower(*args, **kwargs)
+
+    call.lower = lower  # type: ignore[attr-defined]
+    return call

@@ -68,7 +68,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lstm_jax import config_utils, core, metrics, optim
+from lstm_jax import config_utils, core, metrics, optim, runtime
 from lstm_jax.checkpoint import CheckpointStore, restore_params, save_artefacts
 from lstm_jax.errors import Interrupted, UserError, root_reason
 from lstm_jax.logging_utils import (
@@ -678,11 +678,11 @@ class _Engine:
 
         self._train_step_fn = train_step
         self.train_step = None  # compiled lazily with the state's shardings
-        self.eval_step = jax.jit(eval_step)
+        self.eval_step = runtime.jit_choosing_cpu_dots(eval_step)
 
     def compile_train_step(self, state: Any) -> None:
         shardings = self.state_shardings(state)
-        self.train_step = jax.jit(
+        self.train_step = runtime.jit_choosing_cpu_dots(
             self._train_step_fn,
             out_shardings=(shardings, self.replicated),
             donate_argnums=(0, 2),

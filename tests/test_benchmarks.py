@@ -540,6 +540,27 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
         [*cmd, "--set", "NO_SUCH_RULE=1"], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "--set must be NAME=VALUE" in bad.stderr
+    # An XLA compiler option for the changed build alone: given to its step's compilation (a value
+    # XLA rejects fails there), and the report names it.
+    option = "xla_cpu_experimental_ynn_fusion_type"
+    proc = subprocess.run(
+        [*cmd, "--steps", "1", "--xla", f"{option}=LIBRARY_FUSION_TYPE_REDUCE"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"shape tiny, XLA option {option}=LIBRARY_FUSION_TYPE_REDUCE: changed ")
+    bad = subprocess.run(
+        [*cmd, "--steps", "1", "--xla", f"{option}=NO_SUCH_TYPE"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "not a valid enum value" in bad.stderr
 
 
 def test_a_shape_whose_every_peer_is_missing_still_reports(tmp_path, capsys):

@@ -311,3 +311,59 @@ def test_cpu_devices_flag_splits_the_cpu_before_jax_starts():
         .splitlines()[-1]
         .startswith("error: --cpu_devices=0 is not a device count; pass a positive integer")
     )
+
+
+def test_largest_dot_gflop_reads_every_dot_of_a_lowered_program():
+    """Plain, batched and scan-body dots, and their gradients: 2 x output elements x contracted size."""
+    import jax
+    import jax.numpy as jnp
+
+    def f(a, b, c):
+        def body(h, x):
+            return jnp.tanh(h @ b[:4, :4] + x), h
+
+        h, _ = jax.lax.scan(body, jnp.zeros((3, 4)), jnp.ones((5, 3, 4)))
+        return (a @ b).sum() + jnp.einsum("bij,bjk->bik", c, c).sum() + h.sum()
+
+    args = jnp.ones((20, 30)), jnp.ones((30, 40)), jnp.ones((2, 7, 7))
+    text = jax.jit(f).lower(*args).as_text()
+    assert runtime.largest_dot_gflop(text) == 2 * 20 * 40 * 30 / 1e9
+    grads = jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(*args).as_text()
+    assert runtime.largest_dot_gflop(grads) == 2 * 20 * 40 * 30 / 1e9  # [20, 40] x [40, 30] etc.
+    only_batched = jax.jit(lambda c: jnp.einsum("bij,bjk->bik", c, c)).lower(jnp.ones((2, 7, 7)))
+    assert runtime.largest_dot_gflop(only_batched.as_text()) == 2 * 2 * 7 * 7 * 7 / 1e9
+    assert runtime.largest_dot_gflop(jax.jit(jnp.tanh).lower(jnp.ones(3)).as_text()) == 0
+
+
+def test_large_dots_compile_with_eigen_and_give_the_plain_jits_values(monkeypatch):
+    """A program whose largest matmul reaches the threshold runs its dots in Eigen (no YNNPACK dot
+    fusion left in the compiled program), one under it as plain `jax.jit`; values equal to plain jit's
+    within float summation order, and donation still applies."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jax.random.normal(jax.random.key(0), (256, 128))
+    b = jax.random.normal(jax.random.key(1), (128, 256))
+    gflop = 2 * 256 * 128 * 256 / 1e9
+
+    def f(a, b):
+        return jnp.tanh(a @ b) @ b.T
+
+    def ynn_dots(fn):
+        return fn.lower(a, b).compile().as_text().count('"__ynn_fusion"')
+
+    plain = jax.jit(f)
+    assert ynn_dots(plain) > 0  # XLA's default on this CPU: YNNPACK's dots
+    monkeypatch.setattr(runtime, "EIGEN_DOTS_MIN_GFLOP", gflop)
+    big = runtime.jit_choosing_cpu_dots(f)
+    np.testing.assert_allclose(big(a, b), plain(a, b), rtol=1e-5, atol=1e-5)
+    assert ynn_dots(big) == 0
+    monkeypatch.setattr(runtime, "EIGEN_DOTS_MIN_GFLOP", gflop * 1.01)
+    small = runtime.jit_choosing_cpu_dots(f)
+    assert ynn_dots(small) == ynn_dots(plain)
+    np.testing.assert_array_equal(small(a, b), plain(a, b))
+    donated = runtime.jit_choosing_cpu_dots(lambda x: x * 2.0, donate_argnums=0)
+    x = jnp.ones(4)
+    donated(x)
+    assert x.is_deleted()

@@ -7,7 +7,6 @@ The `lstm_jax_dp` peer is the same model and step run data-parallel over one XLA
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
@@ -114,22 +113,31 @@ def _data_parallel(loss_and_grads, mesh: jax.sharding.Mesh):
     return data_parallel
 
 
-def _train_step(loss_and_grads, tx: optax.GradientTransformation):
+def _train_step(
+    loss_and_grads, tx: optax.GradientTransformation, compiler_options: dict | None = None
+):
     """One jitted, donated step: loss and gradients, then the optimizer update (replicated when
-    `loss_and_grads` is data-parallel)."""
+    `loss_and_grads` is data-parallel), jitted as the engine's (`runtime.jit_choosing_cpu_dots`).
+    `compiler_options`: XLA options for this step's compilation instead (`benchmarks.ab_rule --xla`)."""
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params, opt_state, x, y):
         value, grads = loss_and_grads(params, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    return train_step
+    if compiler_options is not None:
+        return jax.jit(train_step, donate_argnums=(0, 1), compiler_options=compiler_options)
+    return runtime.jit_choosing_cpu_dots(train_step, donate_argnums=(0, 1))
 
 
 class Bench:
     def __init__(
-        self, shape: Shape, seed: int = 0, impl: str = "auto", data_parallel: bool = False
+        self,
+        shape: Shape,
+        seed: int = 0,
+        impl: str = "auto",
+        data_parallel: bool = False,
+        compiler_options: dict | None = None,
     ):
         self.shape = shape
         model = Model(shape, rngs=nnx.Rngs(seed), impl=impl)
@@ -152,7 +160,7 @@ class Bench:
             self.params = jax.device_put(self.params, replicated)
             self.opt_state = jax.device_put(self.opt_state, replicated)
             self.x, self.y = jax.device_put(self.x, batch), jax.device_put(self.y, batch)
-        self._train_step = _train_step(loss_and_grads, tx)
+        self._train_step = _train_step(loss_and_grads, tx, compiler_options)
         self.loss = None
 
     def step(self) -> None:
