@@ -519,14 +519,14 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "benchmarks.ab_rule", "--shape", "tiny", "--rounds", "1"]
-    proc = subprocess.run(
-        [*cmd, "--steps", "1", "--set", "NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def ab_rule(*args):
+        cmd = [sys.executable, "-m", "benchmarks.ab_rule", "--shape", "tiny", "--rounds", "1"]
+        return subprocess.run(
+            [*cmd, "--steps", "1", *args], cwd=root, capture_output=True, text=True, timeout=300
+        )
+
+    proc = ab_rule("--set", "NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith(
@@ -536,30 +536,16 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
         float(x.split(" ms")[0]) for x in line.split("changed ")[1].split("shipped ")
     )
     assert changed > 0 and shipped > 0
-    bad = subprocess.run(
-        [*cmd, "--set", "NO_SUCH_RULE=1"], cwd=root, capture_output=True, text=True, timeout=120
-    )
+    bad = ab_rule("--set", "NO_SUCH_RULE=1")
     assert bad.returncode == 2 and "--set must be NAME=VALUE" in bad.stderr
     # An XLA compiler option for the changed build alone: given to its step's compilation (a value
     # XLA rejects fails there), and the report names it.
     option = "xla_cpu_experimental_ynn_fusion_type"
-    proc = subprocess.run(
-        [*cmd, "--steps", "1", "--xla", f"{option}=LIBRARY_FUSION_TYPE_REDUCE"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = ab_rule("--xla", f"{option}=LIBRARY_FUSION_TYPE_REDUCE")
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith(f"shape tiny, XLA option {option}=LIBRARY_FUSION_TYPE_REDUCE: changed ")
-    bad = subprocess.run(
-        [*cmd, "--steps", "1", "--xla", f"{option}=NO_SUCH_TYPE"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = ab_rule("--xla", f"{option}=NO_SUCH_TYPE")
     assert bad.returncode != 0 and "not a valid enum value" in bad.stderr
 
 
