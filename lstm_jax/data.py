@@ -483,13 +483,19 @@ def _find_imdb_csv(folder: Path, split: str) -> Path | None:
     return None
 
 
+def _imdb_files(p: Path) -> Path | tuple[Path, Path] | None:
+    """The IMDB data in folder `p`: the root of an aclImdb tree (`p` or `p/aclImdb`), else its train and
+    test CSVs, else None."""
+    for root in (p, p / "aclImdb"):
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return root
+    train, test = _find_imdb_csv(p, "train"), _find_imdb_csv(p, "test")
+    return None if train is None or test is None else (train, test)
+
+
 def _holds_imdb(p: Path) -> bool:
-    """Whether folder `p` holds IMDB data `_load_imdb_local` reads (an aclImdb tree or both CSVs)."""
-    if not p.is_dir():
-        return False
-    if any((r / "train").is_dir() and (r / "test").is_dir() for r in (p, p / "aclImdb")):
-        return True
-    return _find_imdb_csv(p, "train") is not None and _find_imdb_csv(p, "test") is not None
+    """Whether `p` is a folder holding IMDB data `_load_imdb_local` reads (an aclImdb tree or both CSVs)."""
+    return p.is_dir() and _imdb_files(p) is not None
 
 
 def _load_imdb_local(p: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:
@@ -498,15 +504,15 @@ def _load_imdb_local(p: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[st
             f"{p}: is a file; point to an aclImdb/ folder or a folder with imdb_train.csv(.gz) "
             "and imdb_test.csv(.gz)"
         )
-    for root in (p, p / "aclImdb"):
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            return _load_acl_imdb(root)
-    train, test = _find_imdb_csv(p, "train"), _find_imdb_csv(p, "test")
-    if train is None or test is None:
+    found = _imdb_files(p)
+    if isinstance(found, Path):
+        return _load_acl_imdb(found)
+    if found is None:
         raise UserError(
             f"{p}: no IMDB data found; point to an aclImdb/ folder (train/pos, train/neg, "
             "test/pos, test/neg) or a folder with imdb_train.csv(.gz) and imdb_test.csv(.gz)"
         )
+    train, test = found
     (tr, s1), (te, s2) = _load_imdb_csv(train), _load_imdb_csv(test)
     return {"train": tr, "test": te}, {"source": str(p), "skipped_empty": s1 + s2}
 
