@@ -562,6 +562,11 @@ def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary)
         )
 
 
+def _skipped_sample(text: str) -> dict[str, Any]:
+    """The sample record of a seed text with no word of the vocabulary (results.json, `_print_samples`)."""
+    return {"seed_text": text, "generated": None, "skipped": "no word of the vocabulary"}
+
+
 def _sample_results(
     model: LanguageModel, vocab: Vocabulary, config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
@@ -570,9 +575,7 @@ def _sample_results(
     unusable = _unusable_seed_texts(config, vocab)
     for text in g.seed_texts:
         if text in unusable:
-            out.append(
-                {"seed_text": text, "generated": None, "skipped": "no word of the vocabulary"}
-            )
+            out.append(_skipped_sample(text))
             continue
         words, _ = generate_words(
             model,
@@ -674,10 +677,8 @@ def generate_samples(
                     " training texts>",
                     file=sys.stderr,
                 )
-                print(f"{t} -> (skipped: no word of the vocabulary)", flush=True)
-                out.append(
-                    {"seed_text": t, "generated": None, "skipped": "no word of the vocabulary"}
-                )
+                out.append(_skipped_sample(t))
+                _print_samples({"texts": out[-1:]})
             else:
                 out.append(one(t))
         return out
