@@ -375,7 +375,7 @@ def jit_choosing_cpu_dots(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable
         return chosen[0]
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return (chosen[0] if chosen else choose(args, kwargs))(*args, **kwargs)
+        return choose(args, kwargs)(*args, **kwargs)
 
     def lower(*args: Any, **kwargs: Any) -> Any:
         return choose(args, kwargs).lower(*args, **kwargs)

@@ -1684,16 +1684,16 @@ def _run(
             restored_best = False
             best_unreadable: dict[str, Any] | None = None
             best_step = es.get("best_step")
-            if (
-                es_cfg.enabled
-                and es_cfg.restore_best_weights
-                and best_step is not None
-                and best_step != step
-            ):
+            best_is_earlier = best_step is not None and best_step != step
+
+            def read_best_params() -> Any:
                 # Only the parameters: the optimizer state's layout may differ (clipping switched on resume).
                 target = _with_shardings(abstract, eng.state_shardings(abstract))["params"]
+                return store.restore_params(best_step, target)
+
+            if es_cfg.enabled and es_cfg.restore_best_weights and best_is_earlier:
                 try:
-                    best_params = store.restore_params(best_step, target)
+                    best_params = read_best_params()
                 except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
                     moved = store.quarantine(best_step)
                     best_unreadable = {
@@ -1773,14 +1773,12 @@ def _run(
                 extra_model = final_model
                 if (
                     task.extra_results_on_best
-                    and best_step is not None
-                    and best_step != step
+                    and best_is_earlier
                     and not restored_best
                     and best_unreadable is None
                 ):
                     try:
-                        target = _with_shardings(abstract, eng.state_shardings(abstract))["params"]
-                        extra_model = eng.merge(store.restore_params(best_step, target))
+                        extra_model = eng.merge(read_best_params())
                         logging.info(
                             "samples from the best checkpoint (step %d), the one --mode=generate"
                             " loads",
