@@ -844,3 +844,37 @@ def test_a_repeated_peer_or_shape_runs_once(tmp_path, monkeypatch):
     argv = ["--shapes", "tiny,tiny", "--peers", "lstm_jax, lstm_jax", "--rounds", "1"]
     assert run.main([*argv, "--out", str(tmp_path / "r.json")]) == 0
     assert started == [("lstm_jax", "tiny")]
+
+
+def test_peak_rss_measures_fresh_processes_of_both_builds():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    option = "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
+    cmd = [sys.executable, "-m", "benchmarks.peak_rss", "--shape", "tiny", "--processes", "1"]
+    proc = subprocess.run(
+        [*cmd, "--steps", "2", "--xla", option],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "shape tiny: peak RSS MB per process (after build / first step / step 2)"
+    assert [x.split(":")[0].strip() for x in lines[1:]] == ["shipped", f"--xla {option}"]
+    for line in lines[1:]:
+        build, first, last = (float(v) for v in line.split(": ")[1].split(";")[0].split("/"))
+        assert 0 < build <= first <= last  # a peak never falls
+    # A value XLA rejects fails in the child: one line naming the build, non-zero exit.
+    bad = subprocess.run(
+        [*cmd, "--xla", "xla_cpu_experimental_ynn_fusion_type=NO_SUCH_TYPE"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 1 and "peak_rss: --xla xla_cpu" in bad.stderr
+    assert "not a valid enum value" in bad.stderr
+    usage = subprocess.run([*cmd, "--xla", "novalue"], cwd=root, capture_output=True, text=True)
+    assert usage.returncode == 2 and "--xla takes NAME=VALUE" in usage.stderr
