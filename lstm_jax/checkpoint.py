@@ -163,7 +163,8 @@ class CheckpointStore:
 
         A checkpoint that fails to restore (truncated or corrupted files) is reported with a warning and
         moved to ``<workdir>/corrupt_checkpoints/`` (kept for inspection, out of the manager's way), and the
-        previous one is tried. A checkpoint whose arrays (read from its metadata, never guessed from a
+        previous one is tried; one whose files this user may not read is an OSError (EACCES) naming them,
+        and nothing is moved. A checkpoint whose arrays (read from its metadata, never guessed from a
         config file) match `alternate` instead of `abstract_state` is restored as `alternate` (the engine
         passes the other gradient-clipping layout of the optimizer state); any other mismatch is a
         `UserError` that moves nothing. Returns `(step, state, meta, is_alternate)`, or None when there is
@@ -197,6 +198,9 @@ class CheckpointStore:
             try:
                 state, meta = self.restore(step, alternate if is_alternate else abstract_state)
             except Exception as e:  # noqa: BLE001 (any read/decode failure means "unusable")
+                refused = not_permitted(e, os.path.join(self.directory, str(step)))
+                if refused is not None:  # readable by someone else: not damaged, nothing is moved
+                    raise refused from e
                 moved = self.quarantine(step)
                 logging.warning(
                     "checkpoint at step %d in %s could not be restored (%s); moved it to %s and"
@@ -233,6 +237,22 @@ class CheckpointStore:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def not_permitted(e: BaseException, path: str) -> OSError | None:
+    """`e` as a PermissionError (EACCES) naming the file it was refused (else `path`) when it, or an
+    exception it was raised from, is a refused read: Python's PermissionError, or TensorStore's
+    ValueError("PERMISSION_DENIED: ..."); None for any other failure (damaged files, say)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM):
+            return PermissionError(cause.errno, os.strerror(cause.errno), cause.filename or path)
+        if "PERMISSION_DENIED" in str(cause):
+            return PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _unreadable_metrics(directory: str) -> list[tuple[str, str]]:

@@ -69,7 +69,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lstm_jax import config_utils, core, metrics, optim, runtime
-from lstm_jax.checkpoint import CheckpointStore, restore_params, save_artefacts
+from lstm_jax.checkpoint import CheckpointStore, not_permitted, restore_params, save_artefacts
 from lstm_jax.errors import Interrupted, UserError, root_reason
 from lstm_jax.logging_utils import (
     ORPHANED_FILE,
@@ -929,6 +929,9 @@ def restore_model(
     try:  # onto the first local device (the leaves carry no sharding)
         restored = restore_params(os.path.join(directory, str(step)), abstract)
     except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
+        refused = not_permitted(e, os.path.join(directory, str(step)))
+        if refused is not None:  # the CLI names the file and says to check its permissions
+            raise refused from None
         # Read-only modes leave the workdir as it is: the user decides what to do with the files.
         raise UserError(
             f"the {which} checkpoint (step {step}) in {directory} cannot be read ({root_reason(e)});"

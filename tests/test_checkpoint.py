@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -254,6 +255,60 @@ def test_switching_clipping_on_resume_keeps_the_best_checkpoint(tmp_path):
     assert not (tmp_path / "corrupt_checkpoints").exists()
     _, used = restore_model(config, str(tmp_path), ef.build_model, which="best")
     assert used == 2
+
+
+# What a read of another user's checkpoint files (in step directory `d`) raises: epath's (the JSON items)
+# and TensorStore's.
+_REFUSALS = {
+    "json item": lambda d: PermissionError(13, "Permission denied", f"{d}/meta/metadata"),
+    "arrays": lambda d: ValueError(
+        'PERMISSION_DENIED: Error opening "zarr" driver: Error reading "carry.0/.zarray" in OCDBT'
+        f' database at local file "{d}/state/": Error reading local file'
+        f' "{d}/state/manifest.ocdbt": Failed to open: [OS error: Permission denied]'
+    ),
+}
+
+
+@pytest.mark.parametrize("refused", sorted(_REFUSALS))
+def test_a_checkpoint_this_user_may_not_read_is_a_permission_error_that_moves_nothing(
+    tmp_path, monkeypatch, refused
+):
+    """Checkpoints another user wrote (files 0600 in a shared folder) are not damaged: each used to be
+    moved to corrupt_checkpoints/ in turn (and the run then refused as having none readable), and eval
+    called them damaged and advised moving them. Now: the PermissionError the CLI words (naming the path,
+    "check the permissions"), and every checkpoint stays where it is."""
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(1, _state(1.0), {"step": 1})
+    store.save(2, _state(2.0), {"step": 2})
+
+    def refuse(*args, **kwargs):
+        raise _REFUSALS[refused](os.path.join(store.directory, "2"))
+
+    monkeypatch.setattr(store._manager, "restore", refuse)
+    with pytest.raises(PermissionError) as info:
+        store.restore_latest(jax.eval_shape(_state))
+    store.close()
+    assert info.value.errno == errno.EACCES
+    assert info.value.filename.startswith(os.path.join(store.directory, "2"))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+
+
+@pytest.mark.parametrize("refused", sorted(_REFUSALS))
+def test_eval_of_a_checkpoint_this_user_may_not_read_says_so_not_damaged(
+    tmp_path, monkeypatch, refused
+):
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    step_dir = str(tmp_path / "checkpoints" / "5")
+
+    def refuse(*args, **kwargs):
+        raise _REFUSALS[refused](step_dir)
+
+    monkeypatch.setattr("lstm_jax.train.restore_params", refuse)
+    with pytest.raises(PermissionError) as info:
+        restore_model(config, str(tmp_path), ef.build_model, which="latest")
+    assert info.value.errno == errno.EACCES and info.value.filename.startswith(step_dir)
 
 
 def test_a_full_disk_during_a_save_is_an_os_error_the_cli_words(tmp_path, monkeypatch):
