@@ -258,7 +258,8 @@ def not_permitted(e: BaseException, path: str) -> OSError | None:
 def _unreadable_metrics(directory: str) -> list[tuple[str, str]]:
     """`(path, reason)` of each ``<step>/metrics/metrics`` file under `directory` that is not a JSON
     object (Orbax reads them all when its manager starts, and a damaged one stops it with a bare
-    JSONDecodeError, or later with an AttributeError)."""
+    JSONDecodeError, or later with an AttributeError); one this user may not read raises its
+    PermissionError."""
     bad = []
     names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     for name in names:
@@ -268,6 +269,8 @@ def _unreadable_metrics(directory: str) -> list[tuple[str, str]]:
         try:
             with open(path, encoding="utf-8") as f:
                 value = json.load(f)
+        except PermissionError:  # another user's file, not a damaged one: the CLI names it
+            raise
         except (OSError, ValueError) as e:
             bad.append((path, root_reason(e)))
             continue

@@ -362,6 +362,33 @@ def test_a_damaged_checkpoint_metrics_file_is_one_error_naming_it(tmp_path, cont
     store.close()
 
 
+def test_a_metrics_file_this_user_may_not_read_is_a_permission_error_not_damage(
+    tmp_path, monkeypatch
+):
+    """Another user's checkpoint (files 0600): its metrics file was called damaged, with the advice to
+    move the checkpoint aside. Now: the PermissionError naming the file (the CLI says to check the
+    permissions of that path)."""
+    import builtins
+
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(1, _state(), {"step": 1}, improvement=1)
+    store.close()
+    metrics = str(tmp_path / "checkpoints" / "1" / "metrics" / "metrics")
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if os.fspath(file) == metrics:
+            raise PermissionError(errno.EACCES, "Permission denied", metrics)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(PermissionError) as info:
+        CheckpointStore(str(tmp_path), keep=3)
+    monkeypatch.undo()
+    assert info.value.errno == errno.EACCES and info.value.filename == metrics
+    assert os.listdir(tmp_path / "checkpoints") == ["1"]
+
+
 def _damage_arrays(step_dir) -> None:
     """Overwrites a checkpoint's array data (the `d/` files of its OCDBT store) with junk."""
     for root, _, files in os.walk(step_dir / "state"):
