@@ -28,6 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from lstm_jax.errors import UserError, root_reason
@@ -282,7 +283,18 @@ def _unreadable_metrics(directory: str) -> list[tuple[str, str]]:
 def restore_params(step_directory: str, abstract_params: Any) -> Any:
     """The ``params`` subtree of the checkpoint in `step_directory` (``<workdir>/checkpoints/<step>``) as
     arrays shaped like `abstract_params` (ShapeDtypeStructs; each leaf's sharding is used when it has
-    one, else the first local device); a partial restore, so the optimizer state is never read."""
+    one, else the first local device); a partial restore, so the optimizer state is never read.
+
+    A `UserError` names the first difference when the checkpoint's parameters (read from its metadata)
+    are not those of `abstract_params` (another model's: the partial restore would drop the parameters
+    `abstract_params` lacks without a word, and call other shapes unreadable)."""
+    difference = _params_difference(os.path.join(step_directory, "state"), abstract_params)
+    if difference is not None:
+        raise UserError(
+            f"the checkpoint in {step_directory} holds the parameters of another model than this"
+            f" config builds (first difference: {difference}); pass the config the run was trained"
+            " with"
+        )
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = ocp.PyTreeCheckpointer().restore(
         os.path.join(step_directory, "state"),
@@ -300,6 +312,29 @@ def restore_params(step_directory: str, abstract_params: Any) -> Any:
         ),
     )
     return restored["params"]
+
+
+def _params_difference(state_directory: str, abstract_params: Any) -> str | None:
+    """The first parameter where the checkpoint state in `state_directory` (its metadata) and
+    `abstract_params` differ, as "<path>: <on disk> on disk, <here> here"; None when they agree, or when
+    the metadata cannot be read (damaged files: the restore then says what is wrong)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        on_disk = handler.metadata(epath.Path(state_directory))
+        have = {
+            p: f"{list(s)} {d}"
+            for p, s, d in _arrays(getattr(on_disk, "tree", on_disk))
+            if p.startswith("params/")
+        }
+    except Exception:  # noqa: BLE001 (unreadable metadata: left to the restore)
+        return None
+    finally:
+        handler.close()
+    want = {p: f"{list(s)} {d}" for p, s, d in _arrays({"params": abstract_params})}
+    for path in sorted(set(have) | set(want)):
+        if have.get(path) != want.get(path):
+            return f"{path}: {have.get(path, 'absent')} on disk, {want.get(path, 'absent')} here"
+    return None
 
 
 def _arrays(tree: Any) -> list[tuple[str, tuple[int, ...], str]]:

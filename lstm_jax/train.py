@@ -928,6 +928,8 @@ def restore_model(
     )
     try:  # onto the first local device (the leaves carry no sharding)
         restored = restore_params(os.path.join(directory, str(step)), abstract)
+    except UserError:  # another model's parameters (a run without config.json to check against)
+        raise
     except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
         refused = not_permitted(e, os.path.join(directory, str(step)))
         if refused is not None:  # the CLI names the file and says to check its permissions

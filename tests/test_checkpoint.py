@@ -131,6 +131,42 @@ def test_workdir_round_trip_config_vocabulary_and_params(tmp_path):
     assert isinstance(model, nnx.Module)
 
 
+class _NoReadout(nnx.Module):
+    """TinyLSTM's embedding and LSTM weights without its read-out: a subset of its parameters."""
+
+    def __init__(self, config, rngs):
+        full = ef.build_model(config, rngs)
+        self.embed = full.embed
+        self.kernel, self.recurrent_kernel, self.bias = (
+            full.kernel,
+            full.recurrent_kernel,
+            full.bias,
+        )
+
+
+def test_a_config_of_another_model_is_named_not_called_damage_nor_loaded_in_part(tmp_path):
+    """A run without config.json (one from before configs were saved) cannot be checked against the
+    --config given to eval/predict/generate: the checkpoint's own metadata is. Another size was "the
+    files are damaged: move the checkpoint out", and a model with fewer parameters was loaded from a
+    part of the checkpoint without a word."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    (tmp_path / "config.json").unlink()
+    other = ef.base_config(num_epochs=1)
+    other.model.hidden = 8
+    with pytest.raises(UserError) as info:
+        restore_model(other, str(tmp_path), ef.build_model)
+    assert "another model than this config builds" in str(info.value)
+    assert "params/bias: [64] float32 on disk, [32] float32 here" in str(info.value)
+    assert "damaged" not in str(info.value)
+    with pytest.raises(UserError, match=r"params/out/bias: \[3\] float32 on disk, absent here"):
+        restore_model(config, str(tmp_path), lambda c, rngs: _NoReadout(c, rngs))
+    model, step = restore_model(
+        config, str(tmp_path), ef.build_model
+    )  # the trained model still loads
+    assert step == 5 and isinstance(model, nnx.Module)
+
+
 def test_artefact_errors(tmp_path):
     with pytest.raises(UserError, match="plain file name"):
         save_artefacts(str(tmp_path), {"sub/vocab.json": {}})
