@@ -132,6 +132,10 @@ class CheckpointStore:
             if "No space left on device" in text or "RESOURCE_EXHAUSTED" in text:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.directory) from e
             raise
+        except BaseException:
+            # A second Ctrl-C during the save: no resumed run saves this step again to replace it.
+            self._remove_partial(step)
+            raise
 
     def _remove_partial(self, step: int) -> None:
         """Deletes what a failed save of `step` left in Orbax's temporary folder (never a finished

@@ -14,6 +14,7 @@ import os
 import textwrap
 
 import engine_fixtures as ef
+import numpy as np
 import pytest
 
 from lstm_jax import logging_utils
@@ -152,6 +153,29 @@ def test_a_failed_checkpoint_save_gives_its_space_back_and_keeps_the_earlier_one
     assert results["steps"] == 10
     kinds = [(r["kind"], r["step"]) for r in read_jsonl(str(workdir / "metrics.jsonl"))]
     assert ("resume", 5) in kinds
+
+
+def test_a_save_stopped_by_a_second_ctrl_c_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    """The second Ctrl-C (KeyboardInterrupt at once) while Orbax writes a checkpoint: its temporary folder
+    was left behind, and nothing ever removed it (the resumed run saves other steps), so it held most of
+    a checkpoint's space for good. Now it is deleted as a failed save's is; the earlier one is intact."""
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(4, {"w": np.ones(3, np.float32)}, {"step": 4})
+    partial = os.path.join(store.directory, "7.orbax-checkpoint-tmp")
+
+    def interrupted_write(*args, **kwargs):
+        os.makedirs(os.path.join(partial, "state"))
+        with open(os.path.join(partial, "state", "d"), "w") as f:
+            f.write("x" * 1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store._manager, "save", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(7, {"w": np.zeros(3, np.float32)}, {"step": 7})
+    monkeypatch.undo()
+    assert sorted(os.listdir(store.directory)) == ["4"]
+    assert store.all_steps() == [4]
+    store.close()
 
 
 def test_a_disk_without_room_for_one_checkpoint_is_refused_before_training(tmp_path, monkeypatch):
