@@ -418,6 +418,33 @@ def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):
     ]  # "zebra" reported, then the prompt goes on
 
 
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"num_words": 0}, r"--num_words=0 must be >= 1"),
+        ({"temperature": -1.0}, r"--temperature=-1\.0 must be a number >= 0"),
+        ({"top_k": -2}, r"--top_k=-2 must be >= 0"),
+    ],
+)
+def test_interactive_prompt_refuses_bad_settings_before_prompting(
+    lines_run, monkeypatch, kw, message
+):
+    """A bad --num_words/--temperature/--top_k once printed an error after every seed text typed at the
+    prompt, and the prompt went on (exit status 0 on an empty line); now it is one error before any
+    prompt."""
+    _, workdir, _ = lines_run
+    prompts = []
+
+    def answer(prompt=""):
+        prompts.append(prompt)
+        return "red shirt" if len(prompts) == 1 else ""
+
+    monkeypatch.setattr("builtins.input", answer)
+    with pytest.raises(UserError, match=message):
+        word_lm.generate_samples(None, str(workdir), interactive=True, **kw)
+    assert prompts == []
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Errors and the CLI.
 # ---------------------------------------------------------------------------------------------------------

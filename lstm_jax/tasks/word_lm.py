@@ -642,6 +642,9 @@ def generate_samples(
         "seed": int(config.seed if seed is None else seed),
     }
     n = int(g.num_words if num_words is None else num_words)
+    # Before any prompt: the prompt reports a seed text's error and goes on, which for a setting out of
+    # range would be the same error after every line typed (and exit status 0).
+    check_sampling(n, kw["temperature"], kw["top_k"])
     interactive = sys.stdin.isatty() if interactive is None else interactive
 
     def one(text: str) -> dict[str, str]:
