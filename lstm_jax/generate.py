@@ -53,16 +53,19 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
 
     The largest logit is subtracted before dividing (softmax is unchanged by the shift), so the best
     token's scaled logit is 0 and the others are negative, -inf at worst: a tiny temperature (1e-45, or
-    one float32 rounds to 0) samples the argmax instead of overflowing to inf - inf = NaN.
+    one float32 rounds to 0) samples the argmax instead of overflowing to inf - inf = NaN. The top k are
+    the k largest logits, ranked before dividing: at a huge temperature (1e38) the scaled logits are
+    subnormal numbers that the CPU flushes to 0, all tied with the best one.
     """
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = scale_logits(logits, temperature)
+    logits = logits.astype(jnp.float32)
+    scaled = scale_logits(logits, temperature)
     if top_k > 0:
         k = min(top_k, logits.shape[-1])
         kth = jax.lax.top_k(logits, k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+        scaled = jnp.where(logits < kth, -jnp.inf, scaled)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
 def scale_logits(logits: Array, temperature: float) -> Array:

@@ -195,6 +195,19 @@ def test_moderate_temperatures_sample_the_tokens_of_logits_over_temperature(temp
     assert len(np.unique(got)) > (top_k or 10) - 1  # it does sample, not only the argmax
 
 
+@pytest.mark.parametrize("temperature", [1e20, 1e38, 3e38])
+def test_top_k_keeps_k_tokens_at_a_huge_temperature(temperature):
+    """`top_k` picks the k largest logits, not the k largest `(logits - max) / temperature`: at a huge (but
+    finite) temperature those are subnormal numbers that XLA's CPU flushes to 0, tied with the best one, so
+    `--top_k=1 --temperature=1e38` once sampled every token uniformly."""
+    logits = jnp.tile(jnp.asarray([[-0.5, 0.0, -1.0, -2.0, -3.0]]), (2000, 1))
+    top1 = np.asarray(sample_logits(jax.random.key(0), logits, temperature, top_k=1))
+    np.testing.assert_array_equal(top1, 1)
+    top2 = np.asarray(sample_logits(jax.random.key(0), logits, temperature, top_k=2))
+    assert set(np.unique(top2)) == {0, 1}
+    assert abs((top2 == 1).mean() - 0.5) < 0.05  # near uniform among the two
+
+
 @pytest.mark.parametrize("temperature", TINY_TEMPERATURES)
 def test_generation_loops_at_a_tiny_temperature_are_greedy(temperature):
     m = LanguageModel(12, (16,), rngs=nnx.Rngs(3), embed_dim=4, predict="all")

@@ -77,6 +77,20 @@ def test_native_generation_at_a_tiny_temperature_is_greedy(temperature, top_k):
     np.testing.assert_array_equal(generate_stateful(m, _prime(3), 30, impl="xla", **kw), greedy)
 
 
+@pytest.mark.parametrize("temperature", [1e36, 1e38])
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_native_generation_at_a_huge_temperature_keeps_the_top_k(temperature, top_k):
+    """At a huge temperature the scaled logits are subnormal: XLA flushes them to 0, the kernel did not, so
+    the two kept different top-k sets (and XLA more than k tokens); both now rank the logits themselves."""
+    m = _model(input_mode="embed")
+    kw = dict(key=jax.random.key(3), temperature=temperature, top_k=top_k)
+    want = np.asarray(generate_stateful(m, _prime(3), 30, impl="xla", **kw))
+    got = np.asarray(generate_stateful(m, _prime(3), 30, impl="native", **kw))
+    np.testing.assert_array_equal(got, want)
+    if top_k == 1:
+        np.testing.assert_array_equal(want, generate_stateful(m, _prime(3), 30, impl="xla"))
+
+
 def test_one_layer_a_wide_vocabulary_and_lengths_zero_and_one():
     m = _model(vocab=300, hidden=(50,), input_mode="embed")
     prime = _prime(2, vocab=300)

@@ -1053,8 +1053,9 @@ struct GenJob {
 
   // The next token from one stream's logits [V]: jnp.argmax (the first maximum) of the logits (greedy), or
   // of (logits - max) / temperature (the maximum exactly 0, so a tiny temperature gives -inf at worst, not
-  // inf - inf = NaN: lstm_jax.generate.scale_logits), below the top_k-th largest set to -inf, plus the
-  // Gumbel noise.
+  // inf - inf = NaN: lstm_jax.generate.scale_logits), those of logits below the top_k-th largest logit set
+  // to -inf (ranked before dividing, as lstm_jax.generate.sample_logits: a huge temperature makes the
+  // scaled logits subnormal, which XLA flushes to 0), plus the Gumbel noise.
   int32_t choose(const float* lg, const float* gumbel) const {
     if (temperature <= 0.0f || gumbel == nullptr) return static_cast<int32_t>(argmax(lg, V));
     std::vector<float> s(lg, lg + V);
@@ -1066,11 +1067,11 @@ struct GenJob {
       x = d == 0.0f ? 0.0f : d / temperature;
     }
     if (top_k > 0 && top_k < V) {
-      std::vector<float> sorted(s);
+      std::vector<float> sorted(lg, lg + V);
       std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
       const float kth = sorted[top_k - 1];
-      for (float& x : s)
-        if (x < kth) x = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < V; ++j)
+        if (lg[j] < kth) s[j] = -std::numeric_limits<float>::infinity();
     }
     for (int64_t j = 0; j < V; ++j) s[j] += gumbel[j];
     return static_cast<int32_t>(argmax(s.data(), V));
