@@ -91,6 +91,18 @@ def test_native_generation_at_a_huge_temperature_keeps_the_top_k(temperature, to
         np.testing.assert_array_equal(want, generate_stateful(m, _prime(3), 30, impl="xla"))
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_top_k_over_int32_restricts_nothing_as_in_the_scan_loop(temperature):
+    """`--top_k=3000000000` (valid: >= 0, above the vocabulary) once crashed the native call with
+    numpy's OverflowError for its int32 attribute, even when greedy; it restricts nothing, as in XLA."""
+    m = _model(input_mode="embed")
+    kw = dict(key=jax.random.key(3), temperature=temperature)
+    want = np.asarray(generate_stateful(m, _prime(2), 20, impl="xla", **kw))
+    for top_k in (2**31, 3 * 10**9, 2**70):
+        got = generate_stateful(m, _prime(2), 20, impl="native", top_k=top_k, **kw)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_one_layer_a_wide_vocabulary_and_lengths_zero_and_one():
     m = _model(vocab=300, hidden=(50,), input_mode="embed")
     prime = _prime(2, vocab=300)

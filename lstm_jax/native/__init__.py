@@ -840,6 +840,7 @@ def generate(
     return call(
         *args,
         threads=np.int32(threads or threads_per_device()),
-        top_k=np.int32(top_k),
+        # A top_k of V or more restricts nothing (and one past int32 would not fit the attribute).
+        top_k=np.int32(min(top_k, head_bias.shape[0])),
         temperature=np.float32(temperature),
     )
