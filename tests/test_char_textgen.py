@@ -308,6 +308,33 @@ def test_generate_takes_the_generate_section_of_a_config_and_names_what_it_ignor
     assert "config.model.vocab_size" not in warning  # filled in from the data: not the user's
 
 
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("length", 0, r"--config\.generate\.length=0 must be >= 1"),
+        ("temperature", -1.0, r"--config\.generate\.temperature=-1\.0 must be"),
+        ("top_k", -3, r"--config\.generate\.top_k=-3 must be >= 0"),
+        ("num_samples", 0, r"--config\.generate\.num_samples=0 must be between"),
+    ],
+)
+def test_generate_names_a_bad_value_of_the_given_configs_generate_section(
+    stream_run, field, value, message
+):
+    """`--config=... --config.generate.length=0 --mode=generate` once said `--length=0 must be >= 1`,
+    a flag nobody passed; the value is named as given, and a flag that overrides it still wins."""
+    _, workdir, _ = stream_run
+    given = _stream_config(Path("unused.txt"))
+    given.generate[field] = value
+    with pytest.raises(UserError, match=rf"^{message}"):
+        char_lm.generate_samples(given, str(workdir), prime="to")
+    fixed = {"length": 3, "temperature": 0.0, "top_k": 0, "num_samples": 1}[field]
+    out = char_lm.generate_samples(given, str(workdir), prime="to", **{field: fixed})
+    assert out["texts"]
+    # A bad flag is named as the flag.
+    with pytest.raises(UserError, match=rf"^--{field}=-5(\.0)? must"):
+        char_lm.generate_samples(given, str(workdir), prime="to", **{field: -5})
+
+
 def test_sampling_respects_top_k(stream_run):
     config, workdir, _ = stream_run
 

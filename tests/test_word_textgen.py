@@ -408,6 +408,32 @@ def test_samples_after_training_are_those_generate_gives_when_the_best_is_not_th
     assert all(f"{s['seed_text']} -> {s['generated']}" in printed for s in out)
 
 
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("num_words", 0, r"--config\.generate\.num_words=0 must be >= 1"),
+        ("temperature", -1.0, r"--config\.generate\.temperature=-1\.0 must be"),
+        ("top_k", -3, r"--config\.generate\.top_k=-3 must be >= 0"),
+    ],
+)
+def test_generate_names_a_bad_value_of_the_given_configs_generate_section(
+    lines_run, field, value, message
+):
+    """`--config=... --config.generate.num_words=0 --mode=generate` once said `--num_words=0 must be
+    >= 1`, a flag nobody passed; the value is named as given, and a flag that overrides it still wins."""
+    config, workdir, _ = lines_run
+    given = _config(Path(config.data.path))
+    given.generate[field] = value
+    with pytest.raises(UserError, match=rf"^{message}"):
+        word_lm.generate_samples(given, str(workdir), seed_text="red")
+    fixed = {"num_words": 2, "temperature": 0.0, "top_k": 0}[field]
+    out = word_lm.generate_samples(given, str(workdir), seed_text="red", **{field: fixed})
+    assert out[0]["seed_text"] == "red"
+    # A bad flag is named as the flag.
+    with pytest.raises(UserError, match=rf"^--{field}=-5(\.0)? must"):
+        word_lm.generate_samples(given, str(workdir), seed_text="red", **{field: -5})
+
+
 def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):
     _, workdir, _ = lines_run
     answers = iter(["red shirt", "zebra", ""])

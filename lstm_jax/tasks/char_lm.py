@@ -543,6 +543,15 @@ def generate_samples(
             f" vocabulary ({vocab.size}); run generate with --workdir only (no --config)"
         )
     g = config.generate
+    # The generate section's values that no flag overrides (a --config's): named as given, not as the
+    # flag that was not passed (0 and 1 stand in for the overridden ones, checked as flags below).
+    check_sampling(
+        int(g.length if length is None else 1),
+        float(g.temperature if temperature is None else 0.0),
+        int(g.top_k if top_k is None else 0),
+        int(g.num_samples if num_samples is None else 1),
+        flag="--config.generate.",
+    )
     seed = int(config.seed) if seed is None else int(seed)
     if prime is None or prime == "":
         prime = g.prime

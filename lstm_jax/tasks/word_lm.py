@@ -636,6 +636,14 @@ def generate_samples(
     )
     vocab = Vocabulary.load(os.path.join(workdir, VOCAB_FILE))
     g = config.generate
+    # The generate section's values that no flag overrides (a --config's): named as given, not as the
+    # flag that was not passed (1 and 0 stand in for the overridden ones, checked as flags below).
+    check_sampling(
+        int(g.num_words if num_words is None else 1),
+        float(g.temperature if temperature is None else 0.0),
+        int(g.top_k if top_k is None else 0),
+        flag="--config.generate.",
+    )
     kw = {
         "temperature": float(g.temperature if temperature is None else temperature),
         "top_k": int(g.top_k if top_k is None else top_k),
