@@ -129,3 +129,31 @@ def test_a_plot_that_fails_to_save_leaves_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     plots.save_figure(fig, str(tmp_path / "sub" / "curves.svg"))
     assert (tmp_path / "sub" / "curves.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_classification_reports_count_predictions_as_the_engines_accuracy(tmp_path):
+    """The report of a split (results.json["reports"]) and the engine's accuracy of the same logits
+    (results.json["metrics"]["final"]) agree where the float32 probabilities tie: a logit just above 0
+    (p = 0.5 once rounded) is the positive class, as `binary_metric_sums` (logit > 0) counts it, and the
+    multi-class prediction is the argmax of the logits, not of their rounded softmax."""
+    import types
+
+    import ml_collections
+
+    from lstm_jax.tasks import classification
+
+    config = ml_collections.ConfigDict({"data": {"dataset": "imdb"}})
+    binary = np.array([1e-8, 5e-8, 1e-6, 0.0, -1e-8, 2.0], np.float32)
+    multi = np.array([[1e-9, 2e-9, 0.0], [0.0, 3e-9, 4e-9], [1.0, 0.0, 0.5]], np.float32)
+    for logits, labels, names in (
+        (binary, np.array([1, 1, 1, 0, 0, 1]), ("neg", "pos")),
+        (multi, np.array([1, 2, 0]), ("a", "b", "c")),
+    ):
+        prepared = types.SimpleNamespace(arrays={"test": {"label": labels}}, class_names=names)
+        out = classification.evaluate_reports(
+            None, prepared, config, str(tmp_path), splits=("test",), logits={"test": logits}
+        )
+        engine = classification.metrics_from_logits(logits, labels)
+        assert engine["accuracy"] == 1.0
+        assert out["test"]["accuracy"] == engine["accuracy"]
+        assert np.trace(np.asarray(out["test"]["confusion_matrix"])) == len(labels)

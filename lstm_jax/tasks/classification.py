@@ -86,6 +86,7 @@ __all__ = [
     "predict_logits",
     "predict_proba",
     "probabilities",
+    "predicted_classes",
     "metrics_from_logits",
     "evaluate_reports",
     "save_predictions",
@@ -735,6 +736,15 @@ def predict_proba(
     return probabilities(predict_logits(model, ids, mask, batch_size, quantum))
 
 
+def predicted_classes(logits: np.ndarray) -> np.ndarray:
+    """The predicted class `[n]` of `predict_logits` output, counted as the engine's accuracy counts it:
+    logit > 0 for a binary classifier (`losses.binary_metric_sums`; p > 0.5), else the argmax of the
+    logits (`losses.softmax_metric_sums`). The float32 probabilities can tie where the logits do not (a
+    logit of 1e-8 is p = 0.5 once rounded), so their argmax would score other predictions."""
+    z = np.asarray(logits)
+    return (z > 0).astype(np.int64) if z.ndim == 1 else z.argmax(-1)
+
+
 def metrics_from_logits(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The engine's evaluation averages (`loss`, `accuracy`, `count`) from a whole split's logits `[n]`
     (binary) or `[n, classes]` and integer `labels [n]`."""
@@ -798,7 +808,7 @@ def evaluate_reports(
     for split in splits:
         arr = prepared.arrays[split]
         z = logits[split] if logits and split in logits else _split_logits(model, arr, config)
-        pred = probabilities(z).argmax(-1)
+        pred = predicted_classes(z)
         rep = reports.classification_report(arr["label"], pred, prepared.class_names)
         files = reports.write_report(
             rep,
