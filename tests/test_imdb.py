@@ -255,6 +255,18 @@ def test_predict_from_workdir_alone(trained):
         clf.predict_texts(str(workdir), ["fine", "  "])
 
 
+def test_predict_labels_as_the_engines_accuracy_counts(trained, monkeypatch):
+    """A logit just above 0 rounds to p = 0.5, a tie of the two probabilities: predict names the class
+    the engine's accuracy and the reports count (logit > 0: positive), not the first of the tie."""
+    _, workdir, _ = trained
+    monkeypatch.setattr(
+        clf, "predict_logits", lambda *a, **k: np.array([1e-8, -1e-8, 2.0], np.float32)
+    )
+    out = clf.predict_texts(str(workdir), ["one", "two", "three"])
+    assert [r["label"] for r in out] == ["pos", "neg", "pos"]
+    assert out[0]["probability"] == 0.5 and out[0]["probabilities"] == {"neg": 0.5, "pos": 0.5}
+
+
 def test_eval_mode_rewrites_reports_not_results(trained):
     _, workdir, results = trained
     before = (workdir / "results.json").read_bytes()

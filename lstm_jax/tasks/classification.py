@@ -1278,12 +1278,15 @@ def _predict_with(
     config = config if config is not None else config_utils.load_config(workdir)
     ids, mask = encoder(list(texts), _predict_meta(encoder, meta))
     model, _ = restore_model(config, workdir, build_model)
-    probs = predict_proba(
+    logits = predict_logits(
         model, ids, mask if config.data.mask else None, 64, quantum=bucket_quantum(config)
     )
+    probs = probabilities(logits)
     out = []
-    for t, p, m in zip(texts, probs, mask, strict=True):
-        k = int(p.argmax())
+    # The label as the engine's accuracy and the reports count it (`predicted_classes`: logit > 0 for a
+    # binary classifier), not the argmax of the rounded probabilities (a logit of 1e-8 is p = 0.5).
+    for t, p, k, m in zip(texts, probs, predicted_classes(logits), mask, strict=True):
+        k = int(k)
         out.append(
             {
                 "text": t,
