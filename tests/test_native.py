@@ -520,6 +520,72 @@ def test_a_gradient_fading_below_float32_range_is_flushed_to_zero_as_xla_does():
     np.testing.assert_allclose(runs[0][0], ref[0], rtol=1e-4, atol=0)
 
 
+def test_inputs_of_the_wrong_shape_are_refused_not_read_past_their_end():
+    """Each call reads exactly `4H` bias floats, `[T, B]` mask floats and `[B, H]` of each state, `[T, B,
+    2H]` saved states and `[T, B, H]` output gradients, whatever the arrays hold: a `[H]` initial state was
+    read past its end and a `[B, T]` mask read as `[T, B]`, with no error. Now each is an error that names
+    the shapes."""
+    t, b, h, f = 2, 5, 3, 4
+    k = jax.random.split(jax.random.key(0), 3)
+    rk = 0.1 * jax.random.normal(k[0], (h, 4 * h))
+    kernel = 0.1 * jax.random.normal(k[1], (f, 4 * h))
+    bias = jnp.zeros(4 * h)
+    zx = jax.random.normal(k[2], (t, b, 4 * h))
+    xs = zx[..., :f]
+    mask, z, ones = jnp.ones((t, b)), jnp.zeros((b, h)), jnp.ones((b, h))
+    table, ids = jax.random.normal(k[2], (6, 4 * h)), jnp.zeros((t, b), jnp.int32)
+    good = dict(bias=bias, mask=mask, h0=z, c0=z, rmask=ones)
+    bad = dict(
+        bias=jnp.zeros(2 * h),
+        mask=jnp.ones((b, t)),
+        h0=jnp.zeros(h),
+        c0=z[:1],
+        rmask=jnp.ones((b, 1)),
+    )
+    calls = {
+        "forward": lambda a: native.forward(rk, a["bias"], zx, *_args(a), False),
+        "forward_x": lambda a: native.forward_x(kernel, rk, a["bias"], xs, *_args(a), False),
+        "forward_ids": lambda a: native.forward_ids(rk, a["bias"], table, ids, *_args(a), False),
+    }
+    for call in calls.values():
+        call(good)
+        for key, value in bad.items():
+            with pytest.raises(_KERNEL_ERRORS, match="shapes"):
+                jax.block_until_ready(call({**good, key: value}))
+    acts, _, h_t, c_t, hc = native.forward(rk, bias, zx, mask, z, z, ones, False)
+    dout = jnp.ones((t, b, h))
+    good = dict(hc=hc, mask=mask, dout=dout, dh=h_t, dc=c_t, rmask=ones)
+    bad = dict(
+        hc=hc[..., :h],
+        mask=jnp.ones((b, t)),
+        dout=dout[..., 0],
+        dh=h_t[0],
+        dc=c_t[:, :1],
+        rmask=jnp.ones(h),
+    )
+    calls = {
+        "backward": lambda a: native.backward(rk, acts, *_backward_args(a), False),
+        "backward_x": lambda a: native.backward_x(kernel, rk, acts, *_backward_args(a), False),
+    }
+    for call in calls.values():
+        call(good)
+        for key, value in bad.items():
+            with pytest.raises(_KERNEL_ERRORS, match="shapes"):
+                jax.block_until_ready(call({**good, key: value}))
+
+
+# A call's INVALID_ARGUMENT: a ValueError when XLA reports it at once, else a JaxRuntimeError.
+_KERNEL_ERRORS = (ValueError, jax.errors.JaxRuntimeError)
+
+
+def _args(a):
+    return a["mask"], a["h0"], a["c0"], a["rmask"]
+
+
+def _backward_args(a):
+    return a["hc"], a["mask"], a["dout"], a["dh"], a["dc"], a["rmask"]
+
+
 def test_independent_calls_in_one_program_share_xla_threads():
     """Each call runs its helper row blocks on XLA's intra-op thread pool, and XLA may run independent calls
     at the same time on that pool's threads: every call must still finish (a caller whose helper never gets

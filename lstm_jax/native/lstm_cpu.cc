@@ -29,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
@@ -699,6 +700,17 @@ ffi::Error check(bool ok, const std::string& what) {
   return ok ? ffi::Error::Success() : ffi::Error::InvalidArgument("lstm_jax native LSTM: " + what);
 }
 
+// Whether buffer `a` has exactly the dimensions `want`.
+template <typename Buf>
+bool has_dims(const Buf& a, std::initializer_list<int64_t> want) {
+  const auto dims = a.dimensions();
+  if (dims.size() != want.size()) return false;
+  size_t i = 0;
+  for (const int64_t w : want)
+    if (dims[i++] != w) return false;
+  return true;
+}
+
 ffi::Error run_forward(const Dims d, const float* w, const float* bias, const float* zx,
                        const int32_t* ids, int64_t V, const float* xs, float* acts,
                        const float* mask, const float* h0,
@@ -1088,6 +1100,27 @@ struct GenJob {
 using In = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 
+// The inputs a training call reads by the sizes its main inputs give (T, B, H): it reads exactly that
+// many floats from each, so another shape would be read past its end or misread (a [B, T] mask as [T, B]).
+// The forward calls': bias [4H], mask [T, B], h0, c0 and rmask [B, H].
+ffi::Error check_forward_inputs(const Dims& d, const In& bias, const In& mask, const In& h0,
+                                const In& c0, const In& rmask) {
+  const bool ok = has_dims(bias, {4 * d.H}) && has_dims(mask, {d.T, d.B}) &&
+                  has_dims(h0, {d.B, d.H}) && has_dims(c0, {d.B, d.H}) &&
+                  has_dims(rmask, {d.B, d.H});
+  return check(ok, "bias [4H], mask [T, B], h0, c0 and rmask [B, H] shapes");
+}
+
+// The backward calls': hc [T, B, 2H], mask [T, B], d outs [T, B, H] (when has_dout), d h_T, d c_T and
+// rmask [B, H].
+ffi::Error check_backward_inputs(const Dims& d, const In& hc, const In& mask, const In& dout,
+                                 const In& dhT, const In& dcT, const In& rmask, int32_t has_dout) {
+  const bool ok = has_dims(hc, {d.T, d.B, 2 * d.H}) && has_dims(mask, {d.T, d.B}) &&
+                  (!has_dout || has_dims(dout, {d.T, d.B, d.H})) && has_dims(dhT, {d.B, d.H}) &&
+                  has_dims(dcT, {d.B, d.H}) && has_dims(rmask, {d.B, d.H});
+  return check(ok, "hc [T, B, 2H], mask [T, B], d outs [T, B, H], d h_T, d c_T and rmask [B, H] shapes");
+}
+
 ffi::Error LstmForwardImpl(In rk, In bias, In zx, In mask, In h0, In c0, In rmask, Out acts, Out outs,
                            Out hT, Out cT, Out hc, ffi::ThreadPool pool, int32_t reverse,
                            int32_t threads) {
@@ -1096,6 +1129,7 @@ ffi::Error LstmForwardImpl(In rk, In bias, In zx, In mask, In h0, In c0, In rmas
   const Dims d{zd[0], zd[1], rk.dimensions()[0]};
   if (auto e = check(zd[2] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "zx/rk shapes"); !e.success())
     return e;
+  if (auto e = check_forward_inputs(d, bias, mask, h0, c0, rmask); !e.success()) return e;
   return run_forward(d, rk.typed_data(), bias.typed_data(), zx.typed_data(), nullptr, 0, nullptr,
                      acts->typed_data(), mask.typed_data(), h0.typed_data(), c0.typed_data(),
                      rmask.typed_data(), outs->typed_data(), hT->typed_data(), cT->typed_data(),
@@ -1113,6 +1147,7 @@ ffi::Error LstmForwardXImpl(In w, In bias, In xs, In mask, In h0, In c0, In rmas
                      "xs/w shapes");
       !e.success())
     return e;
+  if (auto e = check_forward_inputs(d, bias, mask, h0, c0, rmask); !e.success()) return e;
   return run_forward(d, w.typed_data(), bias.typed_data(), nullptr, nullptr, 0, xs.typed_data(),
                      acts->typed_data(), mask.typed_data(), h0.typed_data(), c0.typed_data(),
                      rmask.typed_data(), outs->typed_data(), hT->typed_data(), cT->typed_data(),
@@ -1132,6 +1167,7 @@ ffi::Error LstmForwardIdsImpl(In rk, In bias, In table, ffi::Buffer<ffi::S32> id
   if (auto e = check(td[1] == 4 * d.H && rk.dimensions()[1] == 4 * d.H, "table/rk shapes");
       !e.success())
     return e;
+  if (auto e = check_forward_inputs(d, bias, mask, h0, c0, rmask); !e.success()) return e;
   return run_forward(d, rk.typed_data(), bias.typed_data(), table.typed_data(), ids.typed_data(),
                      td[0], nullptr, acts->typed_data(), mask.typed_data(), h0.typed_data(),
                      c0.typed_data(), rmask.typed_data(), outs->typed_data(), hT->typed_data(),
@@ -1210,6 +1246,8 @@ ffi::Error LstmBackwardImpl(In rkT, In acts, In hc, In mask, In dout, In dhT, In
   if (auto e = check(ad[2] == 4 * d.H && rkT.dimensions()[0] == 4 * d.H, "acts/rkT shapes");
       !e.success())
     return e;
+  if (auto e = check_backward_inputs(d, hc, mask, dout, dhT, dcT, rmask, has_dout); !e.success())
+    return e;
   if (auto e = check_weight_grads(d, weight_grads, dw, db); !e.success()) return e;
   return run_backward(d, rkT.typed_data(), acts.typed_data(), dz->typed_data(), hc.typed_data(),
                       mask.typed_data(), dout.typed_data(), dhT.typed_data(), dcT.typed_data(),
@@ -1231,6 +1269,8 @@ ffi::Error LstmBackwardXImpl(In wT, In acts, In hc, In mask, In dout, In dhT, In
                          dx->dimensions().size() == 3 && dx->dimensions()[2] == d.F,
                      "acts/wT/dx shapes");
       !e.success())
+    return e;
+  if (auto e = check_backward_inputs(d, hc, mask, dout, dhT, dcT, rmask, has_dout); !e.success())
     return e;
   if (auto e = check(weight_grads != kWeightAndBiasGrads ||
                          (xs.dimensions().size() == 3 && xs.dimensions()[0] == d.T &&
