@@ -574,6 +574,36 @@ def test_inputs_of_the_wrong_shape_are_refused_not_read_past_their_end():
                 jax.block_until_ready(call({**good, key: value}))
 
 
+def test_an_empty_batch_gives_zero_gradients_not_a_crash():
+    """With no batch rows a call has no row blocks: the backward calls (whose weight-gradient outputs are
+    not empty, so XLA runs them) divided by a block size of 0 and killed the process (SIGFPE). Run in a
+    child process so that the crash fails this test, not the session."""
+    code = (
+        "import jax.numpy as jnp, numpy as np\n"
+        "from lstm_jax import native\n"
+        "t, h, f = 3, 5, 2\n"
+        "rk, kernel = jnp.ones((h, 4 * h)), jnp.ones((f, 4 * h))\n"
+        "acts, hc, m = jnp.zeros((t, 0, 4 * h)), jnp.zeros((t, 0, 2 * h)), jnp.ones((t, 0))\n"
+        "z = jnp.zeros((0, h))\n"
+        "state = (acts, hc, m, None, z, z, z, False)\n"
+        "for out in (\n"
+        "    native.backward(rk, *state, weight_grads=True),\n"
+        "    native.backward(rk, *state, bias_grad=True),\n"
+        "    native.backward_x(kernel, rk, *state, xs=jnp.zeros((t, 0, f))),\n"
+        "):\n"
+        "    print(*(f'{a.shape}:{np.abs(np.asarray(a)).sum()}' for a in out))\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "(3, 0, 20):0.0 (0, 5):0.0 (0, 5):0.0 (5, 20):0.0 (20,):0.0",
+        "(3, 0, 20):0.0 (0, 5):0.0 (0, 5):0.0 (20,):0.0",
+        "(3, 0, 20):0.0 (3, 0, 2):0.0 (0, 5):0.0 (0, 5):0.0 (7, 20):0.0 (20,):0.0",
+    ]
+
+
 # A call's INVALID_ARGUMENT: a ValueError when XLA reports it at once, else a JaxRuntimeError.
 _KERNEL_ERRORS = (ValueError, jax.errors.JaxRuntimeError)
 

@@ -392,6 +392,7 @@ template <typename Make, typename Spawn>
 RowsTiming parallel_rows(int64_t B, int64_t threads, Make make, Spawn spawn) {
   FlushDenormals flush;
   RowsTiming timing;
+  if (B <= 0) return timing;  // no rows, no blocks (and no division by a block size of 0)
   threads = std::max<int64_t>(1, std::min<int64_t>(threads, B));
   const int64_t per = ((B + threads - 1) / threads + 3) / 4 * 4;
   const int64_t nblocks = (B + per - 1) / per;
