@@ -160,6 +160,20 @@ def test_thread_counts_and_a_late_helper_give_the_same_tokens(monkeypatch, strea
     assert not np.array_equal(runs[1], runs["s1"])
 
 
+def test_first_tokens_outside_the_vocabulary_are_refused():
+    """Layer 0 reads the table row of each stream's first token: an id of V or -1 read memory outside the
+    table (and gave tokens from it with no error; a large one crashed the process). Now an error."""
+    m = _model(input_mode="embed")
+    first, *rest = _direct_inputs(m, 3)
+    np.asarray(native.generate(first.at[1].set(m.vocab_size - 1), *rest, 4))
+    for bad in (m.vocab_size, -1):
+        # INVALID_ARGUMENT: a ValueError when XLA reports it at once, else a JaxRuntimeError
+        with pytest.raises(
+            (ValueError, jax.errors.JaxRuntimeError), match=r"first tokens must be ids in \[0, V\)"
+        ):
+            np.asarray(native.generate(first.at[1].set(bad), *rest, 4))
+
+
 def _thread_cpu_masks() -> dict[str, str]:
     """Each thread of this process: its allowed CPUs (Linux /proc)."""
     masks = {}

@@ -802,7 +802,8 @@ def generate(
     Token `t + 1` of each stream comes from the logits after feeding token `t`; the first is `first`.
 
     Args:
-      first: int32 `[B]`, the first token of each stream (already chosen from the prime's logits).
+      first: int32 `[B]`, the first token of each stream (already chosen from the prime's logits), ids in
+        `[0, V)` (others are an error).
       table: `[V, 4H_0]`, layer 0's pre-activations per input token (its input projection plus bias).
       layers: per layer `{"recurrent_kernel", "h", "c"}` (`[H, 4H]`, `[B, H]`, `[B, H]`), and from layer 1
         on also `{"kernel" [H_prev, 4H], "bias" [4H]}`.

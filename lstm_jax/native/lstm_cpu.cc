@@ -1367,6 +1367,10 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
   j.table = table.typed_data();
   j.out = out->typed_data();
   j.tok.assign(first.typed_data(), first.typed_data() + j.B);
+  // Layer 0 reads the table's row of each stream's token: one outside it would be read out of bounds.
+  const bool ids_ok =
+      std::all_of(j.tok.begin(), j.tok.end(), [&](int32_t id) { return id >= 0 && id < j.V; });
+  if (auto e = check(ids_ok, "first tokens must be ids in [0, V)"); !e.success()) return e;
   if (j.N > 0)
     for (int64_t b = 0; b < j.B; ++b) j.out[b * j.N] = j.tok[b];
   const int64_t nthreads = std::max<int64_t>(1, threads);
