@@ -174,6 +174,18 @@ def test_first_tokens_outside_the_vocabulary_are_refused():
             np.asarray(native.generate(first.at[1].set(bad), *rest, 4))
 
 
+def test_states_of_the_wrong_shape_are_refused():
+    """Each layer's state is read as `[B, H]`: a transposed `[H, B]` one (as many floats) was read as
+    if it were `[B, H]`, giving other tokens with no error. Now an error naming the layer."""
+    m = _model(input_mode="embed")
+    first, table, layers, head_kernel, head_bias = _direct_inputs(m, 3)
+    for layer, key in ((0, "h"), (2, "c")):
+        bad = [dict(p) for p in layers]
+        bad[layer][key] = bad[layer][key].T
+        with pytest.raises((ValueError, jax.errors.JaxRuntimeError), match=f"layer {layer} shapes"):
+            np.asarray(native.generate(first, table, bad, head_kernel, head_bias, 4))
+
+
 def _thread_cpu_masks() -> dict[str, str]:
     """Each thread of this process: its allowed CPUs (Linux /proc)."""
     masks = {}

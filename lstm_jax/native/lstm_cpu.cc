@@ -1326,8 +1326,7 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
                           b[2].element_count() == static_cast<size_t>(G)));
     const In& h0 = l == 0 ? b[1] : b[3];
     const In& c0 = l == 0 ? b[2] : b[4];
-    ok = ok && h0.element_count() == static_cast<size_t>(j.B * H) &&
-         c0.element_count() == static_cast<size_t>(j.B * H);
+    ok = ok && has_dims(h0, {j.B, H}) && has_dims(c0, {j.B, H});  // [H, B] would be misread
     if (auto e = check(ok, "layer " + std::to_string(l) + " shapes"); !e.success()) return e;
     layer.groups = (H + GU - 1) / GU;
     layer.w.reset(new float[layer.groups * K * GW]);
