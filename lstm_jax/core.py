@@ -24,7 +24,7 @@ plus elementwise gate math. Four arrangements of the same computation exist, all
   matmuls, the gate math in the same pass, batch rows split over threads. Dense inputs of a layer whose
   `[kernel; rk]` is small against the L2 cache are projected inside the same per-step matmul
   (`NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION`), and the weight gradients of a layer whose `[F + H, 4H]`
-  takes at most a fifth of the L2 cache are summed inside the backward call
+  takes at most 0.55 of the L2 cache are summed inside the backward call
   (`NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION`), every layer's bias gradient too (`NATIVE_BIAS_GRAD_IN_KERNEL`).
   An embedding folded into the projection is read by token id inside the forward call, and its gradient
   summed by one native call (`NATIVE_FOLDED_ROWS_BY_ID`, `NATIVE_SCATTER_ROWS`). CPU and float32 only.
@@ -97,9 +97,15 @@ NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION = 0.5
 # and 393 KB) a tie on one host (41.2 / 42.3 against 39.5 / 43.2), and on a 2 MB L2 (2026-12-05) 2-6%
 # faster with, in 10 of 10 runs of 30-40 rounds, either build timed first (e.g. 24.87 against 26.43 ms,
 # 25.47 against 26.73; at this rule's commit 24.77 against the old rule's 25.76, and 24.48 against
-# 25.43). A fifth of the L2 takes in the word model's layers on a 2 MB L2 (0.19 of it at most) and the
-# IMDB shape's on any L2 above 123 KB; the char model's (0.7 of a 2 MB L2 and up) stay out.
-NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION = 0.2
+# 25.43). On a 1 MB L2 (AMD Zen 4, 2026-12-06) the word model's first layer (0.38 of it) was out under the
+# old fraction 0.2: in, B's step was faster in 6 of 6 runs of 40 rounds, either build timed first (25.63
+# against 26.67 ms, 25.41 / 25.45, 23.83 / 24.90; 23.41 / 24.38, 24.44 / 26.14, 23.72 / 24.78), and one
+# layer's jitted gradient alone (B128, T230, in and out forced) was 128-133 ms in against 136-147 out at
+# 512 KB (imdb_best's layer), 13.2 / 14.1 at 384 KB, a tie at 800 KB (83.7 / 83.4), 6% slower at 1.4 MB
+# (26.3 / 24.8, the char model's B40) and 5% at 1.55 MB (82.2 / 78.2, the fake-news layer's B64). So
+# 0.55 of the L2: the word and imdb_best layers in on 1 and 2 MB L2s, the char and fake-news layers out
+# everywhere (0.7 of a 2 MB L2 and up), the IMDB tutorial's on any L2 above 45 KB.
+NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION = 0.55
 
 # Impl "native" sums every layer's bias gradient (the sum of `dz` over all timesteps and rows) inside its
 # backward call, a few adds per step while dz_t is in cache, instead of XLA reducing `[T, B, 4H]` after

@@ -530,7 +530,7 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith(
-        "shape tiny, NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1 (shipped: 0.2): changed "
+        "shape tiny, NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=-1 (shipped: 0.55): changed "
     )
     changed, shipped = (
         float(x.split(" ms")[0]) for x in line.split("changed ")[1].split("shipped ")

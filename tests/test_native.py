@@ -51,18 +51,25 @@ def weight_grads(request, monkeypatch):
 
 
 def test_the_size_rule_picks_where_the_weight_gradients_are_summed(monkeypatch):
-    """`[F + H, 4H]` up to a fifth of a core's L2 (NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION): in the kernel,
+    """`[F + H, 4H]` up to 0.55 of a core's L2 (NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION): in the kernel,
     above: by XLA; the call's attribute says which (1: weights and bias, 2: the bias only, which every
     native backward call sums)."""
     monkeypatch.setattr(native, "l2_cache_bytes", lambda: 2 << 20)  # a 2 MB L2 (Intel Xeon hosts)
     assert core._native_sums_weight_grads(16, 32)  # the IMDB tutorial's layer, 24.6 KB
     assert core._native_sums_weight_grads(64, 128)  # the word model's layers, 393 KB
     assert core._native_sums_weight_grads(128, 64)  # and 196 KB
+    assert core._native_sums_weight_grads(128, 128)  # imdb_best's, 512 KB
     assert not core._native_sums_weight_grads(0, 300)  # the char model's, 1.4 MB
-    assert not core._native_sums_weight_grads(128, 128)  # imdb_best's, 512 KB (not measured)
+    assert not core._native_sums_weight_grads(300, 199)  # the fake-news model's, 1.55 MB
+    monkeypatch.setattr(native, "l2_cache_bytes", lambda: 1 << 20)  # a 1 MB L2 (AMD Zen 4 hosts)
+    assert core._native_sums_weight_grads(64, 128)  # 0.38 of it: measured faster in
+    assert core._native_sums_weight_grads(128, 128)  # 0.5
+    assert not core._native_sums_weight_grads(160, 160)  # 0.78: a tie when measured
+    assert not core._native_sums_weight_grads(0, 300)
     monkeypatch.setattr(native, "l2_cache_bytes", lambda: 512 << 10)  # a 512 KB L2 (AMD EPYC hosts)
     assert core._native_sums_weight_grads(16, 32)
-    assert not core._native_sums_weight_grads(128, 64)
+    assert core._native_sums_weight_grads(128, 64)
+    assert not core._native_sums_weight_grads(64, 128)
     p, xs, st, mask, w = _case(4, 3, 2, 5)
     for fraction, expected in ((1e12, 1), (-1.0, 2)):
         monkeypatch.setattr(core, "NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION", fraction)
