@@ -851,14 +851,12 @@ def test_peak_rss_measures_fresh_processes_of_both_builds():
 
     root = Path(__file__).resolve().parents[1]
     option = "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
-    cmd = [sys.executable, "-m", "benchmarks.peak_rss", "--shape", "tiny", "--processes", "1"]
-    proc = subprocess.run(
-        [*cmd, "--steps", "2", "--xla", option],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def peak_rss(*args):
+        cmd = [sys.executable, "-m", "benchmarks.peak_rss", "--shape", "tiny", "--processes", "1"]
+        return subprocess.run([*cmd, *args], cwd=root, capture_output=True, text=True, timeout=300)
+
+    proc = peak_rss("--steps", "2", "--xla", option)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "shape tiny: peak RSS MB per process (after build / first step / step 2)"
@@ -867,14 +865,8 @@ def test_peak_rss_measures_fresh_processes_of_both_builds():
         build, first, last = (float(v) for v in line.split(": ")[1].split(";")[0].split("/"))
         assert 0 < build <= first <= last  # a peak never falls
     # A value XLA rejects fails in the child: one line naming the build, non-zero exit.
-    bad = subprocess.run(
-        [*cmd, "--xla", "xla_cpu_experimental_ynn_fusion_type=NO_SUCH_TYPE"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = peak_rss("--xla", "xla_cpu_experimental_ynn_fusion_type=NO_SUCH_TYPE")
     assert bad.returncode == 1 and "peak_rss: --xla xla_cpu" in bad.stderr
     assert "not a valid enum value" in bad.stderr
-    usage = subprocess.run([*cmd, "--xla", "novalue"], cwd=root, capture_output=True, text=True)
+    usage = peak_rss("--xla", "novalue")
     assert usage.returncode == 2 and "--xla takes NAME=VALUE" in usage.stderr
