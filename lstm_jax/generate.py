@@ -87,6 +87,9 @@ def temperature_ok(temperature: float) -> bool:
 # otherwise eat the machine's memory before anything is printed.
 MAX_LENGTH = 1_000_000
 MAX_SAMPLES = 10_000
+# Samples x length, the tokens one call holds ([samples, length] int32 ids, the text after): each cap alone
+# would allow 10^10 (40 GB of ids).
+MAX_TOKENS = 10_000_000
 
 
 def check_length(length: int, *, name: str, unit: str) -> None:

@@ -566,6 +566,19 @@ def test_bad_generate_settings_fail_before_training(tmp_path, field, value, mess
     assert not (tmp_path / "run").exists()
 
 
+def test_samples_times_length_is_capped_as_well_as_each(tmp_path):
+    """Each of --num_samples and --length has its cap, and so has their product (the ids one call
+    holds): 10,000 samples of 1,000,000 characters passed both caps and asked for 40 GB of ids."""
+    char_lm.check_sampling(1_000_000, 0.0, 0, 10)  # 10,000,000: the most one call generates
+    with pytest.raises(UserError, match=r"num_samples=11 x length=1000000 is 11,000,000 char"):
+        char_lm.check_sampling(1_000_000, 0.0, 0, 11)
+    config = _stream_config(_write_text(tmp_path / "t.txt"))
+    config.generate.num_samples, config.generate.length = 10_000, 10_000
+    with pytest.raises(UserError, match=r"100,000,000 characters, over the 10,000,000"):
+        char_lm.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The real entry point, in a subprocess.
 # ---------------------------------------------------------------------------------------------------------

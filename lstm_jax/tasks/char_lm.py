@@ -438,6 +438,12 @@ def check_sampling(
         raise UserError(
             f"{flag}num_samples={num_samples} must be between 1 and {generate.MAX_SAMPLES:,}"
         )
+    if num_samples * length > generate.MAX_TOKENS:
+        raise UserError(
+            f"num_samples={num_samples} x length={length} is {num_samples * length:,} characters, over"
+            f" the {generate.MAX_TOKENS:,} one call generates; ask for fewer or shorter samples (and run"
+            " generation again for more)"
+        )
 
 
 def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary) -> None:
