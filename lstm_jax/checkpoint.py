@@ -185,13 +185,8 @@ class CheckpointStore:
                 have = None
             is_alternate = bool(have) and have == other and have != want
             if have and have != want and not is_alternate:  # another config's (empty: damaged)
-                first = next(
-                    (
-                        f"{a[0]} {a[1]} on disk, {b[0]} {b[1]} here"
-                        for a, b in zip(have, want, strict=False)
-                        if a != b
-                    ),
-                    f"{len(have)} arrays on disk, {len(want)} here",
+                first = (
+                    _first_difference(have, want) or f"{len(have)} arrays on disk, {len(want)} here"
                 )
                 raise UserError(
                     f"the checkpoint at step {step} in {self.directory} holds {len(have)} arrays that do"
@@ -325,19 +320,22 @@ def _params_difference(state_directory: str, abstract_params: Any) -> str | None
     handler = ocp.PyTreeCheckpointHandler()
     try:
         on_disk = handler.metadata(epath.Path(state_directory))
-        have = {
-            p: f"{list(s)} {d}"
-            for p, s, d in _arrays(getattr(on_disk, "tree", on_disk))
-            if p.startswith("params/")
-        }
+        have = [a for a in _arrays(getattr(on_disk, "tree", on_disk)) if a[0].startswith("params/")]
     except Exception:  # noqa: BLE001 (unreadable metadata: left to the restore)
         return None
     finally:
         handler.close()
-    want = {p: f"{list(s)} {d}" for p, s, d in _arrays({"params": abstract_params})}
-    for path in sorted(set(have) | set(want)):
-        if have.get(path) != want.get(path):
-            return f"{path}: {have.get(path, 'absent')} on disk, {want.get(path, 'absent')} here"
+    return _first_difference(have, _arrays({"params": abstract_params}))
+
+
+def _first_difference(have: list, want: list) -> str | None:
+    """The first path (in sorted order) where two `_arrays` lists, a checkpoint's and this config's,
+    differ, as "<path>: <on disk> on disk, <here> here" (shape and dtype, or "absent"); None when equal."""
+    on_disk = {p: f"{list(s)} {d}" for p, s, d in have}
+    here = {p: f"{list(s)} {d}" for p, s, d in want}
+    for path in sorted(on_disk.keys() | here.keys()):
+        if on_disk.get(path) != here.get(path):
+            return f"{path}: {on_disk.get(path, 'absent')} on disk, {here.get(path, 'absent')} here"
     return None
 
 
