@@ -19,6 +19,7 @@ import csv
 import gzip
 import io
 import os
+import stat
 import sys
 import zlib
 from collections.abc import Mapping, Sequence
@@ -148,6 +149,46 @@ def _decode_utf8(data: bytes, path: Path) -> str:
             f"{path}: undecodable bytes at line {line} (byte {e.start}: {bad!r}), not UTF-8; "
             "re-save the file as UTF-8"
         ) from None
+
+
+def stdin_piped() -> bool:
+    """Whether stdin is a pipe or a file (``cmd | python -m ...``, ``< seeds.txt``): input to read.
+
+    False for a terminal, ``/dev/null`` and a stdin that has no file descriptor (a test runner's)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def read_stdin_lines(what: str) -> list[tuple[int, str]]:
+    """`(line number, text)` of each non-empty line of stdin (UTF-8); empty lines are counted on
+    stderr. `what` names the lines in the hint shown at a terminal ("texts", "seed texts")."""
+    if getattr(sys.stdin, "isatty", lambda: False)():  # a user at a terminal gave no texts
+        print(
+            f"reading {what} from standard input, one per line; end with Ctrl-D",
+            file=sys.stderr,
+            flush=True,
+        )
+    data = sys.stdin.buffer.read()
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(
+            f"<stdin>: undecodable bytes at line {line} (byte {e.start}), not UTF-8; send UTF-8 text"
+        ) from None
+    # Lines end at "\n" (or "\r\n") only: str.splitlines() also splits at U+0085, U+2028, form feeds
+    # and more, which real reviews contain (44 of 1,000 IMDB test reviews have U+0085), so one review
+    # became several predictions and the output no longer lined up with the input.
+    lines = [line.removesuffix("\r") for line in content.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line
+    texts = [(n, t) for n, t in enumerate(lines, 1) if t.strip()]
+    if len(texts) < len(lines):
+        print(f"skipped {len(lines) - len(texts)} empty line(s) of stdin", file=sys.stderr)
+    return texts
 
 
 def load_text(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:

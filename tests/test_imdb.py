@@ -752,7 +752,7 @@ def test_stdin_lines_end_at_newlines_only(monkeypatch, capsys):
 
     raw = "a great movie\u0085 really\r\nbad one\x0cawful\u2028end\n\nthird\n".encode()
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
-    lines = clf._read_stdin_lines()
+    lines = data_lib.read_stdin_lines("texts")
     assert [t for _, t in lines] == [
         "a great movie\u0085 really",
         "bad one\x0cawful\u2028end",

@@ -536,7 +536,9 @@ def test_impossible_buckets_and_logits_chunk_fail_before_reading_data(
         word_lm.make_task(config)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The entry point in a subprocess; `stdin` is piped to it (else it reads /dev/null, never the
+    runner's own stdin, which may be a pipe)."""
     env = {k: v for k, v in os.environ.items() if k != data.DATA_ENV}
     return subprocess.run(
         [sys.executable, "-m", "experiments.word_textgen.main", *args],
@@ -545,6 +547,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
     )
 
 
@@ -578,6 +582,49 @@ def test_cli_generate_from_workdir(lines_run):
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("green jeans -> ")
+
+
+def test_cli_generate_reads_seed_texts_piped_on_stdin(lines_run):
+    """`cat seeds.txt | ... --mode=generate` generated from the config's seed texts and ignored the
+    pipe (predict mode reads its texts from stdin); now each non-empty line is a seed text, one with
+    no known word skipped with a note; an empty pipe falls back to the config's seed texts."""
+    config, workdir, _ = lines_run
+    res = _cli(
+        f"--workdir={workdir}",
+        "--mode=generate",
+        "--num_words=3",
+        stdin="green jeans\n\nzebra\nred\n",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert [line.split(" -> ")[0] for line in lines] == ["green jeans", "zebra", "red"]
+    assert lines[1] == "zebra -> (skipped: no word of the vocabulary)"
+    assert "skipped 1 empty line(s) of stdin" in res.stderr
+    res = _cli(f"--workdir={workdir}", "--mode=generate", "--num_words=3", stdin="")
+    assert res.returncode == 0, res.stderr
+    assert "no seed text on stdin" in res.stderr
+    seeds = [line.split(" -> ")[0] for line in res.stdout.splitlines()]
+    assert seeds == list(config.generate.seed_texts)
+    res = _cli(f"--workdir={workdir}", "--mode=generate", stdin="zebra\n")  # none usable: an error
+    assert res.returncode == 2 and "'zebra' has no word" in res.stderr
+
+
+def test_stdin_piped_only_for_pipes_and_files(tmp_path, monkeypatch):
+    """/dev/null and a stdin without a file descriptor (pytest's) are not input to read."""
+    with open(os.devnull) as null:
+        monkeypatch.setattr(sys, "stdin", null)
+        assert not data.stdin_piped()
+    f = tmp_path / "seeds.txt"
+    f.write_text("red\n")
+    with open(f) as fh:
+        monkeypatch.setattr(sys, "stdin", fh)
+        assert data.stdin_piped()
+    r, w = os.pipe()
+    with os.fdopen(r) as rh, os.fdopen(w, "w"):
+        monkeypatch.setattr(sys, "stdin", rh)
+        assert data.stdin_piped()
+    monkeypatch.setattr(sys, "stdin", None)
+    assert not data.stdin_piped()
 
 
 # ---------------------------------------------------------------------------------------------------------

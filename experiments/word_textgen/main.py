@@ -4,7 +4,8 @@ Train:    python -m experiments.word_textgen.main --config=experiments/word_text
               --workdir=runs/fashion
 Generate: python -m experiments.word_textgen.main --workdir=runs/fashion --mode=generate \
               --seed_text="women black" --num_words=10 [--temperature=0.7 --top_k=20]
-          (no --seed_text on a terminal: an interactive prompt)
+          (no --seed_text: an interactive prompt on a terminal, else one seed text a line from a
+           pipe or file on stdin, else the config's generate.seed_texts)
 """
 
 import ml_collections

@@ -1108,34 +1108,6 @@ def _reencode(
     return prepared
 
 
-def _read_stdin_lines() -> list[tuple[int, str]]:
-    """`(line number, text)` of each non-empty line of stdin (UTF-8); empty lines are counted on stderr."""
-    if getattr(sys.stdin, "isatty", lambda: False)():  # a user at a terminal gave no texts
-        print(
-            "reading texts from standard input, one per line; end with Ctrl-D",
-            file=sys.stderr,
-            flush=True,
-        )
-    data = sys.stdin.buffer.read()
-    try:
-        content = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise UserError(
-            f"<stdin>: undecodable bytes at line {line} (byte {e.start}), not UTF-8; send UTF-8 text"
-        ) from None
-    # Lines end at "\n" (or "\r\n") only: str.splitlines() also splits at U+0085, U+2028, form feeds
-    # and more, which real reviews contain (44 of 1,000 IMDB test reviews have U+0085), so one review
-    # became several predictions and the output no longer lined up with the input.
-    lines = [line.removesuffix("\r") for line in content.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line
-    texts = [(n, t) for n, t in enumerate(lines, 1) if t.strip()]
-    if len(texts) < len(lines):
-        print(f"skipped {len(lines) - len(texts)} empty line(s) of stdin", file=sys.stderr)
-    return texts
-
-
 def _where(number: int | str) -> str:
     """How an error names a predict input: ``input 3`` (the third argument) or a given label such as
     ``stdin line 5``."""
@@ -1321,7 +1293,7 @@ def predict(
     numbered = (
         list(enumerate(args, 1))
         if args
-        else [(f"stdin line {n}", t) for n, t in _read_stdin_lines()]
+        else [(f"stdin line {n}", t) for n, t in data_lib.read_stdin_lines("texts")]
     )
     pairs = [_compose_input(encoder, _input_fields(line, n), n) for n, line in numbered]
     texts = [t for t, _ in pairs]

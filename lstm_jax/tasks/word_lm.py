@@ -540,13 +540,13 @@ def _no_known_word(seed_text: str, vocab: Vocabulary) -> str:
     )
 
 
-def _unusable_seed_texts(config: ml_collections.ConfigDict, vocab: Vocabulary) -> list[str]:
-    """`config.generate.seed_texts` without a word of `vocab` (their samples are skipped)."""
-    return [
-        t
-        for t in config.generate.seed_texts
-        if not any(w in vocab.token_to_id for w in vocab.tokenize(t))
-    ]
+def _unusable_seed_texts(
+    config: ml_collections.ConfigDict, vocab: Vocabulary, texts: Sequence[str] | None = None
+) -> list[str]:
+    """`texts` (default `config.generate.seed_texts`) without a word of `vocab` (their samples are
+    skipped)."""
+    texts = config.generate.seed_texts if texts is None else texts
+    return [t for t in texts if not any(w in vocab.token_to_id for w in vocab.tokenize(t))]
 
 
 def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary) -> None:
@@ -626,8 +626,10 @@ def generate_samples(
     rest, and a warning names the other fields where `config` differs (see `load_trained`).
 
     Without `seed_text`: on a terminal, prompts for seed texts until an empty line (the tutorial's
-    interactive use); otherwise the config's `generate.seed_texts` (one with no word of the
-    vocabulary skipped, as after training). Prints and returns the samples.
+    interactive use); from a pipe or a file on stdin (``cat seeds.txt | ...``), its non-empty lines;
+    otherwise the config's `generate.seed_texts`. A seed text with no word of the vocabulary is
+    skipped with a note, as after training (an error when every one is). Prints and returns the
+    samples.
     """
     if seed is not None:
         generate.check_seed(int(seed))
@@ -653,6 +655,14 @@ def generate_samples(
     # Before any prompt: the prompt reports a seed text's error and goes on, which for a setting out of
     # range would be the same error after every line typed (and exit status 0).
     check_sampling(n, kw["temperature"], kw["top_k"])
+    piped: list[str] = []
+    if interactive is None and not seed_text and data.stdin_piped():
+        piped = [t.strip() for _, t in data.read_stdin_lines("seed texts")]
+        if not piped:
+            print(
+                "note: no seed text on stdin; generating from the config's generate.seed_texts",
+                file=sys.stderr,
+            )
     interactive = sys.stdin.isatty() if interactive is None else interactive
 
     def one(text: str) -> dict[str, str]:
@@ -668,20 +678,22 @@ def generate_samples(
 
     if seed_text:
         return [one(seed_text)]
-    if not interactive and not len(g.seed_texts):
+    texts = piped or list(g.seed_texts)
+    if not interactive and not texts:
         raise UserError(
             "no seed text to generate from: generate.seed_texts is empty and stdin is not a terminal"
-            " (no prompt); pass --seed_text=<words of the training texts>"
+            " (no prompt); pass --seed_text=<words of the training texts>, or seed texts one per"
+            " line on stdin"
         )
     if not interactive:
         # As the samples after training: a seed text with no word of this vocabulary (the tutorial's
         # fashion words, a run on another CSV) is skipped with a note, the others generated; only when
         # every one is unusable is it an error (naming the first).
-        unusable = _unusable_seed_texts(config, vocab)
-        if len(unusable) == len(g.seed_texts):
-            return [one(t) for t in g.seed_texts]
+        unusable = _unusable_seed_texts(config, vocab, texts)
+        if len(unusable) == len(texts):
+            return [one(t) for t in texts]
         out = []
-        for t in g.seed_texts:
+        for t in texts:
             if t in unusable:
                 print(
                     f"note: {_no_known_word(t, vocab)}: skipped; pass --seed_text=<words of the"
