@@ -22,6 +22,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 from lstm_jax import native
@@ -40,6 +41,7 @@ __all__ = [
     "native_generation_blocker",
     "temperature_ok",
     "check_sampling_flags",
+    "warn_unused_top_k",
     "check_seed",
 ]
 
@@ -113,6 +115,32 @@ def check_sampling_flags(
         raise UserError(f"{flag}temperature={temperature} must be a number >= 0 (0 = greedy)")
     if top_k < 0:
         raise UserError(f"{flag}top_k={top_k} must be >= 0 (0 = all {unit})")
+
+
+def warn_unused_top_k(
+    temperature: float,
+    top_k: int,
+    *,
+    temperature_name: str = "--temperature",
+    top_k_name: str = "--top_k",
+    unit: str = "tokens",
+) -> bool:
+    """A warning when `top_k` is set but greedy decoding (temperature 0) takes the most likely token,
+    so the setting does nothing (as Hugging Face's `generate` warns for `top_k` without sampling).
+    The names are the flags or config fields the values came from. Returns whether it warned."""
+    if temperature == 0 and top_k > 0:
+        logging.warning(
+            "%s=%d has no effect at %s=0 (greedy: the most likely %s); pass %s > 0 to sample among"
+            " the %d most likely",
+            top_k_name,
+            top_k,
+            temperature_name,
+            unit.removesuffix("s"),
+            temperature_name,
+            top_k,
+        )
+        return True
+    return False
 
 
 def check_seed(seed: int, *, name: str = "--sample_seed") -> None:

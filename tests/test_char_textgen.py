@@ -308,6 +308,35 @@ def test_generate_takes_the_generate_section_of_a_config_and_names_what_it_ignor
     assert "config.model.vocab_size" not in warning  # filled in from the data: not the user's
 
 
+def test_top_k_with_greedy_decoding_is_named_in_a_warning(stream_run, caplog):
+    """`--top_k=3` at temperature 0 did nothing and said nothing (greedy takes the argmax); now a
+    warning names the setting as given (flag or config field) and the fix; sampling does not warn."""
+    import logging
+
+    _, workdir, _ = stream_run
+
+    def warnings(**kw):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            char_lm.generate_samples(None, str(workdir), prime="to be ", length=4, **kw)
+        return [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+
+    (w,) = warnings(temperature=0.0, top_k=3)
+    assert w.startswith("--top_k=3 has no effect at --temperature=0 (greedy: the most likely")
+    assert "pass --temperature > 0 to sample among the 3 most likely" in w
+    assert warnings(temperature=0.7, top_k=3) == []
+    assert warnings(temperature=0.0, top_k=0) == []
+    given = _stream_config(Path("unused.txt"))
+    given.generate.temperature, given.generate.top_k = 0.0, 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        char_lm.generate_samples(given, str(workdir), prime="to be ", length=4)
+    (w,) = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert w.startswith(
+        "--config.generate.top_k=4 has no effect at --config.generate.temperature=0"
+    )
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [

@@ -434,6 +434,29 @@ def test_generate_names_a_bad_value_of_the_given_configs_generate_section(
         word_lm.generate_samples(given, str(workdir), seed_text="red", **{field: -5})
 
 
+def test_top_k_with_greedy_decoding_is_named_in_a_warning(lines_run, caplog):
+    """Greedy decoding ignores --top_k: once silently, now with a warning naming it (before training
+    too, for the config's generate section)."""
+    import logging
+
+    config, workdir, _ = lines_run
+    with caplog.at_level(logging.WARNING):
+        word_lm.generate_samples(
+            None, str(workdir), seed_text="red", num_words=2, temperature=0.0, top_k=5
+        )
+    (w,) = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert w.startswith("--top_k=5 has no effect at --temperature=0 (greedy: the most likely word)")
+    given = _config(Path(config.data.path))
+    given.generate.temperature, given.generate.top_k = 0.0, 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        word_lm.make_task(given)
+    (w,) = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert w.startswith(
+        "--config.generate.top_k=2 has no effect at --config.generate.temperature=0"
+    )
+
+
 def test_interactive_prompt_reads_until_empty_line(lines_run, monkeypatch):
     _, workdir, _ = lines_run
     answers = iter(["red shirt", "zebra", ""])

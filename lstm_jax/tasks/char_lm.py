@@ -456,6 +456,13 @@ def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary)
         int(g.num_samples),
         flag="--config.generate.",
     )
+    generate.warn_unused_top_k(
+        float(g.temperature),
+        int(g.top_k),
+        temperature_name="--config.generate.temperature",
+        top_k_name="--config.generate.top_k",
+        unit="characters",
+    )
     if g.prime:
         try:
             vocab.encode(str(g.prime), strict=True)
@@ -576,6 +583,15 @@ def generate_samples(
         "top_k": int(g.top_k if top_k is None else top_k),
         "step": step,
     }
+    generate.warn_unused_top_k(
+        samples["temperature"],
+        samples["top_k"],
+        temperature_name="--config.generate.temperature"
+        if temperature is None
+        else "--temperature",
+        top_k_name="--config.generate.top_k" if top_k is None else "--top_k",
+        unit="characters",
+    )
     samples["texts"] = generate_text(
         model,
         vocab,

@@ -555,6 +555,13 @@ def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary)
     tutorial's) are skipped with a warning now and a note in results.json."""
     g = config.generate
     check_sampling(int(g.num_words), float(g.temperature), int(g.top_k), flag="--config.generate.")
+    generate.warn_unused_top_k(
+        float(g.temperature),
+        int(g.top_k),
+        temperature_name="--config.generate.temperature",
+        top_k_name="--config.generate.top_k",
+        unit="words",
+    )
     for text in _unusable_seed_texts(config, vocab):
         logging.warning(
             "%s: its sample will be skipped; set --config.generate.seed_texts to texts of this data",
@@ -655,6 +662,15 @@ def generate_samples(
     # Before any prompt: the prompt reports a seed text's error and goes on, which for a setting out of
     # range would be the same error after every line typed (and exit status 0).
     check_sampling(n, kw["temperature"], kw["top_k"])
+    generate.warn_unused_top_k(
+        kw["temperature"],
+        kw["top_k"],
+        temperature_name="--config.generate.temperature"
+        if temperature is None
+        else "--temperature",
+        top_k_name="--config.generate.top_k" if top_k is None else "--top_k",
+        unit="words",
+    )
     piped: list[str] = []
     if interactive is None and not seed_text and data.stdin_piped():
         piped = [t.strip() for _, t in data.read_stdin_lines("seed texts")]
