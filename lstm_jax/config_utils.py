@@ -11,7 +11,9 @@ Every experiment config is an `ml_collections.ConfigDict` that starts from `engi
 * ``train``: ``batch_size``, ``eval_batch_size`` (0 = batch_size), ``num_epochs``, ``num_steps`` (0 = epochs
   times steps per epoch), ``eval_every_steps`` (0 = once per epoch), ``log_every_steps``, ``checkpoint_keep``,
   ``monitor`` (``val_<metric>`` or a train ``<metric>``), ``monitor_mode`` (auto, min, max), ``prefetch``.
-* ``early_stopping``: ``enabled``, ``patience``, ``min_delta``, ``restore_best_weights`` (Keras semantics).
+* ``early_stopping``: ``enabled``, ``patience``, ``min_delta``, ``restore_best_weights`` (Keras semantics;
+  the defaults differ: ``patience=3`` and ``restore_best_weights=True`` where Keras' ``EarlyStopping``
+  has 0 and False; early stopping is off unless a config or ``--config.early_stopping.enabled`` sets it).
 
 Some fields are read only under some settings (``b1``/``b2`` by adam and adamw, ``rho`` by rmsprop,
 ``momentum``/``nesterov`` by rmsprop and sgd, ``weight_decay`` by adamw, ``warmup_steps`` by the warmup
