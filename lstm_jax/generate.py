@@ -121,26 +121,29 @@ def warn_unused_top_k(
     temperature: float,
     top_k: int,
     *,
-    temperature_name: str = "--temperature",
-    top_k_name: str = "--top_k",
     unit: str = "tokens",
+    temperature_flag: bool = False,
+    top_k_flag: bool = False,
 ) -> bool:
     """A warning when `top_k` is set but greedy decoding (temperature 0) takes the most likely token,
     so the setting does nothing (as Hugging Face's `generate` warns for `top_k` without sampling).
-    The names are the flags or config fields the values came from. Returns whether it warned."""
-    if temperature == 0 and top_k > 0:
-        logging.warning(
-            "%s=%d has no effect at %s=0 (greedy: the most likely %s); pass %s > 0 to sample among"
-            " the %d most likely",
-            top_k_name,
-            top_k,
-            temperature_name,
-            unit.removesuffix("s"),
-            temperature_name,
-            top_k,
-        )
-        return True
-    return False
+    Each value is named as the flag (``--top_k``) when `*_flag`, else as the config field
+    (``--config.generate.top_k``). Returns whether it warned."""
+    if temperature != 0 or top_k <= 0:
+        return False
+    t_name = "--temperature" if temperature_flag else "--config.generate.temperature"
+    k_name = "--top_k" if top_k_flag else "--config.generate.top_k"
+    logging.warning(
+        "%s=%d has no effect at %s=0 (greedy: the most likely %s); pass %s > 0 to sample among the"
+        " %d most likely",
+        k_name,
+        top_k,
+        t_name,
+        unit.removesuffix("s"),
+        t_name,
+        top_k,
+    )
+    return True
 
 
 def check_seed(seed: int, *, name: str = "--sample_seed") -> None:

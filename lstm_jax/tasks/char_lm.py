@@ -456,13 +456,7 @@ def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary)
         int(g.num_samples),
         flag="--config.generate.",
     )
-    generate.warn_unused_top_k(
-        float(g.temperature),
-        int(g.top_k),
-        temperature_name="--config.generate.temperature",
-        top_k_name="--config.generate.top_k",
-        unit="characters",
-    )
+    generate.warn_unused_top_k(float(g.temperature), int(g.top_k), unit="characters")
     if g.prime:
         try:
             vocab.encode(str(g.prime), strict=True)
@@ -586,11 +580,9 @@ def generate_samples(
     generate.warn_unused_top_k(
         samples["temperature"],
         samples["top_k"],
-        temperature_name="--config.generate.temperature"
-        if temperature is None
-        else "--temperature",
-        top_k_name="--config.generate.top_k" if top_k is None else "--top_k",
         unit="characters",
+        temperature_flag=temperature is not None,
+        top_k_flag=top_k is not None,
     )
     samples["texts"] = generate_text(
         model,

@@ -555,13 +555,7 @@ def _check_generate_config(config: ml_collections.ConfigDict, vocab: Vocabulary)
     tutorial's) are skipped with a warning now and a note in results.json."""
     g = config.generate
     check_sampling(int(g.num_words), float(g.temperature), int(g.top_k), flag="--config.generate.")
-    generate.warn_unused_top_k(
-        float(g.temperature),
-        int(g.top_k),
-        temperature_name="--config.generate.temperature",
-        top_k_name="--config.generate.top_k",
-        unit="words",
-    )
+    generate.warn_unused_top_k(float(g.temperature), int(g.top_k), unit="words")
     for text in _unusable_seed_texts(config, vocab):
         logging.warning(
             "%s: its sample will be skipped; set --config.generate.seed_texts to texts of this data",
@@ -665,11 +659,9 @@ def generate_samples(
     generate.warn_unused_top_k(
         kw["temperature"],
         kw["top_k"],
-        temperature_name="--config.generate.temperature"
-        if temperature is None
-        else "--temperature",
-        top_k_name="--config.generate.top_k" if top_k is None else "--top_k",
         unit="words",
+        temperature_flag=temperature is not None,
+        top_k_flag=top_k is not None,
     )
     piped: list[str] = []
     if interactive is None and not seed_text and data.stdin_piped():
