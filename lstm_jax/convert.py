@@ -39,6 +39,14 @@ def from_keras(weights: Sequence[Any]) -> Params:
     Args:
       weights: `[kernel [in, 4H], recurrent_kernel [H, 4H], bias [4H]]` (a layer built with `use_bias=True`).
     """
+    if len(weights) > 3 and len(weights) % 3 == 0:
+        # A `Bidirectional(LSTM)` wrapper (6 arrays) or a model's `get_weights()`: several LSTMs.
+        raise ValueError(
+            f"from_keras: expected one LSTM's [kernel, recurrent_kernel, bias] (3 arrays), got "
+            f"{len(weights)} (the weights of {len(weights) // 3} layers); pass one LSTM layer's "
+            "get_weights(), for a Bidirectional wrapper layer.forward_layer.get_weights() and "
+            "layer.backward_layer.get_weights()"
+        )
     if len(weights) != 3:
         raise ValueError(
             f"from_keras: expected [kernel, recurrent_kernel, bias] (3 arrays), got {len(weights)}; "

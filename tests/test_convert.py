@@ -7,7 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm_jax import from_keras, from_torch, from_torch_lstm, lstm_layer, lstm_step, to_keras
+from lstm_jax import (
+    bidirectional,
+    from_keras,
+    from_torch,
+    from_torch_lstm,
+    lstm_layer,
+    lstm_step,
+    to_keras,
+)
 from lstm_jax.core import LSTMState
 
 keras = pytest.importorskip("keras")
@@ -75,6 +83,29 @@ def test_keras_parity_default_init_and_round_trip():
 def test_from_keras_rejects_missing_bias():
     with pytest.raises(ValueError, match="use_bias"):
         from_keras([np.zeros((3, 8)), np.zeros((2, 8))])
+
+
+def test_from_keras_names_the_directions_of_a_bidirectional_layer():
+    """A `Bidirectional(LSTM)` wrapper's get_weights() holds both directions (6 arrays): the error says to
+    pass each direction's layer (it used to say "build the Keras LSTM with use_bias=True", which the
+    layer was), and the weights of each direction import and run as Keras' wrapper does."""
+    rng = np.random.default_rng(4)
+    b, t, f, h = 2, 5, 3, 4
+    wrapper = keras.layers.Bidirectional(keras.layers.LSTM(h, return_sequences=True))
+    wrapper.build((None, t, f))
+    wrapper.set_weights(
+        [w + 0.1 * rng.normal(size=w.shape).astype(np.float32) for w in wrapper.get_weights()]
+    )
+    with pytest.raises(ValueError, match="6.*forward_layer.get_weights.*backward_layer") as e:
+        from_keras(wrapper.get_weights())
+    assert "use_bias" not in str(e.value)
+    x = rng.normal(size=(b, t, f)).astype(np.float32)
+    ours, _ = bidirectional(
+        from_keras(wrapper.forward_layer.get_weights()),
+        from_keras(wrapper.backward_layer.get_weights()),
+        jnp.asarray(x),
+    )
+    np.testing.assert_allclose(ours, np.asarray(wrapper(x)), atol=1e-5)
 
 
 def _torch_reference(sd, x, layer=0, reverse=False):
