@@ -117,8 +117,9 @@ def from_torch_lstm(
     `nn.LSTM`. Returns a list of core params per layer, or of `(forward, backward)` pairs when the LSTM
     is bidirectional.
     """
+    prefixes = {k[: k.index("weight_ih_l")] for k in state_dict if "weight_ih_l" in k}
+    given = prefix
     if prefix is None:
-        prefixes = {k[: k.index("weight_ih_l")] for k in state_dict if "weight_ih_l" in k}
         if len(prefixes) > 1:
             raise ValueError(
                 f"from_torch_lstm: the state dict holds several LSTMs ({', '.join(sorted(prefixes))});"
@@ -135,6 +136,12 @@ def from_torch_lstm(
         {int(k.split("_l")[1].split("_")[0]) for k in state_dict if k.startswith("weight_ih_l")}
     )
     if not layers:
+        if given and prefixes:  # a misspelt prefix, or a parent module's path ("encoder")
+            found = ", ".join(repr(p) for p in sorted(prefixes))
+            raise ValueError(
+                f"from_torch_lstm: no LSTM's weight_ih_l* keys start with prefix={given!r}; the state"
+                f" dict holds LSTMs at {found}: pass one of them as prefix="
+            )
         raise ValueError("from_torch_lstm: no weight_ih_l* keys; is this an nn.LSTM state dict?")
     bidir = any(k.endswith("_reverse") for k in state_dict)
     if bidir:

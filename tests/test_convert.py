@@ -198,6 +198,21 @@ def test_torch_importer_reads_a_whole_models_state_dict():
         np.testing.assert_array_equal(got["kernel"], want["kernel"])
 
 
+def test_torch_importer_names_the_lstms_when_the_prefix_matches_none():
+    """A misspelt prefix, or the path of the module that holds the LSTM ("encoder" for
+    "encoder.lstm."), names the LSTMs the dict holds; it used to ask "is this an nn.LSTM state dict?"."""
+    rng = np.random.default_rng(5)
+    sd = _torch_state_dict(rng, 4, 5)
+    model_sd = {**{f"encoder.lstm.{k}": v for k, v in sd.items()}, "head.weight": np.zeros((2, 5))}
+    for prefix in ("encoder.lstn.", "encoder", "head"):
+        with pytest.raises(
+            ValueError, match=rf"prefix='{prefix}'.*LSTMs at 'encoder\.lstm\.'.*pass one"
+        ):
+            from_torch_lstm(model_sd, prefix=prefix)
+    with pytest.raises(ValueError, match="is this an nn.LSTM state dict"):
+        from_torch_lstm({"head.weight": np.zeros((2, 5))}, prefix="head")
+
+
 def test_torch_importer_accepts_jax_arrays():
     rng = np.random.default_rng(2)
     sd = {k: jax.numpy.asarray(v) for k, v in _torch_state_dict(rng, 2, 3).items()}
