@@ -55,7 +55,8 @@ def tfidf_logreg(
       class_names: names of the label ids (2 for binary, 6 for LIAR).
       preprocessor: text -> text applied before tokenisation (e.g. the IMDB standardisation); default
         sklearn's lowercasing.
-      ngram_range, max_features, min_df: `TfidfVectorizer` settings.
+      ngram_range, max_features, min_df: `TfidfVectorizer` settings; `min_df` is 1 when the training
+        split has fewer than 50 texts (the result's ``settings["min_df"]`` is the one used).
       c_grid: inverse regularisation strengths tried; the best on `select_split` (train accuracy when
         that split is absent) is kept.
       train_split, select_split: split names.
@@ -70,6 +71,7 @@ def tfidf_logreg(
 
     t0 = time.time()
     texts, labels = splits[train_split]
+    used_min_df = min_df if len(texts) >= 50 else 1
     # TfidfVectorizer(...) is CountVectorizer then TfidfTransformer (scikit-learn's own fit_transform and
     # transform are those two steps); they are run apart here so that the training split is tokenised once:
     # `transform` of the training texts gave the fitted counts with their column indices sorted (the fit
@@ -80,7 +82,7 @@ def tfidf_logreg(
         preprocessor=preprocessor,
         ngram_range=tuple(ngram_range),
         max_features=max_features,
-        min_df=min_df if len(texts) >= 50 else 1,
+        min_df=used_min_df,
         token_pattern=r"(?u)\b\w+\b",
         dtype=np.float64,
     )
@@ -124,7 +126,7 @@ def tfidf_logreg(
         "settings": {
             "ngram_range": list(ngram_range),
             "max_features": max_features,
-            "min_df": min_df,
+            "min_df": used_min_df,
             "sublinear_tf": True,
             "vocabulary": len(count.vocabulary_),
             "selected_on": sel,

@@ -212,3 +212,18 @@ def test_the_key_follows_the_code_that_writes_the_report(tmp_path, monkeypatch):
 
     monkeypatch.setattr(baselines, "classification_report", fixed_reports.classification_report)
     assert baselines.cache_key(splits, ["neg", "pos"]) != key
+
+
+def test_the_settings_name_the_min_df_the_fit_used():
+    """Under 50 training texts the vectorizer keeps every term (min_df 1): the result's settings said
+    min_df 2 (the argument) beside a vocabulary counted with 1."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    small = _splits(n=40)
+    result = baselines.tfidf_logreg(small, ["neg", "pos"], min_df=2)
+    every_term = CountVectorizer(ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", min_df=1)
+    every_term.fit(small["train"][0])
+    assert result["settings"]["min_df"] == 1
+    assert result["settings"]["vocabulary"] == len(every_term.vocabulary_)
+    large = _splits(n=60)
+    assert baselines.tfidf_logreg(large, ["neg", "pos"], min_df=2)["settings"]["min_df"] == 2
