@@ -167,6 +167,13 @@ def _source(fn: Callable[..., Any]) -> str:
         return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+def _plain(v: Any) -> Any:
+    """A NumPy array or scalar as the list or Python number JSON writes; anything else as its repr."""
+    if isinstance(v, np.ndarray | np.generic):
+        return v.tolist()
+    return repr(v)
+
+
 def cache_key(
     splits: Mapping[str, tuple[Sequence[str], Any]],
     class_names: Sequence[str],
@@ -197,7 +204,9 @@ def cache_key(
         "machine": platform.machine(),
         "libraries": _numeric_libraries(),
     }
-    h.update(json.dumps(head, sort_keys=True).encode())
+    # NumPy settings (`c_grid=np.logspace(...)`, `max_features=np.int64(...)`) as the numbers they hold: a
+    # TypeError here failed the run that `tfidf_logreg` alone fits.
+    h.update(json.dumps(head, sort_keys=True, default=_plain).encode())
     for name in sorted(splits):
         texts, labels = splits[name]
         h.update(f"\0split {name} {len(texts)}\0".encode())

@@ -227,3 +227,26 @@ def test_the_settings_name_the_min_df_the_fit_used():
     assert result["settings"]["vocabulary"] == len(every_term.vocabulary_)
     large = _splits(n=60)
     assert baselines.tfidf_logreg(large, ["neg", "pos"], min_df=2)["settings"]["min_df"] == 2
+
+
+def test_numpy_settings_are_cached_as_the_numbers_they_hold(tmp_path, monkeypatch):
+    """`c_grid=np.array(...)` or a NumPy scalar setting failed the cached baseline with "Object of type
+    ndarray is not JSON serializable" in the key (`tfidf_logreg` alone fits them); they key as the
+    same Python numbers."""
+    splits = _splits()
+    grid = np.array([1.0, 4.0])
+    first = baselines.cached_tfidf_logreg(
+        splits, ["neg", "pos"], c_grid=grid, max_features=np.int64(500), directory=str(tmp_path)
+    )
+    assert "cached" not in first and first["chosen_C"] in (1.0, 4.0)
+    assert baselines.cache_key(splits, ["neg", "pos"], c_grid=grid) == baselines.cache_key(
+        splits, ["neg", "pos"], c_grid=(1.0, 4.0)
+    )
+    assert baselines.cache_key(
+        splits, ["neg", "pos"], c_grid=np.float32([1.0])
+    ) != baselines.cache_key(splits, ["neg", "pos"], c_grid=grid)
+    monkeypatch.setattr(baselines, "tfidf_logreg", lambda *a, **k: pytest.fail("fitted again"))
+    again = baselines.cached_tfidf_logreg(
+        splits, ["neg", "pos"], c_grid=(1.0, 4.0), max_features=500, directory=str(tmp_path)
+    )
+    assert again["chosen_C"] == first["chosen_C"] and "cached" in again
