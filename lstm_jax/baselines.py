@@ -159,12 +159,18 @@ def _numeric_libraries() -> list[dict[str, Any]]:
 
 
 def _source(fn: Callable[..., Any]) -> str:
-    """`fn`'s source (its code, so an edited preprocessor misses the cache), or its name for a builtin."""
+    """`fn`'s source and its module's (the code, so an edited preprocessor misses the cache, and so does
+    one whose helpers or module-level tables changed: `text.standardize_imdb` reads `_IMDB_PUNCT`), or
+    its name for a builtin."""
     try:
-        return inspect.getsource(fn)
+        source = inspect.getsource(fn)
     except (OSError, TypeError):
         module = getattr(fn, "__module__", None) or type(fn).__module__
         return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+    try:
+        return source + "\0" + inspect.getsource(inspect.getmodule(fn))
+    except (OSError, TypeError):  # defined where no module file is (a notebook, `python -c`)
+        return source
 
 
 def _plain(v: Any) -> Any:
@@ -182,9 +188,9 @@ def cache_key(
     **settings: Any,
 ) -> str:
     """A hex digest of everything `tfidf_logreg` reads: every split's texts and labels, the class names,
-    the settings, the preprocessor's, this module's and the report's (`lstm_jax.reports`) source, the
-    library versions and the numeric libraries' kernels and thread counts (`_numeric_libraries`). Not the
-    seed (see `_SOLVER`)."""
+    the settings, the preprocessor's (its module's too), this module's and the report's
+    (`lstm_jax.reports`) source, the library versions and the numeric libraries' kernels and thread
+    counts (`_numeric_libraries`). Not the seed (see `_SOLVER`)."""
     import numpy
     import scipy
     import sklearn

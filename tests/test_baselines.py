@@ -250,3 +250,24 @@ def test_numpy_settings_are_cached_as_the_numbers_they_hold(tmp_path, monkeypatc
         splits, ["neg", "pos"], c_grid=(1.0, 4.0), max_features=500, directory=str(tmp_path)
     )
     assert again["chosen_C"] == first["chosen_C"] and "cached" in again
+
+
+def test_the_key_follows_the_module_tables_the_preprocessor_reads(tmp_path, monkeypatch):
+    """`text.standardize_imdb` reads the module's `_IMDB_PUNCT`: an edit there changes the baseline's
+    numbers, so it is a new key (the key held the function's own source only, and read the old numbers
+    back)."""
+    body = "\n\ndef preprocess(t):\n    return _DROP.sub('', t.lower())\n"
+    for name, drop in (("pre_old", "[!]"), ("pre_new", "[!?]")):
+        (tmp_path / f"{name}.py").write_text(f"import re\n\n_DROP = re.compile({drop!r})\n{body}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pre_new
+    import pre_old
+
+    splits = _splits()
+    old = baselines.cache_key(splits, ["neg", "pos"], preprocessor=pre_old.preprocess)
+    assert old == baselines.cache_key(splits, ["neg", "pos"], preprocessor=pre_old.preprocess)
+    assert old != baselines.cache_key(splits, ["neg", "pos"], preprocessor=pre_new.preprocess)
+    # A builtin has no source: its name keys it, as before.
+    assert baselines.cache_key(splits, ["neg", "pos"], preprocessor=str.lower) == (
+        baselines.cache_key(splits, ["neg", "pos"], preprocessor=str.lower)
+    )
