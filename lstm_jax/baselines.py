@@ -69,6 +69,11 @@ def tfidf_logreg(
     from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
     from sklearn.linear_model import LogisticRegression
 
+    if len(c_grid) == 0:
+        raise ValueError(
+            "tfidf_logreg: c_grid is empty; give at least one inverse regularisation strength C, e.g."
+            " c_grid=(0.25, 1.0, 4.0, 16.0)"
+        )
     t0 = time.time()
     texts, labels = splits[train_split]
     used_min_df = min_df if len(texts) >= 50 else 1

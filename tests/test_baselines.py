@@ -271,3 +271,9 @@ def test_the_key_follows_the_module_tables_the_preprocessor_reads(tmp_path, monk
     assert baselines.cache_key(splits, ["neg", "pos"], preprocessor=str.lower) == (
         baselines.cache_key(splits, ["neg", "pos"], preprocessor=str.lower)
     )
+
+
+def test_an_empty_c_grid_is_an_error_naming_it():
+    """No C to try ended in a bare AssertionError after the texts were counted."""
+    with pytest.raises(ValueError, match=r"c_grid is empty.*c_grid=\(0\.25"):
+        baselines.tfidf_logreg(_splits(), ["neg", "pos"], c_grid=())
