@@ -74,6 +74,11 @@ def tfidf_logreg(
             "tfidf_logreg: c_grid is empty; give at least one inverse regularisation strength C, e.g."
             " c_grid=(0.25, 1.0, 4.0, 16.0)"
         )
+    for name, (split_texts, _) in splits.items():
+        if len(split_texts) == 0:  # scikit-learn's "Found array with 0 sample(s)" names no split
+            raise ValueError(
+                f"tfidf_logreg: the {name!r} split has no texts; leave it out of splits or fill it"
+            )
     t0 = time.time()
     texts, labels = splits[train_split]
     used_min_df = min_df if len(texts) >= 50 else 1

@@ -277,3 +277,12 @@ def test_an_empty_c_grid_is_an_error_naming_it():
     """No C to try ended in a bare AssertionError after the texts were counted."""
     with pytest.raises(ValueError, match=r"c_grid is empty.*c_grid=\(0\.25"):
         baselines.tfidf_logreg(_splits(), ["neg", "pos"], c_grid=())
+
+
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_an_empty_split_is_an_error_naming_it(empty):
+    """An empty split failed inside scikit-learn ("empty vocabulary" for the training split, "Found array
+    with 0 sample(s) ... TfidfTransformer" for another), naming no split."""
+    splits = {**_splits(), empty: ([], np.zeros(0, np.int64))}
+    with pytest.raises(ValueError, match=f"the '{empty}' split has no texts"):
+        baselines.tfidf_logreg(splits, ["neg", "pos"])
