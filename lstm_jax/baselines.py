@@ -74,10 +74,18 @@ def tfidf_logreg(
             "tfidf_logreg: c_grid is empty; give at least one inverse regularisation strength C, e.g."
             " c_grid=(0.25, 1.0, 4.0, 16.0)"
         )
-    for name, (split_texts, _) in splits.items():
+    for name, (split_texts, split_labels) in splits.items():
         if len(split_texts) == 0:  # scikit-learn's "Found array with 0 sample(s)" names no split
             raise ValueError(
                 f"tfidf_logreg: the {name!r} split has no texts; leave it out of splits or fill it"
+            )
+        y = np.asarray(split_labels)
+        # Checked before the fit: the report of the fitted model refused them after it, naming no split.
+        if y.dtype.kind in "iuf" and y.size and (y.min() < 0 or y.max() >= len(class_names)):
+            raise ValueError(
+                f"tfidf_logreg: the {name!r} split has labels in [{y.min()}, {y.max()}] but"
+                f" {len(class_names)} class_names ({', '.join(map(str, class_names))}); labels must"
+                f" be class ids in [0, {len(class_names)})"
             )
     t0 = time.time()
     texts, labels = splits[train_split]

@@ -286,3 +286,21 @@ def test_an_empty_split_is_an_error_naming_it(empty):
     splits = {**_splits(), empty: ([], np.zeros(0, np.int64))}
     with pytest.raises(ValueError, match=f"the '{empty}' split has no texts"):
         baselines.tfidf_logreg(splits, ["neg", "pos"])
+
+
+def test_labels_outside_the_class_names_are_an_error_naming_the_split(monkeypatch):
+    """A label without a class name (6-way labels, binary names) was fitted as a class of its own and
+    then refused by the report ("y_true has values outside [0, 2)"), naming no split; it is refused
+    before the fit."""
+    splits = _splits()
+    texts, labels = splits["validation"]
+    bad = {**splits, "validation": (texts, np.where(np.arange(len(labels)) == 3, 5, labels))}
+    fits = []
+    monkeypatch.setattr(
+        "sklearn.linear_model.LogisticRegression.fit", lambda *a, **k: fits.append(1)
+    )
+    with pytest.raises(
+        ValueError, match=r"'validation' split has labels in \[0, 5\] but 2 class_names"
+    ):
+        baselines.tfidf_logreg(bad, ["neg", "pos"])
+    assert fits == []
