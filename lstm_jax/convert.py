@@ -53,8 +53,13 @@ def from_keras(weights: Sequence[Any]) -> Params:
             "build the Keras LSTM with use_bias=True"
         )
     kernel, rk, bias = (_np(w) for w in weights)
-    h = rk.shape[0]
-    if rk.shape != (h, 4 * h) or kernel.shape[1] != 4 * h or bias.shape != (4 * h,):
+    h = rk.shape[0] if rk.ndim == 2 else -1  # not 2-D: no H, and the message below names the shapes
+    if (
+        kernel.ndim != 2
+        or rk.shape != (h, 4 * h)
+        or kernel.shape[1] != 4 * h
+        or bias.shape != (4 * h,)
+    ):
         raise ValueError(
             f"from_keras: inconsistent shapes kernel {kernel.shape}, recurrent_kernel {rk.shape}, "
             f"bias {bias.shape}"
@@ -90,11 +95,17 @@ def from_torch(state_dict: Mapping[str, Any], layer: int = 0, reverse: bool = Fa
         ) from None
     if f"weight_hr{suffix}" in state_dict:
         raise ValueError("from_torch: LSTMs with proj_size > 0 are not supported")
-    four_h, h = w_hh.shape
-    if four_h != 4 * h or w_ih.shape[0] != four_h:
+    if (
+        w_ih.ndim != 2  # a 1-D weight_ih was returned as a 1-D kernel
+        or w_hh.ndim != 2
+        or w_hh.shape[0] != 4 * w_hh.shape[1]
+        or w_ih.shape[0] != w_hh.shape[0]
+    ):
         raise ValueError(
-            f"from_torch: inconsistent shapes weight_ih {w_ih.shape}, weight_hh {w_hh.shape}"
+            f"from_torch: inconsistent shapes weight_ih {w_ih.shape}, weight_hh {w_hh.shape}; expected"
+            " [4H, in] and [4H, H]"
         )
+    four_h = w_hh.shape[0]
     bias = np.zeros((four_h,), np.float32)
     for name in (f"bias_ih{suffix}", f"bias_hh{suffix}"):
         if name in state_dict:  # absent when the torch LSTM was built with bias=False

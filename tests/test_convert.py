@@ -213,6 +213,18 @@ def test_torch_importer_names_the_lstms_when_the_prefix_matches_none():
         from_torch_lstm({"head.weight": np.zeros((2, 5))}, prefix="head")
 
 
+def test_importers_name_the_shapes_of_arrays_of_the_wrong_rank():
+    """The shape checks indexed a second dimension: a 1-D kernel (arrays in another order) was an
+    IndexError "tuple index out of range", a 1-D weight_hh "not enough values to unpack", and a 1-D
+    weight_ih came back as a 1-D kernel."""
+    with pytest.raises(ValueError, match=r"from_keras: inconsistent shapes kernel \(8,\)"):
+        from_keras([np.zeros(8), np.zeros((2, 8)), np.zeros((3, 8))])
+    for w_ih, w_hh in [((8, 3), (8,)), ((8,), (8, 2))]:
+        sd = {"weight_ih_l0": np.zeros(w_ih), "weight_hh_l0": np.zeros(w_hh)}
+        with pytest.raises(ValueError, match=r"from_torch: inconsistent shapes.*\[4H, in\]"):
+            from_torch(sd)
+
+
 def test_torch_importer_accepts_jax_arrays():
     rng = np.random.default_rng(2)
     sd = {k: jax.numpy.asarray(v) for k, v in _torch_state_dict(rng, 2, 3).items()}
