@@ -33,12 +33,21 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def from_keras(weights: Sequence[Any]) -> Params:
-    """`keras.layers.LSTM(...).get_weights()` -> core params.
+def from_keras(weights: Sequence[Any] | Any) -> Params:
+    """`keras.layers.LSTM(...).get_weights()` (or the layer itself) -> core params.
+
+    The core computes Keras' default cell (`activation="tanh"`, `recurrent_activation="sigmoid"`);
+    weights alone do not say which activations they were trained with, so pass the layer to have
+    them checked (another activation is a `ValueError`, not a model that silently computes another
+    function).
 
     Args:
-      weights: `[kernel [in, 4H], recurrent_kernel [H, 4H], bias [4H]]` (a layer built with `use_bias=True`).
+      weights: `[kernel [in, 4H], recurrent_kernel [H, 4H], bias [4H]]` (a layer built with
+        `use_bias=True`), or a built `keras.layers.LSTM`.
     """
+    if hasattr(weights, "get_weights"):  # a Keras layer
+        _check_keras_activations(weights)
+        weights = weights.get_weights()
     if len(weights) > 3 and len(weights) % 3 == 0:
         # A `Bidirectional(LSTM)` wrapper (6 arrays) or a model's `get_weights()`: several LSTMs.
         raise ValueError(
@@ -69,6 +78,24 @@ def from_keras(weights: Sequence[Any]) -> Params:
         "recurrent_kernel": jnp.asarray(rk),
         "bias": jnp.asarray(bias),
     }
+
+
+def _check_keras_activations(layer: Any) -> None:
+    cell = getattr(layer, "cell", layer)
+    for attr, expected in (("recurrent_activation", "sigmoid"), ("activation", "tanh")):
+        fn = getattr(cell, attr, None)
+        if fn is None:
+            raise ValueError(
+                f"from_keras: {type(layer).__name__} has no {attr}; pass a keras.layers.LSTM (or its"
+                " get_weights())"
+            )
+        name = getattr(fn, "__name__", repr(fn))
+        if name != expected:
+            raise ValueError(
+                f"from_keras: the layer's {attr} is {name}, but the core LSTM computes {attr}="
+                f"{expected!r} (Keras' default); its weights would give other outputs here: retrain"
+                f" the Keras layer with {attr}={expected!r}"
+            )
 
 
 def to_keras(params: Params) -> list[np.ndarray]:

@@ -80,6 +80,28 @@ def test_keras_parity_default_init_and_round_trip():
     np.testing.assert_allclose(lstm_layer(params, jnp.asarray(x))[0], k_seq, atol=1e-5)
 
 
+def test_from_keras_takes_a_layer_and_refuses_other_activations():
+    """Weights alone cannot say they were trained with `recurrent_activation="hard_sigmoid"`: such a
+    layer's weights imported silently and computed another function. A layer passed itself is checked."""
+    layer = _keras_lstm(5, 3, 4)
+    for a, b in zip(
+        jax.tree.leaves(from_keras(layer)),
+        jax.tree.leaves(from_keras(layer.get_weights())),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    hard = _keras_lstm(5, 3, 4, recurrent_activation="hard_sigmoid")
+    with pytest.raises(ValueError, match=r"recurrent_activation is hard_sigmoid.*'sigmoid'"):
+        from_keras(hard)
+    relu = _keras_lstm(5, 3, 4, activation="relu")
+    with pytest.raises(ValueError, match=r"activation is relu.*activation='tanh'"):
+        from_keras(relu)
+    with pytest.raises(
+        ValueError, match="Dense has no recurrent_activation; pass a keras.layers.LSTM"
+    ):
+        from_keras(keras.layers.Dense(3))
+
+
 def test_from_keras_rejects_missing_bias():
     with pytest.raises(ValueError, match="use_bias"):
         from_keras([np.zeros((3, 8)), np.zeros((2, 8))])
