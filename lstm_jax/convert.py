@@ -136,7 +136,13 @@ def from_torch(state_dict: Mapping[str, Any], layer: int = 0, reverse: bool = Fa
     bias = np.zeros((four_h,), np.float32)
     for name in (f"bias_ih{suffix}", f"bias_hh{suffix}"):
         if name in state_dict:  # absent when the torch LSTM was built with bias=False
-            bias = bias + _np(state_dict[name])
+            b = _np(state_dict[name])
+            if b.shape != (four_h,):  # [1] or [4H, 1] broadcast into the sum silently
+                raise ValueError(
+                    f"from_torch: {name} has shape {tuple(b.shape)}, expected ({four_h},) (4H for"
+                    f" weight_hh {tuple(w_hh.shape)})"
+                )
+            bias = bias + b
     return {
         "kernel": jnp.asarray(w_ih.T),
         "recurrent_kernel": jnp.asarray(w_hh.T),

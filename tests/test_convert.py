@@ -102,6 +102,22 @@ def test_from_keras_takes_a_layer_and_refuses_other_activations():
         from_keras(keras.layers.Dense(3))
 
 
+@pytest.mark.parametrize("shape", [(1,), (8, 1), (4,)])
+def test_from_torch_refuses_a_bias_of_another_shape(shape):
+    """A [1] or [4H, 1] bias broadcast into b_ih + b_hh silently (a [4H, 4H] bias for [4H, 1]); a [H]
+    one raised NumPy's unnamed broadcast error."""
+    sd = {
+        "weight_ih_l0": np.zeros((8, 3)),
+        "weight_hh_l0": np.zeros((8, 2)),
+        "bias_ih_l0": np.zeros((8,)),
+        "bias_hh_l0": np.zeros(shape),
+    }
+    with pytest.raises(ValueError, match=r"bias_hh_l0 has shape .*, expected \(8,\)"):
+        from_torch(sd)
+    sd["bias_hh_l0"] = np.ones((8,))
+    np.testing.assert_array_equal(from_torch(sd)["bias"], np.ones(8))
+
+
 def test_from_keras_rejects_missing_bias():
     with pytest.raises(ValueError, match="use_bias"):
         from_keras([np.zeros((3, 8)), np.zeros((2, 8))])
