@@ -6,8 +6,8 @@
 
 Starts `--processes` processes per build, alternating (the shipped step, then with `--xla` the step compiled
 with that XLA option, as `benchmarks.ab_rule --xla` does), each building the shape's step and running
-`--steps` steps, and prints each process's `ru_maxrss` after the build, the first step and the last. One
-process's peak says little: on shape D, four identical processes peaked at 703 to 1,117 MB after 6 steps
+`--steps` steps, and prints each process's peak RSS (Linux's `VmHWM`) after the build, the first step and
+the last. One process's peak says little: on shape D, four identical processes peaked at 703 to 1,117 MB after 6 steps
 (benchmarks/README.md, run 4): the same program each time; what varies was not measured.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,12 @@ PREFIX = "PEAK_RSS "
 
 
 def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS, MB: `VmHWM` (as the benchmark's workers read it), which starts afresh at
+    exec; `ru_maxrss` carries the starting process's resident size over fork+exec, so `measure` called
+    from a large process reported at least that process's size for every build."""
+    from benchmarks.worker import _peak_rss_mb
+
+    return _peak_rss_mb()
 
 
 def child(shape_name: str, steps: int, xla: str | None) -> dict:

@@ -870,3 +870,15 @@ def test_peak_rss_measures_fresh_processes_of_both_builds():
     assert "not a valid enum value" in bad.stderr
     usage = peak_rss("--xla", "novalue")
     assert usage.returncode == 2 and "--xla takes NAME=VALUE" in usage.stderr
+
+
+def test_peak_rss_measures_each_process_not_its_starter():
+    """`peak_rss` read `ru_maxrss`, which Linux carries over fork+exec from the starting process: called
+    from a large process (a notebook, a pytest worker), every build reported at least that process's size."""
+    from benchmarks import peak_rss
+
+    held = np.ones(1536 * 2**20 // 8)  # 1.5 GB resident in this (the starting) process
+    runs = peak_rss.measure("tiny", processes=1, steps=1, xla=None)
+    assert held[-1] == 1.0
+    (shipped,) = runs["shipped"]
+    assert 0 < shipped["build"] <= shipped["last_step"] < 1024, shipped
