@@ -20,6 +20,8 @@ import argparse
 import statistics
 import time
 
+from benchmarks.shapes import shape_arg
+
 RULES = (
     "CPU_PER_STEP_MAX_HIDDEN",
     "FOLD_EMBEDDING_MAX_ROWS_PER_POSITION",
@@ -80,7 +82,7 @@ def compare(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", default="C", help="A-D (or tiny)")
+    p.add_argument("--shape", default="C", type=shape_arg, help="A-D (or tiny)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--set", help=f"NAME=VALUE, NAME one of {', '.join(RULES)}")
     which.add_argument(

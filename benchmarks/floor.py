@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from benchmarks.shapes import Shape, get_shape
+from benchmarks.shapes import Shape, get_shape, shape_list_arg
 
 PREFIX = "@@FLOOR "
 TARGET_FACTOR = 1.5  # issue 6: lstm_jax's step at least 1.5x faster than the fastest peer
@@ -203,13 +203,13 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="A,B,C,D")
+    p.add_argument("--shapes", default="A,B,C,D", type=shape_list_arg)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--results", default=None, help="a benchmarks.run JSON: ceiling, peers' times")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch-divisor", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    names = [s for s in args.shapes.split(",") if s]
+    names = args.shapes
     if args.worker:
         print(PREFIX + json.dumps(worker(names, args.batch_divisor, args.reps)), flush=True)
         return

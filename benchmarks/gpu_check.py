@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.shapes import SHAPES, get_shape
+from benchmarks.shapes import SHAPES, get_shape, shape_list_arg
 from lstm_jax import core
 from lstm_jax import nn as lnn
 from lstm_jax.logging_utils import write_json
@@ -158,7 +158,12 @@ def _save(path: str, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shape names")
+    p.add_argument(
+        "--shapes",
+        default=",".join(SHAPES),
+        type=shape_list_arg,
+        help="comma-separated shape names",
+    )
     p.add_argument("--max-time", type=int, default=10_000, help="cut every shape's sequence length")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--no-timing", dest="timing", action="store_false")
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = jax.devices()[0]
     print(f"jax {jax.__version__} on {dev.device_kind} ({jax.default_backend()})")
     rng = np.random.default_rng(0)
-    shapes = [get_shape(s) for s in args.shapes.split(",")]
+    shapes = [get_shape(s) for s in args.shapes]
     result = {"device": dev.device_kind, "jax": jax.__version__, "emulated": args.emulate}
     print(
         "\n| shape | T | case | forward rel. err | gradient rel. err | ok |\n|---|---:|---|---:|---:|---|",

@@ -14,17 +14,17 @@ import resource
 import time
 
 from benchmarks.peers import lstm_jax_peer
-from benchmarks.shapes import get_shape
+from benchmarks.shapes import get_shape, shape_list_arg
 from lstm_jax import runtime
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="A,B,C")
+    p.add_argument("--shapes", default="A,B,C", type=shape_list_arg)
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     print(f"malloc tuned: {runtime.malloc_tuned()}")
-    for name in args.shapes.split(","):
+    for name in args.shapes:
         bench = lstm_jax_peer.build(get_shape(name))
         bench.step()
         bench.step()

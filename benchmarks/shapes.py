@@ -6,6 +6,7 @@ feeds a small dense head. Inputs and targets are random but fixed (the timing do
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import numpy as np
@@ -99,3 +100,24 @@ def get_shape(name: str) -> Shape:
     if name == "tiny":
         return TINY
     return SHAPES[name]
+
+
+def shape_arg(name: str) -> str:
+    """An argparse `type` for one shape name: an unknown name is a usage error (exit 2, one line), not the
+    `KeyError` traceback of `get_shape` after JAX has started."""
+    name = name.strip()
+    if name != "tiny" and name not in SHAPES:
+        raise argparse.ArgumentTypeError(
+            f"unknown shape {name!r}; use one of {', '.join(SHAPES)} or tiny"
+        )
+    return name
+
+
+def shape_list_arg(text: str) -> list[str]:
+    """An argparse `type` for comma-separated shape names (each checked by `shape_arg`, each kept once)."""
+    names = [shape_arg(s) for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no shape; use some of {', '.join(SHAPES)}, tiny"
+        )
+    return list(dict.fromkeys(names))

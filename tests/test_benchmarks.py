@@ -882,3 +882,28 @@ def test_peak_rss_measures_each_process_not_its_starter():
     assert held[-1] == 1.0
     (shipped,) = runs["shipped"]
     assert 0 < shipped["build"] <= shipped["last_step"] < 1024, shipped
+
+
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("ab_rule", ["--shape", "Z", "--set", "NATIVE_SCATTER_ROWS=0"]),
+        ("profile_step", ["--shape", "Z"]),
+        ("page_faults", ["--shapes", "A,Z"]),
+        ("floor", ["--shapes", "Z"]),
+        ("gpu_check", ["--emulate", "--shapes", "C,Z"]),
+        ("gpu_check", ["--emulate", "--shapes", " , "]),
+    ],
+)
+def test_the_tools_refuse_an_unknown_shape_as_a_usage_error(module, argv, capsys):
+    """An unknown shape name ended these tools in `KeyError: 'Z'` (a traceback, exit 1), some of them (floor)
+    only after minutes of measuring the shapes named before it."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown shape 'Z'" in err or "names no shape" in err, err
+    assert "Traceback" not in err
