@@ -20,6 +20,7 @@ import argparse
 import statistics
 import time
 
+from benchmarks import at_least
 from benchmarks.shapes import shape_arg
 
 RULES = (
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     which.add_argument(
         "--xla", help="NAME=VALUE, an XLA compiler option (a DebugOptions field) for one build"
     )
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--steps", type=int, default=5, help="steps per build per round")
+    p.add_argument("--rounds", type=at_least(1), default=15)
+    p.add_argument("--steps", type=at_least(1), default=5, help="steps per build per round")
     args = p.parse_args(argv)
     if args.xla is not None:
         name, sep, value = args.xla.partition("=")

@@ -16,6 +16,7 @@ import argparse
 import jax
 import numpy as np
 
+from benchmarks import at_least
 from benchmarks.floor import median_ms
 
 # name: (rows m, contraction k, columns n, whether the left operand is stored [k, m] and transposed)
@@ -47,7 +48,7 @@ def time_shape(m: int, k: int, n: int, transposed: bool, repeats: int) -> tuple[
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--repeats", type=at_least(1), default=30)
     p.add_argument(
         "--scale", type=float, default=1.0, help="multiply every dimension (tests use less)"
     )

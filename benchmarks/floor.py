@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from benchmarks import at_least
 from benchmarks.shapes import Shape, get_shape, shape_list_arg
 
 PREFIX = "@@FLOOR "
@@ -204,10 +205,10 @@ def report(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="A,B,C,D", type=shape_list_arg)
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=at_least(1), default=20)
     p.add_argument("--results", default=None, help="a benchmarks.run JSON: ceiling, peers' times")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--batch-divisor", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--batch-divisor", type=at_least(1), default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = args.shapes
     if args.worker:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import at_least
 from benchmarks.shapes import SHAPES, get_shape, shape_list_arg
 from lstm_jax import core
 from lstm_jax import nn as lnn
@@ -164,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         type=shape_list_arg,
         help="comma-separated shape names",
     )
-    p.add_argument("--max-time", type=int, default=10_000, help="cut every shape's sequence length")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument(
+        "--max-time", type=at_least(1), default=10_000, help="cut every shape's sequence length"
+    )
+    p.add_argument("--rounds", type=at_least(1), default=5, help="interleaved timing rounds")
     p.add_argument("--no-timing", dest="timing", action="store_false")
     p.add_argument("--emulate", action="store_true", help="JAX's reference op instead of cuDNN")
     p.add_argument("--out", default="", help="JSON file for every number")

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import at_least
 from lstm_jax import core
 
 
@@ -38,15 +39,15 @@ def _chained_matmul(rk: jax.Array, batch: int, steps: int) -> jax.Array:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=40)
-    p.add_argument("--time", type=int, default=50)
-    p.add_argument("--features", type=int, default=1)
-    p.add_argument("--hidden", type=int, default=300)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--batch", type=at_least(1), default=40)
+    p.add_argument("--time", type=at_least(1), default=50)
+    p.add_argument("--features", type=at_least(1), default=1)
+    p.add_argument("--hidden", type=at_least(1), default=300)
+    p.add_argument("--layers", type=at_least(1), default=2)
     p.add_argument(
         "--impls", default="fused,scan", help="lstm_layer impls; 'floor' = chained matmuls only"
     )
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=at_least(1), default=30)
     args = p.parse_args(argv)
     sizes = [args.features] + [args.hidden] * args.layers
     params = [core.init_lstm(jax.random.key(n), sizes[n], sizes[n + 1]) for n in range(args.layers)]

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import at_least
 from lstm_jax.models import LanguageModel
 from lstm_jax.tasks.word_lm import line_loss
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="32,575")
     p.add_argument("--chunks", default="0,1024")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=at_least(1), default=5)
     args = p.parse_args(argv)
     model = LanguageModel(
         VOCAB, (128, 64), rngs=nnx.Rngs(0), embed_dim=64, dense_layers=[(64, "relu")]

@@ -13,6 +13,7 @@ import argparse
 import resource
 import time
 
+from benchmarks import at_least
 from benchmarks.peers import lstm_jax_peer
 from benchmarks.shapes import get_shape, shape_list_arg
 from lstm_jax import runtime
@@ -21,7 +22,7 @@ from lstm_jax import runtime
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="A,B,C", type=shape_list_arg)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=at_least(1), default=10)
     args = p.parse_args(argv)
     print(f"malloc tuned: {runtime.malloc_tuned()}")
     for name in args.shapes:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import at_least
 from benchmarks.shapes import shape_arg
 
 _FLAG = "--xla_cpu_enable_xprof_traceme=true"
@@ -153,7 +154,7 @@ def native_stats(bench, steps: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", default="A", type=shape_arg, help="A-D (or tiny)")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=at_least(1), default=10)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--min-ms", type=float, default=0.1)
     p.add_argument(

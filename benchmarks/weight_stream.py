@@ -25,6 +25,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
+from benchmarks import at_least
 from benchmarks.floor import median_ms
 
 
@@ -118,16 +119,16 @@ def spread_ab(hidden: int, vocab: int, length: int, calls: int) -> dict[str, lis
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=300)
-    p.add_argument("--max-matrices", type=int, default=4)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--vocab", type=int, default=60)
+    p.add_argument("--hidden", type=at_least(1), default=300)
+    p.add_argument("--max-matrices", type=at_least(1), default=4)
+    p.add_argument("--steps", type=at_least(1), default=2000)
+    p.add_argument("--vocab", type=at_least(1), default=60)
     p.add_argument("--no-kernel", action="store_true")
     p.add_argument(
         "--spread", action="store_true", help="time generate_stateful calls, helper moved or not"
     )
-    p.add_argument("--length", type=int, default=200, help="characters per call (--spread)")
-    p.add_argument("--calls", type=int, default=40, help="calls of each kind (--spread)")
+    p.add_argument("--length", type=at_least(1), default=200, help="characters per call (--spread)")
+    p.add_argument("--calls", type=at_least(1), default=40, help="calls of each kind (--spread)")
     args = p.parse_args(argv)
     if args.spread:
         import numpy as np

@@ -907,3 +907,40 @@ def test_the_tools_refuse_an_unknown_shape_as_a_usage_error(module, argv, capsys
     err = capsys.readouterr().err
     assert "unknown shape 'Z'" in err or "names no shape" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "module, argv, flag",
+    [
+        (
+            "ab_rule",
+            ["--shape", "tiny", "--set", "NATIVE_SCATTER_ROWS=0", "--rounds", "0"],
+            "--rounds",
+        ),
+        (
+            "ab_rule",
+            ["--shape", "tiny", "--set", "NATIVE_SCATTER_ROWS=0", "--steps", "0"],
+            "--steps",
+        ),
+        ("page_faults", ["--shapes", "tiny", "--steps", "0"], "--steps"),
+        ("profile_step", ["--shape", "tiny", "--steps", "0"], "--steps"),
+        ("dots", ["--scale", "0.01", "--repeats", "0"], "--repeats"),
+        ("layer", ["--batch", "2", "--time", "3", "--hidden", "4", "--reps", "0"], "--reps"),
+        ("gpu_check", ["--emulate", "--shapes", "tiny", "--rounds", "0"], "--rounds"),
+        ("floor", ["--shapes", "tiny", "--reps", "0"], "--reps"),
+        ("logits_chunk", ["--steps", "0"], "--steps"),
+        ("weight_stream", ["--spread", "--calls", "0"], "--calls"),
+        ("bench_engine", ["--steps", "15"], "--steps"),
+    ],
+)
+def test_the_tools_refuse_a_count_that_measures_nothing(module, argv, flag, capsys):
+    """A zero count ended these tools in a ZeroDivisionError, StatisticsError or IndexError traceback, most
+    after compiling the step (bench_engine: under 20 steps, after training and compiling both loops)."""
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and "must be at least" in err, err
