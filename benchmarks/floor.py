@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from benchmarks import at_least
 from benchmarks.shapes import Shape, get_shape, shape_list_arg
@@ -202,6 +203,27 @@ def report(
     return "\n".join(lines)
 
 
+def _read_results(
+    p: argparse.ArgumentParser, path: str, names: Sequence[str]
+) -> tuple[dict, float]:
+    """`(results, ceiling)` of a `benchmarks.run` JSON, checked before minutes of measuring: a file that
+    cannot be read or is not such a run is a usage error (`p.error`: one line, exit 2), not the traceback
+    (FileNotFoundError, JSONDecodeError, KeyError) it was."""
+    try:
+        results = json.loads(Path(path).read_text())
+        ceiling = float(results["ceiling"]["ceiling_gflops"])
+        if not ceiling > 0:
+            raise ValueError(f"ceiling_gflops {ceiling}")
+        # The table with stand-in chain times: a damaged row fails here, not after the measuring.
+        chains = {n: {"batch": 1, "xla_chain_ms": 0.0, "torch_chain_ms": None} for n in names}
+        report(names, chains, chains, ceiling, results)
+    except OSError as e:
+        p.error(f"--results {path!r} cannot be read ({e.strerror or e})")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        p.error(f"--results {path!r} is not a benchmarks.run JSON ({type(e).__name__}: {e})")
+    return results, ceiling
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="A,B,C,D", type=shape_list_arg)
@@ -216,9 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = None
     if args.results:
-        with open(args.results) as f:
-            results = json.load(f)
-        ceiling = results["ceiling"]["ceiling_gflops"]
+        results, ceiling = _read_results(p, args.results, names)
     else:
         from benchmarks.ceiling import measure
 

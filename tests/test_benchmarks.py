@@ -944,3 +944,35 @@ def test_the_tools_refuse_a_count_that_measures_nothing(module, argv, flag, caps
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: " in err and "must be at least" in err, err
+
+
+def test_floor_refuses_a_results_file_that_is_not_a_run(tmp_path, monkeypatch, capsys):
+    """`floor --results` of a missing file, of text that is not JSON or of another tool's JSON (gpu_check's)
+    ended in a FileNotFoundError, JSONDecodeError or KeyError traceback; a damaged row of a run's JSON only
+    after both chain measurements."""
+    from benchmarks import floor
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before reading --results")
+
+    monkeypatch.setattr(floor, "_run_worker", measured)
+    row = {"median_ms": "ten"}  # a number field holding text
+    run_json = {"ceiling": {"ceiling_gflops": 100.0}, "shapes": {"tiny": {"torch": row}}}
+    files = {
+        "bad.json": "{not json",
+        "gpu.json": json.dumps({"device": "H200", "parity": []}),
+        "damaged.json": json.dumps(run_json),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for name, message in (
+        ("none.json", "cannot be read"),
+        ("bad.json", "is not a benchmarks.run JSON"),
+        ("gpu.json", "is not a benchmarks.run JSON"),
+        ("damaged.json", "is not a benchmarks.run JSON"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            floor.main(["--shapes", "tiny", "--results", str(tmp_path / name)])
+        assert stop.value.code == 2, name
+        err = capsys.readouterr().err
+        assert f"--results '{tmp_path / name}' {message}" in err, err
