@@ -8,7 +8,7 @@ measures the first step (trace + compile + run), then times the frameworks inter
 It also measures the machine's fp32 matmul ceiling (`ceiling.py`), each run's fraction of it, peak memory
 per worker, and on the char model (shape A) the speed of compiled generation against the tutorial's loop of
 one `predict` per character. Prints a markdown table and writes the raw numbers as JSON (default
-`benchmarks/results/<UTC date and time>.json`).
+`benchmarks/results/<UTC date and time>.json`, never an existing file).
 
 `OPENBLAS_CORETYPE` is removed from the workers' environment (it halves numpy's matmul speed here).
 A framework that is not installed is reported as missing; one that fails on a shape is reported as failed.
@@ -592,6 +592,18 @@ def out_problem(path: Path) -> str | None:
     return None
 
 
+def default_out(now: dt.datetime, directory: Path) -> Path:
+    """The JSON path of a run without `--out`: `<UTC date>T<HHMM>.json` in `directory`, with `-2`, `-3`, ...
+    after it where that file exists. The minute alone named a second run started within the minute of a
+    finished one (a short run: one shape, one peer) the same, and it overwrote the first's results."""
+    stem = f"{now:%Y-%m-%dT%H%M}"
+    path, n = directory / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{stem}-{n}.json"
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.show:
@@ -635,11 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     now = dt.datetime.now(dt.UTC)
-    out = (
-        Path(args.out)
-        if args.out
-        else ROOT / "benchmarks" / "results" / f"{now:%Y-%m-%dT%H%M}.json"
-    )
+    out = Path(args.out) if args.out else default_out(now, ROOT / "benchmarks" / "results")
     problem = out_problem(out)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -976,3 +976,29 @@ def test_floor_refuses_a_results_file_that_is_not_a_run(tmp_path, monkeypatch, c
         assert stop.value.code == 2, name
         err = capsys.readouterr().err
         assert f"--results '{tmp_path / name}' {message}" in err, err
+
+
+def test_a_run_without_out_never_overwrites_an_earlier_runs_json(tmp_path, monkeypatch):
+    """Without --out the JSON was named by the minute alone: a second run started in the minute of a
+    finished one (a short run: one shape, one peer) overwrote the first's results."""
+    import datetime as dt
+    import types
+
+    minute = dt.datetime(2026, 12, 7, 9, 30, 5, tzinfo=dt.UTC)
+    clock = types.SimpleNamespace(UTC=dt.UTC, datetime=types.SimpleNamespace(now=lambda tz: minute))
+    monkeypatch.setattr(run, "dt", clock)
+    monkeypatch.setattr(run, "ROOT", tmp_path)
+    ready = {"status": "ready", "param_count": 1, "first_step_s": 0.5, "second_step_s": 0.01}
+    monkeypatch.setattr(
+        _FakeWorker, "script", {"lstm_jax": {"ready": ready, "time": {"times": [0.01]}}}
+    )
+    monkeypatch.setattr(run, "Worker", _FakeWorker)
+    monkeypatch.setattr(run, "run_child_json", _fake_ceiling)
+    for shape in ("tiny", "C", "tiny"):
+        argv = ["--shapes", shape, "--peers", "lstm_jax", "--rounds", "1", "--no-generate"]
+        assert run.main(argv) == 0
+    results = tmp_path / "benchmarks" / "results"
+    names = sorted(p.name for p in results.iterdir())
+    assert names == ["2026-12-07T0930-2.json", "2026-12-07T0930-3.json", "2026-12-07T0930.json"]
+    shapes = [list(json.loads((results / n).read_text())["shapes"]) for n in names]
+    assert shapes == [["C"], ["tiny"], ["tiny"]]
