@@ -1002,3 +1002,24 @@ def test_a_run_without_out_never_overwrites_an_earlier_runs_json(tmp_path, monke
     assert names == ["2026-12-07T0930-2.json", "2026-12-07T0930-3.json", "2026-12-07T0930.json"]
     shapes = [list(json.loads((results / n).read_text())["shapes"]) for n in names]
     assert shapes == [["C"], ["tiny"], ["tiny"]]
+
+
+def test_a_missing_keras_backend_is_named_not_keras():
+    """Without TensorFlow the Keras-TF peers were reported as "keras not installed", Keras being installed:
+    the reason now names the backend that is missing and the package that provides it."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None  # as if tensorflow-cpu were not installed\n"
+        "from benchmarks.peers import keras_peer\n"
+        "print(keras_peer.available())\n"
+    )
+    env = {**run.child_env("keras_tf"), "KERAS_BACKEND": "tensorflow"}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    reason = out.stdout.strip().splitlines()[-1]
+    assert reason.startswith("keras's tensorflow backend cannot be imported"), out
+    assert reason.endswith("pip install tensorflow-cpu") and "keras not installed" not in reason

@@ -13,12 +13,24 @@ import numpy as np
 
 from benchmarks.shapes import Shape
 
+# The package each Keras backend imports, as pip installs it.
+BACKEND_PACKAGES = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch"}
+
 
 def available() -> str | None:
+    """None, or why Keras cannot run here: Keras itself is not installed, or the backend `KERAS_BACKEND`
+    names is not (`import keras` imports it: without TensorFlow the Keras-TF rows said "keras not
+    installed (No module named 'tensorflow')" while Keras was installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("keras") is None:
+        return "keras not installed; pip install -e '.[bench]'"
     try:
         import keras  # noqa: F401
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        return f"keras not installed ({e}); pip install -e '.[bench]'"
+    except ImportError as e:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        package = BACKEND_PACKAGES.get(backend, backend)
+        return f"keras's {backend} backend cannot be imported ({e}); pip install {package}"
     return None
 
 
