@@ -636,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--ceiling-n={args.ceiling_n} must be >= 1"
     elif not args.timeout > 0:  # no reply could arrive in time: every peer "timed out" at once
         problem = f"--timeout={args.timeout} must be > 0"
+    elif args.generate and "A" in shapes and min(args.gen_length, args.tutorial_length) < 1:
+        # 0 characters were "generated" at 0 chars/s and put in the table as measured; fewer failed
+        # each peer's generation, both after shape A's minutes of timing.
+        flag = "--gen-length" if args.gen_length < 1 else "--tutorial-length"
+        value = args.gen_length if args.gen_length < 1 else args.tutorial_length
+        problem = f"{flag}={value} must be >= 1"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -1023,3 +1023,20 @@ def test_a_missing_keras_backend_is_named_not_keras():
     reason = out.stdout.strip().splitlines()[-1]
     assert reason.startswith("keras's tensorflow backend cannot be imported"), out
     assert reason.endswith("pip install tensorflow-cpu") and "keras not installed" not in reason
+
+
+def test_a_generation_length_below_one_is_a_user_error(tmp_path, monkeypatch, capsys):
+    """`--gen-length 0` (or `--tutorial-length 0`) put 0 chars/s rows in the generation table as measured,
+    and a negative length failed every peer's generation, both after shape A's timing."""
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured a bad flag's run")
+
+    monkeypatch.setattr(run, "run_child_json", measured)
+    argv = ["--shapes", "A", "--peers", "lstm_jax", "--out", str(tmp_path / "r.json")]
+    for flag, message in (
+        (["--gen-length", "0"], "--gen-length=0 must be >= 1"),
+        (["--tutorial-length", "-3"], "--tutorial-length=-3 must be >= 1"),
+    ):
+        assert run.main([*argv, *flag]) == 2, flag
+        assert message in capsys.readouterr().err
