@@ -107,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
             number = float(value)
         except ValueError:
             p.error(f"--set {name}: {value!r} is not a number")
+        from lstm_jax import core
+
+        # compare() sets `type(shipped)(value)`: an integer or on/off rule would silently take 64 for 64.5
+        # or True for 0.5 (the shipped value) while the report named the value asked for.
+        kind = type(getattr(core, name))
+        if kind(number) != number:
+            what = "0 or 1" if kind is bool else "an integer"
+            p.error(f"--set {name}: {value!r} is not {what} ({name} is {kind.__name__})")
         r = compare(args.shape, name, number, args.rounds, args.steps)
     print(
         f"shape {r['shape']}, {r['rule']}: changed {r['changed_ms']:.2f} ms, shipped "

@@ -1040,3 +1040,20 @@ def test_a_generation_length_below_one_is_a_user_error(tmp_path, monkeypatch, ca
     ):
         assert run.main([*argv, *flag]) == 2, flag
         assert message in capsys.readouterr().err
+
+
+def test_ab_rule_refuses_a_value_its_rule_cannot_take(capsys):
+    """An integer or on/off rule took `type(shipped)(value)`: CPU_PER_STEP_MAX_HIDDEN=64.5 ran as 64 and
+    NATIVE_SCATTER_ROWS=0.5 as True (the shipped build twice), while the report named 64.5 and 0.5."""
+    from benchmarks import ab_rule
+
+    for setting, message in (
+        ("CPU_PER_STEP_MAX_HIDDEN=64.5", "'64.5' is not an integer"),
+        ("NATIVE_SCATTER_ROWS=0.5", "'0.5' is not 0 or 1"),
+        ("NATIVE_BIAS_GRAD_IN_KERNEL=2", "'2' is not 0 or 1"),
+    ):
+        argv = ["--shape", "tiny", "--rounds", "1", "--steps", "1", "--set", setting]
+        with pytest.raises(SystemExit) as stop:
+            ab_rule.main(argv)
+        assert stop.value.code == 2, setting
+        assert message in capsys.readouterr().err
