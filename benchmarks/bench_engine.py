@@ -1,6 +1,6 @@
 """Engine overhead: ms per training step through `train_and_evaluate` vs a bare jitted loop.
 
-Same model, loss, optimizer and batches (shape C of FACTS.md, the IMDB tutorial model: Embedding 15000x16 ->
+Same model, loss, optimizer and batches (shape C of `benchmarks/shapes.py`, the IMDB tutorial model: Embedding 15000x16 ->
 LSTM 32 -> Dense 1, batch 100, 228 tokens, RMSprop). The bare loop is the lower bound: one jitted
 value_and_grad + optax update per step on device-resident batches, no logging, no checkpoints.
 
