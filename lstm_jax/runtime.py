@@ -42,6 +42,7 @@ of its ~25 length buckets, and a warm cache made a whole run 129 s shorter on 2 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import math
@@ -241,8 +242,8 @@ def _ranges(cores: Sequence[int]) -> str:
 
 
 def set_cpu_affinity(spec: str) -> list[int]:
-    """Restricts this process, and every thread it starts from now on, to the cores of `cpu_list(spec)`;
-    returns them.
+    """Restricts this process (every thread it has, and every thread it starts from now on) to the cores
+    of `cpu_list(spec)`; returns them.
 
     XLA:CPU sizes its thread pools from the cores a process may use when its backend starts, so call this
     before the first JAX computation (`lstm_jax.cli` does, for ``--cpus``). Two trainings side by side on
@@ -262,7 +263,20 @@ def set_cpu_affinity(spec: str) -> list[int]:
             " set it before the first computation"
         )
     os.sched_setaffinity(0, cores)
+    # `sched_setaffinity(0, ...)` pins the calling thread only: threads started before it (OpenBLAS's
+    # workers, started when numpy is imported) would go on running on every core. Pin each of them too.
+    for tid in _thread_ids():
+        with contextlib.suppress(OSError):  # a thread that ended since the listing
+            os.sched_setaffinity(tid, cores)
     return cores
+
+
+def _thread_ids() -> list[int]:
+    """The ids of this process's threads (Linux: /proc/self/task); empty where that cannot be read."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task") if t.isdigit()]
+    except OSError:
+        return []
 
 
 def usable_cores() -> int:

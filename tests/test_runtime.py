@@ -236,6 +236,7 @@ def test_cpu_list_parses_core_lists_and_shares():
 
 CPUS_PROBE = """
 import json, os, sys
+import numpy  # starts OpenBLAS's worker threads, before --cpus is applied
 import jax
 import jax.numpy as jnp
 from lstm_jax import cli
@@ -243,7 +244,9 @@ from lstm_jax import cli
 def show(config, workdir):
     (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
     print(json.dumps({"cores": sorted(os.sched_getaffinity(0)), "threads": len(os.listdir("/proc/self/task")),
-                      "devices": jax.device_count()}))
+                      "devices": jax.device_count(),
+                      "thread_cores": sorted({tuple(sorted(os.sched_getaffinity(int(t))))
+                                              for t in os.listdir("/proc/self/task")})}))
 
 show.needs_config = False
 cli.run({"show": show}, argv=["probe", "--workdir=unused"] + sys.argv[1:])
@@ -262,6 +265,8 @@ def test_cpus_flag_pins_the_run_before_jax_sizes_its_thread_pools():
     assert pinned.returncode == 0, pinned.stderr[-2000:]
     got = _last_json(pinned)
     assert got["cores"] == [available[0]]
+    # Every thread, those started before --cpus took effect (numpy's OpenBLAS workers) included.
+    assert got["thread_cores"] == [[available[0]]]
     if n >= 2:  # XLA starts fewer threads for one core than for all of them
         free = _cpus_probe()
         assert free.returncode == 0, free.stderr[-2000:]
