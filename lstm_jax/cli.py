@@ -26,8 +26,8 @@ Training stopped by Ctrl-C or SIGTERM saves a checkpoint and exits with 130 or 1
 after the last step, during the final evaluation and reports, it stops at once with the same statuses);
 Ctrl-C anywhere else is one line and status 130.
 A `UserError` anywhere becomes ``error: <message>`` on stderr and exit status 2, without a traceback; so
-does a bad flag (unknown, malformed, a --config file that cannot be read, a --config.x.y field the config
-lacks).
+does a bad flag (unknown, malformed, a --config file that cannot be read or whose code raises, a
+--config.x.y field the config lacks).
 Under a locale whose encoding lacks characters of the output (``LC_ALL=C`` without Python's UTF-8 mode),
 stdout and stderr print those as backslash escapes (``caf\\xe9``) rather than stopping at them with a
 UnicodeEncodeError (`escape_unencodable`); UTF-8 output is unchanged.
@@ -314,8 +314,8 @@ def _config_arg(args: Sequence[str], field: str | None = None) -> str:
 
 def _parse_flags(args: list[str]) -> list[str]:
     """absl's flag parsing, with a one-line error and exit status 2 for every bad flag: an unknown or
-    malformed flag, a --config file that cannot be read, a --config.x.y override the config lacks
-    (ml_collections raises those as tracebacks)."""
+    malformed flag, a --config file that cannot be read or whose code raises (`_config_file_failure`), a
+    --config.x.y override the config lacks (ml_collections raises those as tracebacks)."""
     given = _config_arg(args)
     if given.endswith((".json", ".json'", '.json"')):
         _flag_error(
@@ -337,6 +337,8 @@ def _parse_flags(args: list[str]) -> list[str]:
             )
         return rest
     except flags.Error as e:
+        if failure := _config_file_failure(e, args):  # a ValueError or TypeError of the file's code
+            _flag_error(failure)
         unknown = re.search(r"Unknown command line flag '(config\.[^']+)'", str(e))
         if unknown and _config_arg(args) == "--config":  # an override without a --config file
             _flag_error(
@@ -366,6 +368,8 @@ def _parse_flags(args: list[str]) -> list[str]:
             " file such as experiments/<experiment>/configs/<name>.py"
         )
     except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no such field
+        if failure := _config_file_failure(e, args):
+            _flag_error(failure)
         text = str(e).replace("\\'", "'").replace("\\n", "\n")
         if "get_config" in text:
             _flag_error(
@@ -378,6 +382,43 @@ def _parse_flags(args: list[str]) -> list[str]:
         hint = re.search(r'Did you mean "([^"]+)"', text)
         fix = f"did you mean {hint.group(1)}?" if hint else "check the name against the config file"
         _flag_error(f"{_config_arg(args, names[0])}: the config has no field {names[0]!r}; {fix}")
+    except Exception as e:  # the --config file's code raised (a NameError, an ImportError, ...)
+        if failure := _config_file_failure(e, args):
+            _flag_error(failure)
+        raise
+
+
+def _config_file_failure(e: BaseException, args: Sequence[str]) -> str | None:
+    """The one-line report of an exception that the --config file raised (its code at import or in
+    get_config(), or get_config() called with arguments it does not take): the exception and the file's
+    line; None when `e` did not come from the file. ml_collections re-raises a ValueError or TypeError of
+    the file as one whose text is the whole traceback, which absl wraps in a flags.Error: the original is
+    the root of the chain."""
+    given = _config_arg(args)
+    if given == "--config":
+        return None
+    target = os.path.realpath(given.split("=", 1)[1].split(":", 1)[0])
+    chain: list[BaseException] = []
+    cause: BaseException | None = e
+    while cause is not None and all(cause is not c for c in chain):
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for exc in reversed(chain):  # the root cause first
+        frames = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if os.path.realpath(f.filename) == target
+        ]
+        text = " ".join(str(exc).split())
+        called = isinstance(exc, TypeError) and text.startswith("get_config()")
+        if frames or called:
+            where = f" at line {frames[-1].lineno}" if frames else ""
+            return (
+                f"{given}: the config file raised {type(exc).__name__}{where}"
+                f"{': ' + text[:300] if text else ''}; fix it, or pass a config file such as"
+                " experiments/<experiment>/configs/<name>.py"
+            )
+    return None
 
 
 def _closed_loop_noise(etype: Any, value: Any, tb: Any) -> bool:

@@ -605,7 +605,37 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
             ["--config=empty.py", "--workdir=w"],
             "error: --config=empty.py: the config file has no get_config() function",
         ),
+        # A config file whose code raises: a traceback (NameError, ImportError) or one line holding
+        # ml_collections' whole traceback as text (ValueError, TypeError) before.
+        "config file raises NameError": (
+            ["--config=typo.py", "--workdir=w"],
+            "error: --config=typo.py: the config file raised NameError at line 5: name 'batch'"
+            " is not defined; fix it, or pass a config file such as",
+        ),
+        "config file raises at import": (
+            ["--config=imports.py", "--workdir=w"],
+            "error: --config=imports.py: the config file raised ModuleNotFoundError at line 1: No"
+            " module named 'no_such_module_here'; fix it",
+        ),
+        "config file sets a wrong type": (
+            ["--config=float_batch.py", "--workdir=w"],
+            "error: --config=float_batch.py: the config file raised TypeError at line 5: Could not"
+            " override field 'batch_size'",
+        ),
+        "get_config given an argument it does not take": (
+            ["--config=cfg.py:small", "--workdir=w"],
+            "error: --config=cfg.py:small: the config file raised TypeError: get_config() takes 0"
+            " positional arguments but 1 was given; fix it",
+        ),
     }
+    base = "from lstm_jax.config_utils import engine_defaults\ndef get_config():\n    c = engine_defaults()\n"
+    (tmp_path / "typo.py").write_text(
+        base + "    c.train.batch_size = 4\n    c.seed = batch\n    return c\n"
+    )
+    (tmp_path / "imports.py").write_text("import no_such_module_here\n" + base + "    return c\n")
+    (tmp_path / "float_batch.py").write_text(
+        base + "    c.seed = 1\n    c.train.batch_size = 4.0\n    return c\n"
+    )
     (tmp_path / "notes.md").write_text("# A README\n\nIt's not a config.\n")
     (tmp_path / "empty.py").write_text("import ml_collections\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
