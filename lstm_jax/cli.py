@@ -323,13 +323,23 @@ def _parse_flags(args: list[str]) -> list[str]:
             " the workdir's saved config.json, or pass experiments/<experiment>/configs/<name>.py"
             " (with --config.x=y overrides)"
         )
+    absl_logger = logging.get_absl_logger()
+    absl_logger.addFilter(_not_returned_none)  # reported below, as the one line
     try:
-        rest = FLAGS(args)
+        try:
+            rest = FLAGS(args)
+        finally:
+            absl_logger.removeFilter(_not_returned_none)
         # ml_collections keeps a --config file that failed to load as an object raising on first use.
         value = FLAGS["config"].value
         failed = getattr(value, "__dict__", {}).get("_error") if value is not None else None
         if failed is not None:
             raise failed
+        if value is None and given != "--config":
+            _flag_error(
+                f"{given}: get_config() returned None, not a config (a missing return statement?);"
+                " end it with `return config`, see experiments/<experiment>/configs/*.py"
+            )
         if value is not None and not isinstance(value, ml_collections.ConfigDict):
             _flag_error(
                 f"{given}: get_config() returned a {type(value).__name__}, not an"
@@ -419,6 +429,12 @@ def _config_file_failure(e: BaseException, args: Sequence[str]) -> str | None:
                 " experiments/<experiment>/configs/<name>.py"
             )
     return None
+
+
+def _not_returned_none(record: py_logging.LogRecord) -> bool:
+    """Drops ml_collections' warning that get_config() returned None (`_parse_flags` reports it as an
+    error): absl would print it, and a line about logging before flag parsing, above the error."""
+    return "get_config() returned None" not in str(record.msg)
 
 
 def _closed_loop_noise(etype: Any, value: Any, tb: Any) -> bool:

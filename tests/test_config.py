@@ -627,6 +627,12 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
             "error: --config=cfg.py:small: the config file raised TypeError: get_config() takes 0"
             " positional arguments but 1 was given; fix it",
         ),
+        # Was "no --config given and w has no saved config.json", below ml_collections' warning.
+        "get_config returns None": (
+            ["--config=no_return.py", "--workdir=w"],
+            "error: --config=no_return.py: get_config() returned None, not a config (a missing"
+            " return statement?)",
+        ),
     }
     base = "from lstm_jax.config_utils import engine_defaults\ndef get_config():\n    c = engine_defaults()\n"
     (tmp_path / "typo.py").write_text(
@@ -636,6 +642,7 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
     (tmp_path / "float_batch.py").write_text(
         base + "    c.seed = 1\n    c.train.batch_size = 4.0\n    return c\n"
     )
+    (tmp_path / "no_return.py").write_text(base)
     (tmp_path / "notes.md").write_text("# A README\n\nIt's not a config.\n")
     (tmp_path / "empty.py").write_text("import ml_collections\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
