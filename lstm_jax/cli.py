@@ -52,6 +52,7 @@ from typing import Any, NoReturn
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from lstm_jax import config_utils
 from lstm_jax.errors import UserError
@@ -323,6 +324,14 @@ def _parse_flags(args: list[str]) -> list[str]:
             " the workdir's saved config.json, or pass experiments/<experiment>/configs/<name>.py"
             " (with --config.x=y overrides)"
         )
+    for flag, path in _overrides(args):
+        try:
+            config_path.split(path)
+        except Exception:  # noqa: BLE001 (ml_collections raises SyntaxError, ValueError, ...)
+            _flag_error(
+                f"{flag}: {path!r} is not a config field; an override names one by its dotted path,"
+                " as in --config.train.batch_size=64"
+            )
     absl_logger = logging.get_absl_logger()
     absl_logger.addFilter(_not_returned_none)  # reported below, as the one line
     try:
@@ -380,6 +389,8 @@ def _parse_flags(args: list[str]) -> list[str]:
     except (AttributeError, KeyError) as e:  # --config.a.b=value where the config has no such field
         if failure := _config_file_failure(e, args):
             _flag_error(failure)
+        if problem := _override_problem(args):  # --config.seed.x=1: "no field 'int'" before
+            _flag_error(problem)
         text = str(e).replace("\\'", "'").replace("\\n", "\n")
         if "get_config" in text:
             _flag_error(
@@ -395,7 +406,61 @@ def _parse_flags(args: list[str]) -> list[str]:
     except Exception as e:  # the --config file's code raised (a NameError, an ImportError, ...)
         if failure := _config_file_failure(e, args):
             _flag_error(failure)
+        if problem := _override_problem(args):  # --config.data.path.x=1, --config.x.sizes[0]=1
+            _flag_error(problem)
         raise
+
+
+def _overrides(args: Sequence[str]) -> list[tuple[str, str]]:
+    """`(flag, field path)` of each ``--config.<path>`` override in `args` (``--noconfig.<path>``
+    too), up to a ``--`` that ends the flags."""
+    found = []
+    for a in args[1:]:
+        if a == "--":
+            break
+        m = re.match(r"-{1,2}(?:no)?config[.]([^=]*)", a)
+        if m:
+            found.append((f"--config.{m.group(1)}", m.group(1)))
+    return found
+
+
+def _override_problem(args: Sequence[str]) -> str | None:
+    """One line naming the first override of `args` whose path goes through a field that is not a
+    section (``--config.seed.x``: an int) or indexes a tuple (replaced whole), for the exceptions
+    ml_collections raises for them; None when there is none (or the --config file cannot be loaded)."""
+    given = _config_arg(args)
+    if given == "--config":
+        return None
+    try:
+        config = FLAGS["config"].parser.parse(given.split("=", 1)[1])
+    except Exception:  # noqa: BLE001 (reported by its own handler, not here)
+        return None
+    for flag, path in _overrides(args):
+        node, walked = config, "config"
+        for part in config_path.split(path):
+            if isinstance(part, int):
+                if isinstance(node, tuple):
+                    return (
+                        f"{flag}: {walked} is a tuple, which an override replaces whole; pass e.g."
+                        f" --{walked}='{node!r}'"
+                    )
+                if isinstance(node, Mapping | ml_collections.ConfigDict):
+                    return f"{flag}: {walked} is a section, not a list; pass --{walked}.<field>=<value>"
+                if not isinstance(node, list):
+                    return f"{flag}: {walked} is a value ({node!r}), not a list"
+                if not -len(node) <= part < len(node):
+                    return f"{flag}: {walked} has no item [{part}]; it has {len(node)}"
+                node, walked = node[part], f"{walked}[{part}]"
+            elif isinstance(node, Mapping | ml_collections.ConfigDict):
+                if part not in node:
+                    break  # an unknown field: named by the handler of ml_collections' error
+                node, walked = node[part], f"{walked}.{part}"
+            else:
+                return (
+                    f"{flag}: {walked} is a value ({node!r}), not a section with fields; pass"
+                    f" --{walked}=<value>"
+                )
+    return None
 
 
 def _config_file_failure(e: BaseException, args: Sequence[str]) -> str | None:

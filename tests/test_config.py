@@ -627,6 +627,26 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
             "error: --config=cfg.py:small: the config file raised TypeError: get_config() takes 0"
             " positional arguments but 1 was given; fix it",
         ),
+        # Malformed override paths were tracebacks (or "no field 'int'" for --config.seed.x).
+        "override path that is no field name": (
+            ["--config=cfg.py", "--config.train.=3", "--workdir=w"],
+            "error: --config.train.: 'train.' is not a config field; an override names one by its"
+            " dotted path, as in --config.train.batch_size=64",
+        ),
+        "override path through a value": (
+            ["--config=cfg.py", "--config.optimizer.name.x=1", "--workdir=w"],
+            "error: --config.optimizer.name.x: config.optimizer.name is a value ('adam'), not a"
+            " section with fields; pass --config.optimizer.name=<value>",
+        ),
+        "override path through an int": (
+            ["--config=cfg.py", "--config.seed.x=1", "--workdir=w"],
+            "error: --config.seed.x: config.seed is a value (0), not a section with fields",
+        ),
+        "override indexing a section": (
+            ["--config=cfg.py", "--config.train[0]=1", "--workdir=w"],
+            "error: --config.train[0]: config.train is a section, not a list; pass"
+            " --config.train.<field>=<value>",
+        ),
         # Was "no --config given and w has no saved config.json", below ml_collections' warning.
         "get_config returns None": (
             ["--config=no_return.py", "--workdir=w"],
