@@ -182,6 +182,16 @@ def validate_config(config: Any) -> None:
     _check(config, "optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)")
     _check(config, "optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)")
     _check(config, "optimizer.eps", lambda v: v >= 0, ">= 0")
+    name = _get(config, "optimizer.name")
+    if name in ("adam", "adamw", "rmsprop") and _get(config, "optimizer.eps") == 0:
+        # The update divides by sqrt(v) + eps (rmsprop: sqrt(v + eps)), and v stays 0 for a weight whose
+        # gradient is 0 (an unused embedding row): 0 / 0 makes it NaN in the first steps.
+        _fail(
+            "optimizer.eps",
+            f"> 0 with optimizer.name={name!r} (its update divides by sqrt(v) and eps, v is 0 where a"
+            " gradient is 0: eps=0 makes those weights NaN; Keras' default is 1e-7)",
+            _get(config, "optimizer.eps"),
+        )
     _check(config, "optimizer.rho", lambda v: 0 <= v < 1, "in [0, 1)")
     _check(config, "optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)")
     _check(config, "optimizer.weight_decay", lambda v: v >= 0, ">= 0")

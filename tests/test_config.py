@@ -62,6 +62,25 @@ def test_bad_values_give_one_line_errors_naming_the_field(field, value, expected
     assert "\n" not in message and f"--config.{field}=" in message
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "sgd"])
+def test_an_epsilon_of_0_is_refused_where_the_update_divides_by_it(name):
+    """eps=0 passed validation and the run stopped at step 2 with a NaN loss and the advice to lower the
+    learning rate: Adam's m / (sqrt(v) + eps) and RMSprop's g / sqrt(v + eps) are 0 / 0 for a weight
+    whose gradient is 0 (an unused embedding row). SGD does not read eps."""
+    config = config_utils.engine_defaults()
+    config.optimizer.name = name
+    config.optimizer.eps = 0.0
+    if name == "sgd":
+        config_utils.validate_config(config)
+        return
+    with pytest.raises(UserError) as err:
+        config_utils.validate_config(config)
+    assert str(err.value).startswith(
+        f"config.optimizer.eps must be > 0 with optimizer.name={name!r}"
+    ), err.value
+    assert "--config.optimizer.eps=" in str(err.value)
+
+
 def test_defaults_are_valid_and_keras_like():
     config = config_utils.engine_defaults()
     config_utils.validate_config(config)
