@@ -122,6 +122,10 @@ _SIGNALING_THREAD = "_SignalingThread.run() raised an exception"
 def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
     """Runs the selected handler; returns the exit status (0, or 2 for a `UserError`)."""
     _POSITIONAL[:] = list(argv[1:])
+    if FLAGS.workdir:
+        # The shell leaves ~ after "--workdir=" as it is (a directory named "~" in the current one);
+        # config.data.path is expanded the same way (`config_utils.absolute_data_path`).
+        FLAGS.workdir = os.path.expanduser(FLAGS.workdir)
     try:
         from lstm_jax import runtime
         from lstm_jax.train import initialize_distributed

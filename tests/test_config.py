@@ -549,6 +549,19 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
     )
 
 
+def test_a_workdir_under_the_home_directory_is_expanded(tmp_path, monkeypatch):
+    """`--workdir=~/run` (the shell expands no ~ after "=") made a directory named "~" in the current
+    one; data.path was expanded, the workdir was not."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    ok = _cli(tmp_path, "--config=cfg.py", "--workdir=~/run")
+    assert ok.returncode == 0, ok.stderr
+    line = next(x for x in ok.stdout.splitlines() if x.startswith("TRAIN"))
+    assert json.loads(line[5:])["workdir"] == str(home / "run")
+    assert not (tmp_path / "~").exists()
+
+
 def test_help_lists_the_shared_flags_and_os_errors_are_one_line(tmp_path):
     helped = _cli(tmp_path, "--help")  # absl exits with status 1 after --help
     for flag in ("--config", "--workdir", "--mode", "--cpus", "--cpu_devices"):
