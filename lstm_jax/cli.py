@@ -165,6 +165,8 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         config = FLAGS.config
         if config is not None:
             check_config_family(config, None)
+            if mode == "train":
+                check_read_overrides(config, sys.argv)
         elif getattr(modes[mode], "needs_config", True):
             if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
                 if os.path.exists(os.path.join(workdir, "ensemble.json")):
@@ -413,6 +415,22 @@ def _parse_flags(args: list[str]) -> list[str]:
         if problem := _override_problem(args):  # --config.data.path.x=1, --config.x.sizes[0]=1
             _flag_error(problem)
         raise
+
+
+def check_read_overrides(config: ml_collections.ConfigDict, args: Sequence[str]) -> None:
+    """`UserError` for a ``--config.train.num_epochs`` override that training would not read: while
+    ``train.num_steps`` is set (by the config file, as quick.py for ``make run`` does, or another
+    override) it sets the run's length, and the epochs asked for were silently not trained."""
+    tr = config.get("train")
+    if tr is None or not int(tr.get("num_steps", 0) or 0):
+        return
+    for flag, path in _overrides(args):
+        if path == "train.num_epochs":
+            raise UserError(
+                f"{flag}={tr.num_epochs} has no effect while config.train.num_steps={tr.num_steps}"
+                " sets the run's length; add --config.train.num_steps=0 to train for num_epochs, or"
+                " pass --config.train.num_steps=<steps> instead"
+            )
 
 
 def _overrides(args: Sequence[str]) -> list[tuple[str, str]]:

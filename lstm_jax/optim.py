@@ -26,6 +26,7 @@ from lstm_jax.errors import UserError
 
 __all__ = [
     "decay_steps",
+    "warmup_problem",
     "make_schedule",
     "schedule_depends_on_total",
     "make_optimizer",
@@ -68,6 +69,23 @@ def make_schedule(opt: Any, total_steps: int) -> optax.Schedule:
     raise UserError(
         f"config.optimizer.schedule must be one of constant, cosine, warmup_cosine, warmup_constant,"
         f" got {opt.schedule!r}; fix it in the config"
+    )
+
+
+def warmup_problem(opt: Any, total_steps: int) -> str | None:
+    """One line when a warmup schedule's ``warmup_steps`` is not shorter than the run (`total_steps`):
+    the learning rate rises for the whole run and never reaches ``learning_rate``, nor decays (Keras and
+    optax take such a schedule as given, silently); None otherwise. The engine logs it as a warning."""
+    if not str(opt.schedule).startswith("warmup"):
+        return None
+    warmup = int(opt.warmup_steps)
+    if warmup < int(total_steps):
+        return None
+    return (
+        f"config.optimizer.warmup_steps={warmup} is not shorter than the run's {int(total_steps)}"
+        f" steps: the learning rate rises from 0 for the whole run and never reaches"
+        f" learning_rate={float(opt.learning_rate):g}; lower --config.optimizer.warmup_steps or train"
+        " longer"
     )
 
 

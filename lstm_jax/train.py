@@ -1125,6 +1125,8 @@ def train_and_evaluate(
             config, workdir, fixed=task.fixed_on_resume, derived=task.derived_fields
         )
         eng = _Engine(config, workdir, task)  # builds the model: an impossible one is a UserError
+        if problem := optim.warmup_problem(config.optimizer, eng.total_steps):
+            logging.warning("%s", problem)
     except BaseException:
         if lock is not None:
             lock.close()

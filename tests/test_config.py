@@ -377,6 +377,30 @@ def test_training_warns_of_a_field_its_settings_never_read(tmp_path, caplog):
     )
 
 
+@pytest.mark.parametrize("schedule", ["warmup_cosine", "warmup_constant"])
+def test_training_warns_of_a_warmup_as_long_as_the_run(tmp_path, caplog, schedule):
+    """warmup_steps at or above the run's steps (decay_steps 0): the rate rose for the whole run and
+    never reached learning_rate nor decayed, silently; now a warning names both numbers."""
+    import logging
+
+    import engine_fixtures as ef
+
+    from lstm_jax import optim
+    from lstm_jax.train import train_and_evaluate
+
+    config = ef.base_config(num_epochs=1)
+    config.optimizer.schedule, config.optimizer.warmup_steps = schedule, 1000
+    with caplog.at_level(logging.WARNING):
+        train_and_evaluate(config, str(tmp_path / "run"), ef.classification_task(config))
+    (line,) = [r.getMessage() for r in caplog.records if "warmup_steps=1000" in r.getMessage()]
+    assert "is not shorter than the run's" in line and "never reaches learning_rate" in line
+    config.optimizer.warmup_steps = 3
+    assert optim.warmup_problem(config.optimizer, 4) is None
+    assert optim.warmup_problem(config.optimizer, 3) is not None
+    config.optimizer.schedule = "cosine"
+    assert optim.warmup_problem(config.optimizer, 2) is None
+
+
 def test_shipped_configs_set_no_field_their_settings_ignore():
     for module in CONFIG_FILES:
         config = importlib.import_module(module).get_config()
@@ -927,3 +951,41 @@ def test_the_damaged_checkpoint_noise_filters_pass_everything_else():
     unraisable(dropped)
     unraisable(kept)
     assert seen == [kept]
+
+
+def test_num_epochs_beside_a_configs_num_steps_is_refused(tmp_path):
+    """quick.py (`make run`) sets train.num_steps: `--config.train.num_epochs=10` beside it trained the
+    config's 1,500 steps, silently. Now one error names the override and the fix, before any data is
+    read and with nothing written."""
+    workdir = tmp_path / "w"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.char_textgen.main",
+            "--config=experiments/char_textgen/configs/quick.py",
+            "--config.train.num_epochs=10",
+            f"--workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error == (
+        "error: --config.train.num_epochs=10 has no effect while config.train.num_steps=1500 sets"
+        " the run's length; add --config.train.num_steps=0 to train for num_epochs, or pass"
+        " --config.train.num_steps=<steps> instead"
+    )
+    assert not workdir.exists()
+    config = importlib.import_module("experiments.char_textgen.configs.quick").get_config()
+    config.train.num_steps = 0  # the fix: num_epochs is read
+    cli.check_read_overrides(config, ["main", "--config.train.num_epochs=10"])
+    config.train.num_steps = 7
+    cli.check_read_overrides(config, ["main", "--config.train.num_steps=7"])  # no num_epochs given
+    with pytest.raises(UserError, match="num_epochs=13 has no effect"):
+        cli.check_read_overrides(config, ["main", "--config.train.num_epochs=13"])
