@@ -9,7 +9,8 @@ Every experiment config is an `ml_collections.ConfigDict` that starts from `engi
   schedules' length, warmup included; 0 = the run's total steps), ``clip_norm`` (0 = no clipping),
   ``b1``, ``b2``, ``eps``, ``rho``, ``momentum``, ``nesterov``, ``weight_decay``.
 * ``train``: ``batch_size``, ``eval_batch_size`` (0 = batch_size), ``num_epochs``, ``num_steps`` (0 = epochs
-  times steps per epoch; while it is set, a ``--config.train.num_epochs`` override is refused), ``eval_every_steps`` (0 = once per epoch), ``log_every_steps``, ``checkpoint_keep``,
+  times steps per epoch; while it is set, a ``--config.train.num_epochs`` override is refused),
+  ``eval_every_steps`` (0 = once per epoch), ``log_every_steps``, ``checkpoint_keep``,
   ``monitor`` (``val_<metric>`` or a train ``<metric>``), ``monitor_mode`` (auto, min, max), ``prefetch``.
 * ``early_stopping``: ``enabled``, ``patience``, ``min_delta``, ``restore_best_weights`` (Keras semantics;
   the defaults differ: ``patience=3`` and ``restore_best_weights=True`` where Keras' ``EarlyStopping``
