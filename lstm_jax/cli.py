@@ -166,6 +166,8 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         if config is not None:
             check_config_family(config, None)
             if mode == "train":
+                # sys.argv: ml_collections defines the --config.x.y flags from it (its `sys_argv`
+                # default), so every override that was parsed is there.
                 check_read_overrides(config, sys.argv)
         elif getattr(modes[mode], "needs_config", True):
             if not os.path.exists(os.path.join(workdir, config_utils.CONFIG_FILE)):
