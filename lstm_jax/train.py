@@ -1702,6 +1702,9 @@ def _run(
                 try:
                     best_params = read_best_params()
                 except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
+                    refused = not_permitted(e, os.path.join(store.directory, str(best_step)))
+                    if refused is not None:  # another user's files, not damaged ones: nothing moved
+                        raise refused from e
                     moved = store.quarantine(best_step)
                     best_unreadable = {
                         "step": best_step,

@@ -488,6 +488,32 @@ def test_a_damaged_best_checkpoint_is_one_error_in_eval_and_a_warning_at_the_end
     assert any("best checkpoint (step 2) is no longer in" in r.getMessage() for r in caplog.records)
 
 
+def test_a_best_checkpoint_this_user_may_not_read_is_not_moved_as_damaged(tmp_path, monkeypatch):
+    """restore_best_weights at the end of training took a best checkpoint it was refused (another user's
+    files) for a damaged one: moved it into corrupt_checkpoints/ and evaluated the last weights. Now the
+    PermissionError names it and nothing is moved, as on resume; readable again, the same run finishes
+    with the best weights."""
+    from lstm_jax.checkpoint import CheckpointStore
+
+    config = _best_first_config()
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    config.train.num_epochs = 3
+    real = CheckpointStore.restore_params
+
+    def refused(self, step, target):
+        raise PermissionError(13, "Permission denied", os.path.join(self.directory, str(step), "x"))
+
+    monkeypatch.setattr(CheckpointStore, "restore_params", refused)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert (tmp_path / "checkpoints" / "2").is_dir()
+    assert not (tmp_path / "corrupt_checkpoints").exists()
+    monkeypatch.setattr(CheckpointStore, "restore_params", real)
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 15 and results["metrics"]["evaluated_weights"] == "best"
+    assert "best_checkpoint_unreadable" not in results
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_readable_checkpoint_left_is_an_error_not_a_silent_restart(tmp_path):
     config = ef.base_config(num_epochs=1, checkpoint_keep=1)
