@@ -95,6 +95,32 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, 
     assert moved.startswith("2-")  # kept for inspection, not deleted
 
 
+def test_the_same_step_quarantined_twice_in_one_second_is_kept_twice(tmp_path, monkeypatch):
+    """`<step>-<unix time>` named a second quarantine of the step within the same second the same as
+    the first, and shutil.move put it inside that folder; now each gets a folder of its own."""
+    from lstm_jax import checkpoint
+
+    def quarantine_at_the_same_second():
+        with (
+            monkeypatch.context() as m
+        ):  # the clock only around the move: Orbax's saves read it too
+            m.setattr(checkpoint.time, "time", lambda: 1_700_000_000.5)
+            return store.quarantine(2)
+
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(2, _state(2.0), {"step": 2})
+    first = quarantine_at_the_same_second()
+    store.save(2, _state(3.0), {"step": 2})
+    second = quarantine_at_the_same_second()
+    store.close()
+    assert first != second
+    assert sorted(os.listdir(tmp_path / "corrupt_checkpoints")) == [
+        "2-1700000000",
+        "2-1700000000-2",
+    ]
+    assert not os.path.exists(os.path.join(first, "2"))  # not nested
+
+
 # tensorstore may report its event loop closing late; harmless.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_corrupt(tmp_path):
