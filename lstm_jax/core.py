@@ -43,8 +43,11 @@ than with the best XLA impl (README, "Speed"). Without the kernel (``LSTM_JAX_NA
 crossover of the XLA impls (`python -m benchmarks.layer`, forward + backward): ``"per_step"`` for H <= 64,
 where the hoisted layout's extra `[T, B, 4H]` traffic and kernels cost more than they save (IMDB tutorial
 shape B100 T228 F16 H32: 40 vs 55 ms; B64 T200 F64 H64: 66 vs 81 ms; at B128 T30 H64 the two tie), and
-``"fused"`` above (H=256-300: 5-12% faster than per_step). ``remat=True`` keeps ``"fused"`` (per_step and
-native have no remat).
+``"fused"`` above (H=256-300: 5-12% faster than per_step). With ``remat=True`` (for memory) "auto" and
+"native" run ``"per_step"`` with `jax.checkpoint` around the step on CPU: its backward pass keeps only each
+step's `(h, c)` and input, where the hoisted impls keep `[T, B, 4H]` arrays whatever the remat ("fused"'s
+remat keeps the projection `zx` instead of the gates, the same size; measured on B32 T200 F128 H256, the
+gradient's XLA temporaries: per_step+remat 30 MB, native 56, fused+remat 82, scan+remat 102).
 """
 
 from __future__ import annotations
@@ -797,19 +800,21 @@ def _resolve_impl(
     if impl == "auto":
         if not cpu:
             return "scan"
-        if not remat and jnp.dtype(dtype) == jnp.float32 and _native_available():
+        if remat:
+            return "per_step"  # the only arrangement whose remat saves memory (see the docstring)
+        if jnp.dtype(dtype) == jnp.float32 and _native_available():
             return "native"
         if hidden_size <= CPU_PER_STEP_MAX_HIDDEN and not remat:
             return "per_step"
         return "fused"
     if impl == "native":
-        if remat or jnp.dtype(dtype) != jnp.float32:
-            return "fused"  # the kernel is float32-only and keeps its activations
+        if remat:
+            return "per_step"  # the kernel keeps its activations; per_step's remat saves memory
+        if jnp.dtype(dtype) != jnp.float32:
+            return "fused"  # the kernel is float32-only
         reason = impl_unavailable_reason(impl)
         if reason is not None:
             raise ValueError(f"lstm_layer: impl='native' is unavailable here: {reason}")
-    if impl == "per_step" and remat:
-        return "scan"  # per_step has no remat
     return impl
 
 
@@ -962,7 +967,10 @@ def lstm_layer(
         batch: a learned initial state); zeros by default. Other shapes are a ValueError.
       reverse: walk time backwards; outputs stay aligned with input positions.
       unroll: `lax.scan` unroll factor (int).
-      remat: recompute the step in the backward pass instead of storing its activations (long sequences).
+      remat: recompute the step in the backward pass instead of storing its activations (long sequences):
+        `jax.checkpoint` around the step. "auto" and "native" then run "per_step" on CPU, whose backward
+        pass keeps only `(h, c)` and the input per step; the hoisted impls keep `[T, B, 4H]` arrays with
+        or without it ("fused"'s remat saves no memory; see the module docstring).
       input_dropout_mask: optional `[batch, F]` multiplier applied to every timestep's input (variational
         dropout; already scaled by 1/keep). See `variational_dropout_masks`. `[F]` / `[1, F]` are
         broadcast over the batch.
@@ -976,7 +984,7 @@ def lstm_layer(
         every impl with `time == 0` or `batch == 0`. "fused" and "native" differentiate through custom
         VJPs: reverse mode and forward-over-reverse (`jax.hessian`) work, forward mode of the layer
         itself (`jax.jvp`, `jax.jacfwd`) needs "scan" or "per_step". An
-        explicit "native" falls back to "fused" for remat or non-float32 parameters and raises a
+        explicit "native" runs "per_step" with remat, "fused" for non-float32 parameters, and raises a
         ValueError when the kernel cannot be built here (the message says why); "cudnn" raises one off
         NVIDIA GPUs and falls back to "scan" for non-float32 parameters, recurrent dropout, and (at run
         time) masks whose real tokens are not one contiguous run per row.
@@ -1088,7 +1096,9 @@ def lstm_layer(
 
     if impl == "per_step":
         xs = xs.astype(state_dtype)  # as the hoisted impls: the carry keeps the parameters' dtype
-        return _per_step_layer(params, xs, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll)
+        return _per_step_layer(
+            params, xs, mask_tm, h0, c0, recurrent_dropout_mask, reverse, unroll, remat
+        )
     if impl == "cudnn":
         xs = xs.astype(state_dtype)
         outputs, h, c, ok = _cudnn_layer(kernel, rk, bias, xs, mask, h0, c0, reverse)
@@ -1203,8 +1213,9 @@ def _batch_rows(a: Array, batch: int, width: int, name: str) -> Array:
     )
 
 
-def _per_step_layer(params, xs, mask_tm, h0, c0, rmask, reverse, unroll):
-    """Textbook arrangement: `x_t @ kernel` inside the loop, autodiff gradients (CPU, small H)."""
+def _per_step_layer(params, xs, mask_tm, h0, c0, rmask, reverse, unroll, remat=False):
+    """Textbook arrangement: `x_t @ kernel` inside the loop, autodiff gradients (CPU, small H). With
+    `remat` the step is a `jax.checkpoint`: the backward pass keeps only each step's carry and input."""
 
     def step(carry, inputs):
         x_t, m_t = inputs
@@ -1221,6 +1232,8 @@ def _per_step_layer(params, xs, mask_tm, h0, c0, rmask, reverse, unroll):
         c = jnp.where(m, new.c, state.c)
         return (h, c), jnp.where(m, new.h, jnp.zeros_like(new.h))
 
+    if remat:
+        step = jax.checkpoint(step)
     (h, c), outs = jax.lax.scan(
         step, (h0, c0), (jnp.swapaxes(xs, 0, 1), mask_tm), reverse=reverse, unroll=unroll
     )
