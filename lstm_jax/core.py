@@ -1034,6 +1034,8 @@ def lstm_layer(
         )
     if mask is not None and mask.shape != (b, t):
         raise ValueError(f"lstm_layer: mask must be [batch, time] = {(b, t)}, got {mask.shape}")
+    if isinstance(unroll, np.integer):  # e.g. from a NumPy array or a loaded config: the same int
+        unroll = int(unroll)
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"lstm_layer: unroll must be a positive int, got {unroll!r}")
     impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat, rk.dtype)

@@ -222,6 +222,16 @@ def test_remat_saves_memory_on_a_long_sequence(impl):
     assert with_remat < 0.6 * without, (with_remat, without)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unroll_may_be_a_numpy_integer(params, xs, impl):
+    # np.int64(2) was refused with "unroll must be a positive int, got np.int64(2)".
+    expected, _ = lstm_layer(params, xs, unroll=2, impl=impl)
+    outs, _ = lstm_layer(params, xs, unroll=np.int64(2), impl=impl)
+    np.testing.assert_allclose(outs, expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="unroll must be a positive int"):
+        lstm_layer(params, xs, unroll=np.int32(0), impl=impl)
+
+
 def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
     """The custom VJP against autodiff, for every differentiable input."""
     in_mask, rec_mask = core.variational_dropout_masks(
