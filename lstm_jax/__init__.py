@@ -5,10 +5,10 @@ The public API of the core::
     from lstm_jax import init_lstm, LSTMState, lstm_step, lstm_layer
 
 See `lstm_jax.core` for the equations and layouts, `lstm_jax.nn` for the NNX modules and
-`lstm_jax.convert` for weight import from Keras and PyTorch.
+`lstm_jax.convert` for weight import from Keras, PyTorch and Flax.
 """
 
-from lstm_jax.convert import from_keras, from_torch, from_torch_lstm, to_keras
+from lstm_jax.convert import from_flax, from_keras, from_torch, from_torch_lstm, to_keras
 from lstm_jax.core import (
     Gates,
     LSTMState,
@@ -34,6 +34,7 @@ __all__ = [
     "LSTMState",
     "UserError",
     "bidirectional",
+    "from_flax",
     "from_keras",
     "from_torch",
     "from_torch_lstm",

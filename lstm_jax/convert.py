@@ -1,4 +1,4 @@
-"""Weight import from Keras and PyTorch into the core layout.
+"""Weight import from Keras, PyTorch and Flax into the core layout.
 
 Our layout is Keras': `kernel [in, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`, gates i, f, c, o.
 
@@ -6,6 +6,14 @@ Our layout is Keras': `kernel [in, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`
 * PyTorch `nn.LSTM` stores `weight_ih_l{k}[_reverse] [4H, in]`, `weight_hh_l{k}[_reverse] [4H, H]` and two
   biases `bias_ih`, `bias_hh` (each `[4H]`), gates i, f, g, o (the same order). We transpose the matrices and
   add the biases: `b = b_ih + b_hh`.
+
+* Flax's `nnx.OptimizedLSTMCell` holds `dense_i.kernel [in, 4H]` and `dense_h.kernel [H, 4H]`,
+  `dense_h.bias [4H]`, gates i, f, g, o: exactly this layout. `nnx.LSTMCell` (and Linen's `LSTMCell` /
+  `OptimizedLSTMCell`, whose params are the same) hold one `[in, H]` kernel per gate (`ii`, `if_` / `if`,
+  `ig`, `io`) and one `[H, H]` kernel plus bias per gate (`hi`, `hf`, `hg`, `ho`), concatenated here in
+  that order. Flax's carry is `(c, h)`, ours `LSTMState(h, c)`: `LSTMState(h=carry[1], c=carry[0])`,
+  and back `(state.c, state.h)`. Flax's default initialisers differ (lecun-normal kernel, zero forget
+  bias); the function is Keras' `LSTM` with those weights.
 
 Imported weights are float32 whatever their source dtype (float64, float16, bfloat16): the core's
 parameters are float32, and the native kernel's fast path needs them so; cast the returned arrays for
@@ -22,7 +30,7 @@ import numpy as np
 
 from lstm_jax.core import Params
 
-__all__ = ["from_keras", "to_keras", "from_torch", "from_torch_lstm"]
+__all__ = ["from_keras", "to_keras", "from_torch", "from_torch_lstm", "from_flax"]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -193,3 +201,65 @@ def from_torch_lstm(
             (from_torch(state_dict, k), from_torch(state_dict, k, reverse=True)) for k in layers
         ]
     return [from_torch(state_dict, k) for k in layers]
+
+
+_FLAX_GATES = ("i", "f", "g", "o")
+
+
+def from_flax(cell_or_params: Any) -> Params:
+    """A Flax LSTM cell's weights -> core params (see the module docstring for the mapping).
+
+    Takes an `nnx.OptimizedLSTMCell` or `nnx.LSTMCell` (whose activations are checked to be the default
+    sigmoid and tanh, which the core computes), or their parameters as a mapping: `nnx.state(cell)`
+    (or its `.to_pure_dict()`), or a Linen cell's params (`variables["params"]` or the whole
+    `variables`). Flax's carry `(c, h)` is `LSTMState(h=carry[1], c=carry[0])` here.
+    """
+    params = cell_or_params
+    if hasattr(params, "gate_fn") and hasattr(params, "activation_fn"):  # an NNX cell
+        import jax
+
+        if params.gate_fn is not jax.nn.sigmoid or params.activation_fn is not jnp.tanh:
+            raise ValueError(
+                "from_flax: the cell's gate_fn / activation_fn are not the default sigmoid / tanh,"
+                " which lstm_jax computes; its weights would give other outputs here"
+            )
+        from flax import nnx
+
+        params = nnx.state(params, nnx.Param)
+    if hasattr(params, "to_pure_dict"):
+        params = params.to_pure_dict()
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"from_flax: expected a Flax LSTM cell or its params mapping, got {type(params).__name__}"
+        )
+    if set(params) == {"params"}:
+        params = params["params"]
+    if "dense_i" in params and "dense_h" in params:  # OptimizedLSTMCell (NNX)
+        kernel = _np(params["dense_i"]["kernel"])
+        rk = _np(params["dense_h"]["kernel"])
+        bias = _np(params["dense_h"]["bias"])
+        if "bias" in params["dense_i"]:
+            bias = bias + _np(params["dense_i"]["bias"])
+    elif all(f"h{g}" in params for g in _FLAX_GATES):  # LSTMCell (NNX, Linen), Linen's Optimized
+        names = {g: f"i{g}" for g in _FLAX_GATES}
+        if "if_" in params:
+            names["f"] = "if_"  # NNX's name: `if` is a Python keyword
+        kernel = np.concatenate([_np(params[names[g]]["kernel"]) for g in _FLAX_GATES], axis=1)
+        rk = np.concatenate([_np(params[f"h{g}"]["kernel"]) for g in _FLAX_GATES], axis=1)
+        bias = np.concatenate([_np(params[f"h{g}"]["bias"]) for g in _FLAX_GATES])
+    else:
+        raise ValueError(
+            "from_flax: no Flax LSTM cell weights (dense_i / dense_h, or ii, if, ig, io, hi, hf, hg,"
+            f" ho) in keys {sorted(params)}"
+        )
+    four_h = rk.shape[1]
+    if rk.shape != (four_h // 4, four_h) or kernel.shape[1] != four_h or bias.shape != (four_h,):
+        raise ValueError(
+            f"from_flax: inconsistent shapes kernel {kernel.shape}, recurrent kernel {rk.shape},"
+            f" bias {bias.shape}; expected [in, 4H], [H, 4H], [4H]"
+        )
+    return {
+        "kernel": jnp.asarray(kernel),
+        "recurrent_kernel": jnp.asarray(rk),
+        "bias": jnp.asarray(bias),
+    }

@@ -284,3 +284,67 @@ def test_torch_importer_reads_low_precision_tensors(dtype):
     np.testing.assert_array_equal(
         p["bias"], (sd["bias_ih_l0"].float() + sd["bias_hh_l0"].float()).numpy()
     )
+
+
+# Flax: the cell's weights in our layout, its (c, h) carry as LSTMState(h=carry[1], c=carry[0]).
+@pytest.mark.parametrize("cell_type", ["OptimizedLSTMCell", "LSTMCell"])
+@pytest.mark.parametrize("source", ["cell", "state", "pure_dict"])
+def test_from_flax_nnx_cells_compute_what_nnx_rnn_computes(cell_type, source):
+    from flax import nnx
+
+    from lstm_jax import from_flax
+
+    b, t, f, h = 3, 6, 4, 5
+    cell = getattr(nnx, cell_type)(f, h, rngs=nnx.Rngs(0))
+    # Nonzero biases so that a bias left out or misplaced shows.
+    for path, param in nnx.iter_graph(cell):
+        if isinstance(param, nnx.Param) and path[-1] == "bias":
+            param[...] = jax.random.normal(jax.random.key(len(path[0])), param[...].shape)
+    xs = jax.random.normal(jax.random.key(1), (b, t, f))
+    c0 = jax.random.normal(jax.random.key(2), (b, h))
+    h0 = jax.random.normal(jax.random.key(3), (b, h))
+    lengths = jnp.array([t, 4, 1])
+    carry, ys = nnx.RNN(cell, return_carry=True)(xs, initial_carry=(c0, h0), seq_lengths=lengths)
+    given = {
+        "cell": cell,
+        "state": nnx.state(cell),
+        "pure_dict": nnx.state(cell).to_pure_dict(),
+    }[source]
+    params = from_flax(given)
+    mask = jnp.arange(t)[None, :] < lengths[:, None]
+    outs, state = lstm_layer(params, xs, mask=mask, initial_state=LSTMState(h=h0, c=c0))
+    np.testing.assert_allclose(state.c, carry[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.h, carry[1], rtol=1e-5, atol=1e-6)
+    # nnx.RNN leaves whatever it computed at padding; ours are zeros there
+    np.testing.assert_allclose(outs[mask], ys[mask], rtol=1e-5, atol=1e-6)
+
+
+def test_from_flax_linen_cell_params():
+    from flax import linen
+
+    from lstm_jax import from_flax
+
+    b, f, h = 2, 3, 4
+    for cell in (linen.LSTMCell(h), linen.OptimizedLSTMCell(h)):
+        carry = (jnp.ones((b, h)) * 0.3, jnp.ones((b, h)) * -0.2)  # (c, h)
+        x = jax.random.normal(jax.random.key(0), (b, f))
+        variables = cell.init(jax.random.key(1), carry, x)
+        variables = jax.tree.map(lambda a: a + 0.1, variables)  # nonzero biases
+        (c1, h1), y = cell.apply(variables, carry, x)
+        for given in (variables, variables["params"]):
+            state, out = lstm_step(from_flax(given), LSTMState(h=carry[1], c=carry[0]), x)
+            np.testing.assert_allclose(state.c, c1, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(state.h, h1, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-6)
+
+
+def test_from_flax_refuses_other_activations_and_other_weights():
+    from flax import nnx
+
+    from lstm_jax import from_flax
+
+    cell = nnx.OptimizedLSTMCell(3, 4, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="sigmoid / tanh"):
+        from_flax(cell)
+    with pytest.raises(ValueError, match="no Flax LSTM cell weights"):
+        from_flax({"kernel": np.zeros((3, 16))})
