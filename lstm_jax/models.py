@@ -9,7 +9,8 @@ Two families cover the four tutorials:
   `[batch, classes]` (softmax).
 
 Both take int32 ids, an optional bool `mask [batch, time]` (True at real tokens) and the shared call keywords
-`deterministic` and `key` (dropout randomness is explicit, never stored in the module).
+`deterministic` and `key` (dropout randomness is explicit, never stored in the module; `deterministic=None`
+follows `model.train()` / `model.eval()`, evaluation by default: see `lstm_jax.nn`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lstm_jax.core import LSTMState
-from lstm_jax.nn import StackedLSTM, split_key
+from lstm_jax.nn import StackedLSTM, resolve_deterministic, split_key
 
 Array = jax.Array
 InputMode = Literal["embed", "scalar", "onehot"]
@@ -140,6 +141,7 @@ class LanguageModel(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
         self.dense = DenseStack(self.lstm.out_features, list(dense_layers), rngs=rngs)
         self.head = _linear(self.dense.out_features, vocab_size, rngs)
+        self.deterministic = True  # the mode: `.train()` / `.eval()` set it (`lstm_jax.nn`)
 
     def __call__(
         self,
@@ -147,13 +149,14 @@ class LanguageModel(nnx.Module):
         *,
         mask: Array | None = None,
         initial_state: list[LSTMState] | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         key: Array | None = None,
     ) -> tuple[Array, list[LSTMState]]:
         """`ids [batch, time]` -> `(logits, final states per layer)`.
 
         Logits are `[batch, vocab]` with `predict="last"` and `[batch, time, vocab]` with `predict="all"`.
         """
+        deterministic = resolve_deterministic(self, deterministic)
         h, states = self.features(
             ids, mask=mask, initial_state=initial_state, deterministic=deterministic, key=key
         )
@@ -170,7 +173,7 @@ class LanguageModel(nnx.Module):
         *,
         mask: Array | None = None,
         initial_state: list[LSTMState] | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         key: Array | None = None,
     ) -> tuple[Array, list[LSTMState]]:
         """Everything but the output layer: `(features, states)`, logits = `self.head(features)`.
@@ -179,6 +182,7 @@ class LanguageModel(nnx.Module):
         LSTM's). A loss can apply `self.head` in chunks (`losses.chunked_softmax_metric_sums`) so the full
         `[batch, time, vocab]` logits never exist.
         """
+        deterministic = resolve_deterministic(self, deterministic)
         _check_key("LanguageModel", key, deterministic, self.dropout)
         k_lstm, k_drop = split_key(key, 2)
         kw = {"mask": mask, "initial_state": initial_state, "deterministic": deterministic}
@@ -258,16 +262,18 @@ class TextClassifier(nnx.Module):
         self.dense = DenseStack(feat, list(dense_layers), rngs=rngs)
         self.head = _linear(self.dense.out_features, num_outputs, rngs)
         self.num_outputs = num_outputs
+        self.deterministic = True  # the mode: `.train()` / `.eval()` set it (`lstm_jax.nn`)
 
     def features(
         self,
         ids: Array,
         *,
         mask: Array | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         key: Array | None = None,
     ) -> Array:
         """The pooled sequence representation `[batch, features]` (before the dense head)."""
+        deterministic = resolve_deterministic(self, deterministic)
         _check_key("TextClassifier", key, deterministic, self.embed_dropout, self.token_dropout)
         k_emb, k_lstm = split_key(key, 2)
         # Its own key, derived so that models without word dropout keep their random streams.
@@ -301,10 +307,11 @@ class TextClassifier(nnx.Module):
         ids: Array,
         *,
         mask: Array | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         key: Array | None = None,
     ) -> Array:
         """`ids [batch, time]` -> logits `[batch]` (binary) or `[batch, num_outputs]`."""
+        deterministic = resolve_deterministic(self, deterministic)
         _check_key("TextClassifier", key, deterministic, self.dropout)
         k_feat, k_drop = split_key(key, 2)
         h = self.features(ids, mask=mask, deterministic=deterministic, key=k_feat)

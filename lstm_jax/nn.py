@@ -6,9 +6,13 @@ explicit: modules never hold RNG state; training code passes `key=` and `determi
 
 Call convention shared by every module here::
 
-    outputs, final_state = layer(xs, *, mask=None, initial_state=None, deterministic=True, key=None)
+    outputs, final_state = layer(xs, *, mask=None, initial_state=None, deterministic=None, key=None)
 
 with `xs: [batch, time, features]`, `mask: [batch, time]` bool, `outputs: [batch, time, H]`.
+`deterministic=None` follows the module's mode: evaluation (no dropout) when built, training after NNX's
+`module.train()`, evaluation again after `module.eval()` (they set the `deterministic` attribute of every
+module here, as of `nnx.Dropout`); an explicit True / False overrides it for the call. Training mode with
+dropout still needs `key=`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,12 @@ from lstm_jax.core import Impl, LSTMState, MergeMode
 
 Array = jax.Array
 
-__all__ = ["LSTM", "Bidirectional", "StackedLSTM", "split_key"]
+__all__ = ["LSTM", "Bidirectional", "StackedLSTM", "resolve_deterministic", "split_key"]
+
+
+def resolve_deterministic(module: nnx.Module, deterministic: bool | None) -> bool:
+    """The call's `deterministic`, or when None the module's mode (`module.train()` / `module.eval()`)."""
+    return module.deterministic if deterministic is None else deterministic
 
 
 def split_key(key: Array | None, n: int) -> list[Array | None]:
@@ -87,6 +96,9 @@ class LSTM(nnx.Module):
         self.remat = remat
         self.compute_dtype = compute_dtype
         self.impl = impl
+        self.deterministic = (
+            True  # the mode: `.train()` / `.eval()` set it (see the module docstring)
+        )
 
     def params_dict(self) -> core.Params:
         """The parameters as the core's plain dict `{"kernel", "recurrent_kernel", "bias"}`."""
@@ -113,7 +125,7 @@ class LSTM(nnx.Module):
         *,
         mask: Array | None = None,
         initial_state: LSTMState | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         key: Array | None = None,
         return_gates: bool = False,
         embedding: Array | None = None,
@@ -123,6 +135,7 @@ class LSTM(nnx.Module):
         With `embedding [vocab, in_features]`, `xs` is integer ids `[batch, time]` and the input is
         `embedding[xs]` (folded into the input projection when that is cheaper; `core.lstm_layer`).
         """
+        deterministic = resolve_deterministic(self, deterministic)
         in_mask = rec_mask = None
         if not deterministic and (self.dropout > 0 or self.recurrent_dropout > 0):
             if key is None:
@@ -180,6 +193,7 @@ class Bidirectional(nnx.Module):
         self.backward = LSTM(in_features, hidden_size, rngs=rngs, reverse=True, **lstm_kwargs)
         self.merge = merge
         self.hidden_size = hidden_size
+        self.deterministic = True
 
     @property
     def out_features(self) -> int:
@@ -191,12 +205,13 @@ class Bidirectional(nnx.Module):
         *,
         mask: Array | None = None,
         initial_state: tuple[LSTMState, LSTMState] | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         key: Array | None = None,
         embedding: Array | None = None,
     ) -> tuple[Array | tuple[Array, Array], tuple[LSTMState, LSTMState]]:
         """`xs [batch, time, F]` -> `(merged outputs, (forward_state, backward_state))`; with
         `embedding`, `xs` is token ids `[batch, time]` (see `LSTM`)."""
+        deterministic = resolve_deterministic(self, deterministic)
         kf, kb = split_key(key, 2)
         # One LSTMState would be taken apart: its h for the forward state, its c for the backward.
         init_f, init_b = core._direction_states(initial_state, "Bidirectional")
@@ -253,6 +268,7 @@ class StackedLSTM(nnx.Module):
         self.layers = nnx.List(layers)
         self.dropout = nnx.Dropout(dropout_between)
         self.out_features = size
+        self.deterministic = True
 
     def __call__(
         self,
@@ -260,7 +276,7 @@ class StackedLSTM(nnx.Module):
         *,
         mask: Array | None = None,
         initial_state: list | None = None,
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         key: Array | None = None,
         embedding: Array | None = None,
     ) -> tuple[Array, list[LSTMState | tuple[LSTMState, LSTMState]]]:
@@ -269,6 +285,7 @@ class StackedLSTM(nnx.Module):
         With `embedding [vocab, F]`, `xs` is token ids `[batch, time]`, embedded for the first layer
         (see `LSTM`).
         """
+        deterministic = resolve_deterministic(self, deterministic)
         if initial_state is not None and len(initial_state) != len(self.layers):
             raise ValueError(
                 f"StackedLSTM: initial_state must hold one state per layer ({len(self.layers)}), got"

@@ -253,3 +253,41 @@ def test_bfloat16_parameters_with_dropout(xs):
     outputs, state = layer(xs, deterministic=False, key=jax.random.key(1))
     assert outputs.shape == (*xs.shape[:2], 8) and state.h.dtype == jnp.bfloat16
     assert np.isfinite(np.asarray(outputs, np.float32)).all()
+
+
+def _modules_with_dropout():
+    from lstm_jax.models import LanguageModel, TextClassifier
+
+    kw = {"dropout": 0.5, "recurrent_dropout": 0.5}
+    ids = jax.random.randint(jax.random.key(5), (4, 6), 0, 11)
+    return [
+        (LSTM(3, 5, rngs=nnx.Rngs(0), **kw), None),
+        (Bidirectional(3, 5, rngs=nnx.Rngs(0), **kw), None),
+        (StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), dropout_between=0.5, **kw), None),
+        (LanguageModel(11, (5,), rngs=nnx.Rngs(0), embed_dim=3, dropout=0.5), ids),
+        (TextClassifier(11, 3, (5,), rngs=nnx.Rngs(0), embed_dropout=0.5, dropout=0.5), ids),
+    ]
+
+
+@pytest.mark.parametrize("n", range(5))
+def test_train_and_eval_switch_dropout_as_nnx_modules_do(xs, n):
+    # model.train() used to change nothing: calls stayed deterministic (their default True) and
+    # dropped nothing, silently.
+    module, ids = _modules_with_dropout()[n]
+    inputs = xs if ids is None else ids
+
+    def out(**kw):
+        y = module(inputs, **kw)
+        return np.asarray(jax.tree.leaves(y)[0])
+
+    built = out()
+    module.train()
+    with pytest.raises(ValueError, match="key="):
+        out()  # training mode, dropout, no key: the error names what is missing
+    trained = out(key=jax.random.key(1))
+    assert not np.allclose(trained, built)
+    np.testing.assert_array_equal(out(key=jax.random.key(1), deterministic=False), trained)
+    np.testing.assert_array_equal(out(deterministic=True), built)  # an explicit True still wins
+    module.eval()
+    np.testing.assert_array_equal(out(), built)
+    np.testing.assert_array_equal(out(key=jax.random.key(1)), built)
