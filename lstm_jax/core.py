@@ -1064,6 +1064,13 @@ def lstm_layer(
         raise ValueError(
             f"lstm_layer: initial_state must be LSTMState(h, c), got {len(initial_state)} items"
         )
+    for s, name in zip(initial_state, "hc", strict=True):
+        if s is None:  # else JAX's "None is not a valid value for jnp.array", naming neither
+            raise ValueError(
+                f"lstm_layer: initial_state.{name} is None; give both h and c ([batch, H] each, or"
+                " [H] / [1, H]), e.g. zeros for the one you do not set, or initial_state=None for"
+                " zeros"
+            )
     # Every impl gets [batch, H] (the native kernel reads exactly b * H floats from each).
     h0, c0 = (
         _batch_rows(jnp.asarray(s, state_dtype), b, hsz, f"initial_state.{name}")

@@ -232,6 +232,15 @@ def test_unroll_may_be_a_numpy_integer(params, xs, impl):
         lstm_layer(params, xs, unroll=np.int32(0), impl=impl)
 
 
+def test_an_initial_state_with_a_none_half_names_it(params, xs):
+    # LSTMState(h, None) raised JAX's "None is not a valid value for jnp.array".
+    h = jnp.zeros((xs.shape[0], H))
+    with pytest.raises(ValueError, match=r"initial_state\.c is None"):
+        lstm_layer(params, xs, initial_state=LSTMState(h, None))
+    with pytest.raises(ValueError, match=r"initial_state\.h is None"):
+        lstm_layer(params, xs, initial_state=LSTMState(None, h))
+
+
 def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
     """The custom VJP against autodiff, for every differentiable input."""
     in_mask, rec_mask = core.variational_dropout_masks(
