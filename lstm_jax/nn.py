@@ -96,9 +96,8 @@ class LSTM(nnx.Module):
         self.remat = remat
         self.compute_dtype = compute_dtype
         self.impl = impl
-        self.deterministic = (
-            True  # the mode: `.train()` / `.eval()` set it (see the module docstring)
-        )
+        # The mode: `.train()` / `.eval()` set it (see the module docstring).
+        self.deterministic = True
 
     def params_dict(self) -> core.Params:
         """The parameters as the core's plain dict `{"kernel", "recurrent_kernel", "bias"}`."""
