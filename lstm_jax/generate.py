@@ -163,14 +163,23 @@ def _check(temperature: float, top_k: int, num_steps: int) -> None:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
 
 
+def _infer(model, *args, **kw):
+    """`model(*args, **kw)` in inference mode: generation never drops units, whatever the mode NNX's
+    `model.train()` left lstm_jax's modules in (they take `deterministic`; another model is called as
+    it is)."""
+    if isinstance(getattr(model, "deterministic", None), bool):
+        kw["deterministic"] = True
+    return model(*args, **kw)
+
+
 @functools.partial(nnx.jit, static_argnames=("num_steps", "temperature", "top_k"))
 def _stateful(model, prime, key, *, num_steps, temperature, top_k):
-    logits, states = model(prime)
+    logits, states = _infer(model, prime)
     first = sample_logits(jax.random.fold_in(key, 0), logits[:, -1], temperature, top_k)
 
     def step(carry, t):
         tok, states = carry
-        logits, states = model(tok[:, None], initial_state=states)
+        logits, states = _infer(model, tok[:, None], initial_state=states)
         nxt = sample_logits(jax.random.fold_in(key, t), logits[:, -1], temperature, top_k)
         return (nxt, states), tok
 
@@ -182,7 +191,7 @@ def _stateful(model, prime, key, *, num_steps, temperature, top_k):
 # traversal took 2.7 ms of a 200-character call's 18 ms here, `nnx.split` 0.8 ms, flattening the pytree 0.1.
 @functools.partial(jax.jit, static_argnames=("num_steps", "temperature", "top_k"))
 def _stateful_native(model, prime, key, *, num_steps, temperature, top_k):
-    logits, states = model(prime)
+    logits, states = _infer(model, prime)
     first = sample_logits(jax.random.fold_in(key, 0), logits[:, -1], temperature, top_k)
     params = [layer.params_dict() for layer in model.lstm.layers]
     vocab = model.vocab_size
@@ -287,7 +296,7 @@ def generate_stateful(
 def _windowed(model, window, key, *, num_steps, temperature, top_k, use_mask):
     def step(window, t):
         mask = (window != 0) if use_mask else None
-        logits, _ = model(window, mask=mask)
+        logits, _ = _infer(model, window, mask=mask)
         nxt = sample_logits(jax.random.fold_in(key, t), logits, temperature, top_k)
         return jnp.concatenate([window[:, 1:], nxt[:, None]], axis=1), nxt
 

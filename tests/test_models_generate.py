@@ -245,6 +245,25 @@ def test_generate_stateful_equals_rerunning_the_whole_sequence():
     assert sampled.shape == (64, 10) and len({tuple(r) for r in np.asarray(sampled)}) > 1
 
 
+@pytest.mark.parametrize("impl", ["xla", "auto"])
+def test_generation_is_inference_whatever_mode_train_left_the_model_in(impl):
+    """After NNX's `model.train()` (dropout 0.5 between layers) generation called the model in training
+    mode: 'needs key=' for the greedy loop. Generation is inference: the same tokens as after
+    `model.eval()`, for the stateful and the windowed loop."""
+    m = LanguageModel(12, (16, 16), rngs=nnx.Rngs(3), embed_dim=4, predict="all", dropout=0.5)
+    prime = jnp.array([[1, 5, 2, 7]])
+    want = np.asarray(generate_stateful(m, prime, 10, impl=impl))
+    m.train()
+    np.testing.assert_array_equal(generate_stateful(m, prime, 10, impl=impl), want)
+    w = LanguageModel(9, (8,), rngs=nnx.Rngs(1), input_mode="scalar", predict="last", dropout=0.5)
+    window = jnp.array([[1, 2, 3, 4, 5, 6]])
+    want = np.asarray(generate_windowed(w, window, 7))
+    w.train()
+    np.testing.assert_array_equal(generate_windowed(w, window, 7), want)
+    w.eval()
+    np.testing.assert_array_equal(generate_windowed(w, window, 7), want)
+
+
 def test_generate_windowed_equals_the_tutorial_loop():
     m = LanguageModel(9, (8,), rngs=nnx.Rngs(1), input_mode="scalar", predict="last")
     window = jnp.array([[1, 2, 3, 4, 5, 6]])
