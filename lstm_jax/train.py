@@ -1660,9 +1660,14 @@ def _run(
                     )
                     if do_eval or step % int(config.train.log_every_steps) == 0:
                         flush()
-                    if do_eval and evaluate_and_save():
-                        finished = True
-                        break
+                    if do_eval:
+                        stop = evaluate_and_save()
+                        # The evaluation and its checkpoint are no training time: the next logged
+                        # interval's examples per second count from here.
+                        interval_start = time.time()
+                        if stop:
+                            finished = True
+                            break
                     if step >= eng.total_steps:
                         finished = True
                         break

@@ -963,6 +963,25 @@ def test_examples_per_second_after_a_signal_cover_the_steps_before_it(tmp_path, 
     assert run(tmp_path / "b") == [8.0]
 
 
+def test_examples_per_second_leave_out_the_evaluations_and_checkpoints(tmp_path, monkeypatch):
+    """An evaluation (and its checkpoint) between two logged steps is no training time: the next
+    record's `examples_per_s` divides its examples by its steps' time alone (it counted the time of the
+    evaluation before it: 40 examples in 5 s of steps and 50 s of evaluation here, 0.73/s, not 8/s)."""
+    clock = _tick_a_second_per_step(monkeypatch)
+    evaluate = train_mod._Engine.evaluate
+
+    def slow_evaluate(self, params, split):
+        clock[0] += 50.0
+        return evaluate(self, params, split)
+
+    monkeypatch.setattr(train_mod._Engine, "evaluate", slow_evaluate)
+    config = ef.base_config(num_epochs=2, log_every_steps=100)  # records at the evaluations only
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))  # 5 steps an epoch
+    records = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [5, 10]
+    assert [r["examples_per_s"] for r in records] == [8.0, 8.0]  # 40 examples in 5 s each
+
+
 def test_a_run_saved_before_a_field_resumes_only_with_its_default(tmp_path):
     """A saved config without `train.drop_remainder` ran with the default (True): resuming with it is
     allowed, with False (another epoch layout) an error that changes nothing."""
