@@ -124,11 +124,14 @@ def warn_unused_top_k(
     unit: str = "tokens",
     temperature_flag: bool = False,
     top_k_flag: bool = False,
+    fix_flag: str | None = None,
 ) -> bool:
     """A warning when `top_k` is set but greedy decoding (temperature 0) takes the most likely token,
     so the setting does nothing (as Hugging Face's `generate` warns for `top_k` without sampling).
     Each value is named as the flag (``--top_k``) when `*_flag`, else as the config field
-    (``--config.generate.top_k``). Returns whether it warned."""
+    (``--config.generate.top_k``). The fix names `fix_flag` when given (a generate mode's
+    ``--temperature``: there ``--config.generate.temperature`` needs a --config file as well), else the
+    temperature as named. Returns whether it warned."""
     if temperature != 0 or top_k <= 0:
         return False
     t_name = "--temperature" if temperature_flag else "--config.generate.temperature"
@@ -140,7 +143,7 @@ def warn_unused_top_k(
         top_k,
         t_name,
         unit.removesuffix("s"),
-        t_name,
+        fix_flag or t_name,
         top_k,
     )
     return True

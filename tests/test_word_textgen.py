@@ -446,6 +446,13 @@ def test_top_k_with_greedy_decoding_is_named_in_a_warning(lines_run, caplog):
         )
     (w,) = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
     assert w.startswith("--top_k=5 has no effect at --temperature=0 (greedy: the most likely word)")
+    # --top_k alone, the saved config's temperature 0: the fix is generate's --temperature flag
+    # (--config.generate.temperature from --workdir alone is refused without a --config file).
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        word_lm.generate_samples(None, str(workdir), seed_text="red", num_words=2, top_k=5)
+    (w,) = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert "pass --temperature > 0 to sample among the 5 most likely" in w, w
     given = _config(Path(config.data.path))
     given.generate.temperature, given.generate.top_k = 0.0, 2
     caplog.clear()

@@ -583,6 +583,7 @@ def generate_samples(
         unit="characters",
         temperature_flag=temperature is not None,
         top_k_flag=top_k is not None,
+        fix_flag="--temperature",
     )
     samples["texts"] = generate_text(
         model,

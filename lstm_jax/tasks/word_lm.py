@@ -662,6 +662,7 @@ def generate_samples(
         unit="words",
         temperature_flag=temperature is not None,
         top_k_flag=top_k is not None,
+        fix_flag="--temperature",
     )
     piped: list[str] = []
     if interactive is None and not seed_text and data.stdin_piped():
