@@ -217,14 +217,18 @@ def from_flax(cell_or_params: Any) -> Params:
     params = cell_or_params
     if hasattr(params, "gate_fn") and hasattr(params, "activation_fn"):  # an NNX cell
         import jax
+        from flax import nnx
 
+        if not isinstance(params, (nnx.OptimizedLSTMCell, nnx.LSTMCell)):  # e.g. a GRUCell
+            raise TypeError(
+                "from_flax: expected a Flax LSTM cell (nnx.OptimizedLSTMCell or nnx.LSTMCell) or its"
+                f" params mapping, got {type(params).__name__}"
+            )
         if params.gate_fn is not jax.nn.sigmoid or params.activation_fn is not jnp.tanh:
             raise ValueError(
                 "from_flax: the cell's gate_fn / activation_fn are not the default sigmoid / tanh,"
                 " which lstm_jax computes; its weights would give other outputs here"
             )
-        from flax import nnx
-
         params = nnx.state(params, nnx.Param)
     if hasattr(params, "to_pure_dict"):
         params = params.to_pure_dict()
@@ -237,6 +241,11 @@ def from_flax(cell_or_params: Any) -> Params:
     if "dense_i" in params and "dense_h" in params:  # OptimizedLSTMCell (NNX)
         kernel = _np(params["dense_i"]["kernel"])
         rk = _np(params["dense_h"]["kernel"])
+        if "bias" not in params["dense_h"]:  # a GRUCell's dense_h has none
+            raise ValueError(
+                "from_flax: dense_h holds no bias, which an nnx.OptimizedLSTMCell's has (these are not"
+                f" an LSTM cell's weights: dense_h holds {sorted(params['dense_h'])})"
+            )
         bias = _np(params["dense_h"]["bias"])
         if "bias" in params["dense_i"]:
             bias = bias + _np(params["dense_i"]["bias"])

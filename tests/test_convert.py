@@ -348,3 +348,9 @@ def test_from_flax_refuses_other_activations_and_other_weights():
         from_flax(cell)
     with pytest.raises(ValueError, match="no Flax LSTM cell weights"):
         from_flax({"kernel": np.zeros((3, 16))})
+    # A GRU cell has gate_fn / activation_fn and dense_i / dense_h too: once a KeyError 'bias'.
+    gru = nnx.GRUCell(3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="got GRUCell"):
+        from_flax(gru)
+    with pytest.raises(ValueError, match="dense_h holds no bias"):
+        from_flax(nnx.state(gru, nnx.Param))
