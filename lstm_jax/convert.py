@@ -55,6 +55,12 @@ def from_keras(weights: Sequence[Any] | Any) -> Params:
     """
     if hasattr(weights, "get_weights"):  # a Keras layer
         _check_keras_activations(weights)
+        if not weights.get_weights() and not getattr(weights, "built", True):
+            raise ValueError(
+                f"from_keras: the {type(weights).__name__} layer is not built yet, so it has no"
+                " weights: call it on a batch (layer(x)) or layer.build((batch, time, features))"
+                " first, or pass the trained layer"
+            )
         weights = weights.get_weights()
     if len(weights) > 3 and len(weights) % 3 == 0:
         # A `Bidirectional(LSTM)` wrapper (6 arrays) or a model's `get_weights()`: several LSTMs.

@@ -123,6 +123,15 @@ def test_from_keras_rejects_missing_bias():
         from_keras([np.zeros((3, 8)), np.zeros((2, 8))])
 
 
+def test_from_keras_of_an_unbuilt_layer_says_to_build_it():
+    """A fresh `keras.layers.LSTM(8)` has no weights until called: from_keras once said it held 0
+    arrays and to build it with use_bias=True, which it was."""
+    layer = keras.layers.LSTM(8)
+    with pytest.raises(ValueError, match=r"not built.*call it on a batch") as e:
+        from_keras(layer)
+    assert "use_bias" not in str(e.value)
+
+
 def test_from_keras_names_the_directions_of_a_bidirectional_layer():
     """A `Bidirectional(LSTM)` wrapper's get_weights() holds both directions (6 arrays): the error says to
     pass each direction's layer (it used to say "build the Keras LSTM with use_bias=True", which the
