@@ -41,6 +41,15 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def _core_params(kernel: np.ndarray, rk: np.ndarray, bias: np.ndarray) -> Params:
+    """The core's dict of `kernel [in, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]` as JAX arrays."""
+    return {
+        "kernel": jnp.asarray(kernel),
+        "recurrent_kernel": jnp.asarray(rk),
+        "bias": jnp.asarray(bias),
+    }
+
+
 def from_keras(weights: Sequence[Any] | Any) -> Params:
     """`keras.layers.LSTM(...).get_weights()` (or the layer itself) -> core params.
 
@@ -87,11 +96,7 @@ def from_keras(weights: Sequence[Any] | Any) -> Params:
             f"from_keras: inconsistent shapes kernel {kernel.shape}, recurrent_kernel {rk.shape}, "
             f"bias {bias.shape}"
         )
-    return {
-        "kernel": jnp.asarray(kernel),
-        "recurrent_kernel": jnp.asarray(rk),
-        "bias": jnp.asarray(bias),
-    }
+    return _core_params(kernel, rk, bias)
 
 
 def _check_keras_activations(layer: Any) -> None:
@@ -157,11 +162,7 @@ def from_torch(state_dict: Mapping[str, Any], layer: int = 0, reverse: bool = Fa
                     f" weight_hh {tuple(w_hh.shape)})"
                 )
             bias = bias + b
-    return {
-        "kernel": jnp.asarray(w_ih.T),
-        "recurrent_kernel": jnp.asarray(w_hh.T),
-        "bias": jnp.asarray(bias),
-    }
+    return _core_params(w_ih.T, w_hh.T, bias)
 
 
 def from_torch_lstm(
@@ -273,8 +274,4 @@ def from_flax(cell_or_params: Any) -> Params:
             f"from_flax: inconsistent shapes kernel {kernel.shape}, recurrent kernel {rk.shape},"
             f" bias {bias.shape}; expected [in, 4H], [H, 4H], [4H]"
         )
-    return {
-        "kernel": jnp.asarray(kernel),
-        "recurrent_kernel": jnp.asarray(rk),
-        "bias": jnp.asarray(bias),
-    }
+    return _core_params(kernel, rk, bias)
