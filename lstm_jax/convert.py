@@ -100,6 +100,12 @@ def from_keras(weights: Sequence[Any] | Any) -> Params:
 
 
 def _check_keras_activations(layer: Any) -> None:
+    if "GRU" in type(layer).__name__ or "GRU" in type(getattr(layer, "cell", None)).__name__:
+        # Its activations are an LSTM's defaults too, and its 3 arrays were "inconsistent shapes".
+        raise ValueError(
+            f"from_keras: {type(layer).__name__} is a GRU layer, not an LSTM; pass a"
+            " keras.layers.LSTM (lstm_jax has no GRU)"
+        )
     cell = getattr(layer, "cell", layer)
     for attr, expected in (("recurrent_activation", "sigmoid"), ("activation", "tanh")):
         fn = getattr(cell, attr, None)

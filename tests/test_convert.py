@@ -100,6 +100,12 @@ def test_from_keras_takes_a_layer_and_refuses_other_activations():
         ValueError, match="Dense has no recurrent_activation; pass a keras.layers.LSTM"
     ):
         from_keras(keras.layers.Dense(3))
+    gru = keras.layers.GRU(
+        5
+    )  # an LSTM's default activations, 3 arrays: "inconsistent shapes" before
+    gru.build((None, 4, 3))
+    with pytest.raises(ValueError, match=r"from_keras: GRU is a GRU layer, not an LSTM"):
+        from_keras(gru)
 
 
 @pytest.mark.parametrize("shape", [(1,), (8, 1), (4,)])
