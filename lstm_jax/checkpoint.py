@@ -228,11 +228,11 @@ class CheckpointStore:
         dst = None
         if os.path.exists(src):
             os.makedirs(self.corrupt_directory, exist_ok=True)
-            dst = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
-            n = 1
+            stem = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
+            dst, n = stem, 1
             while os.path.exists(dst):  # the same step moved twice within a second would nest in it
                 n += 1
-                dst = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}-{n}")
+                dst = f"{stem}-{n}"
             if jax.process_index() == 0:
                 shutil.move(src, dst)
         self._manager.reload()

@@ -309,15 +309,16 @@ def _flag_error(message: str) -> NoReturn:
 
 def _config_arg(args: Sequence[str], field: str | None = None) -> str:
     """The ``--config...`` argument of `args` that names `field` (the ``--config=`` one if None)."""
-    for i, a in enumerate(args):
-        if field is None and a in ("--config", "-config") and i + 1 < len(args):
-            return f"--config={args[i + 1]}"
-        if field is None and a.startswith(("--config=", "-config=")):
-            return a
-        if field is not None and a.lstrip("-").startswith("config."):
-            path = a.lstrip("-").split("=", 1)[0]
+    if field is not None:
+        for flag, path in _overrides(args):
             if field in path.split("."):
-                return f"--{path}"
+                return flag
+        return "--config"
+    for i, a in enumerate(args):
+        if a in ("--config", "-config") and i + 1 < len(args):
+            return f"--config={args[i + 1]}"
+        if a.startswith(("--config=", "-config=")):
+            return a
     return "--config"
 
 

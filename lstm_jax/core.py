@@ -804,7 +804,7 @@ def _resolve_impl(
             return "per_step"  # the only arrangement whose remat saves memory (see the docstring)
         if jnp.dtype(dtype) == jnp.float32 and _native_available():
             return "native"
-        if hidden_size <= CPU_PER_STEP_MAX_HIDDEN and not remat:
+        if hidden_size <= CPU_PER_STEP_MAX_HIDDEN:
             return "per_step"
         return "fused"
     if impl == "native":

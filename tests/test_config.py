@@ -841,6 +841,19 @@ def test_the_tutorial_configs_keep_the_tutorials_training_settings(module):
         assert config[section][name] == expected, field
 
 
+def _experiment(main: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m experiments.<main>.main <args>` from the repository on CPU (stdin /dev/null)."""
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{main}.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize(
     "main, config",
     [
@@ -851,20 +864,7 @@ def test_the_tutorial_configs_keep_the_tutorials_training_settings(module):
 )
 def test_another_experiments_config_is_one_line_error(tmp_path, main, config):
     """A config of another experiment once failed with a traceback (AttributeError: 'layout')."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            f"experiments.{main}.main",
-            f"--config=experiments/{config}",
-            f"--workdir={tmp_path / 'w'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        timeout=120,
-    )
+    proc = _experiment(main, f"--config=experiments/{config}", f"--workdir={tmp_path / 'w'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: --config=experiments/{config} is not a config of {main}"), last
@@ -958,21 +958,11 @@ def test_num_epochs_beside_a_configs_num_steps_is_refused(tmp_path):
     config's 1,500 steps, silently. Now one error names the override and the fix, before any data is
     read and with nothing written."""
     workdir = tmp_path / "w"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.char_textgen.main",
-            "--config=experiments/char_textgen/configs/quick.py",
-            "--config.train.num_epochs=10",
-            f"--workdir={workdir}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        stdin=subprocess.DEVNULL,
-        timeout=120,
+    proc = _experiment(
+        "char_textgen",
+        "--config=experiments/char_textgen/configs/quick.py",
+        "--config.train.num_epochs=10",
+        f"--workdir={workdir}",
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
