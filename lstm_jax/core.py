@@ -1101,6 +1101,12 @@ def lstm_layer(
         xs = jnp.take(embedding, xs, axis=0)
     if input_dropout_mask is not None:
         xs = xs * input_dropout_mask[:, None, :].astype(xs.dtype)
+    if mask is not None and not fold:
+        # Padded inputs may hold anything (NaN, inf: e.g. a feature computed from no data). A masked step
+        # keeps the state, but its gates are still computed from x_t, and the backward pass multiplies
+        # them (and x_t itself, in the kernel's gradient) by the step's zero cotangent: 0 * NaN = NaN in
+        # every gradient. Zeros there instead: the same outputs, and the padded inputs' gradient is zero.
+        xs = jnp.where(jnp.asarray(mask, bool)[..., None], xs, jnp.zeros((), xs.dtype))
     mask_tm = None if mask is None else jnp.asarray(mask, bool).T  # [T, B]
 
     if impl == "per_step":

@@ -142,6 +142,45 @@ def test_padded_batch_matches_each_example_alone(params, xs, impl, padding, reve
         assert len(real) == ln
 
 
+@pytest.mark.parametrize(
+    "impl,reverse,in_kernel",
+    [(i, r, False) for i in IMPLS for r in (False, True)] + [("native", False, True)],
+)
+def test_nan_and_inf_at_padded_inputs_do_not_reach_outputs_or_gradients(
+    params, xs, impl, reverse, in_kernel, monkeypatch
+):
+    """Padded positions may hold garbage (NaN, inf): the outputs, final state and every gradient equal
+    those of the same batch with zeros there, and the padded inputs' gradient is zero."""
+    if impl == "native":  # either native form: the kernel's per-step projection or XLA's
+        fraction = 1e9 if in_kernel else 0.0
+        monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", fraction)
+    mask = lengths_mask([T, 4, 2], T, "post").at[1, 0].set(False)  # a hole as well
+    pad = ~np.asarray(mask)
+    garbage = np.where(np.arange(F) % 2 == 0, np.nan, np.inf).astype(np.float32)
+    dirty = jnp.where(pad[..., None], garbage, xs)
+    clean = jnp.where(pad[..., None], 0.0, xs)
+    h0 = LSTMState(jnp.full((B, H), 0.2), jnp.full((B, H), -0.3))
+    dmask = jnp.asarray(np.random.default_rng(0).uniform(0.5, 1.5, (B, F)), jnp.float32)
+
+    def loss(p, x, st):
+        outs, fin = lstm_layer(
+            p, x, mask=mask, initial_state=st, reverse=reverse, impl=impl, input_dropout_mask=dmask
+        )
+        return jnp.sum(jnp.sin(outs)) + jnp.sum(fin.h**2) + jnp.sum(fin.c), (outs, fin)
+
+    grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
+    g_dirty, aux_dirty = grad(params, dirty, h0)
+    g_clean, aux_clean = grad(params, clean, h0)
+    dirty_leaves, clean_leaves = (
+        jax.tree.leaves((g_dirty, aux_dirty)),
+        jax.tree.leaves((g_clean, aux_clean)),
+    )
+    for a, b in zip(dirty_leaves, clean_leaves, strict=True):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(g_dirty[1][pad], 0.0)
+
+
 def test_reverse_is_flipped_forward(params, xs):
     out_r, st_r = lstm_layer(params, xs, reverse=True)
     out_f, st_f = lstm_layer(params, xs[:, ::-1])
