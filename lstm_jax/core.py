@@ -1097,6 +1097,11 @@ def lstm_layer(
     # The folded table's rows read by id inside the native forward call: no [T, B, 4H] gather. An empty
     # table goes to jnp.take, which raises as every other impl does (the kernel would read NaN rows).
     by_id = fold and impl == "native" and NATIVE_FOLDED_ROWS_BY_ID and embedding.shape[0] > 0
+    if embedding is not None and mask is not None:
+        # Padding ids may be anything (-1, vocab, ...): one out of range reads a NaN row (jnp.take's
+        # "fill"), whose gates turned every gradient NaN as NaN inputs did (below). Row 0 instead: a
+        # masked step's cotangent is exactly zero, so the table's gradient is unchanged.
+        xs = jnp.where(jnp.asarray(mask, bool), xs, jnp.zeros((), xs.dtype))
     if embedding is not None and not fold:
         xs = jnp.take(embedding, xs, axis=0)
     if input_dropout_mask is not None:

@@ -776,6 +776,43 @@ def test_embedding_input_equals_looking_up_first(
         assert ("lstm_jax_native_forward_ids" in jaxpr) == (impl == "native" and folds and by_id)
 
 
+@pytest.mark.parametrize(
+    "impl,vocab,in_kernel",
+    [
+        ("scan", 11, False),  # folded
+        ("fused", 11, False),
+        ("fused", 40, False),  # looked up first
+        ("per_step", 11, False),
+        ("native", 11, False),  # folded, the rows read by id in the kernel
+        ("native", 11, True),  # looked up first, projected in the kernel
+    ],
+)
+def test_out_of_range_padding_ids_do_not_reach_outputs_or_gradients(
+    params, impl, vocab, in_kernel, monkeypatch
+):
+    """Padding ids outside the table (-1, vocab: jnp.take reads NaN rows for them) at masked positions
+    give the outputs and gradients of the same batch padded with id 0."""
+    if impl == "native":
+        fraction = 1e9 if in_kernel else 0.0
+        monkeypatch.setattr(core, "NATIVE_INPUT_PROJECTION_MAX_L2_FRACTION", fraction)
+    table = jax.random.normal(jax.random.key(5), (vocab, F))
+    ids = jax.random.randint(jax.random.key(6), (B, T), 0, vocab)
+    mask = lengths_mask([T, 3, 5], T, "post")
+    pad = ~np.asarray(mask)
+    garbage = jnp.where(pad, jnp.where(jnp.arange(T) % 2 == 0, -1, vocab + 3), ids)
+    clean = jnp.where(pad, 0, ids)
+
+    def loss(p, tab, x):
+        outs, fin = lstm_layer(p, x, embedding=tab, mask=mask, impl=impl)
+        return jnp.sum(jnp.tanh(outs) * 1.7) + jnp.sum(fin.h**2) + jnp.sum(fin.c), outs
+
+    grad = jax.grad(loss, argnums=(0, 1), has_aux=True)
+    got, want = grad(params, table, garbage), grad(params, table, clean)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_embedding_with_input_dropout_or_bfloat16(params):
     table = jax.random.normal(jax.random.key(5), (9, F))
     ids = jax.random.randint(jax.random.key(6), (B, T), 0, 9)
