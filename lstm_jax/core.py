@@ -573,10 +573,13 @@ def _fused_backward_states(
             dc_new = dc + dh_new * o * (1.0 - tc * tc)
             dh_pass = dc_pass = 0.0
         else:
-            m = m_t[:, None].astype(dh.dtype)
-            dh_new = m * (dh + dout)
-            dc_new = m * dc + dh_new * o * (1.0 - tc * tc)
-            dh_pass, dc_pass = (1.0 - m) * dh, (1.0 - m) * dc
+            # Selected, not multiplied by the mask: a masked step's output cotangent (which may be
+            # anything, NaN included: the output there is a constant zero) must not reach the state's.
+            m = m_t[:, None]
+            zero = jnp.zeros((), dh.dtype)
+            dh_new = jnp.where(m, dh + dout, zero)
+            dc_new = jnp.where(m, dc + dh_new * o * (1.0 - tc * tc), zero)
+            dh_pass, dc_pass = jnp.where(m, zero, dh), jnp.where(m, zero, dc)
         dzi = dc_new * g * i * (1.0 - i)
         dzf = dc_new * c_prev * f * (1.0 - f)
         dzg = dc_new * i * (1.0 - g * g)

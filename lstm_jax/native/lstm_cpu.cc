@@ -481,22 +481,28 @@ void forward_row(const float* __restrict z, float* __restrict acts, float* __res
 }
 
 // One row of the backward step: dz [4H] from the gates, c_{t-1}, the output's gradient and the carried
-// dh, dc; dh, dc become what passes to step t-1 apart from dz @ rk^T (which the caller adds).
+// dh, dc; dh, dc become what passes to step t-1 apart from dz @ rk^T (which the caller adds). A masked
+// step (not `real`) passes dh, dc through unchanged with dz = 0, whatever its output's gradient and gates
+// hold (selected, not multiplied by the mask: 0 * NaN would be NaN).
 void backward_row(const float* __restrict a, const float* __restrict cp,
                   const float* __restrict dout, float* __restrict dh, float* __restrict dc,
-                  float* __restrict dz, float m, int64_t H) {
+                  float* __restrict dz, bool real, int64_t H) {
+  if (!real) {
+    for (int64_t j = 0; j < 4 * H; ++j) dz[j] = 0.0f;
+    return;
+  }
   for (int64_t j = 0; j < H; ++j) {
     const float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
     const float cn = f * cp[j] + i * g;
     const float tc = tanh_f(cn);
-    const float dhn = m * (dh[j] + dout[j]);
-    const float dcn = m * dc[j] + dhn * o * (1.0f - tc * tc);
+    const float dhn = dh[j] + dout[j];
+    const float dcn = dc[j] + dhn * o * (1.0f - tc * tc);
     dz[j] = dcn * g * i * (1.0f - i);
     dz[H + j] = dcn * cp[j] * f * (1.0f - f);
     dz[2 * H + j] = dcn * i * (1.0f - g * g);
     dz[3 * H + j] = dhn * tc * o * (1.0f - o);
-    dh[j] = (1.0f - m) * dh[j];
-    dc[j] = dcn * f + (1.0f - m) * dc[j];
+    dh[j] = 0.0f;
+    dc[j] = dcn * f;
   }
 }
 
@@ -647,7 +653,7 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
     for (int64_t r = 0; r < R; ++r) {
       float* dzr = dz + r * Gp;
       backward_row(a_t + r * G, hc_t + r * 2 * H + H, has_dout ? do_t + r * H : st->no_dout.data(),
-                   dh + r * H, dc + r * H, dzr, m_t[r] > 0.5f ? 1.0f : 0.0f, H);
+                   dh + r * H, dc + r * H, dzr, m_t[r] > 0.5f, H);
       std::memcpy(a_t + r * G, dzr, G * sizeof(float));
     }
     if (wg && wg->weights) {  // before dh changes below; hc_t holds h_{t-1} (the first H of each row's 2H)
