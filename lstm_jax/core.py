@@ -1035,6 +1035,8 @@ def lstm_layer(
             f"lstm_layer: kernel has shape {kernel.shape} but inputs have {f} features and H={hsz}; "
             f"expected {(f, 4 * hsz)}"
         )
+    if mask is not None:
+        mask = jnp.asarray(mask)  # an array-like (a list of lists, a NumPy array) as the inputs are
     if mask is not None and mask.shape != (b, t):
         raise ValueError(f"lstm_layer: mask must be [batch, time] = {(b, t)}, got {mask.shape}")
     if isinstance(unroll, np.integer):  # e.g. from a NumPy array or a loaded config: the same int

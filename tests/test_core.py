@@ -215,6 +215,18 @@ def test_a_nan_cotangent_at_padded_outputs_does_not_reach_the_gradients(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_mask_may_be_a_list_or_a_numpy_array(params, xs, impl):
+    mask = lengths_mask([T, 4, 1], T, "post")
+    want = lstm_layer(params, xs, mask=mask, impl=impl)
+    for like in (np.asarray(mask).tolist(), np.asarray(mask), np.asarray(mask, np.int32).tolist()):
+        got = lstm_layer(params, xs, mask=like, impl=impl)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
+    out, _ = core.bidirectional(params, params, xs, mask=np.asarray(mask).tolist(), impl=impl)
+    np.testing.assert_array_equal(out[~np.asarray(mask)], 0.0)
+
+
 def test_reverse_is_flipped_forward(params, xs):
     out_r, st_r = lstm_layer(params, xs, reverse=True)
     out_f, st_f = lstm_layer(params, xs[:, ::-1])
