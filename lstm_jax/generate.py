@@ -35,6 +35,7 @@ Array = jax.Array
 
 __all__ = [
     "sample_logits",
+    "INVALID_TOKEN",
     "scale_logits",
     "generate_stateful",
     "generate_windowed",
@@ -58,16 +59,58 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
     one float32 rounds to 0) samples the argmax instead of overflowing to inf - inf = NaN. The top k are
     the k largest logits, ranked before dividing: at a huge temperature (1e38) the scaled logits are
     subnormal numbers that the CPU flushes to 0, all tied with the best one.
+
+    A row with no distribution to draw from (a NaN logit, or every logit -inf: a diverged model) has no
+    token: called eagerly this is a ValueError naming the rows (as `torch.multinomial` refuses invalid
+    probabilities); under `jax.jit`, which cannot raise, such a row's token is `INVALID_TOKEN` (-1), and
+    `generate_stateful` / `generate_windowed` raise the ValueError when one comes back (a plain argmax
+    returned token 0 for it, silently).
     """
+    logits = jnp.asarray(logits)
+    invalid = _invalid_rows(logits)
+    if not isinstance(invalid, jax.core.Tracer) and bool(jnp.any(invalid)):
+        rows = jnp.nonzero(jnp.reshape(invalid, (-1,)))[0][:10].tolist()
+        raise ValueError(
+            f"sample_logits: logits rows {rows} (flattened) hold NaN or are all -inf: no token to"
+            " choose (NaN model weights or inputs?)"
+        )
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32)
-    scaled = scale_logits(logits, temperature)
-    if top_k > 0:
-        k = min(top_k, logits.shape[-1])
-        kth = jax.lax.top_k(logits, k)[0][..., -1:]
-        scaled = jnp.where(logits < kth, -jnp.inf, scaled)
-    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+        logits = logits.astype(jnp.float32)
+        scaled = scale_logits(logits, temperature)
+        if top_k > 0:
+            k = min(top_k, logits.shape[-1])
+            kth = jax.lax.top_k(logits, k)[0][..., -1:]
+            scaled = jnp.where(logits < kth, -jnp.inf, scaled)
+        tokens = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    return jnp.where(invalid, jnp.int32(INVALID_TOKEN), tokens)
+
+
+# What `sample_logits` (and the native generation kernel) return under jit for a row of logits without a
+# distribution (a NaN, or all -inf).
+INVALID_TOKEN = -1
+
+
+def _invalid_rows(logits: Array) -> Array:
+    """`[...]` bool: the rows of `logits [..., vocab]` holding a NaN (jnp.max propagates it) or only -inf."""
+    best = jnp.max(logits, axis=-1)
+    return jnp.isnan(best) | (best == -jnp.inf)
+
+
+def _check_tokens(tokens: Array, what: str) -> Array:
+    """`tokens` from a generation loop, or a ValueError where a step's logits had no token to choose
+    (`INVALID_TOKEN`). Under a caller's jit (tokens a tracer) they are returned as they are."""
+    if isinstance(tokens, jax.core.Tracer):
+        return tokens
+    bad = jnp.argwhere(tokens == INVALID_TOKEN)
+    if bad.shape[0]:
+        stream, step = bad[0].tolist()
+        raise ValueError(
+            f"{what}: the logits of stream {stream} at generated step {step} held NaN or were all -inf:"
+            " no token to choose (NaN model weights, or inputs that overflowed?)"
+        )
+    return tokens
 
 
 def scale_logits(logits: Array, temperature: float) -> Array:
@@ -207,8 +250,10 @@ def _stateful_native(model, prime, key, *, num_steps, temperature, top_k):
             lambda t: jax.random.gumbel(jax.random.fold_in(key, t), (streams, vocab), jnp.float32)
         )(jnp.arange(num_steps))
     layers = [dict(p, h=s.h, c=s.c) for p, s in zip(params, states, strict=True)]
-    return native.generate(
-        first,
+    toks = native.generate(
+        jnp.maximum(
+            first, 0
+        ),  # the kernel refuses ids outside the table: an INVALID_TOKEN is kept below
         table,
         layers,
         model.head.kernel[...],
@@ -218,6 +263,7 @@ def _stateful_native(model, prime, key, *, num_steps, temperature, top_k):
         temperature=temperature,
         top_k=top_k,
     )
+    return toks if num_steps == 0 else toks.at[:, 0].set(first)
 
 
 # The native path draws every step's Gumbel noise up front ([num_steps, streams, vocab] float32); above this
@@ -289,10 +335,10 @@ def generate_stateful(
                 f"{NATIVE_NOISE_MAX_BYTES / 2**20:.0f} MiB); generate fewer at a time"
             )
         if blocker is None:
-            return _stateful_native(model, *args, **kw)
+            return _check_tokens(_stateful_native(model, *args, **kw), "generate_stateful")
         if impl == "native":
             raise ValueError(f"impl='native' cannot generate with this model: {blocker}")
-    return _stateful(model, *args, **kw)
+    return _check_tokens(_stateful(model, *args, **kw), "generate_stateful")
 
 
 @functools.partial(nnx.jit, static_argnames=("num_steps", "temperature", "top_k", "use_mask"))
@@ -341,7 +387,7 @@ def generate_windowed(
     if window.ndim != 2 or window.shape[1] < 1:
         raise ValueError(f"window must be [streams, window_len >= 1] ids, got shape {window.shape}")
     key = jax.random.key(0) if key is None else key
-    return _windowed(
+    tokens = _windowed(
         model,
         jnp.asarray(window, jnp.int32),
         key,
@@ -350,3 +396,4 @@ def generate_windowed(
         top_k=int(top_k),
         use_mask=bool(mask_padding),
     )
+    return _check_tokens(tokens, "generate_windowed")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lstm_jax import generate, native
 from lstm_jax.errors import UserError
 from lstm_jax.generate import (
     check_sampling_flags,
@@ -142,6 +143,24 @@ def test_sample_logits_greedy_and_top_k():
     assert set(np.unique(s_all)) == {0, 1, 2, 3}
 
 
+@pytest.mark.parametrize("temperature,top_k", [(0.0, 0), (1.0, 0), (0.5, 2)])
+def test_logits_without_a_distribution_are_an_error_not_token_0(temperature, top_k):
+    """A row holding NaN or only -inf has no token: eagerly a ValueError naming it, under jit the
+    documented INVALID_TOKEN (-1) for that row alone (argmax used to return token 0 silently)."""
+    logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]] * 4))
+    logits = logits.at[1].set(-jnp.inf).at[2, 3].set(jnp.nan)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"rows \[1, 2\].*NaN or are all -inf"):
+        sample_logits(key, logits, temperature, top_k)
+    jitted = jax.jit(sample_logits, static_argnums=(2, 3))(key, logits, temperature, top_k)
+    assert jitted[1] == jitted[2] == generate.INVALID_TOKEN == -1
+    assert 0 <= jitted[0] < 4 and 0 <= jitted[3] < 4
+    # One +inf logit is a certain token, not an invalid row.
+    np.testing.assert_array_equal(
+        sample_logits(key, logits[:1].at[0, 2].set(jnp.inf), temperature, top_k), [2]
+    )
+
+
 def test_a_top_k_above_the_vocabulary_samples_from_every_token():
     """`top_k` larger than the vocabulary (`--top_k=100` with 67 characters) restricts nothing."""
     logits = jnp.log(jnp.array([[0.1, 0.5, 0.15, 0.25]] * 2000))
@@ -262,6 +281,42 @@ def test_generation_is_inference_whatever_mode_train_left_the_model_in(impl):
     np.testing.assert_array_equal(generate_windowed(w, window, 7), want)
     w.eval()
     np.testing.assert_array_equal(generate_windowed(w, window, 7), want)
+
+
+@pytest.mark.parametrize("impl", ["xla", "native"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_from_nan_logits_is_an_error_not_token_0(impl, temperature):
+    """A model whose logits are NaN (diverged weights) generated token 0 over and over; the loops now
+    raise a ValueError naming the stream and step."""
+    if impl == "native" and not native.available():
+        pytest.skip("the native CPU kernel")
+    m = LanguageModel(12, (16,), rngs=nnx.Rngs(3), embed_dim=4, predict="all")
+    prime = jnp.array([[1, 5, 2, 7], [3, 3, 0, 9]])
+    kw = dict(key=jax.random.key(0), temperature=temperature, impl=impl)
+    assert generate_stateful(m, prime, 6, **kw).shape == (2, 6)
+    m.head.bias[...] = m.head.bias[...].at[4].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"generate_stateful: .*stream 0 at generated step 0.*NaN"):
+        generate_stateful(m, prime, 6, **kw)
+    w = LanguageModel(9, (8,), rngs=nnx.Rngs(1), input_mode="scalar", predict="last")
+    w.head.bias[...] = jnp.full_like(w.head.bias[...], -jnp.inf)
+    with pytest.raises(ValueError, match=r"generate_windowed: .*stream 0 at generated step 0"):
+        generate_windowed(w, jnp.array([[1, 2, 3, 4, 5, 6]]), 5, temperature=temperature)
+
+
+@pytest.mark.parametrize("impl", ["xla", "native"])
+def test_logits_going_nan_mid_sequence_name_the_step(impl):
+    """The native kernel's token for NaN logits is INVALID_TOKEN as the scan loop's (without reading
+    the table at -1), so both loops' errors name the step where it happened."""
+    if impl == "native" and not native.available():
+        pytest.skip("the native CPU kernel")
+    m = LanguageModel(12, (16,), rngs=nnx.Rngs(3), embed_dim=4, predict="all")
+    prime = jnp.array([[1, 5, 2, 7]])
+    greedy = [int(t) for t in generate_stateful(m, prime, 8, impl=impl)[0]]
+    # The first generated token not seen before: its embedding NaN, the logits after feeding it too.
+    step = next(n for n, t in enumerate(greedy) if t not in [1, 5, 2, 7, *greedy[:n]])
+    m.embed.embedding[...] = m.embed.embedding[...].at[greedy[step]].set(jnp.nan)
+    with pytest.raises(ValueError, match=rf"stream 0 at generated step {step + 1}\b"):
+        generate_stateful(m, prime, 8, impl=impl)
 
 
 def test_generate_windowed_equals_the_tutorial_loop():

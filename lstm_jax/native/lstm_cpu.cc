@@ -1032,7 +1032,8 @@ struct GenJob {
       for (int64_t b = 0; b < B; ++b) {
         float* zb = z.data() + b * GW;
         if (p == 0) {
-          group_columns(table + static_cast<int64_t>(tok[b]) * G, H, g, zb);
+          // A stream whose logits had no token (-1) goes on from token 0; its -1 is the error.
+          group_columns(table + static_cast<int64_t>(std::max(tok[b], 0)) * G, H, g, zb);
         } else {
           std::memcpy(zb, l.bias.data() + g * GW, GW * sizeof(float));
         }
@@ -1074,13 +1075,15 @@ struct GenJob {
   // of (logits - max) / temperature (the maximum exactly 0, so a tiny temperature gives -inf at worst, not
   // inf - inf = NaN: lstm_jax.generate.scale_logits), those of logits below the top_k-th largest logit set
   // to -inf (ranked before dividing, as lstm_jax.generate.sample_logits: a huge temperature makes the
-  // scaled logits subnormal, which XLA flushes to 0), plus the Gumbel noise.
+  // scaled logits subnormal, which XLA flushes to 0), plus the Gumbel noise. Logits holding a NaN or all
+  // -inf have no token: -1, as lstm_jax.generate.sample_logits gives under jit (INVALID_TOKEN).
   int32_t choose(const float* lg, const float* gumbel) const {
+    float m = lg[0];
+    for (int64_t j = 0; j < V; ++j)
+      if (lg[j] > m || lg[j] != lg[j]) m = lg[j];  // NaN propagates, as jnp.max
+    if (m != m || m == -std::numeric_limits<float>::infinity()) return -1;
     if (temperature <= 0.0f || gumbel == nullptr) return static_cast<int32_t>(argmax(lg, V));
     std::vector<float> s(lg, lg + V);
-    float m = s[0];
-    for (float x : s)
-      if (x > m || x != x) m = x;  // NaN propagates, as jnp.max
     for (float& x : s) {
       const float d = x - m;
       x = d == 0.0f ? 0.0f : d / temperature;
