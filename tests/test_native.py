@@ -226,6 +226,18 @@ def test_scatter_rows_equals_xlas_scatter_add():
     np.testing.assert_array_equal(two, jnp.stack([ref, -ref]))
 
 
+def test_scatter_rows_of_zero_columns_or_rows_is_zeros():
+    """dz without columns (H = 0) or without rows gives `[vocab, G]` zeros as XLA's scatter-add does; G = 0
+    was a ZeroDivisionError (`reshape(-1, 0)`)."""
+    ids = jnp.array([[0, 2], [1, -1]])
+    for shape, idx in (((2, 2, 0), ids), ((0, 5), jnp.zeros((0,), jnp.int32))):
+        dz = jnp.ones(shape)
+        want = jnp.zeros((3, shape[-1])).at[idx].add(dz, mode="drop")
+        got = native.scatter_rows(dz, idx, 3)
+        assert got.shape == want.shape == (3, shape[-1])
+        np.testing.assert_array_equal(got, want)
+
+
 def test_unsigned_ids_outside_the_table_do_not_wrap_into_it(monkeypatch):
     """uint32 ids are cast to the kernel's int32 without wrapping: `2**32 - 1` stays outside the table (a
     NaN row, its gradient dropped), as `jnp.take` and XLA's scatter-add have it, instead of becoming -1,

@@ -669,7 +669,9 @@ def scatter_rows(dz: Array, ids: Array, vocab: int, threads: int | None = None) 
     in `ids` (same leading shape; a negative id counts from the end, one outside `[-vocab, vocab)` is
     dropped), summed in row order as XLA's scatter-add; threads split the columns."""
     g = dz.shape[-1]
-    args = (_int32_ids(ids.reshape(-1), vocab), dz.reshape(-1, g))
+    if g == 0:  # no columns to sum (H = 0): reshape(-1, 0) was a ZeroDivisionError
+        return jnp.zeros((vocab, 0), jnp.float32)
+    args = (_int32_ids(ids.reshape(-1), vocab), dz.reshape(ids.size, g))
     return _call(_SCATTER_ROWS, args, [(vocab, g)], None, None, threads)[0]
 
 
