@@ -174,6 +174,22 @@ def test_first_tokens_outside_the_vocabulary_are_refused():
             np.asarray(native.generate(first.at[1].set(bad), *rest, 4))
 
 
+def test_first_tokens_of_a_wider_or_float_dtype_are_not_wrapped_into_the_table():
+    """An int64 (or uint64) first id past int32's range was cast to int32, wrapping 2**32 + 3 into the
+    valid id 3 with no error, and float ids were truncated: now the range error, and a TypeError."""
+    m = _model(input_mode="embed")
+    first, *rest = _direct_inputs(m, 2)
+    want = np.asarray(native.generate(np.array([3, 5], np.int64), *rest, 4))
+    np.testing.assert_array_equal(want, native.generate(jnp.array([3, 5], jnp.int32), *rest, 4))
+    for dtype in (np.int64, np.uint64):
+        with pytest.raises(
+            (ValueError, jax.errors.JaxRuntimeError), match=r"first tokens must be ids in \[0, V\)"
+        ):
+            np.asarray(native.generate(np.array([3, 2**32 + 3], dtype), *rest, 4))
+    with pytest.raises(TypeError, match=r"first must be integer token ids, got dtype float"):
+        native.generate(np.array([3.0, 5.0]), *rest, 4)
+
+
 def test_states_of_the_wrong_shape_are_refused():
     """Each layer's state is read as `[B, H]`: a transposed `[H, B]` one (as many floats) was read as
     if it were `[B, H]`, giving other tokens with no error. Now an error naming the layer."""

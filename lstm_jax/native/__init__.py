@@ -820,11 +820,19 @@ def generate(
       int32 tokens `[B, num_steps]`.
     """
     _require()
+    # Not jnp.asarray(first, int32): that wraps an int64 id 2**32 + 3 to 3 (a valid id, silently) and
+    # truncates float ids. A wider id outside the table becomes V, which the kernel refuses.
+    first = first if isinstance(first, jax.Array) else np.asarray(first)
+    if not jnp.issubdtype(first.dtype, jnp.integer):
+        raise TypeError(
+            f"native generate: first must be integer token ids, got dtype {first.dtype}"
+        )
+    first = _int32_ids(first, head_bias.shape[0])
     b = first.shape[0]
     if temperature > 0 and (noise is None or noise.shape != (num_steps, b, head_bias.shape[0])):
         raise ValueError("native generate: sampling needs noise of shape [num_steps, B, V]")
     args = [
-        jnp.asarray(first, jnp.int32),
+        first,
         table,
         noise if temperature > 0 else jnp.zeros((1,)),
         head_kernel,
