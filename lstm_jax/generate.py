@@ -22,6 +22,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -209,6 +210,26 @@ def _check(temperature: float, top_k: int, num_steps: int) -> None:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
 
 
+def _token_ids(ids, name: str, model) -> Array:
+    """`ids` as int32 token ids. `jnp.asarray(ids, jnp.int32)` wrapped an int64 id 2**32 + 3 into the
+    valid id 3 and truncated float ids, silently: a float dtype is a TypeError, and (for ids known on
+    the host) an id outside `[0, model.vocab_size)` (of a `LanguageModel`; else outside int32) a
+    ValueError."""
+    arr = ids if isinstance(ids, jax.Array) else np.asarray(ids)
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise TypeError(f"{name} must be integer token ids, got dtype {arr.dtype}")
+    if not isinstance(arr, jax.core.Tracer) and arr.size:
+        vocab = model.vocab_size if isinstance(model, LanguageModel) else None
+        lo, hi = int(np.min(arr)), int(np.max(arr))
+        low, high = (0, vocab) if vocab is not None else (-(2**31), 2**31)
+        if lo < low or hi >= high:
+            raise ValueError(
+                f"{name} holds token ids outside [{low}, {high}) (min {lo}, max {hi}); "
+                + (f"the model's vocabulary has {vocab} tokens" if vocab is not None else "int32")
+            )
+    return jnp.asarray(arr, jnp.int32)
+
+
 def _infer(model, *args, **kw):
     """`model(*args, **kw)` in inference mode: generation never drops units, whatever the mode NNX's
     `model.train()` left lstm_jax's modules in (they take `deterministic`; another model is called as
@@ -323,7 +344,7 @@ def generate_stateful(
         raise ValueError(f"prime must be [streams, prime_len >= 1] ids, got shape {prime.shape}")
     if impl not in ("auto", "native", "xla"):
         raise ValueError(f"impl must be 'auto', 'native' or 'xla', got {impl!r}")
-    args = (jnp.asarray(prime, jnp.int32), jax.random.key(0) if key is None else key)
+    args = (_token_ids(prime, "prime", model), jax.random.key(0) if key is None else key)
     kw = {"num_steps": num_steps, "temperature": float(temperature), "top_k": int(top_k)}
     if impl != "xla":
         blocker = native_generation_blocker(model)
@@ -389,7 +410,7 @@ def generate_windowed(
     key = jax.random.key(0) if key is None else key
     tokens = _windowed(
         model,
-        jnp.asarray(window, jnp.int32),
+        _token_ids(window, "window", model),
         key,
         num_steps=num_steps,
         temperature=float(temperature),

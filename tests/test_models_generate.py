@@ -319,6 +319,26 @@ def test_logits_going_nan_mid_sequence_name_the_step(impl):
         generate_stateful(m, prime, 8, impl=impl)
 
 
+@pytest.mark.parametrize("impl", ["xla", "native"])
+def test_prime_ids_of_a_wider_or_float_dtype_are_not_wrapped_into_the_vocabulary(impl):
+    """An int64 prime id 2**32 + 3 was cast to int32, i.e. id 3, and generated from without a word;
+    float ids were truncated. Now an id outside the vocabulary is a ValueError, a float a TypeError;
+    int64 ids inside it give the int32 ids' tokens."""
+    if impl == "native" and not native.available():
+        pytest.skip("the native CPU kernel")
+    m = LanguageModel(12, (16,), rngs=nnx.Rngs(3), embed_dim=4, predict="all")
+    want = generate_stateful(m, jnp.array([[1, 3]], jnp.int32), 4, impl=impl)
+    np.testing.assert_array_equal(generate_stateful(m, np.array([[1, 3]]), 4, impl=impl), want)
+    for bad in (2**32 + 3, 12, -1):
+        with pytest.raises(ValueError, match=r"prime holds token ids outside \[0, 12\)"):
+            generate_stateful(m, np.array([[1, bad]], np.int64), 4, impl=impl)
+    with pytest.raises(TypeError, match="prime must be integer token ids, got dtype float"):
+        generate_stateful(m, np.array([[1.0, 3.7]]), 4, impl=impl)
+    w = LanguageModel(9, (8,), rngs=nnx.Rngs(1), input_mode="scalar", predict="last")
+    with pytest.raises(ValueError, match=r"window holds token ids outside \[0, 9\)"):
+        generate_windowed(w, np.array([[1, 2**32 + 3]]), 3)
+
+
 def test_generate_windowed_equals_the_tutorial_loop():
     m = LanguageModel(9, (8,), rngs=nnx.Rngs(1), input_mode="scalar", predict="last")
     window = jnp.array([[1, 2, 3, 4, 5, 6]])
