@@ -1006,6 +1006,7 @@ def lstm_layer(
       `(outputs [batch, time, H], final_state)`, plus `Gates` when `return_gates`.
     """
     kernel, rk, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
+    xs = jnp.asarray(xs)  # an array-like (a nested list, a NumPy array), as jnp functions take
     if embedding is not None:
         if xs.ndim != 2 or not jnp.issubdtype(xs.dtype, jnp.integer):
             raise ValueError(
