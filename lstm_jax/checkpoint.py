@@ -32,7 +32,13 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 from lstm_jax.errors import UserError, root_reason
-from lstm_jax.logging_utils import atomic_write, os_error_naming, read_json, write_json
+from lstm_jax.logging_utils import (
+    atomic_write,
+    json_ready,
+    os_error_naming,
+    read_json,
+    write_json,
+)
 
 __all__ = ["CheckpointStore", "restore_params", "save_artefacts", "load_artefact"]
 
@@ -106,14 +112,16 @@ class CheckpointStore:
         Args:
           step: the number of updates done.
           state: pytree of arrays (params, opt_state, step, rng, carry).
-          meta: JSON-serialisable dict (data position, history, early-stopping state, ...).
+          meta: JSON-serialisable dict (data position, history, early-stopping state, ...), written as
+            strict JSON (`json_ready`: a non-finite number as null).
           improvement: index of this improvement of the monitored metric, -1 if it was none.
         """
         try:
             self._manager.save(
                 int(step),
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave(json_ready(dict(meta))),
                 ),
                 metrics={IMPROVEMENT: int(improvement)},
                 force=True,

@@ -36,7 +36,7 @@ from absl import logging
 
 from lstm_jax import core
 from lstm_jax.errors import UserError
-from lstm_jax.logging_utils import atomic_write, read_json
+from lstm_jax.logging_utils import atomic_write, json_ready, read_json
 
 __all__ = [
     "OPTIMIZERS",
@@ -445,10 +445,11 @@ def monitor_mode(monitor: str, mode: str) -> str:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready plain dict of the config (tuples become lists)."""
+    """A JSON-ready plain dict of the config (tuples become lists; a non-finite number None, as strict
+    JSON writes it, `json_ready`: a config compares equal to its config.json)."""
     if isinstance(config, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
-        return json.loads(config.to_json_best_effort(sort_keys=True))
-    return json.loads(json.dumps(config, default=str))
+        return json_ready(json.loads(config.to_json_best_effort(sort_keys=True)))
+    return json_ready(json.loads(json.dumps(config, default=str)))
 
 
 def saved_config_dict(config: Any) -> dict[str, Any]:
@@ -462,13 +463,14 @@ def saved_config_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, workdir: str | os.PathLike) -> str:
     """Writes `<workdir>/config.json` atomically (`saved_config_dict`: a relative `data.path` made
-    absolute) and returns its path."""
+    absolute; strict JSON, `json_ready`) and returns its path."""
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    data = saved_config_dict(config)
+    text = json.dumps(
+        json_ready(saved_config_dict(config)), indent=2, sort_keys=True, allow_nan=False
+    )
     with atomic_write(path) as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text + "\n")
     return path
 
 

@@ -8,6 +8,10 @@
 * `Progress`: a tqdm bar per epoch on a terminal (step, loss, metrics, examples/s, ETA), otherwise one absl
   log line per logging interval.
 * `write_json` / `read_json`: atomic JSON files (``results.json``, vocabularies).
+
+Every JSON file and line written here is strict JSON (`json_ready`): a non-finite number (a NaN metric of
+an evaluation that measured nothing, a diverged loss) is written as ``null``, never as Python's bare
+``NaN`` / ``Infinity``, which jq, JavaScript and other strict parsers refuse.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "os_error_naming",
     "write_json",
     "read_json",
+    "json_ready",
     "read_jsonl",
     "ORPHANED_FILE",
     "format_metrics",
@@ -258,12 +263,6 @@ def _read_events(path: str) -> list[tuple[int, str | None, float]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/Inf; keep the lines parseable by strict readers
-    return v
-
-
 class MetricsLogger:
     """Writes logged scalars to ``<workdir>/metrics.jsonl`` and TensorBoard (only on process 0).
 
@@ -351,9 +350,9 @@ class MetricsLogger:
         self._open()
         assert self._tb is not None
         line = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
-        line.update({k: _json_value(v) for k, v in values.items()})
+        line.update(json_ready(dict(values)))
         # Whole lines only: a full disk leaves no half line for the next run's lines to follow.
-        _append_whole(self._jsonl, (json.dumps(line) + "\n").encode(), self.path)
+        _append_whole(self._jsonl, (json.dumps(line, allow_nan=False) + "\n").encode(), self.path)
         numeric = {
             f"{kind}/{k}": float(v)
             for k, v in values.items()
@@ -443,19 +442,35 @@ def os_error_naming(e: OSError, path: str) -> OSError:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Writes JSON atomically (`atomic_write`), creating the directory if needed."""
+    """Writes strict JSON (`json_ready`: non-finite numbers as null) atomically (`atomic_write`), creating
+    the directory if needed."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    text = json.dumps(json_ready(data), indent=2, sort_keys=False, allow_nan=False)
     with atomic_write(path) as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
+        f.write(text + "\n")
 
 
-def _json_default(v: Any) -> Any:
+def json_ready(v: Any) -> Any:
+    """`v` with what strict JSON cannot hold replaced: a non-finite float (NaN, +-Infinity, NumPy's
+    too) becomes None (``null``), NumPy scalars and arrays become Python numbers and lists, tuples
+    lists, and any other object its `str`. Readers of the files take ``null`` for a number that was
+    not finite."""
+    if isinstance(v, bool | int | str) or v is None:
+        return v
+    if isinstance(v, float):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {
+            (k if isinstance(k, str | int | float | bool) or k is None else str(k)): json_ready(x)
+            for k, x in v.items()
+        }
+    if isinstance(v, list | tuple):
+        return [json_ready(x) for x in v]
     try:
         import numpy as np
 
         if isinstance(v, np.generic | np.ndarray):
-            return v.tolist()
+            return json_ready(v.tolist())
     except ImportError:  # pragma: no cover
         pass
     return str(v)
@@ -475,9 +490,12 @@ def read_json(path: str) -> Any:
         ) from None
 
 
-def format_metrics(values: Mapping[str, float], digits: int = 4) -> str:
-    """``loss=0.1234 accuracy=0.9000`` (count excluded)."""
-    return " ".join(f"{k}={v:.{digits}g}" for k, v in values.items() if k != "count")
+def format_metrics(values: Mapping[str, float | None], digits: int = 4) -> str:
+    """``loss=0.1234 accuracy=0.9000`` (count excluded); a value read back as null from a JSON file
+    (`json_ready`: it was not finite) shows as ``nan``."""
+    return " ".join(
+        f"{k}={math.nan if v is None else v:.{digits}g}" for k, v in values.items() if k != "count"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

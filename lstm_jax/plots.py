@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -66,7 +67,12 @@ def plot_training_curves(
     fig, axes = new_figure(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, metric in zip(axes[0], panels, strict=True):
         for split, style in (("train", "-o"), ("validation", "-s")):
-            pts = [(r["epoch"], r[split][metric]) for r in history if metric in r.get(split, {})]
+            # A null value (a history read back from JSON, where a non-finite number is null) is NaN.
+            pts = [
+                (r["epoch"], math.nan if r[split][metric] is None else r[split][metric])
+                for r in history
+                if metric in r.get(split, {})
+            ]
             if not pts:
                 continue
             xs, ys = zip(*pts, strict=True)

@@ -1241,3 +1241,49 @@ def test_atomic_write_leaves_the_old_file_whole_when_the_block_fails(tmp_path):
 def test_saved_results_of_a_workdir_without_a_finished_run_names_the_fix(tmp_path):
     with pytest.raises(UserError, match=r"results\.json is missing; train first with --workdir="):
         saved_results(str(tmp_path))
+
+
+def _strict_json(text):
+    """Parses `text` as strict JSON (jq's, JavaScript's): bare NaN / Infinity are refused."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_metrics_are_written_as_strict_json_and_read_back(tmp_path, monkeypatch, capsys):
+    """A NaN metric (here the first validation loss) was written into results.json, the checkpoint's
+    meta and config.json as Python's bare NaN, which strict parsers (jq, JavaScript) refuse. Now every
+    file holds null for it, and what reads the files back (a resume's history and curves, a finished
+    run's summary) takes the null."""
+    from lstm_jax.tasks import classification
+
+    config = ef.base_config(num_epochs=2)  # 5 steps an epoch
+    config.train.unchecked = float("inf")  # a config field no check reads
+    evaluate = train_mod._Engine.evaluate
+
+    def nan_first(self, params, split):
+        out = evaluate(self, params, split)
+        return {**out, "loss": float("nan")} if split == "validation" and self.first else out
+
+    monkeypatch.setattr(train_mod._Engine, "first", True, raising=False)
+    monkeypatch.setattr(train_mod._Engine, "evaluate", nan_first)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    monkeypatch.setattr(train_mod._Engine, "first", False, raising=False)
+    config.train.num_epochs = 4  # resumed: the history comes back from the checkpoint's meta
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 20 and (tmp_path / train_mod.CURVES_FILE).exists()
+    on_disk = _strict_json((tmp_path / "results.json").read_text())
+    assert on_disk["history"][0]["validation"]["loss"] is None
+    assert on_disk["config"]["train"]["unchecked"] is None
+    _strict_json((tmp_path / "config.json").read_text())
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
+    for meta in glob.glob(str(tmp_path / "checkpoints" / "*" / "meta" / "metadata")):
+        _strict_json(open(meta).read())
+    # A finished run re-run returns its saved results, and their summary reads the null.
+    on_disk["metrics"]["final"]["validation"]["accuracy"] = None
+    classification._print_summary(on_disk)
+    assert "validation accuracy nan" in capsys.readouterr().out
+    assert "loss=nan" in train_mod.format_metrics({"loss": None, "count": 3})

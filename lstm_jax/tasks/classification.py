@@ -1021,7 +1021,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def _print_summary(results: Mapping[str, Any]) -> None:
     final = results.get("metrics", {}).get("final", {})
-    parts = [f"{s} accuracy {m.get('accuracy', float('nan')):.4f}" for s, m in final.items()]
+    # A saved run's results.json holds null for a number that was not finite.
+    parts = [
+        f"{s} accuracy {float('nan') if m.get('accuracy') is None else m['accuracy']:.4f}"
+        for s, m in final.items()
+    ]
     base = results.get("baseline")
     if base:
         parts.append(f"TF-IDF+LR test accuracy {base['splits']['test']['accuracy']:.4f}")
