@@ -43,6 +43,7 @@ __all__ = [
     "read_json",
     "json_ready",
     "read_jsonl",
+    "read_lines",
     "ORPHANED_FILE",
     "format_metrics",
 ]
@@ -285,7 +286,9 @@ class MetricsLogger:
             self._jsonl = open(self.path, "ab", buffering=0)  # noqa: SIM115
             self._tb = EventFileWriter(os.path.join(self.workdir, "tensorboard"))
 
-    def restart_at(self, step: int, *, redo_final: bool = False) -> list[dict[str, Any]]:
+    def restart_at(
+        self, step: int, *, redo_final: bool = False, lines: list[bytes] | None = None
+    ) -> list[dict[str, Any]]:
         """Before the first record of a run that goes on from `step` (its checkpoint's; 0 for a start again
         from scratch): makes both logs hold one history again. Returns the records set aside.
 
@@ -298,7 +301,9 @@ class MetricsLogger:
         of them, and a retry copies none twice. A file without such records is not touched (but for a
         newline added after a last record that lost its own, which the next record would follow). TensorBoard
         gets a ``SessionLog`` START at ``step + 1`` (`EventFileWriter.session_start`), after which it shows
-        no value the earlier event files hold past `step`.
+        no value the earlier event files hold past `step`. `lines`: the file's lines as the caller already
+        read them (`read_lines`, None when it is absent), so that it is not read again; by default it is
+        read here.
         """
         if not self.enabled:
             return []
@@ -306,9 +311,9 @@ class MetricsLogger:
             self._jsonl.close()
             self._jsonl = None
         kept, orphaned, records = [], [], []
-        if os.path.exists(self.path):
-            with open(self.path, "rb") as f:
-                lines = f.read().splitlines(keepends=True)
+        if lines is None:
+            lines = read_lines(self.path)
+        if lines is not None:
             for line in lines:
                 record = _record(line)
                 if record is None and not line.strip():
@@ -390,6 +395,15 @@ def _past(record: Mapping[str, Any], step: int, redo_final: bool) -> bool:
     if record["step"] > step:
         return True
     return redo_final and str(record.get("kind")).startswith("final_") and record["step"] >= step
+
+
+def read_lines(path: str) -> list[bytes] | None:
+    """The lines of the file at `path` as bytes, each with its line end (None when there is no file)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().splitlines(keepends=True)
+    except FileNotFoundError:
+        return None
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

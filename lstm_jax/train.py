@@ -78,6 +78,7 @@ from lstm_jax.logging_utils import (
     format_metrics,
     os_error_naming,
     read_json,
+    read_lines,
     write_json,
 )
 from lstm_jax.plots import plot_training_curves
@@ -1389,8 +1390,10 @@ def _run(
 
     abstract = jax.eval_shape(eng.init_state)
     restored = _restore_latest(eng, store, abstract)
+    # metrics.jsonl is read once here, for the checks of a fresh start and the set-aside of `restart_at`.
+    metrics_lines = read_lines(logger.path)
     if restored is None:
-        _check_fresh_start(store, workdir)
+        _check_fresh_start(store, workdir, metrics_lines)
         state = jax.jit(eng.init_state, out_shardings=eng.state_shardings(abstract))()
         meta: dict[str, Any] = {}
         step = 0
@@ -1465,14 +1468,16 @@ def _run(
         _name_lock_holder(lock)
         if restored is None:
             _set_aside_another_start(config, workdir)
+            if not os.path.exists(logger.path):  # moved to earlier_start-<time>/
+                metrics_lines = None
         config_utils.save_config(config, workdir)
         if task.artefacts:
             save_artefacts(workdir, task.artefacts)
 
-    if restored is not None or _has_content(logger.path):
+    if restored is not None or any(line.strip() for line in metrics_lines or ()):
         # What a crash (kill -9, full disk) logged after the checkpoint is logged again from it: one history.
         # (A start from step 0 too, even when no line parses: a half line the first record would follow.)
-        _set_aside_orphaned_records(logger, step, redo_final=finished)
+        _set_aside_orphaned_records(logger, step, redo_final=finished, lines=metrics_lines)
     if restored is not None and not finished:
         logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
         _warn_schedule_change(eng, meta, step)
@@ -1907,13 +1912,16 @@ def _check_same_data(
         )
 
 
-def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
+def _check_fresh_start(
+    store: CheckpointStore, workdir: str, metrics_lines: list[bytes] | None
+) -> None:
     """Before a run starts from step 0 in a workdir with no usable checkpoint: a `UserError` when the
     workdir holds a run that got further (damaged checkpoints moved to corrupt_checkpoints/, now or
     before; a finished run; evaluation or resume records in metrics.jsonl, each of which came with a
     checkpoint), so that a new run's records never follow an old one's as if they were one; a warning
     when `metrics.jsonl` has only training records (a run killed before its first checkpoint), which
-    then move aside (`_set_aside_another_start`, or `MetricsLogger.restart_at` for the same config)."""
+    then move aside (`_set_aside_another_start`, or `MetricsLogger.restart_at` for the same config).
+    `metrics_lines`: the lines of ``<workdir>/metrics.jsonl`` (`read_lines`; None when it is absent)."""
     fix = "to train again from step 0, use a new --workdir (or empty this one)"
     corrupt = store.corrupt_directory
     if store.quarantined or (os.path.isdir(corrupt) and os.listdir(corrupt)):
@@ -1929,7 +1937,7 @@ def _check_fresh_start(store: CheckpointStore, workdir: str) -> None:
             f" {store.directory}; restore that folder to resume or evaluate it, or, {fix}"
         )
     metrics = os.path.join(workdir, "metrics.jsonl")
-    kinds = _record_kinds(metrics)
+    kinds = _record_kinds(metrics_lines or ())
     if kinds - {"train"}:  # an evaluation or a resume: a checkpoint was saved, and is gone
         raise UserError(
             f"{workdir} holds a run that saved checkpoints ({os.path.basename(metrics)} has its"
@@ -2011,9 +2019,12 @@ def _warn_schedule_change(eng: _Engine, meta: Mapping[str, Any], step: int) -> N
     )
 
 
-def _set_aside_orphaned_records(logger: MetricsLogger, step: int, *, redo_final: bool) -> None:
-    """`MetricsLogger.restart_at(step)`, with a warning naming what it moved to metrics.orphaned.jsonl."""
-    moved = logger.restart_at(step, redo_final=redo_final)
+def _set_aside_orphaned_records(
+    logger: MetricsLogger, step: int, *, redo_final: bool, lines: list[bytes] | None
+) -> None:
+    """`MetricsLogger.restart_at(step)` (of metrics.jsonl's `lines`, read once), with a warning naming
+    what it moved to metrics.orphaned.jsonl."""
+    moved = logger.restart_at(step, redo_final=redo_final, lines=lines)
     if not moved:
         return
     steps = [r["step"] for r in moved if isinstance(r.get("step"), int)]
@@ -2029,24 +2040,13 @@ def _set_aside_orphaned_records(logger: MetricsLogger, step: int, *, redo_final:
     )
 
 
-def _has_content(path: str) -> bool:
-    """Whether the file at `path` exists and holds more than whitespace (records, or half of one)."""
-    try:
-        with open(path, "rb") as f:
-            return any(line.strip() for line in f)
-    except FileNotFoundError:
-        return False
-
-
-def _record_kinds(path: str) -> set[str]:
-    """The `kind`s of the records in a metrics.jsonl (a line cut short by a crash is skipped)."""
-    if not os.path.exists(path):
-        return set()
+def _record_kinds(lines: Iterable[bytes]) -> set[str]:
+    """The `kind`s of the records among a metrics.jsonl's lines (a line cut short by a crash is
+    skipped)."""
     kinds = set()
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            with contextlib.suppress(ValueError, AttributeError):
-                kinds.add(str(json.loads(line).get("kind")))
+    for line in lines:
+        with contextlib.suppress(ValueError, AttributeError):
+            kinds.add(str(json.loads(line).get("kind")))
     return kinds
 
 

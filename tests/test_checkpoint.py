@@ -586,6 +586,32 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_a_warning(tm
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_metrics_jsonl_is_read_once_when_a_run_starts_again_or_resumes(tmp_path, monkeypatch):
+    """A start again after a kill before the first checkpoint read metrics.jsonl three times (the fresh
+    start's check of its record kinds, whether it had content, the set-aside of `restart_at`): now it is
+    read once and its lines passed on; a resume reads it once too."""
+    import builtins
+
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 2, "time": 0, "loss": 1}\n')
+    real_open, reads = builtins.open, []
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if str(file).endswith("metrics.jsonl") and not set(mode) & set("wax+"):
+            reads.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert len(reads) == 1
+    assert (tmp_path / "metrics.orphaned.jsonl").exists()  # the lines read once were set aside
+    reads.clear()
+    config.train.num_epochs = 2
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert len(reads) == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_start_again_after_half_a_first_record_sets_the_half_line_aside(tmp_path):
     """A run killed while writing its very first record (a power cut) left only half a line: no record
     parses, but the new run's first record must not follow it on its line."""
