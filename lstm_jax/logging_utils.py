@@ -301,7 +301,10 @@ class MetricsLogger:
         of them, and a retry copies none twice. A file without such records is not touched (but for a
         newline added after a last record that lost its own, which the next record would follow). TensorBoard
         gets a ``SessionLog`` START at ``step + 1`` (`EventFileWriter.session_start`), after which it shows
-        no value the earlier event files hold past `step`. `lines`: the file's lines as the caller already
+        no value the earlier event files hold past `step`; when ``final_*`` records at `step` itself were set
+        aside (a final evaluation done again), the START is at `step`, which drops those too, and the
+        records kept at `step` (the last train and evaluation ones) are written to TensorBoard again, so
+        that it shows each value once, as a run that was never stopped does. `lines`: the file's lines as the caller already
         read them (`read_lines`, None when it is absent), so that it is not read again; by default it is
         read here.
         """
@@ -346,7 +349,17 @@ class MetricsLogger:
                 f.write(b"".join(kept))
         self._open()
         assert self._tb is not None
-        self._tb.session_start(int(step) + 1)
+        if any(r.get("step") == step for r in records):  # final_* records at `step`, done again
+            self._tb.session_start(int(step))
+            for line in kept:
+                record = _record(line)
+                if record is not None and record["step"] == step:
+                    values = {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
+                    numeric = _numeric(str(record.get("kind")), values, null=math.nan)
+                    if numeric:
+                        self._tb.scalars(step, numeric)
+        else:
+            self._tb.session_start(int(step) + 1)
         return records
 
     def write(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
@@ -358,11 +371,7 @@ class MetricsLogger:
         line.update(json_ready(dict(values)))
         # Whole lines only: a full disk leaves no half line for the next run's lines to follow.
         _append_whole(self._jsonl, (json.dumps(line, allow_nan=False) + "\n").encode(), self.path)
-        numeric = {
-            f"{kind}/{k}": float(v)
-            for k, v in values.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
+        numeric = _numeric(kind, values)
         if numeric:
             self._tb.scalars(step, numeric)
 
@@ -378,6 +387,18 @@ class MetricsLogger:
 # Beside metrics.jsonl: the records a resumed run set aside, written after its checkpoint by a run that
 # then stopped without saving them (`MetricsLogger.restart_at`).
 ORPHANED_FILE = "metrics.orphaned.jsonl"
+
+
+def _numeric(kind: str, values: Mapping[str, Any], null: float | None = None) -> dict[str, float]:
+    """The TensorBoard scalars of a record: ``{"<kind>/<name>": value}`` of its numbers (a null, which
+    stands for a non-finite number in metrics.jsonl, as `null` when that is given)."""
+    out = {}
+    for k, v in values.items():
+        if v is None and null is not None:
+            out[f"{kind}/{k}"] = null
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{kind}/{k}"] = float(v)
+    return out
 
 
 def _record(line: bytes) -> dict[str, Any] | None:

@@ -153,6 +153,41 @@ def test_a_crash_in_the_final_evaluation_leaves_its_records_once(tmp_path):
     ]
 
 
+def test_a_final_evaluation_done_again_shows_once_in_tensorboard(tmp_path):
+    """Killed after the final evaluation's records: TensorBoard showed both attempts' final_* scalars
+    at the last step (its SessionLog START was put at step + 1, which drops nothing at that step). Now
+    the START is at the step itself and the records kept there (the last train and validation ones)
+    are written again: TensorBoard shows what a run that was never stopped shows."""
+    config = ef.base_config(num_epochs=1)
+    config.train.eval_every_steps = 3  # the final evaluation is not the last periodic one (step 3)
+    straight = tmp_path / "a"
+    train_and_evaluate(config, str(straight), ef.classification_task(config))
+
+    def crash(model, results):
+        raise KeyboardInterrupt("simulated kill in the reports")
+
+    workdir = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(
+            config, str(workdir), ef.classification_task(config, extra_results=crash)
+        )
+    train_and_evaluate(config, str(workdir), ef.classification_task(config))
+
+    def board(run):
+        return sorted((step, tag) for step, tag, _ in read_run_scalars(str(run / "tensorboard")))
+
+    shown = board(workdir)
+    assert shown.count((5, "final_test/loss")) == 1
+    assert (5, "train/loss") in shown
+    assert shown == board(straight)
+
+    def values(run):  # the same values (but the timings)
+        scalars = read_run_scalars(str(run / "tensorboard"))
+        return {(s, t): v for s, t, v in scalars if not t.endswith("examples_per_s")}
+
+    assert values(workdir) == values(straight)
+
+
 def test_setting_aside_orphaned_records_is_atomic_and_a_retry_copies_nothing_twice(
     tmp_path, monkeypatch
 ):
