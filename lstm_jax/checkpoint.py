@@ -82,9 +82,12 @@ class CheckpointStore:
         damaged = _unreadable_metrics(self.directory)  # Orbax would stop on it with a bare error
         if damaged:
             path, reason = damaged[0]
+            step_dir = os.path.join(
+                self.directory, os.path.relpath(path, self.directory).split(os.sep)[0]
+            )
             raise UserError(
-                f"{path} cannot be read ({reason}): the checkpoint it belongs to is damaged; move"
-                f" {os.path.dirname(os.path.dirname(path))} out of {self.directory} (into"
+                f"{path} cannot be read ({reason}): the checkpoint it belongs to is damaged, or the"
+                f" file was edited; restore the file, or move {step_dir} out of {self.directory} (into"
                 f" {os.path.join(self.workdir, 'corrupt_checkpoints')}, say) and run the command"
                 " again to use the other checkpoints"
             )
@@ -268,27 +271,54 @@ def not_permitted(e: BaseException, path: str) -> OSError | None:
 
 
 def _unreadable_metrics(directory: str) -> list[tuple[str, str]]:
-    """`(path, reason)` of each ``<step>/metrics/metrics`` file under `directory` that is not a JSON
-    object (Orbax reads them all when its manager starts, and a damaged one stops it with a bare
-    JSONDecodeError, or later with an AttributeError); one this user may not read raises its
-    PermissionError."""
+    """`(path, reason)` of each JSON file of a checkpoint under `directory` that Orbax reads when its
+    manager starts and would stop on with a bare error: a ``<step>/metrics/metrics`` that is not a JSON
+    object (a JSONDecodeError, or later an AttributeError) or whose ``improvement`` is not a number (a
+    ValueError or TypeError in `_improvement`), and a ``<step>/_CHECKPOINT_METADATA`` object with a
+    field of the wrong type (hand-edited: a bare ValueError; one that does not parse Orbax skips). One
+    this user may not read raises its PermissionError."""
+    try:  # Orbax's own reader of _CHECKPOINT_METADATA (private: absent in other versions, then unchecked)
+        from orbax.checkpoint._src.metadata.step_metadata_serialization import deserialize
+    except ImportError:  # pragma: no cover
+        deserialize = None
     bad = []
     names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     for name in names:
+        if not name.isdigit():
+            continue
         path = os.path.join(directory, name, "metrics", "metrics")
-        if not (name.isdigit() and os.path.exists(path)):
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = json.load(f)
-        except PermissionError:  # another user's file, not a damaged one: the CLI names it
-            raise
-        except (OSError, ValueError) as e:
-            bad.append((path, root_reason(e)))
-            continue
-        if not isinstance(value, dict):
-            bad.append((path, f"a JSON {type(value).__name__}, not an object"))
+        value = _json_file(path, bad)
+        if value is not None:
+            improvement = value.get(IMPROVEMENT, -1) if isinstance(value, dict) else None
+            if not isinstance(value, dict):
+                bad.append((path, f"a JSON {type(value).__name__}, not an object"))
+            elif isinstance(improvement, bool) or not isinstance(improvement, int | float):
+                bad.append((path, f'its "{IMPROVEMENT}" is {improvement!r}, not a number'))
+        path = os.path.join(directory, name, "_CHECKPOINT_METADATA")
+        value = _json_file(path, None)
+        if value is not None and deserialize is not None:
+            try:
+                deserialize(value)
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                bad.append((path, root_reason(e)))
     return bad
+
+
+def _json_file(path: str, bad: list[tuple[str, str]] | None) -> Any:
+    """The parsed JSON file at `path` (None when there is none); one that cannot be read or parsed is
+    added to `bad` (None: skipped, as Orbax skips it). A PermissionError (another user's file, not a
+    damaged one: the CLI names it) is raised."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except PermissionError:
+        raise
+    except (OSError, ValueError) as e:
+        if bad is not None:
+            bad.append((path, root_reason(e)))
+        return None
 
 
 def restore_params(step_directory: str, abstract_params: Any) -> Any:

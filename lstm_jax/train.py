@@ -2061,6 +2061,91 @@ def _padded_size(batch_size: int, multiple: int) -> int:
     return -(-batch_size // multiple) * multiple
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _numbers(v: Any) -> bool:
+    """A dict of metric values: numbers, or null for one that was not finite (`json_ready`)."""
+    return isinstance(v, dict) and all(x is None or _is_number(x) for x in v.values())
+
+
+def _history_record(r: Any) -> bool:
+    return (
+        isinstance(r, dict)
+        and _is_int(r.get("step"))
+        and _is_number(r.get("epoch"))
+        and all(_numbers(v) for k, v in r.items() if k not in ("step", "epoch"))
+    )
+
+
+# What `_run` reads from a checkpoint's meta (each key optional): a check and what it should hold.
+_META_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    (
+        "position",
+        lambda v: isinstance(v, dict) and _is_int(v.get("epoch")) and _is_int(v.get("batch")),
+        '{"epoch": <int>, "batch": <int>}',
+    ),
+    (
+        "history",
+        lambda v: isinstance(v, list) and all(_history_record(r) for r in v),
+        'a list of {"step": <int>, "epoch": <number>, <split>: {<metric>: <number>}}',
+    ),
+    (
+        "early_stopping",
+        lambda v: (
+            isinstance(v, dict)
+            and (v.get("best") is None or _is_number(v["best"]))
+            and (v.get("best_step") is None or _is_int(v["best_step"]))
+            and _is_int(v.get("wait"))
+            and _is_int(v.get("improvements"))
+        ),
+        '{"best": <number or null>, "best_step": <int or null>, "wait": <int>, "improvements": <int>}',
+    ),
+    ("stopped_early", lambda v: isinstance(v, bool), "true or false"),
+    ("since_eval", lambda v: v is None or _numbers(v), "null or {<name>: <number>}"),
+    (
+        "unlogged",
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, dict)
+                and _numbers(v.get("sums"))
+                and _is_number(v.get("last_loss"))
+                and _is_int(v.get("examples"))
+                and _is_number(v.get("seconds", 0.0))
+            )
+        ),
+        'null or {"sums": {<name>: <number>}, "last_loss": <number>, "examples": <int>, ...}',
+    ),
+    ("wall_time_s", _is_number, "a number"),
+    ("total_steps", lambda v: v is None or _is_int(v), "an int"),
+    ("steps_per_epoch", lambda v: v is None or _is_int(v), "an int"),
+)
+
+
+def _check_meta(meta: Mapping[str, Any], store: CheckpointStore, step: int) -> None:
+    """`UserError` naming the file and the fix when the meta of checkpoint `step` (its data position,
+    history, early-stopping state: JSON beside the arrays, ``<step>/meta/metadata``) holds a field of
+    another type than the engine writes (a hand-edited file), which `_run` would stop on with a bare
+    ValueError or TypeError."""
+    for key, ok, want in _META_FIELDS:
+        if key in meta and not ok(meta[key]):
+            shown = repr(meta[key])
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            folder = os.path.join(store.directory, str(step))
+            raise UserError(
+                f'{os.path.join(folder, "meta", "metadata")} holds "{key}": {shown}, not {want};'
+                " the checkpoint's meta was edited or is damaged: restore the file, or move"
+                f" {folder} out of {store.directory} (into"
+                f" {store.corrupt_directory}, say) to resume from the checkpoint before it"
+            )
+
+
 def _restore_latest(
     eng: _Engine, store: CheckpointStore, abstract: Any
 ) -> tuple[int, Any, dict[str, Any]] | None:
@@ -2084,6 +2169,7 @@ def _restore_latest(
     if restored is None:
         return None
     step, state, meta, switched = restored
+    _check_meta(meta, store, step)
     if not switched:
         return step, state, meta
     opt_state = state["opt_state"]

@@ -424,6 +424,67 @@ def test_a_damaged_checkpoint_metrics_file_is_one_error_naming_it(tmp_path, cont
     store.close()
 
 
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("metrics/metrics", '{"improvement": "x"}'),
+        ("metrics/metrics", '{"improvement": [1]}'),
+        ("metrics/metrics", '{"improvement": null}'),
+        ("_CHECKPOINT_METADATA", "[1]"),
+        ("_CHECKPOINT_METADATA", '{"metrics": 3}'),
+        ("_CHECKPOINT_METADATA", '{"commit_timestamp_nsecs": "x"}'),
+    ],
+)
+def test_checkpoint_json_of_a_wrong_type_is_one_error_naming_the_file(tmp_path, name, content):
+    """JSON that Orbax keeps beside a checkpoint, parsed but of a wrong type (hand-edited), stopped
+    Orbax's manager with a bare ValueError or TypeError. Now: a UserError naming the file and the fix;
+    nothing is moved."""
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(1, _state(), {"step": 1}, improvement=1)
+    store.save(2, _state(2.0), {"step": 2})
+    store.close()
+    path = tmp_path / "checkpoints" / "2" / name
+    assert path.exists()
+    path.write_text(content)
+    with pytest.raises(
+        UserError, match=rf"checkpoints/2/{name} cannot be read .* restore the file"
+    ):
+        CheckpointStore(str(tmp_path), keep=3)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("position", "x"),
+        ("position", {"epoch": "x", "batch": 1}),
+        ("wall_time_s", "abc"),
+        ("history", 3),
+        ("early_stopping", [1]),
+        ("total_steps", "x"),
+        ("since_eval", 3),
+    ],
+)
+def test_a_checkpoint_meta_of_a_wrong_type_is_one_error_naming_the_file(tmp_path, key, value):
+    """The checkpoint's meta (JSON beside its arrays: data position, history, early stopping), when
+    hand-edited to another type, stopped a resume with a bare ValueError or TypeError. Now: a
+    UserError naming the file, the field and the fix, and nothing in the workdir changes."""
+    config = ef.base_config(num_epochs=1)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    path = tmp_path / "checkpoints" / "5" / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    meta[key] = value
+    path.write_text(json.dumps(meta))
+    before = {
+        p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "lock" not in p.name
+    }
+    config.train.num_epochs = 2
+    with pytest.raises(UserError, match=rf'5/meta/metadata holds "{key}": .* restore the file'):
+        train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "lock" not in p.name}
+    assert after == before
+
+
 def test_a_metrics_file_this_user_may_not_read_is_a_permission_error_not_damage(
     tmp_path, monkeypatch
 ):
