@@ -206,7 +206,7 @@ def cpu_list(spec: str, available: Iterable[int] | None = None) -> list[int]:
     hint = "pass e.g. --cpus=0-3,8 (a core list) or --cpus=1/2 (the first half of the cores)"
     if "/" in spec:
         k, _, n = spec.partition("/")
-        if not (k.strip().isdigit() and n.strip().isdigit()) or not 1 <= int(k) <= int(n):
+        if not (_digits(k.strip()) and _digits(n.strip())) or not 1 <= int(k) <= int(n):
             raise UserError(f"--cpus={spec} is not a share k/n with 1 <= k <= n; {hint}")
         k, n = int(k), int(n)
         if n > len(avail):
@@ -218,7 +218,7 @@ def cpu_list(spec: str, available: Iterable[int] | None = None) -> list[int]:
     cores: set[int] = set()
     for part in spec.split(","):
         lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+        if not _digits(lo) or (sep and not _digits(hi)) or (sep and int(hi) < int(lo)):
             raise UserError(f"--cpus={spec} is not a list of cores; {hint}")
         cores.update(range(int(lo), int(hi if sep else lo) + 1))
     missing = sorted(cores - set(avail))
@@ -228,6 +228,12 @@ def cpu_list(spec: str, available: Iterable[int] | None = None) -> list[int]:
             f" cores are {_ranges(avail)}"
         )
     return sorted(cores)
+
+
+def _digits(text: str) -> bool:
+    """Whether `text` is a number in ASCII digits: `str.isdigit` alone accepts superscripts ("²"), which
+    `int` refuses, and other scripts' digits, which no core list is written in."""
+    return text.isascii() and text.isdigit()
 
 
 def _ranges(cores: Sequence[int]) -> str:
@@ -324,7 +330,7 @@ def set_cpu_devices(spec: str) -> int:
     text = str(spec).strip().lower()
     if text == "auto":
         count = usable_cores()
-    elif text.isdigit() and int(text) >= 1:
+    elif _digits(text) and int(text) >= 1:
         count = int(text)
     else:
         raise UserError(

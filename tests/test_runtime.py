@@ -229,6 +229,14 @@ def test_cpu_list_parses_core_lists_and_shares():
         ("a/2", "is not a share k/n"),
         ("1/5", "5 shares of 4 available core"),
         ("2-5", "core\\(s\\) 4-5 this process cannot use; the available cores are 0-3"),
+        # str.isdigit takes a superscript, which int() refuses (a ValueError traceback), and other
+        # scripts' digits: the same flag error as any other malformed value.
+        ("\u00b2", "is not a list of cores"),
+        ("0-\u00b2", "is not a list of cores"),
+        ("1\u00b2", "is not a list of cores"),
+        ("\u0663", "is not a list of cores"),
+        ("1/\u00b2", "is not a share k/n"),
+        ("\u00b2/2", "is not a share k/n"),
     ]:
         with pytest.raises(UserError, match=message):
             runtime.cpu_list(bad, four)
@@ -296,6 +304,13 @@ def test_set_cpu_devices_refuses_once_jax_has_started():
     jax.devices()
     with pytest.raises(UserError, match="before JAX starts its backend"):
         runtime.set_cpu_devices("2")
+
+
+def test_a_superscript_device_count_is_the_flag_error_not_a_traceback():
+    """ "²".isdigit() is True but int("²") a ValueError: --cpu_devices=² gave a traceback."""
+    for bad in ("\u00b2", "1\u00b2"):
+        with pytest.raises(UserError, match="is not a device count; pass a positive integer"):
+            runtime.set_cpu_devices(bad)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="--cpus needs Linux")
