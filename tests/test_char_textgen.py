@@ -337,6 +337,19 @@ def test_top_k_with_greedy_decoding_is_named_in_a_warning(stream_run, caplog):
     )
 
 
+def test_the_sample_header_names_top_k_only_where_it_is_used(stream_run, capsys):
+    """At temperature 0 (greedy) top_k is not used, which the warning says, yet the header printed
+    `top_k 3` above the sample as if it were: now it says greedy; a sampled text's header names its
+    top_k."""
+    _, workdir, _ = stream_run
+    char_lm.generate_samples(None, str(workdir), prime="to be ", length=4, temperature=0.0, top_k=3)
+    headers = [x for x in capsys.readouterr().out.splitlines() if x.startswith("--- sample")]
+    assert headers and all("top_k" not in h and "greedy" in h for h in headers)
+    char_lm.generate_samples(None, str(workdir), prime="to be ", length=4, temperature=0.7, top_k=3)
+    headers = [x for x in capsys.readouterr().out.splitlines() if x.startswith("--- sample")]
+    assert headers[0] == "--- sample 1 (temperature 0.7, top_k 3) ---"
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [

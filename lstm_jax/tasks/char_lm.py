@@ -501,9 +501,11 @@ def _sample_results(
 
 
 def _print_samples(samples: Mapping[str, Any]) -> None:
+    # At temperature 0 (greedy: the most likely character) top_k is not used: the header does not name it.
+    how = "greedy" if samples["temperature"] == 0 else f"top_k {samples['top_k']}"
     for n, text in enumerate(samples["texts"], start=1):
         print(
-            f"--- sample {n} (temperature {samples['temperature']}, top_k {samples['top_k']}) ---\n"
+            f"--- sample {n} (temperature {samples['temperature']}, {how}) ---\n"
             f"{samples['prime']}{text}",
             flush=True,
         )
