@@ -208,6 +208,13 @@ def from_torch_lstm(
                 f" dict holds LSTMs at {found}: pass one of them as prefix="
             )
         raise ValueError("from_torch_lstm: no weight_ih_l* keys; is this an nn.LSTM state dict?")
+    missing = sorted(set(range(layers[-1] + 1)) - set(layers))
+    if missing:  # nn.LSTM numbers its layers 0..num_layers-1: a stack with a hole is not one LSTM
+        raise ValueError(
+            f"from_torch_lstm: the state dict has weight_ih_l* of layers {layers} but none of layer(s)"
+            f" {missing}; nn.LSTM numbers its layers 0 to num_layers-1, so these weights are not one"
+            " LSTM's: pass its whole state dict (or build the layers one by one with from_torch)"
+        )
     bidir = any(k.endswith("_reverse") for k in state_dict)
     if bidir:
         return [

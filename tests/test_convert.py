@@ -266,6 +266,20 @@ def test_torch_importer_names_the_lstms_when_the_prefix_matches_none():
         from_torch_lstm({"head.weight": np.zeros((2, 5))}, prefix="head")
 
 
+def test_torch_importer_refuses_a_gap_in_the_layer_numbers():
+    """weight_ih_l0 and weight_ih_l2 without l1 (a layer dropped from the dict) were imported as a
+    2-layer stack without a word; so were layers starting at 1. Now a ValueError names the missing."""
+    rng = np.random.default_rng(7)
+    sd = _torch_state_dict(rng, 4, 4, layers=3)
+    gap = {k: v for k, v in sd.items() if "_l1" not in k}
+    with pytest.raises(ValueError, match=r"layers \[0, 2\] but none of layer\(s\) \[1\]"):
+        from_torch_lstm(gap)
+    no_first = {k: v for k, v in sd.items() if "_l0" not in k}
+    with pytest.raises(ValueError, match=r"none of layer\(s\) \[0\]"):
+        from_torch_lstm(no_first)
+    assert len(from_torch_lstm(sd)) == 3
+
+
 def test_importers_name_the_shapes_of_arrays_of_the_wrong_rank():
     """The shape checks indexed a second dimension: a 1-D kernel (arrays in another order) was an
     IndexError "tuple index out of range", a 1-D weight_hh "not enough values to unpack", and a 1-D
