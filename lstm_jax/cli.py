@@ -183,6 +183,7 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
                 )
             config = config_utils.load_config(workdir)
             check_config_family(config, workdir)
+            check_saved_types(config, workdir)
         modes[mode](config, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -229,12 +230,62 @@ _USER_OS_ERRORS = {
 }
 
 
-def _config_keys(path: str) -> set[str]:
+def _config_fields(path: str) -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location(f"_lstm_jax_config_{abs(hash(path))}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return set(config_utils.flatten_config(module.get_config()))
+    return config_utils.flatten_config(module.get_config())
+
+
+def _config_keys(path: str) -> set[str]:
+    return set(_config_fields(path))
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind of a config value: what a saved config.json must hold where a config file has it."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def check_saved_types(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """`UserError` naming ``<workdir>/config.json``, the field and the fix when a field of that saved
+    config holds another kind of value (a number, a string, true/false, a list, a section) than every
+    config file of the running experiment gives it: a hand-edited file (``"temperature": "hot"``,
+    ``"train": 3``) would otherwise stop the mode with a bare ValueError, TypeError or AttributeError.
+    Fields no config file has, or one has as None (filled in from the data), are not checked."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    here = os.path.dirname(os.path.abspath(main_file)) if main_file else ""
+    if os.path.basename(os.path.dirname(here)) != "experiments":
+        return
+    kinds: dict[str, set[str]] = {}
+    for path in _experiment_configs(here):
+        for key, value in _config_fields(path).items():
+            kinds.setdefault(key, set()).add(_kind(value))
+    sections = {k.rsplit(".", i)[0] for k in kinds for i in range(1, k.count(".") + 1)}
+    for key, value in sorted(config_utils.flatten_config(config).items()):
+        if key in sections:
+            want = "a section of fields"
+        elif key in kinds and "null" not in kinds[key] and _kind(value) not in kinds[key]:
+            want = " or ".join(sorted(kinds[key]))
+        else:
+            continue
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise UserError(
+            f"{os.path.join(workdir, config_utils.CONFIG_FILE)}: config.{key}={shown} is"
+            f" {_kind(value)}, not {want} as in the experiment's configs; the file was edited or is"
+            " damaged: restore it (a finished run's results.json holds its config under"
+            ' "config"), or pass the config it was trained with as --config'
+        )
 
 
 def _experiment_configs(folder: str) -> list[str]:

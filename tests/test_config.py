@@ -890,6 +890,42 @@ def test_a_saved_run_of_another_experiment_is_named(tmp_path, monkeypatch):
     cli.check_config_family(own, str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "section,field,value,message",
+    [
+        (
+            "generate",
+            "temperature",
+            "hot",
+            "config.generate.temperature='hot' is a string, not a number",
+        ),
+        ("train", None, 3, "config.train=3 is a number, not a section of fields"),
+    ],
+)
+def test_a_hand_edited_config_json_of_a_wrong_type_is_one_error_naming_it(
+    tmp_path, section, field, value, message
+):
+    """A saved config.json edited to hold another kind of value ("temperature": "hot", "train": 3)
+    stopped --mode=generate with a ValueError or AttributeError traceback. Now: one error line naming
+    the file, the field and the fix, exit status 2, the file left as it is."""
+    config = importlib.import_module("experiments.char_textgen.configs.test").get_config()
+    workdir = tmp_path / "run"
+    path = config_utils.save_config(config, workdir)
+    saved = json.loads(open(path).read())
+    if field is None:
+        saved[section] = value
+    else:
+        saved[section][field] = value
+    text = json.dumps(saved)
+    open(path, "w").write(text)
+    proc = _experiment("char_textgen", "--mode=generate", f"--workdir={workdir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {path}: {message}"), last
+    assert "restore it" in last and "Traceback" not in proc.stderr
+    assert open(path).read() == text
+
+
 def test_a_saved_run_of_another_experiment_is_named_for_a_named_experiment(tmp_path):
     """The notebooks load a workdir they are given (LSTM_JAX_IMDB_WORKDIR): a run of another experiment
     was a KeyError ('reports') or an AttributeError ('vocab_size') deep in model building."""
