@@ -469,7 +469,8 @@ def _acl_imdb_order(f: Path) -> tuple[int, str]:
     """Sort key of `<id>_<rating>.txt`: the numeric id (the staged CSVs' order, so both sources give the
     same split), then the name; "10_7.txt" after "9_8.txt", not before "2_9.txt"."""
     head = f.name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else sys.maxsize, f.name)
+    # ASCII digits only: str.isdigit takes "²", which int() refuses.
+    return (int(head) if head.isascii() and head.isdigit() else sys.maxsize, f.name)
 
 
 def _load_acl_imdb(root: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Any]]:

@@ -296,6 +296,20 @@ def test_load_imdb_acl_tree(tmp_path, no_data_env):
         assert info["source"] == str(acl)
 
 
+def test_an_acl_imdb_file_named_with_a_superscript_digit_sorts_last_not_a_traceback(
+    tmp_path, no_data_env
+):
+    """The order key read `<id>_<rating>.txt`'s id with str.isdigit, which takes "²", and then int(),
+    which refuses it: a ValueError traceback. Such a name now sorts after the numbered files."""
+    acl = make_acl_imdb(tmp_path)
+    (acl / "train" / "pos" / "\u00b2_9.txt").write_text(
+        "An odd name, great film.", encoding="utf-8"
+    )
+    data, _ = D.load_imdb(acl)
+    pos = [t for t, label in data["train"] if label == 1]
+    assert pos[-1] == "An odd name, great film."
+
+
 def test_load_imdb_csv_gz_and_plain_csv_match_acl(tmp_path, no_data_env):
     acl_data, _ = D.load_imdb(make_acl_imdb(tmp_path / "a"))
     for gz in (True, False):
