@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -759,3 +760,28 @@ def test_stdin_lines_end_at_newlines_only(monkeypatch, capsys):
         "third",
     ]
     assert "skipped 1 empty line(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.pop("maxlen"), "lacks 'maxlen', an integer >= 1"),
+        (lambda d: d.update(maxlen="x"), "holds 'maxlen': 'x', not an integer >= 1"),
+        (lambda d: d.update(class_names=3), "holds 'class_names': 3, not a list of class names"),
+        (lambda d: d.update(vocab_size=None), "holds 'vocab_size': None, not an integer >= 0"),
+    ],
+)
+def test_a_hand_edited_preprocess_json_is_one_error_naming_it(edit, message):
+    """preprocess.json read back with a field missing or of another type (hand-edited, damaged) was a
+    KeyError, ValueError or TypeError traceback in eval and predict; now a UserError naming the file,
+    the field and the fix."""
+    from lstm_jax.tasks.classification import TextEncoder
+
+    encoder = TextEncoder(
+        dataset="imdb", class_names=("neg", "pos"), maxlen=8, padding="post", truncating="post"
+    )
+    d = encoder.to_dict()
+    assert TextEncoder.from_dict(d, "w/preprocess.json").to_dict() == d
+    edit(d)
+    with pytest.raises(UserError, match=rf"^w/preprocess.json {re.escape(message)}; .* restore it"):
+        TextEncoder.from_dict(d, "w/preprocess.json")

@@ -219,6 +219,38 @@ class TextEncoder:
                 " pass the workdir of a classification run"
             )
 
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def strings(v: Any) -> bool:
+            return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+        # What each field must hold (a hand-edited or damaged file was a KeyError, ValueError or TypeError).
+        fields = {
+            "dataset": (lambda v: isinstance(v, str), "a string"),
+            "class_names": (lambda v: strings(v) and len(v) >= 2, "a list of class names"),
+            "maxlen": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+            "padding": (lambda v: isinstance(v, str), "a string"),
+            "truncating": (lambda v: isinstance(v, str), "a string"),
+            "vocab": (lambda v: v is None or isinstance(v, dict), "a vocabulary object or null"),
+            "vocab_size": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            "meta_vocab": (
+                lambda v: v is None or isinstance(v, dict),
+                "a vocabulary object or null",
+            ),
+            "meta_fields": (strings, "a list of field names"),
+            "stopwords": (lambda v: v is None or strings(v), "a list of words or null"),
+            "stopwords_source": (lambda v: isinstance(v, str), "a string"),
+            "num_buckets": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        }
+        for key, (ok, want) in fields.items():
+            if key not in d or not ok(d[key]):
+                held = f"holds {key!r}: {d[key]!r:.60}, not" if key in d else f"lacks {key!r},"
+                raise UserError(
+                    f"{source} {held} {want}; the file was edited or is damaged: restore it, or"
+                    " train again in a new --workdir"
+                )
+
         def vocab(key: str) -> text.Vocabulary | None:
             v = d.get(key)
             return None if v is None else text.Vocabulary.from_json(json.dumps(v), source)
