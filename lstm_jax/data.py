@@ -345,6 +345,11 @@ def load_csv_texts(path: str | os.PathLike, text_column: str) -> tuple[list[str]
         path, [text_column], fix="pass --config.data.text_column=<the column with the texts>"
     )
     texts = [r[text_column].replace("\r\n", "\n") for _, r in rows if r[text_column].strip()]
+    if not rows:  # a header and no row (but blank ones): the column is there, the texts are not
+        raise UserError(
+            f"{path}: no non-empty texts, only the header row; add rows with a text in column"
+            f" {text_column!r}"
+        )
     if not texts:
         raise UserError(
             f"{path}: column {text_column!r} has no non-empty texts in {len(rows)} rows; "

@@ -261,6 +261,10 @@ def test_load_csv_texts_bad_files(tmp_path):
     blank = write_csv(tmp_path / "blank.csv", ["text"], [[""], [" "]])
     with pytest.raises(UserError, match="no non-empty texts"):
         D.load_csv_texts(blank, "text")
+    # A header alone: the column is the right one, so the fix is rows, not another column.
+    header_only = write_csv(tmp_path / "header_only.csv", ["text"], [])
+    with pytest.raises(UserError, match=_named(header_only) + ": .*only the header row; add rows"):
+        D.load_csv_texts(header_only, "text")
 
 
 def test_load_csv_texts_windows_copy_gives_the_same_words(tmp_path):
