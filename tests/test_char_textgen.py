@@ -400,7 +400,8 @@ def test_sampling_respects_top_k(stream_run):
 
 def test_unknown_priming_characters_are_named(stream_run):
     _, workdir, _ = stream_run
-    with pytest.raises(UserError, match=r"unknown characters 'Z', '#'"):
+    # Named with the flag that gave them (it once said only "remove them from the text").
+    with pytest.raises(UserError, match=r"^--prime: unknown characters 'Z', '#'"):
         char_lm.generate_samples(None, str(workdir), prime="to Z#", length=5)
     for bad in (-1.0, float("nan")):
         with pytest.raises(UserError, match=r"--temperature=.* must be a number >= 0"):

@@ -562,8 +562,14 @@ def generate_samples(
         flag="--config.generate.",
     )
     seed = int(config.seed) if seed is None else int(seed)
+    given = "--prime"
     if prime is None or prime == "":
-        prime = g.prime
+        prime, given = g.prime, "config.generate.prime"
+    if prime:  # the setting that holds a character the model never saw is named with them
+        try:
+            vocab.encode(str(prime), strict=True)
+        except UserError as e:
+            raise UserError(f"{given}: {e}") from None
     if not prime:
         saved = load_artefact(workdir, PRIMES_FILE)
         primes = saved.get("primes") if isinstance(saved, dict) else None
