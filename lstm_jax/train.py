@@ -1478,6 +1478,8 @@ def _run(
         # What a crash (kill -9, full disk) logged after the checkpoint is logged again from it: one history.
         # (A start from step 0 too, even when no line parses: a half line the first record would follow.)
         _set_aside_orphaned_records(logger, step, redo_final=finished, lines=metrics_lines)
+    if restored is not None:
+        _log_lost_evaluation(logger, history, step, task.periodic_eval)
     if restored is not None and not finished:
         logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
         _warn_schedule_change(eng, meta, step)
@@ -2038,6 +2040,37 @@ def _set_aside_orphaned_records(
         f"the checkpoint of step {step}" if step else "the start",
         os.path.join(logger.workdir, ORPHANED_FILE),
     )
+
+
+def _log_lost_evaluation(
+    logger: MetricsLogger, history: Sequence[Mapping[str, Any]], step: int, splits: Sequence[str]
+) -> None:
+    """Logs the evaluation records of the checkpoint of `step` that metrics.jsonl lacks.
+
+    An evaluation's records are logged once its checkpoint is saved (each stands for a checkpoint
+    written); a run killed in between (kill -9, the OOM killer, a full disk at that write) left a
+    checkpoint whose evaluation neither metrics.jsonl nor TensorBoard got, and the run resumed from it
+    would go on without them. They are in the checkpoint's history (its last record, when that is of
+    `step`: a checkpoint saved by a signal between evaluations has none of its own), and are written now,
+    where the uninterrupted run wrote them: after the train records up to `step`."""
+    last = history[-1] if history else None
+    if not logger.enabled or not last or last.get("step") != step:
+        return
+    logged: set[tuple[Any, Any]] = set()
+    with contextlib.suppress(FileNotFoundError), open(logger.path, "rb") as f:
+        for line in f:
+            with contextlib.suppress(ValueError, AttributeError):
+                record = json.loads(line)
+                logged.add((record.get("kind"), record.get("step")))
+    for split in splits:
+        if split in last and (split, step) not in logged:
+            logger.write(split, step, last[split])
+            logging.warning(
+                "the %s evaluation of step %d was saved with its checkpoint but not logged (the run"
+                " stopped in between); logged it now from the checkpoint",
+                split,
+                step,
+            )
 
 
 def _record_kinds(lines: Iterable[bytes]) -> set[str]:

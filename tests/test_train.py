@@ -133,6 +133,59 @@ def test_a_crash_after_the_checkpoint_leaves_one_history_in_the_logs_and_the_plo
     assert plotted == [[5, 10], [5, 10]]  # the curves: the checkpoint's history, then one history
 
 
+class _KilledAfterTheSave(BaseException):
+    """A kill -9 (or a full disk at the next write) just after a checkpoint was written whole."""
+
+
+def _records_without_times(workdir):
+    skip = ("time", "examples_per_s")
+    return [
+        {k: v for k, v in r.items() if k not in skip}
+        for r in read_jsonl(str(workdir / "metrics.jsonl"))
+        if r["kind"] != "resume"
+    ]
+
+
+@pytest.mark.parametrize("killed_after_save", [1, 2])  # mid-run, and the last step's checkpoint
+def test_a_kill_between_a_checkpoint_and_its_evaluation_records_logs_them_on_resume(
+    tmp_path, monkeypatch, killed_after_save
+):
+    """The evaluation records are logged once their checkpoint is saved; a run killed in between (kill -9,
+    the OOM killer, a full disk at that write) left a checkpoint whose evaluation metrics.jsonl and
+    TensorBoard never got, and the resumed run went on from it without them: its metrics.jsonl lacked
+    the validation record of that step for good. Now the resumed run logs them from the checkpoint's
+    history, and metrics.jsonl holds the uninterrupted run's records, in its order."""
+    from lstm_jax.checkpoint import CheckpointStore
+
+    config = ef.base_config(num_steps=10, eval_every_steps=5)
+    train_and_evaluate(config, str(tmp_path / "a"), ef.classification_task(config))
+    real_save, saves = CheckpointStore.save, []
+
+    def save(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        saves.append(args[0])
+        if len(saves) == killed_after_save:
+            raise _KilledAfterTheSave
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    with pytest.raises(_KilledAfterTheSave):
+        train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
+    monkeypatch.undo()
+    assert 5 * killed_after_save not in _logged_steps(tmp_path / "b", "validation")
+    train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
+    assert _records_without_times(tmp_path / "b") == _records_without_times(tmp_path / "a")
+    assert _logged_steps(tmp_path / "b", "validation") == [5, 10]
+
+    def board(run):
+        return sorted(
+            (step, tag, value)
+            for step, tag, value in read_run_scalars(str(run / "tensorboard"))
+            if tag.startswith("validation/")
+        )
+
+    assert board(tmp_path / "b") == board(tmp_path / "a")
+
+
 def test_a_crash_in_the_final_evaluation_leaves_its_records_once(tmp_path):
     """Killed after the final evaluation's records but before results.json (in the task's reports): the
     re-run evaluates again, and the first attempt's final_* records are set aside."""
