@@ -578,3 +578,38 @@ def test_resuming_on_a_data_file_changed_in_place_is_an_error(tmp_path):
     ):
         clf.train(config, str(workdir))
     assert files() == before
+
+
+def test_a_run_resumes_with_its_saved_stopwords_whatever_this_environment_finds(
+    tmp_path, monkeypatch
+):
+    """The stopword list comes from the environment (an NLTK data folder, $LSTM_JAX_DATA, else the
+    built-in copy) and is saved in preprocess.json. A run resumed where another list is found (another
+    shell without NLTK_DATA, say) was refused as trained on other data, blaming its unchanged CSV;
+    it now resumes with the list it trained with, and ends as the uninterrupted run."""
+    from lstm_jax.checkpoint import CheckpointStore
+
+    path = make_articles(tmp_path / "articles.csv")
+    config = _config(path)
+    config.report.baseline = False
+    few = (frozenset({"the", "and", "of"}), "nltk:/somewhere/corpora/stopwords/english")
+    monkeypatch.setattr(text, "load_stopwords", lambda *a, **k: few)
+    straight = clf.train(config, str(tmp_path / "a"))
+
+    real_save = CheckpointStore.save
+
+    def save_then_stop(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt("stopped after the first checkpoint")
+
+    monkeypatch.setattr(CheckpointStore, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        clf.train(config, str(tmp_path / "b"))
+    monkeypatch.undo()  # the built-in list from here on
+    assert text.load_stopwords(nltk_dirs=[], data_root="")[0] != few[0]
+    resumed = clf.train(config, str(tmp_path / "b"))
+    assert resumed["data"]["stopwords_source"] == few[1]
+    assert resumed["history"] == straight["history"]
+    assert resumed["metrics"] == straight["metrics"]
+    saved = json.loads((tmp_path / "b" / "preprocess.json").read_text())
+    assert sorted(saved["stopwords"]) == sorted(few[0])

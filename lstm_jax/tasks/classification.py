@@ -446,7 +446,11 @@ def _prepare_imdb(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
     return PreparedData(arrays, texts, encoder, info)
 
 
-def _prepare_fake_news(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
+def _prepare_fake_news(
+    d: ml_collections.ConfigDict,
+    seed: int,
+    stopwords: tuple[Iterable[str], str] | None = None,
+) -> PreparedData:
     path = data_lib.resolve_path(
         d.path or None, "fake_news/articles/fake_real_articles.csv", what="fake-news CSV"
     )
@@ -465,7 +469,7 @@ def _prepare_fake_news(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
         )
     tr_idx, va_idx = train_full[: len(train_full) - n_val], train_full[len(train_full) - n_val :]
     tr_idx = tr_idx[: _limit(len(tr_idx), d)]
-    stopwords, source = text.load_stopwords()
+    stopwords, source = stopwords or text.load_stopwords()
     encoder = TextEncoder(
         dataset="fake_news",
         class_names=FAKE_CLASSES,
@@ -550,12 +554,20 @@ def _prepare_liar(d: ml_collections.ConfigDict, seed: int) -> PreparedData:
     return PreparedData(arrays, texts, encoder, info)
 
 
-def prepare_data(config: ml_collections.ConfigDict) -> PreparedData:
-    """Loads, splits and encodes `config.data.dataset`; the splits are "train", "validation", "test"."""
+def prepare_data(
+    config: ml_collections.ConfigDict, *, stopwords: tuple[Iterable[str], str] | None = None
+) -> PreparedData:
+    """Loads, splits and encodes `config.data.dataset`; the splits are "train", "validation", "test".
+
+    `stopwords`: `(words, source)` for fake news instead of those `text.load_stopwords` finds (a resumed
+    run's own, `saved_stopwords`)."""
     d = config.data
     _check_data_config(d)
-    prep = {"imdb": _prepare_imdb, "fake_news": _prepare_fake_news, "liar": _prepare_liar}
-    prepared = prep[d.dataset](d, int(config.seed))
+    if d.dataset == "fake_news":
+        prepared = _prepare_fake_news(d, int(config.seed), stopwords)
+    else:
+        prep = {"imdb": _prepare_imdb, "liar": _prepare_liar}
+        prepared = prep[d.dataset](d, int(config.seed))
     rows = embedding_rows(config)
     for split, arr in prepared.arrays.items():
         if len(arr["label"]) == 0:
@@ -957,8 +969,9 @@ def _bucket_quantum(d: ml_collections.ConfigDict) -> int:
 def make_task(
     config: ml_collections.ConfigDict, workdir: str, prepared: PreparedData | None = None
 ) -> tuple[Task, PreparedData]:
-    """The engine `Task` for `config` (data loaded and encoded here unless `prepared` is given)."""
-    prepared = prepared or prepare_data(config)
+    """The engine `Task` for `config` (data loaded and encoded here unless `prepared` is given; a run
+    resumed in `workdir` encodes with its saved stopwords, `saved_stopwords`)."""
+    prepared = prepared or prepare_data(config, stopwords=saved_stopwords(workdir))
     train_arr = prepared.arrays["train"]
     batch_size = int(config.train.batch_size)
     eval_bs = int(config.train.eval_batch_size) or batch_size
@@ -1033,6 +1046,34 @@ def make_task(
         final_metrics=final_metrics if jax.process_count() == 1 else None,
     )
     return task, prepared
+
+
+def saved_stopwords(workdir: str) -> tuple[list[str], str] | None:
+    """`(words, source)` of the stopword list in ``<workdir>/preprocess.json`` when `workdir` holds a
+    fake-news run to resume (checkpoints), else None.
+
+    The list is found in the environment at the start (an NLTK data folder, ``$LSTM_JAX_DATA``, else the
+    built-in copy, `text.load_stopwords`), so a run resumed elsewhere (another shell without NLTK_DATA)
+    would encode its unchanged CSV otherwise and be refused as trained on other data; it resumes with
+    the list it trained with instead, as ``--mode=eval`` and ``--mode=predict`` use it. A file that
+    cannot be read gives None: the environment's list, and the data check then says what differs."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    path = os.path.join(workdir, PREPROCESS_FILE)
+    if not (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
+        return None
+    if not os.path.exists(path):
+        return None
+    with contextlib.suppress(UserError, OSError, ValueError, TypeError, AttributeError):
+        saved = read_json(path)
+        words, source = saved.get("stopwords"), saved.get("stopwords_source")
+        if (
+            saved.get("dataset") == "fake_news"
+            and isinstance(words, list)
+            and all(isinstance(w, str) for w in words)
+        ):
+            logging.info("resuming with the stopwords saved in %s (%s)", path, source)
+            return list(words), str(source or "")
+    return None
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
