@@ -113,3 +113,30 @@ def make_liar_dir(root: Path) -> Path:
             )
         write_csv(root / f"liar_{split}.csv", LIAR_HEADER, rows)
     return root
+
+
+def forbid_data_reads(monkeypatch, tmp_path: Path) -> None:
+    """Every way lstm_jax reads a dataset (or the environment's stopword list) fails from here on, and
+    $LSTM_JAX_DATA and NLTK_DATA name an empty folder: for the modes that must need nothing but the
+    workdir (generate, predict), as after the data moved or the shell changed."""
+    from lstm_jax import data, text
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"read the data or the environment: {args} {kwargs}")
+
+    for name in (
+        "load_text",
+        "load_tiny_shakespeare",
+        "load_csv_texts",
+        "load_imdb",
+        "load_fake_news_csv",
+        "load_liar",
+        "resolve_path",
+        "data_root",
+    ):
+        monkeypatch.setattr(data, name, refuse)
+    monkeypatch.setattr(text, "load_stopwords", refuse)
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    monkeypatch.setenv(data.DATA_ENV, str(empty))
+    monkeypatch.setenv("NLTK_DATA", str(empty))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import engine_fixtures as ef
+import fixtures_text
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -238,6 +239,16 @@ def test_generate_from_workdir_alone_is_deterministic_when_greedy(stream_run):
     other.model.hidden_sizes = (5,)
     c = char_lm.generate_samples(other, str(workdir), prime="to be ", length=30, temperature=0.0)
     assert c["texts"] == a["texts"]
+
+
+def test_generate_needs_nothing_but_the_workdir(stream_run, tmp_path, monkeypatch):
+    """The samples of --mode=generate (saved vocabulary, priming windows and config) are the ones training
+    printed, in a session where the text file, $LSTM_JAX_DATA and NLTK_DATA are gone or elsewhere."""
+    _, workdir, results = stream_run
+    fixtures_text.forbid_data_reads(monkeypatch, tmp_path)
+    samples = char_lm.generate_samples(None, str(workdir))
+    assert samples["texts"] == results["samples"]["texts"]
+    assert samples["prime"] == results["samples"]["prime"]
 
 
 @pytest.mark.parametrize("layout", ["streams", "windows"])

@@ -11,6 +11,7 @@ import sys
 import types
 from pathlib import Path
 
+import fixtures_text
 import numpy as np
 import pytest
 
@@ -285,6 +286,17 @@ def test_train_reports_and_predict(trained, monkeypatch):
     (as_json,) = clf.predict(None, str(workdir))
     (plain,) = clf.predict_texts(str(workdir), [composed])
     assert as_json["text"] == composed and as_json["probabilities"] == plain["probabilities"]
+
+
+def test_predict_needs_nothing_but_the_workdir(trained, tmp_path, monkeypatch):
+    """Predictions use the stopwords, hashing and config saved in the workdir: the same in a session
+    where the CSV, $LSTM_JAX_DATA and NLTK_DATA (where the stopword list is looked up) are gone or
+    elsewhere."""
+    _, workdir, _ = trained
+    texts = ["The shocking secret hoax about the city", "Officials reported the quarterly budget"]
+    before = clf.predict_texts(str(workdir), texts)
+    fixtures_text.forbid_data_reads(monkeypatch, tmp_path)
+    assert clf.predict_texts(str(workdir), texts) == before
 
 
 def test_cli_bad_csv_exit_2(tmp_path):

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import engine_fixtures as ef
+import fixtures_text
 import jax
 import numpy as np
 import pytest
@@ -254,6 +255,16 @@ def test_predict_from_workdir_alone(trained):
     assert [r["probability"] for r in again] == [r["probability"] for r in out]
     with pytest.raises(UserError, match="text 2 is empty"):
         clf.predict_texts(str(workdir), ["fine", "  "])
+
+
+def test_predict_needs_nothing_but_the_workdir(trained, tmp_path, monkeypatch):
+    """Predictions from the saved vocabulary, config and checkpoint: the same in a session where the
+    reviews, $LSTM_JAX_DATA and NLTK_DATA are gone or elsewhere."""
+    _, workdir, _ = trained
+    texts = ["A great, wonderful and brilliant movie!", "Awful. Terrible, boring, the worst."]
+    before = clf.predict_texts(str(workdir), texts)
+    fixtures_text.forbid_data_reads(monkeypatch, tmp_path)
+    assert clf.predict_texts(str(workdir), texts) == before
 
 
 def test_predict_labels_as_the_engines_accuracy_counts(trained, monkeypatch):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import engine_fixtures as ef
+import fixtures_text
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -266,6 +267,16 @@ def test_greedy_generation_is_deterministic_and_learned(lines_run):
     b = word_lm.generate_samples(None, str(workdir), seed_text="blue dress has a", num_words=5)
     assert a == b
     assert a[0]["generated"].split()[0] == "round"  # the only continuation in the corpus
+
+
+def test_generate_needs_nothing_but_the_workdir(lines_run, tmp_path, monkeypatch):
+    """Generation from the workdir (saved vocabulary and config) gives the samples training wrote, in a
+    session where the CSV, $LSTM_JAX_DATA and NLTK_DATA are gone or elsewhere."""
+    _, workdir, results = lines_run
+    fixtures_text.forbid_data_reads(monkeypatch, tmp_path)
+    seed_text = results["samples"]["texts"][0]["seed_text"]
+    out = word_lm.generate_samples(None, str(workdir), seed_text=seed_text)
+    assert out == results["samples"]["texts"]
 
 
 def test_sampling_respects_top_k(lines_run):
