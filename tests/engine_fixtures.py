@@ -157,6 +157,29 @@ def lm_task(config, *, length: int = 2000, seq: int = 5) -> Task:
     )
 
 
+def assert_the_seed_orders_the_training_batches_only(task_of_seed) -> None:
+    """`task_of_seed(seed)` builds an experiment's `Task` under `config.seed = seed`: seeds 0 and 1 give
+    other training batches (order, and so which examples share a batch) in each of two epochs, while
+    the data (its fingerprint) and every evaluation batch stay the same, so that runs of several seeds
+    are scored on the same held-out examples."""
+    a, b = task_of_seed(0), task_of_seed(1)
+    assert a.steps_per_epoch == b.steps_per_epoch
+    assert a.data_fingerprint == b.data_fingerprint
+
+    def same(x, y):
+        return x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+    for epoch in (0, 1):
+        first, second = list(a.train_batches(epoch, 0)), list(b.train_batches(epoch, 0))
+        assert len(first) == len(second) == a.steps_per_epoch
+        assert not all(same(x, y) for x, y in zip(first, second, strict=True))
+    assert a.eval_batches.keys() == b.eval_batches.keys()
+    for split in a.eval_batches:
+        first, second = list(a.eval_batches[split]()), list(b.eval_batches[split]())
+        assert len(first) == len(second) > 0
+        assert all(same(x, y) for x, y in zip(first, second, strict=True))
+
+
 def assert_padding_rows_change_nothing(loss_fn, model, batch) -> None:
     """The loss and every gradient of `batch` (a training batch whose last rows are weight-0 padding)
     equal those of its real rows alone: a short last batch padded to the batch shape trains exactly as

@@ -185,6 +185,17 @@ def test_stream_batches_read_the_streams_back_to_back(tmp_path):
     assert task.data_info["train_streams"]["stream_length"] == task.steps_per_epoch * seq
 
 
+def test_the_seed_orders_the_training_windows_not_the_validation_streams(tmp_path):
+    path = _write_text(tmp_path / "text.txt")
+
+    def task_of_seed(seed):
+        config = _stream_config(path)
+        config.seed = seed
+        return char_lm.make_task(config)
+
+    ef.assert_the_seed_orders_the_training_batches_only(task_of_seed)
+
+
 def test_vocabulary_is_the_sorted_character_set(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("Bca AB\n" * 40, encoding="utf-8")

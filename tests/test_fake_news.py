@@ -11,6 +11,7 @@ import sys
 import types
 from pathlib import Path
 
+import engine_fixtures as ef
 import fixtures_text
 import numpy as np
 import pytest
@@ -147,6 +148,17 @@ def test_validation_split_rounds_as_keras(tmp_path):
     labels = np.arange(12) % 2
     np.testing.assert_array_equal(a["train"]["label"], labels[train_full[:6]])
     np.testing.assert_array_equal(a["validation"]["label"], labels[train_full[6:]])
+
+
+def test_the_seed_orders_the_training_batches_not_the_held_out_articles(tmp_path):
+    path = make_articles(tmp_path / "articles.csv")
+
+    def task_of_seed(seed):
+        config = _config(path)
+        config.seed = seed
+        return clf.make_task(config, str(tmp_path / "run"))[0]
+
+    ef.assert_the_seed_orders_the_training_batches_only(task_of_seed)
 
 
 def test_a_run_split_by_an_earlier_version_is_not_blamed_on_its_file(tmp_path, monkeypatch):

@@ -110,6 +110,17 @@ def test_split_vocab_and_padding(tmp_path):
     assert prepared.info["test"]["examples"] == 49
 
 
+def test_the_seed_orders_the_training_batches_not_the_held_out_reviews(tmp_path):
+    acl = make_acl_imdb(tmp_path)
+
+    def task_of_seed(seed):
+        config = _config(acl)
+        config.seed = seed
+        return clf.make_task(config, str(tmp_path / "run"))[0]
+
+    ef.assert_the_seed_orders_the_training_batches_only(task_of_seed)
+
+
 def test_encoder_round_trip(tmp_path):
     prepared = clf.prepare_data(_config(make_acl_imdb(tmp_path)))
     enc = prepared.encoder

@@ -477,6 +477,39 @@ def test_same_seed_gives_identical_runs(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_the_seed_reaches_the_initial_weights_and_the_dropout_masks(tmp_path, dropout):
+    """`config.seed` draws the initial weights, and the train state's key from which every step's dropout
+    key comes (the batch order is each task's, checked in the experiments' tests): the first step on the
+    same weights and batch with seed 1's key instead of seed 0's gives another loss, with dropout only."""
+
+    def engine(seed):
+        config = ef.base_config(num_epochs=1)
+        config.seed, config.model.dropout = seed, dropout
+        return train_mod._Engine(config, str(tmp_path / str(seed)), ef.classification_task(config))
+
+    zero, one = engine(0), engine(1)
+    state, other = zero.init_state(), one.init_state()
+    pairs = list(
+        zip(jax.tree.leaves(state["params"]), jax.tree.leaves(other["params"]), strict=True)
+    )
+    # Every drawn array differs (the biases start as constants under any seed).
+    drawn = [(np.asarray(x), np.asarray(y)) for x, y in pairs if np.unique(np.asarray(x)).size > 2]
+    assert len(drawn) >= 3 and not any(np.array_equal(x, y) for x, y in drawn)
+    assert not np.array_equal(np.asarray(state["rng"]), np.asarray(other["rng"]))
+    batch = zero.put_batch(next(iter(zero.task.train_batches(0, 0))))
+
+    def first_loss(rng):
+        fresh = dict(jax.tree.map(jnp.array, zero.init_state()), rng=rng)  # donated by the step
+        zero.compile_train_step(fresh)
+        acc = zero.zero_acc(zero.sums_shape(fresh, batch, train=True))
+        return float(zero.train_step(fresh, batch, acc)[1]["last_loss"])
+
+    same, swapped = first_loss(jnp.array(state["rng"])), first_loss(jnp.array(other["rng"]))
+    assert (same != swapped) == (dropout > 0)
+    assert first_loss(jnp.array(state["rng"])) == same
+
+
 def _poisoned_task(config, poison_from_step):
     task = ef.classification_task(config)
     inner_batches, inner_loss = task.train_batches, task.loss_fn

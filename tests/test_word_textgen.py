@@ -120,6 +120,17 @@ def test_line_epochs_are_resumable_and_bucketed(tmp_path):
     assert total == task.data_info["validation_targets"]
 
 
+def test_the_seed_orders_the_training_batches_not_the_validation_lines(tmp_path):
+    path = _write_csv(tmp_path / "f.csv")
+
+    def task_of_seed(seed):
+        config = _config(path)
+        config.seed = seed
+        return word_lm.make_task(config)
+
+    ef.assert_the_seed_orders_the_training_batches_only(task_of_seed)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The whole-line form computes the tutorial's prefix loss (same model, same weights, masked padding).
 # ---------------------------------------------------------------------------------------------------------
