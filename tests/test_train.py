@@ -599,6 +599,47 @@ def test_early_stopping_stops_as_keras(
     assert results["best_step"] == best_step
 
 
+def test_early_stopping_state_survives_a_crash_and_resume(tmp_path, monkeypatch):
+    """A run killed between evaluations, after one that did not improve (patience 2: one more such
+    evaluation stops it), resumes with its early-stopping state (best value and step, evaluations
+    waited): it stops at the same step as the uninterrupted run and ends on the same best weights, kept
+    although `checkpoint_keep=1` rotated every later checkpoint away."""
+    config = ef.base_config(num_epochs=6, checkpoint_keep=1)  # 5 steps an epoch
+    config.early_stopping.enabled = True
+    config.early_stopping.patience = 2
+    config.early_stopping.restore_best_weights = True
+    losses = [0.5, 0.4, 0.45, 0.47, 0.3]  # improves at step 10, stops at step 20
+    evaluate = train_mod._Engine.evaluate
+
+    def scripted(values):
+        def scripted_evaluate(self, params, split):
+            out = evaluate(self, params, split)
+            return {**out, "loss": next(values, out["loss"])} if split == "validation" else out
+
+        return scripted_evaluate
+
+    monkeypatch.setattr(train_mod._Engine, "evaluate", scripted(iter(losses)))
+    straight = train_and_evaluate(config, str(tmp_path / "a"), ef.classification_task(config))
+    assert straight["steps"] == 20 and straight["stopped_early"] and straight["best_step"] == 10
+    assert straight["metrics"]["evaluated_weights"] == "best"
+
+    monkeypatch.setattr(
+        train_mod._Engine, "evaluate", scripted(iter(losses))
+    )  # one run, two sessions
+    with pytest.raises(KeyboardInterrupt):  # in step 18: the last checkpoint is step 15's
+        train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config, stop_at=17))
+    assert sorted(int(d) for d in os.listdir(tmp_path / "b" / "checkpoints")) == [10, 15]
+    resumed = train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
+    for key in ("steps", "stopped_early", "best_step", "metrics", "history"):
+        assert resumed[key] == straight[key], key
+    for which in ("latest", "best"):
+        a, step_a = _params(tmp_path / "a", config, which)
+        b, step_b = _params(tmp_path / "b", config, which)
+        assert step_a == step_b == {"latest": 20, "best": 10}[which]
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize(
     "value,best,mode,min_delta,improved",
     [
