@@ -23,7 +23,7 @@ from lstm_jax import cli, config_utils, text
 from lstm_jax import data as data_lib
 from lstm_jax.errors import UserError
 from lstm_jax.tasks import classification as clf
-from lstm_jax.train import saved_results
+from lstm_jax.train import restore_model, saved_results
 
 REPO = Path(__file__).resolve().parents[1]
 POS = ["great", "wonderful", "brilliant", "loved", "superb", "moving"]
@@ -402,6 +402,95 @@ def test_resume_returns_saved_results(trained):
     again = clf.train(_config(acl), str(workdir))
     assert again["steps"] == results["steps"]
     assert again["reports"]["test"]["accuracy"] == results["reports"]["test"]["accuracy"]
+
+
+# Runs the IMDB binary with SIGTERM sent to itself after its STOP_AFTER_STEP-th train step (no timing
+# guesswork from outside): the signal reaches the handler training installs, as `kill <pid>` would.
+_SIGTERM_AFTER_A_STEP = """
+import os, runpy, signal
+from lstm_jax import train
+
+compile_train_step = train._Engine.compile_train_step
+
+
+def compile_and_count(self, state):
+    compile_train_step(self, state)
+    step, done = self.train_step, [0]
+
+    def counted(*args):
+        out = step(*args)
+        done[0] += 1
+        if done[0] == int(os.environ["STOP_AFTER_STEP"]):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    self.train_step = counted
+
+
+train._Engine.compile_train_step = compile_and_count
+runpy.run_module("experiments.imdb_sentiment.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_cli_sigterm_then_the_workdir_alone_resumes_to_the_uninterrupted_run(trained, tmp_path):
+    """The one-command promise across processes: a training process stopped by SIGTERM between
+    checkpoints (exit 143), then `--workdir` alone in a new process (the saved config, no flags), ends
+    on the results, metrics.jsonl numbers, checkpoints and predictions of the uninterrupted run, bit
+    for bit."""
+    acl, done, results = trained
+    (tmp_path / "launch.py").write_text(_SIGTERM_AFTER_A_STEP)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    workdir = tmp_path / "run"
+
+    def cli(*args, stop_after_step=None):
+        start = ["-m", "experiments.imdb_sentiment.main"]
+        if stop_after_step is not None:
+            start = [str(tmp_path / "launch.py")]
+        return subprocess.run(
+            [sys.executable, *start, f"--workdir={workdir}", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**env, "STOP_AFTER_STEP": str(stop_after_step)},
+            timeout=300,
+        )
+
+    config = "experiments/imdb_sentiment/configs/test.py"
+    stopped = cli(f"--config={config}", f"--config.data.path={acl}", stop_after_step=6)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "error: SIGTERM at step 6 of 8" in stopped.stderr
+    resumed = cli()
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((workdir / "results.json").read_text())
+    for key in ("history", "metrics", "reports", "best_step", "steps", "config"):
+        assert again[key] == results[key], key
+    assert again["provenance"]["resumed_from_step"] == 6
+
+    def numbers(run):
+        skip = ("time", "examples_per_s")
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in r.items() if k not in skip} for r in records if r["kind"] != "resume"
+        ]
+
+    assert numbers(workdir) == numbers(done)
+    for which in ("latest", "best"):
+        models = [
+            restore_model(config_utils.load_config(str(w)), str(w), clf.build_model, which=which)
+            for w in (done, workdir)
+        ]
+        assert models[0][1] == models[1][1]
+        leaves = [jax.tree.leaves(nnx.state(m, nnx.Param)) for m, _ in models]
+        for x, y in zip(*leaves, strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    texts = ["A great, wonderful and brilliant movie!", "Awful. Terrible, boring, the worst."]
+    predicted = cli("--mode=predict", *texts)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    expected = [
+        f"{r['label']}\t{r['probability']:.4f}\t{r['text']}"
+        for r in clf.predict_texts(str(done), texts)
+    ]
+    assert predicted.stdout.splitlines() == expected
 
 
 def test_cli_predict_and_user_error(trained, tmp_path):
