@@ -347,6 +347,35 @@ def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_pat
     assert signal.getsignal(sig) == before
 
 
+def test_a_signal_during_an_evaluation_saves_its_checkpoint_once_and_resumes_exactly(
+    tmp_path, monkeypatch
+):
+    """SIGTERM while a mid-run evaluation is computed: the evaluation finishes, its checkpoint (the only
+    one of that step) and records are written, `Interrupted` names the step; the resumed run equals an
+    uninterrupted one."""
+    config = ef.base_config(num_epochs=3)  # 5 steps an epoch: evaluations at 5, 10, 15
+    straight = train_and_evaluate(config, str(tmp_path / "a"), ef.classification_task(config))
+    evaluate, calls = train_mod._Engine.evaluate, []
+
+    def evaluate_with_a_signal(self, params, split):
+        calls.append(split)
+        if len(calls) == 2:  # the second periodic evaluation (step 10), before it is computed
+            signal.raise_signal(signal.SIGTERM)
+        return evaluate(self, params, split)
+
+    monkeypatch.setattr(train_mod._Engine, "evaluate", evaluate_with_a_signal)
+    with pytest.raises(Interrupted) as err:
+        train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
+    monkeypatch.undo()
+    assert str(err.value).startswith("SIGTERM at step 10 of 15 (epoch 2): saved a checkpoint")
+    assert sorted(int(d) for d in os.listdir(tmp_path / "b" / "checkpoints")) == [5, 10]
+    assert _logged_steps(tmp_path / "b", "validation") == [5, 10]
+    resumed = train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
+    _assert_same_run(straight, resumed, tmp_path / "a", tmp_path / "b", config, steps=15)
+    assert resumed["metrics"] == straight["metrics"]
+    assert _records_without_times(tmp_path / "b") == _records_without_times(tmp_path / "a")
+
+
 class _Killed(Exception):
     """What the test's own signal handler raises: the signal reached the handler the run found (for
     SIGTERM, the default one, which kills the process without a word)."""
