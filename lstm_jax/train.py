@@ -1123,7 +1123,11 @@ def train_and_evaluate(
         # The same command started twice: the second one is an error, not a run beside the first.
         lock = _lock_workdir(workdir)
         saved = _check_saved_config(
-            config, workdir, fixed=task.fixed_on_resume, derived=task.derived_fields
+            config,
+            workdir,
+            fixed=task.fixed_on_resume,
+            derived=task.derived_fields,
+            data_checked=task.data_fingerprint is not None,
         )
         eng = _Engine(config, workdir, task)  # builds the model: an impossible one is a UserError
         if problem := optim.warmup_problem(config.optimizer, eng.total_steps):
@@ -1249,9 +1253,16 @@ RESUMABLE_FIELDS = EXECUTION_FIELDS + (
     "train.logits_chunk",
 )
 RESUMABLE_SECTIONS = ("early_stopping", "generate", "report")
+# Where the data is read from may change on resume when the data there is the run's: the fingerprint of
+# the encoded data, saved with every checkpoint, is checked (`_check_same_data`) before anything is
+# trained (the data moved to another disk or machine; without it such a run could not be resumed).
+MOVABLE_DATA_FIELD = "data.path"
 
 
-_RESUMABLE_TEXT = ", ".join(RESUMABLE_FIELDS + tuple(f"{s}.*" for s in RESUMABLE_SECTIONS))
+_RESUMABLE_TEXT = (
+    ", ".join(RESUMABLE_FIELDS + tuple(f"{s}.*" for s in RESUMABLE_SECTIONS))
+    + f", and {MOVABLE_DATA_FIELD} to the same data moved elsewhere"
+)
 
 
 def _resumable(field: str) -> bool:
@@ -1263,6 +1274,7 @@ def _check_saved_config(
     workdir: str,
     fixed: Sequence[str] = (),
     derived: Sequence[str] = (),
+    data_checked: bool = False,
 ) -> ml_collections.ConfigDict | None:
     """The config of the run saved in `workdir` (None if there is none), checked against `config`.
 
@@ -1272,7 +1284,8 @@ def _check_saved_config(
     the saved config lacks (a run saved before the field existed) is allowed with a warning when it is
     given its `engine_defaults` value (the one that run used); a changed or removed field that is not
     `_resumable`, or is in `fixed`, is a `UserError` naming it, its saved value and the fixes (for a
-    field in `derived`, filled in from the data, the fix is the data's).
+    field in `derived`, filled in from the data, the fix is the data's). `data_checked` (the task has a
+    data fingerprint, compared with the checkpoint's once it is restored): ``data.path`` may change too.
     """
     path = os.path.join(workdir, config_utils.CONFIG_FILE)
     checkpoints = os.path.join(workdir, "checkpoints")
@@ -1305,7 +1318,12 @@ def _check_saved_config(
     for d in diff:
         if d not in old and d in defaults and new.get(d) != defaults[d]:
             old[d] = defaults[d]
-    blocking = [d for d in diff if d in old and (d in fixed or not _resumable(d))]
+    blocking = [
+        d
+        for d in diff
+        if d in old
+        and (d in fixed or not (_resumable(d) or (data_checked and d == MOVABLE_DATA_FIELD)))
+    ]
     from_data = [d for d in blocking if d in derived]
     if from_data and all(d in derived or d == "data.path" for d in blocking):
         d = from_data[0]
@@ -1399,7 +1417,7 @@ def _run(
         step = 0
     else:
         step, state, meta = restored
-        _check_same_data(meta, task, step, workdir, saved)
+        _check_same_data(meta, task, step, workdir, saved, config)
     if restored is None:
         _check_monitor(eng, state)
     start_step = step
@@ -1890,10 +1908,29 @@ def _check_same_data(
     step: int,
     workdir: str,
     saved_config: ml_collections.ConfigDict | None,
+    config: ml_collections.ConfigDict | None = None,
 ) -> None:
     """`UserError` when the checkpoint being resumed was trained on other data than the task loaded now
-    (both fingerprints known and different); naming the task's `data_fix` when it has one."""
+    (both fingerprints known and different); naming the task's `data_fix` when it has one. A run resumed
+    from another ``data.path`` (`MOVABLE_DATA_FIELD`) needs both fingerprints to say it is the same data."""
     saved, now = meta.get("data_fingerprint"), task.data_fingerprint
+    old_path = _data_path(saved_config)
+    new_path = _data_path(config)
+    if old_path != new_path and saved_config is not None and config is not None:
+        if not (saved and now):
+            raise UserError(
+                f"config.data.path differs from the run saved in {workdir} (saved {old_path!r}, given"
+                f" {new_path!r}), and its checkpoint of step {step} holds no fingerprint of its data to"
+                " check that this is the same data; put the data back at the saved path to resume, or"
+                " use a new --workdir"
+            )
+        if saved == now:
+            logging.info(
+                "the run's data moved from %s to %s (the same data: fingerprint %s)",
+                old_path,
+                new_path,
+                now,
+            )
     if saved and now and saved != now:
         source = task.data_info.get("source")
         what = (
@@ -1912,6 +1949,13 @@ def _check_same_data(
             " rows of 1,106, not 885/221); restore that data to resume, or use a new --workdir to"
             " train on this data (--mode=eval and --mode=predict still read this workdir)"
         )
+
+
+def _data_path(config: ml_collections.ConfigDict | None) -> Any:
+    """`config.data.path`, or None when the config has none."""
+    if config is None or "data" not in config:
+        return None
+    return config.data.get("path")
 
 
 def _check_fresh_start(

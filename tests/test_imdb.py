@@ -404,6 +404,40 @@ def test_resume_returns_saved_results(trained):
     assert again["reports"]["test"]["accuracy"] == results["reports"]["test"]["accuracy"]
 
 
+def test_a_run_whose_data_moved_resumes_from_the_new_path_checked_by_its_fingerprint(
+    trained, tmp_path, monkeypatch
+):
+    """The reviews moved (another disk, another machine) after a checkpoint: the saved config's path is
+    gone, and passing the new one was refused as 'a different run', so the run could not be resumed at
+    all. Now `data.path` may change on resume when the data there is the run's (its fingerprint, saved
+    with each checkpoint, agrees): the run ends as the uninterrupted one, and config.json names the new
+    path. Other data at the new path is still refused."""
+    from lstm_jax.checkpoint import CheckpointStore
+
+    _, _, results = trained
+    acl = make_acl_imdb(tmp_path / "before")  # the same reviews as the fixture's (same seed)
+    real_save = CheckpointStore.save
+
+    def save_then_stop(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt("stopped after the first checkpoint")
+
+    monkeypatch.setattr(CheckpointStore, "save", save_then_stop)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        clf.train(_config(acl), workdir)
+    monkeypatch.undo()
+    moved = tmp_path / "after" / "aclImdb"
+    shutil.move(str(acl.parent), str(moved.parent))
+    other = make_acl_imdb(tmp_path / "other", seed=1)  # other reviews
+    with pytest.raises(UserError, match=r"differs from the data the run in .* trained on"):
+        clf.train(_config(other), workdir)
+    resumed = clf.train(_config(moved), workdir)
+    for key in ("history", "metrics", "reports", "best_step", "steps"):
+        assert resumed[key] == results[key], key
+    assert config_utils.load_config(workdir).data.path == str(moved)
+
+
 # Runs the IMDB binary with SIGTERM sent to itself after its STOP_AFTER_STEP-th train step (no timing
 # guesswork from outside): the signal reaches the handler training installs, as `kill <pid>` would.
 _SIGTERM_AFTER_A_STEP = """
