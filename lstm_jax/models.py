@@ -298,7 +298,9 @@ class TextClassifier(nnx.Module):
         mf = m[..., None].astype(outs.dtype)
         count = jnp.maximum(mf.sum(axis=1), 1.0)
         mean = (outs * mf).sum(axis=1) / count
-        mx = jnp.where(m[..., None], outs, -jnp.inf).max(axis=1)
+        # `initial`: sequences of length 0 (time == 0, which the LSTM layers take) have nothing to
+        # reduce, and pool to zeros as an all-padding row does.
+        mx = jnp.where(m[..., None], outs, -jnp.inf).max(axis=1, initial=-jnp.inf)
         mx = jnp.where(jnp.isfinite(mx), mx, 0.0)  # an all-padding row pools to zeros
         return {"mean": mean, "max": mx, "mean_max": jnp.concatenate([mean, mx], -1)}[self.pool]
 

@@ -80,6 +80,21 @@ def test_bidirectional_last_pooling_is_both_directions_final_states():
     np.testing.assert_allclose(feats[:, 5:], out[[0, 1], [2, 0], 5:], atol=1e-5)
 
 
+@pytest.mark.parametrize("pool", ["last", "mean", "max", "mean_max"])
+def test_empty_sequences_pool_to_zeros_as_all_padding_rows_do(pool):
+    """A batch of length-0 sequences (`time == 0`, which the LSTM layers run) pools to zeros, as a row of
+    padding only does; "mean", "max" and "mean_max" raised NumPy's "zero-size array to reduction
+    operation max"."""
+    m = TextClassifier(30, 4, (5,), rngs=nnx.Rngs(0), pool=pool)
+    empty = m.features(jnp.zeros((2, 0), jnp.int32), mask=jnp.zeros((2, 0), bool))
+    padding = m.features(jnp.array([[3, 4]]), mask=jnp.zeros((1, 2), bool))
+    assert empty.shape == (2, padding.shape[1])
+    if pool != "last":
+        np.testing.assert_array_equal(empty, 0.0)
+    np.testing.assert_allclose(empty, jnp.broadcast_to(padding, empty.shape), atol=1e-6)
+    assert m(jnp.zeros((2, 0), jnp.int32)).shape == (2,)
+
+
 @pytest.mark.parametrize("merge", ["sum", "ave", "mul"])
 def test_bidirectional_last_pooling_sizes_the_head_for_both_states_whatever_the_merge(merge):
     """`pool="last"` concatenates both directions' final `h` (2H) also when the layers' outputs are
