@@ -1111,7 +1111,10 @@ def lstm_layer(
     if embedding is not None and not fold:
         xs = jnp.take(embedding, xs, axis=0)
     if input_dropout_mask is not None:
-        xs = xs * input_dropout_mask[:, None, :].astype(xs.dtype)
+        # In the promoted dtype, not the inputs': integer inputs (one-hot ids, counts) cast the mask's
+        # 1 / keep to 1 (1 / 0.7 -> 1: dropout without its scaling), bfloat16 ones rounded it. Every
+        # impl casts the product to the parameters' dtype next.
+        xs = xs * input_dropout_mask[:, None, :]
     if mask is not None and not fold:
         # Padded inputs may hold anything (NaN, inf: e.g. a feature computed from no data). A masked step
         # keeps the state, but its gates are still computed from x_t, and the backward pass multiplies

@@ -444,6 +444,20 @@ def test_bfloat16_parameters_take_float32_inputs_and_dropout_masks(params, xs, i
         )
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_an_input_dropout_mask_keeps_its_scale_on_integer_inputs(params, impl):
+    """Integer inputs (one-hot ids, counts) with an input dropout mask run as the same inputs in float32:
+    the mask's kept entries 1 / keep used to be cast to the inputs' int dtype (1 / 0.7 -> 1)."""
+    ids = jax.random.randint(jax.random.key(3), (B, T, F), 0, 3)
+    dmask, _ = core.variational_dropout_masks(jax.random.key(4), B, F, H, dropout=0.3)
+    out, state = lstm_layer(params, ids, input_dropout_mask=dmask, impl=impl)
+    ref, ref_state = lstm_layer(
+        params, ids.astype(jnp.float32), input_dropout_mask=dmask, impl="scan"
+    )
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    np.testing.assert_allclose(state.c, ref_state.c, atol=1e-6)
+
+
 def test_bfloat16_init_works_on_cpu():
     """The orthogonal recurrent kernel is drawn in float32 and cast (XLA:CPU has no bfloat16 QR)."""
     p = init_lstm(jax.random.key(0), F, H, dtype=jnp.bfloat16)
