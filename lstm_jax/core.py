@@ -1337,6 +1337,16 @@ def _direction_states(initial_state: Any, who: str) -> tuple[Any, Any]:
     )
 
 
+def _refuse_return_gates(layer_kwargs: dict[str, Any], who: str, how: str) -> None:
+    """A ValueError for `return_gates=True` passed through to `lstm_layer`, whose third result the
+    wrappers would unpack into two ("too many values to unpack")."""
+    if layer_kwargs.get("return_gates"):
+        raise ValueError(
+            f"{who}: return_gates is not supported; call lstm_layer(..., return_gates=True) per layer"
+            f" ({how}) for the Gates"
+        )
+
+
 def bidirectional(
     params_fw: Params,
     params_bw: Params,
@@ -1356,6 +1366,7 @@ def bidirectional(
     """
     if "reverse" in layer_kwargs:
         raise ValueError("bidirectional: do not pass reverse; the wrapper runs both directions")
+    _refuse_return_gates(layer_kwargs, "bidirectional", "reverse=True for the backward direction")
     init_f, init_b = _direction_states(layer_kwargs.pop("initial_state", None), "bidirectional")
     out_f, st_f = lstm_layer(
         params_fw, xs, mask=mask, reverse=False, initial_state=init_f, **layer_kwargs
@@ -1402,6 +1413,9 @@ def stacked_lstm(
     """
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"stacked_lstm: dropout_rate must be in [0, 1), got {dropout_rate}")
+    _refuse_return_gates(
+        layer_kwargs, "stacked_lstm", "each layer's outputs as the next one's inputs"
+    )
     use_dropout = dropout_rate > 0.0 and not deterministic
     if use_dropout and key is None:
         raise ValueError("stacked_lstm: a PRNG key is required for dropout in training mode")

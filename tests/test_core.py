@@ -674,6 +674,16 @@ def test_bidirectional_merges(params, xs, merge):
     np.testing.assert_allclose(sf.h, stf.h, atol=1e-6)
 
 
+def test_the_wrappers_refuse_return_gates_with_a_clear_error(params, xs):
+    """`bidirectional` and `stacked_lstm` pass their other keywords to `lstm_layer`; return_gates made it
+    return three values, which they unpacked into two ("too many values to unpack")."""
+    with pytest.raises(ValueError, match="bidirectional: return_gates"):
+        core.bidirectional(params, params, xs, return_gates=True)
+    with pytest.raises(ValueError, match="stacked_lstm: return_gates"):
+        core.stacked_lstm([params], xs, return_gates=True)
+    core.bidirectional(params, params, xs, return_gates=False)  # False is the default: accepted
+
+
 def test_stacked_matches_layer_by_layer(xs):
     ps = core.init_stacked_lstm(jax.random.key(0), F, [H, 4])
     out, states = core.stacked_lstm(ps, xs)
