@@ -108,8 +108,8 @@ class LanguageModel(nnx.Module):
       dropout: dropout between LSTM layers and after the last one (the tutorials' `Dropout` layers).
       dense_layers: `(units, activation)` layers between the LSTM and the output layer
         (fashion: `[(64, "relu")]`).
-      predict: "last" (logits from the last state, `[batch, vocab]`) or "all" (every position,
-        `[batch, time, vocab]`).
+      predict: "last" (logits from the last state, `[batch, vocab]`; with `bidirectional=True`, both
+        directions' final states side by side) or "all" (every position, `[batch, time, vocab]`).
       **lstm_kwargs: passed to every `lstm_jax.nn.LSTM` (recurrent_dropout, unroll, remat, impl, ...).
     """
 
@@ -138,8 +138,12 @@ class LanguageModel(nnx.Module):
         self.lstm = StackedLSTM(
             in_features, tuple(hidden_sizes), rngs=rngs, dropout_between=dropout, **lstm_kwargs
         )
+        self.bidirectional = bool(lstm_kwargs.get("bidirectional", False))
+        feat = self.lstm.out_features
+        if predict == "last" and self.bidirectional:  # both directions' final h, whatever the merge
+            feat = 2 * tuple(hidden_sizes)[-1]
         self.dropout = nnx.Dropout(dropout)
-        self.dense = DenseStack(self.lstm.out_features, list(dense_layers), rngs=rngs)
+        self.dense = DenseStack(feat, list(dense_layers), rngs=rngs)
         self.head = _linear(self.dense.out_features, vocab_size, rngs)
         self.deterministic = True  # the mode: `.train()` / `.eval()` set it (`lstm_jax.nn`)
 
@@ -193,7 +197,12 @@ class LanguageModel(nnx.Module):
         else:
             x = _encode_inputs(self.input_mode, self.embed, ids, self.vocab_size)
             outs, states = self.lstm(x, key=k_lstm, **kw)
-        h = states[-1].h if self.predict == "last" else outs
+        if self.predict == "all":
+            h = outs
+        elif self.bidirectional:  # a window read both ways (as TextClassifier's pool="last")
+            h = jnp.concatenate([states[-1][0].h, states[-1][1].h], axis=-1)
+        else:
+            h = states[-1].h
         h = self.dropout(h, deterministic=deterministic, rngs=k_drop)
         return self.dense(h), states
 

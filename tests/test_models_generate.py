@@ -80,6 +80,19 @@ def test_bidirectional_last_pooling_is_both_directions_final_states():
     np.testing.assert_allclose(feats[:, 5:], out[[0, 1], [2, 0], 5:], atol=1e-5)
 
 
+@pytest.mark.parametrize("merge", ["concat", "sum"])
+def test_a_bidirectional_window_model_predicts_from_both_directions_final_states(merge):
+    """`LanguageModel(predict="last", bidirectional=True)` (a Keras window -> next token model with a
+    `Bidirectional(LSTM)`) reads both directions' final `h`, as TextClassifier's pool="last" does; it
+    took `.h` of the pair of states (AttributeError)."""
+    m = LanguageModel(9, (6, 5), rngs=nnx.Rngs(0), predict="last", bidirectional=True, merge=merge)
+    ids = jnp.array([[0, 0, 3, 4, 5], [3, 4, 5, 6, 7]])
+    feats, states = m.features(ids, mask=ids > 0)
+    assert feats.shape == (2, 10)
+    np.testing.assert_array_equal(feats, jnp.concatenate([states[-1][0].h, states[-1][1].h], -1))
+    assert m(ids, mask=ids > 0)[0].shape == (2, 9)
+
+
 @pytest.mark.parametrize("pool", ["last", "mean", "max", "mean_max"])
 def test_empty_sequences_pool_to_zeros_as_all_padding_rows_do(pool):
     """A batch of length-0 sequences (`time == 0`, which the LSTM layers run) pools to zeros, as a row of
