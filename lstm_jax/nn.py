@@ -135,6 +135,7 @@ class LSTM(nnx.Module):
         `embedding[xs]` (folded into the input projection when that is cheaper; `core.lstm_layer`).
         """
         deterministic = resolve_deterministic(self, deterministic)
+        xs = jnp.asarray(xs)  # an array-like (a nested list), as `core.lstm_layer` takes it
         in_mask = rec_mask = None
         if not deterministic and (self.dropout > 0 or self.recurrent_dropout > 0):
             if key is None:

@@ -291,3 +291,20 @@ def test_train_and_eval_switch_dropout_as_nnx_modules_do(xs, n):
     module.eval()
     np.testing.assert_array_equal(out(), built)
     np.testing.assert_array_equal(out(key=jax.random.key(1)), built)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LSTM(3, 5, rngs=nnx.Rngs(0), dropout=0.2),
+        lambda: Bidirectional(3, 5, rngs=nnx.Rngs(0), recurrent_dropout=0.2),
+        lambda: StackedLSTM(3, (5, 5), rngs=nnx.Rngs(0), dropout=0.2),
+    ],
+)
+def test_inputs_may_be_a_nested_list_in_training_mode(xs, make):
+    """A nested list is taken as `core.lstm_layer` takes it, with dropout too (the masks' batch size was
+    read from `xs.shape`: AttributeError)."""
+    m = make()
+    got, _ = m(np.asarray(xs).tolist(), deterministic=False, key=jax.random.key(0))
+    want, _ = m(xs, deterministic=False, key=jax.random.key(0))
+    np.testing.assert_allclose(got, want, atol=1e-6)
