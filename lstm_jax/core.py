@@ -1008,6 +1008,7 @@ def lstm_layer(
     kernel, rk, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
     xs = jnp.asarray(xs)  # an array-like (a nested list, a NumPy array), as jnp functions take
     if embedding is not None:
+        embedding = jnp.asarray(embedding)
         if xs.ndim != 2 or not jnp.issubdtype(xs.dtype, jnp.integer):
             raise ValueError(
                 f"lstm_layer: with embedding=, xs must be integer token ids [batch, time], got "

@@ -230,7 +230,7 @@ def test_a_mask_may_be_a_list_or_a_numpy_array(params, xs, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_inputs_may_be_a_list_or_a_numpy_array(params, xs, impl):
     """`xs` as nested lists (what a notebook user types) or NumPy: the same as the jax array, not an
-    AttributeError on `.ndim`; token ids with `embedding=` too."""
+    AttributeError on `.ndim`; token ids with `embedding=` (a list table too)."""
     want = lstm_layer(params, xs, impl=impl)
     for like in (np.asarray(xs).tolist(), np.asarray(xs)):
         got = lstm_layer(params, like, impl=impl)
@@ -239,9 +239,10 @@ def test_inputs_may_be_a_list_or_a_numpy_array(params, xs, impl):
     table = np.asarray(jax.random.normal(jax.random.key(1), (7, xs.shape[-1])))
     ids = [[1, 2, 3] * 2, [6, 0, 5] * 2]
     want_ids = lstm_layer(params, jnp.asarray(ids), embedding=table, impl=impl)
-    got_ids = lstm_layer(params, ids, embedding=table, impl=impl)
-    for a, b in zip(jax.tree.leaves(got_ids), jax.tree.leaves(want_ids), strict=True):
-        np.testing.assert_array_equal(a, b)
+    for table_like in (table, table.tolist()):
+        got_ids = lstm_layer(params, ids, embedding=table_like, impl=impl)
+        for a, b in zip(jax.tree.leaves(got_ids), jax.tree.leaves(want_ids), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_reverse_is_flipped_forward(params, xs):
