@@ -131,6 +131,57 @@ def test_matches_keras_tokenizer(monkeypatch):
         assert v_char.encode_batch(probe) == k_char.texts_to_sequences(probe)
 
 
+def test_fit_on_a_single_str_counts_it_as_one_text():
+    """`fit("a b a")` is one text of three words, not Keras' iteration over its characters."""
+    v = Vocabulary().fit("bb a bb")
+    assert v.tokens == ["bb", "a"] and dict(v.counts) == {"bb": 2, "a": 1}
+
+
+def test_encode_after_a_further_fit_uses_the_new_ids():
+    """`encode` caches the capped lookup; a later `fit` that renumbers the words must not reuse it."""
+    v = Vocabulary.from_texts(["a a b"])
+    assert v.encode("a b c") == [1, 2]
+    v.fit(["c c c b b"])  # a 2, b 3, c 3: b and c tie, b seen first
+    assert v.tokens == ["b", "c", "a"]
+    assert v.encode("a b c") == [3, 1, 2]
+
+
+def test_standardize_none_splits_on_the_separator_only():
+    """`standardize="none"` (the LIAR metadata vocabulary): no lowercasing, no filters, split on
+    `split` alone (spaces kept inside a token), empty tokens between separators dropped."""
+    sep = "\x1f"
+    v = Vocabulary.from_texts(
+        [sep.join(["New York", "Dem.", "", "New York"]) + sep], standardize="none", split=sep
+    )
+    assert v.tokens == ["New York", "Dem."]
+    assert v.encode(f"Dem.{sep}{sep}new york") == [2]
+
+
+def test_oov_id_follows_start_zero():
+    """With `start=0` the OOV token takes id 0 (there is no padding id), and unknowns encode to 0."""
+    v = Vocabulary.from_texts(["b a b"], oov_token="?", start=0)
+    assert v.tokens == ["?", "b", "a"]
+    assert v.oov_id == 0 and v.pad_id is None and v.size == 3
+    assert v.encode("a z b") == [2, 0, 1]
+
+
+def test_strict_encode_rejects_words_beyond_num_words():
+    """A word past the `num_words` cap is unknown to the model: strict encoding names it too."""
+    v = Vocabulary.from_texts(TEXTS, num_words=4)  # ids 1..3: the, cat, sat; "on" (id 4) capped
+    with pytest.raises(UserError, match="unknown words 'on'"):
+        v.encode("the on", strict=True)
+    assert v.encode("the sat", strict=True) == [1, 3]
+
+
+def test_decode_and_id_to_token_at_the_ends_of_the_id_range():
+    v = Vocabulary.from_texts(TEXTS)  # ids 1..7: the ... ate; 8 is one past the last
+    assert v.id_to_token(1) == "the" and v.id_to_token(7) == "ate"
+    assert v.id_to_token(8) is None and v.id_to_token(-1) is None
+    assert v.decode([7, 8, 1]) == "ate the"
+    c = Vocabulary.from_texts(["ba"], char_level=True, order="sorted", start=0)
+    assert c.id_to_token(0) == "a" and c.id_to_token(2) is None
+
+
 # ---- Vocabulary: char level ----------------------------------------------------------------------
 
 
@@ -244,6 +295,25 @@ def test_json_round_trip(tmp_path):
     assert Vocabulary.from_json(c.to_json()).encode("ab") == [0, 1]
 
 
+def test_vocabularies_differ_by_config_tokens_or_counts():
+    base = Vocabulary.from_texts(["a b b"])
+    assert base != Vocabulary.from_texts(["a b b"], oov_token="<OOV>")  # config (and tokens)
+    assert base != Vocabulary.from_texts(["a b b"], num_words=2)  # config only
+    reordered = Vocabulary.from_texts(["a b b"])
+    reordered.tokens = ["a", "b"]
+    assert base != reordered  # tokens only
+    recounted = Vocabulary.from_texts(["a b b b"])
+    assert recounted.tokens == base.tokens and base != recounted  # counts only
+
+
+def test_json_keeps_first_occurrence_order_for_a_later_fit():
+    """The saved counts keep first-occurrence order, so a loaded vocabulary that fits more text
+    breaks ties as the original would (Keras Tokenizer: ties by first occurrence)."""
+    v = Vocabulary.from_texts(["zebra apple"])
+    w = Vocabulary.from_json(v.to_json())
+    assert w.fit(["mango"]).tokens == v.fit(["mango"]).tokens == ["zebra", "apple", "mango"]
+
+
 def test_json_errors_name_the_file(tmp_path):
     bad = tmp_path / "vocab.json"
     bad.write_text('{"format": "other"}', encoding="utf-8")
@@ -263,6 +333,10 @@ def test_bad_options_raise_user_error():
         Vocabulary(standardize="bert")
     with pytest.raises(UserError, match="num_words"):
         Vocabulary(num_words=1)
+    with pytest.raises(UserError, match="start=-1"):
+        Vocabulary(start=-1)
+    with pytest.raises(UserError, match="split"):
+        Vocabulary(split="")
 
 
 # ---- padding -------------------------------------------------------------------------------------
@@ -297,6 +371,17 @@ def test_mask_comes_from_lengths_not_values():
     np.testing.assert_array_equal(mask, [[False, True, True], [True, True, True]])
     _, post = pad_sequences_with_mask([[4]], maxlen=3, padding="post")
     np.testing.assert_array_equal(post, [[True, False, False]])
+
+
+def test_pad_sequences_zero_lengths():
+    """maxlen=0 gives an empty `[batch, 0]` array; the default maxlen of empty sequences is 0, as
+    Keras' `max(len(s))`; a negative maxlen is a UserError."""
+    ids, mask = pad_sequences_with_mask([[1, 2], [3]], maxlen=0)
+    assert ids.shape == mask.shape == (2, 0)
+    assert pad_sequences([[], []]).shape == (2, 0)
+    assert pad_sequences([]).shape == (0, 0)
+    with pytest.raises(UserError, match="maxlen=-1"):
+        pad_sequences([[1]], maxlen=-1)
 
 
 def test_pad_sequences_bad_side():
@@ -421,6 +506,8 @@ def test_fake_news_hash_is_stable_across_processes():
 def test_fake_news_bad_options():
     with pytest.raises(UserError, match="num_buckets"):
         FakeNewsPreprocessor(STOP, num_buckets=1)
+    with pytest.raises(UserError, match="maxlen=0"):
+        FakeNewsPreprocessor(STOP, maxlen=0)
 
 
 # ---- stopwords -----------------------------------------------------------------------------------
@@ -449,6 +536,14 @@ def test_stopwords_from_data_root(tmp_path):
     f.write_text("x\ny\n", encoding="utf-8")
     words, source = load_stopwords(nltk_dirs=[], data_root=str(tmp_path))
     assert words == {"x", "y"} and source == f"lstm_jax_data:{f}"
+
+
+def test_stopwords_data_root_defaults_to_lstm_jax_data(tmp_path, monkeypatch):
+    f = tmp_path / "stopwords" / "english"
+    f.parent.mkdir()
+    f.write_text("envword\n", encoding="utf-8")
+    monkeypatch.setenv("LSTM_JAX_DATA", str(tmp_path))
+    assert load_stopwords(nltk_dirs=[]) == (frozenset({"envword"}), f"lstm_jax_data:{f}")
 
 
 def test_stopwords_builtin_fallback(tmp_path, monkeypatch):
