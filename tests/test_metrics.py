@@ -52,6 +52,33 @@ def test_a_zero_logit_predicts_the_negative_class():
     assert float(sums["accuracy"]) == 3.0 and float(sums["count"]) == 3.0
 
 
+def test_losses_of_bfloat16_logits_are_computed_in_float32():
+    """bf16 logits (mixed precision) give float32 losses as accurate as float32 logits' (bf16 keeps
+    ~3 significant digits, so a bf16 log-softmax or log1p would miss rtol=1e-5)."""
+    x = np.array([[0.5, -1.25, 3.0], [2.0, 0.75, -0.5]], np.float32)  # exact in bfloat16
+    labels = np.array([2, 1])
+    ce = losses.softmax_cross_entropy(jnp.asarray(x, jnp.bfloat16), jnp.asarray(labels))
+    assert ce.dtype == jnp.float32
+    expected = -_np_log_softmax(x.astype(np.float64))[[0, 1], labels]
+    np.testing.assert_allclose(ce, expected, rtol=1e-5)
+    z = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    bce = losses.sigmoid_binary_cross_entropy(jnp.asarray(x, jnp.bfloat16), jnp.asarray(z))
+    assert bce.dtype == jnp.float32
+    p = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(bce, -(z * np.log(p) + (1 - z) * np.log(1 - p)), rtol=1e-5)
+
+
+def test_binary_sums_weight_the_loss_and_the_accuracy():
+    """A weight-0 example adds nothing to any sum: not its (large) loss, not its (right) answer."""
+    logits = jnp.array([1.0, -2.0, 8.0])
+    labels = jnp.array([1, 1, 1])
+    sums = losses.binary_metric_sums(logits, labels, jnp.array([1.0, 0.5, 0.0]))
+    x = np.array([1.0, -2.0])
+    expected_loss = 1.0 * np.log1p(np.exp(-x[0])) + 0.5 * np.log1p(np.exp(-x[1]))
+    assert float(sums["loss"]) == pytest.approx(expected_loss, rel=1e-6)
+    assert float(sums["accuracy"]) == 1.0 and float(sums["count"]) == 1.5
+
+
 def test_masked_token_metrics_ignore_padding():
     logits = jnp.array([[[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]]])  # predicts 0, 1, 0
     labels = jnp.array([[0, 0, 1]])
@@ -99,12 +126,37 @@ def test_padded_and_partial_batches_average_like_the_whole_set():
 def test_weighted_mean_and_empty_counts():
     assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([1.0, 0.0]))) == 1.0
     assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0]))) == 0.0
+    # weights summing to less than 1 still divide by their sum (the 1e-9 floor only guards 0)
+    assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([0.25, 0.25]))) == 2.0
+    assert float(losses.weighted_mean(jnp.array([[1.0, 2.0], [3.0, 6.0]]))) == 3.0  # plain mean
     m = metrics.compute({"loss": 0.0, "count": 0.0})
     assert np.isnan(m["loss"]) and m["count"] == 0.0
     with pytest.raises(ValueError, match="count"):
         metrics.compute({"loss": 1.0})
     with pytest.raises(ValueError, match="different keys"):
         metrics.merge({"loss": 1.0, "count": 1.0}, {"count": 1.0})
+
+
+def test_zeros_like_is_a_float32_zero_per_key():
+    z = metrics.zeros_like({"loss": jnp.array(2.5), "count": jnp.array(4)})
+    assert set(z) == {"loss", "count"}
+    assert all(v.dtype == jnp.float32 and float(v) == 0.0 for v in z.values())
+
+
+def test_language_model_metrics_bits_and_capped_perplexity():
+    values = {"loss": 3 * np.log(2), "accuracy": 0.25, "count": 10.0}
+    out = metrics.language_model_metrics(values, bits_name="bits_per_char")
+    assert out["bits_per_char"] == pytest.approx(3.0) and out["perplexity"] == pytest.approx(8.0)
+    assert out["accuracy"] == 0.25 and "perplexity" not in values  # the input is not modified
+    assert set(metrics.language_model_metrics(values)) == {
+        "loss",
+        "accuracy",
+        "count",
+        "perplexity",
+    }
+    huge = metrics.language_model_metrics({"loss": 1000.0})  # exp(1000) would overflow
+    assert huge["perplexity"] == pytest.approx(np.exp(50.0))
+    assert metrics.language_model_metrics({"count": 0.0}) == {"count": 0.0}
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 24, 1000])
