@@ -1388,6 +1388,61 @@ def test_sgd_momentum_under_a_schedule_is_pytorchs_form_not_keras():
     assert np.abs(got - w_keras).max() > 1e-3
 
 
+def test_adam_and_rmsprop_use_the_configured_betas_rho_and_eps():
+    """Keras' formulas (by hand) with non-default b1, b2, eps and rho: each value reaches the update."""
+    w, m, v = np.array([0.5, -1.0, 2.0]), np.zeros(3), np.zeros(3)
+    lr, b1, b2, eps = 1e-3, 0.8, 0.99, 1e-3
+    for t, g in enumerate(GRADS, start=1):
+        m += (g - m) * (1 - b1)
+        v += (g * g - v) * (1 - b2)
+        w = w - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+    got = _run_optimizer("adam", GRADS, b1=b1, b2=b2, eps=eps)
+    np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-8)
+    w, v = np.array([0.5, -1.0, 2.0]), np.zeros(3)
+    for g in GRADS:
+        v = 0.5 * v + 0.5 * g * g
+        w = w - lr * g / np.sqrt(v + 1e-3)
+    got = _run_optimizer("rmsprop", GRADS, rho=0.5, eps=1e-3)
+    np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-8)
+
+
+def test_rmsprop_momentum_and_sgd_nesterov_match_keras_under_a_constant_rate():
+    """Keras RMSprop(momentum): `μ_t = μ·μ_{t-1} + lr·g/√(v+ε)`, `θ -= μ_t`; Keras SGD(nesterov):
+    `v = μv - lr·g`, `θ += μv - lr·g` (by hand)."""
+    lr, mu = 0.01, 0.9
+    w, v, vel = np.array([0.5, -1.0, 2.0]), np.zeros(3), np.zeros(3)
+    for g in GRADS:
+        v = 0.9 * v + 0.1 * g * g
+        vel = mu * vel + lr * g / np.sqrt(v + 1e-7)
+        w = w - vel
+    got = _run_optimizer("rmsprop", GRADS, learning_rate=lr, momentum=mu)
+    np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-7)
+    w, vel = np.array([0.5, -1.0, 2.0]), np.zeros(3)
+    for g in GRADS:
+        vel = mu * vel - 0.1 * g
+        w = w + mu * vel - 0.1 * g
+    got = _run_optimizer("sgd", GRADS, learning_rate=0.1, momentum=mu, nesterov=True)
+    np.testing.assert_allclose(got, w, rtol=1e-6)
+
+
+def test_clipping_applies_to_the_gradient_before_the_learning_rate():
+    """Keras' `global_clipnorm`: the gradient [30, 40] (norm 50) is cut to norm 5, then scaled by lr."""
+    got = _run_optimizer("sgd", [np.array([30.0, 40.0, 0.0])], learning_rate=0.1, clip_norm=5.0)
+    np.testing.assert_allclose(got, [0.5 - 0.3, -1.0 - 0.4, 2.0], rtol=1e-6)
+
+
+def test_schedules_of_a_run_no_longer_than_its_warmup_or_of_no_steps():
+    """A warmup_cosine whose warmup fills the run (the engine warns of it) still rises linearly, and a
+    cosine over 0 total steps is its start value: neither hands optax a decay of 0 steps."""
+    opt = config_utils.engine_defaults().optimizer
+    opt.learning_rate, opt.schedule, opt.warmup_steps = 1.0, "warmup_cosine", 10
+    for total in (4, 10):
+        s = optim.make_schedule(opt, total)
+        assert float(s(5)) == pytest.approx(0.5) and float(s(10)) == pytest.approx(1.0)
+    opt.schedule = "cosine"
+    assert float(optim.make_schedule(opt, 0)(0)) == 1.0
+
+
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise(capsys, caplog):
     import logging
 
