@@ -391,6 +391,15 @@ def test_load_imdb_missing_column_and_empty_text_skipped(tmp_path):
     assert data["train"] == [("good", 1)] and info["skipped_empty"] == 1
 
 
+def test_load_imdb_csv_label_spellings(tmp_path):
+    """Labels pos/neg, 1/0 and positive/negative, in any case and with spaces around them."""
+    rows = [["POS", "a"], [" Negative ", "b"], ["positive", "c"], ["Neg", "d"], ["1", "e"]]
+    write_csv(tmp_path / "imdb_train.csv", ["label", "text"], rows)
+    write_csv(tmp_path / "imdb_test.csv", ["label", "text"], [["0", "f"]])
+    data, _ = D.load_imdb(tmp_path)
+    assert data["train"] == [("a", 1), ("b", 0), ("c", 1), ("d", 0), ("e", 1)]
+
+
 def test_load_imdb_undecodable_review_names_the_file(tmp_path):
     acl = make_acl_imdb(tmp_path)
     bad = acl / "test" / "neg" / "7_1.txt"
@@ -456,6 +465,42 @@ def test_csv_errors_name_the_first_line_of_a_multiline_row(tmp_path):
     f = make_fake_news_csv(tmp_path / "news.csv", rows)
     with pytest.raises(UserError, match=_named(f) + ": line 5: label '7'"):
         D.load_fake_news_csv(f)
+
+
+def test_a_bad_label_in_a_multiline_row_names_its_first_line(tmp_path):
+    rows = [[0, "T", "A", "line one\nline two\nline three", 7]]  # lines 2 to 4
+    f = make_fake_news_csv(tmp_path / "news.csv", rows)
+    with pytest.raises(UserError, match=_named(f) + ": line 2: label '7'"):
+        D.load_fake_news_csv(f)
+
+
+def test_csv_header_names_are_stripped(tmp_path):
+    f = tmp_path / "news.csv"
+    f.write_text("id, title , author,text,label\n0,T,A,x,1\n", encoding="utf-8")
+    data, _ = D.load_fake_news_csv(f)
+    assert data["title"] == ["T"] and data["label"].tolist() == [1]
+
+
+def test_load_fake_news_csv_counts_empty_texts_and_numbers_rows_without_an_id(tmp_path):
+    """No `id` column: each article's id is its CSV line; an article with a title but no text is
+    kept and counted in `empty_text`."""
+    f = write_csv(
+        tmp_path / "n.csv",
+        ["title", "text", "label"],
+        [["T1", "x", 1], ["T2", " ", 0], ["", "y", 0]],
+    )
+    data, info = D.load_fake_news_csv(f)
+    assert data["id"] == ["2", "3", "4"]
+    assert info["empty_text"] == 1 and info["examples"] == 3 and info["skipped_empty"] == 0
+
+
+def test_normalise_author_list_literals():
+    assert D.normalise_author("['Jane Roe', ' Max ']") == "Jane Roe, Max"
+    assert D.normalise_author("['Jane Roe', '', ' ']") == "Jane Roe"
+    assert D.normalise_author("[]") == ""
+    assert D.normalise_author("[Jane") == "[Jane"  # not a list: unchanged
+    assert D.normalise_author("[1, 2]") == "[1, 2]"  # not a list of names: unchanged
+    assert D.normalise_author(" Jane Roe ") == " Jane Roe "
 
 
 @pytest.mark.parametrize("bad_label", ["2", "maybe", ""])
@@ -577,6 +622,45 @@ def test_load_liar_official_tsvs_give_the_staged_csvs_examples(tmp_path, no_data
         D.load_liar(tsv_dir)
 
 
+def _liar_csvs(root, rows_by_split, header=None):
+    header = header or ["id", "label", "statement", "subject", "context"]
+    for split in ("train", "valid", "test"):
+        rows = rows_by_split.get(split, [["9", "true", "s"]])
+        rows = [[*r, *[""] * (len(header) - len(r))] for r in rows]  # absent cells: empty
+        write_csv(root / f"liar_{split}.csv", header, rows)
+    return root
+
+
+def test_load_liar_verdict_case_empty_statements_and_absent_metadata(tmp_path):
+    """Verdicts in any case; an empty statement is skipped and counted; metadata columns the files
+    lack are read as "" (only those config.data.metadata names must exist)."""
+    rows = [
+        ["1", "TRUE", "Sky is blue.", "weather", "tv"],
+        ["2", " Pants-Fire ", "Moon is cheese.", "space", "blog"],
+        ["3", "false", "  ", "x", "y"],
+        ["4", "Half-True", "Mixed.", "z", "w"],
+    ]
+    root = _liar_csvs(tmp_path / "liar", {"train": rows})
+    data, info = D.load_liar(root, ["subject"])
+    train = data["train"]
+    assert train["id"] == ["1", "2", "4"] and train["label"].tolist() == [5, 0, 3]
+    assert train["binary_label"].tolist() == [0, 1, 0]
+    assert train["subject"] == ["weather", "space", "z"] and train["speaker"] == ["", "", ""]
+    assert info["skipped_empty"] == 1
+    assert (info["train"]["fake"], info["train"]["real"]) == (1, 2)
+
+
+def test_load_liar_prefers_the_staged_csv_to_the_official_tsv(tmp_path):
+    root = _liar_csvs(tmp_path / "liar", {"train": [["1", "true", "From the CSV."]]})
+    cols = ["1.json", "false", "From the TSV."] + [""] * 11
+    (root / "train.tsv").write_text("\t".join(cols) + "\n", encoding="utf-8")
+    data, _ = D.load_liar(root)
+    assert data["train"]["statement"] == ["From the CSV."]
+    (root / "liar_train.csv").unlink()
+    data, _ = D.load_liar(root)
+    assert data["train"]["statement"] == ["From the TSV."] and data["train"]["id"] == ["1"]
+
+
 def test_load_liar_bad_label_and_missing_split(tmp_path):
     root = make_liar_dir(tmp_path / "liar")
     text = (root / "liar_valid.csv").read_text().replace("true,Water", "maybe,Water")
@@ -626,8 +710,26 @@ def test_train_test_split_stratified_and_bad_input():
     assert y[te].tolist().count(1) == 1 and len(te) == 3
     with pytest.raises(UserError, match="test fraction 1.5"):
         D.train_test_split(10, 1.5, seed=0)
-    with pytest.raises(UserError, match="cannot split 1 example"):
+    with pytest.raises(UserError, match="cannot split 1 example.*provide more data"):
         D.train_test_split(1, 0.5, seed=0)
+    for bad in (0.0, 1.0):  # the ends of (0, 1) are named as such, not passed on to sklearn
+        with pytest.raises(UserError, match=rf"test fraction {bad} is not in \(0, 1\)"):
+            D.train_test_split(10, bad, seed=0)
+    with pytest.raises(UserError, match=r"config\.data\.validation_fraction=1\.0 must be in"):
+        D.check_fraction(1.0, "config.data.validation_fraction")
+
+
+def test_train_test_split_stratified_matches_sklearn():
+    from sklearn.model_selection import train_test_split as sk
+
+    y = np.array([0, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0])
+    x = np.arange(16)
+    x_tr, x_te = sk(x, test_size=0.25, random_state=3, stratify=y)
+    tr, te = D.train_test_split(16, 0.25, seed=3, stratify=y)
+    np.testing.assert_array_equal(tr, x_tr)
+    np.testing.assert_array_equal(te, x_te)
+    plain_tr, _ = D.train_test_split(16, 0.25, seed=3)
+    assert not np.array_equal(plain_tr, tr)  # stratifying changes the split for this seed
 
 
 # ---- TFDS path (real code, mocked data) ----------------------------------------------------------
@@ -735,5 +837,8 @@ def test_fingerprint_digests_values_dtypes_and_structure():
     assert D.fingerprint(jnp.asarray(flipped)) == D.fingerprint(flipped)  # values, not the repr
     assert D.fingerprint(jnp.asarray(flipped)) != D.fingerprint(ids)
     assert D.fingerprint(["ab", "c"]) != D.fingerprint(["a", "bc"])
+    assert D.fingerprint([["a"], "b"]) != D.fingerprint(["a", ["b"]])  # nesting is structure
+    zeros = np.zeros(4, np.int32)
+    assert D.fingerprint(zeros) != D.fingerprint(zeros.view(np.float32))  # same bytes, other dtype
     with pytest.raises(TypeError, match="cannot digest a object"):
         D.fingerprint(object())

@@ -930,3 +930,15 @@ def test_a_hand_edited_preprocess_json_is_one_error_naming_it(edit, message):
     edit(d)
     with pytest.raises(UserError, match=rf"^w/preprocess.json {re.escape(message)}; .* restore it"):
         TextEncoder.from_dict(d, "w/preprocess.json")
+
+
+def test_stdin_lines_keep_their_numbers_and_drop_blank_lines_and_a_bom(monkeypatch, capsys):
+    """A Windows-saved file piped in (BOM, CRLF): the BOM is not part of the first text; lines of
+    spaces count as empty; each text keeps its 1-based line number."""
+    import io
+    import types
+
+    raw = "\ufefffirst\r\n \t \r\n\r\nfourth\r\n".encode()
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
+    assert data_lib.read_stdin_lines("texts") == [(1, "first"), (4, "fourth")]
+    assert "skipped 2 empty line(s)" in capsys.readouterr().err
