@@ -29,6 +29,8 @@ def test_confusion_matrix_rejects_bad_labels():
         reports.confusion_matrix([0, 3], [0, 1], 3)
     with pytest.raises(ValueError, match="labels"):
         reports.confusion_matrix([0, 1], [0], 2)
+    with pytest.raises(ValueError, match="y_pred has values outside"):  # not counted as [0, 2]
+        reports.confusion_matrix([1], [-1], 3)
 
 
 def test_report_by_hand():
@@ -86,6 +88,43 @@ def test_matches_sklearn(k, hit):
     )
 
 
+def test_a_class_absent_from_labels_and_predictions_counts_in_the_macro_average():
+    """sklearn's `classification_report(labels=range(k), zero_division=0)`: a class nobody has nor
+    predicts reports zeros and pulls the macro average down (weighted: support 0, no effect)."""
+    names = [*NAMES, "d"]
+    ours = reports.classification_report(Y_TRUE, Y_PRED, names)
+    theirs = skm.classification_report(
+        Y_TRUE, Y_PRED, labels=[0, 1, 2, 3], target_names=names, output_dict=True, zero_division=0
+    )
+    assert ours["classes"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    for avg in ("macro avg", "weighted avg"):
+        for key, sk_key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score")):
+            assert ours[avg][key] == pytest.approx(theirs[avg][sk_key]), (avg, key)
+    assert ours["macro avg"]["f1"] == pytest.approx((0.5 + 2 / 3 + 1 + 0) / 4)
+
+
+def test_report_of_no_examples_is_all_zeros():
+    r = reports.classification_report([], [], ["x", "y"])
+    assert r["accuracy"] == 0.0 and r["examples"] == 0
+    assert r["classes"]["x"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert r["weighted avg"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert r["confusion_matrix"] == [[0, 0], [0, 0]]
+
+
+def test_format_report_reads_as_sklearns_text_report():
+    """Line by line, the same words and numbers as sklearn's text report (digits=4); only the
+    spacing between the columns differs."""
+    names = [*NAMES, "d"]
+    y, p = [0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 0, 2]  # precision != recall for a, b and weighted
+    ours = reports.format_report(reports.classification_report(y, p, names))
+    theirs = skm.classification_report(
+        y, p, labels=[0, 1, 2, 3], target_names=names, digits=4, zero_division=0
+    )
+    assert [line.split() for line in ours.splitlines()] == [
+        line.split() for line in theirs.splitlines()
+    ]
+
+
 def test_format_report_layout():
     text = reports.format_report(reports.classification_report(Y_TRUE, Y_PRED, NAMES))
     lines = text.splitlines()
@@ -108,6 +147,17 @@ def test_write_report_files(tmp_path):
     png = (tmp_path / files["heatmap"]).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_write_report_titles_the_heatmap_with_split_and_accuracy(tmp_path, monkeypatch):
+    titles = []
+    monkeypatch.setattr(
+        reports, "plot_confusion_matrix", lambda cm, labels, path, title: titles.append(title)
+    )
+    r = reports.classification_report(Y_TRUE, Y_PRED, NAMES)
+    reports.write_report(r, str(tmp_path), "validation")
+    reports.write_report(r, str(tmp_path), "test", title="Mine")
+    assert titles == ["Confusion matrix (validation, accuracy 0.6667)", "Mine"]
 
 
 def test_a_plot_that_fails_to_save_leaves_the_old_file(tmp_path, monkeypatch):
