@@ -285,6 +285,12 @@ def test_generate_stateful_equals_rerunning_the_whole_sequence():
     out = generate_stateful(m, prime, 15)
     assert out.shape == (1, 15)
     assert list(np.asarray(out[0])) == _naive_stateful(m, prime, 15)
+    # The lax.scan loop on its own (the only one off CPU), two streams: [streams, steps] in order.
+    two = jnp.array([[1, 5, 2, 7], [3, 3, 0, 9]])
+    xla = np.asarray(generate_stateful(m, two, 15, impl="xla"))
+    assert xla.shape == (2, 15)
+    for row, p in zip(xla, two, strict=True):
+        assert list(row) == _naive_stateful(m, p[None], 15)
     np.testing.assert_array_equal(generate_stateful(m, prime, 15), out)  # greedy is deterministic
     sampled = generate_stateful(
         m, jnp.repeat(prime, 64, 0), 10, key=jax.random.key(0), temperature=1.5
@@ -394,6 +400,33 @@ class _PositionWeightedSum(nnx.Module):
         return jax.nn.one_hot(nxt, self.vocab), None
 
 
+class _Uniform(nnx.Module):
+    """Logits 0 for every token whatever the input: what is sampled shows only the keys used."""
+
+    def __init__(self, vocab: int, windowed: bool):
+        self.vocab, self.windowed = vocab, windowed
+
+    def __call__(self, ids, *, initial_state=None, mask=None):
+        if self.windowed:
+            return jnp.zeros((ids.shape[0], self.vocab)), None
+        return jnp.zeros((*ids.shape, self.vocab)), jnp.zeros((ids.shape[0], 1))
+
+
+def test_sampling_draws_a_new_key_each_step_and_defaults_to_key_0():
+    """Each generated token has its own key (a reused key repeats the token at every step when the
+    logits do not change), and no `key` is `jax.random.key(0)`, as documented."""
+    prime = jnp.zeros((8, 3), jnp.int32)
+    for gen, model in (
+        (generate_stateful, _Uniform(50, windowed=False)),
+        (generate_windowed, _Uniform(50, windowed=True)),
+    ):
+        out = np.asarray(gen(model, prime, 6, temperature=1.0))
+        assert all(len(set(row[1:])) > 1 for row in out), gen.__name__  # steps after the first
+        assert np.any(out[:, 0] != out[:, 1]), gen.__name__  # the first step's key is its own
+        keyed = gen(model, prime, 6, temperature=1.0, key=jax.random.key(0))
+        np.testing.assert_array_equal(out, keyed)
+
+
 def test_generate_windowed_slides_the_window_over_the_generated_tokens():
     """Each step drops the window's oldest token and appends the one just generated (the tutorial's
     `window[1:] + [next]`), for every stream, with a model whose prediction reads the whole window in
@@ -433,6 +466,10 @@ def test_generation_rejects_bad_arguments():
             generate_stateful(m, jnp.array([[1]]), 3, temperature=bad)
     with pytest.raises(ValueError, match="prime"):
         generate_stateful(m, jnp.array([1, 2]), 3)
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        generate_stateful(m, jnp.array([[1]]), 3, temperature=1.0, top_k=-1)
+    with pytest.raises(ValueError, match="num_steps must be >= 0"):
+        generate_stateful(m, jnp.array([[1]]), -1)
     # Each loop names the other for the wrong kind of model (windowed used to fail with a TypeError
     # concatenating the [B, T] tokens sampled from [B, T, V] logits onto the window).
     with pytest.raises(ValueError, match="predict='last'.*use generate_stateful"):
