@@ -1497,7 +1497,7 @@ def _run(
         # (A start from step 0 too, even when no line parses: a half line the first record would follow.)
         _set_aside_orphaned_records(logger, step, redo_final=finished, lines=metrics_lines)
     if restored is not None:
-        _log_lost_evaluation(logger, history, step, task.periodic_eval)
+        _log_lost_evaluation(logger, history, step, task.periodic_eval, metrics_lines)
     if restored is not None and not finished:
         logging.info("resuming from the checkpoint at step %d in %s", step, store.directory)
         _warn_schedule_change(eng, meta, step)
@@ -2087,7 +2087,11 @@ def _set_aside_orphaned_records(
 
 
 def _log_lost_evaluation(
-    logger: MetricsLogger, history: Sequence[Mapping[str, Any]], step: int, splits: Sequence[str]
+    logger: MetricsLogger,
+    history: Sequence[Mapping[str, Any]],
+    step: int,
+    splits: Sequence[str],
+    lines: list[bytes] | None,
 ) -> None:
     """Logs the evaluation records of the checkpoint of `step` that metrics.jsonl lacks.
 
@@ -2096,16 +2100,17 @@ def _log_lost_evaluation(
     checkpoint whose evaluation neither metrics.jsonl nor TensorBoard got, and the run resumed from it
     would go on without them. They are in the checkpoint's history (its last record, when that is of
     `step`: a checkpoint saved by a signal between evaluations has none of its own), and are written now,
-    where the uninterrupted run wrote them: after the train records up to `step`."""
+    where the uninterrupted run wrote them: after the train records up to `step`. `lines`: metrics.jsonl's
+    lines as `_run` read them once (None: absent); the set-aside before this keeps every evaluation record
+    of `step`, so they tell which are logged."""
     last = history[-1] if history else None
     if not logger.enabled or not last or last.get("step") != step:
         return
     logged: set[tuple[Any, Any]] = set()
-    with contextlib.suppress(FileNotFoundError), open(logger.path, "rb") as f:
-        for line in f:
-            with contextlib.suppress(ValueError, AttributeError):
-                record = json.loads(line)
-                logged.add((record.get("kind"), record.get("step")))
+    for line in lines or ():
+        with contextlib.suppress(ValueError, AttributeError):
+            record = json.loads(line)
+            logged.add((record.get("kind"), record.get("step")))
     for split in splits:
         if split in last and (split, step) not in logged:
             logger.write(split, step, last[split])
