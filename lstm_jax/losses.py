@@ -56,18 +56,25 @@ def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Ar
 
 def weighted_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """`Σ values·weights / Σ weights` (0 when every weight is 0, never NaN): `values [...]`, `weights`
-    broadcastable to `values` -> a scalar `[]`."""
+    as `_weights` takes them -> a scalar `[]`."""
     values = values.astype(jnp.float32)
     if weights is None:
         return jnp.mean(values)
-    w = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)
+    w = _weights(values.shape, weights)
     return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1e-9)
 
 
 def _weights(shape: tuple[int, ...], weights: jax.Array | None) -> jax.Array:
+    """`weights` as float32 `shape`. Weights with fewer axes whose shape is `shape`'s leading axes are
+    per-row, as Keras' `sample_weight`: `[batch]` weights with `[batch, time]` labels weight each
+    row's every position (NumPy's trailing-axis broadcasting raised for them, or, when batch == time,
+    silently weighted positions); any other shape broadcasts as NumPy's (`[time]`: per position)."""
     if weights is None:
         return jnp.ones(shape, jnp.float32)
-    return jnp.broadcast_to(weights.astype(jnp.float32), shape)
+    w = jnp.asarray(weights).astype(jnp.float32)
+    if 0 < w.ndim < len(shape) and w.shape == tuple(shape[: w.ndim]):
+        w = w.reshape(w.shape + (1,) * (len(shape) - w.ndim))
+    return jnp.broadcast_to(w, shape)
 
 
 def softmax_metric_sums(
@@ -78,7 +85,8 @@ def softmax_metric_sums(
     Args:
       logits: `[..., classes]`.
       labels: `[...]` integer targets.
-      weights: optional `[...]` (or broadcastable) weights; 0 drops a position (padding, masked tokens).
+      weights: optional `[...]` weights, or `[batch]` per row (`_weights`); 0 drops a position (padding,
+        masked tokens).
 
     Returns:
       `{"loss": Σ w·CE, "accuracy": Σ w·[argmax = label], "count": Σ w}`.

@@ -123,6 +123,29 @@ def test_padded_and_partial_batches_average_like_the_whole_set():
     assert np.mean(per_batch) != pytest.approx(a["loss"], rel=1e-6)
 
 
+def test_per_row_weights_weight_every_position_of_their_row_as_keras_sample_weight():
+    """`[batch]` weights with `[batch, time]` labels weight rows (Keras' sample_weight), also when
+    batch == time, where NumPy's trailing-axis broadcasting silently weighted positions; `[time]`
+    weights with batch != time still weight positions."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(3, 3, 5)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 5, (3, 3)))
+    row_w = jnp.array([1.0, 0.0, 2.0])
+    got = losses.softmax_metric_sums(logits, labels, row_w)
+    want = losses.softmax_metric_sums(logits, labels, jnp.broadcast_to(row_w[:, None], (3, 3)))
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
+    assert float(got["count"]) == 9.0
+    values = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    assert float(losses.weighted_mean(values, row_w)) == (1 + 2 + 3 + 2 * (7 + 8 + 9)) / 9
+    long_labels = jnp.zeros((2, 3), jnp.int32)
+    pos_w = jnp.array([1.0, 0.0, 0.0])  # [time] with batch 2 != time 3: per position
+    got = losses.softmax_metric_sums(jnp.zeros((2, 3, 4)), long_labels, pos_w)
+    assert float(got["count"]) == 2.0
+    got = losses.binary_metric_sums(jnp.zeros((2, 3)), long_labels, jnp.array([1.0, 0.0]))
+    assert float(got["count"]) == 3.0
+
+
 def test_weighted_mean_and_empty_counts():
     assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([1.0, 0.0]))) == 1.0
     assert float(losses.weighted_mean(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0]))) == 0.0
