@@ -1104,11 +1104,13 @@ def lstm_layer(
     # The folded table's rows read by id inside the native forward call: no [T, B, 4H] gather. An empty
     # table goes to jnp.take, which raises as every other impl does (the kernel would read NaN rows).
     by_id = fold and impl == "native" and NATIVE_FOLDED_ROWS_BY_ID and embedding.shape[0] > 0
-    if embedding is not None and mask is not None:
-        # Padding ids may be anything (-1, vocab, ...): one out of range reads a NaN row (jnp.take's
-        # "fill"), whose gates turned every gradient NaN as NaN inputs did (below). Row 0 instead: a
-        # masked step's cotangent is exactly zero, so the table's gradient is unchanged.
-        xs = jnp.where(jnp.asarray(mask, bool), xs, jnp.zeros((), xs.dtype))
+    real = None if mask is None else mask.astype(bool)  # [batch, time]
+    if fold and real is not None:
+        # Padding ids may be anything (-1, vocab, ...): one out of range reads a NaN row of the folded
+        # table (jnp.take's "fill", the kernel's read by id), whose gates turned every gradient NaN as NaN
+        # inputs did (below). Row 0 instead: a masked step's cotangent is exactly zero, so the table's
+        # gradient is unchanged. (Unfolded, the gathered rows are zeroed below with the other inputs.)
+        xs = jnp.where(real, xs, jnp.zeros((), xs.dtype))
     if embedding is not None and not fold:
         xs = jnp.take(embedding, xs, axis=0)
     if input_dropout_mask is not None:
@@ -1116,13 +1118,13 @@ def lstm_layer(
         # 1 / keep to 1 (1 / 0.7 -> 1: dropout without its scaling), bfloat16 ones rounded it. Every
         # impl casts the product to the parameters' dtype next.
         xs = xs * input_dropout_mask[:, None, :]
-    if mask is not None and not fold:
+    if real is not None and not fold:
         # Padded inputs may hold anything (NaN, inf: e.g. a feature computed from no data). A masked step
         # keeps the state, but its gates are still computed from x_t, and the backward pass multiplies
         # them (and x_t itself, in the kernel's gradient) by the step's zero cotangent: 0 * NaN = NaN in
         # every gradient. Zeros there instead: the same outputs, and the padded inputs' gradient is zero.
-        xs = jnp.where(jnp.asarray(mask, bool)[..., None], xs, jnp.zeros((), xs.dtype))
-    mask_tm = None if mask is None else jnp.asarray(mask, bool).T  # [T, B]
+        xs = jnp.where(real[..., None], xs, jnp.zeros((), xs.dtype))
+    mask_tm = None if real is None else real.T  # [T, B]
 
     if impl == "per_step":
         xs = xs.astype(state_dtype)  # as the hoisted impls: the carry keeps the parameters' dtype
