@@ -44,6 +44,9 @@ __all__ = [
     "json_ready",
     "read_jsonl",
     "read_lines",
+    "parse_record",
+    "json_int",
+    "json_number",
     "ORPHANED_FILE",
     "format_metrics",
 ]
@@ -318,7 +321,7 @@ class MetricsLogger:
             lines = read_lines(self.path)
         if lines is not None:
             for line in lines:
-                record = _record(line)
+                record = parse_record(line)
                 if record is None and not line.strip():
                     kept.append(line)
                 elif record is None or _past(record, step, redo_final):
@@ -352,7 +355,7 @@ class MetricsLogger:
         if any(r.get("step") == step for r in records):  # final_* records at `step`, done again
             self._tb.session_start(int(step))
             for line in kept:
-                record = _record(line)
+                record = parse_record(line)
                 if record is not None and record["step"] == step:
                     values = {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
                     numeric = _numeric(str(record.get("kind")), values, null=math.nan)
@@ -396,12 +399,22 @@ def _numeric(kind: str, values: Mapping[str, Any], null: float | None = None) ->
     for k, v in values.items():
         if v is None and null is not None:
             out[f"{kind}/{k}"] = null
-        elif isinstance(v, int | float) and not isinstance(v, bool):
+        elif json_number(v):
             out[f"{kind}/{k}"] = float(v)
     return out
 
 
-def _record(line: bytes) -> dict[str, Any] | None:
+def json_int(v: Any) -> bool:
+    """Whether a value read from JSON is an integer (not true/false, which Python counts as ints)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def json_number(v: Any) -> bool:
+    """Whether a value read from JSON is a number (an int or a float, not true/false)."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def parse_record(line: bytes) -> dict[str, Any] | None:
     """The record of a metrics.jsonl line, None for one that does not parse or has no integer step."""
     try:
         record = json.loads(line)

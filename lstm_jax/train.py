@@ -76,7 +76,10 @@ from lstm_jax.logging_utils import (
     MetricsLogger,
     Progress,
     format_metrics,
+    json_int,
+    json_number,
     os_error_naming,
+    parse_record,
     read_json,
     read_lines,
     write_json,
@@ -2106,11 +2109,8 @@ def _log_lost_evaluation(
     last = history[-1] if history else None
     if not logger.enabled or not last or last.get("step") != step:
         return
-    logged: set[tuple[Any, Any]] = set()
-    for line in lines or ():
-        with contextlib.suppress(ValueError, AttributeError):
-            record = json.loads(line)
-            logged.add((record.get("kind"), record.get("step")))
+    records = (parse_record(line) for line in lines or ())
+    logged = {(r.get("kind"), r["step"]) for r in records if r is not None}
     for split in splits:
         if split in last and (split, step) not in logged:
             logger.write(split, step, last[split])
@@ -2143,24 +2143,16 @@ def _padded_size(batch_size: int, multiple: int) -> int:
     return -(-batch_size // multiple) * multiple
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def _numbers(v: Any) -> bool:
     """A dict of metric values: numbers, or null for one that was not finite (`json_ready`)."""
-    return isinstance(v, dict) and all(x is None or _is_number(x) for x in v.values())
+    return isinstance(v, dict) and all(x is None or json_number(x) for x in v.values())
 
 
 def _history_record(r: Any) -> bool:
     return (
         isinstance(r, dict)
-        and _is_int(r.get("step"))
-        and _is_number(r.get("epoch"))
+        and json_int(r.get("step"))
+        and json_number(r.get("epoch"))
         and all(_numbers(v) for k, v in r.items() if k not in ("step", "epoch"))
     )
 
@@ -2169,7 +2161,7 @@ def _history_record(r: Any) -> bool:
 _META_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     (
         "position",
-        lambda v: isinstance(v, dict) and _is_int(v.get("epoch")) and _is_int(v.get("batch")),
+        lambda v: isinstance(v, dict) and json_int(v.get("epoch")) and json_int(v.get("batch")),
         '{"epoch": <int>, "batch": <int>}',
     ),
     (
@@ -2181,10 +2173,10 @@ _META_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
         "early_stopping",
         lambda v: (
             isinstance(v, dict)
-            and (v.get("best") is None or _is_number(v["best"]))
-            and (v.get("best_step") is None or _is_int(v["best_step"]))
-            and _is_int(v.get("wait"))
-            and _is_int(v.get("improvements"))
+            and (v.get("best") is None or json_number(v["best"]))
+            and (v.get("best_step") is None or json_int(v["best_step"]))
+            and json_int(v.get("wait"))
+            and json_int(v.get("improvements"))
         ),
         '{"best": <number or null>, "best_step": <int or null>, "wait": <int>, "improvements": <int>}',
     ),
@@ -2197,16 +2189,16 @@ _META_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
             or (
                 isinstance(v, dict)
                 and _numbers(v.get("sums"))
-                and _is_number(v.get("last_loss"))
-                and _is_int(v.get("examples"))
-                and _is_number(v.get("seconds", 0.0))
+                and json_number(v.get("last_loss"))
+                and json_int(v.get("examples"))
+                and json_number(v.get("seconds", 0.0))
             )
         ),
         'null or {"sums": {<name>: <number>}, "last_loss": <number>, "examples": <int>, ...}',
     ),
-    ("wall_time_s", _is_number, "a number"),
-    ("total_steps", lambda v: v is None or _is_int(v), "an int"),
-    ("steps_per_epoch", lambda v: v is None or _is_int(v), "an int"),
+    ("wall_time_s", json_number, "a number"),
+    ("total_steps", lambda v: v is None or json_int(v), "an int"),
+    ("steps_per_epoch", lambda v: v is None or json_int(v), "an int"),
 )
 
 

@@ -53,7 +53,7 @@ from lstm_jax import data as data_lib
 from lstm_jax.baselines import cached_tfidf_logreg
 from lstm_jax.checkpoint import load_artefact
 from lstm_jax.errors import UserError
-from lstm_jax.logging_utils import atomic_write, read_json, write_json
+from lstm_jax.logging_utils import atomic_write, json_int, read_json, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
 from lstm_jax.train import (
     RESULTS_FILE,
@@ -219,9 +219,6 @@ class TextEncoder:
                 " pass the workdir of a classification run"
             )
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
         def strings(v: Any) -> bool:
             return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
@@ -229,11 +226,11 @@ class TextEncoder:
         fields = {
             "dataset": (lambda v: isinstance(v, str), "a string"),
             "class_names": (lambda v: strings(v) and len(v) >= 2, "a list of class names"),
-            "maxlen": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+            "maxlen": (lambda v: json_int(v) and v >= 1, "an integer >= 1"),
             "padding": (lambda v: isinstance(v, str), "a string"),
             "truncating": (lambda v: isinstance(v, str), "a string"),
             "vocab": (lambda v: v is None or isinstance(v, dict), "a vocabulary object or null"),
-            "vocab_size": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            "vocab_size": (lambda v: json_int(v) and v >= 0, "an integer >= 0"),
             "meta_vocab": (
                 lambda v: v is None or isinstance(v, dict),
                 "a vocabulary object or null",
@@ -241,7 +238,7 @@ class TextEncoder:
             "meta_fields": (strings, "a list of field names"),
             "stopwords": (lambda v: v is None or strings(v), "a list of words or null"),
             "stopwords_source": (lambda v: isinstance(v, str), "a string"),
-            "num_buckets": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            "num_buckets": (lambda v: json_int(v) and v >= 0, "an integer >= 0"),
         }
         for key, (ok, want) in fields.items():
             if key not in d or not ok(d[key]):
