@@ -271,10 +271,9 @@ def _stateful_native(model, prime, key, *, num_steps, temperature, top_k):
             lambda t: jax.random.gumbel(jax.random.fold_in(key, t), (streams, vocab), jnp.float32)
         )(jnp.arange(num_steps))
     layers = [dict(p, h=s.h, c=s.c) for p, s in zip(params, states, strict=True)]
+    # The kernel refuses ids outside the table: a first INVALID_TOKEN goes in as 0 and is put back below.
     toks = native.generate(
-        jnp.maximum(
-            first, 0
-        ),  # the kernel refuses ids outside the table: an INVALID_TOKEN is kept below
+        jnp.maximum(first, 0),
         table,
         layers,
         model.head.kernel[...],
