@@ -308,3 +308,21 @@ def test_inputs_may_be_a_nested_list_in_training_mode(xs, make):
     got, _ = m(np.asarray(xs).tolist(), deterministic=False, key=jax.random.key(0))
     want, _ = m(xs, deterministic=False, key=jax.random.key(0))
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_bad_arguments_are_refused_when_built():
+    """Rates outside [0, 1), an empty stack and `reverse=` for a Bidirectional are ValueErrors from the
+    constructor in the module's own words (a rate of 1.0 used to surface only at the first training
+    step, as the core's error, or as an all-zero dropout; `reverse=` as a TypeError)."""
+    for kw in ({"dropout": 1.0}, {"recurrent_dropout": 1.0}, {"dropout": -0.1}):
+        name = next(iter(kw))
+        with pytest.raises(ValueError, match=rf"LSTM: {name} must be in \[0, 1\), got"):
+            LSTM(3, 5, rngs=nnx.Rngs(0), **kw)
+    for rate in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"StackedLSTM: dropout_between must be in \[0, 1\)"):
+            StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), dropout_between=rate)
+    with pytest.raises(ValueError, match="StackedLSTM: hidden_sizes must name at least one layer"):
+        StackedLSTM(3, (), rngs=nnx.Rngs(0))
+    for reverse in (True, False):
+        with pytest.raises(ValueError, match="Bidirectional: do not pass reverse"):
+            Bidirectional(3, 5, rngs=nnx.Rngs(0), reverse=reverse)
