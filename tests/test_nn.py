@@ -326,3 +326,31 @@ def test_bad_arguments_are_refused_when_built():
     for reverse in (True, False):
         with pytest.raises(ValueError, match="Bidirectional: do not pass reverse"):
             Bidirectional(3, 5, rngs=nnx.Rngs(0), reverse=reverse)
+
+
+def test_training_mode_without_anything_to_drop_needs_no_key(xs):
+    """A stack without dropout, or with `dropout_between` but one layer (nothing between), trains without
+    `key=` and computes what evaluation does."""
+    for m in (
+        StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0)),
+        StackedLSTM(3, (5,), rngs=nnx.Rngs(0), dropout_between=0.5),
+    ):
+        np.testing.assert_allclose(m(xs, deterministic=False)[0], m(xs)[0], atol=1e-6)
+
+
+def test_bidirectional_directions_draw_their_own_masks(xs, monkeypatch):
+    """In training mode the forward and the backward layer draw their dropout masks from keys of their
+    own, so the two directions do not drop the same units."""
+    drawn = []
+    draw = core.variational_dropout_masks
+
+    def spy(key, *args, **kwargs):
+        masks = draw(key, *args, **kwargs)
+        drawn.append(np.asarray(masks[1]))
+        return masks
+
+    monkeypatch.setattr(core, "variational_dropout_masks", spy)
+    Bidirectional(3, 16, rngs=nnx.Rngs(0), recurrent_dropout=0.5)(
+        xs, deterministic=False, key=jax.random.key(0)
+    )
+    assert len(drawn) == 2 and not np.array_equal(drawn[0], drawn[1])
