@@ -354,3 +354,18 @@ def test_bidirectional_directions_draw_their_own_masks(xs, monkeypatch):
         xs, deterministic=False, key=jax.random.key(0)
     )
     assert len(drawn) == 2 and not np.array_equal(drawn[0], drawn[1])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_every_layer_of_a_stack_skips_the_padding(xs, bidirectional):
+    """The mask reaches every layer: two post-padded steps of any content change no layer's final state
+    (and no output at a real position) against the same sequences without them. (Post-padding: the
+    zeros a masked first layer outputs at pre-padded steps leave a zero state zero anyway.)"""
+    m = StackedLSTM(3, (5, 4), rngs=nnx.Rngs(0), bidirectional=bidirectional)
+    junk = 5.0 * jax.random.normal(jax.random.key(9), (4, 2, 3))
+    mask = jnp.asarray(np.arange(8)[None, :] < 6).repeat(4, 0)
+    out_p, states_p = m(jnp.concatenate([xs, junk], 1), mask=mask)
+    out, states = m(xs)
+    np.testing.assert_allclose(out_p[:, :6], out, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(states_p), jax.tree.leaves(states), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
