@@ -369,3 +369,19 @@ def test_every_layer_of_a_stack_skips_the_padding(xs, bidirectional):
     np.testing.assert_allclose(out_p[:, :6], out, atol=1e-5)
     for a, b in zip(jax.tree.leaves(states_p), jax.tree.leaves(states), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_load_params_casts_to_the_parameters_dtype(xs):
+    """float32 weights (as `convert.from_keras` gives) load into a bfloat16 layer as bfloat16, without
+    JAX's warning about an unsafe implicit cast (a future error)."""
+    import warnings
+
+    layer = LSTM(3, 5, rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16)
+    p = core.init_lstm(jax.random.key(42), 3, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer.load_params({k: np.asarray(v) for k, v in p.items()})
+    for name in ("kernel", "recurrent_kernel", "bias"):
+        got = getattr(layer, name)[...]
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(got, p[name].astype(jnp.bfloat16))
