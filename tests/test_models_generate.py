@@ -496,3 +496,20 @@ def test_check_sampling_flags_names_the_flag(temperature, top_k, message):
 def test_check_sampling_flags_accepts_greedy_and_top_k():
     check_sampling_flags(0.0, 0)
     check_sampling_flags(0.7, 5, flag="--config.generate.")
+
+
+def test_model_arguments_are_checked_when_built():
+    """An unknown pool, predict, input mode or activation, or no outputs, is a ValueError naming it when
+    the model is built (not a KeyError at the first call, or a model that quietly does something else)."""
+    from lstm_jax.models import DenseStack
+
+    with pytest.raises(ValueError, match="TextClassifier: unknown pool 'avg'"):
+        TextClassifier(9, 3, (4,), rngs=nnx.Rngs(0), pool="avg")
+    with pytest.raises(ValueError, match="TextClassifier: num_outputs must be >= 1, got 0"):
+        TextClassifier(9, 3, (4,), rngs=nnx.Rngs(0), num_outputs=0)
+    with pytest.raises(ValueError, match="LanguageModel: predict must be 'last' or 'all'"):
+        LanguageModel(9, (4,), rngs=nnx.Rngs(0), predict="first")
+    with pytest.raises(ValueError, match="LanguageModel: unknown input_mode 'bytes'"):
+        LanguageModel(9, (4,), rngs=nnx.Rngs(0), input_mode="bytes")
+    with pytest.raises(ValueError, match="DenseStack: unknown activation 'sigmoid'"):
+        DenseStack(4, [(3, "relu"), (2, "sigmoid")], rngs=nnx.Rngs(0))
