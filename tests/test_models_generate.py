@@ -513,3 +513,25 @@ def test_model_arguments_are_checked_when_built():
         LanguageModel(9, (4,), rngs=nnx.Rngs(0), input_mode="bytes")
     with pytest.raises(ValueError, match="DenseStack: unknown activation 'sigmoid'"):
         DenseStack(4, [(3, "relu"), (2, "sigmoid")], rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "mean_max"])
+def test_pooling_reduces_the_lstm_outputs_at_real_tokens(pool):
+    """`pool="mean"` / `"max"` are the mean / maximum of the last layer's outputs over the real tokens;
+    `"mean_max"` is the two side by side, mean first."""
+    m = TextClassifier(30, 4, (5,), rngs=nnx.Rngs(0), pool=pool)
+    ids = jnp.array([[0, 0, 3, 4, 5], [3, 4, 5, 6, 7]])
+    mask = ids > 0
+    out = np.asarray(m.lstm(m.embed(ids), mask=mask)[0])
+    mean = np.stack([out[0, 2:].mean(0), out[1].mean(0)])
+    mx = np.stack([out[0, 2:].max(0), out[1].max(0)])
+    want = {"mean": mean, "max": mx, "mean_max": np.concatenate([mean, mx], -1)}[pool]
+    np.testing.assert_allclose(m.features(ids, mask=mask), want, atol=1e-5)
+
+
+def test_a_window_model_predicts_from_the_last_real_token():
+    """`predict="last"` reads the final state, i.e. the state after the last real token: a post-padded
+    window predicts what the window without its padding does (the outputs at padded steps are zeros)."""
+    m = LanguageModel(9, (6, 5), rngs=nnx.Rngs(0), embed_dim=4, predict="last")
+    ids = jnp.array([[3, 4, 5, 0, 0]])
+    np.testing.assert_allclose(m(ids, mask=ids > 0)[0], m(jnp.array([[3, 4, 5]]))[0], atol=1e-5)
