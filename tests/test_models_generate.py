@@ -535,3 +535,24 @@ def test_a_window_model_predicts_from_the_last_real_token():
     m = LanguageModel(9, (6, 5), rngs=nnx.Rngs(0), embed_dim=4, predict="last")
     ids = jnp.array([[3, 4, 5, 0, 0]])
     np.testing.assert_allclose(m(ids, mask=ids > 0)[0], m(jnp.array([[3, 4, 5]]))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{"dropout": 0.5}, {"embed_dropout": 0.5}, {"token_dropout": 0.5}])
+def test_each_classifier_dropout_acts_in_training_mode(kw):
+    """Each of a one-layer classifier's dropouts (on the pooled features, on the embeddings, on whole
+    words) changes the training-mode logits on its own, and none acts in evaluation."""
+    m = TextClassifier(30, 4, (5,), rngs=nnx.Rngs(0), **kw)
+    ids = jax.random.randint(jax.random.key(1), (4, 7), 1, 30)
+    trained = m(ids, deterministic=False, key=jax.random.key(2))
+    assert not np.allclose(trained, m(ids), atol=1e-4)
+
+
+def test_training_mode_classifier_reads_only_the_real_tokens():
+    """With embedding dropout in training mode (the embeddings go through dropout before the LSTM) the
+    mask still reaches the LSTM: for one key, what the padding ids are changes nothing."""
+    m = TextClassifier(30, 4, (5,), rngs=nnx.Rngs(0), embed_dropout=0.3, pool="mean")
+    ids = jnp.array([[0, 0, 3, 4, 5], [3, 4, 5, 6, 7]])
+    other = ids.at[0, :2].set(jnp.array([9, 8]))
+    mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], bool)
+    kw = {"mask": mask, "deterministic": False, "key": jax.random.key(3)}
+    np.testing.assert_allclose(m.features(ids, **kw), m.features(other, **kw), atol=1e-6)
