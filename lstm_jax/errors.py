@@ -27,10 +27,18 @@ class Interrupted(UserError):
 def root_reason(e: BaseException) -> str:
     """`Type: first line of the message` (at most 200 characters) of an exception's root cause (the
     last of its `__cause__` / `__context__` chain: TensorStore's reason rather than Orbax's wrapper),
-    for one-line reports."""
+    for one-line reports. A context its exception suppressed (``raise ... from None``, as `json` raises
+    "Expecting value" over the StopIteration of its scanner) is not followed, as a traceback omits it."""
     seen = {id(e)}
-    while (nxt := e.__cause__ or e.__context__) is not None and id(nxt) not in seen:
+    while (nxt := _reason_behind(e)) is not None and id(nxt) not in seen:
         seen.add(id(nxt))
         e = nxt
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def _reason_behind(e: BaseException) -> BaseException | None:
+    """The exception `e` was raised from, or during the handling of (unless `e` suppressed it)."""
+    if e.__cause__ is not None:
+        return e.__cause__
+    return None if e.__suppress_context__ else e.__context__

@@ -405,10 +405,18 @@ def test_a_full_disk_during_a_save_is_an_os_error_the_cli_words(tmp_path, monkey
     _assert_trees_equal(state, _state())
 
 
-@pytest.mark.parametrize("content", ["", "{broken", "[1]"])
-def test_a_damaged_checkpoint_metrics_file_is_one_error_naming_it(tmp_path, content):
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        ("", "JSONDecodeError: Expecting value"),
+        ("{broken", "JSONDecodeError: Expecting property name"),
+        ("[1]", "a JSON list, not an object"),
+    ],
+)
+def test_a_damaged_checkpoint_metrics_file_is_one_error_naming_it(tmp_path, content, reason):
     """Orbax reads every checkpoint's metrics file when it starts; a damaged one was a bare
-    JSONDecodeError in every mode. Now: a UserError naming the file and the folder to move."""
+    JSONDecodeError in every mode. Now: a UserError naming the file, what is wrong with it and the
+    checkpoint folder to move (the step's, not the whole checkpoints/ folder)."""
     store = CheckpointStore(str(tmp_path), keep=3)
     store.save(1, _state(), {"step": 1}, improvement=1)
     store.save(2, _state(2.0), {"step": 2})
@@ -416,8 +424,13 @@ def test_a_damaged_checkpoint_metrics_file_is_one_error_naming_it(tmp_path, cont
     metrics = tmp_path / "checkpoints" / "2" / "metrics" / "metrics"
     assert metrics.exists()
     metrics.write_text(content)
-    with pytest.raises(UserError, match=r"checkpoints/2/metrics/metrics cannot be read .* move"):
+    with pytest.raises(
+        UserError, match=r"checkpoints/2/metrics/metrics cannot be read .* move"
+    ) as info:
         CheckpointStore(str(tmp_path), keep=3)
+    message, checkpoints = str(info.value), tmp_path / "checkpoints"
+    assert f"{checkpoints / '2' / 'metrics' / 'metrics'} cannot be read ({reason}" in message
+    assert f"move {checkpoints / '2'} out of {checkpoints} (into" in message
     shutil.move(tmp_path / "checkpoints" / "2", tmp_path / "elsewhere")
     store = CheckpointStore(str(tmp_path), keep=3)
     assert store.all_steps() == [1]
