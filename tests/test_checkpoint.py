@@ -95,9 +95,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, 
     assert moved.startswith("2-")  # kept for inspection, not deleted
 
 
-def test_the_same_step_quarantined_twice_in_one_second_is_kept_twice(tmp_path, monkeypatch):
+def test_the_same_step_quarantined_again_in_one_second_is_kept_each_time(tmp_path, monkeypatch):
     """`<step>-<unix time>` named a second quarantine of the step within the same second the same as
-    the first, and shutil.move put it inside that folder; now each gets a folder of its own."""
+    the first, and shutil.move put it inside that folder; now each gets a folder of its own (a third
+    too: the suffix counts on, it does not stop at -2)."""
     from lstm_jax import checkpoint
 
     def quarantine_at_the_same_second():
@@ -108,17 +109,19 @@ def test_the_same_step_quarantined_twice_in_one_second_is_kept_twice(tmp_path, m
             return store.quarantine(2)
 
     store = CheckpointStore(str(tmp_path), keep=3)
-    store.save(2, _state(2.0), {"step": 2})
-    first = quarantine_at_the_same_second()
-    store.save(2, _state(3.0), {"step": 2})
-    second = quarantine_at_the_same_second()
+    moved = []
+    for scale in (2.0, 3.0, 4.0):
+        store.save(2, _state(scale), {"step": 2})
+        moved.append(quarantine_at_the_same_second())
     store.close()
-    assert first != second
+    assert len(set(moved)) == 3
     assert sorted(os.listdir(tmp_path / "corrupt_checkpoints")) == [
         "2-1700000000",
         "2-1700000000-2",
+        "2-1700000000-3",
     ]
-    assert not os.path.exists(os.path.join(first, "2"))  # not nested
+    for path in moved:
+        assert not os.path.exists(os.path.join(path, "2"))  # not nested
 
 
 # tensorstore may report its event loop closing late; harmless.
@@ -331,7 +334,22 @@ _REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("refused", sorted(_REFUSALS))
+def _raised_while_reading(d) -> Exception:
+    """Orbax's own error raised while it handled the refusal (the PermissionError its `__context__`)."""
+    error = RuntimeError("could not restore the checkpoint")
+    error.__context__ = PermissionError(13, "Permission denied", f"{d}/meta/metadata")
+    return error
+
+
+# The file each refusal names: the refused file where it is known, else the step directory.
+_REFUSED_FILES = {
+    "json item": ("meta", "metadata"),
+    "arrays": (),
+    "raised while reading": ("meta", "metadata"),
+}
+
+
+@pytest.mark.parametrize("refused", sorted(_REFUSED_FILES))
 def test_a_checkpoint_this_user_may_not_read_is_a_permission_error_that_moves_nothing(
     tmp_path, monkeypatch, refused
 ):
@@ -343,15 +361,17 @@ def test_a_checkpoint_this_user_may_not_read_is_a_permission_error_that_moves_no
     store.save(1, _state(1.0), {"step": 1})
     store.save(2, _state(2.0), {"step": 2})
 
+    refusals = {**_REFUSALS, "raised while reading": _raised_while_reading}
+
     def refuse(*args, **kwargs):
-        raise _REFUSALS[refused](os.path.join(store.directory, "2"))
+        raise refusals[refused](os.path.join(store.directory, "2"))
 
     monkeypatch.setattr(store._manager, "restore", refuse)
     with pytest.raises(PermissionError) as info:
         store.restore_latest(jax.eval_shape(_state))
     store.close()
     assert info.value.errno == errno.EACCES
-    assert info.value.filename.startswith(os.path.join(store.directory, "2"))
+    assert info.value.filename == os.path.join(store.directory, "2", *_REFUSED_FILES[refused])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
     assert not (tmp_path / "corrupt_checkpoints").exists()
 
@@ -398,11 +418,40 @@ def test_a_full_disk_during_a_save_is_an_os_error_the_cli_words(tmp_path, monkey
     with pytest.raises(OSError) as info:
         store.save(2, _state(2.0), {"step": 2})
     assert info.value.errno == errno.ENOSPC and info.value.filename == store.directory
+    named = os.path.join(store.directory, "2.orbax-checkpoint-tmp-1", "meta", "metadata")
+
+    def file_full(*args, **kwargs):  # a write that names its file: that name is kept
+        raise OSError(errno.ENOSPC, "No space left on device", named)
+
+    monkeypatch.setattr(store._manager, "save", file_full)
+    with pytest.raises(OSError) as info:
+        store.save(2, _state(2.0), {"step": 2})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == named
     monkeypatch.undo()
     step, state, _, _ = store.restore_latest(jax.eval_shape(_state))
     store.close()
     assert step == 1
     _assert_trees_equal(state, _state())
+
+
+def test_a_failed_save_removes_only_its_own_temporary_folder(tmp_path, monkeypatch):
+    """The space a failed save of step 2 took is given back (its `2.orbax-checkpoint-tmp*` folder), and
+    nothing else: not a finished checkpoint, not step 20's."""
+    store = CheckpointStore(str(tmp_path), keep=5)
+    store.save(2, _state(), {"step": 2})
+    store.save(20, _state(2.0), {"step": 20})
+    os.makedirs(os.path.join(store.directory, "20.orbax-checkpoint-tmp-7"))
+
+    def full(*args, **kwargs):
+        os.makedirs(os.path.join(store.directory, "2.orbax-checkpoint-tmp-9", "state"))
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing file: No space left on device")
+
+    monkeypatch.setattr(store._manager, "save", full)
+    with pytest.raises(OSError):
+        store.save(2, _state(3.0), {"step": 2})
+    monkeypatch.undo()
+    store.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "20", "20.orbax-checkpoint-tmp-7"]
 
 
 @pytest.mark.parametrize(
@@ -435,6 +484,24 @@ def test_a_damaged_checkpoint_metrics_file_is_one_error_naming_it(tmp_path, cont
     store = CheckpointStore(str(tmp_path), keep=3)
     assert store.all_steps() == [1]
     store.close()
+
+
+def test_what_orbax_skips_does_not_stop_the_store(tmp_path):
+    """The temporary folder a killed save left (its metrics file may be empty) is no checkpoint, and a
+    _CHECKPOINT_METADATA that does not parse Orbax logs and skips: neither is damage that stops every
+    mode, and the checkpoint beside them still restores."""
+    store = CheckpointStore(str(tmp_path), keep=3)
+    store.save(2, _state(2.0), {"step": 2})
+    store.close()
+    leftover = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1700000000" / "metrics"
+    leftover.mkdir(parents=True)
+    (leftover / "metrics").write_text("")
+    (tmp_path / "checkpoints" / "2" / "_CHECKPOINT_METADATA").write_text("{broken")
+    store = CheckpointStore(str(tmp_path), keep=3)
+    step, state, meta, _ = store.restore_latest(jax.eval_shape(_state))
+    store.close()
+    assert step == 2 and meta == {"step": 2}
+    _assert_trees_equal(state, _state(2.0))
 
 
 @pytest.mark.parametrize(
