@@ -46,6 +46,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         # jax.random.key raised a bare OverflowError past 2**64 - 1.
         ("seed", 2**32, "config.seed must be an integer in [0, 4294967295], got 4294967296"),
         ("seed", 2**64, "config.seed must be an integer in [0, 4294967295]"),
+        ("optimizer.learning_rate", float("inf"), "config.optimizer.learning_rate must be finite"),
+        ("optimizer.learning_rate", float("nan"), "config.optimizer.learning_rate must be finite"),
+        ("train.batch_size", True, "config.train.batch_size must be an integer, got True"),
+        ("optimizer.b1", 1.0, "config.optimizer.b1 must be in [0, 1), got 1.0"),
+        ("optimizer.rho", 1.0, "config.optimizer.rho must be in [0, 1), got 1.0"),
+        ("optimizer.momentum", 1.0, "config.optimizer.momentum must be in [0, 1), got 1.0"),
+        ("optimizer.nesterov", "yes", "config.optimizer.nesterov must be True or False"),
+        ("train.checkpoint_keep", 0, "config.train.checkpoint_keep must be an integer >= 1, got 0"),
+        ("train.monitor", " ", "config.train.monitor must be a metric name such as 'val_loss'"),
+        ("early_stopping.enabled", 1, "config.early_stopping.enabled must be True or False, got 1"),
+        (
+            "early_stopping.restore_best_weights",
+            "no",
+            "config.early_stopping.restore_best_weights must be True or False, got 'no'",
+        ),
     ],
 )
 def test_bad_values_give_one_line_errors_naming_the_field(field, value, expected):
@@ -60,6 +75,35 @@ def test_bad_values_give_one_line_errors_naming_the_field(field, value, expected
     message = str(err.value)
     assert message.startswith(expected), message
     assert "\n" not in message and f"--config.{field}=" in message
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"seed": config_utils.MAX_SEED},  # the largest seed every consumer takes
+        {"optimizer.schedule": "cosine", "optimizer.min_lr_ratio": 1.0},  # a cosine that holds
+        {"train.num_epochs": 0, "train.num_steps": 5},  # the run's length set by num_steps alone
+        {"train.prefetch": 0, "train.checkpoint_keep": 1, "early_stopping.patience": 0},
+    ],
+)
+def test_values_at_the_ends_of_their_ranges_are_valid(fields):
+    config = config_utils.engine_defaults().to_dict()
+    for field, value in fields.items():
+        *path, name = field.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[name] = value
+    config_utils.validate_config(config)
+
+
+def test_the_largest_split_seed_a_size_of_1_and_a_saved_runs_missing_fields_are_valid():
+    config_utils.check_split_seed({"split_seed": config_utils.MAX_SEED})
+    assert config_utils.positive_int({"embed_dim": 1}, "embed_dim") == 1
+    assert config_utils.layer_sizes({"hidden_sizes": (1,)}) == (1,)
+    assert config_utils.dense_layers({"dense_layers": ((1, "relu"),)}, ("relu",)) == [(1, "relu")]
+    # A run saved before train.drop_remainder existed dropped the remainder.
+    assert config_utils.drop_remainder({"train": {}}) is True
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "sgd"])
@@ -432,6 +476,9 @@ def test_monitor_mode_auto_follows_keras():
     assert config_utils.monitor_mode("val_loss", "auto") == "min"
     assert config_utils.monitor_mode("val_accuracy", "auto") == "max"
     assert config_utils.monitor_mode("val_loss", "max") == "max"
+    for name in ("val_auc", "auc", "val_fmeasure", "acc"):  # Keras' other "higher is better" names
+        assert config_utils.monitor_mode(name, "auto") == "max", name
+    assert config_utils.monitor_mode("val_mae", "auto") == "min"
 
 
 def test_a_relative_data_path_is_saved_absolute(tmp_path, monkeypatch):
