@@ -750,6 +750,11 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
             "error: --config.train[0]: config.train is a section, not a list; pass"
             " --config.train.<field>=<value>",
         ),
+        # One past the end of a list (its items are [0] and [1], or [-1] and [-2]).
+        "override indexing past a list's end": (
+            ["--config=lists.py", "--config.model.sizes[2]=1", "--workdir=w"],
+            "error: --config.model.sizes[2]: config.model.sizes has no item [2]; it has 2",
+        ),
         # Was "no --config given and w has no saved config.json", below ml_collections' warning.
         "get_config returns None": (
             ["--config=no_return.py", "--workdir=w"],
@@ -766,6 +771,7 @@ def test_bad_flags_and_config_files_are_one_line_errors_with_status_2(tmp_path):
         base + "    c.seed = 1\n    c.train.batch_size = 4.0\n    return c\n"
     )
     (tmp_path / "no_return.py").write_text(base)
+    (tmp_path / "lists.py").write_text(base + "    c.model.sizes = [4, 5]\n    return c\n")
     (tmp_path / "notes.md").write_text("# A README\n\nIt's not a config.\n")
     (tmp_path / "empty.py").write_text("import ml_collections\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
@@ -937,6 +943,56 @@ def test_a_saved_run_of_another_experiment_is_named(tmp_path, monkeypatch):
     cli.check_config_family(own, str(tmp_path))
 
 
+def test_a_mode_on_the_workdir_of_a_char_run_run_by_word_textgen_names_the_run(tmp_path):
+    """The CLI checks the config saved in a workdir against the running experiment before the mode
+    runs: --mode=generate of word_textgen on a char_textgen run is one error line, not a traceback."""
+    config = importlib.import_module("experiments.char_textgen.configs.test").get_config()
+    workdir = tmp_path / "run"
+    config_utils.save_config(config, workdir)
+    proc = _experiment("word_textgen", "--mode=generate", f"--workdir={workdir}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: {workdir} holds a run of another experiment than word_textgen (its config.json"
+        " lacks config."
+    ), last
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_config_lacking_half_of_the_fields_marking_an_experiment_is_still_its_own(monkeypatch):
+    """A config lacking most (more than half) of the fields that mark an experiment's configs is another
+    experiment's; one lacking half of them (a run saved before they existed) is not refused."""
+    monkeypatch.setattr(
+        cli,
+        "family_keys",
+        lambda main_file: ("fake_news", {"data.a", "data.b", "data.c", "data.d"}),
+    )
+    cli.check_config_family({"data": {"a": 1, "b": 2}}, "run", experiment="fake_news")
+    with pytest.raises(
+        UserError, match=r"lacks config\.data\.b, config\.data\.c, config\.data\.d\)"
+    ):
+        cli.check_config_family({"data": {"a": 1}}, "run", experiment="fake_news")
+
+
+def test_a_saved_true_or_false_and_a_number_are_kinds_of_their_own(tmp_path, monkeypatch):
+    """`check_saved_types` tells true/false from a number (Python's bool is an int): a config.json
+    edited to hold `"temperature": true` or `"enabled": 1` is named, the saved file as it is passes."""
+    import types
+
+    main_file = os.path.join(REPO, "experiments", "char_textgen", "main.py")
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__=main_file))
+    saved = importlib.import_module("experiments.char_textgen.configs.test").get_config().to_dict()
+    cli.check_saved_types(ml_collections.ConfigDict(saved), str(tmp_path))
+    for section, field, value, kinds in [
+        ("generate", "temperature", True, "is true or false, not a number"),
+        ("early_stopping", "enabled", 1, "is a number, not true or false"),
+    ]:
+        edited = json.loads(json.dumps(saved))
+        edited[section][field] = value
+        with pytest.raises(UserError, match=rf"config\.{section}\.{field}={value} {kinds} as in"):
+            cli.check_saved_types(ml_collections.ConfigDict(edited), str(tmp_path))
+
+
 @pytest.mark.parametrize(
     "section,field,value,message",
     [
@@ -1031,9 +1087,14 @@ def test_the_damaged_checkpoint_noise_filters_pass_everything_else():
         exc_value=Exception("Encountered error while reading array index: (slice(0, 7, 1),)"),
     )
     kept = types.SimpleNamespace(object=coroutine, exc_value=ValueError("a real problem"))
+    # Another failure of an Orbax coroutine is a problem of its own: kept.
+    orbax_other = types.SimpleNamespace(
+        object=types.SimpleNamespace(cr_code=fake_code), exc_value=ValueError("a real problem")
+    )
     unraisable(dropped)
     unraisable(kept)
-    assert seen == [kept]
+    unraisable(orbax_other)
+    assert seen == [kept, orbax_other]
 
 
 def test_num_epochs_beside_a_configs_num_steps_is_refused(tmp_path):
@@ -1062,3 +1123,5 @@ def test_num_epochs_beside_a_configs_num_steps_is_refused(tmp_path):
     cli.check_read_overrides(config, ["main", "--config.train.num_steps=7"])  # no num_epochs given
     with pytest.raises(UserError, match="num_epochs=13 has no effect"):
         cli.check_read_overrides(config, ["main", "--config.train.num_epochs=13"])
+    # After "--" the arguments are texts (predict's), not flags: no override to refuse.
+    cli.check_read_overrides(config, ["main", "--", "--config.train.num_epochs=13"])
