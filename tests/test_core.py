@@ -344,6 +344,24 @@ def test_an_initial_state_with_a_none_half_names_it(params, xs):
         lstm_layer(params, xs, initial_state=LSTMState(None, h))
 
 
+def test_misnamed_impls_malformed_states_and_empty_sizes_are_clear_errors(params, xs):
+    """A misspelt impl is refused (not run as "scan"), an initial state that is not a pair `(h, c)` is
+    refused (a `[2, batch, H]` array's rows are not taken for h and c), and a layer of no units or no
+    inputs cannot be initialised."""
+    with pytest.raises(ValueError, match="unknown impl 'fuzed'"):
+        lstm_layer(params, xs, impl="fuzed")
+    h = jnp.zeros((B, H))
+    with pytest.raises(
+        ValueError, match=r"initial_state must be LSTMState\(h, c\), got \w+ of shape"
+    ):
+        lstm_layer(params, xs, initial_state=jnp.stack([h, h]))
+    with pytest.raises(ValueError, match=r"initial_state must be LSTMState\(h, c\), got 3 items"):
+        lstm_layer(params, xs, initial_state=(h, h, h))
+    for sizes in ((0, H), (F, 0)):
+        with pytest.raises(ValueError, match="must be positive"):
+            init_lstm(jax.random.key(0), *sizes)
+
+
 def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
     """The custom VJP against autodiff, for every differentiable input."""
     in_mask, rec_mask = core.variational_dropout_masks(
