@@ -672,6 +672,19 @@ def test_bidirectional_takes_one_initial_state_per_direction(params, xs):
         core.bidirectional(params, pb, xs, initial_state=sf)
 
 
+def test_bidirectional_takes_none_for_a_directions_zero_state_and_refuses_reverse(params, xs):
+    """`initial_state=(None, backward_state)`: zeros for the forward direction (as documented), not a
+    ValueError; `reverse=` is refused by name (it was a TypeError about a repeated keyword)."""
+    pb = init_lstm(jax.random.key(7), F, H)
+    sb = LSTMState(*jax.random.normal(jax.random.key(4), (2, B, H)))
+    out, _ = core.bidirectional(params, pb, xs, initial_state=(None, sb))
+    of, _ = lstm_layer(params, xs)
+    ob, _ = lstm_layer(pb, xs, initial_state=sb, reverse=True)
+    np.testing.assert_allclose(out, jnp.concatenate([of, ob], -1), atol=1e-6)
+    with pytest.raises(ValueError, match="bidirectional: do not pass reverse"):
+        core.bidirectional(params, pb, xs, reverse=True)
+
+
 # 7. Bidirectional, stacked, dropout.
 @pytest.mark.parametrize("merge", ["concat", "sum", "ave", "mul", None])
 def test_bidirectional_merges(params, xs, merge):
@@ -720,6 +733,23 @@ def test_stacked_matches_layer_by_layer(xs):
     np.testing.assert_allclose(out_e, out, atol=1e-6)
     with pytest.raises(ValueError, match="key"):
         core.stacked_lstm(ps, xs, dropout_rate=0.5, deterministic=False)
+
+
+def test_stacked_takes_one_initial_state_per_layer(xs):
+    """Layer n starts from `initial_states[n]`; a list of another length is a ValueError (one too many
+    would be ignored silently, one too few an IndexError)."""
+    ps = core.init_stacked_lstm(jax.random.key(0), F, [H, 4])
+    s0 = LSTMState(jnp.full((B, H), 0.5), jnp.full((B, H), -0.5))
+    s1 = LSTMState(jnp.full((B, 4), 0.3), jnp.full((B, 4), 0.2))
+    out, states = core.stacked_lstm(ps, xs, initial_states=[s0, s1])
+    h1, st1 = lstm_layer(ps[0], xs, initial_state=s0)
+    h2, st2 = lstm_layer(ps[1], h1, initial_state=s1)
+    np.testing.assert_allclose(out, h2, atol=1e-6)
+    np.testing.assert_allclose(states[0].c, st1.c, atol=1e-6)
+    np.testing.assert_allclose(states[1].c, st2.c, atol=1e-6)
+    for wrong in ([s0], [s0, s1, s1]):
+        with pytest.raises(ValueError, match=rf"one LSTMState per layer \(2\), got {len(wrong)}"):
+            core.stacked_lstm(ps, xs, initial_states=wrong)
 
 
 def test_stacked_dropout_is_between_layers_never_after_the_last(xs):
