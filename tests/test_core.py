@@ -390,6 +390,26 @@ def test_fused_gradients_match_scan_with_dropout_masks_and_state(params, xs):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["fused", "native"])
+def test_the_recurrent_dropout_masks_gradient_equals_autodiffs(params, xs, impl):
+    """A recurrent dropout mask is a differentiable input (a learned per-unit gate, say): the custom VJPs'
+    gradient for it, `[batch, H]` or broadcast from `[H]`, equals autodiff's ("scan")."""
+    mask = lengths_mask([T, 4, 2], T, "pre")
+    rng = np.random.default_rng(0)
+
+    def loss(r, which, reverse):
+        outs, fin = lstm_layer(
+            params, xs, mask=mask, recurrent_dropout_mask=r, reverse=reverse, impl=which
+        )
+        return jnp.sum(jnp.sin(outs)) + jnp.sum(fin.h * fin.c)
+
+    for shape, reverse in (((B, H), False), ((H,), True)):
+        r = jnp.asarray(rng.uniform(0.5, 1.5, shape), jnp.float32)
+        got, want = jax.grad(loss)(r, impl, reverse), jax.grad(loss)(r, "scan", reverse)
+        assert got.shape == shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_every_impl_at_full_xla_optimization(params, xs, impl, full_xla_optimization):
     """The suite compiles at LLVM -O0 (conftest); users' programs get XLA's full optimisation. Here each
