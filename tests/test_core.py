@@ -860,6 +860,18 @@ def test_auto_impl_follows_the_measured_cpu_crossover(monkeypatch):
     assert _resolve_impl("native", None, False, small, dtype=jnp.float64) == "fused"
 
 
+def test_auto_impl_off_the_cpu_is_scan_and_native_is_refused(monkeypatch):
+    """On a GPU or TPU "auto" picks the reference "scan" (the native kernel and per_step's crossover are
+    CPU rules), and an explicit "native" is a ValueError saying why, with remat too (on the CPU it would
+    run "per_step")."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    for hidden, remat in ((32, False), (512, False), (32, True)):
+        assert core._resolve_impl("auto", None, False, hidden, remat=remat) == "scan"
+    for remat in (False, True):
+        with pytest.raises(ValueError, match="it is a CPU kernel .*; use impl='auto'"):
+            core._resolve_impl("native", None, False, 32, remat=remat)
+
+
 def test_per_step_with_return_gates_still_returns_gates():
     params = init_lstm(jax.random.key(0), 3, 4)
     xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
