@@ -462,16 +462,34 @@ def test_bfloat16_compute_is_close_and_state_stays_float32(params, xs):
     assert not np.allclose(outs, ref, atol=1e-7)  # it really ran in bfloat16
 
 
+def test_bfloat16_compute_covers_the_recurrent_and_folded_matmuls(params, xs):
+    """`compute_dtype` runs every matmul in it: the recurrent `h @ recurrent_kernel` (alone here, with a
+    zero input kernel) and a folded embedding's `table @ kernel` (alone, with a zero recurrent kernel)."""
+    recurrent_only = {**params, "kernel": jnp.zeros_like(params["kernel"])}
+    lo, _ = lstm_layer(recurrent_only, xs, compute_dtype=jnp.bfloat16)
+    ref, _ = lstm_layer(recurrent_only, xs, impl="scan")
+    np.testing.assert_allclose(lo, ref, atol=3e-2)
+    assert not np.allclose(lo, ref, rtol=0, atol=1e-6)
+    input_only = {**params, "recurrent_kernel": jnp.zeros_like(params["recurrent_kernel"])}
+    table = jax.random.normal(jax.random.key(5), (9, F))
+    ids = jax.random.randint(jax.random.key(6), (B, T), 0, 9)
+    lo, _ = lstm_layer(input_only, ids, embedding=table, compute_dtype=jnp.bfloat16)
+    ref, _ = lstm_layer(input_only, ids, embedding=table, impl="scan")
+    np.testing.assert_allclose(lo, ref, atol=3e-2)
+    assert not np.allclose(lo, ref, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("impl", (*IMPLS, "auto"))
 def test_bfloat16_parameters_take_float32_inputs_and_dropout_masks(params, xs, impl):
-    """bfloat16 parameters with float32 inputs and a float32 recurrent dropout mask (as
-    `variational_dropout_masks` returns by default): every impl runs them as "scan" does (per_step
-    and auto, which picks per_step for small bfloat16 layers, used to fail on the scan carry's dtype;
-    fused and native on the mask's)."""
+    """bfloat16 parameters with float32 inputs, a float32 recurrent dropout mask (as
+    `variational_dropout_masks` returns by default) and a float32 initial state: every impl runs them as
+    "scan" does (per_step and auto, which picks per_step for small bfloat16 layers, used to fail on the
+    scan carry's dtype; fused and native on the mask's)."""
     p16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
     _, rmask = core.variational_dropout_masks(jax.random.key(2), B, F, H, recurrent_dropout=0.3)
     assert rmask.dtype == jnp.float32
-    for kw in ({}, {"recurrent_dropout_mask": rmask}):
+    state = LSTMState(jnp.full((B, H), 0.1), jnp.full((B, H), -0.2))
+    for kw in ({}, {"recurrent_dropout_mask": rmask}, {"initial_state": state}):
         ref, ref_state = lstm_layer(p16, xs, impl="scan", **kw)
         out, state = lstm_layer(p16, xs, impl=impl, **kw)
         assert out.dtype == state.h.dtype == jnp.bfloat16
