@@ -708,6 +708,8 @@ def test_bidirectional_takes_one_initial_state_per_direction(params, xs):
     np.testing.assert_allclose(out, jnp.concatenate([of, ob], -1), atol=1e-6)
     with pytest.raises(ValueError, match=r"\(forward_state, backward_state\)"):
         core.bidirectional(params, pb, xs, initial_state=sf)
+    with pytest.raises(ValueError, match=r"\(forward_state, backward_state\)"):
+        core.bidirectional(params, pb, xs, initial_state=(sf, sb, sb))  # not the first two
 
 
 def test_bidirectional_takes_none_for_a_directions_zero_state_and_refuses_reverse(params, xs):
@@ -823,6 +825,17 @@ def test_variational_masks_constant_over_time_and_differ_across_sequences(params
     assert none == (None, None)
     with pytest.raises(ValueError, match="dropout"):
         core.variational_dropout_masks(jax.random.key(0), 4, F, H, dropout=1.0)
+
+
+def test_dropout_rates_outside_zero_to_one_are_errors(xs):
+    """A rate of 1 (nothing kept: every output zero) or below 0 (a keep probability above 1) is a
+    ValueError in the variational masks and between stacked layers, not silently run."""
+    for rate in (1.0, -0.1):
+        for kw in ({"dropout": rate}, {"recurrent_dropout": rate}):
+            with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+                core.variational_dropout_masks(jax.random.key(0), 4, F, H, **kw)
+        with pytest.raises(ValueError, match=r"stacked_lstm: dropout_rate must be in \[0, 1\)"):
+            core.stacked_lstm([init_lstm(jax.random.key(0), F, H)], xs, dropout_rate=rate)
 
 
 def test_dropout_rates_are_the_probabilities_of_dropping(xs, monkeypatch):
