@@ -605,6 +605,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
         (2, [0.5, 0.4, 0.45, 0.2], 20, 20),
         (0, [float("nan"), 0.4, 0.45, 0.2], 15, 10),  # never at the first evaluation
         (1, [0.5, 0.5, 0.4, 0.3], 10, 5),  # an equal loss is no improvement (Keras' np.less)
+        (2, [0.5, 0.6, 0.4, 0.45], 20, 15),  # an improvement starts the wait again
     ],
 )
 def test_early_stopping_stops_as_keras(
@@ -690,6 +691,98 @@ def test_improvement_beats_the_best_by_min_delta_in_the_monitored_direction(
     """Keras' EarlyStopping rule: an improvement beats the best by more than `min_delta`, downwards in
     mode "min" and upwards in mode "max"; NaN never improves."""
     assert train_mod._improved(value, best, mode, min_delta) is improved
+
+
+def _scripting(monkeypatch, metric: str, values: list[float]) -> None:
+    """Makes every periodic evaluation of "validation" report the next of `values` as its `metric`."""
+    scripted = iter(values)
+    evaluate = train_mod._Engine.evaluate
+
+    def scripted_evaluate(self, params, split):
+        out = evaluate(self, params, split)
+        return {**out, metric: next(scripted, out[metric])} if split == "validation" else out
+
+    monkeypatch.setattr(train_mod._Engine, "evaluate", scripted_evaluate)
+
+
+@pytest.mark.parametrize(
+    "monitor,mode,values,steps,best_step",
+    [
+        ("val_accuracy", "auto", [0.5, 0.6, 0.55, 0.9], 15, 10),  # "auto" maximises an accuracy
+        ("val_loss", "max", [0.5, 0.6, 0.55, 0.9], 15, 10),  # an explicit mode wins over the name
+        ("val_accuracy", "min", [0.5, 0.4, 0.45, 0.2], 15, 10),
+    ],
+)
+def test_early_stopping_follows_the_monitored_metrics_direction(
+    tmp_path, monkeypatch, monitor, mode, values, steps, best_step
+):
+    """`train.monitor_mode` ("auto": max for accuracy-like names, min otherwise) decides which way an
+    evaluation improves: for the stop and for the best checkpoint (patience 1, scripted values)."""
+    config = ef.base_config(num_epochs=4, monitor=monitor, monitor_mode=mode)  # 5 steps an epoch
+    config.early_stopping.enabled = True
+    config.early_stopping.patience = 1
+    _scripting(monkeypatch, monitor[4:], values)
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == steps and results["stopped_early"]
+    assert results["best_step"] == best_step
+    assert results["metrics"]["best"]["value"] == values[best_step // 5 - 1]
+
+
+def test_a_train_monitor_tracks_the_training_metric_not_the_validation_one(tmp_path, monkeypatch):
+    """`train.monitor` without ``val_`` watches the training average of each evaluation's interval:
+    the best checkpoint is where the training loss was lowest, whatever the validation loss did."""
+    config = ef.base_config(num_epochs=4, monitor="loss")
+    _scripting(monkeypatch, "loss", [0.5, 0.6, 0.7, 0.8])  # validation: best at the first one
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    train_losses = {r["step"]: r["train"]["loss"] for r in results["history"]}
+    best = min(train_losses, key=train_losses.get)
+    assert best != 5  # (the training loss falls on this data)
+    assert results["best_step"] == best
+    assert results["metrics"]["best"]["value"] == train_losses[best]
+
+
+@pytest.mark.parametrize(
+    "restore,val_losses,evaluated",
+    [
+        (True, [0.5, 0.4, 0.45], "best"),  # stops at step 15, the best is step 10's
+        (False, [0.5, 0.4, 0.45], "last"),
+        (True, [0.5, 0.4, 0.3, 0.2], "last"),  # the best is the last: nothing to restore
+    ],
+)
+def test_restore_best_weights_decides_the_weights_of_the_final_evaluation(
+    tmp_path, monkeypatch, restore, val_losses, evaluated
+):
+    """With early stopping, `restore_best_weights` evaluates the best checkpoint at the end when it is
+    not the last one; otherwise the last weights, whose evaluation (the last one in the history) is
+    reused, not done again."""
+    config = ef.base_config(num_epochs=4)  # 5 steps an epoch
+    config.early_stopping.enabled = True
+    config.early_stopping.patience = 1
+    config.early_stopping.restore_best_weights = restore
+    _scripting(monkeypatch, "loss", val_losses)
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["steps"] == 5 * len(val_losses)
+    assert results["metrics"]["evaluated_weights"] == evaluated
+    final = results["metrics"]["final"]["validation"]
+    kinds = [r["kind"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
+    if evaluated == "last":
+        assert final == results["history"][-1]["validation"]  # the scripted loss, reused
+        assert "final_validation" not in kinds
+    else:
+        assert final["loss"] not in val_losses  # evaluated again, on the best weights
+        assert "final_validation" in kinds
+
+
+def test_without_early_stopping_the_last_weights_are_evaluated(tmp_path, monkeypatch):
+    """`restore_best_weights` belongs to early stopping: with it off (the default) the final evaluation
+    is of the last weights, though a best checkpoint is kept (for --mode=eval) before the last one."""
+    config = ef.base_config(num_epochs=3)
+    assert not config.early_stopping.enabled and config.early_stopping.restore_best_weights
+    _scripting(monkeypatch, "loss", [0.5, 0.4, 0.45])
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    assert results["best_step"] == 10 and results["steps"] == 15
+    assert results["metrics"]["evaluated_weights"] == "last"
+    assert results["metrics"]["final"]["validation"] == results["history"][-1]["validation"]
 
 
 def test_outputs_in_the_workdir_and_a_finished_rerun_changes_nothing(tmp_path):
