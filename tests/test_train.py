@@ -558,12 +558,18 @@ def _poisoned_task(config, poison_from_step):
     return task
 
 
-def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
-    config = ef.base_config(num_epochs=3)
+@pytest.mark.parametrize(
+    "poison_from_step", [7, 8]
+)  # the error names the first bad step of a record
+def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, poison_from_step):
+    config = ef.base_config(
+        num_epochs=3
+    )  # a record every 2 steps: at step 8, after 1 or 2 bad steps
     with pytest.raises(UserError) as err:
-        train_and_evaluate(config, str(tmp_path), _poisoned_task(config, poison_from_step=8))
+        train_and_evaluate(config, str(tmp_path), _poisoned_task(config, poison_from_step))
     message = str(err.value)
-    assert "step 8" in message and "learning_rate" in message and "clip_norm" in message
+    assert f"at step {poison_from_step} (epoch 2," in message
+    assert "learning_rate" in message and "clip_norm" in message
     assert "\n" not in message
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]
     assert not (tmp_path / "results.json").exists()
@@ -1264,6 +1270,53 @@ def test_examples_per_second_leave_out_the_evaluations_and_checkpoints(tmp_path,
     records = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
     assert [r["step"] for r in records] == [5, 10]
     assert [r["examples_per_s"] for r in records] == [8.0, 8.0]  # 40 examples in 5 s each
+
+
+def test_train_records_and_the_history_average_every_step_of_their_interval(tmp_path):
+    """Each train record averages the steps since the previous one (sums and counts, reset after each
+    record), and the history's train averages cover every step since the previous evaluation: the
+    count-weighted mean of the train records in between."""
+    config = ef.base_config(num_epochs=2)  # 5 steps an epoch of 8 examples, a record every 2 steps
+    results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    records = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"]
+    assert [r["step"] for r in records] == [2, 4, 5, 6, 8, 10]
+    assert [r["count"] for r in records] == [16, 16, 8, 8, 16, 16]
+    for evaluation, interval in zip(results["history"], (records[:3], records[3:]), strict=True):
+        assert evaluation["train"]["count"] == 40
+        for name in ("loss", "accuracy"):
+            mean = sum(r[name] * r["count"] for r in interval) / 40
+            assert evaluation["train"][name] == pytest.approx(mean, rel=1e-5)
+
+
+def test_each_train_record_logs_the_learning_rate_its_last_step_trained_with(tmp_path):
+    """Under a schedule, the record of step s logs the rate step s was trained with: `schedule(s - 1)`
+    (the first step trains at `optimizer.learning_rate`, the schedule's value after 0 updates)."""
+    config = ef.base_config(num_epochs=1, log_every_steps=1)  # 5 steps
+    config.optimizer.schedule = "cosine"
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    rates = [
+        r["learning_rate"]
+        for r in read_jsonl(str(tmp_path / "metrics.jsonl"))
+        if r["kind"] == "train"
+    ]
+    schedule = optim.make_schedule(config.optimizer, 5)
+    assert rates[0] == pytest.approx(0.02)
+    assert rates == pytest.approx([float(schedule(s)) for s in range(5)])
+
+
+def test_the_wall_time_of_a_resumed_run_adds_up_its_sessions(tmp_path, monkeypatch):
+    """results.json's `wall_time_s` of a run resumed from a checkpoint is the time trained up to that
+    checkpoint plus the resumed session's, not the last session's alone (a second of the test's clock
+    per step; the time between the sessions is not counted)."""
+    clock = _tick_a_second_per_step(monkeypatch)
+    config = ef.base_config(num_epochs=2)  # 5 steps an epoch
+    straight = train_and_evaluate(config, str(tmp_path / "a"), ef.classification_task(config))
+    assert straight["wall_time_s"] == 10.0
+    with pytest.raises(KeyboardInterrupt):  # in step 8: the checkpoint of step 5 holds 5 s
+        train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config, stop_at=7))
+    clock[0] += 500.0
+    resumed = train_and_evaluate(config, str(tmp_path / "b"), ef.classification_task(config))
+    assert resumed["wall_time_s"] == 10.0
 
 
 def test_a_run_saved_before_a_field_resumes_only_with_its_default(tmp_path):
