@@ -495,6 +495,31 @@ def test_resume_mid_epoch_restores_the_carried_state(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+def test_the_carry_starts_at_zero_each_epoch_and_evaluation_and_runs_on_between(tmp_path):
+    """A task's carry (truncated BPTT) is reset to zeros at the start of every epoch and of every
+    evaluation, and each batch starts from the state the batch before it ended in, in training and in
+    evaluation: a metric reporting the size of the carry each batch starts from shows both."""
+
+    def loss_reporting_the_carry(model, batch, *, key, train, carry):
+        loss, (sums, new_carry) = ef.lm_loss(model, batch, key=key, train=train, carry=carry)
+        per_row = jnp.abs(carry[0]).mean(axis=-1) * batch["targets"].shape[1]  # count: tokens
+        return loss, (dict(sums, carried=jnp.sum(batch["weight"] * per_row)), new_carry)
+
+    config = ef.base_config(num_epochs=2, log_every_steps=1)
+    config.model.classes = 12
+    task = dataclasses.replace(ef.lm_task(config, length=200), loss_fn=loss_reporting_the_carry)
+    assert task.steps_per_epoch == 4
+    results = train_and_evaluate(config, str(tmp_path), task)
+    carried = [
+        r["carried"] for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "train"
+    ]
+    assert len(carried) == 8
+    assert [c == 0 for c in carried] == [True, False, False, False] * 2
+    # An evaluation's 4 batches: the first from zeros, the others from the states before them.
+    for record in results["history"]:
+        assert record["validation"]["carried"] > 0
+
+
 def test_same_seed_gives_identical_runs(tmp_path):
     config = ef.base_config(num_epochs=1)
     r1 = train_and_evaluate(config, str(tmp_path / "1"), ef.classification_task(config))
