@@ -1366,6 +1366,63 @@ def test_a_run_saved_before_a_field_resumes_only_with_its_default(tmp_path):
     assert (tmp_path / "config.json").read_text() == before
 
 
+def test_a_task_with_no_whole_batch_an_epoch_is_a_user_error(tmp_path):
+    """Fewer training examples than one batch (with drop_remainder) is a UserError naming the batch
+    size, and leaves no run directory behind."""
+    config = ef.base_config(num_epochs=1)  # batch size 8
+    task = ef.classification_task(config, train=ef.classification_data(5))
+    assert task.steps_per_epoch == 0
+    with pytest.raises(UserError, match=r"gives 0 batches per epoch; .*batch_size \(now 8\)"):
+        train_and_evaluate(config, str(tmp_path / "run"), task)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_epoch_shorter_than_the_task_declared_is_a_user_error(tmp_path):
+    """`train_batches` ending before `steps_per_epoch` batches is a UserError naming both (a task bug),
+    not an endless loop asking the task for the rest of the epoch."""
+    config = ef.base_config(num_epochs=2)
+    task = ef.classification_task(config)  # 5 batches an epoch
+    inner = task.train_batches
+
+    def train_batches(epoch, start):
+        if start:  # the rest of an epoch that ended early: would never come
+            raise AssertionError(f"asked for epoch {epoch} from batch {start}")
+        return inner(epoch, start)
+
+    task = dataclasses.replace(task, steps_per_epoch=6, train_batches=train_batches)
+    with pytest.raises(
+        UserError, match=r"epoch 1 ended after 5 batches but the task declared steps_per_epoch=6"
+    ):
+        train_and_evaluate(config, str(tmp_path), task)
+
+
+def test_an_evaluation_split_without_batches_is_a_user_error(tmp_path):
+    config = ef.base_config(num_epochs=1)
+    task = ef.classification_task(config)
+    task = dataclasses.replace(
+        task, eval_batches={**task.eval_batches, "validation": lambda: iter(())}
+    )
+    with pytest.raises(UserError, match=r"the 'validation' split gave no evaluation batches"):
+        train_and_evaluate(config, str(tmp_path), task)
+
+
+def test_early_stopping_on_a_validation_metric_without_a_validation_split_is_a_user_error(tmp_path):
+    """Early stopping watching `val_<metric>` in a run that evaluates no validation split could never
+    stop: a UserError naming the fixes before anything is written. Without early stopping the run
+    trains, keeping no best checkpoint (the latest is used)."""
+    config = ef.base_config(num_epochs=1)
+    config.early_stopping.enabled = True
+    task = dataclasses.replace(ef.classification_task(config), periodic_eval=())
+    with pytest.raises(
+        UserError, match=r"monitor='val_loss', but this run has no validation split"
+    ):
+        train_and_evaluate(config, str(tmp_path), task)
+    assert not (tmp_path / "config.json").exists()
+    config.early_stopping.enabled = False
+    results = train_and_evaluate(config, str(tmp_path), task)
+    assert results["steps"] == 5 and results["metrics"]["best"] is None
+
+
 def test_drop_remainder_must_be_a_bool():
     fields = ef.base_config().to_dict()
     fields["train"]["drop_remainder"] = "no"  # as a hand-edited config.json could hold it
