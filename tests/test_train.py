@@ -446,7 +446,7 @@ def test_a_signal_just_after_results_json_is_written_leaves_the_run_finished(
 ):
     """A signal between writing results.json and marking the run done said "results.json was not
     written" (exit 130/143) of a run whose results were whole on disk; now the run returns them, and the
-    signal is only logged."""
+    signal is only logged (a second one too: it does not stop the finished run at once)."""
     from lstm_jax import train as train_module
 
     config = ef.base_config(num_epochs=1)
@@ -455,6 +455,7 @@ def test_a_signal_just_after_results_json_is_written_leaves_the_run_finished(
     def write_then_signal(path, obj, *args, **kwargs):
         write(path, obj, *args, **kwargs)
         if os.path.basename(path) == "results.json":
+            signal.raise_signal(sig)
             signal.raise_signal(sig)
 
     monkeypatch.setattr(train_module, "write_json", write_then_signal)
@@ -1465,6 +1466,12 @@ def test_shuffled_batches_resume_and_depend_only_on_seed_and_epoch():
         np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(epoch_permutation(3, 2, 23), epoch_permutation(3, 2, 23))
     assert not np.array_equal(epoch_permutation(3, 2, 23), epoch_permutation(3, 3, 23))
+    # Each epoch (and each seed) has its own order.
+    for other in ({"seed": 3, "epoch": 3}, {"seed": 4, "epoch": 2}):
+        again = list(shuffled_batches(data, 5, **other))
+        assert not np.array_equal(
+            np.concatenate([b["x"] for b in full]), np.concatenate([b["x"] for b in again])
+        )
 
 
 def test_padded_batches_cover_every_example_once():
