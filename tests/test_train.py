@@ -584,13 +584,11 @@ def _poisoned_task(config, poison_from_step):
     return task
 
 
-@pytest.mark.parametrize(
-    "poison_from_step", [7, 8]
-)  # the error names the first bad step of a record
+# The error names the first bad step of a record (a record every 2 steps: at step 8, after 1 or 2
+# bad steps).
+@pytest.mark.parametrize("poison_from_step", [7, 8])
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, poison_from_step):
-    config = ef.base_config(
-        num_epochs=3
-    )  # a record every 2 steps: at step 8, after 1 or 2 bad steps
+    config = ef.base_config(num_epochs=3)
     with pytest.raises(UserError) as err:
         train_and_evaluate(config, str(tmp_path), _poisoned_task(config, poison_from_step))
     message = str(err.value)
