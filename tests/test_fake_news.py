@@ -135,6 +135,13 @@ def test_splits_follow_the_tutorial(tmp_path):
     labels = np.arange(60) % 2
     np.testing.assert_array_equal(a["test"]["label"], labels[test_idx])
     np.testing.assert_array_equal(a["validation"]["label"], labels[train_full[-8:]])
+    # max_train_examples: a prefix of the training part; validation and test stay as they are.
+    config = _config(path)
+    config.data.max_train_examples = 5
+    few = clf.prepare_data(config).arrays
+    np.testing.assert_array_equal(few["train"]["label"], labels[train_full[:5]])
+    for split in ("validation", "test"):
+        np.testing.assert_array_equal(few[split]["label"], a[split]["label"])
 
 
 def test_validation_split_rounds_as_keras(tmp_path):
@@ -378,6 +385,52 @@ def test_liar_metadata_tokens_and_labels(tmp_path):
     )
     assert clf.num_outputs(_liar_config(folder, "binary")) == 1
     assert clf.num_outputs(config) == 6
+
+
+def test_meta_tokens_normalise_values_and_drop_empty_ones():
+    """A value is lowercased with its whitespace runs made single spaces (as the same speaker written
+    with two spaces in a CSV cell is one token); an empty value or subject gives no token."""
+    row = {"speaker": "  Barack   Obama ", "state_info": "  ", "subject": "Economy,, jobs ,"}
+    assert clf._meta_tokens(row, ["speaker", "state_info", "context", "subject"]) == [
+        "speaker=barack obama",
+        "subject=economy",
+        "subject=jobs",
+    ]
+
+
+def test_liar_vocabularies_come_from_the_training_split_and_the_baseline_reads_the_metadata(
+    tmp_path,
+):
+    """A word or metadata value seen only in the test split is out of vocabulary (both vocabularies are
+    fitted on the training statements); the TF-IDF baseline's texts are the metadata tokens then the
+    statement, as the model's inputs; max_train_examples keeps a prefix of the training file only."""
+    folder = make_liar(tmp_path / "liar")
+    test_csv = folder / "liar_test.csv"
+    test_csv.write_text(
+        test_csv.read_text()
+        .replace("Says ", "Zyzzyva says ", 1)
+        .replace("speaker-0", "speaker-new")
+    )
+    config = _liar_config(folder)
+    prepared = clf.prepare_data(config)
+    enc = prepared.encoder
+    assert "zyzzyva" not in enc.vocab.token_to_id
+    assert "speaker=speaker-new" not in enc.meta_vocab.token_to_id
+    assert "speaker=speaker-0" in enc.meta_vocab.token_to_id
+    raw, _ = data_lib.load_liar(str(folder))
+    train = raw["train"]
+    meta = clf._meta_tokens({f: train[f][0] for f in config.data.metadata}, config.data.metadata)
+    assert "speaker=speaker-0" in meta
+    assert prepared.texts["train"][0] == " ".join([*meta, train["statement"][0]])
+    config.data.max_train_examples = 10
+    few = clf.prepare_data(config)
+    assert few.arrays["train"]["label"].tolist() == prepared.arrays["train"]["label"][:10].tolist()
+    assert len(few.arrays["validation"]["label"]) == len(prepared.arrays["validation"]["label"])
+    # Without metadata, meta_vocab_size is not read (the fix the meta_vocab_size error names).
+    config = _liar_config(folder)
+    config.data.metadata = ()
+    config.data.meta_vocab_size = 2
+    assert clf.prepare_data(config).encoder.meta_vocab is None
 
 
 def test_liar_bad_verdict(tmp_path):
