@@ -527,6 +527,9 @@ def test_predict_inputs_and_meta_flags():
         clf.parse_meta(["speaker"])
     with pytest.raises(UserError, match=r"--meta=subject=\.\.\. is given twice"):
         clf.parse_meta(["subject=economy", "subject=jobs"])
+    with pytest.raises(UserError, match=r"--meta==x: expected field=value"):
+        clf.parse_meta(["=x"])
+    assert clf.parse_meta([" speaker =x"]) == {"speaker": "x"}
     fields = clf._input_fields
     assert fields("A plain {braced} text", 1) == {"text": "A plain {braced} text"}
     assert fields('{"statement": "Says so.", "speaker": "x"}', 1) == {
@@ -561,6 +564,11 @@ def test_predict_inputs_and_meta_flags():
         {"speaker": "x"},
     )
     assert compose(liar, {"text": "Says so."}, 1) == ("Says so.", {})
+    # "statement" is the statement; a "text" beside it is left as a field (refused as metadata later).
+    assert compose(liar, {"statement": "Says so.", "text": "Other"}, 1) == (
+        "Says so.",
+        {"text": "Other"},
+    )
     with pytest.raises(
         UserError, match=r'input 2: a JSON input needs the statement under "statement"'
     ):
@@ -577,6 +585,87 @@ def test_predict_inputs_and_meta_flags():
     assert compose(imdb, {"text": "A review"}, 1) == ("A review", {})
     with pytest.raises(UserError, match=r"its JSON inputs take text"):
         compose(imdb, {"review": "A review"}, 1)
+
+
+def _liar_encoder() -> clf.TextEncoder:
+    """A LIAR encoder with metadata (speaker, party_affiliation), fitted on one made-up row."""
+    vocab = text.Vocabulary(num_words=20, oov_token="[UNK]", standardize="imdb", lower=True)
+    vocab.fit(["says the budget is right"])
+    meta_vocab = text.Vocabulary(
+        num_words=20, oov_token="[UNK]", standardize="none", split=clf._META_SEP
+    )
+    meta_vocab.fit([clf._META_SEP.join(["speaker=a", "party_affiliation=b"])])
+    return clf.TextEncoder(
+        dataset="liar",
+        class_names=("real", "fake"),
+        maxlen=8,
+        padding="pre",
+        truncating="pre",
+        vocab=vocab,
+        vocab_size=20,
+        meta_vocab=meta_vocab,
+        meta_fields=("speaker", "party_affiliation"),
+    )
+
+
+def test_predict_a_json_field_overrides_the_meta_flag(monkeypatch, capsys):
+    """--meta gives every text its fields; a JSON input's own field wins over the flag's."""
+    from lstm_jax import cli
+
+    given = {}
+
+    def predict_with(encoder, workdir, texts, config=None, meta=None):
+        given["texts"], given["meta"] = list(texts), list(meta)
+        return [{"text": t, "label": "real", "probability": 0.9, "tokens": 3} for t in texts]
+
+    monkeypatch.setattr(clf, "_load_encoder", lambda workdir: _liar_encoder())
+    monkeypatch.setattr(clf, "_predict_with", predict_with)
+    inputs = ['{"statement": "Says so", "speaker": "a"}', "Says the budget"]
+    monkeypatch.setattr(cli, "_POSITIONAL", inputs)
+    clf.predict(None, "w", meta=["speaker=z", "party_affiliation=b"])
+    assert given["texts"] == ["Says so", "Says the budget"]
+    assert given["meta"] == [
+        {"speaker": "a", "party_affiliation": "b"},
+        {"speaker": "z", "party_affiliation": "b"},
+    ]
+    assert "speaker=z" in capsys.readouterr().err  # a value the vocabulary lacks is named
+
+
+def test_the_mask_reaches_the_model_only_where_the_config_masks_it(tmp_path, monkeypatch):
+    """The fake-news tutorial runs its LSTM over the padding (config.data.mask=False): the reports'
+    logits (`_split_logits`) and predict get no mask then, as training had none; with mask=True they
+    get the encoder's."""
+    masks = []
+
+    def logits(model, ids, mask, batch_size=256, quantum=0):
+        masks.append(mask)
+        return np.zeros(len(ids), np.float32)
+
+    monkeypatch.setattr(clf, "predict_logits", logits)
+    monkeypatch.setattr(clf, "restore_model", lambda config, workdir, build: (None, 1))
+    config = _config(tmp_path / "a.csv")
+    assert config.data.mask is False
+    encoder = clf.TextEncoder(
+        dataset="fake_news",
+        class_names=clf.FAKE_CLASSES,
+        maxlen=6,
+        padding="pre",
+        truncating="pre",
+        stopwords=["the"],
+        num_buckets=16,
+    )
+    ids, mask = encoder(["Senate budget passed", "hoax"])
+    arr = {"ids": ids, "mask": mask, "label": np.array([0, 1])}
+    clf._split_logits(None, arr, config)
+    out = clf._predict_with(encoder, "w", ["Senate budget passed"], config)
+    assert masks == [None, None] and out[0]["tokens"] == 3
+    config.data.mask = True
+    clf._split_logits(None, arr, config)
+    clf._predict_with(encoder, "w", ["Senate budget passed"], config)
+    np.testing.assert_array_equal(masks[2], mask)
+    np.testing.assert_array_equal(masks[3], mask[:1])
+    with pytest.raises(UserError, match="no texts to classify"):
+        clf._predict_with(encoder, "w", [], config)
 
 
 def test_predict_mode_with_meta_flag_and_json_inputs(tmp_path, monkeypatch, capsys):
