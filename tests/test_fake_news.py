@@ -433,6 +433,23 @@ def test_liar_vocabularies_come_from_the_training_split_and_the_baseline_reads_t
     assert clf.prepare_data(config).encoder.meta_vocab is None
 
 
+def test_eval_reencodes_with_the_configs_label_set_and_dataset(tmp_path):
+    """`_reencode` (eval, and ensemble members predicting again) reads LIAR's labels of the run's label
+    set (binary: real/fake), and refuses an encoder of another dataset."""
+    folder = make_liar(tmp_path / "liar")
+    config = _liar_config(folder, "binary")
+    prepared = clf.prepare_data(config)
+    labels = {s: prepared.arrays[s]["label"].copy() for s in ("validation", "test")}
+    clf._reencode(prepared, prepared.encoder, config)
+    for split, y in labels.items():
+        np.testing.assert_array_equal(prepared.arrays[split]["label"], y)
+    imdb = clf.TextEncoder(
+        dataset="imdb", class_names=("neg", "pos"), maxlen=8, padding="post", truncating="post"
+    )
+    with pytest.raises(UserError, match="trained on imdb but config.data.dataset is liar"):
+        clf._reencode(prepared, imdb, config)
+
+
 def test_liar_bad_verdict(tmp_path):
     folder = make_liar(tmp_path / "liar")
     p = folder / "liar_valid.csv"
@@ -666,6 +683,29 @@ def test_the_mask_reaches_the_model_only_where_the_config_masks_it(tmp_path, mon
     np.testing.assert_array_equal(masks[3], mask[:1])
     with pytest.raises(UserError, match="no texts to classify"):
         clf._predict_with(encoder, "w", [], config)
+
+
+def test_saved_stopwords_are_those_of_a_run_to_resume_only(tmp_path):
+    """A workdir with checkpoints resumes with the stopwords of its preprocess.json; one without (a
+    run stopped before its first checkpoint: it starts again) takes this environment's."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    encoder = clf.TextEncoder(
+        dataset="fake_news",
+        class_names=clf.FAKE_CLASSES,
+        maxlen=6,
+        padding="pre",
+        truncating="pre",
+        stopwords=["the", "of"],
+        stopwords_source="nltk:/x",
+        num_buckets=16,
+    )
+    (workdir / clf.PREPROCESS_FILE).write_text(json.dumps(encoder.to_dict()))
+    assert clf.saved_stopwords(str(workdir)) is None
+    (workdir / "checkpoints").mkdir()
+    assert clf.saved_stopwords(str(workdir)) is None
+    (workdir / "checkpoints" / "4").mkdir()
+    assert clf.saved_stopwords(str(workdir)) == (["of", "the"], "nltk:/x")
 
 
 def test_predict_mode_with_meta_flag_and_json_inputs(tmp_path, monkeypatch, capsys):
