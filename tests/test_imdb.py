@@ -108,6 +108,13 @@ def test_split_vocab_and_padding(tmp_path):
     # The data info records provenance and counts for results.json.
     assert prepared.info["source"] == str(acl)
     assert prepared.info["test"]["examples"] == 49
+    # max_train_examples: a prefix of the shuffled training split; validation and test untouched.
+    config.data.max_train_examples = 10
+    few = clf.prepare_data(config)
+    np.testing.assert_array_equal(few.arrays["train"]["label"], a["train"]["label"][:10])
+    assert few.texts["train"] == prepared.texts["train"][:10]
+    for split in ("validation", "test"):
+        assert few.texts[split] == prepared.texts[split]
 
 
 def test_the_seed_orders_the_training_batches_not_the_held_out_reviews(tmp_path):
@@ -130,6 +137,12 @@ def test_encoder_round_trip(tmp_path):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(UserError, match="not a preprocessing file"):
         clf.TextEncoder.from_dict({"format": "other"})
+    # Padding and truncating sides that differ come back each as it was.
+    enc.padding, enc.truncating = "pre", "post"
+    back = clf.TextEncoder.from_dict(enc.to_dict())
+    assert (back.padding, back.truncating) == ("pre", "post")
+    for x, y in zip(enc(texts), back(texts), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_bad_config_and_data(tmp_path):
@@ -143,6 +156,7 @@ def test_bad_config_and_data(tmp_path):
     with pytest.raises(UserError, match=r"config\.model\.token_dropout=1\.0 is not a dropout rate"):
         clf.build_model(config, nnx.Rngs(0))
     for field, value in (
+        ("maxlen", 0),  # once "every train text of imdb is empty", blaming the data
         ("validation_fraction", 0.0),
         ("validation_fraction", 1.0),
         ("bucket_quantum", -1),
@@ -154,10 +168,11 @@ def test_bad_config_and_data(tmp_path):
             clf.prepare_data(config)  # each once went on silently or named no field
         assert str(err.value).startswith(f"config.data.{field}={value} must be"), err.value
         assert f"--config.data.{field}=" in str(err.value)
-    config = _config(acl)
-    config.data.vocab_size = 1  # once named Vocabulary's internal num_words
-    with pytest.raises(UserError, match=r"^config\.data\.vocab_size=1 leaves no id for a word"):
-        clf.prepare_data(config)
+    for size in (1, 2):  # 1 once named Vocabulary's internal num_words; 2 read every word as OOV
+        config = _config(acl)
+        config.data.vocab_size = size
+        with pytest.raises(UserError, match=rf"^config\.data\.vocab_size={size} leaves no id for"):
+            clf.prepare_data(config)
     config = _config(acl)
     config.data.vocab_size = 100000  # ids beyond the embedding are impossible by construction...
     assert clf.embedding_rows(config) == 100000
@@ -282,6 +297,8 @@ def test_predict_labels_as_the_engines_accuracy_counts(trained, monkeypatch):
     """A logit just above 0 rounds to p = 0.5, a tie of the two probabilities: predict names the class
     the engine's accuracy and the reports count (logit > 0: positive), not the first of the tie."""
     _, workdir, _ = trained
+    # A logit of exactly 0 is not positive (losses.binary_metric_sums: logit > 0).
+    assert clf.predicted_classes(np.array([0.0, -0.0, 1e-30], np.float32)).tolist() == [0, 0, 1]
     monkeypatch.setattr(
         clf, "predict_logits", lambda *a, **k: np.array([1e-8, -1e-8, 2.0], np.float32)
     )
