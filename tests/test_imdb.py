@@ -704,6 +704,21 @@ def test_keeping_the_remainder_trains_every_review_once_an_epoch(trained, tmp_pa
     ef.assert_padding_rows_change_nothing(task.loss_fn, model, short)
 
 
+def test_bucketed_batches_hold_similar_lengths_in_a_shuffled_order():
+    """Within a chunk the examples are sorted by length before they are cut into batches (so the
+    batches hold similar lengths and little padding), and the batches come in a shuffled order (not
+    shortest first)."""
+    arrays = _lengths_fixture()
+    batches = list(
+        clf.bucketed_batches(arrays, 8, seed=3, epoch=1, start=0, quantum=1, chunk_batches=100)
+    )
+    lengths = [b["mask"].sum(1) for b in batches]
+    by_length = sorted(lengths, key=lambda x: x.min())
+    for shorter, longer in zip(by_length, by_length[1:], strict=False):
+        assert shorter.max() <= longer.min()
+    assert [x.min() for x in lengths] != [x.min() for x in by_length]
+
+
 def test_bucketed_batches_can_keep_the_remainder():
     arrays = _lengths_fixture()
     kw = dict(seed=3, epoch=1, start=0, quantum=8, chunk_batches=3, drop_remainder=False)
