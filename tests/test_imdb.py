@@ -832,6 +832,113 @@ def test_ensemble_mode(trained, tmp_path):
     assert clf.ensemble(None, str(tmp_path / "ens"), [str(workdir), str(other)]) == out
 
 
+def _saved_member(path: Path, config, probabilities, labels, step: int = 7) -> str:
+    """A finished run's workdir as `ensemble` reads it without a model: its config.json and the
+    saved probabilities and labels of its checkpoint `step` (tests patch `checkpoint_step`)."""
+    config_utils.save_config(config, path)
+    arrays = {"step": np.asarray(step, np.int64)}
+    for split in labels:
+        arrays[f"{split}_probabilities"] = probabilities[split]
+        arrays[f"{split}_labels"] = labels[split]
+    np.savez(path / clf.PREDICTIONS_FILE, **arrays)
+    return str(path)
+
+
+def test_ensemble_averages_the_members_probabilities(tmp_path, monkeypatch):
+    """The ensemble's class is the argmax of the mean of its members' probabilities (here right on
+    every example where the most confident member, or the majority, is wrong on half of them); each
+    member's accuracy is its own; a member whose saved labels differ, or trained on another split, is
+    refused."""
+    acl = make_acl_imdb(tmp_path)
+    config = _config(acl)
+    prepared = clf.prepare_data(config)
+    labels = {s: prepared.arrays[s]["label"] for s in ("validation", "test")}
+    monkeypatch.setattr(clf, "checkpoint_step", lambda config, workdir: 7)
+    # The three members' probability of the true class, on even rows / odd rows.
+    right = np.array([[0.05, 0.8, 0.8], [0.45, 0.45, 0.99]])
+
+    def probabilities(k):
+        out = {}
+        for split, y in labels.items():
+            p_true = right[np.arange(len(y)) % 2, k]
+            p_pos = np.where(y == 1, p_true, 1.0 - p_true)
+            out[split] = np.stack([1.0 - p_pos, p_pos], axis=-1).astype(np.float32)
+        return out
+
+    members = [
+        _saved_member(tmp_path / f"m{k}", config, probabilities(k), labels) for k in range(3)
+    ]
+    out = clf.ensemble(None, str(tmp_path / "ens"), members)
+    assert [m["probabilities"] for m in out["members"]] == ["saved"] * 3
+    for split, y in labels.items():
+        assert out["reports"][split]["accuracy"] == 1.0
+        for k, member in enumerate(out["members"]):
+            own = float((probabilities(k)[split].argmax(-1) == y).mean())
+            assert member[split] == pytest.approx(own)
+    assert [m["test"] for m in out["members"]][0] == 0.0
+    flipped = {s: 1 - y for s, y in labels.items()}
+    bad = _saved_member(tmp_path / "bad", config, probabilities(1), flipped)
+    with pytest.raises(UserError, match=r"bad: the validation labels differ from the first member"):
+        clf.ensemble(None, str(tmp_path / "ens_bad"), [members[0], bad])
+    for field, value in (("validation_fraction", 0.5), ("split_seed", 7)):
+        other = _config(acl)
+        other.data[field] = value
+        moved = _saved_member(tmp_path / field, other, probabilities(1), labels)
+        with pytest.raises(UserError, match="different data split"):
+            clf.ensemble(None, str(tmp_path / "ens_bad"), [members[0], moved])
+
+
+def test_ensemble_members_without_saved_probabilities_read_with_their_own_preprocessing(
+    tmp_path, monkeypatch
+):
+    """A member that must predict again (no saved probabilities) encodes the texts with its own
+    preprocess.json (here a shorter maxlen than the first member's), not the first member's."""
+    acl = make_acl_imdb(tmp_path)
+    config = _config(acl)
+    prepared = clf.prepare_data(config)
+    splits = ("validation", "test")
+    labels = {s: prepared.arrays[s]["label"] for s in splits}
+    monkeypatch.setattr(clf, "checkpoint_step", lambda config, workdir: 7)
+    half = {s: np.full((len(y), 2), 0.5, np.float32) for s, y in labels.items()}
+    first = _saved_member(tmp_path / "first", config, half, labels)
+    own = _config(acl)
+    own.data.maxlen = 5
+    encoder = clf.prepare_data(own).encoder
+    member = tmp_path / "own"
+    config_utils.save_config(own, member)
+    (member / clf.PREPROCESS_FILE).write_text(json.dumps(encoder.to_dict()))
+    seen = []
+
+    def split_logits(model, arr, config):
+        seen.append(arr["ids"])
+        return np.zeros(len(arr["ids"]), np.float32)
+
+    monkeypatch.setattr(clf, "restore_model", lambda config, workdir, build: (None, 7))
+    monkeypatch.setattr(clf, "_split_logits", split_logits)
+    out = clf.ensemble(None, str(tmp_path / "ens"), [first, str(member)])
+    assert [m["probabilities"] for m in out["members"]] == ["saved", "predicted"]
+    for split, ids in zip(splits, seen, strict=True):
+        np.testing.assert_array_equal(ids, encoder(prepared.texts[split])[0])
+
+
+def test_ensemble_members_given_one_folder_by_other_paths_share_their_split(tmp_path, monkeypatch):
+    """The data path of a member is compared as the folder it names: relative or absolute, with a
+    trailing slash or ~, it is the same split; another folder is not."""
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+
+    def signature(path):
+        config = _config(Path("."))
+        config.data.path = path
+        return clf._split_signature(config)
+
+    same = [signature(p) for p in ("data", "data/", str(home / "data"), "~/data", "./x/../data")]
+    assert all(s == same[0] for s in same)
+    assert signature(str(tmp_path)) != same[0]
+
+
 def test_ensemble_of_runs_on_the_same_data_found_or_given(trained, tmp_path, monkeypatch):
     """A member that read the data from $LSTM_JAX_DATA (data.path "") and one given the same folder
     (--config.data.path) trained on the same split: the ensemble takes them (it refused them as on a
