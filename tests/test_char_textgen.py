@@ -82,6 +82,53 @@ def test_window_starts_match_the_tutorial_loop():
     assert char_lm.window_starts(4, 4, 1).tolist() == []
 
 
+def test_windows_predict_the_character_after_them_and_the_split_is_a_cut(tmp_path):
+    """Window `s` is `ids[s : s + T]` and its target the character after it (not its own last one);
+    the validation text is the file's tail and the training text all before it, no character in both."""
+    lay = char_lm._windows(np.arange(10, dtype=np.int32), np.array([0, 3]), 4)
+    np.testing.assert_array_equal(lay["inputs"], [[0, 1, 2, 3], [3, 4, 5, 6]])
+    np.testing.assert_array_equal(lay["targets"], [4, 7])
+    path = _write_text(tmp_path / "t.txt", lines=20)
+    splits, info = char_lm.load_splits(_window_config(path))
+    text = path.read_text(encoding="utf-8")
+    assert splits["train"] + splits["validation"] == text
+    assert len(splits["validation"]) == round(len(text) * 0.1) == info["validation_chars"]
+
+
+def test_a_validation_text_shorter_than_a_window_and_its_target_is_refused(tmp_path):
+    """12 validation characters hold no window of 12 and the character after it: an error naming the
+    fix, not an evaluation over no windows."""
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefghij" * 24, encoding="utf-8")
+    config = _window_config(path)
+    config.data.validation_fraction = 0.05  # 12 characters
+    with pytest.raises(UserError, match="validation text has 12 characters, too few to evaluate"):
+        char_lm.make_task(config)
+    config.data.validation_fraction = 0.1
+    assert char_lm.make_task(config).data_info["validation_windows"] == 12
+
+
+def test_a_window_model_reads_its_prime_s_last_window_padded_with_spaces(monkeypatch):
+    """A prime shorter than the window is pre-padded with spaces (not id 0, here a newline); a longer
+    one gives its last `seq_length` characters."""
+    seen = []
+
+    def windowed(model, window, num_steps, **kwargs):
+        seen.append(np.asarray(window).tolist())
+        return np.zeros((len(window), num_steps), np.int32)
+
+    monkeypatch.setattr(char_lm.generate, "generate_windowed", windowed)
+    vocab = char_lm.build_vocabulary({"train": "ab\ncd e"}, False)
+    space = vocab.token_to_id[" "]
+    assert space != 0
+    config = _window_config(Path("unused.txt"))
+    assert config.data.seq_length == 12
+    char_lm.generate_text(None, vocab, config, "ab", 3, num_samples=2)
+    char_lm.generate_text(None, vocab, config, "abcde" * 3, 3)
+    assert seen[0] == [[space] * 10 + vocab.encode("ab")] * 2
+    assert seen[1] == [vocab.encode(("abcde" * 3)[-12:])]
+
+
 def test_stream_layout_scores_every_character_once():
     ids = np.arange(1, 24, dtype=np.int32)  # 23 ids -> 22 (input, target) pairs
     lay = char_lm.stream_layout(ids, streams=3, seq_length=4)
@@ -250,6 +297,25 @@ def test_generate_from_workdir_alone_is_deterministic_when_greedy(stream_run):
     other.model.hidden_sizes = (5,)
     c = char_lm.generate_samples(other, str(workdir), prime="to be ", length=30, temperature=0.0)
     assert c["texts"] == a["texts"]
+
+
+def test_the_sampling_seed_reaches_the_sampler_and_picks_the_saved_prime(stream_run, monkeypatch):
+    """--sample_seed (`seed`) seeds the sampling and, without a prime, picks which saved training
+    window primes it; left out, it is the run's config.seed."""
+    config, workdir, _ = stream_run
+    primes = load_artefact(str(workdir), char_lm.PRIMES_FILE)["primes"]
+    assert len({char_lm._saved_prime(primes, seed) for seed in range(20)}) > 1
+    calls = []
+
+    def generate_text(model, vocab, config, prime, length, **kwargs):
+        calls.append((prime, kwargs["seed"]))
+        return ["x"]
+
+    monkeypatch.setattr(char_lm, "generate_text", generate_text)
+    for seed in range(4):
+        char_lm.generate_samples(None, str(workdir), seed=seed)
+    char_lm.generate_samples(None, str(workdir))
+    assert calls == [(char_lm._saved_prime(primes, s), s) for s in (0, 1, 2, 3, config.seed)]
 
 
 def test_generate_needs_nothing_but_the_workdir(stream_run, tmp_path, monkeypatch):
