@@ -120,6 +120,44 @@ def test_line_epochs_are_resumable_and_bucketed(tmp_path):
     assert total == task.data_info["validation_targets"]
 
 
+def test_line_epochs_sort_lines_by_length_and_shuffle_the_batches():
+    """An epoch's batches hold lines of similar length (sorted before they are cut, so little
+    padding) and come in a shuffled order, not shortest first; every line once (remainder kept)."""
+    rng = np.random.default_rng(0)
+    lines = [[2] * int(n) for n in rng.integers(2, 40, 70)]
+    batches = word_lm._line_epoch(lines, 8, 3, 1, (8, 16, 39), drop_remainder=False)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(70))
+    lengths = [np.asarray([len(lines[i]) for i in b]) for b in batches]
+    by_length = sorted(lengths, key=lambda x: x.min())
+    for shorter, longer in zip(by_length, by_length[1:], strict=False):
+        assert shorter.max() <= longer.min()
+    assert [x.min() for x in lengths] != [x.min() for x in by_length]
+
+
+def test_max_len_is_that_of_the_longest_line_of_either_split(tmp_path):
+    """The longest description lies in the validation split: max_len (the prefixes' width, the last
+    bucket) is still its length, and both forms score every validation target."""
+    path = _write_csv(tmp_path / "f.csv")
+    config = _config(path)
+    seqs, _, _ = word_lm.load_lines(config)
+    fraction, split_seed = float(config.data.validation_fraction), int(config.data.split_seed)
+    _, val_idx = data.train_test_split(len(seqs), fraction, split_seed)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows[1 + val_idx[0]][1] = " ".join(["red shirt"] * 20)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    for form in word_lm.FORMS:
+        config = _config(path, form=form)
+        task = word_lm.make_task(config)
+        assert config.data.max_len == task.data_info["max_len"] == 40
+        scored = 0.0
+        for b in task.eval_batches["validation"]():
+            w = b["weight"] if form == "prefixes" else b["weight"][:, None] * b["tmask"]
+            scored += float(w.sum())
+        assert scored == task.data_info["validation_targets"]
+
+
 def test_the_seed_orders_the_training_batches_not_the_validation_lines(tmp_path):
     path = _write_csv(tmp_path / "f.csv")
 
@@ -317,6 +355,18 @@ def test_generation_stops_at_a_non_word(lines_run):
     model.head.bias[...] = jnp.asarray(bias)
     words, _ = word_lm.generate_words(model, vocab, config, "red", 5)
     assert words == ""
+
+
+def test_generation_stops_at_the_first_non_word(monkeypatch):
+    """The words after an id that is no word (0) are dropped with it: the tutorial's loop stops there."""
+    vocab = Vocabulary.from_texts(["red shirt has sleeves"])
+    red, shirt = vocab.token_to_id["red"], vocab.token_to_id["shirt"]
+    out = lambda *args, **kwargs: np.array([[shirt, 0, red]], np.int32)  # noqa: E731
+    monkeypatch.setattr(word_lm.generate, "generate_stateful", out)
+    monkeypatch.setattr(word_lm.generate, "generate_windowed", out)
+    for form in word_lm.FORMS:
+        config = _config(Path("unused.csv"), form=form, max_len=10)
+        assert word_lm.generate_words(None, vocab, config, "red", 3) == ("shirt", [])
 
 
 def test_line_model_reads_the_last_max_len_minus_1_words_as_the_tutorial(lines_run):
