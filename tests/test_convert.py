@@ -383,3 +383,84 @@ def test_from_flax_refuses_other_activations_and_other_weights():
         from_flax(gru)
     with pytest.raises(ValueError, match="dense_h holds no bias"):
         from_flax(nnx.state(gru, nnx.Param))
+
+
+def test_from_torch_lstm_bidirectional_forward_direction_is_the_forward_weights():
+    """Each pair is (forward, backward): the forward direction was not checked against the equations."""
+    rng = np.random.default_rng(11)
+    sd = _torch_state_dict(rng, 3, 4, layers=2, bidirectional=True)
+    pairs = from_torch_lstm(sd)
+    assert len(pairs) == 2
+    for k, (pf, pb) in enumerate(pairs):
+        np.testing.assert_array_equal(pf["kernel"], sd[f"weight_ih_l{k}"].T)
+        np.testing.assert_array_equal(pb["kernel"], sd[f"weight_ih_l{k}_reverse"].T)
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    out_f, _ = lstm_layer(pairs[0][0], jnp.asarray(x))
+    np.testing.assert_allclose(out_f, _torch_reference(sd, x)[0], atol=1e-5)
+
+
+def test_from_torch_without_biases_and_with_a_projection():
+    """`nn.LSTM(bias=False)` has no bias_* keys (a zero bias); `proj_size > 0` is refused by name."""
+    rng = np.random.default_rng(12)
+    sd = _torch_state_dict(rng, 3, 4)
+    no_bias = {k: v for k, v in sd.items() if not k.startswith("bias")}
+    p = from_torch(no_bias)
+    np.testing.assert_array_equal(p["bias"], np.zeros(16))
+    np.testing.assert_array_equal(p["recurrent_kernel"], sd["weight_hh_l0"].T)
+    proj = {**sd, "weight_hh_l0": sd["weight_hh_l0"][:, :2], "weight_hr_l0": np.zeros((2, 4))}
+    with pytest.raises(ValueError, match="proj_size > 0 are not supported"):
+        from_torch(proj)
+
+
+def test_from_torch_refuses_weights_of_different_hidden_sizes():
+    """weight_ih [4H', in] beside weight_hh [4H, H] (layers mixed up) is refused, not imported."""
+    sd = {"weight_ih_l0": np.zeros((12, 3)), "weight_hh_l0": np.zeros((8, 2))}
+    with pytest.raises(ValueError, match=r"from_torch: inconsistent shapes weight_ih \(12, 3\)"):
+        from_torch(sd)
+
+
+def test_importers_return_float32_from_float64_arrays():
+    """The core's parameters are float32 whatever the source dtype (NumPy float64 here), under
+    jax_enable_x64 too (where jnp.asarray alone would keep float64)."""
+    rng = np.random.default_rng(13)
+    sd = {k: v.astype(np.float64) for k, v in _torch_state_dict(rng, 3, 4).items()}
+    keras_w = [np.zeros((3, 16)), np.zeros((4, 16)), np.zeros(16)]
+    with jax.enable_x64(True):
+        for p in (from_torch(sd), from_keras(keras_w)):
+            assert {a.dtype for a in p.values()} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(3, 16), (4, 16), (16, 1)],
+        [(3, 16), (4, 16), (12,)],
+        [(3, 12), (4, 16), (16,)],
+    ],
+)
+def test_from_keras_refuses_a_bias_or_kernel_of_another_width(shapes):
+    with pytest.raises(ValueError, match="from_keras: inconsistent shapes"):
+        from_keras([np.zeros(s) for s in shapes])
+
+
+def test_from_flax_params_mappings():
+    """A dense_i bias is added to dense_h's; a gate_fn other than sigmoid and mismatched shapes are
+    refused."""
+    from flax import nnx
+
+    from lstm_jax import from_flax
+
+    rng = np.random.default_rng(14)
+    d = {
+        "dense_i": {"kernel": rng.normal(size=(3, 16)), "bias": rng.normal(size=16)},
+        "dense_h": {"kernel": rng.normal(size=(4, 16)), "bias": rng.normal(size=16)},
+    }
+    np.testing.assert_allclose(
+        from_flax(d)["bias"], d["dense_i"]["bias"] + d["dense_h"]["bias"], rtol=1e-6
+    )
+    bad = {**d, "dense_i": {**d["dense_i"], "kernel": np.zeros((3, 12))}}
+    with pytest.raises(ValueError, match=r"from_flax: inconsistent shapes kernel \(3, 12\)"):
+        from_flax(bad)
+    cell = nnx.OptimizedLSTMCell(3, 4, gate_fn=jax.nn.hard_sigmoid, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="sigmoid / tanh"):
+        from_flax(cell)
