@@ -268,7 +268,14 @@ def from_flax(cell_or_params: Any) -> Params:
             )
         bias = _np(params["dense_h"]["bias"])
         if "bias" in params["dense_i"]:
-            bias = bias + _np(params["dense_i"]["bias"])
+            bias_i = _np(params["dense_i"]["bias"])
+            if bias_i.shape != bias.shape:
+                # Summed, a [4H, 1] one broadcast into [4H, 4H], another length was NumPy's error.
+                raise ValueError(
+                    f"from_flax: dense_i bias has shape {bias_i.shape}, dense_h's {bias.shape};"
+                    " expected both [4H]"
+                )
+            bias = bias + bias_i
     elif all(f"h{g}" in params for g in _FLAX_GATES):  # LSTMCell (NNX, Linen), Linen's Optimized
         names = {g: f"i{g}" for g in _FLAX_GATES}
         if "if_" in params:

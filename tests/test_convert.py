@@ -464,3 +464,19 @@ def test_from_flax_params_mappings():
     cell = nnx.OptimizedLSTMCell(3, 4, gate_fn=jax.nn.hard_sigmoid, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="sigmoid / tanh"):
         from_flax(cell)
+
+
+def test_from_flax_names_a_dense_i_bias_of_another_shape():
+    """A dense_i bias was added to dense_h's before any shape check: a [12] one beside a [16] one was
+    NumPy's unnamed "operands could not be broadcast", a [16, 1] one broadcast to [16, 16]."""
+    from lstm_jax import from_flax
+
+    for shape in [(12,), (16, 1)]:
+        d = {
+            "dense_i": {"kernel": np.zeros((3, 16)), "bias": np.zeros(shape)},
+            "dense_h": {"kernel": np.zeros((4, 16)), "bias": np.zeros(16)},
+        }
+        with pytest.raises(
+            ValueError, match=r"from_flax: dense_i bias has shape .*, dense_h's \(16,\)"
+        ):
+            from_flax(d)
