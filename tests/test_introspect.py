@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from lstm_jax.introspect import (
@@ -54,3 +55,37 @@ def test_language_model_gates_and_heatmap(tmp_path):
     path = tmp_path / "gates.png"
     plot_gate_heatmaps("abcdefghij\nk", gates[0], [0, 3], str(path))
     assert path.stat().st_size > 1000
+
+
+def test_text_features_nesting_lines_and_whitespace():
+    """Nested parentheses stay inside until the outer one closes; a stray ")" does not open a region;
+    every line's speaker (not its indentation) is marked; tabs and newlines are whitespace."""
+    f = text_features("((a)b)c")
+    assert f["inside_parentheses"].tolist() == [1, 1, 1, 1, 1, 1, 0]
+    f = text_features(")(a)b")
+    assert f["inside_parentheses"].tolist() == [0, 1, 1, 1, 0]
+    text = "  Banq. Good\n\tMacb. Say"
+    f = text_features(text)
+    assert f["speaker_name"][:2].tolist() == [0, 0] and f["speaker_name"][2:7].all()
+    m = text.index("Macb")
+    assert f["speaker_name"][m - 1] == 0 and f["speaker_name"][m : m + 5].all()
+    assert f["speaker_name"].sum() == 10
+    assert f["line_start"][0] == 1 and f["line_start"].sum() == 2
+    assert f["whitespace"][text.index("\n")] == 1 and f["whitespace"][m - 1] == 1
+
+
+def test_top_cells_rank_by_absolute_correlation_and_keep_k():
+    corr = {"f": np.array([0.1, -0.9, 0.5, 0.0])}
+    assert top_cells(corr, k=2) == {"f": [(1, -0.9), (2, 0.5)]}
+    assert len(top_cells(corr, k=1)["f"]) == 1
+
+
+def test_correlations_refuse_a_feature_of_another_length():
+    with pytest.raises(ValueError, match=r"feature 'f' has 3 steps, states have 4"):
+        cell_feature_correlations(np.zeros((4, 2)), {"f": np.zeros(3)})
+
+
+def test_language_model_gates_refuses_a_bidirectional_stack():
+    m = LanguageModel(10, (4,), rngs=nnx.Rngs(0), embed_dim=3, bidirectional=True)
+    with pytest.raises(ValueError, match="only unidirectional LSTM stacks"):
+        language_model_gates(m, jnp.zeros((1, 5), jnp.int32))
