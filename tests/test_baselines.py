@@ -304,3 +304,75 @@ def test_labels_outside_the_class_names_are_an_error_naming_the_split(monkeypatc
     ):
         baselines.tfidf_logreg(bad, ["neg", "pos"])
     assert fits == []
+
+
+def _three_way_splits():
+    """90 texts of 3 classes, noisy enough that validation accuracy differs between the Cs."""
+    rng = np.random.default_rng(1)
+    words = GOOD + BAD + [f"w{i}" for i in range(30)]
+    labels = rng.integers(0, 3, size=90)
+    texts = [
+        " ".join(rng.choice(words, size=rng.integers(3, 40))) + f" {'GOOD' if y else 'BAD'} x{y}"
+        for y in labels
+    ]
+    return {
+        "train": (texts[:60], labels[:60]),
+        "validation": (texts[60:75], labels[60:75]),
+        "test": (texts[75:], labels[75:]),
+    }
+
+
+def test_c_is_chosen_from_the_default_grid_on_validation_and_the_metrics_are_sklearns():
+    """`selection` holds the validation accuracy of every C of the default grid, the best (the first
+    of ties) is chosen, and each split reports sklearn's accuracy and macro F1 of its predictions;
+    without a validation split the training split selects and the settings say so."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    splits = _three_way_splits()
+    vec = TfidfVectorizer(
+        ngram_range=(1, 2), min_df=2, sublinear_tf=True, token_pattern=r"(?u)\b\w+\b"
+    )
+    x_train = vec.fit_transform(splits["train"][0])
+    y_train = splits["train"][1]
+    x_val, y_val = vec.transform(splits["validation"][0]), splits["validation"][1]
+    expected, on_train, clfs = {}, {}, {}
+    for c in (0.25, 1.0, 4.0, 16.0):
+        clfs[c] = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
+        expected[str(c)] = float((clfs[c].predict(x_val) == y_val).mean())
+        on_train[str(c)] = float((clfs[c].predict(x_train) == y_train).mean())
+    assert expected != on_train
+    result = baselines.tfidf_logreg(splits, ["a", "b", "c"])
+    assert result["selection"] == expected
+    assert result["settings"]["selected_on"] == "validation"
+    assert result["chosen_C"] == float(max(expected, key=expected.get))
+    for s, (texts, y) in splits.items():
+        pred = clfs[result["chosen_C"]].predict(vec.transform(texts))
+        assert result["splits"][s]["accuracy"] == pytest.approx(accuracy_score(y, pred))
+        assert result["splits"][s]["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    no_validation = {s: splits[s] for s in ("train", "test")}
+    result = baselines.tfidf_logreg(no_validation, ["a", "b", "c"], c_grid=(0.25, 16.0))
+    assert result["settings"]["selected_on"] == "train"
+    assert result["selection"] == {k: on_train[k] for k in ("0.25", "16.0")}
+
+
+def test_the_settings_are_the_ones_the_vectorizer_used():
+    """Single-character words are tokens; ngram_range and max_features reach the vectorizer and the
+    settings; 50 training texts keep min_df (under 50 it is 1)."""
+    tiny = {"train": (["a b", "b c", "c a d"], np.array([0, 1, 0]))}
+    unigrams = baselines.tfidf_logreg(tiny, ["neg", "pos"], ngram_range=(1, 1))
+    assert unigrams["settings"]["vocabulary"] == 4
+    assert unigrams["settings"]["ngram_range"] == [1, 1]
+    capped = baselines.tfidf_logreg(tiny, ["neg", "pos"], max_features=2)
+    assert capped["settings"]["vocabulary"] == 2 and capped["settings"]["max_features"] == 2
+    assert baselines.tfidf_logreg(_splits(n=50), ["neg", "pos"])["settings"]["min_df"] == 2
+
+
+@pytest.mark.parametrize("bad_label", [-1, 2])
+def test_labels_just_outside_the_class_ids_are_refused(bad_label):
+    splits = _splits()
+    texts, labels = splits["train"]
+    bad = {**splits, "train": (texts, np.where(np.arange(len(labels)) == 0, bad_label, labels))}
+    with pytest.raises(ValueError, match=r"'train' split has labels in .* but 2 class_names"):
+        baselines.tfidf_logreg(bad, ["neg", "pos"])
