@@ -376,3 +376,17 @@ def test_labels_just_outside_the_class_ids_are_refused(bad_label):
     bad = {**splits, "train": (texts, np.where(np.arange(len(labels)) == 0, bad_label, labels))}
     with pytest.raises(ValueError, match=r"'train' split has labels in .* but 2 class_names"):
         baselines.tfidf_logreg(bad, ["neg", "pos"])
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '{"chosen_C": 1.0}'])
+def test_a_cache_entry_that_is_not_a_result_is_fitted_again(tmp_path, content):
+    """Valid JSON that is not a stored result (no "splits") is a miss, not returned nor a TypeError."""
+    splits = _splits()
+    baselines.cached_tfidf_logreg(splits, ["neg", "pos"], c_grid=(1.0,), directory=str(tmp_path))
+    (entry,) = tmp_path.iterdir()
+    entry.write_text(content)
+    again = baselines.cached_tfidf_logreg(
+        splits, ["neg", "pos"], c_grid=(1.0,), directory=str(tmp_path)
+    )
+    assert "cached" not in again and again["splits"]["test"]["accuracy"] >= 0.9
+    assert json.loads(entry.read_text())["chosen_C"] == 1.0
