@@ -417,6 +417,13 @@ def test_from_torch_refuses_weights_of_different_hidden_sizes():
     sd = {"weight_ih_l0": np.zeros((12, 3)), "weight_hh_l0": np.zeros((8, 2))}
     with pytest.raises(ValueError, match=r"from_torch: inconsistent shapes weight_ih \(12, 3\)"):
         from_torch(sd)
+    # weight_hh not [4H, H] (a GRU's [3H, H], say)
+    sd = {"weight_ih_l0": np.zeros((9, 3)), "weight_hh_l0": np.zeros((9, 3))}
+    with pytest.raises(ValueError, match=r"from_torch: inconsistent shapes .*\(9, 3\)"):
+        from_torch(sd)
+    # A missing layer names the keys there are.
+    with pytest.raises(KeyError, match=r"'weight_ih_l1' not in the state dict \(keys: \["):
+        from_torch(sd, layer=1)
 
 
 def test_importers_return_float32_from_float64_arrays():
