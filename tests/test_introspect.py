@@ -38,8 +38,10 @@ def test_correlations_find_the_planted_cell():
     states = rng.normal(size=(500, 8))
     states[:, 5] = feat * 2 + 0.1 * rng.normal(size=500)
     states[:, 2] = 1.0  # a constant cell gets correlation 0, not NaN
-    corr = cell_feature_correlations(states, {"f": feat})
+    corr = cell_feature_correlations(states, {"f": feat, "constant": np.ones(500)})
     assert corr["f"][2] == 0.0
+    # So does every cell for a constant feature.
+    np.testing.assert_array_equal(corr["constant"], np.zeros(8))
     best = top_cells(corr, k=2)["f"]
     assert best[0][0] == 5 and best[0][1] > 0.99
 
