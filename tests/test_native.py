@@ -811,6 +811,30 @@ def test_the_cache_key_follows_jaxlib_and_its_ffi_headers_not_jax(tmp_path, monk
     assert _cached_library_name(monkeypatch) != newer_jaxlib
 
 
+def test_the_cache_key_follows_the_source_compiler_march_and_cpu(tmp_path, monkeypatch):
+    """A changed kernel source, another compiler, another `LSTM_JAX_NATIVE_MARCH` or another CPU each
+    name another cached library: the old one was compiled from other code or for another instruction set
+    (loading it would run stale code, or die of SIGILL)."""
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LSTM_JAX_NATIVE_MARCH", raising=False)
+    base = _cached_library_name(monkeypatch)
+    names = {base}
+    source = tmp_path / "lstm_cpu.cc"
+    source.write_bytes(native._SOURCE.read_bytes() + b"\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "_SOURCE", source)
+        names.add(_cached_library_name(patch))
+    names.add(_cached_library_name(monkeypatch, ("clang++",)))
+    with monkeypatch.context() as patch:
+        patch.setenv("LSTM_JAX_NATIVE_MARCH", "x86-64-v3")
+        names.add(_cached_library_name(patch))
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "_cpu_signature", lambda: "another CPU")
+        names.add(_cached_library_name(patch))
+    assert len(names) == 5
+    assert _cached_library_name(monkeypatch) == base
+
+
 def _host_application(tmp_path):
     """A stand-in for an embedded Python's `sys.executable` (uwsgi, an application hosting Python): not an
     interpreter, and started with any arguments it runs until killed."""
