@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -256,6 +257,26 @@ def test_unsigned_ids_outside_the_table_do_not_wrap_into_it(monkeypatch):
     np.testing.assert_array_equal(
         native.scatter_rows(dz, flat, v), jnp.zeros((v, 8)).at[flat].add(dz, mode="drop")
     )
+
+
+def test_int64_ids_count_from_the_end_and_never_wrap_into_the_table():
+    """Ids of a dtype wider than int32 (numpy int64) name the rows that `jnp.take` and XLA's scatter-add
+    name: `-1` the last row, `-V` the first; `2**32 + 1` and `-2**32 - 1` none (not rows 1 and -1)."""
+    v, g = 5, 3
+    ids64 = np.array([1, -1, -5, 2**32 + 1, -(2**32) - 1, 4], np.int64)
+    same = jnp.array([1, -1, -5, v, v, 4], jnp.int32)
+    dz = jax.random.normal(jax.random.key(0), (ids64.size, g))
+    want = jnp.zeros((v, g)).at[same].add(dz, mode="drop")
+    np.testing.assert_array_equal(native.scatter_rows(dz, ids64, v), want)
+    h = 2
+    table = jax.random.normal(jax.random.key(1), (v, 4 * h))
+    args = (jnp.ones((1, 6)), jnp.zeros((6, h)), jnp.zeros((6, h)), jnp.ones((6, h)), False)
+    rk, bias = jnp.zeros((h, 4 * h)), jnp.zeros(4 * h)
+    got = native.forward_ids(rk, bias, table, ids64[None], *args)
+    ref = native.forward_ids(rk, bias, table, same[None], *args)
+    for a, r in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(a, r)
+    assert np.isfinite(got[1][0, :3]).all() and np.isnan(got[1][0, 3:5]).all()
 
 
 @pytest.mark.parametrize("impl", ["scan", "fused", "native"])
@@ -833,6 +854,42 @@ def test_the_cache_key_follows_the_source_compiler_march_and_cpu(tmp_path, monke
         names.add(_cached_library_name(patch))
     assert len(names) == 5
     assert _cached_library_name(monkeypatch) == base
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", " OFF "])
+def test_every_spelling_of_off_turns_the_kernel_off(value, monkeypatch):
+    # `_load` uncached: the documented values, any case, with spaces, turn it off before any build.
+    monkeypatch.setenv("LSTM_JAX_NATIVE", value)
+    monkeypatch.setattr(native, "build", lambda: pytest.fail("built although turned off"))
+    assert native._load.__wrapped__() == "turned off by LSTM_JAX_NATIVE"
+
+
+def test_a_stopped_compiler_step_takes_its_children_with_it(tmp_path):
+    # A step run past its limit is killed as a process group: a child it started (clang under zig) is
+    # killed too, not left running (and holding the output pipes) after the build gave up.
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        "open(sys.argv[1], 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    with pytest.raises(subprocess.TimeoutExpired):
+        native._run([sys.executable, "-c", script, str(pid_file)], 2.0)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (Linux /proc)."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
 
 
 def _host_application(tmp_path):
