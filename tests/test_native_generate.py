@@ -270,3 +270,6 @@ def test_models_the_kernel_does_not_cover_fall_back_or_say_why(monkeypatch):
     generate_stateful(m, prime, 5, impl="native")  # greedy needs no noise
     with pytest.raises(ValueError, match="noise of shape"):
         native.generate(*_direct_inputs(m, 2), 5, temperature=1.0)
+    # noise of another shape (here transposed, as many floats) is refused, not read as [steps, B, V]
+    with pytest.raises(ValueError, match="noise of shape"):
+        native.generate(*_direct_inputs(m, 2), 5, temperature=1.0, noise=jnp.zeros((2, 5, 70)))
