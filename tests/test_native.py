@@ -412,17 +412,21 @@ def test_stats_time_each_call_kind_and_shape():
             acts, outs, hT, cT, hc = native.forward(rk, bias, zx, mask, h0, c0, ones, False, 2)
             jax.block_until_ready(native.backward(rk, acts, hc, mask, dout, hT, cT, ones, False, 2))
         jax.block_until_ready(native.forward_x(kernel, rk, bias, xs, mask, h0, c0, ones, False, 1))
+        # with the weight gradients: a second product of the same size per step
+        wg = native.backward(rk, acts, hc, mask, dout, hT, cT, ones, False, 2, weight_grads=True)
+        jax.block_until_ready(wg)
     by_kind = {c["kind"]: c for c in calls}
-    assert sorted(by_kind) == ["backward", "forward", "forward_x"]
-    for kind, n, threads, width in (
-        ("forward", 3, 2, h),
-        ("backward", 3, 2, h),
-        ("forward_x", 1, 1, f + h),
+    assert sorted(by_kind) == ["backward", "backward+wg", "forward", "forward_x"]
+    for kind, n, threads, width, products in (
+        ("forward", 3, 2, h, 1),
+        ("backward", 3, 2, h, 1),
+        ("backward+wg", 1, 2, h, 2),
+        ("forward_x", 1, 1, f + h, 1),
     ):
         c = by_kind[kind]
         assert (c["T"], c["B"], c["H"], c["F"] + h) == (t, b, h, width)
         assert c["calls"] == n
-        assert c["matmul_flops"] == 2.0 * t * b * width * 4 * h * n
+        assert c["matmul_flops"] == 2.0 * t * b * width * 4 * h * n * products
         assert 0 < c["matmul"] <= c["steps"]
         assert 0 < c["wall"] < 60
         assert c["helpers"] == n * (threads - 1)
