@@ -758,6 +758,17 @@ def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch)
     assert target.read_bytes() == library.read_bytes()
 
 
+def test_a_library_that_does_not_load_falls_back_with_the_reason(tmp_path, monkeypatch):
+    # dlopen's OSError (a library for another architecture, a missing dependency) makes the kernel
+    # unavailable, with dlopen's message as the reason and one warning, instead of raising at first use.
+    junk = _write(tmp_path / "junk.so", b"not a shared library")
+    monkeypatch.setattr(native, "build", lambda: junk)
+    monkeypatch.delenv("LSTM_JAX_NATIVE", raising=False)
+    monkeypatch.delenv("LSTM_JAX_NATIVE_MARCH", raising=False)
+    reason = native._load.__wrapped__()
+    assert reason and "junk.so" in reason
+
+
 def test_a_cached_library_with_a_corrupt_header_is_not_intact(tmp_path):
     # A program-header entry size too small to hold p_filesz made the check itself raise struct.error.
     import struct
@@ -771,6 +782,15 @@ def test_a_cached_library_with_a_corrupt_header_is_not_intact(tmp_path):
     )  # e_phentsize 1 (an Elf64_Phdr is 56), e_phnum
     assert not native._intact(_write(tmp_path / "bad.so", bytes(bad)))
     assert not native._intact(_write(tmp_path / "empty.so", b""))
+    # Section headers inside the file (none: stripped) but a segment's bytes past its end: cut short.
+    cut = bytearray(b"\x7fELF\x02\x01" + bytes(4096))
+    struct.pack_into("<QQ", cut, 0x20, 64, 0)
+    struct.pack_into("<HHHH", cut, 0x36, 56, 1, 0, 0)
+    struct.pack_into("<QQ", cut, 64 + 8, 0, 0)  # p_offset, p_vaddr
+    struct.pack_into("<Q", cut, 64 + 32, len(cut) + 1)  # p_filesz: one byte more than the file
+    assert not native._intact(_write(tmp_path / "cut.so", bytes(cut)))
+    struct.pack_into("<Q", cut, 64 + 32, len(cut))  # the whole file: intact
+    assert native._intact(_write(tmp_path / "whole.so", bytes(cut)))
 
 
 def _write(path, data: bytes):
