@@ -475,6 +475,27 @@ def test_x86_builds_keep_512_bit_vectors(monkeypatch):
         assert native._vector_flags() == want
 
 
+def test_zig_gets_its_cpu_names_and_baseline_link_other_compilers_neither(tmp_path, monkeypatch):
+    """zig names CPU models with underscores (`x86_64_v3`) and links its libc++ for the baseline CPU;
+    gcc and clang take `-march=x86-64-v3` and no `-mcpu` (gcc on x86 rejects `-mcpu=baseline`)."""
+    seen = {}
+
+    def record(cmd, flags, link_flags, include, target):
+        seen[cmd[-1]] = (flags, link_flags)
+        return "recorded"
+
+    monkeypatch.setattr(native, "_compile", record)
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("LSTM_JAX_NATIVE_MARCH", "x86-64-v3")
+    for cmd in (["/opt/zig/zig", "c++"], ["g++"]):
+        with pytest.raises(RuntimeError, match="recorded"):
+            native.build(cmd)
+    zig_flags, zig_link = seen["c++"]
+    gcc_flags, gcc_link = seen["g++"]
+    assert "-march=x86_64_v3" in zig_flags and "-mcpu=baseline" in zig_link
+    assert "-march=x86-64-v3" in gcc_flags and not any(f.startswith("-mcpu") for f in gcc_link)
+
+
 @pytest.mark.parametrize("delay_us", [400, 200_000])
 def test_a_late_helper_takes_over_mid_sequence_with_the_same_results(monkeypatch, delay_us):
     """A helper task that starts late (XLA's pool busy) claims a row block from the step the caller has
