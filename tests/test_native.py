@@ -752,13 +752,33 @@ def test_rows_read_by_id_under_vmap_per_example_gradients(monkeypatch):
 
 def test_a_failed_build_names_the_compiler_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path))
-    with pytest.raises(RuntimeError, match="could not compile the native LSTM kernel"):
-        native.build([sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
+    # the compiler's own complaint (its stderr, not only its command line) is in the message
+    with pytest.raises(
+        RuntimeError, match="could not compile the native LSTM kernel:\n.*: no compiler here$"
+    ):
+        native.build([sys.executable, "-c", "import sys; sys.exit('no compiler ' + 'here')"])
     # No half-written library or object file is left in the cache (only the build's lock file).
     assert [p.name for p in tmp_path.iterdir() if p.suffix != ".lock"] == []
     monkeypatch.setattr(native, "_compilers", lambda: [])
     with pytest.raises(RuntimeError, match="pip install ziglang"):
         native.build()
+
+
+def test_lstm_jax_cxx_comes_first_and_a_failing_compiler_falls_through(tmp_path, monkeypatch):
+    # $LSTM_JAX_CXX (split into words) is tried before zig and c++; a compiler that fails is followed by
+    # the next candidate instead of ending the build.
+    monkeypatch.setenv("LSTM_JAX_CXX", " my-cxx --target=x ")
+    assert native._compilers()[0] == ["my-cxx", "--target=x"]
+    library = native.build()
+    copier = tmp_path / "copy_compiler.py"
+    copier.write_text(
+        "import shutil, sys\n"
+        f"shutil.copyfile({str(library)!r}, sys.argv[sys.argv.index('-o') + 1])\n"
+    )
+    failing = [sys.executable, "-c", "import sys; sys.exit('no compiler here')"]
+    monkeypatch.setattr(native, "_compilers", lambda: [failing, [sys.executable, str(copier)]])
+    monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path / "cache"))
+    assert native.build().read_bytes() == library.read_bytes()
 
 
 def test_a_truncated_cached_library_is_rebuilt_not_loaded(tmp_path, monkeypatch):
