@@ -957,6 +957,24 @@ def _running(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
+def test_only_linux_x86_64_and_aarch64_build_the_kernel(monkeypatch):
+    # `_load` uncached: another system or architecture is refused before any build (the kernel's
+    # vector code is x86 and ARM only); Linux aarch64 goes on to build.
+    def no_build():
+        raise RuntimeError("build attempted")
+
+    monkeypatch.delenv("LSTM_JAX_NATIVE", raising=False)
+    monkeypatch.setattr(native, "build", no_build)
+    for system, machine, reason in (
+        ("Linux", "riscv64", "not built for Linux riscv64"),
+        ("Darwin", "x86_64", "not built for Darwin x86_64"),
+        ("Linux", "aarch64", "build attempted"),
+    ):
+        monkeypatch.setattr(native.platform, "system", lambda s=system: s)
+        monkeypatch.setattr(native.platform, "machine", lambda m=machine: m)
+        assert native._load.__wrapped__() == reason
+
+
 def _host_application(tmp_path):
     """A stand-in for an embedded Python's `sys.executable` (uwsgi, an application hosting Python): not an
     interpreter, and started with any arguments it runs until killed."""
