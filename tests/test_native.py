@@ -463,6 +463,28 @@ def test_fma_peak_bounds_the_kernels_own_matmul():
     assert peak >= 0.9 * best_matmul, (peak, best_matmul)
 
 
+def test_the_fma_peak_sums_its_threads_and_keeps_the_best_round(monkeypatch):
+    """The machine's peak is the sum of the threads' rates (the best of `repeats` rounds), with each
+    thread timing `seconds`; here with a stand-in for the kernel's timing loop."""
+    import threading
+
+    rates = iter([1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 4.0, 4.0, 4.0])
+    lock = threading.Lock()
+    asked = []
+
+    class Lib:
+        @staticmethod
+        def lstm_jax_native_fma_gflops(seconds):
+            with lock:
+                asked.append(seconds)
+                return next(rates)
+
+    native._require()
+    monkeypatch.setattr(native, "_LIB", Lib)
+    assert native.fma_peak_gflops(threads=3, seconds=0.01, repeats=3) == 60.0
+    assert asked == [0.01] * 9
+
+
 def test_x86_builds_keep_512_bit_vectors(monkeypatch):
     """clang's tuning for Intel's AVX-512 CPUs splits 512-bit vectors in two unless asked not to; the
     build asks on x86 and passes nothing elsewhere (gcc on other architectures rejects the flag)."""
@@ -823,6 +845,8 @@ def test_a_cached_library_with_a_corrupt_header_is_not_intact(tmp_path):
     )  # e_phentsize 1 (an Elf64_Phdr is 56), e_phnum
     assert not native._intact(_write(tmp_path / "bad.so", bytes(bad)))
     assert not native._intact(_write(tmp_path / "empty.so", b""))
+    # cut short inside the ELF header itself: not intact (no struct.error)
+    assert not native._intact(_write(tmp_path / "short.so", good[:32]))
     # Section headers inside the file (none: stripped) but a segment's bytes past its end: cut short.
     cut = bytearray(b"\x7fELF\x02\x01" + bytes(4096))
     struct.pack_into("<QQ", cut, 0x20, 64, 0)
