@@ -789,16 +789,19 @@ def test_a_failed_build_names_the_compiler_and_the_fix(tmp_path, monkeypatch):
 def test_lstm_jax_cxx_comes_first_and_a_failing_compiler_falls_through(tmp_path, monkeypatch):
     # $LSTM_JAX_CXX (split into words) is tried before zig and c++; a compiler that fails is followed by
     # the next candidate instead of ending the build.
+    library = native.build()
     monkeypatch.setenv("LSTM_JAX_CXX", " my-cxx --target=x ")
     assert native._compilers()[0] == ["my-cxx", "--target=x"]
-    library = native.build()
     copier = tmp_path / "copy_compiler.py"
     copier.write_text(
         "import shutil, sys\n"
         f"shutil.copyfile({str(library)!r}, sys.argv[sys.argv.index('-o') + 1])\n"
     )
     failing = [sys.executable, "-c", "import sys; sys.exit('no compiler here')"]
-    monkeypatch.setattr(native, "_compilers", lambda: [failing, [sys.executable, str(copier)]])
+    # and a compiler that is not there at all (a stale $LSTM_JAX_CXX)
+    missing = [str(tmp_path / "no-such-cxx")]
+    compilers = [missing, failing, [sys.executable, str(copier)]]
+    monkeypatch.setattr(native, "_compilers", lambda: compilers)
     monkeypatch.setenv("LSTM_JAX_NATIVE_CACHE", str(tmp_path / "cache"))
     assert native.build().read_bytes() == library.read_bytes()
 
