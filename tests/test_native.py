@@ -967,7 +967,7 @@ def test_a_stopped_compiler_step_takes_its_children_with_it(tmp_path):
         "time.sleep(60)\n"
     )
     with pytest.raises(subprocess.TimeoutExpired):
-        native._run([sys.executable, "-c", script, str(pid_file)], 2.0)
+        native._run([sys.executable, "-c", script, str(pid_file)], 4.0)
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 10
     while _running(child) and time.monotonic() < deadline:
