@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,32 @@ def test_malloc_is_left_alone_where_jax_runs_on_an_accelerator(tmp_path, platfor
     assert platform == expected
 
 
+def test_tune_malloc_reads_its_switch_words_and_applies_the_setting_once(monkeypatch):
+    """In process, with a stand-in libc: every "off" word keeps glibc's defaults, an empty switch is
+    "auto" (left alone where JAX runs on an accelerator), "on" applies the three mallopt calls, and a
+    second call does not make them again."""
+    calls = []
+
+    def mallopt(param, value):
+        calls.append((param, value))
+        return 1
+
+    monkeypatch.setattr(runtime, "_libc", lambda: types.SimpleNamespace(mallopt=mallopt))
+    monkeypatch.setattr(runtime, "_TUNED", False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    for switch in ("0", "false", "no", "off", " OFF "):
+        monkeypatch.setenv("LSTM_JAX_TUNE_MALLOC", switch)
+        assert runtime.tune_malloc() is False, switch
+    monkeypatch.setenv("LSTM_JAX_TUNE_MALLOC", "")
+    assert runtime.tune_malloc() is False
+    assert calls == [] and not runtime.malloc_tuned()
+    monkeypatch.setenv("LSTM_JAX_TUNE_MALLOC", "on")
+    assert runtime.tune_malloc() is True and runtime.malloc_tuned()
+    assert calls == [(-8, 1), (-4, 0), (-1, 2**31 - 1)]
+    assert runtime.tune_malloc() is True
+    assert len(calls) == 3
+
+
 # Compiles one program with the persistent cache as the experiment binaries set it up; prints the cache
 # directory and the cache entries on disk afterwards.
 CACHE_PROBE = """
@@ -229,6 +256,7 @@ def test_cpu_list_parses_core_lists_and_shares():
         ("a/2", "is not a share k/n"),
         ("1/5", "5 shares of 4 available core"),
         ("2-5", "core\\(s\\) 4-5 this process cannot use; the available cores are 0-3"),
+        ("1,5,7", "core\\(s\\) 5,7 this process cannot use; the available cores are 0-3"),
         # str.isdigit takes a superscript, which int() refuses (a ValueError traceback), and other
         # scripts' digits: the same flag error as any other malformed value.
         ("\u00b2", "is not a list of cores"),
@@ -296,14 +324,20 @@ def test_cpu_devices_flags_replace_a_device_count_already_set():
         "--xla_force_host_platform_device_count=2",
         "--xla_cpu_multi_thread_eigen=false",
     ]
+    # A user's own threading flag gives way to the single-threaded kernels of several devices.
+    assert runtime.cpu_devices_flags(2, "--xla_cpu_multi_thread_eigen=true").split() == [
+        "--xla_force_host_platform_device_count=2",
+        "--xla_cpu_multi_thread_eigen=false",
+    ]
 
 
 def test_set_cpu_devices_refuses_once_jax_has_started():
     import jax
 
     jax.devices()
-    with pytest.raises(UserError, match="before JAX starts its backend"):
-        runtime.set_cpu_devices("2")
+    for spec in ("2", " Auto "):
+        with pytest.raises(UserError, match="before JAX starts its backend"):
+            runtime.set_cpu_devices(spec)
 
 
 def test_a_superscript_device_count_is_the_flag_error_not_a_traceback():
