@@ -77,6 +77,34 @@ class _FailingFile:
         return len(part)
 
 
+class _ShortWrites:
+    """A file that stores at most `most` bytes a write and returns how many, as a write of a regular file
+    may when the disk is nearly full (the next write then fails, or goes on)."""
+
+    def __init__(self, real, most: int) -> None:
+        self._real, self._most = real, most
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def write(self, data):
+        return self._real.write(data[: self._most])
+
+
+def test_metrics_logger_writes_the_rest_of_a_short_write(tmp_path):
+    """A write that stores part of a record and returns its length is followed by writes of the rest:
+    no record is left cut, neither in metrics.jsonl nor in the TensorBoard file."""
+    logger = MetricsLogger(str(tmp_path))
+    logger.write("train", 1, {"loss": 1.5})
+    logger._jsonl = _ShortWrites(logger._jsonl, 7)
+    logger._tb._file = _ShortWrites(logger._tb._file, 5)
+    logger.write("train", 2, {"loss": 1.25})
+    tb_path = logger._tb.path
+    logger.close()
+    assert [(r["step"], r["loss"]) for r in read_jsonl(logger.path)] == [(1, 1.5), (2, 1.25)]
+    assert [(s, v) for s, _, v in read_event_scalars(tb_path)] == [(1, 1.5), (2, 1.25)]
+
+
 def test_metrics_logger_leaves_no_half_record_and_names_the_file(tmp_path):
     """The disk filling in the middle of a metrics.jsonl line or a TensorBoard record: the partial write
     is cut back off (the next run's records would follow half a line, which no JSON reader parses, or half

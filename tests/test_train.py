@@ -308,12 +308,13 @@ def test_restart_at_sets_aside_a_half_record_and_a_line_whose_step_is_not_an_int
     good = json.dumps({"kind": "train", "step": 2, "time": 2, "loss": 1.0}) + "\n"
     odd = json.dumps({"kind": "train", "step": "9", "time": 9, "loss": 1.0}) + "\n"
     half = '{"kind": "train", "st'
-    (tmp_path / "metrics.jsonl").write_text(good + odd + half)
+    # A blank line is no record to set aside: it stays.
+    (tmp_path / "metrics.jsonl").write_text(good + "\n" + odd + half)
     logger = logging_utils.MetricsLogger(str(tmp_path))
     moved = logger.restart_at(4)
     logger.close()
     assert moved == [{"line": odd}, {"line": half}]
-    assert (tmp_path / "metrics.jsonl").read_text() == good
+    assert (tmp_path / "metrics.jsonl").read_text() == good + "\n"
     assert (tmp_path / "metrics.orphaned.jsonl").read_text() == odd + half + "\n"
 
 
@@ -358,12 +359,45 @@ def test_json_ready_makes_numpy_values_and_tuples_strict_json(tmp_path):
         {"a": np.float32("nan"), "b": (1, 2.5), "c": np.array([1.5, np.inf]), "d": np.int64(3)}
     )
     assert got == {"a": None, "b": [1, 2.5], "c": [1.5, None], "d": 3}
+    # Keys JSON cannot hold become their str: the dump does not fail on them.
+    assert logging_utils.json_ready({(1, 2): 1.0, 3: 2}) == {"(1, 2)": 1.0, 3: 2}
     assert type(got["d"]) is int
     logger = logging_utils.MetricsLogger(str(tmp_path))
     logger.write("train", 1, {"loss": np.float32("nan"), "shape": (2, 3)})
     logger.close()
     (record,) = read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert record["loss"] is None and record["shape"] == [2, 3]
+
+
+def test_a_restart_after_records_were_written_goes_on_in_the_rewritten_file(tmp_path):
+    """`restart_at` on a logger that already wrote: metrics.jsonl is replaced by its rewrite, so the next
+    record must go to the new file, not to the old one's still open (and now nameless) handle."""
+    from lstm_jax import logging_utils
+
+    logger = logging_utils.MetricsLogger(str(tmp_path))
+    for step in (2, 4, 6):
+        logger.write("train", step, {"loss": 1.0})
+    assert [r["step"] for r in logger.restart_at(4)] == [6]
+    logger.write("train", 6, {"loss": 0.5})
+    logger.close()
+    records = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert [(r["step"], r["loss"]) for r in records] == [(2, 1.0), (4, 1.0), (6, 0.5)]
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.orphaned.jsonl"))] == [6]
+
+
+def test_only_numbers_not_true_or_false_become_tensorboard_scalars(tmp_path):
+    from lstm_jax import logging_utils
+
+    assert logging_utils.json_number(1) and logging_utils.json_number(0.5)
+    assert not logging_utils.json_number(True) and not logging_utils.json_int(False)
+    assert logging_utils.json_int(3) and not logging_utils.json_int(3.0)
+    logger = logging_utils.MetricsLogger(str(tmp_path))
+    logger.write("train", 1, {"loss": 0.5, "stopped": True, "note": "x"})
+    logger.close()
+    tags = [t for _, t, _ in read_run_scalars(str(tmp_path / "tensorboard"))]
+    assert tags == ["train/loss"]
+    (record,) = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert record["stopped"] is True and record["note"] == "x"
 
 
 def test_read_json_of_a_damaged_file_names_where_it_stops_parsing(tmp_path):
