@@ -314,6 +314,30 @@ def test_cpus_flag_pins_the_run_before_jax_sizes_its_thread_pools():
     )
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="--cpus needs Linux")
+def test_set_cpu_affinity_refuses_once_jax_has_started():
+    """--cpus after the backend started would leave XLA's thread pools sized for every core."""
+    import jax
+
+    jax.devices()
+    before = os.sched_getaffinity(0)
+    with pytest.raises(UserError, match="--cpus must take effect before JAX starts its backend"):
+        runtime.set_cpu_affinity("1/1")
+    assert os.sched_getaffinity(0) == before
+
+
+def test_a_cache_directory_that_cannot_be_made_leaves_the_cache_off(tmp_path, monkeypatch):
+    """An unwritable home (here a file where a directory should be): compile as usual, no traceback."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        pytest.skip("a compilation cache is configured for JAX itself")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("LSTM_JAX_COMPILATION_CACHE", str(tmp_path / "file" / "cache"))
+    assert runtime.enable_compilation_cache() is None
+    assert not jax.config.jax_compilation_cache_dir
+
+
 def test_cpu_devices_flags_replace_a_device_count_already_set():
     assert runtime.cpu_devices_flags(1) == ""
     assert runtime.cpu_devices_flags(1, "--xla_force_host_platform_device_count=8 --a=1") == "--a=1"
@@ -387,6 +411,18 @@ def test_largest_dot_gflop_reads_every_dot_of_a_lowered_program():
     only_batched = jax.jit(lambda c: jnp.einsum("bij,bjk->bik", c, c)).lower(jnp.ones((2, 7, 7)))
     assert runtime.largest_dot_gflop(only_batched.as_text()) == 2 * 2 * 7 * 7 * 7 / 1e9
     assert runtime.largest_dot_gflop(jax.jit(jnp.tanh).lower(jnp.ones(3)).as_text()) == 0
+    # Every contracted dimension counts (a tensordot over two axes).
+    two_axes = jax.jit(lambda x, y: jnp.tensordot(x, y, axes=2))
+    text = two_axes.lower(jnp.ones((6, 5, 4)), jnp.ones((5, 4, 3))).as_text()
+    assert runtime.largest_dot_gflop(text) == 2 * 6 * 3 * 5 * 4 / 1e9
+    # A dot of a dynamic size is skipped, the dots after it still read.
+    dynamic = (
+        "%0 = stablehlo.dot_general %a, %b, contracting_dims = [1] x [0] :"
+        " (tensor<?x30xf32>, tensor<30x40xf32>) -> tensor<?x40xf32>\n"
+        "%1 = stablehlo.dot_general %c, %d, contracting_dims = [1] x [0] :"
+        " (tensor<2x3xf32>, tensor<3x4xf32>) -> tensor<2x4xf32>\n"
+    )
+    assert runtime.largest_dot_gflop(dynamic) == 2 * 2 * 4 * 3 / 1e9
 
 
 def test_large_dots_compile_with_eigen_and_give_the_plain_jits_values(monkeypatch):
