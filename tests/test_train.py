@@ -400,6 +400,39 @@ def test_only_numbers_not_true_or_false_become_tensorboard_scalars(tmp_path):
     assert record["stopped"] is True and record["note"] == "x"
 
 
+def test_run_scalars_read_the_event_files_in_start_order_and_a_start_drops_later_steps(
+    tmp_path, monkeypatch
+):
+    """TensorBoard's view of a resumed run: the first run's file, then the resumed run's, whose
+    SessionLog START at step 6 drops what the first logged at steps >= 6 but keeps step 5."""
+    import types
+
+    from lstm_jax import logging_utils
+
+    now = [1000.0]
+    monkeypatch.setattr(logging_utils, "time", types.SimpleNamespace(time=lambda: now[0]))
+    first = logging_utils.EventFileWriter(str(tmp_path))
+    first.scalars(5, {"loss": 1.5})
+    first.scalars(6, {"loss": 1.0})
+    first.close()
+    now[0] = 1001.0
+    resumed = logging_utils.EventFileWriter(str(tmp_path))
+    assert resumed.path != first.path
+    resumed.session_start(6)
+    resumed.scalars(6, {"loss": 2.0})
+    resumed.close()
+    assert read_run_scalars(str(tmp_path)) == [(5, "loss", 1.5), (6, "loss", 2.0)]
+
+
+def test_write_json_makes_its_directory_and_writes_strict_json(tmp_path):
+    from lstm_jax.logging_utils import read_json, write_json
+
+    path = tmp_path / "new" / "sub" / "results.json"
+    write_json(str(path), {"loss": float("nan"), "steps": (1, 2)})
+    assert read_json(str(path)) == {"loss": None, "steps": [1, 2]}
+    assert path.read_text().endswith("}\n")
+
+
 def test_read_json_of_a_damaged_file_names_where_it_stops_parsing(tmp_path):
     from lstm_jax.logging_utils import read_json
 
@@ -1835,11 +1868,11 @@ def test_progress_log_line_gives_the_eta_of_the_steps_left_at_this_epochs_pace(m
     with caplog.at_level(logging.INFO):
         progress.report(100, {"loss": 0.5}, 0.0)
         now[0] += 100.0  # 100 steps in 100 s: 9800 s for the 9800 steps left
-        progress.report(200, {"loss": 0.5, "accuracy": 0.75, "count": 8}, 49.6)
+        progress.report(200, {"loss": 0.5, "accuracy": 0.87654, "count": 8}, 49.6)
     messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert messages == [
         "step 100/10000: loss=0.5, 0 examples/s, ETA ?",
-        "step 200/10000: loss=0.5 accuracy=0.75, 50 examples/s, ETA 2:43:20",
+        "step 200/10000: loss=0.5 accuracy=0.8765, 50 examples/s, ETA 2:43:20",
     ]
 
 
