@@ -199,8 +199,12 @@ def test_compilation_cache_is_reused_by_the_next_process_and_can_be_turned_off(t
     # Size-capped: the least recently used entries are evicted beyond the cap.
     assert first["max_size"] == runtime._CACHE_MAX_BYTES
     # A second process with the same program finds its executable: no new entry, the same result.
-    second = _cache_probe(LSTM_JAX_COMPILATION_CACHE=str(cache))
+    # (A cap the user set for JAX is kept.)
+    second = _cache_probe(
+        LSTM_JAX_COMPILATION_CACHE=str(cache), JAX_COMPILATION_CACHE_MAX_SIZE="123456789"
+    )
     assert second["entries"] == first["entries"] and second["value"] == first["value"]
+    assert second["max_size"] == 123456789
     # Off: nothing configured, nothing written.
     for off in ("off", "0", ""):
         assert _cache_probe(LSTM_JAX_COMPILATION_CACHE=off)["path"] is None

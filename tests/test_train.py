@@ -452,6 +452,27 @@ def test_event_file_records_carry_tensorflows_masked_crc32c():
     assert logging_utils._masked_crc(b"") == 0xA282EAD8
 
 
+def test_reading_an_event_file_checks_every_crc(tmp_path):
+    """A damaged byte in a record or in its length is an error naming the file, not a wrong value."""
+    from lstm_jax import logging_utils
+
+    writer = logging_utils.EventFileWriter(str(tmp_path))
+    writer.scalars(3, {"loss": 0.25})
+    writer.close()
+    data = open(writer.path, "rb").read()
+    assert logging_utils.read_event_scalars(writer.path) == [(3, "loss", 0.25)]
+    damaged = bytearray(data)
+    damaged[-6] ^= 0x01  # in the scalar's record, before its CRC
+    open(writer.path, "wb").write(bytes(damaged))
+    with pytest.raises(ValueError, match="corrupt record at byte"):
+        logging_utils.read_event_scalars(writer.path)
+    first_length = bytearray(data)
+    first_length[0] ^= 0x01
+    open(writer.path, "wb").write(bytes(first_length))
+    with pytest.raises(ValueError, match="corrupt record header at byte 0"):
+        logging_utils.read_event_scalars(writer.path)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_after_the_step_saves_and_the_run_resumes_exactly(tmp_path, sig):
     """Ctrl-C (or SIGTERM) mid-epoch, between evaluations: the step in flight finishes, a checkpoint of it
