@@ -138,18 +138,8 @@ def test_counting_the_training_texts_once_gives_the_tfidf_vectorizer_numbers_bit
 ):
     from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 
-    rng = np.random.default_rng(1)
-    words = GOOD + BAD + [f"w{i}" for i in range(30)]
-    labels = rng.integers(0, 3, size=90)
-    texts = [
-        " ".join(rng.choice(words, size=rng.integers(3, 40))) + f" {'GOOD' if y else 'BAD'} x{y}"
-        for y in labels
-    ]
-    splits = {
-        "train": (texts[:60], labels[:60]),
-        "validation": (texts[60:75], labels[60:75]),
-        "test": (texts[75:], labels[75:]),
-    }
+    splits = _three_way_splits()
+    texts = [t for split in ("train", "validation", "test") for t in splits[split][0]]
     chosen, predictions, mats, x_train = _reference_tfidf_logreg(
         splits, ["a", "b", "c"], max_features, min_df=2, preprocessor=str.lower
     )

@@ -648,6 +648,18 @@ def test_predict_a_json_field_overrides_the_meta_flag(monkeypatch, capsys):
     assert "speaker=z" in capsys.readouterr().err  # a value the vocabulary lacks is named
 
 
+def _small_encoder(**kwargs) -> clf.TextEncoder:
+    """A fake-news TextEncoder of 6 pre-padded, pre-truncated ids; `kwargs` fill in the rest."""
+    return clf.TextEncoder(
+        dataset="fake_news",
+        class_names=clf.FAKE_CLASSES,
+        maxlen=6,
+        padding="pre",
+        truncating="pre",
+        **kwargs,
+    )
+
+
 def test_the_mask_reaches_the_model_only_where_the_config_masks_it(tmp_path, monkeypatch):
     """The fake-news tutorial runs its LSTM over the padding (config.data.mask=False): the reports'
     logits (`_split_logits`) and predict get no mask then, as training had none; with mask=True they
@@ -662,15 +674,7 @@ def test_the_mask_reaches_the_model_only_where_the_config_masks_it(tmp_path, mon
     monkeypatch.setattr(clf, "restore_model", lambda config, workdir, build: (None, 1))
     config = _config(tmp_path / "a.csv")
     assert config.data.mask is False
-    encoder = clf.TextEncoder(
-        dataset="fake_news",
-        class_names=clf.FAKE_CLASSES,
-        maxlen=6,
-        padding="pre",
-        truncating="pre",
-        stopwords=["the"],
-        num_buckets=16,
-    )
+    encoder = _small_encoder(stopwords=["the"], num_buckets=16)
     ids, mask = encoder(["Senate budget passed", "hoax"])
     arr = {"ids": ids, "mask": mask, "label": np.array([0, 1])}
     clf._split_logits(None, arr, config)
@@ -690,12 +694,7 @@ def test_saved_stopwords_are_those_of_a_run_to_resume_only(tmp_path):
     run stopped before its first checkpoint: it starts again) takes this environment's."""
     workdir = tmp_path / "run"
     workdir.mkdir()
-    encoder = clf.TextEncoder(
-        dataset="fake_news",
-        class_names=clf.FAKE_CLASSES,
-        maxlen=6,
-        padding="pre",
-        truncating="pre",
+    encoder = _small_encoder(
         stopwords=["the", "of"],
         stopwords_source="nltk:/x",
         num_buckets=16,

@@ -190,9 +190,8 @@ def test_a_bidirectional_stack_refuses_merge_none(xs):
     assert m(xs)[0].shape == (4, 6, 4) and m.out_features == 4
 
 
-def test_stacked_layers_draw_their_variational_masks_from_their_own_keys(xs, monkeypatch):
-    """In training mode each layer of a stack draws its own dropout masks (one key per layer), so two
-    layers of the same width do not drop the same units."""
+def _recurrent_masks_drawn(monkeypatch) -> list[np.ndarray]:
+    """The recurrent dropout masks `core.variational_dropout_masks` draws from now on, in order."""
     drawn = []
     draw = core.variational_dropout_masks
 
@@ -202,6 +201,13 @@ def test_stacked_layers_draw_their_variational_masks_from_their_own_keys(xs, mon
         return masks
 
     monkeypatch.setattr(core, "variational_dropout_masks", spy)
+    return drawn
+
+
+def test_stacked_layers_draw_their_variational_masks_from_their_own_keys(xs, monkeypatch):
+    """In training mode each layer of a stack draws its own dropout masks (one key per layer), so two
+    layers of the same width do not drop the same units."""
+    drawn = _recurrent_masks_drawn(monkeypatch)
     m = StackedLSTM(3, (16, 16, 16), rngs=nnx.Rngs(0), recurrent_dropout=0.5)
     m(xs, deterministic=False, key=jax.random.key(0))
     assert len(drawn) == 3
@@ -341,15 +347,7 @@ def test_training_mode_without_anything_to_drop_needs_no_key(xs):
 def test_bidirectional_directions_draw_their_own_masks(xs, monkeypatch):
     """In training mode the forward and the backward layer draw their dropout masks from keys of their
     own, so the two directions do not drop the same units."""
-    drawn = []
-    draw = core.variational_dropout_masks
-
-    def spy(key, *args, **kwargs):
-        masks = draw(key, *args, **kwargs)
-        drawn.append(np.asarray(masks[1]))
-        return masks
-
-    monkeypatch.setattr(core, "variational_dropout_masks", spy)
+    drawn = _recurrent_masks_drawn(monkeypatch)
     Bidirectional(3, 16, rngs=nnx.Rngs(0), recurrent_dropout=0.5)(
         xs, deterministic=False, key=jax.random.key(0)
     )
