@@ -40,7 +40,13 @@ from lstm_jax.logging_utils import (
     write_json,
 )
 
-__all__ = ["CheckpointStore", "restore_params", "save_artefacts", "load_artefact"]
+__all__ = [
+    "CheckpointStore",
+    "has_checkpoints",
+    "restore_params",
+    "save_artefacts",
+    "load_artefact",
+]
 
 IMPROVEMENT = "improvement"
 
@@ -433,6 +439,12 @@ def save_artefacts(workdir: str, artefacts: Mapping[str, Any]) -> list[str]:
             write_json(path, content)
         written.append(path)
     return written
+
+
+def has_checkpoints(workdir: str) -> bool:
+    """Whether ``<workdir>/checkpoints`` holds a step folder (a run to resume), finished or not."""
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
 
 
 def load_artefact(workdir: str, name: str) -> Any:

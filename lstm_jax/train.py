@@ -69,7 +69,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lstm_jax import config_utils, core, metrics, optim, runtime
-from lstm_jax.checkpoint import CheckpointStore, not_permitted, restore_params, save_artefacts
+from lstm_jax.checkpoint import (
+    CheckpointStore,
+    has_checkpoints,
+    not_permitted,
+    restore_params,
+    save_artefacts,
+)
 from lstm_jax.errors import Interrupted, UserError, root_reason
 from lstm_jax.logging_utils import (
     ORPHANED_FILE,
@@ -1292,11 +1298,9 @@ def _check_saved_config(
     """
     path = os.path.join(workdir, config_utils.CONFIG_FILE)
     checkpoints = os.path.join(workdir, "checkpoints")
-    has_checkpoints = os.path.isdir(checkpoints) and any(
-        n.isdigit() for n in os.listdir(checkpoints)
-    )
+    holds_checkpoints = has_checkpoints(workdir)
     if not os.path.exists(path):
-        if not has_checkpoints:
+        if not holds_checkpoints:
             return None
         saved = _config_in_results(workdir)
         if saved is None:
@@ -1305,7 +1309,7 @@ def _check_saved_config(
                 " be checked against the one they were trained with; put the run's config.json back"
                 ' (a finished run\'s results.json has it under "config"), or use a new --workdir'
             )
-    elif not has_checkpoints and not os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+    elif not holds_checkpoints and not os.path.exists(os.path.join(workdir, RESULTS_FILE)):
         # A start that stopped before its first checkpoint: nothing to resume, nothing to protect
         # (its config.json is replaced once this run's checks have passed).
         return None

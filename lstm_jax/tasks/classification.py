@@ -51,7 +51,7 @@ from jax.sharding import PartitionSpec as P
 from lstm_jax import config_utils, losses, metrics, reports, text
 from lstm_jax import data as data_lib
 from lstm_jax.baselines import cached_tfidf_logreg
-from lstm_jax.checkpoint import load_artefact
+from lstm_jax.checkpoint import has_checkpoints, load_artefact
 from lstm_jax.errors import UserError
 from lstm_jax.logging_utils import atomic_write, json_int, read_json, write_json
 from lstm_jax.models import ACTIVATIONS, Pool, TextClassifier
@@ -1054,11 +1054,8 @@ def saved_stopwords(workdir: str) -> tuple[list[str], str] | None:
     would encode its unchanged CSV otherwise and be refused as trained on other data; it resumes with
     the list it trained with instead, as ``--mode=eval`` and ``--mode=predict`` use it. A file that
     cannot be read gives None: the environment's list, and the data check then says what differs."""
-    checkpoints = os.path.join(workdir, "checkpoints")
     path = os.path.join(workdir, PREPROCESS_FILE)
-    if not (os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))):
-        return None
-    if not os.path.exists(path):
+    if not has_checkpoints(workdir) or not os.path.exists(path):
         return None
     with contextlib.suppress(UserError, OSError, ValueError, TypeError, AttributeError):
         saved = read_json(path)
