@@ -50,6 +50,19 @@ def _embed(vocab_size: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
     return nnx.Embed(vocab_size, dim, embedding_init=_embed_init, rngs=rngs)
 
 
+def _final_h(states: Any, bidirectional: bool) -> Array:
+    """The last layer's final h from a `StackedLSTM`'s `states`: `[batch, H]`, or with
+    `bidirectional=True` both directions' side by side, forward first, whatever the merge mode
+    (`[batch, 2H]`)."""
+    last = states[-1]
+    return jnp.concatenate([last[0].h, last[1].h], axis=-1) if bidirectional else last.h
+
+
+def _final_h_features(lstm: StackedLSTM, bidirectional: bool) -> int:
+    """The width of `_final_h`'s result for the stack `lstm`."""
+    return 2 * lstm.layers[-1].hidden_size if bidirectional else lstm.out_features
+
+
 class DenseStack(nnx.Module):
     """Dense layers with an activation (Keras `Dense(units, activation=...)` repeated).
 
@@ -139,9 +152,8 @@ class LanguageModel(nnx.Module):
             in_features, tuple(hidden_sizes), rngs=rngs, dropout_between=dropout, **lstm_kwargs
         )
         self.bidirectional = bool(lstm_kwargs.get("bidirectional", False))
-        feat = self.lstm.out_features
-        if predict == "last" and self.bidirectional:  # both directions' final h, whatever the merge
-            feat = 2 * tuple(hidden_sizes)[-1]
+        last = predict == "last"
+        feat = _final_h_features(self.lstm, self.bidirectional) if last else self.lstm.out_features
         self.dropout = nnx.Dropout(dropout)
         self.dense = DenseStack(feat, list(dense_layers), rngs=rngs)
         self.head = _linear(self.dense.out_features, vocab_size, rngs)
@@ -199,10 +211,8 @@ class LanguageModel(nnx.Module):
             outs, states = self.lstm(x, key=k_lstm, **kw)
         if self.predict == "all":
             h = outs
-        elif self.bidirectional:  # a window read both ways (as TextClassifier's pool="last")
-            h = jnp.concatenate([states[-1][0].h, states[-1][1].h], axis=-1)
-        else:
-            h = states[-1].h
+        else:  # the last layer's final h, both directions' when bidirectional (as pool="last" below)
+            h = _final_h(states, self.bidirectional)
         h = self.dropout(h, deterministic=deterministic, rngs=k_drop)
         return self.dense(h), states
 
@@ -263,8 +273,8 @@ class TextClassifier(nnx.Module):
         )
         self.pool = pool
         self.bidirectional = bidirectional
-        if pool == "last" and bidirectional:  # both directions' final h, whatever the merge mode
-            feat = 2 * tuple(hidden_sizes)[-1]
+        if pool == "last":
+            feat = _final_h_features(self.lstm, bidirectional)
         else:
             feat = self.lstm.out_features * (2 if pool == "mean_max" else 1)
         self.dropout = nnx.Dropout(dropout)
@@ -299,10 +309,7 @@ class TextClassifier(nnx.Module):
             x = self.embed_dropout(x, deterministic=deterministic, rngs=k_emb)
             outs, states = self.lstm(x, mask=mask, deterministic=deterministic, key=k_lstm)
         if self.pool == "last":
-            last = states[-1]
-            if self.bidirectional:
-                return jnp.concatenate([last[0].h, last[1].h], axis=-1)
-            return last.h
+            return _final_h(states, self.bidirectional)
         m = jnp.ones(outs.shape[:2], bool) if mask is None else mask
         mf = m[..., None].astype(outs.dtype)
         count = jnp.maximum(mf.sum(axis=1), 1.0)
