@@ -1057,3 +1057,603 @@ def test_ab_rule_refuses_a_value_its_rule_cannot_take(capsys):
             ab_rule.main(argv)
         assert stop.value.code == 2, setting
         assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The helper tools' numbers (floor, ceiling, ab_rule, peak_rss, profile_step, gpu_check, dots, layer,
+# logits_chunk, weight_stream, page_faults): what each prints or returns, with their clocks, benches and
+# measurements replaced by fakes, so that a wrong formula, statistic or label fails in well under a second.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Clock:
+    """A fake `time.perf_counter` (and `process_time`): time moves only when a fake step `advance`s it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.cpu = 0.0
+
+    def advance(self, seconds: float, cpu: float = 0.0) -> None:
+        self.now += seconds
+        self.cpu += cpu
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def process_time(self) -> float:
+        return self.cpu
+
+
+def _fake_time(clock: _Clock):
+    import types
+
+    return types.SimpleNamespace(perf_counter=clock.perf_counter, process_time=clock.process_time)
+
+
+def test_floor_median_ms_is_the_median_after_a_warm_up(monkeypatch):
+    from benchmarks import floor
+
+    clock = _Clock()
+    monkeypatch.setattr(floor, "time", _fake_time(clock))
+    durations = iter([100.0, 1.0, 5.0, 2.0])  # the warm-up (compiling), then three timed calls
+    assert floor.median_ms(lambda: clock.advance(next(durations)), reps=3) == 2000.0
+
+
+def test_floor_fastest_peer_skips_every_lstm_jax_build():
+    from benchmarks import floor
+
+    rows = {"lstm_jax_dp": {"median_ms": 50.0}, "lstm_jax_cudnn": {"median_ms": 40.0}}
+    rows |= {"torch": {"median_ms": 90.0}, "flax": {"median_ms": 80.0}}
+    assert floor.fastest_peer_ms({"shapes": {"A": rows}}, "A") == ("flax", 80.0)
+
+
+def test_floor_verdict_compares_the_target_with_the_lower_floor():
+    """The target is reachable when it is at least either arrangement's floor (one device, or two)."""
+    from benchmarks import floor
+
+    rest = floor.floor_ms(SHAPES["A"], 0.0, 100.0)
+    all_cores = {"A": {"batch": 40, "xla_chain_ms": 70.0, "torch_chain_ms": None}}
+    one_core = {"A": {"batch": 20, "xla_chain_ms": 10.0, "torch_chain_ms": None}}
+    for target, verdict in ((40.0, "yes"), (5.0, "no: below the floor"), (80.0, "yes")):
+        peer = 1.5 * (target + rest)
+        results = {"shapes": {"A": {"torch": {"median_ms": peer}}}}
+        table = floor.report(["A"], one_core, all_cores, 100.0, results)
+        assert table.splitlines()[-1].endswith(f"| {verdict} |"), (target, table)
+        table = floor.report(["A"], all_cores, one_core, 100.0, results)
+        assert table.splitlines()[-1].endswith(f"| {verdict} |"), (target, table)
+
+
+def test_floor_worker_sums_the_layers_at_the_divided_batch(monkeypatch):
+    from benchmarks import floor
+
+    calls = []
+
+    def xla(batch, steps, hidden, reps):
+        calls.append((batch, steps, hidden, reps))
+        return 1.0 + len(calls)
+
+    monkeypatch.setattr(floor, "xla_chain_ms", xla)
+    monkeypatch.setattr(floor, "torch_chain_ms", lambda b, t, h, r: 0.5)
+    # TINY: batch 4, 6 steps, two layers of 8.
+    assert floor.worker(["tiny"], 2, 3) == {
+        "tiny": {"batch": 2, "xla_chain_ms": 2.0 + 3.0, "torch_chain_ms": 1.0}
+    }
+    assert calls == [(2, 6, 8, 3), (2, 6, 8, 3)]
+    # Without torch (or with a layer it cannot time) there is no PyTorch chain, not a partial sum.
+    per_layer = iter([0.5, None])
+    monkeypatch.setattr(floor, "torch_chain_ms", lambda b, t, h, r: next(per_layer))
+    assert floor.worker(["tiny"], 1, 3)["tiny"]["torch_chain_ms"] is None
+    assert calls[-1] == (4, 6, 8, 3)
+
+
+def test_floor_single_core_worker_runs_half_the_batch_on_one_thread(monkeypatch):
+    import types
+
+    from benchmarks import floor
+
+    seen = []
+
+    def fake_run(args, env, **kwargs):
+        seen.append((args, env))
+        out = floor.PREFIX + json.dumps({"tiny": {"batch": 2}})
+        return types.SimpleNamespace(stdout=f"noise\n{out}\n", returncode=0, stderr="")
+
+    monkeypatch.setattr(floor, "subprocess", types.SimpleNamespace(run=fake_run))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    assert floor._run_worker(["tiny"], single_core=True, reps=4) == {"tiny": {"batch": 2}}
+    args, env = seen[-1]
+    assert args[args.index("--batch-divisor") + 1] == "2" and args[args.index("--reps") + 1] == "4"
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    floor._run_worker(["tiny"], single_core=False, reps=4)
+    args, env = seen[-1]
+    assert "--batch-divisor" not in args and env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+
+    def failed(args, env, **kwargs):
+        return types.SimpleNamespace(stdout="", returncode=3, stderr="boom")
+
+    monkeypatch.setattr(floor, "subprocess", types.SimpleNamespace(run=failed))
+    with pytest.raises(RuntimeError, match=r"exit 3\):\nboom"):
+        floor._run_worker(["tiny"], single_core=False, reps=4)
+
+
+def test_floor_main_prints_the_runs_ceiling_and_each_workers_chain(tmp_path, monkeypatch, capsys):
+    from benchmarks import floor
+
+    def worker(names, single_core, reps):
+        ms = 30.0 if single_core else 70.0
+        return {n: {"batch": 1, "xla_chain_ms": ms, "torch_chain_ms": None} for n in names}
+
+    monkeypatch.setattr(floor, "_run_worker", worker)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"ceiling": {"ceiling_gflops": 250.0}, "shapes": {}}))
+    floor.main(["--shapes", "tiny", "--results", str(path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("fp32 matmul ceiling 250 GFLOP/s;")
+    rest = floor.floor_ms(TINY, 0.0, 250.0)
+    assert lines[-1].startswith(
+        f"| tiny smoke | 70.0 | 30.0 | - | {rest:.1f} | {70 + rest:.1f} | {30 + rest:.1f} |"
+    )
+
+
+def test_floor_refuses_a_results_ceiling_that_is_not_positive(tmp_path, monkeypatch, capsys):
+    """A zero ceiling divided by zero in the table, a negative one gave negative floors."""
+    from benchmarks import floor
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before reading --results")
+
+    monkeypatch.setattr(floor, "_run_worker", measured)
+    path = tmp_path / "run.json"
+    for ceiling in (0.0, -5.0):
+        path.write_text(json.dumps({"ceiling": {"ceiling_gflops": ceiling}, "shapes": {}}))
+        with pytest.raises(SystemExit) as stop:
+            floor.main(["--shapes", "tiny", "--results", str(path)])
+        assert stop.value.code == 2
+        assert "is not a benchmarks.run JSON (ValueError" in capsys.readouterr().err
+
+
+def test_ceiling_is_the_fastest_repeat_of_the_faster_library(monkeypatch):
+    from benchmarks import ceiling
+    from lstm_jax import native
+
+    clock = _Clock()
+    monkeypatch.setattr(ceiling, "time", _fake_time(clock))
+    durations = iter([100.0, 4.0, 2.0, 8.0])  # the warm-up, then three repeats
+    # 2 * 1000^3 FLOPs in the best repeat's 2 s: 1 GFLOP/s.
+    assert ceiling.best_gflops(lambda: clock.advance(next(durations)), 1000, 3) == 1.0
+    monkeypatch.setattr(native, "fma_peak_gflops", lambda: 99.0)
+    for numpy_gf, jax_gf in ((5.0, 7.0), (7.0, 5.0)):
+        rates = iter([numpy_gf, jax_gf])
+        monkeypatch.setattr(ceiling, "best_gflops", lambda fn, n, repeats, rates=rates: next(rates))
+        got = ceiling.measure(n=8, repeats=1)
+        assert (got["numpy_gflops"], got["jax_gflops"]) == (numpy_gf, jax_gf)
+        assert got["ceiling_gflops"] == 7.0 and got["fma_peak_gflops"] == 99.0 and got["n"] == 8
+
+
+class _FakeBench:
+    """A `lstm_jax_peer.Bench` stand-in: records the rule `watch` (a `core` constant) when its step is first
+    run (traced), and advances `clock` by the next of `durations` per step."""
+
+    clock: _Clock = _Clock()
+    watch: str = "CPU_PER_STEP_MAX_HIDDEN"
+    made: list = []
+
+    def __init__(self, shape, compiler_options=None, **kwargs):
+        self.shape, self.options, self.steps, self.traced = shape, compiler_options, 0, None
+        self.durations = None
+        self.loss = 0.0
+        self.made.append(self)
+
+    def step(self) -> None:
+        from lstm_jax import core
+
+        if self.steps == 0:
+            self.traced = getattr(core, self.watch)
+        self.steps += 1
+        self.loss = float(self.steps)
+        self.clock.advance(next(self.durations) if self.durations else 0.001)
+
+
+def test_ab_rule_compare_times_each_build_under_its_own_rule(monkeypatch):
+    from benchmarks import ab_rule
+    from benchmarks.peers import lstm_jax_peer
+    from lstm_jax import core
+
+    clock = _Clock()
+    monkeypatch.setattr(ab_rule, "time", _fake_time(clock))
+    monkeypatch.setattr(_FakeBench, "clock", clock)
+    monkeypatch.setattr(_FakeBench, "made", [])
+    shipped = core.CPU_PER_STEP_MAX_HIDDEN
+
+    class Bench(_FakeBench):
+        def step(self):
+            if self.durations is None:  # the changed build is made first: 3 rounds of 2 steps
+                changed = len(self.made) == 1 or self is self.made[0]
+                per = [1, 5, 2, 2, 9, 9] if changed else [1, 1, 1, 1, 1, 1]
+                self.durations = iter([0.0] + [ms / 1e3 for ms in per])
+            super().step()
+
+    monkeypatch.setattr(lstm_jax_peer, "Bench", Bench)
+    r = ab_rule.compare("tiny", "CPU_PER_STEP_MAX_HIDDEN", 7.0, rounds=3, steps=2)
+    changed, as_shipped = _FakeBench.made
+    assert (changed.traced, as_shipped.traced) == (7, shipped)
+    assert core.CPU_PER_STEP_MAX_HIDDEN == shipped  # restored
+    # The changed build's rounds average 3, 2 and 9 ms per step: median 3.
+    assert r["changed_ms"] == pytest.approx(3.0) and r["shipped_ms"] == pytest.approx(1.0)
+    assert r["rule"] == f"CPU_PER_STEP_MAX_HIDDEN=7 (shipped: {shipped:g})"
+    assert (r["changed_loss"], r["shipped_loss"]) == (7.0, 7.0) and r["shape"] == "tiny"
+    # An XLA option goes to the changed build's compilation alone.
+    monkeypatch.setattr(_FakeBench, "made", [])
+    r = ab_rule.compare("tiny", "xla_opt", "V", rounds=1, steps=1, xla=True)
+    assert [b.options for b in _FakeBench.made] == [{"xla_opt": "V"}, None]
+    assert r["rule"] == "XLA option xla_opt=V"
+
+
+def test_ab_rule_prints_each_builds_time_and_refuses_bad_values(monkeypatch, capsys):
+    from benchmarks import ab_rule
+
+    seen = []
+
+    def compare(shape, name, value, rounds, steps, xla=False):
+        seen.append((shape, name, value, rounds, steps, xla))
+        times = {"changed_ms": 3.0, "shipped_ms": 1.0}
+        return {"shape": shape, "rule": "R", **times, "changed_loss": 0.25, "shipped_loss": 0.5}
+
+    monkeypatch.setattr(ab_rule, "compare", compare)
+    ab_rule.main(["--shape", "tiny", "--set", "CPU_PER_STEP_MAX_HIDDEN=64", "--rounds", "4"])
+    assert seen[-1] == ("tiny", "CPU_PER_STEP_MAX_HIDDEN", 64.0, 4, 5, False)
+    assert capsys.readouterr().out.strip() == (
+        "shape tiny, R: changed 3.00 ms, shipped 1.00 ms per step (median of 4 interleaved rounds);"
+        " losses 0.25 / 0.5"
+    )
+    ab_rule.main(["--shape", "tiny", "--xla", "opt=a=b", "--steps", "2"])
+    assert seen[-1] == ("tiny", "opt", "a=b", 15, 2, True)
+    for argv, message in (
+        (["--set", "CPU_PER_STEP_MAX_HIDDEN=abc"], "'abc' is not a number"),
+        (["--xla", "=v"], "--xla must be NAME=VALUE; got '=v'"),
+        (["--xla", "novalue"], "--xla must be NAME=VALUE; got 'novalue'"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            ab_rule.main(["--shape", "tiny", *argv])
+        assert stop.value.code == 2, argv
+        assert message in capsys.readouterr().err
+    assert len(seen) == 2
+
+
+def test_peak_rss_prints_each_process_and_the_spread(monkeypatch, capsys):
+    from benchmarks import peak_rss
+
+    peaks = [
+        {"build": 1.0, "first_step": 2.0, "last_step": 9.0},
+        {"build": 1.0, "first_step": 3.0, "last_step": 5.0},
+        {"build": 2.0, "first_step": 4.0, "last_step": 6.0},
+    ]
+    monkeypatch.setattr(peak_rss, "measure", lambda *args: {"shipped": peaks})
+    peak_rss.main(["--shape", "tiny", "--processes", "3", "--steps", "4"])
+    assert capsys.readouterr().out.splitlines() == [
+        "shape tiny: peak RSS MB per process (after build / first step / step 4)",
+        "  shipped: 1/2/9, 1/3/5, 2/4/6; last step min 5, median 6, max 9",
+    ]
+    for argv in (["--processes", "0"], ["--steps", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            peak_rss.main(["--shape", "tiny", *argv])
+        assert stop.value.code == 2
+        assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_peak_rss_child_reads_the_peak_after_each_stage(monkeypatch):
+    from benchmarks import peak_rss
+    from benchmarks.peers import lstm_jax_peer
+
+    monkeypatch.setattr(_FakeBench, "clock", _Clock())
+    monkeypatch.setattr(_FakeBench, "made", [])
+    monkeypatch.setattr(lstm_jax_peer, "Bench", _FakeBench)
+    monkeypatch.setattr(peak_rss, "_maxrss_mb", lambda: 100.0 + _FakeBench.made[-1].steps)
+    out = peak_rss.child("tiny", 3, "opt=a=b")
+    (bench,) = _FakeBench.made
+    assert bench.options == {"opt": "a=b"} and bench.steps == 3 and bench.shape is TINY
+    assert out == {"build": 100.0, "first_step": 101.0, "last_step": 103.0}
+    one = peak_rss.child("tiny", 1, None)
+    assert one == {"build": 100.0, "first_step": 101.0, "last_step": 101.0}
+    assert _FakeBench.made[-1].options is None
+
+
+def test_profile_step_sums_each_ops_time_per_step_and_shows_the_last_step(monkeypatch):
+    import contextlib
+
+    from benchmarks import profile_step
+    from benchmarks.peers import lstm_jax_peer
+
+    clock = _Clock()
+    monkeypatch.setattr(profile_step, "time", _fake_time(clock))
+    monkeypatch.setattr(_FakeBench, "clock", clock)
+    monkeypatch.setattr(_FakeBench, "made", [])
+    monkeypatch.setattr(lstm_jax_peer, "Bench", _FakeBench)
+    monkeypatch.setattr(jax.profiler, "trace", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(_FakeBench, "step", lambda self: clock.advance(0.010))
+
+    def op(name, ts, dur, tid=1):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+
+    events = [
+        op("dot.1", 0, 3000),
+        op("fusion", 3000, 2000),
+        op("dot.1", 10000, 3000),
+        op("fusion", 13000, 60),  # under --min-ms 0.1: not in the timeline
+        op("python_side", 0, 9000, tid=2),  # Python's thread, not XLA's
+        op("ThunkExecutor::Execute", 0, 20000),
+        op("$bookkeeping", 0, 20000),
+    ]
+    names = {(1, 1): "tf_XLAEigen/7", (1, 2): "python3"}
+    monkeypatch.setattr(profile_step, "_events", lambda d: (events, names))
+    lines = profile_step.profile("tiny", steps=2, top=5, min_ms=0.1).splitlines()
+    assert lines == [
+        "shape tiny: 10.00 ms per traced step",
+        "ms per step, summed over threads (top 5; all ops: 4.03):",
+        "     3.00  x 1.0  dot.1",
+        "     1.03  x 1.0  fusion",
+        "timeline of the last step (start ms, +duration ms, thread, op >= 0.1 ms):",
+        "    0.00 +   3.00  XLAEigen/7 dot.1",
+    ]
+
+
+def test_profile_step_native_stats_per_step_rates_and_shares(monkeypatch):
+    from benchmarks import profile_step
+    from lstm_jax import native
+
+    clock = _Clock()
+    monkeypatch.setattr(profile_step, "time", _fake_time(clock))
+
+    class Bench:
+        def step(self):
+            clock.advance(0.010)
+
+    calls = [
+        {"kind": "forward", "T": 6, "B": 4, "F": 8, "H": 8, "calls": 4, "wall": 0.012}
+        | {"steps": 0.016, "matmul": 0.008, "matmul_flops": 8e8}
+        | {"helper_start": 0.001, "helpers_started": 2},
+        {"kind": "backward", "T": 6, "B": 4, "F": 0, "H": 8, "calls": 2, "wall": 0.004}
+        | {"steps": 0.006, "matmul": 0.008, "matmul_flops": 4e8}
+        | {"helper_start": 0.0, "helpers_started": 0},
+    ]
+
+    class Stats:
+        def __enter__(self):
+            return calls
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(native, "stats", Stats)
+    monkeypatch.setattr(native, "fma_peak_gflops", lambda **kwargs: 200.0)
+    lines = profile_step.native_stats(Bench(), steps=2).splitlines()
+    assert lines[0] == "native kernel calls, 2 untraced steps: 10.00 ms per step"
+    assert lines[2].split()[:5] == ["6.00", "8.00", "4.00", "100.0", "0.500"]
+    assert lines[2].endswith("  forward T=6 B=4 F=8 H=8 (x2)")
+    assert lines[3].split()[:5] == ["2.00", "3.00", "4.00", "50.0", "0.000"]
+    assert lines[3].endswith("(x1)")
+    assert lines[4] == "in the calls: 8.00 of 10.00 ms (80%)"
+    assert lines[5].startswith("one core's FMA peak 200.0 GFLOP/s")
+    assert lines[5].endswith("the calls' matmuls at 25-50% of it")
+
+
+def test_gpu_check_errors_masks_and_speed_up(monkeypatch):
+    import types
+
+    from benchmarks import gpu_check
+
+    # The largest absolute error over the reference's largest magnitude.
+    assert gpu_check._rel_err([[2.0, -4.0]], [[2.5, -4.0]]) == pytest.approx(0.125)
+    assert gpu_check._rel_err([0.0], [0.0]) == 0.0
+    masks = gpu_check._masks(5, 4, np.random.default_rng(0))
+    post, pre = masks["post"], masks["pre"]
+    assert masks["none"] is None and post.shape == pre.shape == (5, 4)
+    assert not post[0].any() and post[-1].all()  # an empty row and a full one
+    for row in post:  # post-padding: the valid steps first
+        n = int(row.sum())
+        assert row[:n].all() and not row[n:].any()
+    np.testing.assert_array_equal(pre, post[:, ::-1])
+    # The timing: cudnn's calls take 1 ms, scan's 2 ms (a fake clock, no compiling).
+    clock = _Clock()
+    monkeypatch.setattr(gpu_check, "time", _fake_time(clock))
+
+    def stack_fn(shape, impl):
+        def fn(params, xs, mask):
+            clock.advance(0.002 if impl == "scan" else 0.001)
+            return impl
+
+        return fn, None
+
+    monkeypatch.setattr(gpu_check, "_stack_fn", stack_fn)
+    fake_jax = types.SimpleNamespace(
+        jit=lambda f: f,
+        value_and_grad=lambda f, argnums, has_aux: f,
+        block_until_ready=lambda x: x,
+    )
+    monkeypatch.setattr(gpu_check, "jax", fake_jax)
+    r = gpu_check.timing(TINY, 3, 2, np.random.default_rng(0))
+    assert (r["shape"], r["time"]) == ("tiny", 3)
+    assert r["scan_ms"] == pytest.approx(2.0) and r["cudnn_ms"] == pytest.approx(1.0)
+    assert r["speedup"] == pytest.approx(2.0) and len(r["all_ms"]["scan"]) == 2
+
+
+def test_dots_reports_each_products_gflops(monkeypatch, capsys):
+    from benchmarks import dots
+
+    seen = []
+
+    def time_shape(m, k, n, transposed, repeats):
+        seen.append((m, k, n, transposed, repeats))
+        return 0.002, 0.001  # XLA 2 ms, numpy 1 ms
+
+    monkeypatch.setattr(dots, "time_shape", time_shape)
+    dots.main(["--repeats", "3"])
+    out = capsys.readouterr().out.splitlines()
+    # A's weight gradient: 2 * 300 * 2000 * 1200 = 1.44 GFLOP.
+    assert "| A weight grad x^T @ dz | 1.44 | 2.00 | 720.0 | 1.00 | 1440.0 |" in out
+    assert seen[0] == (300, 2000, 1200, True, 3) and len(seen) == len(dots.SHAPES)
+    dots.main(["--repeats", "1", "--scale", "0.01"])
+    assert seen[-len(dots.SHAPES)] == (3, 20, 12, True, 1)
+    assert seen[-1] == (320, 3, 8, False, 1)
+
+
+def test_layer_floor_chain_and_its_report(monkeypatch, capsys):
+    import jax.numpy as jnp
+
+    from benchmarks import layer
+
+    # A recurrent kernel whose first H columns are the identity: h_t = 0.5^t.
+    rk = jnp.concatenate([jnp.eye(3), jnp.zeros((3, 9))], axis=1)
+    hs = layer._chained_matmul(rk, batch=2, steps=4)
+    assert hs.shape == (2, 4, 3)
+    np.testing.assert_allclose(np.asarray(hs[1, :, 2]), [0.5, 0.25, 0.125, 0.0625])
+    clock = _Clock()
+    monkeypatch.setattr(layer, "time", _fake_time(clock))
+    # (wall, cpu) seconds of each call: the first (compiling), then wall 1, 5, 2 ms and cpu 4, 4, 10 ms.
+    spent = iter([(0.0, 0.0), (0.001, 0.004), (0.005, 0.004), (0.002, 0.010)])
+    real = jax.block_until_ready
+
+    def block(x):
+        clock.advance(*next(spent))
+        return real(x)
+
+    monkeypatch.setattr(layer.jax, "block_until_ready", block)
+    argv = ["--batch", "2", "--time", "3", "--hidden", "4", "--layers", "1", "--impls", "floor"]
+    layer.main([*argv, "--reps", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("floor: first call ")
+    # wall: median 2, 10th percentile 1.2; cpu: median 4, 10th percentile 4.
+    assert (
+        lines[1].split()[1:] == "wall median 2.00 ms p10 1.20 cpu median 4.00 ms p10 4.00".split()
+    )
+
+
+def test_weight_stream_bandwidth_and_per_step_times(monkeypatch, capsys):
+    from benchmarks import weight_stream
+
+    monkeypatch.setattr(weight_stream, "median_ms", lambda fn, repeats: 10.0)
+    # 10 ms per call of 5 steps: 2 ms per step, per character.
+    assert weight_stream.per_step_seconds(1, 4, steps=5) == pytest.approx(0.002)
+    monkeypatch.setattr(weight_stream, "per_step_seconds", lambda m, hidden, steps: 2e-5 * m)
+    weight_stream.main(["--hidden", "500", "--max-matrices", "2", "--no-kernel"])
+    # One [500, 2000] fp32 matrix is 4 MB: 4 MB in 20 us is 200 GB/s.
+    assert capsys.readouterr().out.splitlines() == [
+        "1 x [500, 2000] (4.0 MB):    20.0 us/step,  200.0 GB/s",
+        "2 x [500, 2000] (8.0 MB):    40.0 us/step,  200.0 GB/s",
+    ]
+
+
+def test_weight_stream_kernel_time_per_character(monkeypatch):
+    from benchmarks import weight_stream
+    from lstm_jax import native
+
+    if native.unavailable_reason() is not None:
+        pytest.skip(native.unavailable_reason())
+    monkeypatch.setattr(weight_stream, "median_ms", lambda fn, repeats: 10.0)
+    assert weight_stream.kernel_per_char_seconds(4, 5, steps=5, threads=1) == pytest.approx(0.002)
+
+
+def test_weight_stream_spread_labels_and_quartiles(monkeypatch, capsys):
+    from benchmarks import weight_stream
+    from lstm_jax import generate
+
+    seen = []
+
+    class Done:
+        def block_until_ready(self):
+            return self
+
+    def fake_generate(model, prime, length, **kwargs):
+        seen.append(os.environ.get("LSTM_JAX_NATIVE_SPREAD"))
+        return Done()
+
+    monkeypatch.setattr(generate, "generate_stateful", fake_generate)
+    monkeypatch.setenv("LSTM_JAX_NATIVE_SPREAD", "7")
+    times = weight_stream.spread_ab(hidden=4, vocab=5, length=3, calls=2)
+    assert list(times) == ["moved", "not moved"] and [len(v) for v in times.values()] == [2, 2]
+    assert seen == ["7", None, "0", None, "0"]  # the warm-up call, then moved / not moved in turn
+    assert os.environ["LSTM_JAX_NATIVE_SPREAD"] == "7"
+    ms = {"moved": [0.002, 0.004, 0.003, 0.010], "not moved": [0.001] * 4}
+    monkeypatch.setattr(weight_stream, "spread_ab", lambda *args: ms)
+    weight_stream.main(["--spread", "--length", "200", "--calls", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "helper moved    : median   3.50 ms (57,143 chars/s), quartiles 2.75-5.50, 90th percentile"
+        " 8.20 (4 calls)"
+    )
+    assert lines[1].startswith("helper not moved: median   1.00 ms (200,000 chars/s)")
+
+
+def test_page_faults_counts_per_step_after_the_warm_up(monkeypatch, capsys):
+    import types
+
+    from benchmarks import page_faults
+    from benchmarks.peers import lstm_jax_peer
+
+    clock = _Clock()
+    usage = types.SimpleNamespace(ru_utime=0.0, ru_stime=0.0, ru_minflt=0)
+
+    class Bench:
+        steps = 0
+
+        def step(self):
+            self.steps += 1
+            warm = self.steps <= 2  # the warm-up steps compile: many faults, long
+            clock.advance(1.0 if warm else 0.004)
+            usage.ru_utime += 0.002
+            usage.ru_stime += 0.001
+            usage.ru_minflt += 10_000 if warm else 50
+
+    def getrusage(who):
+        return types.SimpleNamespace(**vars(usage))
+
+    monkeypatch.setattr(lstm_jax_peer, "build", lambda shape: Bench())
+    monkeypatch.setattr(page_faults, "time", _fake_time(clock))
+    monkeypatch.setattr(
+        page_faults, "resource", types.SimpleNamespace(RUSAGE_SELF=0, getrusage=getrusage)
+    )
+    page_faults.main(["--shapes", "tiny", "--steps", "4"])
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "tiny: wall 4.0 ms/step, user 2.0 ms, sys 1.0 ms, minor faults 50 per step"
+    )
+
+
+def test_logits_chunk_times_each_chunk_size_per_step(monkeypatch, capsys):
+    import types
+
+    from benchmarks import logits_chunk
+
+    clock = _Clock()
+    usage = types.SimpleNamespace(ru_minflt=0, ru_stime=0.0)
+    spent = iter([0.0, 0.001, 0.005, 0.002])  # per call: the compiling one, then 3 timed steps
+    real = jax.block_until_ready
+
+    def block(x):
+        clock.advance(next(spent))
+        usage.ru_minflt += 30
+        usage.ru_stime += 0.003
+        return real(x)
+
+    chunks = []
+    real_loss = logits_chunk.line_loss
+
+    def line_loss(*args, logits_chunk, **kwargs):
+        chunks.append(logits_chunk)
+        return real_loss(*args, logits_chunk=logits_chunk, **kwargs)
+
+    def getrusage(who):
+        return types.SimpleNamespace(**vars(usage))
+
+    monkeypatch.setattr(logits_chunk, "VOCAB", 11)
+    monkeypatch.setattr(logits_chunk, "line_loss", line_loss)
+    monkeypatch.setattr(logits_chunk, "time", _fake_time(clock))
+    monkeypatch.setattr(
+        logits_chunk, "resource", types.SimpleNamespace(RUSAGE_SELF=0, getrusage=getrusage)
+    )
+    monkeypatch.setattr(logits_chunk.jax, "block_until_ready", block)
+    logits_chunk.main(["--lengths", "3", "--chunks", "2", "--steps", "3"])
+    assert chunks == [2]  # traced once, with the chunk asked for
+    assert capsys.readouterr().out.splitlines() == [
+        "T=3 logits_chunk=2: 2.0 ms/step, minor faults 30, sys 3 ms per step"
+    ]
