@@ -17,6 +17,7 @@ on one batch amplifies rounding).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -106,13 +107,16 @@ def main(argv: list[str] | None = None) -> None:
         try:
             number = float(value)
         except ValueError:
+            number = math.nan
+        if math.isnan(number):
             p.error(f"--set {name}: {value!r} is not a number")
         from lstm_jax import core
 
         # compare() sets `type(shipped)(value)`: an integer or on/off rule would silently take 64 for 64.5
-        # or True for 0.5 (the shipped value) while the report named the value asked for.
+        # or True for 0.5 (the shipped value) while the report named the value asked for; `int` of an
+        # infinity raised OverflowError.
         kind = type(getattr(core, name))
-        if kind(number) != number:
+        if kind is not float and (math.isinf(number) or kind(number) != number):
             what = "0 or 1" if kind is bool else "an integer"
             p.error(f"--set {name}: {value!r} is not {what} ({name} is {kind.__name__})")
         r = compare(args.shape, name, number, args.rounds, args.steps)

@@ -1658,3 +1658,24 @@ def test_logits_chunk_times_each_chunk_size_per_step(monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines() == [
         "T=3 logits_chunk=2: 2.0 ms/step, minor faults 30, sys 3 ms per step"
     ]
+
+
+def test_ab_rule_refuses_a_value_that_is_not_finite(monkeypatch, capsys):
+    """`--set CPU_PER_STEP_MAX_HIDDEN=inf` (or `=nan`) ended in an OverflowError (ValueError) traceback from
+    `int(number)`; a float rule's `nan` was refused as "not an integer"."""
+    from benchmarks import ab_rule
+
+    def compare(*args, **kwargs):
+        raise AssertionError("compared a bad value")
+
+    monkeypatch.setattr(ab_rule, "compare", compare)
+    for setting, message in (
+        ("CPU_PER_STEP_MAX_HIDDEN=inf", "'inf' is not an integer"),
+        ("CPU_PER_STEP_MAX_HIDDEN=nan", "'nan' is not a number"),
+        ("NATIVE_SCATTER_ROWS=-inf", "'-inf' is not 0 or 1"),
+        ("NATIVE_WEIGHT_GRADS_MAX_L2_FRACTION=nan", "'nan' is not a number"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            ab_rule.main(["--shape", "tiny", "--set", setting])
+        assert stop.value.code == 2, setting
+        assert message in capsys.readouterr().err, setting
