@@ -1679,3 +1679,21 @@ def test_ab_rule_refuses_a_value_that_is_not_finite(monkeypatch, capsys):
             ab_rule.main(["--shape", "tiny", "--set", setting])
         assert stop.value.code == 2, setting
         assert message in capsys.readouterr().err, setting
+
+
+def test_logits_chunk_refuses_lengths_and_chunks_it_cannot_run(monkeypatch, capsys):
+    """A negative chunk ran the output layer whole (`line_loss` chunks only above 0) while the report named
+    the chunk; a length or chunk that is not an integer ended in a ValueError traceback after the model was
+    built."""
+    from benchmarks import logits_chunk
+
+    monkeypatch.setattr(logits_chunk, "VOCAB", 11)
+    for argv, message in (
+        (["--lengths", "3", "--chunks", "-5"], "argument --chunks: -5 must be at least 0"),
+        (["--lengths", "3,0"], "argument --lengths: 0 must be at least 1"),
+        (["--lengths", "a"], "argument --lengths: 'a' is not an integer"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            logits_chunk.main([*argv, "--steps", "1"])
+        assert stop.value.code == 2, argv
+        assert message in capsys.readouterr().err, argv
