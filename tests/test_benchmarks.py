@@ -620,8 +620,9 @@ def test_a_failed_generation_keeps_the_run(tmp_path, monkeypatch, capsys):
     script = {
         "lstm_jax": {"ready": ready, "time": {"times": [0.01]}, "generate": failed},
         "keras_jax": {"ready": ready, "time": {"times": [0.02]}, "generate": gen},
+        "keras_tf": {"ready": ready, "time": {"times": [0.03]}, "generate": gen},
     }
-    argv = ["--shapes", "A", "--peers", "lstm_jax,keras_jax", "--rounds", "1"]
+    argv = ["--shapes", "A", "--peers", "lstm_jax,keras_jax,keras_tf", "--rounds", "1"]
     res = _run_with_fake_workers(monkeypatch, tmp_path, script, argv)["shapes"]["A"]
     assert res["lstm_jax"]["median_ms"] == 10.0 and res["keras_jax"]["median_ms"] == 20.0
     assert "generation" not in res["lstm_jax"] and res["keras_jax"]["generation"] == gen
@@ -629,6 +630,7 @@ def test_a_failed_generation_keeps_the_run(tmp_path, monkeypatch, capsys):
     assert "A lstm_jax generation: failed: worker exited: MemoryError: simulated" in printed
     assert "| lstm_jax | failed: worker exited: MemoryError: simulated | | | |" in printed
     assert "| Keras 3 (JAX) | tutorial_1 | 1 | 30 | 1.00 |" in printed
+    assert "| Keras 3 (TensorFlow) | tutorial_1 | 1 | 30 | 1.00 |" in printed
 
 
 def test_a_worker_reports_a_failed_generation_and_still_answers(monkeypatch, capsys):
@@ -1697,3 +1699,153 @@ def test_logits_chunk_refuses_lengths_and_chunks_it_cannot_run(monkeypatch, caps
             logits_chunk.main([*argv, "--steps", "1"])
         assert stop.value.code == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_the_driver_rotates_the_order_discards_the_warm_up_and_summarizes(tmp_path, monkeypatch):
+    """The A/B protocol on fake workers: each round starts with the next peer (so no framework always runs
+    right after the same other one), round 0 is a warm-up left out of the numbers, each peer is asked for
+    about `--round-seconds` of steps by its second (compiled) step's time, and the summary is the median and
+    the inclusive quartiles of the kept steps' times, with the worker's closing reply (peak memory)."""
+    calls: list[tuple[str, int]] = []
+    # Per peer, the step times of rounds 0 (warm-up), 1, 2 and 3.
+    rounds = {
+        "lstm_jax": [[9.0], [0.010, 0.012], [0.014, 0.040], [0.016, 0.018]],
+        "flax": [[9.0], [0.020], [0.020], [0.020]],
+        "torch": [[9.0], [0.040], [0.040], [0.040]],
+    }
+
+    def replies(peer: str):
+        def time_reply():
+            done = sum(1 for p, _ in calls if p == peer)
+            return {"times": rounds[peer][done - 1]}
+
+        return time_reply
+
+    fake_ask = _FakeWorker.ask
+
+    def ask(self, cmd):
+        calls.append((self.peer, cmd["steps"]))
+        return fake_ask(self, cmd)
+
+    def ready(second_step_s: float) -> dict:
+        return {
+            "status": "ready",
+            "param_count": 3,
+            "first_step_s": 5.0,
+            "second_step_s": second_step_s,
+        }
+
+    missing = {"status": "missing", "reason": "keras not installed"}
+    script = {
+        "lstm_jax": {"ready": ready(0.25), "time": replies("lstm_jax")},
+        "keras_jax": {"ready": missing},
+        "flax": {"ready": ready(0.001), "time": replies("flax")},
+        "torch": {"ready": ready(2.0), "time": replies("torch")},
+    }
+    monkeypatch.setattr(_FakeWorker, "ask", ask)
+    argv = ["--shapes", "tiny", "--peers", "lstm_jax,keras_jax,flax,torch", "--rounds", "3"]
+    argv += ["--round-seconds", "0.5"]
+    report = _run_with_fake_workers(monkeypatch, tmp_path, script, argv)
+    order = [p for p, _ in calls]
+    first = ["lstm_jax", "flax", "torch"]
+    assert order == first + first[1:] + first[:1] + first[2:] + first[:2] + first
+    # 0.5 s per round: 2 steps of 0.25 s; at most 50 steps of 1 ms; at least 1 step of 2 s.
+    assert set(calls) == {("lstm_jax", 2), ("flax", 50), ("torch", 1)}
+    res = report["shapes"]["tiny"]
+    ours = res["lstm_jax"]
+    assert ours["times"] == [0.010, 0.012, 0.014, 0.040, 0.016, 0.018]  # round 0's 9 s left out
+    # Sorted 10, 12, 14, 16, 18, 40 ms: median 15 (the mean would be 18.3), inclusive quartiles 12.5 and
+    # 17.5 (exclusive ones: 11.5 and 23.5).
+    assert ours["median_ms"] == pytest.approx(15.0)
+    assert ours["p25_ms"] == pytest.approx(12.5) and ours["p75_ms"] == pytest.approx(17.5)
+    assert ours["min_ms"] == pytest.approx(10.0) and ours["max_ms"] == pytest.approx(40.0)
+    assert ours["n"] == 6 and ours["peak_rss_mb"] == 100.0
+    # A peer that is not installed is kept, as missing, and never timed.
+    assert res["keras_jax"] == missing and "keras_jax" not in order
+    assert "| tiny | Keras 3 (JAX) | | missing: keras not installed |" in report["markdown"]
+    # lstm_jax against the fastest peer (Flax's 20 ms), not the slowest or itself.
+    assert "| tiny smoke | lstm_jax | 3 | 15.0 [12.5-17.5] | 267 | 1.33x |" in report["markdown"]
+    assert "Per-step times: median [p25-p75] over 3 interleaved rounds;" in report["markdown"]
+    assert report["versions"] == run.package_versions()
+
+
+def test_shape_tables_of_the_markdown_are_full_rows(tmp_path):
+    """Every row of the main table, a missing or failed peer's included, has the header's columns, and a
+    measured row's GFLOP/s and % of the ceiling are its step's FLOPs over its median (C: 0.8405 GFLOP)."""
+    row = {"param_count": 10, "median_ms": 10.0, "p25_ms": 9.0, "p75_ms": 11.0, "first_step_s": 1.0}
+    report = {
+        "machine": "m",
+        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
+        "args": {"rounds": 3},
+        "shapes": {
+            "C": {
+                "lstm_jax": {**row, "peak_rss_mb": 100.0},
+                "lstm_jax_dp": {**row, "median_ms": 5.0, "peak_rss_mb": 80.0},
+                "torch": {**row, "median_ms": 20.0, "first_step_s": 0.5, "peak_rss_mb": 90.0},
+                "keras_jax": {"status": "missing", "reason": "keras not installed"},
+                "flax": {"status": "failed", "reason": "RuntimeError: boom"},
+            }
+        },
+    }
+    lines = run.markdown(report).splitlines()
+    start = lines.index(next(x for x in lines if x.startswith("| shape | framework |")))
+    end = lines.index("", start)
+    table = lines[start:end]
+    assert len(table) == 2 + 5
+    assert {x.count("|") for x in table} == {11}, table
+    # 84.05 GFLOP/s is 21% of the 400 GFLOP/s ceiling (not of JAX's 300), first step 1.00 s, 100 MB;
+    # against PyTorch's 20 ms, the fastest peer (lstm_jax_dp is lstm_jax, not a peer).
+    assert table[2] == (
+        "| C imdb | lstm_jax | 10 | 10.0 [9.0-11.0] | 10000 | 2.00x | 84 | 21% | 1.00 | 100 |"
+    )
+    assert table[3].startswith("| C imdb | lstm_jax, data-parallel") and "| 4.00x |" in table[3]
+    assert table[4].endswith("| 1.00x | 42 | 11% | 0.50 | 90 |")
+    # With no peer measured there is nothing to compare with.
+    report["shapes"]["C"] = {"lstm_jax": {**row, "peak_rss_mb": 100.0}}
+    assert "| 10000 | - | 84 | 21% |" in run.markdown(report)
+
+
+def test_each_keras_peer_gets_its_backend():
+    """Keras' backend is fixed at import, by the worker's environment: a wrong one times Keras on another
+    framework under the table's "Keras 3 (JAX)" or "(TensorFlow)"."""
+    assert run.child_env("keras_jax")["KERAS_BACKEND"] == "jax"
+    assert run.child_env("keras_tf")["KERAS_BACKEND"] == "tensorflow"
+    assert run.child_env("keras_tf_xla")["KERAS_BACKEND"] == "tensorflow"
+
+
+def test_summaries_of_one_and_two_steps():
+    assert run.summarize([0.003, 0.001]) == {
+        "median_ms": pytest.approx(2.0),
+        "p25_ms": pytest.approx(1.5),
+        "p75_ms": pytest.approx(2.5),
+        "min_ms": pytest.approx(1.0),
+        "max_ms": pytest.approx(3.0),
+        "n": 2,
+    }
+    one = run.summarize([0.004])
+    assert [one[k] for k in ("median_ms", "p25_ms", "p75_ms", "min_ms", "max_ms")] == [4.0] * 5
+
+
+def test_the_report_names_the_installed_versions(monkeypatch):
+    import importlib.metadata
+
+    def version(name):
+        if name in ("torch", "tensorflow"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return f"{len(name)}.0"
+
+    monkeypatch.setattr(run.importlib.metadata, "version", version)
+    versions = run.package_versions()
+    assert versions["torch"] == versions["tensorflow"] == "missing" and versions["jax"] == "3.0"
+    assert list(versions) == list(run.VERSIONED_PACKAGES)
+    report = {
+        "machine": "m",
+        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
+        "args": {"rounds": 3},
+        "shapes": {},
+        "versions": versions,
+    }
+    first = run.markdown(report).splitlines()[0]
+    assert first.endswith(
+        " Versions: jax 3.0, jaxlib 6.0, flax 4.0, optax 5.0, numpy 5.0, keras 5.0, tensorflow-cpu 14.0."
+    )
