@@ -1813,6 +1813,113 @@ def test_each_keras_peer_gets_its_backend():
     assert run.child_env("keras_tf_xla")["KERAS_BACKEND"] == "tensorflow"
 
 
+class _FakeBench:
+    """A peer's `Bench` whose steps advance a fake clock: the first by 3 s (compiling), the rest by 0.25 s."""
+
+    param_count = 42
+
+    def __init__(self, clock: list[float]):
+        self.clock = clock
+        self.steps = 0
+
+    def step(self) -> None:
+        self.clock[0] += 3.0 if self.steps == 0 else 0.25
+        self.steps += 1
+
+    def memory_bytes(self) -> int:
+        return 1234
+
+
+def _run_worker(
+    monkeypatch,
+    capsys,
+    peer: str,
+    commands: str,
+    missing: str | None = None,
+    import_error: str = "",
+):
+    """`worker.main(peer, "tiny")` on a fake peer module and clock (`available()` says `missing`; loading it
+    raises ImportError(`import_error`) if given); its replies and the kwargs of `available` and `build`."""
+    import io
+    import types
+
+    from benchmarks import worker
+
+    clock = [0.0]
+    calls: dict[str, list[dict]] = {"available": [], "build": []}
+
+    def available(**kwargs):
+        calls["available"].append(kwargs)
+        return missing
+
+    def build(shape, **kwargs):
+        calls["build"].append(kwargs)
+        return _FakeBench(clock)
+
+    module = types.SimpleNamespace(available=available, build=build)
+    real_load = worker.load
+
+    def load(p):
+        if import_error:
+            raise ImportError(import_error)
+        return module, real_load(p)[1]
+
+    monkeypatch.setattr(worker, "load", load)
+    monkeypatch.setattr(worker, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(commands))
+    assert worker.main(peer, "tiny") == 0
+    replies = [
+        json.loads(line[len(worker.PREFIX) :])
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(worker.PREFIX)
+    ]
+    return replies, calls
+
+
+def test_a_worker_times_each_step_and_reports_its_first_apart(monkeypatch, capsys):
+    commands = '{"cmd": "time", "steps": 3}\n{"cmd": "quit"}\n'
+    replies, calls = _run_worker(monkeypatch, capsys, "lstm_jax", commands)
+    ready, timed, quit_reply = replies
+    assert ready["status"] == "ready" and ready["param_count"] == 42
+    assert ready["first_step_s"] == 3.0 and ready["second_step_s"] == 0.25
+    assert timed == {
+        "times": [0.25, 0.25, 0.25]
+    }  # each step's own time, not the time since the first
+    assert quit_reply["xla_bytes"] == 1234 and quit_reply["peak_rss_mb"] > 0
+    assert calls == {"available": [{}], "build": [{}]}
+
+
+def test_a_worker_reports_a_missing_framework_as_missing(monkeypatch, capsys):
+    """Not installed (its module says so, or cannot be imported): "missing", not built, not a crash."""
+    replies, calls = _run_worker(monkeypatch, capsys, "torch", "", missing="torch not installed")
+    assert replies == [{"status": "missing", "reason": "torch not installed"}]
+    assert calls["build"] == []
+    replies, calls = _run_worker(monkeypatch, capsys, "torch", "", import_error="No module 'torch'")
+    assert replies == [{"status": "missing", "reason": "No module 'torch'"}]
+
+
+@pytest.mark.parametrize(
+    "peer, kwargs",
+    [
+        ("lstm_jax_dp", {"data_parallel": True}),
+        ("lstm_jax_cudnn", {"impl": "cudnn"}),
+        ("flax", {}),
+        ("keras_jax", {}),
+        ("keras_tf", {"jit_compile": False}),
+        ("keras_tf_xla", {"jit_compile": True}),
+        ("torch", {"compile": False}),
+        ("torch_compile", {"compile": True}),
+    ],
+)
+def test_each_peer_name_builds_its_variant(peer, kwargs, monkeypatch, capsys):
+    """The peer names the table labels ("torch.compile", "Keras 3 (TensorFlow, XLA)", ...) build what they
+    say: a swapped flag times the wrong variant under the right name."""
+    replies, calls = _run_worker(monkeypatch, capsys, peer, '{"cmd": "quit"}\n')
+    assert replies[0]["status"] == "ready" and calls["build"] == [kwargs]
+    # Whether it can run here is asked of the variant: impl="cudnn" needs an NVIDIA GPU.
+    assert calls["available"] == [{"impl": "cudnn"} if peer == "lstm_jax_cudnn" else {}]
+
+
 def test_summaries_of_one_and_two_steps():
     assert run.summarize([0.003, 0.001]) == {
         "median_ms": pytest.approx(2.0),
