@@ -1920,6 +1920,62 @@ def test_each_peer_name_builds_its_variant(peer, kwargs, monkeypatch, capsys):
     assert calls["available"] == [{"impl": "cudnn"} if peer == "lstm_jax_cudnn" else {}]
 
 
+def test_bench_engine_skips_the_compiling_interval_and_takes_medians(monkeypatch, capsys):
+    """bench_engine's numbers on fake measurements: the engine's ms per step is the median over its logged
+    training intervals after the first (compilation), from examples/s; the bare loop's the median over its
+    10-step chunks after the first, per step; the overhead is engine over bare."""
+    import types
+
+    from benchmarks import bench_engine
+
+    def train_and_evaluate(config, workdir, task):
+        rates = [1.0, 5000.0, 2000.0, 4000.0]  # 100-example batches: 100 (compiling), 20, 50, 25 ms
+        lines = [{"kind": "train", "examples_per_s": r} for r in rates]
+        lines.insert(2, {"kind": "eval", "examples_per_s": 1.0})
+        Path(workdir, "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    monkeypatch.setattr(bench_engine, "train_and_evaluate", train_and_evaluate)
+    assert bench_engine.engine_ms_per_step(20) == pytest.approx(25.0)  # 37.5 with the first
+    # A tiny model (compiled in a second), and a clock whose 10-step chunks take 10, 20 and 60 ms: 1, 2
+    # and 6 ms per step.
+    from flax import nnx
+
+    class Tiny(nnx.Module):
+        def __init__(self, *, rngs: nnx.Rngs):
+            self.out = nnx.Linear(1, 1, rngs=rngs)
+
+        def __call__(self, tokens):
+            return self.out(tokens[:, :1].astype(np.float32))[:, 0]
+
+    monkeypatch.setattr(bench_engine, "Classifier", Tiny)
+    monkeypatch.setattr(bench_engine, "BATCH", 2)
+    ticks = iter([0.0, 0.010, 1.0, 1.020, 2.0, 2.060])
+    monkeypatch.setattr(
+        bench_engine, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks))
+    )
+    assert bench_engine.bare_ms_per_step(40) == pytest.approx(2.0)
+    monkeypatch.setattr(bench_engine, "bare_ms_per_step", lambda steps: 2.0)
+    monkeypatch.setattr(bench_engine, "engine_ms_per_step", lambda steps: 2.5)
+    bench_engine.main([])
+    got = json.loads(capsys.readouterr().out)
+    assert got["bare_ms_per_step"] == 2.0 and got["engine_ms_per_step"] == 2.5
+    assert got["overhead_pct"] == 25.0
+
+
+def test_the_four_shapes_are_the_tutorials_models():
+    """The compared models, as the tutorials define them (issue 6): a changed size would time another
+    model under the tutorial's name. Fields: batch, time, vocab, embed, LSTM sizes, dense head, classes,
+    optimizer."""
+    got = {n: (s.title, s.batch, s.time, s.vocab, s.embed, s.lstm, s.dense, s.classes, s.optimizer)
+           for n, s in SHAPES.items()}  # fmt: skip
+    assert got == {
+        "A": ("char", 40, 50, 0, 0, (300, 300), (), 60, "adam"),
+        "B": ("word", 128, 30, 5000, 64, (128, 64), ((64, "relu"),), 5000, "adam"),
+        "C": ("imdb", 100, 228, 15000, 16, (32,), (), 1, "rmsprop"),
+        "D": ("fake_news", 64, 500, 10000, 300, (199,), ((399, "relu"), (43, "relu")), 1, "adam"),
+    }
+
+
 def test_summaries_of_one_and_two_steps():
     assert run.summarize([0.003, 0.001]) == {
         "median_ms": pytest.approx(2.0),
