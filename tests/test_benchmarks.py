@@ -1805,6 +1805,14 @@ def test_shape_tables_of_the_markdown_are_full_rows(tmp_path):
     assert "| 10000 | - | 84 | 21% |" in run.markdown(report)
 
 
+def test_workers_run_without_the_callers_openblas_coretype(monkeypatch):
+    """OPENBLAS_CORETYPE halves numpy's matmul here: the ceiling's child and every worker start without it
+    (the end-to-end test's check of the ceiling's report holds only where the caller has it set)."""
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    for peer in (None, "lstm_jax", "torch"):
+        assert "OPENBLAS_CORETYPE" not in run.child_env(peer)
+
+
 def test_each_keras_peer_gets_its_backend():
     """Keras' backend is fixed at import, by the worker's environment: a wrong one times Keras on another
     framework under the table's "Keras 3 (JAX)" or "(TensorFlow)"."""
