@@ -1821,7 +1821,7 @@ def test_each_keras_peer_gets_its_backend():
     assert run.child_env("keras_tf_xla")["KERAS_BACKEND"] == "tensorflow"
 
 
-class _FakeBench:
+class _FakeWorkerBench:
     """A peer's `Bench` whose steps advance a fake clock: the first by 3 s (compiling), the rest by 0.25 s."""
 
     param_count = 42
@@ -1862,7 +1862,7 @@ def _run_worker(
 
     def build(shape, **kwargs):
         calls["build"].append(kwargs)
-        return _FakeBench(clock)
+        return _FakeWorkerBench(clock)
 
     module = types.SimpleNamespace(available=available, build=build)
     real_load = worker.load
