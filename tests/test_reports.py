@@ -207,3 +207,150 @@ def test_classification_reports_count_predictions_as_the_engines_accuracy(tmp_pa
         assert engine["accuracy"] == 1.0
         assert out["test"]["accuracy"] == engine["accuracy"]
         assert np.trace(np.asarray(out["test"]["confusion_matrix"])) == len(labels)
+
+
+def _drawn(monkeypatch) -> list:
+    """The figures `lstm_jax.plots` would save, kept instead of written."""
+    from lstm_jax import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def _cells(ax) -> dict[tuple[int, int], tuple[str, str]]:
+    """A heatmap's annotations by (row, column): (text, colour)."""
+    from matplotlib.colors import to_hex
+
+    return {
+        (round(t.get_position()[1]), round(t.get_position()[0])): (
+            t.get_text(),
+            to_hex(t.get_color()),
+        )
+        for t in ax.texts
+    }
+
+
+def test_the_confusion_matrix_heatmap_draws_rows_as_true_and_columns_as_predicted(
+    tmp_path, monkeypatch
+):
+    """Every cell shows its count where the row is the true class and the column the prediction (an
+    asymmetric matrix, so a transposed drawing shows), the ticks name the classes in order, and the
+    largest counts are written in white on the dark cells."""
+    from lstm_jax import plots
+
+    figures = _drawn(monkeypatch)
+    cm = np.array([[5, 1, 0], [3, 2, 0], [0, 4, 1]])
+    path = str(tmp_path / "cm.png")
+    assert plots.plot_confusion_matrix(cm, NAMES, path, title="Mine") == path
+    ax = figures[0].axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), cm)
+    white, black = "#ffffff", "#000000"
+    assert _cells(ax) == {
+        (i, j): (str(cm[i, j]), white if cm[i, j] > 2.5 else black)
+        for i in range(3)
+        for j in range(3)
+    }
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("predicted", "true", "Mine")
+    assert list(ax.get_xticks()) == list(ax.get_yticks()) == [0, 1, 2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == NAMES
+    assert [t.get_text() for t in ax.get_yticklabels()] == NAMES
+
+
+def test_the_normalised_heatmap_shows_each_true_class_row_over_its_total(tmp_path, monkeypatch):
+    """normalize=True divides each row (a true class) by its total, its recall on the diagonal; a class
+    with no example stays a row of zeros rather than NaN."""
+    from lstm_jax import plots
+
+    figures = _drawn(monkeypatch)
+    cm = np.array([[6, 2, 0], [1, 3, 0], [0, 0, 0]])
+    plots.plot_confusion_matrix(cm, NAMES, str(tmp_path / "cm.png"), normalize=True)
+    ax = figures[0].axes[0]
+    rates = [[0.75, 0.25, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 0.0]]
+    np.testing.assert_allclose(ax.images[0].get_array(), rates)
+    assert {cell: text for cell, (text, _) in _cells(ax).items()} == {
+        (i, j): f"{rates[i][j]:.2f}" for i in range(3) for j in range(3)
+    }
+    with pytest.raises(ValueError, match=r"must be \[2, 2\], got \(3, 3\)"):
+        plots.plot_confusion_matrix(cm, NAMES[:2], str(tmp_path / "bad.png"))
+    assert figures[1:] == []
+
+
+HISTORY = [
+    {"epoch": 1.0, "step": 5, "train": {"loss": 0.9, "accuracy": 0.5}, "validation": {"loss": 1.0}},
+    {
+        "epoch": 2.0,
+        "step": 10,
+        "train": {"loss": 0.6, "accuracy": 0.7},
+        "validation": {"loss": 0.8, "accuracy": 0.6},
+    },
+    {
+        "epoch": 3.0,
+        "step": 15,
+        "train": {"loss": 0.4, "accuracy": 0.8},
+        "validation": {"loss": None, "accuracy": 0.65},
+    },
+]
+
+
+def test_training_curves_draw_each_split_of_each_metric_against_the_epoch(tmp_path, monkeypatch):
+    """One panel a metric, in the order asked, each with a train and a validation curve over the
+    epochs (a split that lacks the metric at some epochs skips those, a JSON null is NaN), the last
+    value written beside each curve's end; a metric no record has gets no panel."""
+    from lstm_jax import plots
+
+    figures = _drawn(monkeypatch)
+    path = str(tmp_path / "curves.png")
+    metrics = ("loss", "f1", "accuracy")
+    assert plots.plot_training_curves(HISTORY, path, metrics=metrics, title="run") == path
+    (fig,) = figures
+    assert fig.get_suptitle() == "run"
+    panels = [ax for ax in fig.axes if ax.lines]
+    assert [(ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) for ax in panels] == [
+        ("epoch", "loss", "loss: train vs validation"),
+        ("epoch", "accuracy", "accuracy: train vs validation"),
+    ]
+    loss, accuracy = (
+        {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+        for ax in panels
+    )
+    np.testing.assert_equal(
+        loss,
+        {
+            "train": ([1.0, 2.0, 3.0], [0.9, 0.6, 0.4]),
+            "validation": ([1.0, 2.0, 3.0], [1.0, 0.8, np.nan]),
+        },
+    )
+    assert accuracy == {
+        "train": ([1.0, 2.0, 3.0], [0.5, 0.7, 0.8]),
+        "validation": ([2.0, 3.0], [0.6, 0.65]),
+    }
+    assert [t.get_text() for t in panels[0].texts] == ["0.4000", "nan"]
+    assert [t.get_text() for t in panels[1].texts] == ["0.8000", "0.6500"]
+    assert [[t.get_text() for t in ax.get_legend().get_texts()] for ax in panels] == [
+        ["train", "validation"],
+        ["train", "validation"],
+    ]
+
+
+def test_training_curves_of_a_metric_only_training_has_and_of_nothing_to_plot(
+    tmp_path, monkeypatch
+):
+    from lstm_jax import plots
+
+    figures = _drawn(monkeypatch)
+    history = [{"epoch": 1.0, "train": {"perplexity": 3.0}, "validation": {}}]
+    plots.plot_training_curves(history, str(tmp_path / "a.png"), metrics=("perplexity",))
+    (ax,) = figures[0].axes
+    assert [line.get_label() for line in ax.lines] == ["train"] and figures[0].get_suptitle() == ""
+    assert plots.plot_training_curves(history, str(tmp_path / "b.png")) is None
+    assert plots.plot_training_curves([], str(tmp_path / "c.png")) is None
+    assert len(figures) == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_plot_path_without_an_extension_is_a_png(tmp_path):
+    from lstm_jax import plots
+
+    fig, _ = plots.new_figure()
+    plots.save_figure(fig, str(tmp_path / "curves"))
+    assert (tmp_path / "curves").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
