@@ -907,6 +907,167 @@ def _experiment(main: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+# Runs an experiment's main.py as `python -m` does, its task functions replaced by spies: prints the
+# mode table it hands `cli.run` and what the mode's task function was called with, then exits as the
+# CLI does.
+_SPIED_MAIN = """
+import functools, json, runpy, sys
+from absl.flags import FLAGS
+from lstm_jax import cli
+from lstm_jax.tasks import char_lm, classification, word_lm
+
+
+def spy(module, name):
+    real = getattr(module, name)
+
+    @functools.wraps(real)
+    def called(config, workdir, **kwargs):
+        call = {"workdir": workdir, "kwargs": kwargs, "texts": cli.positional_args()}
+        print("CALL", f"{module.__name__}.{name}", json.dumps(call, sort_keys=True))
+
+    setattr(module, name, called)
+
+
+for module, name in [(char_lm, "train"), (char_lm, "generate_samples"), (word_lm, "train"),
+                     (word_lm, "generate_samples"), (classification, "train"),
+                     (classification, "evaluate"), (classification, "predict"),
+                     (classification, "baseline"), (classification, "ensemble")]:
+    spy(module, name)
+real_run = cli.run
+
+
+def run(modes):
+    table = {
+        mode: [f.__module__, f.__qualname__, getattr(f, "takes_arguments", False),
+               getattr(f, "needs_config", True)]
+        for mode, f in modes.items()
+    }
+    print("MODES", json.dumps(table))
+    defaults = {flag.name: flag.default for flag in FLAGS.get_flags_for_module("__main__")}
+    print("DEFAULTS", json.dumps(defaults))
+    real_run(modes)
+
+
+cli.run = run
+runpy.run_module(f"experiments.{sys.argv.pop(1)}.main", run_name="__main__", alter_sys=True)
+"""
+
+_CLASSIFICATION_MODES = {
+    "train": ["lstm_jax.tasks.classification", "train", False, True],
+    "eval": ["lstm_jax.tasks.classification", "evaluate", False, True],
+    "predict": ["lstm_jax.tasks.classification", "predict", True, True],
+    "baseline": ["lstm_jax.tasks.classification", "baseline", False, True],
+    "ensemble": ["lstm_jax.tasks.classification", "ensemble", True, False],
+}
+
+
+@pytest.mark.parametrize(
+    "main, mode, flags, modes, called, kwargs, texts",
+    [
+        (
+            "char_textgen",
+            "generate",
+            {"prime": "ab", "length": 7, "top_k": 3, "sample_seed": 9},
+            {
+                "train": ["lstm_jax.tasks.char_lm", "train", False, True],
+                "generate": ["__main__", "generate", False, True],
+            },
+            "char_lm.generate_samples",
+            {
+                "prime": "ab",
+                "length": 7,
+                "temperature": None,
+                "top_k": 3,
+                "num_samples": None,
+                "seed": 9,
+            },
+            [],
+        ),
+        (
+            "word_textgen",
+            "generate",
+            {"seed_text": "red dress", "num_words": 4, "temperature": 0.25},
+            {
+                "train": ["lstm_jax.tasks.word_lm", "train", False, True],
+                "generate": ["__main__", "generate", False, True],
+            },
+            "word_lm.generate_samples",
+            {
+                "seed_text": "red dress",
+                "num_words": 4,
+                "temperature": 0.25,
+                "top_k": None,
+                "seed": None,
+            },
+            [],
+        ),
+        (
+            "imdb_sentiment",
+            "predict",
+            {},
+            _CLASSIFICATION_MODES,
+            "classification.predict",
+            {},
+            ["A great movie", "--not a flag"],
+        ),
+        (
+            "fake_news",
+            "predict",
+            {"meta": ["speaker=x", "party_affiliation=y"]},
+            {**_CLASSIFICATION_MODES, "predict": ["__main__", "predict", True, True]},
+            "classification.predict",
+            {"meta": ["speaker=x", "party_affiliation=y"]},
+            ["Says so"],
+        ),
+    ],
+)
+def test_each_experiments_main_hands_its_modes_and_flags_to_the_task(
+    tmp_path, main, mode, flags, modes, called, kwargs, texts
+):
+    """Each `experiments/<name>/main.py` is a table of modes and the flags its modes read: every
+    mode runs its task's function, and every generate/predict flag given (or its absence, None: the
+    saved config's value) reaches the function as the keyword it sets."""
+    args = [f"--config=experiments/{main}/configs/test.py", f"--workdir={tmp_path / 'w'}"]
+    for name, value in flags.items():
+        for one in value if isinstance(value, list) else [value]:
+            args.append(f"--{name}={one}")
+    (tmp_path / "spied.py").write_text(_SPIED_MAIN)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "spied.py"), main, *args, f"--mode={mode}", "--", *texts],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    (table,) = [json.loads(line[6:]) for line in lines if line.startswith("MODES ")]
+    assert table == modes
+    (defaults,) = [json.loads(line[9:]) for line in lines if line.startswith("DEFAULTS ")]
+    # An unset flag is None (the saved config's value), or no --meta at all.
+    assert defaults == {name: [] if name == "meta" else None for name in defaults}
+    assert sorted(defaults) == sorted(
+        {
+            "char_textgen": [
+                "prime",
+                "length",
+                "temperature",
+                "top_k",
+                "num_samples",
+                "sample_seed",
+            ],
+            "word_textgen": ["seed_text", "num_words", "temperature", "top_k", "sample_seed"],
+            "imdb_sentiment": [],
+            "fake_news": ["meta"],
+        }[main]
+    )
+    (call,) = [line.split(" ", 2)[1:] for line in lines if line.startswith("CALL ")]
+    assert call[0] == f"lstm_jax.tasks.{called}"
+    assert json.loads(call[1]) == {"workdir": str(tmp_path / "w"), "kwargs": kwargs, "texts": texts}
+
+
 @pytest.mark.parametrize(
     "main, config",
     [
