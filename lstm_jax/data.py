@@ -19,6 +19,7 @@ import csv
 import gzip
 import io
 import os
+import re
 import stat
 import sys
 import zlib
@@ -132,8 +133,26 @@ def _read_bytes(path: Path, what: str) -> bytes:
     return data
 
 
+# Leading bytes of compressed files and archives a text file is sometimes saved or downloaded as (a
+# Kaggle download is a zip), with the fix for each: read as text they were "binary file (NUL byte ...)".
+_COMPRESSED_MAGIC = (
+    (
+        re.compile(rb"\x1f\x8b"),
+        "gzip-compressed",
+        "rename it to end in .gz (read as it is) or gunzip it",
+    ),
+    (re.compile(rb"PK\x03\x04"), "a zip archive", "unzip it and pass the file inside"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed", "bunzip2 it and pass the text file"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed", "unxz it and pass the text file"),
+)
+
+
 def _decode_utf8(data: bytes, path: Path) -> str:
-    """UTF-8 text of `data` (a leading BOM dropped); NUL bytes or bad UTF-8 -> UserError + line."""
+    """UTF-8 text of `data` (a leading BOM dropped); compressed data, NUL bytes or bad UTF-8 ->
+    UserError (+ line)."""
+    for magic, what, fix in _COMPRESSED_MAGIC:
+        if magic.match(data):
+            raise UserError(f"{path}: the file is {what}, not text; {fix}")
     nul = data.find(b"\x00")
     if nul >= 0:
         line = data.count(b"\n", 0, nul) + 1

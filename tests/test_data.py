@@ -98,6 +98,26 @@ def test_load_text_bad_files_name_the_file(tmp_path, content, pattern):
         D.load_text(f)
 
 
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (gzip.compress(b"a,b\n1,2\n"), "gzip-compressed, not text; rename it to end in .gz"),
+        (b"PK\x03\x04\x14\x00\x00\x00", "a zip archive, not text; unzip it"),
+        (b"BZh91AY&SY\x00\x01", "bzip2-compressed, not text"),
+        (b"\xfd7zXZ\x00\x00\x04", "xz-compressed, not text"),
+    ],
+)
+def test_a_compressed_file_without_its_extension_is_named_as_such(tmp_path, content, pattern):
+    """A gzipped or zipped CSV saved as .csv (a Kaggle download) was "binary file (NUL byte ...); pass a
+    UTF-8 text file", which does not say what the file is or how to fix it."""
+    for name in ("data.csv", "data.txt"):
+        f = tmp_path / name
+        f.write_bytes(content)
+        load = D.load_text if name.endswith(".txt") else D.load_fake_news_csv
+        with pytest.raises(UserError, match=_named(f) + ": the file is " + pattern):
+            load(f)
+
+
 def test_load_text_windows_copy_gives_the_original_text(tmp_path, no_data_env):
     """A CRLF copy (Notepad, git autocrlf) once added '\\r' to the character vocabulary and moved the split."""
     original = (
