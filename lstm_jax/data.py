@@ -574,6 +574,16 @@ def _load_imdb_local(p: Path) -> tuple[dict[str, list[tuple[str, int]]], dict[st
     if isinstance(found, Path):
         return _load_acl_imdb(found)
     if found is None:
+        for root in (p, p / "aclImdb"):
+            # Half an aclImdb tree (its test/ not extracted or deleted): name the missing folder.
+            halves = [(root / split).is_dir() for split in ("train", "test")]
+            if any(halves):
+                missing = root / ("test" if halves[0] else "train")
+                raise UserError(
+                    f"{missing}: folder missing; an aclImdb/ folder needs train/pos, train/neg,"
+                    " test/pos and test/neg with one .txt review per file (re-extract"
+                    " aclImdb_v1.tar.gz)"
+                )
         raise UserError(
             f"{p}: no IMDB data found; point to an aclImdb/ folder (train/pos, train/neg, "
             "test/pos, test/neg) or a folder with imdb_train.csv(.gz) and imdb_test.csv(.gz)"

@@ -6,6 +6,7 @@ import csv
 import gzip
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -862,3 +863,13 @@ def test_fingerprint_digests_values_dtypes_and_structure():
     assert D.fingerprint(zeros) != D.fingerprint(zeros.view(np.float32))  # same bytes, other dtype
     with pytest.raises(TypeError, match="cannot digest a object"):
         D.fingerprint(object())
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_an_acl_imdb_tree_missing_a_split_names_that_folder(tmp_path, no_data_env, split):
+    """aclImdb/ without test/ was "no IMDB data found", while one without train/neg named the folder."""
+    acl = make_acl_imdb(tmp_path)
+    shutil.rmtree(acl / split)
+    for given in (acl, tmp_path):
+        with pytest.raises(UserError, match=_named(acl / split) + ": folder missing"):
+            D.load_imdb(given)
