@@ -177,9 +177,22 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
                         f" model; --mode={mode} takes one of its members' workdirs (named in"
                         " ensemble.json)"
                     )
+                if mode == next(iter(modes)) or getattr(modes[mode], "starts_run", False):
+                    raise UserError(
+                        f"no --config given and {workdir} has no saved config.json; pass"
+                        " --config=experiments/<name>/configs/<config>.py"
+                    )
+                # eval, predict, generate: a --config would not help (a workdir without a trained
+                # run has no checkpoint or vocabulary either); a typo in the path is likelier.
+                state = (
+                    "does not exist"
+                    if not os.path.exists(workdir)
+                    else "holds no trained run (no config.json)"
+                )
                 raise UserError(
-                    f"no --config given and {workdir} has no saved config.json; pass"
-                    " --config=experiments/<name>/configs/<config>.py"
+                    f"--workdir={workdir} {state}; --mode={mode} reads a trained run: pass the"
+                    " --workdir of one, or train one there first (--mode="
+                    f"{next(iter(modes))} --config=experiments/<name>/configs/<config>.py)"
                 )
             config = config_utils.load_config(workdir)
             check_config_family(config, workdir)

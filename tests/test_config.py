@@ -620,6 +620,23 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
     )
 
 
+def test_cli_a_mode_reading_a_trained_run_names_a_workdir_without_one(tmp_path):
+    """--mode=predict (eval, generate) on a missing or empty workdir advised "pass --config=...",
+    which then failed on the missing checkpoint: the workdir (a typo?) is the problem."""
+    gone = str(tmp_path / "no_such_run")
+    no_run = _cli(tmp_path, f"--workdir={gone}", "--mode=predict")
+    assert no_run.returncode == 2 and "Traceback" not in no_run.stderr
+    assert f"error: --workdir={gone} does not exist; --mode=predict reads a trained run: pass" in (
+        no_run.stderr
+    )
+    os.makedirs(gone)
+    empty = _cli(tmp_path, f"--workdir={gone}", "--mode=predict")
+    assert f"error: --workdir={gone} holds no trained run (no config.json); --mode=predict" in (
+        empty.stderr
+    )
+    assert "train one there first (--mode=train --config=" in empty.stderr
+
+
 def test_a_workdir_under_the_home_directory_is_expanded(tmp_path, monkeypatch):
     """`--workdir=~/run` (the shell expands no ~ after "=") made a directory named "~" in the current
     one; data.path was expanded, the workdir was not."""

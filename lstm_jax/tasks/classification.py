@@ -1543,5 +1543,6 @@ def ensemble(
 
 
 ensemble.needs_config = False  # type: ignore[attr-defined]  # cli: run without --config
+baseline.starts_run = True  # type: ignore[attr-defined]  # cli: a --config on a new workdir, as train
 ensemble.takes_arguments = True  # type: ignore[attr-defined]  # cli: the members' workdirs
 predict.takes_arguments = True  # type: ignore[attr-defined]  # cli: the texts
