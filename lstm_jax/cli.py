@@ -43,6 +43,7 @@ import importlib.util
 import logging as py_logging
 import os
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -646,6 +647,27 @@ def _quiet_failed_reads_unraisablehook(hook: Callable[..., Any]) -> Callable[...
     return unraisablehook
 
 
+def _redeliver_lost_interrupt_unraisablehook(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """`sys.unraisablehook` that sends SIGINT again for a KeyboardInterrupt Python could not raise.
+
+    Ctrl-C handled while a garbage-collector callback ran (JAX's `_xla_gc_callback`, which runs after
+    long C calls such as imports and compilation) or a `__del__` is "Exception ignored in ..." with a
+    traceback, and dropped: the run went on to its end and exited 0. A thread sends the signal again a
+    moment later, when the main thread is back in ordinary code: the one-line error and status 130, or
+    in training the checkpoint of the step in flight."""
+
+    def unraisablehook(unraisable):  # noqa: ANN001, ANN202 (sys.unraisablehook's signature)
+        etype = getattr(unraisable, "exc_type", None)
+        if isinstance(etype, type) and issubclass(etype, KeyboardInterrupt):
+            again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+            again.daemon = True
+            again.start()
+            return
+        hook(unraisable)
+
+    return unraisablehook
+
+
 # The error handler `escape_unencodable` sets on stdout and stderr.
 _ESCAPE = "lstm_jax.escape"
 
@@ -696,7 +718,9 @@ def run(modes: Mapping[str, Handler], argv: Sequence[str] | None = None) -> None
     escape_unencodable()
     sys.excepthook = _quiet_closed_loop_excepthook(sys.excepthook)
     threading.excepthook = _quiet_closed_loop_thread_excepthook(threading.excepthook)
-    sys.unraisablehook = _quiet_failed_reads_unraisablehook(sys.unraisablehook)
+    sys.unraisablehook = _redeliver_lost_interrupt_unraisablehook(
+        _quiet_failed_reads_unraisablehook(sys.unraisablehook)
+    )
     define_flags(list(modes))
     logging.get_absl_handler().addFilter(_QuietOrbax())
     logging.set_verbosity(logging.INFO)

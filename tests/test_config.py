@@ -620,6 +620,38 @@ def test_cli_overrides_modes_and_user_errors(tmp_path):
     )
 
 
+LOST_CTRL_C_MAIN = textwrap.dedent(
+    """
+    import gc, signal, time
+    from lstm_jax import cli
+
+    def train(config, workdir):
+        def in_gc(phase, info):  # Ctrl-C handled while a gc callback runs (JAX's _xla_gc_callback)
+            if phase == "start":
+                gc.callbacks.remove(in_gc)
+                signal.raise_signal(signal.SIGINT)
+                handled_here = True
+
+        gc.callbacks.append(in_gc)
+        gc.collect()
+        time.sleep(3)
+        print("FINISHED")
+
+    if __name__ == "__main__":
+        cli.run({"train": train})
+    """
+)
+
+
+def test_cli_ctrl_c_python_could_not_raise_in_a_gc_callback_still_stops_the_run(tmp_path):
+    """Ctrl-C landing in a garbage-collector callback was "Exception ignored in: <function
+    _xla_gc_callback>" and a traceback, and the run went on to its end with exit status 0."""
+    out = ef.run_cli_script(tmp_path, LOST_CTRL_C_MAIN, "--config=cfg.py", "--workdir=w")
+    assert "FINISHED" not in out.stdout and "Exception ignored" not in out.stderr, out.stderr
+    assert out.returncode == 130 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C);")
+
+
 def test_cli_a_mode_reading_a_trained_run_names_a_workdir_without_one(tmp_path):
     """--mode=predict (eval, generate) on a missing or empty workdir advised "pass --config=...",
     which then failed on the missing checkpoint: the workdir (a typo?) is the problem."""
