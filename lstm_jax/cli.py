@@ -166,6 +166,15 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
         config = FLAGS.config
         if config is not None:
             check_config_family(config, None)
+            if os.path.isfile(os.path.join(workdir, config_utils.CONFIG_FILE)):
+                # A --config of this experiment on another experiment's run: named as such, not as
+                # the dozens of fields that "differ from the run saved" there.
+                try:
+                    saved = config_utils.load_config(workdir)
+                except UserError:
+                    saved = None  # a damaged config.json: the mode's own checks report it
+                if saved is not None:
+                    check_config_family(saved, workdir)
             if mode == "train":
                 # sys.argv: ml_collections defines the --config.x.y flags from it (its `sys_argv`
                 # default), so every override that was parsed is there.
@@ -357,7 +366,7 @@ def check_config_family(
             f" experiments/{name}/configs/*.py, or run the experiment the config is for"
         )
     fix = (
-        "run the main.py of the experiment that trained it"
+        "run the main.py of the experiment that trained it, or pass another --workdir"
         if experiment is None
         else f"pass the workdir of a run of {name}"
     )

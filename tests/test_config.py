@@ -1169,6 +1169,32 @@ def test_a_mode_on_the_workdir_of_a_char_run_run_by_word_textgen_names_the_run(t
     assert "Traceback" not in proc.stderr
 
 
+def test_training_with_a_config_of_this_experiment_on_another_experiments_run_names_the_run(
+    tmp_path,
+):
+    """A --config of word_textgen on a char_textgen run's workdir was "config.model.dropout, ... and 9
+    more differ from the run saved in ...; ... or drop the override to resume this one" (none was given)."""
+    config = importlib.import_module("experiments.char_textgen.configs.test").get_config()
+    workdir = tmp_path / "run"
+    config_utils.save_config(config, workdir)
+    proc = _experiment(
+        "word_textgen",
+        "--config=experiments/word_textgen/configs/test.py",
+        f"--config.data.path={tmp_path / 'none.csv'}",
+        f"--workdir={workdir}",
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: {workdir} holds a run of another experiment than word_textgen (its config.json"
+            " lacks config."
+        )
+    )
+    assert proc.stderr.strip().endswith("or pass another --workdir")
+
+
 def test_a_config_lacking_half_of_the_fields_marking_an_experiment_is_still_its_own(monkeypatch):
     """A config lacking most (more than half) of the fields that mark an experiment's configs is another
     experiment's; one lacking half of them (a run saved before they existed) is not refused."""
