@@ -207,6 +207,7 @@ def main(argv: Sequence[str], modes: Mapping[str, Handler]) -> int:
             config = config_utils.load_config(workdir)
             check_config_family(config, workdir)
             check_saved_types(config, workdir)
+        check_mode_flags(mode, modes, config)
         modes[mode](config, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -374,6 +375,34 @@ def check_config_family(
         f"{workdir} holds a run of another experiment than {name} (its config.json lacks {lacks});"
         f" {fix}"
     )
+
+
+def check_mode_flags(
+    mode: str, modes: Mapping[str, Handler], config: ml_collections.ConfigDict | None
+) -> None:
+    """`UserError` for a flag of another mode given on the command line: an experiment's flags name the
+    mode that reads them at the start of their help ("generate: characters to generate"), and the
+    others ignore them (``--mode=train --length=500 --temperature=0`` trained, then sampled with the
+    config's length and temperature, exit status 0)."""
+    for name in sorted(FLAGS):
+        flag = FLAGS[name]
+        if name != flag.name or not flag.present:
+            continue  # a short name's entry, or a flag not on the command line
+        reader = re.match(r"(\w+)(?: \([^)]*\))?:", flag.help or "")
+        if reader is None or reader.group(1) not in modes or reader.group(1) == mode:
+            continue
+        section = config.get(reader.group(1)) if config is not None else None
+        setting = (
+            f"; after training, --config.{reader.group(1)}.{name} sets it"
+            if mode == next(iter(modes))
+            and isinstance(section, ml_collections.ConfigDict)
+            and name in section
+            else ""
+        )
+        raise UserError(
+            f"--{name} is read by --mode={reader.group(1)} only, and this is --mode={mode}; drop it,"
+            f" or pass --mode={reader.group(1)}{setting}"
+        )
 
 
 def _flag_error(message: str) -> NoReturn:

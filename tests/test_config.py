@@ -652,6 +652,42 @@ def test_cli_ctrl_c_python_could_not_raise_in_a_gc_callback_still_stops_the_run(
     assert out.stderr.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C);")
 
 
+MODE_FLAG_MAIN = textwrap.dedent(
+    """
+    from absl import flags
+    from lstm_jax import cli
+
+    flags.DEFINE_integer("length", None, "generate: characters to generate (default: config).")
+    flags.DEFINE_string("meta", None, "predict (LIAR models): metadata as field=value")
+
+    def train(config, workdir):
+        print("TRAINED")
+
+    def generate(config, workdir):
+        print("GENERATED", flags.FLAGS.length)
+
+    if __name__ == "__main__":
+        cli.run({"train": train, "generate": generate, "predict": train})
+    """
+)
+
+
+def test_cli_a_flag_of_another_mode_is_an_error_not_ignored(tmp_path):
+    """``--mode=train --length=3`` (char_textgen) trained and sampled with the config's length, and
+    ``--mode=eval --meta=...`` (fake_news) evaluated without it: both exit status 0."""
+    cfg = ("--config=cfg.py", "--workdir=w")
+    out = ef.run_cli_script(tmp_path, MODE_FLAG_MAIN, *cfg, "--length=3")
+    assert out.returncode == 2 and "TRAINED" not in out.stdout, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: --length is read by --mode=generate only, and this is --mode=train; drop it, or"
+        " pass --mode=generate"
+    )
+    meta = ef.run_cli_script(tmp_path, MODE_FLAG_MAIN, *cfg, "--mode=generate", "--meta=a=b")
+    assert meta.returncode == 2 and "error: --meta is read by --mode=predict only" in meta.stderr
+    ok = ef.run_cli_script(tmp_path, MODE_FLAG_MAIN, *cfg, "--mode=generate", "--length=3")
+    assert ok.returncode == 0 and "GENERATED 3" in ok.stdout, ok.stderr
+
+
 def test_cli_a_mode_reading_a_trained_run_names_a_workdir_without_one(tmp_path):
     """--mode=predict (eval, generate) on a missing or empty workdir advised "pass --config=...",
     which then failed on the missing checkpoint: the workdir (a typo?) is the problem."""
