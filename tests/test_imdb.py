@@ -1081,3 +1081,13 @@ def test_stdin_lines_keep_their_numbers_and_drop_blank_lines_and_a_bom(monkeypat
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
     assert data_lib.read_stdin_lines("texts") == [(1, "first"), (4, "fourth")]
     assert "skipped 2 empty line(s)" in capsys.readouterr().err
+
+
+def test_predict_of_a_file_name_says_to_pass_the_file_on_stdin(tmp_path, monkeypatch):
+    """`--mode=predict reviews.txt` classified the string "reviews.txt" (exit status 0)."""
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text("A great film\nAwful\n", encoding="utf-8")
+    monkeypatch.setattr(cli, "_POSITIONAL", ["a fine text", str(reviews)])
+    with pytest.raises(UserError, match=re.escape(f"{str(reviews)!r} is the name of a file")) as e:
+        clf.predict(None, str(tmp_path / "run"))
+    assert str(e.value).endswith(f"pass it on stdin: --mode=predict < {reviews}")

@@ -1356,11 +1356,18 @@ def predict(
     """
     from lstm_jax import cli
 
+    args = cli.positional_args()
+    for arg in args:
+        # `--mode=predict reviews.txt` classified the file's name, as a one-word text.
+        if arg.strip() == arg and " " not in arg and os.path.isfile(arg):
+            raise UserError(
+                f"{arg!r} is the name of a file, and an argument is a text to classify (its name);"
+                f" to classify the file's lines, pass it on stdin: --mode=predict < {arg}"
+            )
     common = parse_meta(meta)
     encoder = _load_encoder(workdir)
     if encoder.meta_vocab is not None:
         _check_meta_fields(encoder, common, "--meta")
-    args = cli.positional_args()
     numbered = (
         list(enumerate(args, 1))
         if args
