@@ -1091,3 +1091,15 @@ def test_predict_of_a_file_name_says_to_pass_the_file_on_stdin(tmp_path, monkeyp
     with pytest.raises(UserError, match=re.escape(f"{str(reviews)!r} is the name of a file")) as e:
         clf.predict(None, str(tmp_path / "run"))
     assert str(e.value).endswith(f"pass it on stdin: --mode=predict < {reviews}")
+
+
+def test_baseline_in_a_trained_runs_workdir_refuses_another_split(tmp_path):
+    """`--mode=baseline --config=... --config.data.split_seed=7` on a trained run wrote a baseline.json
+    of other held-out examples beside the run's results, silently."""
+    workdir = tmp_path / "run"
+    config = _config(make_acl_imdb(tmp_path))
+    config_utils.save_config(config, workdir)
+    config.data.split_seed = 7
+    with pytest.raises(UserError, match="splits the data otherwise than the run saved in"):
+        clf.baseline(config, str(workdir))
+    assert not (workdir / "baseline.json").exists()

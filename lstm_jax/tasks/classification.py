@@ -1413,6 +1413,8 @@ def predict(
 
 def baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Mode ``baseline``: TF-IDF + logistic regression on the same splits, into ``baseline.json``."""
+    # In a trained run's workdir, baseline.json stands beside its results: the same held-out examples.
+    _check_held_out_split(config, workdir)
     prepared = prepare_data(config)
     result = _run_baseline(prepared, config)
     os.makedirs(workdir, exist_ok=True)
