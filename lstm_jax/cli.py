@@ -14,10 +14,13 @@ CPU cores to run on, `lstm_jax.runtime.set_cpu_affinity`), ``--cpu_devices`` (da
 CPU's cores, `lstm_jax.runtime.set_cpu_devices`). A handler is called
 as ``handler(config, workdir)``; ``config`` is the ``--config`` file when given, else the config saved in the
 workdir (so eval/generate/predict need only ``--workdir``); a handler with ``needs_config = False`` is called
-with ``config=None`` when neither exists. Extra flags for a mode (``--seed_text``) are
+with ``config=None`` when neither exists. Without either, the first mode (training) and a handler with
+``starts_run = True`` (baseline) are told to pass --config; the others read a trained run, and the error
+names the workdir. Extra flags for a mode (``--seed_text``) are
 defined with absl in the experiment's main.py before calling `run`; positional arguments after the flags are
 available as `positional_args()` to a handler with ``takes_arguments = True`` (predict's texts, ensemble's
-workdirs); for any other they are an error (an unquoted ``--seed_text=red blue`` once dropped "blue").
+workdirs); for any other they are an error (an unquoted ``--seed_text=red blue`` once dropped "blue"). So is
+an extra flag whose help names another mode (``"generate: ..."``: ``--length`` given to ``--mode=train``).
 
 JAX's persistent compilation cache is on (``~/.cache/lstm_jax/jax_compilation_cache``; see
 `lstm_jax.runtime.enable_compilation_cache`, ``LSTM_JAX_COMPILATION_CACHE=off`` to disable).
