@@ -872,6 +872,18 @@ def provenance(task: Task, *, resumed_from_step: int) -> dict[str, Any]:
     }
 
 
+# Tries to read a workdir's checkpoints while a training run of it saves new ones and deletes old ones.
+_CHANGED_TRIES = 3
+
+
+def _checkpoints_changed(workdir: str) -> str:
+    return (
+        f"the checkpoints in {os.path.join(workdir, 'checkpoints')} changed while they were read"
+        f" ({_CHANGED_TRIES} times: a training run of this workdir saves new ones and deletes old"
+        " ones); run the command again, or after the training run ends"
+    )
+
+
 def checkpoint_step(config: ml_collections.ConfigDict, workdir: str, *, which: str = "best") -> int:
     """The step of the checkpoint `restore_model` would load (`which` as there), without loading it;
     `UserError` when `workdir` has none."""
@@ -882,11 +894,19 @@ def checkpoint_step(config: ml_collections.ConfigDict, workdir: str, *, which: s
             f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first with"
             f" --workdir={workdir}"
         )
-    store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
-    try:
-        step = store.best_step() if which == "best" else store.latest_step()
-    finally:
-        store.close()
+    for attempt in range(_CHANGED_TRIES):
+        try:
+            store = CheckpointStore(workdir, keep=int(config.train.checkpoint_keep))
+            try:
+                step = store.best_step() if which == "best" else store.latest_step()
+            finally:
+                store.close()
+            break
+        except FileNotFoundError:
+            # A step folder deleted while Orbax listed them: a training run of this workdir keeps
+            # only its last checkpoints. The listing again sees the ones it keeps.
+            if attempt == _CHANGED_TRIES - 1:
+                raise UserError(_checkpoints_changed(workdir)) from None
     if step is None:
         raise UserError(f"no checkpoint in {store.directory}; train first with --workdir={workdir}")
     return int(step)
@@ -932,27 +952,43 @@ def restore_model(
         )
     graphdef, params, others = _split_model(build_model, config)
     _check_model_fits_run(config, workdir, build_model, params)
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # as in CheckpointStore
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(params)
     )
-    try:  # onto the first local device (the leaves carry no sharding)
-        restored = restore_params(os.path.join(directory, str(step)), abstract)
-    except UserError:  # another model's parameters (a run without config.json to check against)
-        raise
-    except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
-        refused = not_permitted(e, os.path.join(directory, str(step)))
-        if refused is not None:  # the CLI names the file and says to check its permissions
-            raise refused from None
-        # Read-only modes leave the workdir as it is: the user decides what to do with the files.
-        raise UserError(
-            f"the {which} checkpoint (step {step}) in {directory} cannot be read ({root_reason(e)});"
-            f" its files are damaged: move {os.path.join(directory, str(step))} out of"
-            f" {directory} to use the {which} of the others, or train again"
-        ) from None
+    restored, step = _read_params(config, workdir, step, abstract, which=which)
     state = jax.tree.map(lambda x: x, params)
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state, others), int(step)
+
+
+def _read_params(
+    config: ml_collections.ConfigDict, workdir: str, step: int, abstract: Any, *, which: str
+) -> tuple[Any, int]:
+    """`(parameters, step)` of checkpoint `step` of `workdir` (of the `which` one after it, when a
+    training run of the workdir deleted it while it was read); `UserError` for damaged files."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # as in CheckpointStore
+    for attempt in range(_CHANGED_TRIES):
+        path = os.path.join(directory, str(step))
+        try:  # onto the first local device (the leaves carry no sharding)
+            return restore_params(path, abstract), step
+        except UserError:  # another model's parameters (a run without config.json to check against)
+            raise
+        except Exception as e:  # noqa: BLE001 (any read/decode failure: the files are damaged)
+            if not os.path.isdir(path):  # deleted while read, not damaged: replaced by training
+                if attempt == _CHANGED_TRIES - 1:
+                    raise UserError(_checkpoints_changed(workdir)) from None
+                step = checkpoint_step(config, workdir, which=which)
+                continue
+            refused = not_permitted(e, path)
+            if refused is not None:  # the CLI names the file and says to check its permissions
+                raise refused from None
+            # Read-only modes leave the workdir as it is: the user decides what to do with the files.
+            raise UserError(
+                f"the {which} checkpoint (step {step}) in {directory} cannot be read"
+                f" ({root_reason(e)}); its files are damaged: move {path} out of {directory} to use"
+                f" the {which} of the others, or train again"
+            ) from None
+    raise AssertionError("unreachable: every try returns or raises")
 
 
 def _saved_best_step(workdir: str) -> int | None:

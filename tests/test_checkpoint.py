@@ -784,3 +784,30 @@ def test_a_second_training_run_of_the_same_workdir_is_refused_while_the_first_ru
         assert _digests(tmp_path) == before
     results = train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
     assert results["steps"] == 10  # released: the run goes on
+
+
+def test_eval_reading_a_checkpoint_a_training_run_deletes_meanwhile_reads_the_one_left(
+    tmp_path, monkeypatch
+):
+    """predict while a training run of the workdir went on: the best checkpoint, deleted between its
+    lookup and its read (training keeps its last few), was a FileNotFoundError traceback, or "its files
+    are damaged: move ... out"; now the checkpoint it reads instead is."""
+    from lstm_jax import train as train_mod
+
+    config = ef.base_config(num_epochs=2, eval_every_steps=2)
+    train_and_evaluate(config, str(tmp_path), ef.classification_task(config))
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert len(steps) >= 2
+    _, latest = restore_model(config, str(tmp_path), ef.build_model, which="latest")
+    read = train_mod.restore_params
+    moved = tmp_path / "elsewhere"
+
+    def deleted_while_read(path, abstract):  # training deletes the checkpoint being read
+        if os.path.basename(path) == str(latest):
+            shutil.move(path, moved)
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return read(path, abstract)
+
+    monkeypatch.setattr(train_mod, "restore_params", deleted_while_read)
+    _, step = restore_model(config, str(tmp_path), ef.build_model, which="latest")
+    assert step == steps[-2]
