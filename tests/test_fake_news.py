@@ -818,3 +818,18 @@ def test_a_run_resumes_with_its_saved_stopwords_whatever_this_environment_finds(
     assert resumed["metrics"] == straight["metrics"]
     saved = json.loads((tmp_path / "b" / "preprocess.json").read_text())
     assert sorted(saved["stopwords"]) == sorted(few[0])
+
+
+def test_a_file_too_small_for_its_splits_is_named_as_such_not_as_one_class(tmp_path):
+    """Three articles of both classes: the test and validation splits took every example of one class
+    from training. The error said to check the label column (the fix for a file of one class)."""
+    path = make_articles(tmp_path / "three.csv", n=3)
+    with pytest.raises(UserError) as error:
+        clf.prepare_data(_config(path))
+    message = str(error.value)
+    assert message.startswith("every training example of fake_news (1) has the label")
+    assert (
+        "the held-out splits took every example of the others; give the data more rows" in message
+    )
+    assert "config.data.validation_fraction or config.data.test_fraction" in message
+    assert "check the label column" not in message

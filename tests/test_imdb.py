@@ -191,7 +191,10 @@ def test_bad_config_and_data(tmp_path):
     rows = "".join(f"{i},pos,good film number {i}\n" for i in range(40))
     (one / "imdb_train.csv").write_text("id,label,text\n" + rows)
     (one / "imdb_test.csv").write_text("id,label,text\n" + rows)
-    with pytest.raises(UserError, match="every training example of imdb has the label 'pos'"):
+    with pytest.raises(
+        UserError,
+        match=r"every training example of imdb \(30\) has the label 'pos'.*check the label column",
+    ):
         clf.prepare_data(_config(one))
     (acl / "test" / "neg" / "0_2.txt").write_bytes(b"caf\xe9 awful")
     with pytest.raises(UserError, match="undecodable bytes"):

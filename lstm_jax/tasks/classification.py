@@ -611,9 +611,21 @@ def prepare_data(
             continue
         only = prepared.class_names[int(present[0])]
         if split == "train":
+            n = len(arr["label"])
+            labels = np.concatenate([a["label"] for a in prepared.arrays.values()])
+            fractions = " or ".join(
+                f"config.data.{f}" for f in ("validation_fraction", "test_fraction") if f in d
+            )
+            fix = (
+                # Both classes are in the data: the held-out splits took every example of the other.
+                "the held-out splits took every example of the others; give the data more rows"
+                + (f" (or a smaller {fractions})" if fractions else "")
+                if len(np.unique(labels)) > 1
+                else "check the label column and config.data.path"
+            )
             raise UserError(
-                f"every training example of {d.dataset} has the label {only!r}; a classifier needs"
-                " examples of at least two classes: check the label column and config.data.path"
+                f"every training example of {d.dataset} ({n}) has the label {only!r}; a classifier"
+                f" needs examples of at least two classes: {fix}"
             )
         logging.warning("every %s example has the label %r: its accuracy says little", split, only)
     return prepared
