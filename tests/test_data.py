@@ -102,11 +102,16 @@ def test_load_text_bad_files_name_the_file(tmp_path, content, pattern):
 @pytest.mark.parametrize(
     ("content", "pattern"),
     [
-        (gzip.compress(b"a,b\n1,2\n"), "gzip-compressed, not text; rename it to end in .gz"),
+        (
+            gzip.compress(b"a,b\n1,2\n", mtime=0),
+            "gzip-compressed, not text; rename it to end in .gz",
+        ),
         (b"PK\x03\x04\x14\x00\x00\x00", "a zip archive, not text; unzip it"),
         (b"BZh91AY&SY\x00\x01", "bzip2-compressed, not text"),
         (b"\xfd7zXZ\x00\x00\x04", "xz-compressed, not text"),
     ],
+    # Named ids: pytest-xdist's workers must collect the same ids (gzip's header holds a time).
+    ids=["gzip", "zip", "bzip2", "xz"],
 )
 def test_a_compressed_file_without_its_extension_is_named_as_such(tmp_path, content, pattern):
     """A gzipped or zipped CSV saved as .csv (a Kaggle download) was "binary file (NUL byte ...); pass a
