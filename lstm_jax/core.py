@@ -53,7 +53,7 @@ gradient's XLA temporaries: per_step+remat 30 MB, native 56, fused+remat 82, sca
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -187,6 +187,10 @@ def init_lstm(
     Returns:
       `{"kernel": [in, 4H], "recurrent_kernel": [H, 4H], "bias": [4H]}`, gates ordered i, f, c, o.
     """
+    for name, n in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            # A float (32.0, e.g. from a config) was JAX's "Shapes must be ... of integer type".
+            raise TypeError(f"init_lstm: {name} must be an int, got {type(n).__name__} {n!r}")
     if input_size <= 0 or hidden_size <= 0:
         raise ValueError(
             f"init_lstm: input_size and hidden_size must be positive, got {input_size}, {hidden_size}"
@@ -214,17 +218,84 @@ def lstm_step(params: Params, state: LSTMState, x: Array) -> tuple[LSTMState, Ar
 
     Args:
       params: layer parameters (see `init_lstm`).
-      state: `LSTMState(h, c)`, each `[batch, H]`.
-      x: input `[batch, in]`.
+      state: `LSTMState(h, c)` (or a pair `(h, c)`; Flax's carry is `(c, h)`: `LSTMState(carry[1],
+        carry[0])`), each `[batch, H]`.
+      x: input `[batch, in]` (any leading dims, the state's).
 
     Returns:
-      `(new_state, h)` with `h: [batch, H]`.
+      `(new_state, h)` with `h: [batch, H]`. Shapes that do not fit are a ValueError.
     """
-    z = x @ params["kernel"] + state.h @ params["recurrent_kernel"] + params["bias"]
+    kernel, rk, bias = _layer_params(params, "lstm_step")
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise ValueError(
+            f"lstm_step: state must be LSTMState(h, c) (or a pair (h, c)), got {type(state).__name__}"
+        )
+    state = LSTMState(*(jnp.asarray(s) for s in state))
+    x = jnp.asarray(x)
+    hsz = rk.shape[0]
+    shapes = (jnp.shape(kernel), jnp.shape(rk), jnp.shape(bias))
+    if len(shapes[0]) != 2 or shapes[1:] != ((hsz, 4 * hsz), (4 * hsz,)) or shapes[0][1] != 4 * hsz:
+        raise ValueError(
+            f"lstm_step: params must be kernel [F, 4H], recurrent_kernel [H, 4H], bias [4H]; got shapes"
+            f" {shapes[0]}, {shapes[1]}, {shapes[2]} (a transposed PyTorch weight? lstm_jax.from_torch)"
+        )
+    if x.ndim < 1 or x.shape[-1] != kernel.shape[0]:
+        raise ValueError(
+            f"lstm_step: x must be [batch, {kernel.shape[0]}] (the kernel's input size), got shape"
+            f" {x.shape}"
+        )
+    expected = (*x.shape[:-1], hsz)
+    for a, name in zip(state, "hc", strict=True):
+        if a.shape != expected:
+            raise ValueError(
+                f"lstm_step: state.{name} must be [batch, H] = {expected} (x is {x.shape}, H={hsz} from"
+                f" recurrent_kernel), got shape {a.shape}"
+            )
+    return _step(kernel, rk, bias, state, x)
+
+
+def _step(
+    kernel: Array, rk: Array, bias: Array, state: LSTMState, x: Array
+) -> tuple[LSTMState, Array]:
+    """`lstm_step` without its argument checks (the per-step impl's loop body)."""
+    z = x @ kernel + state.h @ rk + bias
     i, f, g, o = _gates(z)
     c = f * state.c + i * g
     h = o * jnp.tanh(c)
     return LSTMState(h, c), h
+
+
+_PARAM_KEYS = ("kernel", "recurrent_kernel", "bias")
+
+
+def _layer_params(params: Any, who: str) -> tuple[Array, Array, Array]:
+    """`(kernel [F, 4H], recurrent_kernel [H, 4H], bias [4H])` of one layer's `params` dict, or a
+    TypeError / ValueError naming what was passed instead (a module, a list of layers, another library's
+    weights) and how to get the dict. Static: no cost inside a compiled function."""
+    expected = (
+        "{'kernel': [F, 4H], 'recurrent_kernel': [H, 4H], 'bias': [4H]} (as init_lstm returns)"
+    )
+    if not isinstance(params, Mapping):
+        hint = ""
+        if hasattr(params, "params_dict"):
+            hint = "; pass module.params_dict()"
+        elif isinstance(params, (list, tuple)):
+            hint = "; a list of layers' params goes to stacked_lstm"
+        raise TypeError(
+            f"{who}: params must be the dict {expected}, got {type(params).__name__}{hint}"
+        )
+    missing = [k for k in _PARAM_KEYS if k not in params]
+    if missing:
+        keys = sorted(map(str, params))
+        hint = ""
+        if any(k.startswith("weight_ih") for k in keys):
+            hint = "; a PyTorch state dict: convert it with lstm_jax.from_torch(state_dict)"
+        elif any(k in keys for k in ("dense_i", "dense_h", "ii", "hi", "params")):
+            hint = "; Flax LSTM cell weights: convert them with lstm_jax.from_flax(...)"
+        raise ValueError(
+            f"{who}: params lacks {missing}; expected the dict {expected}, got keys {keys}{hint}"
+        )
+    return params["kernel"], params["recurrent_kernel"], params["bias"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1005,7 +1076,7 @@ def lstm_layer(
     Returns:
       `(outputs [batch, time, H], final_state)`, plus `Gates` when `return_gates`.
     """
-    kernel, rk, bias = params["kernel"], params["recurrent_kernel"], params["bias"]
+    kernel, rk, bias = _layer_params(params, "lstm_layer")
     xs = jnp.asarray(xs)  # an array-like (a nested list, a NumPy array), as jnp functions take
     if embedding is not None:
         embedding = jnp.asarray(embedding)
@@ -1019,7 +1090,14 @@ def lstm_layer(
         b, t = xs.shape
         f = embedding.shape[1]
     elif xs.ndim != 3:
-        raise ValueError(f"lstm_layer: xs must be [batch, time, features], got shape {xs.shape}")
+        hint = ""
+        if xs.ndim == 2 and jnp.issubdtype(xs.dtype, jnp.integer):
+            hint = "; integer token ids [batch, time] need embedding=table [vocab, features]"
+        elif xs.ndim == 2:
+            hint = "; one feature per step is xs[..., None], one sequence is xs[None]"
+        raise ValueError(
+            f"lstm_layer: xs must be [batch, time, features], got {xs.dtype} shape {xs.shape}{hint}"
+        )
     else:
         b, t, f = xs.shape
     hsz = rk.shape[0]
@@ -1045,6 +1123,20 @@ def lstm_layer(
         unroll = int(unroll)
     if not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"lstm_layer: unroll must be a positive int, got {unroll!r}")
+    if compute_dtype is not None:
+        try:
+            cd = jnp.dtype(compute_dtype)
+        except TypeError as e:
+            raise TypeError(f"lstm_layer: compute_dtype {compute_dtype!r} is not a dtype") from e
+        if not jnp.issubdtype(cd, jnp.floating):
+            # An integer or bool dtype truncated the weights and inputs in the matmuls: outputs off by
+            # 0.3 with no error.
+            raise ValueError(
+                f"lstm_layer: compute_dtype must be a floating dtype (jnp.bfloat16, jnp.float16,"
+                f" jnp.float32), got {cd}; None computes in the parameters' dtype"
+            )
+        # float64 without jax_enable_x64 is float32, as everywhere in JAX (it was an AttributeError).
+        compute_dtype = jax.dtypes.canonicalize_dtype(cd)
     impl = _resolve_impl(impl, compute_dtype, return_gates, hsz, remat, rk.dtype)
     if impl == "cudnn" and recurrent_dropout_mask is not None:
         impl = "scan"  # cuDNN has no dropout on h_{t-1}
@@ -1248,15 +1340,16 @@ def _batch_rows(a: Array, batch: int, width: int, name: str) -> Array:
 def _per_step_layer(params, xs, mask_tm, h0, c0, rmask, reverse, unroll, remat=False):
     """Textbook arrangement: `x_t @ kernel` inside the loop, autodiff gradients (CPU, small H). With
     `remat` the step is a `jax.checkpoint`: the backward pass keeps only each step's carry and input."""
+    weights = (params["kernel"], params["recurrent_kernel"], params["bias"])
 
     def step(carry, inputs):
         x_t, m_t = inputs
         state = LSTMState(*carry)
         if rmask is not None:
             state_in = LSTMState(state.h * rmask, state.c)
-            new, _ = lstm_step(params, state_in, x_t)
+            new, _ = _step(*weights, state_in, x_t)
         else:
-            new, _ = lstm_step(params, state, x_t)
+            new, _ = _step(*weights, state, x_t)
         if m_t is None:
             return tuple(new), new.h
         m = m_t[:, None]
@@ -1414,6 +1507,12 @@ def stacked_lstm(
     Returns:
       `(outputs of the last layer [batch, time, H_last], list of final states)`.
     """
+    if isinstance(params, Mapping):
+        # One layer's dict was iterated as its keys: "string indices must be integers".
+        raise TypeError(
+            "stacked_lstm: params must be a list of layers' params dicts (init_stacked_lstm's), got one"
+            " dict; pass [params] for one layer, or call lstm_layer"
+        )
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"stacked_lstm: dropout_rate must be in [0, 1), got {dropout_rate}")
     _refuse_return_gates(

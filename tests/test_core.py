@@ -1052,3 +1052,75 @@ def test_the_readme_core_snippet_runs():
     namespace: dict = {}
     exec(compile(code, "README.md (The core)", "exec"), namespace)
     assert namespace["outputs"].shape == (8, 100, 32)
+
+
+def test_params_of_another_layout_name_the_fix(params, xs):
+    """A PyTorch state dict, Flax cell weights, an NNX module, a list of layers, or a misnamed key gave
+    KeyError 'kernel' / "list indices must be integers" / "'LSTM' object is not subscriptable"."""
+    torch_sd = {"weight_ih_l0": np.ones((4 * H, F)), "weight_hh_l0": np.ones((4 * H, H))}
+    with pytest.raises(ValueError, match=r"lacks \['kernel'.*from_torch"):
+        lstm_layer(torch_sd, xs)
+    with pytest.raises(ValueError, match=r"lacks.*from_flax"):
+        lstm_layer({"dense_i": {}, "dense_h": {}}, xs)
+    misnamed = {"w": params["kernel"], "recurrent_kernel": params["recurrent_kernel"], "bias": 0}
+    with pytest.raises(
+        ValueError, match=r"lacks \['kernel'\].*got keys \['bias', 'recurrent_kernel'"
+    ):
+        lstm_layer(misnamed, xs)
+    with pytest.raises(TypeError, match="got list; a list of layers' params goes to stacked_lstm"):
+        lstm_layer(list(params.values()), xs)
+    with pytest.raises(ValueError, match=r"lacks \['recurrent_kernel'\]"):
+        lstm_step(
+            {"kernel": params["kernel"], "bias": params["bias"]}, core.zero_state(B, H), xs[:, 0]
+        )
+    with pytest.raises(TypeError, match=r"got one dict; pass \[params\]"):
+        core.stacked_lstm(params, xs)
+
+
+def test_step_checks_its_shapes_and_takes_a_pair(params, xs):
+    """`lstm_step` gave AttributeError for a plain (h, c) tuple (which `lstm_layer` takes), XLA's
+    dot_general / broadcasting errors for shapes that do not fit, and for `x [batch, time, F]` whose
+    batch equals its time a [B, T, H] "state" with no error."""
+    zeros = jnp.zeros((B, H))
+    ref, out = lstm_step(params, LSTMState(zeros, zeros), xs[:, 0])
+    got, out2 = lstm_step(params, (zeros, zeros), xs[:, 0])
+    np.testing.assert_array_equal(out, out2)
+    with pytest.raises(ValueError, match=rf"x must be \[batch, {F}\].*got shape \({B}, {F + 1}\)"):
+        lstm_step(params, (zeros, zeros), jnp.ones((B, F + 1)))
+    with pytest.raises(ValueError, match=r"state.h must be \[batch, H\]"):
+        lstm_step(params, (jnp.zeros((B, B)), zeros), jnp.ones((B, B, F)))
+    with pytest.raises(ValueError, match=r"state.c must be \[batch, H\]"):
+        lstm_step(params, (zeros, jnp.zeros((B, H + 1))), xs[:, 0])
+    with pytest.raises(ValueError, match=r"recurrent_kernel \[H, 4H\]"):
+        lstm_step(
+            {**params, "recurrent_kernel": params["recurrent_kernel"].T}, (zeros, zeros), xs[:, 0]
+        )
+    with pytest.raises(ValueError, match=r"state must be LSTMState"):
+        lstm_step(params, zeros, xs[:, 0])
+
+
+def test_xs_of_rank_2_says_what_it_needs(params):
+    with pytest.raises(ValueError, match=r"integer token ids \[batch, time\] need embedding="):
+        lstm_layer(params, jnp.ones((B, T), jnp.int32))
+    with pytest.raises(ValueError, match=r"xs\[\.\.\., None\]"):
+        lstm_layer(params, jnp.ones((T, F)))
+
+
+def test_compute_dtype_must_be_floating(params, xs):
+    """An integer or bool compute_dtype truncated the matmuls' operands: outputs off by ~0.3, silently."""
+    for dtype in (jnp.int32, jnp.int8, jnp.bool_):
+        with pytest.raises(ValueError, match="compute_dtype must be a floating dtype"):
+            lstm_layer(params, xs, compute_dtype=dtype)
+    with pytest.raises(TypeError, match="compute_dtype 'floaty' is not a dtype"):
+        lstm_layer(params, xs, compute_dtype="floaty")
+    out, _ = lstm_layer(params, xs, compute_dtype="float16")
+    ref, _ = lstm_layer(params, xs, impl="scan")
+    np.testing.assert_allclose(out, ref, atol=5e-3)
+
+
+def test_init_sizes_must_be_ints():
+    with pytest.raises(TypeError, match="hidden_size must be an int, got float 4.0"):
+        init_lstm(jax.random.key(0), 3, 4.0)
+    with pytest.raises(TypeError, match="input_size must be an int"):
+        init_lstm(jax.random.key(0), True, 4)
+    assert init_lstm(jax.random.key(0), np.int64(3), 4)["kernel"].shape == (3, 16)
