@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from typing import Literal
 
 import jax
@@ -67,6 +68,13 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
     `generate_stateful` / `generate_windowed` raise the ValueError when one comes back (a plain argmax
     returned token 0 for it, silently).
     """
+    if isinstance(temperature, (int, float, np.number)) and not temperature_ok(temperature):
+        # A negative one sampled from softmax(-logits / |t|): the least likely tokens, silently.
+        raise ValueError(
+            f"sample_logits: temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
+        )
+    if top_k < 0:
+        raise ValueError(f"sample_logits: top_k must be >= 0 (0 = no limit), got {top_k}")
     logits = jnp.asarray(logits)
     invalid = _invalid_rows(logits)
     if not isinstance(invalid, jax.core.Tracer) and bool(jnp.any(invalid)):
@@ -200,6 +208,24 @@ def check_seed(seed: int, *, name: str = "--sample_seed") -> None:
 
 
 def _check(temperature: float, top_k: int, num_steps: int) -> None:
+    for name, value in (("num_steps", num_steps), ("top_k", top_k)):
+        try:
+            operator.index(value)
+        except TypeError:
+            # A float num_steps was JAX's "Shapes must be 1D sequences of concrete values of integer type".
+            raise TypeError(
+                f"{name} must be an int, got {type(value).__name__} {value!r}"
+            ) from None
+    try:
+        float(temperature)
+        ok = not isinstance(temperature, (str, bytes))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"temperature must be a number >= 0 (0 = greedy), got {type(temperature).__name__}"
+            f" {temperature!r}"
+        )
     if not temperature_ok(temperature):
         raise ValueError(
             f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
@@ -208,6 +234,20 @@ def _check(temperature: float, top_k: int, num_steps: int) -> None:
         raise ValueError(f"top_k must be >= 0 (0 = no limit), got {top_k}")
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+
+
+def _check_key(key, who: str) -> Array:
+    """`key`, `jax.random.key(0)` for None; a plain int seed (`key=0`, as `torch.manual_seed` takes
+    one) is a TypeError naming the fix, not JAX's "invalid PRNG key data"."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, (int, np.integer)) or (
+        hasattr(key, "ndim")
+        and key.ndim == 0
+        and not (jnp.issubdtype(key.dtype, jax.dtypes.prng_key))
+    ):
+        raise TypeError(f"{who}: key must be a PRNG key, e.g. jax.random.key({key}), got {key!r}")
+    return key
 
 
 def _token_ids(ids, name: str, model) -> Array:
@@ -339,11 +379,15 @@ def generate_stateful(
             "generate_stateful needs a LanguageModel(predict='all') (logits at every position, to carry"
             f" the state); this one has predict={model.predict!r}: use generate_windowed"
         )
+    prime = (
+        prime if isinstance(prime, jax.Array) else np.asarray(prime)
+    )  # a nested list as jnp takes
+    key = _check_key(key, "generate_stateful")
     if prime.ndim != 2 or prime.shape[1] < 1:
         raise ValueError(f"prime must be [streams, prime_len >= 1] ids, got shape {prime.shape}")
     if impl not in ("auto", "native", "xla"):
         raise ValueError(f"impl must be 'auto', 'native' or 'xla', got {impl!r}")
-    args = (_token_ids(prime, "prime", model), jax.random.key(0) if key is None else key)
+    args = (_token_ids(prime, "prime", model), key)
     kw = {"num_steps": num_steps, "temperature": float(temperature), "top_k": int(top_k)}
     if impl != "xla":
         blocker = native_generation_blocker(model)
@@ -404,9 +448,10 @@ def generate_windowed(
             "generate_windowed needs a LanguageModel(predict='last') (logits from the last state);"
             f" this one has predict={model.predict!r}: use generate_stateful"
         )
+    window = window if isinstance(window, jax.Array) else np.asarray(window)
+    key = _check_key(key, "generate_windowed")
     if window.ndim != 2 or window.shape[1] < 1:
         raise ValueError(f"window must be [streams, window_len >= 1] ids, got shape {window.shape}")
-    key = jax.random.key(0) if key is None else key
     tokens = _windowed(
         model,
         _token_ids(window, "window", model),

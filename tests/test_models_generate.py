@@ -556,3 +556,49 @@ def test_training_mode_classifier_reads_only_the_real_tokens():
     mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], bool)
     kw = {"mask": mask, "deterministic": False, "key": jax.random.key(3)}
     np.testing.assert_allclose(m.features(ids, **kw), m.features(other, **kw), atol=1e-6)
+
+
+def test_sample_logits_refuses_a_negative_temperature_or_top_k():
+    """A negative temperature sampled from softmax(-logits / |t|), the least likely tokens, with no error
+    (the generation loops refused it, `sample_logits` itself did not)."""
+    logits = jnp.array([[0.0, 0.0, 30.0]])
+    with pytest.raises(ValueError, match="sample_logits: temperature must be a finite number >= 0"):
+        sample_logits(jax.random.key(0), logits, -1.0)
+    with pytest.raises(ValueError, match="sample_logits: top_k must be >= 0"):
+        sample_logits(jax.random.key(0), logits, 1.0, top_k=-2)
+    assert int(sample_logits(jax.random.key(0), logits, 1.0)[0]) == 2
+
+
+def test_generation_takes_list_primes_and_names_bad_argument_types():
+    """A nested-list prime was "'list' object has no attribute 'ndim'", a float num_steps JAX's "Shapes
+    must be 1D sequences of concrete values of integer type", an int key "invalid PRNG key data"."""
+    m = LanguageModel(9, (4,), rngs=nnx.Rngs(1), embed_dim=3, predict="all")
+    w = LanguageModel(9, (4,), rngs=nnx.Rngs(1), embed_dim=3, predict="last")
+    np.testing.assert_array_equal(
+        generate_stateful(m, [[1, 2]], 3, impl="xla"),
+        generate_stateful(m, jnp.array([[1, 2]]), 3, impl="xla"),
+    )
+    assert generate_windowed(w, [[1, 2]], 2).shape == (1, 2)
+    with pytest.raises(TypeError, match="num_steps must be an int, got float 3.0"):
+        generate_stateful(m, [[1]], 3.0)
+    with pytest.raises(TypeError, match="top_k must be an int"):
+        generate_windowed(w, [[1]], 3, temperature=1.0, top_k=2.5)
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        generate_stateful(m, [[1]], 3, temperature="hot")
+    with pytest.raises(TypeError, match=r"key must be a PRNG key, e.g. jax.random.key\(0\)"):
+        generate_stateful(m, [[1]], 3, temperature=1.0, key=0)
+    with pytest.raises(TypeError, match="generate_windowed: key must be a PRNG key"):
+        generate_windowed(w, [[1]], 3, key=np.int64(7))
+
+
+def test_model_sizes_are_checked_when_built():
+    """`hidden_sizes=4` (Keras' `LSTM(4)`) was "'int' object is not iterable"; `vocab_size=0` a
+    ZeroDivisionError in an initializer."""
+    with pytest.raises(TypeError, match=r"LanguageModel: hidden_sizes must be a sequence.*\(4,\)"):
+        LanguageModel(9, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"TextClassifier: hidden_sizes must be a sequence"):
+        TextClassifier(9, 3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="LanguageModel: vocab_size must be an int >= 1"):
+        LanguageModel(0, (4,), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="TextClassifier: vocab_size must be an int >= 1"):
+        TextClassifier(0, 3, (4,), rngs=nnx.Rngs(0))
