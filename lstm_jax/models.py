@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lstm_jax.core import LSTMState
-from lstm_jax.nn import StackedLSTM, resolve_deterministic, split_key
+from lstm_jax.nn import StackedLSTM, layer_sizes, resolve_deterministic, split_key
 
 Array = jax.Array
 InputMode = Literal["embed", "scalar", "onehot"]
@@ -98,6 +99,18 @@ def _check_key(who: str, key: Array | None, deterministic: bool, *dropouts: nnx.
         raise ValueError(f"{who}: dropout in training mode (deterministic=False) needs key=")
 
 
+def _check_vocab(vocab_size: int, who: str) -> None:
+    """A ValueError for a vocabulary of no tokens (it was a ZeroDivisionError in an initializer)."""
+    if (
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, (int, np.integer))
+        or vocab_size < 1
+    ):
+        raise ValueError(
+            f"{who}: vocab_size must be an int >= 1 (token ids 0 .. vocab_size - 1), got {vocab_size!r}"
+        )
+
+
 def _encode_inputs(mode: InputMode, embed: nnx.Embed | None, ids: Array, vocab_size: int) -> Array:
     if mode == "embed":
         return embed(ids)
@@ -141,6 +154,8 @@ class LanguageModel(nnx.Module):
     ):
         if predict not in ("last", "all"):
             raise ValueError(f"LanguageModel: predict must be 'last' or 'all', got {predict!r}")
+        _check_vocab(vocab_size, "LanguageModel")
+        hidden_sizes = layer_sizes(hidden_sizes, "LanguageModel")
         if input_mode not in ("embed", "scalar", "onehot"):
             raise ValueError(f"LanguageModel: unknown input_mode {input_mode!r}")
         self.vocab_size = vocab_size
@@ -260,6 +275,8 @@ class TextClassifier(nnx.Module):
             )
         if num_outputs < 1:
             raise ValueError(f"TextClassifier: num_outputs must be >= 1, got {num_outputs}")
+        _check_vocab(vocab_size, "TextClassifier")
+        hidden_sizes = layer_sizes(hidden_sizes, "TextClassifier")
         self.embed = _embed(vocab_size, embed_dim, rngs)
         self.embed_dropout = nnx.Dropout(embed_dropout)
         self.token_dropout = nnx.Dropout(token_dropout, broadcast_dims=(-1,))

@@ -28,12 +28,33 @@ from lstm_jax.core import Impl, LSTMState, MergeMode
 
 Array = jax.Array
 
-__all__ = ["LSTM", "Bidirectional", "StackedLSTM", "resolve_deterministic", "split_key"]
+__all__ = [
+    "LSTM",
+    "Bidirectional",
+    "StackedLSTM",
+    "layer_sizes",
+    "resolve_deterministic",
+    "split_key",
+]
 
 
 def resolve_deterministic(module: nnx.Module, deterministic: bool | None) -> bool:
     """The call's `deterministic`, or when None the module's mode (`module.train()` / `module.eval()`)."""
     return module.deterministic if deterministic is None else deterministic
+
+
+def layer_sizes(hidden_sizes: Any, who: str) -> tuple[int, ...]:
+    """`hidden_sizes` (units per layer, e.g. `(300, 300)`) as a tuple; one int (`4` for `(4,)`, as Keras'
+    `LSTM(units)`) was "'int' object is not iterable", and no layer at all is a ValueError too."""
+    if isinstance(hidden_sizes, (int, float)):
+        raise TypeError(
+            f"{who}: hidden_sizes must be a sequence of units per layer, got {hidden_sizes!r}; one layer"
+            f" is ({hidden_sizes!r},)"
+        )
+    sizes = tuple(hidden_sizes)
+    if not sizes:
+        raise ValueError(f"{who}: hidden_sizes must name at least one layer")
+    return sizes
 
 
 def split_key(key: Array | None, n: int) -> list[Array | None]:
@@ -244,8 +265,7 @@ class StackedLSTM(nnx.Module):
         bidirectional: bool = False,
         **lstm_kwargs: Any,
     ):
-        if not hidden_sizes:
-            raise ValueError("StackedLSTM: hidden_sizes must name at least one layer")
+        hidden_sizes = layer_sizes(hidden_sizes, "StackedLSTM")
         if not 0.0 <= dropout_between < 1.0:
             raise ValueError(
                 f"StackedLSTM: dropout_between must be in [0, 1), got {dropout_between}"

@@ -383,3 +383,11 @@ def test_load_params_casts_to_the_parameters_dtype(xs):
         got = getattr(layer, name)[...]
         assert got.dtype == jnp.bfloat16
         np.testing.assert_array_equal(got, p[name].astype(jnp.bfloat16))
+
+
+def test_stacked_hidden_sizes_of_one_int_names_the_tuple():
+    """`StackedLSTM(3, 4, ...)` (Keras' `LSTM(4)`) was "'int' object is not iterable"."""
+    with pytest.raises(
+        TypeError, match=r"StackedLSTM: hidden_sizes must be a sequence.*one layer is \(4,\)"
+    ):
+        StackedLSTM(3, 4, rngs=nnx.Rngs(0))
