@@ -1521,6 +1521,11 @@ def stacked_lstm(
     use_dropout = dropout_rate > 0.0 and not deterministic
     if use_dropout and key is None:
         raise ValueError("stacked_lstm: a PRNG key is required for dropout in training mode")
+    if isinstance(initial_states, LSTMState):
+        raise ValueError(
+            f"stacked_lstm: initial_states must be a list of one LSTMState per layer ({len(params)}), got"
+            " one LSTMState; pass [state] for one layer"
+        )
     if initial_states is not None and len(initial_states) != len(params):
         raise ValueError(
             f"stacked_lstm: initial_states must hold one LSTMState per layer ({len(params)}), got"

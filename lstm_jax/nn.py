@@ -61,7 +61,17 @@ def split_key(key: Array | None, n: int) -> list[Array | None]:
     """`n` independent dropout keys from `key`, or `n` Nones when `key` is None (evaluation)."""
     if key is None:
         return [None] * n
-    return list(jax.random.split(key, n))
+    return list(jax.random.split(check_key(key), n))
+
+
+def check_key(key: Any) -> Any:
+    """`key` when it is a JAX PRNG key; an `nnx.Rngs` (Flax's habit: `rngs=`) was JAX's "unexpected PRNG
+    key type Rngs", naming neither the argument nor the fix."""
+    if isinstance(key, nnx.Rngs):
+        raise TypeError(
+            "key= must be a JAX PRNG key, got nnx.Rngs; pass key=rngs.dropout() (or jax.random.key(seed))"
+        )
+    return key
 
 
 class LSTM(nnx.Module):
@@ -130,6 +140,7 @@ class LSTM(nnx.Module):
 
     def load_params(self, params: core.Params) -> None:
         """Sets the weights from a core dict (e.g. from `lstm_jax.convert.from_keras`)."""
+        core._layer_params(params, "LSTM.load_params")  # a KeyError before, naming no fix
         for name in ("kernel", "recurrent_kernel", "bias"):
             current = getattr(self, name)
             value = jnp.asarray(params[name], current[...].dtype)
@@ -162,7 +173,7 @@ class LSTM(nnx.Module):
             if key is None:
                 raise ValueError("LSTM: dropout in training mode needs key=")
             in_mask, rec_mask = core.variational_dropout_masks(
-                key,
+                check_key(key),
                 xs.shape[0],
                 self.in_features,
                 self.hidden_size,
@@ -306,6 +317,12 @@ class StackedLSTM(nnx.Module):
         (see `LSTM`).
         """
         deterministic = resolve_deterministic(self, deterministic)
+        if isinstance(initial_state, LSTMState):
+            # With two layers its h went to layer 0 and its c to layer 1, each refused as "not an LSTMState".
+            raise ValueError(
+                f"StackedLSTM: initial_state must be a list of one state per layer ({len(self.layers)}),"
+                " got one LSTMState; pass [state] for one layer"
+            )
         if initial_state is not None and len(initial_state) != len(self.layers):
             raise ValueError(
                 f"StackedLSTM: initial_state must hold one state per layer ({len(self.layers)}), got"

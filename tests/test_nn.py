@@ -391,3 +391,29 @@ def test_stacked_hidden_sizes_of_one_int_names_the_tuple():
         TypeError, match=r"StackedLSTM: hidden_sizes must be a sequence.*one layer is \(4,\)"
     ):
         StackedLSTM(3, 4, rngs=nnx.Rngs(0))
+
+
+def test_an_rngs_for_key_names_the_fix():
+    """`key=nnx.Rngs(...)` (Flax's habit) was JAX's "unexpected PRNG key type Rngs"."""
+    xs = jnp.ones((2, 5, 3))
+    layer = LSTM(3, 4, rngs=nnx.Rngs(0), dropout=0.5)
+    with pytest.raises(TypeError, match=r"got nnx.Rngs; pass key=rngs.dropout\(\)"):
+        layer(xs, deterministic=False, key=nnx.Rngs(0))
+    stack = StackedLSTM(3, (4, 4), rngs=nnx.Rngs(0), dropout_between=0.5)
+    with pytest.raises(TypeError, match="got nnx.Rngs"):
+        stack(xs, deterministic=False, key=nnx.Rngs(0))
+
+
+def test_one_state_for_a_stack_and_a_load_of_torch_weights_name_the_fix():
+    """One `LSTMState` for a two-layer stack was split into h for layer 0 and c for layer 1 ("not an
+    LSTMState"); `load_params` of another layout's dict was a bare KeyError."""
+    xs = jnp.ones((2, 5, 3))
+    zeros = jnp.zeros((2, 4))
+    stack = StackedLSTM(3, (4, 4), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"one state per layer \(2\), got one LSTMState"):
+        stack(xs, initial_state=core.LSTMState(zeros, zeros))
+    params = [core.init_lstm(jax.random.key(0), 3, 4), core.init_lstm(jax.random.key(1), 4, 4)]
+    with pytest.raises(ValueError, match=r"one LSTMState per layer \(2\), got one LSTMState"):
+        core.stacked_lstm(params, xs, initial_states=core.LSTMState(zeros, zeros))
+    with pytest.raises(ValueError, match=r"LSTM.load_params: params lacks.*from_torch"):
+        LSTM(3, 4, rngs=nnx.Rngs(0)).load_params({"weight_ih_l0": np.ones((16, 3))})
