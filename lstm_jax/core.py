@@ -1175,6 +1175,14 @@ def lstm_layer(
         _batch_rows(jnp.asarray(s, state_dtype), b, hsz, f"initial_state.{name}")
         for s, name in zip(initial_state, "hc", strict=True)
     )
+    for m, name in ((input_dropout_mask, "input"), (recurrent_dropout_mask, "recurrent")):
+        if m is not None and jnp.result_type(m) == jnp.bool_:
+            # A keep mask of bools multiplied without the 1 / keep scaling: training saw smaller inputs
+            # than evaluation, with no error.
+            raise TypeError(
+                f"lstm_layer: {name}_dropout_mask is bool; it is a multiplier already scaled by"
+                " 1 / keep: keep.astype(float) / (1 - rate), or use variational_dropout_masks"
+            )
     if recurrent_dropout_mask is not None:
         # In the state's dtype, as `h_{t-1}` is (a float32 mask would promote bfloat16 states).
         recurrent_dropout_mask = _batch_rows(

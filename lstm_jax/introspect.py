@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lstm_jax.core import Gates
@@ -38,6 +39,14 @@ def language_model_gates(model: LanguageModel, ids: jax.Array) -> list[Gates]:
     Returns one `Gates(i, f, g, o, c)` per LSTM layer, each field `[batch, time, H]` (evaluation mode: no
     dropout). Only unidirectional stacks (`lstm_jax.nn.LSTM` layers) are supported.
     """
+    ids = jnp.asarray(ids)
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+        # Float ids were nnx.Embed's "Input type must be an integer", one sequence [time] the LSTM's
+        # "xs must be [batch, time, features]" about the embedded inputs.
+        raise ValueError(
+            f"language_model_gates: ids must be integer token ids [batch, time], got {ids.dtype}"
+            f" {ids.shape}" + ("; one sequence is ids[None]" if ids.ndim == 1 else "")
+        )
     x = _encode_inputs(model.input_mode, model.embed, ids, model.vocab_size)
     out = []
     for layer in model.lstm.layers:

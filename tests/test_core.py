@@ -1124,3 +1124,12 @@ def test_init_sizes_must_be_ints():
     with pytest.raises(TypeError, match="input_size must be an int"):
         init_lstm(jax.random.key(0), True, 4)
     assert init_lstm(jax.random.key(0), np.int64(3), 4)["kernel"].shape == (3, 16)
+
+
+def test_a_bool_dropout_mask_is_refused(params, xs):
+    """A bool keep mask was multiplied in unscaled (no 1 / keep): dropout whose training inputs are
+    smaller than evaluation's, silently."""
+    with pytest.raises(TypeError, match="input_dropout_mask is bool.*1 / keep"):
+        lstm_layer(params, xs, input_dropout_mask=jnp.ones((B, F), bool))
+    with pytest.raises(TypeError, match="recurrent_dropout_mask is bool"):
+        lstm_layer(params, xs, recurrent_dropout_mask=np.ones((B, H), bool))

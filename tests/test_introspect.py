@@ -91,3 +91,15 @@ def test_language_model_gates_refuses_a_bidirectional_stack():
     m = LanguageModel(10, (4,), rngs=nnx.Rngs(0), embed_dim=3, bidirectional=True)
     with pytest.raises(ValueError, match="only unidirectional LSTM stacks"):
         language_model_gates(m, jnp.zeros((1, 5), jnp.int32))
+
+
+def test_gates_of_float_or_unbatched_ids_name_the_shape():
+    """Float ids were nnx.Embed's "Input type must be an integer", one sequence the LSTM's complaint
+    about its embedded `[time, features]` inputs."""
+    model = LanguageModel(9, (4,), rngs=nnx.Rngs(0), embed_dim=3)
+    with pytest.raises(
+        ValueError, match=r"ids must be integer token ids \[batch, time\], got float32"
+    ):
+        language_model_gates(model, jnp.ones((2, 5)))
+    with pytest.raises(ValueError, match=r"one sequence is ids\[None\]"):
+        language_model_gates(model, jnp.ones((5,), jnp.int32))
