@@ -28,7 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from lstm_jax.core import Params
+from lstm_jax.core import Params, _layer_params
 
 __all__ = ["from_keras", "to_keras", "from_torch", "from_torch_lstm", "from_flax"]
 
@@ -71,6 +71,13 @@ def from_keras(weights: Sequence[Any] | Any) -> Params:
                 " first, or pass the trained layer"
             )
         weights = weights.get_weights()
+    if isinstance(weights, Mapping):
+        # Its keys were taken for arrays: "could not convert string to float: 'kernel'".
+        raise TypeError(
+            f"from_keras: expected the list layer.get_weights() (or the layer), got a mapping with keys"
+            f" {sorted(map(str, weights))}"
+            + ("; it is already lstm_jax's params" if "recurrent_kernel" in weights else "")
+        )
     if len(weights) > 3 and len(weights) % 3 == 0:
         # A `Bidirectional(LSTM)` wrapper (6 arrays) or a model's `get_weights()`: several LSTMs.
         raise ValueError(
@@ -126,7 +133,7 @@ def _check_keras_activations(layer: Any) -> None:
 def to_keras(params: Params) -> list[np.ndarray]:
     """Core params -> the list `keras.layers.LSTM.set_weights` expects: `[kernel [in, 4H],
     recurrent_kernel [H, 4H], bias [4H]]`."""
-    return [np.asarray(params[k]) for k in ("kernel", "recurrent_kernel", "bias")]
+    return [np.asarray(a) for a in _layer_params(params, "to_keras")]
 
 
 def from_torch(state_dict: Mapping[str, Any], layer: int = 0, reverse: bool = False) -> Params:

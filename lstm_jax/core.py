@@ -1484,7 +1484,13 @@ def bidirectional(
 def init_stacked_lstm(
     key: Array, input_size: int, hidden_sizes: Sequence[int], **init_kwargs: Any
 ) -> list[Params]:
-    """Parameters for a stack of LSTM layers with the given hidden sizes."""
+    """Parameters for a stack of LSTM layers with the given hidden sizes (a sequence, e.g. `(32, 32)`)."""
+    if isinstance(hidden_sizes, (int, float)):
+        # It was "object of type 'int' has no len()".
+        raise TypeError(
+            f"init_stacked_lstm: hidden_sizes must be a sequence of units per layer, got"
+            f" {hidden_sizes!r}; one layer is ({hidden_sizes!r},)"
+        )
     keys = jax.random.split(key, len(hidden_sizes))
     sizes = [input_size, *hidden_sizes]
     return [init_lstm(k, sizes[n], sizes[n + 1], **init_kwargs) for n, k in enumerate(keys)]

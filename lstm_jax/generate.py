@@ -75,6 +75,11 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
         )
     if top_k < 0:
         raise ValueError(f"sample_logits: top_k must be >= 0 (0 = no limit), got {top_k}")
+    if key is None and not (isinstance(temperature, (int, float)) and temperature == 0):
+        raise TypeError(
+            "sample_logits: key is None; sampling (temperature > 0) needs a PRNG key, e.g."
+            " jax.random.key(0)"
+        )
     logits = jnp.asarray(logits)
     invalid = _invalid_rows(logits)
     if not isinstance(invalid, jax.core.Tracer) and bool(jnp.any(invalid)):

@@ -9,6 +9,7 @@ import pytest
 
 from lstm_jax import (
     bidirectional,
+    core,
     from_keras,
     from_torch,
     from_torch_lstm,
@@ -487,3 +488,15 @@ def test_from_flax_names_a_dense_i_bias_of_another_shape():
             ValueError, match=r"from_flax: dense_i bias has shape .*, dense_h's \(16,\)"
         ):
             from_flax(d)
+
+
+def test_keras_conversions_of_the_wrong_container_name_the_fix():
+    """`from_keras(params_dict)` was NumPy's "could not convert string to float: 'kernel'";
+    `to_keras` of a list or of another layout's dict a bare KeyError / "list indices must be integers"."""
+    params = core.init_lstm(jax.random.key(0), 3, 4)
+    with pytest.raises(TypeError, match="got a mapping.*already lstm_jax's params"):
+        from_keras(params)
+    with pytest.raises(TypeError, match="to_keras: params must be the dict.*got list"):
+        to_keras([params])
+    with pytest.raises(ValueError, match=r"to_keras: params lacks.*from_torch"):
+        to_keras({"weight_ih_l0": np.ones((16, 3))})

@@ -1133,3 +1133,10 @@ def test_a_bool_dropout_mask_is_refused(params, xs):
         lstm_layer(params, xs, input_dropout_mask=jnp.ones((B, F), bool))
     with pytest.raises(TypeError, match="recurrent_dropout_mask is bool"):
         lstm_layer(params, xs, recurrent_dropout_mask=np.ones((B, H), bool))
+
+
+def test_init_stacked_of_one_int_names_the_tuple():
+    with pytest.raises(
+        TypeError, match=r"init_stacked_lstm: hidden_sizes must be a sequence.*\(4,\)"
+    ):
+        core.init_stacked_lstm(jax.random.key(0), 3, 4)

@@ -602,3 +602,10 @@ def test_model_sizes_are_checked_when_built():
         LanguageModel(0, (4,), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="TextClassifier: vocab_size must be an int >= 1"):
         TextClassifier(0, 3, (4,), rngs=nnx.Rngs(0))
+
+
+def test_sampling_without_a_key_names_it():
+    """`sample_logits(None, ...)` with a temperature was JAX's "unexpected PRNG key type NoneType"."""
+    with pytest.raises(TypeError, match="sample_logits: key is None; sampling"):
+        sample_logits(None, jnp.ones((2, 5)), 1.0)
+    assert sample_logits(None, jnp.array([[0.0, 3.0]])).tolist() == [1]
