@@ -1105,6 +1105,13 @@ def lstm_layer(
     # the arrays' sizes (a [2H] bias was read past its end, an [8H] one cut to its first 4H).
     if rk.ndim != 2 or rk.shape[1] != 4 * hsz:
         raise ValueError(f"lstm_layer: recurrent_kernel must be [H, 4H], got shape {rk.shape}")
+    for a, name in ((kernel, "kernel"), (rk, "recurrent_kernel"), (bias, "bias")):
+        if not jnp.issubdtype(jnp.result_type(a), jnp.floating):
+            # Else jax.nn.sigmoid's "logistic does not accept dtype int32", deep in the recurrence.
+            raise TypeError(
+                f"lstm_layer: params['{name}'] must be floating point, got {jnp.result_type(a)};"
+                " cast the params, e.g. jax.tree.map(lambda a: a.astype(jnp.float32), params)"
+            )
     if jnp.shape(bias) != (4 * hsz,):
         raise ValueError(
             f"lstm_layer: bias must be [4H] = {(4 * hsz,)} (H={hsz} from recurrent_kernel), got shape"

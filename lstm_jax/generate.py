@@ -388,6 +388,14 @@ def generate_stateful(
         prime if isinstance(prime, jax.Array) else np.asarray(prime)
     )  # a nested list as jnp takes
     key = _check_key(key, "generate_stateful")
+    if isinstance(model, LanguageModel) and model.bidirectional:
+        # Its backward direction reads the sequence from the end: a state carried forward one token at
+        # a time is not what it computes on the whole sequence, and the tokens came out with no error.
+        raise ValueError(
+            "generate_stateful: the model is bidirectional; its backward direction cannot be carried"
+            " forward token by token (each new token changes every backward state). Generate with a"
+            " unidirectional LanguageModel"
+        )
     if prime.ndim != 2 or prime.shape[1] < 1:
         raise ValueError(f"prime must be [streams, prime_len >= 1] ids, got shape {prime.shape}")
     if impl not in ("auto", "native", "xla"):

@@ -1140,3 +1140,12 @@ def test_init_stacked_of_one_int_names_the_tuple():
         TypeError, match=r"init_stacked_lstm: hidden_sizes must be a sequence.*\(4,\)"
     ):
         core.init_stacked_lstm(jax.random.key(0), 3, 4)
+
+
+def test_integer_params_name_the_cast(params, xs):
+    """An integer recurrent kernel was jax.nn.sigmoid's "logistic does not accept dtype int32"."""
+    bad = {**params, "recurrent_kernel": params["recurrent_kernel"].astype(jnp.int32)}
+    with pytest.raises(
+        TypeError, match=r"params\['recurrent_kernel'\] must be floating point, got int32"
+    ):
+        lstm_layer(bad, xs)

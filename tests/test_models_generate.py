@@ -609,3 +609,11 @@ def test_sampling_without_a_key_names_it():
     with pytest.raises(TypeError, match="sample_logits: key is None; sampling"):
         sample_logits(None, jnp.ones((2, 5)), 1.0)
     assert sample_logits(None, jnp.array([[0.0, 3.0]])).tolist() == [1]
+
+
+def test_stateful_generation_refuses_a_bidirectional_model():
+    """A bidirectional LanguageModel generated tokens from a backward state carried forward one token at
+    a time (not what the model computes on the sequence), with no error."""
+    m = LanguageModel(9, (4,), rngs=nnx.Rngs(0), embed_dim=3, bidirectional=True)
+    with pytest.raises(ValueError, match="generate_stateful: the model is bidirectional"):
+        generate_stateful(m, jnp.ones((1, 3), jnp.int32), 2)
