@@ -75,7 +75,7 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
         )
     if top_k < 0:
         raise ValueError(f"sample_logits: top_k must be >= 0 (0 = no limit), got {top_k}")
-    if key is None and not (isinstance(temperature, (int, float)) and temperature == 0):
+    if key is None and not (isinstance(temperature, (int, float, np.number)) and temperature == 0):
         raise TypeError(
             "sample_logits: key is None; sampling (temperature > 0) needs a PRNG key, e.g."
             " jax.random.key(0)"
