@@ -31,7 +31,7 @@ from lstm_jax import native
 from lstm_jax.config_utils import MAX_SEED
 from lstm_jax.errors import UserError
 from lstm_jax.models import LanguageModel
-from lstm_jax.nn import LSTM
+from lstm_jax.nn import LSTM, check_key
 
 Array = jax.Array
 
@@ -241,20 +241,6 @@ def _check(temperature: float, top_k: int, num_steps: int) -> None:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
 
 
-def _check_key(key, who: str) -> Array:
-    """`key`, `jax.random.key(0)` for None; a plain int seed (`key=0`, as `torch.manual_seed` takes
-    one) is a TypeError naming the fix, not JAX's "invalid PRNG key data"."""
-    if key is None:
-        return jax.random.key(0)
-    if isinstance(key, (int, np.integer)) or (
-        hasattr(key, "ndim")
-        and key.ndim == 0
-        and not (jnp.issubdtype(key.dtype, jax.dtypes.prng_key))
-    ):
-        raise TypeError(f"{who}: key must be a PRNG key, e.g. jax.random.key({key}), got {key!r}")
-    return key
-
-
 def _token_ids(ids, name: str, model) -> Array:
     """`ids` as int32 token ids. `jnp.asarray(ids, jnp.int32)` wrapped an int64 id 2**32 + 3 into the
     valid id 3 and truncated float ids, silently: a float dtype is a TypeError, and (for ids known on
@@ -384,10 +370,9 @@ def generate_stateful(
             "generate_stateful needs a LanguageModel(predict='all') (logits at every position, to carry"
             f" the state); this one has predict={model.predict!r}: use generate_windowed"
         )
-    prime = (
-        prime if isinstance(prime, jax.Array) else np.asarray(prime)
-    )  # a nested list as jnp takes
-    key = _check_key(key, "generate_stateful")
+    # A nested list, as jnp functions take one.
+    prime = prime if isinstance(prime, jax.Array) else np.asarray(prime)
+    key = jax.random.key(0) if key is None else check_key(key, "generate_stateful: key")
     if isinstance(model, LanguageModel) and model.bidirectional:
         # Its backward direction reads the sequence from the end: a state carried forward one token at
         # a time is not what it computes on the whole sequence, and the tokens came out with no error.
@@ -462,7 +447,7 @@ def generate_windowed(
             f" this one has predict={model.predict!r}: use generate_stateful"
         )
     window = window if isinstance(window, jax.Array) else np.asarray(window)
-    key = _check_key(key, "generate_windowed")
+    key = jax.random.key(0) if key is None else check_key(key, "generate_windowed: key")
     if window.ndim != 2 or window.shape[1] < 1:
         raise ValueError(f"window must be [streams, window_len >= 1] ids, got shape {window.shape}")
     tokens = _windowed(

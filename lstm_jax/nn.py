@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lstm_jax import core
@@ -64,13 +65,21 @@ def split_key(key: Array | None, n: int) -> list[Array | None]:
     return list(jax.random.split(check_key(key), n))
 
 
-def check_key(key: Any) -> Any:
-    """`key` when it is a JAX PRNG key; an `nnx.Rngs` (Flax's habit: `rngs=`) was JAX's "unexpected PRNG
-    key type Rngs", naming neither the argument nor the fix."""
+def check_key(key: Any, who: str = "key=") -> Any:
+    """`key` when it is a JAX PRNG key. An `nnx.Rngs` (Flax's habit: `rngs=`) was JAX's "unexpected PRNG
+    key type Rngs", and an int seed (`key=0`, as `torch.manual_seed` takes one) "invalid PRNG key data",
+    naming neither the argument nor the fix: each is a TypeError saying what to pass."""
     if isinstance(key, nnx.Rngs):
         raise TypeError(
-            "key= must be a JAX PRNG key, got nnx.Rngs; pass key=rngs.dropout() (or jax.random.key(seed))"
+            f"{who} must be a JAX PRNG key, got nnx.Rngs; pass key=rngs.dropout() (or"
+            " jax.random.key(seed))"
         )
+    if isinstance(key, (int, np.integer)) or (
+        hasattr(key, "ndim")
+        and key.ndim == 0
+        and not jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    ):
+        raise TypeError(f"{who} must be a PRNG key, e.g. jax.random.key({key}), got {key!r}")
     return key
 
 

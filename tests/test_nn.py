@@ -393,15 +393,22 @@ def test_stacked_hidden_sizes_of_one_int_names_the_tuple():
         StackedLSTM(3, 4, rngs=nnx.Rngs(0))
 
 
-def test_an_rngs_for_key_names_the_fix():
-    """`key=nnx.Rngs(...)` (Flax's habit) was JAX's "unexpected PRNG key type Rngs"."""
+def test_an_rngs_or_an_int_seed_for_key_names_the_fix():
+    """`key=nnx.Rngs(...)` (Flax's habit) was JAX's "unexpected PRNG key type Rngs", and `key=0` (an int
+    seed, as `torch.manual_seed` takes) "invalid PRNG key data"."""
     xs = jnp.ones((2, 5, 3))
     layer = LSTM(3, 4, rngs=nnx.Rngs(0), dropout=0.5)
     with pytest.raises(TypeError, match=r"got nnx.Rngs; pass key=rngs.dropout\(\)"):
         layer(xs, deterministic=False, key=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"key= must be a PRNG key, e.g. jax.random.key\(3\)"):
+        layer(xs, deterministic=False, key=3)
     stack = StackedLSTM(3, (4, 4), rngs=nnx.Rngs(0), dropout_between=0.5)
     with pytest.raises(TypeError, match="got nnx.Rngs"):
         stack(xs, deterministic=False, key=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="must be a PRNG key"):
+        stack(xs, deterministic=False, key=jnp.uint32(3))
+    # A legacy raw key (uint32 [2]) is a key.
+    assert stack(xs, deterministic=False, key=jax.random.PRNGKey(0))[0].shape == (2, 5, 4)
 
 
 def test_one_state_for_a_stack_and_a_load_of_torch_weights_name_the_fix():
