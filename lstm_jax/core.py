@@ -1488,16 +1488,23 @@ def bidirectional(
     return _merge(out_f, out_b, merge), (st_f, st_b)
 
 
+def _hidden_sizes(hidden_sizes: Any, who: str) -> tuple[int, ...]:
+    """`hidden_sizes` (units per layer, e.g. `(300, 300)`) as a tuple. One int (`4` for `(4,)`, as Keras'
+    `LSTM(units)`) is a TypeError naming the tuple: it was "object of type 'int' has no len()" or "'int'
+    object is not iterable"."""
+    if isinstance(hidden_sizes, (int, float)):
+        raise TypeError(
+            f"{who}: hidden_sizes must be a sequence of units per layer, got {hidden_sizes!r}; one layer"
+            f" is ({hidden_sizes!r},)"
+        )
+    return tuple(hidden_sizes)
+
+
 def init_stacked_lstm(
     key: Array, input_size: int, hidden_sizes: Sequence[int], **init_kwargs: Any
 ) -> list[Params]:
     """Parameters for a stack of LSTM layers with the given hidden sizes (a sequence, e.g. `(32, 32)`)."""
-    if isinstance(hidden_sizes, (int, float)):
-        # It was "object of type 'int' has no len()".
-        raise TypeError(
-            f"init_stacked_lstm: hidden_sizes must be a sequence of units per layer, got"
-            f" {hidden_sizes!r}; one layer is ({hidden_sizes!r},)"
-        )
+    hidden_sizes = _hidden_sizes(hidden_sizes, "init_stacked_lstm")
     keys = jax.random.split(key, len(hidden_sizes))
     sizes = [input_size, *hidden_sizes]
     return [init_lstm(k, sizes[n], sizes[n + 1], **init_kwargs) for n, k in enumerate(keys)]

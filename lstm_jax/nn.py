@@ -45,14 +45,9 @@ def resolve_deterministic(module: nnx.Module, deterministic: bool | None) -> boo
 
 
 def layer_sizes(hidden_sizes: Any, who: str) -> tuple[int, ...]:
-    """`hidden_sizes` (units per layer, e.g. `(300, 300)`) as a tuple; one int (`4` for `(4,)`, as Keras'
-    `LSTM(units)`) was "'int' object is not iterable", and no layer at all is a ValueError too."""
-    if isinstance(hidden_sizes, (int, float)):
-        raise TypeError(
-            f"{who}: hidden_sizes must be a sequence of units per layer, got {hidden_sizes!r}; one layer"
-            f" is ({hidden_sizes!r},)"
-        )
-    sizes = tuple(hidden_sizes)
+    """`hidden_sizes` (units per layer, e.g. `(300, 300)`) as a tuple; one int is a TypeError (see
+    `core._hidden_sizes`), and no layer at all is a ValueError."""
+    sizes = core._hidden_sizes(hidden_sizes, who)
     if not sizes:
         raise ValueError(f"{who}: hidden_sizes must name at least one layer")
     return sizes
