@@ -201,12 +201,21 @@ def test_data_parallel_step_matches_the_single_device_step():
     assert got["losses"][0] != got["losses"][-1]  # the steps did update the parameters
 
 
-def test_markdown_reports_missing_and_failed_peers(tmp_path, capsys):
+def _report(shapes: dict, versions: dict | None = None, **args: object) -> dict:
+    """A `benchmarks.run` report of `shapes` on a fake machine with a 400 GFLOP/s fp32 ceiling, 3 rounds
+    (`args` adds run arguments, e.g. `malloc="all"`)."""
     report = {
         "machine": "m",
         "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
-        "args": {"rounds": 3},
-        "shapes": {
+        "args": {"rounds": 3, **args},
+        "shapes": shapes,
+    }
+    return report if versions is None else {**report, "versions": versions}
+
+
+def test_markdown_reports_missing_and_failed_peers(tmp_path, capsys):
+    report = _report(
+        {
             "C": {
                 "lstm_jax": {
                     "param_count": 10,
@@ -227,8 +236,8 @@ def test_markdown_reports_missing_and_failed_peers(tmp_path, capsys):
                 "keras_jax": {"status": "missing", "reason": "keras not installed"},
                 "torch_compile": {"status": "failed", "reason": "RuntimeError: boom"},
             }
-        },
-    }
+        }
+    )
     table = run.markdown(report)
     assert "| C imdb | lstm_jax | 10 | 10.0 [9.0-11.0] | 10000 | 2.00x |" in table
     assert "| C imdb | PyTorch eager | 12 | 20.0 [19.0-21.0] | 5000 | 1.00x |" in table
@@ -324,12 +333,7 @@ def test_malloc_modes_set_each_workers_environment(monkeypatch):
     assert run.child_env("lstm_jax", "none")["LSTM_JAX_TUNE_MALLOC"] == "0"
     with pytest.raises(ValueError, match="malloc"):
         run.child_env("torch", "some")
-    report = {
-        "machine": "m",
-        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
-        "args": {"rounds": 3, "malloc": "all"},
-        "shapes": {},
-    }
+    report = _report({}, malloc="all")
     assert "glibc malloc tuned for: every framework" in run.markdown(report)
     # GLIBC_TUNABLES reaches workers that never import lstm_jax (and so report False): still every one.
     report["shapes"] = {
@@ -755,12 +759,7 @@ def test_show_of_a_damaged_run_is_one_error_line(tmp_path, capsys):
     """A number field holding text, or a zero time or ceiling, ended --show in a traceback (ValueError,
     ZeroDivisionError); a generating peer this version does not name (an older or newer run) too."""
     row = {"param_count": 10, "median_ms": 10.0, "p25_ms": 9.0, "p75_ms": 11.0, "first_step_s": 1.0}
-    report = {
-        "machine": "m",
-        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
-        "args": {"rounds": 3},
-        "shapes": {"C": {"lstm_jax": row}},
-    }
+    report = _report({"C": {"lstm_jax": row}})
     path = tmp_path / "run.json"
     for field, value in (("param_count", "ten"), ("median_ms", 0), ("ceiling_gflops", 0)):
         damaged = json.loads(json.dumps(report))
@@ -1761,11 +1760,8 @@ def test_shape_tables_of_the_markdown_are_full_rows(tmp_path):
     """Every row of the main table, a missing or failed peer's included, has the header's columns, and a
     measured row's GFLOP/s and % of the ceiling are its step's FLOPs over its median (C: 0.8405 GFLOP)."""
     row = {"param_count": 10, "median_ms": 10.0, "p25_ms": 9.0, "p75_ms": 11.0, "first_step_s": 1.0}
-    report = {
-        "machine": "m",
-        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
-        "args": {"rounds": 3},
-        "shapes": {
+    report = _report(
+        {
             "C": {
                 "lstm_jax": {**row, "peak_rss_mb": 100.0},
                 "lstm_jax_dp": {**row, "median_ms": 5.0, "peak_rss_mb": 80.0},
@@ -1773,8 +1769,8 @@ def test_shape_tables_of_the_markdown_are_full_rows(tmp_path):
                 "keras_jax": {"status": "missing", "reason": "keras not installed"},
                 "flax": {"status": "failed", "reason": "RuntimeError: boom"},
             }
-        },
-    }
+        }
+    )
     lines = run.markdown(report).splitlines()
     start = lines.index(next(x for x in lines if x.startswith("| shape | framework |")))
     end = lines.index("", start)
@@ -1997,13 +1993,7 @@ def test_the_report_names_the_installed_versions(monkeypatch):
     versions = run.package_versions()
     assert versions["torch"] == versions["tensorflow"] == "missing" and versions["jax"] == "3.0"
     assert list(versions) == list(run.VERSIONED_PACKAGES)
-    report = {
-        "machine": "m",
-        "ceiling": {"ceiling_gflops": 400.0, "numpy_gflops": 400.0, "jax_gflops": 300.0, "n": 2048},
-        "args": {"rounds": 3},
-        "shapes": {},
-        "versions": versions,
-    }
+    report = _report({}, versions=versions)
     first = run.markdown(report).splitlines()[0]
     assert first.endswith(
         " Versions: jax 3.0, jaxlib 6.0, flax 4.0, optax 5.0, numpy 5.0, keras 5.0, tensorflow-cpu 14.0."
