@@ -294,7 +294,8 @@ cli.run({"show": show}, argv=["probe", "--workdir=unused"] + sys.argv[1:])
 
 
 def _cpus_probe(*flags: str) -> subprocess.CompletedProcess:
-    return _python(CPUS_PROBE, dict(os.environ), *flags)
+    # Without the compilation cache: a program read from it starts none of the compiler's threads.
+    return _python(CPUS_PROBE, {**os.environ, "LSTM_JAX_COMPILATION_CACHE": "off"}, *flags)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="--cpus needs Linux")
@@ -330,16 +331,52 @@ def test_set_cpu_affinity_refuses_once_jax_has_started():
     assert os.sched_getaffinity(0) == before
 
 
+def test_the_suites_compilation_cache_keeps_each_optimisation_level_apart(full_xla_optimization):
+    """tests/conftest.py shares compiled programs between the suite's tests: a program compiled at full
+    optimisation (this fixture) must get an entry of its own, not the -O0 one the other tests compiled."""
+    import jax
+    import jax.numpy as jnp
+
+    cache = jax.config.jax_compilation_cache_dir
+    if not cache:
+        pytest.skip("the suite's compilation cache is off (LSTM_JAX_TEST_XLA_CACHE=off)")
+
+    def entries() -> set[str]:
+        return {name for name in os.listdir(cache) if name.endswith("-cache")}
+
+    def compiled():  # each call a new function (JAX's in-memory cache misses), the same program
+        def program(v):  # built by no other test
+            return jnp.cos(v) * 2.375 - 0.0625
+
+        jax.jit(program)(x).block_until_ready()
+
+    x = jnp.arange(11.0)
+    before = entries()
+    compiled()  # full optimisation (the fixture)
+    full = entries() - before
+    jax.config.update("jax_disable_most_optimizations", True)
+    compiled()
+    reduced = entries() - before - full
+    compiled()  # the same program and options: a hit, no new entry
+    assert len(full) == 1 and len(reduced) == 1, (full, reduced)
+    assert entries() - before == full | reduced
+
+
 def test_a_cache_directory_that_cannot_be_made_leaves_the_cache_off(tmp_path, monkeypatch):
     """An unwritable home (here a file where a directory should be): compile as usual, no traceback."""
     import jax
 
-    if jax.config.jax_compilation_cache_dir:
-        pytest.skip("a compilation cache is configured for JAX itself")
-    (tmp_path / "file").write_text("")
-    monkeypatch.setenv("LSTM_JAX_COMPILATION_CACHE", str(tmp_path / "file" / "cache"))
-    assert runtime.enable_compilation_cache() is None
-    assert not jax.config.jax_compilation_cache_dir
+    suites = (
+        jax.config.jax_compilation_cache_dir
+    )  # the suite's own cache (tests/conftest.py), if on
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("LSTM_JAX_COMPILATION_CACHE", str(tmp_path / "file" / "cache"))
+        assert runtime.enable_compilation_cache() is None
+        assert not jax.config.jax_compilation_cache_dir
+    finally:
+        jax.config.update("jax_compilation_cache_dir", suites)
 
 
 def test_cpu_devices_flags_replace_a_device_count_already_set():
