@@ -8,8 +8,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Tests (and the experiment binaries they start) compile without the persistent compilation cache, so a run
-# of the suite writes nothing under the user's home; tests/test_runtime.py turns it on where it is tested.
+# The experiment binaries the tests start never use the user's compilation cache (in their home): off here,
+# then a temp dir of the suite's (pytest_configure below); tests/test_runtime.py sets its own where it tests it.
 os.environ.setdefault("LSTM_JAX_COMPILATION_CACHE", "off")
 # Nor the TF-IDF baseline's result cache (lstm_jax.baselines); tests/test_baselines.py tests it.
 os.environ.setdefault("LSTM_JAX_BASELINE_CACHE", "off")
@@ -36,8 +36,8 @@ import pytest  # noqa: E402
 # in place, so a shared one could be read half written (its file lock, which `jax_compilation_cache_max_size`
 # turns on, re-reads the whole directory on every write: the suite took longer with it, not shorter).
 # `LSTM_JAX_TEST_XLA_CACHE` unset: a temp dir, removed at the end; a path: kept there (later runs reuse it);
-# `off`: no cache. The processes the tests start keep `LSTM_JAX_COMPILATION_CACHE=off` above
-# (tests/test_runtime.py tests that cache).
+# `off`: no cache (and the processes the tests start keep `LSTM_JAX_COMPILATION_CACHE=off` above). Either
+# way nothing is written under the user's home.
 TEST_XLA_CACHE = "LSTM_JAX_TEST_XLA_CACHE"
 _made_cache = pytest.StashKey[str]()
 

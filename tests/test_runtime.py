@@ -366,9 +366,8 @@ def test_a_cache_directory_that_cannot_be_made_leaves_the_cache_off(tmp_path, mo
     """An unwritable home (here a file where a directory should be): compile as usual, no traceback."""
     import jax
 
-    suites = (
-        jax.config.jax_compilation_cache_dir
-    )  # the suite's own cache (tests/conftest.py), if on
+    # The suite's own cache (tests/conftest.py), if on, is set aside for this test.
+    suites = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", None)
     try:
         (tmp_path / "file").write_text("")
