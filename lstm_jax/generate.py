@@ -68,14 +68,15 @@ def sample_logits(key: Array, logits: Array, temperature: float = 0.0, top_k: in
     `generate_stateful` / `generate_windowed` raise the ValueError when one comes back (a plain argmax
     returned token 0 for it, silently).
     """
-    if isinstance(temperature, (int, float, np.number)) and not temperature_ok(temperature):
+    concrete = isinstance(temperature, (int, float, np.number))  # not a traced value under jit
+    if concrete and not temperature_ok(temperature):
         # A negative one sampled from softmax(-logits / |t|): the least likely tokens, silently.
         raise ValueError(
             f"sample_logits: temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
         )
     if top_k < 0:
         raise ValueError(f"sample_logits: top_k must be >= 0 (0 = no limit), got {top_k}")
-    if key is None and not (isinstance(temperature, (int, float, np.number)) and temperature == 0):
+    if key is None and not (concrete and temperature == 0):
         raise TypeError(
             "sample_logits: key is None; sampling (temperature > 0) needs a PRNG key, e.g."
             " jax.random.key(0)"

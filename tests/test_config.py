@@ -630,7 +630,6 @@ LOST_CTRL_C_MAIN = textwrap.dedent(
             if phase == "start":
                 gc.callbacks.remove(in_gc)
                 signal.raise_signal(signal.SIGINT)
-                handled_here = True
 
         gc.callbacks.append(in_gc)
         gc.collect()

@@ -1085,6 +1085,7 @@ def test_step_checks_its_shapes_and_takes_a_pair(params, xs):
     ref, out = lstm_step(params, LSTMState(zeros, zeros), xs[:, 0])
     got, out2 = lstm_step(params, (zeros, zeros), xs[:, 0])
     np.testing.assert_array_equal(out, out2)
+    np.testing.assert_array_equal(ref.c, got.c)
     with pytest.raises(ValueError, match=rf"x must be \[batch, {F}\].*got shape \({B}, {F + 1}\)"):
         lstm_step(params, (zeros, zeros), jnp.ones((B, F + 1)))
     with pytest.raises(ValueError, match=r"state.h must be \[batch, H\]"):
