@@ -23,6 +23,11 @@
 # malloc setting forced on both (--malloc all), whose first steps, against the main run's (where
 # `import lstm_jax` leaves malloc alone on a GPU), say whether that setting slowed XLA:GPU's compilation
 # (on 2026-12-04 lstm_jax's first steps took 8.9-32.3 s tuned, Flax's 0.9-4.7 s untuned).
+# bench.json's workers now split each JAX peer's first step into tracing, lowering, XLA compilation
+# (autotuning included) and the rest ("first_step_compile"; the markdown's "First step" table).
+# AUTOTUNE_PROBE=1 adds autotune_probe.{log,json}: shape B's lstm_jax and Flax workers compiled with
+# XLA_FLAGS=--xla_gpu_autotune_level=0 (no autotuning), whose first steps and step times, against the
+# main run's, say what XLA:GPU's autotuning costs at the first step and buys afterwards.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
@@ -52,6 +57,12 @@ if [ "${MALLOC_PROBE:-0}" = 1 ]; then
   timeout "${MALLOC_PROBE_TIMEOUT:-150}" python3 -m benchmarks.run --shapes B --peers lstm_jax,flax \
     --no-generate --rounds 1 --round-seconds 0.5 --timeout 120 --malloc all \
     --out "$OUT/malloc_probe.json" 2>&1 | tee "$OUT/malloc_probe.log"
+fi
+if [ "${AUTOTUNE_PROBE:-0}" = 1 ]; then
+  XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" \
+    timeout "${AUTOTUNE_PROBE_TIMEOUT:-150}" python3 -m benchmarks.run --shapes B --peers lstm_jax,flax \
+    --no-generate --rounds 1 --round-seconds 0.5 --timeout 120 \
+    --out "$OUT/autotune_probe.json" 2>&1 | tee "$OUT/autotune_probe.log"
 fi
 echo "gpu_check exit $check, benchmark exit $bench"
 exit $(( check != 0 || bench != 0 ))

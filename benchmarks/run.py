@@ -251,9 +251,11 @@ def bench_shape(shape_name: str, peers: list[str], args: argparse.Namespace) -> 
             continue
         workers[peer] = w
         results[peer] = {**reply, "times": []}
+        compiled = reply.get("first_step_compile")
         print(
             f"  {shape_name} {peer}: {reply['param_count']:,} params, "
-            f"first step {reply['first_step_s']:.2f} s",
+            f"first step {reply['first_step_s']:.2f} s"
+            + (f" (XLA compile {compiled['xla_compile_s']:.2f} s)" if compiled else ""),
             flush=True,
         )
     steps = {
@@ -365,6 +367,34 @@ def _target_lines(report: dict) -> list[str]:
         f"| shape | fastest peer ms | {TARGET_SPEEDUP}x target ms | ceiling bound ms | target needs "
         "| lstm_jax reaches | target needs, of FMA peak | lstm_jax, of FMA peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def _first_step_lines(report: dict) -> list[str]:
+    """Where the first step of each JAX-compiled peer went: JAX's tracing, lowering and XLA's compilation
+    (`benchmarks.worker.COMPILE_EVENTS`), and the rest (running the step; on a GPU also loading its
+    kernels). Runs saved before the workers measured it have no such rows."""
+    rows = []
+    for name, res in report["shapes"].items():
+        for peer, r in res.items():
+            c = r.get("first_step_compile")
+            if not c or "first_step_s" not in r:
+                continue
+            rest = r["first_step_s"] - c["trace_s"] - c["lower_s"] - c["xla_compile_s"]
+            rows.append(
+                f"| {name} | {LABELS.get(peer, peer)} | {r['first_step_s']:.2f} | {c['trace_s']:.2f} "
+                f"| {c['lower_s']:.2f} | {c['xla_compile_s']:.2f} | {rest:.2f} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "First step of the JAX-compiled frameworks, seconds: JAX's tracing and lowering, XLA's "
+        "compilation (on a GPU its autotuning included), and the rest (running the step).",
+        "",
+        "| shape | framework | first step | trace | lower | XLA compile | rest |",
+        "|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ]
 
@@ -482,6 +512,7 @@ def markdown(report: dict) -> str:
                 f"| {r.get('peak_rss_mb', float('nan')):.0f} |"
             )
     lines += _target_lines(report)
+    lines += _first_step_lines(report)
     gen_lines = []
     for res in report["shapes"].values():
         for peer, r in res.items():

@@ -70,6 +70,39 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# JAX's compile phases, as its `jax.monitoring` duration events name them, and the keys they are summed under.
+COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+    "/jax/core/compile/backend_compile_duration": "xla_compile_s",
+}
+
+
+# The peers whose training step JAX compiles.
+JAX_PEERS = ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn", "flax", "keras_jax")
+
+
+def _watch_jax_compiles(peer: str) -> dict[str, float] | None:
+    """A dict that sums, from now on, the seconds this process spends in each of JAX's compile phases
+    (`COMPILE_EVENTS`: tracing to a jaxpr, lowering to StableHLO, XLA's compilation, which on a GPU
+    includes its autotuning); None for a peer that JAX does not compile (PyTorch, Keras on TensorFlow).
+    The first step's share of these says where a slow first step goes; what is left of it is running the
+    step (and, on a GPU, loading its kernels)."""
+    if peer not in JAX_PEERS:
+        return None
+    import jax
+
+    sums = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
+
+    def listener(event: str, duration: float, **_) -> None:
+        key = COMPILE_EVENTS.get(event)
+        if key is not None:
+            sums[key] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return sums
+
+
 def load(peer: str):
     """Returns `(module, build_kwargs)` for a peer name. The Keras backend must already be set."""
     if peer in ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn"):
@@ -109,9 +142,11 @@ def main(peer: str, shape_name: str) -> int:
     base_rss = _rss_mb()
     try:
         bench = mod.build(shape, **kwargs)
+        compiles = _watch_jax_compiles(peer)
         t0 = time.perf_counter()
         bench.step()
         first = time.perf_counter() - t0
+        compiles = None if compiles is None else dict(compiles)
         t0 = time.perf_counter()
         bench.step()
         second = time.perf_counter() - t0
@@ -124,6 +159,7 @@ def main(peer: str, shape_name: str) -> int:
             "status": "ready",
             "param_count": bench.param_count,
             "first_step_s": first,
+            **({"first_step_compile": compiles} if compiles is not None else {}),
             "second_step_s": second,
             "base_rss_mb": base_rss,
             "malloc_tuned": _malloc_tuned(),
