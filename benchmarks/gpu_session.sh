@@ -28,6 +28,12 @@
 # AUTOTUNE_PROBE=1 adds autotune_probe.{log,json}: shape B's lstm_jax and Flax workers compiled with
 # XLA_FLAGS=--xla_gpu_autotune_level=0 (no autotuning), whose first steps and step times, against the
 # main run's, say what XLA:GPU's autotuning costs at the first step and buys afterwards.
+# LOOP_PROBE=1 adds loop_probe.{log,json} and loop_probe_cmdbuf.{log,json}: shape C (228 timesteps of a
+# 32-unit LSTM, where on 2026-12-04 every JAX implementation took 6.8-9.2 ms a step against PyTorch cuDNN's
+# 2.4) with lstm_jax, lstm_jax_unroll8 (every scan unrolled 8 timesteps a loop iteration), Flax and PyTorch,
+# first as XLA compiles it by default, then with the scans' while loops captured as CUDA graphs
+# (--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL): whether C's gap is per-timestep launch overhead.
+# A short session can give the probes the call: GPU_SESSION_SHAPES=C LOOP_PROBE=1 AUTOTUNE_PROBE=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_out}
@@ -63,6 +69,17 @@ if [ "${AUTOTUNE_PROBE:-0}" = 1 ]; then
     timeout "${AUTOTUNE_PROBE_TIMEOUT:-150}" python3 -m benchmarks.run --shapes B --peers lstm_jax,flax \
     --no-generate --rounds 1 --round-seconds 0.5 --timeout 120 \
     --out "$OUT/autotune_probe.json" 2>&1 | tee "$OUT/autotune_probe.log"
+fi
+if [ "${LOOP_PROBE:-0}" = 1 ]; then
+  for variant in "" _cmdbuf; do
+    flags=${XLA_FLAGS:-}
+    if [ -n "$variant" ]; then
+      flags="${flags:+$flags }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
+    fi
+    XLA_FLAGS=$flags timeout "${LOOP_PROBE_TIMEOUT:-150}" python3 -m benchmarks.run --shapes C \
+      --peers lstm_jax,lstm_jax_unroll8,flax,torch --no-generate --rounds 3 --round-seconds 0.5 \
+      --timeout 120 --out "$OUT/loop_probe$variant.json" 2>&1 | tee "$OUT/loop_probe$variant.log"
+  done
 fi
 echo "gpu_check exit $check, benchmark exit $bench"
 exit $(( check != 0 || bench != 0 ))

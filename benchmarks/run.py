@@ -44,6 +44,7 @@ LABELS = {
     "lstm_jax": "lstm_jax",
     "lstm_jax_dp": "lstm_jax, data-parallel over one host device per core",
     "lstm_jax_cudnn": "lstm_jax with impl='cudnn' (NVIDIA GPUs)",
+    "lstm_jax_unroll8": "lstm_jax with unroll=8",
     "flax": "Flax nnx.RNN(OptimizedLSTMCell)",
     "keras_jax": "Keras 3 (JAX)",
     "keras_tf": "Keras 3 (TensorFlow)",
@@ -546,7 +547,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shapes", default="A,B,C,D", help="comma-separated shape names (A-D, or tiny)")
     p.add_argument(
         "--peers",
-        default=",".join(p for p in PEERS if p != "lstm_jax_cudnn"),  # that one: NVIDIA GPUs only
+        # not lstm_jax_cudnn (NVIDIA GPUs only) or lstm_jax_unroll8 (the GPU session's loop probe)
+        default=",".join(p for p in PEERS if p not in ("lstm_jax_cudnn", "lstm_jax_unroll8")),
         help=f"comma-separated frameworks, of {','.join(PEERS)}",
     )
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")

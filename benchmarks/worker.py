@@ -25,6 +25,7 @@ PEERS = (
     "lstm_jax",
     "lstm_jax_dp",
     "lstm_jax_cudnn",
+    "lstm_jax_unroll8",
     "flax",
     "keras_jax",
     "keras_tf",
@@ -79,7 +80,7 @@ COMPILE_EVENTS = {
 
 
 # The peers whose training step JAX compiles.
-JAX_PEERS = ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn", "flax", "keras_jax")
+JAX_PEERS = ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn", "lstm_jax_unroll8", "flax", "keras_jax")
 
 
 def _watch_jax_compiles(peer: str) -> dict[str, float] | None:
@@ -105,10 +106,14 @@ def _watch_jax_compiles(peer: str) -> dict[str, float] | None:
 
 def load(peer: str):
     """Returns `(module, build_kwargs)` for a peer name. The Keras backend must already be set."""
-    if peer in ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn"):
+    if peer in ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn", "lstm_jax_unroll8"):
         from benchmarks.peers import lstm_jax_peer as mod
 
-        kwargs = {"lstm_jax_dp": {"data_parallel": True}, "lstm_jax_cudnn": {"impl": "cudnn"}}
+        kwargs = {
+            "lstm_jax_dp": {"data_parallel": True},
+            "lstm_jax_cudnn": {"impl": "cudnn"},
+            "lstm_jax_unroll8": {"unroll": 8},
+        }
         return mod, kwargs.get(peer, {})
     if peer == "flax":
         from benchmarks.peers import flax_peer as mod

@@ -1900,6 +1900,7 @@ def test_a_worker_reports_a_missing_framework_as_missing(monkeypatch, capsys):
     [
         ("lstm_jax_dp", {"data_parallel": True}),
         ("lstm_jax_cudnn", {"impl": "cudnn"}),
+        ("lstm_jax_unroll8", {"unroll": 8}),
         ("flax", {}),
         ("keras_jax", {}),
         ("keras_tf", {"jit_compile": False}),
@@ -2056,3 +2057,21 @@ def test_the_first_step_table_splits_each_jax_peers_first_step():
     assert lines[-1] == "| C | lstm_jax | 3.00 | 0.25 | 0.50 | 2.00 | 0.25 |"
     assert len([line for line in lines if line.startswith("| C ")]) == 1  # torch and flax: no row
     assert run._first_step_lines({"shapes": {"C": {"torch": {"first_step_s": 0.3}}}}) == []
+
+
+def test_the_unrolled_peer_unrolls_every_layer_and_trains_as_the_plain_one():
+    """`lstm_jax_unroll8` (the GPU session's loop probe) times the same model and update, its scans
+    unrolled 8 steps a loop iteration: every layer gets unroll=8, and one step from the same
+    initialisation gives the plain peer's loss and parameters."""
+    from benchmarks.peers import lstm_jax_peer
+
+    plain = lstm_jax_peer.build(TINY, impl="scan")
+    unrolled = lstm_jax_peer.build(TINY, impl="scan", unroll=8)
+    model = lstm_jax_peer.merge(unrolled.graphdef, unrolled.template, unrolled.params)
+    assert [layer.unroll for layer in model.lstm.layers] == [8] * len(TINY.lstm)
+    for bench in (plain, unrolled):
+        bench.step()
+        bench.step()
+    np.testing.assert_allclose(float(unrolled.loss), float(plain.loss), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(unrolled.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -33,10 +33,12 @@ def available(impl: str = "auto") -> str | None:
 class Model(nnx.Module):
     """Embedding (or 1 scalar feature) -> stacked LSTMs (last returns its final h) -> dense head."""
 
-    def __init__(self, shape: Shape, *, rngs: nnx.Rngs, impl: str = "auto"):
+    def __init__(self, shape: Shape, *, rngs: nnx.Rngs, impl: str = "auto", unroll: int = 1):
         self.shape = shape
         self.embed = nnx.Embed(shape.vocab, shape.embed, rngs=rngs) if shape.vocab else None
-        self.lstm = lnn.StackedLSTM(shape.in_features, shape.lstm, rngs=rngs, impl=impl)
+        self.lstm = lnn.StackedLSTM(
+            shape.in_features, shape.lstm, rngs=rngs, impl=impl, unroll=unroll
+        )
         size = shape.lstm[-1]
         dense = []
         for units, _ in shape.dense:
@@ -138,9 +140,10 @@ class Bench:
         impl: str = "auto",
         data_parallel: bool = False,
         compiler_options: dict | None = None,
+        unroll: int = 1,
     ):
         self.shape = shape
-        model = Model(shape, rngs=nnx.Rngs(seed), impl=impl)
+        model = Model(shape, rngs=nnx.Rngs(seed), impl=impl, unroll=unroll)
         # Parameters as a pure dict of arrays, as the engine keeps them (lstm_jax.train): an nnx.State
         # argument costs ~1.5 ms of Python per call to rebuild its Variables.
         self.graphdef, self.template = nnx.split(model, nnx.Param)
@@ -178,8 +181,12 @@ class Bench:
         return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
 
 
-def build(shape: Shape, seed: int = 0, data_parallel: bool = False, impl: str = "auto") -> Bench:
-    return Bench(shape, seed, impl=impl, data_parallel=data_parallel)
+def build(
+    shape: Shape, seed: int = 0, data_parallel: bool = False, impl: str = "auto", unroll: int = 1
+) -> Bench:
+    """`unroll`: the `lax.scan` unroll factor of every layer (the `lstm_jax_unroll8` peer; it changes the
+    scan-based impls, which a GPU runs; the CPU's native kernel runs its own loop)."""
+    return Bench(shape, seed, impl=impl, data_parallel=data_parallel, unroll=unroll)
 
 
 # ---------------------------------------------------------------------------------------------------------
