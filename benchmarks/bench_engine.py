@@ -17,6 +17,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -36,17 +37,19 @@ class Classifier(nnx.Module):
         self.lstm = LSTM(EMB, HIDDEN, rngs=rngs)
         self.out = nnx.Linear(HIDDEN, 1, rngs=rngs)
 
-    def __call__(self, tokens):
+    def __call__(self, tokens: jax.Array) -> jax.Array:
         _, state = self.lstm(self.embed(tokens), mask=tokens > 0)
         return self.out(state.h)[:, 0]
 
 
-def loss_fn(model, batch, *, key, train, carry):
+def loss_fn(
+    model: Classifier, batch: dict, *, key: jax.Array, train: bool, carry: None
+) -> tuple[jax.Array, tuple[dict, None]]:
     sums = losses.binary_metric_sums(model(batch["tokens"]), batch["label"], batch["weight"])
     return sums["loss"] / jnp.maximum(sums["count"], 1e-9), (sums, None)
 
 
-def make_data(n: int, seed: int = 0):
+def make_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(20, T + 1, n)
     tokens = rng.integers(2, VOCAB, (n, T)).astype(np.int32)
@@ -54,7 +57,7 @@ def make_data(n: int, seed: int = 0):
     return {"tokens": tokens, "label": rng.integers(0, 2, n).astype(np.int32)}
 
 
-def config_for(steps: int):
+def config_for(steps: int) -> ml_collections.ConfigDict:
     config = config_utils.engine_defaults()
     config.optimizer.name = "rmsprop"
     config.train.batch_size = BATCH

@@ -12,11 +12,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 
-def best_gflops(fn, n: int, repeats: int) -> float:
+def best_gflops(fn: Callable[[], object], n: int, repeats: int) -> float:
     fn()  # warm-up (and compile, for JAX)
     best = float("inf")
     for _ in range(repeats):

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import at_least
-from benchmarks.shapes import SHAPES, get_shape, shape_list_arg
+from benchmarks.shapes import SHAPES, Shape, get_shape, shape_list_arg
 from lstm_jax import core
 from lstm_jax import nn as lnn
 from lstm_jax.logging_utils import write_json
@@ -87,7 +87,7 @@ def _rel_err(ref, got) -> float:
     return float(np.max(np.abs(ref - got))) / scale
 
 
-def parity(shape, max_time: int, rng: np.random.Generator) -> list[dict]:
+def parity(shape: Shape, max_time: int, rng: np.random.Generator) -> list[dict]:
     t = min(shape.time, max_time)
     xs = jnp.asarray(rng.standard_normal((shape.batch, t, shape.in_features), dtype=np.float32))
     rows = []
@@ -122,7 +122,7 @@ def parity(shape, max_time: int, rng: np.random.Generator) -> list[dict]:
     return rows
 
 
-def timing(shape, max_time: int, rounds: int, rng: np.random.Generator) -> dict:
+def timing(shape: Shape, max_time: int, rounds: int, rng: np.random.Generator) -> dict:
     t = min(shape.time, max_time)
     xs = jnp.asarray(rng.standard_normal((shape.batch, t, shape.in_features), dtype=np.float32))
     fns = {}

@@ -24,9 +24,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks import at_least
 from benchmarks.shapes import shape_arg
+
+if TYPE_CHECKING:
+    from benchmarks.peers.lstm_jax_peer import Bench
 
 _FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
@@ -115,7 +119,7 @@ def profile(
     return "\n".join(out)
 
 
-def native_stats(bench, steps: int) -> str:
+def native_stats(bench: Bench, steps: int) -> str:
     """Times `steps` untraced steps of `bench` with the native kernel's per-call timing on."""
     from lstm_jax import native
 

@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 import traceback
+from types import ModuleType
 
 PEERS = (
     "lstm_jax",
@@ -104,7 +105,7 @@ def _watch_jax_compiles(peer: str) -> dict[str, float] | None:
     return sums
 
 
-def load(peer: str):
+def load(peer: str) -> tuple[ModuleType, dict]:
     """Returns `(module, build_kwargs)` for a peer name. The Keras backend must already be set."""
     if peer in ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn", "lstm_jax_unroll8"):
         from benchmarks.peers import lstm_jax_peer as mod

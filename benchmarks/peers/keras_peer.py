@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks.shapes import Shape
+
+if TYPE_CHECKING:  # keras is imported once the driver has set KERAS_BACKEND
+    import keras
 
 # The package each Keras backend imports, as pip installs it.
 BACKEND_PACKAGES = {"tensorflow": "tensorflow-cpu", "jax": "jax", "torch": "torch"}
@@ -34,7 +38,7 @@ def available() -> str | None:
     return None
 
 
-def build_model(shape: Shape, seed: int = 0):
+def build_model(shape: Shape, seed: int = 0) -> keras.Model:
     import keras
 
     keras.utils.set_random_seed(seed)

@@ -8,6 +8,7 @@ The `lstm_jax_dp` peer is the same model and step run data-parallel over one XLA
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +78,7 @@ def data_parallel_xla_flags(flags: str = "") -> str:
     return runtime.cpu_devices_flags(runtime.usable_cores(), flags)
 
 
-def merge(graphdef, template, params) -> Model:
+def merge(graphdef: nnx.GraphDef, template: nnx.State, params: dict) -> Model:
     """The model from pure-dict `params`, as the engine's `Engine.merge` (the template is not mutated)."""
     state = jax.tree.map(lambda v: v, template)
     nnx.replace_by_pure_dict(state, params)
@@ -196,7 +197,9 @@ def build(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def make_generator(shape: Shape, bench: Bench, streams: int, length: int):
+def make_generator(
+    shape: Shape, bench: Bench, streams: int, length: int
+) -> Callable[[jax.Array], jax.Array]:
     """Returns `gen(key) -> chars [streams, length]`, jitted, for the char model's window semantics."""
     graphdef, template, params = bench.graphdef, bench.template, bench.params
     vocab = shape.classes
