@@ -625,6 +625,10 @@ LOST_CTRL_C_MAIN = textwrap.dedent(
     import gc, signal, time
     from lstm_jax import cli
 
+    # Ctrl-C raises KeyboardInterrupt, as in a process started from a terminal (Python leaves SIGINT
+    # ignored in a process whose parent ignored it: a test run started in the background with `&`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def train(config, workdir):
         def in_gc(phase, info):  # Ctrl-C handled while a gc callback runs (JAX's _xla_gc_callback)
             if phase == "start":
