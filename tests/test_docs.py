@@ -1,4 +1,5 @@
-"""The Markdown pages: every relative link points at a file of the repository."""
+"""The Markdown pages: every relative link points at a file of the repository, and every config file,
+module and make target they tell users to run exists."""
 
 from __future__ import annotations
 
@@ -51,3 +52,45 @@ def test_the_quick_configs_step_count_is_stated_as_it_is():
                 if int(n.replace(",", "")) != steps:
                     wrong.append(f"{page}: the config's {n}")
     assert not wrong, f"quick.py trains {steps} steps; the pages say: {wrong}"
+
+
+def _text(page: Path) -> str:
+    return (REPO / page).read_text(encoding="utf-8")
+
+
+def test_the_config_files_modules_and_make_targets_the_pages_name_exist():
+    """The README and docs tell users what to run: every config file, `python -m` module of this
+    repository and `make` target they name is there (a renamed config or target left commands that
+    fail at the first step)."""
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    missing = []
+    for page in PAGES:
+        text = _text(page)
+        for path in sorted(set(re.findall(r"experiments/[a-z_]+/configs/[a-z_0-9]+\.py", text))):
+            if not (REPO / path).is_file():
+                missing.append(f"{page}: {path}")
+        for module in sorted(
+            set(re.findall(r"python -m ((?:benchmarks|experiments)(?:\.\w+)+)", text))
+        ):
+            if not (REPO / (module.replace(".", "/") + ".py")).is_file():
+                missing.append(f"{page}: python -m {module}")
+        for target in sorted(set(re.findall(r"`make ([a-z][a-z-]*)", text))):
+            if target not in targets:
+                missing.append(f"{page}: make {target}")
+    assert not missing, missing
+
+
+def test_the_readmes_experiment_table_names_each_experiments_configs():
+    """The README's table of experiments lists each one's configs by name; each is a file of that
+    experiment's configs/ folder, and each config file there is listed."""
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \|", _text(Path("README.md")), re.M)
+    assert {name for name, _ in rows} == {
+        p.name for p in (REPO / "experiments").iterdir() if (p / "main.py").is_file()
+    }
+    for name, configs in rows:
+        listed = set(re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", configs)))
+        present = {p.stem for p in (REPO / "experiments" / name / "configs").glob("*.py")} - {
+            "__init__"
+        }
+        assert listed == present, (name, listed, present)
