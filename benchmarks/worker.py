@@ -80,8 +80,15 @@ COMPILE_EVENTS = {
 }
 
 
+# lstm_jax's peers: each one's keyword arguments for `lstm_jax_peer.build`.
+LSTM_JAX_VARIANTS = {
+    "lstm_jax": {},
+    "lstm_jax_dp": {"data_parallel": True},
+    "lstm_jax_cudnn": {"impl": "cudnn"},
+    "lstm_jax_unroll8": {"unroll": 8},
+}
 # The peers whose training step JAX compiles.
-JAX_PEERS = ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn", "lstm_jax_unroll8", "flax", "keras_jax")
+JAX_PEERS = (*LSTM_JAX_VARIANTS, "flax", "keras_jax")
 
 
 def _watch_jax_compiles(peer: str) -> dict[str, float] | None:
@@ -107,15 +114,10 @@ def _watch_jax_compiles(peer: str) -> dict[str, float] | None:
 
 def load(peer: str) -> tuple[ModuleType, dict]:
     """Returns `(module, build_kwargs)` for a peer name. The Keras backend must already be set."""
-    if peer in ("lstm_jax", "lstm_jax_dp", "lstm_jax_cudnn", "lstm_jax_unroll8"):
+    if peer in LSTM_JAX_VARIANTS:
         from benchmarks.peers import lstm_jax_peer as mod
 
-        kwargs = {
-            "lstm_jax_dp": {"data_parallel": True},
-            "lstm_jax_cudnn": {"impl": "cudnn"},
-            "lstm_jax_unroll8": {"unroll": 8},
-        }
-        return mod, kwargs.get(peer, {})
+        return mod, dict(LSTM_JAX_VARIANTS[peer])
     if peer == "flax":
         from benchmarks.peers import flax_peer as mod
 

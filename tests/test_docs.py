@@ -17,11 +17,15 @@ PAGES = sorted(
 )
 
 
+def _text(page: Path) -> str:
+    return (REPO / page).read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("page", PAGES, ids=str)
 def test_relative_links_resolve(page):
     # Text moved between pages word for word kept links relative to its old page (README.md's
     # `benchmarks/README.md` became benchmarks/benchmarks/README.md in benchmarks/README.md).
-    text = (REPO / page).read_text(encoding="utf-8")
+    text = _text(page)
     broken = []
     for link in re.findall(r"\]\(([^)\s]+)\)", text):
         target = link.split("#", 1)[0]
@@ -52,10 +56,6 @@ def test_the_quick_configs_step_count_is_stated_as_it_is():
                 if int(n.replace(",", "")) != steps:
                     wrong.append(f"{page}: the config's {n}")
     assert not wrong, f"quick.py trains {steps} steps; the pages say: {wrong}"
-
-
-def _text(page: Path) -> str:
-    return (REPO / page).read_text(encoding="utf-8")
 
 
 def test_the_config_files_modules_and_make_targets_the_pages_name_exist():
