@@ -820,6 +820,37 @@ def test_a_run_resumes_with_its_saved_stopwords_whatever_this_environment_finds(
     assert sorted(saved["stopwords"]) == sorted(few[0])
 
 
+def test_eval_and_baseline_of_a_trained_run_use_its_saved_stopwords_not_the_environments(
+    tmp_path, monkeypatch
+):
+    """eval, baseline and ensemble of trained runs encode with the stopword list they trained with (in
+    preprocess.json), as resume and predict do; they looked the environment's list up first and encoded
+    every split with it (eval then re-encoded its splits with the saved one, so its numbers stood; the
+    TF-IDF baseline reads the texts, not the ids)."""
+    path = make_articles(tmp_path / "articles.csv")
+    config = _config(path)
+    few = (frozenset({"the", "and", "of"}), "nltk:/somewhere/corpora/stopwords/english")
+    monkeypatch.setattr(text, "load_stopwords", lambda *a, **k: few)
+    trained = clf.train(config, str(tmp_path / "run"))
+    config.seed = 1
+    clf.train(config, str(tmp_path / "run1"))
+    config.seed = 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("looked the stopwords up in the environment")
+
+    monkeypatch.setattr(text, "load_stopwords", refuse)
+    out = clf.evaluate(config, str(tmp_path / "run"))
+    for split in ("validation", "test"):
+        assert out["reports"][split]["accuracy"] == pytest.approx(
+            trained["metrics"]["final"][split]["accuracy"]
+        )
+    base = clf.baseline(config, str(tmp_path / "run"))
+    assert base["splits"] == trained["baseline"]["splits"]
+    ens = clf.ensemble(None, str(tmp_path / "ens"), [str(tmp_path / "run"), str(tmp_path / "run1")])
+    assert ens["members"][0]["test"] == pytest.approx(out["reports"]["test"]["accuracy"])
+
+
 def test_a_file_too_small_for_its_splits_is_named_as_such_not_as_one_class(tmp_path):
     """Three articles of both classes: the test and validation splits took every example of one class
     from training. The error said to check the label column (the fix for a file of one class)."""

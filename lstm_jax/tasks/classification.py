@@ -1059,7 +1059,7 @@ def make_task(
 
 def saved_stopwords(workdir: str) -> tuple[list[str], str] | None:
     """`(words, source)` of the stopword list in ``<workdir>/preprocess.json`` when `workdir` holds a
-    fake-news run to resume (checkpoints), else None.
+    fake-news run with checkpoints (to resume, evaluate, ensemble or run the baseline beside), else None.
 
     The list is found in the environment at the start (an NLTK data folder, ``$LSTM_JAX_DATA``, else the
     built-in copy, `text.load_stopwords`), so a run resumed elsewhere (another shell without NLTK_DATA)
@@ -1077,7 +1077,7 @@ def saved_stopwords(workdir: str) -> tuple[list[str], str] | None:
             and isinstance(words, list)
             and all(isinstance(w, str) for w in words)
         ):
-            logging.info("resuming with the stopwords saved in %s (%s)", path, source)
+            logging.info("using the stopwords saved in %s (%s)", path, source)
             return list(words), str(source or "")
     return None
 
@@ -1126,7 +1126,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     encoder = _load_encoder(workdir)
     checkpoint_step(config, workdir)  # no checkpoint: say so before loading the data
     _check_held_out_split(config, workdir)
-    prepared = _reencode(prepare_data(config), encoder, config)
+    prepared = _reencode(prepare_data(config, stopwords=saved_stopwords(workdir)), encoder, config)
     model, step = restore_model(config, workdir, build_model)
     out = {"step": step, "reports": evaluate_reports(model, prepared, config, workdir)}
     write_json(os.path.join(workdir, "eval.json"), out)
@@ -1427,7 +1427,7 @@ def baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Mode ``baseline``: TF-IDF + logistic regression on the same splits, into ``baseline.json``."""
     # In a trained run's workdir, baseline.json stands beside its results: the same held-out examples.
     _check_held_out_split(config, workdir)
-    prepared = prepare_data(config)
+    prepared = prepare_data(config, stopwords=saved_stopwords(workdir))
     result = _run_baseline(prepared, config)
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "baseline.json"), result)
@@ -1521,7 +1521,7 @@ def ensemble(
                 f"{m} was trained on a different data split ({_split_signature(c, m)}) than"
                 f" {members[0]} ({first}); ensemble runs that differ only in model settings or seed"
             )
-    prepared = prepare_data(configs[0])
+    prepared = prepare_data(configs[0], stopwords=saved_stopwords(members[0]))
     splits = ("validation", "test")
     labels = {s: prepared.arrays[s]["label"].copy() for s in splits}
     probs: dict[str, list[np.ndarray]] = {s: [] for s in splits}
