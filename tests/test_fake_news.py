@@ -820,7 +820,7 @@ def test_a_run_resumes_with_its_saved_stopwords_whatever_this_environment_finds(
     assert sorted(saved["stopwords"]) == sorted(few[0])
 
 
-def test_eval_and_baseline_of_a_trained_run_use_its_saved_stopwords_not_the_environments(
+def test_eval_baseline_and_ensemble_of_trained_runs_use_their_saved_stopwords(
     tmp_path, monkeypatch
 ):
     """eval, baseline and ensemble of trained runs encode with the stopword list they trained with (in
