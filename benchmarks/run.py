@@ -126,13 +126,13 @@ class Worker:
             [sys.executable, "-m", "benchmarks.worker", peer, shape], env=child_env(peer, malloc)
         )
 
-    def start(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        """Starts `argv` with line-buffered pipes for the replies, stderr kept in a temporary file for
+    def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
+        """Starts `argv` (in `cwd`) with line-buffered pipes for the replies, stderr kept in a temporary file for
         `exit_reason`, and the reader thread."""
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -558,6 +558,49 @@ def test_ab_rule_times_a_changed_rule_against_the_shipped_one():
     assert bad.returncode != 0 and "not a valid enum value" in bad.stderr
 
 
+def test_ab_trees_times_this_checkout_against_another_tree_and_cleans_up_its_worktree():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def ab_trees(base):
+        cmd = [sys.executable, "-m", "benchmarks.ab_trees", "--shape", "tiny", "--rounds", "2"]
+        return subprocess.run(
+            [*cmd, "--steps", "1", "--base", base],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def worktrees():
+        out = subprocess.run(
+            ["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True
+        )
+        return out.stdout if out.returncode == 0 else None
+
+    proc = ab_trees(str(root))  # a directory: the checkout against itself
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("shape tiny: this checkout ") and f"--base {root} " in line
+    this, base = (float(x.split(" ms")[0]) for x in line.split("checkout ")[1].split(f"{root} "))
+    assert this > 0 and base > 0
+    assert 0 < float(line.rsplit("= ", 1)[1]) < 100
+    bad = ab_trees("no-such-revision-or-directory")
+    assert bad.returncode != 0
+    assert "--base no-such-revision-or-directory: neither a directory nor a revision" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    empty = ab_trees(str(Path(__file__).parent))  # a directory without a checkout
+    assert empty.returncode != 0 and "holds no lstm_jax checkout" in empty.stderr
+    before = worktrees()
+    if before is None or not (root / ".git").exists():
+        return  # not a git checkout (an unpacked archive): revisions cannot be checked out
+    proc = ab_trees("HEAD")  # a revision: a temporary worktree, removed afterwards
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--base HEAD " in proc.stdout
+    assert worktrees() == before
+
+
 def test_a_shape_whose_every_peer_is_missing_still_reports(tmp_path, capsys):
     """`--peers lstm_jax_cudnn` alone off a GPU once ended in ZeroDivisionError after the ceiling."""
     if jax.default_backend() != "cpu":
