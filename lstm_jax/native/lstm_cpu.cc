@@ -34,6 +34,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -68,6 +69,28 @@ constexpr int VL = 8, TILE_ROWS = 6, TILE_VECS = 2;
 constexpr int VL = 4, TILE_ROWS = 6, TILE_VECS = 2;
 #endif
 typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));  // unaligned loads and stores
+
+// The kernel's own float arrays (the matmuls' scratch rows, padded weight copies, weight-gradient sums,
+// the generation state) start on a 64-byte boundary, so that with row lengths of whole vectors (callers
+// pad to VL floats) no vector load or store of a matmul splits across two cache lines; glibc's malloc
+// gives 16 bytes, XLA's buffers are aligned already. On an Intel Xeon (AVX-512) host, shape A's
+// backward calls' matmuls (rk^T padded to [1200, 304], a copy) ran at 140 GFLOP/s a thread against 126,
+// and the training steps of shapes B, C and D took 3-7% less (benchmarks/README.md, 2026-12-07).
+template <class T>
+struct LineAligned {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  LineAligned() = default;
+  template <class U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
+  template <class U>
+  bool operator==(const LineAligned<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const LineAligned<U>&) const { return false; }
+};
+using Floats = std::vector<float, LineAligned<float>>;
 
 inline vf loadu(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void storeu(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
@@ -510,7 +533,7 @@ void backward_row(const float* __restrict a, const float* __restrict cp,
 // vectors (rk [H, 4H] -> [H, Gp], rk^T [4H, H] -> [Gp, Hp]): `w` itself when no padding is needed (no copy
 // per call), else a padded copy kept in `store`.
 const float* whole_vectors(const float* w, int64_t rows, int64_t cols, int64_t row_multiple,
-                           std::vector<float>& store) {
+                           Floats& store) {
   const int64_t prows = round_up(rows, row_multiple), pcols = round_up(cols, VL);
   if (prows == rows && pcols == cols) return w;
   store.assign(prows * pcols, 0.0f);
@@ -538,7 +561,7 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
   const int64_t T = d.T, B = d.B, H = d.H, F = d.F, K = F + H, G = 4 * H, Gp = round_up(G, VL);
   const int64_t R = r1 - r0;
   struct State {
-    std::vector<float> h, c, a, z;
+    Floats h, c, a, z;
   };
   auto st = std::make_shared<State>();
   st->h.assign(h0 + r0 * H, h0 + r1 * H);
@@ -605,7 +628,7 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
 // after the call).
 struct WeightGrads {
   bool weights = true;            // false: the bias's gradient only
-  std::vector<float> dw, db, at;  // at: the step's [x_t, h * rmask] transposed, [F + H, rows]
+  Floats dw, db, at;  // at: the step's [x_t, h * rmask] transposed, [F + H, rows]
 };
 
 // The backward recurrence on rows [r0, r1), as a stepper; wTp = w^T [4H, F + H] padded. With F > 0 the
@@ -626,7 +649,7 @@ RowStepper backward_rows(const Dims d, const float* wTp, float* acts_dz, const f
     wg->db.assign(Gp, 0.0f);
   }
   struct State {
-    std::vector<float> dh, dc, dxh, dz, no_dout;  // no_dout: the outputs' gradient when it is zero
+    Floats dh, dc, dxh, dz, no_dout;  // no_dout: the outputs' gradient when it is zero
   };
   auto st = std::make_shared<State>();
   st->dh.assign(dhT + r0 * H, dhT + r1 * H);
@@ -724,7 +747,7 @@ ffi::Error run_forward(const Dims d, const float* w, const float* bias, const fl
                        const float* c0, const float* rmask, float* outs, float* hT, float* cT,
                        float* hc, ffi::ThreadPool& pool, int32_t reverse, int32_t threads) {
   const int64_t t0 = stats_on() ? now_ns() : 0;
-  std::vector<float> store;
+  Floats store;
   const float* w_used = whole_vectors(w, d.F + d.H, 4 * d.H, 1, store);
   const RowsTiming timing = on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
     return forward_rows(d, w_used, bias, zx, ids, V, xs, acts, mask, h0, c0, rmask, outs, hT, cT,
@@ -745,7 +768,7 @@ ffi::Error run_backward(const Dims d, const float* wT, const float* acts, float*
                         int32_t threads, int32_t has_dout) {
   const int64_t t0 = stats_on() ? now_ns() : 0;
   if (dz != acts) std::memcpy(dz, acts, d.T * d.B * 4 * d.H * sizeof(float));
-  std::vector<float> store;
+  Floats store;
   const float* wT_used = whole_vectors(wT, 4 * d.H, d.F + d.H, VL, store);
   std::vector<std::unique_ptr<WeightGrads>> shares;  // one per row block, made by the calling thread
   const RowsTiming timing = on_rows(pool, d.B, threads, [&](int64_t r0, int64_t r1) {
@@ -816,14 +839,14 @@ struct GenLayer {
   int64_t F = 0, H = 0, groups = 0;
   const float* kernel = nullptr;  // [F, 4H] (layers after the first)
   const float* rk = nullptr;      // [H, 4H]
-  std::unique_ptr<float[]> w;     // [groups][F + H][GW]
-  std::vector<float> bias;        // [groups][GW] (layer 0: zero, its bias is in the table)
-  std::vector<float> h[2], c;     // [B, H]; h alternates with the step's parity
+  Floats w;                       // [groups][F + H][GW]
+  Floats bias;                    // [groups][GW] (layer 0: zero, its bias is in the table)
+  Floats h[2], c;                 // [B, H]; h alternates with the step's parity
 
   void pack(int64_t g) {
     const int64_t G = 4 * H;
     pack_groups_range(F + H, H, g, g + 1,
-                      [&](int64_t r) { return r < F ? kernel + r * G : rk + (r - F) * G; }, w.get());
+                      [&](int64_t r) { return r < F ? kernel + r * G : rk + (r - F) * G; }, w.data());
   }
 };
 
@@ -865,7 +888,7 @@ struct GenJob {
   int32_t* out = nullptr;        // [B, N]
   std::vector<GenLayer> layers;
   int64_t head_groups = 0;
-  std::vector<float> head_w, head_b, logits;  // head_w [groups][F][GW], logits [B, groups * GW]
+  Floats head_w, head_b, logits;  // head_w [groups][F][GW], logits [B, groups * GW]
   std::vector<int32_t> tok;                   // [B]: the token each stream feeds next
   std::vector<int64_t> slices, phase_start;   // per phase (L layers, head, choose); offsets in a step
   int64_t per_step = 0, total = 0;
@@ -1024,7 +1047,7 @@ struct GenJob {
   void layer_slice(GenLayer& l, int64_t t, int64_t p, std::pair<int64_t, int64_t> groups) {
     const int cur = t & 1, prev = cur ^ 1;
     const int64_t H = l.H, K = l.F + l.H, G = 4 * H;
-    std::vector<float> z(B * GW);
+    Floats z(B * GW);
     // The groups in alternating order, so that the groups a core read last in one step are the first it
     // reads in the next, while they are still in its cache (each group's arithmetic is the same).
     for (int64_t i = groups.first; i < groups.second; ++i) {
@@ -1039,7 +1062,7 @@ struct GenJob {
         }
       }
       if (t == 0) l.pack(g);
-      const float* w = l.w.get() + g * K * GW;
+      const float* w = l.w.data() + g * K * GW;
       if (l.F) group_product(layers[p - 1].h[cur].data(), l.F, w, z.data(), B, l.F);
       group_product(l.h[prev].data(), H, w + l.F * GW, z.data(), B, H);
       const int64_t n = std::min(GU, H - g * GU);
@@ -1061,7 +1084,7 @@ struct GenJob {
   void head_slice(int cur, std::pair<int64_t, int64_t> groups) {
     const GenLayer& last = layers.back();
     const int64_t F = last.H, ld = head_groups * GW;
-    std::vector<float> z(B * GW);
+    Floats z(B * GW);
     for (int64_t g = groups.first; g < groups.second; ++g) {
       for (int64_t b = 0; b < B; ++b)
         std::memcpy(z.data() + b * GW, head_b.data() + g * GW, GW * sizeof(float));
@@ -1083,13 +1106,13 @@ struct GenJob {
       if (lg[j] > m || lg[j] != lg[j]) m = lg[j];  // NaN propagates, as jnp.max
     if (m != m || m == -std::numeric_limits<float>::infinity()) return -1;
     if (temperature <= 0.0f || gumbel == nullptr) return static_cast<int32_t>(argmax(lg, V));
-    std::vector<float> s(lg, lg + V);
+    Floats s(lg, lg + V);
     for (float& x : s) {
       const float d = x - m;
       x = d == 0.0f ? 0.0f : d / temperature;
     }
     if (top_k > 0 && top_k < V) {
-      std::vector<float> sorted(lg, lg + V);
+      Floats sorted(lg, lg + V);
       std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
       const float kth = sorted[top_k - 1];
       for (int64_t j = 0; j < V; ++j)
@@ -1338,7 +1361,7 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
     ok = ok && has_dims(h0, {j.B, H}) && has_dims(c0, {j.B, H});  // [H, B] would be misread
     if (auto e = check(ok, "layer " + std::to_string(l) + " shapes"); !e.success()) return e;
     layer.groups = (H + GU - 1) / GU;
-    layer.w.reset(new float[layer.groups * K * GW]);
+    layer.w.resize(layer.groups * K * GW);
     layer.kernel = l == 0 ? nullptr : b[0].typed_data();
     layer.rk = rk.typed_data();
     layer.bias.assign(layer.groups * GW, 0.0f);
