@@ -75,7 +75,8 @@ typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));  // unaligned
 // pad to VL floats) no vector load or store of a matmul splits across two cache lines; glibc's malloc
 // gives 16 bytes, XLA's buffers are aligned already. On an Intel Xeon (AVX-512) host, shape A's
 // backward calls' matmuls (rk^T padded to [1200, 304], a copy) ran at 140 GFLOP/s a thread against 126,
-// and the training steps of shapes B, C and D took 3-7% less (benchmarks/README.md, 2026-12-07).
+// and the training steps of shapes B, C and D took 3-7% less (benchmarks/README.md, 2026-12-07). Only
+// arrays made once per call: glibc's aligned allocation is slow, so those made every step are not.
 template <class T>
 struct LineAligned {
   using value_type = T;
@@ -1047,7 +1048,9 @@ struct GenJob {
   void layer_slice(GenLayer& l, int64_t t, int64_t p, std::pair<int64_t, int64_t> groups) {
     const int cur = t & 1, prev = cur ^ 1;
     const int64_t H = l.H, K = l.F + l.H, G = 4 * H;
-    Floats z(B * GW);
+    // Made every step: glibc's malloc, not `Floats` (as a `Floats` here one-stream generation of shape A
+    // ran at 7,900 characters a second instead of 16,900: glibc's aligned allocation is slow).
+    std::vector<float> z(B * GW);
     // The groups in alternating order, so that the groups a core read last in one step are the first it
     // reads in the next, while they are still in its cache (each group's arithmetic is the same).
     for (int64_t i = groups.first; i < groups.second; ++i) {
@@ -1084,7 +1087,7 @@ struct GenJob {
   void head_slice(int cur, std::pair<int64_t, int64_t> groups) {
     const GenLayer& last = layers.back();
     const int64_t F = last.H, ld = head_groups * GW;
-    Floats z(B * GW);
+    std::vector<float> z(B * GW);  // every step: glibc's malloc, as in layer_slice
     for (int64_t g = groups.first; g < groups.second; ++g) {
       for (int64_t b = 0; b < B; ++b)
         std::memcpy(z.data() + b * GW, head_b.data() + g * GW, GW * sizeof(float));
@@ -1106,13 +1109,13 @@ struct GenJob {
       if (lg[j] > m || lg[j] != lg[j]) m = lg[j];  // NaN propagates, as jnp.max
     if (m != m || m == -std::numeric_limits<float>::infinity()) return -1;
     if (temperature <= 0.0f || gumbel == nullptr) return static_cast<int32_t>(argmax(lg, V));
-    Floats s(lg, lg + V);
+    std::vector<float> s(lg, lg + V);
     for (float& x : s) {
       const float d = x - m;
       x = d == 0.0f ? 0.0f : d / temperature;
     }
     if (top_k > 0 && top_k < V) {
-      Floats sorted(lg, lg + V);
+      std::vector<float> sorted(lg, lg + V);
       std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
       const float kth = sorted[top_k - 1];
       for (int64_t j = 0; j < V; ++j)
