@@ -75,7 +75,7 @@ typedef float vf __attribute__((vector_size(VL * 4), aligned(4)));  // unaligned
 // pad to VL floats) no vector load or store of a matmul splits across two cache lines; glibc's malloc
 // gives 16 bytes, XLA's buffers are aligned already. On an Intel Xeon (AVX-512) host, shape A's
 // backward calls' matmuls (rk^T padded to [1200, 304], a copy) ran at 140 GFLOP/s a thread against 126,
-// and the training steps of shapes B, C and D took 3-7% less (benchmarks/README.md, 2026-12-07). Only
+// and the training steps of shapes B, C and D took 2-7% less (benchmarks/README.md, 2026-12-07). Only
 // arrays made once per call: glibc's aligned allocation is slow, so those made every step are not.
 template <class T>
 struct LineAligned {
