@@ -51,11 +51,16 @@ def checkout(base: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="ab_trees_") as tmp:
         tree = Path(tmp) / "base"
-        proc = subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(tree), base],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            proc = subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(tree), base],
+                capture_output=True,
+                text=True,
+            )
+        except FileNotFoundError:
+            raise SystemExit(
+                f"--base {base}: not a directory, and git is not installed to check out a revision"
+            ) from None
         if proc.returncode:
             raise SystemExit(
                 f"--base {base}: neither a directory nor a revision git can check out here"

@@ -592,6 +592,10 @@ def test_ab_trees_times_this_checkout_against_another_tree_and_cleans_up_its_wor
     assert "Traceback" not in bad.stderr
     empty = ab_trees(str(Path(__file__).parent))  # a directory without a checkout
     assert empty.returncode != 0 and "holds no lstm_jax checkout" in empty.stderr
+    cmd = [sys.executable, "-m", "benchmarks.ab_trees", "--shape", "tiny", "--base", "HEAD"]
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, and no git
+    no_git = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert no_git.returncode != 0 and "git is not installed" in no_git.stderr, no_git.stderr
     before = worktrees()
     if before is None or not (root / ".git").exists():
         return  # not a git checkout (an unpacked archive): revisions cannot be checked out
