@@ -127,8 +127,8 @@ class Worker:
         )
 
     def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
-        """Starts `argv` (in `cwd`) with line-buffered pipes for the replies, stderr kept in a temporary file for
-        `exit_reason`, and the reader thread."""
+        """Starts `argv` in `cwd` with line-buffered pipes for the replies, stderr kept in a temporary
+        file for `exit_reason`, and the reader thread."""
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             argv,

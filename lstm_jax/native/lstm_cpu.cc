@@ -628,8 +628,8 @@ RowStepper forward_rows(const Dims d, const float* wp, const float* bias, const 
 // [x_t, h_{t-1} * rmask]^T @ dz_t (only when `weights`), db [Gp] = sum of dz_t (summed over the blocks
 // after the call).
 struct WeightGrads {
-  bool weights = true;            // false: the bias's gradient only
-  Floats dw, db, at;  // at: the step's [x_t, h * rmask] transposed, [F + H, rows]
+  bool weights = true;  // false: the bias's gradient only
+  Floats dw, db, at;    // at: the step's [x_t, h * rmask] transposed, [F + H, rows]
 };
 
 // The backward recurrence on rows [r0, r1), as a stepper; wTp = w^T [4H, F + H] padded. With F > 0 the
@@ -889,9 +889,9 @@ struct GenJob {
   int32_t* out = nullptr;        // [B, N]
   std::vector<GenLayer> layers;
   int64_t head_groups = 0;
-  Floats head_w, head_b, logits;  // head_w [groups][F][GW], logits [B, groups * GW]
-  std::vector<int32_t> tok;                   // [B]: the token each stream feeds next
-  std::vector<int64_t> slices, phase_start;   // per phase (L layers, head, choose); offsets in a step
+  Floats head_w, head_b, logits;             // head_w [groups][F][GW], logits [B, groups * GW]
+  std::vector<int32_t> tok;                  // [B]: the token each stream feeds next
+  std::vector<int64_t> slices, phase_start;  // per phase (L layers, head, choose); offsets in a step
   int64_t per_step = 0, total = 0;
   std::unique_ptr<std::atomic<uint8_t>[]> claimed;  // [total]: ticket taken
   std::unique_ptr<std::atomic<bool>[]> active;      // [threads]: helper k is taking its tickets
