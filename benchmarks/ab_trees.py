@@ -18,26 +18,13 @@ import argparse
 import contextlib
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import at_least
-from benchmarks.run import ROOT, Worker, child_env
+from benchmarks.run import ROOT, Worker
 from benchmarks.shapes import shape_arg
-
-
-class TreeWorker(Worker):
-    """A `benchmarks.worker` of the lstm_jax peer run in (and importing lstm_jax and benchmarks from)
-    `root`."""
-
-    def __init__(self, root: Path, shape: str, timeout: float):
-        self.peer, self.timeout = "lstm_jax", timeout
-        env = child_env("lstm_jax")
-        env["PYTHONPATH"] = str(root)
-        argv = [sys.executable, "-m", "benchmarks.worker", "lstm_jax", shape]
-        self.start(argv, env=env, cwd=root)
 
 
 @contextlib.contextmanager
@@ -77,7 +64,10 @@ def checkout(base: str) -> Iterator[Path]:
 
 def compare(shape: str, base: Path, rounds: int, steps: int, timeout: float = 600) -> dict:
     """Median (and quartiles of) ms per step of this checkout's step ("this") and `base`'s."""
-    workers = {"this": TreeWorker(ROOT, shape, timeout), "base": TreeWorker(base, shape, timeout)}
+    workers = {
+        name: Worker("lstm_jax", shape, timeout, root=root)
+        for name, root in (("this", ROOT), ("base", base))
+    }
     try:
         for name, w in workers.items():
             ready = w.read()

@@ -90,9 +90,10 @@ MALLOC_MODES = {
 # avoids; the comparison is of the LSTM code, so every framework gets the same allocator.
 
 
-def child_env(peer: str | None = None, malloc: str = "all") -> dict[str, str]:
-    """A worker's environment. `malloc`: "ours" = only lstm_jax tunes glibc malloc (on import, its
-    default), "all" = every framework gets the same setting (GLIBC_TUNABLES), "none" = nobody does."""
+def child_env(peer: str | None = None, malloc: str = "all", root: Path = ROOT) -> dict[str, str]:
+    """A worker's environment, importing lstm_jax and benchmarks from the checkout `root`. `malloc`:
+    "ours" = only lstm_jax tunes glibc malloc (on import, its default), "all" = every framework gets the
+    same setting (GLIBC_TUNABLES), "none" = nobody does."""
     if malloc not in MALLOC_MODES:
         raise ValueError(f"malloc must be one of {tuple(MALLOC_MODES)}, got {malloc!r}")
     env = dict(os.environ)
@@ -104,7 +105,7 @@ def child_env(peer: str | None = None, malloc: str = "all") -> dict[str, str]:
     elif malloc == "none" or peer is None or not peer.startswith("lstm_jax"):
         # The Flax worker imports lstm_jax (for the shared loss and optimizer), which would tune it too.
         env["LSTM_JAX_TUNE_MALLOC"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # On a GPU several JAX workers live at once: each takes what it needs, not JAX's default 75% up front.
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -118,13 +119,15 @@ def child_env(peer: str | None = None, malloc: str = "all") -> dict[str, str]:
 
 
 class Worker:
-    """A running `benchmarks.worker` process and its replies."""
+    """A running `benchmarks.worker` process and its replies; `root`: the checkout it runs from (another
+    revision's, for `benchmarks.ab_trees`)."""
 
-    def __init__(self, peer: str, shape: str, timeout: float, malloc: str = "all"):
+    def __init__(
+        self, peer: str, shape: str, timeout: float, malloc: str = "all", root: Path = ROOT
+    ):
         self.peer, self.timeout = peer, timeout
-        self.start(
-            [sys.executable, "-m", "benchmarks.worker", peer, shape], env=child_env(peer, malloc)
-        )
+        argv = [sys.executable, "-m", "benchmarks.worker", peer, shape]
+        self.start(argv, env=child_env(peer, malloc, root), cwd=root)
 
     def start(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         """Starts `argv` in `cwd` with line-buffered pipes for the replies, stderr kept in a temporary
