@@ -93,6 +93,15 @@ struct LineAligned {
 };
 using Floats = std::vector<float, LineAligned<float>>;
 
+// The same alignment for an array left unwritten until it is filled in full (no zeroing pass first).
+struct LineAlignedDelete {
+  void operator()(float* p) const { ::operator delete[](p, LineAligned<float>::kAlign); }
+};
+using UninitFloats = std::unique_ptr<float[], LineAlignedDelete>;
+inline UninitFloats uninit_floats(std::size_t n) {
+  return UninitFloats(new (LineAligned<float>::kAlign) float[n]);
+}
+
 inline vf loadu(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void storeu(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
 
@@ -840,14 +849,14 @@ struct GenLayer {
   int64_t F = 0, H = 0, groups = 0;
   const float* kernel = nullptr;  // [F, 4H] (layers after the first)
   const float* rk = nullptr;      // [H, 4H]
-  Floats w;                       // [groups][F + H][GW]
+  UninitFloats w;                 // [groups][F + H][GW]
   Floats bias;                    // [groups][GW] (layer 0: zero, its bias is in the table)
   Floats h[2], c;                 // [B, H]; h alternates with the step's parity
 
   void pack(int64_t g) {
     const int64_t G = 4 * H;
     pack_groups_range(F + H, H, g, g + 1,
-                      [&](int64_t r) { return r < F ? kernel + r * G : rk + (r - F) * G; }, w.data());
+                      [&](int64_t r) { return r < F ? kernel + r * G : rk + (r - F) * G; }, w.get());
   }
 };
 
@@ -1065,7 +1074,7 @@ struct GenJob {
         }
       }
       if (t == 0) l.pack(g);
-      const float* w = l.w.data() + g * K * GW;
+      const float* w = l.w.get() + g * K * GW;
       if (l.F) group_product(layers[p - 1].h[cur].data(), l.F, w, z.data(), B, l.F);
       group_product(l.h[prev].data(), H, w + l.F * GW, z.data(), B, H);
       const int64_t n = std::min(GU, H - g * GU);
@@ -1364,7 +1373,7 @@ ffi::Error LstmGenerateImpl(ffi::Buffer<ffi::S32> first, In table, In noise, In 
     ok = ok && has_dims(h0, {j.B, H}) && has_dims(c0, {j.B, H});  // [H, B] would be misread
     if (auto e = check(ok, "layer " + std::to_string(l) + " shapes"); !e.success()) return e;
     layer.groups = (H + GU - 1) / GU;
-    layer.w.resize(layer.groups * K * GW);
+    layer.w = uninit_floats(layer.groups * K * GW);
     layer.kernel = l == 0 ? nullptr : b[0].typed_data();
     layer.rk = rk.typed_data();
     layer.bias.assign(layer.groups * GW, 0.0f);
